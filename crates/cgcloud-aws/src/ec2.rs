@@ -1,0 +1,1050 @@
+//! EC2 verbs: boxes (instances), images, security groups, key pairs, networks and instance
+//! types. Every listing is a paginated tag query scoped to one namespace.
+
+use crate::error::other;
+use crate::{AwsError, Cloud};
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification, Instance,
+    InstanceType, IpPermission, IpRange, Placement, ResourceType, Tag, TagSpecification,
+    UserIdGroupPair, VolumeType,
+};
+use aws_smithy_types::date_time::Format;
+use base64::Engine as _;
+use cgcloud_core::model::{BoxInfo, ImageInfo};
+use cgcloud_core::tags::{self, Tags};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub fn filter(name: &str, values: &[&str]) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.iter().map(|v| (*v).to_owned()).collect()))
+        .build()
+}
+
+pub fn tag_filter(key: &str, value: &str) -> Filter {
+    filter(&format!("tag:{key}"), &[value])
+}
+
+fn to_tags(tags: &[Tag]) -> Tags {
+    tags.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect()
+}
+
+pub fn tag_list(tags: &Tags) -> Vec<Tag> {
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn tag_spec(resource: ResourceType, tags: &Tags) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(resource)
+        .set_tags(Some(tag_list(tags)))
+        .build()
+}
+
+fn time(dt: Option<&aws_smithy_types::DateTime>) -> String {
+    dt.and_then(|d| d.fmt(Format::DateTime).ok())
+        .unwrap_or_default()
+}
+
+/// Decodes an instance into a box; `None` if it carries no cgcloud role/namespace tags.
+pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
+    let tags = to_tags(i.tags());
+    let role = tags.get(tags::ROLE)?.clone();
+    let namespace = tags.get(tags::NAMESPACE)?.clone();
+    Some(BoxInfo {
+        instance_id: i.instance_id()?.to_owned(),
+        role,
+        namespace,
+        cluster: tags.get(tags::CLUSTER).cloned(),
+        ordinal: tags.get(tags::ORDINAL).and_then(|o| o.parse().ok()),
+        leader: tags.get(tags::LEADER).cloned(),
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map(str::to_owned),
+        private_ip: i
+            .private_ip_address()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        public_ip: i
+            .public_ip_address()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        private_dns: i
+            .private_dns_name()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        launch_time: time(i.launch_time()),
+        image_id: i.image_id().map(str::to_owned),
+        key_name: i.key_name().map(str::to_owned),
+        generation: tags
+            .get(tags::GENERATION)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0),
+        spot: i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot"),
+        host_key: tags.get(tags::HOST_KEY).cloned(),
+        admin_user: tags.get(tags::ADMIN_USER).cloned(),
+        options: tags::options_from_tags(&tags),
+        tags,
+    })
+}
+
+/// What `run_instances` needs.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchSpec {
+    pub image_id: String,
+    pub instance_type: String,
+    pub count: i32,
+    pub key_name: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub subnet_id: Option<String>,
+    pub zone: Option<String>,
+    /// Raw user data; base64-encoded here.
+    pub user_data: String,
+    pub instance_profile: Option<String>,
+    /// (device name, size in GiB) of the root volume.
+    pub root_volume: Option<(String, i32)>,
+    pub tags: Tags,
+    /// Makes a retried RunInstances idempotent.
+    pub client_token: Option<String>,
+}
+
+/// A stock or cgcloud image found by lookup.
+#[derive(Debug, Clone)]
+pub struct FoundImage {
+    pub image_id: String,
+    pub name: String,
+    pub creation_date: String,
+    pub root_device: Option<String>,
+    pub owner: Option<String>,
+    pub tags: Tags,
+}
+
+/// A key pair as EC2 reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyPairInfo {
+    pub name: String,
+    pub fingerprint: String,
+    pub key_type: String,
+    pub public_key: Option<String>,
+}
+
+/// Network placement resolved for a launch.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub vpc_id: String,
+    pub subnet_id: Option<String>,
+    pub zone: Option<String>,
+}
+
+impl Cloud {
+    /// Every cgcloud box in `namespace` (optionally of one role), any state but terminated.
+    pub async fn list_boxes(
+        &self,
+        namespace: &str,
+        role: Option<&str>,
+    ) -> Result<Vec<BoxInfo>, AwsError> {
+        let mut filters = vec![
+            tag_filter(tags::NAMESPACE, namespace),
+            filter(
+                "instance-state-name",
+                &["pending", "running", "stopping", "stopped", "shutting-down"],
+            ),
+        ];
+        if let Some(r) = role {
+            filters.push(tag_filter(tags::ROLE, r));
+        }
+        self.describe_boxes(filters, namespace).await
+    }
+
+    /// Boxes carrying a given tag value, any live state.
+    pub async fn boxes_with_tag(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<BoxInfo>, AwsError> {
+        let filters = vec![
+            tag_filter(tags::NAMESPACE, namespace),
+            tag_filter(key, value),
+            filter(
+                "instance-state-name",
+                &["pending", "running", "stopping", "stopped", "shutting-down"],
+            ),
+        ];
+        self.describe_boxes(filters, namespace).await
+    }
+
+    async fn describe_boxes(
+        &self,
+        filters: Vec<Filter>,
+        namespace: &str,
+    ) -> Result<Vec<BoxInfo>, AwsError> {
+        let pages: Vec<_> = self
+            .ec2
+            .describe_instances()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeInstances", e))?;
+        // The filter already scopes to the namespace; check again so that nothing outside it
+        // can ever be acted on, whatever an endpoint's filter support.
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.reservations())
+            .flat_map(|r| r.instances())
+            .filter_map(box_from_instance)
+            .filter(|b| b.namespace == namespace)
+            .collect())
+    }
+
+    /// Instances by id (any state), decoded as boxes where they are cgcloud boxes.
+    pub async fn describe_instances(&self, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pages: Vec<_> = self
+            .ec2
+            .describe_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeInstances", e))?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.reservations())
+            .flat_map(|r| r.instances())
+            .cloned()
+            .collect())
+    }
+
+    /// Architectures supported by an instance type; an unknown type is an error.
+    pub async fn instance_type_arches(&self, instance_type: &str) -> Result<Vec<String>, AwsError> {
+        let out = self
+            .ec2
+            .describe_instance_types()
+            .instance_types(InstanceType::from(instance_type))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeInstanceTypes", e));
+        let out = match out {
+            Err(e)
+                if e.code()
+                    .is_some_and(|c| c.starts_with("InvalidInstanceType")) =>
+            {
+                return Err(AwsError::Invalid(format!(
+                    "instance type '{instance_type}' does not exist in region {}",
+                    self.region
+                )))
+            }
+            other => other?,
+        };
+        let Some(info) = out.instance_types().first() else {
+            return Err(AwsError::Invalid(format!(
+                "instance type '{instance_type}' does not exist in region {}",
+                self.region
+            )));
+        };
+        Ok(info
+            .processor_info()
+            .map(|p| {
+                p.supported_architectures()
+                    .iter()
+                    .map(|a| a.as_str().to_owned())
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["x86_64".to_owned()]))
+    }
+
+    /// The names of the region's availability zones.
+    pub async fn zones(&self) -> Result<Vec<String>, AwsError> {
+        let out = self
+            .ec2
+            .describe_availability_zones()
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeAvailabilityZones", e))?;
+        Ok(out
+            .availability_zones()
+            .iter()
+            .filter_map(|z| z.zone_name().map(str::to_owned))
+            .collect())
+    }
+
+    /// The value of an SSM parameter (e.g. a public image-id parameter).
+    pub async fn ssm_parameter(&self, name: &str) -> Result<Option<String>, AwsError> {
+        match self.ssm.get_parameter().name(name).send().await {
+            Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_owned)),
+            Err(e) => {
+                let e = self.classify("ssm:GetParameter", e);
+                if e.code() == Some("ParameterNotFound") {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Images by id.
+    pub async fn image_by_id(&self, image_id: &str) -> Result<Option<FoundImage>, AwsError> {
+        let out = self.ec2.describe_images().image_ids(image_id).send().await;
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                let e = self.classify("ec2:DescribeImages", e);
+                if e.code().is_some_and(|c| c.starts_with("InvalidAMIID")) {
+                    return Ok(None);
+                }
+                return Err(e);
+            }
+        };
+        Ok(out.images().first().map(found_image))
+    }
+
+    /// The newest available image owned by one of `owners` whose name matches `name` (a
+    /// DescribeImages wildcard pattern) for `arch`.
+    pub async fn newest_image(
+        &self,
+        owners: &[String],
+        name: &str,
+        arch: &str,
+    ) -> Result<Option<FoundImage>, AwsError> {
+        let pages: Vec<_> = self
+            .ec2
+            .describe_images()
+            .set_owners(Some(owners.to_vec()))
+            .filters(filter("name", &[name]))
+            .filters(filter("architecture", &[arch]))
+            .filters(filter("state", &["available"]))
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeImages", e))?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.images())
+            .filter(|i| !i.name().unwrap_or_default().to_lowercase().contains("beta"))
+            .max_by(|a, b| (a.creation_date(), a.name()).cmp(&(b.creation_date(), b.name())))
+            .map(found_image))
+    }
+
+    /// The cgcloud images of `role` in `namespace`, oldest first.
+    pub async fn list_images(
+        &self,
+        namespace: &str,
+        role: Option<&str>,
+    ) -> Result<Vec<ImageInfo>, AwsError> {
+        let mut req = self
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(tag_filter(tags::NAMESPACE, namespace));
+        if let Some(r) = role {
+            req = req.filters(tag_filter(tags::ROLE, r));
+        }
+        let pages: Vec<_> = req
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeImages", e))?;
+        let mut images: Vec<ImageInfo> = pages
+            .iter()
+            .flat_map(|p| p.images())
+            .filter_map(|i| {
+                let tags = to_tags(i.tags());
+                if tags.get(tags::NAMESPACE).map(String::as_str) != Some(namespace) {
+                    return None;
+                }
+                Some(ImageInfo {
+                    image_id: i.image_id()?.to_owned(),
+                    name: i.name().unwrap_or_default().to_owned(),
+                    role: tags.get(tags::ROLE).cloned()?,
+                    state: i.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                    creation_date: i.creation_date().unwrap_or_default().to_owned(),
+                    generation: tags
+                        .get(tags::GENERATION)
+                        .and_then(|g| g.parse().ok())
+                        .unwrap_or(0),
+                    role_hash: tags.get(tags::ROLE_HASH).cloned(),
+                    snapshot_ids: i
+                        .block_device_mappings()
+                        .iter()
+                        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+                        .collect(),
+                    source_instance: i.source_instance_id().map(str::to_owned),
+                    tags,
+                })
+            })
+            .collect();
+        images.sort_by(|a, b| (&a.creation_date, &a.name).cmp(&(&b.creation_date, &b.name)));
+        Ok(images)
+    }
+
+    /// Resolves where a launch goes: the given subnet, or the default VPC (and, with a zone,
+    /// its default subnet there).
+    pub async fn network(
+        &self,
+        subnet: Option<&str>,
+        zone: Option<&str>,
+    ) -> Result<Network, AwsError> {
+        if let Some(subnet_id) = subnet {
+            let out = self
+                .ec2
+                .describe_subnets()
+                .subnet_ids(subnet_id)
+                .send()
+                .await;
+            let out = match out {
+                Ok(o) => o,
+                Err(e) => {
+                    let e = self.classify("ec2:DescribeSubnets", e);
+                    if e.code().is_some_and(|c| c.starts_with("InvalidSubnet")) {
+                        return Err(AwsError::Invalid(format!(
+                            "subnet '{subnet_id}' does not exist in region {}",
+                            self.region
+                        )));
+                    }
+                    return Err(e);
+                }
+            };
+            let s = out.subnets().first().ok_or_else(|| {
+                AwsError::Invalid(format!(
+                    "subnet '{subnet_id}' does not exist in region {}",
+                    self.region
+                ))
+            })?;
+            let subnet_zone = s.availability_zone().map(str::to_owned);
+            if let (Some(z), Some(sz)) = (zone, subnet_zone.as_deref()) {
+                if z != sz {
+                    return Err(AwsError::Invalid(format!(
+                        "subnet '{subnet_id}' is in zone {sz}, not in {z}"
+                    )));
+                }
+            }
+            return Ok(Network {
+                vpc_id: s.vpc_id().unwrap_or_default().to_owned(),
+                subnet_id: Some(subnet_id.to_owned()),
+                zone: subnet_zone,
+            });
+        }
+        let vpcs = self
+            .ec2
+            .describe_vpcs()
+            .filters(filter("is-default", &["true"]))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeVpcs", e))?;
+        let vpc_id = vpcs.vpcs().first().and_then(|v| v.vpc_id()).map(str::to_owned).ok_or_else(|| {
+            AwsError::Invalid(format!(
+                "region {} has no default VPC; pass --subnet SUBNET_ID (or set `subnet` in your cgcloud profile)",
+                self.region
+            ))
+        })?;
+        Ok(Network {
+            vpc_id,
+            subnet_id: None,
+            zone: zone.map(str::to_owned),
+        })
+    }
+
+    /// Finds or creates the security group `name` in `vpc_id` and makes sure `rules` are
+    /// authorized. Returns (group id, whether it was created now).
+    pub async fn ensure_security_group(
+        &self,
+        name: &str,
+        description: &str,
+        vpc_id: &str,
+        group_tags: &Tags,
+        rules: &[SgRule],
+    ) -> Result<(String, bool), AwsError> {
+        let existing = self.find_security_group(name, vpc_id).await?;
+        let (group_id, created) = match existing {
+            Some(id) => (id, false),
+            None => {
+                let created = self
+                    .ec2
+                    .create_security_group()
+                    .group_name(name)
+                    .description(description)
+                    .vpc_id(vpc_id)
+                    .tag_specifications(tag_spec(ResourceType::SecurityGroup, group_tags))
+                    .send()
+                    .await;
+                match created {
+                    Ok(out) => (out.group_id().unwrap_or_default().to_owned(), true),
+                    Err(e) => {
+                        let e = self.classify("ec2:CreateSecurityGroup", e);
+                        // Another launch created it at the same moment.
+                        if e.code() == Some("InvalidGroup.Duplicate") {
+                            let id = self.find_security_group(name, vpc_id).await?.ok_or(e)?;
+                            (id, false)
+                        } else {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        };
+        for rule in rules {
+            let mut perm = IpPermission::builder()
+                .ip_protocol(&rule.protocol)
+                .from_port(rule.from_port)
+                .to_port(rule.to_port);
+            perm = match &rule.source {
+                SgSource::Cidr(c) => perm.ip_ranges(
+                    IpRange::builder()
+                        .cidr_ip(c)
+                        .description(&rule.description)
+                        .build(),
+                ),
+                SgSource::OwnGroup => perm.user_id_group_pairs(
+                    UserIdGroupPair::builder()
+                        .group_id(&group_id)
+                        .description(&rule.description)
+                        .build(),
+                ),
+            };
+            let res = self
+                .ec2
+                .authorize_security_group_ingress()
+                .group_id(&group_id)
+                .ip_permissions(perm.build())
+                .send()
+                .await;
+            if let Err(e) = res {
+                let e = self.classify("ec2:AuthorizeSecurityGroupIngress", e);
+                if e.code() != Some("InvalidPermission.Duplicate") {
+                    return Err(e);
+                }
+            }
+        }
+        Ok((group_id, created))
+    }
+
+    pub async fn find_security_group(
+        &self,
+        name: &str,
+        vpc_id: &str,
+    ) -> Result<Option<String>, AwsError> {
+        let out = self
+            .ec2
+            .describe_security_groups()
+            .filters(filter("group-name", &[name]))
+            .filters(filter("vpc-id", &[vpc_id]))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeSecurityGroups", e))?;
+        Ok(out
+            .security_groups()
+            .first()
+            .and_then(|g| g.group_id())
+            .map(str::to_owned))
+    }
+
+    /// Security groups tagged with `namespace`: (id, name, vpc).
+    pub async fn namespace_security_groups(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<(String, String, String)>, AwsError> {
+        let pages: Vec<_> = self
+            .ec2
+            .describe_security_groups()
+            .filters(tag_filter(tags::NAMESPACE, namespace))
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeSecurityGroups", e))?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.security_groups())
+            .filter(|g| {
+                to_tags(g.tags()).get(tags::NAMESPACE).map(String::as_str) == Some(namespace)
+            })
+            .map(|g| {
+                (
+                    g.group_id().unwrap_or_default().to_owned(),
+                    g.group_name().unwrap_or_default().to_owned(),
+                    g.vpc_id().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect())
+    }
+
+    /// Security group ids used by any non-terminated instance.
+    pub async fn security_groups_in_use(
+        &self,
+        group_ids: &[String],
+    ) -> Result<Vec<String>, AwsError> {
+        if group_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs: Vec<&str> = group_ids.iter().map(String::as_str).collect();
+        let pages: Vec<_> = self
+            .ec2
+            .describe_instances()
+            .filters(filter("instance.group-id", &refs))
+            .filters(filter(
+                "instance-state-name",
+                &["pending", "running", "stopping", "stopped", "shutting-down"],
+            ))
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeInstances", e))?;
+        let mut used: Vec<String> = pages
+            .iter()
+            .flat_map(|p| p.reservations())
+            .flat_map(|r| r.instances())
+            .flat_map(|i| i.security_groups())
+            .filter_map(|g| g.group_id().map(str::to_owned))
+            .filter(|g| group_ids.contains(g))
+            .collect();
+        used.sort();
+        used.dedup();
+        Ok(used)
+    }
+
+    pub async fn delete_security_group(&self, group_id: &str) -> Result<(), AwsError> {
+        self.ec2
+            .delete_security_group()
+            .group_id(group_id)
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DeleteSecurityGroup", e))?;
+        Ok(())
+    }
+
+    /// Launches instances. Retries for a while on the errors that only mean a just-created
+    /// IAM instance profile or security group has not propagated yet.
+    pub async fn run_instances(&self, spec: &LaunchSpec) -> Result<Vec<Instance>, AwsError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut req = self
+                .ec2
+                .run_instances()
+                .image_id(&spec.image_id)
+                .instance_type(InstanceType::from(spec.instance_type.as_str()))
+                .min_count(spec.count)
+                .max_count(spec.count)
+                .set_key_name(spec.key_name.clone())
+                .set_security_group_ids(Some(spec.security_group_ids.clone()))
+                .set_subnet_id(spec.subnet_id.clone())
+                .set_client_token(spec.client_token.clone())
+                .user_data(base64::engine::general_purpose::STANDARD.encode(&spec.user_data))
+                .tag_specifications(tag_spec(ResourceType::Instance, &spec.tags))
+                .tag_specifications(tag_spec(ResourceType::Volume, &spec.tags));
+            if let Some(zone) = &spec.zone {
+                req = req.placement(Placement::builder().availability_zone(zone).build());
+            }
+            if let Some(profile) = &spec.instance_profile {
+                req = req.iam_instance_profile(
+                    IamInstanceProfileSpecification::builder()
+                        .name(profile)
+                        .build(),
+                );
+            }
+            if let Some((device, size)) = &spec.root_volume {
+                req = req.block_device_mappings(
+                    BlockDeviceMapping::builder()
+                        .device_name(device)
+                        .ebs(
+                            EbsBlockDevice::builder()
+                                .volume_size(*size)
+                                .volume_type(VolumeType::Gp3)
+                                .delete_on_termination(true)
+                                .build(),
+                        )
+                        .build(),
+                );
+            }
+            match req.send().await {
+                Ok(out) => return Ok(out.instances().to_vec()),
+                Err(e) => {
+                    let e = self.classify("ec2:RunInstances", e);
+                    let msg = e.to_string().to_lowercase();
+                    let propagating = e.code() == Some("InvalidGroup.NotFound")
+                        || msg.contains("iam instance profile")
+                        || msg.contains("no associated iam roles");
+                    if propagating && tokio::time::Instant::now() < deadline {
+                        tracing::debug!("waiting for IAM/security group propagation: {e}");
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        continue;
+                    }
+                    if e.code() == Some("InvalidKeyPair.NotFound") {
+                        return Err(AwsError::Invalid(format!(
+                            "key pair '{}' does not exist in region {}; register it with `cgcloud register-key ~/.ssh/id_ed25519.pub`",
+                            spec.key_name.as_deref().unwrap_or_default(),
+                            self.region
+                        )));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    pub async fn create_tags(&self, resources: &[String], tags: &Tags) -> Result<(), AwsError> {
+        if resources.is_empty() || tags.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .create_tags()
+            .set_resources(Some(resources.to_vec()))
+            .set_tags(Some(tag_list(tags)))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:CreateTags", e))?;
+        Ok(())
+    }
+
+    pub async fn delete_tags(&self, resources: &[String], keys: &[&str]) -> Result<(), AwsError> {
+        if resources.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .delete_tags()
+            .set_resources(Some(resources.to_vec()))
+            .set_tags(Some(
+                keys.iter()
+                    .map(|k| Tag::builder().key(*k).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DeleteTags", e))?;
+        Ok(())
+    }
+
+    pub async fn terminate(&self, ids: &[String]) -> Result<(), AwsError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .terminate_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:TerminateInstances", e))?;
+        Ok(())
+    }
+
+    pub async fn stop(&self, ids: &[String]) -> Result<(), AwsError> {
+        self.ec2
+            .stop_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:StopInstances", e))?;
+        Ok(())
+    }
+
+    pub async fn start(&self, ids: &[String]) -> Result<(), AwsError> {
+        self.ec2
+            .start_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:StartInstances", e))?;
+        Ok(())
+    }
+
+    pub async fn reboot(&self, ids: &[String]) -> Result<(), AwsError> {
+        self.ec2
+            .reboot_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:RebootInstances", e))?;
+        Ok(())
+    }
+
+    /// The state of each instance: id → (state, reason message).
+    pub async fn instance_states(
+        &self,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, (String, Option<String>)>, AwsError> {
+        let instances = self.describe_instances(ids).await?;
+        Ok(instances
+            .iter()
+            .filter_map(|i| {
+                Some((
+                    i.instance_id()?.to_owned(),
+                    (
+                        i.state()
+                            .and_then(|s| s.name())
+                            .map(|n| n.as_str().to_owned())
+                            .unwrap_or_default(),
+                        i.state_reason()
+                            .and_then(|r| r.message())
+                            .map(str::to_owned),
+                    ),
+                ))
+            })
+            .collect())
+    }
+
+    /// Creates an image of a (stopped) instance, with the tags on the image and its snapshots.
+    pub async fn create_image(
+        &self,
+        instance_id: &str,
+        name: &str,
+        description: &str,
+        image_tags: &Tags,
+    ) -> Result<String, AwsError> {
+        let out = self
+            .ec2
+            .create_image()
+            .instance_id(instance_id)
+            .name(name)
+            .description(description)
+            .tag_specifications(tag_spec(ResourceType::Image, image_tags))
+            .tag_specifications(tag_spec(ResourceType::Snapshot, image_tags))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:CreateImage", e))?;
+        out.image_id()
+            .map(str::to_owned)
+            .ok_or_else(|| other("ec2:CreateImage", "no image id in the response"))
+    }
+
+    /// The state of an image, or None if it no longer exists.
+    pub async fn image_state(&self, image_id: &str) -> Result<Option<String>, AwsError> {
+        match self.ec2.describe_images().image_ids(image_id).send().await {
+            Ok(o) => Ok(o
+                .images()
+                .first()
+                .and_then(|i| i.state())
+                .map(|s| s.as_str().to_owned())),
+            Err(e) => {
+                let e = self.classify("ec2:DescribeImages", e);
+                if e.code().is_some_and(|c| c.starts_with("InvalidAMIID")) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub async fn deregister_image(&self, image_id: &str) -> Result<(), AwsError> {
+        self.ec2
+            .deregister_image()
+            .image_id(image_id)
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DeregisterImage", e))?;
+        Ok(())
+    }
+
+    pub async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), AwsError> {
+        self.ec2
+            .delete_snapshot()
+            .snapshot_id(snapshot_id)
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DeleteSnapshot", e))?;
+        Ok(())
+    }
+
+    /// Snapshots owned by this account and tagged with `namespace`: (id, description, tags).
+    pub async fn namespace_snapshots(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<(String, String, Tags)>, AwsError> {
+        let pages: Vec<_> = self
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(tag_filter(tags::NAMESPACE, namespace))
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeSnapshots", e))?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.snapshots())
+            .map(|s| {
+                (
+                    s.snapshot_id().unwrap_or_default().to_owned(),
+                    s.description().unwrap_or_default().to_owned(),
+                    to_tags(s.tags()),
+                )
+            })
+            .filter(|(_, _, t)| t.get(tags::NAMESPACE).map(String::as_str) == Some(namespace))
+            .collect())
+    }
+
+    /// Volumes tagged with `namespace`: (id, state, tags).
+    pub async fn namespace_volumes(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<(String, String, Tags)>, AwsError> {
+        let pages: Vec<_> = self
+            .ec2
+            .describe_volumes()
+            .filters(tag_filter(tags::NAMESPACE, namespace))
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeVolumes", e))?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.volumes())
+            .map(|v| {
+                (
+                    v.volume_id().unwrap_or_default().to_owned(),
+                    v.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                    to_tags(v.tags()),
+                )
+            })
+            .filter(|(_, _, t)| t.get(tags::NAMESPACE).map(String::as_str) == Some(namespace))
+            .collect())
+    }
+
+    pub async fn delete_volume(&self, volume_id: &str) -> Result<(), AwsError> {
+        self.ec2
+            .delete_volume()
+            .volume_id(volume_id)
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DeleteVolume", e))?;
+        Ok(())
+    }
+
+    /// A key pair with its public key, or None.
+    pub async fn key_pair(&self, name: &str) -> Result<Option<KeyPairInfo>, AwsError> {
+        match self
+            .ec2
+            .describe_key_pairs()
+            .key_names(name)
+            .include_public_key(true)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.key_pairs().first().map(key_info)),
+            Err(e) => {
+                let e = self.classify("ec2:DescribeKeyPairs", e);
+                if e.code() == Some("InvalidKeyPair.NotFound") {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Every key pair in the region, with public keys.
+    pub async fn key_pairs(&self) -> Result<Vec<KeyPairInfo>, AwsError> {
+        let out = self
+            .ec2
+            .describe_key_pairs()
+            .include_public_key(true)
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeKeyPairs", e))?;
+        Ok(out.key_pairs().iter().map(key_info).collect())
+    }
+
+    pub async fn import_key_pair(
+        &self,
+        name: &str,
+        public_key: &str,
+        key_tags: &Tags,
+    ) -> Result<KeyPairInfo, AwsError> {
+        let out = self
+            .ec2
+            .import_key_pair()
+            .key_name(name)
+            .public_key_material(aws_smithy_types::Blob::new(public_key.as_bytes()))
+            .tag_specifications(tag_spec(ResourceType::KeyPair, key_tags))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:ImportKeyPair", e))?;
+        Ok(KeyPairInfo {
+            name: out.key_name().unwrap_or(name).to_owned(),
+            fingerprint: out.key_fingerprint().unwrap_or_default().to_owned(),
+            key_type: String::new(),
+            public_key: Some(public_key.to_owned()),
+        })
+    }
+
+    pub async fn delete_key_pair(&self, name: &str) -> Result<(), AwsError> {
+        self.ec2
+            .delete_key_pair()
+            .key_name(name)
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DeleteKeyPair", e))?;
+        Ok(())
+    }
+}
+
+fn key_info(k: &aws_sdk_ec2::types::KeyPairInfo) -> KeyPairInfo {
+    KeyPairInfo {
+        name: k.key_name().unwrap_or_default().to_owned(),
+        fingerprint: k.key_fingerprint().unwrap_or_default().to_owned(),
+        key_type: k
+            .key_type()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        public_key: k.public_key().map(str::to_owned),
+    }
+}
+
+fn found_image(i: &aws_sdk_ec2::types::Image) -> FoundImage {
+    FoundImage {
+        image_id: i.image_id().unwrap_or_default().to_owned(),
+        name: i.name().unwrap_or_default().to_owned(),
+        creation_date: i.creation_date().unwrap_or_default().to_owned(),
+        root_device: i.root_device_name().map(str::to_owned),
+        owner: i.owner_id().map(str::to_owned),
+        tags: to_tags(i.tags()),
+    }
+}
+
+/// Where a security-group rule admits traffic from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SgSource {
+    Cidr(String),
+    /// The group itself (cluster-internal traffic).
+    OwnGroup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SgRule {
+    /// `tcp`, `udp`, `icmp` or `-1`.
+    pub protocol: String,
+    pub from_port: i32,
+    pub to_port: i32,
+    pub source: SgSource,
+    pub description: String,
+}

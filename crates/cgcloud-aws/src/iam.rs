@@ -1,0 +1,286 @@
+//! IAM roles and instance profiles for boxes. Each role of a namespace gets one IAM role and
+//! one instance profile with the same namespaced name, under the IAM path `/cgcloud/<ns>/`, so
+//! that listing a namespace's IAM resources is an exact path comparison.
+
+use crate::{AwsError, Cloud};
+use aws_sdk_iam::types::Tag;
+use cgcloud_core::tags::Tags;
+use std::collections::BTreeSet;
+
+const TRUST_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+/// The single inline policy cgcloud manages on each role.
+pub const POLICY_NAME: &str = "cgcloud";
+
+fn iam_tags(tags: &Tags) -> Vec<Tag> {
+    tags.iter()
+        .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+        .collect()
+}
+
+impl Cloud {
+    /// Makes sure the IAM role `name` (with exactly `policy` as its cgcloud inline policy) and
+    /// the instance profile `name` holding it exist. Returns whether anything was created.
+    pub async fn ensure_instance_profile(
+        &self,
+        name: &str,
+        path: &str,
+        policy: &str,
+        tags: &Tags,
+    ) -> Result<bool, AwsError> {
+        let mut created = false;
+        match self.iam.get_role().role_name(name).send().await {
+            Ok(_) => {}
+            Err(e) => {
+                let e = self.classify("iam:GetRole", e);
+                if e.code() != Some("NoSuchEntity") {
+                    return Err(e);
+                }
+                let res = self
+                    .iam
+                    .create_role()
+                    .role_name(name)
+                    .path(path)
+                    .assume_role_policy_document(TRUST_POLICY)
+                    .description("cgcloud box role")
+                    .set_tags(Some(iam_tags(tags)))
+                    .send()
+                    .await;
+                if let Err(e) = res {
+                    let e = self.classify("iam:CreateRole", e);
+                    if e.code() != Some("EntityAlreadyExists") {
+                        return Err(e);
+                    }
+                }
+                created = true;
+            }
+        }
+        // Only write the policy when it differs, to stay clear of IAM's write rate limits.
+        let current = self
+            .iam
+            .get_role_policy()
+            .role_name(name)
+            .policy_name(POLICY_NAME)
+            .send()
+            .await;
+        let same = match current {
+            Ok(out) => {
+                let doc = percent_decode(out.policy_document());
+                serde_json::from_str::<serde_json::Value>(&doc).ok()
+                    == serde_json::from_str::<serde_json::Value>(policy).ok()
+            }
+            Err(_) => false,
+        };
+        if !same {
+            self.iam
+                .put_role_policy()
+                .role_name(name)
+                .policy_name(POLICY_NAME)
+                .policy_document(policy)
+                .send()
+                .await
+                .map_err(|e| self.classify("iam:PutRolePolicy", e))?;
+        }
+        let profile_roles = match self
+            .iam
+            .get_instance_profile()
+            .instance_profile_name(name)
+            .send()
+            .await
+        {
+            Ok(out) => out
+                .instance_profile()
+                .map(|p| {
+                    p.roles()
+                        .iter()
+                        .map(|r| r.role_name().to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+            Err(e) => {
+                let e = self.classify("iam:GetInstanceProfile", e);
+                if e.code() != Some("NoSuchEntity") {
+                    return Err(e);
+                }
+                let res = self
+                    .iam
+                    .create_instance_profile()
+                    .instance_profile_name(name)
+                    .path(path)
+                    .set_tags(Some(iam_tags(tags)))
+                    .send()
+                    .await;
+                if let Err(e) = res {
+                    let e = self.classify("iam:CreateInstanceProfile", e);
+                    if e.code() != Some("EntityAlreadyExists") {
+                        return Err(e);
+                    }
+                }
+                created = true;
+                Vec::new()
+            }
+        };
+        for other in profile_roles.iter().filter(|r| r.as_str() != name) {
+            self.iam
+                .remove_role_from_instance_profile()
+                .instance_profile_name(name)
+                .role_name(other)
+                .send()
+                .await
+                .map_err(|e| self.classify("iam:RemoveRoleFromInstanceProfile", e))?;
+        }
+        if !profile_roles.iter().any(|r| r == name) {
+            self.iam
+                .add_role_to_instance_profile()
+                .instance_profile_name(name)
+                .role_name(name)
+                .send()
+                .await
+                .map_err(|e| self.classify("iam:AddRoleToInstanceProfile", e))?;
+        }
+        Ok(created)
+    }
+
+    /// IAM roles and instance profiles whose path is exactly `path`: (roles, profiles).
+    pub async fn iam_in_path(&self, path: &str) -> Result<(Vec<String>, Vec<String>), AwsError> {
+        let roles: Vec<_> = self
+            .iam
+            .list_roles()
+            .path_prefix(path)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("iam:ListRoles", e))?;
+        let profiles: Vec<_> = self
+            .iam
+            .list_instance_profiles()
+            .path_prefix(path)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("iam:ListInstanceProfiles", e))?;
+        Ok((
+            roles
+                .iter()
+                .filter(|r| r.path() == path)
+                .map(|r| r.role_name().to_owned())
+                .collect(),
+            profiles
+                .iter()
+                .filter(|p| p.path() == path)
+                .map(|p| p.instance_profile_name().to_owned())
+                .collect(),
+        ))
+    }
+
+    /// Deletes an instance profile (after removing its roles).
+    pub async fn delete_instance_profile(&self, name: &str) -> Result<(), AwsError> {
+        let out = self
+            .iam
+            .get_instance_profile()
+            .instance_profile_name(name)
+            .send()
+            .await
+            .map_err(|e| self.classify("iam:GetInstanceProfile", e))?;
+        let roles: BTreeSet<String> = out
+            .instance_profile()
+            .map(|p| p.roles().iter().map(|r| r.role_name().to_owned()).collect())
+            .unwrap_or_default();
+        for role in roles {
+            self.iam
+                .remove_role_from_instance_profile()
+                .instance_profile_name(name)
+                .role_name(role)
+                .send()
+                .await
+                .map_err(|e| self.classify("iam:RemoveRoleFromInstanceProfile", e))?;
+        }
+        self.iam
+            .delete_instance_profile()
+            .instance_profile_name(name)
+            .send()
+            .await
+            .map_err(|e| self.classify("iam:DeleteInstanceProfile", e))?;
+        Ok(())
+    }
+
+    /// Deletes an IAM role after deleting its inline policies and detaching it from profiles.
+    pub async fn delete_role(&self, name: &str) -> Result<(), AwsError> {
+        let policies: Vec<String> = self
+            .iam
+            .list_role_policies()
+            .role_name(name)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("iam:ListRolePolicies", e))?;
+        for p in policies {
+            self.iam
+                .delete_role_policy()
+                .role_name(name)
+                .policy_name(p)
+                .send()
+                .await
+                .map_err(|e| self.classify("iam:DeleteRolePolicy", e))?;
+        }
+        let profiles: Vec<_> = self
+            .iam
+            .list_instance_profiles_for_role()
+            .role_name(name)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("iam:ListInstanceProfilesForRole", e))?;
+        for p in profiles {
+            self.iam
+                .remove_role_from_instance_profile()
+                .instance_profile_name(p.instance_profile_name())
+                .role_name(name)
+                .send()
+                .await
+                .map_err(|e| self.classify("iam:RemoveRoleFromInstanceProfile", e))?;
+        }
+        self.iam
+            .delete_role()
+            .role_name(name)
+            .send()
+            .await
+            .map_err(|e| self.classify("iam:DeleteRole", e))?;
+        Ok(())
+    }
+}
+
+/// IAM returns policy documents URL-encoded.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decodes_policies() {
+        assert_eq!(super::percent_decode("%7B%22a%22%3A1%7D"), r#"{"a":1}"#);
+        assert_eq!(super::percent_decode(r#"{"a":1}"#), r#"{"a":1}"#);
+    }
+}

@@ -1,0 +1,74 @@
+//! The tag schema: every piece of state cgcloud needs later is written as a tag on the cloud
+//! resource itself. This module is the one place that names the tags.
+
+use std::collections::BTreeMap;
+
+/// The console-visible name: the namespaced AWS name of the role (or volume).
+pub const NAME: &str = "Name";
+/// The namespace the resource belongs to, e.g. `/hannes/`. Every query filters on it exactly.
+pub const NAMESPACE: &str = "cgcloud:namespace";
+/// The role a box was created from (or an image was baked from).
+pub const ROLE: &str = "cgcloud:role";
+/// The cluster a box belongs to; a standalone box has none.
+pub const CLUSTER: &str = "cgcloud:cluster";
+/// The box's ordinal within its cluster: 0 for the leader, 1.. for workers.
+pub const ORDINAL: &str = "cgcloud:ordinal";
+/// The leader's instance id, on every member of a cluster.
+pub const LEADER: &str = "cgcloud:leader";
+/// How many times an image was taken along the chain that led to this box or image.
+pub const GENERATION: &str = "cgcloud:generation";
+/// Hash of the compiled plan a box was provisioned with, or an image was baked from.
+pub const ROLE_HASH: &str = "cgcloud:role-hash";
+/// The box's SSH host public key (`ssh-ed25519 AAAA...`), known before the box boots.
+pub const HOST_KEY: &str = "cgcloud:host-key";
+/// The id of the launch transaction that created the resource.
+pub const LAUNCH: &str = "cgcloud:launch";
+/// `pending` while a launch is in progress; removed when it completes. `cleanup` looks for it.
+pub const LAUNCH_STATE: &str = "cgcloud:launch-state";
+/// Who launched the resource (the resolved `__me__`).
+pub const OWNER: &str = "cgcloud:owner";
+/// The login with sudo rights on the box's image.
+pub const ADMIN_USER: &str = "cgcloud:admin-user";
+/// Whether the agent runs on the box (`true`/`false`).
+pub const AGENT: &str = "cgcloud:agent";
+/// The key-pair patterns the box trusts, space-separated.
+pub const KEYPAIRS: &str = "cgcloud:keypairs";
+/// Marks a persistent volume that `terminate` keeps.
+pub const PERSISTENT: &str = "cgcloud:persistent";
+/// Role option values are stored as `cgcloud:option:<name>`.
+pub const OPTION_PREFIX: &str = "cgcloud:option:";
+
+pub const LAUNCH_PENDING: &str = "pending";
+
+/// Tags as a sorted map.
+pub type Tags = BTreeMap<String, String>;
+
+/// Role options stored in `tags`.
+pub fn options_from_tags(tags: &Tags) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(OPTION_PREFIX)
+                .map(|name| (name.to_owned(), v.clone()))
+        })
+        .collect()
+}
+
+/// The tag key of a role option.
+pub fn option_tag(name: &str) -> String {
+    format!("{OPTION_PREFIX}{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_round_trip() {
+        let mut tags = Tags::new();
+        tags.insert(option_tag("java_version"), "17".into());
+        tags.insert(ROLE.into(), "spark-box".into());
+        let opts = options_from_tags(&tags);
+        assert_eq!(opts.len(), 1);
+        assert_eq!(opts["java_version"], "17");
+    }
+}

@@ -1,0 +1,538 @@
+//! Roles as data: built-in role and OS definitions embedded from the workspace's `roles/`
+//! folder, plugin directories of role files, `include` resolution and merging, validation, and
+//! role options.
+
+pub mod os;
+pub mod role;
+
+use os::OsDef;
+use role::{merge_values, OptionType, Role, RoleFile};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin.rs"));
+}
+
+pub const BUILTIN_SOURCE: &str = "built-in";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    #[error("no such role: '{name}'{}", suggest(.suggestions))]
+    UnknownRole {
+        name: String,
+        suggestions: Vec<String>,
+    },
+    #[error("role '{0}' is abstract: it can only be included by other roles")]
+    Abstract(String),
+    #[error("include cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+    #[error("role '{role}' includes '{include}', which does not exist")]
+    UnknownInclude { role: String, include: String },
+    #[error("role '{role}' names operating system '{os}', which does not exist (known: {known})")]
+    UnknownOs {
+        role: String,
+        os: String,
+        known: String,
+    },
+    #[error(
+        "role '{0}' supports no operating system: add `os = [...]` to it or to a role it includes"
+    )]
+    NoOs(String),
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("role '{name}' is defined in both {first} and {second}; to replace it on purpose, add `overrides = true` to {second}")]
+    Duplicate {
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error("cannot read plugin directory {dir}: {source}")]
+    PluginDir { dir: String, source: std::io::Error },
+    #[error("option '{name}' is not supported by role '{role}'{}", known_options(.known))]
+    UnknownOption {
+        role: String,
+        name: String,
+        known: Vec<String>,
+    },
+    #[error("'{value}' is not a valid value for option '{name}' (expected {expected})")]
+    BadOptionValue {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("'{0}' is not of the form NAME=VALUE")]
+    MalformedOption(String),
+}
+
+fn suggest(s: &[String]) -> String {
+    if s.is_empty() {
+        "; run 'cgcloud list-roles' to see all roles".to_owned()
+    } else {
+        format!(
+            "; did you mean {}?",
+            s.iter()
+                .map(|x| format!("'{x}'"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )
+    }
+}
+
+fn known_options(k: &[String]) -> String {
+    if k.is_empty() {
+        " (the role has no options)".to_owned()
+    } else {
+        format!(" (options: {})", k.join(", "))
+    }
+}
+
+/// A role file as loaded, before merging.
+#[derive(Debug, Clone)]
+struct Loaded {
+    file: RoleFile,
+    value: toml::Value,
+    source: String,
+}
+
+/// All known operating systems and roles.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    oses: BTreeMap<String, OsDef>,
+    roles: BTreeMap<String, Loaded>,
+}
+
+/// One line of `list-roles`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoleSummary {
+    pub name: String,
+    pub description: String,
+    pub source: String,
+    pub os: Vec<String>,
+}
+
+fn parse_err(file: &str, e: impl std::fmt::Display) -> RoleError {
+    RoleError::Parse {
+        file: file.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    }
+}
+
+impl Registry {
+    /// The built-in OS definitions and roles.
+    pub fn builtin() -> Result<Self, RoleError> {
+        let mut reg = Registry::default();
+        for (path, text) in builtin::BUILTIN {
+            let file = format!("roles/{path}");
+            if path.starts_with("os/") {
+                let os: OsDef = toml::from_str(text).map_err(|e| parse_err(&file, e))?;
+                reg.oses.insert(os.id.clone(), os);
+            } else {
+                reg.add_role_text(&file, text, BUILTIN_SOURCE.to_owned())?;
+            }
+        }
+        Ok(reg)
+    }
+
+    /// The built-in roles plus every `*.toml` file in `dirs`, in order.
+    pub fn load(dirs: &[PathBuf]) -> Result<Self, RoleError> {
+        let mut reg = Self::builtin()?;
+        for dir in dirs {
+            reg.add_dir(dir)?;
+        }
+        Ok(reg)
+    }
+
+    fn add_dir(&mut self, dir: &Path) -> Result<(), RoleError> {
+        let io = |source| RoleError::PluginDir {
+            dir: dir.display().to_string(),
+            source,
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        for path in files {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(&path).map_err(|e| parse_err(&shown, e))?;
+            self.add_role_text(&shown, &text, shown.clone())?;
+        }
+        Ok(())
+    }
+
+    fn add_role_text(&mut self, file: &str, text: &str, source: String) -> Result<(), RoleError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| parse_err(file, e))?;
+        let overrides = match value.as_table_mut().and_then(|t| t.remove("overrides")) {
+            Some(toml::Value::Boolean(b)) => b,
+            Some(_) => return Err(parse_err(file, "'overrides' must be true or false")),
+            None => false,
+        };
+        let role: RoleFile = value.clone().try_into().map_err(|e| parse_err(file, e))?;
+        if let Some(existing) = self.roles.get(&role.name) {
+            if !overrides {
+                return Err(RoleError::Duplicate {
+                    name: role.name.clone(),
+                    first: existing.source.clone(),
+                    second: file.to_owned(),
+                });
+            }
+        }
+        self.roles.insert(
+            role.name.clone(),
+            Loaded {
+                file: role,
+                value,
+                source,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn os(&self, id: &str) -> Option<&OsDef> {
+        self.oses.get(id)
+    }
+
+    pub fn oses(&self) -> impl Iterator<Item = &OsDef> {
+        self.oses.values()
+    }
+
+    /// Roles that can be created (not abstract), sorted by name.
+    pub fn list(&self) -> Vec<RoleSummary> {
+        self.roles
+            .values()
+            .filter(|l| !l.file.is_abstract)
+            .map(|l| RoleSummary {
+                name: l.file.name.clone(),
+                description: l.file.description.clone(),
+                source: l.source.clone(),
+                os: self
+                    .resolve(&l.file.name)
+                    .map(|r| r.os.iter().map(|o| o.id.clone()).collect())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Every role name, including abstract ones.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.roles.keys().map(String::as_str)
+    }
+
+    /// The merged, creatable role called `name`.
+    pub fn role(&self, name: &str) -> Result<Role, RoleError> {
+        let loaded = self.roles.get(name).ok_or_else(|| self.unknown(name))?;
+        if loaded.file.is_abstract {
+            return Err(RoleError::Abstract(name.to_owned()));
+        }
+        self.resolve(name)
+    }
+
+    fn unknown(&self, name: &str) -> RoleError {
+        let suggestions = self
+            .roles
+            .values()
+            .filter(|l| !l.file.is_abstract)
+            .map(|l| l.file.name.as_str())
+            .filter(|n| n.contains(name) || name.contains(n) || edit_distance(n, name) <= 3)
+            .take(3)
+            .map(str::to_owned)
+            .collect();
+        RoleError::UnknownRole {
+            name: name.to_owned(),
+            suggestions,
+        }
+    }
+
+    fn resolve(&self, name: &str) -> Result<Role, RoleError> {
+        let mut merged = toml::Value::Table(toml::Table::new());
+        self.merge_into(name, &mut Vec::new(), &mut merged)?;
+        let loaded = &self.roles[name];
+        let table = merged
+            .as_table_mut()
+            .ok_or_else(|| parse_err(name, "not a table"))?;
+        table.insert("name".into(), loaded.file.name.clone().into());
+        table.insert("description".into(), loaded.file.description.clone().into());
+        let file: RoleFile = merged
+            .try_into()
+            .map_err(|e| parse_err(&loaded.source, e))?;
+        let os = file
+            .os
+            .iter()
+            .map(|id| {
+                self.oses
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| RoleError::UnknownOs {
+                        role: name.to_owned(),
+                        os: id.clone(),
+                        known: self.oses.keys().cloned().collect::<Vec<_>>().join(", "),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if os.is_empty() {
+            return Err(RoleError::NoOs(name.to_owned()));
+        }
+        Ok(Role {
+            name: file.name,
+            description: file.description,
+            source: loaded.source.clone(),
+            os,
+            default_user: file.default_user,
+            instance: file.instance,
+            packages: file.packages,
+            ports: file.ports,
+            options: file.options,
+            iam: file.iam,
+        })
+    }
+
+    fn merge_into(
+        &self,
+        name: &str,
+        stack: &mut Vec<String>,
+        out: &mut toml::Value,
+    ) -> Result<(), RoleError> {
+        if let Some(pos) = stack.iter().position(|n| n == name) {
+            let mut cycle = stack[pos..].to_vec();
+            cycle.push(name.to_owned());
+            return Err(RoleError::Cycle(cycle));
+        }
+        let loaded = self
+            .roles
+            .get(name)
+            .ok_or_else(|| RoleError::UnknownInclude {
+                role: stack.last().cloned().unwrap_or_default(),
+                include: name.to_owned(),
+            })?;
+        stack.push(name.to_owned());
+        for inc in &loaded.file.include {
+            self.merge_into(inc, stack, out)?;
+        }
+        stack.pop();
+        let mut own = loaded.value.clone();
+        if let Some(t) = own.as_table_mut() {
+            for k in ["name", "description", "abstract", "include"] {
+                t.remove(k);
+            }
+        }
+        merge_values(out, own);
+        Ok(())
+    }
+}
+
+impl Role {
+    /// Validates `NAME=VALUE` against the role's options; returns the name and normalized value.
+    pub fn parse_option(&self, assignment: &str) -> Result<(String, String), RoleError> {
+        let (name, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| RoleError::MalformedOption(assignment.to_owned()))?;
+        let name = name.trim();
+        let decl = self
+            .options
+            .get(name)
+            .ok_or_else(|| RoleError::UnknownOption {
+                role: self.name.clone(),
+                name: name.to_owned(),
+                known: self.options.keys().cloned().collect(),
+            })?;
+        let bad = |expected| RoleError::BadOptionValue {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            expected,
+        };
+        let normalized = match decl.option_type {
+            OptionType::String => value.to_owned(),
+            OptionType::Int => value
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| bad("an integer"))?
+                .to_string(),
+            OptionType::Bool => match value.trim() {
+                "true" | "True" => "true".to_owned(),
+                "false" | "False" => "false".to_owned(),
+                _ => return Err(bad("true or false")),
+            },
+        };
+        Ok((name.to_owned(), normalized))
+    }
+
+    /// Every option with its effective value: `given` (validated) over the declared defaults.
+    pub fn option_values(&self, given: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        self.options
+            .iter()
+            .filter_map(|(name, decl)| {
+                given
+                    .get(name)
+                    .cloned()
+                    .or_else(|| {
+                        decl.default.as_ref().map(|d| {
+                            d.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| d.to_string())
+                        })
+                    })
+                    .map(|v| (name.clone(), v))
+            })
+            .collect()
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_roles_resolve() {
+        let reg = Registry::builtin().unwrap();
+        let roles = reg.list();
+        assert!(roles.len() >= 11, "{roles:?}");
+        for r in &roles {
+            let role = reg.role(&r.name).unwrap();
+            assert!(!role.os.is_empty());
+            assert_eq!(role.instance.root_volume_gb, Some(10));
+            assert!(
+                role.ports.iter().any(|p| p.port == Some(22)),
+                "{} has SSH",
+                r.name
+            );
+        }
+        assert!(
+            roles.iter().all(|r| r.name != "base"),
+            "abstract roles are not listed"
+        );
+        assert!(matches!(reg.role("base"), Err(RoleError::Abstract(_))));
+    }
+
+    #[test]
+    fn unknown_role_suggests() {
+        let reg = Registry::builtin().unwrap();
+        let err = reg.role("generic-debian-bookwrm-box").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("did you mean 'generic-debian-bookworm-box'"),
+            "{err}"
+        );
+        let err = reg.role("zzzzzzzzzzzz").unwrap_err();
+        assert!(err.to_string().contains("list-roles"), "{err}");
+    }
+
+    fn reg_with(files: &[(&str, &str)]) -> Result<Registry, RoleError> {
+        let mut reg = Registry::builtin()?;
+        for (name, text) in files {
+            reg.add_role_text(name, text, (*name).to_owned())?;
+        }
+        Ok(reg)
+    }
+
+    #[test]
+    fn cycles_are_named() {
+        let reg = reg_with(&[
+            (
+                "a.toml",
+                "name='a'\ndescription='a'\ninclude=['b']\nos=['debian-12']",
+            ),
+            ("b.toml", "name='b'\ndescription='b'\ninclude=['a']"),
+        ])
+        .unwrap();
+        let err = reg.role("a").unwrap_err();
+        assert_eq!(err.to_string(), "include cycle: a -> b -> a");
+    }
+
+    #[test]
+    fn malformed_files_name_file_line_and_key() {
+        let err =
+            reg_with(&[("bad.toml", "name='x'\ndescription='d'\nbogus_key = 1\n")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("bad.toml") && msg.contains("bogus_key"),
+            "{msg}"
+        );
+        let err = reg_with(&[("syntax.toml", "name='x'\ndescription=\n")]).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn duplicates_need_overrides() {
+        let text = "name='generic-debian-bookworm-box'\ndescription='mine'\ninclude=['base']\nos=['debian-12']";
+        assert!(matches!(
+            reg_with(&[("p.toml", text)]),
+            Err(RoleError::Duplicate { .. })
+        ));
+        let reg = reg_with(&[("p.toml", &format!("overrides = true\n{text}"))]).unwrap();
+        assert_eq!(
+            reg.role("generic-debian-bookworm-box").unwrap().description,
+            "mine"
+        );
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let reg = reg_with(&[(
+            "o.toml",
+            "name='o'\ndescription='d'\ninclude=['base']\nos=['debian-12']\n\
+             [options.n]\ntype='int'\ndefault=3\nhelp='a number'\n[options.flag]\ntype='bool'\nhelp='b'",
+        )])
+        .unwrap();
+        let role = reg.role("o").unwrap();
+        assert_eq!(
+            role.parse_option("n=42").unwrap(),
+            ("n".into(), "42".into())
+        );
+        assert_eq!(
+            role.parse_option("flag=True").unwrap(),
+            ("flag".into(), "true".into())
+        );
+        assert!(matches!(
+            role.parse_option("n=x"),
+            Err(RoleError::BadOptionValue { .. })
+        ));
+        assert!(matches!(
+            role.parse_option("nope=1"),
+            Err(RoleError::UnknownOption { .. })
+        ));
+        assert!(matches!(
+            role.parse_option("n"),
+            Err(RoleError::MalformedOption(_))
+        ));
+        let values = role.option_values(&BTreeMap::new());
+        assert_eq!(values.get("n").map(String::as_str), Some("3"));
+        assert!(!values.contains_key("flag"));
+    }
+
+    #[test]
+    fn packages_by_family_and_os() {
+        let reg = reg_with(&[(
+            "p.toml",
+            "name='p'\ndescription='d'\ninclude=['base']\nos=['debian-12','fedora-44']\n[packages]\napt=['openjdk-17-jre-headless']\ndnf=['java-17-openjdk-headless']",
+        )])
+        .unwrap();
+        let role = reg.role("p").unwrap();
+        let deb = role.packages_for(&role.os[0]);
+        assert_eq!(deb, vec!["htop", "rsync", "openjdk-17-jre-headless"]);
+        let fed = role.packages_for(&role.os[1]);
+        assert!(
+            fed.contains(&"java-17-openjdk-headless".to_owned())
+                && !fed.contains(&"openjdk-17-jre-headless".to_owned())
+        );
+    }
+}

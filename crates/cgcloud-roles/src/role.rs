@@ -1,0 +1,235 @@
+//! Role files: the typed form of one file, and the resolved role after `include` merging.
+//!
+//! Merge rules (applied in `include` order, the including file last): scalars — the later value
+//! wins; lists — appended (duplicates dropped); tables — merged key by key with the same rules.
+//! `name`, `description`, `abstract` and `include` belong to each file and are never inherited.
+
+use crate::os::OsDef;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One role file as written (validated, not yet merged).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleFile {
+    pub name: String,
+    pub description: String,
+    #[serde(default, rename = "abstract")]
+    pub is_abstract: bool,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub os: Vec<String>,
+    #[serde(default)]
+    pub default_user: Option<String>,
+    #[serde(default)]
+    pub instance: InstanceDefaults,
+    #[serde(default)]
+    pub packages: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    #[serde(default)]
+    pub options: BTreeMap<String, OptionDecl>,
+    #[serde(default)]
+    pub iam: Vec<IamStatement>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceDefaults {
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume_gb: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    All,
+}
+
+/// A security-group ingress rule declared by a role.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    pub proto: Proto,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// An inclusive range `[from, to]`, instead of `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<(u16, u16)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<i32>,
+    /// `anywhere`, `cluster` (the role's own security group) or a CIDR.
+    pub from: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl Port {
+    /// The (from, to) port range EC2 expects; ICMP uses type and code in these fields.
+    pub fn ec2_range(&self) -> (i32, i32) {
+        match self.proto {
+            Proto::Icmp => (self.icmp_type.unwrap_or(-1), self.icmp_code.unwrap_or(-1)),
+            Proto::All => (-1, -1),
+            _ => match (self.port, self.range) {
+                (Some(p), _) => (i32::from(p), i32::from(p)),
+                (None, Some((a, b))) => (i32::from(a), i32::from(b)),
+                (None, None) => (0, 65535),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptionType {
+    String,
+    Int,
+    Bool,
+}
+
+/// A role option, set with `-O name=value`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionDecl {
+    #[serde(rename = "type")]
+    pub option_type: OptionType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<toml::Value>,
+    pub help: String,
+    /// Whether images baked from a box keep the value for boxes recreated from them.
+    #[serde(default)]
+    pub inherited: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IamStatement {
+    #[serde(default = "allow")]
+    pub effect: String,
+    pub action: Vec<String>,
+    #[serde(default = "star")]
+    pub resource: Vec<String>,
+}
+
+fn allow() -> String {
+    "Allow".to_owned()
+}
+fn star() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+/// A role after merging its includes, ready to compile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Role {
+    pub name: String,
+    pub description: String,
+    /// Where the role came from: `built-in` or a file path.
+    pub source: String,
+    /// Supported operating systems; the first is the default.
+    pub os: Vec<OsDef>,
+    pub default_user: Option<String>,
+    pub instance: InstanceDefaults,
+    pub packages: BTreeMap<String, Vec<String>>,
+    pub ports: Vec<Port>,
+    pub options: BTreeMap<String, OptionDecl>,
+    pub iam: Vec<IamStatement>,
+}
+
+impl Role {
+    /// The packages to install on `os`: `all`, then the family's, then the OS's own.
+    pub fn packages_for(&self, os: &OsDef) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for key in [
+            "all",
+            os.family.as_str(),
+            os.distro.as_str(),
+            os.id.as_str(),
+        ] {
+            for p in self.packages.get(key).into_iter().flatten() {
+                if !out.contains(p) {
+                    out.push(p.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// The login `ssh` uses by default: the role's default user, else the OS admin.
+    pub fn login_user(&self, os: &OsDef) -> String {
+        self.default_user
+            .clone()
+            .unwrap_or_else(|| os.admin_user.clone())
+    }
+}
+
+/// Merges `later` into `base` with the documented rules.
+pub fn merge_values(base: &mut toml::Value, later: toml::Value) {
+    match (base, later) {
+        (toml::Value::Table(b), toml::Value::Table(l)) => {
+            for (k, v) in l {
+                match b.get_mut(&k) {
+                    Some(existing) => merge_values(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (toml::Value::Array(b), toml::Value::Array(l)) => {
+            for v in l {
+                if !b.contains(&v) {
+                    b.push(v);
+                }
+            }
+        }
+        (b, l) => *b = l,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_rules() {
+        let mut base: toml::Value =
+            toml::from_str("a = 1\nlist = [1, 2]\n[t]\nx = 'base'\ny = 'keep'\n[t.inner]\nv = [1]")
+                .unwrap();
+        let later: toml::Value =
+            toml::from_str("a = 2\nlist = [2, 3]\n[t]\nx = 'later'\n[t.inner]\nv = [2]").unwrap();
+        merge_values(&mut base, later);
+        assert_eq!(base["a"].as_integer(), Some(2));
+        assert_eq!(base["list"].as_array().unwrap().len(), 3);
+        assert_eq!(base["t"]["x"].as_str(), Some("later"));
+        assert_eq!(base["t"]["y"].as_str(), Some("keep"));
+        assert_eq!(base["t"]["inner"]["v"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn port_ranges() {
+        let p = |proto, port, range| Port {
+            proto,
+            port,
+            range,
+            icmp_type: Some(3),
+            icmp_code: Some(4),
+            from: "anywhere".into(),
+            description: String::new(),
+        };
+        assert_eq!(p(Proto::Tcp, Some(22), None).ec2_range(), (22, 22));
+        assert_eq!(
+            p(Proto::Tcp, None, Some((7077, 7078))).ec2_range(),
+            (7077, 7078)
+        );
+        assert_eq!(p(Proto::Icmp, None, None).ec2_range(), (3, 4));
+        assert_eq!(p(Proto::All, None, None).ec2_range(), (-1, -1));
+    }
+}
