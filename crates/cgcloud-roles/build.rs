@@ -19,33 +19,21 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let manifest =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let roles = manifest
-        .join("../../roles")
-        .canonicalize()
-        .expect("the workspace has a roles/ folder");
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let roles = manifest.join("../../roles").canonicalize().expect("the workspace has a roles/ folder");
     println!("cargo:rerun-if-changed={}", roles.display());
     let mut files = Vec::new();
     collect(&roles, &mut files);
     files.sort();
-    let mut code = String::from("/// Built-in definitions: (path relative to roles/, contents).\npub static BUILTIN: &[(&str, &str)] = &[\n");
+    let mut code = String::from(
+        "/// Built-in definitions: (path relative to roles/, contents).\npub static BUILTIN: &[(&str, &str)] = &[\n",
+    );
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
-        let rel = f
-            .strip_prefix(&roles)
-            .expect("under roles/")
-            .to_string_lossy()
-            .replace('\\', "/");
-        writeln!(
-            code,
-            "    ({rel:?}, include_str!({:?})),",
-            f.display().to_string()
-        )
-        .expect("write to string");
+        let rel = f.strip_prefix(&roles).expect("under roles/").to_string_lossy().replace('\\', "/");
+        writeln!(code, "    ({rel:?}, include_str!({:?})),", f.display().to_string()).expect("write to string");
     }
     code.push_str("];\n");
-    let out =
-        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("builtin.rs");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("builtin.rs");
     std::fs::write(out, code).expect("write builtin.rs");
 }

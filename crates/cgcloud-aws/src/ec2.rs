@@ -4,9 +4,8 @@
 use crate::error::other;
 use crate::{AwsError, Cloud};
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification, Instance,
-    InstanceType, IpPermission, IpRange, Placement, ResourceType, Tag, TagSpecification,
-    UserIdGroupPair, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification, Instance, InstanceType, IpPermission,
+    IpRange, Placement, ResourceType, Tag, TagSpecification, UserIdGroupPair, VolumeType,
 };
 use aws_smithy_types::date_time::Format;
 use base64::Engine as _;
@@ -16,10 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub fn filter(name: &str, values: &[&str]) -> Filter {
-    Filter::builder()
-        .name(name)
-        .set_values(Some(values.iter().map(|v| (*v).to_owned()).collect()))
-        .build()
+    Filter::builder().name(name).set_values(Some(values.iter().map(|v| (*v).to_owned()).collect())).build()
 }
 
 pub fn tag_filter(key: &str, value: &str) -> Filter {
@@ -27,32 +23,19 @@ pub fn tag_filter(key: &str, value: &str) -> Filter {
 }
 
 fn to_tags(tags: &[Tag]) -> Tags {
-    tags.iter()
-        .filter_map(|t| {
-            Some((
-                t.key()?.to_owned(),
-                t.value().unwrap_or_default().to_owned(),
-            ))
-        })
-        .collect()
+    tags.iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned()))).collect()
 }
 
 pub fn tag_list(tags: &Tags) -> Vec<Tag> {
-    tags.iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect()
+    tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
 
 fn tag_spec(resource: ResourceType, tags: &Tags) -> TagSpecification {
-    TagSpecification::builder()
-        .resource_type(resource)
-        .set_tags(Some(tag_list(tags)))
-        .build()
+    TagSpecification::builder().resource_type(resource).set_tags(Some(tag_list(tags))).build()
 }
 
 fn time(dt: Option<&aws_smithy_types::DateTime>) -> String {
-    dt.and_then(|d| d.fmt(Format::DateTime).ok())
-        .unwrap_or_default()
+    dt.and_then(|d| d.fmt(Format::DateTime).ok()).unwrap_or_default()
 }
 
 /// Decodes an instance into a box; `None` if it carries no cgcloud role/namespace tags.
@@ -67,38 +50,16 @@ pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
         cluster: tags.get(tags::CLUSTER).cloned(),
         ordinal: tags.get(tags::ORDINAL).and_then(|o| o.parse().ok()),
         leader: tags.get(tags::LEADER).cloned(),
-        state: i
-            .state()
-            .and_then(|s| s.name())
-            .map(|n| n.as_str().to_owned())
-            .unwrap_or_default(),
-        instance_type: i
-            .instance_type()
-            .map(|t| t.as_str().to_owned())
-            .unwrap_or_default(),
-        zone: i
-            .placement()
-            .and_then(|p| p.availability_zone())
-            .map(str::to_owned),
-        private_ip: i
-            .private_ip_address()
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned),
-        public_ip: i
-            .public_ip_address()
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned),
-        private_dns: i
-            .private_dns_name()
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned),
+        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+        instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        zone: i.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
+        private_ip: i.private_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
+        public_ip: i.public_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
+        private_dns: i.private_dns_name().filter(|s| !s.is_empty()).map(str::to_owned),
         launch_time: time(i.launch_time()),
         image_id: i.image_id().map(str::to_owned),
         key_name: i.key_name().map(str::to_owned),
-        generation: tags
-            .get(tags::GENERATION)
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(0),
+        generation: tags.get(tags::GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0),
         spot: i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot"),
         host_key: tags.get(tags::HOST_KEY).cloned(),
         admin_user: tags.get(tags::ADMIN_USER).cloned(),
@@ -157,17 +118,10 @@ pub struct Network {
 
 impl Cloud {
     /// Every cgcloud box in `namespace` (optionally of one role), any state but terminated.
-    pub async fn list_boxes(
-        &self,
-        namespace: &str,
-        role: Option<&str>,
-    ) -> Result<Vec<BoxInfo>, AwsError> {
+    pub async fn list_boxes(&self, namespace: &str, role: Option<&str>) -> Result<Vec<BoxInfo>, AwsError> {
         let mut filters = vec![
             tag_filter(tags::NAMESPACE, namespace),
-            filter(
-                "instance-state-name",
-                &["pending", "running", "stopping", "stopped", "shutting-down"],
-            ),
+            filter("instance-state-name", &["pending", "running", "stopping", "stopped", "shutting-down"]),
         ];
         if let Some(r) = role {
             filters.push(tag_filter(tags::ROLE, r));
@@ -176,28 +130,16 @@ impl Cloud {
     }
 
     /// Boxes carrying a given tag value, any live state.
-    pub async fn boxes_with_tag(
-        &self,
-        namespace: &str,
-        key: &str,
-        value: &str,
-    ) -> Result<Vec<BoxInfo>, AwsError> {
+    pub async fn boxes_with_tag(&self, namespace: &str, key: &str, value: &str) -> Result<Vec<BoxInfo>, AwsError> {
         let filters = vec![
             tag_filter(tags::NAMESPACE, namespace),
             tag_filter(key, value),
-            filter(
-                "instance-state-name",
-                &["pending", "running", "stopping", "stopped", "shutting-down"],
-            ),
+            filter("instance-state-name", &["pending", "running", "stopping", "stopped", "shutting-down"]),
         ];
         self.describe_boxes(filters, namespace).await
     }
 
-    async fn describe_boxes(
-        &self,
-        filters: Vec<Filter>,
-        namespace: &str,
-    ) -> Result<Vec<BoxInfo>, AwsError> {
+    async fn describe_boxes(&self, filters: Vec<Filter>, namespace: &str) -> Result<Vec<BoxInfo>, AwsError> {
         let pages: Vec<_> = self
             .ec2
             .describe_instances()
@@ -232,12 +174,7 @@ impl Cloud {
             .collect::<Result<Vec<_>, _>>()
             .await
             .map_err(|e| self.classify("ec2:DescribeInstances", e))?;
-        Ok(pages
-            .iter()
-            .flat_map(|p| p.reservations())
-            .flat_map(|r| r.instances())
-            .cloned()
-            .collect())
+        Ok(pages.iter().flat_map(|p| p.reservations()).flat_map(|r| r.instances()).cloned().collect())
     }
 
     /// Architectures supported by an instance type; an unknown type is an error.
@@ -250,10 +187,7 @@ impl Cloud {
             .await
             .map_err(|e| self.classify("ec2:DescribeInstanceTypes", e));
         let out = match out {
-            Err(e)
-                if e.code()
-                    .is_some_and(|c| c.starts_with("InvalidInstanceType")) =>
-            {
+            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidInstanceType")) => {
                 return Err(AwsError::Invalid(format!(
                     "instance type '{instance_type}' does not exist in region {}",
                     self.region
@@ -269,12 +203,7 @@ impl Cloud {
         };
         Ok(info
             .processor_info()
-            .map(|p| {
-                p.supported_architectures()
-                    .iter()
-                    .map(|a| a.as_str().to_owned())
-                    .collect()
-            })
+            .map(|p| p.supported_architectures().iter().map(|a| a.as_str().to_owned()).collect())
             .unwrap_or_else(|| vec!["x86_64".to_owned()]))
     }
 
@@ -286,11 +215,7 @@ impl Cloud {
             .send()
             .await
             .map_err(|e| self.classify("ec2:DescribeAvailabilityZones", e))?;
-        Ok(out
-            .availability_zones()
-            .iter()
-            .filter_map(|z| z.zone_name().map(str::to_owned))
-            .collect())
+        Ok(out.availability_zones().iter().filter_map(|z| z.zone_name().map(str::to_owned)).collect())
     }
 
     /// The value of an SSM parameter (e.g. a public image-id parameter).
@@ -353,16 +278,8 @@ impl Cloud {
     }
 
     /// The cgcloud images of `role` in `namespace`, oldest first.
-    pub async fn list_images(
-        &self,
-        namespace: &str,
-        role: Option<&str>,
-    ) -> Result<Vec<ImageInfo>, AwsError> {
-        let mut req = self
-            .ec2
-            .describe_images()
-            .owners("self")
-            .filters(tag_filter(tags::NAMESPACE, namespace));
+    pub async fn list_images(&self, namespace: &str, role: Option<&str>) -> Result<Vec<ImageInfo>, AwsError> {
+        let mut req = self.ec2.describe_images().owners("self").filters(tag_filter(tags::NAMESPACE, namespace));
         if let Some(r) = role {
             req = req.filters(tag_filter(tags::ROLE, r));
         }
@@ -386,10 +303,7 @@ impl Cloud {
                     role: tags.get(tags::ROLE).cloned()?,
                     state: i.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
                     creation_date: i.creation_date().unwrap_or_default().to_owned(),
-                    generation: tags
-                        .get(tags::GENERATION)
-                        .and_then(|g| g.parse().ok())
-                        .unwrap_or(0),
+                    generation: tags.get(tags::GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0),
                     role_hash: tags.get(tags::ROLE_HASH).cloned(),
                     snapshot_ids: i
                         .block_device_mappings()
@@ -407,18 +321,9 @@ impl Cloud {
 
     /// Resolves where a launch goes: the given subnet, or the default VPC (and, with a zone,
     /// its default subnet there).
-    pub async fn network(
-        &self,
-        subnet: Option<&str>,
-        zone: Option<&str>,
-    ) -> Result<Network, AwsError> {
+    pub async fn network(&self, subnet: Option<&str>, zone: Option<&str>) -> Result<Network, AwsError> {
         if let Some(subnet_id) = subnet {
-            let out = self
-                .ec2
-                .describe_subnets()
-                .subnet_ids(subnet_id)
-                .send()
-                .await;
+            let out = self.ec2.describe_subnets().subnet_ids(subnet_id).send().await;
             let out = match out {
                 Ok(o) => o,
                 Err(e) => {
@@ -433,17 +338,12 @@ impl Cloud {
                 }
             };
             let s = out.subnets().first().ok_or_else(|| {
-                AwsError::Invalid(format!(
-                    "subnet '{subnet_id}' does not exist in region {}",
-                    self.region
-                ))
+                AwsError::Invalid(format!("subnet '{subnet_id}' does not exist in region {}", self.region))
             })?;
             let subnet_zone = s.availability_zone().map(str::to_owned);
             if let (Some(z), Some(sz)) = (zone, subnet_zone.as_deref()) {
                 if z != sz {
-                    return Err(AwsError::Invalid(format!(
-                        "subnet '{subnet_id}' is in zone {sz}, not in {z}"
-                    )));
+                    return Err(AwsError::Invalid(format!("subnet '{subnet_id}' is in zone {sz}, not in {z}")));
                 }
             }
             return Ok(Network {
@@ -465,11 +365,7 @@ impl Cloud {
                 self.region
             ))
         })?;
-        Ok(Network {
-            vpc_id,
-            subnet_id: None,
-            zone: zone.map(str::to_owned),
-        })
+        Ok(Network { vpc_id, subnet_id: None, zone: zone.map(str::to_owned) })
     }
 
     /// Finds or creates the security group `name` in `vpc_id` and makes sure `rules` are
@@ -511,22 +407,14 @@ impl Cloud {
             }
         };
         for rule in rules {
-            let mut perm = IpPermission::builder()
-                .ip_protocol(&rule.protocol)
-                .from_port(rule.from_port)
-                .to_port(rule.to_port);
+            let mut perm =
+                IpPermission::builder().ip_protocol(&rule.protocol).from_port(rule.from_port).to_port(rule.to_port);
             perm = match &rule.source {
-                SgSource::Cidr(c) => perm.ip_ranges(
-                    IpRange::builder()
-                        .cidr_ip(c)
-                        .description(&rule.description)
-                        .build(),
-                ),
+                SgSource::Cidr(c) => {
+                    perm.ip_ranges(IpRange::builder().cidr_ip(c).description(&rule.description).build())
+                }
                 SgSource::OwnGroup => perm.user_id_group_pairs(
-                    UserIdGroupPair::builder()
-                        .group_id(&group_id)
-                        .description(&rule.description)
-                        .build(),
+                    UserIdGroupPair::builder().group_id(&group_id).description(&rule.description).build(),
                 ),
             };
             let res = self
@@ -546,11 +434,7 @@ impl Cloud {
         Ok((group_id, created))
     }
 
-    pub async fn find_security_group(
-        &self,
-        name: &str,
-        vpc_id: &str,
-    ) -> Result<Option<String>, AwsError> {
+    pub async fn find_security_group(&self, name: &str, vpc_id: &str) -> Result<Option<String>, AwsError> {
         let out = self
             .ec2
             .describe_security_groups()
@@ -559,18 +443,11 @@ impl Cloud {
             .send()
             .await
             .map_err(|e| self.classify("ec2:DescribeSecurityGroups", e))?;
-        Ok(out
-            .security_groups()
-            .first()
-            .and_then(|g| g.group_id())
-            .map(str::to_owned))
+        Ok(out.security_groups().first().and_then(|g| g.group_id()).map(str::to_owned))
     }
 
     /// Security groups tagged with `namespace`: (id, name, vpc).
-    pub async fn namespace_security_groups(
-        &self,
-        namespace: &str,
-    ) -> Result<Vec<(String, String, String)>, AwsError> {
+    pub async fn namespace_security_groups(&self, namespace: &str) -> Result<Vec<(String, String, String)>, AwsError> {
         let pages: Vec<_> = self
             .ec2
             .describe_security_groups()
@@ -583,9 +460,7 @@ impl Cloud {
         Ok(pages
             .iter()
             .flat_map(|p| p.security_groups())
-            .filter(|g| {
-                to_tags(g.tags()).get(tags::NAMESPACE).map(String::as_str) == Some(namespace)
-            })
+            .filter(|g| to_tags(g.tags()).get(tags::NAMESPACE).map(String::as_str) == Some(namespace))
             .map(|g| {
                 (
                     g.group_id().unwrap_or_default().to_owned(),
@@ -597,10 +472,7 @@ impl Cloud {
     }
 
     /// Security group ids used by any non-terminated instance.
-    pub async fn security_groups_in_use(
-        &self,
-        group_ids: &[String],
-    ) -> Result<Vec<String>, AwsError> {
+    pub async fn security_groups_in_use(&self, group_ids: &[String]) -> Result<Vec<String>, AwsError> {
         if group_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -609,10 +481,7 @@ impl Cloud {
             .ec2
             .describe_instances()
             .filters(filter("instance.group-id", &refs))
-            .filters(filter(
-                "instance-state-name",
-                &["pending", "running", "stopping", "stopped", "shutting-down"],
-            ))
+            .filters(filter("instance-state-name", &["pending", "running", "stopping", "stopped", "shutting-down"]))
             .into_paginator()
             .send()
             .collect::<Result<Vec<_>, _>>()
@@ -664,11 +533,7 @@ impl Cloud {
                 req = req.placement(Placement::builder().availability_zone(zone).build());
             }
             if let Some(profile) = &spec.instance_profile {
-                req = req.iam_instance_profile(
-                    IamInstanceProfileSpecification::builder()
-                        .name(profile)
-                        .build(),
-                );
+                req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
             }
             if let Some((device, size)) = &spec.root_volume {
                 req = req.block_device_mappings(
@@ -731,11 +596,7 @@ impl Cloud {
         self.ec2
             .delete_tags()
             .set_resources(Some(resources.to_vec()))
-            .set_tags(Some(
-                keys.iter()
-                    .map(|k| Tag::builder().key(*k).build())
-                    .collect(),
-            ))
+            .set_tags(Some(keys.iter().map(|k| Tag::builder().key(*k).build()).collect()))
             .send()
             .await
             .map_err(|e| self.classify("ec2:DeleteTags", e))?;
@@ -797,27 +658,17 @@ impl Cloud {
                 Some((
                     i.instance_id()?.to_owned(),
                     (
-                        i.state()
-                            .and_then(|s| s.name())
-                            .map(|n| n.as_str().to_owned())
-                            .unwrap_or_default(),
-                        i.state_reason()
-                            .and_then(|r| r.message())
-                            .map(str::to_owned),
+                        i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+                        i.state_reason().and_then(|r| r.message()).map(str::to_owned),
                     ),
                 ))
             })
             .collect())
     }
 
-    /// Creates an image of a (stopped) instance, with the tags on the image and its snapshots.
-    pub async fn create_image(
-        &self,
-        instance_id: &str,
-        name: &str,
-        description: &str,
-        image_tags: &Tags,
-    ) -> Result<String, AwsError> {
+    /// Creates an image of a (stopped) instance. The tags go on the image at once and on its
+    /// snapshots once they exist (see [`Cloud::tag_image_snapshots`]).
+    pub async fn create_image(&self, instance_id: &str, name: &str, description: &str, image_tags: &Tags) -> Result<String, AwsError> {
         let out = self
             .ec2
             .create_image()
@@ -825,23 +676,35 @@ impl Cloud {
             .name(name)
             .description(description)
             .tag_specifications(tag_spec(ResourceType::Image, image_tags))
-            .tag_specifications(tag_spec(ResourceType::Snapshot, image_tags))
             .send()
             .await
             .map_err(|e| self.classify("ec2:CreateImage", e))?;
-        out.image_id()
-            .map(str::to_owned)
-            .ok_or_else(|| other("ec2:CreateImage", "no image id in the response"))
+        out.image_id().map(str::to_owned).ok_or_else(|| other("ec2:CreateImage", "no image id in the response"))
+    }
+
+    /// Tags the snapshots of an image (so that `cleanup` can scope them to a namespace).
+    pub async fn tag_image_snapshots(&self, image_id: &str, snapshot_tags: &Tags) -> Result<Vec<String>, AwsError> {
+        let out = self
+            .ec2
+            .describe_images()
+            .image_ids(image_id)
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeImages", e))?;
+        let snapshots: Vec<String> = out
+            .images()
+            .iter()
+            .flat_map(|i| i.block_device_mappings())
+            .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+            .collect();
+        self.create_tags(&snapshots, snapshot_tags).await?;
+        Ok(snapshots)
     }
 
     /// The state of an image, or None if it no longer exists.
     pub async fn image_state(&self, image_id: &str) -> Result<Option<String>, AwsError> {
         match self.ec2.describe_images().image_ids(image_id).send().await {
-            Ok(o) => Ok(o
-                .images()
-                .first()
-                .and_then(|i| i.state())
-                .map(|s| s.as_str().to_owned())),
+            Ok(o) => Ok(o.images().first().and_then(|i| i.state()).map(|s| s.as_str().to_owned())),
             Err(e) => {
                 let e = self.classify("ec2:DescribeImages", e);
                 if e.code().is_some_and(|c| c.starts_with("InvalidAMIID")) {
@@ -874,10 +737,7 @@ impl Cloud {
     }
 
     /// Snapshots owned by this account and tagged with `namespace`: (id, description, tags).
-    pub async fn namespace_snapshots(
-        &self,
-        namespace: &str,
-    ) -> Result<Vec<(String, String, Tags)>, AwsError> {
+    pub async fn namespace_snapshots(&self, namespace: &str) -> Result<Vec<(String, String, Tags)>, AwsError> {
         let pages: Vec<_> = self
             .ec2
             .describe_snapshots()
@@ -903,10 +763,7 @@ impl Cloud {
     }
 
     /// Volumes tagged with `namespace`: (id, state, tags).
-    pub async fn namespace_volumes(
-        &self,
-        namespace: &str,
-    ) -> Result<Vec<(String, String, Tags)>, AwsError> {
+    pub async fn namespace_volumes(&self, namespace: &str) -> Result<Vec<(String, String, Tags)>, AwsError> {
         let pages: Vec<_> = self
             .ec2
             .describe_volumes()
@@ -931,25 +788,13 @@ impl Cloud {
     }
 
     pub async fn delete_volume(&self, volume_id: &str) -> Result<(), AwsError> {
-        self.ec2
-            .delete_volume()
-            .volume_id(volume_id)
-            .send()
-            .await
-            .map_err(|e| self.classify("ec2:DeleteVolume", e))?;
+        self.ec2.delete_volume().volume_id(volume_id).send().await.map_err(|e| self.classify("ec2:DeleteVolume", e))?;
         Ok(())
     }
 
     /// A key pair with its public key, or None.
     pub async fn key_pair(&self, name: &str) -> Result<Option<KeyPairInfo>, AwsError> {
-        match self
-            .ec2
-            .describe_key_pairs()
-            .key_names(name)
-            .include_public_key(true)
-            .send()
-            .await
-        {
+        match self.ec2.describe_key_pairs().key_names(name).include_public_key(true).send().await {
             Ok(out) => Ok(out.key_pairs().first().map(key_info)),
             Err(e) => {
                 let e = self.classify("ec2:DescribeKeyPairs", e);
@@ -998,12 +843,7 @@ impl Cloud {
     }
 
     pub async fn delete_key_pair(&self, name: &str) -> Result<(), AwsError> {
-        self.ec2
-            .delete_key_pair()
-            .key_name(name)
-            .send()
-            .await
-            .map_err(|e| self.classify("ec2:DeleteKeyPair", e))?;
+        self.ec2.delete_key_pair().key_name(name).send().await.map_err(|e| self.classify("ec2:DeleteKeyPair", e))?;
         Ok(())
     }
 }
@@ -1012,10 +852,7 @@ fn key_info(k: &aws_sdk_ec2::types::KeyPairInfo) -> KeyPairInfo {
     KeyPairInfo {
         name: k.key_name().unwrap_or_default().to_owned(),
         fingerprint: k.key_fingerprint().unwrap_or_default().to_owned(),
-        key_type: k
-            .key_type()
-            .map(|t| t.as_str().to_owned())
-            .unwrap_or_default(),
+        key_type: k.key_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
         public_key: k.public_key().map(str::to_owned),
     }
 }

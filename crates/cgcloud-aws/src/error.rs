@@ -17,21 +17,11 @@ pub enum AwsError {
     #[error("AWS rejected the credentials ({code}: {message})")]
     BadCredentials { code: String, message: String },
     #[error("{operation} was throttled by AWS and still failed after retries ({code})")]
-    Throttled {
-        operation: &'static str,
-        code: String,
-    },
+    Throttled { operation: &'static str, code: String },
     #[error("{operation} failed: {code}: {message}")]
-    Service {
-        operation: &'static str,
-        code: String,
-        message: String,
-    },
+    Service { operation: &'static str, code: String, message: String },
     #[error("{operation} failed: {detail}")]
-    Other {
-        operation: &'static str,
-        detail: String,
-    },
+    Other { operation: &'static str, detail: String },
     #[error("{0}")]
     Invalid(String),
     #[error("timed out after {seconds} s waiting for {what}")]
@@ -59,10 +49,14 @@ impl AwsError {
                  `aws configure`, `aws sso login`, or --profile NAME); for the local cloud run \
                  `cgcloud local up` and use --profile local"
                 .to_owned(),
-            AwsError::Unreachable { endpoint, .. } if endpoint.contains("127.0.0.1") || endpoint.contains("localhost") => {
+            AwsError::Unreachable { endpoint, .. }
+                if endpoint.contains("127.0.0.1") || endpoint.contains("localhost") =>
+            {
                 format!("is the emulator running at {endpoint}? For the local cloud run `cgcloud local up` (status: `cgcloud local status`)")
             }
-            AwsError::Unreachable { .. } => "check your network connection and the --endpoint / AWS_ENDPOINT_URL setting".to_owned(),
+            AwsError::Unreachable { .. } => {
+                "check your network connection and the --endpoint / AWS_ENDPOINT_URL setting".to_owned()
+            }
             AwsError::BadCredentials { .. } => {
                 "check that your access key is valid and not expired (`aws sts get-caller-identity`)".to_owned()
             }
@@ -98,18 +92,22 @@ fn is_bad_credentials(code: &str) -> bool {
     )
 }
 
-pub(crate) fn classify<E, R>(
-    operation: &'static str,
-    endpoint: Option<&str>,
-    err: SdkError<E, R>,
-) -> AwsError
+pub(crate) fn classify<E, R>(operation: &'static str, endpoint: Option<&str>, err: SdkError<E, R>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static + HasStatus,
 {
     let endpoint = endpoint.unwrap_or("(AWS default)").to_owned();
     if let SdkError::ServiceError(se) = &err {
-        let code = se.err().code().unwrap_or("Unknown").to_owned();
+        let Some(code) = se.err().code().map(str::to_owned) else {
+            // No error code: usually an endpoint that does not implement the call (moto
+            // answers HTTP 500 with an HTML page then).
+            let status = se.raw().status().as_u16();
+            return AwsError::Other {
+                operation,
+                detail: format!("the endpoint answered HTTP {status} without an AWS error code (is the call supported there?)"),
+            };
+        };
         let message = se.err().message().unwrap_or("").to_owned();
         if is_throttle(&code) {
             return AwsError::Throttled { operation, code };
@@ -117,11 +115,7 @@ where
         if is_bad_credentials(&code) {
             return AwsError::BadCredentials { code, message };
         }
-        return AwsError::Service {
-            operation,
-            code,
-            message,
-        };
+        return AwsError::Service { operation, code, message };
     }
     let detail = DisplayErrorContext(&err).to_string();
     let lower = detail.to_lowercase();
@@ -134,9 +128,7 @@ where
         return AwsError::NoCredentials { detail };
     }
     match &err {
-        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
-            AwsError::Unreachable { endpoint, detail }
-        }
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => AwsError::Unreachable { endpoint, detail },
         SdkError::TimeoutError(_) => AwsError::Unreachable { endpoint, detail },
         SdkError::DispatchFailure(_) if lower.contains("connect") || lower.contains("dns") => {
             AwsError::Unreachable { endpoint, detail }
@@ -145,10 +137,18 @@ where
     }
 }
 
+/// Raw responses that carry an HTTP status.
+pub trait HasStatus {
+    fn status(&self) -> aws_smithy_runtime_api::http::StatusCode;
+}
+
+impl HasStatus for aws_smithy_runtime_api::http::Response {
+    fn status(&self) -> aws_smithy_runtime_api::http::StatusCode {
+        aws_smithy_runtime_api::http::Response::status(self)
+    }
+}
+
 /// Boxes any error as `Other`.
 pub(crate) fn other(operation: &'static str, e: impl Into<BoxError>) -> AwsError {
-    AwsError::Other {
-        operation,
-        detail: e.into().to_string(),
-    }
+    AwsError::Other { operation, detail: e.into().to_string() }
 }

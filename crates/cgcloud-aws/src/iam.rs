@@ -12,9 +12,7 @@ const TRUST_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Al
 pub const POLICY_NAME: &str = "cgcloud";
 
 fn iam_tags(tags: &Tags) -> Vec<Tag> {
-    tags.iter()
-        .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
-        .collect()
+    tags.iter().filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok()).collect()
 }
 
 impl Cloud {
@@ -55,13 +53,7 @@ impl Cloud {
             }
         }
         // Only write the policy when it differs, to stay clear of IAM's write rate limits.
-        let current = self
-            .iam
-            .get_role_policy()
-            .role_name(name)
-            .policy_name(POLICY_NAME)
-            .send()
-            .await;
+        let current = self.iam.get_role_policy().role_name(name).policy_name(POLICY_NAME).send().await;
         let same = match current {
             Ok(out) => {
                 let doc = percent_decode(out.policy_document());
@@ -80,21 +72,10 @@ impl Cloud {
                 .await
                 .map_err(|e| self.classify("iam:PutRolePolicy", e))?;
         }
-        let profile_roles = match self
-            .iam
-            .get_instance_profile()
-            .instance_profile_name(name)
-            .send()
-            .await
-        {
+        let profile_roles = match self.iam.get_instance_profile().instance_profile_name(name).send().await {
             Ok(out) => out
                 .instance_profile()
-                .map(|p| {
-                    p.roles()
-                        .iter()
-                        .map(|r| r.role_name().to_owned())
-                        .collect::<Vec<_>>()
-                })
+                .map(|p| p.roles().iter().map(|r| r.role_name().to_owned()).collect::<Vec<_>>())
                 .unwrap_or_default(),
             Err(e) => {
                 let e = self.classify("iam:GetInstanceProfile", e);
@@ -140,6 +121,22 @@ impl Cloud {
         Ok(created)
     }
 
+    /// The user names in an IAM group.
+    pub async fn group_members(&self, group: &str) -> Result<Vec<String>, AwsError> {
+        let out = self.iam.get_group().group_name(group).send().await;
+        match out {
+            Ok(o) => Ok(o.users().iter().map(|u| u.user_name().to_owned()).collect()),
+            Err(e) => {
+                let e = self.classify("iam:GetGroup", e);
+                if e.code() == Some("NoSuchEntity") {
+                    Ok(Vec::new())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// IAM roles and instance profiles whose path is exactly `path`: (roles, profiles).
     pub async fn iam_in_path(&self, path: &str) -> Result<(Vec<String>, Vec<String>), AwsError> {
         let roles: Vec<_> = self
@@ -163,16 +160,8 @@ impl Cloud {
             .await
             .map_err(|e| self.classify("iam:ListInstanceProfiles", e))?;
         Ok((
-            roles
-                .iter()
-                .filter(|r| r.path() == path)
-                .map(|r| r.role_name().to_owned())
-                .collect(),
-            profiles
-                .iter()
-                .filter(|p| p.path() == path)
-                .map(|p| p.instance_profile_name().to_owned())
-                .collect(),
+            roles.iter().filter(|r| r.path() == path).map(|r| r.role_name().to_owned()).collect(),
+            profiles.iter().filter(|p| p.path() == path).map(|p| p.instance_profile_name().to_owned()).collect(),
         ))
     }
 
@@ -247,12 +236,7 @@ impl Cloud {
                 .await
                 .map_err(|e| self.classify("iam:RemoveRoleFromInstanceProfile", e))?;
         }
-        self.iam
-            .delete_role()
-            .role_name(name)
-            .send()
-            .await
-            .map_err(|e| self.classify("iam:DeleteRole", e))?;
+        self.iam.delete_role().role_name(name).send().await.map_err(|e| self.classify("iam:DeleteRole", e))?;
         Ok(())
     }
 }

@@ -97,9 +97,7 @@ impl Cloud {
         let attempts = settings.max_attempts.unwrap_or(5).max(1);
         loader = loader
             .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(attempts)
-                    .with_initial_backoff(Duration::from_millis(200)),
+                RetryConfig::standard().with_max_attempts(attempts).with_initial_backoff(Duration::from_millis(200)),
             )
             .timeout_config(
                 TimeoutConfig::builder()
@@ -108,60 +106,32 @@ impl Cloud {
                     .build(),
             );
         let conf = loader.load().await;
-        let region = conf
-            .region()
-            .map(|r| r.to_string())
-            .ok_or(AwsError::NoRegion)?;
+        let region = conf.region().map(|r| r.to_string()).ok_or(AwsError::NoRegion)?;
         let endpoint = conf.endpoint_url().map(str::to_owned);
         let counter = Arc::new(RequestCounter::default());
         let interceptor = CountingInterceptor(counter.clone());
         let ec2 = aws_sdk_ec2::Client::from_conf(
-            aws_sdk_ec2::config::Builder::from(&conf)
-                .interceptor(interceptor.clone())
-                .build(),
+            aws_sdk_ec2::config::Builder::from(&conf).interceptor(interceptor.clone()).build(),
         );
         let iam = aws_sdk_iam::Client::from_conf(
-            aws_sdk_iam::config::Builder::from(&conf)
-                .interceptor(interceptor.clone())
-                .build(),
+            aws_sdk_iam::config::Builder::from(&conf).interceptor(interceptor.clone()).build(),
         );
         let sts = aws_sdk_sts::Client::from_conf(
-            aws_sdk_sts::config::Builder::from(&conf)
-                .interceptor(interceptor.clone())
-                .build(),
+            aws_sdk_sts::config::Builder::from(&conf).interceptor(interceptor.clone()).build(),
         );
         let ssm = aws_sdk_ssm::Client::from_conf(
-            aws_sdk_ssm::config::Builder::from(&conf)
-                .interceptor(interceptor.clone())
-                .build(),
+            aws_sdk_ssm::config::Builder::from(&conf).interceptor(interceptor.clone()).build(),
         );
         let sqs = aws_sdk_sqs::Client::from_conf(
-            aws_sdk_sqs::config::Builder::from(&conf)
-                .interceptor(interceptor.clone())
-                .build(),
+            aws_sdk_sqs::config::Builder::from(&conf).interceptor(interceptor.clone()).build(),
         );
         let sns = aws_sdk_sns::Client::from_conf(
-            aws_sdk_sns::config::Builder::from(&conf)
-                .interceptor(interceptor.clone())
-                .build(),
+            aws_sdk_sns::config::Builder::from(&conf).interceptor(interceptor.clone()).build(),
         );
         let cloudwatch = aws_sdk_cloudwatch::Client::from_conf(
-            aws_sdk_cloudwatch::config::Builder::from(&conf)
-                .interceptor(interceptor)
-                .build(),
+            aws_sdk_cloudwatch::config::Builder::from(&conf).interceptor(interceptor).build(),
         );
-        Ok(Cloud {
-            ec2,
-            iam,
-            sts,
-            ssm,
-            sqs,
-            sns,
-            cloudwatch,
-            region,
-            endpoint,
-            counter,
-        })
+        Ok(Cloud { ec2, iam, sts, ssm, sqs, sns, cloudwatch, region, endpoint, counter })
     }
 
     /// How many requests (including retries) these clients have sent.
@@ -171,16 +141,8 @@ impl Cloud {
 
     /// The caller's account id and ARN.
     pub async fn caller_identity(&self) -> Result<(String, String), AwsError> {
-        let out = self
-            .sts
-            .get_caller_identity()
-            .send()
-            .await
-            .map_err(|e| self.classify("sts:GetCallerIdentity", e))?;
-        Ok((
-            out.account().unwrap_or_default().to_owned(),
-            out.arn().unwrap_or_default().to_owned(),
-        ))
+        let out = self.sts.get_caller_identity().send().await.map_err(|e| self.classify("sts:GetCallerIdentity", e))?;
+        Ok((out.account().unwrap_or_default().to_owned(), out.arn().unwrap_or_default().to_owned()))
     }
 
     pub(crate) fn classify<E, R>(
@@ -189,12 +151,8 @@ impl Cloud {
         err: aws_smithy_runtime_api::client::result::SdkError<E, R>,
     ) -> AwsError
     where
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-            + std::error::Error
-            + Send
-            + Sync
-            + 'static,
-        R: std::fmt::Debug + Send + Sync + 'static,
+        E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static + error::HasStatus,
     {
         error::classify(operation, self.endpoint.as_deref(), err)
     }
@@ -219,29 +177,14 @@ mod tests {
 
     #[test]
     fn user_names_from_arns() {
+        assert_eq!(user_name_from_arn("arn:aws:iam::123:user/hannes").as_deref(), Some("hannes"));
+        assert_eq!(user_name_from_arn("arn:aws:iam::123:user/dev/team/ann").as_deref(), Some("ann"));
+        assert_eq!(user_name_from_arn("arn:aws:sts::123:user/moto").as_deref(), Some("moto"));
         assert_eq!(
-            user_name_from_arn("arn:aws:iam::123:user/hannes").as_deref(),
-            Some("hannes")
-        );
-        assert_eq!(
-            user_name_from_arn("arn:aws:iam::123:user/dev/team/ann").as_deref(),
-            Some("ann")
-        );
-        assert_eq!(
-            user_name_from_arn("arn:aws:sts::123:user/moto").as_deref(),
-            Some("moto")
-        );
-        assert_eq!(
-            user_name_from_arn(
-                "arn:aws:sts::123:assumed-role/AWSReservedSSO_Dev_abc/ann@example.com"
-            )
-            .as_deref(),
+            user_name_from_arn("arn:aws:sts::123:assumed-role/AWSReservedSSO_Dev_abc/ann@example.com").as_deref(),
             Some("ann@example.com")
         );
-        assert_eq!(
-            user_name_from_arn("arn:aws:sts::123:federated-user/bob").as_deref(),
-            Some("bob")
-        );
+        assert_eq!(user_name_from_arn("arn:aws:sts::123:federated-user/bob").as_deref(), Some("bob"));
         assert_eq!(user_name_from_arn("arn:aws:iam::123:root"), None);
         assert_eq!(user_name_from_arn("garbage"), None);
     }

@@ -29,11 +29,7 @@ pub fn d32(bytes: &[u8]) -> String {
 /// halves XORed, URL-safe base64 without padding.
 pub fn volume_label_hash(name: &str) -> String {
     let digest = Md5::digest(name.as_bytes());
-    let folded: Vec<u8> = digest[..8]
-        .iter()
-        .zip(&digest[8..])
-        .map(|(a, b)| a ^ b)
-        .collect();
+    let folded: Vec<u8> = digest[..8].iter().zip(&digest[8..]).map(|(a, b)| a ^ b).collect();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(folded)
 }
 
@@ -52,9 +48,7 @@ mod tests {
 
     #[test]
     fn d32_sorts_like_input() {
-        let mut inputs: Vec<Vec<u8>> = (0u32..2000)
-            .map(|i| (i * 7919).to_be_bytes().to_vec())
-            .collect();
+        let mut inputs: Vec<Vec<u8>> = (0u32..2000).map(|i| (i * 7919).to_be_bytes().to_vec()).collect();
         let mut encoded: Vec<String> = inputs.iter().map(|i| d32(i)).collect();
         inputs.sort();
         encoded.sort();

@@ -3,6 +3,7 @@
 
 pub mod d32;
 pub mod glob;
+pub mod keypairs;
 pub mod model;
 pub mod namespace;
 pub mod ordinals;

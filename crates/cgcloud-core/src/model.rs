@@ -36,11 +36,7 @@ pub struct BoxInfo {
 impl BoxInfo {
     /// The sort key that gives boxes their ordinals: oldest first.
     pub fn sort_key(&self) -> (String, String, String) {
-        (
-            self.launch_time.clone(),
-            self.private_ip.clone().unwrap_or_default(),
-            self.instance_id.clone(),
-        )
+        (self.launch_time.clone(), self.private_ip.clone().unwrap_or_default(), self.instance_id.clone())
     }
 
     pub fn is_alive(&self) -> bool {
@@ -75,44 +71,23 @@ pub struct Selector {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
     #[error("there is no box of role '{role}' in namespace '{namespace}'{}", cluster_suffix(.cluster))]
-    NoBox {
-        role: String,
-        namespace: String,
-        cluster: Option<String>,
-    },
+    NoBox { role: String, namespace: String, cluster: Option<String> },
     #[error("{} boxes of role '{role}' match; pick one with --ordinal/-o or --instance-id/-I:\n{}", .candidates.len(), list(.candidates))]
-    Ambiguous {
-        role: String,
-        candidates: Vec<String>,
-    },
-    #[error("ordinal {ordinal} is out of range: role '{role}' has {count} box(es) (ordinals 0..{count} or -{count}..-1)")]
-    OrdinalOutOfRange {
-        role: String,
-        ordinal: i64,
-        count: usize,
-    },
+    Ambiguous { role: String, candidates: Vec<String> },
+    #[error(
+        "ordinal {ordinal} is out of range: role '{role}' has {count} box(es) (ordinals 0..{count} or -{count}..-1)"
+    )]
+    OrdinalOutOfRange { role: String, ordinal: i64, count: usize },
     #[error("instance '{instance_id}' is not a box of role '{role}' in namespace '{namespace}'{}", cluster_suffix(.cluster))]
-    NotInSelection {
-        instance_id: String,
-        role: String,
-        namespace: String,
-        cluster: Option<String>,
-    },
+    NotInSelection { instance_id: String, role: String, namespace: String, cluster: Option<String> },
 }
 
 fn cluster_suffix(cluster: &Option<String>) -> String {
-    cluster
-        .as_ref()
-        .map(|c| format!(" and cluster '{c}'"))
-        .unwrap_or_default()
+    cluster.as_ref().map(|c| format!(" and cluster '{c}'")).unwrap_or_default()
 }
 
 fn list(candidates: &[String]) -> String {
-    candidates
-        .iter()
-        .map(|c| format!("  {c}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    candidates.iter().map(|c| format!("  {c}")).collect::<Vec<_>>().join("\n")
 }
 
 /// Describes a box in one line, for candidate lists.
@@ -123,10 +98,7 @@ pub fn describe_box(ordinal: usize, b: &BoxInfo) -> String {
         b.state,
         b.private_ip.as_deref().unwrap_or("-"),
         b.launch_time,
-        b.cluster
-            .as_ref()
-            .map(|c| format!("  cluster {c}"))
-            .unwrap_or_default()
+        b.cluster.as_ref().map(|c| format!("  cluster {c}")).unwrap_or_default()
     )
 }
 
@@ -139,26 +111,18 @@ pub fn ordered_alive(mut boxes: Vec<BoxInfo>) -> Vec<BoxInfo> {
 
 /// Picks exactly one box of `role` from `boxes` (all boxes of the role in the namespace).
 /// Without an ordinal or instance id, more than one candidate is an error that lists them.
-pub fn select_box(
-    role: &str,
-    namespace: &str,
-    boxes: Vec<BoxInfo>,
-    sel: &Selector,
-) -> Result<BoxInfo, SelectError> {
+pub fn select_box(role: &str, namespace: &str, boxes: Vec<BoxInfo>, sel: &Selector) -> Result<BoxInfo, SelectError> {
     let mut candidates = ordered_alive(boxes);
     if let Some(cluster) = &sel.cluster {
         candidates.retain(|b| b.cluster.as_deref() == Some(cluster) || b.instance_id == *cluster);
     }
     if let Some(id) = &sel.instance_id {
-        return candidates
-            .into_iter()
-            .find(|b| &b.instance_id == id)
-            .ok_or_else(|| SelectError::NotInSelection {
-                instance_id: id.clone(),
-                role: role.to_owned(),
-                namespace: namespace.to_owned(),
-                cluster: sel.cluster.clone(),
-            });
+        return candidates.into_iter().find(|b| &b.instance_id == id).ok_or_else(|| SelectError::NotInSelection {
+            instance_id: id.clone(),
+            role: role.to_owned(),
+            namespace: namespace.to_owned(),
+            cluster: sel.cluster.clone(),
+        });
     }
     if candidates.is_empty() {
         return Err(SelectError::NoBox {
@@ -172,32 +136,21 @@ pub fn select_box(
             let count = candidates.len();
             let index = if o < 0 { count as i64 + o } else { o };
             if index < 0 || index >= count as i64 {
-                return Err(SelectError::OrdinalOutOfRange {
-                    role: role.to_owned(),
-                    ordinal: o,
-                    count,
-                });
+                return Err(SelectError::OrdinalOutOfRange { role: role.to_owned(), ordinal: o, count });
             }
             Ok(candidates.swap_remove(index as usize))
         }
         None if candidates.len() == 1 => Ok(candidates.swap_remove(0)),
         None => Err(SelectError::Ambiguous {
             role: role.to_owned(),
-            candidates: candidates
-                .iter()
-                .enumerate()
-                .map(|(i, b)| describe_box(i, b))
-                .collect(),
+            candidates: candidates.iter().enumerate().map(|(i, b)| describe_box(i, b)).collect(),
         }),
     }
 }
 
 /// Reads the decoded fields of a box from its tags; `None` if it is not a cgcloud box.
 pub fn role_and_namespace(tags: &Tags) -> Option<(String, String)> {
-    Some((
-        tags.get(tags::ROLE)?.clone(),
-        tags.get(tags::NAMESPACE)?.clone(),
-    ))
+    Some((tags.get(tags::ROLE)?.clone(), tags.get(tags::NAMESPACE)?.clone()))
 }
 
 #[cfg(test)]
@@ -242,9 +195,7 @@ mod tests {
     #[test]
     fn ambiguity_is_an_error_listing_candidates() {
         let err = select_box("r", "/ns/", boxes(), &Selector::default()).unwrap_err();
-        let SelectError::Ambiguous { candidates, .. } = &err else {
-            panic!("{err}")
-        };
+        let SelectError::Ambiguous { candidates, .. } = &err else { panic!("{err}") };
         assert_eq!(candidates.len(), 2);
         assert!(candidates[0].contains("i-a") && candidates[1].contains("i-b"));
         assert!(err.to_string().contains("--ordinal"));
@@ -252,67 +203,27 @@ mod tests {
 
     #[test]
     fn ordinals_count_from_oldest_and_from_the_end() {
-        let sel = |o| Selector {
-            ordinal: Some(o),
-            ..Default::default()
-        };
-        assert_eq!(
-            select_box("r", "/ns/", boxes(), &sel(0))
-                .unwrap()
-                .instance_id,
-            "i-a"
-        );
-        assert_eq!(
-            select_box("r", "/ns/", boxes(), &sel(-1))
-                .unwrap()
-                .instance_id,
-            "i-b"
-        );
+        let sel = |o| Selector { ordinal: Some(o), ..Default::default() };
+        assert_eq!(select_box("r", "/ns/", boxes(), &sel(0)).unwrap().instance_id, "i-a");
+        assert_eq!(select_box("r", "/ns/", boxes(), &sel(-1)).unwrap().instance_id, "i-b");
         assert!(matches!(
             select_box("r", "/ns/", boxes(), &sel(2)),
             Err(SelectError::OrdinalOutOfRange { count: 2, .. })
         ));
-        assert!(matches!(
-            select_box("r", "/ns/", boxes(), &sel(-3)),
-            Err(SelectError::OrdinalOutOfRange { .. })
-        ));
+        assert!(matches!(select_box("r", "/ns/", boxes(), &sel(-3)), Err(SelectError::OrdinalOutOfRange { .. })));
     }
 
     #[test]
     fn instance_id_and_cluster() {
-        let by_id = Selector {
-            instance_id: Some("i-b".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            select_box("r", "/ns/", boxes(), &by_id)
-                .unwrap()
-                .instance_id,
-            "i-b"
-        );
-        let dead = Selector {
-            instance_id: Some("i-dead".into()),
-            ..Default::default()
-        };
-        assert!(matches!(
-            select_box("r", "/ns/", boxes(), &dead),
-            Err(SelectError::NotInSelection { .. })
-        ));
+        let by_id = Selector { instance_id: Some("i-b".into()), ..Default::default() };
+        assert_eq!(select_box("r", "/ns/", boxes(), &by_id).unwrap().instance_id, "i-b");
+        let dead = Selector { instance_id: Some("i-dead".into()), ..Default::default() };
+        assert!(matches!(select_box("r", "/ns/", boxes(), &dead), Err(SelectError::NotInSelection { .. })));
         let mut bs = boxes();
         bs[0].cluster = Some("c1".into());
-        let by_cluster = Selector {
-            cluster: Some("c1".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            select_box("r", "/ns/", bs, &by_cluster)
-                .unwrap()
-                .instance_id,
-            "i-b"
-        );
+        let by_cluster = Selector { cluster: Some("c1".into()), ..Default::default() };
+        assert_eq!(select_box("r", "/ns/", bs, &by_cluster).unwrap().instance_id, "i-b");
         let none = select_box("r", "/ns/", vec![], &Selector::default()).unwrap_err();
-        assert!(none
-            .to_string()
-            .contains("no box of role 'r' in namespace '/ns/'"));
+        assert!(none.to_string().contains("no box of role 'r' in namespace '/ns/'"));
     }
 }

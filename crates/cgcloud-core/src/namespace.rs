@@ -68,13 +68,7 @@ pub fn user_to_component(user: &str) -> Result<String, NamespaceError> {
     let local = user.split('@').next().unwrap_or_default().to_lowercase();
     let mapped: String = local
         .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') { c } else { '-' })
         .collect();
     let trimmed = mapped.trim_start_matches(['_', '.', '-']);
     if trimmed.is_empty() || !valid_component(trimmed) {
@@ -92,10 +86,7 @@ impl Namespace {
     /// Parses a namespace that must not contain `__me__`.
     pub fn parse(s: &str) -> Result<Self, NamespaceError> {
         if s.contains(ME) {
-            return Err(NamespaceError::InvalidNamespace(
-                s.to_owned(),
-                "'__me__' must be resolved first",
-            ));
+            return Err(NamespaceError::InvalidNamespace(s.to_owned(), "'__me__' must be resolved first"));
         }
         Self::check(s)?;
         Ok(Namespace(s.to_owned()))
@@ -104,28 +95,19 @@ impl Namespace {
     /// Checks the syntax of a namespace that may still contain `__me__`, without resolving it.
     pub fn check(s: &str) -> Result<(), NamespaceError> {
         if !s.starts_with('/') || !s.ends_with('/') {
-            return Err(NamespaceError::InvalidNamespace(
-                s.to_owned(),
-                COMPONENT_HINT,
-            ));
+            return Err(NamespaceError::InvalidNamespace(s.to_owned(), COMPONENT_HINT));
         }
         // `__me__` is replaced by a valid component later; check the rest with a stand-in.
         let probe = s.replace(ME, "me");
         if !valid_path(&probe, true) {
-            return Err(NamespaceError::InvalidNamespace(
-                s.to_owned(),
-                COMPONENT_HINT,
-            ));
+            return Err(NamespaceError::InvalidNamespace(s.to_owned(), COMPONENT_HINT));
         }
         Ok(())
     }
 
     /// Parses a namespace, replacing every `__me__` with `user` (see [`user_to_component`]).
     /// `user` is only called when the namespace contains `__me__`.
-    pub fn resolve<E>(
-        s: &str,
-        user: impl FnOnce() -> Result<String, E>,
-    ) -> Result<Result<Self, NamespaceError>, E> {
+    pub fn resolve<E>(s: &str, user: impl FnOnce() -> Result<String, E>) -> Result<Result<Self, NamespaceError>, E> {
         if let Err(e) = Self::check(s) {
             return Ok(Err(e));
         }
@@ -146,11 +128,7 @@ impl Namespace {
 
     /// Makes `name` absolute: names starting with `/` are kept, others are put in this namespace.
     pub fn absolute_name(&self, name: &str) -> Result<String, NamespaceError> {
-        let abs = if name.starts_with('/') {
-            name.to_owned()
-        } else {
-            format!("{}{}", self.0, name)
-        };
+        let abs = if name.starts_with('/') { name.to_owned() } else { format!("{}{}", self.0, name) };
         if abs == "/" || !valid_path(&abs, false) {
             return Err(NamespaceError::InvalidName(name.to_owned(), COMPONENT_HINT));
         }
@@ -165,18 +143,10 @@ impl Namespace {
 
     /// Decodes an AWS name into an absolute name, without reference to any namespace.
     pub fn decode_aws_name(aws: &str) -> Result<String, NamespaceError> {
-        let decoded = format!(
-            "/{}",
-            aws.split("__")
-                .map(|piece| piece.replace('_', "/"))
-                .collect::<Vec<_>>()
-                .join("_")
-        );
+        let decoded =
+            format!("/{}", aws.split("__").map(|piece| piece.replace('_', "/")).collect::<Vec<_>>().join("_"));
         if decoded == "/" || !valid_path(&decoded, false) {
-            return Err(NamespaceError::NotAnAwsName(
-                aws.to_owned(),
-                "it does not decode to a valid name",
-            ));
+            return Err(NamespaceError::NotAnAwsName(aws.to_owned(), "it does not decode to a valid name"));
         }
         Ok(decoded)
     }
@@ -202,10 +172,7 @@ impl Namespace {
 
     /// The last component of a name.
     pub fn base_name(name: &str) -> &str {
-        name.trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or(name)
+        name.trim_end_matches('/').rsplit('/').next().unwrap_or(name)
     }
 
     /// The namespace as an IAM path, e.g. `/cgcloud/hannes/`. IAM paths list by prefix, so an
@@ -243,39 +210,23 @@ mod tests {
 
     #[test]
     fn valid_namespaces() {
-        for s in [
-            "/",
-            "/foo/",
-            "/foo/bar/",
-            "/0x/",
-            "/a.b_c-d/",
-            "/g_/",
-            "/hannes@x/".replace('@', "").as_str(),
-        ] {
+        for s in ["/", "/foo/", "/foo/bar/", "/0x/", "/a.b_c-d/", "/g_/", "/hannes@x/".replace('@', "").as_str()] {
             assert!(Namespace::parse(s).is_ok(), "{s} should be valid");
         }
     }
 
     #[test]
     fn invalid_namespaces() {
-        for s in [
-            "", "foo", "/foo", "foo/", "//foo/", "/foo//", "/_foo/", "/Foo/", "/fö/", "/.a/",
-            "/-a/", "/a b/",
-        ] {
+        for s in ["", "foo", "/foo", "foo/", "//foo/", "/foo//", "/_foo/", "/Foo/", "/fö/", "/.a/", "/-a/", "/a b/"] {
             assert!(Namespace::parse(s).is_err(), "{s:?} should be invalid");
         }
     }
 
     #[test]
     fn me_is_substituted_lowercased_and_domain_dropped() {
-        let r: Result<_, ()> =
-            Namespace::resolve("/__me__/", || Ok("Hannes@example.com".to_owned()));
+        let r: Result<_, ()> = Namespace::resolve("/__me__/", || Ok("Hannes@example.com".to_owned()));
         assert_eq!(r.unwrap().unwrap().as_str(), "/hannes/");
-        let r: Result<_, ()> =
-            Namespace::resolve(
-                "/team/__me__/x/",
-                || Ok("jenkins@jenkins-master".to_owned()),
-            );
+        let r: Result<_, ()> = Namespace::resolve("/team/__me__/x/", || Ok("jenkins@jenkins-master".to_owned()));
         assert_eq!(r.unwrap().unwrap().as_str(), "/team/jenkins/x/");
         // The user lookup is not made when it is not needed.
         let r: Result<_, &str> = Namespace::resolve("/fixed/", || Err("must not be called"));
@@ -297,19 +248,10 @@ mod tests {
     #[test]
     fn to_aws_name_vectors() {
         assert_eq!(ns("/").to_aws_name("/foo_bar").unwrap(), "foo__bar");
-        assert_eq!(
-            ns("/this_ns/").to_aws_name("foo_bar").unwrap(),
-            "this__ns_foo__bar"
-        );
-        assert_eq!(
-            ns("/this_ns/").to_aws_name("/sub_ns/foo_bar").unwrap(),
-            "sub__ns_foo__bar"
-        );
+        assert_eq!(ns("/this_ns/").to_aws_name("foo_bar").unwrap(), "this__ns_foo__bar");
+        assert_eq!(ns("/this_ns/").to_aws_name("/sub_ns/foo_bar").unwrap(), "sub__ns_foo__bar");
         assert_eq!(ns("/").to_aws_name("g_/").unwrap(), "g___");
-        assert_eq!(
-            ns("/hannes/").to_aws_name("spark-master").unwrap(),
-            "hannes_spark-master"
-        );
+        assert_eq!(ns("/hannes/").to_aws_name("spark-master").unwrap(), "hannes_spark-master");
         assert_eq!(ns("/").to_aws_name("spark-master").unwrap(), "spark-master");
     }
 
@@ -317,10 +259,7 @@ mod tests {
     fn from_aws_name_vectors() {
         let n = ns("/this_ns/");
         assert_eq!(n.from_aws_name("this__ns_foo__bar").unwrap(), "foo_bar");
-        assert_eq!(
-            n.from_aws_name("sub__ns_foo__bar").unwrap(),
-            "/sub_ns/foo_bar"
-        );
+        assert_eq!(n.from_aws_name("sub__ns_foo__bar").unwrap(), "/sub_ns/foo_bar");
         assert_eq!(ns("/").from_aws_name("foo__bar").unwrap(), "foo_bar");
         assert_eq!(ns("/").from_aws_name("g___").unwrap(), "g_/");
         assert!(n.from_aws_name("_foo").is_err());
@@ -330,20 +269,14 @@ mod tests {
 
     #[test]
     fn encoding_round_trips() {
-        let names = [
-            "a", "a_b", "a__b", "a_/b", "x/y_z/w", "a.b-c_", "0", "a___b",
-        ];
+        let names = ["a", "a_b", "a__b", "a_/b", "x/y_z/w", "a.b-c_", "0", "a___b"];
         for space in ["/", "/a_/", "/x_y/z/", "/n.s/"] {
             let n = ns(space);
             for name in names {
                 let Ok(aws) = n.to_aws_name(name) else {
                     continue;
                 };
-                assert_eq!(
-                    n.from_aws_name(&aws).unwrap(),
-                    name,
-                    "{space} {name} -> {aws}"
-                );
+                assert_eq!(n.from_aws_name(&aws).unwrap(), name, "{space} {name} -> {aws}");
                 assert!(!aws.contains('/'));
             }
         }
@@ -356,10 +289,7 @@ mod tests {
         let aws_root = root.to_aws_name("spark-box").unwrap();
         let aws_h = hannes.to_aws_name("spark-box").unwrap();
         assert!(root.owns_aws_name(&aws_root));
-        assert!(
-            !root.owns_aws_name(&aws_h),
-            "root must not own names of child namespaces"
-        );
+        assert!(!root.owns_aws_name(&aws_h), "root must not own names of child namespaces");
         assert!(hannes.owns_aws_name(&aws_h));
         assert!(!hannes.owns_aws_name(&aws_root));
         assert!(!hannes.owns_aws_name(&ns("/hannes/sub/").to_aws_name("x").unwrap()));

@@ -14,9 +14,7 @@ use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error(
-        "this is a private key; pass the public key instead (usually the same path with '.pub')"
-    )]
+    #[error("this is a private key; pass the public key instead (usually the same path with '.pub')")]
     PrivateKey,
     #[error("not an OpenSSH public key: {0}")]
     Malformed(&'static str),
@@ -100,11 +98,7 @@ fn der_integer(mpint: &[u8]) -> Vec<u8> {
 }
 
 fn colon_hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 impl PublicKey {
@@ -115,35 +109,21 @@ impl PublicKey {
             return Err(KeyError::PrivateKey);
         }
         let mut fields = line.splitn(3, char::is_whitespace);
-        let type_name = fields
-            .next()
-            .filter(|s| !s.is_empty())
-            .ok_or(KeyError::Malformed("empty line"))?;
+        let type_name = fields.next().filter(|s| !s.is_empty()).ok_or(KeyError::Malformed("empty line"))?;
         let key_type = match type_name {
             "ssh-rsa" => KeyType::Rsa,
             "ssh-ed25519" => KeyType::Ed25519,
             t if t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-") => {
                 return Err(KeyError::UnsupportedType(t.to_owned()))
             }
-            _ => {
-                return Err(KeyError::Malformed(
-                    "expected 'ssh-rsa' or 'ssh-ed25519' followed by base64",
-                ))
-            }
+            _ => return Err(KeyError::Malformed("expected 'ssh-rsa' or 'ssh-ed25519' followed by base64")),
         };
-        let b64 = fields
-            .next()
-            .ok_or(KeyError::Malformed("missing base64 key data"))?
-            .trim();
+        let b64 = fields.next().ok_or(KeyError::Malformed("missing base64 key data"))?.trim();
         let blob = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|_| KeyError::Malformed("the key data is not valid base64"))?;
         let comment = fields.next().unwrap_or("").trim().to_owned();
-        let key = PublicKey {
-            key_type,
-            blob,
-            comment,
-        };
+        let key = PublicKey { key_type, blob, comment };
         key.validate(type_name)?;
         Ok(key)
     }
@@ -153,11 +133,8 @@ impl PublicKey {
         if contents.contains("PRIVATE KEY-----") {
             return Err(KeyError::PrivateKey);
         }
-        let lines: Vec<&str> = contents
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect();
+        let lines: Vec<&str> =
+            contents.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
         match lines.as_slice() {
             [one] => Self::parse_line(one),
             other => Err(KeyError::NotExactlyOne(other.len())),
@@ -168,9 +145,7 @@ impl PublicKey {
         let mut data = self.blob.as_slice();
         let inner_type = read_string(&mut data)?;
         if inner_type != type_name.as_bytes() {
-            return Err(KeyError::Malformed(
-                "the key type inside the key data does not match",
-            ));
+            return Err(KeyError::Malformed("the key type inside the key data does not match"));
         }
         match self.key_type {
             KeyType::Rsa => {
@@ -201,11 +176,7 @@ impl PublicKey {
 
     /// `type base64`, without the comment: the form used to compare keys.
     pub fn to_openssh(&self) -> String {
-        format!(
-            "{} {}",
-            self.type_name(),
-            base64::engine::general_purpose::STANDARD.encode(&self.blob)
-        )
+        format!("{} {}", self.type_name(), base64::engine::general_purpose::STANDARD.encode(&self.blob))
     }
 
     /// The DER-encoded X.509 SubjectPublicKeyInfo.
@@ -219,14 +190,7 @@ impl PublicKey {
                 let n = read_string(&mut data).unwrap_or_default();
                 let alg = der(
                     0x30,
-                    &[
-                        der(
-                            0x06,
-                            &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01],
-                        ),
-                        vec![0x05, 0x00],
-                    ]
-                    .concat(),
+                    &[der(0x06, &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01]), vec![0x05, 0x00]].concat(),
                 );
                 let rsa_key = der(0x30, &[der_integer(n), der_integer(e)].concat());
                 let mut bits = vec![0u8];
@@ -247,18 +211,13 @@ impl PublicKey {
     pub fn ec2_fingerprint(&self) -> String {
         match self.key_type {
             KeyType::Rsa => colon_hex(&Md5::digest(self.spki_der())),
-            KeyType::Ed25519 => {
-                base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&self.blob))
-            }
+            KeyType::Ed25519 => base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&self.blob)),
         }
     }
 
     /// The fingerprint as `ssh-keygen -l` prints it (`SHA256:...`).
     pub fn openssh_fingerprint(&self) -> String {
-        format!(
-            "SHA256:{}",
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(&self.blob))
-        )
+        format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(&self.blob)))
     }
 
     /// True if `fingerprint` (as reported by an EC2 endpoint) belongs to this key.
@@ -273,9 +232,7 @@ impl PublicKey {
             base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha_blob),
             self.openssh_fingerprint(),
         ];
-        candidates
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(fp) || c == fp)
+        candidates.iter().any(|c| c.eq_ignore_ascii_case(fp) || c == fp)
     }
 }
 
@@ -287,18 +244,14 @@ mod tests {
     // `ssh-keygen -e -m PKCS8 | openssl pkey -pubin -outform DER | openssl md5 -c`,
     // `ssh-keygen -l`, and Python's cryptography package.
     const RSA: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCJ/uAzau/NwtVGn2j91IkM+oOeoOQ3YibGeyu0PYSvg4X0tmVc4yKKAvFPkrRLV0N9K4+kGpfQcQ1L8efakN+lC+0xO7VB1vpx5iG8lmmi6BAWfUAUMnmOpSAS2W80u6q8lvyXKUiGtMSRx6Ok57QAVsVsWFv/Sdin+mVZqqqhRBxoUQrjqkU7Jti5r1tZxSCNPH4zKxTIi10EWevde2iTYYZQ7W0aWXPXKcIYXfvffkVECbn1PakZYUFNsPxB7FcVPEawHoG34BNZ+9iFA+UPgsTGP08Af6DL84iSwz345zoqGhjA6aD+27IXB8DUJy0pOp20ROh9WMO3Q1hTV25B alice@laptop";
-    const ED: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPKyfQohiwzQo5mb9ynx0GAr7xoYSkYSy+eDZ8g2i9ke bob@desk";
+    const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPKyfQohiwzQo5mb9ynx0GAr7xoYSkYSy+eDZ8g2i9ke bob@desk";
 
     #[test]
     fn rsa_fingerprint_matches_openssl() {
         let k = PublicKey::parse_line(RSA).unwrap();
         assert_eq!(k.key_type, KeyType::Rsa);
         assert_eq!(k.comment, "alice@laptop");
-        assert_eq!(
-            k.ec2_fingerprint(),
-            "ae:08:6b:49:be:33:71:ab:d2:f6:2b:0a:60:08:17:24"
-        );
+        assert_eq!(k.ec2_fingerprint(), "ae:08:6b:49:be:33:71:ab:d2:f6:2b:0a:60:08:17:24");
         assert!(k.matches_fingerprint("ae:08:6b:49:be:33:71:ab:d2:f6:2b:0a:60:08:17:24"));
         // ssh-keygen's MD5 of the blob is a different thing and must not match.
         assert!(!k.matches_fingerprint("35:31:2b:5b:f5:b6:15:9f:f2:94:33:8c:ae:0d:88:55"));
@@ -308,50 +261,24 @@ mod tests {
     fn ed25519_fingerprints() {
         let k = PublicKey::parse_line(ED).unwrap();
         assert_eq!(k.key_type, KeyType::Ed25519);
-        assert_eq!(
-            k.openssh_fingerprint(),
-            "SHA256:L3gVoN7W9qgl+v0zNTJ1ICSB4FqHaTtIaPLrIL0KfyQ"
-        );
-        assert_eq!(
-            k.ec2_fingerprint(),
-            "L3gVoN7W9qgl+v0zNTJ1ICSB4FqHaTtIaPLrIL0KfyQ="
-        );
+        assert_eq!(k.openssh_fingerprint(), "SHA256:L3gVoN7W9qgl+v0zNTJ1ICSB4FqHaTtIaPLrIL0KfyQ");
+        assert_eq!(k.ec2_fingerprint(), "L3gVoN7W9qgl+v0zNTJ1ICSB4FqHaTtIaPLrIL0KfyQ=");
         let moto = "2d:d2:ea:81:59:5c:ff:81:8e:a8:2a:d6:2f:c2:f1:4a:37:04:f5:47:b8:6f:66:4c:e1:e5:22:a0:77:43:25:a6";
         assert!(k.matches_fingerprint(moto));
-        assert!(!PublicKey::parse_line(RSA)
-            .unwrap()
-            .matches_fingerprint(moto));
+        assert!(!PublicKey::parse_line(RSA).unwrap().matches_fingerprint(moto));
     }
 
     #[test]
     fn bad_keys_are_rejected_with_reasons() {
-        assert_eq!(
-            PublicKey::parse_file("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n"),
-            Err(KeyError::PrivateKey)
-        );
-        assert!(matches!(
-            PublicKey::parse_line("ecdsa-sha2-nistp256 AAAA x"),
-            Err(KeyError::UnsupportedType(_))
-        ));
-        assert!(matches!(
-            PublicKey::parse_line("ssh-rsa !!!"),
-            Err(KeyError::Malformed(_))
-        ));
-        assert!(matches!(
-            PublicKey::parse_line("hello world"),
-            Err(KeyError::Malformed(_))
-        ));
+        assert_eq!(PublicKey::parse_file("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n"), Err(KeyError::PrivateKey));
+        assert!(matches!(PublicKey::parse_line("ecdsa-sha2-nistp256 AAAA x"), Err(KeyError::UnsupportedType(_))));
+        assert!(matches!(PublicKey::parse_line("ssh-rsa !!!"), Err(KeyError::Malformed(_))));
+        assert!(matches!(PublicKey::parse_line("hello world"), Err(KeyError::Malformed(_))));
         // Type inside the blob must match the declared type.
         let swapped = ED.replace("ssh-ed25519", "ssh-rsa");
-        assert!(matches!(
-            PublicKey::parse_line(&swapped),
-            Err(KeyError::Malformed(_))
-        ));
+        assert!(matches!(PublicKey::parse_line(&swapped), Err(KeyError::Malformed(_))));
         assert_eq!(PublicKey::parse_file(""), Err(KeyError::NotExactlyOne(0)));
-        assert_eq!(
-            PublicKey::parse_file(&format!("{RSA}\n{ED}\n")),
-            Err(KeyError::NotExactlyOne(2))
-        );
+        assert_eq!(PublicKey::parse_file(&format!("{RSA}\n{ED}\n")), Err(KeyError::NotExactlyOne(2)));
         assert!(PublicKey::parse_file(&format!("# comment\n\n{ED}\n")).is_ok());
     }
 

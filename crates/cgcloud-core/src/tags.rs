@@ -35,6 +35,8 @@ pub const AGENT: &str = "cgcloud:agent";
 pub const KEYPAIRS: &str = "cgcloud:keypairs";
 /// Marks a persistent volume that `terminate` keeps.
 pub const PERSISTENT: &str = "cgcloud:persistent";
+/// The OS definition a box was created with, e.g. `debian-12`.
+pub const OS: &str = "cgcloud:os";
 /// Role option values are stored as `cgcloud:option:<name>`.
 pub const OPTION_PREFIX: &str = "cgcloud:option:";
 
@@ -45,12 +47,7 @@ pub type Tags = BTreeMap<String, String>;
 
 /// Role options stored in `tags`.
 pub fn options_from_tags(tags: &Tags) -> BTreeMap<String, String> {
-    tags.iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(OPTION_PREFIX)
-                .map(|name| (name.to_owned(), v.clone()))
-        })
-        .collect()
+    tags.iter().filter_map(|(k, v)| k.strip_prefix(OPTION_PREFIX).map(|name| (name.to_owned(), v.clone()))).collect()
 }
 
 /// The tag key of a role option.

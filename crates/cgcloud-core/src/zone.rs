@@ -16,10 +16,7 @@ pub fn region_of_zone(zone: &str) -> Result<String, ZoneError> {
     let is_word = |p: &&str| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase());
     // The region is `word(-word)+-digits`; the zone adds one letter, or `-word...-digits<letter>`
     // for Local Zones.
-    let i = parts
-        .iter()
-        .position(|p| p.starts_with(|c: char| c.is_ascii_digit()))
-        .ok_or_else(malformed)?;
+    let i = parts.iter().position(|p| p.starts_with(|c: char| c.is_ascii_digit())).ok_or_else(malformed)?;
     if i < 2 || !parts[..i].iter().all(is_word) {
         return Err(malformed());
     }
@@ -49,10 +46,7 @@ pub fn region_of_zone(zone: &str) -> Result<String, ZoneError> {
 pub fn check_zone_in_region(zone: &str, region: &str) -> Result<(), ZoneError> {
     let derived = region_of_zone(zone)?;
     if derived != region {
-        return Err(ZoneError::Mismatch {
-            zone: zone.to_owned(),
-            region: region.to_owned(),
-        });
+        return Err(ZoneError::Mismatch { zone: zone.to_owned(), region: region.to_owned() });
     }
     Ok(())
 }
@@ -67,23 +61,13 @@ mod tests {
         assert_eq!(region_of_zone("eu-central-1b").unwrap(), "eu-central-1");
         assert_eq!(region_of_zone("us-gov-west-1a").unwrap(), "us-gov-west-1");
         assert_eq!(region_of_zone("us-west-2-lax-1a").unwrap(), "us-west-2");
-        for bad in [
-            "",
-            "us-west-2",
-            "us-west-2ab",
-            "us-west",
-            "US-west-2a",
-            "us-west-2-",
-        ] {
+        for bad in ["", "us-west-2", "us-west-2ab", "us-west", "US-west-2a", "us-west-2-"] {
             assert!(region_of_zone(bad).is_err(), "{bad}");
         }
         assert!(check_zone_in_region("us-west-2a", "us-west-2").is_ok());
         assert_eq!(
             check_zone_in_region("us-east-1a", "us-west-2"),
-            Err(ZoneError::Mismatch {
-                zone: "us-east-1a".into(),
-                region: "us-west-2".into()
-            })
+            Err(ZoneError::Mismatch { zone: "us-east-1a".into(), region: "us-west-2".into() })
         );
     }
 }

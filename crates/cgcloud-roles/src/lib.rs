@@ -19,10 +19,7 @@ pub const BUILTIN_SOURCE: &str = "built-in";
 #[derive(Debug, thiserror::Error)]
 pub enum RoleError {
     #[error("no such role: '{name}'{}", suggest(.suggestions))]
-    UnknownRole {
-        name: String,
-        suggestions: Vec<String>,
-    },
+    UnknownRole { name: String, suggestions: Vec<String> },
     #[error("role '{0}' is abstract: it can only be included by other roles")]
     Abstract(String),
     #[error("include cycle: {}", .0.join(" -> "))]
@@ -30,37 +27,19 @@ pub enum RoleError {
     #[error("role '{role}' includes '{include}', which does not exist")]
     UnknownInclude { role: String, include: String },
     #[error("role '{role}' names operating system '{os}', which does not exist (known: {known})")]
-    UnknownOs {
-        role: String,
-        os: String,
-        known: String,
-    },
-    #[error(
-        "role '{0}' supports no operating system: add `os = [...]` to it or to a role it includes"
-    )]
+    UnknownOs { role: String, os: String, known: String },
+    #[error("role '{0}' supports no operating system: add `os = [...]` to it or to a role it includes")]
     NoOs(String),
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
     #[error("role '{name}' is defined in both {first} and {second}; to replace it on purpose, add `overrides = true` to {second}")]
-    Duplicate {
-        name: String,
-        first: String,
-        second: String,
-    },
+    Duplicate { name: String, first: String, second: String },
     #[error("cannot read plugin directory {dir}: {source}")]
     PluginDir { dir: String, source: std::io::Error },
     #[error("option '{name}' is not supported by role '{role}'{}", known_options(.known))]
-    UnknownOption {
-        role: String,
-        name: String,
-        known: Vec<String>,
-    },
+    UnknownOption { role: String, name: String, known: Vec<String> },
     #[error("'{value}' is not a valid value for option '{name}' (expected {expected})")]
-    BadOptionValue {
-        name: String,
-        value: String,
-        expected: &'static str,
-    },
+    BadOptionValue { name: String, value: String, expected: &'static str },
     #[error("'{0}' is not of the form NAME=VALUE")]
     MalformedOption(String),
 }
@@ -69,13 +48,7 @@ fn suggest(s: &[String]) -> String {
     if s.is_empty() {
         "; run 'cgcloud list-roles' to see all roles".to_owned()
     } else {
-        format!(
-            "; did you mean {}?",
-            s.iter()
-                .map(|x| format!("'{x}'"))
-                .collect::<Vec<_>>()
-                .join(" or ")
-        )
+        format!("; did you mean {}?", s.iter().map(|x| format!("'{x}'")).collect::<Vec<_>>().join(" or "))
     }
 }
 
@@ -112,10 +85,7 @@ pub struct RoleSummary {
 }
 
 fn parse_err(file: &str, e: impl std::fmt::Display) -> RoleError {
-    RoleError::Parse {
-        file: file.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
-    }
+    RoleError::Parse { file: file.to_owned(), message: e.to_string().trim_end().to_owned() }
 }
 
 impl Registry {
@@ -144,10 +114,7 @@ impl Registry {
     }
 
     fn add_dir(&mut self, dir: &Path) -> Result<(), RoleError> {
-        let io = |source| RoleError::PluginDir {
-            dir: dir.display().to_string(),
-            source,
-        };
+        let io = |source| RoleError::PluginDir { dir: dir.display().to_string(), source };
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(io)?
             .filter_map(Result::ok)
@@ -180,14 +147,7 @@ impl Registry {
                 });
             }
         }
-        self.roles.insert(
-            role.name.clone(),
-            Loaded {
-                file: role,
-                value,
-                source,
-            },
-        );
+        self.roles.insert(role.name.clone(), Loaded { file: role, value, source });
         Ok(())
     }
 
@@ -208,10 +168,7 @@ impl Registry {
                 name: l.file.name.clone(),
                 description: l.file.description.clone(),
                 source: l.source.clone(),
-                os: self
-                    .resolve(&l.file.name)
-                    .map(|r| r.os.iter().map(|o| o.id.clone()).collect())
-                    .unwrap_or_default(),
+                os: self.resolve(&l.file.name).map(|r| r.os.iter().map(|o| o.id.clone()).collect()).unwrap_or_default(),
             })
             .collect()
     }
@@ -240,36 +197,26 @@ impl Registry {
             .take(3)
             .map(str::to_owned)
             .collect();
-        RoleError::UnknownRole {
-            name: name.to_owned(),
-            suggestions,
-        }
+        RoleError::UnknownRole { name: name.to_owned(), suggestions }
     }
 
     fn resolve(&self, name: &str) -> Result<Role, RoleError> {
         let mut merged = toml::Value::Table(toml::Table::new());
         self.merge_into(name, &mut Vec::new(), &mut merged)?;
         let loaded = &self.roles[name];
-        let table = merged
-            .as_table_mut()
-            .ok_or_else(|| parse_err(name, "not a table"))?;
+        let table = merged.as_table_mut().ok_or_else(|| parse_err(name, "not a table"))?;
         table.insert("name".into(), loaded.file.name.clone().into());
         table.insert("description".into(), loaded.file.description.clone().into());
-        let file: RoleFile = merged
-            .try_into()
-            .map_err(|e| parse_err(&loaded.source, e))?;
+        let file: RoleFile = merged.try_into().map_err(|e| parse_err(&loaded.source, e))?;
         let os = file
             .os
             .iter()
             .map(|id| {
-                self.oses
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| RoleError::UnknownOs {
-                        role: name.to_owned(),
-                        os: id.clone(),
-                        known: self.oses.keys().cloned().collect::<Vec<_>>().join(", "),
-                    })
+                self.oses.get(id).cloned().ok_or_else(|| RoleError::UnknownOs {
+                    role: name.to_owned(),
+                    os: id.clone(),
+                    known: self.oses.keys().cloned().collect::<Vec<_>>().join(", "),
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if os.is_empty() {
@@ -289,24 +236,16 @@ impl Registry {
         })
     }
 
-    fn merge_into(
-        &self,
-        name: &str,
-        stack: &mut Vec<String>,
-        out: &mut toml::Value,
-    ) -> Result<(), RoleError> {
+    fn merge_into(&self, name: &str, stack: &mut Vec<String>, out: &mut toml::Value) -> Result<(), RoleError> {
         if let Some(pos) = stack.iter().position(|n| n == name) {
             let mut cycle = stack[pos..].to_vec();
             cycle.push(name.to_owned());
             return Err(RoleError::Cycle(cycle));
         }
-        let loaded = self
-            .roles
-            .get(name)
-            .ok_or_else(|| RoleError::UnknownInclude {
-                role: stack.last().cloned().unwrap_or_default(),
-                include: name.to_owned(),
-            })?;
+        let loaded = self.roles.get(name).ok_or_else(|| RoleError::UnknownInclude {
+            role: stack.last().cloned().unwrap_or_default(),
+            include: name.to_owned(),
+        })?;
         stack.push(name.to_owned());
         for inc in &loaded.file.include {
             self.merge_into(inc, stack, out)?;
@@ -326,30 +265,18 @@ impl Registry {
 impl Role {
     /// Validates `NAME=VALUE` against the role's options; returns the name and normalized value.
     pub fn parse_option(&self, assignment: &str) -> Result<(String, String), RoleError> {
-        let (name, value) = assignment
-            .split_once('=')
-            .ok_or_else(|| RoleError::MalformedOption(assignment.to_owned()))?;
+        let (name, value) =
+            assignment.split_once('=').ok_or_else(|| RoleError::MalformedOption(assignment.to_owned()))?;
         let name = name.trim();
-        let decl = self
-            .options
-            .get(name)
-            .ok_or_else(|| RoleError::UnknownOption {
-                role: self.name.clone(),
-                name: name.to_owned(),
-                known: self.options.keys().cloned().collect(),
-            })?;
-        let bad = |expected| RoleError::BadOptionValue {
+        let decl = self.options.get(name).ok_or_else(|| RoleError::UnknownOption {
+            role: self.name.clone(),
             name: name.to_owned(),
-            value: value.to_owned(),
-            expected,
-        };
+            known: self.options.keys().cloned().collect(),
+        })?;
+        let bad = |expected| RoleError::BadOptionValue { name: name.to_owned(), value: value.to_owned(), expected };
         let normalized = match decl.option_type {
             OptionType::String => value.to_owned(),
-            OptionType::Int => value
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| bad("an integer"))?
-                .to_string(),
+            OptionType::Int => value.trim().parse::<i64>().map_err(|_| bad("an integer"))?.to_string(),
             OptionType::Bool => match value.trim() {
                 "true" | "True" => "true".to_owned(),
                 "false" | "False" => "false".to_owned(),
@@ -368,11 +295,7 @@ impl Role {
                     .get(name)
                     .cloned()
                     .or_else(|| {
-                        decl.default.as_ref().map(|d| {
-                            d.as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| d.to_string())
-                        })
+                        decl.default.as_ref().map(|d| d.as_str().map(str::to_owned).unwrap_or_else(|| d.to_string()))
                     })
                     .map(|v| (name.clone(), v))
             })
@@ -386,11 +309,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push(
-                (prev[j] + usize::from(ca != *cb))
-                    .min(prev[j + 1] + 1)
-                    .min(cur[j] + 1),
-            );
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
         }
         prev = cur;
     }
@@ -410,16 +329,9 @@ mod tests {
             let role = reg.role(&r.name).unwrap();
             assert!(!role.os.is_empty());
             assert_eq!(role.instance.root_volume_gb, Some(10));
-            assert!(
-                role.ports.iter().any(|p| p.port == Some(22)),
-                "{} has SSH",
-                r.name
-            );
+            assert!(role.ports.iter().any(|p| p.port == Some(22)), "{} has SSH", r.name);
         }
-        assert!(
-            roles.iter().all(|r| r.name != "base"),
-            "abstract roles are not listed"
-        );
+        assert!(roles.iter().all(|r| r.name != "base"), "abstract roles are not listed");
         assert!(matches!(reg.role("base"), Err(RoleError::Abstract(_))));
     }
 
@@ -427,11 +339,7 @@ mod tests {
     fn unknown_role_suggests() {
         let reg = Registry::builtin().unwrap();
         let err = reg.role("generic-debian-bookwrm-box").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("did you mean 'generic-debian-bookworm-box'"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("did you mean 'generic-debian-bookworm-box'"), "{err}");
         let err = reg.role("zzzzzzzzzzzz").unwrap_err();
         assert!(err.to_string().contains("list-roles"), "{err}");
     }
@@ -447,10 +355,7 @@ mod tests {
     #[test]
     fn cycles_are_named() {
         let reg = reg_with(&[
-            (
-                "a.toml",
-                "name='a'\ndescription='a'\ninclude=['b']\nos=['debian-12']",
-            ),
+            ("a.toml", "name='a'\ndescription='a'\ninclude=['b']\nos=['debian-12']"),
             ("b.toml", "name='b'\ndescription='b'\ninclude=['a']"),
         ])
         .unwrap();
@@ -460,13 +365,9 @@ mod tests {
 
     #[test]
     fn malformed_files_name_file_line_and_key() {
-        let err =
-            reg_with(&[("bad.toml", "name='x'\ndescription='d'\nbogus_key = 1\n")]).unwrap_err();
+        let err = reg_with(&[("bad.toml", "name='x'\ndescription='d'\nbogus_key = 1\n")]).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("bad.toml") && msg.contains("bogus_key"),
-            "{msg}"
-        );
+        assert!(msg.contains("bad.toml") && msg.contains("bogus_key"), "{msg}");
         let err = reg_with(&[("syntax.toml", "name='x'\ndescription=\n")]).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
     }
@@ -474,15 +375,9 @@ mod tests {
     #[test]
     fn duplicates_need_overrides() {
         let text = "name='generic-debian-bookworm-box'\ndescription='mine'\ninclude=['base']\nos=['debian-12']";
-        assert!(matches!(
-            reg_with(&[("p.toml", text)]),
-            Err(RoleError::Duplicate { .. })
-        ));
+        assert!(matches!(reg_with(&[("p.toml", text)]), Err(RoleError::Duplicate { .. })));
         let reg = reg_with(&[("p.toml", &format!("overrides = true\n{text}"))]).unwrap();
-        assert_eq!(
-            reg.role("generic-debian-bookworm-box").unwrap().description,
-            "mine"
-        );
+        assert_eq!(reg.role("generic-debian-bookworm-box").unwrap().description, "mine");
     }
 
     #[test]
@@ -494,26 +389,11 @@ mod tests {
         )])
         .unwrap();
         let role = reg.role("o").unwrap();
-        assert_eq!(
-            role.parse_option("n=42").unwrap(),
-            ("n".into(), "42".into())
-        );
-        assert_eq!(
-            role.parse_option("flag=True").unwrap(),
-            ("flag".into(), "true".into())
-        );
-        assert!(matches!(
-            role.parse_option("n=x"),
-            Err(RoleError::BadOptionValue { .. })
-        ));
-        assert!(matches!(
-            role.parse_option("nope=1"),
-            Err(RoleError::UnknownOption { .. })
-        ));
-        assert!(matches!(
-            role.parse_option("n"),
-            Err(RoleError::MalformedOption(_))
-        ));
+        assert_eq!(role.parse_option("n=42").unwrap(), ("n".into(), "42".into()));
+        assert_eq!(role.parse_option("flag=True").unwrap(), ("flag".into(), "true".into()));
+        assert!(matches!(role.parse_option("n=x"), Err(RoleError::BadOptionValue { .. })));
+        assert!(matches!(role.parse_option("nope=1"), Err(RoleError::UnknownOption { .. })));
+        assert!(matches!(role.parse_option("n"), Err(RoleError::MalformedOption(_))));
         let values = role.option_values(&BTreeMap::new());
         assert_eq!(values.get("n").map(String::as_str), Some("3"));
         assert!(!values.contains_key("flag"));

@@ -62,9 +62,7 @@ impl Arch {
 impl ImageSource {
     /// Substitutes the architecture placeholders in `template`.
     pub fn expand(template: &str, arch: Arch) -> String {
-        template
-            .replace("{arch}", arch.ec2())
-            .replace("{deb_arch}", arch.debian())
+        template.replace("{arch}", arch.ec2()).replace("{deb_arch}", arch.debian())
     }
 }
 

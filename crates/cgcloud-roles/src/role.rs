@@ -147,12 +147,7 @@ impl Role {
     /// The packages to install on `os`: `all`, then the family's, then the OS's own.
     pub fn packages_for(&self, os: &OsDef) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for key in [
-            "all",
-            os.family.as_str(),
-            os.distro.as_str(),
-            os.id.as_str(),
-        ] {
+        for key in ["all", os.family.as_str(), os.distro.as_str(), os.id.as_str()] {
             for p in self.packages.get(key).into_iter().flatten() {
                 if !out.contains(p) {
                     out.push(p.clone());
@@ -164,9 +159,7 @@ impl Role {
 
     /// The login `ssh` uses by default: the role's default user, else the OS admin.
     pub fn login_user(&self, os: &OsDef) -> String {
-        self.default_user
-            .clone()
-            .unwrap_or_else(|| os.admin_user.clone())
+        self.default_user.clone().unwrap_or_else(|| os.admin_user.clone())
     }
 }
 
@@ -201,10 +194,8 @@ mod tests {
     #[test]
     fn merge_rules() {
         let mut base: toml::Value =
-            toml::from_str("a = 1\nlist = [1, 2]\n[t]\nx = 'base'\ny = 'keep'\n[t.inner]\nv = [1]")
-                .unwrap();
-        let later: toml::Value =
-            toml::from_str("a = 2\nlist = [2, 3]\n[t]\nx = 'later'\n[t.inner]\nv = [2]").unwrap();
+            toml::from_str("a = 1\nlist = [1, 2]\n[t]\nx = 'base'\ny = 'keep'\n[t.inner]\nv = [1]").unwrap();
+        let later: toml::Value = toml::from_str("a = 2\nlist = [2, 3]\n[t]\nx = 'later'\n[t.inner]\nv = [2]").unwrap();
         merge_values(&mut base, later);
         assert_eq!(base["a"].as_integer(), Some(2));
         assert_eq!(base["list"].as_array().unwrap().len(), 3);
@@ -225,10 +216,7 @@ mod tests {
             description: String::new(),
         };
         assert_eq!(p(Proto::Tcp, Some(22), None).ec2_range(), (22, 22));
-        assert_eq!(
-            p(Proto::Tcp, None, Some((7077, 7078))).ec2_range(),
-            (7077, 7078)
-        );
+        assert_eq!(p(Proto::Tcp, None, Some((7077, 7078))).ec2_range(), (7077, 7078));
         assert_eq!(p(Proto::Icmp, None, None).ec2_range(), (3, 4));
         assert_eq!(p(Proto::All, None, None).ec2_range(), (-1, -1));
     }

@@ -1,0 +1,123 @@
+//! SSH host keys that cgcloud generates for boxes, and cgcloud's own known_hosts file.
+
+use crate::RemoteError;
+use std::io::Write as _;
+use std::path::Path;
+
+/// A freshly generated ed25519 host key pair in OpenSSH formats.
+#[derive(Debug, Clone)]
+pub struct HostKey {
+    pub private_openssh: String,
+    /// `ssh-ed25519 AAAA...` (no comment).
+    pub public: String,
+}
+
+/// Generates an ed25519 host key with `ssh-keygen`.
+pub fn generate() -> Result<HostKey, RemoteError> {
+    let dir = tempfile::tempdir().map_err(|source| RemoteError::Io { path: "temporary directory".into(), source })?;
+    let path = dir.path().join("host_key");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "cgcloud-host", "-f"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .map_err(|source| RemoteError::Spawn { program: "ssh-keygen".into(), source })?;
+    if !status.success() {
+        return Err(RemoteError::Failed { status: status.code().unwrap_or(-1), stderr: "ssh-keygen failed".into() });
+    }
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| RemoteError::Io { path: p.display().to_string(), source })
+    };
+    let private_openssh = read(&path)?;
+    let public_full = read(&path.with_extension("pub"))?;
+    let public = public_full.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    Ok(HostKey { private_openssh, public })
+}
+
+/// Records `key` as the host key of `alias` in the known_hosts file at `path`, replacing any
+/// previous entry for that alias. The file is rewritten atomically.
+pub fn record(path: &Path, alias: &str, key: &str) -> Result<(), RemoteError> {
+    let io = |source| RemoteError::Io { path: path.display().to_string(), source };
+    let existing = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(e)),
+    };
+    let wanted = format!("{alias} {key}");
+    if existing.lines().any(|l| l == wanted) {
+        return Ok(());
+    }
+    let mut lines: Vec<&str> = existing.lines().filter(|l| l.split_whitespace().next() != Some(alias)).collect();
+    lines.push(&wanted);
+    write_atomic(path, &(lines.join("\n") + "\n")).map_err(io)
+}
+
+/// Removes the entries of aliases for which `keep` returns false; returns the removed aliases.
+pub fn prune(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, RemoteError> {
+    let io = |source| RemoteError::Io { path: path.display().to_string(), source };
+    let existing = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut removed = Vec::new();
+    let kept: Vec<&str> = existing
+        .lines()
+        .filter(|l| {
+            let alias = l.split_whitespace().next().unwrap_or_default();
+            let k = alias.is_empty() || keep(alias);
+            if !k {
+                removed.push(alias.to_owned());
+            }
+            k
+        })
+        .collect();
+    if !removed.is_empty() {
+        write_atomic(path, &(kept.join("\n") + "\n")).map_err(io)?;
+    }
+    Ok(removed)
+}
+
+/// The aliases recorded in the known_hosts file.
+pub fn aliases(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().filter_map(|l| l.split_whitespace().next().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(contents.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_gives_ed25519() {
+        let k = generate().unwrap();
+        assert!(k.public.starts_with("ssh-ed25519 "));
+        assert!(k.private_openssh.contains("OPENSSH PRIVATE KEY"));
+    }
+
+    #[test]
+    fn record_replaces_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/known_hosts");
+        record(&path, "i-1", "ssh-ed25519 AAA1").unwrap();
+        record(&path, "i-2", "ssh-ed25519 AAA2").unwrap();
+        record(&path, "i-1", "ssh-ed25519 AAA3").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "i-2 ssh-ed25519 AAA2\ni-1 ssh-ed25519 AAA3\n");
+        assert_eq!(aliases(&path), vec!["i-2", "i-1"]);
+        let removed = prune(&path, |a| a == "i-1").unwrap();
+        assert_eq!(removed, vec!["i-2"]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "i-1 ssh-ed25519 AAA3\n");
+    }
+}

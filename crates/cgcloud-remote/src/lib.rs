@@ -1,0 +1,240 @@
+//! SSH to boxes through the system OpenSSH client, so the user's `~/.ssh/config`, agent and
+//! keys keep working. Host keys are never trusted on first use: cgcloud knows each box's host
+//! key before the box boots (it generates it and hands it to cloud-init) and keeps its own
+//! known_hosts file, keyed by instance id (`HostKeyAlias`) so that changing IP addresses do not
+//! matter. Connections are multiplexed (`ControlMaster`) because SSH handshakes are costly.
+
+pub mod hostkey;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("cannot run '{program}': {source}; install OpenSSH's client (e.g. `apt-get install openssh-client rsync`)")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("timed out after {seconds} s waiting for SSH on {address} ({last})")]
+    NotReady { address: String, seconds: u64, last: String },
+    #[error("the SSH host key of {alias} ({address}) does not match the key cgcloud recorded for it: refusing to connect (possible man-in-the-middle)")]
+    HostKeyMismatch { alias: String, address: String },
+    #[error("I/O error on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("remote command failed with status {status}: {stderr}")]
+    Failed { status: i32, stderr: String },
+}
+
+/// Everything needed to reach one box.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// The IP address or DNS name to connect to.
+    pub address: String,
+    pub user: String,
+    /// The name under which the host key is recorded (the instance id).
+    pub alias: String,
+    pub known_hosts: PathBuf,
+    /// Directory for multiplexing sockets.
+    pub control_dir: PathBuf,
+    /// Extra `ssh` options from the user (e.g. `-i key`).
+    pub extra: Vec<String>,
+}
+
+impl SshTarget {
+    /// Options shared by every ssh invocation for this target.
+    pub fn options(&self, batch: bool) -> Vec<String> {
+        let mut o: Vec<String> = [
+            format!("HostKeyAlias={}", self.alias),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "StrictHostKeyChecking=yes".to_owned(),
+            "CheckHostIP=no".to_owned(),
+            "UpdateHostKeys=no".to_owned(),
+            "ControlMaster=auto".to_owned(),
+            format!("ControlPath={}/%C", self.control_dir.display()),
+            "ControlPersist=60s".to_owned(),
+            "ConnectTimeout=10".to_owned(),
+            "ServerAliveInterval=15".to_owned(),
+            // A box that was just started needs a moment for sshd; retry refused connections.
+            "ConnectionAttempts=5".to_owned(),
+        ]
+        .into_iter()
+        .flat_map(|opt| ["-o".to_owned(), opt])
+        .collect();
+        if batch {
+            o.extend(["-o".to_owned(), "BatchMode=yes".to_owned()]);
+        }
+        o.extend(self.extra.iter().cloned());
+        o.extend(["-l".to_owned(), self.user.clone()]);
+        o
+    }
+
+    /// An `ssh` command for this target with `args` (ssh options and/or a remote command).
+    pub fn command(&self, batch: bool, args: &[String]) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.options(batch)).arg(&self.address).args(args);
+        cmd
+    }
+
+    /// The `-e` argument for rsync.
+    pub fn rsync_shell(&self, extra_ssh_opts: &str) -> String {
+        let mut parts = vec!["ssh".to_owned()];
+        parts.extend(self.options(false).iter().map(|a| shell_quote(a)));
+        if !extra_ssh_opts.is_empty() {
+            parts.push(extra_ssh_opts.to_owned());
+        }
+        parts.join(" ")
+    }
+
+    /// Rewrites rsync arguments: `:path` means the box.
+    pub fn rsync_args(&self, args: &[String]) -> Vec<String> {
+        args.iter()
+            .map(|a| match a.strip_prefix(':') {
+                Some(path) => format!("{}:{}", self.address, path),
+                None => a.clone(),
+            })
+            .collect()
+    }
+
+    /// Runs a shell script on the box (as the login user, via `sh -s`), capturing output.
+    pub async fn run_script(&self, script: &str) -> Result<std::process::Output, RemoteError> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut child = self
+            .command(true, &["sh".to_owned(), "-s".to_owned()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| RemoteError::Spawn { program: "ssh".into(), source })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A closed pipe means ssh exited early; its status says why.
+            let _ = stdin.write_all(script.as_bytes()).await;
+        }
+        child.wait_with_output().await.map_err(|source| RemoteError::Spawn { program: "ssh".into(), source })
+    }
+
+    /// Waits until TCP port 22 accepts connections and an SSH login works.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), RemoteError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let not_ready = |last: String| RemoteError::NotReady {
+            address: self.address.clone(),
+            seconds: timeout.as_secs(),
+            last,
+        };
+        let mut last = String::from("no attempt yet");
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(not_ready(last));
+            }
+            let addr = if self.address.contains(':') { self.address.clone() } else { format!("{}:22", self.address) };
+            match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&addr)).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => last = format!("port 22: {e}"),
+                Err(_) => last = "port 22: connect timed out".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut mismatches = 0;
+        loop {
+            let out = self
+                .command(true, &["true".to_owned()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .await
+                .map_err(|source| RemoteError::Spawn { program: "ssh".into(), source })?;
+            if out.status.success() {
+                return Ok(());
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            // sshd may briefly serve the image's old host keys before cloud-init installs the
+            // ones we know; a mismatch that persists is an attack or a broken box.
+            if stderr.contains("Host key verification failed") || stderr.contains("HOST IDENTIFICATION HAS CHANGED") {
+                mismatches += 1;
+                if mismatches > 20 {
+                    return Err(RemoteError::HostKeyMismatch { alias: self.alias.clone(), address: self.address.clone() });
+                }
+            }
+            last = stderr.lines().last().unwrap_or("ssh failed").to_owned();
+            if tokio::time::Instant::now() >= deadline {
+                return Err(not_ready(last));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Closes the multiplexed master connection, if any.
+    pub async fn close(&self) {
+        let _ = Command::new("ssh")
+            .args(self.options(true))
+            .args(["-O", "exit"])
+            .arg(&self.address)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+}
+
+/// Quotes a word for rsync's `-e` parser and POSIX shells.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:%@,+".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+pub fn private_dir(dir: &Path) -> Result<(), RemoteError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| RemoteError::Io { path: dir.display().to_string(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> SshTarget {
+        SshTarget {
+            address: "10.0.0.5".into(),
+            user: "admin".into(),
+            alias: "i-0123".into(),
+            known_hosts: "/home/u/.local/state/cgcloud/known_hosts".into(),
+            control_dir: "/tmp/cgcloud-ssh-0".into(),
+            extra: vec![],
+        }
+    }
+
+    #[test]
+    fn options_verify_host_keys() {
+        let o = target().options(true).join(" ");
+        assert!(o.contains("StrictHostKeyChecking=yes"));
+        assert!(o.contains("HostKeyAlias=i-0123"));
+        assert!(o.contains("BatchMode=yes"));
+        assert!(o.ends_with("-l admin"));
+        assert!(!target().options(false).join(" ").contains("BatchMode"));
+    }
+
+    #[test]
+    fn rsync_remote_paths() {
+        let args = target().rsync_args(&["-av".into(), ":foo".into(), ".".into()]);
+        assert_eq!(args, vec!["-av", "10.0.0.5:foo", "."]);
+        let shell = target().rsync_shell("-v");
+        assert!(shell.starts_with("ssh -o HostKeyAlias=i-0123"));
+        assert!(shell.ends_with(" -v"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("abc"), "abc");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

@@ -1,0 +1,304 @@
+//! The command line, as clap types only. Every global option can also come from the
+//! environment or the config file; see `settings.rs` for precedence.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cgcloud",
+    version,
+    about = "Create, manage and provision boxes and clusters of boxes in Amazon EC2",
+    after_help = "Run 'cgcloud list-roles' to see what you can create. Docs: README.md and docs/."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SshAddress {
+    /// The public IP if the box has one, else the private IP.
+    Auto,
+    Public,
+    Private,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct GlobalArgs {
+    /// Namespace of all resources, e.g. /team/ or /__me__/ (__me__ is your IAM user name)
+    #[arg(short = 'n', long, global = true, env = "CGCLOUD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Availability zone, e.g. us-west-2a; the region is derived from it
+    #[arg(short = 'z', long, global = true, env = "CGCLOUD_ZONE")]
+    pub zone: Option<String>,
+    /// AWS region (when no zone is given)
+    #[arg(long, global = true, env = "CGCLOUD_REGION")]
+    pub region: Option<String>,
+    /// A cgcloud config profile (e.g. 'local'), else an AWS shared-config profile
+    #[arg(long, global = true, env = "CGCLOUD_PROFILE")]
+    pub profile: Option<String>,
+    /// An EC2-compatible endpoint URL (AWS_ENDPOINT_URL is honoured too)
+    #[arg(long, global = true)]
+    pub endpoint: Option<String>,
+    /// Output format for data on stdout
+    #[arg(long, global = true, value_enum, env = "CGCLOUD_OUTPUT")]
+    pub output: Option<OutputFormat>,
+    /// More logging (-v debug, -vv trace)
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the roles boxes can be created from
+    ListRoles,
+    /// List the options of a role (set them with -O NAME=VALUE)
+    ListOptions(RoleArg),
+    /// Create a box from a role's base image and provision it
+    Create(CreateArgs),
+    /// Create a box from an image baked by `cgcloud image` or `create -I`
+    Recreate(RecreateArgs),
+    /// Re-run a role's provisioning on an existing box
+    Provision(SelectArgs),
+    /// List the boxes in the namespace
+    List(ListArgs),
+    /// Show everything cgcloud knows about a box
+    Show(SelectArgs),
+    /// Log in to a box, or run a command on it (`cgcloud ssh ROLE -- uname -a`)
+    Ssh(SshArgs),
+    /// Copy files to or from a box; write the box's side as ':path'
+    Rsync(RsyncArgs),
+    /// Stop a box (its disk is kept)
+    Stop(WaitSelectArgs),
+    /// Start a stopped box
+    Start(WaitSelectArgs),
+    /// Reboot a box
+    Reboot(SelectArgs),
+    /// Terminate a box
+    Terminate(WaitSelectArgs),
+    /// Bake an image of a stopped box
+    Image(SelectArgs),
+    /// List the images baked for a role
+    ListImages(RoleArg),
+    /// Delete an image and its snapshots
+    DeleteImage(DeleteImageArgs),
+    /// Import an OpenSSH public key as an EC2 key pair
+    RegisterKey(RegisterKeyArgs),
+    /// Find and remove leftovers in the namespace
+    Cleanup(CleanupArgs),
+    /// Delete the namespace's security groups, IAM roles and instance profiles
+    ResetSecurity(ConfirmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RoleArg {
+    /// The role, see `cgcloud list-roles`
+    pub role: String,
+}
+
+/// Which box of a role to act on.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Selection {
+    /// Only boxes of this cluster
+    #[arg(short = 'c', long = "cluster-name")]
+    pub cluster: Option<String>,
+    /// Index into the role's boxes, oldest first; negative counts from the newest (-1)
+    #[arg(short = 'o', long, allow_negative_numbers = true, conflicts_with = "instance_id")]
+    pub ordinal: Option<i64>,
+    /// The box's instance id
+    #[arg(short = 'I', long = "instance-id")]
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    pub role: String,
+    #[command(flatten)]
+    pub selection: Selection,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitSelectArgs {
+    pub role: String,
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Return as soon as the request is accepted
+    #[arg(short = 'Q', long)]
+    pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only boxes of this role
+    pub role: Option<String>,
+    /// Only boxes of this cluster
+    #[arg(short = 'c', long = "cluster-name")]
+    pub cluster: Option<String>,
+}
+
+/// Options shared by commands that launch boxes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct LaunchArgs {
+    /// Key pairs that may log in; the first must exist and its private key be yours. Later ones
+    /// may be globs, @user or @@group. __me__ is your user name.
+    #[arg(short = 'k', long = "keypairs", num_args = 1.., value_delimiter = ' ', env = "CGCLOUD_KEYPAIRS")]
+    pub keypairs: Vec<String>,
+    /// Instance type (validated against the region)
+    #[arg(short = 't', long = "instance-type", env = "CGCLOUD_INSTANCE_TYPE")]
+    pub instance_type: Option<String>,
+    /// Subnet to launch into (default: the profile's, else the default VPC)
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Role option NAME=VALUE (repeatable), see `cgcloud list-options ROLE`
+    #[arg(short = 'O', long = "option", value_name = "NAME=VALUE")]
+    pub options: Vec<String>,
+    /// Terminate the box when done (and on failure)
+    #[arg(short = 'T', long, conflicts_with = "never_terminate")]
+    pub terminate: bool,
+    /// Never terminate, even on failure (for debugging)
+    #[arg(short = 'N', long = "never-terminate")]
+    pub never_terminate: bool,
+    /// Which address to reach the box at
+    #[arg(long = "ssh-address", value_enum)]
+    pub ssh_address: Option<SshAddress>,
+    /// Seconds to wait for SSH to come up
+    #[arg(long = "ssh-timeout", default_value_t = 600)]
+    pub ssh_timeout: u64,
+    /// Print the box as a table row when done
+    #[arg(long)]
+    pub list: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub role: String,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+    /// Boot from this AMI instead of the role's base image
+    #[arg(short = 'i', long = "boot-image")]
+    pub boot_image: Option<String>,
+    /// Operating system, when the role supports several (default: the role's first)
+    #[arg(long)]
+    pub os: Option<String>,
+    /// Bake an image after provisioning
+    #[arg(short = 'I', long = "create-image")]
+    pub create_image: bool,
+    /// Upgrade the OS packages before provisioning
+    #[arg(short = 'U', long)]
+    pub upgrade: bool,
+    /// Launch and wait until running, but do not wait for SSH or provision
+    #[arg(short = 'Q', long)]
+    pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecreateArgs {
+    pub role: String,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+    /// Image ordinal (oldest 0, newest -1) or AMI id
+    #[arg(short = 'i', long = "boot-image", allow_negative_numbers = true, default_value = "-1")]
+    pub boot_image: String,
+    /// Do not wait for SSH
+    #[arg(short = 'Q', long)]
+    pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    pub role: String,
+    #[command(flatten)]
+    pub selection: Selection,
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// Which address to reach the box at
+    #[arg(long = "ssh-address", value_enum)]
+    pub ssh_address: Option<SshAddress>,
+    /// Arguments for ssh: options and/or a remote command (after --)
+    #[arg(last = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Log in as this user
+    #[arg(short = 'l', long = "login", conflicts_with = "admin")]
+    pub user: Option<String>,
+    /// Log in as the image's admin user
+    #[arg(short = 'a', long)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RsyncArgs {
+    pub role: String,
+    #[command(flatten)]
+    pub selection: Selection,
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// Which address to reach the box at
+    #[arg(long = "ssh-address", value_enum)]
+    pub ssh_address: Option<SshAddress>,
+    /// Extra options for the ssh that rsync runs (use --ssh-opts=-v for dashes)
+    #[arg(short = 'e', long = "ssh-opts", default_value = "", allow_hyphen_values = true)]
+    pub ssh_opts: String,
+    /// rsync arguments (after --); ':path' is a path on the box
+    #[arg(last = true, allow_hyphen_values = true, required = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteImageArgs {
+    pub role: String,
+    /// Image ordinal (oldest 0, newest -1) or AMI id
+    #[arg(short = 'i', long = "image", allow_negative_numbers = true, default_value = "-1")]
+    pub image: String,
+    /// Keep the image's snapshots
+    #[arg(short = 'K', long = "keep-snapshot")]
+    pub keep_snapshot: bool,
+    /// Do not wait for deregistration (implies --keep-snapshot)
+    #[arg(short = 'Q', long)]
+    pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterKeyArgs {
+    /// An OpenSSH public key file (RSA or ed25519)
+    pub key_file: std::path::PathBuf,
+    /// Key-pair name (default: __me__, your user name)
+    #[arg(short = 'k', long = "keypair")]
+    pub keypair: Option<String>,
+    /// Replace an existing key pair with a different key
+    #[arg(short = 'F', long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfirmArgs {
+    /// Do not ask for confirmation
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Only show what would be deleted
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub confirm: ConfirmArgs,
+    /// Treat launches still marked pending after this many minutes as interrupted
+    #[arg(long = "min-age", default_value_t = 30)]
+    pub min_age_minutes: u64,
+}

@@ -1,0 +1,217 @@
+//! Commands on existing boxes: list, show, ssh, rsync, stop, start, reboot, terminate.
+
+use crate::cli::{ListArgs, RsyncArgs, SelectArgs, SshArgs, WaitSelectArgs};
+use crate::context::Ctx;
+use crate::output::Printer;
+use anyhow::{bail, Context as _, Result};
+use cgcloud_aws::Cloud;
+use cgcloud_core::model::{ordered_alive, BoxInfo};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long state waits may take before giving up.
+const STATE_TIMEOUT: Duration = Duration::from_secs(900);
+
+pub async fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
+    let ns = ctx.namespace().await?;
+    if let Some(role) = &a.role {
+        ctx.registry().await?.role(role)?;
+    }
+    let mut boxes = ordered_alive(ctx.cloud().await?.list_boxes(ns.as_str(), a.role.as_deref()).await?);
+    if let Some(c) = &a.cluster {
+        boxes.retain(|b| b.cluster.as_deref() == Some(c));
+    }
+    boxes.sort_by(|x, y| (&x.role, x.sort_key()).cmp(&(&y.role, y.sort_key())));
+    print_rows(&ctx.out, &boxes);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints boxes as a table, numbering each role's boxes in ordinal order.
+pub fn print_rows(out: &Printer, boxes: &[BoxInfo]) {
+    let mut per_role: BTreeMap<&str, usize> = BTreeMap::new();
+    let rows: Vec<Vec<String>> = boxes
+        .iter()
+        .map(|b| {
+            let n = per_role.entry(b.role.as_str()).or_default();
+            let row = vec![
+                b.role.clone(),
+                n.to_string(),
+                b.instance_id.clone(),
+                b.state.clone(),
+                b.instance_type.clone(),
+                b.zone.clone().unwrap_or_default(),
+                b.private_ip.clone().unwrap_or_else(|| "-".into()),
+                b.public_ip.clone().unwrap_or_else(|| "-".into()),
+                b.launch_time.clone(),
+                b.cluster.clone().unwrap_or_else(|| "-".into()),
+                b.ordinal.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
+            ];
+            *n += 1;
+            row
+        })
+        .collect();
+    out.table(
+        &["ROLE", "ORDINAL", "INSTANCE", "STATE", "TYPE", "ZONE", "PRIVATE_IP", "PUBLIC_IP", "LAUNCHED", "CLUSTER", "CLUSTER_ORDINAL"],
+        &rows,
+        boxes,
+    );
+}
+
+pub fn print_box(out: &Printer, b: &BoxInfo) {
+    out.record(b, || {
+        let mut lines = vec![
+            ("instance_id", b.instance_id.clone()),
+            ("role", b.role.clone()),
+            ("namespace", b.namespace.clone()),
+            ("state", b.state.clone()),
+            ("instance_type", b.instance_type.clone()),
+            ("zone", b.zone.clone().unwrap_or_default()),
+            ("private_ip", b.private_ip.clone().unwrap_or_default()),
+            ("public_ip", b.public_ip.clone().unwrap_or_default()),
+            ("private_dns", b.private_dns.clone().unwrap_or_default()),
+            ("launch_time", b.launch_time.clone()),
+            ("image_id", b.image_id.clone().unwrap_or_default()),
+            ("key_name", b.key_name.clone().unwrap_or_default()),
+            ("generation", b.generation.to_string()),
+            ("spot", b.spot.to_string()),
+            ("admin_user", b.admin_user.clone().unwrap_or_default()),
+            ("cluster", b.cluster.clone().unwrap_or_default()),
+            ("cluster_ordinal", b.ordinal.map(|o| o.to_string()).unwrap_or_default()),
+            ("leader", b.leader.clone().unwrap_or_default()),
+        ];
+        for (k, v) in &b.options {
+            lines.push(("option", format!("{k}={v}")));
+        }
+        lines.iter().map(|(k, v)| format!("{k:<16}{v}")).collect::<Vec<_>>().join("\n")
+    });
+}
+
+pub async fn show(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {
+    let b = ctx.select(&a.role, &a.selection).await?;
+    print_box(&ctx.out, &b);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    ExitCode::from(status.code().map(|c| c.clamp(0, 255) as u8).unwrap_or(255))
+}
+
+pub async fn ssh(ctx: &Ctx, a: SshArgs) -> Result<ExitCode> {
+    let b = ctx.select(&a.role, &a.selection).await?;
+    let target = ctx.ssh_target(&b, Some(&a.login), a.ssh_address).await?;
+    let status = target.command(false, &a.args).status().await.context("cannot run ssh")?;
+    if status.code() == Some(255) {
+        tracing::warn!("ssh to {} ({}) failed (status 255)", b.instance_id, target.address);
+    }
+    Ok(exit_code(status))
+}
+
+pub async fn rsync(ctx: &Ctx, a: RsyncArgs) -> Result<ExitCode> {
+    let b = ctx.select(&a.role, &a.selection).await?;
+    let target = ctx.ssh_target(&b, Some(&a.login), a.ssh_address).await?;
+    let status = tokio::process::Command::new("rsync")
+        .arg("-e")
+        .arg(target.rsync_shell(&a.ssh_opts))
+        .args(target.rsync_args(&a.args))
+        .status()
+        .await
+        .context("cannot run rsync; install it (e.g. `apt-get install rsync`)")?;
+    Ok(exit_code(status))
+}
+
+/// Polls until every instance is in `target`; fails early if one lands in a state it cannot
+/// leave towards `target`.
+pub async fn wait_for_state(ctx: &Ctx, cloud: &Cloud, ids: &[String], target: &str, what: &str) -> Result<()> {
+    let mut progress = ctx.out.progress(format!("waiting for {what} to be {target}"));
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let states = cloud.instance_states(ids).await?;
+        let pending: Vec<String> = ids.iter().filter(|id| states.get(*id).map(|s| s.0.as_str()) != Some(target)).cloned().collect();
+        if pending.is_empty() {
+            progress.finish(format!("{what} {target}"));
+            return Ok(());
+        }
+        for id in &pending {
+            if let Some((state, reason)) = states.get(id) {
+                let dead = matches!(state.as_str(), "terminated" | "shutting-down") && target != "terminated";
+                if dead {
+                    bail!(
+                        "instance {id} is {state} instead of {target}{}",
+                        reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        if progress.elapsed() > STATE_TIMEOUT {
+            bail!("timed out after {} s waiting for {what} to be {target}", STATE_TIMEOUT.as_secs());
+        }
+        progress.set_message(format!("waiting for {what} to be {target} ({} left)", pending.len()));
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub async fn stop(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
+    let b = ctx.select(&a.role, &a.selection).await?;
+    if b.spot {
+        bail!("box {} is a spot instance, and EC2 cannot stop spot instances; terminate it instead", b.instance_id);
+    }
+    match b.state.as_str() {
+        "stopped" => {
+            ctx.out.note(format!("box {} is already stopped", b.instance_id));
+            return Ok(ExitCode::SUCCESS);
+        }
+        "running" | "pending" | "stopping" => {}
+        s => bail!("box {} is {s}; only a running box can be stopped", b.instance_id),
+    }
+    let cloud = ctx.cloud().await?;
+    cloud.stop(std::slice::from_ref(&b.instance_id)).await?;
+    if !a.quick {
+        wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "stopped", &format!("box {}", b.instance_id)).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn start(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
+    let b = ctx.select(&a.role, &a.selection).await?;
+    match b.state.as_str() {
+        "running" => {
+            ctx.out.note(format!("box {} is already running", b.instance_id));
+            return Ok(ExitCode::SUCCESS);
+        }
+        "stopped" | "stopping" | "pending" => {}
+        s => bail!("box {} is {s}; only a stopped box can be started", b.instance_id),
+    }
+    let cloud = ctx.cloud().await?;
+    if b.state == "stopping" {
+        wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "stopped", &format!("box {}", b.instance_id)).await?;
+    }
+    cloud.start(std::slice::from_ref(&b.instance_id)).await?;
+    if !a.quick {
+        wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "running", &format!("box {}", b.instance_id)).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn reboot(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {
+    let b = ctx.select(&a.role, &a.selection).await?;
+    if b.state != "running" {
+        bail!("box {} is {}; only a running box can be rebooted", b.instance_id, b.state);
+    }
+    ctx.cloud().await?.reboot(std::slice::from_ref(&b.instance_id)).await?;
+    ctx.out.note(format!("rebooting box {}", b.instance_id));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn terminate(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
+    let b = ctx.select(&a.role, &a.selection).await?;
+    let cloud = ctx.cloud().await?;
+    cloud.terminate(std::slice::from_ref(&b.instance_id)).await?;
+    if !a.quick {
+        wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "terminated", &format!("box {}", b.instance_id)).await?;
+    }
+    let id = b.instance_id.clone();
+    cgcloud_remote::hostkey::prune(&ctx.settings.known_hosts(), |alias| alias != id)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,174 @@
+//! `cleanup` (leftovers of interrupted launches, unreferenced snapshots, failed images, unused
+//! security groups, orphaned volumes, stale host keys) and `reset-security` (security groups
+//! and IAM roles/profiles). Both act strictly inside the namespace, the root namespace
+//! included: a resource belongs to it only if its namespace tag (or IAM path) is exactly it.
+
+use super::confirm;
+use super::images::delete_snapshot_when_free;
+use crate::cli::{CleanupArgs, ConfirmArgs};
+use crate::context::Ctx;
+use anyhow::Result;
+use cgcloud_core::tags;
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, serde::Serialize)]
+struct Item {
+    kind: &'static str,
+    id: String,
+    why: String,
+}
+
+fn launched_before(launch_time: &str, min_age: Duration) -> bool {
+    match humantime::parse_rfc3339_weak(launch_time.trim_end_matches('Z')) {
+        Ok(t) => SystemTime::now().duration_since(t).map(|age| age >= min_age).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
+    let ns = ctx.namespace().await?;
+    let cloud = ctx.cloud().await?;
+    let min_age = Duration::from_secs(a.min_age_minutes * 60);
+    let mut items = Vec::new();
+
+    let boxes = cloud.list_boxes(ns.as_str(), None).await?;
+    for b in &boxes {
+        match b.tags.get(tags::LAUNCH_STATE).map(String::as_str) {
+            Some(tags::LAUNCH_PENDING) if launched_before(&b.launch_time, min_age) => items.push(Item {
+                kind: "instance",
+                id: b.instance_id.clone(),
+                why: format!("launch of {} interrupted ({} ago or more)", b.role, humantime::format_duration(min_age)),
+            }),
+            Some("failed") => items.push(Item {
+                kind: "instance",
+                id: b.instance_id.clone(),
+                why: format!("failed launch of {} kept by --never-terminate", b.role),
+            }),
+            _ => {}
+        }
+    }
+
+    let images = cloud.list_images(ns.as_str(), None).await?;
+    let referenced: BTreeSet<&str> = images.iter().filter(|i| i.state != "failed").flat_map(|i| i.snapshot_ids.iter().map(String::as_str)).collect();
+    for i in images.iter().filter(|i| matches!(i.state.as_str(), "failed" | "invalid" | "error")) {
+        items.push(Item { kind: "image", id: i.image_id.clone(), why: format!("image of {} is {}", i.role, i.state) });
+    }
+    for (id, _desc, _t) in cloud.namespace_snapshots(ns.as_str()).await? {
+        if !referenced.contains(id.as_str()) {
+            items.push(Item { kind: "snapshot", id, why: "no image uses it".into() });
+        }
+    }
+
+    let groups = cloud.namespace_security_groups(ns.as_str()).await?;
+    let ids: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
+    let used = cloud.security_groups_in_use(&ids).await?;
+    for (id, name, _vpc) in &groups {
+        if !used.contains(id) {
+            items.push(Item { kind: "security-group", id: id.clone(), why: format!("{name} is used by no box") });
+        }
+    }
+
+    for (id, state, t) in cloud.namespace_volumes(ns.as_str()).await? {
+        if state == "available" && !t.contains_key(tags::PERSISTENT) {
+            items.push(Item { kind: "volume", id, why: "detached and not persistent".into() });
+        }
+    }
+
+    // Host keys of boxes that are gone are local cache entries; drop them without asking.
+    let known_hosts = ctx.settings.known_hosts();
+    let aliases = cgcloud_remote::hostkey::aliases(&known_hosts);
+    if !aliases.is_empty() {
+        let alive: BTreeSet<String> = cloud
+            .instance_states(&aliases)
+            .await
+            .map(|m| m.into_iter().filter(|(_, (s, _))| s != "terminated").map(|(id, _)| id).collect())
+            .unwrap_or_else(|_| aliases.iter().cloned().collect());
+        let removed = cgcloud_remote::hostkey::prune(&known_hosts, |alias| alive.contains(alias))?;
+        if !removed.is_empty() {
+            ctx.out.note(format!("forgot the host keys of {} terminated box(es)", removed.len()));
+        }
+    }
+
+    report_and_delete(ctx, &a.confirm, items, |item| async move {
+        match item.kind {
+            "instance" => cloud.terminate(std::slice::from_ref(&item.id)).await.map_err(Into::into),
+            "image" => cloud.deregister_image(&item.id).await.map_err(Into::into),
+            "snapshot" => delete_snapshot_when_free(cloud, &item.id).await,
+            "security-group" => cloud.delete_security_group(&item.id).await.map_err(Into::into),
+            "volume" => cloud.delete_volume(&item.id).await.map_err(Into::into),
+            _ => Ok(()),
+        }
+    })
+    .await
+}
+
+async fn report_and_delete<F, Fut>(ctx: &Ctx, c: &ConfirmArgs, items: Vec<Item>, delete: F) -> Result<ExitCode>
+where
+    F: Fn(Item) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let ns = ctx.namespace().await?;
+    let rows: Vec<Vec<String>> = items.iter().map(|i| vec![i.kind.to_owned(), i.id.clone(), i.why.clone()]).collect();
+    if items.is_empty() {
+        ctx.out.note(format!("nothing to clean up in namespace {ns}"));
+        if ctx.out.format == crate::cli::OutputFormat::Json {
+            ctx.out.table(&["KIND", "ID", "WHY"], &rows, &items);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    ctx.out.table(&["KIND", "ID", "WHY"], &rows, &items);
+    if c.dry_run {
+        ctx.out.note("dry run: nothing deleted");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !confirm(&format!("delete these {} resource(s) of namespace {ns}?", items.len()), c.yes)? {
+        ctx.out.note("nothing deleted");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failures = 0;
+    for item in items {
+        let label = format!("{} {}", item.kind, item.id);
+        match delete(item).await {
+            Ok(()) => ctx.out.note(format!("deleted {label}")),
+            Err(e) => {
+                failures += 1;
+                tracing::error!("could not delete {label}: {e:#}");
+            }
+        }
+    }
+    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub async fn reset_security(ctx: &Ctx, a: ConfirmArgs) -> Result<ExitCode> {
+    let ns = ctx.namespace().await?;
+    let cloud = ctx.cloud().await?;
+    let mut items = Vec::new();
+    let (roles, profiles) = cloud.iam_in_path(&ns.iam_path()).await?;
+    for p in profiles {
+        items.push(Item { kind: "instance-profile", id: p, why: format!("IAM path {}", ns.iam_path()) });
+    }
+    for r in roles {
+        items.push(Item { kind: "iam-role", id: r, why: format!("IAM path {}", ns.iam_path()) });
+    }
+    let groups = cloud.namespace_security_groups(ns.as_str()).await?;
+    let ids: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
+    let used = cloud.security_groups_in_use(&ids).await?;
+    for (id, name, _) in groups {
+        if used.contains(&id) {
+            tracing::warn!("keeping security group {id} ({name}): boxes still use it");
+        } else {
+            items.push(Item { kind: "security-group", id, why: name });
+        }
+    }
+    report_and_delete(ctx, &a, items, |item| async move {
+        match item.kind {
+            "instance-profile" => cloud.delete_instance_profile(&item.id).await.map_err(Into::into),
+            "iam-role" => cloud.delete_role(&item.id).await.map_err(Into::into),
+            "security-group" => cloud.delete_security_group(&item.id).await.map_err(Into::into),
+            _ => Ok(()),
+        }
+    })
+    .await
+}

@@ -1,0 +1,520 @@
+//! Launching boxes: `create` (from the role's base image, then provisioning), `recreate` (from
+//! a baked image) and `provision` (re-run provisioning on a box). A launch is a transaction:
+//! if anything fails or the user presses Ctrl-C, everything this launch created is removed,
+//! unless --never-terminate.
+
+use super::boxes::{print_box, wait_for_state};
+use super::images::{bake_image, pick_image};
+use super::provision::provision;
+use crate::cli::{CreateArgs, LaunchArgs, RecreateArgs, SelectArgs};
+use crate::context::Ctx;
+use crate::userdata::cloud_config;
+use anyhow::{anyhow, bail, Context as _, Result};
+use cgcloud_aws::ec2::{FoundImage, LaunchSpec, Network, SgRule, SgSource};
+use cgcloud_aws::Cloud;
+use cgcloud_core::glob::is_glob;
+use cgcloud_core::keypairs;
+use cgcloud_core::model::{BoxInfo, ImageInfo};
+use cgcloud_core::tags::{self, Tags};
+use cgcloud_core::Namespace;
+use cgcloud_roles::os::{Arch, ImageSource, OsDef};
+use cgcloud_roles::role::{Proto, Role};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The instance type used when neither the user nor the role names one.
+const FALLBACK_INSTANCE_TYPE: &str = "t3.micro";
+
+/// Everything decided before the first resource is created.
+struct Prepared {
+    ns: Namespace,
+    role: Role,
+    os: OsDef,
+    image: FoundImage,
+    instance_type: String,
+    network: Network,
+    key_name: String,
+    keypair_patterns: Vec<String>,
+    authorized_keys: Vec<String>,
+    options: BTreeMap<String, String>,
+    generation: u32,
+    owner: String,
+}
+
+/// What a launch has created so far, shared with the rollback path.
+#[derive(Debug, Default)]
+struct TxnState {
+    instances: Vec<String>,
+    security_group: Option<String>,
+    instance_profile: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Txn {
+    id: String,
+    state: Arc<Mutex<TxnState>>,
+}
+
+impl Txn {
+    fn new() -> Txn {
+        let id = format!("l-{:016x}", rand::random::<u64>());
+        Txn { id, state: Arc::new(Mutex::new(TxnState::default())) }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut TxnState) -> R) -> R {
+        match self.state.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+fn launch_patterns(ctx: &Ctx, a: &LaunchArgs) -> Vec<String> {
+    if !a.keypairs.is_empty() {
+        a.keypairs.clone()
+    } else if !ctx.settings.keypairs.is_empty() {
+        ctx.settings.keypairs.clone()
+    } else {
+        vec![cgcloud_core::namespace::ME.to_owned()]
+    }
+}
+
+/// Resolves the key pairs: the first is installed by EC2 and must exist; the others are
+/// expanded and their public keys handed to cloud-init.
+async fn resolve_keypairs(ctx: &Ctx, cloud: &Cloud, patterns: &[String]) -> Result<(String, Vec<String>, Vec<String>)> {
+    let mut resolved = Vec::new();
+    for p in patterns {
+        resolved.push(ctx.resolve_keypair(p).await?);
+    }
+    let first = resolved.first().cloned().context("no key pair given")?;
+    if is_glob(&first) || first.starts_with('@') {
+        bail!(
+            "the first key pair must be a plain name, not '{first}': EC2 installs it, and your SSH client \
+             must hold its private key; put globs, @user and @@group after it"
+        );
+    }
+    let Some(primary) = cloud.key_pair(&first).await? else {
+        bail!(
+            "key pair '{first}' does not exist in region {}; register your public key first: \
+             `cgcloud register-key ~/.ssh/id_ed25519.pub`{}",
+            cloud.region,
+            if patterns.first().is_some_and(|p| p.contains(cgcloud_core::namespace::ME)) {
+                String::new()
+            } else {
+                format!(" -k {first}")
+            }
+        );
+    };
+    let mut authorized = Vec::new();
+    if resolved.len() > 1 {
+        let all = cloud.key_pairs().await?;
+        let names: Vec<String> = all.iter().map(|k| k.name.clone()).collect();
+        let mut members = BTreeMap::new();
+        for g in keypairs::groups(&resolved[1..]) {
+            members.insert(g.clone(), cloud.group_members(&g).await?);
+        }
+        for name in keypairs::expand(&resolved[1..], &names, &members) {
+            if name == primary.name {
+                continue;
+            }
+            if let Some(k) = all.iter().find(|k| k.name == name).and_then(|k| k.public_key.clone()) {
+                authorized.push(k.trim().to_owned());
+            }
+        }
+    }
+    Ok((first, resolved, authorized))
+}
+
+/// Finds the role's base image for `arch`, the same way on AWS and on the local cloud.
+async fn base_image(cloud: &Cloud, os: &OsDef, arch: Arch) -> Result<FoundImage> {
+    let src: &ImageSource = &os.image;
+    if let Some(param) = &src.ssm {
+        let name = ImageSource::expand(param, arch);
+        if let Some(id) = cloud.ssm_parameter(&name).await? {
+            if let Some(img) = cloud.image_by_id(&id).await? {
+                return Ok(img);
+            }
+        }
+    }
+    if let Some(pattern) = &src.name {
+        let pattern = ImageSource::expand(pattern, arch);
+        if let Some(img) = cloud.newest_image(&src.owners, &pattern, arch.ec2()).await? {
+            return Ok(img);
+        }
+        bail!(
+            "no {} image for {} found in region {} (looked for owner {} and name '{pattern}'); \
+             pass --boot-image AMI_ID to use a specific image",
+            os.name,
+            arch.ec2(),
+            cloud.region,
+            src.owners.join(",")
+        );
+    }
+    bail!("no {} image for {} found in region {}", os.name, arch.ec2(), cloud.region)
+}
+
+fn sg_rules(role: &Role) -> Vec<SgRule> {
+    role.ports
+        .iter()
+        .map(|p| {
+            let (from_port, to_port) = p.ec2_range();
+            SgRule {
+                protocol: match p.proto {
+                    Proto::Tcp => "tcp".into(),
+                    Proto::Udp => "udp".into(),
+                    Proto::Icmp => "icmp".into(),
+                    Proto::All => "-1".into(),
+                },
+                from_port,
+                to_port,
+                source: match p.from.as_str() {
+                    "anywhere" => SgSource::Cidr("0.0.0.0/0".into()),
+                    "cluster" => SgSource::OwnGroup,
+                    cidr => SgSource::Cidr(cidr.into()),
+                },
+                description: p.description.clone(),
+            }
+        })
+        .collect()
+}
+
+fn iam_policy(role: &Role) -> String {
+    let statements: Vec<serde_json::Value> = role
+        .iam
+        .iter()
+        .map(|s| serde_json::json!({"Effect": s.effect, "Action": s.action, "Resource": s.resource}))
+        .collect();
+    serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string()
+}
+
+/// Resolves everything a launch needs, creating nothing.
+async fn prepare(
+    ctx: &Ctx,
+    role: Role,
+    os_choice: Option<&str>,
+    a: &LaunchArgs,
+    baked: Option<&ImageInfo>,
+    boot_image: Option<&str>,
+) -> Result<Prepared> {
+    let cloud = ctx.cloud().await?;
+    let ns = ctx.namespace().await?.clone();
+    let os = match os_choice {
+        Some(id) => role.os.iter().find(|o| o.id == id).cloned().with_context(|| {
+            format!(
+                "role '{}' does not support OS '{id}' (supported: {})",
+                role.name,
+                role.os.iter().map(|o| o.id.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })?,
+        None => role.os[0].clone(),
+    };
+    let mut given = BTreeMap::new();
+    if let Some(img) = baked {
+        // Options baked into the image carry over; the command line overrides them.
+        given.extend(img.tags.iter().filter_map(|(k, v)| k.strip_prefix(tags::OPTION_PREFIX).map(|n| (n.to_owned(), v.clone()))));
+    }
+    for o in &a.options {
+        let (k, v) = role.parse_option(o)?;
+        given.insert(k, v);
+    }
+    let instance_type = a
+        .instance_type
+        .clone()
+        .or(ctx.settings.instance_type.clone())
+        .or(role.instance.instance_type.clone())
+        .unwrap_or_else(|| FALLBACK_INSTANCE_TYPE.to_owned());
+    let arches = cloud.instance_type_arches(&instance_type).await?;
+    let arch = if arches.iter().any(|a| a == "x86_64") {
+        Arch::X86_64
+    } else if arches.iter().any(|a| a == "arm64") {
+        Arch::Arm64
+    } else {
+        bail!("instance type '{instance_type}' has no supported architecture (x86_64 or arm64): {}", arches.join(", "));
+    };
+    if let Some(zone) = &ctx.settings.zone {
+        let zones = cloud.zones().await?;
+        if !zones.contains(zone) {
+            bail!("zone '{zone}' does not exist in region {} (zones: {})", cloud.region, zones.join(", "));
+        }
+    }
+    let (image, generation) = match (baked, boot_image) {
+        (Some(img), _) => {
+            let found = cloud.image_by_id(&img.image_id).await?.with_context(|| format!("image {} no longer exists", img.image_id))?;
+            (found, img.generation)
+        }
+        (None, Some(id)) => {
+            let found = cloud.image_by_id(id).await?.with_context(|| format!("image '{id}' does not exist in region {}", cloud.region))?;
+            (found, 0)
+        }
+        (None, None) => (base_image(cloud, &os, arch).await?, 0),
+    };
+    let patterns = launch_patterns(ctx, a);
+    let (key_name, keypair_patterns, authorized_keys) = resolve_keypairs(ctx, cloud, &patterns).await?;
+    let subnet = a.subnet.clone().or(ctx.settings.subnet.clone());
+    let network = cloud.network(subnet.as_deref(), ctx.settings.zone.as_deref()).await?;
+    let owner = ctx.me().await.map(str::to_owned).unwrap_or_else(|_| "unknown".into());
+    Ok(Prepared {
+        ns,
+        role,
+        os,
+        image,
+        instance_type,
+        network,
+        key_name,
+        keypair_patterns,
+        authorized_keys,
+        options: given,
+        generation,
+        owner,
+    })
+}
+
+/// The tags of a box of this launch.
+fn box_tags(p: &Prepared, txn: &Txn, host_key: &str) -> Result<Tags> {
+    let mut t = Tags::new();
+    t.insert(tags::NAME.into(), p.ns.to_aws_name(&p.role.name)?);
+    t.insert(tags::NAMESPACE.into(), p.ns.to_string());
+    t.insert(tags::ROLE.into(), p.role.name.clone());
+    t.insert(tags::OWNER.into(), p.owner.clone());
+    t.insert(tags::GENERATION.into(), p.generation.to_string());
+    t.insert(tags::HOST_KEY.into(), host_key.to_owned());
+    t.insert(tags::LAUNCH.into(), txn.id.clone());
+    t.insert(tags::LAUNCH_STATE.into(), tags::LAUNCH_PENDING.into());
+    t.insert(tags::ADMIN_USER.into(), p.os.admin_user.clone());
+    t.insert(tags::OS.into(), p.os.id.clone());
+    t.insert(tags::KEYPAIRS.into(), p.keypair_patterns.join(" "));
+    t.insert(tags::AGENT.into(), "false".into());
+    for (k, v) in &p.options {
+        t.insert(tags::option_tag(k), v.clone());
+    }
+    Ok(t)
+}
+
+/// Creates the security group and IAM profile (if needed) and launches `count` boxes.
+async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn, count: i32) -> Result<Vec<BoxInfo>> {
+    let cloud = ctx.cloud().await?;
+    let sg_name = p.ns.to_aws_name(&p.role.name)?;
+    let mut sg_tags = Tags::new();
+    sg_tags.insert(tags::NAMESPACE.into(), p.ns.to_string());
+    sg_tags.insert(tags::ROLE.into(), p.role.name.clone());
+    let (sg_id, sg_created) = cloud
+        .ensure_security_group(
+            &sg_name,
+            &format!("cgcloud: boxes of role {} in namespace {}", p.role.name, p.ns),
+            &p.network.vpc_id,
+            &sg_tags,
+            &sg_rules(&p.role),
+        )
+        .await?;
+    if sg_created {
+        txn.with(|s| s.security_group = Some(sg_id.clone()));
+    }
+    let profile = if p.role.iam.is_empty() {
+        None
+    } else {
+        let name = sg_name.clone();
+        if name.len() > 64 {
+            bail!("IAM role name '{name}' is longer than 64 characters; use a shorter namespace or role name");
+        }
+        if cloud.ensure_instance_profile(&name, &p.ns.iam_path(), &iam_policy(&p.role), &sg_tags).await? {
+            txn.with(|s| s.instance_profile = Some(name.clone()));
+        }
+        Some(name)
+    };
+    let host_key = cgcloud_remote::hostkey::generate()?;
+    let spec = LaunchSpec {
+        image_id: p.image.image_id.clone(),
+        instance_type: p.instance_type.clone(),
+        count,
+        key_name: Some(p.key_name.clone()),
+        security_group_ids: vec![sg_id],
+        subnet_id: p.network.subnet_id.clone(),
+        zone: p.network.zone.clone(),
+        user_data: cloud_config(&host_key, &p.authorized_keys),
+        instance_profile: profile,
+        root_volume: p.image.root_device.clone().map(|d| (d, p.role.instance.root_volume_gb.unwrap_or(10) as i32)),
+        tags: box_tags(p, txn, &host_key.public)?,
+        client_token: Some(txn.id.clone()),
+    };
+    let mut progress = ctx.out.progress(format!("launching {count} × {} ({}) from {}", p.role.name, p.instance_type, p.image.image_id));
+    let instances = cloud.run_instances(&spec).await?;
+    let ids: Vec<String> = instances.iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    txn.with(|s| s.instances.extend(ids.iter().cloned()));
+    progress.set_message(format!("launched {}", ids.join(", ")));
+    progress.finish(format!("launched {}", ids.join(", ")));
+    wait_for_state(ctx, cloud, &ids, "running", &format!("box{} {}", if ids.len() > 1 { "es" } else { "" }, ids.join(", "))).await?;
+    let mut boxes: Vec<BoxInfo> =
+        cloud.describe_instances(&ids).await?.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
+    boxes.sort_by_key(BoxInfo::sort_key);
+    Ok(boxes)
+}
+
+/// Undoes a failed launch: terminates its boxes and removes what it created for them.
+async fn rollback(ctx: &Ctx, txn: &Txn) {
+    let state = txn.with(std::mem::take);
+    let Ok(cloud) = ctx.cloud().await else { return };
+    if !state.instances.is_empty() {
+        ctx.out.note(format!("rolling back: terminating {}", state.instances.join(", ")));
+        if let Err(e) = cloud.terminate(&state.instances).await {
+            tracing::error!("could not terminate {}: {e}; run `cgcloud cleanup` to find them", state.instances.join(", "));
+            return;
+        }
+    }
+    if state.security_group.is_none() && state.instance_profile.is_none() {
+        return;
+    }
+    // A security group can only go once no instance uses it.
+    if !state.instances.is_empty() {
+        if let Err(e) = wait_for_state(ctx, cloud, &state.instances, "terminated", "rolled-back boxes").await {
+            tracing::warn!("{e}; `cgcloud cleanup` removes the rest later");
+            return;
+        }
+    }
+    if let Some(sg) = &state.security_group {
+        if let Err(e) = cloud.delete_security_group(sg).await {
+            tracing::warn!("could not delete security group {sg}: {e}; `cgcloud cleanup` removes it later");
+        }
+    }
+    if let Some(profile) = &state.instance_profile {
+        let res = async {
+            cloud.delete_instance_profile(profile).await?;
+            cloud.delete_role(profile).await
+        }
+        .await;
+        if let Err(e) = res {
+            tracing::warn!("could not delete IAM role/profile {profile}: {e}; `cgcloud reset-security` removes it");
+        }
+    }
+}
+
+/// Marks the launch complete on its boxes.
+async fn finish_launch(cloud: &Cloud, ids: &[String]) -> Result<()> {
+    cloud.delete_tags(ids, &[tags::LAUNCH_STATE]).await?;
+    Ok(())
+}
+
+/// Runs `work` as a transaction: on error or Ctrl-C the launch is rolled back, unless `keep`.
+async fn transaction<T>(ctx: &Ctx, txn: &Txn, keep: bool, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let result = tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    if let Err(e) = &result {
+        let ids = txn.with(|s| s.instances.clone());
+        if keep {
+            if !ids.is_empty() {
+                if let Ok(cloud) = ctx.cloud().await {
+                    let mut t = Tags::new();
+                    t.insert(tags::LAUNCH_STATE.into(), "failed".into());
+                    let _ = cloud.create_tags(&ids, &t).await;
+                }
+                ctx.out.note(format!("keeping {} for debugging (--never-terminate)", ids.join(", ")));
+            }
+        } else {
+            tracing::debug!("launch failed: {e:#}");
+            rollback(ctx, txn).await;
+        }
+    }
+    result
+}
+
+/// Waits for SSH on a fresh box and returns the refreshed box and its target.
+async fn wait_ssh(ctx: &Ctx, b: &BoxInfo, a: &LaunchArgs) -> Result<cgcloud_remote::SshTarget> {
+    let mut target = ctx.ssh_target(b, None, a.ssh_address).await?;
+    // Provisioning always runs as the admin user.
+    target.user = b.admin_user.clone().unwrap_or(target.user);
+    let progress = ctx.out.progress(format!("waiting for SSH on {} ({})", b.instance_id, target.address));
+    target.wait_ready(Duration::from_secs(a.ssh_timeout)).await?;
+    progress.finish(format!("SSH is up on {}", b.instance_id));
+    Ok(target)
+}
+
+pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
+    let role = ctx.registry().await?.role(&a.role)?;
+    let prepared = prepare(ctx, role, a.os.as_deref(), &a.launch, None, a.boot_image.as_deref()).await?;
+    let txn = Txn::new();
+    let cloud = ctx.cloud().await?;
+    let work = async {
+        let boxes = launch(ctx, &prepared, &txn, 1).await?;
+        let b = boxes.into_iter().next().context("RunInstances returned no instance")?;
+        if a.quick {
+            finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
+            return Ok(b);
+        }
+        let target = wait_ssh(ctx, &b, &a.launch).await?;
+        provision(ctx, &target, &prepared.role, &prepared.os, &prepared.options, a.upgrade).await?;
+        finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
+        target.close().await;
+        if a.create_image {
+            let image = bake_image(ctx, cloud, &b, &prepared.ns, !a.launch.terminate).await?;
+            ctx.out.note(format!("baked image {image}"));
+        }
+        Ok(b)
+    };
+    let b = transaction(ctx, &txn, a.launch.never_terminate, work).await?;
+    finish(ctx, cloud, &b, &a.launch).await
+}
+
+async fn finish(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, a: &LaunchArgs) -> Result<ExitCode> {
+    if a.terminate {
+        cloud.terminate(std::slice::from_ref(&b.instance_id)).await?;
+        ctx.out.note(format!("terminated {} (--terminate)", b.instance_id));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let fresh = cloud
+        .describe_instances(std::slice::from_ref(&b.instance_id))
+        .await?
+        .iter()
+        .find_map(cgcloud_aws::ec2::box_from_instance)
+        .unwrap_or_else(|| b.clone());
+    if a.list {
+        super::boxes::print_rows(&ctx.out, std::slice::from_ref(&fresh));
+    } else {
+        print_box(&ctx.out, &fresh);
+    }
+    let ns = ctx.namespace().await?;
+    let mut hint = format!("run 'cgcloud ssh {}", fresh.role);
+    if ns.as_str() != ctx.settings.namespace && ctx.settings.namespace != cgcloud_core::namespace::DEFAULT_NAMESPACE {
+        hint.push_str(&format!(" -n {ns}"));
+    }
+    hint.push_str(&format!(" -I {}' to log in", fresh.instance_id));
+    ctx.out.note(hint);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
+    let role = ctx.registry().await?.role(&a.role)?;
+    let ns = ctx.namespace().await?.clone();
+    let cloud = ctx.cloud().await?;
+    let images = cloud.list_images(ns.as_str(), Some(&role.name)).await?;
+    let image = pick_image(&role.name, ns.as_str(), images, &a.boot_image)?;
+    let prepared = prepare(ctx, role, None, &a.launch, Some(&image), None).await?;
+    let txn = Txn::new();
+    let work = async {
+        let boxes = launch(ctx, &prepared, &txn, 1).await?;
+        let b = boxes.into_iter().next().context("RunInstances returned no instance")?;
+        if !a.quick {
+            let target = wait_ssh(ctx, &b, &a.launch).await?;
+            target.close().await;
+        }
+        finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
+        Ok(b)
+    };
+    let b = transaction(ctx, &txn, a.launch.never_terminate, work).await?;
+    finish(ctx, cloud, &b, &a.launch).await
+}
+
+pub async fn provision_existing(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {
+    let b = ctx.select(&a.role, &a.selection).await?;
+    let role = ctx.registry().await?.role(&b.role)?;
+    let os_id = b.tags.get(tags::OS).cloned().unwrap_or_default();
+    let os = role.os.iter().find(|o| o.id == os_id).unwrap_or(&role.os[0]).clone();
+    let mut target = ctx.ssh_target(&b, None, None).await?;
+    target.user = b.admin_user.clone().unwrap_or(target.user);
+    target.wait_ready(Duration::from_secs(120)).await?;
+    provision(ctx, &target, &role, &os, &b.options, false).await?;
+    target.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,110 @@
+//! Dispatch: one exhaustive match from command to implementation, plus the log format and the
+//! hints printed under errors.
+
+mod boxes;
+mod cleanup;
+mod images;
+mod keys;
+mod launch;
+mod provision;
+mod roles;
+
+use crate::cli::{Cli, Command};
+use crate::context::Ctx;
+use crate::output::Printer;
+use crate::settings::{config_path, ConfigFile, Settings};
+use anyhow::Result;
+use std::fmt;
+use std::process::ExitCode;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let file = ConfigFile::load(&config_path())?;
+    let settings = Settings::resolve(&cli.global, &file)?;
+    tracing::debug!("profile: {:?}, region: {:?}, endpoint: {:?}", settings.profile_name, settings.connect.region, settings.connect.endpoint);
+    let out = Printer { format: settings.output, quiet: cli.global.quiet };
+    let ctx = Ctx::new(settings, out);
+    match cli.command {
+        Command::ListRoles => roles::list_roles(&ctx).await,
+        Command::ListOptions(a) => roles::list_options(&ctx, &a.role).await,
+        Command::Create(a) => launch::create(&ctx, a).await,
+        Command::Recreate(a) => launch::recreate(&ctx, a).await,
+        Command::Provision(a) => launch::provision_existing(&ctx, a).await,
+        Command::List(a) => boxes::list(&ctx, a).await,
+        Command::Show(a) => boxes::show(&ctx, a).await,
+        Command::Ssh(a) => boxes::ssh(&ctx, a).await,
+        Command::Rsync(a) => boxes::rsync(&ctx, a).await,
+        Command::Stop(a) => boxes::stop(&ctx, a).await,
+        Command::Start(a) => boxes::start(&ctx, a).await,
+        Command::Reboot(a) => boxes::reboot(&ctx, a).await,
+        Command::Terminate(a) => boxes::terminate(&ctx, a).await,
+        Command::Image(a) => images::image(&ctx, a).await,
+        Command::ListImages(a) => images::list_images(&ctx, &a.role).await,
+        Command::DeleteImage(a) => images::delete_image(&ctx, a).await,
+        Command::RegisterKey(a) => keys::register_key(&ctx, a).await,
+        Command::Cleanup(a) => cleanup::cleanup(&ctx, a).await,
+        Command::ResetSecurity(a) => cleanup::reset_security(&ctx, a).await,
+    }
+}
+
+/// A suggestion for the user, from the first error in the chain that has one.
+pub fn hint_for(err: &anyhow::Error) -> Option<String> {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<cgcloud_aws::AwsError>() {
+            if let Some(h) = e.hint() {
+                return Some(h);
+            }
+        }
+        if cause.downcast_ref::<cgcloud_core::namespace::NamespaceError>().is_some() {
+            return Some("a namespace looks like / or /team/ or /team/project/ (lower case); __me__ stands for your user name".into());
+        }
+        if cause.downcast_ref::<cgcloud_core::sshkey::KeyError>().is_some() {
+            return Some("create a key with `ssh-keygen -t ed25519` and pass its .pub file".into());
+        }
+        if let Some(cgcloud_remote::RemoteError::NotReady { .. }) = cause.downcast_ref::<cgcloud_remote::RemoteError>() {
+            return Some(
+                "check that the box is reachable from here (--ssh-address public|private) and that its security group allows SSH from your address".into(),
+            );
+        }
+    }
+    None
+}
+
+/// Log lines: info as plain text, warnings and errors prefixed, debug with the target.
+pub struct LogFormat;
+
+impl<S, N> FormatEvent<S, N> for LogFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        match *event.metadata().level() {
+            Level::INFO => {}
+            Level::WARN => write!(writer, "warning: ")?,
+            Level::ERROR => write!(writer, "error: ")?,
+            _ => write!(writer, "{}: {}: ", event.metadata().level().as_str().to_lowercase(), event.metadata().target())?,
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// Asks the user to confirm on the terminal; `yes` answers for them.
+pub fn confirm(question: &str, yes: bool) -> Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question} — refusing to ask on a non-interactive input; pass --yes to confirm");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))
+}

@@ -1,0 +1,150 @@
+//! The context every command runs in: settings, roles, and the connection to the cloud and
+//! the namespace, both resolved lazily (so that `list-roles` needs no credentials).
+
+use crate::cli::{LoginArgs, Selection, SshAddress};
+use crate::output::Printer;
+use crate::settings::Settings;
+use anyhow::{bail, Context as _, Result};
+use cgcloud_aws::Cloud;
+use cgcloud_core::model::{select_box, BoxInfo, Selector};
+use cgcloud_core::Namespace;
+use cgcloud_remote::SshTarget;
+use cgcloud_roles::Registry;
+use tokio::sync::OnceCell;
+
+pub struct Ctx {
+    pub settings: Settings,
+    pub out: Printer,
+    registry: OnceCell<Registry>,
+    cloud: OnceCell<Cloud>,
+    namespace: OnceCell<Namespace>,
+    me: OnceCell<String>,
+}
+
+impl Ctx {
+    pub fn new(settings: Settings, out: Printer) -> Ctx {
+        Ctx {
+            settings,
+            out,
+            registry: OnceCell::new(),
+            cloud: OnceCell::new(),
+            namespace: OnceCell::new(),
+            me: OnceCell::new(),
+        }
+    }
+
+    pub async fn registry(&self) -> Result<&Registry> {
+        self.registry
+            .get_or_try_init(|| async { Registry::load(&crate::settings::plugin_dirs()).context("cannot load roles") })
+            .await
+    }
+
+    pub async fn cloud(&self) -> Result<&Cloud> {
+        self.cloud.get_or_try_init(|| async { Ok(Cloud::connect(&self.settings.connect).await?) }).await
+    }
+
+    /// The caller's user name: `CGCLOUD_ME`, else from the STS caller identity.
+    pub async fn me(&self) -> Result<&str> {
+        self.me
+            .get_or_try_init(|| async {
+                if let Ok(me) = std::env::var("CGCLOUD_ME") {
+                    if !me.is_empty() {
+                        return Ok(me);
+                    }
+                }
+                let (_, arn) = self.cloud().await?.caller_identity().await?;
+                cgcloud_aws::user_name_from_arn(&arn).with_context(|| {
+                    format!(
+                        "cannot tell your user name from the caller identity '{arn}' (root or an unusual \
+                         principal); set CGCLOUD_ME=<name> or pass an explicit --namespace"
+                    )
+                })
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// The namespace with `__me__` resolved.
+    pub async fn namespace(&self) -> Result<&Namespace> {
+        self.namespace
+            .get_or_try_init(|| async {
+                let spec = &self.settings.namespace;
+                Namespace::check(spec)?;
+                let me = if spec.contains(cgcloud_core::namespace::ME) { Some(self.me().await?.to_owned()) } else { None };
+                let resolved: Result<Result<Namespace, _>, anyhow::Error> =
+                    Namespace::resolve(spec, || me.ok_or_else(|| anyhow::anyhow!("no user name")));
+                Ok(resolved??)
+            })
+            .await
+    }
+
+    /// Resolves `__me__` in a key-pair name (keeping any `@host` suffix).
+    pub async fn resolve_keypair(&self, name: &str) -> Result<String> {
+        if !name.contains(cgcloud_core::namespace::ME) {
+            return Ok(name.to_owned());
+        }
+        let me = self.me().await?;
+        let user = me.split('@').next().unwrap_or(me).to_lowercase();
+        Ok(name.replace(cgcloud_core::namespace::ME, &user))
+    }
+
+    /// Exactly one live box of `role`, chosen by `selection`.
+    pub async fn select(&self, role: &str, selection: &Selection) -> Result<BoxInfo> {
+        let ns = self.namespace().await?;
+        let boxes = self.cloud().await?.list_boxes(ns.as_str(), Some(role)).await?;
+        if boxes.is_empty() {
+            // Distinguish a typo in the role from a role without boxes.
+            self.registry().await?.role(role)?;
+        }
+        let sel = Selector {
+            cluster: selection.cluster.clone(),
+            ordinal: selection.ordinal,
+            instance_id: selection.instance_id.clone(),
+        };
+        Ok(select_box(role, ns.as_str(), boxes, &sel)?)
+    }
+
+    /// The SSH target for a box.
+    pub async fn ssh_target(&self, b: &BoxInfo, login: Option<&LoginArgs>, address: Option<SshAddress>) -> Result<SshTarget> {
+        if b.state != "running" {
+            bail!("box {} ({}) is {}, not running; start it with `cgcloud start {} -I {}`", b.instance_id, b.role, b.state, b.role, b.instance_id);
+        }
+        let host_key = b.host_key.as_deref().with_context(|| {
+            format!("box {} has no recorded SSH host key (tag cgcloud:host-key), so its identity cannot be verified", b.instance_id)
+        })?;
+        let known_hosts = self.settings.known_hosts();
+        cgcloud_remote::hostkey::record(&known_hosts, &b.instance_id, host_key)?;
+        let admin = b.admin_user.clone().unwrap_or_else(|| "root".to_owned());
+        let user = match login {
+            Some(LoginArgs { user: Some(u), .. }) => u.clone(),
+            Some(LoginArgs { admin: true, .. }) => admin,
+            _ => self.default_login(b).await.unwrap_or(admin),
+        };
+        let address = pick_address(b, address.unwrap_or(self.settings.ssh_address))?;
+        let control_dir = control_dir();
+        cgcloud_remote::private_dir(&control_dir)?;
+        Ok(SshTarget { address, user, alias: b.instance_id.clone(), known_hosts, control_dir, extra: Vec::new() })
+    }
+
+    /// The role's default login for a box, if the role still exists and declares one.
+    async fn default_login(&self, b: &BoxInfo) -> Option<String> {
+        let role = self.registry().await.ok()?.role(&b.role).ok()?;
+        role.default_user.clone()
+    }
+}
+
+/// Where SSH multiplexing sockets live; short, because socket paths are limited to ~100 bytes.
+pub fn control_dir() -> std::path::PathBuf {
+    let uid = std::env::var("UID").ok().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "user".into());
+    std::env::temp_dir().join(format!("cgcloud-ssh-{uid}"))
+}
+
+pub fn pick_address(b: &BoxInfo, how: SshAddress) -> Result<String> {
+    let public = b.public_ip.clone();
+    let private = b.private_ip.clone();
+    match how {
+        SshAddress::Public => public.with_context(|| format!("box {} has no public IP; use --ssh-address private", b.instance_id)),
+        SshAddress::Private => private.with_context(|| format!("box {} has no private IP", b.instance_id)),
+        SshAddress::Auto => public.or(private).with_context(|| format!("box {} has no IP address yet", b.instance_id)),
+    }
+}

@@ -1,0 +1,278 @@
+//! Settings resolution. Precedence for every setting: command-line flag > environment variable
+//! > the selected profile of the config file > built-in default. The config file lives at
+//! `$CGCLOUD_CONFIG`, else `$XDG_CONFIG_HOME/cgcloud/config.toml`, else
+//! `~/.config/cgcloud/config.toml`, and holds named profiles (the local cloud writes `local`).
+
+use crate::cli::{GlobalArgs, OutputFormat, SshAddress};
+use anyhow::{bail, Context as _, Result};
+use cgcloud_aws::ConnectSettings;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The config file.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The profile used when neither --profile nor CGCLOUD_PROFILE is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_profile: Option<String>,
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// One named profile. Every key is optional.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// An AWS shared-config profile for credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secret_access_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keypairs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_address: Option<String>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read config file {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let text = toml::to_string_pretty(self).context("cannot serialize the config")?;
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| home().join(fallback))
+}
+
+pub fn config_path() -> PathBuf {
+    std::env::var_os("CGCLOUD_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| xdg("XDG_CONFIG_HOME", ".config").join("cgcloud/config.toml"))
+}
+
+pub fn state_dir() -> PathBuf {
+    xdg("XDG_STATE_HOME", ".local/state").join("cgcloud")
+}
+
+/// Directories of plugin roles: `CGCLOUD_PLUGINS` (colon-separated), then the user's roles dir.
+pub fn plugin_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var("CGCLOUD_PLUGINS")
+        .unwrap_or_default()
+        .split(':')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    let user = xdg("XDG_CONFIG_HOME", ".config").join("cgcloud/roles");
+    if user.is_dir() {
+        dirs.push(user);
+    }
+    dirs
+}
+
+/// The resolved settings of one invocation.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub profile_name: Option<String>,
+    pub namespace: String,
+    pub zone: Option<String>,
+    pub connect: ConnectSettings,
+    pub subnet: Option<String>,
+    pub keypairs: Vec<String>,
+    pub instance_type: Option<String>,
+    pub ssh_address: SshAddress,
+    pub output: OutputFormat,
+    pub state_dir: PathBuf,
+}
+
+fn parse_ssh_address(s: &str) -> Result<SshAddress> {
+    Ok(match s {
+        "auto" => SshAddress::Auto,
+        "public" => SshAddress::Public,
+        "private" => SshAddress::Private,
+        other => bail!("invalid ssh address '{other}': expected auto, public or private"),
+    })
+}
+
+impl Settings {
+    /// Resolves flags (with their environment variables, which clap folds in) over the
+    /// config file's profile over defaults.
+    pub fn resolve(global: &GlobalArgs, file: &ConfigFile) -> Result<Settings> {
+        let profile_name = global.profile.clone().or_else(|| file.default_profile.clone());
+        let (profile, aws_profile) = match &profile_name {
+            Some(name) => match file.profiles.get(name) {
+                Some(p) => (p.clone(), p.aws_profile.clone()),
+                // Not a cgcloud profile: it names an AWS shared-config profile.
+                None => (Profile::default(), Some(name.clone())),
+            },
+            None => (Profile::default(), None),
+        };
+
+        // Zone and region come as a pair from the highest layer that sets either.
+        let (zone, region) = if global.zone.is_some() || global.region.is_some() {
+            (global.zone.clone(), global.region.clone())
+        } else {
+            (profile.zone.clone(), profile.region.clone())
+        };
+        let region = match (&zone, region) {
+            (Some(z), Some(r)) => {
+                cgcloud_core::zone::check_zone_in_region(z, &r)?;
+                Some(r)
+            }
+            (Some(z), None) => Some(cgcloud_core::zone::region_of_zone(z)?),
+            (None, r) => r,
+        };
+
+        // AWS_ENDPOINT_URL (environment) outranks the profile's endpoint; the SDK reads it.
+        let env_endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|s| !s.is_empty());
+        let endpoint = global.endpoint.clone().or(if env_endpoint.is_some() { None } else { profile.endpoint.clone() });
+
+        let ssh_address = match std::env::var("CGCLOUD_SSH_ADDRESS").ok().filter(|s| !s.is_empty()) {
+            Some(s) => parse_ssh_address(&s)?,
+            None => match &profile.ssh_address {
+                Some(s) => parse_ssh_address(s)?,
+                None => SshAddress::Auto,
+            },
+        };
+
+        let max_attempts = match std::env::var("CGCLOUD_MAX_ATTEMPTS") {
+            Ok(v) => Some(v.parse::<u32>().with_context(|| format!("CGCLOUD_MAX_ATTEMPTS='{v}' is not a number"))?),
+            Err(_) => None,
+        };
+
+        Ok(Settings {
+            namespace: global
+                .namespace
+                .clone()
+                .or(profile.namespace.clone())
+                .unwrap_or_else(|| cgcloud_core::namespace::DEFAULT_NAMESPACE.to_owned()),
+            zone,
+            connect: ConnectSettings {
+                region,
+                aws_profile,
+                endpoint,
+                access_key_id: profile.aws_access_key_id.clone(),
+                secret_access_key: profile.aws_secret_access_key.clone(),
+                max_attempts,
+            },
+            subnet: profile.subnet.clone(),
+            keypairs: profile.keypairs.clone().unwrap_or_default(),
+            instance_type: profile.instance_type.clone(),
+            ssh_address,
+            output: global.output.unwrap_or(OutputFormat::Text),
+            state_dir: state_dir(),
+            profile_name,
+        })
+    }
+
+    pub fn known_hosts(&self) -> PathBuf {
+        self.state_dir.join("known_hosts")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> ConfigFile {
+        toml::from_str(
+            r#"
+            default_profile = "local"
+            [profiles.local]
+            endpoint = "http://127.0.0.1:5000"
+            zone = "us-west-2a"
+            subnet = "subnet-1"
+            namespace = "/dev/"
+            aws_access_key_id = "testing"
+            aws_secret_access_key = "testing"
+            keypairs = ["me"]
+            ssh_address = "private"
+            [profiles.other]
+            region = "eu-west-1"
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn profile_values_apply_and_flags_win() {
+        let s = Settings::resolve(&GlobalArgs::default(), &file()).unwrap();
+        assert_eq!(s.profile_name.as_deref(), Some("local"));
+        assert_eq!(s.connect.region.as_deref(), Some("us-west-2"));
+        assert_eq!(s.zone.as_deref(), Some("us-west-2a"));
+        assert_eq!(s.namespace, "/dev/");
+        assert_eq!(s.subnet.as_deref(), Some("subnet-1"));
+        assert_eq!(s.ssh_address, SshAddress::Private);
+        assert_eq!(s.connect.access_key_id.as_deref(), Some("testing"));
+
+        let g = GlobalArgs { namespace: Some("/x/".into()), region: Some("us-east-1".into()), ..Default::default() };
+        let s = Settings::resolve(&g, &file()).unwrap();
+        assert_eq!(s.namespace, "/x/");
+        // A region given on the command line replaces the profile's zone too.
+        assert_eq!(s.connect.region.as_deref(), Some("us-east-1"));
+        assert_eq!(s.zone, None);
+    }
+
+    #[test]
+    fn unknown_profile_is_an_aws_profile() {
+        let g = GlobalArgs { profile: Some("work".into()), ..Default::default() };
+        let s = Settings::resolve(&g, &file()).unwrap();
+        assert_eq!(s.connect.aws_profile.as_deref(), Some("work"));
+        assert_eq!(s.connect.endpoint, None);
+        assert_eq!(s.namespace, "/__me__/");
+    }
+
+    #[test]
+    fn zone_region_mismatch_is_an_error() {
+        let g = GlobalArgs { zone: Some("us-east-1a".into()), region: Some("us-west-2".into()), ..Default::default() };
+        let err = Settings::resolve(&g, &ConfigFile::default()).unwrap_err();
+        assert!(err.to_string().contains("not in region"), "{err}");
+        let g = GlobalArgs { zone: Some("nowhere".into()), ..Default::default() };
+        assert!(Settings::resolve(&g, &ConfigFile::default()).is_err());
+    }
+
+    #[test]
+    fn config_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c/config.toml");
+        assert!(ConfigFile::load(&path).unwrap().profiles.is_empty());
+        file().save(&path).unwrap();
+        assert_eq!(ConfigFile::load(&path).unwrap().profiles["local"], file().profiles["local"]);
+        std::fs::write(&path, "bogus = 1").unwrap();
+        assert!(ConfigFile::load(&path).unwrap_err().to_string().contains("invalid config file"));
+    }
+}

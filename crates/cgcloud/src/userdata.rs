@@ -1,0 +1,41 @@
+//! The cloud-init user data cgcloud gives every box: the SSH host key cgcloud generated for it
+//! (so the box's identity is known before it boots), and the extra authorized keys.
+//! cloud-config is YAML, and JSON is valid YAML, so it is written with serde_json.
+
+use cgcloud_remote::hostkey::HostKey;
+use serde_json::json;
+
+pub fn cloud_config(host_key: &HostKey, authorized_keys: &[String]) -> String {
+    let mut doc = json!({
+        "ssh_keys": {
+            "ed25519_private": host_key.private_openssh,
+            "ed25519_public": host_key.public,
+        },
+        // Replace the image's host keys, and do not generate other types we would not know.
+        "ssh_deletekeys": true,
+        "ssh_genkeytypes": [],
+        "manage_etc_hosts": true,
+    });
+    if !authorized_keys.is_empty() {
+        doc["ssh_authorized_keys"] = json!(authorized_keys);
+    }
+    format!("#cloud-config\n{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_config_carries_host_key_and_keys() {
+        let hk = HostKey { private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n".into(), public: "ssh-ed25519 AAAA".into() };
+        let text = cloud_config(&hk, &["ssh-rsa BBBB bob".into()]);
+        assert!(text.starts_with("#cloud-config\n"));
+        let v: serde_json::Value = serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
+        assert_eq!(v["ssh_keys"]["ed25519_public"], "ssh-ed25519 AAAA");
+        assert_eq!(v["ssh_authorized_keys"][0], "ssh-rsa BBBB bob");
+        assert_eq!(v["ssh_genkeytypes"].as_array().unwrap().len(), 0);
+        let none = cloud_config(&hk, &[]);
+        assert!(!none.contains("ssh_authorized_keys"));
+    }
+}

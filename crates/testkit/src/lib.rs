@@ -1,0 +1,204 @@
+//! Test harness: one moto server per test process (started on demand on 127.0.0.1, stopped by
+//! a watchdog when the test process exits), and per-test environments with a temporary HOME,
+//! dummy credentials and their own AWS region, so tests can share the server in parallel.
+//!
+//! The moto server comes from `CGCLOUD_MOTO_SERVER` (the path of a `moto_server` executable,
+//! which `.ci/run` installs), or an already running emulator from `CGCLOUD_TEST_ENDPOINT`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The stock-image catalogue loaded into moto: realistic names and owners for every OS.
+pub fn stock_amis() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/stock-amis.json")
+}
+
+pub struct Moto {
+    pub endpoint: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+fn wait_http(url: &str, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let ok = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "--max-time", "2", url])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// The moto server shared by the tests of this process.
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        if let Ok(endpoint) = std::env::var("CGCLOUD_TEST_ENDPOINT") {
+            return Moto { endpoint };
+        }
+        let server = std::env::var("CGCLOUD_MOTO_SERVER").unwrap_or_else(|_| {
+            panic!(
+                "set CGCLOUD_MOTO_SERVER to a moto_server executable (moto[server]==5.2.5); \
+                 `.ci/run` installs one, or: python3 -m venv /var/tmp/moto && \
+                 /var/tmp/moto/bin/pip install 'moto[server]==5.2.5' && \
+                 export CGCLOUD_MOTO_SERVER=/var/tmp/moto/bin/moto_server"
+            )
+        });
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("cgcloud-test-moto-{port}.log"));
+        // The watchdog stops moto when this test process is gone, however it ends.
+        let script = format!(
+            "MOTO_AMIS_PATH='{amis}' '{server}' -H 127.0.0.1 -p {port} >'{log}' 2>&1 & m=$!; \
+             while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $m",
+            amis = stock_amis().display(),
+            log = log.display(),
+            me = std::process::id(),
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        assert!(
+            wait_http(&format!("{endpoint}/moto-api/data.json"), Duration::from_secs(60)),
+            "moto did not start; see {}",
+            log.display()
+        );
+        Moto { endpoint }
+    })
+}
+
+/// Regions handed out to tests, one each, so their state never mixes.
+const REGIONS: &[&str] = &[
+    "us-east-1", "us-east-2", "us-west-1", "us-west-2", "eu-west-1", "eu-west-2", "eu-west-3", "eu-central-1",
+    "eu-north-1", "ap-south-1", "ap-northeast-1", "ap-northeast-2", "ap-southeast-1", "ap-southeast-2",
+    "ca-central-1", "sa-east-1", "ap-northeast-3", "eu-south-1", "me-south-1", "af-south-1", "ap-east-1",
+    "eu-central-2", "ap-south-2", "ap-southeast-3", "me-central-1", "eu-south-2", "ap-southeast-4", "il-central-1",
+];
+
+static NEXT_REGION: AtomicUsize = AtomicUsize::new(0);
+
+/// One test's world: a temporary HOME and config, its own region on the shared emulator.
+pub struct TestEnv {
+    pub home: tempfile::TempDir,
+    pub region: String,
+    pub endpoint: String,
+    bin: PathBuf,
+    extra_env: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    pub fn new(bin: impl Into<PathBuf>) -> TestEnv {
+        let moto = moto();
+        let i = NEXT_REGION.fetch_add(1, Ordering::SeqCst);
+        let region = REGIONS[i % REGIONS.len()].to_owned();
+        TestEnv {
+            home: tempfile::tempdir().expect("temp dir"),
+            region,
+            endpoint: moto.endpoint.clone(),
+            bin: bin.into(),
+            extra_env: Vec::new(),
+        }
+    }
+
+    pub fn zone(&self) -> String {
+        format!("{}a", self.region)
+    }
+
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// The cgcloud command with a hermetic environment: no real credentials, no IMDS.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CGCLOUD_") || k.starts_with("AWS_") || k.starts_with("XDG_") {
+                c.env_remove(k);
+            }
+        }
+        let home = self.home.path();
+        c.env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_STATE_HOME", home.join(".local/state"))
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_REGION", &self.region)
+            .env("CGCLOUD_MAX_ATTEMPTS", "2")
+            .stdin(Stdio::null());
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run cgcloud")
+    }
+
+    /// Runs cgcloud and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "cgcloud {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs cgcloud and asserts failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "cgcloud {} should have failed:\nstdout:\n{}\nstderr:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs cgcloud with `--output json` and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from cgcloud {}: {e}\n{out}", args.join(" ")))
+    }
+
+    /// Generates an SSH key pair in HOME; returns the private key path (`.pub` beside it).
+    pub fn keygen(&self, name: &str, key_type: &str) -> PathBuf {
+        let path = self.home.path().join(name);
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", key_type, "-N", "", "-C", name, "-f"])
+            .arg(&path)
+            .status()
+            .expect("ssh-keygen");
+        assert!(status.success());
+        path
+    }
+}
