@@ -668,7 +668,13 @@ impl Cloud {
 
     /// Creates an image of a (stopped) instance. The tags go on the image at once and on its
     /// snapshots once they exist (see [`Cloud::tag_image_snapshots`]).
-    pub async fn create_image(&self, instance_id: &str, name: &str, description: &str, image_tags: &Tags) -> Result<String, AwsError> {
+    pub async fn create_image(
+        &self,
+        instance_id: &str,
+        name: &str,
+        description: &str,
+        image_tags: &Tags,
+    ) -> Result<String, AwsError> {
         let out = self
             .ec2
             .create_image()

@@ -105,7 +105,9 @@ where
             let status = se.raw().status().as_u16();
             return AwsError::Other {
                 operation,
-                detail: format!("the endpoint answered HTTP {status} without an AWS error code (is the call supported there?)"),
+                detail: format!(
+                    "the endpoint answered HTTP {status} without an AWS error code (is the call supported there?)"
+                ),
             };
         };
         let message = se.err().message().unwrap_or("").to_owned();

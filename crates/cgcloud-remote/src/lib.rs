@@ -13,7 +13,9 @@ use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    #[error("cannot run '{program}': {source}; install OpenSSH's client (e.g. `apt-get install openssh-client rsync`)")]
+    #[error(
+        "cannot run '{program}': {source}; install OpenSSH's client (e.g. `apt-get install openssh-client rsync`)"
+    )]
     Spawn { program: String, source: std::io::Error },
     #[error("timed out after {seconds} s waiting for SSH on {address} ({last})")]
     NotReady { address: String, seconds: u64, last: String },
@@ -115,11 +117,8 @@ impl SshTarget {
     /// Waits until TCP port 22 accepts connections and an SSH login works.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), RemoteError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let not_ready = |last: String| RemoteError::NotReady {
-            address: self.address.clone(),
-            seconds: timeout.as_secs(),
-            last,
-        };
+        let not_ready =
+            |last: String| RemoteError::NotReady { address: self.address.clone(), seconds: timeout.as_secs(), last };
         let mut last = String::from("no attempt yet");
         loop {
             if tokio::time::Instant::now() >= deadline {
@@ -152,7 +151,10 @@ impl SshTarget {
             if stderr.contains("Host key verification failed") || stderr.contains("HOST IDENTIFICATION HAS CHANGED") {
                 mismatches += 1;
                 if mismatches > 20 {
-                    return Err(RemoteError::HostKeyMismatch { alias: self.alias.clone(), address: self.address.clone() });
+                    return Err(RemoteError::HostKeyMismatch {
+                        alias: self.alias.clone(),
+                        address: self.address.clone(),
+                    });
                 }
             }
             last = stderr.lines().last().unwrap_or("ssh failed").to_owned();

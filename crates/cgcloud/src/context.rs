@@ -70,7 +70,8 @@ impl Ctx {
             .get_or_try_init(|| async {
                 let spec = &self.settings.namespace;
                 Namespace::check(spec)?;
-                let me = if spec.contains(cgcloud_core::namespace::ME) { Some(self.me().await?.to_owned()) } else { None };
+                let me =
+                    if spec.contains(cgcloud_core::namespace::ME) { Some(self.me().await?.to_owned()) } else { None };
                 let resolved: Result<Result<Namespace, _>, anyhow::Error> =
                     Namespace::resolve(spec, || me.ok_or_else(|| anyhow::anyhow!("no user name")));
                 Ok(resolved??)
@@ -105,12 +106,27 @@ impl Ctx {
     }
 
     /// The SSH target for a box.
-    pub async fn ssh_target(&self, b: &BoxInfo, login: Option<&LoginArgs>, address: Option<SshAddress>) -> Result<SshTarget> {
+    pub async fn ssh_target(
+        &self,
+        b: &BoxInfo,
+        login: Option<&LoginArgs>,
+        address: Option<SshAddress>,
+    ) -> Result<SshTarget> {
         if b.state != "running" {
-            bail!("box {} ({}) is {}, not running; start it with `cgcloud start {} -I {}`", b.instance_id, b.role, b.state, b.role, b.instance_id);
+            bail!(
+                "box {} ({}) is {}, not running; start it with `cgcloud start {} -I {}`",
+                b.instance_id,
+                b.role,
+                b.state,
+                b.role,
+                b.instance_id
+            );
         }
         let host_key = b.host_key.as_deref().with_context(|| {
-            format!("box {} has no recorded SSH host key (tag cgcloud:host-key), so its identity cannot be verified", b.instance_id)
+            format!(
+                "box {} has no recorded SSH host key (tag cgcloud:host-key), so its identity cannot be verified",
+                b.instance_id
+            )
         })?;
         let known_hosts = self.settings.known_hosts();
         cgcloud_remote::hostkey::record(&known_hosts, &b.instance_id, host_key)?;
@@ -143,7 +159,9 @@ pub fn pick_address(b: &BoxInfo, how: SshAddress) -> Result<String> {
     let public = b.public_ip.clone();
     let private = b.private_ip.clone();
     match how {
-        SshAddress::Public => public.with_context(|| format!("box {} has no public IP; use --ssh-address private", b.instance_id)),
+        SshAddress::Public => {
+            public.with_context(|| format!("box {} has no public IP; use --ssh-address private", b.instance_id))
+        }
         SshAddress::Private => private.with_context(|| format!("box {} has no private IP", b.instance_id)),
         SshAddress::Auto => public.or(private).with_context(|| format!("box {} has no IP address yet", b.instance_id)),
     }

@@ -17,7 +17,9 @@ impl Printer {
     /// Prints `value` as JSON, or `text` in text mode.
     pub fn record<T: Serialize + ?Sized>(&self, value: &T, text: impl FnOnce() -> String) {
         let s = match self.format {
-            OutputFormat::Json => serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+            OutputFormat::Json => {
+                serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            }
             OutputFormat::Text => text(),
         };
         write_stdout(&s);
@@ -84,7 +86,8 @@ impl Progress {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
-                ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             bar.set_message(message.clone());
             bar.enable_steady_tick(Duration::from_millis(120));
@@ -108,9 +111,8 @@ impl Progress {
     /// Ends the indicator with a final line that includes the elapsed time.
     pub fn finish(self, done: impl std::fmt::Display) {
         let line = format!("{done} ({:.1} s)", self.started.elapsed().as_secs_f64());
-        match &self.bar {
-            Some(bar) => bar.finish_and_clear(),
-            None => {}
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
         if !self.quiet {
             eprintln!("{line}");

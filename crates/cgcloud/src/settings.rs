@@ -1,6 +1,6 @@
-//! Settings resolution. Precedence for every setting: command-line flag > environment variable
-//! > the selected profile of the config file > built-in default. The config file lives at
-//! `$CGCLOUD_CONFIG`, else `$XDG_CONFIG_HOME/cgcloud/config.toml`, else
+//! Settings resolution. Precedence for every setting: command-line flag, then environment
+//! variable, then the selected profile of the config file, then the built-in default. The
+//! config file lives at `$CGCLOUD_CONFIG`, else `$XDG_CONFIG_HOME/cgcloud/config.toml`, else
 //! `~/.config/cgcloud/config.toml`, and holds named profiles (the local cloud writes `local`).
 
 use crate::cli::{GlobalArgs, OutputFormat, SshAddress};
@@ -59,6 +59,7 @@ impl ConfigFile {
         }
     }
 
+    #[allow(dead_code)] // used by the local cloud, which writes the `local` profile
     pub fn save(&self, path: &Path) -> Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -28,7 +28,10 @@ mod tests {
 
     #[test]
     fn cloud_config_carries_host_key_and_keys() {
-        let hk = HostKey { private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n".into(), public: "ssh-ed25519 AAAA".into() };
+        let hk = HostKey {
+            private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n".into(),
+            public: "ssh-ed25519 AAAA".into(),
+        };
         let text = cloud_config(&hk, &["ssh-rsa BBBB bob".into()]);
         assert!(text.starts_with("#cloud-config\n"));
         let v: serde_json::Value = serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();

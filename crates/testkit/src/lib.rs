@@ -66,13 +66,15 @@ pub fn moto() -> &'static Moto {
             log = log.display(),
             me = std::process::id(),
         );
-        Command::new("sh")
+        let mut watchdog = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto_server");
+        // Reap the watchdog if it ever ends while we run (e.g. moto crashed).
+        std::thread::spawn(move || watchdog.wait());
         let endpoint = format!("http://127.0.0.1:{port}");
         assert!(
             wait_http(&format!("{endpoint}/moto-api/data.json"), Duration::from_secs(60)),
@@ -85,10 +87,34 @@ pub fn moto() -> &'static Moto {
 
 /// Regions handed out to tests, one each, so their state never mixes.
 const REGIONS: &[&str] = &[
-    "us-east-1", "us-east-2", "us-west-1", "us-west-2", "eu-west-1", "eu-west-2", "eu-west-3", "eu-central-1",
-    "eu-north-1", "ap-south-1", "ap-northeast-1", "ap-northeast-2", "ap-southeast-1", "ap-southeast-2",
-    "ca-central-1", "sa-east-1", "ap-northeast-3", "eu-south-1", "me-south-1", "af-south-1", "ap-east-1",
-    "eu-central-2", "ap-south-2", "ap-southeast-3", "me-central-1", "eu-south-2", "ap-southeast-4", "il-central-1",
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eu-central-1",
+    "eu-north-1",
+    "ap-south-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ca-central-1",
+    "sa-east-1",
+    "ap-northeast-3",
+    "eu-south-1",
+    "me-south-1",
+    "af-south-1",
+    "ap-east-1",
+    "eu-central-2",
+    "ap-south-2",
+    "ap-southeast-3",
+    "me-central-1",
+    "eu-south-2",
+    "ap-southeast-4",
+    "il-central-1",
 ];
 
 static NEXT_REGION: AtomicUsize = AtomicUsize::new(0);

@@ -52,7 +52,19 @@ pub fn print_rows(out: &Printer, boxes: &[BoxInfo]) {
         })
         .collect();
     out.table(
-        &["ROLE", "ORDINAL", "INSTANCE", "STATE", "TYPE", "ZONE", "PRIVATE_IP", "PUBLIC_IP", "LAUNCHED", "CLUSTER", "CLUSTER_ORDINAL"],
+        &[
+            "ROLE",
+            "ORDINAL",
+            "INSTANCE",
+            "STATE",
+            "TYPE",
+            "ZONE",
+            "PRIVATE_IP",
+            "PUBLIC_IP",
+            "LAUNCHED",
+            "CLUSTER",
+            "CLUSTER_ORDINAL",
+        ],
         &rows,
         boxes,
     );
@@ -127,7 +139,8 @@ pub async fn wait_for_state(ctx: &Ctx, cloud: &Cloud, ids: &[String], target: &s
     let mut delay = Duration::from_millis(250);
     loop {
         let states = cloud.instance_states(ids).await?;
-        let pending: Vec<String> = ids.iter().filter(|id| states.get(*id).map(|s| s.0.as_str()) != Some(target)).cloned().collect();
+        let pending: Vec<String> =
+            ids.iter().filter(|id| states.get(*id).map(|s| s.0.as_str()) != Some(target)).cloned().collect();
         if pending.is_empty() {
             progress.finish(format!("{what} {target}"));
             return Ok(());
@@ -168,7 +181,8 @@ pub async fn stop(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
     let cloud = ctx.cloud().await?;
     cloud.stop(std::slice::from_ref(&b.instance_id)).await?;
     if !a.quick {
-        wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "stopped", &format!("box {}", b.instance_id)).await?;
+        wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "stopped", &format!("box {}", b.instance_id))
+            .await?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -185,11 +199,13 @@ pub async fn start(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
     }
     let cloud = ctx.cloud().await?;
     if b.state == "stopping" {
-        wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "stopped", &format!("box {}", b.instance_id)).await?;
+        wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "stopped", &format!("box {}", b.instance_id))
+            .await?;
     }
     cloud.start(std::slice::from_ref(&b.instance_id)).await?;
     if !a.quick {
-        wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "running", &format!("box {}", b.instance_id)).await?;
+        wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "running", &format!("box {}", b.instance_id))
+            .await?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -209,7 +225,14 @@ pub async fn terminate(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
     let cloud = ctx.cloud().await?;
     cloud.terminate(std::slice::from_ref(&b.instance_id)).await?;
     if !a.quick {
-        wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "terminated", &format!("box {}", b.instance_id)).await?;
+        wait_for_state(
+            ctx,
+            cloud,
+            std::slice::from_ref(&b.instance_id),
+            "terminated",
+            &format!("box {}", b.instance_id),
+        )
+        .await?;
     }
     let id = b.instance_id.clone();
     cgcloud_remote::hostkey::prune(&ctx.settings.known_hosts(), |alias| alias != id)?;

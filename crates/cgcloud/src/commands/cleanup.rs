@@ -51,7 +51,8 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
     }
 
     let images = cloud.list_images(ns.as_str(), None).await?;
-    let referenced: BTreeSet<&str> = images.iter().filter(|i| i.state != "failed").flat_map(|i| i.snapshot_ids.iter().map(String::as_str)).collect();
+    let referenced: BTreeSet<&str> =
+        images.iter().filter(|i| i.state != "failed").flat_map(|i| i.snapshot_ids.iter().map(String::as_str)).collect();
     for i in images.iter().filter(|i| matches!(i.state.as_str(), "failed" | "invalid" | "error")) {
         items.push(Item { kind: "image", id: i.image_id.clone(), why: format!("image of {} is {}", i.role, i.state) });
     }

@@ -41,7 +41,7 @@ pub fn pick_image(role: &str, namespace: &str, images: Vec<ImageInfo>, spec: &st
     if !(0..count).contains(&index) {
         bail!("image ordinal {ordinal} is out of range: role '{role}' has {count} image(s)");
     }
-    Ok(images.into_iter().nth(index as usize).context("image index in range")?)
+    images.into_iter().nth(index as usize).context("image index in range")
 }
 
 /// Waits until an image is available.
@@ -159,7 +159,10 @@ pub async fn delete_image(ctx: &Ctx, a: DeleteImageArgs) -> Result<ExitCode> {
     ctx.out.note(format!("deregistered {} ({})", image.image_id, image.name));
     if a.quick || a.keep_snapshot {
         if !image.snapshot_ids.is_empty() {
-            ctx.out.note(format!("kept snapshot(s) {}; `cgcloud cleanup` removes them later", image.snapshot_ids.join(", ")));
+            ctx.out.note(format!(
+                "kept snapshot(s) {}; `cgcloud cleanup` removes them later",
+                image.snapshot_ids.join(", ")
+            ));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -226,7 +229,10 @@ mod tests {
         assert_eq!(pick_image("r", "/n/", images(), "-1").unwrap().image_id, "ami-00000002");
         assert_eq!(pick_image("r", "/n/", images(), "0").unwrap().image_id, "ami-00000001");
         assert_eq!(pick_image("r", "/n/", images(), "ami-00000001").unwrap().image_id, "ami-00000001");
-        assert!(pick_image("r", "/n/", images(), "ami-0000000f").unwrap_err().to_string().contains("not an image of role"));
+        assert!(pick_image("r", "/n/", images(), "ami-0000000f")
+            .unwrap_err()
+            .to_string()
+            .contains("not an image of role"));
         assert!(pick_image("r", "/n/", images(), "5").unwrap_err().to_string().contains("out of range"));
         assert!(pick_image("r", "/n/", images(), "x").is_err());
         assert!(pick_image("r", "/n/", vec![], "-1").unwrap_err().to_string().contains("has no images"));

@@ -8,8 +8,10 @@ use cgcloud_core::tags::{self, Tags};
 use std::process::ExitCode;
 
 pub async fn register_key(ctx: &Ctx, a: RegisterKeyArgs) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(&a.key_file).with_context(|| format!("cannot read key file {}", a.key_file.display()))?;
-    let key = PublicKey::parse_file(&text).with_context(|| format!("{} is not a usable public key", a.key_file.display()))?;
+    let text = std::fs::read_to_string(&a.key_file)
+        .with_context(|| format!("cannot read key file {}", a.key_file.display()))?;
+    let key =
+        PublicKey::parse_file(&text).with_context(|| format!("{} is not a usable public key", a.key_file.display()))?;
     let name = ctx.resolve_keypair(a.keypair.as_deref().unwrap_or(cgcloud_core::namespace::ME)).await?;
     let cloud = ctx.cloud().await?;
     let report = |fingerprint: &str, action: &str| {
@@ -20,7 +22,11 @@ pub async fn register_key(ctx: &Ctx, a: RegisterKeyArgs) -> Result<ExitCode> {
     };
     if let Some(existing) = cloud.key_pair(&name).await? {
         let same = key.matches_fingerprint(&existing.fingerprint)
-            || existing.public_key.as_deref().and_then(|p| PublicKey::parse_line(p).ok()).is_some_and(|p| p.blob == key.blob);
+            || existing
+                .public_key
+                .as_deref()
+                .and_then(|p| PublicKey::parse_line(p).ok())
+                .is_some_and(|p| p.blob == key.blob);
         if same {
             report(&existing.fingerprint, "unchanged");
             return Ok(ExitCode::SUCCESS);
@@ -37,7 +43,7 @@ pub async fn register_key(ctx: &Ctx, a: RegisterKeyArgs) -> Result<ExitCode> {
     if let Ok(me) = ctx.me().await {
         t.insert(tags::OWNER.into(), me.to_owned());
     }
-    let imported = cloud.import_key_pair(&name, &format!("{} {}", key.to_openssh(), key.comment).trim_end().to_owned(), &t).await?;
+    let imported = cloud.import_key_pair(&name, format!("{} {}", key.to_openssh(), key.comment).trim_end(), &t).await?;
     if !key.matches_fingerprint(&imported.fingerprint) {
         bail!(
             "EC2 reports fingerprint {} for key pair '{name}', which does not belong to {} (expected {})",

@@ -213,7 +213,9 @@ async fn prepare(
     let mut given = BTreeMap::new();
     if let Some(img) = baked {
         // Options baked into the image carry over; the command line overrides them.
-        given.extend(img.tags.iter().filter_map(|(k, v)| k.strip_prefix(tags::OPTION_PREFIX).map(|n| (n.to_owned(), v.clone()))));
+        given.extend(
+            img.tags.iter().filter_map(|(k, v)| k.strip_prefix(tags::OPTION_PREFIX).map(|n| (n.to_owned(), v.clone()))),
+        );
     }
     for o in &a.options {
         let (k, v) = role.parse_option(o)?;
@@ -241,11 +243,17 @@ async fn prepare(
     }
     let (image, generation) = match (baked, boot_image) {
         (Some(img), _) => {
-            let found = cloud.image_by_id(&img.image_id).await?.with_context(|| format!("image {} no longer exists", img.image_id))?;
+            let found = cloud
+                .image_by_id(&img.image_id)
+                .await?
+                .with_context(|| format!("image {} no longer exists", img.image_id))?;
             (found, img.generation)
         }
         (None, Some(id)) => {
-            let found = cloud.image_by_id(id).await?.with_context(|| format!("image '{id}' does not exist in region {}", cloud.region))?;
+            let found = cloud
+                .image_by_id(id)
+                .await?
+                .with_context(|| format!("image '{id}' does not exist in region {}", cloud.region))?;
             (found, 0)
         }
         (None, None) => (base_image(cloud, &os, arch).await?, 0),
@@ -338,13 +346,22 @@ async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn, count: i32) -> Result<Vec<Bo
         tags: box_tags(p, txn, &host_key.public)?,
         client_token: Some(txn.id.clone()),
     };
-    let mut progress = ctx.out.progress(format!("launching {count} × {} ({}) from {}", p.role.name, p.instance_type, p.image.image_id));
+    let mut progress = ctx
+        .out
+        .progress(format!("launching {count} × {} ({}) from {}", p.role.name, p.instance_type, p.image.image_id));
     let instances = cloud.run_instances(&spec).await?;
     let ids: Vec<String> = instances.iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
     txn.with(|s| s.instances.extend(ids.iter().cloned()));
     progress.set_message(format!("launched {}", ids.join(", ")));
     progress.finish(format!("launched {}", ids.join(", ")));
-    wait_for_state(ctx, cloud, &ids, "running", &format!("box{} {}", if ids.len() > 1 { "es" } else { "" }, ids.join(", "))).await?;
+    wait_for_state(
+        ctx,
+        cloud,
+        &ids,
+        "running",
+        &format!("box{} {}", if ids.len() > 1 { "es" } else { "" }, ids.join(", ")),
+    )
+    .await?;
     let mut boxes: Vec<BoxInfo> =
         cloud.describe_instances(&ids).await?.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
     boxes.sort_by_key(BoxInfo::sort_key);
@@ -358,7 +375,10 @@ async fn rollback(ctx: &Ctx, txn: &Txn) {
     if !state.instances.is_empty() {
         ctx.out.note(format!("rolling back: terminating {}", state.instances.join(", ")));
         if let Err(e) = cloud.terminate(&state.instances).await {
-            tracing::error!("could not terminate {}: {e}; run `cgcloud cleanup` to find them", state.instances.join(", "));
+            tracing::error!(
+                "could not terminate {}: {e}; run `cgcloud cleanup` to find them",
+                state.instances.join(", ")
+            );
             return;
         }
     }
@@ -396,7 +416,12 @@ async fn finish_launch(cloud: &Cloud, ids: &[String]) -> Result<()> {
 }
 
 /// Runs `work` as a transaction: on error or Ctrl-C the launch is rolled back, unless `keep`.
-async fn transaction<T>(ctx: &Ctx, txn: &Txn, keep: bool, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+async fn transaction<T>(
+    ctx: &Ctx,
+    txn: &Txn,
+    keep: bool,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     let result = tokio::select! {
         r = work => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),

@@ -24,7 +24,12 @@ use tracing_subscriber::registry::LookupSpan;
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let file = ConfigFile::load(&config_path())?;
     let settings = Settings::resolve(&cli.global, &file)?;
-    tracing::debug!("profile: {:?}, region: {:?}, endpoint: {:?}", settings.profile_name, settings.connect.region, settings.connect.endpoint);
+    tracing::debug!(
+        "profile: {:?}, region: {:?}, endpoint: {:?}",
+        settings.profile_name,
+        settings.connect.region,
+        settings.connect.endpoint
+    );
     let out = Printer { format: settings.output, quiet: cli.global.quiet };
     let ctx = Ctx::new(settings, out);
     match cli.command {
@@ -59,12 +64,16 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
             }
         }
         if cause.downcast_ref::<cgcloud_core::namespace::NamespaceError>().is_some() {
-            return Some("a namespace looks like / or /team/ or /team/project/ (lower case); __me__ stands for your user name".into());
+            return Some(
+                "a namespace looks like / or /team/ or /team/project/ (lower case); __me__ stands for your user name"
+                    .into(),
+            );
         }
         if cause.downcast_ref::<cgcloud_core::sshkey::KeyError>().is_some() {
             return Some("create a key with `ssh-keygen -t ed25519` and pass its .pub file".into());
         }
-        if let Some(cgcloud_remote::RemoteError::NotReady { .. }) = cause.downcast_ref::<cgcloud_remote::RemoteError>() {
+        if let Some(cgcloud_remote::RemoteError::NotReady { .. }) = cause.downcast_ref::<cgcloud_remote::RemoteError>()
+        {
             return Some(
                 "check that the box is reachable from here (--ssh-address public|private) and that its security group allows SSH from your address".into(),
             );
@@ -86,7 +95,9 @@ where
             Level::INFO => {}
             Level::WARN => write!(writer, "warning: ")?,
             Level::ERROR => write!(writer, "error: ")?,
-            _ => write!(writer, "{}: {}: ", event.metadata().level().as_str().to_lowercase(), event.metadata().target())?,
+            _ => {
+                write!(writer, "{}: {}: ", event.metadata().level().as_str().to_lowercase(), event.metadata().target())?
+            }
         }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)

@@ -9,7 +9,9 @@ pub async fn list_roles(ctx: &Ctx) -> Result<ExitCode> {
     let rows: Vec<Vec<String>> =
         roles.iter().map(|r| vec![r.name.clone(), r.os.join(","), r.source.clone(), r.description.clone()]).collect();
     ctx.out.table(&["ROLE", "OS", "SOURCE", "DESCRIPTION"], &rows, &roles);
-    ctx.out.note("hint: add roles from directories listed in CGCLOUD_PLUGINS (colon-separated) or ~/.config/cgcloud/roles");
+    ctx.out.note(
+        "hint: add roles from directories listed in CGCLOUD_PLUGINS (colon-separated) or ~/.config/cgcloud/roles",
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -25,7 +27,10 @@ pub async fn list_options(ctx: &Ctx, role: &str) -> Result<ExitCode> {
             vec![
                 name.clone(),
                 format!("{:?}", o.option_type).to_lowercase(),
-                o.default.as_ref().map(|d| d.as_str().map(str::to_owned).unwrap_or_else(|| d.to_string())).unwrap_or_else(|| "-".into()),
+                o.default
+                    .as_ref()
+                    .map(|d| d.as_str().map(str::to_owned).unwrap_or_else(|| d.to_string()))
+                    .unwrap_or_else(|| "-".into()),
                 if o.inherited { "yes".into() } else { "no".into() },
                 o.help.clone(),
             ]

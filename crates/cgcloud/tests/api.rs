@@ -1,0 +1,404 @@
+//! API integration tests: the real `cgcloud` binary against the moto emulator on loopback.
+//! Nothing here opens an SSH connection: boxes in moto are not real, so launches use `--quick`
+//! (stop once running) or `--ssh-timeout 0` (fail before any connection attempt).
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+use serde_json::Value;
+use std::io::{Read as _, Write as _};
+use testkit::TestEnv;
+
+const UBUNTU: &str = "generic-ubuntu-noble-box";
+const DEBIAN: &str = "generic-debian-bookworm-box";
+
+fn env() -> TestEnv {
+    TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"))
+}
+
+/// An environment with a registered key pair named after the emulator's user (`moto`).
+fn env_with_key() -> TestEnv {
+    let e = env();
+    let key = e.keygen("id_ed25519", "ed25519");
+    e.ok(&["register-key", key.with_extension("pub").to_str().unwrap()]);
+    e
+}
+
+fn boxes(e: &TestEnv, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["list"];
+    args.extend_from_slice(extra);
+    e.json(&args).as_array().unwrap().clone()
+}
+
+#[test]
+fn list_roles_needs_no_cloud() {
+    let e = env();
+    let mut c = e.cmd();
+    c.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    let out = c.args(["list-roles"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for role in [
+        UBUNTU,
+        DEBIAN,
+        "generic-ubuntu-jammy-box",
+        "generic-fedora-44-box",
+        "generic-centos-stream-9-box",
+        "generic-amazon-linux-2023-box",
+    ] {
+        assert!(text.contains(role), "{role} missing from:\n{text}");
+    }
+    let json = e.json(&["list-roles"]);
+    let noble = json.as_array().unwrap().iter().find(|r| r["name"] == UBUNTU).unwrap();
+    assert_eq!(noble["source"], "built-in");
+    assert_eq!(noble["os"][0], "ubuntu-24.04");
+}
+
+#[test]
+fn create_launches_a_tagged_box_in_the_namespace() {
+    let e = env_with_key();
+    let created = e.json(&["create", UBUNTU, "--quick", "--never-terminate"]);
+    assert_eq!(created["role"], UBUNTU);
+    assert_eq!(created["namespace"], "/moto/");
+    assert_eq!(created["state"], "running");
+    assert_eq!(created["key_name"], "moto");
+    assert_eq!(created["admin_user"], "ubuntu");
+    assert_eq!(created["instance_type"], "t3.micro");
+    assert!(created["host_key"].as_str().unwrap().starts_with("ssh-ed25519 "));
+    // The newest noble amd64 image of the catalogue was chosen, not the older or arm64 one.
+    let images = std::fs::read_to_string(testkit::stock_amis()).unwrap();
+    let catalogue: Value = serde_json::from_str(&images).unwrap();
+    let newest = catalogue
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20261101")
+        .unwrap();
+    assert_eq!(created["image_id"], newest["ami_id"]);
+
+    let listed = boxes(&e, &[]);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["instance_id"], created["instance_id"]);
+    let id = created["instance_id"].as_str().unwrap();
+    let shown = e.json(&["show", UBUNTU]);
+    assert_eq!(shown["instance_id"], id);
+    // The launch completed, so the box no longer carries the pending marker.
+    let text = e.ok(&["list", UBUNTU]);
+    assert!(text.contains(id) && text.contains("running"), "{text}");
+}
+
+#[test]
+fn box_and_image_lifecycle() {
+    let e = env_with_key();
+    let b = e.json(&["create", DEBIAN, "-Q"]);
+    let id = b["instance_id"].as_str().unwrap().to_owned();
+    // An image needs a stopped box.
+    let err = e.fails(&["image", DEBIAN]);
+    assert!(err.contains("stop it first"), "{err}");
+    e.ok(&["stop", DEBIAN]);
+    assert_eq!(e.json(&["show", DEBIAN])["state"], "stopped");
+    let image = e.json(&["image", DEBIAN]);
+    let ami = image["image_id"].as_str().unwrap().to_owned();
+    let images = e.json(&["list-images", DEBIAN]);
+    assert_eq!(images.as_array().unwrap().len(), 1);
+    assert_eq!(images[0]["image_id"], ami.as_str());
+    assert_eq!(images[0]["generation"], 1);
+    assert!(images[0]["name"].as_str().unwrap().starts_with("moto_generic-debian-bookworm-box__"));
+    e.ok(&["start", DEBIAN]);
+    assert_eq!(e.json(&["show", DEBIAN])["state"], "running");
+
+    let re = e.json(&["recreate", DEBIAN, "-Q"]);
+    assert_eq!(re["image_id"], ami.as_str());
+    assert_eq!(re["generation"], 1);
+    assert_ne!(re["instance_id"], id.as_str());
+    // Two boxes now: selection without -o/-I is ambiguous and lists both.
+    let err = e.fails(&["show", DEBIAN]);
+    assert!(err.contains("2 boxes of role") && err.contains(&id) && err.contains("--ordinal"), "{err}");
+    assert_eq!(e.json(&["show", DEBIAN, "-o", "0"])["instance_id"], id.as_str());
+    assert_eq!(e.json(&["show", DEBIAN, "-o", "-1"])["instance_id"], re["instance_id"]);
+    e.ok(&["reboot", DEBIAN, "-I", re["instance_id"].as_str().unwrap()]);
+
+    e.ok(&["terminate", DEBIAN, "-I", &id]);
+    e.ok(&["terminate", DEBIAN]);
+    assert!(boxes(&e, &[]).is_empty());
+
+    e.ok(&["delete-image", DEBIAN, "-i", &ami]);
+    assert!(e.json(&["list-images", DEBIAN]).as_array().unwrap().is_empty());
+    let err = e.fails(&["recreate", DEBIAN, "-Q"]);
+    assert!(err.contains("has no images"), "{err}");
+}
+
+#[test]
+fn failed_launch_is_rolled_back_or_kept_with_n() {
+    let e = env_with_key();
+    // --ssh-timeout 0 fails the SSH wait before any connection attempt.
+    let err = e.fails(&["create", DEBIAN, "--ssh-timeout", "0"]);
+    assert!(err.contains("timed out") && err.contains("rolling back"), "{err}");
+    assert!(boxes(&e, &[]).is_empty(), "the failed launch left a box");
+    // The security group this launch created went with it.
+    let out = e.json(&["reset-security", "--dry-run"]);
+    assert!(out.as_array().unwrap().is_empty(), "{out}");
+
+    let err = e.fails(&["create", DEBIAN, "--ssh-timeout", "0", "-N"]);
+    assert!(err.contains("keeping"), "{err}");
+    let kept = boxes(&e, &[]);
+    assert_eq!(kept.len(), 1);
+    // cleanup finds the kept box and removes it.
+    let found = e.json(&["cleanup", "--dry-run"]);
+    assert!(found.as_array().unwrap().iter().any(|i| i["id"] == kept[0]["instance_id"]), "{found}");
+    e.ok(&["cleanup", "--yes"]);
+    assert!(boxes(&e, &[]).is_empty());
+}
+
+#[test]
+fn terminate_on_success_with_t() {
+    let e = env_with_key();
+    e.ok(&["create", DEBIAN, "-Q", "-T"]);
+    assert!(boxes(&e, &[]).is_empty());
+}
+
+#[test]
+fn register_key_rsa_ed25519_force() {
+    let e = env();
+    let rsa = e.keygen("id_rsa", "rsa");
+    let ed = e.keygen("id_ed", "ed25519");
+    let rsa_pub = rsa.with_extension("pub");
+    let ed_pub = ed.with_extension("pub");
+    let r = e.json(&["register-key", rsa_pub.to_str().unwrap(), "-k", "alice"]);
+    assert_eq!(r["action"], "imported");
+    assert_eq!(r["key_type"], "rsa");
+    // The RSA fingerprint is the MD5 of the DER public key, as EC2 computes it; check it
+    // against openssl.
+    let der = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ssh-keygen -e -m PKCS8 -f {} | openssl pkey -pubin -outform DER | openssl md5 -c",
+            rsa_pub.display()
+        ))
+        .output()
+        .unwrap();
+    let md5 = String::from_utf8_lossy(&der.stdout).trim().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(r["fingerprint"], md5.as_str());
+    assert_eq!(e.json(&["register-key", rsa_pub.to_str().unwrap(), "-k", "alice"])["action"], "unchanged");
+    let err = e.fails(&["register-key", ed_pub.to_str().unwrap(), "-k", "alice"]);
+    assert!(err.contains("already exists with a different key") && err.contains("--force"), "{err}");
+    let r = e.json(&["register-key", ed_pub.to_str().unwrap(), "-k", "alice", "--force"]);
+    assert_eq!(r["action"], "replaced");
+    assert_eq!(r["key_type"], "ed25519");
+    // __me__ is the default name.
+    assert_eq!(e.json(&["register-key", ed_pub.to_str().unwrap()])["key_pair"], "moto");
+}
+
+#[test]
+fn bad_key_files_are_explained() {
+    let e = env();
+    let key = e.keygen("k", "ed25519");
+    let err = e.fails(&["register-key", key.to_str().unwrap()]);
+    assert!(err.contains("private key") && err.contains(".pub"), "{err}");
+    let junk = e.home.path().join("junk.pub");
+    std::fs::write(&junk, "ssh-ed25519 not-base64!!! x\n").unwrap();
+    let err = e.fails(&["register-key", junk.to_str().unwrap()]);
+    assert!(err.contains("not a usable public key") && err.contains("base64"), "{err}");
+    let ecdsa = e.keygen("ec", "ecdsa");
+    let err = e.fails(&["register-key", ecdsa.with_extension("pub").to_str().unwrap()]);
+    assert!(err.contains("unsupported key type 'ecdsa-sha2-nistp256'"), "{err}");
+    let err = e.fails(&["register-key", "/nonexistent/key.pub"]);
+    assert!(err.contains("cannot read key file /nonexistent/key.pub"), "{err}");
+}
+
+#[test]
+fn missing_key_pair_says_register_key() {
+    let e = env();
+    let err = e.fails(&["create", DEBIAN, "-Q"]);
+    assert!(err.contains("key pair 'moto' does not exist") && err.contains("cgcloud register-key"), "{err}");
+    let err = e.fails(&["create", DEBIAN, "-Q", "-k", "dev*"]);
+    assert!(err.contains("first key pair must be a plain name"), "{err}");
+}
+
+#[test]
+fn namespaces_are_isolated_including_root() {
+    let e = env_with_key();
+    let a = e.json(&["-n", "/team.a/", "create", DEBIAN, "-Q"]);
+    let b = e.json(&["-n", "/team-b/", "create", DEBIAN, "-Q"]);
+    assert_eq!(a["namespace"], "/team.a/");
+    let in_a = boxes(&e, &["-n", "/team.a/"]);
+    assert_eq!(in_a.len(), 1);
+    assert_eq!(in_a[0]["instance_id"], a["instance_id"]);
+    assert!(boxes(&e, &["-n", "/"]).is_empty(), "the root namespace must not see child namespaces");
+    assert!(boxes(&e, &["-n", "/team.a/sub/"]).is_empty());
+    // Terminating in one namespace cannot reach the other.
+    let err = e.fails(&["-n", "/team.a/", "terminate", DEBIAN, "-I", b["instance_id"].as_str().unwrap()]);
+    assert!(err.contains("is not a box of role"), "{err}");
+    e.ok(&["-n", "/team.a/", "terminate", DEBIAN]);
+    assert_eq!(boxes(&e, &["-n", "/team-b/"]).len(), 1);
+    // reset-security in the root namespace or in /team.a/ leaves /team-b/'s group alone.
+    e.ok(&["-n", "/", "reset-security", "--yes"]);
+    e.ok(&["-n", "/team.a/", "reset-security", "--yes"]);
+    e.ok(&["-n", "/team-b/", "stop", DEBIAN]);
+    let groups = e.json(&["-n", "/team-b/", "reset-security", "--dry-run"]);
+    assert_eq!(groups.as_array().unwrap().len(), 0, "in-use group is kept: {groups}");
+    e.ok(&["-n", "/team-b/", "terminate", DEBIAN]);
+    let groups = e.json(&["-n", "/team-b/", "reset-security", "--dry-run"]);
+    assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+    assert_eq!(groups[0]["why"], "team-b_generic-debian-bookworm-box");
+}
+
+#[test]
+fn plugin_role_with_iam_gets_a_profile_that_reset_security_removes() {
+    let mut e = env_with_key();
+    let dir = e.home.path().join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("reader.toml"),
+        r#"name = "reader-box"
+description = "A box that may read EC2"
+include = ["base"]
+os = ["debian-12"]
+[[iam]]
+action = ["ec2:Describe*"]
+[[ports]]
+proto = "tcp"
+port = 8080
+from = "cluster"
+description = "app"
+"#,
+    )
+    .unwrap();
+    e.set_env("CGCLOUD_PLUGINS", dir.to_str().unwrap());
+    let roles = e.json(&["list-roles"]);
+    let reader = roles.as_array().unwrap().iter().find(|r| r["name"] == "reader-box").unwrap();
+    assert!(reader["source"].as_str().unwrap().ends_with("reader.toml"));
+    e.ok(&["-n", "/iam/", "create", "reader-box", "-Q"]);
+    e.ok(&["-n", "/iam/", "terminate", "reader-box"]);
+    let found = e.json(&["-n", "/iam/", "reset-security", "--dry-run"]);
+    let kinds: Vec<&str> = found.as_array().unwrap().iter().map(|i| i["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["instance-profile", "iam-role", "security-group"], "{found}");
+    assert!(found.as_array().unwrap().iter().all(|i| i["id"] == "iam_reader-box" || i["kind"] == "security-group"));
+    e.ok(&["-n", "/iam/", "reset-security", "--yes"]);
+    assert!(e.json(&["-n", "/iam/", "reset-security", "--dry-run"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn bad_inputs_get_one_line_causes_and_hints() {
+    let e = env_with_key();
+    let err = e.fails(&["-n", "/Bad Namespace/", "list"]);
+    assert!(err.contains("invalid namespace '/Bad Namespace/'") && err.contains("hint:"), "{err}");
+    let err = e.fails(&["create", "generic-debian-bookwrm-box"]);
+    assert!(
+        err.contains("no such role: 'generic-debian-bookwrm-box'; did you mean 'generic-debian-bookworm-box'"),
+        "{err}"
+    );
+    let err = e.fails(&["create", DEBIAN, "-Q", "-t", "t9.gigantic"]);
+    assert!(err.contains("instance type 't9.gigantic' does not exist in region"), "{err}");
+    let err = e.fails(&["-z", "us-east-1a", "--region", "us-west-2", "list"]);
+    assert!(err.contains("zone 'us-east-1a' is not in region 'us-west-2'"), "{err}");
+    let err = e.fails(&["-z", &format!("{}q", e.region), "create", DEBIAN, "-Q"]);
+    assert!(err.contains("does not exist in region"), "{err}");
+    let err = e.fails(&["create", DEBIAN, "-Q", "-O", "nope=1"]);
+    assert!(err.contains("option 'nope' is not supported by role"), "{err}");
+    let err = e.fails(&["create", DEBIAN, "-Q", "--os", "ubuntu-24.04"]);
+    assert!(err.contains("does not support OS 'ubuntu-24.04'"), "{err}");
+    let err = e.fails(&["show", DEBIAN]);
+    assert!(err.contains("no box of role 'generic-debian-bookworm-box' in namespace '/moto/'"), "{err}");
+    let err = e.fails(&["create", DEBIAN, "-Q", "--subnet", "subnet-0000000000000000f"]);
+    assert!(err.contains("subnet 'subnet-0000000000000000f' does not exist"), "{err}");
+}
+
+#[test]
+fn missing_credentials_are_explained() {
+    let e = env();
+    let mut c = e.cmd();
+    c.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY");
+    let out = c.args(["list"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no AWS credentials found") && err.contains("hint:") && err.contains("--profile local"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreachable_endpoint_is_explained() {
+    let e = env();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let err = e.fails(&["--endpoint", &endpoint, "-n", "/x/", "list"]);
+    assert!(err.contains(&format!("cannot reach the AWS endpoint {endpoint}")), "{err}");
+    assert!(err.contains("cgcloud local up"), "{err}");
+}
+
+/// A fake endpoint that always answers with EC2's throttling error, counting requests.
+fn throttling_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 65536];
+            let mut req = Vec::new();
+            // Read headers and body (small requests).
+            while let Ok(n) = s.read(&mut buf) {
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req);
+                if let Some(h) = text.find("\r\n\r\n") {
+                    let len = text[..h]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if req.len() >= h + 4 + len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = "<?xml version=\"1.0\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>x</RequestID></Response>";
+            let _ = write!(s, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn throttling_is_retried_with_backoff_then_explained() {
+    let e = env();
+    let (url, count) = throttling_server();
+    let mut c = e.cmd();
+    c.env("CGCLOUD_MAX_ATTEMPTS", "3");
+    let out = c.args(["--endpoint", &url, "-n", "/x/", "list"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("throttled") && err.contains("RequestLimitExceeded") && err.contains("hint:"), "{err}");
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3, "three attempts were made");
+}
+
+#[test]
+fn config_profile_supplies_settings() {
+    let e = env_with_key();
+    let cfg = e.home.path().join(".config/cgcloud/config.toml");
+    std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[profiles.emu]\nendpoint = \"{}\"\nregion = \"{}\"\nnamespace = \"/from-profile/\"\naws_access_key_id = \"testing\"\naws_secret_access_key = \"testing\"\n", e.endpoint, e.region),
+    )
+    .unwrap();
+    let mut c = e.cmd();
+    c.env_remove("AWS_ENDPOINT_URL").env_remove("AWS_REGION").env_remove("AWS_ACCESS_KEY_ID");
+    let out = c.args(["--profile", "emu", "--output", "json", "create", DEBIAN, "-Q"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["namespace"], "/from-profile/");
+    // The flag outranks the profile.
+    let mut c = e.cmd();
+    c.env_remove("AWS_ENDPOINT_URL").env_remove("AWS_REGION");
+    let out = c.args(["--profile", "emu", "-n", "/flag/", "--output", "json", "list"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().len(), 0);
+}
