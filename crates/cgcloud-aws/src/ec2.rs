@@ -659,7 +659,10 @@ impl Cloud {
                     i.instance_id()?.to_owned(),
                     (
                         i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
-                        i.state_reason().and_then(|r| r.message()).map(str::to_owned),
+                        // A failure tag explains more than EC2's generic state reason.
+                        to_tags(i.tags())
+                            .remove(tags::FAILURE)
+                            .or_else(|| i.state_reason().and_then(|r| r.message()).map(str::to_owned)),
                     ),
                 ))
             })

@@ -35,6 +35,8 @@ pub const AGENT: &str = "cgcloud:agent";
 pub const KEYPAIRS: &str = "cgcloud:keypairs";
 /// Marks a persistent volume that `terminate` keeps.
 pub const PERSISTENT: &str = "cgcloud:persistent";
+/// Why a box failed, set by whatever noticed (e.g. the local cloud when it cannot run an image).
+pub const FAILURE: &str = "cgcloud:failure";
 /// The OS definition a box was created with, e.g. `debian-12`.
 pub const OS: &str = "cgcloud:os";
 /// Role option values are stored as `cgcloud:option:<name>`.

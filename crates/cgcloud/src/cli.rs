@@ -99,6 +99,38 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Delete the namespace's security groups, IAM roles and instance profiles
     ResetSecurity(ConfirmArgs),
+    /// The local cloud: EC2 on this machine (moto + systemd-nspawn hosts); needs root
+    #[command(subcommand)]
+    Local(LocalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Start the local cloud and write the `local` profile (idempotent)
+    Up(LocalUpArgs),
+    /// Stop the local cloud and remove everything it created
+    Down(LocalDirArgs),
+    /// Show the local cloud's processes and hosts
+    Status(LocalDirArgs),
+    /// Run the controller in the foreground (started by `up`)
+    #[command(hide = true)]
+    Controller(LocalDirArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LocalDirArgs {
+    /// State directory (default: $CGCLOUD_LOCAL_DIR or /var/lib/cgcloud-local)
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LocalUpArgs {
+    #[command(flatten)]
+    pub dir: LocalDirArgs,
+    /// Port of the emulated AWS endpoint on 127.0.0.1 and the bridge
+    #[arg(long, default_value_t = cgcloud_localcloud::DEFAULT_PORT)]
+    pub port: u16,
 }
 
 #[derive(Debug, Args)]

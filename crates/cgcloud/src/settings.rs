@@ -59,7 +59,6 @@ impl ConfigFile {
         }
     }
 
-    #[allow(dead_code)] // used by the local cloud, which writes the `local` profile
     pub fn save(&self, path: &Path) -> Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

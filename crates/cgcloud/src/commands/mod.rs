@@ -6,6 +6,7 @@ mod cleanup;
 mod images;
 mod keys;
 mod launch;
+mod local;
 mod provision;
 mod roles;
 
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::RegisterKey(a) => keys::register_key(&ctx, a).await,
         Command::Cleanup(a) => cleanup::cleanup(&ctx, a).await,
         Command::ResetSecurity(a) => cleanup::reset_security(&ctx, a).await,
+        Command::Local(c) => local::run(&ctx, c).await,
     }
 }
 

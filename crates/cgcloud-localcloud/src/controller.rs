@@ -1,0 +1,478 @@
+//! The controller: watches moto and makes its EC2 state real. Each tick it reads the local
+//! VPC's instances and this account's images, turns new images into read-only disk layers
+//! (before any launch from them is realized), and boots, powers off or destroys hosts to match
+//! each instance's state. It also forwards moto's port from the bridge (so hosts reach the
+//! API) and keeps the DNS names of running hosts. Restarting it re-adopts running hosts.
+
+use crate::host::{Host, InstanceSpec};
+use crate::images::BaseImage;
+use crate::proxy::PowerEvent;
+use crate::{net, sys, Error, LocalCloud, FAILURE_TAG};
+use aws_sdk_ec2::types::Filter;
+use cgcloud_aws::Cloud;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const TICK: Duration = Duration::from_millis(250);
+
+/// A disk layer made from an image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LayerMeta {
+    image_id: String,
+    /// The lower directories for instances launched from this image, top first.
+    lowers: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+struct Observed {
+    id: String,
+    state: String,
+    ip: Option<String>,
+    dns: Option<String>,
+    image_id: String,
+    key_name: Option<String>,
+}
+
+struct Controller {
+    lc: LocalCloud,
+    cloud: Cloud,
+    vpc_id: String,
+    base: BTreeMap<String, BaseImage>,
+    busy: Arc<Mutex<HashSet<String>>>,
+    failed: HashSet<String>,
+    /// Power changes seen by the proxy, per instance, not yet carried out.
+    queued: BTreeMap<String, std::collections::VecDeque<PowerEvent>>,
+    dns: String,
+    dnsmasq_pid: Option<u32>,
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!(
+        "{} {}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        msg.as_ref()
+    );
+}
+
+/// Runs the controller until SIGTERM.
+pub async fn run(dir: PathBuf) -> Result<(), Error> {
+    let lc = LocalCloud::new(dir);
+    let state = lc.state().ok_or(Error::NotUp)?;
+    let cloud = lc.cloud(state.moto_port).await?;
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    for addr in ["127.0.0.1", net::GATEWAY] {
+        let listener = tokio::net::TcpListener::bind((addr, state.port))
+            .await
+            .map_err(|e| Error::Controller(format!("cannot listen on {addr}:{}: {e}", state.port)))?;
+        tokio::spawn(crate::proxy::serve(listener, state.moto_port, tx.clone()));
+    }
+    let mut c = Controller {
+        base: state.images.iter().map(|i| (i.ami_id.clone(), i.clone())).collect(),
+        vpc_id: state.vpc_id.clone().ok_or(Error::NotUp)?,
+        lc,
+        cloud,
+        busy: Arc::new(Mutex::new(HashSet::new())),
+        failed: HashSet::new(),
+        queued: BTreeMap::new(),
+        dns: String::new(),
+        dnsmasq_pid: state.dnsmasq_pid,
+    };
+    log(format!("controller up, watching VPC {}", c.vpc_id));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Controller(format!("cannot handle SIGTERM: {e}")))?;
+    loop {
+        while let Ok(ev) = events.try_recv() {
+            c.enqueue(ev);
+        }
+        if let Err(e) = c.tick().await {
+            log(format!("tick failed: {e}"));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            Some(ev) = events.recv() => c.enqueue(ev),
+            _ = term.recv() => {
+                log("controller stopping; hosts keep running");
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Controller {
+    fn enqueue(&mut self, ev: PowerEvent) {
+        let id = match &ev {
+            PowerEvent::Stop(id) | PowerEvent::Start(id) | PowerEvent::Reboot(id) => id.clone(),
+        };
+        self.queued.entry(id).or_default().push_back(ev);
+    }
+
+    /// Carries out the next queued power change of an idle, existing host. Returns false if
+    /// there was none.
+    fn run_queued(&mut self, inst: &Observed) -> bool {
+        let Some(ev) = self.queued.get_mut(&inst.id).and_then(|q| q.pop_front()) else { return false };
+        let host = Host { dir: self.dir(), id: &inst.id };
+        if !host.exists() {
+            return false;
+        }
+        match ev {
+            PowerEvent::Stop(_) => self.spawn(inst.id.clone(), |dir, id| async move {
+                Host { dir: &dir, id: &id }.shutdown().await;
+                log(format!("{id}: powered off"));
+            }),
+            PowerEvent::Start(_) => {
+                if host.pid().is_none() {
+                    self.spawn_boot(inst.clone(), None);
+                }
+            }
+            PowerEvent::Reboot(_) => {
+                let cloud = self.cloud.clone();
+                let inst = inst.clone();
+                self.spawn(inst.id.clone(), |dir, id| async move {
+                    Host { dir: &dir, id: &id }.shutdown().await;
+                    match boot(&cloud, &dir, &id, &inst, None).await {
+                        Ok(pid) => log(format!("{id}: rebooted (nspawn pid {pid})")),
+                        Err(e) => log(format!("{id}: reboot failed: {e}")),
+                    }
+                });
+            }
+        }
+        true
+    }
+
+    fn dir(&self) -> &Path {
+        &self.lc.dir
+    }
+
+    fn is_busy(&self, id: &str) -> bool {
+        self.busy.lock().map(|b| b.contains(id)).unwrap_or(true)
+    }
+
+    async fn observe(&self) -> Result<Vec<Observed>, Error> {
+        let pages: Vec<_> = self
+            .cloud
+            .ec2
+            .describe_instances()
+            .filters(Filter::builder().name("vpc-id").values(&self.vpc_id).build())
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| Error::Controller(format!("DescribeInstances: {e}")))?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.reservations())
+            .flat_map(|r| r.instances())
+            .filter_map(|i| {
+                Some(Observed {
+                    id: i.instance_id()?.to_owned(),
+                    state: i.state()?.name()?.as_str().to_owned(),
+                    ip: i.private_ip_address().map(str::to_owned),
+                    dns: i.private_dns_name().map(str::to_owned),
+                    image_id: i.image_id().unwrap_or_default().to_owned(),
+                    key_name: i.key_name().map(str::to_owned),
+                })
+            })
+            .collect())
+    }
+
+    fn layer_dir(&self, image_id: &str) -> PathBuf {
+        self.dir().join("layers").join(image_id)
+    }
+
+    fn layer(&self, image_id: &str) -> Option<LayerMeta> {
+        serde_json::from_str(&std::fs::read_to_string(self.layer_dir(image_id).join("layer.json")).ok()?).ok()
+    }
+
+    /// The lower directories for an instance launched from `image_id`: `Ok(None)` while the
+    /// image is still being turned into a layer, `Err` if it can never be realized.
+    fn lowers_for(&self, image_id: &str, pending_images: &HashSet<String>) -> Result<Option<Vec<PathBuf>>, String> {
+        if let Some(b) = self.base.get(image_id) {
+            return Ok(Some(vec![b.rootfs.clone()]));
+        }
+        if let Some(l) = self.layer(image_id) {
+            return Ok(Some(l.lowers));
+        }
+        if pending_images.contains(image_id) {
+            return Ok(None);
+        }
+        let known: Vec<String> = self.base.values().map(|b| format!("{} ({})", b.os_id, b.ami_id)).collect();
+        Err(format!(
+            "the local cloud cannot run image {image_id}: it runs only its Debian images ({}) and images baked from them",
+            known.join(", ")
+        ))
+    }
+
+    async fn tick(&mut self) -> Result<(), Error> {
+        let instances = self.observe().await?;
+        let local: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
+        let pending_images = self.process_images(&local, &instances).await?;
+        for inst in &instances {
+            if self.is_busy(&inst.id) || self.failed.contains(&inst.id) {
+                continue;
+            }
+            if self.run_queued(inst) {
+                continue;
+            }
+            let host = Host { dir: self.dir(), id: &inst.id };
+            match inst.state.as_str() {
+                "pending" | "running" => {
+                    if host.pid().is_some() {
+                        continue;
+                    }
+                    if host.exists() {
+                        self.spawn_boot(inst.clone(), None);
+                        continue;
+                    }
+                    match self.lowers_for(&inst.image_id, &pending_images) {
+                        Ok(Some(lowers)) => self.spawn_boot(inst.clone(), Some(lowers)),
+                        Ok(None) => {}
+                        Err(reason) => self.refuse(inst, &reason).await,
+                    }
+                }
+                "stopping" | "stopped" => {
+                    if host.pid().is_some() {
+                        self.spawn(inst.id.clone(), |dir, id| async move {
+                            Host { dir: &dir, id: &id }.shutdown().await;
+                            log(format!("{id}: powered off"));
+                        });
+                    }
+                }
+                _ => {
+                    let exists = host.exists();
+                    self.queued.remove(&inst.id);
+                    if exists {
+                        self.spawn(inst.id.clone(), |dir, id| async move {
+                            match (Host { dir: &dir, id: &id }).destroy().await {
+                                Ok(()) => log(format!("{id}: destroyed")),
+                                Err(e) => log(format!("{id}: destroy failed: {e}")),
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        // Disks of instances moto no longer knows (e.g. after a moto restart).
+        for entry in std::fs::read_dir(self.dir().join("instances")).into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if !local.contains(&id) && !self.is_busy(&id) {
+                self.spawn(id, |dir, id| async move {
+                    let _ = (Host { dir: &dir, id: &id }).destroy().await;
+                    log(format!("{id}: destroyed (unknown to moto)"));
+                });
+            }
+        }
+        self.update_dns(&instances).await;
+        Ok(())
+    }
+
+    /// Turns new images of local instances into layers; removes layers of deregistered images.
+    /// Returns the images still waiting for their source instance to power off.
+    async fn process_images(
+        &mut self,
+        local: &HashSet<String>,
+        instances: &[Observed],
+    ) -> Result<HashSet<String>, Error> {
+        let out = self
+            .cloud
+            .ec2
+            .describe_images()
+            .owners("self")
+            .send()
+            .await
+            .map_err(|e| Error::Controller(format!("DescribeImages: {e}")))?;
+        let mut pending = HashSet::new();
+        let mut alive = HashSet::new();
+        for img in out.images() {
+            let Some(id) = img.image_id() else { continue };
+            alive.insert(id.to_owned());
+            if self.layer(id).is_some() {
+                continue;
+            }
+            let Some(src) = img.source_instance_id().filter(|s| local.contains(*s)) else { continue };
+            let src_state = instances.iter().find(|i| i.id == src).map(|i| i.state.as_str()).unwrap_or("");
+            let host = Host { dir: self.dir(), id: src };
+            // Wait for a stopping host to power off, so the layer is a consistent disk.
+            if self.is_busy(src) || (matches!(src_state, "stopping" | "stopped") && host.pid().is_some()) {
+                pending.insert(id.to_owned());
+                continue;
+            }
+            match self.make_layer(id, src).await {
+                Ok(()) => log(format!("image {id}: layer from {src}")),
+                Err(e) => log(format!("image {id}: cannot make a layer from {src}: {e}")),
+            }
+        }
+        // Layers of deregistered images go once no disk uses them.
+        let in_use: HashSet<PathBuf> = std::fs::read_dir(self.dir().join("instances"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Host { dir: self.dir(), id: &e.file_name().to_string_lossy() }.meta())
+            .flat_map(|m| m.lowers)
+            .collect();
+        for entry in std::fs::read_dir(self.dir().join("layers")).into_iter().flatten().flatten() {
+            let image = entry.file_name().to_string_lossy().into_owned();
+            let fs = entry.path().join("fs");
+            let used_by_layer = self.layers_above(&fs);
+            if !alive.contains(&image) && !in_use.contains(&fs) && !used_by_layer {
+                let _ = std::fs::remove_dir_all(entry.path());
+                log(format!("image {image}: layer removed"));
+            }
+        }
+        Ok(pending)
+    }
+
+    /// True if another layer stacks on top of `fs`.
+    fn layers_above(&self, fs: &Path) -> bool {
+        std::fs::read_dir(self.dir().join("layers")).into_iter().flatten().flatten().any(|e| {
+            let meta: Option<LayerMeta> =
+                std::fs::read_to_string(e.path().join("layer.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+            meta.is_some_and(|m| m.lowers.iter().skip(1).any(|l| l == fs))
+        })
+    }
+
+    /// A stopped instance's upper directory becomes the layer (and the instance continues on
+    /// top of it with an empty upper); a running one's is copied, as with a no-reboot image.
+    async fn make_layer(&self, image_id: &str, src: &str) -> Result<(), Error> {
+        let host = Host { dir: self.dir(), id: src };
+        let mut meta = host.meta().ok_or_else(|| Error::Controller(format!("{src} has no disk")))?;
+        let dir = self.layer_dir(image_id);
+        let tmp = self.dir().join("layers").join(format!(".{image_id}"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let fs = dir.join("fs");
+        if host.pid().is_some() {
+            sys::run(
+                "cp",
+                &["-a", "--reflink=auto", &format!("{}/.", host.upper().display()), &tmp.join("fs").to_string_lossy()],
+            )
+            .await?;
+        } else {
+            std::fs::rename(host.upper(), tmp.join("fs")).map_err(|e| Error::io(&host.upper(), e))?;
+            std::fs::create_dir_all(host.upper()).map_err(|e| Error::io(&host.upper(), e))?;
+            meta.lowers.insert(0, fs.clone());
+        }
+        let mut lowers = vec![fs];
+        lowers.extend(meta.lowers.iter().filter(|l| !l.starts_with(&dir)).cloned());
+        let layer = LayerMeta { image_id: image_id.to_owned(), lowers };
+        let lf = tmp.join("layer.json");
+        std::fs::write(&lf, serde_json::to_string_pretty(&layer).unwrap_or_default()).map_err(|e| Error::io(&lf, e))?;
+        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+        host.write_meta(&meta)?;
+        Ok(())
+    }
+
+    /// Marks an instance the local cloud cannot run and terminates it, with the reason in a tag.
+    async fn refuse(&mut self, inst: &Observed, reason: &str) {
+        log(format!("{}: {reason}", inst.id));
+        self.failed.insert(inst.id.clone());
+        let mut t = cgcloud_core::tags::Tags::new();
+        t.insert(FAILURE_TAG.into(), reason.chars().take(255).collect());
+        let ids = [inst.id.clone()];
+        if let Err(e) = self.cloud.create_tags(&ids, &t).await {
+            log(format!("{}: cannot tag: {e}", inst.id));
+        }
+        if let Err(e) = self.cloud.terminate(&ids).await {
+            log(format!("{}: cannot terminate: {e}", inst.id));
+        }
+    }
+
+    fn spawn<F, Fut>(&self, id: String, f: F)
+    where
+        F: FnOnce(PathBuf, String) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Ok(mut b) = self.busy.lock() {
+            b.insert(id.clone());
+        }
+        let busy = self.busy.clone();
+        let fut = f(self.dir().to_path_buf(), id.clone());
+        tokio::spawn(async move {
+            fut.await;
+            if let Ok(mut b) = busy.lock() {
+                b.remove(&id);
+            }
+        });
+    }
+
+    /// Boots an instance; with `lowers`, it is a first boot: create the disk and seed it.
+    fn spawn_boot(&self, inst: Observed, lowers: Option<Vec<PathBuf>>) {
+        let cloud = self.cloud.clone();
+        self.spawn(inst.id.clone(), |dir, id| async move {
+            let started = std::time::Instant::now();
+            let res = boot(&cloud, &dir, &id, &inst, lowers).await;
+            match res {
+                Ok(pid) => {
+                    log(format!("{id}: booting (nspawn pid {pid}, {:.0} ms)", started.elapsed().as_secs_f64() * 1000.0))
+                }
+                Err(e) => log(format!("{id}: boot failed: {e}")),
+            }
+        });
+    }
+
+    async fn update_dns(&mut self, instances: &[Observed]) {
+        let mut lines: Vec<String> = instances
+            .iter()
+            .filter(|i| matches!(i.state.as_str(), "pending" | "running"))
+            .filter_map(|i| {
+                let ip = i.ip.as_ref()?;
+                let fqdn = i.dns.as_ref()?;
+                let short = fqdn.split('.').next().unwrap_or(fqdn);
+                Some(format!("{ip} {fqdn} {short}"))
+            })
+            .collect();
+        lines.sort();
+        let text = lines.join("\n") + "\n";
+        if text == self.dns {
+            return;
+        }
+        if std::fs::write(self.lc.hosts_file(), &text).is_ok() {
+            self.dns = text;
+            if let Some(pid) = self.dnsmasq_pid {
+                sys::kill(pid, "HUP").await;
+            }
+        }
+    }
+}
+
+async fn boot(
+    cloud: &Cloud,
+    dir: &Path,
+    id: &str,
+    inst: &Observed,
+    lowers: Option<Vec<PathBuf>>,
+) -> Result<u32, Error> {
+    let host = Host { dir, id };
+    let Some(lowers) = lowers else {
+        return host.boot(|_| Ok(())).await;
+    };
+    let ip = inst.ip.clone().ok_or_else(|| Error::Controller(format!("{id} has no private IP")))?;
+    let fqdn =
+        inst.dns.clone().unwrap_or_else(|| format!("ip-{}.{}.compute.internal", ip.replace('.', "-"), crate::REGION));
+    let hostname = fqdn.split('.').next().unwrap_or(&fqdn).to_owned();
+    let spec = InstanceSpec { id: id.to_owned(), ip, hostname, fqdn, image_id: inst.image_id.clone() };
+    let user_data = user_data(cloud, id).await?;
+    let public_keys = match &inst.key_name {
+        Some(k) => cloud.key_pair(k).await?.and_then(|k| k.public_key).into_iter().collect(),
+        None => Vec::new(),
+    };
+    host.create_disk(&spec, lowers)?;
+    host.boot(|h| h.seed(&spec, &public_keys, &user_data)).await
+}
+
+async fn user_data(cloud: &Cloud, id: &str) -> Result<String, Error> {
+    use base64::Engine as _;
+    let out = cloud
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .map_err(|e| Error::Controller(format!("DescribeInstanceAttribute: {e}")))?;
+    let b64 = out.user_data().and_then(|u| u.value()).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap_or_default();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}

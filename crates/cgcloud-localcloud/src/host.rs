@@ -1,0 +1,175 @@
+//! One host = one running instance: an overlayfs disk (read-only image layers plus the
+//! instance's own upper directory), a network namespace with the instance's private IP, and
+//! systemd booted by systemd-nspawn with a cloud-init NoCloud seed.
+
+use crate::sys::{pid_matches, run, stop_process};
+use crate::{net, Error};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What the controller knows about an instance from moto.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub ip: String,
+    pub hostname: String,
+    pub fqdn: String,
+    pub image_id: String,
+}
+
+/// Stored beside each instance's disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskMeta {
+    /// Lower layers, top first; the last one is a base image's root filesystem.
+    pub lowers: Vec<PathBuf>,
+    pub ip: String,
+    pub hostname: String,
+}
+
+pub struct Host<'a> {
+    pub dir: &'a Path,
+    pub id: &'a str,
+}
+
+impl Host<'_> {
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("instances").join(self.id)
+    }
+    fn root(&self) -> PathBuf {
+        self.path().join("root")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.path().join("upper")
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.path().join("nspawn.pid")
+    }
+    pub fn console(&self) -> PathBuf {
+        self.path().join("console.log")
+    }
+    fn meta_file(&self) -> PathBuf {
+        self.path().join("disk.json")
+    }
+
+    pub fn meta(&self) -> Option<DiskMeta> {
+        serde_json::from_str(&std::fs::read_to_string(self.meta_file()).ok()?).ok()
+    }
+
+    pub fn write_meta(&self, m: &DiskMeta) -> Result<(), Error> {
+        let f = self.meta_file();
+        std::fs::write(&f, serde_json::to_string_pretty(m).unwrap_or_default()).map_err(|e| Error::io(&f, e))
+    }
+
+    /// The PID of the host's systemd-nspawn, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
+        pid_matches(pid, &format!("--machine={}", self.id)).then_some(pid)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.meta_file().exists()
+    }
+
+    /// Creates the disk for a new instance on top of `lowers`.
+    pub fn create_disk(&self, spec: &InstanceSpec, lowers: Vec<PathBuf>) -> Result<(), Error> {
+        for d in [self.upper(), self.path().join("work"), self.root()] {
+            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        self.write_meta(&DiskMeta { lowers, ip: spec.ip.clone(), hostname: spec.hostname.clone() })
+    }
+
+    async fn mount(&self, meta: &DiskMeta) -> Result<(), Error> {
+        let root = self.root();
+        if crate::sys::is_mounted(&root) {
+            return Ok(());
+        }
+        let work = self.path().join("work");
+        std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+        std::fs::create_dir_all(self.upper()).map_err(|e| Error::io(&self.upper(), e))?;
+        let lower = meta.lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+        let opts = format!("lowerdir={lower},upperdir={},workdir={}", self.upper().display(), work.display());
+        run("mount", &["-t", "overlay", "overlay", "-o", &opts, &root.to_string_lossy()]).await?;
+        Ok(())
+    }
+
+    /// Writes the NoCloud seed that makes cloud-init treat this as instance `spec.id`.
+    pub fn seed(&self, spec: &InstanceSpec, public_keys: &[String], user_data: &str) -> Result<(), Error> {
+        let root = self.root();
+        let write = |rel: &str, contents: &str| -> Result<(), Error> {
+            let p = root.join(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            std::fs::write(&p, contents).map_err(|e| Error::io(&p, e))
+        };
+        let meta = serde_json::json!({
+            "instance-id": spec.id,
+            "local-hostname": spec.hostname,
+            "public-keys": public_keys,
+        });
+        write("var/lib/cloud/seed/nocloud/meta-data", &serde_json::to_string_pretty(&meta).unwrap_or_default())?;
+        let ud = if user_data.trim().is_empty() { "#cloud-config\n{}\n" } else { user_data };
+        write("var/lib/cloud/seed/nocloud/user-data", ud)?;
+        write("etc/hostname", &format!("{}\n", spec.hostname))?;
+        // A machine id baked into an image layer must not be shared by its instances.
+        write("etc/machine-id", "")?;
+        Ok(())
+    }
+
+    /// Mounts the disk, wires up the network and boots. `seed` runs after mounting, for a
+    /// first boot.
+    pub async fn boot(&self, seed: impl FnOnce(&Self) -> Result<(), Error>) -> Result<u32, Error> {
+        let meta = self.meta().ok_or_else(|| Error::Controller(format!("instance {} has no disk", self.id)))?;
+        self.mount(&meta).await?;
+        seed(self)?;
+        net::host_net_up(self.id, &meta.ip).await?;
+        let console = std::fs::File::create(self.console()).map_err(|e| Error::io(&self.console(), e))?;
+        let console2 = console.try_clone().map_err(|e| Error::io(&self.console(), e))?;
+        let child = tokio::process::Command::new("systemd-nspawn")
+            .args([
+                "-q",
+                "-D",
+                &self.root().to_string_lossy(),
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                &format!("--machine={}", self.id),
+                &format!("--hostname={}", meta.hostname),
+                &format!("--network-namespace-path=/run/netns/{}", net::netns(self.id)),
+                "--resolv-conf=off",
+                "--link-journal=no",
+                "--console=read-only",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(console)
+            .stderr(console2)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| Error::Command { command: "systemd-nspawn".into(), detail: e.to_string() })?;
+        let pid = child.id().ok_or_else(|| Error::Controller("systemd-nspawn exited at once".into()))?;
+        std::fs::write(self.pid_file(), pid.to_string()).map_err(|e| Error::io(&self.pid_file(), e))?;
+        // The child is reaped by tokio when it exits; hosts outlive controller restarts.
+        drop(child);
+        Ok(pid)
+    }
+
+    /// Powers the host off cleanly (keeping its disk), then unmounts and removes its network.
+    pub async fn shutdown(&self) {
+        if let Some(pid) = self.pid() {
+            stop_process(pid, &format!("--machine={}", self.id), 30).await;
+        }
+        let _ = std::fs::remove_file(self.pid_file());
+        crate::umount_all(&self.root()).await;
+        net::host_net_down(self.id).await;
+    }
+
+    /// Shuts down and deletes the disk.
+    pub async fn destroy(&self) -> Result<(), Error> {
+        self.shutdown().await;
+        let p = self.path();
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        Ok(())
+    }
+}

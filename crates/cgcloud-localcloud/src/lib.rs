@@ -1,0 +1,509 @@
+//! The local cloud: an EC2 twin made of moto (the control plane, speaking the EC2/IAM/SQS/...
+//! APIs on 127.0.0.1 and on the bridge) and systemd-nspawn hosts (the data plane: one real
+//! Linux host per running instance, at the instance's private IP). A controller watches moto
+//! and makes its state real. `up` builds and starts everything, `down` removes everything it
+//! created, and a crashed run's leftovers are cleaned by the next `up`.
+
+pub mod controller;
+pub mod host;
+pub mod images;
+pub mod net;
+pub mod proxy;
+pub mod sys;
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The region the local cloud emulates, and its zones with their subnets.
+pub const REGION: &str = "us-west-2";
+pub const ZONES: &[(&str, &str)] =
+    &[("us-west-2a", "10.199.1.0/24"), ("us-west-2b", "10.199.2.0/24"), ("us-west-2c", "10.199.3.0/24")];
+/// The moto release the local cloud pins.
+pub const MOTO_VERSION: &str = "5.2.5";
+pub const DEFAULT_PORT: u16 = 5401;
+pub const ACCESS_KEY: &str = "localcloud";
+pub const SECRET_KEY: &str = "localcloud";
+/// Tags the local cloud's own VPC and subnets.
+pub const VPC_TAG: &str = "cgcloud-local";
+/// Set on an instance the local cloud cannot run, with the reason.
+pub const FAILURE_TAG: &str = cgcloud_core::tags::FAILURE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Prerequisite(String),
+    #[error("`{command}` failed: {detail}")]
+    Command { command: String, detail: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Aws(#[from] cgcloud_aws::AwsError),
+    #[error("{0}")]
+    Controller(String),
+    #[error("the local cloud is not up; run `cgcloud local up`")]
+    NotUp,
+}
+
+impl Error {
+    pub fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io { path: path.display().to_string(), source }
+    }
+}
+
+/// What `up` started, so `down` (or the next `up`) can remove exactly that.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunState {
+    /// The public endpoint's port (the controller's proxy).
+    pub port: u16,
+    /// moto's own port, on 127.0.0.1 only.
+    pub moto_port: u16,
+    pub moto_pid: Option<u32>,
+    pub dnsmasq_pid: Option<u32>,
+    pub controller_pid: Option<u32>,
+    pub ip_forward_before: Option<String>,
+    pub vpc_id: Option<String>,
+    /// zone → subnet id
+    pub subnets: Vec<(String, String)>,
+    pub images: Vec<images::BaseImage>,
+}
+
+/// What cgcloud needs to talk to the local cloud; written into the `local` profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub endpoint: String,
+    pub region: String,
+    pub zone: String,
+    pub subnet: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalCloud {
+    pub dir: PathBuf,
+}
+
+/// Markers that identify our processes in /proc/<pid>/cmdline.
+const MOTO_MARKER: &str = "moto_server";
+pub const CONTROLLER_MARKER: &str = "controller";
+
+impl LocalCloud {
+    /// `$CGCLOUD_LOCAL_DIR`, else /var/lib/cgcloud-local.
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("CGCLOUD_LOCAL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/cgcloud-local"))
+    }
+
+    pub fn new(dir: PathBuf) -> LocalCloud {
+        LocalCloud { dir }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+    fn state_file(&self) -> PathBuf {
+        self.run_dir().join("state.json")
+    }
+    pub fn hosts_file(&self) -> PathBuf {
+        self.run_dir().join("hosts")
+    }
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.dir.join("logs").join(name)
+    }
+
+    pub fn state(&self) -> Option<RunState> {
+        serde_json::from_str(&std::fs::read_to_string(self.state_file()).ok()?).ok()
+    }
+
+    fn save_state(&self, s: &RunState) -> Result<(), Error> {
+        let f = self.state_file();
+        std::fs::create_dir_all(self.run_dir()).map_err(|e| Error::io(&self.run_dir(), e))?;
+        std::fs::write(&f, serde_json::to_string_pretty(s).unwrap_or_default()).map_err(|e| Error::io(&f, e))
+    }
+
+    pub fn endpoint_url(port: u16) -> String {
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// True if moto and the controller of a previous `up` are running.
+    pub fn is_up(&self) -> bool {
+        self.state().is_some_and(|s| {
+            s.moto_pid.is_some_and(|p| sys::pid_matches(p, MOTO_MARKER))
+                && s.controller_pid.is_some_and(|p| sys::pid_matches(p, CONTROLLER_MARKER))
+        })
+    }
+
+    /// The endpoint description of the running local cloud.
+    pub fn endpoint(&self) -> Result<Endpoint, Error> {
+        let s = self.state().ok_or(Error::NotUp)?;
+        let (zone, subnet) = s.subnets.first().cloned().ok_or(Error::NotUp)?;
+        Ok(Endpoint {
+            endpoint: Self::endpoint_url(s.port),
+            region: REGION.to_owned(),
+            zone,
+            subnet,
+            access_key_id: ACCESS_KEY.to_owned(),
+            secret_access_key: SECRET_KEY.to_owned(),
+        })
+    }
+
+    /// Checks what `up` needs; the error names every missing piece and how to install it.
+    pub fn check_prerequisites() -> Result<(), Error> {
+        if !cfg!(target_os = "linux") {
+            return Err(Error::Prerequisite("the local cloud needs Linux".into()));
+        }
+        let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        });
+        if uid.as_deref() != Some("0") {
+            return Err(Error::Prerequisite(
+                "the local cloud needs root (it creates network namespaces, mounts and containers); run it with sudo"
+                    .into(),
+            ));
+        }
+        let needed = [
+            ("debootstrap", "debootstrap"),
+            ("systemd-nspawn", "systemd-container"),
+            ("ip", "iproute2"),
+            ("iptables", "iptables"),
+            ("dnsmasq", "dnsmasq-base"),
+            ("ssh-keygen", "openssh-client"),
+            ("setsid", "util-linux"),
+            ("python3", "python3 python3-venv"),
+            ("curl", "curl"),
+        ];
+        let programs: Vec<&str> = needed.iter().map(|(p, _)| *p).collect();
+        let missing = sys::missing_programs(&programs);
+        if !missing.is_empty() {
+            let pkgs: Vec<&str> =
+                needed.iter().filter(|(p, _)| missing.iter().any(|m| m == p)).map(|(_, pkg)| *pkg).collect();
+            return Err(Error::Prerequisite(format!(
+                "missing {}; install with: apt-get install -y {}",
+                missing.join(", "),
+                pkgs.join(" ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Brings the local cloud up (idempotent). `say` receives progress lines.
+    pub async fn up(&self, port: u16, exe: &Path, say: &dyn Fn(&str)) -> Result<Endpoint, Error> {
+        Self::check_prerequisites()?;
+        if self.is_up() {
+            say("the local cloud is already up");
+            return self.endpoint();
+        }
+        if let Some(state) = self.state().filter(|s| s.moto_pid.is_some_and(|p| sys::pid_matches(p, MOTO_MARKER))) {
+            // moto (and so the cloud's state) survived; only the controller is missing.
+            say("the controller is not running; restarting it (it re-adopts the running hosts)");
+            if !state.dnsmasq_pid.is_some_and(|p| sys::pid_matches(p, &self.hosts_file().to_string_lossy())) {
+                let mut s = state.clone();
+                s.dnsmasq_pid = Some(self.start_dnsmasq().await?);
+                self.save_state(&s)?;
+            }
+            self.restart_controller(exe).await?;
+            return self.endpoint();
+        }
+        if self.state().is_some() || !net::our_netns().await.is_empty() {
+            say("cleaning up after a previous run that did not shut down");
+            self.down(say).await?;
+        }
+        for d in [
+            self.run_dir(),
+            self.dir.join("logs"),
+            self.dir.join("images"),
+            self.dir.join("instances"),
+            self.dir.join("layers"),
+        ] {
+            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        let mut state = RunState { port, moto_port: port + 1, ..Default::default() };
+        // Many systemd hosts need more inotify instances than the default 128.
+        sys::run_quiet("sysctl", &["-q", "-w", "fs.inotify.max_user_instances=8192"]).await;
+        sys::run_quiet("sysctl", &["-q", "-w", "fs.inotify.max_user_watches=1048576"]).await;
+
+        net::bridge_up().await?;
+        say(&format!("bridge {} at {}/{}", net::BRIDGE, net::GATEWAY, net::PREFIX_LEN));
+        state.ip_forward_before = Some(net::nat_up().await?);
+        self.save_state(&state)?;
+        say(&format!("NAT for {} (egress for apt and pip inside hosts)", net::VPC_CIDR));
+
+        std::fs::write(self.hosts_file(), "").map_err(|e| Error::io(&self.hosts_file(), e))?;
+        state.dnsmasq_pid = Some(self.start_dnsmasq().await?);
+        self.save_state(&state)?;
+        say(&format!("DNS for private host names on {}:53", net::GATEWAY));
+
+        let mirror = images::machine_mirror()?;
+        for r in images::recipes() {
+            say(&format!("base image {} (cached after the first build, which takes about a minute)", r.os_id));
+            let img =
+                images::ensure(&self.dir.join("images"), &r, &mirror, &self.log(&format!("image-{}.log", r.os_id)))
+                    .await?;
+            say(&format!("  {} = {} ({})", img.os_id, img.ami_id, img.name));
+            state.images.push(img);
+        }
+        let catalogue = self.run_dir().join("amis.json");
+        std::fs::write(&catalogue, serde_json::to_string_pretty(&images::catalogue(&state.images)).unwrap_or_default())
+            .map_err(|e| Error::io(&catalogue, e))?;
+
+        let moto = self.ensure_moto(say).await?;
+        state.moto_pid = Some(self.start_moto(&moto, state.moto_port, &catalogue).await?);
+        self.save_state(&state)?;
+        say(&format!("moto {MOTO_VERSION} on {}", Self::endpoint_url(state.moto_port)));
+
+        let cloud = self.cloud(state.moto_port).await?;
+        let (vpc, subnets) = create_vpc(&cloud).await?;
+        state.vpc_id = Some(vpc.clone());
+        state.subnets = subnets;
+        self.save_state(&state)?;
+        say(&format!(
+            "VPC {vpc} ({}) with subnets {}",
+            net::VPC_CIDR,
+            state.subnets.iter().map(|(z, s)| format!("{s} in {z}")).collect::<Vec<_>>().join(", ")
+        ));
+
+        state.controller_pid = Some(self.start_controller(exe).await?);
+        self.save_state(&state)?;
+        say(&format!(
+            "controller started; the AWS endpoint is {} (and {}:{port} from hosts)",
+            Self::endpoint_url(port),
+            net::GATEWAY
+        ));
+        self.endpoint()
+    }
+
+    pub async fn cloud(&self, port: u16) -> Result<cgcloud_aws::Cloud, Error> {
+        Ok(cgcloud_aws::Cloud::connect(&cgcloud_aws::ConnectSettings {
+            region: Some(REGION.to_owned()),
+            endpoint: Some(Self::endpoint_url(port)),
+            access_key_id: Some(ACCESS_KEY.to_owned()),
+            secret_access_key: Some(SECRET_KEY.to_owned()),
+            max_attempts: Some(3),
+            ..Default::default()
+        })
+        .await?)
+    }
+
+    async fn start_dnsmasq(&self) -> Result<u32, Error> {
+        let pid_file = self.run_dir().join("dnsmasq.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        // dnsmasq forwards to the machine's resolvers and answers the hosts' names itself.
+        sys::run(
+            "dnsmasq",
+            &[
+                "--conf-file=/dev/null",
+                &format!("--listen-address={}", net::GATEWAY),
+                "--bind-interfaces",
+                "--no-hosts",
+                &format!("--addn-hosts={}", self.hosts_file().display()),
+                &format!("--pid-file={}", pid_file.display()),
+                "--domain-needed",
+                &format!("--log-facility={}", self.log("dnsmasq.log").display()),
+                "--user=root",
+            ],
+        )
+        .await?;
+        for _ in 0..50 {
+            if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse().ok()) {
+                return Ok(pid);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::Controller(format!("dnsmasq did not start; see {}", self.log("dnsmasq.log").display())))
+    }
+
+    /// Installs the pinned moto into the local cloud's own venv (once).
+    async fn ensure_moto(&self, say: &dyn Fn(&str)) -> Result<PathBuf, Error> {
+        let venv = self.dir.join(format!("moto-{MOTO_VERSION}"));
+        let server = venv.join("bin/moto_server");
+        let done = venv.join(".installed");
+        if done.exists() && server.exists() {
+            return Ok(server);
+        }
+        say(&format!("installing moto {MOTO_VERSION} into {} (about 30 s, once)", venv.display()));
+        let _ = std::fs::remove_dir_all(&venv);
+        sys::run("python3", &["-m", "venv", &venv.to_string_lossy()]).await?;
+        sys::run(&venv.join("bin/pip").to_string_lossy(), &["install", "-q", &format!("moto[server]=={MOTO_VERSION}")])
+            .await?;
+        std::fs::write(&done, MOTO_VERSION).map_err(|e| Error::io(&done, e))?;
+        Ok(server)
+    }
+
+    async fn start_moto(&self, server: &Path, port: u16, catalogue: &Path) -> Result<u32, Error> {
+        let log = self.log("moto.log");
+        let logf = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
+        let logf2 = logf.try_clone().map_err(|e| Error::io(&log, e))?;
+        let child = tokio::process::Command::new("setsid")
+            .arg(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_AMIS_PATH", catalogue)
+            .stdin(std::process::Stdio::null())
+            .stdout(logf)
+            .stderr(logf2)
+            .spawn()
+            .map_err(|e| Error::Command { command: format!("{}", server.display()), detail: e.to_string() })?;
+        let pid = child.id().ok_or_else(|| Error::Controller("moto exited at once".into()))?;
+        drop(child);
+        let url = format!("{}/moto-api/data.json", Self::endpoint_url(port));
+        for _ in 0..300 {
+            if sys::run_quiet("curl", &["-sf", "-o", "/dev/null", "--max-time", "2", &url]).await {
+                return Ok(pid);
+            }
+            if !sys::pid_matches(pid, MOTO_MARKER) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(Error::Controller(format!("moto did not start on port {port}; see {}", log.display())))
+    }
+
+    async fn start_controller(&self, exe: &Path) -> Result<u32, Error> {
+        let log = self.log("controller.log");
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| Error::io(&log, e))?;
+        let logf2 = logf.try_clone().map_err(|e| Error::io(&log, e))?;
+        let child = tokio::process::Command::new("setsid")
+            .arg(exe)
+            .args(["local", "controller", "--dir"])
+            .arg(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(logf)
+            .stderr(logf2)
+            .spawn()
+            .map_err(|e| Error::Command {
+                command: format!("{} local controller", exe.display()),
+                detail: e.to_string(),
+            })?;
+        let pid = child.id().ok_or_else(|| Error::Controller("the controller exited at once".into()))?;
+        drop(child);
+        // Ready when its proxy answers.
+        let port = self.state().map(|s| s.port).unwrap_or(DEFAULT_PORT);
+        let url = format!("{}/moto-api/data.json", Self::endpoint_url(port));
+        for _ in 0..100 {
+            if !sys::pid_matches(pid, CONTROLLER_MARKER) {
+                break;
+            }
+            if sys::run_quiet("curl", &["-sf", "-o", "/dev/null", "--max-time", "2", &url]).await {
+                return Ok(pid);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::Controller(format!("the controller did not start; see {}", log.display())))
+    }
+
+    /// Restarts the controller (it re-adopts running hosts).
+    pub async fn restart_controller(&self, exe: &Path) -> Result<u32, Error> {
+        let mut state = self.state().ok_or(Error::NotUp)?;
+        if let Some(pid) = state.controller_pid {
+            sys::stop_process(pid, CONTROLLER_MARKER, 10).await;
+        }
+        let pid = self.start_controller(exe).await?;
+        state.controller_pid = Some(pid);
+        self.save_state(&state)?;
+        Ok(pid)
+    }
+
+    /// Removes everything `up` created, idempotently. Caches (images, moto venv) are kept.
+    pub async fn down(&self, say: &dyn Fn(&str)) -> Result<(), Error> {
+        let state = self.state().unwrap_or_default();
+        if let Some(pid) = state.controller_pid {
+            sys::stop_process(pid, CONTROLLER_MARKER, 10).await;
+        }
+        // Hosts: power off every one we know of, in parallel.
+        let instances_dir = self.dir.join("instances");
+        let ids: Vec<String> = std::fs::read_dir(&instances_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !ids.is_empty() {
+            say(&format!("stopping {} host(s)", ids.len()));
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for id in ids {
+            let dir = self.dir.clone();
+            set.spawn(async move {
+                let host = host::Host { dir: &dir, id: &id };
+                let _ = host.destroy().await;
+            });
+        }
+        while set.join_next().await.is_some() {}
+        for ns in net::our_netns().await {
+            sys::run_quiet("ip", &["netns", "del", &ns]).await;
+        }
+        umount_all(&self.dir).await;
+        for dir in [self.dir.join("instances"), self.dir.join("layers")] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+        }
+        if let Some(pid) = state.moto_pid {
+            sys::stop_process(pid, MOTO_MARKER, 10).await;
+        }
+        if let Some(pid) = state.dnsmasq_pid {
+            sys::stop_process(pid, &self.hosts_file().to_string_lossy(), 5).await;
+        }
+        net::nat_down(state.ip_forward_before.as_deref()).await;
+        net::bridge_down().await;
+        let _ = std::fs::remove_file(self.state_file());
+        let _ = std::fs::remove_file(self.hosts_file());
+        say("the local cloud is down");
+        Ok(())
+    }
+}
+
+/// Unmounts everything at or below `dir`.
+pub async fn umount_all(dir: &Path) {
+    for m in sys::mounts_under(dir) {
+        if !sys::run_quiet("umount", &[&m]).await {
+            sys::run_quiet("umount", &["-l", &m]).await;
+        }
+    }
+}
+
+/// Creates the local VPC with one subnet per zone that assigns no public IPs.
+async fn create_vpc(cloud: &cgcloud_aws::Cloud) -> Result<(String, Vec<(String, String)>), Error> {
+    use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType, Tag, TagSpecification};
+    let tag = |rt| {
+        TagSpecification::builder().resource_type(rt).tags(Tag::builder().key("Name").value(VPC_TAG).build()).build()
+    };
+    fn aws<E: std::fmt::Debug>(op: &'static str) -> impl FnOnce(E) -> Error {
+        move |e| Error::Aws(cgcloud_aws::AwsError::Other { operation: op, detail: format!("{e:?}") })
+    }
+    let vpc = cloud
+        .ec2
+        .create_vpc()
+        .cidr_block(net::VPC_CIDR)
+        .tag_specifications(tag(ResourceType::Vpc))
+        .send()
+        .await
+        .map_err(aws("ec2:CreateVpc"))?;
+    let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_owned();
+    let mut subnets = Vec::new();
+    for (zone, cidr) in ZONES {
+        let s = cloud
+            .ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(*cidr)
+            .availability_zone(*zone)
+            .tag_specifications(tag(ResourceType::Subnet))
+            .send()
+            .await
+            .map_err(aws("ec2:CreateSubnet"))?;
+        let id = s.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_owned();
+        cloud
+            .ec2
+            .modify_subnet_attribute()
+            .subnet_id(&id)
+            .map_public_ip_on_launch(AttributeBooleanValue::builder().value(false).build())
+            .send()
+            .await
+            .map_err(aws("ec2:ModifySubnetAttribute"))?;
+        subnets.push(((*zone).to_owned(), id));
+    }
+    Ok((vpc_id, subnets))
+}

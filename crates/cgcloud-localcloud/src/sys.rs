@@ -1,0 +1,113 @@
+//! Running host commands (ip, mount, systemd-nspawn, ...) and checking processes. Everything
+//! the local cloud does to the machine goes through here, so errors name the command.
+
+use crate::Error;
+use std::path::Path;
+use std::process::Stdio;
+use tokio::process::Command;
+
+/// Runs a command; fails with its stderr if it exits non-zero.
+pub async fn run(program: &str, args: &[&str]) -> Result<String, Error> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| Error::Command { command: format!("{program} {}", args.join(" ")), detail: e.to_string() })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: format!("{program} {}", args.join(" ")),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command and ignores failure (for idempotent teardown).
+pub async fn run_quiet(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// True if `pid` is alive and its command line contains `marker` (so a recycled PID is not
+/// mistaken for ours).
+pub fn pid_matches(pid: u32, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+        .unwrap_or(false)
+}
+
+/// Sends a signal to a process by PID.
+pub async fn kill(pid: u32, signal: &str) -> bool {
+    run_quiet("kill", &[&format!("-{signal}"), &pid.to_string()]).await
+}
+
+/// Waits up to `secs` for a process to exit.
+pub async fn wait_gone(pid: u32, marker: &str, secs: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while pid_matches(pid, marker) {
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    true
+}
+
+/// Stops a process: TERM, then KILL after `grace` seconds.
+pub async fn stop_process(pid: u32, marker: &str, grace: u64) {
+    if !pid_matches(pid, marker) {
+        return;
+    }
+    kill(pid, "TERM").await;
+    if !wait_gone(pid, marker, grace).await {
+        kill(pid, "KILL").await;
+        wait_gone(pid, marker, 5).await;
+    }
+}
+
+/// True if something is mounted at `path`.
+pub fn is_mounted(path: &Path) -> bool {
+    let p = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(p.as_ref())))
+        .unwrap_or(false)
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let d = dir.to_string_lossy().into_owned();
+    let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+                .filter(|p| p == &d || p.starts_with(&format!("{d}/")))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    v
+}
+
+/// Which of `programs` are not on PATH.
+pub fn missing_programs(programs: &[&str]) -> Vec<String> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let extra = ["/usr/sbin", "/sbin"];
+    programs
+        .iter()
+        .filter(|p| {
+            !path.split(':').chain(extra).any(|dir| {
+                let f = Path::new(dir).join(p);
+                f.is_file()
+            })
+        })
+        .map(|p| (*p).to_owned())
+        .collect()
+}
