@@ -171,7 +171,6 @@ impl LocalCloud {
             ("iptables", "iptables"),
             ("dnsmasq", "dnsmasq-base"),
             ("ssh-keygen", "openssh-client"),
-            ("setsid", "util-linux"),
             ("python3", "python3 python3-venv"),
             ("curl", "curl"),
         ];
@@ -336,9 +335,10 @@ impl LocalCloud {
         let log = self.log("moto.log");
         let logf = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
         let logf2 = logf.try_clone().map_err(|e| Error::io(&log, e))?;
-        let child = tokio::process::Command::new("setsid")
-            .arg(server)
+        // Its own process group, so a Ctrl-C in the terminal that ran `up` does not reach it.
+        let child = tokio::process::Command::new(server)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .process_group(0)
             .env("MOTO_AMIS_PATH", catalogue)
             .stdin(std::process::Stdio::null())
             .stdout(logf)
@@ -349,14 +349,15 @@ impl LocalCloud {
         drop(child);
         let url = format!("{}/moto-api/data.json", Self::endpoint_url(port));
         for _ in 0..300 {
-            if sys::run_quiet("curl", &["-sf", "-o", "/dev/null", "--max-time", "2", &url]).await {
+            if sys::run_quiet("curl", &["-sf", "-o", "/dev/null", "--max-time", "10", &url]).await {
                 return Ok(pid);
             }
-            if !sys::pid_matches(pid, MOTO_MARKER) {
+            if !sys::pid_alive(pid) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        sys::stop_process(pid, MOTO_MARKER, 5).await;
         Err(Error::Controller(format!("moto did not start on port {port}; see {}", log.display())))
     }
 
@@ -364,8 +365,8 @@ impl LocalCloud {
         let log = self.log("controller.log");
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| Error::io(&log, e))?;
         let logf2 = logf.try_clone().map_err(|e| Error::io(&log, e))?;
-        let child = tokio::process::Command::new("setsid")
-            .arg(exe)
+        let child = tokio::process::Command::new(exe)
+            .process_group(0)
             .args(["local", "controller", "--dir"])
             .arg(&self.dir)
             .stdin(std::process::Stdio::null())
@@ -380,16 +381,16 @@ impl LocalCloud {
         drop(child);
         // Ready when its proxy answers.
         let port = self.state().map(|s| s.port).unwrap_or(DEFAULT_PORT);
-        let url = format!("{}/moto-api/data.json", Self::endpoint_url(port));
         for _ in 0..100 {
-            if !sys::pid_matches(pid, CONTROLLER_MARKER) {
+            if !sys::pid_alive(pid) {
                 break;
             }
-            if sys::run_quiet("curl", &["-sf", "-o", "/dev/null", "--max-time", "2", &url]).await {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return Ok(pid);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        sys::stop_process(pid, CONTROLLER_MARKER, 5).await;
         Err(Error::Controller(format!("the controller did not start; see {}", log.display())))
     }
 

@@ -44,6 +44,14 @@ pub fn pid_matches(pid: u32, marker: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// True if the process exists and is not a zombie (use right after spawning, before its
+/// command line is known).
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"))
+        .unwrap_or(false)
+}
+
 /// Sends a signal to a process by PID.
 pub async fn kill(pid: u32, signal: &str) -> bool {
     run_quiet("kill", &[&format!("-{signal}"), &pid.to_string()]).await

@@ -139,7 +139,10 @@ impl Ctx {
         let address = pick_address(b, address.unwrap_or(self.settings.ssh_address))?;
         let control_dir = control_dir();
         cgcloud_remote::private_dir(&control_dir)?;
-        Ok(SshTarget { address, user, alias: b.instance_id.clone(), known_hosts, control_dir, extra: Vec::new() })
+        // Extra ssh options for every connection, e.g. `-i ~/.ssh/work_key`.
+        let extra =
+            std::env::var("CGCLOUD_SSH_OPTS").unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+        Ok(SshTarget { address, user, alias: b.instance_id.clone(), known_hosts, control_dir, extra })
     }
 
     /// The role's default login for a box, if the role still exists and declares one.

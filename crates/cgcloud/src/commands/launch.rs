@@ -451,7 +451,27 @@ async fn wait_ssh(ctx: &Ctx, b: &BoxInfo, a: &LaunchArgs) -> Result<cgcloud_remo
     // Provisioning always runs as the admin user.
     target.user = b.admin_user.clone().unwrap_or(target.user);
     let progress = ctx.out.progress(format!("waiting for SSH on {} ({})", b.instance_id, target.address));
-    target.wait_ready(Duration::from_secs(a.ssh_timeout)).await?;
+    let cloud = ctx.cloud().await?;
+    // A box that dies while we wait (e.g. its image cannot boot) fails the wait at once.
+    let watch = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let states = cloud.instance_states(std::slice::from_ref(&b.instance_id)).await?;
+            if let Some((state, reason)) = states.get(&b.instance_id) {
+                if state != "running" {
+                    return Err::<(), _>(anyhow!(
+                        "box {} is {state} instead of running{}",
+                        b.instance_id,
+                        reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = target.wait_ready(Duration::from_secs(a.ssh_timeout)) => r?,
+        e = watch => e?,
+    }
     progress.finish(format!("SSH is up on {}", b.instance_id));
     Ok(target)
 }

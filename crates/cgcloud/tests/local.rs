@@ -1,0 +1,226 @@
+//! End-to-end tests on the local cloud: the real `cgcloud` binary, as a user would type it,
+//! against real systemd-nspawn hosts. They need root and the local cloud's prerequisites
+//! (`.ci/run` installs them), so they are ignored by a plain `cargo test` and run by `.ci/run`
+//! with `--include-ignored`. They use the machine's one local cloud, so they run one at a time.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+
+static LOCAL_CLOUD: Mutex<()> = Mutex::new(());
+
+const DEBIAN: &str = "generic-debian-bookworm-box";
+
+/// A user of the local cloud: own HOME (config, known_hosts) and own SSH key.
+struct User {
+    home: tempfile::TempDir,
+    key: PathBuf,
+}
+
+impl User {
+    fn new() -> User {
+        let home = tempfile::tempdir().unwrap();
+        let key = home.path().join("id_ed25519");
+        let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap();
+        assert!(st.success());
+        User { home, key }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cgcloud"));
+        for (k, _) in std::env::vars() {
+            if (k.starts_with("CGCLOUD_") && k != "CGCLOUD_LOCAL_DIR") || k.starts_with("AWS_") || k.starts_with("XDG_")
+            {
+                c.env_remove(k);
+            }
+        }
+        let h = self.home.path();
+        c.env("HOME", h)
+            .env("XDG_CONFIG_HOME", h.join(".config"))
+            .env("XDG_STATE_HOME", h.join(".local/state"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("CGCLOUD_SSH_OPTS", format!("-F /dev/null -i {} -o IdentitiesOnly=yes", self.key.display()))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "cgcloud {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+}
+
+fn local_dir() -> PathBuf {
+    std::env::var_os("CGCLOUD_LOCAL_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/cgcloud-local"))
+}
+
+/// True if the process exists and is not a zombie waiting to be reaped.
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+        .unwrap_or(false)
+}
+
+/// What the local cloud has on this machine right now.
+fn footprint() -> (Vec<String>, Vec<String>, bool, bool) {
+    let netns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+        .lines()
+        .filter(|l| l.starts_with("cgc-"))
+        .map(str::to_owned)
+        .collect();
+    let dir = local_dir().display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&dir))
+        .collect();
+    let bridge = Command::new("ip").args(["link", "show", "cgc0"]).stderr(Stdio::null()).status().unwrap().success();
+    let nat = String::from_utf8_lossy(&Command::new("iptables").args(["-t", "nat", "-S"]).output().unwrap().stdout)
+        .contains("cgcloud-local");
+    (netns, mounts, bridge, nat)
+}
+
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn local_cloud_end_to_end() {
+    let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
+    let u = User::new();
+    u.ok(&["local", "up"]);
+    // A second `up` is harmless.
+    let again = u.run(&["local", "up"]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already up"));
+    let status = u.json(&["local", "status"]);
+    assert_eq!(status["up"], true);
+
+    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    // launch -> SSH-ready -> provisioned
+    let b = u.json(&["create", DEBIAN]);
+    let id = b["instance_id"].as_str().unwrap().to_owned();
+    assert!(b["private_ip"].as_str().unwrap().starts_with("10.199.1."), "{b}");
+    assert_eq!(b["namespace"], "/moto/");
+
+    let uname = u.ok(&["ssh", DEBIAN, "--", "uname", "-a"]);
+    assert!(uname.starts_with("Linux ip-10-199-1-"), "{uname}");
+    // The role's packages are there.
+    assert!(u.ok(&["ssh", DEBIAN, "--", "command", "-v", "htop"]).contains("/usr/bin/htop"));
+    // A failing remote command's status comes back.
+    assert_eq!(u.run(&["ssh", DEBIAN, "--", "exit", "3"]).status.code(), Some(3));
+    assert_eq!(u.run(&["ssh", DEBIAN, "--", "false"]).status.code(), Some(1));
+
+    // rsync a file back.
+    u.ok(&["ssh", DEBIAN, "--", "echo payload-42 > data.txt"]);
+    let dest = u.home.path().join("back");
+    std::fs::create_dir_all(&dest).unwrap();
+    u.ok(&["rsync", DEBIAN, "--", "-a", ":data.txt", &format!("{}/", dest.display())]);
+    assert_eq!(std::fs::read_to_string(dest.join("data.txt")).unwrap(), "payload-42\n");
+
+    // stop/start is a real power cycle that keeps the disk.
+    let boot_id = |u: &User, sel: &[&str]| {
+        let mut a = vec!["ssh", DEBIAN];
+        a.extend_from_slice(sel);
+        a.extend_from_slice(&["--", "cat", "/proc/sys/kernel/random/boot_id", "/proc/1/stat"]);
+        u.ok(&a)
+    };
+    let before = boot_id(&u, &[]);
+    u.ok(&["stop", DEBIAN]);
+    u.ok(&["start", DEBIAN]);
+    let after = boot_id(&u, &[]);
+    assert_ne!(before, after, "the host was not restarted");
+    assert_eq!(u.ok(&["ssh", DEBIAN, "--", "cat", "data.txt"]), "payload-42\n");
+
+    // image -> recreate boots from it with the file still there.
+    u.ok(&["stop", DEBIAN]);
+    let ami = u.json(&["image", DEBIAN])["image_id"].as_str().unwrap().to_owned();
+    let re = u.json(&["recreate", DEBIAN]);
+    assert_eq!(re["image_id"], ami.as_str());
+    let re_id = re["instance_id"].as_str().unwrap().to_owned();
+    assert_eq!(u.ok(&["ssh", DEBIAN, "-I", &re_id, "--", "cat", "data.txt"]), "payload-42\n");
+    // The recreated box has its own identity: host key and hostname.
+    let host = u.ok(&["ssh", DEBIAN, "-I", &re_id, "--", "hostname"]);
+    assert_eq!(host.trim(), format!("ip-{}", re["private_ip"].as_str().unwrap().replace('.', "-")));
+    assert_ne!(re["host_key"], b["host_key"]);
+    // The original box still works after its disk became an image layer.
+    u.ok(&["start", DEBIAN, "-I", &id]);
+    assert_eq!(u.ok(&["ssh", DEBIAN, "-I", &id, "--", "cat", "data.txt"]), "payload-42\n");
+
+    // An image the local cloud cannot run fails visibly, and the launch is rolled back.
+    let fail = u.run(&["create", "generic-ubuntu-noble-box"]);
+    assert!(!fail.status.success());
+    let err = String::from_utf8_lossy(&fail.stderr);
+    assert!(err.contains("cannot run image") && err.contains("rolling back"), "{err}");
+
+    // Killing the controller and starting it again re-adopts the running hosts.
+    let state = u.json(&["local", "status"]);
+    let controller = state["state"]["controller_pid"].as_u64().unwrap();
+    let host_pid = state["hosts"].as_array().unwrap().iter().find(|h| h["instance_id"] == re_id.as_str()).unwrap()
+        ["pid"]
+        .as_u64()
+        .unwrap();
+    Command::new("kill").args(["-KILL", &controller.to_string()]).status().unwrap();
+    while alive(controller) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!u.json(&["local", "status"])["up"].as_bool().unwrap());
+    let out = u.run(&["local", "up"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("re-adopts"));
+    let state = u.json(&["local", "status"]);
+    let host = state["hosts"].as_array().unwrap().iter().find(|h| h["instance_id"] == re_id.as_str()).unwrap().clone();
+    assert_eq!(host["pid"].as_u64(), Some(host_pid), "the host was restarted instead of adopted");
+    assert_eq!(u.ok(&["ssh", DEBIAN, "-I", &re_id, "--", "cat", "data.txt"]), "payload-42\n");
+
+    u.ok(&["terminate", DEBIAN, "-I", &re_id]);
+    u.ok(&["terminate", DEBIAN, "-I", &id]);
+    u.ok(&["delete-image", DEBIAN]);
+    assert!(u.json(&["list"]).as_array().unwrap().is_empty());
+
+    // down leaves nothing behind.
+    let pids: Vec<u64> = ["moto_pid", "dnsmasq_pid", "controller_pid"]
+        .iter()
+        .filter_map(|k| u.json(&["local", "status"])["state"][k].as_u64())
+        .collect();
+    assert_eq!(pids.len(), 3);
+    u.ok(&["local", "down"]);
+    let (netns, mounts, bridge, nat) = footprint();
+    assert!(netns.is_empty(), "namespaces left: {netns:?}");
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    assert!(!bridge, "bridge left");
+    assert!(!nat, "NAT rules left");
+    for pid in pids {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(!alive(pid), "process {pid} left running");
+    }
+    assert!(
+        !u.home.path().join(".config/cgcloud/config.toml").exists() || !u.ok(&["local", "status"]).contains("true")
+    );
+    // down twice is harmless.
+    u.ok(&["local", "down"]);
+}
