@@ -112,8 +112,12 @@ fn box_and_image_lifecycle() {
     // Two boxes now: selection without -o/-I is ambiguous and lists both.
     let err = e.fails(&["show", DEBIAN]);
     assert!(err.contains("2 boxes of role") && err.contains(&id) && err.contains("--ordinal"), "{err}");
-    assert_eq!(e.json(&["show", DEBIAN, "-o", "0"])["instance_id"], id.as_str());
-    assert_eq!(e.json(&["show", DEBIAN, "-o", "-1"])["instance_id"], re["instance_id"]);
+    // Ordinals follow `list` (launch time, then private IP, then id).
+    let order: Vec<Value> = boxes(&e, &[DEBIAN]).iter().map(|b| b["instance_id"].clone()).collect();
+    assert_eq!(order.len(), 2);
+    assert!(order.contains(&Value::from(id.as_str())) && order.contains(&re["instance_id"]));
+    assert_eq!(e.json(&["show", DEBIAN, "-o", "0"])["instance_id"], order[0]);
+    assert_eq!(e.json(&["show", DEBIAN, "-o", "-1"])["instance_id"], order[1]);
     e.ok(&["reboot", DEBIAN, "-I", re["instance_id"].as_str().unwrap()]);
 
     e.ok(&["terminate", DEBIAN, "-I", &id]);

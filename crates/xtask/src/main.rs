@@ -1,0 +1,158 @@
+//! `cargo run -p xtask -- bench <name>`: benchmarks that print their numbers and ratios.
+//! Targets are reported next to the measurements, never asserted.
+//!
+//! - `local-boot [N...]`: on the local cloud (root; it is brought up if needed), launches N
+//!   Debian hosts with one RunInstances call and measures, per host, the time from moto
+//!   reporting it running to a working, host-key-verified SSH login. Default N: 1 10 50.
+
+use anyhow::{bail, Context as _, Result};
+use cgcloud_aws::ec2::LaunchSpec;
+use cgcloud_core::tags::Tags;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn mem_used_mib() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("MemTotal:") - field("MemAvailable:")) / 1024
+}
+
+fn cgcloud_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no exe dir")?;
+    let c = dir.join("cgcloud");
+    if !c.exists() {
+        bail!("build cgcloud first: cargo build -p cgcloud");
+    }
+    Ok(c)
+}
+
+async fn local_boot(counts: &[i32]) -> Result<()> {
+    let lc = cgcloud_localcloud::LocalCloud::new(cgcloud_localcloud::LocalCloud::default_dir());
+    if !lc.is_up() {
+        lc.up(cgcloud_localcloud::DEFAULT_PORT, &cgcloud_exe()?, &|l| eprintln!("{l}")).await?;
+    }
+    let ep = lc.endpoint()?;
+    let state = lc.state().context("no state")?;
+    let cloud = lc.cloud(state.port).await?;
+    let image = state.images.iter().find(|i| i.os_id == "debian-12").context("no debian-12 image")?.ami_id.clone();
+    let work = tempfile::tempdir()?;
+    let key = work.path().join("id_ed25519");
+    let st =
+        std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status()?;
+    if !st.success() {
+        bail!("ssh-keygen failed");
+    }
+    let pubkey = std::fs::read_to_string(key.with_extension("pub"))?;
+    let key_name = format!("bench-{}", std::process::id());
+    cloud.import_key_pair(&key_name, pubkey.trim(), &Tags::new()).await?;
+    println!(
+        "local-boot: time from 'running' in moto to a verified SSH login (target: <= 3 s per host; 50 hosts at once)"
+    );
+    println!("{:>5} {:>8} {:>8} {:>8} {:>10} {:>12}", "hosts", "p50 s", "p90 s", "max s", "all s", "+mem MiB");
+    let mut summary = Vec::new();
+    for &n in counts {
+        let mem0 = mem_used_mib();
+        let host_key = cgcloud_remote::hostkey::generate()?;
+        let user_data = format!(
+            "#cloud-config\n{}\n",
+            serde_json::json!({"ssh_keys": {"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public}, "ssh_genkeytypes": []})
+        );
+        let spec = LaunchSpec {
+            image_id: image.clone(),
+            instance_type: "t3.micro".into(),
+            count: n,
+            key_name: Some(key_name.clone()),
+            subnet_id: Some(ep.subnet.clone()),
+            user_data,
+            ..Default::default()
+        };
+        let instances = cloud.run_instances(&spec).await?;
+        let t0 = Instant::now();
+        let known = work.path().join(format!("known_hosts_{n}"));
+        let mut set = tokio::task::JoinSet::new();
+        for i in &instances {
+            let id = i.instance_id().unwrap_or_default().to_owned();
+            let ip = i.private_ip_address().unwrap_or_default().to_owned();
+            cgcloud_remote::hostkey::record(&known, &id, &host_key.public)?;
+            let target = cgcloud_remote::SshTarget {
+                address: ip,
+                user: "admin".into(),
+                alias: id,
+                known_hosts: known.clone(),
+                control_dir: work.path().join("ctl"),
+                extra: vec![
+                    "-F".into(),
+                    "/dev/null".into(),
+                    "-i".into(),
+                    key.display().to_string(),
+                    "-o".into(),
+                    "IdentitiesOnly=yes".into(),
+                ],
+            };
+            cgcloud_remote::private_dir(&target.control_dir)?;
+            set.spawn(
+                async move { target.wait_ready(Duration::from_secs(600)).await.map(|_| t0.elapsed().as_secs_f64()) },
+            );
+        }
+        let mut times = Vec::new();
+        while let Some(r) = set.join_next().await {
+            times.push(r??);
+        }
+        let all = t0.elapsed().as_secs_f64();
+        let mem = mem_used_mib().saturating_sub(mem0);
+        times.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "{n:>5} {:>8.2} {:>8.2} {:>8.2} {all:>10.2} {mem:>12}",
+            percentile(&times, 0.5),
+            percentile(&times, 0.9),
+            percentile(&times, 1.0)
+        );
+        summary.push((n, percentile(&times, 0.5)));
+        let ids: Vec<String> = instances.iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+        cloud.terminate(&ids).await?;
+        wait_hosts_gone(&lc.dir, &ids).await;
+    }
+    cloud.delete_key_pair(&key_name).await?;
+    if let (Some(first), Some(last)) = (summary.first(), summary.last()) {
+        println!("ratio p50({})/p50({}) = {:.2}", last.0, first.0, last.1 / first.1);
+    }
+    Ok(())
+}
+
+async fn wait_hosts_gone(dir: &Path, ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while ids.iter().any(|id| dir.join("instances").join(id).exists()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["bench", "local-boot", rest @ ..] => {
+            let counts: Vec<i32> = if rest.is_empty() {
+                vec![1, 10, 50]
+            } else {
+                rest.iter().map(|s| s.parse()).collect::<Result<_, _>>().context("counts must be numbers")?
+            };
+            local_boot(&counts).await
+        }
+        _ => bail!("usage: cargo run -p xtask -- bench local-boot [N...]"),
+    }
+}
