@@ -527,8 +527,9 @@ impl Cloud {
                 .set_subnet_id(spec.subnet_id.clone())
                 .set_client_token(spec.client_token.clone())
                 .user_data(base64::engine::general_purpose::STANDARD.encode(&spec.user_data))
-                .tag_specifications(tag_spec(ResourceType::Instance, &spec.tags))
-                .tag_specifications(tag_spec(ResourceType::Volume, &spec.tags));
+                .set_tag_specifications((!spec.tags.is_empty()).then(|| {
+                    vec![tag_spec(ResourceType::Instance, &spec.tags), tag_spec(ResourceType::Volume, &spec.tags)]
+                }));
             if let Some(zone) = &spec.zone {
                 req = req.placement(Placement::builder().availability_zone(zone).build());
             }
@@ -839,7 +840,7 @@ impl Cloud {
             .import_key_pair()
             .key_name(name)
             .public_key_material(aws_smithy_types::Blob::new(public_key.as_bytes()))
-            .tag_specifications(tag_spec(ResourceType::KeyPair, key_tags))
+            .set_tag_specifications((!key_tags.is_empty()).then(|| vec![tag_spec(ResourceType::KeyPair, key_tags)]))
             .send()
             .await
             .map_err(|e| self.classify("ec2:ImportKeyPair", e))?;

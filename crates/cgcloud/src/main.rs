@@ -15,7 +15,7 @@ fn init_logging(verbose: u8, quiet: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "warn",
-        (false, 0) => "info,aws_config=warn,aws_smithy_runtime=warn",
+        (false, 0) => "info,aws_config=error,aws_smithy_runtime=warn",
         (false, 1) => "debug,aws_config=info,aws_smithy_runtime=info,hyper=info,rustls=info,h2=info",
         (false, _) => "trace",
     };
