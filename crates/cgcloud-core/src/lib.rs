@@ -7,6 +7,7 @@ pub mod keypairs;
 pub mod model;
 pub mod namespace;
 pub mod ordinals;
+pub mod plan;
 pub mod sshkey;
 pub mod tags;
 pub mod zone;

@@ -125,7 +125,24 @@ impl Host<'_> {
         net::host_net_up(self.id, &meta.ip).await?;
         let console = std::fs::File::create(self.console()).map_err(|e| Error::io(&self.console(), e))?;
         let console2 = console.try_clone().map_err(|e| Error::io(&self.console(), e))?;
-        let child = tokio::process::Command::new("systemd-nspawn")
+        // Each host gets cgroups of its own: nspawn with --keep-unit puts the container's
+        // cgroups below its own, and hosts sharing one parent trip over each other's units.
+        let cgroups = cgroup_dirs(self.id);
+        for dir in &cgroups {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let join = cgroups
+            .iter()
+            .map(|d| format!("echo $$ > '{}/cgroup.procs'", d.display()))
+            .collect::<Vec<_>>()
+            .join(" && ");
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} exec systemd-nspawn \"$@\"",
+                if join.is_empty() { String::new() } else { format!("{join} &&") }
+            ))
+            .arg("sh")
             .args([
                 "-q",
                 "-D",
@@ -161,6 +178,9 @@ impl Host<'_> {
         let _ = std::fs::remove_file(self.pid_file());
         crate::umount_all(&self.root()).await;
         net::host_net_down(self.id).await;
+        for dir in cgroup_dirs(self.id) {
+            remove_cgroup(&dir);
+        }
     }
 
     /// Shuts down and deletes the disk.
@@ -172,4 +192,32 @@ impl Host<'_> {
         }
         Ok(())
     }
+}
+
+/// The cgroup directories of a host, one per mounted hierarchy that systemd uses.
+fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    let mut roots = Vec::new();
+    if base.join("cgroup.controllers").exists() {
+        roots.push(base.to_path_buf());
+    } else {
+        for h in ["systemd", "unified"] {
+            if base.join(h).join("cgroup.procs").exists() {
+                roots.push(base.join(h));
+            }
+        }
+    }
+    roots.into_iter().map(|r| r.join("cgcloud-local").join(id)).collect()
+}
+
+/// Removes an (empty) cgroup and its children, deepest first.
+fn remove_cgroup(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }

@@ -2,6 +2,7 @@
 //! folder, plugin directories of role files, `include` resolution and merging, validation, and
 //! role options.
 
+pub mod compile;
 pub mod os;
 pub mod role;
 
@@ -131,13 +132,9 @@ impl Registry {
     }
 
     fn add_role_text(&mut self, file: &str, text: &str, source: String) -> Result<(), RoleError> {
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| parse_err(file, e))?;
-        let overrides = match value.as_table_mut().and_then(|t| t.remove("overrides")) {
-            Some(toml::Value::Boolean(b)) => b,
-            Some(_) => return Err(parse_err(file, "'overrides' must be true or false")),
-            None => false,
-        };
-        let role: RoleFile = value.clone().try_into().map_err(|e| parse_err(file, e))?;
+        let value: toml::Value = toml::from_str(text).map_err(|e| parse_err(file, e))?;
+        let role: RoleFile = toml::from_str(text).map_err(|e| parse_err(file, e))?;
+        let overrides = role.overrides;
         if let Some(existing) = self.roles.get(&role.name) {
             if !overrides {
                 return Err(RoleError::Duplicate {
@@ -233,6 +230,11 @@ impl Registry {
             ports: file.ports,
             options: file.options,
             iam: file.iam,
+            vars: file.vars,
+            repos: file.repos,
+            groups: file.groups,
+            users: file.users,
+            steps: file.steps,
         })
     }
 
@@ -253,7 +255,7 @@ impl Registry {
         stack.pop();
         let mut own = loaded.value.clone();
         if let Some(t) = own.as_table_mut() {
-            for k in ["name", "description", "abstract", "include"] {
+            for k in ["name", "description", "abstract", "include", "overrides"] {
                 t.remove(k);
             }
         }
@@ -294,9 +296,7 @@ impl Role {
                 given
                     .get(name)
                     .cloned()
-                    .or_else(|| {
-                        decl.default.as_ref().map(|d| d.as_str().map(str::to_owned).unwrap_or_else(|| d.to_string()))
-                    })
+                    .or_else(|| decl.default.as_ref().map(ToString::to_string))
                     .map(|v| (name.clone(), v))
             })
             .collect()

@@ -5,15 +5,19 @@
 //! `name`, `description`, `abstract` and `include` belong to each file and are never inherited.
 
 use crate::os::OsDef;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One role file as written (validated, not yet merged).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleFile {
     pub name: String,
     pub description: String,
+    /// Replace a role of the same name from an earlier source (e.g. a built-in role).
+    #[serde(default)]
+    pub overrides: bool,
     #[serde(default, rename = "abstract")]
     pub is_abstract: bool,
     #[serde(default)]
@@ -32,9 +36,175 @@ pub struct RoleFile {
     pub options: BTreeMap<String, OptionDecl>,
     #[serde(default)]
     pub iam: Vec<IamStatement>,
+    /// Constants for `{{ name }}` placeholders (options override nothing here; names must differ).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub repos: Vec<Repo>,
+    #[serde(default)]
+    pub groups: Vec<GroupDecl>,
+    #[serde(default)]
+    pub users: Vec<UserDecl>,
+    /// Ordered steps: files, directories, downloads, commands and services.
+    #[serde(default)]
+    pub steps: Vec<RoleStep>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// A package repository, per package-manager family.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Repo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apt: Option<AptRepo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dnf: Option<DnfRepo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AptRepo {
+    pub uri: String,
+    /// e.g. `["{{ os.codename }}"]`
+    pub suites: Vec<String>,
+    #[serde(default = "main_component")]
+    pub components: Vec<String>,
+    /// URL of the ASCII-armored or binary signing key.
+    pub key_url: String,
+    /// SHA-256 of the key file; strongly recommended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
+}
+
+fn main_component() -> Vec<String> {
+    vec!["main".to_owned()]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnfRepo {
+    pub baseurl: String,
+    pub gpgkey: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDecl {
+    pub name: String,
+    #[serde(default)]
+    pub system: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserDecl {
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default = "bash")]
+    pub shell: String,
+    #[serde(default)]
+    pub system: bool,
+    /// Passwordless sudo.
+    #[serde(default)]
+    pub sudo: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+}
+
+fn bash() -> String {
+    "/bin/bash".to_owned()
+}
+
+/// Which boxes of a cluster a step runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDecl {
+    #[default]
+    All,
+    Leader,
+    Workers,
+}
+
+/// One ordered step of a role.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "do", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RoleStep {
+    /// A file with this content (placeholders allowed).
+    File {
+        path: String,
+        content: String,
+        #[serde(default)]
+        owner: Option<String>,
+        #[serde(default)]
+        group: Option<String>,
+        #[serde(default)]
+        mode: Option<String>,
+        #[serde(default)]
+        on: OnDecl,
+    },
+    Directory {
+        path: String,
+        #[serde(default)]
+        owner: Option<String>,
+        #[serde(default)]
+        group: Option<String>,
+        #[serde(default)]
+        mode: Option<String>,
+        #[serde(default)]
+        on: OnDecl,
+    },
+    /// A download checked against its SHA-256; `extract = true` unpacks a tarball into `dest`.
+    Download {
+        url: String,
+        sha256: String,
+        dest: String,
+        #[serde(default)]
+        extract: bool,
+        #[serde(default)]
+        strip_components: u32,
+        #[serde(default)]
+        mode: Option<String>,
+        #[serde(default)]
+        on: OnDecl,
+    },
+    /// A shell command; give `creates` (a path) or `unless` (a command that succeeds when the
+    /// work is already done) so that it runs only once.
+    Command {
+        run: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        creates: Option<String>,
+        #[serde(default)]
+        unless: Option<String>,
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        on: OnDecl,
+    },
+    /// A systemd service; `unit` is the unit file's content if the role provides it.
+    Service {
+        name: String,
+        #[serde(default)]
+        unit: Option<String>,
+        #[serde(default = "yes")]
+        enable: bool,
+        #[serde(default = "yes")]
+        start: bool,
+        /// Restart the service when one of these files changed in the same run.
+        #[serde(default)]
+        restart_on: Vec<String>,
+        #[serde(default)]
+        on: OnDecl,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceDefaults {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
@@ -43,7 +213,7 @@ pub struct InstanceDefaults {
     pub root_volume_gb: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -53,7 +223,7 @@ pub enum Proto {
 }
 
 /// A security-group ingress rule declared by a role.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Port {
     pub proto: Proto,
@@ -87,7 +257,7 @@ impl Port {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OptionType {
     String,
@@ -95,21 +265,40 @@ pub enum OptionType {
     Bool,
 }
 
+/// A default value of an option.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OptionValue {
+    Bool(bool),
+    Int(i64),
+    Str(String),
+}
+
+impl std::fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionValue::Bool(b) => write!(f, "{b}"),
+            OptionValue::Int(i) => write!(f, "{i}"),
+            OptionValue::Str(s) => f.write_str(s),
+        }
+    }
+}
+
 /// A role option, set with `-O name=value`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptionDecl {
     #[serde(rename = "type")]
     pub option_type: OptionType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<toml::Value>,
+    pub default: Option<OptionValue>,
     pub help: String,
     /// Whether images baked from a box keep the value for boxes recreated from them.
     #[serde(default)]
     pub inherited: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IamStatement {
     #[serde(default = "allow")]
@@ -141,6 +330,11 @@ pub struct Role {
     pub ports: Vec<Port>,
     pub options: BTreeMap<String, OptionDecl>,
     pub iam: Vec<IamStatement>,
+    pub vars: BTreeMap<String, String>,
+    pub repos: Vec<Repo>,
+    pub groups: Vec<GroupDecl>,
+    pub users: Vec<UserDecl>,
+    pub steps: Vec<RoleStep>,
 }
 
 impl Role {

@@ -82,6 +82,9 @@ pub async fn bake_image(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, ns: &Namespace, r
 }
 
 async fn create_image(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, ns: &Namespace) -> Result<String> {
+    // The tags may have changed since `b` was read (e.g. the plan hash after provisioning).
+    let fresh = cloud.describe_instances(std::slice::from_ref(&b.instance_id)).await?;
+    let b = &fresh.iter().find_map(cgcloud_aws::ec2::box_from_instance).unwrap_or_else(|| b.clone());
     let name = ns.to_aws_name(&format!("{}_{}", b.role, timestamp()))?;
     let mut t = Tags::new();
     t.insert(tags::NAMESPACE.into(), ns.to_string());

@@ -17,6 +17,7 @@ use cgcloud_core::keypairs;
 use cgcloud_core::model::{BoxInfo, ImageInfo};
 use cgcloud_core::tags::{self, Tags};
 use cgcloud_core::Namespace;
+use cgcloud_roles::compile::compile;
 use cgcloud_roles::os::{Arch, ImageSource, OsDef};
 use cgcloud_roles::role::{Proto, Role};
 use std::collections::BTreeMap;
@@ -479,6 +480,8 @@ async fn wait_ssh(ctx: &Ctx, b: &BoxInfo, a: &LaunchArgs) -> Result<cgcloud_remo
 pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
     let role = ctx.registry().await?.role(&a.role)?;
     let prepared = prepare(ctx, role, a.os.as_deref(), &a.launch, None, a.boot_image.as_deref()).await?;
+    // Compile before launching anything, so a broken role costs no instance.
+    let plan = compile(&prepared.role, &prepared.os, &prepared.options)?;
     let txn = Txn::new();
     let cloud = ctx.cloud().await?;
     let work = async {
@@ -489,7 +492,8 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
             return Ok(b);
         }
         let target = wait_ssh(ctx, &b, &a.launch).await?;
-        provision(ctx, &target, &prepared.role, &prepared.os, &prepared.options, a.upgrade).await?;
+        provision(ctx, &target, &b, &plan, a.upgrade).await?;
+        record_plan(cloud, &b.instance_id, &plan).await?;
         finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
         target.close().await;
         if a.create_image {
@@ -535,7 +539,9 @@ pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
     let cloud = ctx.cloud().await?;
     let images = cloud.list_images(ns.as_str(), Some(&role.name)).await?;
     let image = pick_image(&role.name, ns.as_str(), images, &a.boot_image)?;
-    let prepared = prepare(ctx, role, None, &a.launch, Some(&image), None).await?;
+    let prepared =
+        prepare(ctx, role, image.tags.get(tags::OS).map(String::as_str), &a.launch, Some(&image), None).await?;
+    warn_if_role_changed(&prepared, &image);
     let txn = Txn::new();
     let work = async {
         let boxes = launch(ctx, &prepared, &txn, 1).await?;
@@ -556,10 +562,40 @@ pub async fn provision_existing(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {
     let role = ctx.registry().await?.role(&b.role)?;
     let os_id = b.tags.get(tags::OS).cloned().unwrap_or_default();
     let os = role.os.iter().find(|o| o.id == os_id).unwrap_or(&role.os[0]).clone();
+    let plan = compile(&role, &os, &b.options)?;
     let mut target = ctx.ssh_target(&b, None, None).await?;
     target.user = b.admin_user.clone().unwrap_or(target.user);
     target.wait_ready(Duration::from_secs(120)).await?;
-    provision(ctx, &target, &role, &os, &b.options, false).await?;
+    let summary = provision(ctx, &target, &b, &plan, false).await?;
+    record_plan(ctx.cloud().await?, &b.instance_id, &plan).await?;
     target.close().await;
+    ctx.out.record(&summary, || {
+        format!("{}\t{} changed\t{} unchanged", summary.instance_id, summary.changed, summary.unchanged)
+    });
     Ok(ExitCode::SUCCESS)
+}
+
+/// Records which plan a box was provisioned with (images inherit it).
+async fn record_plan(cloud: &Cloud, id: &str, plan: &cgcloud_core::plan::Plan) -> Result<()> {
+    let mut t = Tags::new();
+    t.insert(tags::ROLE_HASH.into(), plan.hash());
+    cloud.create_tags(&[id.to_owned()], &t).await?;
+    Ok(())
+}
+
+/// Warns when the role's plan today differs from the one the image was baked with.
+fn warn_if_role_changed(p: &Prepared, image: &ImageInfo) {
+    let Some(baked) = &image.role_hash else { return };
+    match compile(&p.role, &p.os, &p.options) {
+        Ok(plan) if &plan.hash() != baked => tracing::warn!(
+            "role '{}' changed since image {} was baked (plan {} then, {} now); run `cgcloud create -I {}` to bake a current image",
+            p.role.name,
+            image.image_id,
+            baked,
+            plan.hash(),
+            p.role.name
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot compile role '{}' to compare it with image {}: {e}", p.role.name, image.image_id),
+    }
 }

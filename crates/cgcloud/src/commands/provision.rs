@@ -1,93 +1,190 @@
-//! Provisioning a box over SSH: wait for cloud-init, optionally upgrade, then install the
-//! role's packages with the OS family's package manager. Each step reports its progress and,
-//! on failure, the tail of its output.
+//! Provisioning a box: the role is compiled to a plan here, and the agent applies it on the
+//! box. cgcloud uploads the agent (when the box's copy differs), the plan and the box's
+//! facts, runs `cgcloud-agent apply` over SSH and shows each step's progress; on failure it
+//! reports the failing step and the tail of its output.
 
 use crate::context::Ctx;
-use anyhow::{bail, Result};
-use cgcloud_remote::{shell_quote, SshTarget};
-use cgcloud_roles::os::{Family, OsDef};
-use cgcloud_roles::role::Role;
-use std::collections::BTreeMap;
+use anyhow::{anyhow, bail, Context as _, Result};
+use cgcloud_core::model::BoxInfo;
+use cgcloud_core::plan::Plan;
+use cgcloud_remote::SshTarget;
+use std::path::PathBuf;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
-/// One provisioning step: a name and a POSIX shell script run as the admin user.
-struct Step {
-    name: String,
-    script: String,
+const AGENT_PATH: &str = "/usr/local/bin/cgcloud-agent";
+const PLAN_PATH: &str = "/var/lib/cgcloud/plan.json";
+const FACTS_PATH: &str = "/var/lib/cgcloud/facts.json";
+
+/// What a provisioning run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    pub instance_id: String,
+    pub plan_hash: String,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub skipped: u64,
 }
 
-fn sudo(cmd: &str) -> String {
-    format!("sudo -n sh -c {}", shell_quote(cmd))
-}
-
-fn steps(role: &Role, os: &OsDef, upgrade: bool) -> Vec<Step> {
-    let mut steps = vec![Step {
-        name: "wait for cloud-init".into(),
-        // Exit status 2 means "done, with recoverable errors"; the box is usable.
-        script: "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null; s=$?; \
-                 if [ $s -ne 0 ] && [ $s -ne 2 ]; then cloud-init status --long; exit $s; fi; fi"
-            .into(),
-    }];
-    let packages = role.packages_for(os);
-    let quoted: Vec<String> = packages.iter().map(|p| shell_quote(p)).collect();
-    match os.family {
-        Family::Apt => {
-            let apt = "DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Options::=--force-confold";
-            steps.push(Step { name: "update package lists".into(), script: sudo(&format!("{apt} update")) });
-            if upgrade {
-                steps.push(Step { name: "upgrade packages".into(), script: sudo(&format!("{apt} upgrade")) });
-            }
-            if !packages.is_empty() {
-                steps.push(Step {
-                    name: format!("install {}", packages.join(" ")),
-                    script: sudo(&format!("{apt} --no-install-recommends install {}", quoted.join(" "))),
-                });
-            }
+/// The agent binary to put on boxes: `CGCLOUD_AGENT_BINARY`, else `cgcloud-agent` beside cgcloud.
+pub fn agent_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("CGCLOUD_AGENT_BINARY") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("CGCLOUD_AGENT_BINARY={} does not exist", p.display());
         }
-        Family::Dnf => {
-            if upgrade {
-                steps.push(Step { name: "upgrade packages".into(), script: sudo("dnf -y -q upgrade") });
-            }
-            if !packages.is_empty() {
-                steps.push(Step {
-                    name: format!("install {}", packages.join(" ")),
-                    script: sudo(&format!("dnf -y -q install {}", quoted.join(" "))),
-                });
-            }
-        }
+        return Ok(p);
     }
-    steps
+    let exe = std::env::current_exe().context("cannot find the cgcloud executable")?;
+    let beside = exe.with_file_name("cgcloud-agent");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    bail!(
+        "cannot find cgcloud-agent next to {}; build it (`cargo build -p cgcloud-agent`, or `cargo install --path crates/cgcloud-agent`) or set CGCLOUD_AGENT_BINARY",
+        exe.display()
+    )
 }
 
-pub async fn provision(
-    ctx: &Ctx,
-    target: &SshTarget,
-    role: &Role,
-    os: &OsDef,
-    _options: &BTreeMap<String, String>,
-    upgrade: bool,
-) -> Result<()> {
-    let steps = steps(role, os, upgrade);
-    let total = steps.len();
-    for (i, step) in steps.iter().enumerate() {
-        let progress = ctx.out.progress(format!("[{}/{total}] {}", i + 1, step.name));
-        let out = target.run_script(&step.script).await?;
-        if !out.status.success() {
-            drop(progress);
-            let mut tail: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .chain(String::from_utf8_lossy(&out.stderr).lines())
-                .map(str::to_owned)
-                .collect();
-            let keep = tail.len().saturating_sub(20);
-            tail.drain(..keep);
-            bail!(
-                "provisioning step '{}' failed with status {}:\n{}",
-                step.name,
-                out.status.code().unwrap_or(-1),
-                tail.join("\n")
-            );
-        }
-        progress.finish(format!("[{}/{total}] {}", i + 1, step.name));
+fn sha256_file(path: &std::path::Path) -> Result<String> {
+    use sha2::{Digest as _, Sha256};
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Runs `script` on the box with `stdin` piped in; fails with its output.
+async fn run_with_input(target: &SshTarget, script: &str, stdin: &[u8]) -> Result<String> {
+    let mut child = target
+        .command(true, &[script.to_owned()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run ssh")?;
+    if let Some(mut input) = child.stdin.take() {
+        // An early exit of ssh shows in its status below.
+        let _ = input.write_all(stdin).await;
     }
+    let out = child.wait_with_output().await.context("ssh failed")?;
+    if !out.status.success() {
+        bail!(
+            "`{script}` on {} failed ({}): {}",
+            target.address,
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Puts the agent on the box unless the box already has this very binary.
+pub async fn install_agent(target: &SshTarget) -> Result<()> {
+    let local = agent_binary()?;
+    let hash = sha256_file(&local)?;
+    let check = format!("sha256sum {AGENT_PATH} 2>/dev/null | cut -d' ' -f1");
+    let remote = run_with_input(target, &check, b"").await.unwrap_or_default();
+    if remote.trim() == hash {
+        return Ok(());
+    }
+    let data = std::fs::read(&local).with_context(|| format!("cannot read {}", local.display()))?;
+    let install = format!(
+        "sudo -n sh -c 'mkdir -p /usr/local/bin && cat > {AGENT_PATH}.new && chmod 755 {AGENT_PATH}.new && mv {AGENT_PATH}.new {AGENT_PATH}'"
+    );
+    run_with_input(target, &install, &data).await.context("cannot install the agent on the box")?;
     Ok(())
+}
+
+/// The facts the agent fills templates with, for a box outside any cluster.
+pub fn box_facts(b: &BoxInfo, region: &str) -> serde_json::Value {
+    let hostname = b.private_dns.as_deref().and_then(|d| d.split('.').next()).unwrap_or_default().to_owned();
+    serde_json::json!({
+        "box": {
+            "instance_id": b.instance_id,
+            "private_ip": b.private_ip,
+            "public_ip": b.public_ip,
+            "private_dns": b.private_dns,
+            "hostname": hostname,
+            "zone": b.zone,
+            "region": region,
+            "namespace": b.namespace,
+            "role": b.role,
+        },
+        "cluster": { "role": "none" },
+    })
+}
+
+/// Applies `plan` on the box with the agent, showing per-step progress.
+pub async fn provision(ctx: &Ctx, target: &SshTarget, b: &BoxInfo, plan: &Plan, upgrade: bool) -> Result<Summary> {
+    install_agent(target).await?;
+    let plan_json = serde_json::to_vec_pretty(plan)?;
+    let facts = serde_json::to_vec_pretty(&box_facts(b, &ctx.cloud().await?.region))?;
+    let put = |path: &str| format!("sudo -n sh -c 'mkdir -p /var/lib/cgcloud && cat > {path}'");
+    run_with_input(target, &put(PLAN_PATH), &plan_json).await?;
+    run_with_input(target, &put(FACTS_PATH), &facts).await?;
+
+    let mut cmd = format!("sudo -n {AGENT_PATH} apply --json --plan {PLAN_PATH} --facts {FACTS_PATH}");
+    if upgrade {
+        cmd.push_str(" --upgrade");
+    }
+    let mut child = target
+        .command(true, &[cmd])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run ssh")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut summary = Summary { instance_id: b.instance_id.clone(), plan_hash: plan.hash(), ..Default::default() };
+    let mut progress = None;
+    let mut failure = None;
+    while let Some(line) = lines.next_line().await? {
+        let Ok(ev) = serde_json::from_str::<serde_json::Value>(&line) else {
+            tracing::debug!("agent: {line}");
+            continue;
+        };
+        let step = format!("[{}/{}] {}", ev["step"], ev["total"], ev["name"].as_str().unwrap_or(""));
+        match ev["event"].as_str() {
+            Some("start") => progress = Some((ctx.out.progress(step.clone()), step)),
+            Some("done") => {
+                if let Some((p, label)) = progress.take() {
+                    p.finish(format!("{label}: {}", ev["status"].as_str().unwrap_or("")));
+                }
+            }
+            Some("failed") => {
+                progress = None;
+                failure = Some(anyhow!(
+                    "provisioning step '{}' failed: {}\n{}",
+                    ev["name"].as_str().unwrap_or("?"),
+                    ev["error"].as_str().unwrap_or("?"),
+                    ev["output"].as_str().unwrap_or("")
+                ));
+            }
+            Some("summary") => {
+                summary.changed = ev["changed"].as_u64().unwrap_or(0);
+                summary.unchanged = ev["ok"].as_u64().unwrap_or(0);
+                summary.skipped = ev["skipped"].as_u64().unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    drop(progress);
+    let out = child.wait_with_output().await?;
+    if let Some(f) = failure {
+        return Err(f.context(format!(
+            "provisioning {} failed; the agent's log is /var/log/cgcloud/apply.log on the box",
+            b.instance_id
+        )));
+    }
+    if !out.status.success() {
+        bail!(
+            "the agent on {} failed ({}): {}",
+            b.instance_id,
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    ctx.out
+        .note(format!("provisioned {}: {} changed, {} unchanged", b.instance_id, summary.changed, summary.unchanged));
+    Ok(summary)
 }

@@ -27,10 +27,7 @@ pub async fn list_options(ctx: &Ctx, role: &str) -> Result<ExitCode> {
             vec![
                 name.clone(),
                 format!("{:?}", o.option_type).to_lowercase(),
-                o.default
-                    .as_ref()
-                    .map(|d| d.as_str().map(str::to_owned).unwrap_or_else(|| d.to_string()))
-                    .unwrap_or_else(|| "-".into()),
+                o.default.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
                 if o.inherited { "yes".into() } else { "no".into() },
                 o.help.clone(),
             ]

@@ -1,0 +1,619 @@
+//! Applying a plan: each step is checked first and only acted on when the box differs from
+//! what it describes, so a second run changes nothing. Progress goes to stdout (JSON lines
+//! with `--json`, for the workstation, or text), command output to the log file.
+
+use crate::facts::Facts;
+use cgcloud_core::plan::{render, Action, On, Plan, Step};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// What a step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Already as described.
+    Ok,
+    Changed,
+    /// Not for this box (a cluster step on another kind of node).
+    Skipped,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Changed => "changed",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+pub struct Runner {
+    facts: Facts,
+    log: PathBuf,
+    json: bool,
+    /// Files written in this run, for services' `restart_on`.
+    changed_paths: BTreeSet<String>,
+    apt_updated: bool,
+    apt_sources_changed: bool,
+    /// Tail of the output of the last command, for failure reports.
+    last_output: String,
+}
+
+/// A failed step: what went wrong and the tail of the output.
+#[derive(Debug)]
+pub struct StepError {
+    pub message: String,
+    pub output: String,
+}
+
+type StepResult = Result<Outcome, StepError>;
+
+fn fail(message: impl Into<String>) -> StepError {
+    StepError { message: message.into(), output: String::new() }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Runner {
+    pub fn new(facts: Facts, log: PathBuf, json: bool) -> Runner {
+        Runner {
+            facts,
+            log,
+            json,
+            changed_paths: BTreeSet::new(),
+            apt_updated: false,
+            apt_sources_changed: false,
+            last_output: String::new(),
+        }
+    }
+
+    fn emit(&self, value: serde_json::Value, text: String) {
+        let mut out = std::io::stdout().lock();
+        let _ = if self.json { writeln!(out, "{value}") } else { writeln!(out, "{text}") };
+        let _ = out.flush();
+    }
+
+    fn log_line(&self, text: &str) {
+        if let Some(dir) = self.log.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.log) {
+            let _ = writeln!(f, "{text}");
+        }
+    }
+
+    /// Applies every step in order; stops at the first failure. Returns success.
+    pub fn run(&mut self, plan: &Plan, upgrade: bool) -> bool {
+        let mut steps: Vec<Step> = Vec::new();
+        if upgrade {
+            steps.push(Step {
+                name: "upgrade the OS packages".into(),
+                on: On::All,
+                action: Action::Command { run: String::new(), creates: None, unless: None, user: None },
+            });
+        }
+        steps.extend(plan.steps.iter().cloned());
+        let total = steps.len();
+        let (mut changed, mut ok, mut skipped) = (0, 0, 0);
+        self.log_line(&format!("=== applying plan of role {} for {} ({} steps)", plan.role, plan.os, total));
+        for (i, step) in steps.iter().enumerate() {
+            let n = i + 1;
+            self.emit(
+                serde_json::json!({"event": "start", "step": n, "total": total, "name": step.name}),
+                format!("[{n}/{total}] {}", step.name),
+            );
+            self.log_line(&format!("--- [{n}/{total}] {}", step.name));
+            let started = Instant::now();
+            let result = if upgrade && i == 0 { self.upgrade(&plan.family) } else { self.step(&plan.family, step) };
+            let ms = started.elapsed().as_millis() as u64;
+            match result {
+                Ok(o) => {
+                    match o {
+                        Outcome::Changed => changed += 1,
+                        Outcome::Ok => ok += 1,
+                        Outcome::Skipped => skipped += 1,
+                    }
+                    self.log_line(&format!("    {} ({ms} ms)", o.as_str()));
+                    self.emit(
+                        serde_json::json!({"event": "done", "step": n, "status": o.as_str(), "ms": ms}),
+                        format!("[{n}/{total}] {}: {} ({ms} ms)", step.name, o.as_str()),
+                    );
+                }
+                Err(e) => {
+                    let output = if e.output.is_empty() { tail(&self.last_output, 25) } else { e.output.clone() };
+                    self.log_line(&format!("    FAILED: {}", e.message));
+                    self.emit(
+                        serde_json::json!({"event": "failed", "step": n, "name": step.name, "error": e.message, "output": output}),
+                        format!("[{n}/{total}] {}: FAILED: {}\n{output}", step.name, e.message),
+                    );
+                    return false;
+                }
+            }
+        }
+        self.emit(
+            serde_json::json!({"event": "summary", "changed": changed, "ok": ok, "skipped": skipped}),
+            format!("{changed} changed, {ok} unchanged, {skipped} skipped"),
+        );
+        true
+    }
+
+    /// Runs a program; fails with its output if it exits non-zero.
+    fn sh(&mut self, program: &str, args: &[&str]) -> Result<String, StepError> {
+        self.log_line(&format!("$ {program} {}", args.join(" ")));
+        let out = Command::new(program)
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| fail(format!("cannot run {program}: {e}")))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        self.log_line(text.trim_end());
+        self.last_output = text.clone();
+        if !out.status.success() {
+            return Err(StepError {
+                message: format!(
+                    "`{program} {}` exited with {}",
+                    args.join(" ").chars().take(200).collect::<String>(),
+                    out.status.code().unwrap_or(-1)
+                ),
+                output: tail(&text, 25),
+            });
+        }
+        Ok(text)
+    }
+
+    /// True if the program exits 0 (output discarded).
+    fn test(&self, program: &str, args: &[&str]) -> bool {
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn render(&self, text: &str) -> Result<String, StepError> {
+        render(text, &self.facts.vars, &[]).map_err(|e| fail(format!("template: {e}")))
+    }
+
+    fn step(&mut self, family: &str, step: &Step) -> StepResult {
+        let role = self.facts.cluster_role();
+        let applies = match step.on {
+            On::All => true,
+            On::Leader => role == "leader",
+            On::Workers => role == "worker",
+        };
+        if !applies {
+            return Ok(Outcome::Skipped);
+        }
+        match &step.action {
+            Action::AptRepo { name, uri, suites, components, key_url, key_sha256 } => {
+                self.apt_repo(name, uri, suites, components, key_url, key_sha256.as_deref())
+            }
+            Action::DnfRepo { name, baseurl, gpgkey } => {
+                let content =
+                    format!("[{name}]\nname={name}\nbaseurl={baseurl}\nenabled=1\ngpgcheck=1\ngpgkey={gpgkey}\n");
+                self.write_file(&format!("/etc/yum.repos.d/{name}.repo"), content.as_bytes(), Some("0644"), None, None)
+            }
+            Action::Packages { names } => self.packages(family, names),
+            Action::Group { name, system } => {
+                if self.test("getent", &["group", name]) {
+                    return Ok(Outcome::Ok);
+                }
+                let mut args = vec![];
+                if *system {
+                    args.push("--system");
+                }
+                args.push(name);
+                self.sh("groupadd", &args)?;
+                Ok(Outcome::Changed)
+            }
+            Action::User { name, groups, shell, system, sudo, home } => {
+                self.user(name, groups, shell, *system, *sudo, home.as_deref())
+            }
+            Action::Directory { path, owner, group, mode } => {
+                self.directory(path, owner.as_deref(), group.as_deref(), mode.as_deref())
+            }
+            Action::File { path, content, owner, group, mode, template } => {
+                let content = if *template { self.render(content)? } else { content.clone() };
+                self.write_file(path, content.as_bytes(), mode.as_deref(), owner.as_deref(), group.as_deref())
+            }
+            Action::Download { url, sha256, dest, extract, strip_components, mode } => {
+                self.download(url, sha256, dest, *extract, *strip_components, mode.as_deref())
+            }
+            Action::Command { run, creates, unless, user } => {
+                let run = self.render(run)?;
+                if let Some(c) = creates {
+                    if Path::new(&self.render(c)?).exists() {
+                        return Ok(Outcome::Ok);
+                    }
+                }
+                if let Some(u) = unless {
+                    if self.test("sh", &["-c", &self.render(u)?]) {
+                        return Ok(Outcome::Ok);
+                    }
+                }
+                match user {
+                    Some(u) => self.sh("runuser", &["-u", u, "--", "sh", "-ec", &run])?,
+                    None => self.sh("sh", &["-ec", &run])?,
+                };
+                Ok(Outcome::Changed)
+            }
+            Action::Service { name, unit, enable, start, restart_on } => {
+                self.service(name, unit.as_deref(), *enable, *start, restart_on)
+            }
+        }
+    }
+
+    fn upgrade(&mut self, family: &str) -> StepResult {
+        if family == "apt" {
+            self.sh("apt-get", &["-q", "update"])?;
+            self.apt_updated = true;
+            self.sh("apt-get", &["-q", "-y", "-o", "Dpkg::Options::=--force-confold", "upgrade"])?;
+        } else {
+            self.sh("dnf", &["-y", "-q", "upgrade"])?;
+        }
+        Ok(Outcome::Changed)
+    }
+
+    fn packages(&mut self, family: &str, names: &[String]) -> StepResult {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        if family == "apt" {
+            let mut args = vec!["-W", "-f", "${db:Status-Status}\\n"];
+            args.extend(&refs);
+            let installed = Command::new("dpkg-query")
+                .args(&args)
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| {
+                    let s = String::from_utf8_lossy(&o.stdout).into_owned();
+                    o.status.success() && s.lines().count() == names.len() && s.lines().all(|l| l.trim() == "installed")
+                })
+                .unwrap_or(false);
+            if installed && !self.apt_sources_changed {
+                return Ok(Outcome::Ok);
+            }
+            if installed {
+                return Ok(Outcome::Ok);
+            }
+            if !self.apt_updated || self.apt_sources_changed {
+                self.sh("apt-get", &["-q", "update"])?;
+                self.apt_updated = true;
+                self.apt_sources_changed = false;
+            }
+            let mut args =
+                vec!["-q", "-y", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confold", "install"];
+            args.extend(&refs);
+            self.sh("apt-get", &args)?;
+        } else {
+            let mut q = vec!["-q"];
+            q.extend(&refs);
+            if self.test("rpm", &q) {
+                return Ok(Outcome::Ok);
+            }
+            let mut args = vec!["-y", "-q", "install"];
+            args.extend(&refs);
+            self.sh("dnf", &args)?;
+        }
+        Ok(Outcome::Changed)
+    }
+
+    fn apt_repo(
+        &mut self,
+        name: &str,
+        uri: &str,
+        suites: &[String],
+        components: &[String],
+        key_url: &str,
+        key_sha: Option<&str>,
+    ) -> StepResult {
+        let key_path = format!("/etc/apt/keyrings/{name}.asc");
+        let list = format!("deb [signed-by={key_path}] {uri} {} {}\n", suites.join(" "), components.join(" "));
+        let list_path = format!("/etc/apt/sources.list.d/{name}.list");
+        let list_same = std::fs::read_to_string(&list_path).is_ok_and(|c| c == list);
+        if list_same && Path::new(&key_path).exists() {
+            return Ok(Outcome::Ok);
+        }
+        let tmp = format!("/etc/apt/keyrings/.{name}.download");
+        std::fs::create_dir_all("/etc/apt/keyrings").map_err(|e| fail(format!("/etc/apt/keyrings: {e}")))?;
+        self.sh("curl", &["-fsSL", "--retry", "3", "-o", &tmp, key_url])?;
+        let key = std::fs::read(&tmp).map_err(|e| fail(format!("{tmp}: {e}")))?;
+        let _ = std::fs::remove_file(&tmp);
+        if let Some(want) = key_sha {
+            let got = hex(&Sha256::digest(&key));
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(fail(format!("the key from {key_url} has SHA-256 {got}, expected {want}")));
+            }
+        }
+        self.write_file(&key_path, &key, Some("0644"), None, None)?;
+        self.write_file(&list_path, list.as_bytes(), Some("0644"), None, None)?;
+        self.apt_sources_changed = true;
+        Ok(Outcome::Changed)
+    }
+
+    fn user(
+        &mut self,
+        name: &str,
+        groups: &[String],
+        shell: &str,
+        system: bool,
+        sudo: bool,
+        home: Option<&str>,
+    ) -> StepResult {
+        let mut changed = false;
+        if self.test("getent", &["passwd", name]) {
+            let current = Command::new("id")
+                .args(["-nG", name])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let have: BTreeSet<&str> = current.split_whitespace().collect();
+            let missing: Vec<&str> = groups.iter().map(String::as_str).filter(|g| !have.contains(g)).collect();
+            if !missing.is_empty() {
+                self.sh("usermod", &["-aG", &missing.join(","), name])?;
+                changed = true;
+            }
+        } else {
+            let mut args = vec!["--create-home", "--shell", shell];
+            if system {
+                args.push("--system");
+            }
+            if let Some(h) = home {
+                args.extend(["--home-dir", h]);
+            }
+            let joined = groups.join(",");
+            if !groups.is_empty() {
+                args.extend(["--groups", &joined]);
+            }
+            args.push(name);
+            self.sh("useradd", &args)?;
+            changed = true;
+        }
+        if sudo {
+            let o = self.write_file(
+                &format!("/etc/sudoers.d/cgcloud-{name}"),
+                format!("{name} ALL=(ALL) NOPASSWD:ALL\n").as_bytes(),
+                Some("0440"),
+                None,
+                None,
+            )?;
+            changed |= o == Outcome::Changed;
+        }
+        Ok(if changed { Outcome::Changed } else { Outcome::Ok })
+    }
+
+    /// `owner:group mode` of a path, as stat prints it.
+    fn stat(&self, path: &str) -> Option<(String, String, String)> {
+        let out = Command::new("stat").args(["-c", "%U %G %a", path]).stderr(Stdio::null()).output().ok()?;
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut it = s.split_whitespace();
+        Some((it.next()?.to_owned(), it.next()?.to_owned(), it.next()?.to_owned()))
+    }
+
+    fn attrs_match(&self, path: &str, owner: Option<&str>, group: Option<&str>, mode: Option<&str>) -> bool {
+        let Some((u, g, m)) = self.stat(path) else { return false };
+        owner.is_none_or(|o| o == u)
+            && group.is_none_or(|gr| gr == g)
+            && mode.is_none_or(|md| md.trim_start_matches('0') == m.trim_start_matches('0'))
+    }
+
+    fn set_attrs(
+        &mut self,
+        path: &str,
+        owner: Option<&str>,
+        group: Option<&str>,
+        mode: Option<&str>,
+    ) -> Result<(), StepError> {
+        if owner.is_some() || group.is_some() {
+            let spec = format!("{}:{}", owner.unwrap_or(""), group.unwrap_or(""));
+            self.sh("chown", &[&spec, path])?;
+        }
+        if let Some(m) = mode {
+            self.sh("chmod", &[m, path])?;
+        }
+        Ok(())
+    }
+
+    fn directory(&mut self, path: &str, owner: Option<&str>, group: Option<&str>, mode: Option<&str>) -> StepResult {
+        if Path::new(path).is_dir() && self.attrs_match(path, owner, group, mode) {
+            return Ok(Outcome::Ok);
+        }
+        std::fs::create_dir_all(path).map_err(|e| fail(format!("{path}: {e}")))?;
+        self.set_attrs(path, owner, group, mode)?;
+        Ok(Outcome::Changed)
+    }
+
+    /// Writes `content` to `path` atomically unless it is already there with these attributes.
+    pub fn write_file(
+        &mut self,
+        path: &str,
+        content: &[u8],
+        mode: Option<&str>,
+        owner: Option<&str>,
+        group: Option<&str>,
+    ) -> StepResult {
+        let same = std::fs::read(path).is_ok_and(|c| c == content);
+        if same && self.attrs_match(path, owner, group, mode) {
+            return Ok(Outcome::Ok);
+        }
+        let p = Path::new(path);
+        let dir = p.parent().ok_or_else(|| fail(format!("{path} has no directory")))?;
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        let tmp = dir.join(format!(
+            ".{}.cgcloud-tmp",
+            p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        std::fs::write(&tmp, content).map_err(|e| fail(format!("{}: {e}", tmp.display())))?;
+        let tmp_s = tmp.to_string_lossy().into_owned();
+        self.set_attrs(&tmp_s, owner, group, mode.or(Some("0644")))?;
+        std::fs::rename(&tmp, p).map_err(|e| fail(format!("{path}: {e}")))?;
+        if !same {
+            self.changed_paths.insert(path.to_owned());
+        }
+        Ok(Outcome::Changed)
+    }
+
+    fn download(
+        &mut self,
+        url: &str,
+        sha: &str,
+        dest: &str,
+        extract: bool,
+        strip: u32,
+        mode: Option<&str>,
+    ) -> StepResult {
+        let marker = Path::new(dest).join(".cgcloud-sha256");
+        if extract && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == sha) {
+            return Ok(Outcome::Ok);
+        }
+        if !extract && std::fs::read(dest).is_ok_and(|d| hex(&Sha256::digest(&d)) == sha) {
+            return Ok(Outcome::Ok);
+        }
+        let tmp = format!("{dest}.cgcloud-download");
+        if let Some(parent) = Path::new(&tmp).parent() {
+            std::fs::create_dir_all(parent).map_err(|e| fail(format!("{}: {e}", parent.display())))?;
+        }
+        self.sh("curl", &["-fsSL", "--retry", "3", "-o", &tmp, url])?;
+        let data = std::fs::read(&tmp).map_err(|e| fail(format!("{tmp}: {e}")))?;
+        let got = hex(&Sha256::digest(&data));
+        drop(data);
+        if got != sha {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail(format!("{url} has SHA-256 {got}, expected {sha}")));
+        }
+        if extract {
+            std::fs::create_dir_all(dest).map_err(|e| fail(format!("{dest}: {e}")))?;
+            let strip_arg = format!("--strip-components={strip}");
+            self.sh("tar", &["-xf", &tmp, "-C", dest, &strip_arg])?;
+            let _ = std::fs::remove_file(&tmp);
+            std::fs::write(&marker, sha).map_err(|e| fail(format!("{}: {e}", marker.display())))?;
+        } else {
+            std::fs::rename(&tmp, dest).map_err(|e| fail(format!("{dest}: {e}")))?;
+            self.set_attrs(dest, None, None, mode)?;
+        }
+        Ok(Outcome::Changed)
+    }
+
+    fn service(
+        &mut self,
+        name: &str,
+        unit: Option<&str>,
+        enable: bool,
+        start: bool,
+        restart_on: &[String],
+    ) -> StepResult {
+        let mut changed = false;
+        let mut unit_changed = false;
+        if let Some(u) = unit {
+            let path = format!("/etc/systemd/system/{name}.service");
+            let u = self.render(u)?;
+            if self.write_file(&path, u.as_bytes(), Some("0644"), None, None)? == Outcome::Changed {
+                self.sh("systemctl", &["daemon-reload"])?;
+                changed = true;
+                unit_changed = true;
+            }
+        }
+        if enable && !self.test("systemctl", &["is-enabled", "--quiet", name]) {
+            self.sh("systemctl", &["enable", name])?;
+            changed = true;
+        }
+        if start {
+            let active = self.test("systemctl", &["is-active", "--quiet", name]);
+            let restart = active && (unit_changed || restart_on.iter().any(|p| self.changed_paths.contains(p)));
+            if restart {
+                self.sh("systemctl", &["restart", name])?;
+                changed = true;
+            } else if !active {
+                self.sh("systemctl", &["start", name])?;
+                changed = true;
+            }
+        }
+        Ok(if changed { Outcome::Changed } else { Outcome::Ok })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(dir: &Path) -> Runner {
+        Runner::new(Facts::default(), dir.join("apply.log"), true)
+    }
+
+    #[test]
+    fn files_are_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/motd").to_string_lossy().into_owned();
+        let mut r = runner(dir.path());
+        assert_eq!(r.write_file(&path, b"hello\n", Some("0640"), None, None).unwrap(), Outcome::Changed);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\n");
+        assert_eq!(r.stat(&path).unwrap().2, "640");
+        assert_eq!(r.write_file(&path, b"hello\n", Some("0640"), None, None).unwrap(), Outcome::Ok);
+        assert_eq!(
+            r.write_file(&path, b"hello\n", Some("0600"), None, None).unwrap(),
+            Outcome::Changed,
+            "mode differs"
+        );
+        assert!(!r.changed_paths.is_empty());
+    }
+
+    #[test]
+    fn plan_runs_are_idempotent_and_cluster_steps_filtered() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let plan: Plan = serde_json::from_value(serde_json::json!({
+            "role": "t", "os": "debian-12", "family": "apt",
+            "steps": [
+                {"name": "dir", "do": "directory", "path": format!("{d}/data"), "owner": null, "group": null, "mode": "0750"},
+                {"name": "file", "do": "file", "path": format!("{d}/data/conf"), "content": "ip={{ box.private_ip }}\n", "owner": null, "group": null, "mode": null, "template": true},
+                {"name": "cmd", "do": "command", "run": format!("echo x >> {d}/count"), "creates": format!("{d}/count"), "unless": null, "user": null},
+                {"name": "guarded", "do": "command", "run": format!("echo y >> {d}/other"), "creates": null, "unless": format!("test -f {d}/other"), "user": null},
+                {"name": "leader", "do": "command", "on": "leader", "run": format!("touch {d}/leader"), "creates": null, "unless": null, "user": null}
+            ]
+        }))
+        .unwrap();
+        let facts = Facts::parse(r#"{"box": {"private_ip": "10.199.1.9"}, "cluster": {"role": "worker"}}"#).unwrap();
+        let mut r = Runner::new(facts.clone(), dir.path().join("log"), true);
+        assert!(r.run(&plan, false));
+        assert_eq!(std::fs::read_to_string(format!("{d}/data/conf")).unwrap(), "ip=10.199.1.9\n");
+        assert!(!Path::new(&format!("{d}/leader")).exists(), "a leader step ran on a worker");
+        let mut again = Runner::new(facts, dir.path().join("log"), true);
+        assert!(again.run(&plan, false));
+        assert_eq!(std::fs::read_to_string(format!("{d}/count")).unwrap(), "x\n");
+        assert_eq!(std::fs::read_to_string(format!("{d}/other")).unwrap(), "y\n");
+        assert!(again.changed_paths.is_empty(), "second run changed {:?}", again.changed_paths);
+    }
+
+    #[test]
+    fn failures_stop_the_run_with_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan: Plan = serde_json::from_value(serde_json::json!({
+            "role": "t", "os": "debian-12", "family": "apt",
+            "steps": [{"name": "boom", "do": "command", "run": "echo about to fail; exit 7", "creates": null, "unless": null, "user": null}]
+        }))
+        .unwrap();
+        let mut r = runner(dir.path());
+        assert!(!r.run(&plan, false));
+        let log = std::fs::read_to_string(dir.path().join("apply.log")).unwrap();
+        assert!(log.contains("about to fail") && log.contains("FAILED"), "{log}");
+    }
+
+    #[test]
+    fn missing_facts_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = runner(dir.path());
+        assert!(r.render("{{ cluster.leader_ip }}").is_err());
+    }
+}

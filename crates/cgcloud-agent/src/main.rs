@@ -1,0 +1,64 @@
+//! `cgcloud-agent`: the one binary cgcloud puts on every box. It applies provisioning plans
+//! (`apply`), and later keeps SSH keys in sync and reports metrics. It is synchronous and
+//! small on purpose: it runs on every supported distribution and stays out of the way.
+
+mod apply;
+mod facts;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  cgcloud-agent apply --plan FILE [--facts FILE] [--log FILE] [--upgrade] [--json]
+  cgcloud-agent --version";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--version") | Some("version") => {
+            println!("cgcloud-agent {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some("apply") => match apply_cmd(&args[1..]) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("cgcloud-agent: {e}");
+                ExitCode::from(2)
+            }
+        },
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn apply_cmd(args: &[String]) -> Result<ExitCode, String> {
+    let mut plan = None;
+    let mut facts = None;
+    let mut log = PathBuf::from("/var/log/cgcloud/apply.log");
+    let mut upgrade = false;
+    let mut json = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--plan" => plan = Some(PathBuf::from(value()?)),
+            "--facts" => facts = Some(PathBuf::from(value()?)),
+            "--log" => log = PathBuf::from(value()?),
+            "--upgrade" => upgrade = true,
+            "--json" => json = true,
+            other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
+        }
+    }
+    let plan_path = plan.ok_or_else(|| format!("--plan is required\n{USAGE}"))?;
+    let text = std::fs::read_to_string(&plan_path).map_err(|e| format!("cannot read {}: {e}", plan_path.display()))?;
+    let plan: cgcloud_core::plan::Plan =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not a plan: {e}", plan_path.display()))?;
+    let facts = match facts {
+        Some(p) => facts::Facts::load(&p)?,
+        None => facts::Facts::default(),
+    };
+    let ok = apply::Runner::new(facts, log, json).run(&plan, upgrade);
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

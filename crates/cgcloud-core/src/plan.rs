@@ -1,0 +1,206 @@
+//! Plans: what provisioning a box means, as a list of typed, idempotent steps. A role compiles
+//! to a plan on the workstation; the agent applies it on the box (over SSH for `create`, or at
+//! first boot for cluster nodes). Each step checks before it acts, so applying a plan twice
+//! changes nothing the second time.
+//!
+//! Text in steps may hold `{{ name }}` placeholders. Role options, role variables and `os.*`
+//! are substituted when the plan is compiled; `box.*` and `cluster.*` facts are substituted
+//! by the agent on the box, where they are known.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+
+/// Which boxes of a cluster a step applies to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum On {
+    /// Every box; for a cluster's image, these run when the image is baked.
+    #[default]
+    All,
+    /// Only the cluster leader, at its first boot in a cluster.
+    Leader,
+    /// Only cluster workers, at their first boot in a cluster.
+    Workers,
+}
+
+impl On {
+    pub fn is_all(&self) -> bool {
+        *self == On::All
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub role: String,
+    /// The OS id the plan was compiled for, e.g. `debian-12`.
+    pub os: String,
+    /// `apt` or `dnf`.
+    pub family: String,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// What the step does, for progress and logs.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "On::is_all")]
+    pub on: On,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// One idempotent operation. Every variant has a check that makes it a no-op when the box
+/// already is as described.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case")]
+pub enum Action {
+    /// An apt source with its signing key (written to /etc/apt/keyrings).
+    AptRepo {
+        name: String,
+        uri: String,
+        suites: Vec<String>,
+        components: Vec<String>,
+        key_url: String,
+        key_sha256: Option<String>,
+    },
+    /// A dnf repository.
+    DnfRepo {
+        name: String,
+        baseurl: String,
+        gpgkey: String,
+    },
+    /// Packages installed with the OS's package manager.
+    Packages {
+        names: Vec<String>,
+    },
+    Group {
+        name: String,
+        system: bool,
+    },
+    User {
+        name: String,
+        groups: Vec<String>,
+        shell: String,
+        system: bool,
+        sudo: bool,
+        home: Option<String>,
+    },
+    Directory {
+        path: String,
+        owner: Option<String>,
+        group: Option<String>,
+        mode: Option<String>,
+    },
+    /// A file with exactly this content; `template` content has `{{ box.* }}`/`{{ cluster.* }}`
+    /// placeholders that the agent fills in.
+    File {
+        path: String,
+        content: String,
+        owner: Option<String>,
+        group: Option<String>,
+        mode: Option<String>,
+        template: bool,
+    },
+    /// A download verified against its SHA-256; archives can be extracted into `dest`.
+    Download {
+        url: String,
+        sha256: String,
+        dest: String,
+        extract: bool,
+        strip_components: u32,
+        mode: Option<String>,
+    },
+    /// A shell command, skipped if `creates` exists or `unless` succeeds.
+    Command {
+        run: String,
+        creates: Option<String>,
+        unless: Option<String>,
+        user: Option<String>,
+    },
+    /// A systemd service: its unit file (if given), enabled and started; restarted when one
+    /// of `restart_on` (file paths) changed in this run.
+    Service {
+        name: String,
+        unit: Option<String>,
+        enable: bool,
+        start: bool,
+        restart_on: Vec<String>,
+    },
+}
+
+impl Plan {
+    /// A stable hash of the plan, recorded on boxes and images to notice role changes.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        Sha256::digest(&json).iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Substitutes `{{ name }}` placeholders from `vars`. Placeholders whose name starts with one
+/// of `deferred` are left for later; any other unknown name is an error.
+pub fn render(text: &str, vars: &BTreeMap<String, String>, deferred: &[&str]) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err(format!("unclosed '{{{{' in: {}", text.chars().take(80).collect::<String>()));
+        };
+        let name = after[..end].trim();
+        match vars.get(name) {
+            Some(v) => out.push_str(v),
+            None if deferred.iter().any(|d| name.starts_with(d)) => {
+                out.push_str("{{ ");
+                out.push_str(name);
+                out.push_str(" }}");
+            }
+            None => return Err(format!("unknown variable '{name}'")),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_substitutes_and_defers() {
+        let mut vars = BTreeMap::new();
+        vars.insert("version".to_owned(), "4.0.1".to_owned());
+        vars.insert("os.codename".to_owned(), "bookworm".to_owned());
+        assert_eq!(render("spark-{{version}}.tgz", &vars, &[]).unwrap(), "spark-4.0.1.tgz");
+        assert_eq!(render("{{ os.codename }} main", &vars, &[]).unwrap(), "bookworm main");
+        assert_eq!(render("ip={{box.private_ip}}", &vars, &["box.", "cluster."]).unwrap(), "ip={{ box.private_ip }}");
+        assert_eq!(render("{{ nope }}", &vars, &["box."]).unwrap_err(), "unknown variable 'nope'");
+        assert!(render("{{ open", &vars, &[]).is_err());
+        assert_eq!(render("no placeholders", &vars, &[]).unwrap(), "no placeholders");
+    }
+
+    #[test]
+    fn plans_round_trip_and_hash_stably() {
+        let p = Plan {
+            role: "r".into(),
+            os: "debian-12".into(),
+            family: "apt".into(),
+            steps: vec![
+                Step { name: "install".into(), on: On::All, action: Action::Packages { names: vec!["htop".into()] } },
+                Step {
+                    name: "leader only".into(),
+                    on: On::Leader,
+                    action: Action::Command { run: "true".into(), creates: None, unless: None, user: None },
+                },
+            ],
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(r#""do":"packages""#) && json.contains(r#""on":"leader""#));
+        let back: Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.hash(), p.hash());
+        assert_eq!(p.hash().len(), 16);
+    }
+}

@@ -1,0 +1,188 @@
+//! Compiling a role for one OS and a set of option values into a [`Plan`]: repositories first,
+//! then packages, groups and users, then the role's ordered steps (includes first). Role
+//! options, role variables and `os.*` are substituted here; `box.*` and `cluster.*` are left
+//! for the agent on the box.
+
+use crate::os::{Family, OsDef};
+use crate::role::{OnDecl, Role, RoleStep};
+use cgcloud_core::plan::{render, Action, On, Plan, Step};
+use std::collections::BTreeMap;
+
+/// Placeholders known only on the box.
+pub const DEFERRED: &[&str] = &["box.", "cluster."];
+
+#[derive(Debug, thiserror::Error)]
+#[error("role '{role}' on {os}: {message}")]
+pub struct CompileError {
+    pub role: String,
+    pub os: String,
+    pub message: String,
+}
+
+fn on(o: OnDecl) -> On {
+    match o {
+        OnDecl::All => On::All,
+        OnDecl::Leader => On::Leader,
+        OnDecl::Workers => On::Workers,
+    }
+}
+
+/// The compile-time variables: role vars, effective option values, and `os.*`.
+pub fn variables(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut v = role.vars.clone();
+    v.extend(role.option_values(options));
+    v.insert("role.name".into(), role.name.clone());
+    v.insert("os.id".into(), os.id.clone());
+    v.insert("os.name".into(), os.name.clone());
+    v.insert("os.family".into(), os.family.as_str().to_owned());
+    v.insert("os.distro".into(), os.distro.clone());
+    v.insert("os.release".into(), os.release.clone());
+    v.insert("os.codename".into(), os.codename.clone().unwrap_or_default());
+    v.insert("os.admin_user".into(), os.admin_user.clone());
+    v
+}
+
+pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> Result<Plan, CompileError> {
+    let err = |message: String| CompileError { role: role.name.clone(), os: os.id.clone(), message };
+    let vars = variables(role, os, options);
+    let r = |s: &str| {
+        render(s, &vars, DEFERRED).map_err(|m| err(format!("{m} in '{}'", s.chars().take(60).collect::<String>())))
+    };
+    let ro = |s: &Option<String>| s.as_deref().map(r).transpose();
+    let mut steps = Vec::new();
+    let mut step = |name: String, on: On, action: Action| steps.push(Step { name, on, action });
+
+    for repo in &role.repos {
+        match (os.family, &repo.apt, &repo.dnf) {
+            (Family::Apt, Some(a), _) => step(
+                format!("add apt repository {}", repo.name),
+                On::All,
+                Action::AptRepo {
+                    name: repo.name.clone(),
+                    uri: r(&a.uri)?,
+                    suites: a.suites.iter().map(|s| r(s)).collect::<Result<_, _>>()?,
+                    components: a.components.clone(),
+                    key_url: r(&a.key_url)?,
+                    key_sha256: a.key_sha256.clone(),
+                },
+            ),
+            (Family::Dnf, _, Some(d)) => step(
+                format!("add dnf repository {}", repo.name),
+                On::All,
+                Action::DnfRepo { name: repo.name.clone(), baseurl: r(&d.baseurl)?, gpgkey: r(&d.gpgkey)? },
+            ),
+            _ => {}
+        }
+    }
+    let packages = role.packages_for(os);
+    if !packages.is_empty() {
+        step(format!("install {}", packages.join(" ")), On::All, Action::Packages { names: packages });
+    }
+    for g in &role.groups {
+        step(format!("group {}", g.name), On::All, Action::Group { name: g.name.clone(), system: g.system });
+    }
+    for u in &role.users {
+        step(
+            format!("user {}", u.name),
+            On::All,
+            Action::User {
+                name: u.name.clone(),
+                groups: u.groups.clone(),
+                shell: u.shell.clone(),
+                system: u.system,
+                sudo: u.sudo,
+                home: u.home.clone(),
+            },
+        );
+    }
+    for s in &role.steps {
+        match s {
+            RoleStep::File { path, content, owner, group, mode, on: o } => {
+                let content = r(content)?;
+                let template = DEFERRED.iter().any(|d| content.contains(&format!("{{{{ {d}")));
+                check_path(path).map_err(err)?;
+                check_mode(mode).map_err(err)?;
+                step(
+                    format!("file {path}"),
+                    on(*o),
+                    Action::File {
+                        path: r(path)?,
+                        content,
+                        owner: ro(owner)?,
+                        group: ro(group)?,
+                        mode: mode.clone(),
+                        template,
+                    },
+                )
+            }
+            RoleStep::Directory { path, owner, group, mode, on: o } => {
+                check_path(path).map_err(err)?;
+                check_mode(mode).map_err(err)?;
+                step(
+                    format!("directory {path}"),
+                    on(*o),
+                    Action::Directory { path: r(path)?, owner: ro(owner)?, group: ro(group)?, mode: mode.clone() },
+                )
+            }
+            RoleStep::Download { url, sha256, dest, extract, strip_components, mode, on: o } => {
+                let sha = r(sha256)?.to_lowercase();
+                if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(err(format!("download of {url}: sha256 must be 64 hex digits, not '{sha}'")));
+                }
+                check_path(dest).map_err(err)?;
+                let url = r(url)?;
+                step(
+                    format!("download {}", url.rsplit('/').next().unwrap_or(&url)),
+                    on(*o),
+                    Action::Download {
+                        url,
+                        sha256: sha,
+                        dest: r(dest)?,
+                        extract: *extract,
+                        strip_components: *strip_components,
+                        mode: mode.clone(),
+                    },
+                )
+            }
+            RoleStep::Command { run, name, creates, unless, user, on: o } => {
+                let run = r(run)?;
+                step(
+                    name.clone().unwrap_or_else(|| {
+                        format!("run {}", run.lines().next().unwrap_or("").chars().take(60).collect::<String>())
+                    }),
+                    on(*o),
+                    Action::Command { run, creates: ro(creates)?, unless: ro(unless)?, user: ro(user)? },
+                )
+            }
+            RoleStep::Service { name, unit, enable, start, restart_on, on: o } => step(
+                format!("service {name}"),
+                on(*o),
+                Action::Service {
+                    name: r(name)?,
+                    unit: ro(unit)?,
+                    enable: *enable,
+                    start: *start,
+                    restart_on: restart_on.iter().map(|p| r(p)).collect::<Result<_, _>>()?,
+                },
+            ),
+        }
+    }
+    Ok(Plan { role: role.name.clone(), os: os.id.clone(), family: os.family.as_str().to_owned(), steps })
+}
+
+fn check_path(p: &str) -> Result<(), String> {
+    if p.starts_with('/') || p.starts_with("{{") {
+        Ok(())
+    } else {
+        Err(format!("path '{p}' must be absolute"))
+    }
+}
+
+fn check_mode(m: &Option<String>) -> Result<(), String> {
+    match m {
+        Some(m) if !(3..=4).contains(&m.len()) || !m.chars().all(|c| ('0'..='7').contains(&c)) => {
+            Err(format!("mode '{m}' must be octal, like \"0644\""))
+        }
+        _ => Ok(()),
+    }
+}
