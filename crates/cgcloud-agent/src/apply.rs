@@ -94,7 +94,7 @@ impl Runner {
         let mut steps: Vec<Step> = Vec::new();
         if upgrade {
             steps.push(Step {
-                name: "upgrade the OS packages".into(),
+                title: "upgrade the OS packages".into(),
                 on: On::All,
                 action: Action::Command { run: String::new(), creates: None, unless: None, user: None },
             });
@@ -106,10 +106,10 @@ impl Runner {
         for (i, step) in steps.iter().enumerate() {
             let n = i + 1;
             self.emit(
-                serde_json::json!({"event": "start", "step": n, "total": total, "name": step.name}),
-                format!("[{n}/{total}] {}", step.name),
+                serde_json::json!({"event": "start", "step": n, "total": total, "name": step.title}),
+                format!("[{n}/{total}] {}", step.title),
             );
-            self.log_line(&format!("--- [{n}/{total}] {}", step.name));
+            self.log_line(&format!("--- [{n}/{total}] {}", step.title));
             let started = Instant::now();
             let result = if upgrade && i == 0 { self.upgrade(&plan.family) } else { self.step(&plan.family, step) };
             let ms = started.elapsed().as_millis() as u64;
@@ -123,15 +123,15 @@ impl Runner {
                     self.log_line(&format!("    {} ({ms} ms)", o.as_str()));
                     self.emit(
                         serde_json::json!({"event": "done", "step": n, "status": o.as_str(), "ms": ms}),
-                        format!("[{n}/{total}] {}: {} ({ms} ms)", step.name, o.as_str()),
+                        format!("[{n}/{total}] {}: {} ({ms} ms)", step.title, o.as_str()),
                     );
                 }
                 Err(e) => {
                     let output = if e.output.is_empty() { tail(&self.last_output, 25) } else { e.output.clone() };
                     self.log_line(&format!("    FAILED: {}", e.message));
                     self.emit(
-                        serde_json::json!({"event": "failed", "step": n, "name": step.name, "error": e.message, "output": output}),
-                        format!("[{n}/{total}] {}: FAILED: {}\n{output}", step.name, e.message),
+                        serde_json::json!({"event": "failed", "step": n, "name": step.title, "error": e.message, "output": output}),
+                        format!("[{n}/{total}] {}: FAILED: {}\n{output}", step.title, e.message),
                     );
                     return false;
                 }
@@ -257,7 +257,10 @@ impl Runner {
         if family == "apt" {
             self.sh("apt-get", &["-q", "update"])?;
             self.apt_updated = true;
-            self.sh("apt-get", &["-q", "-y", "-o", "Dpkg::Options::=--force-confold", "upgrade"])?;
+            self.sh(
+                "apt-get",
+                &["-q", "-y", "-o", "Dpkg::Options::=--force-confold", "-o", "DPkg::Lock::Timeout=600", "upgrade"],
+            )?;
         } else {
             self.sh("dnf", &["-y", "-q", "upgrade"])?;
         }
@@ -365,6 +368,10 @@ impl Runner {
             let mut args = vec!["--create-home", "--shell", shell];
             if system {
                 args.push("--system");
+            }
+            // useradd makes a group named after the user, unless one exists already.
+            if self.test("getent", &["group", name]) {
+                args.extend(["--gid", name]);
             }
             if let Some(h) = home {
                 args.extend(["--home-dir", h]);
@@ -576,11 +583,11 @@ mod tests {
         let plan: Plan = serde_json::from_value(serde_json::json!({
             "role": "t", "os": "debian-12", "family": "apt",
             "steps": [
-                {"name": "dir", "do": "directory", "path": format!("{d}/data"), "owner": null, "group": null, "mode": "0750"},
-                {"name": "file", "do": "file", "path": format!("{d}/data/conf"), "content": "ip={{ box.private_ip }}\n", "owner": null, "group": null, "mode": null, "template": true},
-                {"name": "cmd", "do": "command", "run": format!("echo x >> {d}/count"), "creates": format!("{d}/count"), "unless": null, "user": null},
-                {"name": "guarded", "do": "command", "run": format!("echo y >> {d}/other"), "creates": null, "unless": format!("test -f {d}/other"), "user": null},
-                {"name": "leader", "do": "command", "on": "leader", "run": format!("touch {d}/leader"), "creates": null, "unless": null, "user": null}
+                {"title": "dir", "do": "directory", "path": format!("{d}/data"), "owner": null, "group": null, "mode": "0750"},
+                {"title": "file", "do": "file", "path": format!("{d}/data/conf"), "content": "ip={{ box.private_ip }}\n", "owner": null, "group": null, "mode": null, "template": true},
+                {"title": "cmd", "do": "command", "run": format!("echo x >> {d}/count"), "creates": format!("{d}/count"), "unless": null, "user": null},
+                {"title": "guarded", "do": "command", "run": format!("echo y >> {d}/other"), "creates": null, "unless": format!("test -f {d}/other"), "user": null},
+                {"title": "leader", "do": "command", "on": "leader", "run": format!("touch {d}/leader"), "creates": null, "unless": null, "user": null}
             ]
         }))
         .unwrap();
@@ -601,7 +608,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plan: Plan = serde_json::from_value(serde_json::json!({
             "role": "t", "os": "debian-12", "family": "apt",
-            "steps": [{"name": "boom", "do": "command", "run": "echo about to fail; exit 7", "creates": null, "unless": null, "user": null}]
+            "steps": [{"title": "boom", "do": "command", "run": "echo about to fail; exit 7", "creates": null, "unless": null, "user": null}]
         }))
         .unwrap();
         let mut r = runner(dir.path());

@@ -43,7 +43,7 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// What the step does, for progress and logs.
-    pub name: String,
+    pub title: String,
     #[serde(default, skip_serializing_if = "On::is_all")]
     pub on: On,
     #[serde(flatten)]
@@ -188,9 +188,9 @@ mod tests {
             os: "debian-12".into(),
             family: "apt".into(),
             steps: vec![
-                Step { name: "install".into(), on: On::All, action: Action::Packages { names: vec!["htop".into()] } },
+                Step { title: "install".into(), on: On::All, action: Action::Packages { names: vec!["htop".into()] } },
                 Step {
-                    name: "leader only".into(),
+                    title: "leader only".into(),
                     on: On::Leader,
                     action: Action::Command { run: "true".into(), creates: None, unless: None, user: None },
                 },

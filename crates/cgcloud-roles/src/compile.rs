@@ -50,7 +50,7 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
     };
     let ro = |s: &Option<String>| s.as_deref().map(r).transpose();
     let mut steps = Vec::new();
-    let mut step = |name: String, on: On, action: Action| steps.push(Step { name, on, action });
+    let mut step = |title: String, on: On, action: Action| steps.push(Step { title, on, action });
 
     for repo in &role.repos {
         match (os.family, &repo.apt, &repo.dnf) {
@@ -116,12 +116,13 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                 )
             }
             RoleStep::Directory { path, owner, group, mode, on: o } => {
-                check_path(path).map_err(err)?;
+                let path = r(path)?;
+                check_path(&path).map_err(err)?;
                 check_mode(mode).map_err(err)?;
                 step(
                     format!("directory {path}"),
                     on(*o),
-                    Action::Directory { path: r(path)?, owner: ro(owner)?, group: ro(group)?, mode: mode.clone() },
+                    Action::Directory { path, owner: ro(owner)?, group: ro(group)?, mode: mode.clone() },
                 )
             }
             RoleStep::Download { url, sha256, dest, extract, strip_components, mode, on: o } => {
@@ -155,7 +156,7 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                 )
             }
             RoleStep::Service { name, unit, enable, start, restart_on, on: o } => step(
-                format!("service {name}"),
+                format!("service {}", r(name)?),
                 on(*o),
                 Action::Service {
                     name: r(name)?,

