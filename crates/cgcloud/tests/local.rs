@@ -329,6 +329,30 @@ fn roles_end_to_end() {
     let log = u.ok(&["ssh", "broken-box", "--", "cat /etc/debian_version; sudo cat /var/log/cgcloud/apply.log"]);
     assert!(log.starts_with("13.") && log.contains("doomed-output"), "{log}");
 
+    // Ctrl-C during provisioning rolls the launch back.
+    std::fs::write(
+        plugins.path().join("slow-box.toml"),
+        "name = \"slow-box\"\ndescription = \"takes its time\"\ninclude = [\"base\"]\nos = [\"debian-12\"]\n\n[[steps]]\ndo = \"command\"\nname = \"wait a while\"\nrun = \"sleep 120\"\n",
+    )
+    .unwrap();
+    let mut child = u.cmd().args(["create", "slow-box"]).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // Poll until the slow step runs (the box may not exist yet at first).
+    while String::from_utf8_lossy(&u.run(&["ssh", "slow-box", "--", "pgrep -f 'sleep 120' || true"]).stdout)
+        .trim()
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "the slow step never started");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("interrupted") && err.contains("rolling back"), "{err}");
+    assert!(u.json(&["list", "slow-box"]).as_array().unwrap().is_empty(), "Ctrl-C left the box");
+
     u.ok(&["cleanup", "--yes"]);
     for b in u.json(&["list"]).as_array().unwrap() {
         u.ok(&["terminate", b["role"].as_str().unwrap(), "-I", b["instance_id"].as_str().unwrap()]);
