@@ -3,13 +3,21 @@
 //! small on purpose: it runs on every supported distribution and stays out of the way.
 
 mod apply;
+mod aws;
+mod daemon;
 mod facts;
+mod imds;
+mod keys;
+mod metrics;
+mod sigv4;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
   cgcloud-agent apply --plan FILE [--facts FILE] [--log FILE] [--upgrade] [--json]
+  cgcloud-agent run [--config FILE]        (default /etc/cgcloud/agent.json)
+  cgcloud-agent sync-keys [--config FILE]  (one key refresh, then exit)
   cgcloud-agent --version";
 
 fn main() -> ExitCode {
@@ -18,6 +26,46 @@ fn main() -> ExitCode {
         Some("--version") | Some("version") => {
             println!("cgcloud-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+        Some(cmd @ ("run" | "sync-keys")) => {
+            let config = match args.get(1).map(String::as_str) {
+                Some("--config") => args.get(2).cloned().unwrap_or_default(),
+                Some(other) => {
+                    eprintln!("unknown argument '{other}'\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+                None => "/etc/cgcloud/agent.json".to_owned(),
+            };
+            let cfg = match std::fs::read_to_string(&config)
+                .map_err(|e| format!("cannot read {config}: {e}"))
+                .and_then(|t| serde_json::from_str::<daemon::Config>(&t).map_err(|e| format!("{config}: {e}")))
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cgcloud-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut agent = match daemon::Agent::new(cfg) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("cgcloud-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if cmd == "run" {
+                agent.run()
+            }
+            match agent.sync_keys() {
+                Ok(n) => {
+                    println!("{n} account(s) updated");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cgcloud-agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Some("apply") => match apply_cmd(&args[1..]) {
             Ok(code) => code,

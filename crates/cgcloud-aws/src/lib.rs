@@ -3,6 +3,7 @@
 //! verbs over EC2, IAM, STS, SSM, SQS, SNS and CloudWatch. Errors are classified once here, so
 //! the CLI can give each a one-line cause and a hint.
 
+pub mod agent;
 pub mod ec2;
 pub mod error;
 pub mod iam;

@@ -13,3 +13,7 @@ pub mod tags;
 pub mod zone;
 
 pub use namespace::Namespace;
+
+/// The SNS topic (one per region) that tells every box's agent to refresh its keys. Key pairs
+/// are not namespaced, so neither is the topic: a key change may concern any namespace.
+pub const AGENT_TOPIC: &str = "cgcloud-agent-notifications";

@@ -181,6 +181,25 @@ impl Namespace {
         format!("/cgcloud{}", self.0)
     }
 
+    /// The name of a box agent's SQS queue. SQS allows only `[A-Za-z0-9_-]`, up to 80
+    /// characters: `.` (legal in namespaces) becomes `D` (upper case never occurs in names, so
+    /// this stays unambiguous), and a namespace too long to fit is replaced by a hash of it.
+    pub fn agent_queue_name(&self, instance_id: &str) -> String {
+        format!("{}{instance_id}", self.agent_queue_prefix())
+    }
+
+    /// The prefix shared by the agent queues of this namespace (for listing them).
+    pub fn agent_queue_prefix(&self) -> String {
+        let prefix = format!("{}cgcloud-agent_", self.aws_prefix().replace('.', "D"));
+        // 80 minus the longest instance id (i- plus 17 hex digits).
+        if prefix.len() <= 80 - 19 {
+            return prefix;
+        }
+        use sha2::{Digest as _, Sha256};
+        let h: String = Sha256::digest(self.0.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("cgcloud-ns-{h}_cgcloud-agent_")
+    }
+
     /// The prefix that `to_aws_name` puts in front of every relative name, e.g. `hannes_`.
     pub fn aws_prefix(&self) -> String {
         self.0[1..].replace('_', "__").replace('/', "_")
@@ -294,6 +313,23 @@ mod tests {
         assert!(!hannes.owns_aws_name(&aws_root));
         assert!(!hannes.owns_aws_name(&ns("/hannes/sub/").to_aws_name("x").unwrap()));
         assert!(!hannes.owns_aws_name("Not_Ours"));
+    }
+
+    #[test]
+    fn agent_queue_names_are_valid_sqs_names() {
+        let valid = |q: &str| q.len() <= 80 && q.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let id = "i-0123456789abcdef0";
+        assert_eq!(ns("/hannes/").agent_queue_name(id), "hannes_cgcloud-agent_i-0123456789abcdef0");
+        assert_eq!(Namespace::root().agent_queue_name(id), "cgcloud-agent_i-0123456789abcdef0");
+        let dotted = ns("/team.a/").agent_queue_name(id);
+        assert_eq!(dotted, "teamDa_cgcloud-agent_i-0123456789abcdef0");
+        assert_ne!(dotted, ns("/teamda/").agent_queue_name(id));
+        let long = ns(&format!("/{}/", "x".repeat(70))).agent_queue_name(id);
+        for q in [dotted, long.clone()] {
+            assert!(valid(&q), "{q}");
+        }
+        assert!(long.starts_with("cgcloud-ns-"));
+        assert!(ns("/hannes/").agent_queue_name(id).starts_with(&ns("/hannes/").agent_queue_prefix()));
     }
 
     #[test]

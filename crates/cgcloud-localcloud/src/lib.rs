@@ -73,6 +73,8 @@ pub struct RunState {
 #[derive(Debug, Clone, Serialize)]
 pub struct Endpoint {
     pub endpoint: String,
+    /// The same API as seen from hosts.
+    pub agent_endpoint: String,
     pub region: String,
     pub zone: String,
     pub subnet: String,
@@ -142,6 +144,7 @@ impl LocalCloud {
         let (zone, subnet) = s.subnets.first().cloned().ok_or(Error::NotUp)?;
         Ok(Endpoint {
             endpoint: Self::endpoint_url(s.port),
+            agent_endpoint: format!("http://{}:{}", net::GATEWAY, s.port),
             region: REGION.to_owned(),
             zone,
             subnet,

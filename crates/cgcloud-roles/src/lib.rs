@@ -235,6 +235,7 @@ impl Registry {
             groups: file.groups,
             users: file.users,
             steps: file.steps,
+            agent: file.agent,
         })
     }
 

@@ -48,6 +48,24 @@ pub struct RoleFile {
     /// Ordered steps: files, directories, downloads, commands and services.
     #[serde(default)]
     pub steps: Vec<RoleStep>,
+    /// How the agent runs on boxes of this role.
+    #[serde(default)]
+    pub agent: AgentDecl,
+}
+
+/// Settings of the agent on boxes of a role.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDecl {
+    /// Report memory and disk use to CloudWatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<bool>,
+    /// Seconds between key refreshes when no notification arrives (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<u64>,
+    /// Accounts besides the admin user whose authorized_keys the agent keeps in sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<String>,
 }
 
 /// A package repository, per package-manager family.
@@ -335,6 +353,7 @@ pub struct Role {
     pub groups: Vec<GroupDecl>,
     pub users: Vec<UserDecl>,
     pub steps: Vec<RoleStep>,
+    pub agent: AgentDecl,
 }
 
 impl Role {

@@ -93,8 +93,12 @@ pub enum Command {
     ListImages(RoleArg),
     /// Delete an image and its snapshots
     DeleteImage(DeleteImageArgs),
-    /// Import an OpenSSH public key as an EC2 key pair
+    /// Import an OpenSSH public key as an EC2 key pair (boxes' agents pick it up at once)
     RegisterKey(RegisterKeyArgs),
+    /// Delete an EC2 key pair (boxes' agents remove its key at once)
+    DeleteKey(DeleteKeyArgs),
+    /// Show the latest memory and disk metrics a box reported
+    Metrics(SelectArgs),
     /// Find and remove leftovers in the namespace
     Cleanup(CleanupArgs),
     /// Delete the namespace's security groups, IAM roles and instance profiles
@@ -210,6 +214,15 @@ pub struct LaunchArgs {
     /// Print the box as a table row when done
     #[arg(long)]
     pub list: bool,
+    /// Do not install the agent: keys are set once at launch and never synced
+    #[arg(long = "no-agent")]
+    pub no_agent: bool,
+    /// Report memory and disk use as CloudWatch metrics (namespace CGCloud)
+    #[arg(long)]
+    pub metrics: bool,
+    /// Seconds between the agent's key refreshes when no notification arrives
+    #[arg(long = "agent-interval")]
+    pub agent_interval: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -314,6 +327,12 @@ pub struct RegisterKeyArgs {
     /// Replace an existing key pair with a different key
     #[arg(short = 'F', long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteKeyArgs {
+    /// Key-pair name (__me__ is your user name)
+    pub keypair: String,
 }
 
 #[derive(Debug, Args)]

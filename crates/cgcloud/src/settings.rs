@@ -48,6 +48,20 @@ pub struct Profile {
     pub instance_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_address: Option<String>,
+    /// The endpoint the agent on boxes uses (default: AWS's); the local cloud sets its bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_endpoint: Option<String>,
+    /// Static credentials for the agent (the local cloud); boxes use their instance profile otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_secret_access_key: Option<String>,
+    /// Release mode: where boxes download the agent (`{version}` and `{arch}` are filled in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_url: Option<String>,
+    /// The SHA-256 the downloaded agent must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_sha256: Option<String>,
 }
 
 impl ConfigFile {
@@ -117,6 +131,21 @@ pub struct Settings {
     pub ssh_address: SshAddress,
     pub output: OutputFormat,
     pub state_dir: PathBuf,
+    pub agent: AgentSettings,
+}
+
+/// How boxes get and run the agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSettings {
+    pub endpoint: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 fn parse_ssh_address(s: &str) -> Result<SshAddress> {
@@ -195,6 +224,13 @@ impl Settings {
             ssh_address,
             output: global.output.unwrap_or(OutputFormat::Text),
             state_dir: state_dir(),
+            agent: AgentSettings {
+                endpoint: env("CGCLOUD_AGENT_ENDPOINT").or(profile.agent_endpoint.clone()),
+                access_key_id: profile.agent_access_key_id.clone(),
+                secret_access_key: profile.agent_secret_access_key.clone(),
+                url: env("CGCLOUD_AGENT_URL").or(profile.agent_url.clone()),
+                sha256: env("CGCLOUD_AGENT_SHA256").or(profile.agent_sha256.clone()),
+            },
             profile_name,
         })
     }

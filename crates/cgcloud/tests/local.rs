@@ -360,3 +360,141 @@ fn roles_end_to_end() {
     u.ok(&["delete-image", "hello-web-box"]);
     u.ok(&["local", "down"]);
 }
+
+/// Tries an SSH login to a box with `key` (a private key file), host key verified with the
+/// user's cgcloud known_hosts.
+fn login(u: &User, key: &std::path::Path, ip: &str, instance_id: &str) -> bool {
+    Command::new("ssh")
+        .args(["-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
+        .arg("-i")
+        .arg(key)
+        .arg("-o")
+        .arg(format!("HostKeyAlias={instance_id}"))
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", u.home.path().join(".local/state/cgcloud/known_hosts").display()))
+        .args(["-o", "StrictHostKeyChecking=yes", &format!("admin@{ip}"), "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Waits until `want(box)` holds on every box; returns the seconds it took.
+fn converge(boxes: &[(String, String)], timeout_s: u64, what: &str, want: impl Fn(&str, &str) -> bool) -> f64 {
+    let start = std::time::Instant::now();
+    loop {
+        if boxes.iter().all(|(id, ip)| want(ip, id)) {
+            return start.elapsed().as_secs_f64();
+        }
+        assert!(start.elapsed().as_secs() < timeout_s, "{what} did not converge within {timeout_s} s");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+fn keygen(dir: &std::path::Path, name: &str) -> PathBuf {
+    let key = dir.join(name);
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    key
+}
+
+/// Runs Python with boto3 from the local cloud's moto venv, against the local cloud's API.
+fn iam(script: &str) {
+    let python = local_dir().join("moto-5.2.5/bin/python");
+    let full = format!(
+        "import boto3\niam = boto3.client('iam', endpoint_url='http://127.0.0.1:5401', region_name='us-west-2', aws_access_key_id='localcloud', aws_secret_access_key='localcloud')\n{script}"
+    );
+    let out = Command::new(python).args(["-c", &full]).env("AWS_EC2_METADATA_DISABLED", "true").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn key_sync_end_to_end() {
+    let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
+    let u = User::new();
+    u.ok(&["local", "up"]);
+    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    // Three shared boxes trusting: the creator, anyone in IAM group devs, carol's key pairs.
+    let mut boxes = Vec::new();
+    for _ in 0..3 {
+        let b = u.json(&["create", DEBIAN, "-k", "__me__", "@@devs", "carol*", "--agent-interval", "5", "--metrics"]);
+        boxes.push((b["instance_id"].as_str().unwrap().to_owned(), b["private_ip"].as_str().unwrap().to_owned()));
+    }
+    let keys = tempfile::tempdir().unwrap();
+
+    // A newly registered key logs in on all three.
+    let carol = keygen(keys.path(), "carol");
+    u.ok(&["register-key", carol.with_extension("pub").to_str().unwrap(), "-k", "carol-laptop"]);
+    let t = converge(&boxes, 30, "carol's new key", |ip, id| login(&u, &carol, ip, id));
+    eprintln!("carol's key reached 3 boxes in {t:.2} s");
+
+    // Keys added by hand to authorized_keys survive syncs.
+    let manual = keygen(keys.path(), "manual");
+    let pubkey = std::fs::read_to_string(manual.with_extension("pub")).unwrap();
+    let (id0, ip0) = boxes[0].clone();
+    u.ok(&["ssh", DEBIAN, "-I", &id0, "--", &format!("echo '{}' >> .ssh/authorized_keys", pubkey.trim())]);
+
+    // A deleted key pair is removed everywhere.
+    u.ok(&["delete-key", "carol-laptop"]);
+    converge(&boxes, 30, "deleting carol's key", |ip, id| !login(&u, &carol, ip, id));
+    assert!(login(&u, &manual, &ip0, &id0), "the hand-added key was dropped");
+
+    // @@devs follows IAM group membership (no notification: the periodic refresh finds it).
+    let dave = keygen(keys.path(), "dave");
+    u.ok(&["register-key", dave.with_extension("pub").to_str().unwrap(), "-k", "dave"]);
+    iam("iam.create_group(GroupName='devs'); iam.create_user(UserName='dave')");
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert!(boxes.iter().all(|(id, ip)| !login(&u, &dave, ip, id)), "dave got in before joining devs");
+    iam("iam.add_user_to_group(GroupName='devs', UserName='dave')");
+    converge(&boxes, 30, "dave joining devs", |ip, id| login(&u, &dave, ip, id));
+    iam("iam.remove_user_from_group(GroupName='devs', UserName='dave')");
+    converge(&boxes, 30, "dave leaving devs", |ip, id| !login(&u, &dave, ip, id));
+
+    // A crashed agent is restarted by systemd.
+    let pid = u.ok(&["ssh", DEBIAN, "-I", &id0, "--", "systemctl show -p MainPID --value cgcloud-agent"]);
+    u.ok(&["ssh", DEBIAN, "-I", &id0, "--", &format!("sudo kill -9 {}", pid.trim())]);
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let after = u.ok(&[
+        "ssh",
+        DEBIAN,
+        "-I",
+        &id0,
+        "--",
+        "systemctl is-active cgcloud-agent; systemctl show -p MainPID --value cgcloud-agent",
+    ]);
+    assert!(after.starts_with("active\n") && !after.ends_with(&format!("\n{}", pid)), "{after}");
+
+    // With the emulator down (paused) access stays; when it is back, changes converge.
+    let state = u.json(&["local", "status"]);
+    let moto = state["state"]["moto_pid"].as_u64().unwrap().to_string();
+    let outage: u64 = std::env::var("CGCLOUD_TEST_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    Command::new("kill").args(["-STOP", &moto]).status().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(outage));
+    let still = boxes.iter().all(|(id, ip)| login(&u, &u.key, ip, id)) && login(&u, &manual, &ip0, &id0);
+    Command::new("kill").args(["-CONT", &moto]).status().unwrap();
+    assert!(still, "access was lost while the emulator was down");
+    let erin = keygen(keys.path(), "erin");
+    u.ok(&["register-key", erin.with_extension("pub").to_str().unwrap(), "-k", "carol-erin"]);
+    converge(&boxes, 90, "a key registered after the outage", |ip, id| login(&u, &erin, ip, id));
+
+    // Every box reports memory and disk use.
+    for (id, _) in &boxes {
+        let m = u.json(&["metrics", DEBIAN, "-I", id]);
+        let names: Vec<&str> = m.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"MemUsage") && names.contains(&"DiskUsage_root"), "{m}");
+    }
+
+    // Terminating a box deletes its queue; nothing is left for cleanup.
+    for (id, _) in &boxes {
+        u.ok(&["terminate", DEBIAN, "-I", id]);
+    }
+    let left = u.json(&["cleanup", "--dry-run"]);
+    assert!(left.as_array().unwrap().iter().all(|i| i["kind"] != "queue"), "{left}");
+    u.ok(&["local", "down"]);
+}

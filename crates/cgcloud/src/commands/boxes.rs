@@ -236,5 +236,25 @@ pub async fn terminate(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
     }
     let id = b.instance_id.clone();
     cgcloud_remote::hostkey::prune(&ctx.settings.known_hosts(), |alias| alias != id)?;
+    // The box's agent queue goes with it (`cleanup` catches any left behind).
+    let ns = ctx.namespace().await?;
+    if let Err(e) = cloud.delete_queue_named(&ns.agent_queue_name(&id)).await {
+        tracing::warn!("could not delete the agent queue of {id}: {e}; `cgcloud cleanup` removes it later");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn metrics(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {
+    let b = ctx.select(&a.role, &a.selection).await?;
+    let values = ctx.cloud().await?.instance_metrics(&b.instance_id, 60).await?;
+    if values.is_empty() {
+        ctx.out
+            .note(format!("box {} reported no metrics in the last hour (create boxes with --metrics)", b.instance_id));
+    }
+    let rows: Vec<Vec<String>> = values
+        .iter()
+        .map(|v| vec![v.name.clone(), format!("{:.1}", v.value), v.unit.clone(), v.timestamp.clone()])
+        .collect();
+    ctx.out.table(&["METRIC", "VALUE", "UNIT", "AT"], &rows, &values);
     Ok(ExitCode::SUCCESS)
 }

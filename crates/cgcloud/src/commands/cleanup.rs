@@ -77,6 +77,15 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
         }
     }
 
+    let alive_ids: BTreeSet<&str> = boxes.iter().map(|b| b.instance_id.as_str()).collect();
+    let prefix = ns.agent_queue_prefix();
+    for (name, url) in cloud.agent_queues(&prefix).await? {
+        let id = name.trim_start_matches(prefix.as_str());
+        if !alive_ids.contains(id) {
+            items.push(Item { kind: "queue", id: url, why: format!("agent queue of {id}, which no longer exists") });
+        }
+    }
+
     // Host keys of boxes that are gone are local cache entries; drop them without asking.
     let known_hosts = ctx.settings.known_hosts();
     let aliases = cgcloud_remote::hostkey::aliases(&known_hosts);
@@ -99,6 +108,7 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
             "snapshot" => delete_snapshot_when_free(cloud, &item.id).await,
             "security-group" => cloud.delete_security_group(&item.id).await.map_err(Into::into),
             "volume" => cloud.delete_volume(&item.id).await.map_err(Into::into),
+            "queue" => cloud.delete_queue(&item.id).await.map_err(Into::into),
             _ => Ok(()),
         }
     })

@@ -1,6 +1,6 @@
 //! `register-key`: import an OpenSSH public key as an EC2 key pair.
 
-use crate::cli::RegisterKeyArgs;
+use crate::cli::{DeleteKeyArgs, RegisterKeyArgs};
 use crate::context::Ctx;
 use anyhow::{bail, Context as _, Result};
 use cgcloud_core::sshkey::PublicKey;
@@ -53,5 +53,28 @@ pub async fn register_key(ctx: &Ctx, a: RegisterKeyArgs) -> Result<ExitCode> {
         );
     }
     report(&imported.fingerprint, if a.force { "replaced" } else { "imported" });
+    notify(ctx).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Tells the agents on boxes to refresh their keys now (they poll anyway, so a failure here
+/// only delays the change).
+async fn notify(ctx: &Ctx) {
+    if let Ok(cloud) = ctx.cloud().await {
+        if let Err(e) = cloud.notify_keys_changed().await {
+            tracing::warn!("could not notify the boxes' agents ({e}); they pick the change up at their next refresh");
+        }
+    }
+}
+
+pub async fn delete_key(ctx: &Ctx, a: DeleteKeyArgs) -> Result<ExitCode> {
+    let name = ctx.resolve_keypair(&a.keypair).await?;
+    let cloud = ctx.cloud().await?;
+    if cloud.key_pair(&name).await?.is_none() {
+        bail!("key pair '{name}' does not exist in region {}", cloud.region);
+    }
+    cloud.delete_key_pair(&name).await?;
+    ctx.out.record(&serde_json::json!({"key_pair": name, "action": "deleted"}), || format!("{name}\tdeleted"));
+    notify(ctx).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -15,6 +15,7 @@ use cgcloud_aws::Cloud;
 use cgcloud_core::glob::is_glob;
 use cgcloud_core::keypairs;
 use cgcloud_core::model::{BoxInfo, ImageInfo};
+use cgcloud_core::plan::{Action, On, Step};
 use cgcloud_core::tags::{self, Tags};
 use cgcloud_core::Namespace;
 use cgcloud_roles::compile::compile;
@@ -42,6 +43,16 @@ struct Prepared {
     options: BTreeMap<String, String>,
     generation: u32,
     owner: String,
+    /// The agent's settings, unless --no-agent.
+    agent: Option<AgentSetup>,
+}
+
+/// How the agent runs on the boxes of a launch.
+#[derive(Debug, Clone)]
+struct AgentSetup {
+    metrics: bool,
+    interval: u64,
+    accounts: Vec<String>,
 }
 
 /// What a launch has created so far, shared with the rollback path.
@@ -181,13 +192,74 @@ fn sg_rules(role: &Role) -> Vec<SgRule> {
         .collect()
 }
 
-fn iam_policy(role: &Role) -> String {
-    let statements: Vec<serde_json::Value> = role
+/// The policy statements of a role's boxes: the role's own, plus exactly what the agent needs.
+fn iam_statements(p: &Prepared) -> Vec<serde_json::Value> {
+    let mut statements: Vec<serde_json::Value> = p
+        .role
         .iam
         .iter()
         .map(|s| serde_json::json!({"Effect": s.effect, "Action": s.action, "Resource": s.resource}))
         .collect();
-    serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string()
+    if p.agent.is_some() {
+        let queues = format!("arn:aws:sqs:*:*:{}*", p.ns.agent_queue_prefix());
+        let topic = format!("arn:aws:sns:*:*:{}", cgcloud_core::AGENT_TOPIC);
+        statements.extend([
+            // Key pairs with their public keys, and the box's own key-pair patterns (a tag).
+            serde_json::json!({"Effect": "Allow", "Action": ["ec2:DescribeKeyPairs", "ec2:DescribeTags"], "Resource": "*"}),
+            // Members of the IAM groups named by @@group patterns.
+            serde_json::json!({"Effect": "Allow", "Action": ["iam:GetGroup"], "Resource": "*"}),
+            // The box's own notification queue, in this namespace.
+            serde_json::json!({"Effect": "Allow", "Action": ["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes", "sqs:ReceiveMessage", "sqs:DeleteMessage"], "Resource": queues}),
+            serde_json::json!({"Effect": "Allow", "Action": ["sns:CreateTopic", "sns:Subscribe"], "Resource": topic}),
+            serde_json::json!({"Effect": "Allow", "Action": "cloudwatch:PutMetricData", "Resource": "*", "Condition": {"StringEquals": {"cloudwatch:namespace": "CGCloud"}}}),
+        ]);
+    }
+    statements
+}
+
+/// The agent's configuration file and service, appended to the role's plan.
+fn agent_steps(ctx: &Ctx, p: &Prepared, region: &str) -> Vec<Step> {
+    let Some(a) = &p.agent else { return Vec::new() };
+    let s = &ctx.settings.agent;
+    let config = serde_json::json!({
+        "namespace": p.ns.as_str(),
+        "region": region,
+        "endpoint": s.endpoint,
+        "access_key_id": s.access_key_id,
+        "secret_access_key": s.secret_access_key,
+        "accounts": a.accounts,
+        "keypairs": p.keypair_patterns,
+        "interval": a.interval,
+        "metrics": a.metrics,
+    });
+    let unit = "[Unit]\nDescription=cgcloud agent: SSH key sync and metrics\nAfter=network-online.target cloud-init.target\nWants=network-online.target\n\n\
+                [Service]\nExecStart=/usr/local/bin/cgcloud-agent run --config /etc/cgcloud/agent.json\nRestart=always\nRestartSec=5\n\n\
+                [Install]\nWantedBy=multi-user.target\n";
+    vec![
+        Step {
+            title: "agent configuration".into(),
+            on: On::All,
+            action: Action::File {
+                path: "/etc/cgcloud/agent.json".into(),
+                content: serde_json::to_string_pretty(&config).unwrap_or_default() + "\n",
+                owner: Some("root".into()),
+                group: Some("root".into()),
+                mode: Some("0600".into()),
+                template: false,
+            },
+        },
+        Step {
+            title: "service cgcloud-agent".into(),
+            on: On::All,
+            action: Action::Service {
+                name: "cgcloud-agent".into(),
+                unit: Some(unit.into()),
+                enable: true,
+                start: true,
+                restart_on: vec!["/etc/cgcloud/agent.json".into(), "/usr/local/bin/cgcloud-agent".into()],
+            },
+        },
+    ]
 }
 
 /// Resolves everything a launch needs, creating nothing.
@@ -264,6 +336,19 @@ async fn prepare(
     let subnet = a.subnet.clone().or(ctx.settings.subnet.clone());
     let network = cloud.network(subnet.as_deref(), ctx.settings.zone.as_deref()).await?;
     let owner = ctx.me().await.map(str::to_owned).unwrap_or_else(|_| "unknown".into());
+    let agent = (!a.no_agent).then(|| {
+        let mut accounts = vec![os.admin_user.clone()];
+        for acct in role.agent.accounts.iter().chain(role.default_user.iter()) {
+            if !accounts.contains(acct) {
+                accounts.push(acct.clone());
+            }
+        }
+        AgentSetup {
+            metrics: a.metrics || role.agent.metrics.unwrap_or(false),
+            interval: a.agent_interval.or(role.agent.interval).unwrap_or(300).max(5),
+            accounts,
+        }
+    });
     Ok(Prepared {
         ns,
         role,
@@ -277,6 +362,7 @@ async fn prepare(
         options: given,
         generation,
         owner,
+        agent,
     })
 }
 
@@ -294,7 +380,7 @@ fn box_tags(p: &Prepared, txn: &Txn, host_key: &str) -> Result<Tags> {
     t.insert(tags::ADMIN_USER.into(), p.os.admin_user.clone());
     t.insert(tags::OS.into(), p.os.id.clone());
     t.insert(tags::KEYPAIRS.into(), p.keypair_patterns.join(" "));
-    t.insert(tags::AGENT.into(), "false".into());
+    t.insert(tags::AGENT.into(), p.agent.is_some().to_string());
     for (k, v) in &p.options {
         t.insert(tags::option_tag(k), v.clone());
     }
@@ -320,14 +406,16 @@ async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn, count: i32) -> Result<Vec<Bo
     if sg_created {
         txn.with(|s| s.security_group = Some(sg_id.clone()));
     }
-    let profile = if p.role.iam.is_empty() {
+    let statements = iam_statements(p);
+    let profile = if statements.is_empty() {
         None
     } else {
         let name = sg_name.clone();
         if name.len() > 64 {
             bail!("IAM role name '{name}' is longer than 64 characters; use a shorter namespace or role name");
         }
-        if cloud.ensure_instance_profile(&name, &p.ns.iam_path(), &iam_policy(&p.role), &sg_tags).await? {
+        let policy = serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string();
+        if cloud.ensure_instance_profile(&name, &p.ns.iam_path(), &policy, &sg_tags).await? {
             txn.with(|s| s.instance_profile = Some(name.clone()));
         }
         Some(name)
@@ -492,7 +580,10 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
             return Ok(b);
         }
         let target = wait_ssh(ctx, &b, &a.launch).await?;
-        provision(ctx, &target, &b, &plan, a.upgrade).await?;
+        // The agent's steps depend on the launch, not the role: they are not in the plan hash.
+        let mut full = plan.clone();
+        full.steps.extend(agent_steps(ctx, &prepared, &cloud.region));
+        provision(ctx, &target, &b, &full, a.upgrade).await?;
         record_plan(cloud, &b.instance_id, &plan).await?;
         finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
         target.close().await;

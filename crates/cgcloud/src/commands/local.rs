@@ -68,6 +68,10 @@ fn write_profile(ep: &Endpoint, path: &std::path::Path) -> Result<()> {
             aws_access_key_id: Some(ep.access_key_id.clone()),
             aws_secret_access_key: Some(ep.secret_access_key.clone()),
             ssh_address: Some("private".to_owned()),
+            // Boxes reach the emulated API at the bridge, with the local cloud's dummy keys.
+            agent_endpoint: Some(ep.agent_endpoint.clone()),
+            agent_access_key_id: Some(ep.access_key_id.clone()),
+            agent_secret_access_key: Some(ep.secret_access_key.clone()),
             ..Default::default()
         },
     );

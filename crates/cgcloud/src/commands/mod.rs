@@ -51,6 +51,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::ListImages(a) => images::list_images(&ctx, &a.role).await,
         Command::DeleteImage(a) => images::delete_image(&ctx, a).await,
         Command::RegisterKey(a) => keys::register_key(&ctx, a).await,
+        Command::DeleteKey(a) => keys::delete_key(&ctx, a).await,
+        Command::Metrics(a) => boxes::metrics(&ctx, a).await,
         Command::Cleanup(a) => cleanup::cleanup(&ctx, a).await,
         Command::ResetSecurity(a) => cleanup::reset_security(&ctx, a).await,
         Command::Local(c) => local::run(&ctx, c).await,

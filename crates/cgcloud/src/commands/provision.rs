@@ -26,15 +26,41 @@ pub struct Summary {
     pub skipped: u64,
 }
 
-/// The agent binary to put on boxes: `CGCLOUD_AGENT_BINARY`, else `cgcloud-agent` beside cgcloud.
-pub fn agent_binary() -> Result<PathBuf> {
+/// Where the agent comes from.
+enum AgentSource {
+    /// Development: a binary on this machine, uploaded over SSH.
+    Local(PathBuf),
+    /// Release: a versioned artifact the box downloads and checks against its SHA-256.
+    Release { url: String, sha256: String },
+}
+
+/// `CGCLOUD_AGENT_BINARY` if set, else a configured release URL, else `cgcloud-agent` beside
+/// cgcloud.
+fn agent_source(ctx: &Ctx) -> Result<AgentSource> {
     if let Some(p) = std::env::var_os("CGCLOUD_AGENT_BINARY") {
         let p = PathBuf::from(p);
         if !p.is_file() {
             bail!("CGCLOUD_AGENT_BINARY={} does not exist", p.display());
         }
-        return Ok(p);
+        return Ok(AgentSource::Local(p));
     }
+    if let Some(url) = &ctx.settings.agent.url {
+        let sha256 = ctx.settings.agent.sha256.clone().with_context(|| {
+            format!("the agent URL {url} is set but not its checksum; set CGCLOUD_AGENT_SHA256 (or agent_sha256 in the profile)")
+        })?;
+        if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            bail!("the agent checksum '{sha256}' is not a SHA-256 (64 hex digits)");
+        }
+        return Ok(AgentSource::Release {
+            url: url.replace("{version}", env!("CARGO_PKG_VERSION")),
+            sha256: sha256.to_lowercase(),
+        });
+    }
+    Ok(AgentSource::Local(agent_binary()?))
+}
+
+/// The locally built agent beside the cgcloud executable.
+pub fn agent_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the cgcloud executable")?;
     let beside = exe.with_file_name("cgcloud-agent");
     if beside.is_file() {
@@ -78,14 +104,31 @@ async fn run_with_input(target: &SshTarget, script: &str, stdin: &[u8]) -> Resul
 }
 
 /// Puts the agent on the box unless the box already has this very binary.
-pub async fn install_agent(target: &SshTarget) -> Result<()> {
-    let local = agent_binary()?;
-    let hash = sha256_file(&local)?;
+pub async fn install_agent(ctx: &Ctx, target: &SshTarget) -> Result<()> {
+    let (local, hash) = match agent_source(ctx)? {
+        AgentSource::Local(p) => {
+            let h = sha256_file(&p)?;
+            (Some(p), h)
+        }
+        AgentSource::Release { sha256, .. } => (None, sha256),
+    };
     let check = format!("sha256sum {AGENT_PATH} 2>/dev/null | cut -d' ' -f1");
     let remote = run_with_input(target, &check, b"").await.unwrap_or_default();
     if remote.trim() == hash {
         return Ok(());
     }
+    let Some(local) = local else {
+        let AgentSource::Release { url, sha256 } = agent_source(ctx)? else { bail!("unreachable") };
+        // The box downloads the artifact itself and refuses it unless the checksum matches.
+        let url = url.replace("{arch}", "$(uname -m)");
+        let script = format!(
+            "set -e; t=$(mktemp); curl -fsSL --retry 3 -o \"$t\" \"{url}\"; \
+             if [ \"$(sha256sum \"$t\" | cut -d' ' -f1)\" != {sha256} ]; then echo \"checksum mismatch for {url}\" >&2; rm -f \"$t\"; exit 1; fi; \
+             sudo -n install -m 0755 \"$t\" {AGENT_PATH}; rm -f \"$t\""
+        );
+        run_with_input(target, &script, b"").await.context("cannot install the agent release on the box")?;
+        return Ok(());
+    };
     let data = std::fs::read(&local).with_context(|| format!("cannot read {}", local.display()))?;
     let install = format!(
         "sudo -n sh -c 'mkdir -p /usr/local/bin && cat > {AGENT_PATH}.new && chmod 755 {AGENT_PATH}.new && mv {AGENT_PATH}.new {AGENT_PATH}'"
@@ -115,7 +158,7 @@ pub fn box_facts(b: &BoxInfo, region: &str) -> serde_json::Value {
 
 /// Applies `plan` on the box with the agent, showing per-step progress.
 pub async fn provision(ctx: &Ctx, target: &SshTarget, b: &BoxInfo, plan: &Plan, upgrade: bool) -> Result<Summary> {
-    install_agent(target).await?;
+    install_agent(ctx, target).await?;
     let plan_json = serde_json::to_vec_pretty(plan)?;
     let facts = serde_json::to_vec_pretty(&box_facts(b, &ctx.cloud().await?.region))?;
     let put = |path: &str| format!("sudo -n sh -c 'mkdir -p /var/lib/cgcloud && cat > {path}'");

@@ -1,0 +1,341 @@
+//! `cgcloud-agent run`: the long-running part. It keeps the managed accounts'
+//! `authorized_keys` in sync with the box's key-pair patterns (read from the box's own
+//! `cgcloud:keypairs` tag, so a recreated box follows its new patterns), woken at once by a
+//! notification (SNS topic → this box's SQS queue) and refreshing every `interval` seconds
+//! anyway (IAM group changes send no notification). Optionally it reports memory and disk
+//! use. When the API is unreachable it keeps the last good keys and retries with backoff.
+
+use crate::aws::{AwsError, Client, Service};
+use crate::keys;
+use crate::sigv4::Credentials;
+use cgcloud_core::keypairs;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub const TOPIC: &str = cgcloud_core::AGENT_TOPIC;
+
+fn default_interval() -> u64 {
+    300
+}
+fn default_metrics_interval() -> u64 {
+    60
+}
+fn default_state() -> PathBuf {
+    PathBuf::from("/var/lib/cgcloud/agent-state.json")
+}
+fn default_topic() -> String {
+    TOPIC.to_owned()
+}
+
+/// /etc/cgcloud/agent.json, written when the box is provisioned.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub namespace: String,
+    pub region: String,
+    /// An EC2-compatible endpoint (the local cloud); AWS's own endpoints otherwise.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Static credentials (the local cloud); the instance profile otherwise.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Local accounts whose authorized_keys are kept in sync.
+    pub accounts: Vec<String>,
+    /// Key-pair patterns used when the box's tag cannot be read.
+    pub keypairs: Vec<String>,
+    #[serde(default = "default_interval")]
+    pub interval: u64,
+    #[serde(default)]
+    pub metrics: bool,
+    #[serde(default = "default_metrics_interval")]
+    pub metrics_interval: u64,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    #[serde(default = "default_state")]
+    pub state: PathBuf,
+}
+
+/// What the agent remembers across restarts: every key blob it has seen as an EC2 key pair,
+/// so that keys of deleted key pairs are recognized and removed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    known: BTreeSet<String>,
+}
+
+fn log(level: &str, msg: impl AsRef<str>) {
+    // systemd's journal reads the priority from the <N> prefix.
+    let p = match level {
+        "error" => 3,
+        "warning" => 4,
+        _ => 6,
+    };
+    eprintln!("<{p}>{level}: {}", msg.as_ref());
+}
+
+pub struct Agent {
+    cfg: Config,
+    aws: Client,
+    instance_id: String,
+    state: State,
+    queue_url: Option<String>,
+}
+
+impl Agent {
+    pub fn new(cfg: Config) -> Result<Agent, String> {
+        let creds = match (&cfg.access_key_id, &cfg.secret_access_key) {
+            (Some(a), Some(s)) => {
+                Some(Credentials { access_key_id: a.clone(), secret_access_key: s.clone(), session_token: None })
+            }
+            _ => None,
+        };
+        let aws = Client::new(&cfg.region, cfg.endpoint.clone(), creds);
+        let instance_id = match &cfg.instance_id {
+            Some(i) => i.clone(),
+            None => instance_id()?,
+        };
+        let state =
+            std::fs::read_to_string(&cfg.state).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        Ok(Agent { cfg, aws, instance_id, state, queue_url: None })
+    }
+
+    fn save_state(&self) {
+        if let Some(dir) = self.cfg.state.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = self.cfg.state.with_extension("tmp");
+        if std::fs::write(&tmp, serde_json::to_string(&self.state).unwrap_or_default()).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.cfg.state);
+        }
+    }
+
+    /// The box's key-pair patterns: its tag, else the config.
+    fn patterns(&self) -> Result<Vec<String>, AwsError> {
+        let a = self.aws.call(
+            Service::Ec2,
+            "DescribeTags",
+            &[
+                ("Filter.1.Name", "resource-id".into()),
+                ("Filter.1.Value.1", self.instance_id.clone()),
+                ("Filter.2.Name", "key".into()),
+                ("Filter.2.Value.1", cgcloud_core::tags::KEYPAIRS.into()),
+            ],
+        )?;
+        let tagged = a.text("value").filter(|v| !v.trim().is_empty());
+        Ok(match tagged {
+            Some(v) => v.split_whitespace().map(str::to_owned).collect(),
+            None => self.cfg.keypairs.clone(),
+        })
+    }
+
+    /// One key refresh: returns how many accounts changed.
+    pub fn sync_keys(&mut self) -> Result<usize, AwsError> {
+        let patterns = self.patterns()?;
+        let pairs = self.aws.call(Service::Ec2, "DescribeKeyPairs", &[("IncludePublicKey", "true".into())])?;
+        let records = pairs.records("item", &["keyName", "publicKey"]);
+        let public: BTreeMap<String, String> = records
+            .into_iter()
+            .filter(|r| !r[0].is_empty() && !r[1].is_empty())
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect();
+        let mut members = BTreeMap::new();
+        for g in keypairs::groups(&patterns) {
+            let users = match self.aws.call(Service::Iam, "GetGroup", &[("GroupName", g.clone())]) {
+                Ok(a) => a.texts("UserName"),
+                Err(AwsError::Service { code, .. }) if code == "NoSuchEntity" => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            members.insert(g, users);
+        }
+        let names: Vec<String> = public.keys().cloned().collect();
+        let chosen = keypairs::expand(&patterns, &names, &members);
+        let desired: Vec<String> = chosen.iter().filter_map(|n| public.get(n)).cloned().collect();
+        for k in public.values() {
+            if let Some(b) = keys::blob(k) {
+                self.state.known.insert(b.to_owned());
+            }
+        }
+        self.save_state();
+        let mut changed = 0;
+        for name in &self.cfg.accounts {
+            let Some(acct) = keys::account(name) else {
+                log("warning", format!("account {name} does not exist; skipping"));
+                continue;
+            };
+            match keys::sync_account(&acct, &self.state.known, &desired) {
+                Ok(true) => {
+                    changed += 1;
+                    log(
+                        "info",
+                        format!(
+                            "updated the keys of {} ({} key pair(s): {})",
+                            acct.name,
+                            desired.len(),
+                            chosen.join(" ")
+                        ),
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => log("error", format!("cannot update keys of {name}: {e}")),
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Makes sure this box's queue exists and receives the notification topic.
+    fn ensure_queue(&mut self) -> Result<String, AwsError> {
+        if let Some(u) = &self.queue_url {
+            return Ok(u.clone());
+        }
+        let ns = cgcloud_core::Namespace::parse(&self.cfg.namespace)
+            .map_err(|e| AwsError::Parse { action: "namespace".into(), detail: e.to_string() })?;
+        let name = ns.agent_queue_name(&self.instance_id);
+        let topic = self
+            .aws
+            .call(Service::Sns, "CreateTopic", &[("Name", self.cfg.topic.clone())])?
+            .text("TopicArn")
+            .unwrap_or_default();
+        let url = self
+            .aws
+            .call(
+                Service::Sqs,
+                "CreateQueue",
+                &[
+                    ("QueueName", name),
+                    ("Attribute.1.Name", "MessageRetentionPeriod".into()),
+                    ("Attribute.1.Value", "300".into()),
+                ],
+            )?
+            .text("QueueUrl")
+            .unwrap_or_default();
+        let arn = self
+            .aws
+            .call(
+                Service::Sqs,
+                "GetQueueAttributes",
+                &[("QueueUrl", url.clone()), ("AttributeName.1", "QueueArn".into())],
+            )?
+            .text("Value")
+            .unwrap_or_default();
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"}, "Action": "sqs:SendMessage",
+                           "Resource": arn, "Condition": {"ArnEquals": {"aws:SourceArn": topic}}}]
+        });
+        self.aws.call(
+            Service::Sqs,
+            "SetQueueAttributes",
+            &[
+                ("QueueUrl", url.clone()),
+                ("Attribute.1.Name", "Policy".into()),
+                ("Attribute.1.Value", policy.to_string()),
+            ],
+        )?;
+        self.aws.call(
+            Service::Sns,
+            "Subscribe",
+            &[
+                ("TopicArn", topic),
+                ("Protocol", "sqs".into()),
+                ("Endpoint", arn),
+                ("Attributes.entry.1.key", "RawMessageDelivery".into()),
+                ("Attributes.entry.1.value", "true".into()),
+            ],
+        )?;
+        log("info", format!("listening on queue {url}"));
+        self.queue_url = Some(url.clone());
+        Ok(url)
+    }
+
+    /// Waits up to `wait` seconds for notifications; true if any arrived.
+    fn wait_for_notification(&mut self, wait: u64) -> Result<bool, AwsError> {
+        let url = self.ensure_queue()?;
+        let a = self.aws.call(
+            Service::Sqs,
+            "ReceiveMessage",
+            &[
+                ("QueueUrl", url.clone()),
+                ("WaitTimeSeconds", wait.min(20).to_string()),
+                ("MaxNumberOfMessages", "10".into()),
+                ("VisibilityTimeout", "10".into()),
+            ],
+        )?;
+        let handles = a.texts("ReceiptHandle");
+        for h in &handles {
+            self.aws.call(Service::Sqs, "DeleteMessage", &[("QueueUrl", url.clone()), ("ReceiptHandle", h.clone())])?;
+        }
+        Ok(!handles.is_empty())
+    }
+
+    fn put_metrics(&self) -> Result<(), AwsError> {
+        let values = crate::metrics::collect();
+        let params = crate::metrics::put_params(&self.instance_id, &values);
+        let refs: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        self.aws.call(Service::CloudWatch, "PutMetricData", &refs)?;
+        Ok(())
+    }
+
+    /// Runs forever.
+    pub fn run(mut self) -> ! {
+        log(
+            "info",
+            format!(
+                "cgcloud-agent {} on {} in namespace {}",
+                env!("CARGO_PKG_VERSION"),
+                self.instance_id,
+                self.cfg.namespace
+            ),
+        );
+        let mut backoff = Duration::from_secs(1);
+        let mut next_refresh = Instant::now();
+        let mut next_metrics = Instant::now();
+        loop {
+            let result: Result<(), AwsError> = (|| {
+                let now = Instant::now();
+                if now >= next_refresh {
+                    self.sync_keys()?;
+                    next_refresh = Instant::now() + Duration::from_secs(self.cfg.interval);
+                }
+                if self.cfg.metrics && Instant::now() >= next_metrics {
+                    self.put_metrics()?;
+                    next_metrics = Instant::now() + Duration::from_secs(self.cfg.metrics_interval);
+                }
+                let until = if self.cfg.metrics { next_refresh.min(next_metrics) } else { next_refresh };
+                let wait = until.saturating_duration_since(Instant::now()).as_secs().max(1);
+                if self.wait_for_notification(wait)? {
+                    // A notification: refresh now.
+                    next_refresh = Instant::now();
+                }
+                Ok(())
+            })();
+            match result {
+                Ok(()) => backoff = Duration::from_secs(1),
+                Err(e) => {
+                    log("warning", format!("{e}; keeping the current keys, retrying in {} s", backoff.as_secs()));
+                    self.queue_url = None;
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+/// This box's instance id: cloud-init's record (EC2 and the local cloud), else IMDS.
+fn instance_id() -> Result<String, String> {
+    for p in ["/var/lib/cloud/data/instance-id", "/run/cloud-init/.instance-id"] {
+        if let Ok(id) = std::fs::read_to_string(p) {
+            let id = id.trim();
+            if id.starts_with("i-") {
+                return Ok(id.to_owned());
+            }
+        }
+    }
+    let http = ureq::AgentBuilder::new().timeout(Duration::from_secs(3)).build();
+    crate::imds::instance_id(&http)
+}

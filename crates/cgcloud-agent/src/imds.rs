@@ -1,0 +1,53 @@
+//! The EC2 instance metadata service (IMDSv2), used only on real EC2 when the agent's config
+//! carries no credentials: the instance profile's temporary credentials and the instance id.
+
+use crate::sigv4::Credentials;
+use std::time::{Duration, SystemTime};
+
+const IMDS: &str = "http://169.254.169.254";
+
+fn token(http: &ureq::Agent) -> Result<String, String> {
+    http.put(&format!("{IMDS}/latest/api/token"))
+        .set("X-aws-ec2-metadata-token-ttl-seconds", "300")
+        .timeout(Duration::from_secs(2))
+        .call()
+        .map_err(|e| format!("IMDS token: {e}"))?
+        .into_string()
+        .map_err(|e| e.to_string())
+}
+
+fn get(http: &ureq::Agent, token: &str, path: &str) -> Result<String, String> {
+    http.get(&format!("{IMDS}{path}"))
+        .set("X-aws-ec2-metadata-token", token)
+        .timeout(Duration::from_secs(2))
+        .call()
+        .map_err(|e| format!("IMDS {path}: {e}"))?
+        .into_string()
+        .map_err(|e| e.to_string())
+}
+
+/// The instance profile's credentials and when they expire.
+pub fn role_credentials(http: &ureq::Agent) -> Result<(Credentials, SystemTime), String> {
+    let t = token(http)?;
+    let role = get(http, &t, "/latest/meta-data/iam/security-credentials/")?;
+    let role = role.lines().next().ok_or("the instance has no IAM role")?.trim().to_owned();
+    let doc = get(http, &t, &format!("/latest/meta-data/iam/security-credentials/{role}"))?;
+    let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| format!("IMDS credentials: {e}"))?;
+    let field = |k: &str| v[k].as_str().map(str::to_owned).ok_or_else(|| format!("IMDS credentials lack {k}"));
+    // Refresh well before expiry; the exact expiry needs a date parser we do not carry.
+    let expires = SystemTime::now() + Duration::from_secs(45 * 60);
+    Ok((
+        Credentials {
+            access_key_id: field("AccessKeyId")?,
+            secret_access_key: field("SecretAccessKey")?,
+            session_token: Some(field("Token")?),
+        },
+        expires,
+    ))
+}
+
+/// The instance id from IMDS.
+pub fn instance_id(http: &ureq::Agent) -> Result<String, String> {
+    let t = token(http)?;
+    get(http, &t, "/latest/meta-data/instance-id")
+}
