@@ -4,6 +4,10 @@
 //! - `local-boot [N...]`: on the local cloud (root; it is brought up if needed), launches N
 //!   Debian hosts with one RunInstances call and measures, per host, the time from moto
 //!   reporting it running to a working, host-key-verified SSH login. Default N: 1 10 50.
+//! - `key-sync [BOXES [REGISTRATIONS]]`: on the local cloud, creates BOXES boxes with the agent
+//!   (default 5), registers REGISTRATIONS new keys (default 20) and measures, for each, the time
+//!   from `cgcloud register-key` returning to the key logging in on each box; then the agent's
+//!   idle memory and CPU. Targets: p99 <= 2 s; idle RSS <= 10 MiB.
 
 use anyhow::{bail, Context as _, Result};
 use cgcloud_aws::ec2::LaunchSpec;
@@ -153,6 +157,138 @@ async fn main() -> Result<()> {
             };
             local_boot(&counts).await
         }
-        _ => bail!("usage: cargo run -p xtask -- bench local-boot [N...]"),
+        ["bench", "key-sync", rest @ ..] => {
+            let boxes = rest.first().map(|s| s.parse()).transpose().context("BOXES must be a number")?.unwrap_or(5);
+            let regs =
+                rest.get(1).map(|s| s.parse()).transpose().context("REGISTRATIONS must be a number")?.unwrap_or(20);
+            key_sync(boxes, regs).await
+        }
+        _ => bail!("usage: cargo run -p xtask -- bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]]"),
     }
+}
+
+/// Runs cgcloud with its own HOME (so the bench does not touch the user's config).
+fn cgcloud(home: &Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(cgcloud_exe()?)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_STATE_HOME", home.join(".local/state"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("CGCLOUD_SSH_OPTS", format!("-F /dev/null -i {} -o IdentitiesOnly=yes", home.join("id_ed25519").display()))
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!("cgcloud {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn keygen(path: &Path) -> Result<()> {
+    let st =
+        std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(path).status()?;
+    if !st.success() {
+        bail!("ssh-keygen failed");
+    }
+    Ok(())
+}
+
+fn login(home: &Path, key: &Path, ip: &str, id: &str) -> bool {
+    std::process::Command::new("ssh")
+        .args(["-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-i"])
+        .arg(key)
+        .arg("-o")
+        .arg(format!("HostKeyAlias={id}"))
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", home.join(".local/state/cgcloud/known_hosts").display()))
+        .args([&format!("admin@{ip}"), "true"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn key_sync(n_boxes: usize, n_regs: usize) -> Result<()> {
+    let home = tempfile::tempdir()?;
+    let h = home.path().to_path_buf();
+    keygen(&h.join("id_ed25519"))?;
+    cgcloud(&h, &["-q", "local", "up"])?;
+    cgcloud(&h, &["-q", "register-key", &h.join("id_ed25519.pub").display().to_string()])?;
+    let role = "generic-debian-bookworm-box";
+    let mut boxes = Vec::new();
+    eprintln!("creating {n_boxes} boxes ...");
+    for _ in 0..n_boxes {
+        let out = cgcloud(&h, &["-q", "--output", "json", "create", role, "-k", "__me__", "bench-*"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        boxes.push((
+            v["instance_id"].as_str().unwrap_or_default().to_owned(),
+            v["private_ip"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    let mut samples = Vec::new();
+    let mut worst = Vec::new();
+    for i in 0..n_regs {
+        let key = h.join(format!("bench-{i}"));
+        keygen(&key)?;
+        cgcloud(
+            &h,
+            &["-q", "register-key", &key.with_extension("pub").display().to_string(), "-k", &format!("bench-{i}")],
+        )?;
+        let t0 = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for (id, ip) in boxes.clone() {
+            let (h, key) = (h.clone(), key.clone());
+            set.spawn_blocking(move || {
+                while !login(&h, &key, &ip, &id) {
+                    if t0.elapsed() > Duration::from_secs(120) {
+                        return f64::INFINITY;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                t0.elapsed().as_secs_f64()
+            });
+        }
+        let mut this = Vec::new();
+        while let Some(r) = set.join_next().await {
+            this.push(r?);
+        }
+        worst.push(this.iter().cloned().fold(0.0, f64::max));
+        samples.extend(this);
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    worst.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "key-sync: {n_regs} registrations x {n_boxes} boxes, time from register-key returning to the key logging in"
+    );
+    println!(
+        "  per box:            p50 {:.2} s  p99 {:.2} s  max {:.2} s",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        percentile(&samples, 1.0)
+    );
+    println!(
+        "  all boxes (worst):  p50 {:.2} s  p99 {:.2} s   (target p99 <= 2 s)",
+        percentile(&worst, 0.5),
+        percentile(&worst, 0.99)
+    );
+    // Idle cost of the agent on one box.
+    let (id, _) = &boxes[0];
+    let probe = "p=$(systemctl show -p MainPID --value cgcloud-agent); a=$(awk '{print $14+$15}' /proc/$p/stat); sleep 30; \
+                 b=$(awk '{print $14+$15}' /proc/$p/stat); rss=$(awk '/VmRSS/{print $2}' /proc/$p/status); echo $rss $((b-a)) $(getconf CLK_TCK)";
+    let out = cgcloud(&h, &["-q", "ssh", role, "-I", id, "--", probe])?;
+    let f: Vec<f64> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    if f.len() == 3 {
+        println!(
+            "  agent idle: RSS {:.1} MiB (target <= 10 MiB), CPU {:.3} % over 30 s",
+            f[0] / 1024.0,
+            f[1] / f[2] / 30.0 * 100.0
+        );
+    }
+    for (id, _) in &boxes {
+        cgcloud(&h, &["-q", "terminate", role, "-I", id])?;
+    }
+    for i in 0..n_regs {
+        let _ = cgcloud(&h, &["-q", "delete-key", &format!("bench-{i}")]);
+    }
+    Ok(())
 }
