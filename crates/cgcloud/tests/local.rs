@@ -113,6 +113,8 @@ fn footprint() -> (Vec<String>, Vec<String>, bool, bool) {
 fn local_cloud_end_to_end() {
     let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
     let u = User::new();
+    // Start from a fresh local cloud, whatever an earlier run left.
+    u.ok(&["local", "down"]);
     u.ok(&["local", "up"]);
     // A second `up` is harmless.
     let again = u.run(&["local", "up"]);
@@ -240,6 +242,8 @@ fn roles_end_to_end() {
     let mut u = User::new();
     let plugins = tempfile::tempdir().unwrap();
     u.env.push(("CGCLOUD_PLUGINS".into(), format!("{}:{}", examples_dir().display(), plugins.path().display())));
+    // Start from a fresh local cloud, whatever an earlier run left.
+    u.ok(&["local", "down"]);
     u.ok(&["local", "up"]);
     u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
 
@@ -353,6 +357,63 @@ fn roles_end_to_end() {
     assert!(err.contains("interrupted") && err.contains("rolling back"), "{err}");
     assert!(u.json(&["list", "slow-box"]).as_array().unwrap().is_empty(), "Ctrl-C left the box");
 
+    // Release mode: the box downloads a versioned agent artifact and checks its SHA-256.
+    let dist = tempfile::tempdir().unwrap();
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_cgcloud")).with_file_name("cgcloud-agent");
+    let arch = String::from_utf8(Command::new("uname").arg("-m").output().unwrap().stdout).unwrap();
+    let artifact = format!("cgcloud-agent-{}-{}", env!("CARGO_PKG_VERSION"), arch.trim());
+    std::fs::copy(&agent, dist.path().join(&artifact)).unwrap();
+    let sha = String::from_utf8(Command::new("sha256sum").arg(&agent).output().unwrap().stdout).unwrap();
+    let sha = sha.split_whitespace().next().unwrap().to_owned();
+    let port = "8765";
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "10.199.0.1", port, "--directory"])
+        .arg(dist.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", &format!("http://10.199.0.1:{port}/")])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut release = User { home: tempfile::tempdir().unwrap(), key: u.key.clone(), env: u.env.clone() };
+    std::fs::create_dir_all(release.home.path().join(".config/cgcloud")).unwrap();
+    std::fs::copy(
+        u.home.path().join(".config/cgcloud/config.toml"),
+        release.home.path().join(".config/cgcloud/config.toml"),
+    )
+    .unwrap();
+    release
+        .env
+        .push(("CGCLOUD_AGENT_URL".into(), format!("http://10.199.0.1:{port}/cgcloud-agent-{{version}}-{{arch}}")));
+    release.env.push(("CGCLOUD_AGENT_SHA256".into(), "0".repeat(64)));
+    let bad = release.run(&["create", DEBIAN]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("checksum mismatch"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    release.env.pop();
+    release.env.push(("CGCLOUD_AGENT_SHA256".into(), sha.clone()));
+    let rb = release.json(&["create", DEBIAN]);
+    let on_box = release.ok(&[
+        "ssh",
+        DEBIAN,
+        "-I",
+        rb["instance_id"].as_str().unwrap(),
+        "--",
+        "sha256sum /usr/local/bin/cgcloud-agent; systemctl is-active cgcloud-agent",
+    ]);
+    assert!(on_box.starts_with(&sha) && on_box.ends_with("active\n"), "{on_box}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+
     u.ok(&["cleanup", "--yes"]);
     for b in u.json(&["list"]).as_array().unwrap() {
         u.ok(&["terminate", b["role"].as_str().unwrap(), "-I", b["instance_id"].as_str().unwrap()]);
@@ -418,6 +479,8 @@ fn iam(script: &str) {
 fn key_sync_end_to_end() {
     let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
     let u = User::new();
+    // Start from a fresh local cloud, whatever an earlier run left.
+    u.ok(&["local", "down"]);
     u.ok(&["local", "up"]);
     u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
     // Three shared boxes trusting: the creator, anyone in IAM group devs, carol's key pairs.
