@@ -41,6 +41,9 @@ pub struct Runner {
     apt_sources_changed: bool,
     /// Tail of the output of the last command, for failure reports.
     last_output: String,
+    /// Start services without waiting for them (at first boot, inside cloud-init, where
+    /// waiting for a unit ordered after cloud-init would deadlock).
+    pub no_block: bool,
 }
 
 /// A failed step: what went wrong and the tail of the output.
@@ -71,6 +74,7 @@ impl Runner {
             apt_updated: false,
             apt_sources_changed: false,
             last_output: String::new(),
+            no_block: false,
         }
     }
 
@@ -535,11 +539,19 @@ impl Runner {
         if start {
             let active = self.test("systemctl", &["is-active", "--quiet", name]);
             let restart = active && (unit_changed || restart_on.iter().any(|p| self.changed_paths.contains(p)));
-            if restart {
-                self.sh("systemctl", &["restart", name])?;
-                changed = true;
+            let verb = if restart {
+                Some("restart")
             } else if !active {
-                self.sh("systemctl", &["start", name])?;
+                Some("start")
+            } else {
+                None
+            };
+            if let Some(verb) = verb {
+                if self.no_block {
+                    self.sh("systemctl", &["--no-block", verb, name])?;
+                } else {
+                    self.sh("systemctl", &[verb, name])?;
+                }
                 changed = true;
             }
         }

@@ -114,28 +114,32 @@ impl Agent {
         }
     }
 
-    /// The box's key-pair patterns: its tag, else the config.
-    fn patterns(&self) -> Result<Vec<String>, AwsError> {
+    /// The box's own tags.
+    fn own_tags(&self) -> Result<BTreeMap<String, String>, AwsError> {
         let a = self.aws.call(
             Service::Ec2,
             "DescribeTags",
-            &[
-                ("Filter.1.Name", "resource-id".into()),
-                ("Filter.1.Value.1", self.instance_id.clone()),
-                ("Filter.2.Name", "key".into()),
-                ("Filter.2.Value.1", cgcloud_core::tags::KEYPAIRS.into()),
-            ],
+            &[("Filter.1.Name", "resource-id".into()), ("Filter.1.Value.1", self.instance_id.clone())],
         )?;
-        let tagged = a.text("value").filter(|v| !v.trim().is_empty());
-        Ok(match tagged {
-            Some(v) => v.split_whitespace().map(str::to_owned).collect(),
-            None => self.cfg.keypairs.clone(),
-        })
+        Ok(a.records("item", &["key", "value"]).into_iter().map(|r| (r[0].clone(), r[1].clone())).collect())
     }
 
-    /// One key refresh: returns how many accounts changed.
+    /// One refresh of keys (and, on cluster nodes, of the members in /etc/hosts): returns how
+    /// many accounts changed.
     pub fn sync_keys(&mut self) -> Result<usize, AwsError> {
-        let patterns = self.patterns()?;
+        let tags = self.own_tags()?;
+        if let Some(cluster) = tags.get(cgcloud_core::tags::CLUSTER) {
+            let nodes = crate::cluster::members(&self.aws, &self.cfg.namespace, cluster)?;
+            match crate::cluster::write_membership(cluster, &nodes) {
+                Ok(true) => log("info", format!("cluster {cluster}: {} member(s)", nodes.len())),
+                Ok(false) => {}
+                Err(e) => log("error", format!("cannot write the members of cluster {cluster}: {e}")),
+            }
+        }
+        let patterns: Vec<String> = match tags.get(cgcloud_core::tags::KEYPAIRS).filter(|v| !v.trim().is_empty()) {
+            Some(v) => v.split_whitespace().map(str::to_owned).collect(),
+            None => self.cfg.keypairs.clone(),
+        };
         let pairs = self.aws.call(Service::Ec2, "DescribeKeyPairs", &[("IncludePublicKey", "true".into())])?;
         let records = pairs.records("item", &["keyName", "publicKey"]);
         let public: BTreeMap<String, String> = records
@@ -280,6 +284,57 @@ impl Agent {
         Ok(())
     }
 
+    /// First-boot configuration of a cluster node (see `cluster.rs`).
+    pub fn boot(&mut self, plan: &std::path::Path) -> Result<(), String> {
+        let me = retry(|| crate::cluster::describe_self(&self.aws, &self.instance_id))?;
+        let Some(cluster) = me.tags.get(cgcloud_core::tags::CLUSTER).cloned() else {
+            log("info", "not a cluster node; nothing to do at first boot");
+            return Ok(());
+        };
+        let nodes = retry(|| crate::cluster::members(&self.aws, &self.cfg.namespace, &cluster))?;
+        crate::cluster::write_membership(&cluster, &nodes)?;
+        let facts = crate::cluster::facts(&me, &nodes, &self.cfg.region, &self.cfg.namespace);
+        let _ = std::fs::create_dir_all("/var/lib/cgcloud");
+        let facts_text = serde_json::to_string_pretty(&facts).unwrap_or_default();
+        std::fs::write("/var/lib/cgcloud/facts.json", &facts_text)
+            .map_err(|e| format!("/var/lib/cgcloud/facts.json: {e}"))?;
+        let result = match std::fs::read_to_string(plan) {
+            Ok(text) => {
+                let plan: cgcloud_core::plan::Plan =
+                    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", plan.display()))?;
+                let facts = crate::facts::Facts::parse(&facts_text)?;
+                let mut runner = crate::apply::Runner::new(facts, "/var/log/cgcloud/apply.log".into(), false);
+                runner.no_block = true;
+                let ok = runner.run(&plan, false);
+                if ok {
+                    Ok(())
+                } else {
+                    Err("the first-boot plan failed; see /var/log/cgcloud/apply.log".to_owned())
+                }
+            }
+            Err(_) => Ok(()),
+        };
+        let mut tags = vec![
+            ("ResourceId.1", self.instance_id.clone()),
+            ("Tag.1.Key", cgcloud_core::tags::CONFIGURED.to_owned()),
+            ("Tag.1.Value", if result.is_ok() { "true".to_owned() } else { "failed".to_owned() }),
+        ];
+        if let Err(e) = &result {
+            tags.push(("Tag.2.Key", cgcloud_core::tags::FAILURE.to_owned()));
+            tags.push(("Tag.2.Value", e.chars().take(250).collect()));
+        }
+        retry(|| self.aws.call(Service::Ec2, "CreateTags", &tags))?;
+        log(
+            "info",
+            format!(
+                "cluster {cluster}: node {} configured ({})",
+                me.ordinal().unwrap_or(0),
+                if result.is_ok() { "ok" } else { "failed" }
+            ),
+        );
+        result
+    }
+
     /// Runs forever.
     pub fn run(mut self) -> ! {
         log(
@@ -322,6 +377,23 @@ impl Agent {
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
+        }
+    }
+}
+
+/// Retries an API call for up to five minutes (a node may boot before it can reach the API).
+fn retry<T>(mut f: impl FnMut() -> Result<T, AwsError>) -> Result<T, String> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < deadline => {
+                log("warning", format!("{e}; retrying"));
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.to_string()),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod apply;
 mod aws;
+mod cluster;
 mod daemon;
 mod facts;
 mod imds;
@@ -18,6 +19,7 @@ const USAGE: &str = "usage:
   cgcloud-agent apply --plan FILE [--facts FILE] [--log FILE] [--upgrade] [--json]
   cgcloud-agent run [--config FILE]        (default /etc/cgcloud/agent.json)
   cgcloud-agent sync-keys [--config FILE]  (one key refresh, then exit)
+  cgcloud-agent boot [--config FILE]       (first-boot configuration of a cluster node)
   cgcloud-agent --version";
 
 fn main() -> ExitCode {
@@ -27,7 +29,7 @@ fn main() -> ExitCode {
             println!("cgcloud-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some(cmd @ ("run" | "sync-keys")) => {
+        Some(cmd @ ("run" | "sync-keys" | "boot")) => {
             let config = match args.get(1).map(String::as_str) {
                 Some("--config") => args.get(2).cloned().unwrap_or_default(),
                 Some(other) => {
@@ -55,6 +57,15 @@ fn main() -> ExitCode {
             };
             if cmd == "run" {
                 agent.run()
+            }
+            if cmd == "boot" {
+                return match agent.boot(std::path::Path::new("/var/lib/cgcloud/plan.json")) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("cgcloud-agent: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
             }
             match agent.sync_keys() {
                 Ok(n) => {

@@ -48,7 +48,7 @@ pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
         role,
         namespace,
         cluster: tags.get(tags::CLUSTER).cloned(),
-        ordinal: tags.get(tags::ORDINAL).and_then(|o| o.parse().ok()),
+        ordinal: tags::ordinal(&tags, i.ami_launch_index()),
         leader: tags.get(tags::LEADER).cloned(),
         state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
         instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
@@ -74,6 +74,8 @@ pub struct LaunchSpec {
     pub image_id: String,
     pub instance_type: String,
     pub count: i32,
+    /// Accept as few as this many when capacity is short (default: all of `count`).
+    pub min_count: Option<i32>,
     pub key_name: Option<String>,
     pub security_group_ids: Vec<String>,
     pub subnet_id: Option<String>,
@@ -520,7 +522,7 @@ impl Cloud {
                 .run_instances()
                 .image_id(&spec.image_id)
                 .instance_type(InstanceType::from(spec.instance_type.as_str()))
-                .min_count(spec.count)
+                .min_count(spec.min_count.unwrap_or(spec.count).clamp(1, spec.count.max(1)))
                 .max_count(spec.count)
                 .set_key_name(spec.key_name.clone())
                 .set_security_group_ids(Some(spec.security_group_ids.clone()))

@@ -39,6 +39,15 @@ pub const PERSISTENT: &str = "cgcloud:persistent";
 pub const FAILURE: &str = "cgcloud:failure";
 /// The OS definition a box was created with, e.g. `debian-12`.
 pub const OS: &str = "cgcloud:os";
+/// On cluster nodes: the role the node was imaged from (its `ROLE` is the leader or worker name).
+pub const NODE_ROLE: &str = "cgcloud:node-role";
+/// On cluster nodes: the cluster type, e.g. `spark`.
+pub const CLUSTER_TYPE: &str = "cgcloud:cluster-type";
+/// On workers launched together: their ordinals, comma-separated, indexed by AMI launch index
+/// (one tag for the whole group keeps a launch's API calls independent of its size).
+pub const ORDINALS: &str = "cgcloud:ordinals";
+/// Set by a node's agent when its first-boot configuration finished (`true`) or failed.
+pub const CONFIGURED: &str = "cgcloud:configured";
 /// Role option values are stored as `cgcloud:option:<name>`.
 pub const OPTION_PREFIX: &str = "cgcloud:option:";
 
@@ -57,9 +66,29 @@ pub fn option_tag(name: &str) -> String {
     format!("{OPTION_PREFIX}{name}")
 }
 
+/// A node's ordinal: its own `ORDINAL` tag, else its place in its launch group's `ORDINALS`.
+pub fn ordinal(tags: &Tags, ami_launch_index: Option<i32>) -> Option<u32> {
+    if let Some(o) = tags.get(ORDINAL).and_then(|o| o.parse().ok()) {
+        return Some(o);
+    }
+    let list: Vec<u32> = tags.get(ORDINALS)?.split(',').filter_map(|o| o.trim().parse().ok()).collect();
+    list.get(usize::try_from(ami_launch_index?).ok()?).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ordinals_from_launch_index() {
+        let mut t = Tags::new();
+        t.insert(ORDINALS.into(), "1,3,4".into());
+        assert_eq!(ordinal(&t, Some(1)), Some(3));
+        assert_eq!(ordinal(&t, Some(3)), None);
+        assert_eq!(ordinal(&t, None), None);
+        t.insert(ORDINAL.into(), "0".into());
+        assert_eq!(ordinal(&t, Some(2)), Some(0));
+    }
 
     #[test]
     fn options_round_trip() {

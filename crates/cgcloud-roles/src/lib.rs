@@ -43,6 +43,8 @@ pub enum RoleError {
     BadOptionValue { name: String, value: String, expected: &'static str },
     #[error("'{0}' is not of the form NAME=VALUE")]
     MalformedOption(String),
+    #[error("no such cluster type: '{name}' (cluster types: {known})")]
+    UnknownClusterType { name: String, known: String },
 }
 
 fn suggest(s: &[String]) -> String {
@@ -170,6 +172,39 @@ impl Registry {
             .collect()
     }
 
+    /// The cluster types: (type, node role).
+    pub fn cluster_types(&self) -> Vec<(String, String)> {
+        self.roles
+            .values()
+            .filter_map(|l| Some((l.value.get("cluster")?.get("type")?.as_str()?.to_owned(), l.file.name.clone())))
+            .collect()
+    }
+
+    /// The node role of a cluster type.
+    pub fn cluster_type(&self, cluster_type: &str) -> Result<Role, RoleError> {
+        let types = self.cluster_types();
+        match types.iter().find(|(t, _)| t == cluster_type) {
+            Some((_, role)) => self.role(role),
+            None => Err(RoleError::UnknownClusterType {
+                name: cluster_type.to_owned(),
+                known: types.into_iter().map(|(t, _)| t).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    /// The role a box role name stands for: the name itself, or for a cluster's leader or
+    /// worker name, the cluster's node role.
+    pub fn box_role(&self, name: &str) -> Result<Role, RoleError> {
+        for (_, node) in self.cluster_types() {
+            if let Ok(r) = self.role(&node) {
+                if r.cluster.as_ref().is_some_and(|c| c.leader == name || c.worker == name) {
+                    return Ok(r);
+                }
+            }
+        }
+        self.role(name)
+    }
+
     /// Every role name, including abstract ones.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.roles.keys().map(String::as_str)
@@ -236,6 +271,7 @@ impl Registry {
             users: file.users,
             steps: file.steps,
             agent: file.agent,
+            cluster: file.cluster,
         })
     }
 

@@ -51,6 +51,23 @@ pub struct RoleFile {
     /// How the agent runs on boxes of this role.
     #[serde(default)]
     pub agent: AgentDecl,
+    /// Makes this role the node image of a cluster type.
+    #[serde(default)]
+    pub cluster: Option<ClusterDecl>,
+}
+
+/// A cluster type: its nodes boot from the newest image of this role; the first node is the
+/// leader, the others workers. `on = "leader"`/`"workers"` steps run at their first boot.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterDecl {
+    /// The name used with `create-cluster`, e.g. `spark`.
+    #[serde(rename = "type")]
+    pub cluster_type: String,
+    /// The role name the leader is listed and selected by, e.g. `spark-leader`.
+    pub leader: String,
+    /// The role name workers are listed and selected by, e.g. `spark-worker`.
+    pub worker: String,
 }
 
 /// Settings of the agent on boxes of a role.
@@ -354,6 +371,7 @@ pub struct Role {
     pub users: Vec<UserDecl>,
     pub steps: Vec<RoleStep>,
     pub agent: AgentDecl,
+    pub cluster: Option<ClusterDecl>,
 }
 
 impl Role {

@@ -103,9 +103,162 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Delete the namespace's security groups, IAM roles and instance profiles
     ResetSecurity(ConfirmArgs),
+    /// Launch a cluster (a leader and workers) from the cluster type's baked image
+    CreateCluster(CreateClusterArgs),
+    /// Add workers to a cluster
+    GrowCluster(GrowClusterArgs),
+    /// Start a stopped cluster (leader first)
+    StartCluster(ClusterPowerArgs),
+    /// Stop a cluster (workers first)
+    StopCluster(ClusterPowerArgs),
+    /// Terminate a cluster (persistent volumes are kept)
+    TerminateCluster(ClusterPowerArgs),
+    /// Run a command on every node of a cluster
+    SshCluster(SshClusterArgs),
+    /// Copy files to or from every node of a cluster
+    RsyncCluster(RsyncClusterArgs),
+    /// List the clusters in the namespace
+    ListClusters(ListClustersArgs),
     /// The local cloud: EC2 on this machine (moto + systemd-nspawn hosts); needs root
     #[command(subcommand)]
     Local(LocalCommand),
+}
+
+/// Which cluster of a type to act on.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClusterSelection {
+    /// The cluster type, see `cgcloud list-roles` (roles with a cluster type)
+    #[arg(value_name = "TYPE")]
+    pub cluster_type: String,
+    /// The cluster's name
+    #[arg(short = 'c', long = "cluster-name")]
+    pub cluster: Option<String>,
+    /// Index into the type's clusters, oldest first (-1 = newest), when no name is given
+    #[arg(short = 'o', long, allow_negative_numbers = true)]
+    pub ordinal: Option<i64>,
+}
+
+/// Options of launches of cluster nodes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct NodeLaunchArgs {
+    /// Key pairs (see `create --help`)
+    #[arg(short = 'k', long = "keypairs", num_args = 1.., value_delimiter = ' ', env = "CGCLOUD_KEYPAIRS")]
+    pub keypairs: Vec<String>,
+    /// Instance type of the workers
+    #[arg(short = 't', long = "instance-type", env = "CGCLOUD_INSTANCE_TYPE")]
+    pub instance_type: Option<String>,
+    /// Image ordinal (oldest 0, newest -1) or AMI id of the node role's images
+    #[arg(short = 'i', long = "boot-image", allow_negative_numbers = true)]
+    pub boot_image: Option<String>,
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Role option NAME=VALUE (repeatable)
+    #[arg(short = 'O', long = "option", value_name = "NAME=VALUE")]
+    pub options: Vec<String>,
+    /// Number of workers
+    #[arg(short = 's', long = "num-workers", default_value_t = 1)]
+    pub num_workers: u32,
+    /// Do not wait for the workers to be configured
+    #[arg(short = 'Q', long)]
+    pub quick: bool,
+    /// Never terminate, even on failure
+    #[arg(short = 'N', long = "never-terminate")]
+    pub never_terminate: bool,
+    /// Give each node a persistent EBS volume of this many GiB, mounted at /mnt/persistent
+    #[arg(short = 'e', long = "ebs-volume-size")]
+    pub ebs_volume_size: Option<u32>,
+    /// Succeed if at least this many workers come up (default: all)
+    #[arg(long = "min-workers")]
+    pub min_workers: Option<u32>,
+    /// Which address to reach nodes at
+    #[arg(long = "ssh-address", value_enum)]
+    pub ssh_address: Option<SshAddress>,
+    /// Seconds to wait for nodes to be configured
+    #[arg(long = "timeout", default_value_t = 900)]
+    pub timeout: u64,
+    /// Report memory and disk use as CloudWatch metrics
+    #[arg(long)]
+    pub metrics: bool,
+    /// Seconds between the agents' refreshes of keys and members
+    #[arg(long = "agent-interval")]
+    pub agent_interval: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateClusterArgs {
+    #[arg(value_name = "TYPE")]
+    pub cluster_type: String,
+    /// The cluster's name (default: TYPE-<random>)
+    #[arg(short = 'c', long = "cluster-name")]
+    pub cluster: Option<String>,
+    /// Instance type of the leader (default: the workers')
+    #[arg(short = 'T', long = "leader-instance-type")]
+    pub leader_instance_type: Option<String>,
+    /// Copy this file or directory to ~/shared on the leader (a trailing / copies its contents)
+    #[arg(short = 'S', long = "share")]
+    pub share: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub nodes: NodeLaunchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GrowClusterArgs {
+    #[command(flatten)]
+    pub selection: ClusterSelection,
+    #[command(flatten)]
+    pub nodes: NodeLaunchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterPowerArgs {
+    #[command(flatten)]
+    pub selection: ClusterSelection,
+    /// Leave the leader alone
+    #[arg(short = 'L', long = "skip-leader")]
+    pub skip_leader: bool,
+    /// Return without waiting
+    #[arg(short = 'Q', long)]
+    pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SshClusterArgs {
+    #[command(flatten)]
+    pub selection: ClusterSelection,
+    /// Run on all nodes at once
+    #[arg(short = 'P', long)]
+    pub parallel: bool,
+    /// Leave the leader out
+    #[arg(short = 'L', long = "skip-leader")]
+    pub skip_leader: bool,
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// The remote command (after --)
+    #[arg(last = true, allow_hyphen_values = true, required = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RsyncClusterArgs {
+    #[command(flatten)]
+    pub selection: ClusterSelection,
+    #[arg(short = 'L', long = "skip-leader")]
+    pub skip_leader: bool,
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// Extra options for the ssh that rsync runs
+    #[arg(short = 'e', long = "ssh-opts", default_value = "", allow_hyphen_values = true)]
+    pub ssh_opts: String,
+    /// rsync arguments (after --); ':path' is a path on each node
+    #[arg(last = true, allow_hyphen_values = true, required = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListClustersArgs {
+    /// Only clusters of this type
+    #[arg(value_name = "TYPE")]
+    pub cluster_type: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@
 use cgcloud_remote::hostkey::HostKey;
 use serde_json::json;
 
-pub fn cloud_config(host_key: &HostKey, authorized_keys: &[String]) -> String {
+pub fn cloud_config(host_key: &HostKey, authorized_keys: &[String], first_boot: bool) -> String {
     let mut doc = json!({
         "ssh_keys": {
             "ed25519_private": host_key.private_openssh,
@@ -13,11 +13,15 @@ pub fn cloud_config(host_key: &HostKey, authorized_keys: &[String]) -> String {
         },
         // Replace the image's host keys, and do not generate other types we would not know.
         "ssh_deletekeys": true,
-        "ssh_genkeytypes": [],
+        "ssh_genkeytypes": ["ed25519"],
         "manage_etc_hosts": true,
     });
     if !authorized_keys.is_empty() {
         doc["ssh_authorized_keys"] = json!(authorized_keys);
+    }
+    if first_boot {
+        // Cluster nodes configure themselves from their tags with the agent in their image.
+        doc["runcmd"] = json!([["/usr/local/bin/cgcloud-agent", "boot"]]);
     }
     format!("#cloud-config\n{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default())
 }
@@ -32,13 +36,15 @@ mod tests {
             private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n".into(),
             public: "ssh-ed25519 AAAA".into(),
         };
-        let text = cloud_config(&hk, &["ssh-rsa BBBB bob".into()]);
+        let text = cloud_config(&hk, &["ssh-rsa BBBB bob".into()], true);
         assert!(text.starts_with("#cloud-config\n"));
         let v: serde_json::Value = serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["ssh_keys"]["ed25519_public"], "ssh-ed25519 AAAA");
         assert_eq!(v["ssh_authorized_keys"][0], "ssh-rsa BBBB bob");
-        assert_eq!(v["ssh_genkeytypes"].as_array().unwrap().len(), 0);
-        let none = cloud_config(&hk, &[]);
+        assert_eq!(v["ssh_genkeytypes"][0], "ed25519");
+        let none = cloud_config(&hk, &[], false);
+        assert!(!none.contains("runcmd"));
+        assert!(text.contains("cgcloud-agent"));
         assert!(!none.contains("ssh_authorized_keys"));
     }
 }

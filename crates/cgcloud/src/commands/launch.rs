@@ -30,12 +30,12 @@ use std::time::Duration;
 const FALLBACK_INSTANCE_TYPE: &str = "t3.micro";
 
 /// Everything decided before the first resource is created.
-struct Prepared {
+pub(crate) struct Prepared {
     ns: Namespace,
     role: Role,
     os: OsDef,
     image: FoundImage,
-    instance_type: String,
+    pub(crate) instance_type: String,
     network: Network,
     key_name: String,
     keypair_patterns: Vec<String>,
@@ -64,13 +64,13 @@ struct TxnState {
 }
 
 #[derive(Debug, Clone)]
-struct Txn {
-    id: String,
+pub(crate) struct Txn {
+    pub(crate) id: String,
     state: Arc<Mutex<TxnState>>,
 }
 
 impl Txn {
-    fn new() -> Txn {
+    pub(crate) fn new() -> Txn {
         let id = format!("l-{:016x}", rand::random::<u64>());
         Txn { id, state: Arc::new(Mutex::new(TxnState::default())) }
     }
@@ -205,7 +205,12 @@ fn iam_statements(p: &Prepared) -> Vec<serde_json::Value> {
         let topic = format!("arn:aws:sns:*:*:{}", cgcloud_core::AGENT_TOPIC);
         statements.extend([
             // Key pairs with their public keys, and the box's own key-pair patterns (a tag).
-            serde_json::json!({"Effect": "Allow", "Action": ["ec2:DescribeKeyPairs", "ec2:DescribeTags"], "Resource": "*"}),
+            serde_json::json!({"Effect": "Allow", "Action": ["ec2:DescribeKeyPairs", "ec2:DescribeTags", "ec2:DescribeInstances", "ec2:DescribeVolumes"], "Resource": "*"}),
+            // A cluster node tags itself configured, and manages its own persistent volume.
+            serde_json::json!({"Effect": "Allow", "Action": ["ec2:CreateTags", "ec2:AttachVolume"], "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
+                               "Condition": {"StringEquals": {"ec2:ResourceTag/cgcloud:namespace": p.ns.as_str()}}}),
+            serde_json::json!({"Effect": "Allow", "Action": ["ec2:CreateVolume", "ec2:CreateTags"], "Resource": "arn:aws:ec2:*:*:volume/*",
+                               "Condition": {"StringEquals": {"aws:RequestTag/cgcloud:namespace": p.ns.as_str()}}}),
             // Members of the IAM groups named by @@group patterns.
             serde_json::json!({"Effect": "Allow", "Action": ["iam:GetGroup"], "Resource": "*"}),
             // The box's own notification queue, in this namespace.
@@ -232,7 +237,7 @@ fn agent_steps(ctx: &Ctx, p: &Prepared, region: &str) -> Vec<Step> {
         "interval": a.interval,
         "metrics": a.metrics,
     });
-    let unit = "[Unit]\nDescription=cgcloud agent: SSH key sync and metrics\nAfter=network-online.target cloud-init.target\nWants=network-online.target\n\n\
+    let unit = "[Unit]\nDescription=cgcloud agent: SSH key sync and metrics\nAfter=network-online.target\nWants=network-online.target\n\n\
                 [Service]\nExecStart=/usr/local/bin/cgcloud-agent run --config /etc/cgcloud/agent.json\nRestart=always\nRestartSec=5\n\n\
                 [Install]\nWantedBy=multi-user.target\n";
     vec![
@@ -263,7 +268,7 @@ fn agent_steps(ctx: &Ctx, p: &Prepared, region: &str) -> Vec<Step> {
 }
 
 /// Resolves everything a launch needs, creating nothing.
-async fn prepare(
+pub(crate) async fn prepare(
     ctx: &Ctx,
     role: Role,
     os_choice: Option<&str>,
@@ -366,12 +371,41 @@ async fn prepare(
     })
 }
 
+/// One RunInstances call's worth of boxes.
+pub(crate) struct Group {
+    pub count: i32,
+    /// Accept fewer boxes (down to this many) when EC2 lacks capacity.
+    pub min_count: Option<i32>,
+    /// The role name the boxes are listed under (for cluster nodes, the leader or worker name).
+    pub box_role: String,
+    pub instance_type: String,
+    pub extra_tags: Tags,
+    /// Run `cgcloud-agent boot` at first boot (cluster nodes configure themselves).
+    pub first_boot: bool,
+    /// Distinguishes the calls of one launch (idempotency token, messages).
+    pub label: &'static str,
+}
+
+impl Group {
+    fn single(p: &Prepared) -> Group {
+        Group {
+            count: 1,
+            min_count: None,
+            box_role: p.role.name.clone(),
+            instance_type: p.instance_type.clone(),
+            extra_tags: Tags::new(),
+            first_boot: false,
+            label: "box",
+        }
+    }
+}
+
 /// The tags of a box of this launch.
-fn box_tags(p: &Prepared, txn: &Txn, host_key: &str) -> Result<Tags> {
+fn box_tags(p: &Prepared, g: &Group, txn: &Txn, host_key: &str) -> Result<Tags> {
     let mut t = Tags::new();
-    t.insert(tags::NAME.into(), p.ns.to_aws_name(&p.role.name)?);
+    t.insert(tags::NAME.into(), p.ns.to_aws_name(&g.box_role)?);
     t.insert(tags::NAMESPACE.into(), p.ns.to_string());
-    t.insert(tags::ROLE.into(), p.role.name.clone());
+    t.insert(tags::ROLE.into(), g.box_role.clone());
     t.insert(tags::OWNER.into(), p.owner.clone());
     t.insert(tags::GENERATION.into(), p.generation.to_string());
     t.insert(tags::HOST_KEY.into(), host_key.to_owned());
@@ -384,11 +418,24 @@ fn box_tags(p: &Prepared, txn: &Txn, host_key: &str) -> Result<Tags> {
     for (k, v) in &p.options {
         t.insert(tags::option_tag(k), v.clone());
     }
+    t.extend(g.extra_tags.clone());
     Ok(t)
 }
 
-/// Creates the security group and IAM profile (if needed) and launches `count` boxes.
-async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn, count: i32) -> Result<Vec<BoxInfo>> {
+/// Creates the security group and IAM profile (if needed) and launches one box.
+async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn) -> Result<Vec<BoxInfo>> {
+    let ids = launch_group(ctx, p, txn, &Group::single(p)).await?;
+    let cloud = ctx.cloud().await?;
+    wait_for_state(ctx, cloud, &ids, "running", &format!("box {}", ids.join(", "))).await?;
+    let mut boxes: Vec<BoxInfo> =
+        cloud.describe_instances(&ids).await?.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
+    boxes.sort_by_key(BoxInfo::sort_key);
+    Ok(boxes)
+}
+
+/// Creates the security group and IAM profile (if needed) and launches a group of boxes with
+/// one RunInstances call; returns their ids.
+pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) -> Result<Vec<String>> {
     let cloud = ctx.cloud().await?;
     let sg_name = p.ns.to_aws_name(&p.role.name)?;
     let mut sg_tags = Tags::new();
@@ -420,41 +467,32 @@ async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn, count: i32) -> Result<Vec<Bo
         }
         Some(name)
     };
+    // One host key per group: the boxes of one call share their user data.
     let host_key = cgcloud_remote::hostkey::generate()?;
+    let count = g.count;
     let spec = LaunchSpec {
         image_id: p.image.image_id.clone(),
-        instance_type: p.instance_type.clone(),
+        instance_type: g.instance_type.clone(),
         count,
+        min_count: g.min_count,
         key_name: Some(p.key_name.clone()),
         security_group_ids: vec![sg_id],
         subnet_id: p.network.subnet_id.clone(),
         zone: p.network.zone.clone(),
-        user_data: cloud_config(&host_key, &p.authorized_keys),
+        user_data: cloud_config(&host_key, &p.authorized_keys, g.first_boot),
         instance_profile: profile,
         root_volume: p.image.root_device.clone().map(|d| (d, p.role.instance.root_volume_gb.unwrap_or(10) as i32)),
-        tags: box_tags(p, txn, &host_key.public)?,
-        client_token: Some(txn.id.clone()),
+        tags: box_tags(p, g, txn, &host_key.public)?,
+        client_token: Some(format!("{}-{}", txn.id, g.label)),
     };
-    let mut progress = ctx
-        .out
-        .progress(format!("launching {count} × {} ({}) from {}", p.role.name, p.instance_type, p.image.image_id));
+    let progress =
+        ctx.out.progress(format!("launching {count} × {} ({}) from {}", g.box_role, g.instance_type, p.image.image_id));
     let instances = cloud.run_instances(&spec).await?;
     let ids: Vec<String> = instances.iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
     txn.with(|s| s.instances.extend(ids.iter().cloned()));
-    progress.set_message(format!("launched {}", ids.join(", ")));
-    progress.finish(format!("launched {}", ids.join(", ")));
-    wait_for_state(
-        ctx,
-        cloud,
-        &ids,
-        "running",
-        &format!("box{} {}", if ids.len() > 1 { "es" } else { "" }, ids.join(", ")),
-    )
-    .await?;
-    let mut boxes: Vec<BoxInfo> =
-        cloud.describe_instances(&ids).await?.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
-    boxes.sort_by_key(BoxInfo::sort_key);
-    Ok(boxes)
+    let shown = if ids.len() > 4 { format!("{} boxes", ids.len()) } else { ids.join(", ") };
+    progress.finish(format!("launched {shown}"));
+    Ok(ids)
 }
 
 /// Undoes a failed launch: terminates its boxes and removes what it created for them.
@@ -499,13 +537,13 @@ async fn rollback(ctx: &Ctx, txn: &Txn) {
 }
 
 /// Marks the launch complete on its boxes.
-async fn finish_launch(cloud: &Cloud, ids: &[String]) -> Result<()> {
+pub(crate) async fn finish_launch(cloud: &Cloud, ids: &[String]) -> Result<()> {
     cloud.delete_tags(ids, &[tags::LAUNCH_STATE]).await?;
     Ok(())
 }
 
 /// Runs `work` as a transaction: on error or Ctrl-C the launch is rolled back, unless `keep`.
-async fn transaction<T>(
+pub(crate) async fn transaction<T>(
     ctx: &Ctx,
     txn: &Txn,
     keep: bool,
@@ -573,7 +611,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
     let txn = Txn::new();
     let cloud = ctx.cloud().await?;
     let work = async {
-        let boxes = launch(ctx, &prepared, &txn, 1).await?;
+        let boxes = launch(ctx, &prepared, &txn).await?;
         let b = boxes.into_iter().next().context("RunInstances returned no instance")?;
         if a.quick {
             finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
@@ -635,7 +673,7 @@ pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
     warn_if_role_changed(&prepared, &image);
     let txn = Txn::new();
     let work = async {
-        let boxes = launch(ctx, &prepared, &txn, 1).await?;
+        let boxes = launch(ctx, &prepared, &txn).await?;
         let b = boxes.into_iter().next().context("RunInstances returned no instance")?;
         if !a.quick {
             let target = wait_ssh(ctx, &b, &a.launch).await?;

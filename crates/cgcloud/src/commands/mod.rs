@@ -3,6 +3,7 @@
 
 mod boxes;
 mod cleanup;
+mod cluster;
 mod images;
 mod keys;
 mod launch;
@@ -56,6 +57,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cleanup(a) => cleanup::cleanup(&ctx, a).await,
         Command::ResetSecurity(a) => cleanup::reset_security(&ctx, a).await,
         Command::Local(c) => local::run(&ctx, c).await,
+        Command::CreateCluster(a) => cluster::create(&ctx, a).await,
+        Command::GrowCluster(a) => cluster::grow(&ctx, a).await,
+        Command::StartCluster(a) => cluster::power(&ctx, a, cluster::Power::Start).await,
+        Command::StopCluster(a) => cluster::power(&ctx, a, cluster::Power::Stop).await,
+        Command::TerminateCluster(a) => cluster::power(&ctx, a, cluster::Power::Terminate).await,
+        Command::SshCluster(a) => cluster::ssh(&ctx, a).await,
+        Command::RsyncCluster(a) => cluster::rsync(&ctx, a).await,
+        Command::ListClusters(a) => cluster::list(&ctx, a).await,
     }
 }
 

@@ -1,0 +1,251 @@
+//! Cluster nodes configure themselves. At first boot (`cgcloud-agent boot`, run by cloud-init)
+//! a node reads its own tags and the other members from EC2, applies the plan baked into its
+//! image with the cluster's facts (so `on = "leader"` / `"workers"` steps run where they
+//! belong), writes the members into /etc/hosts, and tags itself configured. Afterwards the
+//! agent daemon keeps /etc/hosts current as nodes come and go.
+
+use crate::aws::{AwsError, Client, Service};
+use std::collections::BTreeMap;
+
+pub const HOSTS_BEGIN: &str = "# BEGIN cgcloud cluster";
+pub const HOSTS_END: &str = "# END cgcloud cluster";
+
+/// One instance as DescribeInstances describes it.
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    pub id: String,
+    pub private_ip: String,
+    pub private_dns: String,
+    pub zone: String,
+    pub launch_index: Option<i32>,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Node {
+    pub fn ordinal(&self) -> Option<u32> {
+        cgcloud_core::tags::ordinal(&self.tags, self.launch_index)
+    }
+    pub fn hostname(&self) -> String {
+        self.private_dns.split('.').next().unwrap_or_default().to_owned()
+    }
+}
+
+fn parse_nodes(xml: &str) -> Vec<Node> {
+    let Ok(doc) = roxmltree::Document::parse(xml) else { return Vec::new() };
+    let child_text = |n: roxmltree::Node, name: &str| -> String {
+        n.children().find(|c| c.tag_name().name() == name).and_then(|c| c.text()).unwrap_or_default().trim().to_owned()
+    };
+    doc.descendants()
+        .filter(|n| n.tag_name().name() == "item" && n.children().any(|c| c.tag_name().name() == "instanceId"))
+        .map(|n| {
+            let tags = n
+                .children()
+                .find(|c| c.tag_name().name() == "tagSet")
+                .map(|ts| {
+                    ts.children()
+                        .filter(|c| c.tag_name().name() == "item")
+                        .map(|i| (child_text(i, "key"), child_text(i, "value")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let zone = n
+                .children()
+                .find(|c| c.tag_name().name() == "placement")
+                .map(|p| child_text(p, "availabilityZone"))
+                .unwrap_or_default();
+            Node {
+                id: child_text(n, "instanceId"),
+                private_ip: child_text(n, "privateIpAddress"),
+                private_dns: child_text(n, "privateDnsName"),
+                zone,
+                launch_index: child_text(n, "amiLaunchIndex").parse().ok(),
+                tags,
+            }
+        })
+        .collect()
+}
+
+pub fn describe_self(aws: &Client, id: &str) -> Result<Node, AwsError> {
+    let a = aws.call(Service::Ec2, "DescribeInstances", &[("InstanceId.1", id.to_owned())])?;
+    parse_nodes(&a.0)
+        .into_iter()
+        .find(|n| n.id == id)
+        .ok_or_else(|| AwsError::Parse { action: "DescribeInstances".into(), detail: format!("{id} not found") })
+}
+
+/// The live members of a cluster, leader first, then by ordinal.
+pub fn members(aws: &Client, namespace: &str, cluster: &str) -> Result<Vec<Node>, AwsError> {
+    let mut nodes = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut params = vec![
+            ("Filter.1.Name", "tag:cgcloud:namespace".to_owned()),
+            ("Filter.1.Value.1", namespace.to_owned()),
+            ("Filter.2.Name", "tag:cgcloud:cluster".to_owned()),
+            ("Filter.2.Value.1", cluster.to_owned()),
+            ("Filter.3.Name", "instance-state-name".to_owned()),
+            ("Filter.3.Value.1", "pending".to_owned()),
+            ("Filter.3.Value.2", "running".to_owned()),
+        ];
+        if let Some(t) = &token {
+            params.push(("NextToken", t.clone()));
+        }
+        let a = aws.call(Service::Ec2, "DescribeInstances", &params)?;
+        nodes.extend(parse_nodes(&a.0));
+        token = a.text("nextToken").filter(|t| !t.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    nodes.retain(|n| n.tags.get(cgcloud_core::tags::NAMESPACE).map(String::as_str) == Some(namespace));
+    nodes.sort_by_key(|n| (n.ordinal().unwrap_or(u32::MAX), n.id.clone()));
+    Ok(nodes)
+}
+
+/// The /etc/hosts lines for the members: address, DNS names, and `cluster-leader` /
+/// `cluster-node-<ordinal>` aliases.
+pub fn hosts_block(cluster: &str, nodes: &[Node]) -> String {
+    let mut out = format!("{HOSTS_BEGIN} {cluster}\n");
+    for n in nodes {
+        if n.private_ip.is_empty() {
+            continue;
+        }
+        let mut names = vec![n.private_dns.clone(), n.hostname()];
+        if let Some(o) = n.ordinal() {
+            if o == 0 {
+                names.push("cluster-leader".into());
+            }
+            names.push(format!("cluster-node-{o}"));
+        }
+        names.retain(|s| !s.is_empty());
+        out.push_str(&format!("{} {}\n", n.private_ip, names.join(" ")));
+    }
+    out.push_str(HOSTS_END);
+    out.push('\n');
+    out
+}
+
+/// `hosts` with our block replaced by `block`.
+pub fn replace_block(hosts: &str, block: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in hosts.lines() {
+        if line.starts_with(HOSTS_BEGIN) {
+            inside = true;
+            continue;
+        }
+        if line.starts_with(HOSTS_END) {
+            inside = false;
+            continue;
+        }
+        if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(block);
+    out
+}
+
+/// Rewrites /etc/hosts (atomically) and /etc/cgcloud/cluster.json when membership changed.
+pub fn write_membership(cluster: &str, nodes: &[Node]) -> Result<bool, String> {
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let new = replace_block(&hosts, &hosts_block(cluster, nodes));
+    let json = serde_json::to_string_pretty(&serde_json::json!({
+        "cluster": cluster,
+        "members": nodes.iter().map(|n| serde_json::json!({
+            "instance_id": n.id, "private_ip": n.private_ip, "hostname": n.hostname(), "ordinal": n.ordinal(),
+        })).collect::<Vec<_>>(),
+    }))
+    .unwrap_or_default();
+    let old_json = std::fs::read_to_string("/etc/cgcloud/cluster.json").unwrap_or_default();
+    if new == hosts && json == old_json {
+        return Ok(false);
+    }
+    for (path, content) in [("/etc/hosts", new), ("/etc/cgcloud/cluster.json", json)] {
+        let p = std::path::Path::new(path);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let tmp = p.with_extension("cgcloud-tmp");
+        std::fs::write(&tmp, content).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, p).map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(true)
+}
+
+/// The facts of a cluster node for its plan's templates.
+pub fn facts(me: &Node, nodes: &[Node], region: &str, namespace: &str) -> serde_json::Value {
+    let t = |k: &str| me.tags.get(k).cloned().unwrap_or_default();
+    let ordinal = me.ordinal().unwrap_or(0);
+    let leader = nodes.iter().find(|n| n.ordinal() == Some(0));
+    let workers: Vec<&Node> = nodes.iter().filter(|n| n.ordinal().is_some_and(|o| o > 0)).collect();
+    serde_json::json!({
+        "box": {
+            "instance_id": me.id, "private_ip": me.private_ip, "private_dns": me.private_dns,
+            "hostname": me.hostname(), "zone": me.zone, "region": region, "namespace": namespace,
+            "role": t(cgcloud_core::tags::ROLE),
+        },
+        "cluster": {
+            "role": if ordinal == 0 { "leader" } else { "worker" },
+            "name": t(cgcloud_core::tags::CLUSTER),
+            "type": t(cgcloud_core::tags::CLUSTER_TYPE),
+            "ordinal": ordinal.to_string(),
+            "leader_id": leader.map(|l| l.id.clone()).unwrap_or_default(),
+            "leader_ip": leader.map(|l| l.private_ip.clone()).unwrap_or_default(),
+            "leader_hostname": leader.map(|l| l.hostname()).unwrap_or_default(),
+            "worker_ips": workers.iter().map(|w| w.private_ip.clone()).collect::<Vec<_>>(),
+            "worker_hostnames": workers.iter().map(|w| w.hostname()).collect::<Vec<_>>(),
+            "size": nodes.len().to_string(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, ip: &str, ordinal: &str) -> Node {
+        let mut tags = BTreeMap::new();
+        tags.insert(cgcloud_core::tags::ORDINAL.to_owned(), ordinal.to_owned());
+        Node {
+            id: id.into(),
+            private_ip: ip.into(),
+            private_dns: format!("ip-{}.x.internal", ip.replace('.', "-")),
+            tags,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn parses_instances_with_tags_and_launch_index() {
+        let xml = r#"<DescribeInstancesResponse><reservationSet><item><instancesSet><item>
+            <instanceId>i-1</instanceId><privateIpAddress>10.0.0.5</privateIpAddress><privateDnsName>ip-10-0-0-5.ec2.internal</privateDnsName>
+            <amiLaunchIndex>2</amiLaunchIndex><placement><availabilityZone>us-west-2a</availabilityZone></placement>
+            <tagSet><item><key>cgcloud:ordinals</key><value>1,2,5</value></item></tagSet>
+            <blockDeviceMapping><item><deviceName>/dev/xvda</deviceName></item></blockDeviceMapping>
+            </item></instancesSet></item></reservationSet></DescribeInstancesResponse>"#;
+        let nodes = parse_nodes(xml);
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].zone, "us-west-2a");
+        assert_eq!(nodes[0].ordinal(), Some(5));
+        assert_eq!(nodes[0].hostname(), "ip-10-0-0-5");
+    }
+
+    #[test]
+    fn hosts_blocks_are_replaced_in_place() {
+        let nodes = vec![node("i-l", "10.0.0.1", "0"), node("i-w", "10.0.0.2", "1")];
+        let block = hosts_block("c1", &nodes);
+        assert!(block.contains("10.0.0.1 ip-10-0-0-1.x.internal ip-10-0-0-1 cluster-leader cluster-node-0\n"));
+        assert!(block.contains("cluster-node-1\n"));
+        let hosts = "127.0.0.1 localhost\n";
+        let once = replace_block(hosts, &block);
+        assert_eq!(replace_block(&once, &block), once);
+        let fewer = replace_block(&once, &hosts_block("c1", &nodes[..1]));
+        assert!(fewer.starts_with("127.0.0.1 localhost\n") && !fewer.contains("10.0.0.2"));
+        let f = facts(&nodes[1], &nodes, "us-west-2", "/ns/");
+        assert_eq!(f["cluster"]["role"], "worker");
+        assert_eq!(f["cluster"]["leader_ip"], "10.0.0.1");
+        assert_eq!(f["cluster"]["worker_ips"][0], "10.0.0.2");
+    }
+}

@@ -1,0 +1,712 @@
+//! Clusters: a leader and workers of one cluster type, launched from the type's baked image
+//! with one RunInstances call per node group. Nodes configure themselves at first boot (the
+//! agent in the image reads the cluster from its tags), so bring-up takes about as long for
+//! a hundred nodes as for one; the workstation only launches, tags and watches.
+
+use super::boxes::wait_for_state;
+use super::images::pick_image;
+use super::launch::{finish_launch, launch_group, prepare, transaction, Group, Txn};
+use crate::cli::{
+    ClusterPowerArgs, ClusterSelection, CreateClusterArgs, GrowClusterArgs, LaunchArgs, ListClustersArgs,
+    NodeLaunchArgs, RsyncClusterArgs, SshClusterArgs,
+};
+use crate::context::Ctx;
+use anyhow::{anyhow, bail, Context as _, Result};
+use cgcloud_aws::Cloud;
+use cgcloud_core::model::BoxInfo;
+use cgcloud_core::ordinals::allocate_ordinals;
+use cgcloud_core::tags::{self, Tags};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt as _;
+
+/// Tag: the size of each node's persistent volume, in GiB.
+pub const EBS_SIZE: &str = "cgcloud:ebs-volume-size";
+
+/// The boxes of one cluster.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Cluster {
+    pub name: String,
+    pub cluster_type: String,
+    pub nodes: Vec<BoxInfo>,
+}
+
+impl Cluster {
+    pub fn leader(&self) -> Option<&BoxInfo> {
+        self.nodes.iter().find(|n| n.ordinal == Some(0))
+    }
+}
+
+/// The namespace's clusters (of one type), oldest leader first.
+async fn clusters(ctx: &Ctx, cluster_type: Option<&str>) -> Result<Vec<Cluster>> {
+    let ns = ctx.namespace().await?;
+    let boxes = ctx.cloud().await?.list_boxes(ns.as_str(), None).await?;
+    let mut by_name: BTreeMap<String, Cluster> = BTreeMap::new();
+    for b in boxes.into_iter().filter(BoxInfo::is_alive) {
+        let (Some(name), Some(t)) = (b.cluster.clone(), b.tags.get(tags::CLUSTER_TYPE).cloned()) else { continue };
+        if cluster_type.is_some_and(|ct| ct != t) {
+            continue;
+        }
+        by_name
+            .entry(name.clone())
+            .or_insert_with(|| Cluster { name, cluster_type: t, nodes: Vec::new() })
+            .nodes
+            .push(b);
+    }
+    let mut out: Vec<Cluster> = by_name.into_values().collect();
+    for c in &mut out {
+        c.nodes.sort_by_key(|n| (n.ordinal.unwrap_or(u32::MAX), n.instance_id.clone()));
+    }
+    out.sort_by_key(|c| c.nodes.first().map(|n| n.launch_time.clone()).unwrap_or_default());
+    Ok(out)
+}
+
+async fn select(ctx: &Ctx, sel: &ClusterSelection) -> Result<Cluster> {
+    ctx.registry().await?.cluster_type(&sel.cluster_type)?;
+    let ns = ctx.namespace().await?.clone();
+    let mut all = clusters(ctx, Some(&sel.cluster_type)).await?;
+    if let Some(name) = &sel.cluster {
+        return all.into_iter().find(|c| &c.name == name).ok_or_else(|| {
+            anyhow!(
+                "there is no {} cluster named '{name}' in namespace '{ns}' (`cgcloud list-clusters` shows them)",
+                sel.cluster_type
+            )
+        });
+    }
+    if all.is_empty() {
+        bail!(
+            "there is no {} cluster in namespace '{ns}'; create one with `cgcloud create-cluster {}`",
+            sel.cluster_type,
+            sel.cluster_type
+        );
+    }
+    match sel.ordinal {
+        Some(o) => {
+            let n = all.len() as i64;
+            let i = if o < 0 { n + o } else { o };
+            if !(0..n).contains(&i) {
+                bail!("cluster ordinal {o} is out of range: there are {n} {} cluster(s)", sel.cluster_type);
+            }
+            Ok(all.swap_remove(i as usize))
+        }
+        None if all.len() == 1 => Ok(all.swap_remove(0)),
+        None => bail!(
+            "{} {} clusters exist; pick one with -c NAME or -o ORDINAL: {}",
+            all.len(),
+            sel.cluster_type,
+            all.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn launch_args(n: &NodeLaunchArgs) -> LaunchArgs {
+    LaunchArgs {
+        keypairs: n.keypairs.clone(),
+        instance_type: n.instance_type.clone(),
+        subnet: n.subnet.clone(),
+        options: n.options.clone(),
+        never_terminate: n.never_terminate,
+        ssh_address: n.ssh_address,
+        metrics: n.metrics,
+        agent_interval: n.agent_interval,
+        ..Default::default()
+    }
+}
+
+fn check_cluster_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if !ok {
+        bail!("invalid cluster name '{name}': use up to 40 lower-case letters, digits and '-'");
+    }
+    Ok(())
+}
+
+/// How long each phase took until every node had passed it.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Phases {
+    pub launched_s: f64,
+    pub running_s: f64,
+    pub ssh_ready_s: f64,
+    pub configured_s: f64,
+}
+
+/// Watches the nodes through running → SSH-ready → configured, with counts per phase. Nodes
+/// whose first-boot configuration failed are returned separately. One DescribeInstances per
+/// poll, whatever the number of nodes.
+async fn await_nodes(
+    ctx: &Ctx,
+    cloud: &Cloud,
+    ids: &[String],
+    must: &BTreeSet<String>,
+    timeout: Duration,
+    phases: &mut Phases,
+    t0: Instant,
+) -> Result<Vec<(String, String)>> {
+    let n = ids.len();
+    let mut progress = ctx.out.progress(format!("{n} nodes: waiting"));
+    let started = Instant::now();
+    let ssh_ready: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>> = Default::default();
+    let mut probing: BTreeSet<String> = BTreeSet::new();
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    let mut probes = tokio::task::JoinSet::new();
+    loop {
+        let instances = cloud.describe_instances(ids).await?;
+        let boxes: Vec<BoxInfo> = instances.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
+        let mut failed = Vec::new();
+        let (mut running, mut configured) = (0, 0);
+        for b in &boxes {
+            if b.state == "running" {
+                running += 1;
+                if !probing.contains(&b.instance_id) {
+                    probing.insert(b.instance_id.clone());
+                    let target = ctx.ssh_target(b, None, None).await?;
+                    let (ready, limit, id) = (ssh_ready.clone(), limit.clone(), b.instance_id.clone());
+                    probes.spawn(async move {
+                        let _permit = limit.acquire_owned().await;
+                        if target.wait_ready(timeout).await.is_ok() {
+                            if let Ok(mut r) = ready.lock() {
+                                r.insert(id);
+                            }
+                        }
+                        target.close().await;
+                    });
+                }
+            } else if matches!(b.state.as_str(), "terminated" | "shutting-down" | "stopped") {
+                failed.push((
+                    b.instance_id.clone(),
+                    format!("{}{}", b.state, b.tags.get(tags::FAILURE).map(|f| format!(": {f}")).unwrap_or_default()),
+                ));
+            }
+            match b.tags.get(tags::CONFIGURED).map(String::as_str) {
+                Some("true") => configured += 1,
+                Some(_) => failed.push((
+                    b.instance_id.clone(),
+                    b.tags.get(tags::FAILURE).cloned().unwrap_or_else(|| "first-boot configuration failed".into()),
+                )),
+                None => {}
+            }
+        }
+        let ssh = ssh_ready.lock().map(|r| r.len()).unwrap_or(0);
+        let elapsed = t0.elapsed().as_secs_f64();
+        if running == n && phases.running_s == 0.0 {
+            phases.running_s = elapsed;
+        }
+        if ssh == n && phases.ssh_ready_s == 0.0 {
+            phases.ssh_ready_s = elapsed;
+        }
+        progress.set_message(format!("{n} nodes: {running} running, {ssh} SSH-ready, {configured} configured"));
+        if failed.iter().any(|(id, _)| must.contains(id)) {
+            let (id, why) = failed.iter().find(|(id, _)| must.contains(id)).cloned().unwrap_or_default();
+            bail!("node {id} failed: {why}");
+        }
+        let done: BTreeSet<String> = boxes
+            .iter()
+            .filter(|b| b.tags.get(tags::CONFIGURED).map(String::as_str) == Some("true"))
+            .map(|b| b.instance_id.clone())
+            .collect();
+        let settled = boxes.len() == n && done.len() + failed.len() >= n;
+        if must.iter().all(|m| done.contains(m)) && settled {
+            phases.configured_s = t0.elapsed().as_secs_f64();
+            if phases.ssh_ready_s == 0.0 {
+                phases.ssh_ready_s = phases.configured_s;
+            }
+            progress.finish(format!("{n} nodes: {running} running, {ssh} SSH-ready, {configured} configured"));
+            probes.abort_all();
+            return Ok(failed);
+        }
+        if started.elapsed() > timeout {
+            if must.iter().all(|m| done.contains(m)) {
+                // Optional nodes that are still not configured count as failed.
+                let late: Vec<(String, String)> = ids
+                    .iter()
+                    .filter(|i| !done.contains(*i))
+                    .map(|i| (i.clone(), "not configured in time".into()))
+                    .collect();
+                probes.abort_all();
+                return Ok(late);
+            }
+            bail!(
+                "timed out after {} s: {running} of {n} nodes running, {ssh} SSH-ready, {configured} configured",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(750)).await;
+    }
+}
+
+fn print_nodes(ctx: &Ctx, c: &Cluster) {
+    let rows: Vec<Vec<String>> = c
+        .nodes
+        .iter()
+        .map(|b| {
+            vec![
+                b.ordinal.map(|o| o.to_string()).unwrap_or_default(),
+                b.role.clone(),
+                b.instance_id.clone(),
+                b.state.clone(),
+                b.private_ip.clone().unwrap_or_default(),
+                b.public_ip.clone().unwrap_or_else(|| "-".into()),
+                b.tags.get(tags::CONFIGURED).cloned().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    ctx.out.table(&["ORDINAL", "ROLE", "INSTANCE", "STATE", "PRIVATE_IP", "PUBLIC_IP", "CONFIGURED"], &rows, c);
+}
+
+/// Launches `count` workers (ordinals `ordinals`) of a cluster; returns their ids.
+#[allow(clippy::too_many_arguments)]
+async fn launch_workers(
+    ctx: &Ctx,
+    p: &super::launch::Prepared,
+    txn: &Txn,
+    base: &Tags,
+    worker_role: &str,
+    leader_id: &str,
+    ordinals: &[u32],
+    min: u32,
+) -> Result<Vec<String>> {
+    let mut extra = base.clone();
+    extra.insert(tags::LEADER.into(), leader_id.to_owned());
+    extra.insert(tags::ORDINALS.into(), ordinals.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+    let g = Group {
+        count: ordinals.len() as i32,
+        min_count: Some(min.max(1).min(ordinals.len() as u32) as i32),
+        box_role: worker_role.to_owned(),
+        instance_type: p.instance_type.clone(),
+        extra_tags: extra,
+        first_boot: true,
+        label: "workers",
+    };
+    launch_group(ctx, p, txn, &g).await
+}
+
+pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
+    let reg = ctx.registry().await?;
+    let node_role = reg.cluster_type(&a.cluster_type)?;
+    let decl = node_role.cluster.clone().context("not a cluster node role")?;
+    let ns = ctx.namespace().await?.clone();
+    let cloud = ctx.cloud().await?;
+    let images = cloud.list_images(ns.as_str(), Some(&node_role.name)).await?;
+    if images.is_empty() {
+        bail!(
+            "cluster type '{}' boots from an image of role '{}', and namespace '{ns}' has none; bake one with `cgcloud create -I -T {}`",
+            a.cluster_type,
+            node_role.name,
+            node_role.name
+        );
+    }
+    let image = pick_image(&node_role.name, ns.as_str(), images, a.nodes.boot_image.as_deref().unwrap_or("-1"))?;
+    let name = match &a.cluster {
+        Some(n) => n.clone(),
+        None => format!("{}-{:06x}", a.cluster_type, rand::random::<u32>() & 0xff_ffff),
+    };
+    check_cluster_name(&name)?;
+    if clusters(ctx, None).await?.iter().any(|c| c.name == name) {
+        bail!("a cluster named '{name}' already exists in namespace '{ns}'; add workers with `cgcloud grow-cluster {} -c {name}`", a.cluster_type);
+    }
+    if let Some(share) = &a.share {
+        if !share.exists() {
+            bail!("--share {}: no such file or directory", share.display());
+        }
+    }
+    let la = launch_args(&a.nodes);
+    let p =
+        prepare(ctx, node_role.clone(), image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None).await?;
+    let leader_type = match &a.leader_instance_type {
+        Some(t) => {
+            cloud.instance_type_arches(t).await?;
+            t.clone()
+        }
+        None => p.instance_type.clone(),
+    };
+    let n = a.nodes.num_workers;
+    let min = a.nodes.min_workers.unwrap_or(n).min(n);
+    let mut base = Tags::new();
+    base.insert(tags::CLUSTER.into(), name.clone());
+    base.insert(tags::CLUSTER_TYPE.into(), a.cluster_type.clone());
+    base.insert(tags::NODE_ROLE.into(), node_role.name.clone());
+    if let Some(gb) = a.nodes.ebs_volume_size {
+        base.insert(EBS_SIZE.into(), gb.to_string());
+    }
+    let txn = Txn::new();
+    let mut phases = Phases::default();
+    let t0 = Instant::now();
+    let requests_before = cloud.requests_sent();
+    let work = async {
+        let mut leader_tags = base.clone();
+        leader_tags.insert(tags::ORDINAL.into(), "0".into());
+        let leader = Group {
+            count: 1,
+            min_count: None,
+            box_role: decl.leader.clone(),
+            instance_type: leader_type.clone(),
+            extra_tags: leader_tags,
+            first_boot: true,
+            label: "leader",
+        };
+        let leader_ids = launch_group(ctx, &p, &txn, &leader).await?;
+        let leader_id = leader_ids.first().cloned().context("RunInstances returned no leader")?;
+        let mut t = Tags::new();
+        t.insert(tags::LEADER.into(), leader_id.clone());
+        cloud.create_tags(&leader_ids, &t).await?;
+        let ordinals: Vec<u32> = (1..=n).collect();
+        let workers = if n > 0 {
+            launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader_id, &ordinals, min).await?
+        } else {
+            Vec::new()
+        };
+        if (workers.len() as u32) < n {
+            tracing::warn!("EC2 launched {} of {n} workers (at least {min} were required)", workers.len());
+        }
+        phases.launched_s = t0.elapsed().as_secs_f64();
+        let mut all = leader_ids.clone();
+        all.extend(workers.iter().cloned());
+        // Tell the nodes' agents to refresh the members now.
+        if let Err(e) = cloud.notify_keys_changed().await {
+            tracing::debug!("notification failed: {e}");
+        }
+        let mut must: BTreeSet<String> = leader_ids.iter().cloned().collect();
+        if !a.nodes.quick && min == n {
+            must.extend(workers.iter().cloned());
+        }
+        let failed =
+            await_nodes(ctx, cloud, &all, &must, Duration::from_secs(a.nodes.timeout), &mut phases, t0).await?;
+        if !a.nodes.quick {
+            let good = workers.len() - failed.iter().filter(|(id, _)| workers.contains(id)).count();
+            if (good as u32) < min {
+                bail!("only {good} of {n} workers came up, fewer than --min-workers {min}");
+            }
+            if !failed.is_empty() {
+                let ids: Vec<String> = failed.iter().map(|(id, _)| id.clone()).collect();
+                tracing::warn!(
+                    "{} worker(s) did not come up and are terminated: {}",
+                    ids.len(),
+                    failed.iter().map(|(id, why)| format!("{id} ({why})")).collect::<Vec<_>>().join(", ")
+                );
+                cloud.terminate(&ids).await?;
+            }
+        }
+        finish_launch(cloud, &all).await?;
+        if let Some(share) = &a.share {
+            let leader_box = cloud
+                .describe_instances(&leader_ids)
+                .await?
+                .iter()
+                .find_map(cgcloud_aws::ec2::box_from_instance)
+                .context("leader vanished")?;
+            let target = ctx.ssh_target(&leader_box, None, a.nodes.ssh_address).await?;
+            let status = tokio::process::Command::new("rsync")
+                .arg("-e")
+                .arg(target.rsync_shell(""))
+                .args(["-a", &share.display().to_string(), &format!("{}:shared/", target.address)])
+                .status()
+                .await
+                .context("cannot run rsync")?;
+            if !status.success() {
+                bail!("copying {} to the leader failed", share.display());
+            }
+        }
+        Ok(())
+    };
+    transaction(ctx, &txn, a.nodes.never_terminate, work).await?;
+    let c = select(
+        ctx,
+        &ClusterSelection { cluster_type: a.cluster_type.clone(), cluster: Some(name.clone()), ordinal: None },
+    )
+    .await?;
+    print_nodes(ctx, &c);
+    ctx.out.note(format!(
+        "cluster {name}: launched in {:.1} s, running {:.1} s, SSH-ready {:.1} s, configured {:.1} s ({} API requests)",
+        phases.launched_s,
+        phases.running_s,
+        phases.ssh_ready_s,
+        phases.configured_s,
+        cloud.requests_sent() - requests_before
+    ));
+    ctx.out.note(format!("run 'cgcloud ssh {} -c {name}' to log in to the leader", decl.leader));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
+    let c = select(ctx, &a.selection).await?;
+    let leader = c.leader().cloned().with_context(|| format!("cluster {} has no leader", c.name))?;
+    let reg = ctx.registry().await?;
+    let node_role = reg.cluster_type(&c.cluster_type)?;
+    let decl = node_role.cluster.clone().context("not a cluster node role")?;
+    let ns = ctx.namespace().await?.clone();
+    let cloud = ctx.cloud().await?;
+    let images = cloud.list_images(ns.as_str(), Some(&node_role.name)).await?;
+    let spec = a.nodes.boot_image.clone().or(leader.image_id.clone()).unwrap_or_else(|| "-1".into());
+    let image = pick_image(&node_role.name, ns.as_str(), images, &spec)?;
+    let la = launch_args(&a.nodes);
+    let p = prepare(ctx, node_role, image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None).await?;
+    let used: BTreeSet<u32> = c.nodes.iter().filter_map(|n| n.ordinal).collect();
+    let n = a.nodes.num_workers;
+    let ordinals = allocate_ordinals(&used, n as usize);
+    // New workers get what the cluster's nodes have, persistent volume size included.
+    let mut base = Tags::new();
+    for k in [tags::CLUSTER, tags::CLUSTER_TYPE, tags::NODE_ROLE, EBS_SIZE] {
+        if let Some(v) = leader.tags.get(k) {
+            base.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(gb) = a.nodes.ebs_volume_size {
+        base.insert(EBS_SIZE.into(), gb.to_string());
+    }
+    let txn = Txn::new();
+    let mut phases = Phases::default();
+    let t0 = Instant::now();
+    let min = a.nodes.min_workers.unwrap_or(n).min(n);
+    let work = async {
+        let ids = launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader.instance_id, &ordinals, min).await?;
+        if let Err(e) = cloud.notify_keys_changed().await {
+            tracing::debug!("notification failed: {e}");
+        }
+        let must: BTreeSet<String> = if a.nodes.quick { BTreeSet::new() } else { ids.iter().cloned().collect() };
+        await_nodes(ctx, cloud, &ids, &must, Duration::from_secs(a.nodes.timeout), &mut phases, t0).await?;
+        finish_launch(cloud, &ids).await?;
+        Ok(())
+    };
+    transaction(ctx, &txn, a.nodes.never_terminate, work).await?;
+    let c = select(
+        ctx,
+        &ClusterSelection { cluster_type: c.cluster_type.clone(), cluster: Some(c.name.clone()), ordinal: None },
+    )
+    .await?;
+    print_nodes(ctx, &c);
+    ctx.out.note(format!(
+        "added ordinals {} in {:.1} s",
+        ordinals.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+        phases.configured_s
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Power {
+    Start,
+    Stop,
+    Terminate,
+}
+
+pub async fn power(ctx: &Ctx, a: ClusterPowerArgs, what: Power) -> Result<ExitCode> {
+    let c = select(ctx, &a.selection).await?;
+    let cloud = ctx.cloud().await?;
+    let leader: Vec<String> =
+        if a.skip_leader { Vec::new() } else { c.leader().map(|l| vec![l.instance_id.clone()]).unwrap_or_default() };
+    let workers: Vec<String> = c.nodes.iter().filter(|n| n.ordinal != Some(0)).map(|n| n.instance_id.clone()).collect();
+    let all: Vec<String> = workers.iter().chain(leader.iter()).cloned().collect();
+    match what {
+        Power::Stop => {
+            let spot: Vec<&str> = c
+                .nodes
+                .iter()
+                .filter(|n| n.spot && all.contains(&n.instance_id))
+                .map(|n| n.instance_id.as_str())
+                .collect();
+            if !spot.is_empty() {
+                bail!(
+                    "cluster {} has spot instances ({}), and EC2 cannot stop spot instances; nothing was stopped. Terminate the cluster instead (persistent volumes are kept)",
+                    c.name,
+                    spot.join(", ")
+                );
+            }
+            for group in [&workers, &leader] {
+                if group.is_empty() {
+                    continue;
+                }
+                cloud.stop(group).await?;
+                if !a.quick {
+                    wait_for_state(ctx, cloud, group, "stopped", &format!("{} node(s) of {}", group.len(), c.name))
+                        .await?;
+                }
+            }
+        }
+        Power::Start => {
+            for group in [&leader, &workers] {
+                if group.is_empty() {
+                    continue;
+                }
+                cloud.start(group).await?;
+                if !a.quick {
+                    wait_for_state(ctx, cloud, group, "running", &format!("{} node(s) of {}", group.len(), c.name))
+                        .await?;
+                }
+            }
+        }
+        Power::Terminate => {
+            for group in [&workers, &leader] {
+                if group.is_empty() {
+                    continue;
+                }
+                cloud.terminate(group).await?;
+            }
+            if !a.quick && !all.is_empty() {
+                wait_for_state(ctx, cloud, &all, "terminated", &format!("the nodes of {}", c.name)).await?;
+            }
+            let ns = ctx.namespace().await?;
+            for id in &all {
+                if let Err(e) = cloud.delete_queue_named(&ns.agent_queue_name(id)).await {
+                    tracing::warn!("could not delete the agent queue of {id}: {e}");
+                }
+            }
+            let gone: BTreeSet<&String> = all.iter().collect();
+            cgcloud_remote::hostkey::prune(&ctx.settings.known_hosts(), |alias| !gone.contains(&alias.to_owned()))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The nodes to act on: leader first, then workers by ordinal.
+fn nodes(c: &Cluster, skip_leader: bool) -> Vec<BoxInfo> {
+    c.nodes.iter().filter(|n| n.state == "running" && !(skip_leader && n.ordinal == Some(0))).cloned().collect()
+}
+
+pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
+    let c = select(ctx, &a.selection).await?;
+    let nodes = nodes(&c, a.skip_leader);
+    if nodes.is_empty() {
+        bail!("cluster {} has no running node", c.name);
+    }
+    let mut failures = Vec::new();
+    if a.parallel {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let mut set = tokio::task::JoinSet::new();
+        for b in &nodes {
+            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+            let label = format!(
+                "[{} {}]",
+                b.ordinal.map(|o| o.to_string()).unwrap_or_default(),
+                b.private_dns.as_deref().and_then(|d| d.split('.').next()).unwrap_or(&b.instance_id)
+            );
+            let (tx, args, id) = (tx.clone(), a.args.clone(), b.instance_id.clone());
+            set.spawn(async move {
+                let mut child = target
+                    .command(true, &args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()?;
+                let out = child.stdout.take();
+                let err = child.stderr.take();
+                let (t1, l1) = (tx.clone(), label.clone());
+                let a = tokio::spawn(async move {
+                    if let Some(o) = out {
+                        let mut lines = tokio::io::BufReader::new(o).lines();
+                        while let Ok(Some(l)) = lines.next_line().await {
+                            let _ = t1.send(format!("{l1} {l}"));
+                        }
+                    }
+                });
+                let (t2, l2) = (tx, label);
+                let b = tokio::spawn(async move {
+                    if let Some(e) = err {
+                        let mut lines = tokio::io::BufReader::new(e).lines();
+                        while let Ok(Some(l)) = lines.next_line().await {
+                            let _ = t2.send(format!("{l2} {l}"));
+                        }
+                    }
+                });
+                let status = child.wait().await?;
+                let _ = tokio::join!(a, b);
+                Ok::<_, std::io::Error>((id, status.code().unwrap_or(255)))
+            });
+        }
+        drop(tx);
+        while let Some(line) = rx.recv().await {
+            ctx.out.record(&line, || line.clone());
+        }
+        while let Some(r) = set.join_next().await {
+            let (id, code) = r??;
+            if code != 0 {
+                failures.push(format!("{id} (exit {code})"));
+            }
+        }
+    } else {
+        for b in &nodes {
+            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+            ctx.out.note(format!(
+                "=== node {} ({}, {})",
+                b.ordinal.map(|o| o.to_string()).unwrap_or_default(),
+                b.instance_id,
+                target.address
+            ));
+            let status = target.command(false, &a.args).status().await.context("cannot run ssh")?;
+            if !status.success() {
+                failures.push(format!("{} (exit {})", b.instance_id, status.code().unwrap_or(255)));
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        tracing::error!("the command failed on {} of {} node(s): {}", failures.len(), nodes.len(), failures.join(", "));
+        Ok(ExitCode::from(1))
+    }
+}
+
+pub async fn rsync(ctx: &Ctx, a: RsyncClusterArgs) -> Result<ExitCode> {
+    let c = select(ctx, &a.selection).await?;
+    let nodes = nodes(&c, a.skip_leader);
+    let mut failures = Vec::new();
+    // Leader first (others may fetch from it), then the workers in parallel.
+    let (first, rest) = nodes.split_at(usize::from(nodes.first().is_some_and(|n| n.ordinal == Some(0))));
+    for batch in [first, rest] {
+        let mut set = tokio::task::JoinSet::new();
+        for b in batch {
+            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+            let args = target.rsync_args(&a.args);
+            let shell = target.rsync_shell(&a.ssh_opts);
+            let id = b.instance_id.clone();
+            set.spawn(async move {
+                let st = tokio::process::Command::new("rsync").arg("-e").arg(shell).args(args).status().await;
+                (id, st.map(|s| s.success()).unwrap_or(false))
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            let (id, ok) = r?;
+            if !ok {
+                failures.push(id);
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        tracing::error!("rsync failed on {}", failures.join(", "));
+        Ok(ExitCode::from(1))
+    }
+}
+
+pub async fn list(ctx: &Ctx, a: ListClustersArgs) -> Result<ExitCode> {
+    if let Some(t) = &a.cluster_type {
+        ctx.registry().await?.cluster_type(t)?;
+    }
+    let all = clusters(ctx, a.cluster_type.as_deref()).await?;
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|c| {
+            let mut states: BTreeMap<&str, usize> = BTreeMap::new();
+            for n in &c.nodes {
+                *states.entry(n.state.as_str()).or_default() += 1;
+            }
+            let configured =
+                c.nodes.iter().filter(|n| n.tags.get(tags::CONFIGURED).map(String::as_str) == Some("true")).count();
+            vec![
+                c.name.clone(),
+                c.cluster_type.clone(),
+                c.leader().map(|l| l.instance_id.clone()).unwrap_or_else(|| "-".into()),
+                c.nodes.len().to_string(),
+                states.iter().map(|(s, n)| format!("{s}:{n}")).collect::<Vec<_>>().join(","),
+                format!("{configured}/{}", c.nodes.len()),
+                c.nodes.first().map(|n| n.launch_time.clone()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    ctx.out.table(&["CLUSTER", "TYPE", "LEADER", "NODES", "STATES", "CONFIGURED", "LAUNCHED"], &rows, &all);
+    Ok(ExitCode::SUCCESS)
+}
