@@ -128,6 +128,21 @@ impl Agent {
     /// many accounts changed.
     pub fn sync_keys(&mut self) -> Result<usize, AwsError> {
         let tags = self.own_tags()?;
+        // After a reboot the persistent volume may appear only after the boot-time mount ran.
+        if std::fs::read_to_string("/etc/fstab").unwrap_or_default().contains(crate::volume::MOUNT_POINT) {
+            let mounted = std::fs::read_to_string("/proc/mounts")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(crate::volume::MOUNT_POINT));
+            if !mounted
+                && std::process::Command::new("mount")
+                    .arg(crate::volume::MOUNT_POINT)
+                    .status()
+                    .is_ok_and(|s| s.success())
+            {
+                log("info", format!("mounted {}", crate::volume::MOUNT_POINT));
+            }
+        }
         if let Some(cluster) = tags.get(cgcloud_core::tags::CLUSTER) {
             let nodes = crate::cluster::members(&self.aws, &self.cfg.namespace, cluster)?;
             match crate::cluster::write_membership(cluster, &nodes) {
@@ -293,26 +308,59 @@ impl Agent {
         };
         let nodes = retry(|| crate::cluster::members(&self.aws, &self.cfg.namespace, &cluster))?;
         crate::cluster::write_membership(&cluster, &nodes)?;
-        let facts = crate::cluster::facts(&me, &nodes, &self.cfg.region, &self.cfg.namespace);
+        let mut facts = crate::cluster::facts(&me, &nodes, &self.cfg.region, &self.cfg.namespace);
+        // The persistent volume comes before the plan, so that roles can put data on it.
+        let size: u32 = me.tags.get("cgcloud:ebs-volume-size").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let volume = if size > 0 {
+            let ordinal = me.ordinal().unwrap_or(0);
+            let attached = retry(|| {
+                crate::volume::attach(
+                    &self.aws,
+                    &self.cfg.namespace,
+                    &cluster,
+                    ordinal,
+                    size,
+                    &self.instance_id,
+                    &me.zone,
+                )
+            });
+            let result = attached.and_then(|id| {
+                let name =
+                    crate::volume::volume_name(&self.cfg.namespace, &cluster, ordinal).map_err(|e| e.to_string())?;
+                let dev = crate::volume::find_device(&id, Duration::from_secs(120))
+                    .ok_or_else(|| format!("volume {id} was attached but no block device appeared"))?;
+                crate::volume::format_and_mount(&dev, &name)?;
+                log("info", format!("persistent volume {id} ({name}) mounted at {}", crate::volume::MOUNT_POINT));
+                Ok(crate::volume::MOUNT_POINT.to_owned())
+            });
+            Some(result)
+        } else {
+            None
+        };
+        facts["cluster"]["persistent"] =
+            serde_json::json!(volume.as_ref().and_then(|r| r.as_ref().ok()).cloned().unwrap_or_default());
         let _ = std::fs::create_dir_all("/var/lib/cgcloud");
         let facts_text = serde_json::to_string_pretty(&facts).unwrap_or_default();
         std::fs::write("/var/lib/cgcloud/facts.json", &facts_text)
             .map_err(|e| format!("/var/lib/cgcloud/facts.json: {e}"))?;
-        let result = match std::fs::read_to_string(plan) {
-            Ok(text) => {
-                let plan: cgcloud_core::plan::Plan =
-                    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", plan.display()))?;
-                let facts = crate::facts::Facts::parse(&facts_text)?;
-                let mut runner = crate::apply::Runner::new(facts, "/var/log/cgcloud/apply.log".into(), false);
-                runner.no_block = true;
-                let ok = runner.run(&plan, false);
-                if ok {
-                    Ok(())
-                } else {
-                    Err("the first-boot plan failed; see /var/log/cgcloud/apply.log".to_owned())
+        let result = match (volume, std::fs::read_to_string(plan)) {
+            (Some(Err(e)), _) => Err(format!("persistent volume: {e}")),
+            (_, plan_text) => match plan_text {
+                Ok(text) => {
+                    let plan: cgcloud_core::plan::Plan =
+                        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", plan.display()))?;
+                    let facts = crate::facts::Facts::parse(&facts_text)?;
+                    let mut runner = crate::apply::Runner::new(facts, "/var/log/cgcloud/apply.log".into(), false);
+                    runner.no_block = true;
+                    let ok = runner.run(&plan, false);
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("the first-boot plan failed; see /var/log/cgcloud/apply.log".to_owned())
+                    }
                 }
-            }
-            Err(_) => Ok(()),
+                Err(_) => Ok(()),
+            },
         };
         let mut tags = vec![
             ("ResourceId.1", self.instance_id.clone()),

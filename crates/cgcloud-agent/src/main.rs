@@ -11,6 +11,7 @@ mod imds;
 mod keys;
 mod metrics;
 mod sigv4;
+mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -45,6 +45,8 @@ struct Controller {
     failed: HashSet<String>,
     /// Power changes seen by the proxy, per instance, not yet carried out.
     queued: BTreeMap<String, std::collections::VecDeque<PowerEvent>>,
+    /// Volumes made visible in hosts: volume → (instance, nspawn PID it was done for).
+    attached: BTreeMap<String, (String, u32)>,
     dns: String,
     dnsmasq_pid: Option<u32>,
 }
@@ -77,6 +79,7 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
         busy: Arc::new(Mutex::new(HashSet::new())),
         failed: HashSet::new(),
         queued: BTreeMap::new(),
+        attached: BTreeMap::new(),
         dns: String::new(),
         dnsmasq_pid: state.dnsmasq_pid,
     };
@@ -265,7 +268,51 @@ impl Controller {
             }
         }
         self.update_dns(&instances).await;
+        self.realize_volumes(&local).await;
         Ok(())
+    }
+
+    /// Makes attached volumes appear in their (running) hosts, releases detached ones, and
+    /// drops the data of deleted ones.
+    async fn realize_volumes(&mut self, local: &HashSet<String>) {
+        let Ok(out) = self.cloud.ec2.describe_volumes().send().await else { return };
+        let mut alive = HashSet::new();
+        for v in out.volumes() {
+            let Some(id) = v.volume_id() else { continue };
+            alive.insert(id.to_owned());
+            let attachment = v.attachments().iter().find(|a| a.instance_id().is_some_and(|i| local.contains(i)));
+            let Some(att) = attachment else {
+                if self.attached.remove(id).is_some() {
+                    crate::volumes::release(self.dir(), id).await;
+                    log(format!("volume {id}: detached"));
+                }
+                continue;
+            };
+            let instance = att.instance_id().unwrap_or_default().to_owned();
+            // Root volumes of the launch mapping are the host's overlay disk, not devices.
+            let device = att.device().unwrap_or_default().to_owned();
+            if device.is_empty() || device.ends_with("sda1") || device.ends_with("xvda") || device == "/dev/sda" {
+                continue;
+            }
+            let Some(pid) = (Host { dir: self.dir(), id: &instance }).pid() else { continue };
+            if self.attached.get(id) == Some(&(instance.clone(), pid)) {
+                continue;
+            }
+            match crate::volumes::attach(self.dir(), id, v.size().unwrap_or(1), pid, &device).await {
+                Ok(()) => {
+                    log(format!("volume {id}: attached to {instance} at {}", crate::volumes::guest_device(&device)));
+                    self.attached.insert(id.to_owned(), (instance, pid));
+                }
+                Err(e) => log(format!("volume {id}: cannot attach to {instance}: {e}")),
+            }
+        }
+        for id in crate::volumes::known(self.dir()) {
+            if !alive.contains(&id) {
+                crate::volumes::delete(self.dir(), &id).await;
+                self.attached.remove(&id);
+                log(format!("volume {id}: deleted"));
+            }
+        }
     }
 
     /// Turns new images of local instances into layers; removes layers of deregistered images.

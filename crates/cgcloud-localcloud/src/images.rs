@@ -33,6 +33,7 @@ const PACKAGES: &[&str] = &[
     "curl",
     "ca-certificates",
     "gnupg",
+    "e2fsprogs",
 ];
 
 /// cloud-init settings for hosts: NoCloud seed only, networking done by the host, Debian's

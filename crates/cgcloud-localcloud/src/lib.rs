@@ -10,6 +10,7 @@ pub mod images;
 pub mod net;
 pub mod proxy;
 pub mod sys;
+pub mod volumes;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -439,7 +440,10 @@ impl LocalCloud {
             sys::run_quiet("ip", &["netns", "del", &ns]).await;
         }
         umount_all(&self.dir).await;
-        for dir in [self.dir.join("instances"), self.dir.join("layers")] {
+        for v in volumes::known(&self.dir) {
+            volumes::delete(&self.dir, &v).await;
+        }
+        for dir in [self.dir.join("instances"), self.dir.join("layers"), self.dir.join("volumes")] {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
             }

@@ -1,0 +1,185 @@
+//! A cluster node's persistent EBS volume: found by its name (cluster and ordinal) or created
+//! in the node's zone, attached to the node, formatted once (labelled with a hash of its
+//! name), and mounted at /mnt/persistent. Volumes outlive their nodes, so a cluster created
+//! again under the same name gets its data back.
+
+use crate::aws::{AwsError, Client, Service};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub const MOUNT_POINT: &str = "/mnt/persistent";
+pub const DEVICE: &str = "/dev/sdf";
+
+fn err(action: &str, detail: impl Into<String>) -> AwsError {
+    AwsError::Parse { action: action.into(), detail: detail.into() }
+}
+
+/// The volume's name: the namespaced `<cluster>__<ordinal>`.
+pub fn volume_name(namespace: &str, cluster: &str, ordinal: u32) -> Result<String, AwsError> {
+    let ns = cgcloud_core::Namespace::parse(namespace).map_err(|e| err("namespace", e.to_string()))?;
+    ns.to_aws_name(&format!("{cluster}__{ordinal}")).map_err(|e| err("volume name", e.to_string()))
+}
+
+/// Finds or creates, and attaches, the node's volume; returns its id.
+pub fn attach(
+    aws: &Client,
+    namespace: &str,
+    cluster: &str,
+    ordinal: u32,
+    size_gb: u32,
+    instance_id: &str,
+    zone: &str,
+) -> Result<String, AwsError> {
+    let name = volume_name(namespace, cluster, ordinal)?;
+    let found = aws.call(
+        Service::Ec2,
+        "DescribeVolumes",
+        &[
+            ("Filter.1.Name", "tag:Name".into()),
+            ("Filter.1.Value.1", name.clone()),
+            ("Filter.2.Name", "tag:cgcloud:namespace".into()),
+            ("Filter.2.Value.1", namespace.to_owned()),
+        ],
+    )?;
+    let vols = found.records("item", &["volumeId", "status", "availabilityZone", "instanceId"]);
+    let vols: Vec<Vec<String>> = vols.into_iter().filter(|v| v[0].starts_with("vol-")).collect();
+    let volume_id = match vols.as_slice() {
+        [] => {
+            let created = aws.call(
+                Service::Ec2,
+                "CreateVolume",
+                &[
+                    ("Size", size_gb.to_string()),
+                    ("AvailabilityZone", zone.to_owned()),
+                    ("VolumeType", "gp3".into()),
+                    ("TagSpecification.1.ResourceType", "volume".into()),
+                    ("TagSpecification.1.Tag.1.Key", "Name".into()),
+                    ("TagSpecification.1.Tag.1.Value", name.clone()),
+                    ("TagSpecification.1.Tag.2.Key", cgcloud_core::tags::NAMESPACE.into()),
+                    ("TagSpecification.1.Tag.2.Value", namespace.to_owned()),
+                    ("TagSpecification.1.Tag.3.Key", cgcloud_core::tags::PERSISTENT.into()),
+                    ("TagSpecification.1.Tag.3.Value", "true".into()),
+                    ("TagSpecification.1.Tag.4.Key", cgcloud_core::tags::CLUSTER.into()),
+                    ("TagSpecification.1.Tag.4.Value", cluster.to_owned()),
+                    ("TagSpecification.1.Tag.5.Key", cgcloud_core::tags::ORDINAL.into()),
+                    ("TagSpecification.1.Tag.5.Value", ordinal.to_string()),
+                ],
+            )?;
+            created.text("volumeId").ok_or_else(|| err("CreateVolume", "no volume id"))?
+        }
+        [one] => {
+            if one[1] == "in-use" && one[3] == instance_id {
+                return Ok(one[0].clone());
+            }
+            if !one[2].is_empty() && one[2] != zone {
+                return Err(err(
+                    "persistent volume",
+                    format!(
+                        "volume {} ({name}) is in zone {}, but this node is in {zone}; create the cluster in {}",
+                        one[0], one[2], one[2]
+                    ),
+                ));
+            }
+            one[0].clone()
+        }
+        _ => {
+            return Err(err(
+                "persistent volume",
+                format!("{} volumes are named {name}; remove the extra ones", vols.len()),
+            ))
+        }
+    };
+    wait_state(aws, &volume_id, "available", Duration::from_secs(300))?;
+    aws.call(
+        Service::Ec2,
+        "AttachVolume",
+        &[("VolumeId", volume_id.clone()), ("InstanceId", instance_id.to_owned()), ("Device", DEVICE.into())],
+    )?;
+    wait_state(aws, &volume_id, "in-use", Duration::from_secs(300))?;
+    Ok(volume_id)
+}
+
+fn wait_state(aws: &Client, volume_id: &str, state: &str, timeout: Duration) -> Result<(), AwsError> {
+    let start = Instant::now();
+    loop {
+        let a = aws.call(Service::Ec2, "DescribeVolumes", &[("VolumeId.1", volume_id.to_owned())])?;
+        if a.text("status").as_deref() == Some(state) {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(err("persistent volume", format!("{volume_id} did not become {state}")));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The block device of an attached volume: Nitro instances show it as NVMe with the volume id
+/// as serial; Xen instances as /dev/xvdf or /dev/sdf.
+pub fn find_device(volume_id: &str, timeout: Duration) -> Option<String> {
+    let serial = volume_id.replace('-', "");
+    let start = Instant::now();
+    loop {
+        let by_id = format!("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{serial}");
+        for candidate in [by_id.as_str(), "/dev/xvdf", "/dev/sdf"] {
+            if Path::new(candidate).exists() {
+                return Some(candidate.to_owned());
+            }
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Formats the device if it holds no filesystem (never otherwise), checks its label, mounts it
+/// at /mnt/persistent and records it in /etc/fstab.
+pub fn format_and_mount(device: &str, name: &str) -> Result<(), String> {
+    let label = cgcloud_core::d32::volume_label_hash(name);
+    let fs = run("blkid", &["-o", "value", "-s", "TYPE", device]).unwrap_or_default();
+    if fs.trim().is_empty() {
+        run("mkfs.ext4", &["-q", "-L", &label, device])?;
+    } else {
+        let existing = run("blkid", &["-o", "value", "-s", "LABEL", device]).unwrap_or_default();
+        if existing.trim() != label {
+            return Err(format!(
+                "{device} has label '{}', not '{label}' (the hash of {name}); refusing to use it",
+                existing.trim()
+            ));
+        }
+    }
+    std::fs::create_dir_all(MOUNT_POINT).map_err(|e| format!("{MOUNT_POINT}: {e}"))?;
+    let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
+    let line = format!("LABEL={label} {MOUNT_POINT} ext4 defaults,nofail 0 2");
+    if !fstab.lines().any(|l| l.trim() == line) {
+        let kept: Vec<&str> = fstab.lines().filter(|l| !l.contains(MOUNT_POINT)).collect();
+        let new = format!("{}{line}\n", kept.iter().map(|l| format!("{l}\n")).collect::<String>());
+        std::fs::write("/etc/fstab.cgcloud-tmp", new).map_err(|e| format!("/etc/fstab: {e}"))?;
+        std::fs::rename("/etc/fstab.cgcloud-tmp", "/etc/fstab").map_err(|e| format!("/etc/fstab: {e}"))?;
+    }
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(MOUNT_POINT));
+    if !mounted {
+        run("mount", &[device, MOUNT_POINT])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_and_labels() {
+        assert_eq!(super::volume_name("/hannes/", "spark", 2).unwrap(), "hannes_spark__2");
+        assert_eq!(cgcloud_core::d32::volume_label_hash("hannes_spark-master__0"), "i0u77fnocoo");
+    }
+}

@@ -1,0 +1,97 @@
+//! EBS volumes on the local cloud: each volume is a sparse file under the state directory,
+//! and attaching it to a running host makes it a loop device that appears inside the host at
+//! the attachment's device (`/dev/sdf` shows as `/dev/xvdf`, as on Xen instances). Data
+//! survives the instance, as on EC2.
+
+use crate::sys::{run, run_quiet};
+use crate::Error;
+use std::path::{Path, PathBuf};
+
+fn img(dir: &Path, volume_id: &str) -> PathBuf {
+    dir.join("volumes").join(format!("{volume_id}.img"))
+}
+
+/// The loop device backing a volume, if set up.
+async fn loop_of(file: &Path) -> Option<String> {
+    let out = run("losetup", &["-j", &file.to_string_lossy()]).await.ok()?;
+    out.lines().next().and_then(|l| l.split(':').next()).map(str::to_owned)
+}
+
+/// The PID of the host's init (the child of its systemd-nspawn).
+fn init_pid(nspawn_pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{nspawn_pid}/task")).ok()?;
+    for t in tasks.flatten() {
+        if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
+            if let Some(c) = children.split_whitespace().next().and_then(|c| c.parse().ok()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+/// The device name a guest sees for an attachment device (`/dev/sdf` → `/dev/xvdf`).
+pub fn guest_device(device: &str) -> String {
+    match device.strip_prefix("/dev/sd") {
+        Some(rest) => format!("/dev/xvd{rest}"),
+        None => device.to_owned(),
+    }
+}
+
+/// Makes the volume appear in the running host.
+pub async fn attach(dir: &Path, volume_id: &str, size_gb: i32, nspawn_pid: u32, device: &str) -> Result<(), Error> {
+    let file = img(dir, volume_id);
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    if !file.exists() {
+        let f = std::fs::File::create(&file).map_err(|e| Error::io(&file, e))?;
+        f.set_len(u64::try_from(size_gb.max(1)).unwrap_or(1) << 30).map_err(|e| Error::io(&file, e))?;
+    }
+    let dev = match loop_of(&file).await {
+        Some(d) => d,
+        None => run("losetup", &["-f", "--show", &file.to_string_lossy()]).await?.trim().to_owned(),
+    };
+    let name = dev.trim_start_matches("/dev/");
+    let majmin =
+        std::fs::read_to_string(format!("/sys/block/{name}/dev")).map_err(|e| Error::io(Path::new(&dev), e))?;
+    let (major, minor) =
+        majmin.trim().split_once(':').ok_or_else(|| Error::Controller(format!("bad device numbers for {dev}")))?;
+    let init = init_pid(nspawn_pid).ok_or_else(|| Error::Controller("the host has no init yet".into()))?;
+    let target = guest_device(device);
+    let script = format!("rm -f {target}; mknod {target} b {major} {minor}; chmod 660 {target}");
+    run("nsenter", &["-t", &init.to_string(), "-m", "--", "sh", "-c", &script]).await?;
+    Ok(())
+}
+
+/// Releases the loop device of a volume that is no longer attached.
+pub async fn release(dir: &Path, volume_id: &str) {
+    if let Some(dev) = loop_of(&img(dir, volume_id)).await {
+        run_quiet("losetup", &["-d", &dev]).await;
+    }
+}
+
+/// Removes a deleted volume's data.
+pub async fn delete(dir: &Path, volume_id: &str) {
+    release(dir, volume_id).await;
+    let _ = std::fs::remove_file(img(dir, volume_id));
+}
+
+/// Every volume file the local cloud holds.
+pub fn known(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("volumes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".img").map(str::to_owned))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn guest_devices() {
+        assert_eq!(super::guest_device("/dev/sdf"), "/dev/xvdf");
+        assert_eq!(super::guest_device("/dev/xvdg"), "/dev/xvdg");
+    }
+}
