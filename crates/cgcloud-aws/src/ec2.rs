@@ -88,6 +88,23 @@ pub struct LaunchSpec {
     pub tags: Tags,
     /// Makes a retried RunInstances idempotent.
     pub client_token: Option<String>,
+    /// Launch on the spot market, with this maximum price (None: up to the on-demand price).
+    pub spot: Option<Option<String>>,
+}
+
+/// Errors that mean EC2 could not provide the capacity (try elsewhere or later).
+pub fn is_capacity_error(e: &AwsError) -> bool {
+    e.code().is_some_and(|c| {
+        matches!(
+            c,
+            "InsufficientInstanceCapacity"
+                | "InsufficientCapacity"
+                | "SpotMaxPriceTooLow"
+                | "MaxSpotInstanceCountExceeded"
+                | "InsufficientFreeAddressesInSubnet"
+                | "Unsupported"
+        )
+    })
 }
 
 /// A stock or cgcloud image found by lookup.
@@ -535,6 +552,20 @@ impl Cloud {
             if let Some(zone) = &spec.zone {
                 req = req.placement(Placement::builder().availability_zone(zone).build());
             }
+            if let Some(max_price) = &spec.spot {
+                let mut opts = aws_sdk_ec2::types::SpotMarketOptions::builder()
+                    .spot_instance_type(aws_sdk_ec2::types::SpotInstanceType::OneTime)
+                    .instance_interruption_behavior(aws_sdk_ec2::types::InstanceInterruptionBehavior::Terminate);
+                if let Some(p) = max_price {
+                    opts = opts.max_price(p);
+                }
+                req = req.instance_market_options(
+                    aws_sdk_ec2::types::InstanceMarketOptionsRequest::builder()
+                        .market_type(aws_sdk_ec2::types::MarketType::Spot)
+                        .spot_options(opts.build())
+                        .build(),
+                );
+            }
             if let Some(profile) = &spec.instance_profile {
                 req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
             }
@@ -576,6 +607,62 @@ impl Cloud {
                 }
             }
         }
+    }
+
+    /// Spot prices of an instance type since `since` (all pages), or the latest ones if there
+    /// are none in that window.
+    pub async fn spot_price_history(
+        &self,
+        instance_type: &str,
+        since: std::time::SystemTime,
+    ) -> Result<Vec<cgcloud_core::spot::PricePoint>, AwsError> {
+        let fetch = |start: Option<std::time::SystemTime>| async move {
+            let mut req = self
+                .ec2
+                .describe_spot_price_history()
+                .instance_types(InstanceType::from(instance_type))
+                .product_descriptions("Linux/UNIX");
+            if let Some(s) = start {
+                req = req.start_time(aws_smithy_types::DateTime::from(s));
+            }
+            let pages: Vec<_> = req
+                .into_paginator()
+                .send()
+                .collect::<Result<Vec<_>, _>>()
+                .await
+                .map_err(|e| self.classify("ec2:DescribeSpotPriceHistory", e))?;
+            Ok::<_, AwsError>(
+                pages
+                    .iter()
+                    .flat_map(|p| p.spot_price_history())
+                    .filter_map(|h| {
+                        Some(cgcloud_core::spot::PricePoint {
+                            zone: h.availability_zone()?.to_owned(),
+                            time: h.timestamp().map(|t| t.secs()).unwrap_or(0),
+                            price: h.spot_price()?.parse().ok()?,
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let recent = fetch(Some(since)).await?;
+        if !recent.is_empty() {
+            return Ok(recent);
+        }
+        fetch(None).await
+    }
+
+    /// The subnet of `vpc_id` in `zone`, if any.
+    pub async fn subnet_in_zone(&self, vpc_id: &str, zone: &str) -> Result<Option<String>, AwsError> {
+        let out = self
+            .ec2
+            .describe_subnets()
+            .filters(filter("vpc-id", &[vpc_id]))
+            .filters(filter("availability-zone", &[zone]))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeSubnets", e))?;
+        Ok(out.subnets().first().and_then(|s| s.subnet_id()).map(str::to_owned))
     }
 
     pub async fn create_tags(&self, resources: &[String], tags: &Tags) -> Result<(), AwsError> {

@@ -110,13 +110,29 @@ impl Cloud {
                 .map_err(|e| self.classify("iam:RemoveRoleFromInstanceProfile", e))?;
         }
         if !profile_roles.iter().any(|r| r == name) {
-            self.iam
+            let added = self
+                .iam
                 .add_role_to_instance_profile()
                 .instance_profile_name(name)
                 .role_name(name)
                 .send()
                 .await
-                .map_err(|e| self.classify("iam:AddRoleToInstanceProfile", e))?;
+                .map_err(|e| self.classify("iam:AddRoleToInstanceProfile", e));
+            if let Err(e) = added {
+                // IAM is global: a launch elsewhere (another region, another teammate) may have
+                // added the role at the same moment.
+                let now = self
+                    .iam
+                    .get_instance_profile()
+                    .instance_profile_name(name)
+                    .send()
+                    .await
+                    .map_err(|e| self.classify("iam:GetInstanceProfile", e))?;
+                let has = now.instance_profile().is_some_and(|p| p.roles().iter().any(|r| r.role_name() == name));
+                if !has {
+                    return Err(e);
+                }
+            }
         }
         Ok(created)
     }

@@ -182,6 +182,38 @@ pub struct NodeLaunchArgs {
     /// Seconds between the agents' refreshes of keys and members
     #[arg(long = "agent-interval")]
     pub agent_interval: Option<u64>,
+    /// Do not probe nodes over SSH from here (e.g. when they are not reachable from this
+    /// machine); readiness is then the nodes' own report
+    #[arg(long = "skip-ssh-check")]
+    pub skip_ssh_check: bool,
+    #[command(flatten)]
+    pub spot: SpotArgs,
+}
+
+/// Spot-market options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SpotArgs {
+    /// Launch workers on the spot market, paying at most this many dollars per hour
+    #[arg(long = "spot-bid")]
+    pub spot_bid: Option<f64>,
+    /// Choose the zone by recent spot prices (needs --spot-bid; not with --subnet)
+    #[arg(long = "spot-auto-zone", requires = "spot_bid", conflicts_with = "subnet")]
+    pub spot_auto_zone: bool,
+    /// All-or-nothing: launch either every worker or none (needs --spot-bid)
+    #[arg(long = "spot-launch-group", requires = "spot_bid")]
+    pub spot_launch_group: Option<String>,
+    /// Keep retrying when spot capacity is short for this many seconds (default: 0)
+    #[arg(long = "spot-timeout", requires = "spot_bid")]
+    pub spot_timeout: Option<u64>,
+    /// Give up at the first sign of short spot capacity
+    #[arg(long = "spot-tentative", requires = "spot_bid", conflicts_with = "spot_timeout")]
+    pub spot_tentative: bool,
+    /// Further instance types to try on the spot market, in order, when the first has no capacity
+    #[arg(long = "spot-instance-types", value_delimiter = ',', requires = "spot_bid")]
+    pub spot_instance_types: Vec<String>,
+    /// Launch the remaining workers on demand when spot capacity is short
+    #[arg(long = "on-demand-fallback", requires = "spot_bid")]
+    pub on_demand_fallback: bool,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +229,9 @@ pub struct CreateClusterArgs {
     /// Copy this file or directory to ~/shared on the leader (a trailing / copies its contents)
     #[arg(short = 'S', long = "share")]
     pub share: Option<std::path::PathBuf>,
+    /// Launch the leader on demand even with --spot-bid
+    #[arg(short = 'D', long = "leader-on-demand")]
+    pub leader_on_demand: bool,
     #[command(flatten)]
     pub nodes: NodeLaunchArgs,
 }

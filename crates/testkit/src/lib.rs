@@ -228,3 +228,43 @@ impl TestEnv {
         path
     }
 }
+
+/// Stands in for the agents of cluster nodes on moto (where no node boots): tags every
+/// cluster instance of the test's region `cgcloud:configured=true` as soon as it appears.
+/// Stopped (by PID) when dropped.
+pub struct FakeAgents {
+    child: std::process::Child,
+}
+
+impl FakeAgents {
+    pub fn start(env: &TestEnv) -> FakeAgents {
+        let server = std::env::var("CGCLOUD_MOTO_SERVER").expect("CGCLOUD_MOTO_SERVER");
+        let python = std::path::Path::new(&server).with_file_name("python");
+        let script = format!(
+            "import boto3, time\n\
+             ec2 = boto3.client('ec2', endpoint_url='{}', region_name='{}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             while True:\n\
+             \x20   ids = [i['InstanceId'] for r in ec2.describe_instances(Filters=[{{'Name': 'tag-key', 'Values': ['cgcloud:cluster']}}])['Reservations'] for i in r['Instances']\n\
+             \x20          if i['State']['Name'] == 'running' and not any(t['Key'] == 'cgcloud:configured' for t in i.get('Tags', []))]\n\
+             \x20   if ids: ec2.create_tags(Resources=ids, Tags=[{{'Key': 'cgcloud:configured', 'Value': 'true'}}])\n\
+             \x20   time.sleep(0.2)\n",
+            env.endpoint, env.region
+        );
+        let child = Command::new(python)
+            .args(["-c", &script])
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the fake agents");
+        FakeAgents { child }
+    }
+}
+
+impl Drop for FakeAgents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

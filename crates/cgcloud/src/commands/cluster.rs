@@ -8,13 +8,14 @@ use super::images::pick_image;
 use super::launch::{finish_launch, launch_group, prepare, transaction, Group, Txn};
 use crate::cli::{
     ClusterPowerArgs, ClusterSelection, CreateClusterArgs, GrowClusterArgs, LaunchArgs, ListClustersArgs,
-    NodeLaunchArgs, RsyncClusterArgs, SshClusterArgs,
+    NodeLaunchArgs, RsyncClusterArgs, SpotArgs, SshClusterArgs,
 };
 use crate::context::Ctx;
 use anyhow::{anyhow, bail, Context as _, Result};
 use cgcloud_aws::Cloud;
 use cgcloud_core::model::BoxInfo;
 use cgcloud_core::ordinals::allocate_ordinals;
+use cgcloud_core::spot::{attempts, Attempt};
 use cgcloud_core::tags::{self, Tags};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{ExitCode, Stdio};
@@ -100,6 +101,15 @@ async fn select(ctx: &Ctx, sel: &ClusterSelection) -> Result<Cluster> {
     }
 }
 
+/// Fails at a named point of a launch when `CGCLOUD_FAULT` names it: the tests use this to
+/// check that a launch interrupted anywhere leaves nothing behind.
+fn fault(point: &str) -> Result<()> {
+    if std::env::var("CGCLOUD_FAULT").is_ok_and(|f| f == point) {
+        bail!("injected fault at '{point}' (CGCLOUD_FAULT)");
+    }
+    Ok(())
+}
+
 fn launch_args(n: &NodeLaunchArgs) -> LaunchArgs {
     LaunchArgs {
         keypairs: n.keypairs.clone(),
@@ -132,17 +142,21 @@ pub struct Phases {
     pub running_s: f64,
     pub ssh_ready_s: f64,
     pub configured_s: f64,
+    /// Status polls (one DescribeInstances each, plus its pages).
+    pub polls: u64,
 }
 
 /// Watches the nodes through running → SSH-ready → configured, with counts per phase. Nodes
 /// whose first-boot configuration failed are returned separately. One DescribeInstances per
 /// poll, whatever the number of nodes.
+#[allow(clippy::too_many_arguments)]
 async fn await_nodes(
     ctx: &Ctx,
     cloud: &Cloud,
     ids: &[String],
     must: &BTreeSet<String>,
     timeout: Duration,
+    ssh_check: bool,
     phases: &mut Phases,
     t0: Instant,
 ) -> Result<Vec<(String, String)>> {
@@ -154,6 +168,7 @@ async fn await_nodes(
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
     let mut probes = tokio::task::JoinSet::new();
     loop {
+        phases.polls += 1;
         let instances = cloud.describe_instances(ids).await?;
         let boxes: Vec<BoxInfo> = instances.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
         let mut failed = Vec::new();
@@ -161,7 +176,7 @@ async fn await_nodes(
         for b in &boxes {
             if b.state == "running" {
                 running += 1;
-                if !probing.contains(&b.instance_id) {
+                if ssh_check && !probing.contains(&b.instance_id) {
                     probing.insert(b.instance_id.clone());
                     let target = ctx.ssh_target(b, None, None).await?;
                     let (ready, limit, id) = (ssh_ready.clone(), limit.clone(), b.instance_id.clone());
@@ -190,7 +205,7 @@ async fn await_nodes(
                 None => {}
             }
         }
-        let ssh = ssh_ready.lock().map(|r| r.len()).unwrap_or(0);
+        let ssh = if ssh_check { ssh_ready.lock().map(|r| r.len()).unwrap_or(0) } else { running };
         let elapsed = t0.elapsed().as_secs_f64();
         if running == n && phases.running_s == 0.0 {
             phases.running_s = elapsed;
@@ -257,7 +272,11 @@ fn print_nodes(ctx: &Ctx, c: &Cluster) {
     ctx.out.table(&["ORDINAL", "ROLE", "INSTANCE", "STATE", "PRIVATE_IP", "PUBLIC_IP", "CONFIGURED"], &rows, c);
 }
 
-/// Launches `count` workers (ordinals `ordinals`) of a cluster; returns their ids.
+/// Launches workers with ordinals `ordinals`: on demand, or on the spot market trying each
+/// spot instance type in turn (retrying for `--spot-timeout` when capacity is short, not at
+/// all with `--spot-tentative`) and then on demand if allowed. Each attempt is one
+/// RunInstances call; its workers find their ordinals from the group's tag and their launch
+/// index. Returns the ids launched (possibly fewer than asked, never fewer than `min`).
 #[allow(clippy::too_many_arguments)]
 async fn launch_workers(
     ctx: &Ctx,
@@ -268,20 +287,126 @@ async fn launch_workers(
     leader_id: &str,
     ordinals: &[u32],
     min: u32,
+    spot: &SpotArgs,
 ) -> Result<Vec<String>> {
-    let mut extra = base.clone();
-    extra.insert(tags::LEADER.into(), leader_id.to_owned());
-    extra.insert(tags::ORDINALS.into(), ordinals.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
-    let g = Group {
-        count: ordinals.len() as i32,
-        min_count: Some(min.max(1).min(ordinals.len() as u32) as i32),
-        box_role: worker_role.to_owned(),
-        instance_type: p.instance_type.clone(),
-        extra_tags: extra,
-        first_boot: true,
-        label: "workers",
+    let price = spot.spot_bid.map(|b| format!("{b:.4}"));
+    let plan = match spot.spot_bid {
+        Some(_) => {
+            let mut types = vec![p.instance_type.clone()];
+            types.extend(spot.spot_instance_types.iter().cloned());
+            attempts(&types, spot.on_demand_fallback)
+        }
+        None => vec![Attempt::OnDemand { instance_type: p.instance_type.clone() }],
     };
-    launch_group(ctx, p, txn, &g).await
+    let all_or_nothing = spot.spot_launch_group.is_some();
+    let mut remaining: Vec<u32> = ordinals.to_vec();
+    let mut ids = Vec::new();
+    for (n, attempt) in plan.iter().enumerate() {
+        if remaining.is_empty() {
+            break;
+        }
+        let (instance_type, market) = match attempt {
+            Attempt::Spot { instance_type } => (instance_type.clone(), Some(price.clone())),
+            Attempt::OnDemand { instance_type } => (instance_type.clone(), None),
+        };
+        let deadline =
+            Instant::now() + Duration::from_secs(if spot.spot_tentative { 0 } else { spot.spot_timeout.unwrap_or(0) });
+        let mut partial = false;
+        loop {
+            let mut extra = base.clone();
+            extra.insert(tags::LEADER.into(), leader_id.to_owned());
+            extra.insert(tags::ORDINALS.into(), remaining.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+            let g = Group {
+                count: remaining.len() as i32,
+                // All of them first; when capacity is short (and partial launches are
+                // allowed), whatever EC2 can give, then the next attempt.
+                min_count: Some(if all_or_nothing || !partial { remaining.len() as i32 } else { 1 }),
+                box_role: worker_role.to_owned(),
+                instance_type: instance_type.clone(),
+                extra_tags: extra,
+                first_boot: true,
+                label: format!("workers-{n}-{}", ids.len()),
+                spot: market.clone(),
+            };
+            match launch_group(ctx, p, txn, &g).await {
+                Ok(new) => {
+                    remaining.drain(..new.len().min(remaining.len()));
+                    ids.extend(new);
+                    break;
+                }
+                Err(e)
+                    if e.downcast_ref::<cgcloud_aws::AwsError>().is_some_and(cgcloud_aws::ec2::is_capacity_error) =>
+                {
+                    if !partial && !all_or_nothing {
+                        partial = true;
+                        continue;
+                    }
+                    if Instant::now() >= deadline {
+                        tracing::warn!(
+                            "{} capacity for {instance_type} is short: {e}",
+                            if market.is_some() { "spot" } else { "on-demand" }
+                        );
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if (ids.len() as u32) < min {
+        bail!(
+            "only {} of {} workers could be launched (at least {min} required); {}",
+            ids.len(),
+            ordinals.len(),
+            if spot.spot_bid.is_some() {
+                "try more --spot-instance-types, --on-demand-fallback or a higher --spot-bid"
+            } else {
+                "EC2 lacks capacity"
+            }
+        );
+    }
+    if !remaining.is_empty() {
+        tracing::warn!(
+            "launched {} of {} workers; missing ordinals {}",
+            ids.len(),
+            ordinals.len(),
+            remaining.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(ids)
+}
+
+/// With --spot-auto-zone: the zone with the steadiest spot price under the bid, and its subnet.
+async fn spot_zone(ctx: &Ctx, p: &mut super::launch::Prepared, spot: &SpotArgs) -> Result<()> {
+    let (Some(bid), true) = (spot.spot_bid, spot.spot_auto_zone) else { return Ok(()) };
+    let cloud = ctx.cloud().await?;
+    let since = std::time::SystemTime::now() - Duration::from_secs(7 * 86_400);
+    let history = cloud.spot_price_history(&p.instance_type, since).await?;
+    if let Some(mean) = cgcloud_core::spot::mean_price(&history) {
+        if bid > 2.0 * mean {
+            tracing::warn!(
+                "the bid ${bid}/h is more than twice the mean spot price (${mean:.4}/h) of {}",
+                p.instance_type
+            );
+        }
+    }
+    let zones = cloud.zones().await?;
+    let zone = cgcloud_core::spot::choose_zone(bid, &zones, &history).with_context(|| {
+        format!(
+            "no spot price history for {} in region {}; pass a zone with -z instead of --spot-auto-zone",
+            p.instance_type, cloud.region
+        )
+    })?;
+    if p.network.subnet_id.is_some() {
+        let subnet = cloud.subnet_in_zone(&p.network.vpc_id, &zone).await?.with_context(|| {
+            format!("--spot-auto-zone chose {zone}, but VPC {} has no subnet there", p.network.vpc_id)
+        })?;
+        p.network.subnet_id = Some(subnet);
+    }
+    p.network.zone = Some(zone.clone());
+    ctx.out.note(format!("spot: zone {zone} chosen from {} price points", history.len()));
+    Ok(())
 }
 
 pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
@@ -314,8 +439,9 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         }
     }
     let la = launch_args(&a.nodes);
-    let p =
+    let mut p =
         prepare(ctx, node_role.clone(), image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None).await?;
+    spot_zone(ctx, &mut p, &a.nodes.spot).await?;
     let leader_type = match &a.leader_instance_type {
         Some(t) => {
             cloud.instance_type_arches(t).await?;
@@ -346,16 +472,18 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
             instance_type: leader_type.clone(),
             extra_tags: leader_tags,
             first_boot: true,
-            label: "leader",
+            label: "leader".into(),
+            spot: a.nodes.spot.spot_bid.filter(|_| !a.leader_on_demand).map(|b| Some(format!("{b:.4}"))),
         };
         let leader_ids = launch_group(ctx, &p, &txn, &leader).await?;
         let leader_id = leader_ids.first().cloned().context("RunInstances returned no leader")?;
+        fault("after-leader")?;
         let mut t = Tags::new();
         t.insert(tags::LEADER.into(), leader_id.clone());
         cloud.create_tags(&leader_ids, &t).await?;
         let ordinals: Vec<u32> = (1..=n).collect();
         let workers = if n > 0 {
-            launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader_id, &ordinals, min).await?
+            launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader_id, &ordinals, min, &a.nodes.spot).await?
         } else {
             Vec::new()
         };
@@ -363,6 +491,7 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
             tracing::warn!("EC2 launched {} of {n} workers (at least {min} were required)", workers.len());
         }
         phases.launched_s = t0.elapsed().as_secs_f64();
+        fault("after-workers")?;
         let mut all = leader_ids.clone();
         all.extend(workers.iter().cloned());
         // Tell the nodes' agents to refresh the members now.
@@ -373,8 +502,17 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         if !a.nodes.quick && min == n {
             must.extend(workers.iter().cloned());
         }
-        let failed =
-            await_nodes(ctx, cloud, &all, &must, Duration::from_secs(a.nodes.timeout), &mut phases, t0).await?;
+        let failed = await_nodes(
+            ctx,
+            cloud,
+            &all,
+            &must,
+            Duration::from_secs(a.nodes.timeout),
+            !a.nodes.skip_ssh_check,
+            &mut phases,
+            t0,
+        )
+        .await?;
         if !a.nodes.quick {
             let good = workers.len() - failed.iter().filter(|(id, _)| workers.contains(id)).count();
             if (good as u32) < min {
@@ -420,12 +558,13 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     .await?;
     print_nodes(ctx, &c);
     ctx.out.note(format!(
-        "cluster {name}: launched in {:.1} s, running {:.1} s, SSH-ready {:.1} s, configured {:.1} s ({} API requests)",
+        "cluster {name}: launched in {:.1} s, running {:.1} s, SSH-ready {:.1} s, configured {:.1} s ({} API requests, {} of them status polls)",
         phases.launched_s,
         phases.running_s,
         phases.ssh_ready_s,
         phases.configured_s,
-        cloud.requests_sent() - requests_before
+        cloud.requests_sent() - requests_before,
+        phases.polls
     ));
     ctx.out.note(format!("run 'cgcloud ssh {} -c {name}' to log in to the leader", decl.leader));
     Ok(ExitCode::SUCCESS)
@@ -443,7 +582,8 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     let spec = a.nodes.boot_image.clone().or(leader.image_id.clone()).unwrap_or_else(|| "-1".into());
     let image = pick_image(&node_role.name, ns.as_str(), images, &spec)?;
     let la = launch_args(&a.nodes);
-    let p = prepare(ctx, node_role, image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None).await?;
+    let mut p = prepare(ctx, node_role, image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None).await?;
+    spot_zone(ctx, &mut p, &a.nodes.spot).await?;
     let used: BTreeSet<u32> = c.nodes.iter().filter_map(|n| n.ordinal).collect();
     let n = a.nodes.num_workers;
     let ordinals = allocate_ordinals(&used, n as usize);
@@ -462,12 +602,24 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     let t0 = Instant::now();
     let min = a.nodes.min_workers.unwrap_or(n).min(n);
     let work = async {
-        let ids = launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader.instance_id, &ordinals, min).await?;
+        let ids =
+            launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader.instance_id, &ordinals, min, &a.nodes.spot)
+                .await?;
         if let Err(e) = cloud.notify_keys_changed().await {
             tracing::debug!("notification failed: {e}");
         }
         let must: BTreeSet<String> = if a.nodes.quick { BTreeSet::new() } else { ids.iter().cloned().collect() };
-        await_nodes(ctx, cloud, &ids, &must, Duration::from_secs(a.nodes.timeout), &mut phases, t0).await?;
+        await_nodes(
+            ctx,
+            cloud,
+            &ids,
+            &must,
+            Duration::from_secs(a.nodes.timeout),
+            !a.nodes.skip_ssh_check,
+            &mut phases,
+            t0,
+        )
+        .await?;
         finish_launch(cloud, &ids).await?;
         Ok(())
     };

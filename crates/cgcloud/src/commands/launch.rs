@@ -36,7 +36,7 @@ pub(crate) struct Prepared {
     os: OsDef,
     image: FoundImage,
     pub(crate) instance_type: String,
-    network: Network,
+    pub(crate) network: Network,
     key_name: String,
     keypair_patterns: Vec<String>,
     authorized_keys: Vec<String>,
@@ -383,7 +383,9 @@ pub(crate) struct Group {
     /// Run `cgcloud-agent boot` at first boot (cluster nodes configure themselves).
     pub first_boot: bool,
     /// Distinguishes the calls of one launch (idempotency token, messages).
-    pub label: &'static str,
+    pub label: String,
+    /// On the spot market, with this maximum price (None: up to on-demand).
+    pub spot: Option<Option<String>>,
 }
 
 impl Group {
@@ -395,7 +397,8 @@ impl Group {
             instance_type: p.instance_type.clone(),
             extra_tags: Tags::new(),
             first_boot: false,
-            label: "box",
+            label: "box".into(),
+            spot: None,
         }
     }
 }
@@ -484,6 +487,7 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
         root_volume: p.image.root_device.clone().map(|d| (d, p.role.instance.root_volume_gb.unwrap_or(10) as i32)),
         tags: box_tags(p, g, txn, &host_key.public)?,
         client_token: Some(format!("{}-{}", txn.id, g.label)),
+        spot: g.spot.clone(),
     };
     let progress =
         ctx.out.progress(format!("launching {count} × {} ({}) from {}", g.box_role, g.instance_type, p.image.image_id));

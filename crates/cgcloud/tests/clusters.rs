@@ -1,0 +1,153 @@
+//! Cluster commands against moto. No node boots on moto, so `FakeAgents` plays the nodes'
+//! agents (it tags them configured), and every launch passes `--skip-ssh-check`: nothing here
+//! connects to a node.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use serde_json::Value;
+use testkit::{FakeAgents, TestEnv};
+
+const NODE: &str = "generic-cluster-box";
+
+/// An environment with a key and a baked node image.
+fn env() -> TestEnv {
+    let e = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
+    let key = e.keygen("id_ed25519", "ed25519");
+    e.ok(&["register-key", key.with_extension("pub").to_str().unwrap()]);
+    e.ok(&["create", NODE, "-Q"]);
+    e.ok(&["stop", NODE]);
+    e.ok(&["image", NODE]);
+    e.ok(&["terminate", NODE]);
+    e
+}
+
+fn nodes(e: &TestEnv, cluster: &str) -> Vec<Value> {
+    let mut v: Vec<Value> =
+        e.json(&["list"]).as_array().unwrap().iter().filter(|b| b["cluster"] == cluster).cloned().collect();
+    v.sort_by_key(|b| b["ordinal"].as_u64());
+    v
+}
+
+#[test]
+fn create_grow_and_terminate_a_cluster() {
+    let e = env();
+    let _agents = FakeAgents::start(&e);
+    e.ok(&["create-cluster", "generic", "-s", "3", "-c", "c1", "--skip-ssh-check"]);
+    let n = nodes(&e, "c1");
+    assert_eq!(n.len(), 4);
+    let ordinals: Vec<u64> = n.iter().map(|b| b["ordinal"].as_u64().unwrap()).collect();
+    assert_eq!(ordinals, vec![0, 1, 2, 3]);
+    assert_eq!(n[0]["role"], "generic-leader");
+    assert!(n[1..].iter().all(|b| b["role"] == "generic-worker"));
+    let leader = n[0]["instance_id"].clone();
+    assert!(n.iter().all(|b| b["leader"] == leader), "every node names the leader");
+    let clusters = e.json(&["list-clusters"]);
+    assert_eq!(clusters[0]["name"], "c1");
+
+    // Growing fills gaps first.
+    e.ok(&["terminate", "generic-worker", "-I", n[2]["instance_id"].as_str().unwrap()]);
+    e.ok(&["grow-cluster", "generic", "-c", "c1", "-s", "2", "--skip-ssh-check"]);
+    let ordinals: Vec<u64> = nodes(&e, "c1").iter().map(|b| b["ordinal"].as_u64().unwrap()).collect();
+    assert_eq!(ordinals, vec![0, 1, 2, 3, 4]);
+
+    // Selecting a cluster: by name, by ordinal, and an ambiguity error.
+    e.ok(&["create-cluster", "generic", "-s", "1", "-c", "c2", "--skip-ssh-check"]);
+    let err = e.fails(&["stop-cluster", "generic"]);
+    assert!(err.contains("2 generic clusters exist") && err.contains("c1") && err.contains("c2"), "{err}");
+    e.ok(&["stop-cluster", "generic", "-o", "-1"]);
+    assert!(nodes(&e, "c2").iter().all(|b| b["state"] == "stopped"));
+    e.ok(&["start-cluster", "generic", "-c", "c2"]);
+    assert!(nodes(&e, "c2").iter().all(|b| b["state"] == "running"));
+    e.ok(&["terminate-cluster", "generic", "-c", "c2"]);
+    e.ok(&["terminate-cluster", "generic", "-c", "c1"]);
+    assert!(e.json(&["list"]).as_array().unwrap().is_empty());
+    let left = e.json(&["cleanup", "--dry-run"]);
+    assert!(left.as_array().unwrap().iter().all(|i| i["kind"] == "security-group"), "{left}");
+}
+
+#[test]
+fn launch_api_calls_do_not_grow_with_the_cluster() {
+    let e = env();
+    let _agents = FakeAgents::start(&e);
+    // "(K API requests, P of them status polls)": K minus the polls must not depend on N.
+    let calls = |n: &str, name: &str| {
+        let out = e.run(&["create-cluster", "generic", "-s", n, "-c", name, "--skip-ssh-check"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let tail = err.split('(').next_back().unwrap().to_owned();
+        let nums: Vec<u64> = tail.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
+        (nums[0], nums[1])
+    };
+    let (k1, p1) = calls("1", "small");
+    let (k40, p40) = calls("40", "large");
+    assert_eq!(k1 - p1, k40 - p40, "calls besides polling: {} for 1 worker, {} for 40", k1 - p1, k40 - p40);
+}
+
+#[test]
+fn interrupted_launches_leave_nothing_behind() {
+    let mut e = env();
+    for point in ["after-leader", "after-workers"] {
+        e.set_env("CGCLOUD_FAULT", point);
+        let err = e.fails(&["create-cluster", "generic", "-s", "3", "--skip-ssh-check"]);
+        assert!(err.contains(&format!("injected fault at '{point}'")) && err.contains("rolling back"), "{err}");
+        assert!(e.json(&["list"]).as_array().unwrap().is_empty(), "{point} left boxes");
+        e.set_env("CGCLOUD_FAULT", "");
+    }
+    // Nodes that never report back: the wait times out and the launch is undone.
+    let err = e.fails(&["create-cluster", "generic", "-s", "2", "--skip-ssh-check", "--timeout", "2"]);
+    assert!(err.contains("timed out") && err.contains("rolling back"), "{err}");
+    assert!(e.json(&["list"]).as_array().unwrap().is_empty());
+    // With -N the nodes stay for debugging and cleanup finds them.
+    e.fails(&["create-cluster", "generic", "-s", "1", "--skip-ssh-check", "--timeout", "2", "-N"]);
+    assert_eq!(e.json(&["list"]).as_array().unwrap().len(), 2);
+    let found = e.json(&["cleanup", "--dry-run"]);
+    assert_eq!(found.as_array().unwrap().iter().filter(|i| i["kind"] == "instance").count(), 2, "{found}");
+}
+
+#[test]
+fn spot_workers_and_their_limits() {
+    let e = env();
+    let _agents = FakeAgents::start(&e);
+    e.ok(&["create-cluster", "generic", "-s", "2", "-c", "sp", "--skip-ssh-check", "--spot-bid", "0.05", "-D"]);
+    let n = nodes(&e, "sp");
+    assert_eq!(n[0]["spot"], false, "-D launches the leader on demand");
+    assert!(n[1..].iter().all(|b| b["spot"] == true));
+    let err = e.fails(&["stop-cluster", "generic", "-c", "sp"]);
+    assert!(err.contains("cannot stop spot instances") && err.contains("nothing was stopped"), "{err}");
+    assert!(nodes(&e, "sp").iter().all(|b| b["state"] == "running"));
+    // Auto zone from the price history.
+    let out = e.run(&[
+        "create-cluster",
+        "generic",
+        "-s",
+        "1",
+        "-c",
+        "sz",
+        "--skip-ssh-check",
+        "--spot-bid",
+        "0.05",
+        "--spot-auto-zone",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spot: zone"));
+}
+
+#[test]
+fn cluster_options_are_validated() {
+    let e = env();
+    let err = e.fails(&["create-cluster", "nosuch"]);
+    assert!(err.contains("no such cluster type: 'nosuch'") && err.contains("generic"), "{err}");
+    let err = e.fails(&["create-cluster", "generic", "-c", "Bad_Name"]);
+    assert!(err.contains("invalid cluster name"), "{err}");
+    let err = e.fails(&["create-cluster", "generic", "--spot-auto-zone"]);
+    assert!(err.contains("--spot-bid"), "{err}");
+    let err = e.fails(&["create-cluster", "generic", "--spot-bid", "0.1", "--spot-auto-zone", "--subnet", "subnet-1"]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let err = e.fails(&["create-cluster", "generic", "--share", "/nonexistent/dir"]);
+    assert!(err.contains("--share /nonexistent/dir: no such file"), "{err}");
+    let empty = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
+    let key = empty.keygen("k", "ed25519");
+    empty.ok(&["register-key", key.with_extension("pub").to_str().unwrap()]);
+    let err = empty.fails(&["create-cluster", "generic"]);
+    assert!(err.contains("cgcloud create -I -T generic-cluster-box"), "{err}");
+}
