@@ -63,6 +63,11 @@ pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
         spot: i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot"),
         host_key: tags.get(tags::HOST_KEY).cloned(),
         admin_user: tags.get(tags::ADMIN_USER).cloned(),
+        instance_profile: i
+            .iam_instance_profile()
+            .and_then(|p| p.arn())
+            .and_then(|a| a.rsplit('/').next())
+            .map(str::to_owned),
         options: tags::options_from_tags(&tags),
         tags,
     })

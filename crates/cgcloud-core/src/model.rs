@@ -28,6 +28,8 @@ pub struct BoxInfo {
     pub spot: bool,
     pub host_key: Option<String>,
     pub admin_user: Option<String>,
+    /// The name of the box's IAM instance profile, if any.
+    pub instance_profile: Option<String>,
     pub options: BTreeMap<String, String>,
     #[serde(skip)]
     pub tags: Tags,
@@ -175,6 +177,7 @@ pub(crate) fn test_box(id: &str, launch: &str, state: &str) -> BoxInfo {
         spot: false,
         host_key: None,
         admin_user: None,
+        instance_profile: None,
         options: BTreeMap::new(),
         tags: Tags::new(),
     }

@@ -157,10 +157,21 @@ pub async fn reset_security(ctx: &Ctx, a: ConfirmArgs) -> Result<ExitCode> {
     let cloud = ctx.cloud().await?;
     let mut items = Vec::new();
     let (roles, profiles) = cloud.iam_in_path(&ns.iam_path()).await?;
+    // Boxes (running or stopped) still need their profiles; IAM is global, but only this
+    // region's boxes can be seen here.
+    let in_use: BTreeSet<String> =
+        cloud.list_boxes(ns.as_str(), None).await?.into_iter().filter_map(|b| b.instance_profile).collect();
     for p in profiles {
+        if in_use.contains(&p) {
+            tracing::warn!("keeping instance profile {p}: boxes in this region still use it");
+            continue;
+        }
         items.push(Item { kind: "instance-profile", id: p, why: format!("IAM path {}", ns.iam_path()) });
     }
     for r in roles {
+        if in_use.contains(&r) {
+            continue;
+        }
         items.push(Item { kind: "iam-role", id: r, why: format!("IAM path {}", ns.iam_path()) });
     }
     let groups = cloud.namespace_security_groups(ns.as_str()).await?;
