@@ -561,3 +561,83 @@ fn key_sync_end_to_end() {
     assert!(left.as_array().unwrap().iter().all(|i| i["kind"] != "queue"), "{left}");
     u.ok(&["local", "down"]);
 }
+
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn clusters_end_to_end() {
+    let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
+    let u = User::new();
+    u.ok(&["local", "down"]);
+    u.ok(&["local", "up"]);
+    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    u.ok(&["create", "-I", "-T", "generic-cluster-box"]);
+
+    // A leader and 4 workers, each with a persistent volume.
+    u.ok(&["create-cluster", "generic", "-s", "4", "-c", "e2e", "-e", "1"]);
+    let answers = u.ok(&["ssh-cluster", "generic", "-c", "e2e", "--parallel", "--", "hostname"]);
+    let hosts: std::collections::BTreeSet<&str> = answers.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+    assert_eq!(hosts.len(), 5, "{answers}");
+    // Every node knows the leader and all members, and has its volume.
+    let leader_ip = u.json(&["show", "generic-leader", "-c", "e2e"])["private_ip"].as_str().unwrap().to_owned();
+    let check = u.ok(&[
+        "ssh-cluster", "generic", "-c", "e2e", "-P", "--",
+        "getent hosts cluster-leader | cut -d' ' -f1; grep -c cluster-node- /etc/hosts; findmnt -n -o SOURCE /mnt/persistent; sudo sh -c 'hostname > /mnt/persistent/owner'",
+    ]);
+    assert_eq!(check.matches(&format!("] {leader_ip}")).count(), 5, "{check}");
+    assert_eq!(check.matches("] 5\n").count(), 5, "{check}");
+    assert_eq!(check.matches("] /dev/xvdf").count(), 5, "{check}");
+    // A failing command on any node makes ssh-cluster fail.
+    assert_ne!(
+        u.run(&["ssh-cluster", "generic", "-c", "e2e", "--", "test -f /etc/cgcloud/no-such-file"]).status.code(),
+        Some(0)
+    );
+
+    // Growing adds ordinals 5 and 6, with volumes too; everyone learns about them.
+    u.ok(&["grow-cluster", "generic", "-c", "e2e", "-s", "2"]);
+    let mut ordinals: Vec<u64> =
+        u.json(&["list"]).as_array().unwrap().iter().filter_map(|b| b["ordinal"].as_u64()).collect();
+    ordinals.sort();
+    assert_eq!(ordinals, vec![0, 1, 2, 3, 4, 5, 6]);
+    let members = u.ok(&[
+        "ssh-cluster",
+        "generic",
+        "-c",
+        "e2e",
+        "-P",
+        "--",
+        "sudo sh -c 'hostname > /mnt/persistent/owner'; grep -c cluster-node- /etc/hosts",
+    ]);
+    assert_eq!(members.matches("] 7\n").count(), 7, "{members}");
+
+    // Terminating leaves nothing but the persistent volumes; re-creating re-attaches them.
+    let owners = u.ok(&[
+        "ssh-cluster",
+        "generic",
+        "-c",
+        "e2e",
+        "-P",
+        "--",
+        "echo $(cat /etc/cgcloud/node | grep ordinal) $(cat /mnt/persistent/owner)",
+    ]);
+    u.ok(&["terminate-cluster", "generic", "-c", "e2e"]);
+    assert!(u.json(&["list"]).as_array().unwrap().is_empty());
+    let left = u.json(&["cleanup", "--dry-run"]);
+    assert!(left.as_array().unwrap().iter().all(|i| i["kind"] == "security-group"), "{left}");
+    u.ok(&["create-cluster", "generic", "-s", "6", "-c", "e2e", "-e", "1"]);
+    let again = u.ok(&[
+        "ssh-cluster",
+        "generic",
+        "-c",
+        "e2e",
+        "-P",
+        "--",
+        "echo $(cat /etc/cgcloud/node | grep ordinal) $(cat /mnt/persistent/owner)",
+    ]);
+    // Each ordinal finds the data its predecessor wrote (the owner is the old host name).
+    let pairs = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines().filter_map(|l| l.split_once("] ").map(|(_, rest)| rest.to_owned())).collect()
+    };
+    assert_eq!(pairs(&owners), pairs(&again), "before:\n{owners}\nafter:\n{again}");
+    u.ok(&["terminate-cluster", "generic", "-c", "e2e"]);
+    u.ok(&["local", "down"]);
+}

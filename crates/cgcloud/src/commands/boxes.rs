@@ -234,14 +234,22 @@ pub async fn terminate(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
         )
         .await?;
     }
-    let id = b.instance_id.clone();
-    cgcloud_remote::hostkey::prune(&ctx.settings.known_hosts(), |alias| alias != id)?;
-    // The box's agent queue goes with it (`cleanup` catches any left behind).
-    let ns = ctx.namespace().await?;
-    if let Err(e) = cloud.delete_queue_named(&ns.agent_queue_name(&id)).await {
-        tracing::warn!("could not delete the agent queue of {id}: {e}; `cgcloud cleanup` removes it later");
-    }
+    forget(ctx, std::slice::from_ref(&b.instance_id)).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What goes with terminated boxes: their agents' queues (`cleanup` catches any left behind)
+/// and their host keys.
+pub async fn forget(ctx: &Ctx, ids: &[String]) -> Result<()> {
+    let cloud = ctx.cloud().await?;
+    let ns = ctx.namespace().await?;
+    for id in ids {
+        if let Err(e) = cloud.delete_queue_named(&ns.agent_queue_name(id)).await {
+            tracing::warn!("could not delete the agent queue of {id}: {e}; `cgcloud cleanup` removes it later");
+        }
+    }
+    cgcloud_remote::hostkey::prune(&ctx.settings.known_hosts(), |alias| !ids.iter().any(|i| i == alias))?;
+    Ok(())
 }
 
 pub async fn metrics(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {

@@ -700,14 +700,7 @@ pub async fn power(ctx: &Ctx, a: ClusterPowerArgs, what: Power) -> Result<ExitCo
             if !a.quick && !all.is_empty() {
                 wait_for_state(ctx, cloud, &all, "terminated", &format!("the nodes of {}", c.name)).await?;
             }
-            let ns = ctx.namespace().await?;
-            for id in &all {
-                if let Err(e) = cloud.delete_queue_named(&ns.agent_queue_name(id)).await {
-                    tracing::warn!("could not delete the agent queue of {id}: {e}");
-                }
-            }
-            let gone: BTreeSet<&String> = all.iter().collect();
-            cgcloud_remote::hostkey::prune(&ctx.settings.known_hosts(), |alias| !gone.contains(&alias.to_owned()))?;
+            super::boxes::forget(ctx, &all).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -512,6 +512,7 @@ async fn rollback(ctx: &Ctx, txn: &Txn) {
             );
             return;
         }
+        let _ = super::boxes::forget(ctx, &state.instances).await;
     }
     if state.security_group.is_none() && state.instance_profile.is_none() {
         return;
@@ -642,6 +643,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
 async fn finish(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, a: &LaunchArgs) -> Result<ExitCode> {
     if a.terminate {
         cloud.terminate(std::slice::from_ref(&b.instance_id)).await?;
+        super::boxes::forget(ctx, std::slice::from_ref(&b.instance_id)).await?;
         ctx.out.note(format!("terminated {} (--terminate)", b.instance_id));
         return Ok(ExitCode::SUCCESS);
     }
