@@ -8,6 +8,12 @@
 //!   (default 5), registers REGISTRATIONS new keys (default 20) and measures, for each, the time
 //!   from `cgcloud register-key` returning to the key logging in on each box; then the agent's
 //!   idle memory and CPU. Targets: p99 <= 2 s; idle RSS <= 10 MiB.
+//! - `cluster-api [N...]`: against moto (`CGCLOUD_MOTO_SERVER`), the API requests one
+//!   `create-cluster` sends for N workers (default 1 10 100 500), without the status polls,
+//!   whose number depends on how long nodes take, not on N.
+//! - `cluster-boot [N...]`: on the local cloud, the time from `create-cluster` to every node
+//!   configured, for N workers from a baked image (default 1 4 16), and t(max)/t(min)
+//!   (target <= 1.5).
 
 use anyhow::{bail, Context as _, Result};
 use cgcloud_aws::ec2::LaunchSpec;
@@ -147,6 +153,10 @@ async fn wait_hosts_gone(dir: &Path, ids: &[String]) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Benchmarks never probe the instance metadata service.
+    if std::env::var_os("AWS_EC2_METADATA_DISABLED").is_none() {
+        bail!("set AWS_EC2_METADATA_DISABLED=true");
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["bench", "local-boot", rest @ ..] => {
@@ -163,7 +173,9 @@ async fn main() -> Result<()> {
                 rest.get(1).map(|s| s.parse()).transpose().context("REGISTRATIONS must be a number")?.unwrap_or(20);
             key_sync(boxes, regs).await
         }
-        _ => bail!("usage: cargo run -p xtask -- bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]]"),
+        ["bench", "cluster-api", rest @ ..] => cluster_api(&counts(rest, &[1, 10, 100, 500])?),
+        ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?),
+        _ => bail!("usage: cargo run -p xtask -- bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...]"),
     }
 }
 
@@ -289,6 +301,111 @@ async fn key_sync(n_boxes: usize, n_regs: usize) -> Result<()> {
     }
     for i in 0..n_regs {
         let _ = cgcloud(&h, &["-q", "delete-key", &format!("bench-{i}")]);
+    }
+    Ok(())
+}
+
+fn counts(args: &[&str], default: &[u32]) -> Result<Vec<u32>> {
+    if args.is_empty() {
+        return Ok(default.to_vec());
+    }
+    args.iter().map(|s| s.parse().context("counts must be numbers")).collect()
+}
+
+/// (requests, polls) from create-cluster's summary line.
+fn requests(stderr: &str) -> Option<(u64, u64)> {
+    let line = stderr.lines().find(|l| l.contains("API requests"))?;
+    let tail = line.rsplit('(').next()?;
+    let nums: Vec<u64> = tail.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
+    Some((*nums.first()?, *nums.get(1)?))
+}
+
+fn cluster_api(ns: &[u32]) -> Result<()> {
+    let e = testkit::TestEnv::new(cgcloud_exe()?);
+    let key = e.keygen("id_ed25519", "ed25519");
+    e.ok(&["register-key", &key.with_extension("pub").display().to_string()]);
+    for args in [
+        &["create", "generic-cluster-box", "-Q"][..],
+        &["stop", "generic-cluster-box"],
+        &["image", "generic-cluster-box"],
+        &["terminate", "generic-cluster-box"],
+    ] {
+        e.ok(args);
+    }
+    let _agents = testkit::FakeAgents::start(&e);
+    println!("cluster-api: requests cgcloud sends for one create-cluster against moto");
+    println!("{:>6} {:>10} {:>8} {:>16}", "N", "requests", "polls", "without polls");
+    let mut flat = Vec::new();
+    for (i, n) in ns.iter().enumerate() {
+        let name = format!("bench{i}");
+        let out = e
+            .cmd()
+            .args([
+                "create-cluster",
+                "generic",
+                "-s",
+                &n.to_string(),
+                "-c",
+                &name,
+                "--skip-ssh-check",
+                "--timeout",
+                "600",
+            ])
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let (k, p) = requests(&err).with_context(|| format!("create-cluster -s {n} failed: {err}"))?;
+        println!("{n:>6} {k:>10} {p:>8} {:>16}", k - p);
+        flat.push(k - p);
+        e.ok(&["terminate-cluster", "generic", "-c", &name, "-Q"]);
+    }
+    if let (Some(a), Some(b)) = (flat.first(), flat.last()) {
+        println!("requests without polls: N={} {a}, N={} {b} (constant means O(1) in N)", ns[0], ns[ns.len() - 1]);
+    }
+    Ok(())
+}
+
+fn cluster_boot(ns: &[u32]) -> Result<()> {
+    let home = tempfile::tempdir()?;
+    let h = home.path().to_path_buf();
+    keygen(&h.join("id_ed25519"))?;
+    cgcloud(&h, &["-q", "local", "up"])?;
+    cgcloud(&h, &["-q", "register-key", &h.join("id_ed25519.pub").display().to_string()])?;
+    cgcloud(&h, &["-q", "create", "-I", "-T", "generic-cluster-box"])?;
+    println!("cluster-boot: create-cluster from a baked image until every node is configured (local cloud)");
+    println!("{:>6} {:>10} {:>12}", "workers", "total s", "configured s");
+    let mut times = Vec::new();
+    for (i, n) in ns.iter().enumerate() {
+        let name = format!("boot{i}");
+        let t0 = Instant::now();
+        let out = std::process::Command::new(cgcloud_exe()?)
+            .env("HOME", &h)
+            .env("XDG_CONFIG_HOME", h.join(".config"))
+            .env("XDG_STATE_HOME", h.join(".local/state"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env(
+                "CGCLOUD_SSH_OPTS",
+                format!("-F /dev/null -i {} -o IdentitiesOnly=yes", h.join("id_ed25519").display()),
+            )
+            .args(["create-cluster", "generic", "-s", &n.to_string(), "-c", &name])
+            .output()?;
+        let total = t0.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            bail!("create-cluster -s {n} failed: {err}");
+        }
+        let configured: f64 = err
+            .lines()
+            .find(|l| l.contains("configured") && l.contains("launched in"))
+            .and_then(|l| l.split("configured ").nth(1))
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(f64::NAN);
+        println!("{n:>6} {total:>10.2} {configured:>12.2}");
+        times.push(total);
+        cgcloud(&h, &["-q", "terminate-cluster", "generic", "-c", &name])?;
+    }
+    if let (Some(a), Some(b)) = (times.first(), times.last()) {
+        println!("ratio t({})/t({}) = {:.2} (target <= 1.5)", ns[ns.len() - 1], ns[0], b / a);
     }
     Ok(())
 }
