@@ -188,6 +188,22 @@ impl Runner {
         render(text, &self.facts.vars, &[]).map_err(|e| fail(format!("template: {e}")))
     }
 
+    /// The action with `{{ box.* }}` / `{{ cluster.* }}` filled in wherever they occur.
+    fn render_action(&self, action: &Action) -> Result<Action, StepError> {
+        fn walk(v: &mut serde_json::Value, r: &dyn Fn(&str) -> Result<String, StepError>) -> Result<(), StepError> {
+            match v {
+                serde_json::Value::String(s) if s.contains("{{") => *s = r(s)?,
+                serde_json::Value::Array(a) => a.iter_mut().try_for_each(|x| walk(x, r))?,
+                serde_json::Value::Object(o) => o.values_mut().try_for_each(|x| walk(x, r))?,
+                _ => {}
+            }
+            Ok(())
+        }
+        let mut v = serde_json::to_value(action).map_err(|e| fail(e.to_string()))?;
+        walk(&mut v, &|s| self.render(s))?;
+        serde_json::from_value(v).map_err(|e| fail(e.to_string()))
+    }
+
     fn step(&mut self, family: &str, step: &Step) -> StepResult {
         let role = self.facts.cluster_role();
         let applies = match step.on {
@@ -198,7 +214,9 @@ impl Runner {
         if !applies {
             return Ok(Outcome::Skipped);
         }
-        match &step.action {
+        // Fill the box and cluster facts into every text of the step (paths, units, ...).
+        let action = self.render_action(&step.action)?;
+        match &action {
             Action::AptRepo { name, uri, suites, components, key_url, key_sha256 } => {
                 self.apt_repo(name, uri, suites, components, key_url, key_sha256.as_deref())
             }
@@ -226,28 +244,26 @@ impl Runner {
             Action::Directory { path, owner, group, mode } => {
                 self.directory(path, owner.as_deref(), group.as_deref(), mode.as_deref())
             }
-            Action::File { path, content, owner, group, mode, template } => {
-                let content = if *template { self.render(content)? } else { content.clone() };
+            Action::File { path, content, owner, group, mode, .. } => {
                 self.write_file(path, content.as_bytes(), mode.as_deref(), owner.as_deref(), group.as_deref())
             }
             Action::Download { url, sha256, dest, extract, strip_components, mode } => {
                 self.download(url, sha256, dest, *extract, *strip_components, mode.as_deref())
             }
             Action::Command { run, creates, unless, user } => {
-                let run = self.render(run)?;
                 if let Some(c) = creates {
-                    if Path::new(&self.render(c)?).exists() {
+                    if Path::new(c).exists() {
                         return Ok(Outcome::Ok);
                     }
                 }
                 if let Some(u) = unless {
-                    if self.test("sh", &["-c", &self.render(u)?]) {
+                    if self.test("sh", &["-c", u]) {
                         return Ok(Outcome::Ok);
                     }
                 }
                 match user {
-                    Some(u) => self.sh("runuser", &["-u", u, "--", "sh", "-ec", &run])?,
-                    None => self.sh("sh", &["-ec", &run])?,
+                    Some(u) => self.sh("runuser", &["-u", u, "--", "sh", "-ec", run])?,
+                    None => self.sh("sh", &["-ec", run])?,
                 };
                 Ok(Outcome::Changed)
             }
@@ -525,7 +541,6 @@ impl Runner {
         let mut unit_changed = false;
         if let Some(u) = unit {
             let path = format!("/etc/systemd/system/{name}.service");
-            let u = self.render(u)?;
             if self.write_file(&path, u.as_bytes(), Some("0644"), None, None)? == Outcome::Changed {
                 self.sh("systemctl", &["daemon-reload"])?;
                 changed = true;

@@ -337,8 +337,12 @@ impl Agent {
         } else {
             None
         };
-        facts["cluster"]["persistent"] =
-            serde_json::json!(volume.as_ref().and_then(|r| r.as_ref().ok()).cloned().unwrap_or_default());
+        let persistent = volume.as_ref().and_then(|r| r.as_ref().ok()).cloned().unwrap_or_default();
+        // Where roles keep data: the persistent volume if there is one, else the local disk.
+        let data_dir = if persistent.is_empty() { "/var/lib/cgcloud/data".to_owned() } else { persistent.clone() };
+        let _ = std::fs::create_dir_all(&data_dir);
+        facts["cluster"]["persistent"] = serde_json::json!(persistent);
+        facts["cluster"]["data_dir"] = serde_json::json!(data_dir);
         let _ = std::fs::create_dir_all("/var/lib/cgcloud");
         let facts_text = serde_json::to_string_pretty(&facts).unwrap_or_default();
         std::fs::write("/var/lib/cgcloud/facts.json", &facts_text)

@@ -14,10 +14,11 @@ fn err(action: &str, detail: impl Into<String>) -> AwsError {
     AwsError::Parse { action: action.into(), detail: detail.into() }
 }
 
-/// The volume's name: the namespaced `<cluster>__<ordinal>`.
+/// The volume's name, e.g. `hannes_spark__2` for ordinal 2 of cluster `spark` in `/hannes/`.
 pub fn volume_name(namespace: &str, cluster: &str, ordinal: u32) -> Result<String, AwsError> {
     let ns = cgcloud_core::Namespace::parse(namespace).map_err(|e| err("namespace", e.to_string()))?;
-    ns.to_aws_name(&format!("{cluster}__{ordinal}")).map_err(|e| err("volume name", e.to_string()))
+    // As the original named them: the cluster's AWS name, `__`, the ordinal.
+    Ok(format!("{}__{ordinal}", ns.to_aws_name(cluster).map_err(|e| err("volume name", e.to_string()))?))
 }
 
 /// Finds or creates, and attaches, the node's volume; returns its id.

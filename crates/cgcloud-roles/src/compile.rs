@@ -96,8 +96,22 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
         );
     }
     for s in &role.steps {
+        let when = match s {
+            RoleStep::File { when, .. }
+            | RoleStep::Directory { when, .. }
+            | RoleStep::Download { when, .. }
+            | RoleStep::Command { when, .. }
+            | RoleStep::Service { when, .. } => when,
+        };
+        if let Some(w) = when {
+            match r(w)?.trim() {
+                "true" => {}
+                "false" => continue,
+                other => return Err(err(format!("`when` must render to true or false, not '{other}' (from '{w}')"))),
+            }
+        }
         match s {
-            RoleStep::File { path, content, owner, group, mode, on: o } => {
+            RoleStep::File { path, content, owner, group, mode, on: o, .. } => {
                 let content = r(content)?;
                 let template = DEFERRED.iter().any(|d| content.contains(&format!("{{{{ {d}")));
                 check_path(path).map_err(err)?;
@@ -115,7 +129,7 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                     },
                 )
             }
-            RoleStep::Directory { path, owner, group, mode, on: o } => {
+            RoleStep::Directory { path, owner, group, mode, on: o, .. } => {
                 let path = r(path)?;
                 check_path(&path).map_err(err)?;
                 check_mode(mode).map_err(err)?;
@@ -125,7 +139,7 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                     Action::Directory { path, owner: ro(owner)?, group: ro(group)?, mode: mode.clone() },
                 )
             }
-            RoleStep::Download { url, sha256, dest, extract, strip_components, mode, on: o } => {
+            RoleStep::Download { url, sha256, dest, extract, strip_components, mode, on: o, .. } => {
                 let sha = r(sha256)?.to_lowercase();
                 if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
                     return Err(err(format!("download of {url}: sha256 must be 64 hex digits, not '{sha}'")));
@@ -145,7 +159,7 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                     },
                 )
             }
-            RoleStep::Command { run, name, creates, unless, user, on: o } => {
+            RoleStep::Command { run, name, creates, unless, user, on: o, .. } => {
                 let run = r(run)?;
                 step(
                     name.clone().unwrap_or_else(|| {
@@ -155,7 +169,7 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                     Action::Command { run, creates: ro(creates)?, unless: ro(unless)?, user: ro(user)? },
                 )
             }
-            RoleStep::Service { name, unit, enable, start, restart_on, on: o } => step(
+            RoleStep::Service { name, unit, enable, start, restart_on, on: o, .. } => step(
                 format!("service {}", r(name)?),
                 on(*o),
                 Action::Service {

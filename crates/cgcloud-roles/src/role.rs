@@ -177,6 +177,9 @@ pub enum RoleStep {
         mode: Option<String>,
         #[serde(default)]
         on: OnDecl,
+        /// Include the step only if this renders to `true` (e.g. `"{{ hdfs }}"`).
+        #[serde(default)]
+        when: Option<String>,
     },
     Directory {
         path: String,
@@ -188,6 +191,9 @@ pub enum RoleStep {
         mode: Option<String>,
         #[serde(default)]
         on: OnDecl,
+        /// Include the step only if this renders to `true` (e.g. `"{{ hdfs }}"`).
+        #[serde(default)]
+        when: Option<String>,
     },
     /// A download checked against its SHA-256; `extract = true` unpacks a tarball into `dest`.
     Download {
@@ -202,6 +208,9 @@ pub enum RoleStep {
         mode: Option<String>,
         #[serde(default)]
         on: OnDecl,
+        /// Include the step only if this renders to `true` (e.g. `"{{ hdfs }}"`).
+        #[serde(default)]
+        when: Option<String>,
     },
     /// A shell command; give `creates` (a path) or `unless` (a command that succeeds when the
     /// work is already done) so that it runs only once.
@@ -217,6 +226,9 @@ pub enum RoleStep {
         user: Option<String>,
         #[serde(default)]
         on: OnDecl,
+        /// Include the step only if this renders to `true` (e.g. `"{{ hdfs }}"`).
+        #[serde(default)]
+        when: Option<String>,
     },
     /// A systemd service; `unit` is the unit file's content if the role provides it.
     Service {
@@ -232,6 +244,9 @@ pub enum RoleStep {
         restart_on: Vec<String>,
         #[serde(default)]
         on: OnDecl,
+        /// Include the step only if this renders to `true` (e.g. `"{{ hdfs }}"`).
+        #[serde(default)]
+        when: Option<String>,
     },
 }
 

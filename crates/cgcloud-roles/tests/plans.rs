@@ -65,3 +65,23 @@ fn compiled_plans_of_the_example_role() {
         insta::assert_json_snapshot!(format!("hello-web-box__{}", os.id), plan);
     }
 }
+
+#[test]
+fn spark_plans_with_and_without_hdfs() {
+    let reg = Registry::builtin().unwrap();
+    let role = reg.role("spark-box").unwrap();
+    for os in &role.os {
+        for (label, opts) in
+            [("apache-hdfs", vec![]), ("pypi-no-hdfs", vec![("spark_source", "pypi"), ("hdfs", "false")])]
+        {
+            let opts: BTreeMap<String, String> = opts.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            let plan = compile(&role, os, &opts).unwrap();
+            let leader = plan.steps.iter().filter(|s| s.on == cgcloud_core::plan::On::Leader).count();
+            let workers = plan.steps.iter().filter(|s| s.on == cgcloud_core::plan::On::Workers).count();
+            assert!(leader > 0 && workers > 0, "the plan configures leader and workers");
+            let has_hdfs = plan.steps.iter().any(|s| s.title.contains("hdfs-namenode"));
+            assert_eq!(has_hdfs, label == "apache-hdfs");
+            insta::assert_json_snapshot!(format!("spark-box__{}__{label}", os.id), plan);
+        }
+    }
+}

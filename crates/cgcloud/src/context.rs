@@ -95,7 +95,7 @@ impl Ctx {
         let boxes = self.cloud().await?.list_boxes(ns.as_str(), Some(role)).await?;
         if boxes.is_empty() {
             // Distinguish a typo in the role from a role without boxes.
-            self.registry().await?.role(role)?;
+            self.registry().await?.box_role(role)?;
         }
         let sel = Selector {
             cluster: selection.cluster.clone(),
@@ -147,7 +147,7 @@ impl Ctx {
 
     /// The role's default login for a box, if the role still exists and declares one.
     async fn default_login(&self, b: &BoxInfo) -> Option<String> {
-        let role = self.registry().await.ok()?.role(&b.role).ok()?;
+        let role = self.registry().await.ok()?.box_role(&b.role).ok()?;
         role.default_user.clone()
     }
 }

@@ -641,3 +641,81 @@ fn clusters_end_to_end() {
     u.ok(&["terminate-cluster", "generic", "-c", "e2e"]);
     u.ok(&["local", "down"]);
 }
+
+/// The standalone master's JSON status, fetched from the workstation (the leader's private IP
+/// is a local-cloud address).
+fn master_status(ip: &str) -> Option<Value> {
+    let out =
+        Command::new("curl").args(["-sf", "--max-time", "5", &format!("http://{ip}:8080/json/")]).output().ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn wait_alive_workers(ip: &str, n: u64, timeout_s: u64) -> f64 {
+    let start = std::time::Instant::now();
+    loop {
+        if master_status(ip).and_then(|s| s["aliveworkers"].as_u64()) == Some(n) {
+            return start.elapsed().as_secs_f64();
+        }
+        assert!(
+            start.elapsed().as_secs() < timeout_s,
+            "the master did not report {n} alive workers within {timeout_s} s: {:?}",
+            master_status(ip)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+const WORDCOUNT: &str = r#"
+import socket
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.appName("wordcount").getOrCreate()
+sc = spark.sparkContext
+text = ["the quick brown fox", "jumps over the lazy dog", "the end"] * 1000
+counts = dict(sc.parallelize(text, 8).flatMap(lambda l: l.split()).map(lambda w: (w, 1)).reduceByKey(lambda a, b: a + b).collect())
+hosts = sorted(set(sc.parallelize(range(64), 16).map(lambda _: socket.gethostname()).collect()))
+print("COUNT the", counts["the"], "fox", counts["fox"])
+print("HOSTS", " ".join(hosts))
+spark.stop()
+"#;
+
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn spark_end_to_end() {
+    let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
+    let u = User::new();
+    u.ok(&["local", "down"]);
+    u.ok(&["local", "up"]);
+    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    // Apache downloads are not reachable here: Spark from PyPI, without HDFS.
+    u.ok(&["create", "-I", "-T", "spark-box", "-O", "spark_source=pypi", "-O", "hdfs=false"]);
+    u.ok(&["create-cluster", "spark", "-s", "2", "-c", "sp"]);
+    let leader = u.json(&["show", "spark-leader", "-c", "sp"]);
+    let ip = leader["private_ip"].as_str().unwrap().to_owned();
+    let t = wait_alive_workers(&ip, 2, 180);
+    eprintln!("2 workers registered {t:.1} s after create-cluster returned");
+
+    // A PySpark word count whose executors run on both workers.
+    let script = format!("cat > /tmp/wc.py <<'EOF'\n{WORDCOUNT}\nEOF\n/opt/sparkbox/spark/bin/spark-submit --master spark://{ip}:7077 /tmp/wc.py 2>/tmp/wc.log");
+    let out = u.ok(&["ssh", "spark-leader", "-c", "sp", "--", &script]);
+    assert!(out.contains("COUNT the 3000 fox 1000"), "{out}");
+    let hosts: Vec<String> =
+        out.lines().find(|l| l.starts_with("HOSTS")).unwrap().split_whitespace().skip(1).map(str::to_owned).collect();
+    let workers: Vec<String> = u
+        .json(&["list", "spark-worker"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["private_dns"].as_str().unwrap().split('.').next().unwrap().to_owned())
+        .collect();
+    let mut expected = workers.clone();
+    expected.sort();
+    assert_eq!(hosts, expected, "executors ran on {hosts:?}, workers are {workers:?}");
+
+    // A new worker registers with the master.
+    u.ok(&["grow-cluster", "spark", "-c", "sp", "-s", "1"]);
+    wait_alive_workers(&ip, 3, 180);
+
+    u.ok(&["terminate-cluster", "spark", "-c", "sp"]);
+    u.ok(&["delete-image", "spark-box"]);
+    u.ok(&["local", "down"]);
+}

@@ -16,7 +16,7 @@ const STATE_TIMEOUT: Duration = Duration::from_secs(900);
 pub async fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
     let ns = ctx.namespace().await?;
     if let Some(role) = &a.role {
-        ctx.registry().await?.role(role)?;
+        ctx.registry().await?.box_role(role)?;
     }
     let mut boxes = ordered_alive(ctx.cloud().await?.list_boxes(ns.as_str(), a.role.as_deref()).await?);
     if let Some(c) = &a.cluster {

@@ -96,7 +96,7 @@ async fn create_image(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, ns: &Namespace) -> 
         }
     }
     // Only options declared as inherited carry over to boxes recreated from the image.
-    let role = ctx.registry().await?.role(&b.role).ok();
+    let role = ctx.registry().await?.box_role(&b.role).ok();
     for (k, v) in &b.options {
         if role.as_ref().is_none_or(|r| r.options.get(k).is_some_and(|o| o.inherited)) {
             t.insert(tags::option_tag(k), v.clone());

@@ -694,7 +694,7 @@ pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
 
 pub async fn provision_existing(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {
     let b = ctx.select(&a.role, &a.selection).await?;
-    let role = ctx.registry().await?.role(&b.role)?;
+    let role = ctx.registry().await?.box_role(&b.role)?;
     let os_id = b.tags.get(tags::OS).cloned().unwrap_or_default();
     let os = role.os.iter().find(|o| o.id == os_id).unwrap_or(&role.os[0]).clone();
     let plan = compile(&role, &os, &b.options)?;
