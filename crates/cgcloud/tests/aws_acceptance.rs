@@ -53,7 +53,7 @@ fn acceptance(role: &str) {
     let _ = run(&["terminate", role]);
     let _ = run(&["cleanup", "--yes"]);
     let _ = run(&["reset-security", "--yes"]);
-    let _ = Command::new("aws").args(["ec2", "delete-key-pair", "--key-name", &key_name]).status();
+    let _ = run(&["delete-key", &key_name]);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
@@ -81,4 +81,57 @@ acceptance_tests! {
     centos_stream_9 => "generic-centos-stream-9-box",
     centos_stream_10 => "generic-centos-stream-10-box",
     amazon_linux_2023 => "generic-amazon-linux-2023-box",
+}
+
+/// Scenarios 4 and 5 of the original's tests: an HDFS-backed Spark cluster, a word count
+/// read from HDFS, and HDFS data surviving terminate-cluster + create-cluster on persistent
+/// volumes. About 3 m7i.large for 20 minutes (~US$0.30). Not run in this project's CI.
+#[test]
+fn spark_hdfs_persistence() {
+    assert!(std::env::var("CGCLOUD_ZONE").is_ok(), "set CGCLOUD_ZONE (and AWS credentials) for the acceptance tests");
+    let home = tempfile::tempdir().unwrap();
+    let ns = format!("/acceptance-{:08x}/", rand_suffix());
+    let key = home.path().join("id_ed25519");
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", ""])
+        .arg("-f")
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    let key_name = format!("cgcloud-acceptance-{}", &ns[12..20]);
+    let run = |args: &[&str]| cgcloud(&ns, home.path(), args);
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert!(out.status.success(), "cgcloud {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&["register-key", key.with_extension("pub").to_str().unwrap(), "-k", &key_name]);
+    let result = std::panic::catch_unwind(|| {
+        ok(&["create", "-I", "-T", "spark-box", "-k", &key_name]);
+        ok(&["create-cluster", "spark", "-s", "2", "-c", "acc", "-e", "1", "-k", &key_name]);
+        let hdfs = "/opt/sparkbox/hadoop/bin/hdfs";
+        // Wait for 2 live datanodes, then write data with its checksum.
+        ok(&["ssh", "spark-leader", "-c", "acc", "--", &format!("for i in $(seq 120); do {hdfs} dfsadmin -report -live 2>/dev/null | grep -q 'Live datanodes (2)' && exit 0; sleep 5; done; exit 1")]);
+        ok(&["ssh", "spark-leader", "-c", "acc", "--", &format!("head -c 300000000 /dev/urandom > /tmp/data && md5sum < /tmp/data > /tmp/data.md5 && {hdfs} dfs -put /tmp/data /data && {hdfs} dfs -put /tmp/data.md5 /data.md5")]);
+        ok(&["terminate-cluster", "spark", "-c", "acc"]);
+        ok(&["create-cluster", "spark", "-s", "2", "-c", "acc", "-e", "1", "-k", &key_name]);
+        let check = ok(&[
+            "ssh",
+            "spark-leader",
+            "-c",
+            "acc",
+            "--",
+            &format!("sleep 60; {hdfs} dfs -cat /data | md5sum; {hdfs} dfs -cat /data.md5"),
+        ]);
+        let lines: Vec<&str> = check.lines().collect();
+        assert_eq!(lines[0], lines[1], "HDFS data changed across cluster re-creation");
+    });
+    let _ = run(&["terminate-cluster", "spark", "-c", "acc"]);
+    let _ = run(&["cleanup", "--yes"]);
+    let _ = run(&["reset-security", "--yes"]);
+    let _ = run(&["delete-key", &key_name]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
 }

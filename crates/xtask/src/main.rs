@@ -14,6 +14,9 @@
 //! - `cluster-boot [N...]`: on the local cloud, the time from `create-cluster` to every node
 //!   configured, for N workers from a baked image (default 1 4 16), and t(max)/t(min)
 //!   (target <= 1.5).
+//! - `spark-boot [N...]`: on the local cloud, a Spark image from PyPI (no HDFS), then for N
+//!   workers (default 1 2 4) the time from `create-cluster spark` to the master reporting N
+//!   alive workers, and t(max)/t(min).
 
 use anyhow::{bail, Context as _, Result};
 use cgcloud_aws::ec2::LaunchSpec;
@@ -175,6 +178,7 @@ async fn main() -> Result<()> {
         }
         ["bench", "cluster-api", rest @ ..] => cluster_api(&counts(rest, &[1, 10, 100, 500])?),
         ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?),
+        ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?),
         _ => bail!("usage: cargo run -p xtask -- bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...]"),
     }
 }
@@ -406,6 +410,51 @@ fn cluster_boot(ns: &[u32]) -> Result<()> {
     }
     if let (Some(a), Some(b)) = (times.first(), times.last()) {
         println!("ratio t({})/t({}) = {:.2} (target <= 1.5)", ns[ns.len() - 1], ns[0], b / a);
+    }
+    Ok(())
+}
+
+fn spark_boot(ns: &[u32]) -> Result<()> {
+    let home = tempfile::tempdir()?;
+    let h = home.path().to_path_buf();
+    keygen(&h.join("id_ed25519"))?;
+    cgcloud(&h, &["-q", "local", "up"])?;
+    cgcloud(&h, &["-q", "register-key", &h.join("id_ed25519.pub").display().to_string()])?;
+    eprintln!("baking spark-box (Spark from PyPI) ...");
+    cgcloud(&h, &["-q", "create", "-I", "-T", "spark-box", "-O", "spark_source=pypi", "-O", "hdfs=false"])?;
+    println!("spark-boot: create-cluster spark until the master reports every worker alive (local cloud)");
+    println!("{:>8} {:>10}", "workers", "seconds");
+    let mut times = Vec::new();
+    for (i, n) in ns.iter().enumerate() {
+        let name = format!("spark{i}");
+        let t0 = Instant::now();
+        cgcloud(&h, &["-q", "create-cluster", "spark", "-s", &n.to_string(), "-c", &name])?;
+        let leader: serde_json::Value =
+            serde_json::from_str(&cgcloud(&h, &["-q", "--output", "json", "show", "spark-leader", "-c", &name])?)?;
+        let ip = leader["private_ip"].as_str().unwrap_or_default().to_owned();
+        loop {
+            let out = std::process::Command::new("curl")
+                .args(["-sf", "--max-time", "5", &format!("http://{ip}:8080/json/")])
+                .output()?;
+            let alive = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v["aliveworkers"].as_u64())
+                .unwrap_or(0);
+            if alive == u64::from(*n) {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(600) {
+                bail!("{n} workers did not register within 10 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let t = t0.elapsed().as_secs_f64();
+        println!("{n:>8} {t:>10.2}");
+        times.push(t);
+        cgcloud(&h, &["-q", "terminate-cluster", "spark", "-c", &name])?;
+    }
+    if let (Some(a), Some(b)) = (times.first(), times.last()) {
+        println!("ratio t({})/t({}) = {:.2}", ns[ns.len() - 1], ns[0], b / a);
     }
     Ok(())
 }
