@@ -16,47 +16,71 @@
 
 use std::process::Command;
 
-fn cgcloud(ns: &str, home: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cgcloud"))
-        .env("XDG_STATE_HOME", home.join("state"))
-        .env("CGCLOUD_SSH_OPTS", format!("-i {}/id_ed25519 -o IdentitiesOnly=yes", home.display()))
-        .args(["-n", ns])
-        .args(args)
-        .output()
-        .unwrap()
+/// One acceptance run: its own HOME, SSH key, namespace and registered EC2 key pair.
+struct Acceptance {
+    home: tempfile::TempDir,
+    ns: String,
+    key_name: String,
+}
+
+impl Acceptance {
+    fn new() -> Acceptance {
+        assert!(
+            std::env::var("CGCLOUD_ZONE").is_ok(),
+            "set CGCLOUD_ZONE (and AWS credentials) for the acceptance tests"
+        );
+        let home = tempfile::tempdir().unwrap();
+        let ns = format!("/acceptance-{:08x}/", rand_suffix());
+        let key = home.path().join("id_ed25519");
+        let keygen = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status();
+        assert!(keygen.unwrap().success());
+        let key_name = format!("cgcloud-acceptance-{}", &ns[12..20]);
+        let a = Acceptance { home, ns, key_name };
+        a.ok(&["register-key", key.with_extension("pub").to_str().unwrap(), "-k", &a.key_name]);
+        a
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let home = self.home.path();
+        Command::new(env!("CARGO_BIN_EXE_cgcloud"))
+            .env("XDG_STATE_HOME", home.join("state"))
+            .env("CGCLOUD_SSH_OPTS", format!("-i {}/id_ed25519 -o IdentitiesOnly=yes", home.display()))
+            .args(["-n", &self.ns])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "cgcloud {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `body`, then removes everything the run made, whatever `body` did, by running
+    /// `teardown` and then the namespace-wide cleanups; a failure in `body` is re-raised after.
+    fn check(&self, teardown: &[&str], body: impl FnOnce() + std::panic::UnwindSafe) {
+        let result = std::panic::catch_unwind(body);
+        let _ = self.run(teardown);
+        let _ = self.run(&["cleanup", "--yes"]);
+        let _ = self.run(&["reset-security", "--yes"]);
+        let _ = self.run(&["delete-key", &self.key_name]);
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    }
 }
 
 fn acceptance(role: &str) {
-    assert!(std::env::var("CGCLOUD_ZONE").is_ok(), "set CGCLOUD_ZONE (and AWS credentials) for the acceptance tests");
-    let home = tempfile::tempdir().unwrap();
-    let ns = format!("/acceptance-{:08x}/", rand_suffix());
-    let key = home.path().join("id_ed25519");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", ""])
-        .arg("-f")
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
-    let key_name = format!("cgcloud-acceptance-{}", &ns[12..20]);
-    let run = |args: &[&str]| cgcloud(&ns, home.path(), args);
-    assert!(run(&["register-key", key.with_extension("pub").to_str().unwrap(), "-k", &key_name]).status.success());
-    let created = run(&["create", role, "-k", &key_name]);
-    let result = std::panic::catch_unwind(|| {
+    let a = Acceptance::new();
+    let created = a.run(&["create", role, "-k", &a.key_name]);
+    a.check(&["terminate", role], || {
         assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-        let out = run(&["ssh", role, "--", "uname -a && cloud-init status"]);
+        let out = a.run(&["ssh", role, "--", "uname -a && cloud-init status"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("Linux"));
-        assert_eq!(run(&["ssh", role, "--", "false"]).status.code(), Some(1));
+        assert_eq!(a.run(&["ssh", role, "--", "false"]).status.code(), Some(1));
     });
-    // Clean up whatever happened.
-    let _ = run(&["terminate", role]);
-    let _ = run(&["cleanup", "--yes"]);
-    let _ = run(&["reset-security", "--yes"]);
-    let _ = run(&["delete-key", &key_name]);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
 }
 
 fn rand_suffix() -> u32 {
@@ -88,34 +112,18 @@ acceptance_tests! {
 /// volumes. About 3 m7i.large for 20 minutes (~US$0.30). Not run in this project's CI.
 #[test]
 fn spark_hdfs_persistence() {
-    assert!(std::env::var("CGCLOUD_ZONE").is_ok(), "set CGCLOUD_ZONE (and AWS credentials) for the acceptance tests");
-    let home = tempfile::tempdir().unwrap();
-    let ns = format!("/acceptance-{:08x}/", rand_suffix());
-    let key = home.path().join("id_ed25519");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", ""])
-        .arg("-f")
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
-    let key_name = format!("cgcloud-acceptance-{}", &ns[12..20]);
-    let run = |args: &[&str]| cgcloud(&ns, home.path(), args);
-    let ok = |args: &[&str]| {
-        let out = run(args);
-        assert!(out.status.success(), "cgcloud {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    ok(&["register-key", key.with_extension("pub").to_str().unwrap(), "-k", &key_name]);
-    let result = std::panic::catch_unwind(|| {
-        ok(&["create", "-I", "-T", "spark-box", "-k", &key_name]);
-        ok(&["create-cluster", "spark", "-s", "2", "-c", "acc", "-e", "1", "-k", &key_name]);
+    let a = Acceptance::new();
+    let ok = |args: &[&str]| a.ok(args);
+    let key_name = a.key_name.as_str();
+    a.check(&["terminate-cluster", "spark", "-c", "acc"], || {
+        ok(&["create", "-I", "-T", "spark-box", "-k", key_name]);
+        ok(&["create-cluster", "spark", "-s", "2", "-c", "acc", "-e", "1", "-k", key_name]);
         let hdfs = "/opt/sparkbox/hadoop/bin/hdfs";
         // Wait for 2 live datanodes, then write data with its checksum.
         ok(&["ssh", "spark-leader", "-c", "acc", "--", &format!("for i in $(seq 120); do {hdfs} dfsadmin -report -live 2>/dev/null | grep -q 'Live datanodes (2)' && exit 0; sleep 5; done; exit 1")]);
         ok(&["ssh", "spark-leader", "-c", "acc", "--", &format!("head -c 300000000 /dev/urandom > /tmp/data && md5sum < /tmp/data > /tmp/data.md5 && {hdfs} dfs -put /tmp/data /data && {hdfs} dfs -put /tmp/data.md5 /data.md5")]);
         ok(&["terminate-cluster", "spark", "-c", "acc"]);
-        ok(&["create-cluster", "spark", "-s", "2", "-c", "acc", "-e", "1", "-k", &key_name]);
+        ok(&["create-cluster", "spark", "-s", "2", "-c", "acc", "-e", "1", "-k", key_name]);
         let check = ok(&[
             "ssh",
             "spark-leader",
@@ -127,11 +135,4 @@ fn spark_hdfs_persistence() {
         let lines: Vec<&str> = check.lines().collect();
         assert_eq!(lines[0], lines[1], "HDFS data changed across cluster re-creation");
     });
-    let _ = run(&["terminate-cluster", "spark", "-c", "acc"]);
-    let _ = run(&["cleanup", "--yes"]);
-    let _ = run(&["reset-security", "--yes"]);
-    let _ = run(&["delete-key", &key_name]);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
 }

@@ -31,21 +31,12 @@ impl User {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cgcloud"));
-        for (k, _) in std::env::vars() {
-            if (k.starts_with("CGCLOUD_") && k != "CGCLOUD_LOCAL_DIR") || k.starts_with("AWS_") || k.starts_with("XDG_")
-            {
-                c.env_remove(k);
-            }
-        }
-        let h = self.home.path();
-        c.env("HOME", h)
-            .env("XDG_CONFIG_HOME", h.join(".config"))
-            .env("XDG_STATE_HOME", h.join(".local/state"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("CGCLOUD_SSH_OPTS", format!("-F /dev/null -i {} -o IdentitiesOnly=yes", self.key.display()))
+        let mut c = testkit::hermetic_command(
+            std::path::Path::new(env!("CARGO_BIN_EXE_cgcloud")),
+            self.home.path(),
+            &["CGCLOUD_LOCAL_DIR"],
+        );
+        c.env("CGCLOUD_SSH_OPTS", format!("-F /dev/null -i {} -o IdentitiesOnly=yes", self.key.display()))
             .stdin(Stdio::null());
         for (k, v) in &self.env {
             c.env(k, v);

@@ -152,21 +152,9 @@ impl TestEnv {
 
     /// The cgcloud command with a hermetic environment: no real credentials, no IMDS.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CGCLOUD_") || k.starts_with("AWS_") || k.starts_with("XDG_") {
-                c.env_remove(k);
-            }
-        }
-        let home = self.home.path();
-        c.env("HOME", home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_STATE_HOME", home.join(".local/state"))
-            .env("AWS_ACCESS_KEY_ID", "testing")
+        let mut c = hermetic_command(&self.bin, self.home.path(), &[]);
+        c.env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
             .env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_REGION", &self.region)
             .env("CGCLOUD_MAX_ATTEMPTS", "2")
@@ -267,4 +255,24 @@ impl Drop for FakeAgents {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A command for `bin` that sees none of the caller's cgcloud, AWS or XDG settings (except the
+/// variables named in `keep`), has `home` as its HOME, and can never reach IMDS or read a real
+/// AWS config or credentials file.
+pub fn hermetic_command(bin: &Path, home: &Path, keep: &[&str]) -> Command {
+    let mut c = Command::new(bin);
+    for (k, _) in std::env::vars() {
+        if (k.starts_with("CGCLOUD_") || k.starts_with("AWS_") || k.starts_with("XDG_")) && !keep.contains(&k.as_str())
+        {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_STATE_HOME", home.join(".local/state"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    c
 }

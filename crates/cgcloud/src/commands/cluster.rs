@@ -667,28 +667,10 @@ pub async fn power(ctx: &Ctx, a: ClusterPowerArgs, what: Power) -> Result<ExitCo
                     spot.join(", ")
                 );
             }
-            for group in [&workers, &leader] {
-                if group.is_empty() {
-                    continue;
-                }
-                cloud.stop(group).await?;
-                if !a.quick {
-                    wait_for_state(ctx, cloud, group, "stopped", &format!("{} node(s) of {}", group.len(), c.name))
-                        .await?;
-                }
-            }
+            power_groups(ctx, cloud, &c.name, [&workers, &leader], "stopped", a.quick).await?;
         }
         Power::Start => {
-            for group in [&leader, &workers] {
-                if group.is_empty() {
-                    continue;
-                }
-                cloud.start(group).await?;
-                if !a.quick {
-                    wait_for_state(ctx, cloud, group, "running", &format!("{} node(s) of {}", group.len(), c.name))
-                        .await?;
-                }
-            }
+            power_groups(ctx, cloud, &c.name, [&leader, &workers], "running", a.quick).await?;
         }
         Power::Terminate => {
             for group in [&workers, &leader] {
@@ -704,6 +686,32 @@ pub async fn power(ctx: &Ctx, a: ClusterPowerArgs, what: Power) -> Result<ExitCo
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stops (target "stopped") or starts (target "running") the groups one after the other, so
+/// that workers stop before their leader and the leader starts before its workers.
+async fn power_groups(
+    ctx: &Ctx,
+    cloud: &Cloud,
+    cluster: &str,
+    groups: [&Vec<String>; 2],
+    target: &str,
+    quick: bool,
+) -> Result<()> {
+    for group in groups {
+        if group.is_empty() {
+            continue;
+        }
+        if target == "stopped" {
+            cloud.stop(group).await?;
+        } else {
+            cloud.start(group).await?;
+        }
+        if !quick {
+            wait_for_state(ctx, cloud, group, target, &format!("{} node(s) of {cluster}", group.len())).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The nodes to act on: leader first, then workers by ordinal.
