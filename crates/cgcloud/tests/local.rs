@@ -669,6 +669,25 @@ print("HOSTS", " ".join(hosts))
 spark.stop()
 "#;
 
+/// Runs the PySpark word count on the leader of cluster `cluster` and checks its result and
+/// that its executors ran on exactly the cluster's workers.
+fn check_word_count(u: &User, cluster: &str, leader_ip: &str) {
+    let script = format!("cat > /tmp/wc.py <<'EOF'\n{WORDCOUNT}\nEOF\n/opt/sparkbox/spark/bin/spark-submit --master spark://{leader_ip}:7077 /tmp/wc.py 2>/tmp/wc.log");
+    let out = u.ok(&["ssh", "spark-leader", "-c", cluster, "--", &script]);
+    assert!(out.contains("COUNT the 3000 fox 1000"), "{out}");
+    let hosts: Vec<String> =
+        out.lines().find(|l| l.starts_with("HOSTS")).unwrap().split_whitespace().skip(1).map(str::to_owned).collect();
+    let mut workers: Vec<String> = u
+        .json(&["list", "spark-worker", "-c", cluster])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["private_dns"].as_str().unwrap().split('.').next().unwrap().to_owned())
+        .collect();
+    workers.sort();
+    assert_eq!(hosts, workers, "executors ran on {hosts:?}, the workers are {workers:?}");
+}
+
 #[test]
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
 fn spark_end_to_end() {
@@ -677,36 +696,142 @@ fn spark_end_to_end() {
     u.ok(&["local", "down"]);
     u.ok(&["local", "up"]);
     u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
-    // Apache downloads are not reachable here: Spark from PyPI, without HDFS.
+    // Spark from PyPI, without HDFS (spark_apache_end_to_end covers the Apache artifacts).
     u.ok(&["create", "-I", "-T", "spark-box", "-O", "spark_source=pypi", "-O", "hdfs=false"]);
     u.ok(&["create-cluster", "spark", "-s", "2", "-c", "sp"]);
     let leader = u.json(&["show", "spark-leader", "-c", "sp"]);
     let ip = leader["private_ip"].as_str().unwrap().to_owned();
     let t = wait_alive_workers(&ip, 2, 180);
     eprintln!("2 workers registered {t:.1} s after create-cluster returned");
-
-    // A PySpark word count whose executors run on both workers.
-    let script = format!("cat > /tmp/wc.py <<'EOF'\n{WORDCOUNT}\nEOF\n/opt/sparkbox/spark/bin/spark-submit --master spark://{ip}:7077 /tmp/wc.py 2>/tmp/wc.log");
-    let out = u.ok(&["ssh", "spark-leader", "-c", "sp", "--", &script]);
-    assert!(out.contains("COUNT the 3000 fox 1000"), "{out}");
-    let hosts: Vec<String> =
-        out.lines().find(|l| l.starts_with("HOSTS")).unwrap().split_whitespace().skip(1).map(str::to_owned).collect();
-    let workers: Vec<String> = u
-        .json(&["list", "spark-worker"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["private_dns"].as_str().unwrap().split('.').next().unwrap().to_owned())
-        .collect();
-    let mut expected = workers.clone();
-    expected.sort();
-    assert_eq!(hosts, expected, "executors ran on {hosts:?}, workers are {workers:?}");
+    check_word_count(&u, "sp", &ip);
 
     // A new worker registers with the master.
     u.ok(&["grow-cluster", "spark", "-c", "sp", "-s", "1"]);
     wait_alive_workers(&ip, 3, 180);
 
     u.ok(&["terminate-cluster", "spark", "-c", "sp"]);
+    u.ok(&["delete-image", "spark-box"]);
+    u.ok(&["local", "down"]);
+}
+
+/// A directory served over HTTP on the local cloud's bridge, for its hosts; stopped on drop.
+struct Mirror {
+    server: std::process::Child,
+    url: String,
+}
+
+impl Mirror {
+    fn serve(dir: &std::path::Path) -> Mirror {
+        let bridge = "10.199.0.1";
+        let port = std::net::TcpListener::bind((bridge, 0)).unwrap().local_addr().unwrap().port();
+        let server = Command::new("python3")
+            .args(["-m", "http.server", "--bind", bridge, &port.to_string(), "--directory"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mirror = Mirror { server, url: format!("http://{bridge}:{port}") };
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect((bridge, port)).is_err() {
+            assert!(start.elapsed().as_secs() < 20, "the mirror's HTTP server did not start on {}", mirror.url);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        mirror
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// The single version `V` of the entries `<prefix>V` in `dir`, if there is one.
+fn version_in(dir: &std::path::Path, prefix: &str, file: impl Fn(&str) -> String) -> Option<String> {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_prefix(prefix).map(str::to_owned))
+        .filter(|v| dir.join(format!("{prefix}{v}")).join(file(v)).is_file())
+        .collect();
+    found.sort();
+    assert!(found.len() <= 1, "{} holds several releases ({found:?}); keep one", dir.display());
+    found.pop()
+}
+
+/// Spark (and HDFS, when the mirror has a Hadoop release) from Apache-layout artifacts, served
+/// from a mirror directory: `CGCLOUD_APACHE_MIRROR_DIR`, made by `scripts/apache-mirror`
+/// (`.ci/run` does). With Hadoop this is the original's scenarios 4 and 5 on the local cloud:
+/// HDFS on persistent volumes survives terminate-cluster and create-cluster with the same name.
+#[test]
+#[ignore = "needs root, the local cloud and CGCLOUD_APACHE_MIRROR_DIR; run by .ci/run with --include-ignored"]
+fn spark_apache_end_to_end() {
+    let dir = PathBuf::from(std::env::var_os("CGCLOUD_APACHE_MIRROR_DIR").expect(
+        "set CGCLOUD_APACHE_MIRROR_DIR to a directory made by `scripts/apache-mirror DIR` (.ci/run does this)",
+    ));
+    let spark = version_in(&dir.join("spark"), "spark-", |v| format!("spark-{v}-bin-hadoop3.tgz"))
+        .unwrap_or_else(|| panic!("{} has no Spark release; run scripts/apache-mirror {0}", dir.display()));
+    let hadoop = version_in(&dir.join("hadoop/common"), "hadoop-", |v| format!("hadoop-{v}.tar.gz"));
+    match &hadoop {
+        Some(h) => eprintln!("Spark {spark} and Hadoop {h} from {}: HDFS on", dir.display()),
+        None => eprintln!("Spark {spark} from {}; no Hadoop release there, so HDFS off", dir.display()),
+    }
+
+    let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
+    let u = User::new();
+    u.ok(&["local", "down"]);
+    u.ok(&["local", "up"]);
+    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    {
+        let mirror = Mirror::serve(&dir);
+        let mut opts = vec![
+            "spark_source=apache".to_owned(),
+            format!("apache_mirror={}", mirror.url),
+            format!("spark_version={spark}"),
+            format!("hdfs={}", hadoop.is_some()),
+        ];
+        opts.extend(hadoop.iter().map(|h| format!("hadoop_version={h}")));
+        let mut args = vec!["create", "-I", "-T", "spark-box"];
+        for o in &opts {
+            args.extend(["-O", o.as_str()]);
+        }
+        u.ok(&args);
+        // The mirror stops here: the image must hold everything the nodes need.
+    }
+
+    // Persistent volumes: Spark's local and work directories, and HDFS, live on them.
+    let create = ["create-cluster", "spark", "-s", "2", "-c", "ap", "-e", "1"];
+    u.ok(&create);
+    let ip = u.json(&["show", "spark-leader", "-c", "ap"])["private_ip"].as_str().unwrap().to_owned();
+    wait_alive_workers(&ip, 2, 180);
+    check_word_count(&u, "ap", &ip);
+
+    if hadoop.is_some() {
+        let hdfs = "/opt/sparkbox/hadoop/bin/hdfs";
+        let live = format!("for i in $(seq 90); do {hdfs} dfsadmin -report -live 2>/dev/null | grep -q 'Live datanodes (2)' && exit 0; sleep 2; done; {hdfs} dfsadmin -report; exit 1");
+        u.ok(&["ssh", "spark-leader", "-c", "ap", "--", &live]);
+        let put = format!("head -c 50000000 /dev/urandom > /tmp/data && md5sum < /tmp/data > /tmp/data.md5 && {hdfs} dfs -put /tmp/data /data && {hdfs} dfs -put /tmp/data.md5 /data.md5");
+        u.ok(&["ssh", "spark-leader", "-c", "ap", "--", &put]);
+        u.ok(&["terminate-cluster", "spark", "-c", "ap"]);
+        u.ok(&create);
+        u.ok(&["ssh", "spark-leader", "-c", "ap", "--", &live]);
+        let check = u.ok(&[
+            "ssh",
+            "spark-leader",
+            "-c",
+            "ap",
+            "--",
+            &format!("{hdfs} dfs -cat /data | md5sum; {hdfs} dfs -cat /data.md5"),
+        ]);
+        let lines: Vec<&str> = check.lines().collect();
+        assert_eq!(lines.len(), 2, "{check}");
+        assert_eq!(lines[0], lines[1], "HDFS data changed across cluster re-creation");
+    }
+
+    u.ok(&["terminate-cluster", "spark", "-c", "ap"]);
     u.ok(&["delete-image", "spark-box"]);
     u.ok(&["local", "down"]);
 }
