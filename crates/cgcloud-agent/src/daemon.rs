@@ -338,10 +338,23 @@ impl Agent {
             None
         };
         let persistent = volume.as_ref().and_then(|r| r.as_ref().ok()).cloned().unwrap_or_default();
-        // Where roles keep data: the persistent volume if there is one, else the local disk.
-        let data_dir = if persistent.is_empty() { "/var/lib/cgcloud/data".to_owned() } else { persistent.clone() };
+        let ephemeral = match crate::storage::prepare() {
+            Ok(mp) => mp.unwrap_or_default(),
+            Err(e) => {
+                log("warning", format!("instance store not usable: {e}"));
+                String::new()
+            }
+        };
+        // Where roles keep data: the persistent volume if there is one, else the instance
+        // store, else the root disk.
+        let data_dir = [&persistent, &ephemeral]
+            .into_iter()
+            .find(|d| !d.is_empty())
+            .cloned()
+            .unwrap_or_else(|| "/var/lib/cgcloud/data".to_owned());
         let _ = std::fs::create_dir_all(&data_dir);
         facts["cluster"]["persistent"] = serde_json::json!(persistent);
+        facts["cluster"]["ephemeral"] = serde_json::json!(ephemeral);
         facts["cluster"]["data_dir"] = serde_json::json!(data_dir);
         let _ = std::fs::create_dir_all("/var/lib/cgcloud");
         let facts_text = serde_json::to_string_pretty(&facts).unwrap_or_default();

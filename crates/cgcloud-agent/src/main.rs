@@ -11,6 +11,7 @@ mod imds;
 mod keys;
 mod metrics;
 mod sigv4;
+mod storage;
 mod volume;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ const USAGE: &str = "usage:
   cgcloud-agent run [--config FILE]        (default /etc/cgcloud/agent.json)
   cgcloud-agent sync-keys [--config FILE]  (one key refresh, then exit)
   cgcloud-agent boot [--config FILE]       (first-boot configuration of a cluster node)
+  cgcloud-agent storage                    (format and mount instance-store disks at /mnt/ephemeral)
   cgcloud-agent --version";
 
 fn main() -> ExitCode {
@@ -30,6 +32,20 @@ fn main() -> ExitCode {
             println!("cgcloud-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Some("storage") => match storage::prepare() {
+            Ok(Some(mp)) => {
+                println!("instance store mounted at {mp}");
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                println!("no instance store");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cgcloud-agent storage: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some(cmd @ ("run" | "sync-keys" | "boot")) => {
             let config = match args.get(1).map(String::as_str) {
                 Some("--config") => args.get(2).cloned().unwrap_or_default(),

@@ -95,6 +95,33 @@ pub struct LaunchSpec {
     pub client_token: Option<String>,
     /// Launch on the spot market, with this maximum price (None: up to the on-demand price).
     pub spot: Option<Option<String>>,
+    /// Device names for the instance-store disks of Xen instance types, which exist only
+    /// where the launch maps them (Nitro instances always show theirs as NVMe devices).
+    pub instance_store_devices: Vec<String>,
+}
+
+/// The parts of DescribeInstanceTypes cgcloud uses.
+#[derive(Debug, Clone)]
+pub struct InstanceTypeInfo {
+    pub arches: Vec<String>,
+    pub instance_store_disks: u32,
+    pub nvme_instance_store: bool,
+}
+
+impl InstanceTypeInfo {
+    /// The device names to map instance-store disks to at launch: none on Nitro types.
+    pub fn mapped_instance_store(&self) -> Vec<String> {
+        if self.nvme_instance_store {
+            return Vec::new();
+        }
+        instance_store_device_names(self.instance_store_disks)
+    }
+}
+
+/// `/dev/sdb`, `/dev/sdc`, … for `n` instance-store disks, leaving out `/dev/sdf`, where a
+/// cluster node's persistent volume goes.
+pub fn instance_store_device_names(n: u32) -> Vec<String> {
+    ('b'..='z').filter(|c| *c != 'f').take(n as usize).map(|c| format!("/dev/sd{c}")).collect()
 }
 
 /// Errors that mean EC2 could not provide the capacity (try elsewhere or later).
@@ -201,8 +228,8 @@ impl Cloud {
         Ok(pages.iter().flat_map(|p| p.reservations()).flat_map(|r| r.instances()).cloned().collect())
     }
 
-    /// Architectures supported by an instance type; an unknown type is an error.
-    pub async fn instance_type_arches(&self, instance_type: &str) -> Result<Vec<String>, AwsError> {
+    /// What cgcloud needs to know of an instance type; an unknown type is an error.
+    pub async fn instance_type_info(&self, instance_type: &str) -> Result<InstanceTypeInfo, AwsError> {
         let out = self
             .ec2
             .describe_instance_types()
@@ -225,10 +252,19 @@ impl Cloud {
                 self.region
             )));
         };
-        Ok(info
-            .processor_info()
-            .map(|p| p.supported_architectures().iter().map(|a| a.as_str().to_owned()).collect())
-            .unwrap_or_else(|| vec!["x86_64".to_owned()]))
+        let storage = info.instance_storage_info();
+        let disks = storage.map(|s| s.disks().iter().filter_map(|d| d.count()).sum::<i32>()).unwrap_or(0);
+        let nvme = storage
+            .and_then(|s| s.nvme_support())
+            .is_some_and(|n| *n != aws_sdk_ec2::types::EphemeralNvmeSupport::Unsupported);
+        Ok(InstanceTypeInfo {
+            arches: info
+                .processor_info()
+                .map(|p| p.supported_architectures().iter().map(|a| a.as_str().to_owned()).collect())
+                .unwrap_or_else(|| vec!["x86_64".to_owned()]),
+            instance_store_disks: u32::try_from(disks).unwrap_or(0),
+            nvme_instance_store: nvme,
+        })
     }
 
     /// The names of the region's availability zones.
@@ -573,6 +609,11 @@ impl Cloud {
             }
             if let Some(profile) = &spec.instance_profile {
                 req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
+            }
+            for (i, device) in spec.instance_store_devices.iter().enumerate() {
+                req = req.block_device_mappings(
+                    BlockDeviceMapping::builder().device_name(device).virtual_name(format!("ephemeral{i}")).build(),
+                );
             }
             if let Some((device, size)) = &spec.root_volume {
                 req = req.block_device_mappings(
@@ -988,4 +1029,20 @@ pub struct SgRule {
     pub to_port: i32,
     pub source: SgSource,
     pub description: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_store_is_mapped_only_on_xen_types_and_never_on_sdf() {
+        assert_eq!(instance_store_device_names(2), ["/dev/sdb", "/dev/sdc"]);
+        assert_eq!(instance_store_device_names(5), ["/dev/sdb", "/dev/sdc", "/dev/sdd", "/dev/sde", "/dev/sdg"]);
+        assert_eq!(instance_store_device_names(24).len(), 24);
+        let xen = InstanceTypeInfo { arches: vec![], instance_store_disks: 2, nvme_instance_store: false };
+        assert_eq!(xen.mapped_instance_store(), ["/dev/sdb", "/dev/sdc"]);
+        let nitro = InstanceTypeInfo { nvme_instance_store: true, ..xen };
+        assert!(nitro.mapped_instance_store().is_empty());
+    }
 }

@@ -34,6 +34,7 @@ struct Observed {
     dns: Option<String>,
     image_id: String,
     key_name: Option<String>,
+    instance_type: String,
 }
 
 struct Controller {
@@ -123,6 +124,7 @@ impl Controller {
         match ev {
             PowerEvent::Stop(_) => self.spawn(inst.id.clone(), |dir, id| async move {
                 Host { dir: &dir, id: &id }.shutdown().await;
+                crate::volumes::drop_instance_store(&dir, &id).await;
                 log(format!("{id}: powered off"));
             }),
             PowerEvent::Start(_) => {
@@ -176,6 +178,7 @@ impl Controller {
                     dns: i.private_dns_name().map(str::to_owned),
                     image_id: i.image_id().unwrap_or_default().to_owned(),
                     key_name: i.key_name().map(str::to_owned),
+                    instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
                 })
             })
             .collect())
@@ -239,6 +242,7 @@ impl Controller {
                     if host.pid().is_some() {
                         self.spawn(inst.id.clone(), |dir, id| async move {
                             Host { dir: &dir, id: &id }.shutdown().await;
+                            crate::volumes::drop_instance_store(&dir, &id).await;
                             log(format!("{id}: powered off"));
                         });
                     }
@@ -492,8 +496,10 @@ async fn boot(
     lowers: Option<Vec<PathBuf>>,
 ) -> Result<u32, Error> {
     let host = Host { dir, id };
+    let store = instance_store_sizes(cloud, &inst.instance_type).await;
+    let devices = crate::volumes::instance_store(dir, id, &store).await?;
     let Some(lowers) = lowers else {
-        return host.boot(|_| Ok(())).await;
+        return host.boot(&devices, |_| Ok(())).await;
     };
     let ip = inst.ip.clone().ok_or_else(|| Error::Controller(format!("{id} has no private IP")))?;
     let fqdn =
@@ -506,7 +512,33 @@ async fn boot(
         None => Vec::new(),
     };
     host.create_disk(&spec, lowers)?;
-    host.boot(|h| h.seed(&spec, &public_keys, &user_data)).await
+    host.boot(&devices, |h| h.seed(&spec, &public_keys, &user_data)).await
+}
+
+/// The sizes (GB) of an instance type's instance-store disks, one entry per disk; none if the
+/// type has none or is unknown.
+async fn instance_store_sizes(cloud: &Cloud, instance_type: &str) -> Vec<u64> {
+    if instance_type.is_empty() {
+        return Vec::new();
+    }
+    let Ok(out) = cloud
+        .ec2
+        .describe_instance_types()
+        .instance_types(aws_sdk_ec2::types::InstanceType::from(instance_type))
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    out.instance_types()
+        .iter()
+        .filter_map(|t| t.instance_storage_info())
+        .flat_map(|s| s.disks())
+        .flat_map(|d| {
+            let size = u64::try_from(d.size_in_gb().unwrap_or(1)).unwrap_or(1);
+            std::iter::repeat_n(size, usize::try_from(d.count().unwrap_or(0)).unwrap_or(0))
+        })
+        .collect()
 }
 
 async fn user_data(cloud: &Cloud, id: &str) -> Result<String, Error> {

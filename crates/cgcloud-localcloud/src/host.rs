@@ -118,7 +118,12 @@ impl Host<'_> {
 
     /// Mounts the disk, wires up the network and boots. `seed` runs after mounting, for a
     /// first boot.
-    pub async fn boot(&self, seed: impl FnOnce(&Self) -> Result<(), Error>) -> Result<u32, Error> {
+    /// `devices` are (host device, path in the host) pairs bound in before init starts.
+    pub async fn boot(
+        &self,
+        devices: &[(String, String)],
+        seed: impl FnOnce(&Self) -> Result<(), Error>,
+    ) -> Result<u32, Error> {
         let meta = self.meta().ok_or_else(|| Error::Controller(format!("instance {} has no disk", self.id)))?;
         self.mount(&meta).await?;
         seed(self)?;
@@ -157,6 +162,7 @@ impl Host<'_> {
                 "--link-journal=no",
                 "--console=read-only",
             ])
+            .args(devices.iter().map(|(dev, path)| format!("--bind={dev}:{path}")))
             .stdin(std::process::Stdio::null())
             .stdout(console)
             .stderr(console2)
@@ -186,6 +192,7 @@ impl Host<'_> {
     /// Shuts down and deletes the disk.
     pub async fn destroy(&self) -> Result<(), Error> {
         self.shutdown().await;
+        crate::volumes::drop_instance_store(self.dir, self.id).await;
         let p = self.path();
         if p.exists() {
             std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;

@@ -1,7 +1,8 @@
 //! EBS volumes on the local cloud: each volume is a sparse file under the state directory,
 //! and attaching it to a running host makes it a loop device that appears inside the host at
 //! the attachment's device (`/dev/sdf` shows as `/dev/xvdf`, as on Xen instances). Data
-//! survives the instance, as on EC2.
+//! survives the instance, as on EC2. Instance-store disks are loop devices too, bound into the
+//! host at boot under the name Nitro instances give them, and gone after a stop.
 
 use crate::sys::{run, run_quiet};
 use crate::Error;
@@ -87,8 +88,67 @@ pub fn known(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The local cloud keeps instance-store disks small: they are sparse, but a filesystem on a
+/// disk of EC2's size (hundreds of GB) would cost real space and time to make.
+const INSTANCE_STORE_CAP_GB: u64 = 4;
+
+fn store_dir(dir: &Path) -> PathBuf {
+    dir.join("instance-store")
+}
+
+/// The name a Nitro instance's udev gives the instance's n-th instance-store disk.
+pub fn instance_store_guest_path(instance_id: &str, n: usize) -> String {
+    let serial = instance_id.trim_start_matches("i-").to_uppercase();
+    format!("/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_AWS{serial}{n}")
+}
+
+/// The instance's instance-store disks (created blank if missing), as (loop device, path in
+/// the host) pairs for the host's boot. They survive a reboot; `drop_instance_store` ends them.
+pub async fn instance_store(dir: &Path, instance_id: &str, sizes_gb: &[u64]) -> Result<Vec<(String, String)>, Error> {
+    let sd = store_dir(dir);
+    if sizes_gb.is_empty() {
+        return Ok(Vec::new());
+    }
+    std::fs::create_dir_all(&sd).map_err(|e| Error::io(&sd, e))?;
+    let mut out = Vec::new();
+    for (n, size) in sizes_gb.iter().enumerate() {
+        let file = sd.join(format!("{instance_id}-{n}.img"));
+        if !file.exists() {
+            let f = std::fs::File::create(&file).map_err(|e| Error::io(&file, e))?;
+            f.set_len((*size).clamp(1, INSTANCE_STORE_CAP_GB) << 30).map_err(|e| Error::io(&file, e))?;
+        }
+        let dev = match loop_of(&file).await {
+            Some(d) => d,
+            None => run("losetup", &["-f", "--show", &file.to_string_lossy()]).await?.trim().to_owned(),
+        };
+        out.push((dev, instance_store_guest_path(instance_id, n)));
+    }
+    Ok(out)
+}
+
+/// Ends an instance's instance-store disks, as a stop or a termination does on EC2.
+pub async fn drop_instance_store(dir: &Path, instance_id: &str) {
+    let prefix = format!("{instance_id}-");
+    for e in std::fs::read_dir(store_dir(dir)).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            if let Some(dev) = loop_of(&e.path()).await {
+                run_quiet("losetup", &["-d", &dev]).await;
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instance_store_looks_like_nitro_nvme() {
+        assert_eq!(
+            super::instance_store_guest_path("i-0abc12", 1),
+            "/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_AWS0ABC121"
+        );
+    }
+
     #[test]
     fn guest_devices() {
         assert_eq!(super::guest_device("/dev/sdf"), "/dev/xvdf");

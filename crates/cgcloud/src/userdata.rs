@@ -5,7 +5,12 @@
 use cgcloud_remote::hostkey::HostKey;
 use serde_json::json;
 
-pub fn cloud_config(host_key: &HostKey, authorized_keys: &[String], first_boot: bool) -> String {
+pub fn cloud_config(
+    host_key: &HostKey,
+    authorized_keys: &[String],
+    first_boot: bool,
+    instance_store: &[String],
+) -> String {
     let mut doc = json!({
         "ssh_keys": {
             "ed25519_private": host_key.private_openssh,
@@ -18,6 +23,14 @@ pub fn cloud_config(host_key: &HostKey, authorized_keys: &[String], first_boot: 
     });
     if !authorized_keys.is_empty() {
         doc["ssh_authorized_keys"] = json!(authorized_keys);
+    }
+    if !instance_store.is_empty() {
+        // Xen instance types: the agent's storage unit formats and mounts these.
+        doc["write_files"] = json!([{
+            "path": "/etc/cgcloud/instance-store",
+            "content": instance_store.join("\n") + "\n",
+            "permissions": "0644",
+        }]);
     }
     if first_boot {
         // Cluster nodes configure themselves from their tags with the agent in their image.
@@ -36,15 +49,20 @@ mod tests {
             private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n".into(),
             public: "ssh-ed25519 AAAA".into(),
         };
-        let text = cloud_config(&hk, &["ssh-rsa BBBB bob".into()], true);
+        let text = cloud_config(&hk, &["ssh-rsa BBBB bob".into()], true, &[]);
         assert!(text.starts_with("#cloud-config\n"));
         let v: serde_json::Value = serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["ssh_keys"]["ed25519_public"], "ssh-ed25519 AAAA");
         assert_eq!(v["ssh_authorized_keys"][0], "ssh-rsa BBBB bob");
         assert_eq!(v["ssh_genkeytypes"][0], "ed25519");
-        let none = cloud_config(&hk, &[], false);
+        let none = cloud_config(&hk, &[], false, &[]);
         assert!(!none.contains("runcmd"));
         assert!(text.contains("cgcloud-agent"));
         assert!(!none.contains("ssh_authorized_keys"));
+        assert!(!none.contains("write_files"));
+        let xen = cloud_config(&hk, &[], false, &["/dev/sdb".into(), "/dev/sdc".into()]);
+        let v: serde_json::Value = serde_json::from_str(xen.trim_start_matches("#cloud-config\n")).unwrap();
+        assert_eq!(v["write_files"][0]["path"], "/etc/cgcloud/instance-store");
+        assert_eq!(v["write_files"][0]["content"], "/dev/sdb\n/dev/sdc\n");
     }
 }

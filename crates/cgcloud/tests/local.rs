@@ -698,11 +698,51 @@ fn spark_end_to_end() {
     u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
     // Spark from PyPI, without HDFS (spark_apache_end_to_end covers the Apache artifacts).
     u.ok(&["create", "-I", "-T", "spark-box", "-O", "spark_source=pypi", "-O", "hdfs=false"]);
-    u.ok(&["create-cluster", "spark", "-s", "2", "-c", "sp"]);
+    // m5d.large has one instance-store disk: without a persistent volume, Spark's directories
+    // go there.
+    u.ok(&["create-cluster", "spark", "-s", "2", "-c", "sp", "-t", "m5d.large"]);
     let leader = u.json(&["show", "spark-leader", "-c", "sp"]);
     let ip = leader["private_ip"].as_str().unwrap().to_owned();
     let t = wait_alive_workers(&ip, 2, 180);
     eprintln!("2 workers registered {t:.1} s after create-cluster returned");
+    let mounts = u.ok(&["ssh-cluster", "spark", "-c", "sp", "--", "findmnt -n -o SOURCE,FSTYPE /mnt/ephemeral"]);
+    let on_store = mounts.lines().filter(|l| l.contains("NVMe_Instance_Storage") && l.contains("ext4")).count();
+    assert_eq!(on_store, 3, "every node mounts its instance store: {mounts}");
+    check_word_count(&u, "sp", &ip);
+    let apps = u.ok(&["ssh", "spark-worker", "-c", "sp", "-o", "0", "--", "ls /mnt/ephemeral/spark/work"]);
+    assert!(apps.contains("app-"), "the executors' work directories are on the instance store: {apps}");
+
+    // A reboot keeps the instance store's data; a stop/start gives blank disks, which are
+    // formatted again, and the workers come back.
+    let marker = "echo kept > /mnt/ephemeral/spark/marker && sync";
+    u.ok(&["ssh", "spark-worker", "-c", "sp", "-o", "0", "--", marker]);
+    let worker0 = ["spark-worker", "-c", "sp", "-o", "0"];
+    let boot_id = |u: &User| {
+        let out = u.run(&[&["ssh"][..], &worker0, &["--", "cat /proc/sys/kernel/random/boot_id"]].concat());
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let before = boot_id(&u).unwrap();
+    u.ok(&[&["reboot"][..], &worker0].concat());
+    let start = std::time::Instant::now();
+    while boot_id(&u).is_none_or(|b| b == before) {
+        assert!(start.elapsed().as_secs() < 120, "the worker did not come back from its reboot");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let kept = u.ok(&["ssh", "spark-worker", "-c", "sp", "-o", "0", "--", "cat /mnt/ephemeral/spark/marker"]);
+    assert_eq!(kept.trim(), "kept");
+    wait_alive_workers(&ip, 2, 180);
+    u.ok(&["stop-cluster", "spark", "-c", "sp"]);
+    u.ok(&["start-cluster", "spark", "-c", "sp"]);
+    let after = u.ok(&[
+        "ssh-cluster",
+        "spark",
+        "-c",
+        "sp",
+        "--",
+        "findmnt -n -o FSTYPE /mnt/ephemeral && ls -A /mnt/ephemeral/spark/work | wc -l && test ! -e /mnt/ephemeral/spark/marker && echo blank",
+    ]);
+    assert_eq!(after.matches("blank").count(), 3, "{after}");
+    wait_alive_workers(&ip, 2, 240);
     check_word_count(&u, "sp", &ip);
 
     // A new worker registers with the master.

@@ -444,7 +444,8 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
     let leader_type = match &a.leader_instance_type {
         Some(t) => {
-            cloud.instance_type_arches(t).await?;
+            let info = cloud.instance_type_info(t).await?;
+            p.type_info.insert(t.clone(), info);
             t.clone()
         }
         None => p.instance_type.clone(),

@@ -10,7 +10,7 @@ use crate::cli::{CreateArgs, LaunchArgs, RecreateArgs, SelectArgs};
 use crate::context::Ctx;
 use crate::userdata::cloud_config;
 use anyhow::{anyhow, bail, Context as _, Result};
-use cgcloud_aws::ec2::{FoundImage, LaunchSpec, Network, SgRule, SgSource};
+use cgcloud_aws::ec2::{FoundImage, InstanceTypeInfo, LaunchSpec, Network, SgRule, SgSource};
 use cgcloud_aws::Cloud;
 use cgcloud_core::glob::is_glob;
 use cgcloud_core::keypairs;
@@ -36,6 +36,8 @@ pub(crate) struct Prepared {
     os: OsDef,
     image: FoundImage,
     pub(crate) instance_type: String,
+    /// What DescribeInstanceTypes said of the instance types used so far.
+    pub(crate) type_info: BTreeMap<String, InstanceTypeInfo>,
     pub(crate) network: Network,
     key_name: String,
     keypair_patterns: Vec<String>,
@@ -240,7 +242,24 @@ fn agent_steps(ctx: &Ctx, p: &Prepared, region: &str) -> Vec<Step> {
     let unit = "[Unit]\nDescription=cgcloud agent: SSH key sync and metrics\nAfter=network-online.target\nWants=network-online.target\n\n\
                 [Service]\nExecStart=/usr/local/bin/cgcloud-agent run --config /etc/cgcloud/agent.json\nRestart=always\nRestartSec=5\n\n\
                 [Install]\nWantedBy=multi-user.target\n";
+    // Every boot, before the services that keep data there: instance-store disks are blank
+    // after a stop/start.
+    let storage_unit = "[Unit]\nDescription=cgcloud: instance-store disks at /mnt/ephemeral\nAfter=local-fs.target\n\
+                        Before=cgcloud-agent.service\n\n\
+                        [Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/bin/cgcloud-agent storage\n\n\
+                        [Install]\nWantedBy=multi-user.target\n";
     vec![
+        Step {
+            title: "service cgcloud-storage".into(),
+            on: On::All,
+            action: Action::Service {
+                name: "cgcloud-storage".into(),
+                unit: Some(storage_unit.into()),
+                enable: true,
+                start: true,
+                restart_on: Vec::new(),
+            },
+        },
         Step {
             title: "agent configuration".into(),
             on: On::All,
@@ -305,7 +324,8 @@ pub(crate) async fn prepare(
         .or(ctx.settings.instance_type.clone())
         .or(role.instance.instance_type.clone())
         .unwrap_or_else(|| FALLBACK_INSTANCE_TYPE.to_owned());
-    let arches = cloud.instance_type_arches(&instance_type).await?;
+    let info = cloud.instance_type_info(&instance_type).await?;
+    let arches = info.arches.clone();
     let arch = if arches.iter().any(|a| a == "x86_64") {
         Arch::X86_64
     } else if arches.iter().any(|a| a == "arm64") {
@@ -359,6 +379,7 @@ pub(crate) async fn prepare(
         role,
         os,
         image,
+        type_info: BTreeMap::from([(instance_type.clone(), info)]),
         instance_type,
         network,
         key_name,
@@ -470,6 +491,10 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
         }
         Some(name)
     };
+    let instance_store = match p.type_info.get(&g.instance_type) {
+        Some(info) => info.mapped_instance_store(),
+        None => cloud.instance_type_info(&g.instance_type).await?.mapped_instance_store(),
+    };
     // One host key per group: the boxes of one call share their user data.
     let host_key = cgcloud_remote::hostkey::generate()?;
     let count = g.count;
@@ -482,12 +507,13 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
         security_group_ids: vec![sg_id],
         subnet_id: p.network.subnet_id.clone(),
         zone: p.network.zone.clone(),
-        user_data: cloud_config(&host_key, &p.authorized_keys, g.first_boot),
+        user_data: cloud_config(&host_key, &p.authorized_keys, g.first_boot, &instance_store),
         instance_profile: profile,
         root_volume: p.image.root_device.clone().map(|d| (d, p.role.instance.root_volume_gb.unwrap_or(10) as i32)),
         tags: box_tags(p, g, txn, &host_key.public)?,
         client_token: Some(format!("{}-{}", txn.id, g.label)),
         spot: g.spot.clone(),
+        instance_store_devices: instance_store,
     };
     let progress =
         ctx.out.progress(format!("launching {count} × {} ({}) from {}", g.box_role, g.instance_type, p.image.image_id));
