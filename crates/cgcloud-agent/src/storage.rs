@@ -123,7 +123,13 @@ pub fn prepare() -> Result<Option<String>, String> {
         format_and_mount(&devs[0], MOUNT_POINT)?;
     } else if has("mdadm") {
         let refs: Vec<&str> = devs.iter().map(String::as_str).collect();
-        if !Path::new(RAID).exists() {
+        let mdstat = std::fs::read_to_string("/proc/mdstat").unwrap_or_default();
+        let target = if Path::new(RAID).exists() {
+            RAID.to_owned()
+        } else if let Some(md) = active_array(&mdstat, &devs[0]) {
+            // Assembled at boot under a name of the kernel's choosing.
+            format!("/dev/{md}")
+        } else {
             if fs_type(&devs[0]) == "linux_raid_member" {
                 // A reboot: the disks still hold the array.
                 let mut args = vec!["--assemble", RAID];
@@ -135,8 +141,9 @@ pub fn prepare() -> Result<Option<String>, String> {
                 args.extend(&refs);
                 run("mdadm", &args)?;
             }
-        }
-        format_and_mount(RAID, MOUNT_POINT)?;
+            RAID.to_owned()
+        };
+        format_and_mount(&target, MOUNT_POINT)?;
     } else {
         // Without mdadm each disk gets its own mount point, as the original's did.
         log(&format!("{} instance-store disks and no mdadm: mounting each on its own", devs.len()));
@@ -146,6 +153,16 @@ pub fn prepare() -> Result<Option<String>, String> {
     }
     log(&format!("instance store ({}) mounted at {MOUNT_POINT}", devs.join(", ")));
     Ok(Some(MOUNT_POINT.to_owned()))
+}
+
+/// The active md array (e.g. `md127`) that has `device` as a member, from /proc/mdstat.
+pub fn active_array(mdstat: &str, device: &str) -> Option<String> {
+    let name = Path::new(device).file_name()?.to_string_lossy().into_owned();
+    mdstat.lines().find_map(|l| {
+        let (md, rest) = l.split_once(" : ")?;
+        let member = |w: &str| w.split('[').next() == Some(name.as_str());
+        (rest.starts_with("active") && rest.split_whitespace().any(member)).then(|| md.trim().to_owned())
+    })
 }
 
 fn log(msg: &str) {
@@ -184,6 +201,15 @@ mod tests {
         let present = ["/dev/xvdb", "/dev/sdc"];
         let found = xen_devices("/dev/sdb\n/dev/sdc\n/dev/sdd\n", |p| present.contains(&p));
         assert_eq!(found, ["/dev/xvdb", "/dev/sdc"]);
+    }
+
+    #[test]
+    fn an_array_assembled_at_boot_is_found_by_member() {
+        let mdstat = "Personalities : [raid0]\nmd127 : active raid0 nvme2n1[1] nvme1n1[0]\n      \
+                      1171875840 blocks super 1.2 512k chunks\n\nunused devices: <none>\n";
+        assert_eq!(active_array(mdstat, "/dev/nvme1n1").as_deref(), Some("md127"));
+        assert_eq!(active_array(mdstat, "/dev/nvme3n1"), None);
+        assert_eq!(active_array("md0 : inactive nvme1n1[0](S)\n", "/dev/nvme1n1"), None);
     }
 
     #[test]

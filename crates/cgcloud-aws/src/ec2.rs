@@ -574,6 +574,7 @@ impl Cloud {
     /// IAM instance profile or security group has not propagated yet.
     pub async fn run_instances(&self, spec: &LaunchSpec) -> Result<Vec<Instance>, AwsError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut map_instance_store = true;
         loop {
             let mut req = self
                 .ec2
@@ -610,7 +611,8 @@ impl Cloud {
             if let Some(profile) = &spec.instance_profile {
                 req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
             }
-            for (i, device) in spec.instance_store_devices.iter().enumerate() {
+            let store = if map_instance_store { spec.instance_store_devices.as_slice() } else { &[] };
+            for (i, device) in store.iter().enumerate() {
                 req = req.block_device_mappings(
                     BlockDeviceMapping::builder().device_name(device).virtual_name(format!("ephemeral{i}")).build(),
                 );
@@ -640,6 +642,18 @@ impl Cloud {
                     if propagating && tokio::time::Instant::now() < deadline {
                         tracing::debug!("waiting for IAM/security group propagation: {e}");
                         tokio::time::sleep(Duration::from_secs(3)).await;
+                        continue;
+                    }
+                    // Emulators (moto) accept only EBS mappings; EC2 takes ephemeralN ones.
+                    if map_instance_store
+                        && !spec.instance_store_devices.is_empty()
+                        && e.code() == Some("MissingParameter")
+                        && msg.contains("ebs")
+                    {
+                        tracing::warn!(
+                            "this EC2 endpoint refuses instance-store mappings ({e}); launching without them"
+                        );
+                        map_instance_store = false;
                         continue;
                     }
                     if e.code() == Some("InvalidKeyPair.NotFound") {

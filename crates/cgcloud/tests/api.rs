@@ -412,3 +412,42 @@ fn config_profile_supplies_settings() {
     assert!(out.status.success());
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().len(), 0);
 }
+
+/// What EC2 (moto) was asked for: the instance's user data and the virtual names of its block
+/// device mappings, read with boto3 from the moto venv.
+fn launch_request(e: &TestEnv, id: &str) -> (String, String) {
+    let server = std::env::var("CGCLOUD_MOTO_SERVER").expect("CGCLOUD_MOTO_SERVER");
+    let python = std::path::Path::new(&server).with_file_name("python");
+    let script = format!(
+        "import boto3, base64\n\
+         ec2 = boto3.client('ec2', endpoint_url='{}', region_name='{}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+         ud = ec2.describe_instance_attribute(InstanceId='{id}', Attribute='userData')['UserData'].get('Value', '')\n\
+         print(base64.b64decode(ud).decode())\n",
+        e.endpoint, e.region
+    );
+    let out = std::process::Command::new(python)
+        .args(["-c", &script])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn instance_store_is_mapped_and_listed_only_on_xen_types() {
+    let e = env_with_key();
+    // c3.large (Xen) has two instance-store disks that exist only where the launch maps them.
+    // moto refuses such mappings (EC2 takes them), so this also proves the launch goes ahead
+    // without them there.
+    let xen = e.json(&["create", DEBIAN, "-t", "c3.large", "--quick", "--never-terminate"]);
+    let (user_data, _) = launch_request(&e, xen["instance_id"].as_str().unwrap());
+    let doc: Value = serde_json::from_str(user_data.trim_start_matches("#cloud-config\n")).unwrap();
+    assert_eq!(doc["write_files"][0]["path"], "/etc/cgcloud/instance-store", "{user_data}");
+    assert_eq!(doc["write_files"][0]["content"], "/dev/sdb\n/dev/sdc\n");
+    // m5d.large (Nitro) shows its disk as NVMe by itself: nothing to map or list.
+    let nitro = e.json(&["create", DEBIAN, "-t", "m5d.large", "--quick", "--never-terminate"]);
+    let (user_data, _) = launch_request(&e, nitro["instance_id"].as_str().unwrap());
+    assert!(!user_data.contains("write_files"), "{user_data}");
+    assert!(user_data.contains("ssh_keys"), "{user_data}");
+}

@@ -165,6 +165,15 @@ fn local_cloud_end_to_end() {
     u.ok(&["start", DEBIAN, "-I", &id]);
     assert_eq!(u.ok(&["ssh", DEBIAN, "-I", &id, "--", "cat", "data.txt"]), "payload-42\n");
 
+    // Two instance-store disks and no mdadm in the image: each disk is mounted on its own.
+    let two = u.json(&["create", DEBIAN, "-t", "m5d.4xlarge"]);
+    let two_id = two["instance_id"].as_str().unwrap().to_owned();
+    let mounts = u.ok(&["ssh", DEBIAN, "-I", &two_id, "--", "findmnt -n -l -o TARGET,SOURCE,FSTYPE | grep ephemeral"]);
+    for mp in ["/mnt/ephemeral ", "/mnt/ephemeral1 "] {
+        assert!(mounts.contains(mp) && mounts.matches("NVMe_Instance_Storage").count() == 2, "{mounts}");
+    }
+    u.ok(&["terminate", DEBIAN, "-I", &two_id]);
+
     // An image the local cloud cannot run fails visibly, and the launch is rolled back.
     let fail = u.run(&["create", "generic-ubuntu-noble-box"]);
     assert!(!fail.status.success());
@@ -208,6 +217,8 @@ fn local_cloud_end_to_end() {
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
     assert!(!bridge, "bridge left");
     assert!(!nat, "NAT rules left");
+    let loops = String::from_utf8_lossy(&Command::new("losetup").arg("-a").output().unwrap().stdout).into_owned();
+    assert!(!loops.contains("instance-store"), "instance-store loop devices left: {loops}");
     for pid in pids {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while alive(pid) && std::time::Instant::now() < deadline {
@@ -641,6 +652,39 @@ fn master_status(ip: &str) -> Option<Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
+/// The master's web UI through the SSH tunnel the README documents, on a loopback port.
+fn check_web_ui_tunnel(u: &User, cluster: &str, leader_ip: &str, workers: u64) {
+    use std::os::unix::process::CommandExt as _;
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
+    let forward = format!("127.0.0.1:{port}:{leader_ip}:8080");
+    let mut tunnel = u
+        .cmd()
+        .args(["ssh", "spark-leader", "-c", cluster, "--", "-N", "-L", &forward])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/json/");
+    let start = std::time::Instant::now();
+    let alive = loop {
+        let out = Command::new("curl").args(["-sf", "--max-time", "5", &url]).output().unwrap();
+        let status: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if let Some(n) = status.and_then(|s| s["aliveworkers"].as_u64()) {
+            break n;
+        }
+        if start.elapsed().as_secs() > 30 {
+            break 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    // cgcloud and its ssh child are one process group.
+    Command::new("kill").args(["-TERM", "--", &format!("-{}", tunnel.id())]).status().unwrap();
+    let _ = tunnel.wait();
+    assert_eq!(alive, workers, "the master's web UI through the tunnel at {url}");
+}
+
 fn wait_alive_workers(ip: &str, n: u64, timeout_s: u64) -> f64 {
     let start = std::time::Instant::now();
     loop {
@@ -709,6 +753,7 @@ fn spark_end_to_end() {
     let on_store = mounts.lines().filter(|l| l.contains("NVMe_Instance_Storage") && l.contains("ext4")).count();
     assert_eq!(on_store, 3, "every node mounts its instance store: {mounts}");
     check_word_count(&u, "sp", &ip);
+    check_web_ui_tunnel(&u, "sp", &ip, 2);
     let apps = u.ok(&["ssh", "spark-worker", "-c", "sp", "-o", "0", "--", "ls /mnt/ephemeral/spark/work"]);
     assert!(apps.contains("app-"), "the executors' work directories are on the instance store: {apps}");
 

@@ -179,7 +179,23 @@ async fn main() -> Result<()> {
         ["bench", "cluster-api", rest @ ..] => cluster_api(&counts(rest, &[1, 10, 100, 500])?),
         ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?),
         ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?),
-        _ => bail!("usage: cargo run -p xtask -- bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...]"),
+        _ => bail!("usage: cargo run -p xtask -- bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...]"),
+    }
+}
+
+/// Waits until the local cloud runs no hosts (those of the bench's image bake excepted: none).
+fn wait_no_hosts(home: &Path) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&cgcloud(home, &["-q", "--output", "json", "local", "status"])?)?;
+        if status["hosts"].as_array().is_none_or(|h| h.is_empty()) {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(180) {
+            bail!("the local cloud's hosts did not go within 3 minutes of terminate-cluster");
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -452,6 +468,9 @@ fn spark_boot(ns: &[u32]) -> Result<()> {
         println!("{n:>8} {t:>10.2}");
         times.push(t);
         cgcloud(&h, &["-q", "terminate-cluster", "spark", "-c", &name])?;
+        // Hosts power off after EC2 calls them terminated; the next size must not share the
+        // two cores with their shutdown.
+        wait_no_hosts(&h)?;
     }
     if let (Some(a), Some(b)) = (times.first(), times.last()) {
         println!("ratio t({})/t({}) = {:.2}", ns[ns.len() - 1], ns[0], b / a);
