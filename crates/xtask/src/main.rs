@@ -44,6 +44,22 @@ fn mem_used_mib() -> u64 {
     (field("MemTotal:") - field("MemAvailable:")) / 1024
 }
 
+/// CPU time the whole machine has spent busy (user, nice, system, irq, softirq), in seconds.
+fn machine_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let busy: u64 = stat
+        .lines()
+        .next()
+        .map(|l| l.split_whitespace().skip(1).take(7).enumerate())
+        .into_iter()
+        .flatten()
+        .filter(|(i, _)| ![3, 4].contains(i)) // idle, iowait
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    busy as f64 / 100.0
+}
+
 fn cgcloud_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("no exe dir")?;
@@ -199,6 +215,47 @@ fn wait_no_hosts(home: &Path) -> Result<()> {
     }
 }
 
+/// The local cloud for a benchmark: brought up if needed, and down again at the end if the
+/// benchmark was the one to bring it up. The bench's key replaces any key pair of the same
+/// name (`--force`): a local cloud is disposable.
+struct LocalSession {
+    home: PathBuf,
+    started: bool,
+}
+
+impl LocalSession {
+    fn up(home: &Path) -> Result<LocalSession> {
+        let status: serde_json::Value =
+            serde_json::from_str(&cgcloud(home, &["-q", "--output", "json", "local", "status"])?)?;
+        let started = status["up"] != true;
+        cgcloud(home, &["-q", "local", "up"])?;
+        Ok(LocalSession { home: home.to_owned(), started })
+    }
+}
+
+impl Drop for LocalSession {
+    fn drop(&mut self) {
+        if self.started {
+            eprintln!("taking the local cloud down again ...");
+            if let Err(e) = cgcloud(&self.home, &["-q", "local", "down"]) {
+                eprintln!("{e}");
+            }
+        }
+    }
+}
+
+/// The id of the role's newest image.
+fn newest_image(home: &Path, role: &str) -> Result<String> {
+    let images: serde_json::Value =
+        serde_json::from_str(&cgcloud(home, &["-q", "--output", "json", "list-images", role])?)?;
+    images
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|i| i["image_id"].as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("no image of {role} after baking it"))
+}
+
 /// Runs cgcloud with its own HOME (so the bench does not touch the user's config).
 fn cgcloud(home: &Path, args: &[&str]) -> Result<String> {
     let out = std::process::Command::new(cgcloud_exe()?)
@@ -244,8 +301,8 @@ async fn key_sync(n_boxes: usize, n_regs: usize) -> Result<()> {
     let home = tempfile::tempdir()?;
     let h = home.path().to_path_buf();
     keygen(&h.join("id_ed25519"))?;
-    cgcloud(&h, &["-q", "local", "up"])?;
-    cgcloud(&h, &["-q", "register-key", &h.join("id_ed25519.pub").display().to_string()])?;
+    let _cloud = LocalSession::up(&h)?;
+    cgcloud(&h, &["-q", "register-key", "--force", &h.join("id_ed25519.pub").display().to_string()])?;
     let role = "generic-debian-bookworm-box";
     let mut boxes = Vec::new();
     eprintln!("creating {n_boxes} boxes ...");
@@ -388,9 +445,12 @@ fn cluster_boot(ns: &[u32]) -> Result<()> {
     let home = tempfile::tempdir()?;
     let h = home.path().to_path_buf();
     keygen(&h.join("id_ed25519"))?;
-    cgcloud(&h, &["-q", "local", "up"])?;
-    cgcloud(&h, &["-q", "register-key", &h.join("id_ed25519.pub").display().to_string()])?;
+    let _cloud = LocalSession::up(&h)?;
+    cgcloud(&h, &["-q", "register-key", "--force", &h.join("id_ed25519.pub").display().to_string()])?;
     cgcloud(&h, &["-q", "create", "-I", "-T", "generic-cluster-box"])?;
+    let image = newest_image(&h, "generic-cluster-box")?;
+    // The baking box's shutdown must not overlap the first measurement.
+    wait_no_hosts(&h)?;
     println!("cluster-boot: create-cluster from a baked image until every node is configured (local cloud)");
     println!("{:>6} {:>10} {:>12}", "workers", "total s", "configured s");
     let mut times = Vec::new();
@@ -427,6 +487,7 @@ fn cluster_boot(ns: &[u32]) -> Result<()> {
     if let (Some(a), Some(b)) = (times.first(), times.last()) {
         println!("ratio t({})/t({}) = {:.2} (target <= 1.5)", ns[ns.len() - 1], ns[0], b / a);
     }
+    cgcloud(&h, &["-q", "delete-image", "generic-cluster-box", "-i", &image])?;
     Ok(())
 }
 
@@ -434,15 +495,20 @@ fn spark_boot(ns: &[u32]) -> Result<()> {
     let home = tempfile::tempdir()?;
     let h = home.path().to_path_buf();
     keygen(&h.join("id_ed25519"))?;
-    cgcloud(&h, &["-q", "local", "up"])?;
-    cgcloud(&h, &["-q", "register-key", &h.join("id_ed25519.pub").display().to_string()])?;
+    let _cloud = LocalSession::up(&h)?;
+    cgcloud(&h, &["-q", "register-key", "--force", &h.join("id_ed25519.pub").display().to_string()])?;
     eprintln!("baking spark-box (Spark from PyPI) ...");
     cgcloud(&h, &["-q", "create", "-I", "-T", "spark-box", "-O", "spark_source=pypi", "-O", "hdfs=false"])?;
+    let image = newest_image(&h, "spark-box")?;
+    // The baking box's shutdown must not overlap the first measurement.
+    wait_no_hosts(&h)?;
     println!("spark-boot: create-cluster spark until the master reports every worker alive (local cloud)");
-    println!("{:>8} {:>10}", "workers", "seconds");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("{:>8} {:>10} {:>12} {:>14}", "workers", "seconds", "machine CPU-s", "CPU-s / cores");
     let mut times = Vec::new();
     for (i, n) in ns.iter().enumerate() {
         let name = format!("spark{i}");
+        let cpu0 = machine_cpu_seconds();
         let t0 = Instant::now();
         cgcloud(&h, &["-q", "create-cluster", "spark", "-s", &n.to_string(), "-c", &name])?;
         let leader: serde_json::Value =
@@ -465,7 +531,9 @@ fn spark_boot(ns: &[u32]) -> Result<()> {
             std::thread::sleep(Duration::from_millis(250));
         }
         let t = t0.elapsed().as_secs_f64();
-        println!("{n:>8} {t:>10.2}");
+        let cpu = machine_cpu_seconds() - cpu0;
+        // When seconds ≈ CPU-s / cores, the bring-up is bound by this machine's cores.
+        println!("{n:>8} {t:>10.2} {cpu:>12.1} {:>14.1}", cpu / cores as f64);
         times.push(t);
         cgcloud(&h, &["-q", "terminate-cluster", "spark", "-c", &name])?;
         // Hosts power off after EC2 calls them terminated; the next size must not share the
@@ -475,5 +543,6 @@ fn spark_boot(ns: &[u32]) -> Result<()> {
     if let (Some(a), Some(b)) = (times.first(), times.last()) {
         println!("ratio t({})/t({}) = {:.2}", ns[ns.len() - 1], ns[0], b / a);
     }
+    cgcloud(&h, &["-q", "delete-image", "spark-box", "-i", &image])?;
     Ok(())
 }
