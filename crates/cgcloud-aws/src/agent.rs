@@ -14,8 +14,7 @@ pub struct MetricValue {
 }
 
 impl Cloud {
-    /// Tells every agent in the region to refresh its keys now.
-    pub async fn notify_keys_changed(&self) -> Result<(), AwsError> {
+    async fn agent_topic_arn(&self) -> Result<String, AwsError> {
         let topic = self
             .sns
             .create_topic()
@@ -23,14 +22,81 @@ impl Cloud {
             .send()
             .await
             .map_err(|e| self.classify("sns:CreateTopic", e))?;
-        self.sns
-            .publish()
-            .topic_arn(topic.topic_arn().unwrap_or_default())
-            .message(r#"{"version":1,"type":"keys-changed"}"#)
+        Ok(topic.topic_arn().unwrap_or_default().to_owned())
+    }
+
+    /// Tells every agent in the region to refresh its keys now.
+    pub async fn notify_keys_changed(&self) -> Result<(), AwsError> {
+        let topic = self.agent_topic_arn().await?;
+        let publish = || async {
+            self.sns
+                .publish()
+                .topic_arn(&topic)
+                .message(r#"{"version":1,"type":"keys-changed"}"#)
+                .send()
+                .await
+                .map_err(|e| self.classify("sns:Publish", e))
+        };
+        match publish().await {
+            Ok(_) => Ok(()),
+            // EC2 drops messages for deleted queues; emulators refuse the whole publish. Boxes
+            // terminated outside cgcloud leave such subscriptions behind.
+            Err(e) if e.code().is_some_and(|c| c.contains("NonExistentQueue")) => {
+                let pruned = self.prune_agent_subscriptions().await?;
+                tracing::debug!("removed {pruned} subscription(s) of deleted agent queues");
+                publish().await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Unsubscribes the agent topic's subscriptions whose queue no longer exists; returns how
+    /// many.
+    pub async fn prune_agent_subscriptions(&self) -> Result<usize, AwsError> {
+        let topic = self.agent_topic_arn().await?;
+        let subs: Vec<_> = self
+            .sns
+            .list_subscriptions_by_topic()
+            .topic_arn(&topic)
+            .into_paginator()
+            .items()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
-            .map_err(|e| self.classify("sns:Publish", e))?;
-        Ok(())
+            .map_err(|e| self.classify("sns:ListSubscriptionsByTopic", e))?;
+        let mut pruned = 0;
+        for sub in subs {
+            let (Some(sub_arn), Some(endpoint)) = (sub.subscription_arn(), sub.endpoint()) else { continue };
+            if sub.protocol() != Some("sqs") {
+                continue;
+            }
+            let Some(queue) = endpoint.rsplit(':').next() else { continue };
+            if self.queue_exists(queue).await? {
+                continue;
+            }
+            self.sns
+                .unsubscribe()
+                .subscription_arn(sub_arn)
+                .send()
+                .await
+                .map_err(|e| self.classify("sns:Unsubscribe", e))?;
+            pruned += 1;
+        }
+        Ok(pruned)
+    }
+
+    async fn queue_exists(&self, name: &str) -> Result<bool, AwsError> {
+        match self.sqs.get_queue_url().queue_name(name).send().await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = self.classify("sqs:GetQueueUrl", e);
+                if e.code().is_some_and(|c| c.contains("NonExistentQueue") || c.contains("QueueDoesNotExist")) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     /// Agent queues whose name starts with `prefix`: (name, url).

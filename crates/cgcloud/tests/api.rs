@@ -413,16 +413,14 @@ fn config_profile_supplies_settings() {
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().len(), 0);
 }
 
-/// What EC2 (moto) was asked for: the instance's user data and the virtual names of its block
-/// device mappings, read with boto3 from the moto venv.
-fn launch_request(e: &TestEnv, id: &str) -> (String, String) {
+/// Runs a boto3 script (with `session` for the test's moto) from the moto venv; its stdout.
+fn boto3(e: &TestEnv, body: &str) -> String {
     let server = std::env::var("CGCLOUD_MOTO_SERVER").expect("CGCLOUD_MOTO_SERVER");
     let python = std::path::Path::new(&server).with_file_name("python");
     let script = format!(
         "import boto3, base64\n\
-         ec2 = boto3.client('ec2', endpoint_url='{}', region_name='{}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
-         ud = ec2.describe_instance_attribute(InstanceId='{id}', Attribute='userData')['UserData'].get('Value', '')\n\
-         print(base64.b64decode(ud).decode())\n",
+         def client(s): return boto3.client(s, endpoint_url='{}', region_name='{}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+         {body}\n",
         e.endpoint, e.region
     );
     let out = std::process::Command::new(python)
@@ -431,7 +429,44 @@ fn launch_request(e: &TestEnv, id: &str) -> (String, String) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The user data EC2 (moto) was given for an instance.
+fn launch_request(e: &TestEnv, id: &str) -> String {
+    let body = format!(
+        "ud = client('ec2').describe_instance_attribute(InstanceId='{id}', Attribute='userData')['UserData'].get('Value', '')\n\
+         print(base64.b64decode(ud).decode())"
+    );
+    boto3(e, &body)
+}
+
+#[test]
+fn key_changes_are_published_after_agent_queues_vanished_elsewhere() {
+    let e = env();
+    // An agent's subscription whose queue was deleted outside cgcloud (its box terminated in
+    // the console): moto then refuses every publish to the topic.
+    boto3(
+        &e,
+        "sqs, sns = client('sqs'), client('sns')\n\
+         url = sqs.create_queue(QueueName='cgcloud-agent-gone')['QueueUrl']\n\
+         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']\n\
+         topic = sns.create_topic(Name='cgcloud-agent-notifications')['TopicArn']\n\
+         sns.subscribe(TopicArn=topic, Protocol='sqs', Endpoint=arn)\n\
+         sqs.delete_queue(QueueUrl=url)",
+    );
+    let key = e.keygen("id_ed25519", "ed25519");
+    let out = e.run(&["register-key", key.with_extension("pub").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("could not notify"), "{err}");
+    let left = boto3(
+        &e,
+        "sns = client('sns')\n\
+         topic = sns.create_topic(Name='cgcloud-agent-notifications')['TopicArn']\n\
+         print(len(sns.list_subscriptions_by_topic(TopicArn=topic)['Subscriptions']))",
+    );
+    assert_eq!(left.trim(), "0", "the dead queue's subscription was removed");
 }
 
 #[test]
@@ -441,13 +476,13 @@ fn instance_store_is_mapped_and_listed_only_on_xen_types() {
     // moto refuses such mappings (EC2 takes them), so this also proves the launch goes ahead
     // without them there.
     let xen = e.json(&["create", DEBIAN, "-t", "c3.large", "--quick", "--never-terminate"]);
-    let (user_data, _) = launch_request(&e, xen["instance_id"].as_str().unwrap());
+    let user_data = launch_request(&e, xen["instance_id"].as_str().unwrap());
     let doc: Value = serde_json::from_str(user_data.trim_start_matches("#cloud-config\n")).unwrap();
     assert_eq!(doc["write_files"][0]["path"], "/etc/cgcloud/instance-store", "{user_data}");
     assert_eq!(doc["write_files"][0]["content"], "/dev/sdb\n/dev/sdc\n");
     // m5d.large (Nitro) shows its disk as NVMe by itself: nothing to map or list.
     let nitro = e.json(&["create", DEBIAN, "-t", "m5d.large", "--quick", "--never-terminate"]);
-    let (user_data, _) = launch_request(&e, nitro["instance_id"].as_str().unwrap());
+    let user_data = launch_request(&e, nitro["instance_id"].as_str().unwrap());
     assert!(!user_data.contains("write_files"), "{user_data}");
     assert!(user_data.contains("ssh_keys"), "{user_data}");
 }

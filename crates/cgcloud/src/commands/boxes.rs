@@ -243,9 +243,20 @@ pub async fn terminate(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
 pub async fn forget(ctx: &Ctx, ids: &[String]) -> Result<()> {
     let cloud = ctx.cloud().await?;
     let ns = ctx.namespace().await?;
+    let mut deleted = false;
     for id in ids {
-        if let Err(e) = cloud.delete_queue_named(&ns.agent_queue_name(id)).await {
-            tracing::warn!("could not delete the agent queue of {id}: {e}; `cgcloud cleanup` removes it later");
+        match cloud.delete_queue_named(&ns.agent_queue_name(id)).await {
+            Ok(d) => deleted |= d,
+            Err(e) => {
+                tracing::warn!("could not delete the agent queue of {id}: {e}; `cgcloud cleanup` removes it later")
+            }
+        }
+    }
+    // Their subscriptions go too: a topic with subscriptions of deleted queues cannot be
+    // published to on emulators, and they are clutter on EC2.
+    if deleted {
+        if let Err(e) = cloud.prune_agent_subscriptions().await {
+            tracing::warn!("could not remove the agent subscriptions of deleted queues: {e}");
         }
     }
     cgcloud_remote::hostkey::prune(&ctx.settings.known_hosts(), |alias| !ids.iter().any(|i| i == alias))?;

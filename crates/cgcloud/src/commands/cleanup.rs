@@ -108,7 +108,11 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
             "snapshot" => delete_snapshot_when_free(cloud, &item.id).await,
             "security-group" => cloud.delete_security_group(&item.id).await.map_err(Into::into),
             "volume" => cloud.delete_volume(&item.id).await.map_err(Into::into),
-            "queue" => cloud.delete_queue(&item.id).await.map_err(Into::into),
+            "queue" => {
+                cloud.delete_queue(&item.id).await?;
+                cloud.prune_agent_subscriptions().await?;
+                Ok(())
+            }
             _ => Ok(()),
         }
     })
