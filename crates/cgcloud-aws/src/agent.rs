@@ -71,7 +71,7 @@ impl Cloud {
                 continue;
             }
             let Some(queue) = endpoint.rsplit(':').next() else { continue };
-            if self.queue_exists(queue).await? {
+            if self.queue_url(queue).await?.is_some() {
                 continue;
             }
             self.sns
@@ -85,13 +85,14 @@ impl Cloud {
         Ok(pruned)
     }
 
-    async fn queue_exists(&self, name: &str) -> Result<bool, AwsError> {
+    /// The URL of the queue called `name`; None if there is no such queue.
+    async fn queue_url(&self, name: &str) -> Result<Option<String>, AwsError> {
         match self.sqs.get_queue_url().queue_name(name).send().await {
-            Ok(_) => Ok(true),
+            Ok(out) => Ok(Some(out.queue_url().unwrap_or_default().to_owned())),
             Err(e) => {
                 let e = self.classify("sqs:GetQueueUrl", e);
                 if e.code().is_some_and(|c| c.contains("NonExistentQueue") || c.contains("QueueDoesNotExist")) {
-                    Ok(false)
+                    Ok(None)
                 } else {
                     Err(e)
                 }
@@ -127,19 +128,12 @@ impl Cloud {
 
     /// Deletes the queue called `name`, if it exists.
     pub async fn delete_queue_named(&self, name: &str) -> Result<bool, AwsError> {
-        match self.sqs.get_queue_url().queue_name(name).send().await {
-            Ok(out) => {
-                self.delete_queue(out.queue_url().unwrap_or_default()).await?;
+        match self.queue_url(name).await? {
+            Some(url) => {
+                self.delete_queue(&url).await?;
                 Ok(true)
             }
-            Err(e) => {
-                let e = self.classify("sqs:GetQueueUrl", e);
-                if e.code().is_some_and(|c| c.contains("NonExistentQueue") || c.contains("QueueDoesNotExist")) {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
+            None => Ok(false),
         }
     }
 

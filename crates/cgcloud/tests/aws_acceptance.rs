@@ -136,3 +136,24 @@ fn spark_hdfs_persistence() {
         assert_eq!(lines[0], lines[1], "HDFS data changed across cluster re-creation");
     });
 }
+
+/// Instance-store disks on a Nitro type (NVMe, named by udev) and on a Xen type (mapped at
+/// launch as ephemeral0..): formatted and mounted at /mnt/ephemeral; a reboot keeps their data.
+/// One m5d.large and one m3.medium for about five minutes (~US$0.02).
+#[test]
+fn instance_store_nitro_and_xen() {
+    for (instance_type, tag) in [("m5d.large", "nitro"), ("m3.medium", "xen")] {
+        let a = Acceptance::new();
+        let role = "generic-debian-bookworm-box";
+        a.check(&["terminate", role], || {
+            a.ok(&["create", role, "-k", &a.key_name, "-t", instance_type]);
+            let mounted = a.ok(&["ssh", role, "--", "findmnt -n -o SOURCE,FSTYPE /mnt/ephemeral"]);
+            assert!(mounted.contains("ext4"), "{tag}: {mounted}");
+            a.ok(&["ssh", role, "--", "echo kept | sudo tee /mnt/ephemeral/marker && sync"]);
+            a.ok(&["reboot", role]);
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            let kept = a.ok(&["ssh", role, "--", "cat /mnt/ephemeral/marker"]);
+            assert_eq!(kept.trim(), "kept", "{tag}: the instance store lost its data on a reboot");
+        });
+    }
+}
