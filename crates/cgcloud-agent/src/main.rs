@@ -22,7 +22,8 @@ const USAGE: &str = "usage:
   cgcloud-agent run [--config FILE]        (default /etc/cgcloud/agent.json)
   cgcloud-agent sync-keys [--config FILE]  (one key refresh, then exit)
   cgcloud-agent boot [--config FILE]       (first-boot configuration of a cluster node)
-  cgcloud-agent storage                    (format and mount instance-store disks at /mnt/ephemeral)
+  cgcloud-agent storage                    (at boot: mount the persistent volume, and format and
+                                            mount instance-store disks at /mnt/ephemeral)
   cgcloud-agent --version";
 
 fn main() -> ExitCode {
@@ -32,7 +33,7 @@ fn main() -> ExitCode {
             println!("cgcloud-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some("storage") => match storage::prepare() {
+        Some("storage") => match volume::mount_persistent_at_boot().and_then(|_| storage::prepare()) {
             Ok(Some(mp)) => {
                 println!("instance store mounted at {mp}");
                 ExitCode::SUCCESS

@@ -176,8 +176,71 @@ pub fn format_and_mount(device: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The device spec (e.g. `LABEL=i0u77fnocoo`) fstab gives for `mount_point`.
+pub fn fstab_spec(fstab: &str, mount_point: &str) -> Option<String> {
+    fstab.lines().filter(|l| !l.trim_start().starts_with('#')).find_map(|l| {
+        let mut f = l.split_whitespace();
+        let spec = f.next()?;
+        (f.next() == Some(mount_point)).then(|| spec.to_owned())
+    })
+}
+
+/// The block device holding the filesystem labelled `label`: by udev's name where udev runs,
+/// else among the devices a persistent volume appears as.
+fn device_with_label(label: &str) -> Option<String> {
+    let mut candidates = vec![format!("/dev/disk/by-label/{label}"), "/dev/xvdf".to_owned(), "/dev/sdf".to_owned()];
+    for e in std::fs::read_dir("/dev/disk/by-id").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("nvme-Amazon_Elastic_Block_Store_") && !name.contains("-part") {
+            candidates.push(e.path().to_string_lossy().into_owned());
+        }
+    }
+    candidates
+        .into_iter()
+        .filter(|c| Path::new(c).exists())
+        .find(|c| run("blkid", &["-o", "value", "-s", "LABEL", c]).map(|l| l.trim() == label).unwrap_or(false))
+}
+
+/// At boot: mounts the persistent volume if fstab lists it and it is not mounted yet, waiting
+/// up to two minutes for its device. Its fstab entry is `nofail`, which systemd does not order
+/// before anything, and services that keep data there must not start on the bare root disk.
+pub fn mount_persistent_at_boot() -> Result<bool, String> {
+    let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
+    let Some(spec) = fstab_spec(&fstab, MOUNT_POINT) else { return Ok(false) };
+    let start = Instant::now();
+    loop {
+        let mounted = std::fs::read_to_string("/proc/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(MOUNT_POINT));
+        if mounted {
+            return Ok(true);
+        }
+        let device = match spec.strip_prefix("LABEL=") {
+            Some(label) => device_with_label(label),
+            None => Path::new(&spec).exists().then(|| spec.clone()),
+        };
+        if let Some(dev) = device {
+            run("mount", &[&dev, MOUNT_POINT])?;
+            return Ok(true);
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err(format!("no device with {spec} appeared within 2 minutes; {MOUNT_POINT} is not mounted"));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn persistent_mount_is_found_in_fstab() {
+        let fstab = "# /mnt/persistent\nLABEL=abc /mnt/persistent ext4 defaults,nofail 0 2\n";
+        assert_eq!(super::fstab_spec(fstab, "/mnt/persistent").as_deref(), Some("LABEL=abc"));
+        let other = "# LABEL=abc /mnt/persistent ext4\n/dev/root / ext4 defaults 0 1\n";
+        assert_eq!(super::fstab_spec(other, "/mnt/persistent"), None);
+    }
+
     #[test]
     fn names_and_labels() {
         assert_eq!(super::volume_name("/hannes/", "spark", 2).unwrap(), "hannes_spark__2");

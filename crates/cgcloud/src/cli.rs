@@ -81,7 +81,7 @@ pub enum Command {
     Rsync(RsyncArgs),
     /// Stop a box (its disk is kept)
     Stop(WaitSelectArgs),
-    /// Start a stopped box
+    /// Start a stopped box and wait until it answers over SSH (-Q: do not wait)
     Start(WaitSelectArgs),
     /// Reboot a box
     Reboot(SelectArgs),
@@ -107,7 +107,7 @@ pub enum Command {
     CreateCluster(CreateClusterArgs),
     /// Add workers to a cluster
     GrowCluster(GrowClusterArgs),
-    /// Start a stopped cluster (leader first)
+    /// Start a stopped cluster (leader first) and wait until every node answers over SSH (-Q: do not wait)
     StartCluster(ClusterPowerArgs),
     /// Stop a cluster (workers first)
     StopCluster(ClusterPowerArgs),

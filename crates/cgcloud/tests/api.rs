@@ -102,7 +102,7 @@ fn box_and_image_lifecycle() {
     assert_eq!(images[0]["image_id"], ami.as_str());
     assert_eq!(images[0]["generation"], 1);
     assert!(images[0]["name"].as_str().unwrap().starts_with("moto_generic-debian-bookworm-box__"));
-    e.ok(&["start", DEBIAN]);
+    e.ok(&["start", DEBIAN, "-Q"]);
     assert_eq!(e.json(&["show", DEBIAN])["state"], "running");
 
     let re = e.json(&["recreate", DEBIAN, "-Q"]);

@@ -56,7 +56,7 @@ fn create_grow_and_terminate_a_cluster() {
     assert!(err.contains("2 generic clusters exist") && err.contains("c1") && err.contains("c2"), "{err}");
     e.ok(&["stop-cluster", "generic", "-o", "-1"]);
     assert!(nodes(&e, "c2").iter().all(|b| b["state"] == "stopped"));
-    e.ok(&["start-cluster", "generic", "-c", "c2"]);
+    e.ok(&["start-cluster", "generic", "-c", "c2", "-Q"]);
     assert!(nodes(&e, "c2").iter().all(|b| b["state"] == "running"));
     e.ok(&["terminate-cluster", "generic", "-c", "c2"]);
     e.ok(&["terminate-cluster", "generic", "-c", "c1"]);

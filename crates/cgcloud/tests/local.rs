@@ -611,6 +611,21 @@ fn clusters_end_to_end() {
     ]);
     assert_eq!(members.matches("] 7\n").count(), 7, "{members}");
 
+    // After a stop/start every node has its persistent volume mounted again, before the
+    // services that keep data there (the storage unit mounts it; its fstab entry is nofail).
+    u.ok(&["stop-cluster", "generic", "-c", "e2e"]);
+    u.ok(&["start-cluster", "generic", "-c", "e2e"]);
+    let remounted = u.ok(&[
+        "ssh-cluster",
+        "generic",
+        "-c",
+        "e2e",
+        "-P",
+        "--",
+        "systemctl is-active cgcloud-storage && test \"$(cat /mnt/persistent/owner)\" = \"$(hostname)\" && echo remounted",
+    ]);
+    assert_eq!(remounted.matches("remounted").count(), 7, "{remounted}");
+
     // Terminating leaves nothing but the persistent volumes; re-creating re-attaches them.
     let owners = u.ok(&[
         "ssh-cluster",

@@ -206,9 +206,42 @@ pub async fn start(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
     if !a.quick {
         wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "running", &format!("box {}", b.instance_id))
             .await?;
+        wait_ssh_ready(ctx, std::slice::from_ref(&b.instance_id)).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Waits until every box answers over SSH (as after a launch), all at once: a started box is
+/// only usable then.
+pub async fn wait_ssh_ready(ctx: &Ctx, ids: &[String]) -> Result<()> {
+    let cloud = ctx.cloud().await?;
+    let boxes: Vec<BoxInfo> =
+        cloud.describe_instances(ids).await?.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
+    let progress = ctx.out.progress(format!("waiting for SSH on {} box(es)", boxes.len()));
+    let mut probes = tokio::task::JoinSet::new();
+    for b in &boxes {
+        let target = ctx.ssh_target(b, None, None).await?;
+        let id = b.instance_id.clone();
+        probes.spawn(async move {
+            let r = target.wait_ready(SSH_READY_TIMEOUT).await;
+            target.close().await;
+            (id, r)
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(done) = probes.join_next().await {
+        if let Ok((id, Err(e))) = done {
+            failed.push(format!("{id}: {e}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("started, but SSH does not answer on {} box(es): {}", failed.len(), failed.join("; "));
+    }
+    progress.finish(format!("SSH is up on {} box(es)", boxes.len()));
+    Ok(())
+}
+
+const SSH_READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub async fn reboot(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {
     let b = ctx.select(&a.role, &a.selection).await?;

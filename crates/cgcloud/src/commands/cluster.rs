@@ -672,6 +672,9 @@ pub async fn power(ctx: &Ctx, a: ClusterPowerArgs, what: Power) -> Result<ExitCo
         }
         Power::Start => {
             power_groups(ctx, cloud, &c.name, [&leader, &workers], "running", a.quick).await?;
+            if !a.quick && !all.is_empty() {
+                super::boxes::wait_ssh_ready(ctx, &all).await?;
+            }
         }
         Power::Terminate => {
             for group in [&workers, &leader] {

@@ -243,8 +243,8 @@ fn agent_steps(ctx: &Ctx, p: &Prepared, region: &str) -> Vec<Step> {
                 [Service]\nExecStart=/usr/local/bin/cgcloud-agent run --config /etc/cgcloud/agent.json\nRestart=always\nRestartSec=5\n\n\
                 [Install]\nWantedBy=multi-user.target\n";
     // Every boot, before the services that keep data there: instance-store disks are blank
-    // after a stop/start.
-    let storage_unit = "[Unit]\nDescription=cgcloud: instance-store disks at /mnt/ephemeral\nAfter=local-fs.target\n\
+    // after a stop/start, and the persistent volume's nofail mount is ordered before nothing.
+    let storage_unit = "[Unit]\nDescription=cgcloud: persistent volume and instance-store disks\nAfter=local-fs.target\n\
                         Before=cgcloud-agent.service\n\n\
                         [Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/bin/cgcloud-agent storage\n\n\
                         [Install]\nWantedBy=multi-user.target\n";
