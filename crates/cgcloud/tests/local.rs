@@ -613,17 +613,12 @@ fn clusters_end_to_end() {
 
     // After a stop/start every node has its persistent volume mounted again, before the
     // services that keep data there (the storage unit mounts it; its fstab entry is nofail).
-    u.ok(&["stop-cluster", "generic", "-c", "e2e"]);
-    u.ok(&["start-cluster", "generic", "-c", "e2e"]);
-    let remounted = u.ok(&[
-        "ssh-cluster",
+    let remounted = power_cycle(
+        &u,
         "generic",
-        "-c",
         "e2e",
-        "-P",
-        "--",
         "systemctl is-active cgcloud-storage && test \"$(cat /mnt/persistent/owner)\" = \"$(hostname)\" && echo remounted",
-    ]);
+    );
     assert_eq!(remounted.matches("remounted").count(), 7, "{remounted}");
 
     // Terminating leaves nothing but the persistent volumes; re-creating re-attaches them.
@@ -698,6 +693,14 @@ fn check_web_ui_tunnel(u: &User, cluster: &str, leader_ip: &str, workers: u64) {
     Command::new("kill").args(["-TERM", "--", &format!("-{}", tunnel.id())]).status().unwrap();
     let _ = tunnel.wait();
     assert_eq!(alive, workers, "the master's web UI through the tunnel at {url}");
+}
+
+/// stop-cluster, start-cluster (which waits for SSH), then `script` on every node in parallel;
+/// its output.
+fn power_cycle(u: &User, cluster_type: &str, name: &str, script: &str) -> String {
+    u.ok(&["stop-cluster", cluster_type, "-c", name]);
+    u.ok(&["start-cluster", cluster_type, "-c", name]);
+    u.ok(&["ssh-cluster", cluster_type, "-c", name, "-P", "--", script])
 }
 
 fn wait_alive_workers(ip: &str, n: u64, timeout_s: u64) -> f64 {
@@ -791,16 +794,12 @@ fn spark_end_to_end() {
     let kept = u.ok(&["ssh", "spark-worker", "-c", "sp", "-o", "0", "--", "cat /mnt/ephemeral/spark/marker"]);
     assert_eq!(kept.trim(), "kept");
     wait_alive_workers(&ip, 2, 180);
-    u.ok(&["stop-cluster", "spark", "-c", "sp"]);
-    u.ok(&["start-cluster", "spark", "-c", "sp"]);
-    let after = u.ok(&[
-        "ssh-cluster",
+    let after = power_cycle(
+        &u,
         "spark",
-        "-c",
         "sp",
-        "--",
-        "findmnt -n -o FSTYPE /mnt/ephemeral && ls -A /mnt/ephemeral/spark/work | wc -l && test ! -e /mnt/ephemeral/spark/marker && echo blank",
-    ]);
+        "findmnt -n -o FSTYPE /mnt/ephemeral && test ! -e /mnt/ephemeral/spark/marker && echo blank",
+    );
     assert_eq!(after.matches("blank").count(), 3, "{after}");
     wait_alive_workers(&ip, 2, 240);
     check_word_count(&u, "sp", &ip);
