@@ -99,6 +99,17 @@ fn footprint() -> (Vec<String>, Vec<String>, bool, bool) {
     (netns, mounts, bridge, nat)
 }
 
+/// The local cloud to this test alone, brought up afresh (whatever an earlier run left), and a
+/// user with a registered key.
+fn fresh_local_cloud() -> (std::sync::MutexGuard<'static, ()>, User) {
+    let one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
+    let u = User::new();
+    u.ok(&["local", "down"]);
+    u.ok(&["local", "up"]);
+    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    (one, u)
+}
+
 #[test]
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
 fn local_cloud_end_to_end() {
@@ -479,12 +490,7 @@ fn iam(script: &str) {
 #[test]
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
 fn key_sync_end_to_end() {
-    let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
-    let u = User::new();
-    // Start from a fresh local cloud, whatever an earlier run left.
-    u.ok(&["local", "down"]);
-    u.ok(&["local", "up"]);
-    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    let (_one, u) = fresh_local_cloud();
     // Three shared boxes trusting: the creator, anyone in IAM group devs, carol's key pairs.
     let mut boxes = Vec::new();
     for _ in 0..3 {
@@ -567,11 +573,7 @@ fn key_sync_end_to_end() {
 #[test]
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
 fn clusters_end_to_end() {
-    let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
-    let u = User::new();
-    u.ok(&["local", "down"]);
-    u.ok(&["local", "up"]);
-    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    let (_one, u) = fresh_local_cloud();
     u.ok(&["create", "-I", "-T", "generic-cluster-box"]);
 
     // A leader and 4 workers, each with a persistent volume.
@@ -753,11 +755,7 @@ fn check_word_count(u: &User, cluster: &str, leader_ip: &str) {
 #[test]
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
 fn spark_end_to_end() {
-    let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
-    let u = User::new();
-    u.ok(&["local", "down"]);
-    u.ok(&["local", "up"]);
-    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    let (_one, u) = fresh_local_cloud();
     // Spark from PyPI, without HDFS (spark_apache_end_to_end covers the Apache artifacts).
     u.ok(&["create", "-I", "-T", "spark-box", "-O", "spark_source=pypi", "-O", "hdfs=false"]);
     // m5d.large has one instance-store disk: without a persistent volume, Spark's directories
@@ -879,11 +877,7 @@ fn spark_apache_end_to_end() {
         None => eprintln!("Spark {spark} from {}; no Hadoop release there, so HDFS off", dir.display()),
     }
 
-    let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
-    let u = User::new();
-    u.ok(&["local", "down"]);
-    u.ok(&["local", "up"]);
-    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    let (_one, u) = fresh_local_cloud();
     {
         let mirror = Mirror::serve(&dir);
         let mut opts = vec![
