@@ -128,20 +128,11 @@ impl Agent {
     /// many accounts changed.
     pub fn sync_keys(&mut self) -> Result<usize, AwsError> {
         let tags = self.own_tags()?;
-        // After a reboot the persistent volume may appear only after the boot-time mount ran.
-        if std::fs::read_to_string("/etc/fstab").unwrap_or_default().contains(crate::volume::MOUNT_POINT) {
-            let mounted = std::fs::read_to_string("/proc/mounts")
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l.split_whitespace().nth(1) == Some(crate::volume::MOUNT_POINT));
-            if !mounted
-                && std::process::Command::new("mount")
-                    .arg(crate::volume::MOUNT_POINT)
-                    .status()
-                    .is_ok_and(|s| s.success())
-            {
-                log("info", format!("mounted {}", crate::volume::MOUNT_POINT));
-            }
+        // A persistent volume whose device appeared only after the boot-time wait gave up.
+        match crate::volume::try_mount_persistent() {
+            Ok(crate::volume::Persistent::NowMounted) => log("info", format!("mounted {}", crate::volume::MOUNT_POINT)),
+            Err(e) => log("warning", e),
+            Ok(_) => {}
         }
         if let Some(cluster) = tags.get(cgcloud_core::tags::CLUSTER) {
             let nodes = crate::cluster::members(&self.aws, &self.cfg.namespace, cluster)?;

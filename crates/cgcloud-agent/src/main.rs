@@ -12,6 +12,7 @@ mod keys;
 mod metrics;
 mod sigv4;
 mod storage;
+mod sys;
 mod volume;
 
 use std::path::PathBuf;

@@ -9,6 +9,7 @@
 //! again: a plain reboot keeps the instance store's data, and only a stop/start (which gives
 //! blank disks) means formatting.
 
+use crate::sys::{blkid, is_mounted, run};
 use std::path::Path;
 
 pub const MOUNT_POINT: &str = "/mnt/ephemeral";
@@ -64,25 +65,6 @@ pub fn xen_devices(list: &str, exists: impl Fn(&str) -> bool) -> Vec<String> {
         .collect()
 }
 
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn fs_type(device: &str) -> String {
-    run("blkid", &["-o", "value", "-s", "TYPE", device]).unwrap_or_default().trim().to_owned()
-}
-
-fn is_mounted(mount_point: &str) -> bool {
-    std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(mount_point))
-}
-
 fn has(program: &str) -> bool {
     ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(program).exists())
 }
@@ -92,7 +74,7 @@ fn format_and_mount(device: &str, mount_point: &str) -> Result<(), String> {
     if is_mounted(mount_point) {
         return Ok(());
     }
-    if fs_type(device).is_empty() {
+    if blkid(device, "TYPE").is_empty() {
         // nodiscard: instance-store SSDs come trimmed; discarding them takes minutes.
         run("mkfs.ext4", &["-q", "-E", "nodiscard", "-L", LABEL, device])?;
     }
@@ -130,7 +112,7 @@ pub fn prepare() -> Result<Option<String>, String> {
             // Assembled at boot under a name of the kernel's choosing.
             format!("/dev/{md}")
         } else {
-            if fs_type(&devs[0]) == "linux_raid_member" {
+            if blkid(&devs[0], "TYPE") == "linux_raid_member" {
                 // A reboot: the disks still hold the array.
                 let mut args = vec!["--assemble", RAID];
                 args.extend(&refs);

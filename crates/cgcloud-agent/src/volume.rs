@@ -4,6 +4,7 @@
 //! again under the same name gets its data back.
 
 use crate::aws::{AwsError, Client, Service};
+use crate::sys::{blkid, is_mounted, run};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -133,27 +134,17 @@ pub fn find_device(volume_id: &str, timeout: Duration) -> Option<String> {
     }
 }
 
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Formats the device if it holds no filesystem (never otherwise), checks its label, mounts it
 /// at /mnt/persistent and records it in /etc/fstab.
 pub fn format_and_mount(device: &str, name: &str) -> Result<(), String> {
     let label = cgcloud_core::d32::volume_label_hash(name);
-    let fs = run("blkid", &["-o", "value", "-s", "TYPE", device]).unwrap_or_default();
-    if fs.trim().is_empty() {
+    if blkid(device, "TYPE").is_empty() {
         run("mkfs.ext4", &["-q", "-L", &label, device])?;
     } else {
-        let existing = run("blkid", &["-o", "value", "-s", "LABEL", device]).unwrap_or_default();
-        if existing.trim() != label {
+        let existing = blkid(device, "LABEL");
+        if existing != label {
             return Err(format!(
-                "{device} has label '{}', not '{label}' (the hash of {name}); refusing to use it",
-                existing.trim()
+                "{device} has label '{existing}', not '{label}' (the hash of {name}); refusing to use it"
             ));
         }
     }
@@ -166,11 +157,7 @@ pub fn format_and_mount(device: &str, name: &str) -> Result<(), String> {
         std::fs::write("/etc/fstab.cgcloud-tmp", new).map_err(|e| format!("/etc/fstab: {e}"))?;
         std::fs::rename("/etc/fstab.cgcloud-tmp", "/etc/fstab").map_err(|e| format!("/etc/fstab: {e}"))?;
     }
-    let mounted = std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(MOUNT_POINT));
-    if !mounted {
+    if !is_mounted(MOUNT_POINT) {
         run("mount", &[device, MOUNT_POINT])?;
     }
     Ok(())
@@ -195,39 +182,51 @@ fn device_with_label(label: &str) -> Option<String> {
             candidates.push(e.path().to_string_lossy().into_owned());
         }
     }
-    candidates
-        .into_iter()
-        .filter(|c| Path::new(c).exists())
-        .find(|c| run("blkid", &["-o", "value", "-s", "LABEL", c]).map(|l| l.trim() == label).unwrap_or(false))
+    candidates.into_iter().filter(|c| Path::new(c).exists()).find(|c| blkid(c, "LABEL") == label)
 }
 
-/// At boot: mounts the persistent volume if fstab lists it and it is not mounted yet, waiting
-/// up to two minutes for its device. Its fstab entry is `nofail`, which systemd does not order
-/// before anything, and services that keep data there must not start on the bare root disk.
-pub fn mount_persistent_at_boot() -> Result<bool, String> {
+/// Where the persistent volume stands after `try_mount_persistent`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Persistent {
+    /// fstab lists no persistent volume.
+    None,
+    Mounted,
+    /// Mounted by this call.
+    NowMounted,
+    /// Listed, but its device has not appeared (yet).
+    NoDevice(String),
+}
+
+/// Mounts the persistent volume if fstab lists it and it is not mounted yet. The mount is
+/// done here rather than left to systemd: its fstab entry is `nofail`, which systemd orders
+/// before nothing, and hosts without udev cannot resolve its label.
+pub fn try_mount_persistent() -> Result<Persistent, String> {
     let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
-    let Some(spec) = fstab_spec(&fstab, MOUNT_POINT) else { return Ok(false) };
+    let Some(spec) = fstab_spec(&fstab, MOUNT_POINT) else { return Ok(Persistent::None) };
+    if is_mounted(MOUNT_POINT) {
+        return Ok(Persistent::Mounted);
+    }
+    let device = match spec.strip_prefix("LABEL=") {
+        Some(label) => device_with_label(label),
+        None => Path::new(&spec).exists().then(|| spec.clone()),
+    };
+    let Some(dev) = device else { return Ok(Persistent::NoDevice(spec)) };
+    run("mount", &[&dev, MOUNT_POINT])?;
+    Ok(Persistent::NowMounted)
+}
+
+/// At boot, before the services that keep data there: `try_mount_persistent`, waiting up to two
+/// minutes for the device.
+pub fn mount_persistent_at_boot() -> Result<Persistent, String> {
     let start = Instant::now();
     loop {
-        let mounted = std::fs::read_to_string("/proc/mounts")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split_whitespace().nth(1) == Some(MOUNT_POINT));
-        if mounted {
-            return Ok(true);
+        match try_mount_persistent()? {
+            Persistent::NoDevice(spec) if start.elapsed() > Duration::from_secs(120) => {
+                return Err(format!("no device with {spec} appeared within 2 minutes; {MOUNT_POINT} is not mounted"))
+            }
+            Persistent::NoDevice(_) => std::thread::sleep(Duration::from_secs(1)),
+            done => return Ok(done),
         }
-        let device = match spec.strip_prefix("LABEL=") {
-            Some(label) => device_with_label(label),
-            None => Path::new(&spec).exists().then(|| spec.clone()),
-        };
-        if let Some(dev) = device {
-            run("mount", &[&dev, MOUNT_POINT])?;
-            return Ok(true);
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            return Err(format!("no device with {spec} appeared within 2 minutes; {MOUNT_POINT} is not mounted"));
-        }
-        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

@@ -104,7 +104,8 @@ pub struct LaunchSpec {
 #[derive(Debug, Clone)]
 pub struct InstanceTypeInfo {
     pub arches: Vec<String>,
-    pub instance_store_disks: u32,
+    /// The size (GB) of each instance-store disk, one entry per disk.
+    pub instance_store_gb: Vec<u64>,
     pub nvme_instance_store: bool,
 }
 
@@ -114,14 +115,14 @@ impl InstanceTypeInfo {
         if self.nvme_instance_store {
             return Vec::new();
         }
-        instance_store_device_names(self.instance_store_disks)
+        instance_store_device_names(self.instance_store_gb.len())
     }
 }
 
 /// `/dev/sdb`, `/dev/sdc`, … for `n` instance-store disks, leaving out `/dev/sdf`, where a
 /// cluster node's persistent volume goes.
-pub fn instance_store_device_names(n: u32) -> Vec<String> {
-    ('b'..='z').filter(|c| *c != 'f').take(n as usize).map(|c| format!("/dev/sd{c}")).collect()
+pub fn instance_store_device_names(n: usize) -> Vec<String> {
+    ('b'..='z').filter(|c| *c != 'f').take(n).map(|c| format!("/dev/sd{c}")).collect()
 }
 
 /// Errors that mean EC2 could not provide the capacity (try elsewhere or later).
@@ -253,7 +254,15 @@ impl Cloud {
             )));
         };
         let storage = info.instance_storage_info();
-        let disks = storage.map(|s| s.disks().iter().filter_map(|d| d.count()).sum::<i32>()).unwrap_or(0);
+        let disks: Vec<u64> = storage
+            .map(|s| s.disks())
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|d| {
+                let size = u64::try_from(d.size_in_gb().unwrap_or(1)).unwrap_or(1);
+                std::iter::repeat_n(size, usize::try_from(d.count().unwrap_or(0)).unwrap_or(0))
+            })
+            .collect();
         let nvme = storage
             .and_then(|s| s.nvme_support())
             .is_some_and(|n| *n != aws_sdk_ec2::types::EphemeralNvmeSupport::Unsupported);
@@ -262,7 +271,7 @@ impl Cloud {
                 .processor_info()
                 .map(|p| p.supported_architectures().iter().map(|a| a.as_str().to_owned()).collect())
                 .unwrap_or_else(|| vec!["x86_64".to_owned()]),
-            instance_store_disks: u32::try_from(disks).unwrap_or(0),
+            instance_store_gb: disks,
             nvme_instance_store: nvme,
         })
     }
@@ -1054,7 +1063,7 @@ mod tests {
         assert_eq!(instance_store_device_names(2), ["/dev/sdb", "/dev/sdc"]);
         assert_eq!(instance_store_device_names(5), ["/dev/sdb", "/dev/sdc", "/dev/sdd", "/dev/sde", "/dev/sdg"]);
         assert_eq!(instance_store_device_names(24).len(), 24);
-        let xen = InstanceTypeInfo { arches: vec![], instance_store_disks: 2, nvme_instance_store: false };
+        let xen = InstanceTypeInfo { arches: vec![], instance_store_gb: vec![16, 16], nvme_instance_store: false };
         assert_eq!(xen.mapped_instance_store(), ["/dev/sdb", "/dev/sdc"]);
         let nitro = InstanceTypeInfo { nvme_instance_store: true, ..xen };
         assert!(nitro.mapped_instance_store().is_empty());

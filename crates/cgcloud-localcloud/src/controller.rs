@@ -496,7 +496,8 @@ async fn boot(
     lowers: Option<Vec<PathBuf>>,
 ) -> Result<u32, Error> {
     let host = Host { dir, id };
-    let store = instance_store_sizes(cloud, &inst.instance_type).await;
+    // An unknown type has no instance store; moto would have refused to launch it anyway.
+    let store = cloud.instance_type_info(&inst.instance_type).await.map(|t| t.instance_store_gb).unwrap_or_default();
     let devices = crate::volumes::instance_store(dir, id, &store).await?;
     let Some(lowers) = lowers else {
         return host.boot(&devices, |_| Ok(())).await;
@@ -513,32 +514,6 @@ async fn boot(
     };
     host.create_disk(&spec, lowers)?;
     host.boot(&devices, |h| h.seed(&spec, &public_keys, &user_data)).await
-}
-
-/// The sizes (GB) of an instance type's instance-store disks, one entry per disk; none if the
-/// type has none or is unknown.
-async fn instance_store_sizes(cloud: &Cloud, instance_type: &str) -> Vec<u64> {
-    if instance_type.is_empty() {
-        return Vec::new();
-    }
-    let Ok(out) = cloud
-        .ec2
-        .describe_instance_types()
-        .instance_types(aws_sdk_ec2::types::InstanceType::from(instance_type))
-        .send()
-        .await
-    else {
-        return Vec::new();
-    };
-    out.instance_types()
-        .iter()
-        .filter_map(|t| t.instance_storage_info())
-        .flat_map(|s| s.disks())
-        .flat_map(|d| {
-            let size = u64::try_from(d.size_in_gb().unwrap_or(1)).unwrap_or(1);
-            std::iter::repeat_n(size, usize::try_from(d.count().unwrap_or(0)).unwrap_or(0))
-        })
-        .collect()
 }
 
 async fn user_data(cloud: &Cloud, id: &str) -> Result<String, Error> {

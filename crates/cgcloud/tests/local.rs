@@ -49,16 +49,7 @@ impl User {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "cgcloud {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        testkit::succeeded(args, &self.run(args))
     }
 
     fn json(&self, args: &[&str]) -> Value {

@@ -171,16 +171,7 @@ impl TestEnv {
 
     /// Runs cgcloud and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "cgcloud {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(args, &self.run(args))
     }
 
     /// Runs cgcloud and asserts failure; returns stderr.
@@ -255,6 +246,19 @@ impl Drop for FakeAgents {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Asserts that `cgcloud ARGS` succeeded, showing both its outputs if not; returns stdout.
+pub fn succeeded(args: &[&str], out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "cgcloud {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A command for `bin` that sees none of the caller's cgcloud, AWS or XDG settings (except the
