@@ -13,7 +13,9 @@ pub use error::AwsError;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
@@ -34,9 +36,13 @@ pub struct ConnectSettings {
     pub max_attempts: Option<u32>,
 }
 
-/// Counts the requests sent, so benchmarks can report API calls per operation.
+/// Counts the requests sent, so benchmarks can report API calls per operation: every attempt,
+/// and the operations they belong to (the difference is the SDK's retries).
 #[derive(Debug, Default)]
-struct RequestCounter(AtomicU64);
+struct RequestCounter {
+    attempts: AtomicU64,
+    operations: AtomicU64,
+}
 
 #[derive(Debug, Clone)]
 struct CountingInterceptor(Arc<RequestCounter>);
@@ -46,13 +52,22 @@ impl Intercept for CountingInterceptor {
         "cgcloud-request-counter"
     }
 
+    fn read_before_execution(
+        &self,
+        _ctx: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        self.0.operations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn read_before_transmit(
         &self,
         _ctx: &BeforeTransmitInterceptorContextRef<'_>,
         _rc: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        self.0 .0.fetch_add(1, Ordering::Relaxed);
+        self.0.attempts.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -137,7 +152,13 @@ impl Cloud {
 
     /// How many requests (including retries) these clients have sent.
     pub fn requests_sent(&self) -> u64 {
-        self.counter.0.load(Ordering::Relaxed)
+        self.counter.attempts.load(Ordering::Relaxed)
+    }
+
+    /// How many of those were the SDK's retries (throttling, timeouts, 5xx).
+    pub fn retries_sent(&self) -> u64 {
+        let attempts = self.counter.attempts.load(Ordering::Relaxed);
+        attempts.saturating_sub(self.counter.operations.load(Ordering::Relaxed))
     }
 
     /// The caller's account id and ARN.

@@ -389,12 +389,12 @@ fn counts(args: &[&str], default: &[u32]) -> Result<Vec<u32>> {
     args.iter().map(|s| s.parse().context("counts must be numbers")).collect()
 }
 
-/// (requests, polls) from create-cluster's summary line.
-fn requests(stderr: &str) -> Option<(u64, u64)> {
+/// (requests, polls, retries) from create-cluster's summary line.
+fn requests(stderr: &str) -> Option<(u64, u64, u64)> {
     let line = stderr.lines().find(|l| l.contains("API requests"))?;
     let tail = line.rsplit('(').next()?;
     let nums: Vec<u64> = tail.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
-    Some((*nums.first()?, *nums.get(1)?))
+    Some((*nums.first()?, *nums.get(1)?, *nums.get(2)?))
 }
 
 fn cluster_api(ns: &[u32]) -> Result<()> {
@@ -411,7 +411,7 @@ fn cluster_api(ns: &[u32]) -> Result<()> {
     }
     let _agents = testkit::FakeAgents::start(&e);
     println!("cluster-api: requests cgcloud sends for one create-cluster against moto");
-    println!("{:>6} {:>10} {:>8} {:>16}", "N", "requests", "polls", "without polls");
+    println!("{:>6} {:>10} {:>8} {:>8} {:>16}", "N", "requests", "polls", "retries", "without both");
     let mut flat = Vec::new();
     for (i, n) in ns.iter().enumerate() {
         let name = format!("bench{i}");
@@ -430,13 +430,17 @@ fn cluster_api(ns: &[u32]) -> Result<()> {
             ])
             .output()?;
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        let (k, p) = requests(&err).with_context(|| format!("create-cluster -s {n} failed: {err}"))?;
-        println!("{n:>6} {k:>10} {p:>8} {:>16}", k - p);
-        flat.push(k - p);
+        let (k, p, r) = requests(&err).with_context(|| format!("create-cluster -s {n} failed: {err}"))?;
+        println!("{n:>6} {k:>10} {p:>8} {r:>8} {:>16}", k - p - r);
+        flat.push(k - p - r);
         e.ok(&["terminate-cluster", "generic", "-c", &name, "-Q"]);
     }
     if let (Some(a), Some(b)) = (flat.first(), flat.last()) {
-        println!("requests without polls: N={} {a}, N={} {b} (constant means O(1) in N)", ns[0], ns[ns.len() - 1]);
+        println!(
+            "requests without polls and retries: N={} {a}, N={} {b} (constant means O(1) in N)",
+            ns[0],
+            ns[ns.len() - 1]
+        );
     }
     Ok(())
 }

@@ -462,7 +462,7 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     let txn = Txn::new();
     let mut phases = Phases::default();
     let t0 = Instant::now();
-    let requests_before = cloud.requests_sent();
+    let (requests_before, retries_before) = (cloud.requests_sent(), cloud.retries_sent());
     let work = async {
         let mut leader_tags = base.clone();
         leader_tags.insert(tags::ORDINAL.into(), "0".into());
@@ -559,13 +559,14 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     .await?;
     print_nodes(ctx, &c);
     ctx.out.note(format!(
-        "cluster {name}: launched in {:.1} s, running {:.1} s, SSH-ready {:.1} s, configured {:.1} s ({} API requests, {} of them status polls)",
+        "cluster {name}: launched in {:.1} s, running {:.1} s, SSH-ready {:.1} s, configured {:.1} s ({} API requests, {} of them status polls, {} retries)",
         phases.launched_s,
         phases.running_s,
         phases.ssh_ready_s,
         phases.configured_s,
         cloud.requests_sent() - requests_before,
-        phases.polls
+        phases.polls,
+        cloud.retries_sent() - retries_before
     ));
     ctx.out.note(format!("run 'cgcloud ssh {} -c {name}' to log in to the leader", decl.leader));
     Ok(ExitCode::SUCCESS)
