@@ -25,6 +25,38 @@ pub enum RemoteError {
     Io { path: String, source: std::io::Error },
     #[error("remote command failed with status {status}: {stderr}")]
     Failed { status: i32, stderr: String },
+    #[error("{} not found on PATH; cgcloud needs {what}: install it (e.g. `apt-get install {}`)", .missing.join(", "), .packages.join(" "))]
+    MissingPrograms { missing: Vec<String>, what: String, packages: Vec<String> },
+}
+
+/// The Debian package that ships each local program cgcloud runs.
+fn package_of(program: &str) -> &'static str {
+    match program {
+        "rsync" => "rsync",
+        _ => "openssh-client",
+    }
+}
+
+/// Fails, naming every missing program and its package, unless each of `programs` is an
+/// executable file on PATH. `what` says why they are needed ("to wait for SSH on new boxes").
+pub fn require_programs(programs: &[&str], what: &str) -> Result<(), RemoteError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<String> = programs
+        .iter()
+        .filter(|p| !std::env::split_paths(&path).any(|dir| is_executable(&dir.join(p))))
+        .map(|p| (*p).to_owned())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages: Vec<String> = missing.iter().map(|p| package_of(p).to_owned()).collect();
+    packages.dedup();
+    Err(RemoteError::MissingPrograms { missing, what: what.to_owned(), packages })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Everything needed to reach one box.
@@ -230,6 +262,14 @@ mod tests {
         let shell = target().rsync_shell("-v");
         assert!(shell.starts_with("ssh -o HostKeyAlias=i-0123"));
         assert!(shell.ends_with(" -v"));
+    }
+
+    #[test]
+    fn missing_programs_are_named_with_their_package() {
+        assert!(require_programs(&["sh"], "to test").is_ok());
+        let err = require_programs(&["sh", "no-such-ssh-xyz", "rsync-xyz"], "to wait for SSH").unwrap_err().to_string();
+        assert!(err.starts_with("no-such-ssh-xyz, rsync-xyz not found on PATH"), "{err}");
+        assert!(err.contains("to wait for SSH") && err.contains("apt-get install openssh-client"), "{err}");
     }
 
     #[test]

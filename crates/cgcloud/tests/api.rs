@@ -153,6 +153,69 @@ fn failed_launch_is_rolled_back_or_kept_with_n() {
     assert!(boxes(&e, &[]).is_empty());
 }
 
+/// Copies the cgcloud binary into a directory of its own, where no `cgcloud-agent` lies beside
+/// it (as after `cargo build -p cgcloud` alone).
+fn cgcloud_without_agent() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("cgcloud");
+    std::fs::copy(env!("CARGO_BIN_EXE_cgcloud"), &bin).unwrap();
+    (dir, bin)
+}
+
+#[test]
+fn launches_check_local_needs_before_creating_anything() {
+    let (_dir, bin) = cgcloud_without_agent();
+    let mut e = TestEnv::new(&bin);
+    let key = e.keygen("id_ed25519", "ed25519");
+    e.ok(&["register-key", key.with_extension("pub").to_str().unwrap()]);
+    let nothing_created = |e: &TestEnv| {
+        assert!(boxes(e, &[]).is_empty(), "a box was launched");
+        let found = e.json(&["reset-security", "--dry-run"]);
+        assert!(found.as_array().unwrap().iter().all(|i| i["kind"] != "security-group"), "{found}");
+    };
+    // No agent to provision with: the error and hint come before any launch.
+    let err = e.fails(&["create", DEBIAN]);
+    assert!(
+        err.contains(&format!("cannot find cgcloud-agent next to {}", bin.display()))
+            && err.contains("cargo build -p cgcloud-agent")
+            && err.contains("CGCLOUD_AGENT_BINARY"),
+        "{err}"
+    );
+    assert!(!err.contains("launching") && !err.contains("rolling back"), "{err}");
+    nothing_created(&e);
+    // The same for a release agent without its checksum.
+    e.set_env("CGCLOUD_AGENT_URL", "http://127.0.0.1:9/cgcloud-agent-{version}-{arch}");
+    let err = e.fails(&["create", DEBIAN]);
+    assert!(err.contains("CGCLOUD_AGENT_SHA256"), "{err}");
+    nothing_created(&e);
+    // No `ssh` on PATH: named with its package, before anything is created.
+    let mut e = TestEnv::new(&bin);
+    let tools = e.home.path().join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let keygen = String::from_utf8(
+        std::process::Command::new("sh").args(["-c", "command -v ssh-keygen"]).output().unwrap().stdout,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(keygen.trim(), tools.join("ssh-keygen")).unwrap();
+    e.set_env("PATH", tools.to_str().unwrap());
+    e.set_env("CGCLOUD_AGENT_BINARY", bin.to_str().unwrap());
+    e.ok(&["register-key", key.with_extension("pub").to_str().unwrap()]);
+    let err = e.fails(&["create", DEBIAN]);
+    assert!(err.contains("ssh not found on PATH") && err.contains("apt-get install openssh-client"), "{err}");
+    nothing_created(&e);
+    // Too many key-pair patterns for the tag that records them.
+    let many: Vec<String> = (0..40).map(|i| format!("colleague-number-{i}")).collect();
+    let mut args = vec!["create", DEBIAN, "-Q", "-k", "moto"];
+    args.extend(many.iter().map(String::as_str));
+    let err = e.fails(&args);
+    assert!(err.contains("key-pair patterns") && err.contains("at most 256"), "{err}");
+    nothing_created(&e);
+    // Without SSH or provisioning (-Q), neither is needed.
+    let quick = e.json(&["create", DEBIAN, "-Q"]);
+    assert_eq!(quick["state"], "running");
+    e.ok(&["terminate", DEBIAN]);
+}
+
 #[test]
 fn terminate_on_success_with_t() {
     let e = env_with_key();
@@ -308,6 +371,10 @@ fn bad_inputs_get_one_line_causes_and_hints() {
     assert!(err.contains("does not support OS 'ubuntu-24.04'"), "{err}");
     let err = e.fails(&["show", DEBIAN]);
     assert!(err.contains("no box of role 'generic-debian-bookworm-box' in namespace '/moto/'"), "{err}");
+    let long = "/a-rather-long-team-namespace/for-deployments/";
+    let err = e.fails(&["-n", long, "create", DEBIAN, "-Q"]);
+    assert!(err.contains("IAM allows 64") && err.contains("shorter namespace"), "{err}");
+    assert!(e.json(&["-n", long, "reset-security", "--dry-run"]).as_array().unwrap().is_empty());
     let err = e.fails(&["create", DEBIAN, "-Q", "--subnet", "subnet-0000000000000000f"]);
     assert!(err.contains("subnet 'subnet-0000000000000000f' does not exist"), "{err}");
 }

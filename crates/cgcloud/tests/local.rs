@@ -19,6 +19,8 @@ struct User {
     home: tempfile::TempDir,
     key: PathBuf,
     env: Vec<(String, String)>,
+    /// The cgcloud executable this user runs (this build's, unless a test installed one).
+    bin: PathBuf,
 }
 
 impl User {
@@ -27,15 +29,11 @@ impl User {
         let key = home.path().join("id_ed25519");
         let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap();
         assert!(st.success());
-        User { home, key, env: Vec::new() }
+        User { home, key, env: Vec::new(), bin: PathBuf::from(env!("CARGO_BIN_EXE_cgcloud")) }
     }
 
     fn cmd(&self) -> Command {
-        let mut c = testkit::hermetic_command(
-            std::path::Path::new(env!("CARGO_BIN_EXE_cgcloud")),
-            self.home.path(),
-            &["CGCLOUD_LOCAL_DIR"],
-        );
+        let mut c = testkit::hermetic_command(&self.bin, self.home.path(), &["CGCLOUD_LOCAL_DIR"]);
         c.env("CGCLOUD_SSH_OPTS", format!("-F /dev/null -i {} -o IdentitiesOnly=yes", self.key.display()))
             .stdin(Stdio::null());
         for (k, v) in &self.env {
@@ -235,6 +233,46 @@ fn local_cloud_end_to_end() {
     u.ok(&["local", "down"]);
 }
 
+/// The README's "Install" section as a user follows it, with a temporary `--root`, and
+/// `--debug` so that it reuses this build (a release build of the AWS SDK takes half an hour on
+/// two cores): the installed cgcloud finds the installed agent beside it and creates a box;
+/// with the agent gone, `create` fails before it launches anything.
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn installed_binaries_end_to_end() {
+    let (_one, mut u) = fresh_local_cloud();
+    let root = tempfile::tempdir().unwrap();
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for krate in ["crates/cgcloud", "crates/cgcloud-agent"] {
+        let out = Command::new(&cargo)
+            .current_dir(&workspace)
+            .args(["install", "--locked", "--debug", "--path", krate, "--root"])
+            .arg(root.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cargo install --path {krate} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    u.bin = root.path().join("bin/cgcloud");
+    let b = u.json(&["create", DEBIAN]);
+    let id = b["instance_id"].as_str().unwrap();
+    let on_box = u.ok(&["ssh", DEBIAN, "--", "uname -a; systemctl is-active cgcloud-agent"]);
+    assert!(on_box.starts_with("Linux ip-10-199-1-") && on_box.ends_with("active\n"), "{on_box}");
+
+    std::fs::remove_file(root.path().join("bin/cgcloud-agent")).unwrap();
+    let out = u.run(&["create", DEBIAN]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("cannot find cgcloud-agent next to {}", u.bin.display())), "{err}");
+    assert!(!err.contains("launching") && !err.contains("rolling back"), "launched before failing: {err}");
+    let listed = u.json(&["list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["instance_id"], id);
+    u.ok(&["terminate", DEBIAN, "-I", id]);
+    u.ok(&["local", "down"]);
+}
+
 fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/roles")
 }
@@ -385,7 +423,8 @@ fn roles_end_to_end() {
     {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let mut release = User { home: tempfile::tempdir().unwrap(), key: u.key.clone(), env: u.env.clone() };
+    let mut release =
+        User { home: tempfile::tempdir().unwrap(), key: u.key.clone(), env: u.env.clone(), bin: u.bin.clone() };
     std::fs::create_dir_all(release.home.path().join(".config/cgcloud")).unwrap();
     std::fs::copy(
         u.home.path().join(".config/cgcloud/config.toml"),

@@ -5,7 +5,7 @@
 
 use super::boxes::wait_for_state;
 use super::images::pick_image;
-use super::launch::{finish_launch, launch_group, prepare, transaction, Group, Txn};
+use super::launch::{finish_launch, launch_group, prepare, transaction, Group, LocalNeeds, Txn};
 use crate::cli::{
     ClusterPowerArgs, ClusterSelection, CreateClusterArgs, GrowClusterArgs, LaunchArgs, ListClustersArgs,
     NodeLaunchArgs, RsyncClusterArgs, SpotArgs, SshClusterArgs,
@@ -439,8 +439,11 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         }
     }
     let la = launch_args(&a.nodes);
+    let needs =
+        LocalNeeds { ssh: !a.nodes.skip_ssh_check || a.share.is_some(), agent: false, rsync: a.share.is_some() };
     let mut p =
-        prepare(ctx, node_role.clone(), image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None).await?;
+        prepare(ctx, node_role.clone(), image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None, needs)
+            .await?;
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
     let leader_type = match &a.leader_instance_type {
         Some(t) => {
@@ -584,7 +587,9 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     let spec = a.nodes.boot_image.clone().or(leader.image_id.clone()).unwrap_or_else(|| "-1".into());
     let image = pick_image(&node_role.name, ns.as_str(), images, &spec)?;
     let la = launch_args(&a.nodes);
-    let mut p = prepare(ctx, node_role, image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None).await?;
+    let needs = LocalNeeds { ssh: !a.nodes.skip_ssh_check, ..Default::default() };
+    let mut p =
+        prepare(ctx, node_role, image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None, needs).await?;
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
     let used: BTreeSet<u32> = c.nodes.iter().filter_map(|n| n.ordinal).collect();
     let n = a.nodes.num_workers;

@@ -29,6 +29,47 @@ use std::time::Duration;
 /// The instance type used when neither the user nor the role names one.
 const FALLBACK_INSTANCE_TYPE: &str = "t3.micro";
 
+/// EC2's limit on a tag value, in characters.
+const MAX_TAG_VALUE: usize = 256;
+
+/// EC2's limit on user data, in bytes before base64.
+const MAX_USER_DATA: usize = 16 * 1024;
+
+/// IAM's limit on a role or instance-profile name.
+const MAX_IAM_NAME: usize = 64;
+
+/// What a launch will use on this machine once instances exist. [`prepare`] checks all of it
+/// before anything is created, so that a missing tool or agent never costs a launch.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LocalNeeds {
+    /// `ssh`: the launch waits for SSH on the new boxes.
+    pub ssh: bool,
+    /// The agent (`cgcloud-agent` beside cgcloud, `CGCLOUD_AGENT_BINARY` or a release URL and
+    /// checksum): the launch provisions the box.
+    pub agent: bool,
+    /// `rsync`: the launch copies files to a box.
+    pub rsync: bool,
+}
+
+/// Checks everything in `needs` (and `ssh-keygen`, which makes every box's host key).
+pub(crate) fn check_local_needs(ctx: &Ctx, needs: LocalNeeds) -> Result<()> {
+    let mut programs = vec!["ssh-keygen"];
+    let mut why = vec!["to make the boxes' SSH host keys"];
+    if needs.ssh {
+        programs.push("ssh");
+        why.push("to reach the boxes");
+    }
+    if needs.rsync {
+        programs.push("rsync");
+        why.push("to copy files to them");
+    }
+    cgcloud_remote::require_programs(&programs, &why.join(" and "))?;
+    if needs.agent {
+        super::provision::check_agent(ctx)?;
+    }
+    Ok(())
+}
+
 /// Everything decided before the first resource is created.
 pub(crate) struct Prepared {
     ns: Namespace,
@@ -286,7 +327,8 @@ fn agent_steps(ctx: &Ctx, p: &Prepared, region: &str) -> Vec<Step> {
     ]
 }
 
-/// Resolves everything a launch needs, creating nothing.
+/// Resolves and checks everything a launch needs, creating nothing: whatever can fail here
+/// must not fail after the first resource exists.
 pub(crate) async fn prepare(
     ctx: &Ctx,
     role: Role,
@@ -294,7 +336,9 @@ pub(crate) async fn prepare(
     a: &LaunchArgs,
     baked: Option<&ImageInfo>,
     boot_image: Option<&str>,
+    needs: LocalNeeds,
 ) -> Result<Prepared> {
+    check_local_needs(ctx, needs)?;
     let cloud = ctx.cloud().await?;
     let ns = ctx.namespace().await?.clone();
     let os = match os_choice {
@@ -316,7 +360,23 @@ pub(crate) async fn prepare(
     }
     for o in &a.options {
         let (k, v) = role.parse_option(o)?;
+        if v.chars().count() > MAX_TAG_VALUE {
+            bail!(
+                "the value of option '{k}' is {} characters long; boxes record their options in tags, which hold at most {MAX_TAG_VALUE}",
+                v.chars().count()
+            );
+        }
         given.insert(k, v);
+    }
+    // The security group and IAM role (the agent's or the role's policy) are named after the
+    // namespace and role.
+    let aws_name = ns.to_aws_name(&role.name)?;
+    if (!a.no_agent || !role.iam.is_empty()) && aws_name.len() > MAX_IAM_NAME {
+        bail!(
+            "the IAM role of role '{}' in namespace '{ns}' would be named '{aws_name}' ({} characters, IAM allows {MAX_IAM_NAME}); use a shorter namespace or role name",
+            role.name,
+            aws_name.len()
+        );
     }
     let instance_type = a
         .instance_type
@@ -358,6 +418,13 @@ pub(crate) async fn prepare(
     };
     let patterns = launch_patterns(ctx, a);
     let (key_name, keypair_patterns, authorized_keys) = resolve_keypairs(ctx, cloud, &patterns).await?;
+    let joined = keypair_patterns.join(" ");
+    if joined.chars().count() > MAX_TAG_VALUE {
+        bail!(
+            "the key-pair patterns '{joined}' are {} characters long; boxes record them in a tag, which holds at most {MAX_TAG_VALUE}: use fewer patterns, a glob or an @@group",
+            joined.chars().count()
+        );
+    }
     let subnet = a.subnet.clone().or(ctx.settings.subnet.clone());
     let network = cloud.network(subnet.as_deref(), ctx.settings.zone.as_deref()).await?;
     let owner = ctx.me().await.map(str::to_owned).unwrap_or_else(|_| "unknown".into());
@@ -461,6 +528,23 @@ async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn) -> Result<Vec<BoxInfo>> {
 /// one RunInstances call; returns their ids.
 pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) -> Result<Vec<String>> {
     let cloud = ctx.cloud().await?;
+    // Everything that can fail without creating anything comes first.
+    let instance_store = match p.type_info.get(&g.instance_type) {
+        Some(info) => info.mapped_instance_store(),
+        None => cloud.instance_type_info(&g.instance_type).await?.mapped_instance_store(),
+    };
+    // One host key per group: the boxes of one call share their user data.
+    let host_key = cgcloud_remote::hostkey::generate()?;
+    let user_data = cloud_config(&host_key, &p.authorized_keys, g.first_boot, &instance_store);
+    if user_data.len() > MAX_USER_DATA {
+        bail!(
+            "the boxes' user data would be {} bytes, over EC2's limit of {MAX_USER_DATA} ({} extra authorized keys); \
+             name fewer key pairs with -k",
+            user_data.len(),
+            p.authorized_keys.len()
+        );
+    }
+    let box_tags = box_tags(p, g, txn, &host_key.public)?;
     let sg_name = p.ns.to_aws_name(&p.role.name)?;
     let mut sg_tags = Tags::new();
     sg_tags.insert(tags::NAMESPACE.into(), p.ns.to_string());
@@ -481,22 +565,14 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
     let profile = if statements.is_empty() {
         None
     } else {
+        // prepare() checked the name's length.
         let name = sg_name.clone();
-        if name.len() > 64 {
-            bail!("IAM role name '{name}' is longer than 64 characters; use a shorter namespace or role name");
-        }
         let policy = serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string();
         if cloud.ensure_instance_profile(&name, &p.ns.iam_path(), &policy, &sg_tags).await? {
             txn.with(|s| s.instance_profile = Some(name.clone()));
         }
         Some(name)
     };
-    let instance_store = match p.type_info.get(&g.instance_type) {
-        Some(info) => info.mapped_instance_store(),
-        None => cloud.instance_type_info(&g.instance_type).await?.mapped_instance_store(),
-    };
-    // One host key per group: the boxes of one call share their user data.
-    let host_key = cgcloud_remote::hostkey::generate()?;
     let count = g.count;
     let spec = LaunchSpec {
         image_id: p.image.image_id.clone(),
@@ -507,10 +583,10 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
         security_group_ids: vec![sg_id],
         subnet_id: p.network.subnet_id.clone(),
         zone: p.network.zone.clone(),
-        user_data: cloud_config(&host_key, &p.authorized_keys, g.first_boot, &instance_store),
+        user_data,
         instance_profile: profile,
         root_volume: p.image.root_device.clone().map(|d| (d, p.role.instance.root_volume_gb.unwrap_or(10) as i32)),
-        tags: box_tags(p, g, txn, &host_key.public)?,
+        tags: box_tags,
         client_token: Some(format!("{}-{}", txn.id, g.label)),
         spot: g.spot.clone(),
         instance_store_devices: instance_store,
@@ -636,7 +712,9 @@ async fn wait_ssh(ctx: &Ctx, b: &BoxInfo, a: &LaunchArgs) -> Result<cgcloud_remo
 
 pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
     let role = ctx.registry().await?.role(&a.role)?;
-    let prepared = prepare(ctx, role, a.os.as_deref(), &a.launch, None, a.boot_image.as_deref()).await?;
+    // Without -Q the launch waits for SSH and provisions with the agent.
+    let needs = LocalNeeds { ssh: !a.quick, agent: !a.quick, rsync: false };
+    let prepared = prepare(ctx, role, a.os.as_deref(), &a.launch, None, a.boot_image.as_deref(), needs).await?;
     // Compile before launching anything, so a broken role costs no instance.
     let plan = compile(&prepared.role, &prepared.os, &prepared.options)?;
     let txn = Txn::new();
@@ -700,8 +778,9 @@ pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
     let cloud = ctx.cloud().await?;
     let images = cloud.list_images(ns.as_str(), Some(&role.name)).await?;
     let image = pick_image(&role.name, ns.as_str(), images, &a.boot_image)?;
+    let needs = LocalNeeds { ssh: !a.quick, ..Default::default() };
     let prepared =
-        prepare(ctx, role, image.tags.get(tags::OS).map(String::as_str), &a.launch, Some(&image), None).await?;
+        prepare(ctx, role, image.tags.get(tags::OS).map(String::as_str), &a.launch, Some(&image), None, needs).await?;
     warn_if_role_changed(&prepared, &image);
     let txn = Txn::new();
     let work = async {

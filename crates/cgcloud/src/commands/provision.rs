@@ -59,6 +59,12 @@ fn agent_source(ctx: &Ctx) -> Result<AgentSource> {
     Ok(AgentSource::Local(agent_binary()?))
 }
 
+/// Fails with the same error and hint as provisioning would, if there is no agent to put on
+/// boxes; launches call it before they create anything.
+pub(crate) fn check_agent(ctx: &Ctx) -> Result<()> {
+    agent_source(ctx).map(|_| ())
+}
+
 /// The locally built agent beside the cgcloud executable.
 pub fn agent_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the cgcloud executable")?;
