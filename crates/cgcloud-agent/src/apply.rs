@@ -3,6 +3,7 @@
 //! with `--json`, for the workstation, or text), command output to the log file.
 
 use crate::facts::Facts;
+use crate::safefs::{self, Attrs};
 use cgcloud_core::plan::{render, Action, On, Plan, Step};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
@@ -417,48 +418,58 @@ impl Runner {
         Ok(if changed { Outcome::Changed } else { Outcome::Ok })
     }
 
-    /// `owner:group mode` of a path, as stat prints it.
-    fn stat(&self, path: &str) -> Option<(String, String, String)> {
-        let out = Command::new("stat").args(["-c", "%U %G %a", path]).stderr(Stdio::null()).output().ok()?;
-        let s = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut it = s.split_whitespace();
-        Some((it.next()?.to_owned(), it.next()?.to_owned(), it.next()?.to_owned()))
-    }
-
-    fn attrs_match(&self, path: &str, owner: Option<&str>, group: Option<&str>, mode: Option<&str>) -> bool {
-        let Some((u, g, m)) = self.stat(path) else { return false };
-        owner.is_none_or(|o| o == u)
-            && group.is_none_or(|gr| gr == g)
-            && mode.is_none_or(|md| md.trim_start_matches('0') == m.trim_start_matches('0'))
-    }
-
-    fn set_attrs(
-        &mut self,
+    /// The uid, gid and mode a file or directory should have: what the step names (an owner
+    /// without a group means the owner's login group, as `chown owner:` does), else what `have`
+    /// has, else the agent's own user (root) and `default`.
+    fn wanted(
         path: &str,
+        have: Option<Attrs>,
         owner: Option<&str>,
         group: Option<&str>,
         mode: Option<&str>,
-    ) -> Result<(), StepError> {
-        if owner.is_some() || group.is_some() {
-            let spec = format!("{}:{}", owner.unwrap_or(""), group.unwrap_or(""));
-            self.sh("chown", &[&spec, path])?;
-        }
-        if let Some(m) = mode {
-            self.sh("chmod", &[m, path])?;
-        }
-        Ok(())
+        default: u32,
+    ) -> Result<Attrs, StepError> {
+        let me = safefs::process_owner();
+        let (uid, login_gid) = match owner {
+            Some(o) => match o.parse::<u32>() {
+                Ok(uid) => (uid, None),
+                Err(_) => {
+                    let a = crate::keys::account(o).ok_or_else(|| fail(format!("{path}: no such user '{o}'")))?;
+                    (a.uid, Some(a.gid))
+                }
+            },
+            None => (have.map_or(me.uid, |h| h.uid), None),
+        };
+        let gid = match group {
+            Some(g) => match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => group_id(g).ok_or_else(|| fail(format!("{path}: no such group '{g}'")))?,
+            },
+            None => login_gid.or(have.map(|h| h.gid)).unwrap_or(me.gid),
+        };
+        let mode = match mode {
+            Some(m) => u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| fail(format!("{path}: mode '{m}' is not an octal mode such as 0644")))?,
+            None => have.map_or(default, |h| h.mode),
+        };
+        Ok(Attrs { uid, gid, mode })
     }
 
     fn directory(&mut self, path: &str, owner: Option<&str>, group: Option<&str>, mode: Option<&str>) -> StepResult {
-        if Path::new(path).is_dir() && self.attrs_match(path, owner, group, mode) {
+        let p = Path::new(path);
+        let have = safefs::stat(p).filter(|_| p.is_dir());
+        let want = Self::wanted(path, have, owner, group, mode, 0o755)?;
+        if have == Some(want) {
             return Ok(Outcome::Ok);
         }
-        std::fs::create_dir_all(path).map_err(|e| fail(format!("{path}: {e}")))?;
-        self.set_attrs(path, owner, group, mode)?;
+        safefs::make_dir(p, want).map_err(|e| fail(e.to_string()))?;
         Ok(Outcome::Changed)
     }
 
     /// Writes `content` to `path` atomically unless it is already there with these attributes.
+    /// Nothing on the way is followed where a user could have put a symlink (see `safefs`).
     pub fn write_file(
         &mut self,
         path: &str,
@@ -467,21 +478,14 @@ impl Runner {
         owner: Option<&str>,
         group: Option<&str>,
     ) -> StepResult {
-        let same = std::fs::read(path).is_ok_and(|c| c == content);
-        if same && self.attrs_match(path, owner, group, mode) {
+        let p = Path::new(path);
+        let have = safefs::stat(p);
+        let want = Self::wanted(path, have, owner, group, mode, 0o644)?;
+        let same = safefs::read(p, MAX_FILE).ok().flatten().is_some_and(|c| c == content);
+        if same && have == Some(want) {
             return Ok(Outcome::Ok);
         }
-        let p = Path::new(path);
-        let dir = p.parent().ok_or_else(|| fail(format!("{path} has no directory")))?;
-        std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-        let tmp = dir.join(format!(
-            ".{}.cgcloud-tmp",
-            p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
-        ));
-        std::fs::write(&tmp, content).map_err(|e| fail(format!("{}: {e}", tmp.display())))?;
-        let tmp_s = tmp.to_string_lossy().into_owned();
-        self.set_attrs(&tmp_s, owner, group, mode.or(Some("0644")))?;
-        std::fs::rename(&tmp, p).map_err(|e| fail(format!("{path}: {e}")))?;
+        safefs::write_atomic(p, content, want).map_err(|e| fail(e.to_string()))?;
         if !same {
             self.changed_paths.insert(path.to_owned());
         }
@@ -501,30 +505,38 @@ impl Runner {
         if extract && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == sha) {
             return Ok(Outcome::Ok);
         }
-        if !extract && std::fs::read(dest).is_ok_and(|d| hex(&Sha256::digest(&d)) == sha) {
+        if !extract
+            && safefs::read(Path::new(dest), u64::MAX).ok().flatten().is_some_and(|d| hex(&Sha256::digest(&d)) == sha)
+        {
             return Ok(Outcome::Ok);
         }
-        let tmp = format!("{dest}.cgcloud-download");
-        if let Some(parent) = Path::new(&tmp).parent() {
-            std::fs::create_dir_all(parent).map_err(|e| fail(format!("{}: {e}", parent.display())))?;
-        }
-        self.sh("curl", &["-fsSL", "--retry", "3", "-o", &tmp, url])?;
-        let data = std::fs::read(&tmp).map_err(|e| fail(format!("{tmp}: {e}")))?;
+        // Downloaded into root's own directory, so nothing a user can reach sees it before
+        // its checksum is checked.
+        let downloads = Path::new(DOWNLOADS);
+        safefs::make_dir(downloads, Attrs::root(0o700)).map_err(|e| fail(e.to_string()))?;
+        let tmp = downloads.join(format!("{}.part", hex(&Sha256::digest(dest.as_bytes()))));
+        let tmp_s = tmp.display().to_string();
+        self.sh("curl", &["-fsSL", "--retry", "3", "-o", &tmp_s, url])?;
+        let data = std::fs::read(&tmp).map_err(|e| fail(format!("{tmp_s}: {e}")))?;
         let got = hex(&Sha256::digest(&data));
-        drop(data);
         if got != sha {
             let _ = std::fs::remove_file(&tmp);
             return Err(fail(format!("{url} has SHA-256 {got}, expected {sha}")));
         }
         if extract {
-            std::fs::create_dir_all(dest).map_err(|e| fail(format!("{dest}: {e}")))?;
+            drop(data);
+            let d = Path::new(dest);
+            let want = Self::wanted(dest, safefs::stat(d).filter(|_| d.is_dir()), None, None, None, 0o755)?;
+            safefs::make_dir(d, want).map_err(|e| fail(e.to_string()))?;
             let strip_arg = format!("--strip-components={strip}");
-            self.sh("tar", &["-xf", &tmp, "-C", dest, &strip_arg])?;
+            let result = self.sh("tar", &["-xf", &tmp_s, "-C", dest, &strip_arg]);
             let _ = std::fs::remove_file(&tmp);
-            std::fs::write(&marker, sha).map_err(|e| fail(format!("{}: {e}", marker.display())))?;
+            result?;
+            safefs::write_atomic(&marker, sha.as_bytes(), Attrs::root(0o644)).map_err(|e| fail(e.to_string()))?;
         } else {
-            std::fs::rename(&tmp, dest).map_err(|e| fail(format!("{dest}: {e}")))?;
-            self.set_attrs(dest, None, None, mode)?;
+            let _ = std::fs::remove_file(&tmp);
+            let want = Self::wanted(dest, safefs::stat(Path::new(dest)), None, None, mode, 0o644)?;
+            safefs::write_atomic(Path::new(dest), &data, want).map_err(|e| fail(e.to_string()))?;
         }
         Ok(Outcome::Changed)
     }
@@ -574,6 +586,21 @@ impl Runner {
     }
 }
 
+/// Where downloads wait for their checksum check (root's alone).
+const DOWNLOADS: &str = "/var/lib/cgcloud/downloads";
+
+/// The largest file a step compares with what it would write.
+const MAX_FILE: u64 = 64 << 20;
+
+/// The id of a group in `/etc/group`.
+fn group_id(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok()).flatten()
+    })
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -593,7 +620,7 @@ mod tests {
         let mut r = runner(dir.path());
         assert_eq!(r.write_file(&path, b"hello\n", Some("0640"), None, None).unwrap(), Outcome::Changed);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\n");
-        assert_eq!(r.stat(&path).unwrap().2, "640");
+        assert_eq!(safefs::stat(Path::new(&path)).unwrap().mode, 0o640);
         assert_eq!(r.write_file(&path, b"hello\n", Some("0640"), None, None).unwrap(), Outcome::Ok);
         assert_eq!(
             r.write_file(&path, b"hello\n", Some("0600"), None, None).unwrap(),

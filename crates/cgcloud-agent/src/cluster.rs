@@ -163,13 +163,8 @@ pub fn write_membership(cluster: &str, nodes: &[Node]) -> Result<bool, String> {
         return Ok(false);
     }
     for (path, content) in [("/etc/hosts", new), ("/etc/cgcloud/cluster.json", json)] {
-        let p = std::path::Path::new(path);
-        if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-        }
-        let tmp = p.with_extension("cgcloud-tmp");
-        std::fs::write(&tmp, content).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, p).map_err(|e| format!("{path}: {e}"))?;
+        crate::safefs::write_atomic(std::path::Path::new(path), content.as_bytes(), crate::safefs::Attrs::root(0o644))
+            .map_err(|e| e.to_string())?;
     }
     Ok(true)
 }

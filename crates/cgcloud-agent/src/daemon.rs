@@ -105,12 +105,10 @@ impl Agent {
     }
 
     fn save_state(&self) {
-        if let Some(dir) = self.cfg.state.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let tmp = self.cfg.state.with_extension("tmp");
-        if std::fs::write(&tmp, serde_json::to_string(&self.state).unwrap_or_default()).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.cfg.state);
+        let text = serde_json::to_string(&self.state).unwrap_or_default();
+        if let Err(e) = crate::safefs::write_atomic(&self.cfg.state, text.as_bytes(), crate::safefs::Attrs::root(0o600))
+        {
+            log("warning", format!("cannot save the agent's state: {e}"));
         }
     }
 
@@ -347,10 +345,13 @@ impl Agent {
         facts["cluster"]["persistent"] = serde_json::json!(persistent);
         facts["cluster"]["ephemeral"] = serde_json::json!(ephemeral);
         facts["cluster"]["data_dir"] = serde_json::json!(data_dir);
-        let _ = std::fs::create_dir_all("/var/lib/cgcloud");
         let facts_text = serde_json::to_string_pretty(&facts).unwrap_or_default();
-        std::fs::write("/var/lib/cgcloud/facts.json", &facts_text)
-            .map_err(|e| format!("/var/lib/cgcloud/facts.json: {e}"))?;
+        crate::safefs::write_atomic(
+            std::path::Path::new("/var/lib/cgcloud/facts.json"),
+            facts_text.as_bytes(),
+            crate::safefs::Attrs::root(0o644),
+        )
+        .map_err(|e| e.to_string())?;
         let result = match (volume, std::fs::read_to_string(plan)) {
             (Some(Err(e)), _) => Err(format!("persistent volume: {e}")),
             (_, plan_text) => match plan_text {

@@ -2,6 +2,7 @@
 //! rewriting `authorized_keys` so that the keys of EC2 key pairs are exactly those, while every
 //! key that is not an EC2 key pair (added by hand, or by another tool) stays untouched.
 
+use crate::safefs::{self, Attrs};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -88,38 +89,31 @@ pub fn account(name: &str) -> Option<Account> {
     })
 }
 
-/// Rewrites the account's `~/.ssh/authorized_keys` if needed, atomically (a temporary file in
-/// the same directory, fsynced, then renamed), never leaving a truncated file. Returns whether
-/// it changed.
+/// The largest `authorized_keys` the agent reads (a user could make it huge).
+const MAX_AUTHORIZED_KEYS: u64 = 4 << 20;
+
+/// Rewrites the account's `~/.ssh/authorized_keys` if needed, atomically; returns whether it
+/// changed. The account owns its home and `~/.ssh`, so nothing there is followed: a `~/.ssh`
+/// or `authorized_keys` that is a symlink makes the sync of this account fail (and say so)
+/// rather than write or read through it as root.
 pub fn sync_account(acct: &Account, managed: &BTreeSet<String>, desired: &[String]) -> Result<bool, String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = Path::new(&acct.home).join(".ssh");
-    if !dir.exists() {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-        std::os::unix::fs::chown(&dir, Some(acct.uid), Some(acct.gid))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let path = dir.join("authorized_keys");
-    let existing = match std::fs::read_to_string(&path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
+    let home = Path::new(&acct.home);
+    let home_fd = safefs::open_dir(home, false).map_err(|e| e.to_string())?;
+    let ssh_path = home.join(".ssh");
+    let ssh = safefs::own_dir(&home_fd, ".ssh", &ssh_path, Attrs { uid: acct.uid, gid: acct.gid, mode: 0o700 })
+        .map_err(|e| e.to_string())?;
+    let path = ssh_path.join("authorized_keys");
+    let name = std::ffi::OsStr::new("authorized_keys");
+    let existing = safefs::read_in(&ssh, name, &path, MAX_AUTHORIZED_KEYS)
+        .map_err(|e| e.to_string())?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let new = rewrite(&existing, managed, desired);
     if new == existing {
         return Ok(false);
     }
-    let tmp = dir.join(".authorized_keys.cgcloud-tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(new.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::os::unix::fs::chown(&tmp, Some(acct.uid), Some(acct.gid)).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    safefs::write_in(&ssh, name, &path, new.as_bytes(), Attrs { uid: acct.uid, gid: acct.gid, mode: 0o600 })
+        .map_err(|e| e.to_string())?;
     Ok(true)
 }
 
@@ -169,6 +163,50 @@ mod tests {
         let path = home.path().join(".ssh/authorized_keys");
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(home.path().join(".ssh")).unwrap().mode() & 0o777, 0o700);
-        assert!(!home.path().join(".ssh/.authorized_keys.cgcloud-tmp").exists());
+        // Nothing but the file itself is left in ~/.ssh.
+        assert_eq!(std::fs::read_dir(home.path().join(".ssh")).unwrap().count(), 1);
+    }
+
+    /// The attack of a synced account on the root agent: symlinks planted in its own
+    /// `~/.ssh` must not make the agent read or write another file.
+    #[test]
+    fn planted_symlinks_do_not_redirect_the_sync() {
+        use std::os::unix::fs::{symlink, MetadataExt as _, PermissionsExt as _};
+        let d = tempfile::tempdir().unwrap();
+        let shadow = d.path().join("shadow");
+        std::fs::write(&shadow, "root:$y$secret:20000:0:99999:7:::\n").unwrap();
+        let home = d.path().join("home");
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        // Writable by others, so that it is untrusted also when the tests run as root.
+        for p in [&home, &home.join(".ssh")] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let meta = std::fs::metadata(&home).unwrap();
+        let acct = Account { name: "eve".into(), uid: meta.uid(), gid: meta.gid(), home: home.display().to_string() };
+        let keys = ["ssh-ed25519 AAAA eve".to_owned()];
+        let unchanged = || assert_eq!(std::fs::read_to_string(&shadow).unwrap(), "root:$y$secret:20000:0:99999:7:::\n");
+
+        // The temporary name the agent once used, planted: a fresh random name is used instead.
+        symlink(&shadow, home.join(".ssh/.authorized_keys.cgcloud-tmp")).unwrap();
+        assert!(sync_account(&acct, &set(&["AAAA"]), &keys).unwrap());
+        unchanged();
+        assert!(!std::fs::symlink_metadata(home.join(".ssh/authorized_keys")).unwrap().file_type().is_symlink());
+
+        // authorized_keys itself a symlink: neither read (its target would be copied into a
+        // file the user can read) nor written.
+        std::fs::remove_file(home.join(".ssh/authorized_keys")).unwrap();
+        symlink(&shadow, home.join(".ssh/authorized_keys")).unwrap();
+        let err = sync_account(&acct, &set(&["AAAA"]), &keys).unwrap_err();
+        assert!(err.contains("symlink"), "{err}");
+        unchanged();
+
+        // ~/.ssh a symlink to a directory the user cannot write: refused.
+        std::fs::remove_dir_all(home.join(".ssh")).unwrap();
+        let etc = d.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        symlink(&etc, home.join(".ssh")).unwrap();
+        let err = sync_account(&acct, &set(&["AAAA"]), &keys).unwrap_err();
+        assert!(err.contains(".ssh is a symlink"), "{err}");
+        assert!(std::fs::read_dir(&etc).unwrap().next().is_none());
     }
 }

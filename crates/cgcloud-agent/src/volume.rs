@@ -154,8 +154,12 @@ pub fn format_and_mount(device: &str, name: &str) -> Result<(), String> {
     if !fstab.lines().any(|l| l.trim() == line) {
         let kept: Vec<&str> = fstab.lines().filter(|l| !l.contains(MOUNT_POINT)).collect();
         let new = format!("{}{line}\n", kept.iter().map(|l| format!("{l}\n")).collect::<String>());
-        std::fs::write("/etc/fstab.cgcloud-tmp", new).map_err(|e| format!("/etc/fstab: {e}"))?;
-        std::fs::rename("/etc/fstab.cgcloud-tmp", "/etc/fstab").map_err(|e| format!("/etc/fstab: {e}"))?;
+        crate::safefs::write_atomic(
+            std::path::Path::new("/etc/fstab"),
+            new.as_bytes(),
+            crate::safefs::Attrs::root(0o644),
+        )
+        .map_err(|e| e.to_string())?;
     }
     if !is_mounted(MOUNT_POINT) {
         run("mount", &[device, MOUNT_POINT])?;

@@ -105,12 +105,26 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
     }
 }
 
+/// Power changes remembered per instance while its host is busy.
+const MAX_QUEUED: usize = 16;
+
 impl Controller {
     fn enqueue(&mut self, ev: PowerEvent) {
         let id = match &ev {
             PowerEvent::Stop(id) | PowerEvent::Start(id) | PowerEvent::Reboot(id) => id.clone(),
         };
-        self.queued.entry(id).or_default().push_back(ev);
+        // Anyone who reaches the API can send these: keep only instance ids, and a bounded
+        // queue per instance, so that crafted requests cannot grow the controller's memory.
+        let looks_like_id = id
+            .strip_prefix("i-")
+            .is_some_and(|h| !h.is_empty() && h.len() <= 17 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !looks_like_id {
+            return;
+        }
+        let q = self.queued.entry(id).or_default();
+        if q.len() < MAX_QUEUED {
+            q.push_back(ev);
+        }
     }
 
     /// Carries out the next queued power change of an idle, existing host. Returns false if

@@ -78,25 +78,29 @@ fn complete_request(data: &[u8]) -> Option<(usize, Vec<u8>)> {
         .lines()
         .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
         .unwrap_or(0);
-    if data.len() < head_end + len {
+    // A length near usize::MAX (from anyone who can reach the proxy) must not overflow.
+    let end = head_end.checked_add(len)?;
+    if data.len() < end {
         return None;
     }
-    Some((head_end + len, data[head_end..head_end + len].to_vec()))
+    Some((end, data[head_end..end].to_vec()))
 }
 
 fn url_decode(s: &str) -> String {
     let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
+            // Bytes, not string slices: a request from a guest may put anything after '%'.
+            b'%' => match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
                     i += 2;
                 }
-                Err(_) => out.push(b'%'),
+                _ => out.push(b'%'),
             },
             b => out.push(b),
         }
@@ -142,5 +146,19 @@ mod tests {
         assert!(complete_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel").is_none());
         assert_eq!(complete_request(b"GET / HTTP/1.1\r\n\r\n").unwrap().1, b"");
         assert_eq!(url_decode("a%2Fb+c"), "a/b c");
+    }
+
+    /// What a guest can send the controller's API front door must never panic it.
+    #[test]
+    fn hostile_requests_do_not_panic() {
+        for s in ["%é", "%", "%4", "%%%", "%4é", "é%41", "%zz", "a%2"] {
+            let _ = url_decode(s);
+        }
+        assert_eq!(url_decode("%é"), "%é");
+        assert_eq!(url_decode("é%41"), "éA");
+        let huge = b"POST / HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\nx";
+        assert!(complete_request(huge).is_none());
+        let body = "Action=StopInstances&InstanceId.1=i-%C3%A9%&InstanceId.%é=x".as_bytes();
+        assert_eq!(power_events(body), vec![PowerEvent::Stop("i-é%".into()), PowerEvent::Stop("x".into())]);
     }
 }

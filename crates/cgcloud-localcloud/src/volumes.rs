@@ -39,8 +39,31 @@ pub fn guest_device(device: &str) -> String {
     }
 }
 
+/// True for the device names EC2 accepts for an attachment (`/dev/sdf`, `/dev/sdf1`,
+/// `/dev/xvdf`, `/dev/xvdba`): a request from anyone, a guest included, names the device, and
+/// it becomes a path in a host-side command, so nothing else may pass.
+pub fn valid_device(device: &str) -> bool {
+    let Some(rest) = device.strip_prefix("/dev/xvd").or_else(|| device.strip_prefix("/dev/sd")) else {
+        return false;
+    };
+    let letters = rest.bytes().take_while(u8::is_ascii_lowercase).count();
+    let digits = &rest[letters..];
+    (1..=2).contains(&letters) && digits.len() <= 2 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// True for a volume id as EC2 makes them (`vol-` and hex digits).
+pub fn valid_volume_id(id: &str) -> bool {
+    id.strip_prefix("vol-").is_some_and(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Makes the volume appear in the running host.
 pub async fn attach(dir: &Path, volume_id: &str, size_gb: i32, nspawn_pid: u32, device: &str) -> Result<(), Error> {
+    if !valid_device(device) {
+        return Err(Error::Controller(format!("refusing to attach {volume_id} at '{device}': not an EC2 device name")));
+    }
+    if !valid_volume_id(volume_id) {
+        return Err(Error::Controller(format!("refusing to attach '{volume_id}': not a volume id")));
+    }
     let file = img(dir, volume_id);
     if let Some(parent) = file.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -58,10 +81,25 @@ pub async fn attach(dir: &Path, volume_id: &str, size_gb: i32, nspawn_pid: u32, 
         std::fs::read_to_string(format!("/sys/block/{name}/dev")).map_err(|e| Error::io(Path::new(&dev), e))?;
     let (major, minor) =
         majmin.trim().split_once(':').ok_or_else(|| Error::Controller(format!("bad device numbers for {dev}")))?;
+    let (major, minor) = (major.parse::<u32>(), minor.parse::<u32>());
+    let (Ok(major), Ok(minor)) = (major, minor) else {
+        return Err(Error::Controller(format!("bad device numbers for {dev}")));
+    };
     let init = init_pid(nspawn_pid).ok_or_else(|| Error::Controller("the host has no init yet".into()))?;
     let target = guest_device(device);
-    let script = format!("rm -f {target}; mknod {target} b {major} {minor}; chmod 660 {target}");
-    run("nsenter", &["-t", &init.to_string(), "-m", "--", "sh", "-c", &script]).await?;
+    // One program per step, never a shell: the device name came from a request.
+    let pid = init.to_string();
+    let (major, minor) = (major.to_string(), minor.to_string());
+    let in_host = |args: &[&str]| {
+        let mut all = vec!["-t", pid.as_str(), "-m", "--"];
+        all.extend_from_slice(args);
+        all.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>()
+    };
+    for args in [in_host(&["rm", "-f", "--", &target]), in_host(&["mknod", "--mode=660", &target, "b", &major, &minor])]
+    {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("nsenter", &args).await?;
+    }
     Ok(())
 }
 
@@ -147,6 +185,39 @@ mod tests {
             super::instance_store_guest_path("i-0abc12", 1),
             "/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_AWS0ABC121"
         );
+    }
+
+    #[test]
+    fn device_names_are_validated() {
+        for ok in ["/dev/sdf", "/dev/xvdf", "/dev/sdf1", "/dev/xvdba", "/dev/sdp15"] {
+            assert!(super::valid_device(ok), "{ok}");
+        }
+        for bad in [
+            "/dev/sdf; touch /pwned",
+            "/dev/sdf$(id)",
+            "/dev/sd",
+            "/dev/../etc/passwd",
+            "/dev/xvdf/../../etc/x",
+            "/dev/sdF",
+            "/dev/sdf123",
+            "sdf",
+            "/dev/sdé",
+        ] {
+            assert!(!super::valid_device(bad), "{bad}");
+        }
+        assert!(super::valid_volume_id("vol-0123456789abcdef0"));
+        assert!(!super::valid_volume_id("vol-../../x"));
+    }
+
+    #[tokio::test]
+    async fn a_crafted_device_runs_nothing_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("pwned");
+        let device = format!("/dev/sdf; touch {}", marker.display());
+        let err = super::attach(dir.path(), "vol-0123456789abcdef0", 1, 1, &device).await.unwrap_err();
+        assert!(err.to_string().contains("not an EC2 device name"), "{err}");
+        assert!(!marker.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "attach created files before refusing");
     }
 
     #[test]

@@ -273,6 +273,132 @@ fn installed_binaries_end_to_end() {
     u.ok(&["local", "down"]);
 }
 
+/// A synced account that is not an administrator attacks the root agent through its own
+/// `~/.ssh` (issue: any synced account could become root): it plants symlinks to
+/// `/etc/shadow` and `/etc/sudoers.d` and waits for a key sync. Nothing outside its home may
+/// change, and sudo keeps working for the administrator.
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn synced_account_cannot_redirect_the_agents_writes() {
+    let (_one, mut u) = fresh_local_cloud();
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::write(
+        plugins.path().join("shared-box.toml"),
+        "name = \"shared-box\"\ndescription = \"a box with an unprivileged synced account\"\ninclude = [\"base\"]\n\
+         os = [\"debian-12\"]\n\n[agent]\naccounts = [\"eve\"]\n\n[[users]]\nname = \"eve\"\n",
+    )
+    .unwrap();
+    u.env.push(("CGCLOUD_PLUGINS".into(), plugins.path().display().to_string()));
+    let b = u.json(&["create", "shared-box", "-k", "__me__", "sync-*", "--agent-interval", "5"]);
+    let id = b["instance_id"].as_str().unwrap().to_owned();
+    let on_box = |script: &str| u.ok(&["ssh", "shared-box", "-I", &id, "--", script]);
+    let as_eve = |script: &str| on_box(&format!("sudo -u eve sh -ec {}", shell_quote(script)));
+    let protected = "sudo sha256sum /etc/shadow; sudo ls -la /etc/sudoers.d; stat -c '%U:%G %a' /etc/shadow";
+    let before = on_box(protected);
+    let keys = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    // Registers a new key pair matching the box's patterns and waits until the admin's
+    // authorized_keys has it: a sync has run.
+    let mut sync = || {
+        n += 1;
+        let key = keygen(keys.path(), &format!("k{n}"));
+        let blob =
+            std::fs::read_to_string(key.with_extension("pub")).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+        u.ok(&["register-key", key.with_extension("pub").to_str().unwrap(), "-k", &format!("sync-{n}")]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !u.ok(&["ssh", "shared-box", "-I", &id, "--", "cat .ssh/authorized_keys"]).contains(&blob) {
+            assert!(std::time::Instant::now() < deadline, "key sync {n} did not happen");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        blob
+    };
+    sync();
+    assert!(on_box("sudo cat ~eve/.ssh/authorized_keys").contains("BEGIN cgcloud"), "eve's keys are not synced");
+
+    // 1. The agent's old temporary file name, planted as a link to /etc/shadow.
+    as_eve("ln -sf /etc/shadow ~/.ssh/.authorized_keys.cgcloud-tmp");
+    let k = sync();
+    assert!(on_box("sudo cat ~eve/.ssh/authorized_keys").contains(&k), "eve's sync stopped");
+    // 2. authorized_keys itself a link to /etc/shadow: neither written nor read through.
+    as_eve("rm -f ~/.ssh/authorized_keys; ln -s /etc/shadow ~/.ssh/authorized_keys");
+    sync();
+    assert_eq!(as_eve("readlink ~/.ssh/authorized_keys").trim(), "/etc/shadow");
+    // 3. ~/.ssh a link to /etc/sudoers.d: nothing is written there.
+    as_eve("rm -rf ~/.ssh; ln -s /etc/sudoers.d ~/.ssh");
+    sync();
+    assert_eq!(on_box(protected), before, "the agent wrote through a link eve planted");
+    assert!(on_box("sudo -n true && echo sudo-works").contains("sudo-works"));
+    let log = on_box("sudo journalctl -u cgcloud-agent --no-pager | grep -c 'symlink' || true");
+    assert!(log.trim().parse::<u32>().unwrap() >= 2, "the agent did not report the refused links: {log}");
+    u.ok(&["terminate", "shared-box", "-I", &id]);
+    u.ok(&["local", "down"]);
+}
+
+/// A guest talks to the local cloud's API (the controller's front door on the bridge) with
+/// requests crafted to run a command on the machine (a shell command in AttachVolume's
+/// device) or to crash the controller (a broken percent-escape before a multi-byte
+/// character, a huge Content-Length). Nothing runs, and the controller keeps serving.
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn guest_requests_cannot_reach_the_machine() {
+    let (_one, u) = fresh_local_cloud();
+    let b = u.json(&["create", DEBIAN]);
+    let id = b["instance_id"].as_str().unwrap().to_owned();
+    let zone = b["zone"].as_str().unwrap().to_owned();
+    let region = &zone[..zone.len() - 1];
+    let marker = format!("/tmp/cgcloud-pwned-{}", std::process::id());
+    let _ = std::fs::remove_file(&marker);
+    // From the guest, as any local user, with made-up credentials (moto checks no signatures).
+    let ec2 = |params: &str| {
+        format!(
+            "curl -s -m 10 http://10.199.0.1:5401/ -H 'Authorization: AWS4-HMAC-SHA256 Credential=guest/20261129/{region}/ec2/aws4_request, SignedHeaders=host, Signature=00' --data 'Version=2016-11-15&{params}'"
+        )
+    };
+    let created = u.ok(&["ssh", DEBIAN, "--", &ec2(&format!("Action=CreateVolume&Size=1&AvailabilityZone={zone}"))]);
+    let vol = created.split("<volumeId>").nth(1).and_then(|r| r.split('<').next()).unwrap().to_owned();
+    assert!(vol.starts_with("vol-"), "{created}");
+    // ';' and ' ' percent-encoded, as any HTTP client would send them.
+    // The controller would run it as the machine's root, entering only the host's mount
+    // namespace: the file would appear in the guest's /tmp.
+    let device = format!("/dev/sdf%3Btouch%20{marker}");
+    let attached = u.ok(&[
+        "ssh",
+        DEBIAN,
+        "--",
+        &ec2(&format!("Action=AttachVolume&VolumeId={vol}&InstanceId={id}&Device={device}")),
+    ]);
+    assert!(
+        attached.contains("attaching") || attached.contains("attached"),
+        "moto refused the request itself: {attached}"
+    );
+    // Requests that once could panic the proxy.
+    u.ok(&["ssh", DEBIAN, "--", &ec2("Action=StopInstances&InstanceId.1=i-%\u{e9}&InstanceId.%=x")]);
+    let huge = "exec 3<>/dev/tcp/10.199.0.1/5401; \
+                printf 'POST / HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 18446744073709551615\\r\\n\\r\\nx' >&3; \
+                timeout 2 cat <&3 || true";
+    u.ok(&["ssh", DEBIAN, "--", &format!("bash -c {}", shell_quote(huge))]);
+    let log_path = local_dir().join("logs/controller.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&log_path).unwrap().contains(&format!("volume {vol}: ")) {
+        assert!(std::time::Instant::now() < deadline, "the controller never looked at the crafted attachment");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let ran = u.ok(&["ssh", DEBIAN, "--", &format!("test -e {marker} && echo ran || echo clean")]);
+    assert_eq!(ran.trim(), "clean", "a guest's request ran a command as the machine's root");
+    assert!(!std::path::Path::new(&marker).exists(), "a guest's request ran a command on the machine");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("not an EC2 device name"), "{log}");
+    // The controller and its front door still work.
+    assert_eq!(u.json(&["local", "status"])["up"], true);
+    assert_eq!(u.json(&["show", DEBIAN])["state"], "running");
+    u.ok(&["terminate", DEBIAN, "-I", &id]);
+    u.ok(&["local", "down"]);
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/roles")
 }
