@@ -153,11 +153,28 @@ impl Agent {
             .collect();
         let mut members = BTreeMap::new();
         for g in keypairs::groups(&patterns) {
-            let users = match self.aws.call(Service::Iam, "GetGroup", &[("GroupName", g.clone())]) {
-                Ok(a) => a.texts("UserName"),
-                Err(AwsError::Service { code, .. }) if code == "NoSuchEntity" => Vec::new(),
-                Err(e) => return Err(e),
-            };
+            // At most 100 users a page: follow the marker to the end.
+            let mut users = Vec::new();
+            let mut marker: Option<String> = None;
+            loop {
+                let mut params = vec![("GroupName", g.clone())];
+                if let Some(m) = marker.take() {
+                    params.push(("Marker", m));
+                }
+                match self.aws.call(Service::Iam, "GetGroup", &params) {
+                    Ok(a) => {
+                        users.extend(a.texts("UserName"));
+                        if a.text("IsTruncated").as_deref() == Some("true") {
+                            marker = a.text("Marker").filter(|m| !m.is_empty());
+                        }
+                        if marker.is_none() {
+                            break;
+                        }
+                    }
+                    Err(AwsError::Service { code, .. }) if code == "NoSuchEntity" => break,
+                    Err(e) => return Err(e),
+                }
+            }
             members.insert(g, users);
         }
         let names: Vec<String> = public.keys().cloned().collect();

@@ -139,15 +139,22 @@ impl Cloud {
 
     /// The user names in an IAM group.
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, AwsError> {
-        let out = self.iam.get_group().group_name(group).send().await;
-        match out {
-            Ok(o) => Ok(o.users().iter().map(|u| u.user_name().to_owned()).collect()),
-            Err(e) => {
-                let e = self.classify("iam:GetGroup", e);
-                if e.code() == Some("NoSuchEntity") {
-                    Ok(Vec::new())
-                } else {
-                    Err(e)
+        // GetGroup returns at most 100 users a page: follow the marker to the end.
+        let mut users = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let out = self.iam.get_group().group_name(group).set_marker(marker.take()).send().await;
+            match out {
+                Ok(o) => {
+                    users.extend(o.users().iter().map(|u| u.user_name().to_owned()));
+                    match o.marker().filter(|_| o.is_truncated()) {
+                        Some(m) => marker = Some(m.to_owned()),
+                        None => return Ok(users),
+                    }
+                }
+                Err(e) => {
+                    let e = self.classify("iam:GetGroup", e);
+                    return if e.code() == Some("NoSuchEntity") { Ok(Vec::new()) } else { Err(e) };
                 }
             }
         }

@@ -8,6 +8,7 @@ pub mod model;
 pub mod namespace;
 pub mod ordinals;
 pub mod plan;
+pub mod policy;
 pub mod spot;
 pub mod sshkey;
 pub mod tags;

@@ -148,12 +148,15 @@ pub fn render(text: &str, vars: &BTreeMap<String, String>, deferred: &[&str]) ->
         let Some(end) = after.find("}}") else {
             return Err(format!("unclosed '{{{{' in: {}", text.chars().take(80).collect::<String>()));
         };
-        let name = after[..end].trim();
+        let expr = after[..end].trim();
+        let mut parts = expr.split('|').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let filters: Vec<&str> = parts.collect();
         match vars.get(name) {
-            Some(v) => out.push_str(v),
+            Some(v) => out.push_str(&filter(v, &filters)?),
             None if deferred.iter().any(|d| name.starts_with(d)) => {
                 out.push_str("{{ ");
-                out.push_str(name);
+                out.push_str(expr);
                 out.push_str(" }}");
             }
             None => return Err(format!("unknown variable '{name}'")),
@@ -164,9 +167,39 @@ pub fn render(text: &str, vars: &BTreeMap<String, String>, deferred: &[&str]) ->
     Ok(out)
 }
 
+/// Applies `{{ value | filter }}` filters, in order:
+/// - `shell`: one word for a POSIX shell, single-quoted;
+/// - `unit`: the inside of a double-quoted systemd unit-file value (`Environment="K={{ v | unit }}"`):
+///   `\`, `"` and `%` escaped, so that a value cannot end the quotes or expand a specifier;
+/// - `lines`: the two characters `\n` become line breaks (option values hold no newlines).
+fn filter(value: &str, filters: &[&str]) -> Result<String, String> {
+    let mut v = value.to_owned();
+    for f in filters {
+        v = match *f {
+            "shell" => format!("'{}'", v.replace('\'', r"'\''")),
+            "unit" => v.replace('\\', r"\\").replace('"', r#"\""#).replace('%', "%%"),
+            "lines" => v.replace("\\n", "\n"),
+            other => return Err(format!("unknown filter '{other}' (filters: shell, unit, lines)")),
+        };
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_quote_for_their_context() {
+        let mut vars = BTreeMap::new();
+        vars.insert("v".to_owned(), r#"a b'c"d\e%f;$(id)\nnext"#.to_owned());
+        assert_eq!(render("{{ v | shell }}", &vars, &[]).unwrap(), r#"'a b'\''c"d\e%f;$(id)\nnext'"#);
+        assert_eq!(render("{{ v|unit }}", &vars, &[]).unwrap(), r#"a b'c\"d\\e%%f;$(id)\\nnext"#);
+        assert_eq!(render("{{ v | lines }}", &vars, &[]).unwrap(), "a b'c\"d\\e%f;$(id)\nnext");
+        assert!(render("{{ v | nope }}", &vars, &[]).unwrap_err().contains("unknown filter 'nope'"));
+        // Deferred placeholders keep their filters for the agent.
+        assert_eq!(render("{{ box.ip | shell }}", &vars, &["box."]).unwrap(), "{{ box.ip | shell }}");
+    }
 
     #[test]
     fn render_substitutes_and_defers() {

@@ -223,7 +223,13 @@ impl LocalCloud {
         ] {
             std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         }
-        let mut state = RunState { port, moto_port: port + 1, ..Default::default() };
+        let mut state = RunState {
+            port,
+            moto_port: port
+                .checked_add(1)
+                .ok_or_else(|| Error::Controller(format!("port {port} leaves no port for moto above it")))?,
+            ..Default::default()
+        };
         // Many systemd hosts need more inotify instances than the default 128.
         sys::run_quiet("sysctl", &["-q", "-w", "fs.inotify.max_user_instances=8192"]).await;
         sys::run_quiet("sysctl", &["-q", "-w", "fs.inotify.max_user_watches=1048576"]).await;

@@ -25,6 +25,8 @@ pub enum RemoteError {
     Io { path: String, source: std::io::Error },
     #[error("remote command failed with status {status}: {stderr}")]
     Failed { status: i32, stderr: String },
+    #[error("refusing to use {path} for SSH control sockets: {why}")]
+    UnsafeDir { path: String, why: String },
     #[error("{} not found on PATH; cgcloud needs {what}: install it (e.g. `apt-get install {}`)", .missing.join(", "), .packages.join(" "))]
     MissingPrograms { missing: Vec<String>, what: String, packages: Vec<String> },
 }
@@ -220,14 +222,28 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
-/// Creates `dir` (and parents) with mode 0700 if missing.
+/// Creates `dir` (and parents) with mode 0700 if missing, and checks that it is a directory
+/// (not a symlink) of this user that nobody else can use: control sockets and known_hosts live
+/// there, and a directory in a shared place such as /tmp may have been made by someone else.
 pub fn private_dir(dir: &Path) -> Result<(), RemoteError> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| RemoteError::Io { path: dir.display().to_string(), source })
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let io = |source| RemoteError::Io { path: dir.display().to_string(), source };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(io)?;
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).map_err(io)?;
+    let problem = if !meta.file_type().is_dir() {
+        Some("it is not a directory (a symlink?)".to_owned())
+    } else if meta.uid() != me {
+        Some(format!("it belongs to uid {}, not to you (uid {me})", meta.uid()))
+    } else if meta.mode() & 0o077 != 0 {
+        Some(format!("others may use it (mode {:o}); `chmod 700` it", meta.mode() & 0o777))
+    } else {
+        None
+    };
+    match problem {
+        Some(why) => Err(RemoteError::UnsafeDir { path: dir.display().to_string(), why }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +286,22 @@ mod tests {
         let err = require_programs(&["sh", "no-such-ssh-xyz", "rsync-xyz"], "to wait for SSH").unwrap_err().to_string();
         assert!(err.starts_with("no-such-ssh-xyz, rsync-xyz not found on PATH"), "{err}");
         assert!(err.contains("to wait for SSH") && err.contains("apt-get install openssh-client"), "{err}");
+    }
+
+    #[test]
+    fn private_dirs_must_be_private_and_ours() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("ssh");
+        private_dir(&dir).unwrap();
+        private_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_dir(&dir).unwrap_err().to_string().contains("others may use it"));
+        // Someone planted a symlink where the directory should be.
+        let link = d.path().join("planted");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(private_dir(&link).unwrap_err().to_string().contains("not a directory"));
     }
 
     #[test]

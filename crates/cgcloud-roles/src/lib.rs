@@ -40,7 +40,7 @@ pub enum RoleError {
     #[error("option '{name}' is not supported by role '{role}'{}", known_options(.known))]
     UnknownOption { role: String, name: String, known: Vec<String> },
     #[error("'{value}' is not a valid value for option '{name}' (expected {expected})")]
-    BadOptionValue { name: String, value: String, expected: &'static str },
+    BadOptionValue { name: String, value: String, expected: String },
     #[error("'{0}' is not of the form NAME=VALUE")]
     MalformedOption(String),
     #[error("no such cluster type: '{name}' (cluster types: {known})")]
@@ -254,6 +254,20 @@ impl Registry {
         if os.is_empty() {
             return Err(RoleError::NoOs(name.to_owned()));
         }
+        for port in &file.ports {
+            port.check().map_err(|message| parse_err(&loaded.source, message))?;
+        }
+        for (opt, decl) in &file.options {
+            if let Some(p) = &decl.pattern {
+                regex::Regex::new(p)
+                    .map_err(|e| parse_err(&loaded.source, format!("option '{opt}': bad pattern: {e}")))?;
+            }
+            if let Some(d) = &decl.default {
+                decl.allows(&d.to_string()).map_err(|expected| {
+                    parse_err(&loaded.source, format!("option '{opt}': the default '{d}' is not {expected}"))
+                })?;
+            }
+        }
         Ok(Role {
             name: file.name,
             description: file.description,
@@ -312,7 +326,16 @@ impl Role {
             name: name.to_owned(),
             known: self.options.keys().cloned().collect(),
         })?;
-        let bad = |expected| RoleError::BadOptionValue { name: name.to_owned(), value: value.to_owned(), expected };
+        let bad = |expected: &str| RoleError::BadOptionValue {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            expected: expected.to_owned(),
+        };
+        // Values end up in files, unit files and shell commands on the box: a newline would
+        // add a unit directive or a command. Multi-line values spell line breaks `\n`.
+        if value.chars().any(char::is_control) {
+            return Err(bad("text without control characters such as newlines (write line breaks as \\n)"));
+        }
         let normalized = match decl.option_type {
             OptionType::String => value.to_owned(),
             OptionType::Int => value.trim().parse::<i64>().map_err(|_| bad("an integer"))?.to_string(),
@@ -322,6 +345,7 @@ impl Role {
                 _ => return Err(bad("true or false")),
             },
         };
+        decl.allows(&normalized).map_err(|expected| bad(&expected))?;
         Ok((name.to_owned(), normalized))
     }
 

@@ -293,6 +293,21 @@ pub struct Port {
 }
 
 impl Port {
+    /// A TCP or UDP rule names exactly one of `port` and `range` (a rule that named neither
+    /// once opened every port), and a range runs upwards.
+    pub fn check(&self) -> Result<(), String> {
+        let what = || format!("port rule '{}' ({:?} from {})", self.description, self.proto, self.from);
+        match (self.proto, self.port, self.range) {
+            (Proto::Tcp | Proto::Udp, None, None) => Err(format!(
+                "{} names neither `port` nor `range`; give `port = N`, or `range = [0, 65535]` to open every port on purpose",
+                what()
+            )),
+            (Proto::Tcp | Proto::Udp, Some(_), Some(_)) => Err(format!("{} names both `port` and `range`; give one", what())),
+            (_, _, Some((a, b))) if a > b => Err(format!("{}: range [{a}, {b}] runs downwards", what())),
+            _ => Ok(()),
+        }
+    }
+
     /// The (from, to) port range EC2 expects; ICMP uses type and code in these fields.
     pub fn ec2_range(&self) -> (i32, i32) {
         match self.proto {
@@ -301,7 +316,8 @@ impl Port {
             _ => match (self.port, self.range) {
                 (Some(p), _) => (i32::from(p), i32::from(p)),
                 (None, Some((a, b))) => (i32::from(a), i32::from(b)),
-                (None, None) => (0, 65535),
+                // check() refuses this; never widen to every port.
+                (None, None) => (-2, -2),
             },
         }
     }
@@ -346,6 +362,29 @@ pub struct OptionDecl {
     /// Whether images baked from a box keep the value for boxes recreated from them.
     #[serde(default)]
     pub inherited: bool,
+    /// The only values allowed, when the option is one of a fixed set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+    /// A regular expression the whole value must match, e.g. `[0-9]+\.[0-9]+\.[0-9]+`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+}
+
+impl OptionDecl {
+    /// Checks `value` (already normalized for the option's type) against `choices` and
+    /// `pattern`; the error says what was expected.
+    pub fn allows(&self, value: &str) -> Result<(), String> {
+        if !self.choices.is_empty() && !self.choices.iter().any(|c| c == value) {
+            return Err(format!("one of {}", self.choices.join(", ")));
+        }
+        if let Some(p) = &self.pattern {
+            let re = regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| format!("a valid pattern ({e})"))?;
+            if !re.is_match(value) {
+                return Err(format!("a value matching {p}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -465,5 +504,11 @@ mod tests {
         assert_eq!(p(Proto::Tcp, None, Some((7077, 7078))).ec2_range(), (7077, 7078));
         assert_eq!(p(Proto::Icmp, None, None).ec2_range(), (3, 4));
         assert_eq!(p(Proto::All, None, None).ec2_range(), (-1, -1));
+        assert!(p(Proto::Tcp, Some(22), None).check().is_ok());
+        let err = p(Proto::Tcp, None, None).check().unwrap_err();
+        assert!(err.contains("neither `port` nor `range`"), "{err}");
+        assert!(p(Proto::Udp, Some(1), Some((1, 2))).check().unwrap_err().contains("both"));
+        assert!(p(Proto::Tcp, None, Some((9, 1))).check().unwrap_err().contains("downwards"));
+        assert!(p(Proto::Icmp, None, None).check().is_ok());
     }
 }

@@ -85,3 +85,46 @@ fn spark_plans_with_and_without_hdfs() {
         }
     }
 }
+
+/// Option values cannot add lines, unit directives or shell commands: newlines are refused,
+/// and values are quoted for the context they are pasted into.
+#[test]
+fn option_values_cannot_inject() {
+    let reg = Registry::builtin().unwrap();
+    let role = reg.role("spark-box").unwrap();
+    let err = role.parse_option("daemon_java_opts=-Xmx1g\nExecStartPre=/bin/sh -c 'id'").unwrap_err().to_string();
+    assert!(err.contains("control characters"), "{err}");
+    assert!(role.parse_option("spark_version=4.0.1\r").is_err());
+    // Options with a fixed set or a pattern refuse anything else.
+    for (k, v, expected) in [
+        ("spark_source", "pypi; touch /pwned; #", "one of apache, pypi"),
+        ("spark_version", "4.0.1' $(touch /pwned) '", "a value matching"),
+        ("apache_mirror", "http://x/ $(id)", "a value matching"),
+        ("executor_memory", "1g\\", "a value matching"),
+    ] {
+        let err = role.parse_option(&format!("{k}={v}")).unwrap_err().to_string();
+        assert!(err.contains(expected), "{k}: {err}");
+    }
+    assert!(role.parse_option("spark_version=4.1.0-preview1").is_ok());
+    assert!(role.parse_option("apache_mirror=http://10.199.0.1:8000").is_ok());
+    // Free-form options are quoted where they are pasted.
+    let evil = [
+        ("daemon_java_opts", r#"-Xmx1g" "LD_PRELOAD=/home/eve/evil.so"#),
+        ("extra_spark_conf", r"spark.a 1\nspark.b 2"),
+        ("spark_source", "pypi"),
+        ("hdfs", "false"),
+    ];
+    let mut opts = BTreeMap::new();
+    for (k, v) in evil {
+        let (k, v) = role.parse_option(&format!("{k}={v}")).unwrap();
+        opts.insert(k, v);
+    }
+    let plan = compile(&role, &role.os[0], &opts).unwrap();
+    let text = serde_json::to_string(&plan).unwrap();
+    // The unit's Environment= keeps the value inside its quotes.
+    assert!(text.contains(r#"SPARK_DAEMON_JAVA_OPTS=-Xmx1g\\\" \\\"LD_PRELOAD=/home/eve/evil.so\""#), "{text}");
+    // Shell words stay words.
+    assert!(text.contains(r"test 'pypi' != pypi"), "{text}");
+    // `\n` in extra_spark_conf becomes a line break in spark-defaults.conf.
+    assert!(text.contains(r"spark.a 1\nspark.b 2"), "{text}");
+}

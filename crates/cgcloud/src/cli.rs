@@ -3,6 +3,11 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The most workers one create-cluster or grow-cluster adds: well past any one RunInstances
+/// call's practical capacity, and small enough that a typo (`-s 4000000000`) is an error
+/// instead of gigabytes of ordinals.
+pub const MAX_WORKERS: i64 = 5000;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "cgcloud",
@@ -155,8 +160,8 @@ pub struct NodeLaunchArgs {
     /// Role option NAME=VALUE (repeatable)
     #[arg(short = 'O', long = "option", value_name = "NAME=VALUE")]
     pub options: Vec<String>,
-    /// Number of workers
-    #[arg(short = 's', long = "num-workers", default_value_t = 1)]
+    /// Number of workers (at most 5000 per call; grow the cluster for more)
+    #[arg(short = 's', long = "num-workers", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=MAX_WORKERS))]
     pub num_workers: u32,
     /// Do not wait for the workers to be configured
     #[arg(short = 'Q', long)]
@@ -320,8 +325,8 @@ pub struct LocalDirArgs {
 pub struct LocalUpArgs {
     #[command(flatten)]
     pub dir: LocalDirArgs,
-    /// Port of the emulated AWS endpoint on 127.0.0.1 and the bridge
-    #[arg(long, default_value_t = cgcloud_localcloud::DEFAULT_PORT)]
+    /// Port of the emulated AWS endpoint on 127.0.0.1 and the bridge (moto listens on the next)
+    #[arg(long, default_value_t = cgcloud_localcloud::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..=65534))]
     pub port: u16,
 }
 

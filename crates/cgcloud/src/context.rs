@@ -152,9 +152,17 @@ impl Ctx {
     }
 }
 
-/// Where SSH multiplexing sockets live; short, because socket paths are limited to ~100 bytes.
+/// Where SSH multiplexing sockets live: the user's runtime directory when there is one, else a
+/// directory in the temporary directory named after the uid (`private_dir` checks that it is
+/// ours and closed). Short, because socket paths are limited to ~100 bytes.
 pub fn control_dir() -> std::path::PathBuf {
-    let uid = std::env::var("UID").ok().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "user".into());
+    use std::os::unix::fs::MetadataExt as _;
+    if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from) {
+        if run.is_absolute() && run.is_dir() {
+            return run.join("cgcloud-ssh");
+        }
+    }
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid().to_string()).unwrap_or_else(|_| "user".into());
     std::env::temp_dir().join(format!("cgcloud-ssh-{uid}"))
 }
 

@@ -347,6 +347,16 @@ description = "app"
     assert!(found.as_array().unwrap().iter().all(|i| i["id"] == "iam_reader-box" || i["kind"] == "security-group"));
     e.ok(&["-n", "/iam/", "reset-security", "--yes"]);
     assert!(e.json(&["-n", "/iam/", "reset-security", "--dry-run"]).as_array().unwrap().is_empty());
+
+    // A port rule that names neither a port nor a range once opened every port.
+    std::fs::write(
+        dir.join("open.toml"),
+        "name = \"open-box\"\ndescription = \"x\"\ninclude = [\"base\"]\nos = [\"debian-12\"]\n\
+         [[ports]]\nproto = \"tcp\"\nfrom = \"anywhere\"\ndescription = \"oops\"\n",
+    )
+    .unwrap();
+    let err = e.fails(&["-n", "/iam/", "create", "open-box", "-Q"]);
+    assert!(err.contains("open.toml") && err.contains("names neither `port` nor `range`"), "{err}");
 }
 
 #[test]
@@ -371,6 +381,10 @@ fn bad_inputs_get_one_line_causes_and_hints() {
     assert!(err.contains("does not support OS 'ubuntu-24.04'"), "{err}");
     let err = e.fails(&["show", DEBIAN]);
     assert!(err.contains("no box of role 'generic-debian-bookworm-box' in namespace '/moto/'"), "{err}");
+    let err = e.fails(&["create-cluster", "generic", "-s", "4000000000"]);
+    assert!(err.contains("4000000000 is not in 0..=5000"), "{err}");
+    let err = e.fails(&["local", "up", "--port", "65535"]);
+    assert!(err.contains("65535 is not in 1..=65534"), "{err}");
     let long = "/a-rather-long-team-namespace/for-deployments/";
     let err = e.fails(&["-n", long, "create", DEBIAN, "-Q"]);
     assert!(err.contains("IAM allows 64") && err.contains("shorter namespace"), "{err}");

@@ -16,6 +16,7 @@ use cgcloud_core::glob::is_glob;
 use cgcloud_core::keypairs;
 use cgcloud_core::model::{BoxInfo, ImageInfo};
 use cgcloud_core::plan::{Action, On, Step};
+use cgcloud_core::policy::Policy;
 use cgcloud_core::tags::{self, Tags};
 use cgcloud_core::Namespace;
 use cgcloud_roles::compile::compile;
@@ -235,34 +236,26 @@ fn sg_rules(role: &Role) -> Vec<SgRule> {
         .collect()
 }
 
-/// The policy statements of a role's boxes: the role's own, plus exactly what the agent needs.
-fn iam_statements(p: &Prepared) -> Vec<serde_json::Value> {
-    let mut statements: Vec<serde_json::Value> = p
+/// The policy of a role's boxes: the role's own statements, plus what the agent needs
+/// (`cgcloud_core::policy::agent_statements`, evaluated in that module's tests).
+fn iam_policy(p: &Prepared) -> Policy {
+    use cgcloud_core::policy::{Effect, Statement};
+    let mut statements: Vec<Statement> = p
         .role
         .iam
         .iter()
-        .map(|s| serde_json::json!({"Effect": s.effect, "Action": s.action, "Resource": s.resource}))
+        .map(|s| Statement {
+            why: "role statement",
+            effect: if s.effect.eq_ignore_ascii_case("deny") { Effect::Deny } else { Effect::Allow },
+            actions: s.action.clone(),
+            resources: s.resource.clone(),
+            conditions: Vec::new(),
+        })
         .collect();
     if p.agent.is_some() {
-        let queues = format!("arn:aws:sqs:*:*:{}*", p.ns.agent_queue_prefix());
-        let topic = format!("arn:aws:sns:*:*:{}", cgcloud_core::AGENT_TOPIC);
-        statements.extend([
-            // Key pairs with their public keys, and the box's own key-pair patterns (a tag).
-            serde_json::json!({"Effect": "Allow", "Action": ["ec2:DescribeKeyPairs", "ec2:DescribeTags", "ec2:DescribeInstances", "ec2:DescribeVolumes"], "Resource": "*"}),
-            // A cluster node tags itself configured, and manages its own persistent volume.
-            serde_json::json!({"Effect": "Allow", "Action": ["ec2:CreateTags", "ec2:AttachVolume"], "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
-                               "Condition": {"StringEquals": {"ec2:ResourceTag/cgcloud:namespace": p.ns.as_str()}}}),
-            serde_json::json!({"Effect": "Allow", "Action": ["ec2:CreateVolume", "ec2:CreateTags"], "Resource": "arn:aws:ec2:*:*:volume/*",
-                               "Condition": {"StringEquals": {"aws:RequestTag/cgcloud:namespace": p.ns.as_str()}}}),
-            // Members of the IAM groups named by @@group patterns.
-            serde_json::json!({"Effect": "Allow", "Action": ["iam:GetGroup"], "Resource": "*"}),
-            // The box's own notification queue, in this namespace.
-            serde_json::json!({"Effect": "Allow", "Action": ["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes", "sqs:ReceiveMessage", "sqs:DeleteMessage"], "Resource": queues}),
-            serde_json::json!({"Effect": "Allow", "Action": ["sns:CreateTopic", "sns:Subscribe"], "Resource": topic}),
-            serde_json::json!({"Effect": "Allow", "Action": "cloudwatch:PutMetricData", "Resource": "*", "Condition": {"StringEquals": {"cloudwatch:namespace": "CGCloud"}}}),
-        ]);
+        statements.extend(cgcloud_core::policy::agent_statements(p.ns.as_str(), &p.ns.agent_queue_prefix()));
     }
-    statements
+    Policy { statements }
 }
 
 /// The agent's configuration file and service, appended to the role's plan.
@@ -327,6 +320,29 @@ fn agent_steps(ctx: &Ctx, p: &Prepared, region: &str) -> Vec<Step> {
     ]
 }
 
+/// Role options recorded in the tags of `what` (a box or an image), validated as if given on
+/// the command line: tags can be written by others than cgcloud (a box can tag itself), and
+/// option values end up in files and commands run as root. Options the role no longer has are
+/// dropped with a warning.
+pub(crate) fn options_from_tags(
+    role: &Role,
+    options: impl IntoIterator<Item = (String, String)>,
+    what: &str,
+) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (name, value) in options {
+        if !role.options.contains_key(&name) {
+            tracing::warn!("{what} carries option '{name}', which role '{}' does not have; ignoring it", role.name);
+            continue;
+        }
+        let (name, value) = role
+            .parse_option(&format!("{name}={value}"))
+            .with_context(|| format!("{what} carries a bad value for option '{name}' in its tags"))?;
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
 /// Resolves and checks everything a launch needs, creating nothing: whatever can fail here
 /// must not fail after the first resource exists.
 pub(crate) async fn prepare(
@@ -354,9 +370,9 @@ pub(crate) async fn prepare(
     let mut given = BTreeMap::new();
     if let Some(img) = baked {
         // Options baked into the image carry over; the command line overrides them.
-        given.extend(
-            img.tags.iter().filter_map(|(k, v)| k.strip_prefix(tags::OPTION_PREFIX).map(|n| (n.to_owned(), v.clone()))),
-        );
+        let options =
+            img.tags.iter().filter_map(|(k, v)| k.strip_prefix(tags::OPTION_PREFIX).map(|n| (n.to_owned(), v.clone())));
+        given.extend(options_from_tags(&role, options, &format!("image {}", img.image_id))?);
     }
     for o in &a.options {
         let (k, v) = role.parse_option(o)?;
@@ -561,13 +577,13 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
     if sg_created {
         txn.with(|s| s.security_group = Some(sg_id.clone()));
     }
-    let statements = iam_statements(p);
-    let profile = if statements.is_empty() {
+    let policy = iam_policy(p);
+    let profile = if policy.statements.is_empty() {
         None
     } else {
         // prepare() checked the name's length.
         let name = sg_name.clone();
-        let policy = serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string();
+        let policy = policy.to_json().to_string();
         if cloud.ensure_instance_profile(&name, &p.ns.iam_path(), &policy, &sg_tags).await? {
             txn.with(|s| s.instance_profile = Some(name.clone()));
         }
@@ -802,7 +818,8 @@ pub async fn provision_existing(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {
     let role = ctx.registry().await?.box_role(&b.role)?;
     let os_id = b.tags.get(tags::OS).cloned().unwrap_or_default();
     let os = role.os.iter().find(|o| o.id == os_id).unwrap_or(&role.os[0]).clone();
-    let plan = compile(&role, &os, &b.options)?;
+    let options = options_from_tags(&role, b.options.clone(), &format!("box {}", b.instance_id))?;
+    let plan = compile(&role, &os, &options)?;
     let mut target = ctx.ssh_target(&b, None, None).await?;
     target.user = b.admin_user.clone().unwrap_or(target.user);
     target.wait_ready(Duration::from_secs(120)).await?;
