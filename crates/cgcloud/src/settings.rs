@@ -73,24 +73,79 @@ impl ConfigFile {
         }
     }
 
-    pub fn save(&self, path: &Path) -> Result<()> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let text = toml::to_string_pretty(self).context("cannot serialize the config")?;
-        let tmp = path.with_extension("toml.tmp");
-        // It may hold secrets (a profile's static keys): 0600 from the first byte.
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    /// Sets profile `name` in the config file at `path` (and `default_profile` to it when
+    /// `make_default` and none is set), keeping the rest of the file as its user wrote it:
+    /// comments, order, other profiles.
+    pub fn set_profile(path: &Path, name: &str, profile: &Profile, make_default: bool) -> Result<()> {
+        let mut doc = Self::edit(path)?;
+        let table: toml_edit::DocumentMut = toml::to_string(profile)
+            .context("cannot serialize the profile")?
+            .parse()
+            .context("cannot serialize the profile")?;
+        let profiles = doc
+            .entry("profiles")
+            .or_insert_with(|| {
+                let mut t = toml_edit::Table::new();
+                t.set_implicit(true);
+                toml_edit::Item::Table(t)
+            })
+            .as_table_mut()
+            .with_context(|| format!("{}: `profiles` is not a table", path.display()))?;
+        profiles.insert(name, toml_edit::Item::Table(table.as_table().clone()));
+        if make_default && doc.get("default_profile").is_none() {
+            doc.insert("default_profile", toml_edit::value(name));
+        }
+        write_private(path, &doc.to_string())
     }
+
+    /// Removes profile `name` (and `default_profile` if it names it), keeping the rest of the
+    /// file; true if anything changed.
+    pub fn remove_profile(path: &Path, name: &str) -> Result<bool> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        let mut doc = Self::edit(path)?;
+        let mut changed =
+            doc.get_mut("profiles").and_then(|p| p.as_table_mut()).is_some_and(|p| p.remove(name).is_some());
+        if doc.get("default_profile").and_then(|d| d.as_str()) == Some(name) {
+            doc.remove("default_profile");
+            changed = true;
+        }
+        if changed {
+            write_private(path, &doc.to_string())?;
+        }
+        Ok(changed)
+    }
+
+    /// The file as an editable document, after checking that it is a valid config.
+    fn edit(path: &Path) -> Result<toml_edit::DocumentMut> {
+        Self::load(path)?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read config file {}", path.display())),
+        };
+        text.parse().with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+/// Replaces `path` with `text` atomically, readable by its owner alone from the first byte (a
+/// config may hold secrets: a profile's static keys).
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = path.with_extension("toml.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn home() -> PathBuf {
@@ -316,9 +371,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/config.toml");
         assert!(ConfigFile::load(&path).unwrap().profiles.is_empty());
-        file().save(&path).unwrap();
+        ConfigFile::set_profile(&path, "local", &file().profiles["local"], false).unwrap();
         assert_eq!(ConfigFile::load(&path).unwrap().profiles["local"], file().profiles["local"]);
         std::fs::write(&path, "bogus = 1").unwrap();
         assert!(ConfigFile::load(&path).unwrap_err().to_string().contains("invalid config file"));
+    }
+
+    #[test]
+    fn profiles_are_edited_in_place() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let mine = "# my settings\n[profiles.work]\nzone = \"us-west-2b\" # the team's zone\n";
+        std::fs::write(&path, mine).unwrap();
+        ConfigFile::set_profile(&path, "local", &file().profiles["local"], true).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# my settings") && text.contains("# the team's zone"), "{text}");
+        let loaded = ConfigFile::load(&path).unwrap();
+        assert_eq!(loaded.profiles["local"], file().profiles["local"]);
+        assert_eq!(loaded.profiles["work"].zone.as_deref(), Some("us-west-2b"));
+        assert_eq!(loaded.default_profile.as_deref(), Some("local"));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(ConfigFile::remove_profile(&path, "local").unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), mine);
+        assert!(!ConfigFile::remove_profile(&path, "local").unwrap());
+        // An existing default is kept.
+        std::fs::write(&path, "default_profile = \"work\"\n").unwrap();
+        ConfigFile::set_profile(&path, "local", &file().profiles["local"], true).unwrap();
+        assert_eq!(ConfigFile::load(&path).unwrap().default_profile.as_deref(), Some("work"));
     }
 }

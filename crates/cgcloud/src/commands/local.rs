@@ -55,41 +55,28 @@ pub async fn run(ctx: &Ctx, c: LocalCommand) -> Result<ExitCode> {
     }
 }
 
-/// Writes the `local` profile, and makes it the default unless another default is set.
+/// Writes the `local` profile, and makes it the default unless another default is set; the
+/// rest of the user's config (comments included) stays as it is.
 fn write_profile(ep: &Endpoint, path: &std::path::Path) -> Result<()> {
-    let mut file = ConfigFile::load(path)?;
-    file.profiles.insert(
-        PROFILE.to_owned(),
-        Profile {
-            endpoint: Some(ep.endpoint.clone()),
-            region: Some(ep.region.clone()),
-            zone: Some(ep.zone.clone()),
-            subnet: Some(ep.subnet.clone()),
-            aws_access_key_id: Some(ep.access_key_id.clone()),
-            aws_secret_access_key: Some(ep.secret_access_key.clone()),
-            ssh_address: Some("private".to_owned()),
-            // Boxes reach the emulated API at the bridge, with the local cloud's dummy keys.
-            agent_endpoint: Some(ep.agent_endpoint.clone()),
-            agent_access_key_id: Some(ep.access_key_id.clone()),
-            agent_secret_access_key: Some(ep.secret_access_key.clone()),
-            ..Default::default()
-        },
-    );
-    if file.default_profile.is_none() {
-        file.default_profile = Some(PROFILE.to_owned());
-    }
-    file.save(path)
+    let profile = Profile {
+        endpoint: Some(ep.endpoint.clone()),
+        region: Some(ep.region.clone()),
+        zone: Some(ep.zone.clone()),
+        subnet: Some(ep.subnet.clone()),
+        aws_access_key_id: Some(ep.access_key_id.clone()),
+        aws_secret_access_key: Some(ep.secret_access_key.clone()),
+        ssh_address: Some("private".to_owned()),
+        // Boxes reach the emulated API at the bridge, with the local cloud's dummy keys.
+        agent_endpoint: Some(ep.agent_endpoint.clone()),
+        agent_access_key_id: Some(ep.access_key_id.clone()),
+        agent_secret_access_key: Some(ep.secret_access_key.clone()),
+        ..Default::default()
+    };
+    ConfigFile::set_profile(path, PROFILE, &profile, true)
 }
 
 fn remove_profile(path: &std::path::Path) -> Result<()> {
-    let mut file = ConfigFile::load(path)?;
-    if file.profiles.remove(PROFILE).is_none() && file.default_profile.as_deref() != Some(PROFILE) {
-        return Ok(());
-    }
-    if file.default_profile.as_deref() == Some(PROFILE) {
-        file.default_profile = None;
-    }
-    file.save(path)
+    ConfigFile::remove_profile(path, PROFILE).map(|_| ())
 }
 
 #[derive(serde::Serialize)]
