@@ -48,6 +48,9 @@ struct Controller {
     queued: BTreeMap<String, std::collections::VecDeque<PowerEvent>>,
     /// Volumes made visible in hosts: volume → (instance, nspawn PID it was done for).
     attached: BTreeMap<String, (String, u32)>,
+    /// Attachments refused for their device name (volume, device): reported once, not on
+    /// every pass.
+    refused: HashSet<(String, String)>,
     dns: String,
     dnsmasq_pid: Option<u32>,
 }
@@ -81,6 +84,7 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
         failed: HashSet::new(),
         queued: BTreeMap::new(),
         attached: BTreeMap::new(),
+        refused: HashSet::new(),
         dns: String::new(),
         dnsmasq_pid: state.dnsmasq_pid,
     };
@@ -310,6 +314,12 @@ impl Controller {
             // Root volumes of the launch mapping are the host's overlay disk, not devices.
             let device = att.device().unwrap_or_default().to_owned();
             if device.is_empty() || device.ends_with("sda1") || device.ends_with("xvda") || device == "/dev/sda" {
+                continue;
+            }
+            if !crate::volumes::valid_device(&device) {
+                if self.refused.insert((id.to_owned(), device.clone())) {
+                    log(format!("volume {id}: cannot attach to {instance}: '{device}' is not an EC2 device name"));
+                }
                 continue;
             }
             let Some(pid) = (Host { dir: self.dir(), id: &instance }).pid() else { continue };

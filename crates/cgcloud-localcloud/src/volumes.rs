@@ -95,8 +95,12 @@ pub async fn attach(dir: &Path, volume_id: &str, size_gb: i32, nspawn_pid: u32, 
         all.extend_from_slice(args);
         all.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>()
     };
-    for args in [in_host(&["rm", "-f", "--", &target]), in_host(&["mknod", "--mode=660", &target, "b", &major, &minor])]
-    {
+    // mknod's own --mode fails in some hosts (it sets the mode with lchmod): chmod after.
+    for args in [
+        in_host(&["rm", "-f", "--", &target]),
+        in_host(&["mknod", &target, "b", &major, &minor]),
+        in_host(&["chmod", "660", "--", &target]),
+    ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run("nsenter", &args).await?;
     }
