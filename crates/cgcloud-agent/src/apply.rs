@@ -429,7 +429,7 @@ impl Runner {
         mode: Option<&str>,
         default: u32,
     ) -> Result<Attrs, StepError> {
-        let me = safefs::process_owner();
+        let (my_uid, my_gid) = safefs::process_ids();
         let (uid, login_gid) = match owner {
             Some(o) => match o.parse::<u32>() {
                 Ok(uid) => (uid, None),
@@ -438,14 +438,14 @@ impl Runner {
                     (a.uid, Some(a.gid))
                 }
             },
-            None => (have.map_or(me.uid, |h| h.uid), None),
+            None => (have.map_or(my_uid, |h| h.uid), None),
         };
         let gid = match group {
             Some(g) => match g.parse::<u32>() {
                 Ok(gid) => gid,
                 Err(_) => group_id(g).ok_or_else(|| fail(format!("{path}: no such group '{g}'")))?,
             },
-            None => login_gid.or(have.map(|h| h.gid)).unwrap_or(me.gid),
+            None => login_gid.or(have.map(|h| h.gid)).unwrap_or(my_gid),
         };
         let mode = match mode {
             Some(m) => u32::from_str_radix(m, 8)

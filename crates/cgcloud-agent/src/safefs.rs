@@ -94,7 +94,7 @@ pub fn open_dir(path: &Path, create: bool) -> Result<OwnedFd, SafeError> {
                 let next = rustix::fs::openat(&fd, c.as_os_str(), dir_flags, Mode::empty()).map_err(|e| io(path, e))?;
                 // Only a directory this walk made gets root's attributes (one planted between
                 // the mkdir and the open is someone else's, and stays untrusted).
-                if owner(&next) == euid() {
+                if owner(&next) == Some(process_ids().0) {
                     set_attrs(&next, Attrs::root(0o755)).map_err(|e| io(path, e))?;
                 }
                 fd = next;
@@ -280,18 +280,11 @@ pub fn owner(fd: &impl AsFd) -> Option<u32> {
     rustix::fs::fstat(fd).ok().map(|s| s.st_uid)
 }
 
-/// This process's effective uid (the owner of `/proc/self`).
-fn euid() -> Option<u32> {
+/// This process's effective uid and gid (the owner of `/proc/self`): the owner of what the
+/// agent writes unless told otherwise (root, on a box).
+pub fn process_ids() -> (u32, u32) {
     use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
-}
-
-/// This process's effective uid and gid: the owner of what it writes unless told otherwise
-/// (root, for the agent on a box).
-pub fn process_owner() -> Attrs {
-    use std::os::unix::fs::MetadataExt as _;
-    let (uid, gid) = std::fs::metadata("/proc/self").map(|m| (m.uid(), m.gid())).unwrap_or((0, 0));
-    Attrs { uid, gid, mode: 0o644 }
+    std::fs::metadata("/proc/self").map(|m| (m.uid(), m.gid())).unwrap_or((0, 0))
 }
 
 fn random() -> u64 {

@@ -97,8 +97,8 @@ impl Statement {
 
     fn matches(&self, r: &Request) -> bool {
         let action = r.action.to_ascii_lowercase();
-        self.actions.iter().any(|a| glob_match(&a.to_ascii_lowercase(), &action))
-            && self.resources.iter().any(|p| glob_match(p, &r.resource))
+        self.actions.iter().any(|a| iam_match(&a.to_ascii_lowercase(), &action))
+            && self.resources.iter().any(|p| iam_match(p, &r.resource))
             && self.conditions.iter().all(|c| c.holds(r))
     }
 }
@@ -108,15 +108,16 @@ impl Condition {
         let got = r.context.get(&self.key);
         match self.op {
             Op::StringEquals => got.is_some_and(|vs| vs.iter().any(|v| self.values.contains(v))),
-            Op::StringLike => got.is_some_and(|vs| vs.iter().any(|v| self.values.iter().any(|p| glob_match(p, v)))),
+            Op::StringLike => got.is_some_and(|vs| vs.iter().any(|v| self.values.iter().any(|p| iam_match(p, v)))),
             Op::ForAllValuesStringEquals => got.is_none_or(|vs| vs.iter().all(|v| self.values.contains(v))),
         }
     }
 }
 
 /// IAM's wildcards: `*` any run of characters (`/` included), `?` any one character; nothing
-/// else is special.
-fn glob_match(pattern: &str, s: &str) -> bool {
+/// else is special. (`crate::glob` is for key-pair names: its `*` stops at `/` and it has
+/// character sets, which IAM does not.)
+fn iam_match(pattern: &str, s: &str) -> bool {
     let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());
     // Iterative matching with backtracking to the last `*`.
     let (mut pi, mut si, mut star, mut mark) = (0, 0, None, 0);
@@ -327,12 +328,12 @@ mod tests {
 
     #[test]
     fn iam_wildcards() {
-        assert!(glob_match("*", "arn:aws:ec2:r:1:instance/i-1"));
-        assert!(glob_match("arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:r:1:instance/i-1"));
-        assert!(!glob_match("arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:r:1:instance/i-1"));
-        assert!(glob_match("team_cgcloud-agent_*", "team_cgcloud-agent_i-1"));
-        assert!(!glob_match("team_cgcloud-agent_*", "team.x_cgcloud-agent_i-1"));
-        assert!(glob_match("a?c", "abc") && !glob_match("a?c", "ac") && glob_match("[x]", "[x]"));
+        assert!(iam_match("*", "arn:aws:ec2:r:1:instance/i-1"));
+        assert!(iam_match("arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:r:1:instance/i-1"));
+        assert!(!iam_match("arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:r:1:instance/i-1"));
+        assert!(iam_match("team_cgcloud-agent_*", "team_cgcloud-agent_i-1"));
+        assert!(!iam_match("team_cgcloud-agent_*", "team.x_cgcloud-agent_i-1"));
+        assert!(iam_match("a?c", "abc") && !iam_match("a?c", "ac") && iam_match("[x]", "[x]"));
     }
 
     #[test]

@@ -101,9 +101,6 @@ impl ConfigFile {
     /// Removes profile `name` (and `default_profile` if it names it), keeping the rest of the
     /// file; true if anything changed.
     pub fn remove_profile(path: &Path, name: &str) -> Result<bool> {
-        if !path.exists() {
-            return Ok(false);
-        }
         let mut doc = Self::edit(path)?;
         let mut changed =
             doc.get_mut("profiles").and_then(|p| p.as_table_mut()).is_some_and(|p| p.remove(name).is_some());
@@ -119,12 +116,12 @@ impl ConfigFile {
 
     /// The file as an editable document, after checking that it is a valid config.
     fn edit(path: &Path) -> Result<toml_edit::DocumentMut> {
-        Self::load(path)?;
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e).with_context(|| format!("cannot read config file {}", path.display())),
         };
+        toml::from_str::<ConfigFile>(&text).with_context(|| format!("invalid config file {}", path.display()))?;
         text.parse().with_context(|| format!("invalid config file {}", path.display()))
     }
 }
