@@ -19,11 +19,17 @@ pub struct Node {
     pub zone: String,
     pub launch_index: Option<i32>,
     pub tags: BTreeMap<String, String>,
+    /// The account that owns the instance (its reservation's `ownerId`).
+    pub account: String,
 }
 
 impl Node {
     pub fn ordinal(&self) -> Option<u32> {
         cgcloud_core::tags::ordinal(&self.tags, self.launch_index)
+    }
+    /// The instance's ARN, as IAM names the caller of a request signed with its credentials.
+    pub fn arn(&self, region: &str) -> String {
+        cgcloud_core::policy::instance_arn(region, &self.account, &self.id)
     }
     pub fn hostname(&self) -> String {
         self.private_dns.split('.').next().unwrap_or_default().to_owned()
@@ -60,6 +66,11 @@ fn parse_nodes(xml: &str) -> Vec<Node> {
                 zone,
                 launch_index: child_text(n, "amiLaunchIndex").parse().ok(),
                 tags,
+                account: n
+                    .ancestors()
+                    .find(|a| a.children().any(|c| c.tag_name().name() == "ownerId"))
+                    .map(|r| child_text(r, "ownerId"))
+                    .unwrap_or_default(),
             }
         })
         .collect()
@@ -169,6 +180,24 @@ pub fn write_membership(cluster: &str, nodes: &[Node]) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Checks the tag values `facts` passes on: the cluster name as `create-cluster` accepts it,
+/// role and cluster type as plain words.
+pub fn check_tag_facts(me: &Node) -> Result<(), String> {
+    use cgcloud_core::tags;
+    let word =
+        |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let get = |k: &str| me.tags.get(k).map(String::as_str).unwrap_or_default();
+    if !tags::valid_cluster_name(get(tags::CLUSTER)) {
+        return Err(format!("tag {} is not a cluster name: {:?}", tags::CLUSTER, get(tags::CLUSTER)));
+    }
+    for key in [tags::ROLE, tags::CLUSTER_TYPE] {
+        if me.tags.contains_key(key) && !word(get(key)) {
+            return Err(format!("tag {key} is not a plain name: {:?}", get(key)));
+        }
+    }
+    Ok(())
+}
+
 /// The facts of a cluster node for its plan's templates.
 pub fn facts(me: &Node, nodes: &[Node], region: &str, namespace: &str) -> serde_json::Value {
     let t = |k: &str| me.tags.get(k).cloned().unwrap_or_default();
@@ -214,7 +243,7 @@ mod tests {
 
     #[test]
     fn parses_instances_with_tags_and_launch_index() {
-        let xml = r#"<DescribeInstancesResponse><reservationSet><item><instancesSet><item>
+        let xml = r#"<DescribeInstancesResponse><reservationSet><item><reservationId>r-1</reservationId><ownerId>123456789012</ownerId><instancesSet><item>
             <instanceId>i-1</instanceId><privateIpAddress>10.0.0.5</privateIpAddress><privateDnsName>ip-10-0-0-5.ec2.internal</privateDnsName>
             <amiLaunchIndex>2</amiLaunchIndex><placement><availabilityZone>us-west-2a</availabilityZone></placement>
             <tagSet><item><key>cgcloud:ordinals</key><value>1,2,5</value></item></tagSet>
@@ -225,6 +254,25 @@ mod tests {
         assert_eq!(nodes[0].zone, "us-west-2a");
         assert_eq!(nodes[0].ordinal(), Some(5));
         assert_eq!(nodes[0].hostname(), "ip-10-0-0-5");
+        assert_eq!(nodes[0].arn("us-west-2"), "arn:aws:ec2:us-west-2:123456789012:instance/i-1");
+    }
+
+    #[test]
+    fn tag_facts_are_checked_before_use() {
+        let mut me = node("i-1", "10.0.0.1", "0");
+        me.tags.insert(cgcloud_core::tags::CLUSTER.into(), "e2e".into());
+        me.tags.insert(cgcloud_core::tags::CLUSTER_TYPE.into(), "spark".into());
+        assert!(check_tag_facts(&me).is_ok());
+        for (key, bad) in [
+            (cgcloud_core::tags::CLUSTER, "x\n127.0.0.1 evil"),
+            (cgcloud_core::tags::CLUSTER, "../etc"),
+            (cgcloud_core::tags::CLUSTER_TYPE, "spark; rm -rf /"),
+            (cgcloud_core::tags::ROLE, "a b"),
+        ] {
+            let mut m = me.clone();
+            m.tags.insert(key.into(), bad.into());
+            assert!(check_tag_facts(&m).unwrap_err().contains(key), "{key}={bad:?}");
+        }
     }
 
     #[test]

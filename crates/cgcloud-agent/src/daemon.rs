@@ -84,6 +84,8 @@ pub struct Agent {
     instance_id: String,
     state: State,
     queue_url: Option<String>,
+    /// Key pairs already warned about (named for a user but not tagged theirs).
+    warned: BTreeSet<String>,
 }
 
 impl Agent {
@@ -101,7 +103,7 @@ impl Agent {
         };
         let state =
             std::fs::read_to_string(&cfg.state).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        Ok(Agent { cfg, aws, instance_id, state, queue_url: None })
+        Ok(Agent { cfg, aws, instance_id, state, queue_url: None, warned: BTreeSet::new() })
     }
 
     fn save_state(&self) {
@@ -132,7 +134,13 @@ impl Agent {
             Err(e) => log("warning", e),
             Ok(_) => {}
         }
-        if let Some(cluster) = tags.get(cgcloud_core::tags::CLUSTER) {
+        if let Some(cluster) = tags.get(cgcloud_core::tags::CLUSTER).filter(|c| {
+            let ok = cgcloud_core::tags::valid_cluster_name(c);
+            if !ok {
+                log("error", format!("ignoring cluster tag {c:?}: not a cluster name"));
+            }
+            ok
+        }) {
             let nodes = crate::cluster::members(&self.aws, &self.cfg.namespace, cluster)?;
             match crate::cluster::write_membership(cluster, &nodes) {
                 Ok(true) => log("info", format!("cluster {cluster}: {} member(s)", nodes.len())),
@@ -144,13 +152,10 @@ impl Agent {
             Some(v) => v.split_whitespace().map(str::to_owned).collect(),
             None => self.cfg.keypairs.clone(),
         };
-        let pairs = self.aws.call(Service::Ec2, "DescribeKeyPairs", &[("IncludePublicKey", "true".into())])?;
-        let records = pairs.records("item", &["keyName", "publicKey"]);
-        let public: BTreeMap<String, String> = records
-            .into_iter()
-            .filter(|r| !r[0].is_empty() && !r[1].is_empty())
-            .map(|r| (r[0].clone(), r[1].clone()))
-            .collect();
+        let answer = self.aws.call(Service::Ec2, "DescribeKeyPairs", &[("IncludePublicKey", "true".into())])?;
+        let pairs = parse_key_pairs(&answer.0);
+        let public: BTreeMap<String, String> =
+            pairs.iter().map(|(k, public)| (k.name.clone(), public.clone())).collect();
         let mut members = BTreeMap::new();
         for g in keypairs::groups(&patterns) {
             // At most 100 users a page: follow the marker to the end.
@@ -177,8 +182,19 @@ impl Agent {
             }
             members.insert(g, users);
         }
-        let names: Vec<String> = public.keys().cloned().collect();
-        let chosen = keypairs::expand(&patterns, &names, &members);
+        let available: Vec<keypairs::KeyPair> = pairs.into_iter().map(|(k, _)| k).collect();
+        for (name, user) in keypairs::unowned(&patterns, &available, &members) {
+            if self.warned.insert(name.to_owned()) {
+                log(
+                    "warning",
+                    format!(
+                        "key pair {name} is named for {user} but not tagged {}={user}; not trusted as theirs",
+                        cgcloud_core::tags::OWNER
+                    ),
+                );
+            }
+        }
+        let chosen = keypairs::expand(&patterns, &available, &members);
         let desired: Vec<String> = chosen.iter().filter_map(|n| public.get(n)).cloned().collect();
         for k in public.values() {
             if let Some(b) = keys::blob(k) {
@@ -220,6 +236,8 @@ impl Agent {
         let ns = cgcloud_core::Namespace::parse(&self.cfg.namespace)
             .map_err(|e| AwsError::Parse { action: "namespace".into(), detail: e.to_string() })?;
         let name = ns.agent_queue_name(&self.instance_id);
+        // The queue carries its box's ARN: the box's IAM policy lets only that box use it.
+        let me = crate::cluster::describe_self(&self.aws, &self.instance_id)?;
         let topic = self
             .aws
             .call(Service::Sns, "CreateTopic", &[("Name", self.cfg.topic.clone())])?
@@ -234,6 +252,8 @@ impl Agent {
                     ("QueueName", name),
                     ("Attribute.1.Name", "MessageRetentionPeriod".into()),
                     ("Attribute.1.Value", "300".into()),
+                    ("Tag.1.Key", cgcloud_core::tags::QUEUE_OWNER.into()),
+                    ("Tag.1.Value", me.arn(&self.cfg.region)),
                 ],
             )?
             .text("QueueUrl")
@@ -309,9 +329,20 @@ impl Agent {
     pub fn boot(&mut self, plan: &std::path::Path) -> Result<(), String> {
         let me = retry(|| crate::cluster::describe_self(&self.aws, &self.instance_id))?;
         let Some(cluster) = me.tags.get(cgcloud_core::tags::CLUSTER).cloned() else {
-            log("info", "not a cluster node; nothing to do at first boot");
+            log("info", "not a cluster node; nothing to configure at first boot");
+            if let Some(key) = own_host_key().filter(|_| !me.tags.contains_key(cgcloud_core::tags::HOST_KEY)) {
+                let tags = [
+                    ("ResourceId.1", self.instance_id.clone()),
+                    ("Tag.1.Key", cgcloud_core::tags::HOST_KEY.to_owned()),
+                    ("Tag.1.Value", key),
+                ];
+                retry(|| self.aws.call(Service::Ec2, "CreateTags", &tags))?;
+            }
             return Ok(());
         };
+        // Tags are only as trustworthy as whoever could write them: checked again here, before
+        // they reach files and the plan's templates.
+        crate::cluster::check_tag_facts(&me)?;
         let nodes = retry(|| crate::cluster::members(&self.aws, &self.cfg.namespace, &cluster))?;
         crate::cluster::write_membership(&cluster, &nodes)?;
         let mut facts = crate::cluster::facts(&me, &nodes, &self.cfg.region, &self.cfg.namespace);
@@ -393,9 +424,16 @@ impl Agent {
             ("Tag.1.Key", cgcloud_core::tags::CONFIGURED.to_owned()),
             ("Tag.1.Value", if result.is_ok() { "true".to_owned() } else { "failed".to_owned() }),
         ];
+        // The host key cloud-init generated for this node (its user data carries none): published
+        // with the outcome, so that one call serves both, and a failed node can still be
+        // inspected over SSH.
+        if let Some(key) = own_host_key() {
+            tags.push(("Tag.2.Key", cgcloud_core::tags::HOST_KEY.to_owned()));
+            tags.push(("Tag.2.Value", key));
+        }
         if let Err(e) = &result {
-            tags.push(("Tag.2.Key", cgcloud_core::tags::FAILURE.to_owned()));
-            tags.push(("Tag.2.Value", e.chars().take(250).collect()));
+            tags.push(("Tag.3.Key", cgcloud_core::tags::FAILURE.to_owned()));
+            tags.push(("Tag.3.Value", e.chars().take(250).collect()));
         }
         retry(|| self.aws.call(Service::Ec2, "CreateTags", &tags))?;
         log(
@@ -484,4 +522,58 @@ fn instance_id() -> Result<String, String> {
     }
     let http = ureq::AgentBuilder::new().timeout(Duration::from_secs(3)).build();
     crate::imds::instance_id(&http)
+}
+
+/// This box's SSH host public key as `ssh-ed25519 AAAA…` (no comment), if sshd has one.
+fn own_host_key() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/ssh/ssh_host_ed25519_key.pub").ok()?;
+    let mut fields = text.split_whitespace();
+    match (fields.next(), fields.next()) {
+        (Some(t @ "ssh-ed25519"), Some(blob)) => Some(format!("{t} {blob}")),
+        _ => {
+            log("warning", "/etc/ssh/ssh_host_ed25519_key.pub is not an ed25519 public key; not publishing it");
+            None
+        }
+    }
+}
+
+/// The key pairs of a DescribeKeyPairs answer that have a public key, with their owner tag.
+fn parse_key_pairs(xml: &str) -> Vec<(keypairs::KeyPair, String)> {
+    let Ok(doc) = roxmltree::Document::parse(xml) else { return Vec::new() };
+    let child = |n: roxmltree::Node, name: &str| -> String {
+        n.children().find(|c| c.tag_name().name() == name).and_then(|c| c.text()).unwrap_or_default().trim().to_owned()
+    };
+    doc.descendants()
+        .filter(|n| n.tag_name().name() == "item" && n.children().any(|c| c.tag_name().name() == "keyName"))
+        .filter_map(|n| {
+            let (name, public) = (child(n, "keyName"), child(n, "publicKey"));
+            let owner = n
+                .children()
+                .filter(|c| c.tag_name().name() == "tagSet")
+                .flat_map(|ts| ts.children().filter(|i| i.tag_name().name() == "item"))
+                .find(|i| child(*i, "key") == cgcloud_core::tags::OWNER)
+                .map(|i| child(i, "value"));
+            (!name.is_empty() && !public.is_empty()).then_some((keypairs::KeyPair { name, owner }, public))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_pairs_with_their_owner_tag() {
+        let xml = r#"<DescribeKeyPairsResponse><keySet>
+            <item><keyName>alice@laptop</keyName><publicKey>ssh-ed25519 AAAA1</publicKey>
+              <tagSet><item><key>Name</key><value>x</value></item><item><key>cgcloud:owner</key><value>alice</value></item></tagSet></item>
+            <item><keyName>alice@evil</keyName><publicKey>ssh-ed25519 AAAA2</publicKey><tagSet/></item>
+            <item><keyName>nokey</keyName></item>
+            </keySet></DescribeKeyPairsResponse>"#;
+        let pairs = parse_key_pairs(xml);
+        assert_eq!(pairs.len(), 2, "{pairs:?}");
+        assert_eq!(pairs[0].0, keypairs::KeyPair::new("alice@laptop", Some("alice")));
+        assert_eq!(pairs[0].1, "ssh-ed25519 AAAA1");
+        assert_eq!(pairs[1].0, keypairs::KeyPair::new("alice@evil", None));
+    }
 }

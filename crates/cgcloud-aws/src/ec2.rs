@@ -158,6 +158,8 @@ pub struct KeyPairInfo {
     pub fingerprint: String,
     pub key_type: String,
     pub public_key: Option<String>,
+    /// The `cgcloud:owner` tag: the user who registered it (see `cgcloud_core::keypairs`).
+    pub owner: Option<String>,
 }
 
 /// Network placement resolved for a launch.
@@ -1007,6 +1009,7 @@ impl Cloud {
             fingerprint: out.key_fingerprint().unwrap_or_default().to_owned(),
             key_type: String::new(),
             public_key: Some(public_key.to_owned()),
+            owner: key_tags.get(tags::OWNER).cloned(),
         })
     }
 
@@ -1022,6 +1025,7 @@ fn key_info(k: &aws_sdk_ec2::types::KeyPairInfo) -> KeyPairInfo {
         fingerprint: k.key_fingerprint().unwrap_or_default().to_owned(),
         key_type: k.key_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
         public_key: k.public_key().map(str::to_owned),
+        owner: k.tags().iter().find(|t| t.key() == Some(tags::OWNER)).and_then(|t| t.value()).map(str::to_owned),
     }
 }
 

@@ -6,7 +6,9 @@
 //! `Allow` statement matches it and no `Deny` statement does. A statement matches when its
 //! action and resource patterns (`*` and `?` wildcards, case-insensitive actions) match and
 //! every condition holds. Conditions on a key the request does not carry fail, except
-//! `ForAllValues:*`, which holds for a missing or empty key, as in IAM.
+//! `ForAllValues:*` and `*IfExists`, which hold for a missing key, as in IAM. Policy variables
+//! (`${ec2:SourceInstanceARN}`) in resources and condition values are replaced by the request's
+//! value of that key; a statement whose variable the request lacks does not match.
 
 use crate::tags;
 use serde::Serialize;
@@ -23,6 +25,8 @@ pub enum Effect {
 pub enum Op {
     StringEquals,
     StringLike,
+    /// `StringEquals` if the request carries the key; holds if it does not.
+    StringEqualsIfExists,
     /// Every value of a multi-valued key (e.g. `aws:TagKeys`) is one of the listed values.
     ForAllValuesStringEquals,
 }
@@ -32,6 +36,7 @@ impl Op {
         match self {
             Op::StringEquals => "StringEquals",
             Op::StringLike => "StringLike",
+            Op::StringEqualsIfExists => "StringEqualsIfExists",
             Op::ForAllValuesStringEquals => "ForAllValues:StringEquals",
         }
     }
@@ -98,20 +103,44 @@ impl Statement {
     fn matches(&self, r: &Request) -> bool {
         let action = r.action.to_ascii_lowercase();
         self.actions.iter().any(|a| iam_match(&a.to_ascii_lowercase(), &action))
-            && self.resources.iter().any(|p| iam_match(p, &r.resource))
+            && self.resources.iter().any(|p| substitute(p, r).is_some_and(|p| iam_match(&p, &r.resource)))
             && self.conditions.iter().all(|c| c.holds(r))
     }
 }
 
 impl Condition {
     fn holds(&self, r: &Request) -> bool {
-        let got = r.context.get(&self.key);
+        let resource = [r.resource.clone()];
+        let got = match r.context.get(&self.key) {
+            None if self.key == "aws:ARN" => Some(&resource[..]),
+            got => got.map(Vec::as_slice),
+        };
+        let values: Vec<String> = self.values.iter().filter_map(|v| substitute(v, r)).collect();
         match self.op {
-            Op::StringEquals => got.is_some_and(|vs| vs.iter().any(|v| self.values.contains(v))),
-            Op::StringLike => got.is_some_and(|vs| vs.iter().any(|v| self.values.iter().any(|p| iam_match(p, v)))),
-            Op::ForAllValuesStringEquals => got.is_none_or(|vs| vs.iter().all(|v| self.values.contains(v))),
+            Op::StringEquals => got.is_some_and(|vs| vs.iter().any(|v| values.contains(v))),
+            Op::StringLike => got.is_some_and(|vs| vs.iter().any(|v| values.iter().any(|p| iam_match(p, v)))),
+            Op::StringEqualsIfExists => got.is_none_or(|vs| vs.iter().any(|v| values.contains(v))),
+            Op::ForAllValuesStringEquals => got.is_none_or(|vs| vs.iter().all(|v| values.contains(v))),
         }
     }
+}
+
+/// `s` with its policy variables (`${key}`) replaced by the request's single value of `key`;
+/// `None` if the request lacks one.
+fn substitute(s: &str, r: &Request) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let end = rest[start..].find('}')? + start;
+        out.push_str(&rest[..start]);
+        match r.context.get(&rest[start + 2..end]).map(Vec::as_slice) {
+            Some([v]) => out.push_str(v),
+            _ => return None,
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// IAM's wildcards: `*` any run of characters (`/` included), `?` any one character; nothing
@@ -191,16 +220,50 @@ impl Policy {
     }
 }
 
-/// The tags a box's agent writes on its own instance (first-boot configuration).
-pub const AGENT_INSTANCE_TAGS: [&str; 2] = [tags::CONFIGURED, tags::FAILURE];
+/// The tags a box's agent writes on its own instance: the outcome of its first-boot
+/// configuration, and the host key it generated at first boot (cluster nodes).
+pub const AGENT_INSTANCE_TAGS: [&str; 3] = [tags::CONFIGURED, tags::FAILURE, tags::HOST_KEY];
+
+/// The instance a request comes from, when it is signed with an instance profile's credentials
+/// (an IAM policy variable; absent for any other caller, so statements using it match only
+/// requests from a box, about that box).
+pub const SOURCE_INSTANCE: &str = "${ec2:SourceInstanceARN}";
+
+/// Binds an instance statement to the calling box: `aws:ARN` (the ARN of the resource being
+/// authorized) equals `${ec2:SourceInstanceARN}`. IAM wants ARNs in `Resource` (moto and IAM
+/// refuse a bare variable there), so the comparison is a condition. `aws:ARN` is not in IAM's
+/// list of documented keys, but it is how this is done in practice; see docs/security.md.
+fn itself(s: Statement) -> Statement {
+    s.when(Op::StringEquals, "aws:ARN", &[SOURCE_INSTANCE])
+}
+
+/// The ARN of instance `id` of `account` in `region`, as `ec2:SourceInstanceARN` spells it.
+pub fn instance_arn(region: &str, account: &str, id: &str) -> String {
+    let partition = if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    };
+    format!("arn:{partition}:ec2:{region}:{account}:instance/{id}")
+}
 
 /// What the agent on a box of namespace `ns` needs: key pairs and tags to read, IAM groups to
-/// expand `@@group`, its notification queue, and for cluster nodes: tagging itself configured
-/// (only those tag keys) and creating, tagging at creation and attaching its persistent volume
-/// (only volumes of the namespace). `queue_prefix` is the namespace's agent-queue prefix.
+/// expand `@@group`, its own notification queue, and for cluster nodes: tagging itself (only the
+/// keys it writes) and creating, tagging at creation and attaching to itself its persistent
+/// volume (only persistent volumes of the namespace). `queue_prefix` is the namespace's
+/// agent-queue prefix.
+///
+/// Everything that writes is bound to the calling box through `${ec2:SourceInstanceARN}`: a box
+/// tags only itself, attaches volumes only to itself, and uses only the queue tagged with its
+/// own ARN (SQS authorizes by queue tags), so a box cannot act on a peer even in its namespace.
 pub fn agent_statements(ns: &str, queue_prefix: &str) -> Vec<Statement> {
     let ns_tag = format!("ec2:ResourceTag/{}", tags::NAMESPACE);
+    let persistent_tag = format!("ec2:ResourceTag/{}", tags::PERSISTENT);
     let request_ns_tag = format!("aws:RequestTag/{}", tags::NAMESPACE);
+    let queue_request_tag = format!("aws:RequestTag/{}", tags::QUEUE_OWNER);
+    let queue_tag = format!("aws:ResourceTag/{}", tags::QUEUE_OWNER);
     let queues = format!("arn:aws:sqs:*:*:{queue_prefix}*");
     let topic = format!("arn:aws:sns:*:*:{}", crate::AGENT_TOPIC);
     vec![
@@ -209,11 +272,13 @@ pub fn agent_statements(ns: &str, queue_prefix: &str) -> Vec<Statement> {
             &["ec2:DescribeKeyPairs", "ec2:DescribeTags", "ec2:DescribeInstances", "ec2:DescribeVolumes"],
             &["*"],
         ),
-        // Only the keys the agent writes: not key-pair patterns, host keys, options or cluster
-        // membership, which other boxes' agents and the workstation trust.
-        Statement::allow("mark a node configured", &["ec2:CreateTags"], &["arn:aws:ec2:*:*:instance/*"])
-            .when(Op::StringEquals, &ns_tag, &[ns])
-            .when(Op::ForAllValuesStringEquals, "aws:TagKeys", &AGENT_INSTANCE_TAGS),
+        // Only its own instance, and only the keys the agent writes: not key-pair patterns,
+        // options or cluster membership, which the agents and the workstation trust.
+        itself(Statement::allow("tag itself", &["ec2:CreateTags"], &["arn:aws:ec2:*:*:instance/*"])).when(
+            Op::ForAllValuesStringEquals,
+            "aws:TagKeys",
+            &AGENT_INSTANCE_TAGS,
+        ),
         Statement::allow("create the persistent volume", &["ec2:CreateVolume"], &["arn:aws:ec2:*:*:volume/*"]).when(
             Op::StringEquals,
             &request_ns_tag,
@@ -223,17 +288,20 @@ pub fn agent_statements(ns: &str, queue_prefix: &str) -> Vec<Statement> {
         Statement::allow("tag the new volume", &["ec2:CreateTags"], &["arn:aws:ec2:*:*:volume/*"])
             .when(Op::StringEquals, "ec2:CreateAction", &["CreateVolume"])
             .when(Op::StringEquals, &request_ns_tag, &[ns]),
-        Statement::allow(
-            "attach the persistent volume",
-            &["ec2:AttachVolume"],
-            &["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
-        )
-        .when(Op::StringEquals, &ns_tag, &[ns]),
+        // AttachVolume is authorized on both the instance and the volume.
+        itself(Statement::allow("attach volumes to itself", &["ec2:AttachVolume"], &["arn:aws:ec2:*:*:instance/*"])),
+        Statement::allow("attach persistent volumes", &["ec2:AttachVolume"], &["arn:aws:ec2:*:*:volume/*"])
+            .when(Op::StringEquals, &ns_tag, &[ns])
+            .when(Op::StringEquals, &persistent_tag, &["true"]),
         Statement::allow("expand group patterns", &["iam:GetGroup"], &["*"]),
+        // A queue is created tagged with its box's ARN, and then used only by that box. The
+        // `IfExists` keeps a box from claiming an existing queue by creating it again.
+        Statement::allow("create its own queue", &["sqs:CreateQueue", "sqs:TagQueue"], &[&queues])
+            .when(Op::StringEquals, &queue_request_tag, &[SOURCE_INSTANCE])
+            .when(Op::StringEqualsIfExists, &queue_tag, &[SOURCE_INSTANCE]),
         Statement::allow(
-            "own notification queue",
+            "use its own queue",
             &[
-                "sqs:CreateQueue",
                 "sqs:GetQueueUrl",
                 "sqs:GetQueueAttributes",
                 "sqs:SetQueueAttributes",
@@ -241,12 +309,39 @@ pub fn agent_statements(ns: &str, queue_prefix: &str) -> Vec<Statement> {
                 "sqs:DeleteMessage",
             ],
             &[&queues],
-        ),
+        )
+        .when(Op::StringEquals, &queue_tag, &[SOURCE_INSTANCE]),
         Statement::allow("subscribe to key notifications", &["sns:CreateTopic", "sns:Subscribe"], &[&topic]),
         Statement::allow("report metrics", &["cloudwatch:PutMetricData"], &["*"]).when(
             Op::StringEquals,
             "cloudwatch:namespace",
             &["CGCloud"],
+        ),
+    ]
+}
+
+/// What a team member's IAM policy should say about key pairs, so that `@user` and `@@group`
+/// patterns cannot be fooled (`keypairs.rs`): a member imports key pairs only tagged with their
+/// own user name, tags key pairs only as part of importing them, and deletes only their own.
+/// Shipped as `docs/key-pair-policy.json`. It holds only if no other policy of theirs grants
+/// `ec2:CreateTags` or `ec2:DeleteTags` on key pairs more widely (e.g. `AmazonEC2FullAccess`).
+pub fn key_pair_statements() -> Vec<Statement> {
+    let owner = format!("aws:RequestTag/{}", tags::OWNER);
+    let key_pairs = "arn:aws:ec2:*:*:key-pair/*";
+    vec![
+        Statement::allow("list key pairs", &["ec2:DescribeKeyPairs"], &["*"]),
+        Statement::allow("import own key pairs", &["ec2:ImportKeyPair"], &[key_pairs]).when(
+            Op::StringEquals,
+            &owner,
+            &["${aws:username}"],
+        ),
+        Statement::allow("tag own key pairs on import", &["ec2:CreateTags"], &[key_pairs])
+            .when(Op::StringEquals, "ec2:CreateAction", &["ImportKeyPair"])
+            .when(Op::StringEquals, &owner, &["${aws:username}"]),
+        Statement::allow("delete own key pairs", &["ec2:DeleteKeyPair"], &[key_pairs]).when(
+            Op::StringEquals,
+            &format!("ec2:ResourceTag/{}", tags::OWNER),
+            &["${aws:username}"],
         ),
     ]
 }
@@ -264,34 +359,44 @@ mod tests {
         Policy { statements: agent_statements(NS, "team_cgcloud-agent_") }
     }
 
-    /// CreateTags on `arn` (an instance in namespace `ns`) with these tag keys.
-    fn tag(arn: &str, ns: &str, keys: &[&str]) -> Request {
-        Request::new("ec2:CreateTags", arn).with("ec2:ResourceTag/cgcloud:namespace", &[ns]).with("aws:TagKeys", keys)
+    /// CreateTags on instance `arn` with these tag keys, signed by box `from`.
+    fn tag(arn: &str, keys: &[&str], from: &str) -> Request {
+        Request::new("ec2:CreateTags", arn)
+            .with("ec2:ResourceTag/cgcloud:namespace", &[NS])
+            .with("aws:TagKeys", keys)
+            .with("ec2:SourceInstanceARN", &[from])
     }
 
     #[test]
-    fn a_box_marks_itself_configured() {
-        assert!(policy().allows(&tag(ME, NS, &["cgcloud:configured"])));
-        assert!(policy().allows(&tag(ME, NS, &["cgcloud:configured", "cgcloud:failure"])));
+    fn a_box_tags_itself_with_what_its_agent_writes() {
+        assert!(policy().allows(&tag(ME, &["cgcloud:configured"], ME)));
+        assert!(policy().allows(&tag(ME, &["cgcloud:configured", "cgcloud:failure", "cgcloud:host-key"], ME)));
     }
 
     #[test]
     fn a_box_cannot_rewrite_what_others_trust() {
         for key in [
             "cgcloud:keypairs",
-            "cgcloud:host-key",
             "cgcloud:option:spark_version",
             "cgcloud:cluster",
             "cgcloud:ordinal",
             "cgcloud:leader",
+            "cgcloud:owner",
             "Name",
         ] {
-            assert!(!policy().allows(&tag(PEER, NS, &[key])), "{key} on a peer");
-            assert!(!policy().allows(&tag(ME, NS, &[key])), "{key} on itself");
-            assert!(!policy().allows(&tag(PEER, NS, &["cgcloud:configured", key])), "{key} smuggled in");
+            assert!(!policy().allows(&tag(PEER, &[key], ME)), "{key} on a peer");
+            assert!(!policy().allows(&tag(ME, &[key], ME)), "{key} on itself");
+            assert!(!policy().allows(&tag(ME, &["cgcloud:configured", key], ME)), "{key} smuggled in");
         }
-        // Nothing at all outside the namespace.
-        assert!(!policy().allows(&tag(OTHER_NS_BOX, "/other/", &["cgcloud:configured"])));
+        // Not even the keys it may write on itself, on a peer of its namespace: a peer's host
+        // key (impersonation) or its configured state (a leader waiting for it).
+        for key in AGENT_INSTANCE_TAGS {
+            assert!(!policy().allows(&tag(PEER, &[key], ME)), "{key} on a peer");
+            assert!(!policy().allows(&tag(OTHER_NS_BOX, &[key], ME)), "{key} outside the namespace");
+        }
+        // Credentials that are not a box's (no source instance) get nothing from this policy.
+        let unsourced = Request::new("ec2:CreateTags", ME).with("aws:TagKeys", &["cgcloud:configured"]);
+        assert!(!policy().allows(&unsourced));
     }
 
     #[test]
@@ -309,21 +414,127 @@ mod tests {
         let retag = Request::new("ec2:CreateTags", vol)
             .with("ec2:ResourceTag/cgcloud:namespace", &[NS])
             .with("aws:RequestTag/cgcloud:namespace", &[NS])
-            .with("aws:TagKeys", &["cgcloud:cluster"]);
+            .with("aws:TagKeys", &["cgcloud:cluster"])
+            .with("ec2:SourceInstanceARN", &[ME]);
         assert!(!policy().allows(&retag));
     }
 
     #[test]
-    fn queues_topics_metrics_are_scoped() {
-        let q = |name: &str| Request::new("sqs:ReceiveMessage", &format!("arn:aws:sqs:us-west-2:123456789012:{name}"));
-        assert!(policy().allows(&q("team_cgcloud-agent_i-0aaaaaaaaaaaaaaa1")));
-        assert!(!policy().allows(&q("other_cgcloud-agent_i-0ccccccccccccccc3")));
-        assert!(!policy().allows(&Request::new("sqs:DeleteQueue", "arn:aws:sqs:us-west-2:1:team_cgcloud-agent_i-1")));
+    fn volumes_attach_only_to_the_box_itself() {
+        let attach = |resource: &str, tags: &[(&str, &str)]| {
+            let mut r = Request::new("ec2:AttachVolume", resource).with("ec2:SourceInstanceARN", &[ME]);
+            for (k, v) in tags {
+                r = r.with(&format!("ec2:ResourceTag/{k}"), &[v]);
+            }
+            r
+        };
+        let vol = "arn:aws:ec2:us-west-2:123456789012:volume/vol-0123456789abcdef0";
+        let ns = ("cgcloud:namespace", NS);
+        assert!(policy().allows(&attach(ME, &[ns])));
+        assert!(policy().allows(&attach(vol, &[ns, ("cgcloud:persistent", "true")])));
+        // A peer's instance (to attach a volume it can then read from there): denied.
+        assert!(!policy().allows(&attach(PEER, &[ns])));
+        // Volumes that are not persistent volumes of the namespace: a peer's root or data
+        // volume, another namespace's persistent volume.
+        assert!(!policy().allows(&attach(vol, &[ns])));
+        assert!(!policy().allows(&attach(vol, &[("cgcloud:namespace", "/other/"), ("cgcloud:persistent", "true")])));
+    }
+
+    #[test]
+    fn a_box_uses_only_its_own_queue() {
+        let arn = |name: &str| format!("arn:aws:sqs:us-west-2:123456789012:{name}");
+        let mine = arn("team_cgcloud-agent_i-0aaaaaaaaaaaaaaa1");
+        let peers = arn("team_cgcloud-agent_i-0bbbbbbbbbbbbbbb2");
+        let create = |queue: &str, owner: &str| {
+            Request::new("sqs:CreateQueue", queue)
+                .with("aws:RequestTag/cgcloud:instance", &[owner])
+                .with("ec2:SourceInstanceARN", &[ME])
+        };
+        assert!(policy().allows(&create(&mine, ME)));
+        // Creating a queue for a peer, or untagged, or creating the peer's existing queue again.
+        assert!(!policy().allows(&create(&peers, PEER)));
+        assert!(!policy().allows(&Request::new("sqs:CreateQueue", &mine).with("ec2:SourceInstanceARN", &[ME])));
+        assert!(!policy().allows(&create(&peers, ME).with("aws:ResourceTag/cgcloud:instance", &[PEER])));
+        let tag_peer = Request::new("sqs:TagQueue", &peers)
+            .with("aws:RequestTag/cgcloud:instance", &[ME])
+            .with("aws:ResourceTag/cgcloud:instance", &[PEER])
+            .with("ec2:SourceInstanceARN", &[ME]);
+        assert!(!policy().allows(&tag_peer), "a box cannot take over a peer's queue by retagging it");
+        let receive = |queue: &str, owner: &str| {
+            Request::new("sqs:ReceiveMessage", queue)
+                .with("aws:ResourceTag/cgcloud:instance", &[owner])
+                .with("ec2:SourceInstanceARN", &[ME])
+        };
+        assert!(policy().allows(&receive(&mine, ME)));
+        assert!(!policy().allows(&receive(&peers, PEER)), "a peer's queue");
+        assert!(!policy().allows(&receive(&arn("other_cgcloud-agent_i-0ccccccccccccccc3"), ME)), "another namespace");
+        assert!(!policy().allows(&Request::new("sqs:DeleteQueue", &mine).with("ec2:SourceInstanceARN", &[ME])));
+    }
+
+    #[test]
+    fn topics_metrics_and_the_rest_are_scoped() {
         let metric = |ns: &str| Request::new("cloudwatch:PutMetricData", "*").with("cloudwatch:namespace", &[ns]);
         assert!(policy().allows(&metric("CGCloud")));
         assert!(!policy().allows(&metric("AWS/EC2")));
         assert!(!policy().allows(&Request::new("sns:Publish", "arn:aws:sns:us-west-2:1:cgcloud-agent-notifications")));
-        assert!(!policy().allows(&Request::new("ec2:TerminateInstances", PEER)));
+        assert!(!policy().allows(&Request::new("ec2:TerminateInstances", PEER).with("ec2:SourceInstanceARN", &[ME])));
+    }
+
+    #[test]
+    fn instance_arns_name_the_partition() {
+        assert_eq!(instance_arn("us-west-2", "123456789012", "i-1"), "arn:aws:ec2:us-west-2:123456789012:instance/i-1");
+        assert!(instance_arn("cn-north-1", "1", "i-1").starts_with("arn:aws-cn:"));
+        assert!(instance_arn("us-gov-west-1", "1", "i-1").starts_with("arn:aws-us-gov:"));
+    }
+
+    #[test]
+    fn members_register_only_their_own_key_pairs() {
+        let p = Policy { statements: key_pair_statements() };
+        let kp = |name: &str| format!("arn:aws:ec2:us-west-2:123456789012:key-pair/{name}");
+        let import = |who: &str, name: &str, owner: &str| {
+            Request::new("ec2:ImportKeyPair", &kp(name))
+                .with("aws:username", &[who])
+                .with("aws:RequestTag/cgcloud:owner", &[owner])
+        };
+        let tag_on_import = |who: &str, name: &str, owner: &str| {
+            Request::new("ec2:CreateTags", &kp(name))
+                .with("aws:username", &[who])
+                .with("ec2:CreateAction", &["ImportKeyPair"])
+                .with("aws:RequestTag/cgcloud:owner", &[owner])
+        };
+        assert!(p.allows(&import("alice", "alice@laptop", "alice")));
+        assert!(p.allows(&tag_on_import("alice", "alice@laptop", "alice")));
+        // Mallory names a key pair for alice: untagged it is not alice's (keypairs.rs), and
+        // tagged as alice's it is refused.
+        assert!(!p.allows(&import("mallory", "alice@evil", "alice")));
+        assert!(!p.allows(&tag_on_import("mallory", "alice@evil", "alice")));
+        let retag = Request::new("ec2:CreateTags", &kp("alice@evil"))
+            .with("aws:username", &["mallory"])
+            .with("aws:RequestTag/cgcloud:owner", &["alice"]);
+        assert!(!p.allows(&retag), "tagging an existing key pair");
+        let untag = Request::new("ec2:DeleteTags", &kp("alice@laptop")).with("aws:username", &["mallory"]);
+        assert!(!p.allows(&untag));
+        let delete = |who: &str| {
+            Request::new("ec2:DeleteKeyPair", &kp("alice@laptop"))
+                .with("aws:username", &[who])
+                .with("ec2:ResourceTag/cgcloud:owner", &["alice"])
+        };
+        assert!(p.allows(&delete("alice")) && !p.allows(&delete("mallory")));
+        // A principal without a user name (a role session) cannot claim anyone's.
+        let anon = Request::new("ec2:ImportKeyPair", &kp("alice")).with("aws:RequestTag/cgcloud:owner", &["alice"]);
+        assert!(!p.allows(&anon));
+        snapshot(&p, "docs/key-pair-policy.json", include_str!("../../../docs/key-pair-policy.json"));
+    }
+
+    /// Compares `p` with its checked-in JSON (`path` from the workspace root); rewrites the file
+    /// instead with CGCLOUD_UPDATE_POLICY=1.
+    fn snapshot(p: &Policy, path: &str, expected: &str) {
+        let text = serde_json::to_string_pretty(&p.to_json()).unwrap();
+        if std::env::var_os("CGCLOUD_UPDATE_POLICY").is_some() {
+            std::fs::write(format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR")), text + "\n").unwrap();
+        } else {
+            assert_eq!(text, expected.trim_end(), "{path} changed; review and accept with CGCLOUD_UPDATE_POLICY=1");
+        }
     }
 
     #[test]
@@ -350,6 +561,24 @@ mod tests {
         assert!(!p.allows(&Request::new("s3:GetObject", "x")), "a missing condition key fails");
         assert!(p.allows(&Request::new("s3:GetObject", "x").with("aws:SourceVpc", &["vpc-1"])));
         assert!(!p.allows(&Request::new("ec2:RunInstances", "x")), "nothing allows it");
+        let own = Policy {
+            statements: vec![Statement::allow("v", &["ec2:StopInstances"], &["${ec2:SourceInstanceARN}"]).when(
+                Op::StringEqualsIfExists,
+                "aws:ResourceTag/o",
+                &["${aws:username}"],
+            )],
+        };
+        let stop = |arn: &str| Request::new("ec2:StopInstances", arn).with("ec2:SourceInstanceARN", &[ME]);
+        assert!(own.allows(&stop(ME)), "a variable in the resource");
+        assert!(!own.allows(&stop(PEER)));
+        assert!(!own.allows(&Request::new("ec2:StopInstances", ME)), "a variable the request lacks");
+        assert!(!own.allows(&stop(ME).with("aws:ResourceTag/o", &["alice"])), "IfExists with the key present");
+        assert!(own.allows(&stop(ME).with("aws:ResourceTag/o", &["alice"]).with("aws:username", &["alice"])));
+        assert!(
+            substitute("a${x}b${y}", &Request::new("a", "b").with("x", &["1"]).with("y", &["2"])).as_deref()
+                == Some("a1b2")
+        );
+        assert!(substitute("${x", &Request::new("a", "b")).is_none());
     }
 
     #[test]
@@ -370,6 +599,7 @@ mod tests {
             json["Statement"][1]["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"][0],
             "cgcloud:configured"
         );
+        assert_eq!(json["Statement"][1]["Condition"]["StringEquals"]["aws:ARN"][0], "${ec2:SourceInstanceARN}");
         let twice = Policy {
             statements: vec![Statement::allow("x", &["a:b"], &["*"]), Statement::allow("x", &["a:c"], &["*"])],
         };

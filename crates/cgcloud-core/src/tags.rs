@@ -19,7 +19,8 @@ pub const LEADER: &str = "cgcloud:leader";
 pub const GENERATION: &str = "cgcloud:generation";
 /// Hash of the compiled plan a box was provisioned with, or an image was baked from.
 pub const ROLE_HASH: &str = "cgcloud:role-hash";
-/// The box's SSH host public key (`ssh-ed25519 AAAA...`), known before the box boots.
+/// The box's SSH host public key (`ssh-ed25519 AAAA...`): set at launch for a box cgcloud
+/// provisions over SSH; published by the node itself at first boot for cluster nodes.
 pub const HOST_KEY: &str = "cgcloud:host-key";
 /// The id of the launch transaction that created the resource.
 pub const LAUNCH: &str = "cgcloud:launch";
@@ -48,10 +49,27 @@ pub const CLUSTER_TYPE: &str = "cgcloud:cluster-type";
 pub const ORDINALS: &str = "cgcloud:ordinals";
 /// Set by a node's agent when its first-boot configuration finished (`true`) or failed.
 pub const CONFIGURED: &str = "cgcloud:configured";
+/// On a box agent's SQS queue: the ARN of the box it belongs to (the only box that may use it).
+pub const QUEUE_OWNER: &str = "cgcloud:instance";
 /// Role option values are stored as `cgcloud:option:<name>`.
 pub const OPTION_PREFIX: &str = "cgcloud:option:";
 
 pub const LAUNCH_PENDING: &str = "pending";
+
+/// A cluster name as `create-cluster -c` accepts it: up to 40 lower-case letters, digits and
+/// `-`, starting with a letter or digit. The agent checks it again when it reads it from a tag.
+pub fn valid_cluster_name(name: &str) -> bool {
+    plain_name(name, 40)
+}
+
+/// A role or cluster-type name as read from a tag: lower-case letters, digits and `-`, up to
+/// `max` characters, starting with a letter or digit (what role files may be called).
+pub fn plain_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+}
 
 /// Tags as a sorted map.
 pub type Tags = BTreeMap<String, String>;

@@ -95,24 +95,34 @@ impl Host<'_> {
     /// Writes the NoCloud seed that makes cloud-init treat this as instance `spec.id`.
     pub fn seed(&self, spec: &InstanceSpec, public_keys: &[String], user_data: &str) -> Result<(), Error> {
         let root = self.root();
-        let write = |rel: &str, contents: &str| -> Result<(), Error> {
+        // The seed is root-only: user data may hold a host key, not for the box's other users.
+        let write = |rel: &str, contents: &str, mode: u32| -> Result<(), Error> {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
             let p = root.join(rel);
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
             }
-            std::fs::write(&p, contents).map_err(|e| Error::io(&p, e))
+            let _ = std::fs::remove_file(&p);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&p)
+                .map_err(|e| Error::io(&p, e))?;
+            f.write_all(contents.as_bytes()).map_err(|e| Error::io(&p, e))
         };
         let meta = serde_json::json!({
             "instance-id": spec.id,
             "local-hostname": spec.hostname,
             "public-keys": public_keys,
         });
-        write("var/lib/cloud/seed/nocloud/meta-data", &serde_json::to_string_pretty(&meta).unwrap_or_default())?;
+        write("var/lib/cloud/seed/nocloud/meta-data", &serde_json::to_string_pretty(&meta).unwrap_or_default(), 0o600)?;
         let ud = if user_data.trim().is_empty() { "#cloud-config\n{}\n" } else { user_data };
-        write("var/lib/cloud/seed/nocloud/user-data", ud)?;
-        write("etc/hostname", &format!("{}\n", spec.hostname))?;
+        write("var/lib/cloud/seed/nocloud/user-data", ud, 0o600)?;
+        write("etc/hostname", &format!("{}\n", spec.hostname), 0o644)?;
         // A machine id baked into an image layer must not be shared by its instances.
-        write("etc/machine-id", "")?;
+        write("etc/machine-id", "", 0o444)?;
         Ok(())
     }
 

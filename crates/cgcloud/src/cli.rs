@@ -380,7 +380,8 @@ pub struct ListArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct LaunchArgs {
     /// Key pairs that may log in; the first must exist and its private key be yours. Later ones
-    /// may be globs, @user or @@group. __me__ is your user name.
+    /// may be globs, @user or @@group (key pairs that user registered: named user or user@...
+    /// and tagged cgcloud:owner=user). __me__ is your user name.
     #[arg(short = 'k', long = "keypairs", num_args = 1.., value_delimiter = ' ', env = "CGCLOUD_KEYPAIRS")]
     pub keypairs: Vec<String>,
     /// Instance type (validated against the region)

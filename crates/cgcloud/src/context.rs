@@ -7,7 +7,7 @@ use crate::settings::Settings;
 use anyhow::{bail, Context as _, Result};
 use cgcloud_aws::Cloud;
 use cgcloud_core::model::{select_box, BoxInfo, Selector};
-use cgcloud_core::Namespace;
+use cgcloud_core::{tags, Namespace};
 use cgcloud_remote::SshTarget;
 use cgcloud_roles::Registry;
 use tokio::sync::OnceCell;
@@ -123,10 +123,18 @@ impl Ctx {
             );
         }
         let host_key = b.host_key.as_deref().with_context(|| {
-            format!(
-                "box {} has no recorded SSH host key (tag cgcloud:host-key), so its identity cannot be verified",
-                b.instance_id
-            )
+            if b.tags.contains_key(tags::CLUSTER) && !b.tags.contains_key(tags::CONFIGURED) {
+                format!(
+                    "box {} has not published its SSH host key yet (cluster nodes do when their first-boot \
+                     configuration ends); try again in a minute",
+                    b.instance_id
+                )
+            } else {
+                format!(
+                    "box {} has no recorded SSH host key (tag cgcloud:host-key), so its identity cannot be verified",
+                    b.instance_id
+                )
+            }
         })?;
         let known_hosts = self.settings.known_hosts();
         cgcloud_remote::hostkey::record(&known_hosts, &b.instance_id, host_key)?;

@@ -1,26 +1,31 @@
-//! The cloud-init user data cgcloud gives every box: the SSH host key cgcloud generated for it
-//! (so the box's identity is known before it boots), and the extra authorized keys.
+//! The cloud-init user data cgcloud gives every box: the SSH host key cgcloud generated for a box
+//! it provisions over SSH (so the box's identity is known before it boots; replaced by a key
+//! the box generates once provisioning has connected, see `launch::rotate_host_key`), and the
+//! extra authorized keys. Cluster nodes get no host key: each generates its own at first boot and
+//! publishes the public half as a tag on itself, which only it may write (`policy.rs`).
 //! cloud-config is YAML, and JSON is valid YAML, so it is written with serde_json.
 
 use cgcloud_remote::hostkey::HostKey;
 use serde_json::json;
 
 pub fn cloud_config(
-    host_key: &HostKey,
+    host_key: Option<&HostKey>,
     authorized_keys: &[String],
     first_boot: bool,
     instance_store: &[String],
 ) -> String {
     let mut doc = json!({
-        "ssh_keys": {
-            "ed25519_private": host_key.private_openssh,
-            "ed25519_public": host_key.public,
-        },
         // Replace the image's host keys, and do not generate other types we would not know.
         "ssh_deletekeys": true,
         "ssh_genkeytypes": ["ed25519"],
         "manage_etc_hosts": true,
     });
+    if let Some(host_key) = host_key {
+        doc["ssh_keys"] = json!({
+            "ed25519_private": host_key.private_openssh,
+            "ed25519_public": host_key.public,
+        });
+    }
     if !authorized_keys.is_empty() {
         doc["ssh_authorized_keys"] = json!(authorized_keys);
     }
@@ -49,20 +54,26 @@ mod tests {
             private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n".into(),
             public: "ssh-ed25519 AAAA".into(),
         };
-        let text = cloud_config(&hk, &["ssh-rsa BBBB bob".into()], true, &[]);
+        let text = cloud_config(Some(&hk), &["ssh-rsa BBBB bob".into()], true, &[]);
         assert!(text.starts_with("#cloud-config\n"));
         let v: serde_json::Value = serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["ssh_keys"]["ed25519_public"], "ssh-ed25519 AAAA");
         assert_eq!(v["ssh_authorized_keys"][0], "ssh-rsa BBBB bob");
         assert_eq!(v["ssh_genkeytypes"][0], "ed25519");
-        let none = cloud_config(&hk, &[], false, &[]);
+        let none = cloud_config(Some(&hk), &[], false, &[]);
         assert!(!none.contains("runcmd"));
         assert!(text.contains("cgcloud-agent"));
         assert!(!none.contains("ssh_authorized_keys"));
         assert!(!none.contains("write_files"));
-        let xen = cloud_config(&hk, &[], false, &["/dev/sdb".into(), "/dev/sdc".into()]);
+        let xen = cloud_config(Some(&hk), &[], false, &["/dev/sdb".into(), "/dev/sdc".into()]);
         let v: serde_json::Value = serde_json::from_str(xen.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["write_files"][0]["path"], "/etc/cgcloud/instance-store");
         assert_eq!(v["write_files"][0]["content"], "/dev/sdb\n/dev/sdc\n");
+        // A node that makes its own key gets none, and still only ed25519.
+        let node = cloud_config(None, &[], true, &[]);
+        let v: serde_json::Value = serde_json::from_str(node.trim_start_matches("#cloud-config\n")).unwrap();
+        assert!(v.get("ssh_keys").is_none() && !node.contains("PRIVATE KEY"), "{node}");
+        assert_eq!(v["ssh_genkeytypes"][0], "ed25519");
+        assert_eq!(v["ssh_deletekeys"], true);
     }
 }

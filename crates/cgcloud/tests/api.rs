@@ -567,3 +567,41 @@ fn instance_store_is_mapped_and_listed_only_on_xen_types() {
     assert!(!user_data.contains("write_files"), "{user_data}");
     assert!(user_data.contains("ssh_keys"), "{user_data}");
 }
+
+#[test]
+fn user_patterns_trust_only_key_pairs_their_user_registered() {
+    let e = env_with_key();
+    let register = |me: &str, file: &std::path::Path, name: &str| {
+        let mut c = e.cmd();
+        c.env("CGCLOUD_ME", me).args(["--output", "json", "register-key", file.to_str().unwrap(), "-k", name]);
+        let out = c.output().unwrap();
+        serde_json::from_str::<Value>(&testkit::succeeded(&["register-key"], &out)).unwrap()
+    };
+    let alice = e.keygen("alice", "ed25519").with_extension("pub");
+    let mallory = e.keygen("mallory", "ed25519").with_extension("pub");
+    register("alice", &alice, "alice@laptop");
+    // Mallory names her key pair for alice (register-key tags it as hers), and imports another
+    // one untagged, as anyone with ec2:ImportKeyPair can.
+    register("mallory", &mallory, "alice@evil");
+    let untagged = std::fs::read_to_string(&mallory).unwrap();
+    boto3(&e, &format!("client('ec2').import_key_pair(KeyName='ALICE@old', PublicKeyMaterial={:?})", untagged.trim()));
+
+    let out = e.run(&["--output", "json", "create", DEBIAN, "-k", "__me__", "@alice", "--quick", "--never-terminate"]);
+    let created: Value = serde_json::from_str(&testkit::succeeded(&["create"], &out)).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("key pair alice@evil is named for alice but not tagged cgcloud:owner=alice"), "{err}");
+    assert!(err.contains("ALICE@old"), "{err}");
+    let user_data = launch_request(&e, created["instance_id"].as_str().unwrap());
+    let blob = |f: &std::path::Path| std::fs::read_to_string(f).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+    assert!(user_data.contains(&blob(&alice)), "alice's key is trusted:\n{user_data}");
+    assert!(!user_data.contains(&blob(&mallory)), "mallory's key got in as @alice:\n{user_data}");
+
+    // A key pair registered before owners were tagged is tagged by registering it again.
+    let old = e.keygen("old", "ed25519").with_extension("pub");
+    let old_key = std::fs::read_to_string(&old).unwrap();
+    boto3(&e, &format!("client('ec2').import_key_pair(KeyName='alice@desk', PublicKeyMaterial={:?})", old_key.trim()));
+    assert_eq!(register("alice", &old, "alice@desk")["action"], "tagged");
+    assert_eq!(register("alice", &old, "alice@desk")["action"], "unchanged");
+    let again = e.json(&["create", DEBIAN, "-k", "__me__", "@alice", "--quick", "--never-terminate"]);
+    assert!(launch_request(&e, again["instance_id"].as_str().unwrap()).contains(&blob(&old)));
+}

@@ -123,6 +123,17 @@ fn local_cloud_end_to_end() {
 
     let uname = u.ok(&["ssh", DEBIAN, "--", "uname", "-a"]);
     assert!(uname.starts_with("Linux ip-10-199-1-"), "{uname}");
+    // The host key cgcloud put in the user data (which EC2 serves to any local user through
+    // IMDS) was replaced by one the box made; the seed is root-only here.
+    let seed = "/var/lib/cloud/seed/nocloud/user-data";
+    let seeded =
+        u.ok(&["ssh", DEBIAN, "--", &format!("sudo sed -n 's/.*\"ed25519_public\": \"\\(.*\\)\".*/\\1/p' {seed}")]);
+    let own = u.ok(&["ssh", DEBIAN, "--", "cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub"]);
+    let tagged = u.json(&["show", DEBIAN])["host_key"].as_str().unwrap().to_owned();
+    assert!(seeded.starts_with("ssh-ed25519 ") && own.starts_with("ssh-ed25519 "), "{seeded} / {own}");
+    assert_ne!(seeded.trim(), own.trim(), "the box still uses the host key from its user data");
+    assert_eq!(tagged, own.trim(), "the recorded host key is the box's own");
+    assert_ne!(u.run(&["ssh", DEBIAN, "--", "cat", seed]).status.code(), Some(0), "the user data is readable");
     // The role's packages are there.
     assert!(u.ok(&["ssh", DEBIAN, "--", "command", "-v", "htop"]).contains("/usr/bin/htop"));
     // A failing remote command's status comes back.
@@ -633,14 +644,20 @@ fn keygen(dir: &std::path::Path, name: &str) -> PathBuf {
     key
 }
 
-/// Runs Python with boto3 from the local cloud's moto venv, against the local cloud's API.
-fn iam(script: &str) {
+/// Runs Python with boto3 from the local cloud's moto venv, against the local cloud's API
+/// (`client('sqs')`, and `iam`); returns its stdout.
+fn boto3(script: &str) -> String {
     let python = local_dir().join("moto-5.2.5/bin/python");
     let full = format!(
-        "import boto3\niam = boto3.client('iam', endpoint_url='http://127.0.0.1:5401', region_name='us-west-2', aws_access_key_id='localcloud', aws_secret_access_key='localcloud')\n{script}"
+        "import boto3\ndef client(s): return boto3.client(s, endpoint_url='http://127.0.0.1:5401', region_name='us-west-2', aws_access_key_id='localcloud', aws_secret_access_key='localcloud')\niam = client('iam')\n{script}"
     );
     let out = Command::new(python).args(["-c", &full]).env("AWS_EC2_METADATA_DISABLED", "true").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn iam(script: &str) {
+    boto3(script);
 }
 
 #[test]
@@ -661,6 +678,22 @@ fn key_sync_end_to_end() {
     let t = converge(&boxes, 30, "carol's new key", |ip, id| login(&u, &carol, ip, id));
     eprintln!("carol's key reached 3 boxes in {t:.2} s");
 
+    // Each agent's queue is tagged with its box's ARN: the box's IAM policy lets only that box
+    // use it (policy.rs tests the policy; this, that the agents tag what the policy expects).
+    let tagged = boto3(
+        "sqs = client('sqs')\n\
+         for url in sqs.list_queues().get('QueueUrls', []):\n    \
+             print(url.rsplit('/', 1)[1], sqs.list_queue_tags(QueueUrl=url).get('Tags', {}).get('cgcloud:instance'))",
+    );
+    for (id, _) in &boxes {
+        assert!(
+            tagged.lines().any(
+                |l| l.contains(&format!("_{id} arn:aws:ec2:us-west-2:")) && l.ends_with(&format!(":instance/{id}"))
+            ),
+            "no queue of {id} tagged with its ARN:\n{tagged}"
+        );
+    }
+
     // Keys added by hand to authorized_keys survive syncs.
     let manual = keygen(keys.path(), "manual");
     let pubkey = std::fs::read_to_string(manual.with_extension("pub")).unwrap();
@@ -673,8 +706,11 @@ fn key_sync_end_to_end() {
     assert!(login(&u, &manual, &ip0, &id0), "the hand-added key was dropped");
 
     // @@devs follows IAM group membership (no notification: the periodic refresh finds it).
+    // Dave registers his key himself (tagged as his; a key pair merely named `dave` is not).
     let dave = keygen(keys.path(), "dave");
-    u.ok(&["register-key", dave.with_extension("pub").to_str().unwrap(), "-k", "dave"]);
+    let mut register = u.cmd();
+    register.env("CGCLOUD_ME", "dave").args(["register-key", dave.with_extension("pub").to_str().unwrap()]);
+    testkit::succeeded(&["register-key"], &register.output().unwrap());
     iam("iam.create_group(GroupName='devs'); iam.create_user(UserName='dave')");
     std::thread::sleep(std::time::Duration::from_secs(6));
     assert!(boxes.iter().all(|(id, ip)| !login(&u, &dave, ip, id)), "dave got in before joining devs");
@@ -746,6 +782,22 @@ fn clusters_end_to_end() {
     assert_eq!(check.matches(&format!("] {leader_ip}")).count(), 5, "{check}");
     assert_eq!(check.matches("] 5\n").count(), 5, "{check}");
     assert_eq!(check.matches("] /dev/xvdf").count(), 5, "{check}");
+    // Each node made its own host key (launched together, they share their user data, which
+    // carries none); ssh-cluster verified every one against the key the node published.
+    let listed = u.json(&["list"]);
+    let keys: std::collections::BTreeSet<&str> =
+        listed.as_array().unwrap().iter().filter_map(|b| b["host_key"].as_str()).collect();
+    assert_eq!(keys.len(), 5, "{listed}");
+    let seeds = u.ok(&[
+        "ssh-cluster",
+        "generic",
+        "-c",
+        "e2e",
+        "-P",
+        "--",
+        "sudo grep -c 'PRIVATE KEY' /var/lib/cloud/seed/nocloud/user-data || true",
+    ]);
+    assert_eq!(seeds.matches("] 0\n").count(), 5, "{seeds}");
     // A failing command on any node makes ssh-cluster fail.
     assert_ne!(
         u.run(&["ssh-cluster", "generic", "-c", "e2e", "--", "test -f /etc/cgcloud/no-such-file"]).status.code(),

@@ -125,11 +125,7 @@ fn launch_args(n: &NodeLaunchArgs) -> LaunchArgs {
 }
 
 fn check_cluster_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 40
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
-    if !ok {
+    if !tags::valid_cluster_name(name) {
         bail!("invalid cluster name '{name}': use up to 40 lower-case letters, digits and '-'");
     }
     Ok(())
@@ -176,7 +172,8 @@ async fn await_nodes(
         for b in &boxes {
             if b.state == "running" {
                 running += 1;
-                if ssh_check && !probing.contains(&b.instance_id) {
+                // A node publishes its host key when it has configured itself.
+                if ssh_check && b.host_key.is_some() && !probing.contains(&b.instance_id) {
                     probing.insert(b.instance_id.clone());
                     let target = ctx.ssh_target(b, None, None).await?;
                     let (ready, limit, id) = (ssh_ready.clone(), limit.clone(), b.instance_id.clone());

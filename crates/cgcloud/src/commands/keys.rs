@@ -27,9 +27,16 @@ pub async fn register_key(ctx: &Ctx, a: RegisterKeyArgs) -> Result<ExitCode> {
                 .as_deref()
                 .and_then(|p| PublicKey::parse_line(p).ok())
                 .is_some_and(|p| p.blob == key.blob);
-        if same {
+        let me = ctx.me().await.ok().map(str::to_owned);
+        if same && (me.is_none() || existing.owner == me) {
             report(&existing.fingerprint, "unchanged");
             return Ok(ExitCode::SUCCESS);
+        }
+        if same {
+            // The same key without its owner tag (registered before cgcloud tagged owners, or by
+            // hand): importing it again tags it, which `@user` patterns need.
+            cloud.delete_key_pair(&name).await?;
+            return import(ctx, &a, &name, &key, "tagged").await;
         }
         if !a.force {
             bail!(
@@ -39,11 +46,17 @@ pub async fn register_key(ctx: &Ctx, a: RegisterKeyArgs) -> Result<ExitCode> {
         }
         cloud.delete_key_pair(&name).await?;
     }
+    import(ctx, &a, &name, &key, if a.force { "replaced" } else { "imported" }).await
+}
+
+/// Imports `key` as key pair `name`, tagged with its owner (the caller).
+async fn import(ctx: &Ctx, a: &RegisterKeyArgs, name: &str, key: &PublicKey, action: &str) -> Result<ExitCode> {
+    let cloud = ctx.cloud().await?;
     let mut t = Tags::new();
     if let Ok(me) = ctx.me().await {
         t.insert(tags::OWNER.into(), me.to_owned());
     }
-    let imported = cloud.import_key_pair(&name, format!("{} {}", key.to_openssh(), key.comment).trim_end(), &t).await?;
+    let imported = cloud.import_key_pair(name, format!("{} {}", key.to_openssh(), key.comment).trim_end(), &t).await?;
     if !key.matches_fingerprint(&imported.fingerprint) {
         bail!(
             "EC2 reports fingerprint {} for key pair '{name}', which does not belong to {} (expected {})",
@@ -52,7 +65,10 @@ pub async fn register_key(ctx: &Ctx, a: RegisterKeyArgs) -> Result<ExitCode> {
             key.ec2_fingerprint()
         );
     }
-    report(&imported.fingerprint, if a.force { "replaced" } else { "imported" });
+    let json = serde_json::json!({
+        "key_pair": name, "key_type": key.key_type, "fingerprint": imported.fingerprint, "action": action,
+    });
+    ctx.out.record(&json, || format!("{name}\t{}\t{}\t{action}", key.key_type, imported.fingerprint));
     notify(ctx).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -166,12 +166,20 @@ async fn resolve_keypairs(ctx: &Ctx, cloud: &Cloud, patterns: &[String]) -> Resu
     let mut authorized = Vec::new();
     if resolved.len() > 1 {
         let all = cloud.key_pairs().await?;
-        let names: Vec<String> = all.iter().map(|k| k.name.clone()).collect();
+        let available: Vec<keypairs::KeyPair> =
+            all.iter().map(|k| keypairs::KeyPair::new(&k.name, k.owner.as_deref())).collect();
         let mut members = BTreeMap::new();
         for g in keypairs::groups(&resolved[1..]) {
             members.insert(g.clone(), cloud.group_members(&g).await?);
         }
-        for name in keypairs::expand(&resolved[1..], &names, &members) {
+        for (name, user) in keypairs::unowned(&resolved[1..], &available, &members) {
+            tracing::warn!(
+                "key pair {name} is named for {user} but not tagged {}={user}, so @{user} does not trust it; \
+                 {user} can tag it by registering it again: `cgcloud register-key <its public key> -k {name}`",
+                tags::OWNER
+            );
+        }
+        for name in keypairs::expand(&resolved[1..], &available, &members) {
             if name == primary.name {
                 continue;
             }
@@ -508,14 +516,16 @@ impl Group {
 }
 
 /// The tags of a box of this launch.
-fn box_tags(p: &Prepared, g: &Group, txn: &Txn, host_key: &str) -> Result<Tags> {
+fn box_tags(p: &Prepared, g: &Group, txn: &Txn, host_key: Option<&str>) -> Result<Tags> {
     let mut t = Tags::new();
     t.insert(tags::NAME.into(), p.ns.to_aws_name(&g.box_role)?);
     t.insert(tags::NAMESPACE.into(), p.ns.to_string());
     t.insert(tags::ROLE.into(), g.box_role.clone());
     t.insert(tags::OWNER.into(), p.owner.clone());
     t.insert(tags::GENERATION.into(), p.generation.to_string());
-    t.insert(tags::HOST_KEY.into(), host_key.to_owned());
+    if let Some(k) = host_key {
+        t.insert(tags::HOST_KEY.into(), k.to_owned());
+    }
     t.insert(tags::LAUNCH.into(), txn.id.clone());
     t.insert(tags::LAUNCH_STATE.into(), tags::LAUNCH_PENDING.into());
     t.insert(tags::ADMIN_USER.into(), p.os.admin_user.clone());
@@ -549,9 +559,11 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
         Some(info) => info.mapped_instance_store(),
         None => cloud.instance_type_info(&g.instance_type).await?.mapped_instance_store(),
     };
-    // One host key per group: the boxes of one call share their user data.
-    let host_key = cgcloud_remote::hostkey::generate()?;
-    let user_data = cloud_config(&host_key, &p.authorized_keys, g.first_boot, &instance_store);
+    // The boxes of one call share their user data, so a host key there would be shared too:
+    // nodes that configure themselves make their own and publish it (the agent's `boot`); a box
+    // provisioned over SSH gets one here, so that the first connection can be verified.
+    let host_key = if g.first_boot { None } else { Some(cgcloud_remote::hostkey::generate()?) };
+    let user_data = cloud_config(host_key.as_ref(), &p.authorized_keys, g.first_boot, &instance_store);
     if user_data.len() > MAX_USER_DATA {
         bail!(
             "the boxes' user data would be {} bytes, over EC2's limit of {MAX_USER_DATA} ({} extra authorized keys); \
@@ -560,7 +572,7 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
             p.authorized_keys.len()
         );
     }
-    let box_tags = box_tags(p, g, txn, &host_key.public)?;
+    let box_tags = box_tags(p, g, txn, host_key.as_ref().map(|k| k.public.as_str()))?;
     let sg_name = p.ns.to_aws_name(&p.role.name)?;
     let mut sg_tags = Tags::new();
     sg_tags.insert(tags::NAMESPACE.into(), p.ns.to_string());
@@ -726,6 +738,47 @@ async fn wait_ssh(ctx: &Ctx, b: &BoxInfo, a: &LaunchArgs) -> Result<cgcloud_remo
     Ok(target)
 }
 
+/// Replaces the host key a box got in its user data, which stays readable there (through IMDS,
+/// by any local user) for the box's life, with one the box generates and only root can read.
+/// The first connection was verified with the old key; the new public key comes back over it,
+/// is recorded (tag and known_hosts), and a fresh connection must verify with it.
+async fn rotate_host_key(ctx: &Ctx, cloud: &Cloud, target: &cgcloud_remote::SshTarget, b: &BoxInfo) -> Result<()> {
+    const KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
+    let script = format!(
+        "set -e\n\
+         sudo rm -f {KEY}.cgcloud-new {KEY}.cgcloud-new.pub\n\
+         sudo ssh-keygen -q -t ed25519 -N '' -C '' -f {KEY}.cgcloud-new\n\
+         sudo mv -f {KEY}.cgcloud-new.pub {KEY}.pub\n\
+         sudo mv -f {KEY}.cgcloud-new {KEY}\n\
+         for unit in ssh.service sshd.service; do\n\
+           if systemctl is-active --quiet $unit; then sudo systemctl reload $unit; fi\n\
+         done\n\
+         cat {KEY}.pub\n"
+    );
+    let out = target.run_script(&script).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key: Vec<&str> = text.split_whitespace().take(2).collect();
+    if !out.status.success() || key.len() != 2 || key[0] != "ssh-ed25519" {
+        bail!(
+            "could not replace the SSH host key of box {} from its user data: {}",
+            b.instance_id,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let key = key.join(" ");
+    let mut t = Tags::new();
+    t.insert(tags::HOST_KEY.into(), key.clone());
+    cloud.create_tags(std::slice::from_ref(&b.instance_id), &t).await?;
+    cgcloud_remote::hostkey::record(&ctx.settings.known_hosts(), &b.instance_id, &key)?;
+    target.close().await;
+    target
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .with_context(|| format!("box {} does not present its new SSH host key", b.instance_id))?;
+    tracing::debug!("box {} has its own SSH host key now", b.instance_id);
+    Ok(())
+}
+
 pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
     let role = ctx.registry().await?.role(&a.role)?;
     // Without -Q the launch waits for SSH and provisions with the agent.
@@ -747,6 +800,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
         let mut full = plan.clone();
         full.steps.extend(agent_steps(ctx, &prepared, &cloud.region));
         provision(ctx, &target, &b, &full, a.upgrade).await?;
+        rotate_host_key(ctx, cloud, &target, &b).await?;
         record_plan(cloud, &b.instance_id, &plan).await?;
         finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
         target.close().await;
@@ -804,6 +858,7 @@ pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
         let b = boxes.into_iter().next().context("RunInstances returned no instance")?;
         if !a.quick {
             let target = wait_ssh(ctx, &b, &a.launch).await?;
+            rotate_host_key(ctx, cloud, &target, &b).await?;
             target.close().await;
         }
         finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
