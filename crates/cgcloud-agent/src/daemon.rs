@@ -158,28 +158,7 @@ impl Agent {
             pairs.iter().map(|(k, public)| (k.name.clone(), public.clone())).collect();
         let mut members = BTreeMap::new();
         for g in keypairs::groups(&patterns) {
-            // At most 100 users a page: follow the marker to the end.
-            let mut users = Vec::new();
-            let mut marker: Option<String> = None;
-            loop {
-                let mut params = vec![("GroupName", g.clone())];
-                if let Some(m) = marker.take() {
-                    params.push(("Marker", m));
-                }
-                match self.aws.call(Service::Iam, "GetGroup", &params) {
-                    Ok(a) => {
-                        users.extend(a.texts("UserName"));
-                        if a.text("IsTruncated").as_deref() == Some("true") {
-                            marker = a.text("Marker").filter(|m| !m.is_empty());
-                        }
-                        if marker.is_none() {
-                            break;
-                        }
-                    }
-                    Err(AwsError::Service { code, .. }) if code == "NoSuchEntity" => break,
-                    Err(e) => return Err(e),
-                }
-            }
+            let users = group_members(&self.aws, &g)?;
             members.insert(g, users);
         }
         let available: Vec<keypairs::KeyPair> = pairs.into_iter().map(|(k, _)| k).collect();
@@ -524,6 +503,32 @@ fn instance_id() -> Result<String, String> {
     crate::imds::instance_id(&http)
 }
 
+/// The user names of IAM group `g` (none if it does not exist). GetGroup returns at most 100
+/// users a page: the marker is followed to the end.
+fn group_members(aws: &Client, g: &str) -> Result<Vec<String>, AwsError> {
+    let mut users = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let mut params = vec![("GroupName", g.to_owned())];
+        if let Some(m) = marker.take() {
+            params.push(("Marker", m));
+        }
+        match aws.call(Service::Iam, "GetGroup", &params) {
+            Ok(a) => {
+                users.extend(a.texts("UserName"));
+                if a.text("IsTruncated").as_deref() == Some("true") {
+                    marker = a.text("Marker").filter(|m| !m.is_empty());
+                }
+                if marker.is_none() {
+                    return Ok(users);
+                }
+            }
+            Err(AwsError::Service { code, .. }) if code == "NoSuchEntity" => return Ok(users),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// This box's SSH host public key as `ssh-ed25519 AAAA…` (no comment), if sshd has one.
 fn own_host_key() -> Option<String> {
     let text = std::fs::read_to_string("/etc/ssh/ssh_host_ed25519_key.pub").ok()?;
@@ -561,6 +566,17 @@ fn parse_key_pairs(xml: &str) -> Vec<(keypairs::KeyPair, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_of_more_than_a_page_are_read_to_the_end() {
+        let endpoint = testkit::fake_iam_with_big_group("big", 230);
+        let creds = Credentials { access_key_id: "a".into(), secret_access_key: "b".into(), session_token: None };
+        let aws = Client::new("us-west-2", Some(endpoint), Some(creds));
+        let users = group_members(&aws, "big").unwrap();
+        assert_eq!(users.len(), 230);
+        assert_eq!(users.first().map(String::as_str), Some("user0"));
+        assert_eq!(users.last().map(String::as_str), Some("user229"));
+    }
 
     #[test]
     fn key_pairs_with_their_owner_tag() {

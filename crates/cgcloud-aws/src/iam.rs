@@ -285,6 +285,24 @@ fn percent_decode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::{Cloud, ConnectSettings};
+
+    #[tokio::test]
+    async fn groups_of_more_than_a_page_are_read_to_the_end() {
+        let settings = ConnectSettings {
+            region: Some("us-west-2".into()),
+            endpoint: Some(testkit::fake_iam_with_big_group("big", 230)),
+            access_key_id: Some("a".into()),
+            secret_access_key: Some("b".into()),
+            max_attempts: Some(1),
+            ..Default::default()
+        };
+        let cloud = Cloud::connect(&settings).await.unwrap();
+        let users = cloud.group_members("big").await.unwrap();
+        assert_eq!(users.len(), 230);
+        assert_eq!(users.last().map(String::as_str), Some("user229"));
+    }
+
     #[test]
     fn decodes_policies() {
         assert_eq!(super::percent_decode("%7B%22a%22%3A1%7D"), r#"{"a":1}"#);

@@ -280,3 +280,80 @@ pub fn hermetic_command(bin: &Path, home: &Path, keep: &[&str]) -> Command {
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
     c
 }
+
+/// A stand-in for an AWS query API on loopback, for what the emulator does not do (e.g. moto's
+/// GetGroup never pages). `answer` gets each request's form body (`Action=…&…`, URL-encoded)
+/// and returns the XML to send back with status 200. Serves until the process ends; returns
+/// the endpoint URL.
+pub fn fake_query_api(answer: impl Fn(&str) -> String + Send + 'static) -> String {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let endpoint = format!("http://{}", listener.local_addr().expect("local address"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            // One request per connection is enough for clients that reconnect; keep-alive
+            // clients get one request per connection too, since we close after answering.
+            let mut length = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let xml = answer(&String::from_utf8_lossy(&body));
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+                xml.len()
+            );
+        }
+    });
+    endpoint
+}
+
+/// A GetGroup answer with `users` and, if `next` is given, `IsTruncated` and that marker.
+pub fn get_group_page(group: &str, users: &[String], next: Option<&str>) -> String {
+    let members: String = users
+        .iter()
+        .map(|u| {
+            format!(
+                "<member><UserName>{u}</UserName><UserId>AIDA{u}</UserId><Path>/</Path>\
+                 <Arn>arn:aws:iam::123456789012:user/{u}</Arn><CreateDate>2026-01-01T00:00:00Z</CreateDate></member>"
+            )
+        })
+        .collect();
+    let more = match next {
+        Some(m) => format!("<IsTruncated>true</IsTruncated><Marker>{m}</Marker>"),
+        None => "<IsTruncated>false</IsTruncated>".to_owned(),
+    };
+    format!(
+        "<GetGroupResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><GetGroupResult>\
+         <Group><GroupName>{group}</GroupName><GroupId>AGPA1</GroupId><Path>/</Path>\
+         <Arn>arn:aws:iam::123456789012:group/{group}</Arn><CreateDate>2026-01-01T00:00:00Z</CreateDate></Group>\
+         <Users>{members}</Users>{more}</GetGroupResult>\
+         <ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></GetGroupResponse>"
+    )
+}
+
+/// A fake IAM whose group `group` has `n` members (`user0`…), served 100 a page as IAM does.
+pub fn fake_iam_with_big_group(group: &'static str, n: usize) -> String {
+    fake_query_api(move |body| {
+        let start: usize = body
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("Marker="))
+            .and_then(|m| m.strip_prefix("page"))
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        let end = (start + 100).min(n);
+        let users: Vec<String> = (start..end).map(|i| format!("user{i}")).collect();
+        let next = (end < n).then(|| format!("page{end}"));
+        get_group_page(group, &users, next.as_deref())
+    })
+}
