@@ -4,7 +4,7 @@
 //! for the agent on the box.
 
 use crate::os::{Family, OsDef};
-use crate::role::{OnDecl, Role, RoleStep};
+use crate::role::{targets, OnDecl, Role, RoleStep};
 use cgcloud_core::plan::{render, Action, On, Plan, Step};
 use std::collections::BTreeMap;
 
@@ -50,13 +50,18 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
     };
     let ro = |s: &Option<String>| s.as_deref().map(r).transpose();
     let mut steps = Vec::new();
-    let mut step = |title: String, on: On, action: Action| steps.push(Step { title, on, action });
+    // A step with several targets becomes one plan step per target (the agent picks its own).
+    let mut step = |title: String, targets: &[On], action: Action| {
+        for t in targets {
+            steps.push(Step { title: title.clone(), on: *t, action: action.clone() });
+        }
+    };
 
     for repo in &role.repos {
         match (os.family, &repo.apt, &repo.dnf) {
             (Family::Apt, Some(a), _) => step(
                 format!("add apt repository {}", repo.name),
-                On::All,
+                &[On::All],
                 Action::AptRepo {
                     name: repo.name.clone(),
                     uri: r(&a.uri)?,
@@ -68,7 +73,7 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
             ),
             (Family::Dnf, _, Some(d)) => step(
                 format!("add dnf repository {}", repo.name),
-                On::All,
+                &[On::All],
                 Action::DnfRepo { name: repo.name.clone(), baseurl: r(&d.baseurl)?, gpgkey: r(&d.gpgkey)? },
             ),
             _ => {}
@@ -76,15 +81,15 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
     }
     let packages = role.packages_for(os);
     if !packages.is_empty() {
-        step(format!("install {}", packages.join(" ")), On::All, Action::Packages { names: packages });
+        step(format!("install {}", packages.join(" ")), &[On::All], Action::Packages { names: packages });
     }
     for g in &role.groups {
-        step(format!("group {}", g.name), On::All, Action::Group { name: g.name.clone(), system: g.system });
+        step(format!("group {}", g.name), &[On::All], Action::Group { name: g.name.clone(), system: g.system });
     }
     for u in &role.users {
         step(
             format!("user {}", u.name),
-            On::All,
+            &[On::All],
             Action::User {
                 name: u.name.clone(),
                 groups: u.groups.clone(),
@@ -96,29 +101,22 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
         );
     }
     for s in &role.steps {
-        let when = match s {
-            RoleStep::File { when, .. }
-            | RoleStep::Directory { when, .. }
-            | RoleStep::Download { when, .. }
-            | RoleStep::Command { when, .. }
-            | RoleStep::Service { when, .. } => when,
-        };
+        let (on_spec, at, when) = s.placement();
         if let Some(w) = when {
-            match r(w)?.trim() {
-                "true" => {}
-                "false" => continue,
-                other => return Err(err(format!("`when` must render to true or false, not '{other}' (from '{w}')"))),
+            if !crate::when::parse(w).and_then(|e| e.eval(&vars)).map_err(err)? {
+                continue;
             }
         }
+        let targets_now: Vec<On> = targets(on_spec, at).map_err(err)?.into_iter().map(on).collect();
         match s {
-            RoleStep::File { path, content, owner, group, mode, on: o, .. } => {
+            RoleStep::File { path, content, owner, group, mode, .. } => {
                 let content = r(content)?;
                 let template = DEFERRED.iter().any(|d| content.contains(&format!("{{{{ {d}")));
                 check_path(path).map_err(err)?;
                 check_mode(mode).map_err(err)?;
                 step(
                     format!("file {path}"),
-                    on(*o),
+                    &targets_now,
                     Action::File {
                         path: r(path)?,
                         content,
@@ -129,17 +127,17 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                     },
                 )
             }
-            RoleStep::Directory { path, owner, group, mode, on: o, .. } => {
+            RoleStep::Directory { path, owner, group, mode, .. } => {
                 let path = r(path)?;
                 check_path(&path).map_err(err)?;
                 check_mode(mode).map_err(err)?;
                 step(
                     format!("directory {path}"),
-                    on(*o),
+                    &targets_now,
                     Action::Directory { path, owner: ro(owner)?, group: ro(group)?, mode: mode.clone() },
                 )
             }
-            RoleStep::Download { url, sha256, dest, extract, strip_components, mode, on: o, .. } => {
+            RoleStep::Download { url, sha256, dest, extract, strip_components, mode, .. } => {
                 let sha = r(sha256)?.to_lowercase();
                 if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
                     return Err(err(format!("download of {url}: sha256 must be 64 hex digits, not '{sha}'")));
@@ -148,7 +146,7 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                 let url = r(url)?;
                 step(
                     format!("download {}", url.rsplit('/').next().unwrap_or(&url)),
-                    on(*o),
+                    &targets_now,
                     Action::Download {
                         url,
                         sha256: sha,
@@ -159,19 +157,19 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                     },
                 )
             }
-            RoleStep::Command { run, name, creates, unless, user, on: o, .. } => {
+            RoleStep::Command { run, name, creates, unless, user, .. } => {
                 let run = r(run)?;
                 step(
                     name.clone().unwrap_or_else(|| {
                         format!("run {}", run.lines().next().unwrap_or("").chars().take(60).collect::<String>())
                     }),
-                    on(*o),
+                    &targets_now,
                     Action::Command { run, creates: ro(creates)?, unless: ro(unless)?, user: ro(user)? },
                 )
             }
-            RoleStep::Service { name, unit, enable, start, restart_on, on: o, .. } => step(
+            RoleStep::Service { name, unit, enable, start, restart_on, .. } => step(
                 format!("service {}", r(name)?),
-                on(*o),
+                &targets_now,
                 Action::Service {
                     name: r(name)?,
                     unit: ro(unit)?,

@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod os;
 pub mod role;
+pub mod when;
 
 use os::OsDef;
 use role::{merge_values, OptionType, Role, RoleFile};
@@ -257,6 +258,17 @@ impl Registry {
         for port in &file.ports {
             port.check().map_err(|message| parse_err(&loaded.source, message))?;
         }
+        // Step placement and conditions are checked here, so that a mistake is reported when
+        // the role is loaded, not when some OS or option value happens to reach it.
+        let kinds = when_kinds(&file.options, &file.vars);
+        for (i, step) in file.steps.iter().enumerate() {
+            let (on, at, when) = step.placement();
+            let at_step = |m: String| parse_err(&loaded.source, format!("step {}: {m}", i + 1));
+            role::targets(on, at).map_err(at_step)?;
+            if let Some(w) = when {
+                when::parse(w).and_then(|e| e.check(&kinds)).map_err(at_step)?;
+            }
+        }
         for (opt, decl) in &file.options {
             if let Some(p) = &decl.pattern {
                 regex::Regex::new(p)
@@ -364,6 +376,28 @@ impl Role {
     }
 }
 
+/// What each name a `when` may use is: `bool` options and `true`/`false` variables are
+/// booleans; other options and variables, `os.*` and `role.name` are text.
+fn when_kinds(
+    options: &BTreeMap<String, role::OptionDecl>,
+    vars: &BTreeMap<String, String>,
+) -> BTreeMap<String, when::Kind> {
+    let mut kinds: BTreeMap<String, when::Kind> =
+        ["os.id", "os.name", "os.family", "os.distro", "os.release", "os.codename", "os.admin_user", "role.name"]
+            .into_iter()
+            .map(|n| (n.to_owned(), when::Kind::Text))
+            .collect();
+    for (name, value) in vars {
+        let k = if value == "true" || value == "false" { when::Kind::Bool } else { when::Kind::Text };
+        kinds.insert(name.clone(), k);
+    }
+    for (name, decl) in options {
+        let k = if decl.option_type == role::OptionType::Bool { when::Kind::Bool } else { when::Kind::Text };
+        kinds.insert(name.clone(), k);
+    }
+    kinds
+}
+
 /// The JSON Schema of role files, for editors (published as docs/role.schema.json).
 pub fn role_schema() -> String {
     let schema = schemars::schema_for!(RoleFile);
@@ -417,6 +451,45 @@ mod tests {
             reg.add_role_text(name, text, (*name).to_owned())?;
         }
         Ok(reg)
+    }
+
+    #[test]
+    fn steps_name_their_phase_targets_and_conditions() {
+        let role = |steps: &str| {
+            let text = format!(
+                "name='r'\ndescription='d'\nos=['debian-12']\n\
+                 [options.hdfs]\ntype='bool'\ndefault=true\nhelp='h'\n\
+                 [options.scheduler]\ntype='string'\ndefault='slurm'\nhelp='h'\n{steps}"
+            );
+            reg_with(&[("r.toml", &text)]).and_then(|reg| reg.role("r"))
+        };
+        let step = |extra: &str| format!("[[steps]]\ndo='command'\nrun='true'\ncreates='/x'\n{extra}\n");
+        let plan = |extra: &str| {
+            let r = role(&step(extra)).unwrap();
+            let os = r.os[0].clone();
+            crate::compile::compile(&r, &os, &BTreeMap::new()).unwrap()
+        };
+        let ons = |extra: &str| -> Vec<String> {
+            plan(extra).steps.iter().filter(|s| s.title == "run true").map(|s| format!("{:?}", s.on)).collect()
+        };
+        assert_eq!(ons(""), ["All"]);
+        assert_eq!(ons("at='boot'"), ["Leader", "Workers"]);
+        assert_eq!(ons("on=['workers', 'leader']"), ["Workers", "Leader"]);
+        assert_eq!(ons("on='leader'"), ["Leader"]);
+        assert_eq!(ons("at='boot'\nwhen='hdfs and scheduler == \"slurm\"'"), ["Leader", "Workers"]);
+        assert!(ons("when='not hdfs'").is_empty());
+        assert!(ons("when='scheduler != \"slurm\"'").is_empty());
+        // Mistakes are reported when the role is loaded, naming the step.
+        for (extra, says) in [
+            ("at='bake'\non='leader'", "cannot name leader or workers"),
+            ("on=['all', 'leader']", "cannot combine"),
+            ("when='hfds'", "'hfds', which is not an option"),
+            ("when='scheduler'", "compare it"),
+            ("when='hdfs =='", "quoted value"),
+        ] {
+            let err = role(&step(extra)).unwrap_err().to_string();
+            assert!(err.contains("step 1") && err.contains(says), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -161,6 +161,53 @@ pub enum OnDecl {
     Workers,
 }
 
+/// `on`: one target, or several (`on = ["leader", "workers"]`), in the order they run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OnSpec {
+    One(OnDecl),
+    Many(Vec<OnDecl>),
+}
+
+impl Default for OnSpec {
+    fn default() -> Self {
+        OnSpec::One(OnDecl::All)
+    }
+}
+
+/// When a step runs: `bake` (provisioning: a box, or a cluster's image) or `boot` (a cluster
+/// node's first boot, with the cluster's facts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Bake,
+    Boot,
+}
+
+/// The targets of a step from its `on` and `at`: `on = "all"` (the default) is bake time;
+/// `at = "boot"` without `on` means every node (leader, then workers).
+pub fn targets(on: &OnSpec, at: Option<Phase>) -> Result<Vec<OnDecl>, String> {
+    let mut list = match on {
+        OnSpec::One(o) => vec![*o],
+        OnSpec::Many(v) if v.is_empty() => return Err("`on = []` names no target".into()),
+        OnSpec::Many(v) => v.clone(),
+    };
+    list.dedup();
+    let all = list.contains(&OnDecl::All);
+    if all && list.len() > 1 {
+        return Err("`on` cannot combine \"all\" with \"leader\" or \"workers\"".into());
+    }
+    match at {
+        Some(Phase::Boot) if all => Ok(vec![OnDecl::Leader, OnDecl::Workers]),
+        Some(Phase::Bake) if !all => {
+            Err("`at = \"bake\"` steps run when a box (or a cluster's image) is provisioned, on every box; \
+             `on` cannot name leader or workers there (use `at = \"boot\"`)"
+                .into())
+        }
+        _ => Ok(list),
+    }
+}
+
 /// One ordered step of a role.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "do", rename_all = "kebab-case", deny_unknown_fields)]
@@ -176,8 +223,11 @@ pub enum RoleStep {
         #[serde(default)]
         mode: Option<String>,
         #[serde(default)]
-        on: OnDecl,
-        /// Include the step only if this renders to `true` (e.g. `"{{ hdfs }}"`).
+        on: OnSpec,
+        #[serde(default)]
+        at: Option<Phase>,
+        /// Include the step only if this boolean expression holds, e.g. `hdfs and not small`
+        /// or `scheduler == 'slurm'` (see `when.rs`).
         #[serde(default)]
         when: Option<String>,
     },
@@ -190,8 +240,11 @@ pub enum RoleStep {
         #[serde(default)]
         mode: Option<String>,
         #[serde(default)]
-        on: OnDecl,
-        /// Include the step only if this renders to `true` (e.g. `"{{ hdfs }}"`).
+        on: OnSpec,
+        #[serde(default)]
+        at: Option<Phase>,
+        /// Include the step only if this boolean expression holds, e.g. `hdfs and not small`
+        /// or `scheduler == 'slurm'` (see `when.rs`).
         #[serde(default)]
         when: Option<String>,
     },
@@ -207,8 +260,11 @@ pub enum RoleStep {
         #[serde(default)]
         mode: Option<String>,
         #[serde(default)]
-        on: OnDecl,
-        /// Include the step only if this renders to `true` (e.g. `"{{ hdfs }}"`).
+        on: OnSpec,
+        #[serde(default)]
+        at: Option<Phase>,
+        /// Include the step only if this boolean expression holds, e.g. `hdfs and not small`
+        /// or `scheduler == 'slurm'` (see `when.rs`).
         #[serde(default)]
         when: Option<String>,
     },
@@ -225,8 +281,11 @@ pub enum RoleStep {
         #[serde(default)]
         user: Option<String>,
         #[serde(default)]
-        on: OnDecl,
-        /// Include the step only if this renders to `true` (e.g. `"{{ hdfs }}"`).
+        on: OnSpec,
+        #[serde(default)]
+        at: Option<Phase>,
+        /// Include the step only if this boolean expression holds, e.g. `hdfs and not small`
+        /// or `scheduler == 'slurm'` (see `when.rs`).
         #[serde(default)]
         when: Option<String>,
     },
@@ -243,8 +302,11 @@ pub enum RoleStep {
         #[serde(default)]
         restart_on: Vec<String>,
         #[serde(default)]
-        on: OnDecl,
-        /// Include the step only if this renders to `true` (e.g. `"{{ hdfs }}"`).
+        on: OnSpec,
+        #[serde(default)]
+        at: Option<Phase>,
+        /// Include the step only if this boolean expression holds, e.g. `hdfs and not small`
+        /// or `scheduler == 'slurm'` (see `when.rs`).
         #[serde(default)]
         when: Option<String>,
     },
@@ -252,6 +314,19 @@ pub enum RoleStep {
 
 fn yes() -> bool {
     true
+}
+
+impl RoleStep {
+    /// The fields every step has: `on`, `at`, `when`.
+    pub fn placement(&self) -> (&OnSpec, Option<Phase>, Option<&str>) {
+        match self {
+            RoleStep::File { on, at, when, .. }
+            | RoleStep::Directory { on, at, when, .. }
+            | RoleStep::Download { on, at, when, .. }
+            | RoleStep::Command { on, at, when, .. }
+            | RoleStep::Service { on, at, when, .. } => (on, *at, when.as_deref()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
