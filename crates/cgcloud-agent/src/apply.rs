@@ -45,6 +45,10 @@ pub struct Runner {
     /// Start services without waiting for them (at first boot, inside cloud-init, where
     /// waiting for a unit ordered after cloud-init would deadlock).
     pub no_block: bool,
+    /// Run only the steps of a node's first boot (`on` leader/workers): the bake-time steps
+    /// already ran in the image, and running them again could undo what cloud-init has put
+    /// in place since (e.g. a bake step that removes a key the cluster's user data supplies).
+    pub boot_only: bool,
 }
 
 /// A failed step: what went wrong and the tail of the output.
@@ -76,6 +80,7 @@ impl Runner {
             apt_sources_changed: false,
             last_output: String::new(),
             no_block: false,
+            boot_only: false,
         }
     }
 
@@ -208,7 +213,7 @@ impl Runner {
     fn step(&mut self, family: &str, step: &Step) -> StepResult {
         let role = self.facts.cluster_role();
         let applies = match step.on {
-            On::All => true,
+            On::All => !self.boot_only,
             On::Leader => role == "leader",
             On::Workers => role == "worker",
         };
@@ -655,6 +660,27 @@ mod tests {
         assert_eq!(std::fs::read_to_string(format!("{d}/count")).unwrap(), "x\n");
         assert_eq!(std::fs::read_to_string(format!("{d}/other")).unwrap(), "y\n");
         assert!(again.changed_paths.is_empty(), "second run changed {:?}", again.changed_paths);
+    }
+
+    #[test]
+    fn first_boot_runs_only_boot_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        std::fs::write(format!("{d}/key"), "from user data").unwrap();
+        let plan: Plan = serde_json::from_value(serde_json::json!({
+            "role": "t", "os": "debian-12", "family": "apt",
+            "steps": [
+                {"title": "no key in the image", "do": "command", "run": format!("rm -f {d}/key"), "creates": null, "unless": format!("test ! -e {d}/key"), "user": null},
+                {"title": "leader", "do": "command", "on": "leader", "run": format!("touch {d}/leader"), "creates": null, "unless": null, "user": null}
+            ]
+        }))
+        .unwrap();
+        let facts = Facts::parse(r#"{"cluster": {"role": "leader"}}"#).unwrap();
+        let mut r = Runner::new(facts, dir.path().join("log"), true);
+        r.boot_only = true;
+        assert!(r.run(&plan, false));
+        assert!(Path::new(&format!("{d}/leader")).exists());
+        assert!(Path::new(&format!("{d}/key")).exists(), "a bake-time step ran again at first boot");
     }
 
     #[test]

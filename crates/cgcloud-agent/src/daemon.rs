@@ -388,6 +388,7 @@ impl Agent {
                     let facts = crate::facts::Facts::parse(&facts_text)?;
                     let mut runner = crate::apply::Runner::new(facts, "/var/log/cgcloud/apply.log".into(), false);
                     runner.no_block = true;
+                    runner.boot_only = true;
                     let ok = runner.run(&plan, false);
                     if ok {
                         Ok(())

@@ -258,6 +258,9 @@ impl Registry {
         for port in &file.ports {
             port.check().map_err(|message| parse_err(&loaded.source, message))?;
         }
+        for secret in file.cluster.iter().flat_map(|c| &c.secrets) {
+            secret.check().map_err(|message| parse_err(&loaded.source, message))?;
+        }
         // Step placement and conditions are checked here, so that a mistake is reported when
         // the role is loaded, not when some OS or option value happens to reach it.
         let kinds = when_kinds(&file.options, &file.vars);
@@ -489,6 +492,32 @@ mod tests {
         ] {
             let err = role(&step(extra)).unwrap_err().to_string();
             assert!(err.contains("step 1") && err.contains(says), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn cluster_secrets_are_checked_when_the_role_loads() {
+        let role = |secret: &str| {
+            let text = format!(
+                "name='c'\ndescription='d'\nos=['debian-12']\n[cluster]\ntype='c'\nleader='c-leader'\nworker='c-worker'\n\
+                 [[cluster.secrets]]\n{secret}\n"
+            );
+            reg_with(&[("c.toml", &text)]).and_then(|reg| reg.role("c"))
+        };
+        let ok = role("path='/etc/munge/munge.key'\nbytes=1024\nowner='munge:munge'").unwrap();
+        let s = &ok.cluster.unwrap().secrets[0];
+        assert_eq!((s.bytes, s.mode.as_str()), (1024, "0400"));
+        for (secret, says) in [
+            ("path='etc/key'", "must be absolute"),
+            ("path='/etc/../shadow'", "without '..'"),
+            ("path='/etc/k;rm -rf /'", "plain"),
+            ("path='/k'\nbytes=8", "16 to 4096"),
+            ("path='/k'\nowner='root;x'", "user:group"),
+            ("path='/k'\nmode='0644'", "every user"),
+            ("path='/k'\nmode='9'", "octal"),
+        ] {
+            let err = role(secret).unwrap_err().to_string();
+            assert!(err.contains(says), "{secret}: {err}");
         }
     }
 

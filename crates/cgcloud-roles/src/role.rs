@@ -68,6 +68,71 @@ pub struct ClusterDecl {
     pub leader: String,
     /// The role name workers are listed and selected by, e.g. `spark-worker`.
     pub worker: String,
+    /// Files of random bytes made for each cluster when it is created (e.g. munge's key): never
+    /// in the image, the same on every node of one cluster, different for every cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<ClusterSecret>,
+}
+
+/// A per-cluster secret file, written by cloud-init before the node's first-boot steps.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSecret {
+    /// Absolute path of the file on every node.
+    pub path: String,
+    /// How many random bytes (16 to 4096).
+    #[serde(default = "secret_bytes")]
+    pub bytes: u32,
+    /// `user` or `user:group` (must exist in the image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Octal mode; default `0400`.
+    #[serde(default = "secret_mode")]
+    pub mode: String,
+}
+
+fn secret_bytes() -> u32 {
+    32
+}
+
+fn secret_mode() -> String {
+    "0400".to_owned()
+}
+
+impl ClusterSecret {
+    /// A path, size, owner and mode that are safe to hand to cloud-init.
+    pub fn check(&self) -> Result<(), String> {
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 32
+                && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        };
+        let path_ok = self.path.starts_with('/')
+            && !self.path.split('/').any(|c| c == ".." || c == ".")
+            && self.path.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+        if !path_ok {
+            return Err(format!(
+                "cluster secret path '{}' must be absolute, plain ([A-Za-z0-9/._-]) and without '..'",
+                self.path
+            ));
+        }
+        if !(16..=4096).contains(&self.bytes) {
+            return Err(format!("cluster secret {}: bytes must be 16 to 4096, not {}", self.path, self.bytes));
+        }
+        if let Some(o) = &self.owner {
+            if !o.split(':').all(name_ok) || o.split(':').count() > 2 {
+                return Err(format!("cluster secret {}: owner '{o}' must be `user` or `user:group`", self.path));
+            }
+        }
+        if !(3..=4).contains(&self.mode.len()) || !self.mode.chars().all(|c| ('0'..='7').contains(&c)) {
+            return Err(format!("cluster secret {}: mode '{}' must be octal, like \"0400\"", self.path, self.mode));
+        }
+        if u32::from_str_radix(&self.mode, 8).is_ok_and(|m| m & 0o007 != 0) {
+            return Err(format!("cluster secret {}: mode {} lets every user read it", self.path, self.mode));
+        }
+        Ok(())
+    }
 }
 
 /// Settings of the agent on boxes of a role.

@@ -8,11 +8,22 @@
 use cgcloud_remote::hostkey::HostKey;
 use serde_json::json;
 
+/// A file cloud-init writes before anything else runs (a cluster's secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    pub path: String,
+    /// The content, base64-encoded.
+    pub base64: String,
+    pub owner: Option<String>,
+    pub mode: String,
+}
+
 pub fn cloud_config(
     host_key: Option<&HostKey>,
     authorized_keys: &[String],
     first_boot: bool,
     instance_store: &[String],
+    secrets: &[SecretFile],
 ) -> String {
     let mut doc = json!({
         // Replace the image's host keys, and do not generate other types we would not know.
@@ -29,13 +40,24 @@ pub fn cloud_config(
     if !authorized_keys.is_empty() {
         doc["ssh_authorized_keys"] = json!(authorized_keys);
     }
+    let mut files = Vec::new();
     if !instance_store.is_empty() {
         // Xen instance types: the agent's storage unit formats and mounts these.
-        doc["write_files"] = json!([{
+        files.push(json!({
             "path": "/etc/cgcloud/instance-store",
             "content": instance_store.join("\n") + "\n",
             "permissions": "0644",
-        }]);
+        }));
+    }
+    for s in secrets {
+        let mut f = json!({"path": s.path, "content": s.base64, "encoding": "b64", "permissions": s.mode});
+        if let Some(o) = &s.owner {
+            f["owner"] = json!(o);
+        }
+        files.push(f);
+    }
+    if !files.is_empty() {
+        doc["write_files"] = json!(files);
     }
     if first_boot {
         // Cluster nodes configure themselves from their tags with the agent in their image.
@@ -54,23 +76,34 @@ mod tests {
             private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n".into(),
             public: "ssh-ed25519 AAAA".into(),
         };
-        let text = cloud_config(Some(&hk), &["ssh-rsa BBBB bob".into()], true, &[]);
+        let text = cloud_config(Some(&hk), &["ssh-rsa BBBB bob".into()], true, &[], &[]);
         assert!(text.starts_with("#cloud-config\n"));
         let v: serde_json::Value = serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["ssh_keys"]["ed25519_public"], "ssh-ed25519 AAAA");
         assert_eq!(v["ssh_authorized_keys"][0], "ssh-rsa BBBB bob");
         assert_eq!(v["ssh_genkeytypes"][0], "ed25519");
-        let none = cloud_config(Some(&hk), &[], false, &[]);
+        let none = cloud_config(Some(&hk), &[], false, &[], &[]);
         assert!(!none.contains("runcmd"));
         assert!(text.contains("cgcloud-agent"));
         assert!(!none.contains("ssh_authorized_keys"));
         assert!(!none.contains("write_files"));
-        let xen = cloud_config(Some(&hk), &[], false, &["/dev/sdb".into(), "/dev/sdc".into()]);
+        let xen = cloud_config(Some(&hk), &[], false, &["/dev/sdb".into(), "/dev/sdc".into()], &[]);
         let v: serde_json::Value = serde_json::from_str(xen.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["write_files"][0]["path"], "/etc/cgcloud/instance-store");
         assert_eq!(v["write_files"][0]["content"], "/dev/sdb\n/dev/sdc\n");
         // A node that makes its own key gets none, and still only ed25519.
-        let node = cloud_config(None, &[], true, &[]);
+        let secret = SecretFile {
+            path: "/etc/munge/munge.key".into(),
+            base64: "c2VjcmV0".into(),
+            owner: Some("munge:munge".into()),
+            mode: "0400".into(),
+        };
+        let node = cloud_config(None, &[], true, &[], std::slice::from_ref(&secret));
+        let v: serde_json::Value = serde_json::from_str(node.trim_start_matches("#cloud-config\n")).unwrap();
+        assert_eq!(v["write_files"][0]["encoding"], "b64");
+        assert_eq!(v["write_files"][0]["owner"], "munge:munge");
+        assert_eq!(v["write_files"][0]["permissions"], "0400");
+        let node = cloud_config(None, &[], true, &[], &[]);
         let v: serde_json::Value = serde_json::from_str(node.trim_start_matches("#cloud-config\n")).unwrap();
         assert!(v.get("ssh_keys").is_none() && !node.contains("PRIVATE KEY"), "{node}");
         assert_eq!(v["ssh_genkeytypes"][0], "ed25519");

@@ -1136,3 +1136,76 @@ fn spark_apache_end_to_end() {
     u.ok(&["delete-image", "spark-box"]);
     u.ok(&["local", "down"]);
 }
+
+/// The idle Slurm nodes the leader of `cluster` reports, once there are `n` (fails after
+/// `timeout_s`).
+fn wait_idle_slurm_nodes(u: &User, cluster: &str, n: usize, timeout_s: u64) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let out = u.run(&["ssh", "slurm-leader", "-c", cluster, "--", "sinfo -h -N -o '%N %t'"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let idle: Vec<String> =
+            text.lines().filter(|l| l.ends_with(" idle")).map(|l| l.split(' ').next().unwrap().to_owned()).collect();
+        if idle.len() == n {
+            return idle;
+        }
+        assert!(
+            start.elapsed().as_secs() < timeout_s,
+            "cluster {cluster}: {n} idle nodes expected within {timeout_s} s, sinfo says:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn slurm_end_to_end() {
+    let (_one, u) = fresh_local_cloud();
+    u.ok(&["create", "-I", "-T", "slurm-box"]);
+    u.ok(&["create-cluster", "slurm", "-s", "2", "-c", "s1"]);
+    let nodes = wait_idle_slurm_nodes(&u, "s1", 2, 120);
+    // A job spans both workers.
+    let ran = u.ok(&["ssh", "slurm-leader", "-c", "s1", "--", "srun -N2 hostname | sort"]);
+    let hosts: Vec<&str> = ran.lines().collect();
+    assert_eq!(hosts.len(), 2, "{ran}");
+    assert!(hosts.iter().all(|h| nodes.iter().any(|n| n == h)), "{ran} vs {nodes:?}");
+
+    // The munge key is the cluster's own, readable only by munge, and the same on every node.
+    let keys = u.ok(&[
+        "ssh-cluster",
+        "slurm",
+        "-c",
+        "s1",
+        "-P",
+        "--",
+        "sudo stat -c '%a %U' /etc/munge/munge.key; sudo sha256sum /etc/munge/munge.key | cut -c1-16",
+    ]);
+    assert_eq!(keys.matches("] 400 munge").count(), 3, "{keys}");
+    let digests: std::collections::BTreeSet<&str> =
+        keys.lines().filter(|l| !l.contains("munge")).filter_map(|l| l.split("] ").nth(1)).collect();
+    assert_eq!(digests.len(), 1, "{keys}");
+
+    // Growing registers a new worker without changing a file on the nodes that were there.
+    let fingerprint =
+        "sudo sh -c 'find /etc/slurm /etc/munge -type f | sort | xargs sha256sum' | sha256sum | cut -c1-16";
+    let before = u.ok(&["ssh-cluster", "slurm", "-c", "s1", "-P", "--", fingerprint]);
+    u.ok(&["grow-cluster", "slurm", "-c", "s1", "-s", "1"]);
+    wait_idle_slurm_nodes(&u, "s1", 3, 120);
+    let after = u.ok(&["ssh-cluster", "slurm", "-c", "s1", "-P", "--", fingerprint]);
+    for line in before.lines() {
+        assert!(after.contains(line), "{line} changed:\nbefore:\n{before}\nafter:\n{after}");
+    }
+    let ran = u.ok(&["ssh", "slurm-leader", "-c", "s1", "--", "srun -N3 hostname | sort -u | wc -l"]);
+    assert_eq!(ran.trim(), "3");
+
+    // A second cluster has its own key.
+    u.ok(&["create-cluster", "slurm", "-s", "1", "-c", "s2"]);
+    wait_idle_slurm_nodes(&u, "s2", 1, 120);
+    let key = |c: &str| u.ok(&["ssh", "slurm-leader", "-c", c, "--", "sudo sha256sum /etc/munge/munge.key"]);
+    assert_ne!(key("s1"), key("s2"));
+
+    u.ok(&["terminate-cluster", "slurm", "-c", "s1"]);
+    u.ok(&["terminate-cluster", "slurm", "-c", "s2"]);
+    u.ok(&["local", "down"]);
+}

@@ -124,6 +124,68 @@ fn launch_args(n: &NodeLaunchArgs) -> LaunchArgs {
     }
 }
 
+/// A new cluster's secrets (`[[cluster.secrets]]`): fresh random bytes for each file.
+fn new_secrets(decl: &cgcloud_roles::role::ClusterDecl) -> Vec<crate::userdata::SecretFile> {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    decl.secrets
+        .iter()
+        .map(|s| {
+            let mut bytes = vec![0u8; s.bytes as usize];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            crate::userdata::SecretFile {
+                path: s.path.clone(),
+                base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
+                owner: s.owner.clone(),
+                mode: s.mode.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The secrets of a running cluster, read from its leader over SSH, for new workers: the
+/// workstation keeps no copy, and no existing node is changed.
+async fn cluster_secrets(
+    ctx: &Ctx,
+    leader: &BoxInfo,
+    decl: &cgcloud_roles::role::ClusterDecl,
+) -> Result<Vec<crate::userdata::SecretFile>> {
+    use base64::Engine as _;
+    if decl.secrets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut target = ctx.ssh_target(leader, None, None).await?;
+    target.user = leader.admin_user.clone().unwrap_or(target.user);
+    // Paths were checked when the role was loaded: plain characters only.
+    let script: String = decl.secrets.iter().map(|s| format!("sudo base64 -w0 {}; echo\n", s.path)).collect();
+    let out = target.run_script(&format!("set -e\n{script}")).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    if !out.status.success() || lines.len() != decl.secrets.len() {
+        bail!(
+            "cannot read the cluster's secrets from its leader {} ({}); new workers need them",
+            leader.instance_id,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    decl.secrets
+        .iter()
+        .zip(lines)
+        .map(|(s, b64)| {
+            let len = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map(|b| b.len()).unwrap_or(0);
+            if len != s.bytes as usize {
+                bail!("the leader's {} is not the {} bytes the role declares (found {len})", s.path, s.bytes);
+            }
+            Ok(crate::userdata::SecretFile {
+                path: s.path.clone(),
+                base64: b64.trim().to_owned(),
+                owner: s.owner.clone(),
+                mode: s.mode.clone(),
+            })
+        })
+        .collect()
+}
+
 fn check_cluster_name(name: &str) -> Result<()> {
     if !tags::valid_cluster_name(name) {
         bail!("invalid cluster name '{name}': use up to 40 lower-case letters, digits and '-'");
@@ -177,6 +239,8 @@ async fn await_nodes(
                     probing.insert(b.instance_id.clone());
                     let target = ctx.ssh_target(b, None, None).await?;
                     let (ready, limit, id) = (ssh_ready.clone(), limit.clone(), b.instance_id.clone());
+                    // The master connection a probe leaves (ControlPersist) is what the next
+                    // command (`ssh-cluster`, `--share`) reuses; closing it here raced with them.
                     probes.spawn(async move {
                         let _permit = limit.acquire_owned().await;
                         if target.wait_ready(timeout).await.is_ok() {
@@ -184,7 +248,6 @@ async fn await_nodes(
                                 r.insert(id);
                             }
                         }
-                        target.close().await;
                     });
                 }
             } else if matches!(b.state.as_str(), "terminated" | "shutting-down" | "stopped") {
@@ -221,7 +284,11 @@ async fn await_nodes(
             .map(|b| b.instance_id.clone())
             .collect();
         let settled = boxes.len() == n && done.len() + failed.len() >= n;
-        if must.iter().all(|m| done.contains(m)) && settled {
+        // Nodes publish their host keys when configured, so their SSH probes start late: wait
+        // for them rather than abort them half-way (an aborted probe can leave a half-made
+        // master connection that the next ssh trips over).
+        let reachable = !ssh_check || ssh_ready.lock().is_ok_and(|r| done.iter().all(|d| r.contains(d)));
+        if must.iter().all(|m| done.contains(m)) && settled && reachable {
             phases.configured_s = t0.elapsed().as_secs_f64();
             if phases.ssh_ready_s == 0.0 {
                 phases.ssh_ready_s = phases.configured_s;
@@ -442,6 +509,7 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         prepare(ctx, node_role.clone(), image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None, needs)
             .await?;
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
+    p.secrets = new_secrets(&decl);
     let leader_type = match &a.leader_instance_type {
         Some(t) => {
             let info = cloud.instance_type_info(t).await?;
@@ -588,6 +656,7 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     let mut p =
         prepare(ctx, node_role, image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None, needs).await?;
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
+    p.secrets = cluster_secrets(ctx, &leader, &decl).await?;
     let used: BTreeSet<u32> = c.nodes.iter().filter_map(|n| n.ordinal).collect();
     let n = a.nodes.num_workers;
     let ordinals = allocate_ordinals(&used, n as usize);

@@ -89,6 +89,8 @@ pub(crate) struct Prepared {
     owner: String,
     /// The agent's settings, unless --no-agent.
     agent: Option<AgentSetup>,
+    /// Files written at first boot: a cluster's secrets (`[[cluster.secrets]]`).
+    pub(crate) secrets: Vec<crate::userdata::SecretFile>,
 }
 
 /// How the agent runs on the boxes of a launch.
@@ -480,6 +482,7 @@ pub(crate) async fn prepare(
         generation,
         owner,
         agent,
+        secrets: Vec::new(),
     })
 }
 
@@ -563,7 +566,7 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
     // nodes that configure themselves make their own and publish it (the agent's `boot`); a box
     // provisioned over SSH gets one here, so that the first connection can be verified.
     let host_key = if g.first_boot { None } else { Some(cgcloud_remote::hostkey::generate()?) };
-    let user_data = cloud_config(host_key.as_ref(), &p.authorized_keys, g.first_boot, &instance_store);
+    let user_data = cloud_config(host_key.as_ref(), &p.authorized_keys, g.first_boot, &instance_store, &p.secrets);
     if user_data.len() > MAX_USER_DATA {
         bail!(
             "the boxes' user data would be {} bytes, over EC2's limit of {MAX_USER_DATA} ({} extra authorized keys); \
