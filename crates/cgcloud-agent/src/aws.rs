@@ -47,6 +47,11 @@ impl Service {
     }
 }
 
+/// The trimmed text of `n`'s first child element named `name` (empty if there is none).
+pub fn child_text(n: roxmltree::Node, name: &str) -> String {
+    n.children().find(|c| c.tag_name().name() == name).and_then(|c| c.text()).unwrap_or_default().trim().to_owned()
+}
+
 /// A parsed XML answer.
 pub struct Answer(pub String);
 

@@ -37,10 +37,8 @@ impl Node {
 }
 
 fn parse_nodes(xml: &str) -> Vec<Node> {
+    use crate::aws::child_text;
     let Ok(doc) = roxmltree::Document::parse(xml) else { return Vec::new() };
-    let child_text = |n: roxmltree::Node, name: &str| -> String {
-        n.children().find(|c| c.tag_name().name() == name).and_then(|c| c.text()).unwrap_or_default().trim().to_owned()
-    };
     doc.descendants()
         .filter(|n| n.tag_name().name() == "item" && n.children().any(|c| c.tag_name().name() == "instanceId"))
         .map(|n| {

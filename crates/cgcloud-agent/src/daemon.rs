@@ -545,10 +545,8 @@ fn own_host_key() -> Option<String> {
 
 /// The key pairs of a DescribeKeyPairs answer that have a public key, with their owner tag.
 fn parse_key_pairs(xml: &str) -> Vec<(keypairs::KeyPair, String)> {
+    use crate::aws::child_text as child;
     let Ok(doc) = roxmltree::Document::parse(xml) else { return Vec::new() };
-    let child = |n: roxmltree::Node, name: &str| -> String {
-        n.children().find(|c| c.tag_name().name() == name).and_then(|c| c.text()).unwrap_or_default().trim().to_owned()
-    };
     doc.descendants()
         .filter(|n| n.tag_name().name() == "item" && n.children().any(|c| c.tag_name().name() == "keyName"))
         .filter_map(|n| {

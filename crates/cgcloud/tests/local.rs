@@ -788,15 +788,8 @@ fn clusters_end_to_end() {
     let keys: std::collections::BTreeSet<&str> =
         listed.as_array().unwrap().iter().filter_map(|b| b["host_key"].as_str()).collect();
     assert_eq!(keys.len(), 5, "{listed}");
-    let seeds = u.ok(&[
-        "ssh-cluster",
-        "generic",
-        "-c",
-        "e2e",
-        "-P",
-        "--",
-        "sudo grep -c 'PRIVATE KEY' /var/lib/cloud/seed/nocloud/user-data || true",
-    ]);
+    let seeds =
+        on_nodes(&u, "generic", "e2e", "sudo grep -c 'PRIVATE KEY' /var/lib/cloud/seed/nocloud/user-data || true");
     assert_eq!(seeds.matches("] 0\n").count(), 5, "{seeds}");
     // A failing command on any node makes ssh-cluster fail.
     assert_ne!(
@@ -810,15 +803,12 @@ fn clusters_end_to_end() {
         u.json(&["list"]).as_array().unwrap().iter().filter_map(|b| b["ordinal"].as_u64()).collect();
     ordinals.sort();
     assert_eq!(ordinals, vec![0, 1, 2, 3, 4, 5, 6]);
-    let members = u.ok(&[
-        "ssh-cluster",
+    let members = on_nodes(
+        &u,
         "generic",
-        "-c",
         "e2e",
-        "-P",
-        "--",
         "sudo sh -c 'hostname > /mnt/persistent/owner'; grep -c cluster-node- /etc/hosts",
-    ]);
+    );
     assert_eq!(members.matches("] 7\n").count(), 7, "{members}");
 
     // After a stop/start every node has its persistent volume mounted again, before the
@@ -832,29 +822,14 @@ fn clusters_end_to_end() {
     assert_eq!(remounted.matches("remounted").count(), 7, "{remounted}");
 
     // Terminating leaves nothing but the persistent volumes; re-creating re-attaches them.
-    let owners = u.ok(&[
-        "ssh-cluster",
-        "generic",
-        "-c",
-        "e2e",
-        "-P",
-        "--",
-        "echo $(cat /etc/cgcloud/node | grep ordinal) $(cat /mnt/persistent/owner)",
-    ]);
+    const OWNER: &str = "echo $(cat /etc/cgcloud/node | grep ordinal) $(cat /mnt/persistent/owner)";
+    let owners = on_nodes(&u, "generic", "e2e", OWNER);
     u.ok(&["terminate-cluster", "generic", "-c", "e2e"]);
     assert!(u.json(&["list"]).as_array().unwrap().is_empty());
     let left = u.json(&["cleanup", "--dry-run"]);
     assert!(left.as_array().unwrap().iter().all(|i| i["kind"] == "security-group"), "{left}");
     u.ok(&["create-cluster", "generic", "-s", "6", "-c", "e2e", "-e", "1"]);
-    let again = u.ok(&[
-        "ssh-cluster",
-        "generic",
-        "-c",
-        "e2e",
-        "-P",
-        "--",
-        "echo $(cat /etc/cgcloud/node | grep ordinal) $(cat /mnt/persistent/owner)",
-    ]);
+    let again = on_nodes(&u, "generic", "e2e", OWNER);
     // Each ordinal finds the data its predecessor wrote (the owner is the old host name).
     let pairs = |text: &str| -> std::collections::BTreeSet<String> {
         text.lines().filter_map(|l| l.split_once("] ").map(|(_, rest)| rest.to_owned())).collect()
@@ -1137,6 +1112,12 @@ fn spark_apache_end_to_end() {
     u.ok(&["local", "down"]);
 }
 
+/// `command` on every node of cluster `name` of `cluster_type` at once (`ssh-cluster -P`): the
+/// output, each line prefixed with its node.
+fn on_nodes(u: &User, cluster_type: &str, name: &str, command: &str) -> String {
+    u.ok(&["ssh-cluster", cluster_type, "-c", name, "-P", "--", command])
+}
+
 /// The idle Slurm nodes the leader of `cluster` reports, once there are `n` (fails after
 /// `timeout_s`).
 fn wait_idle_slurm_nodes(u: &User, cluster: &str, n: usize, timeout_s: u64) -> Vec<String> {
@@ -1172,15 +1153,12 @@ fn slurm_end_to_end() {
     assert!(hosts.iter().all(|h| nodes.iter().any(|n| n == h)), "{ran} vs {nodes:?}");
 
     // The munge key is the cluster's own, readable only by munge, and the same on every node.
-    let keys = u.ok(&[
-        "ssh-cluster",
+    let keys = on_nodes(
+        &u,
         "slurm",
-        "-c",
         "s1",
-        "-P",
-        "--",
         "sudo stat -c '%a %U' /etc/munge/munge.key; sudo sha256sum /etc/munge/munge.key | cut -c1-16",
-    ]);
+    );
     assert_eq!(keys.matches("] 400 munge").count(), 3, "{keys}");
     let digests: std::collections::BTreeSet<&str> =
         keys.lines().filter(|l| !l.contains("munge")).filter_map(|l| l.split("] ").nth(1)).collect();
@@ -1189,10 +1167,10 @@ fn slurm_end_to_end() {
     // Growing registers a new worker without changing a file on the nodes that were there.
     let fingerprint =
         "sudo sh -c 'find /etc/slurm /etc/munge -type f | sort | xargs sha256sum' | sha256sum | cut -c1-16";
-    let before = u.ok(&["ssh-cluster", "slurm", "-c", "s1", "-P", "--", fingerprint]);
+    let before = on_nodes(&u, "slurm", "s1", fingerprint);
     u.ok(&["grow-cluster", "slurm", "-c", "s1", "-s", "1"]);
     wait_idle_slurm_nodes(&u, "s1", 3, 120);
-    let after = u.ok(&["ssh-cluster", "slurm", "-c", "s1", "-P", "--", fingerprint]);
+    let after = on_nodes(&u, "slurm", "s1", fingerprint);
     for line in before.lines() {
         assert!(after.contains(line), "{line} changed:\nbefore:\n{before}\nafter:\n{after}");
     }
