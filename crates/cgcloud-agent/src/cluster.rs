@@ -21,6 +21,8 @@ pub struct Node {
     pub tags: BTreeMap<String, String>,
     /// The account that owns the instance (its reservation's `ownerId`).
     pub account: String,
+    /// `spot` for a spot instance, else empty (EC2's `instanceLifecycle`).
+    pub lifecycle: String,
 }
 
 impl Node {
@@ -63,6 +65,7 @@ fn parse_nodes(xml: &str) -> Vec<Node> {
                 private_dns: child_text(n, "privateDnsName"),
                 zone,
                 launch_index: child_text(n, "amiLaunchIndex").parse().ok(),
+                lifecycle: child_text(n, "instanceLifecycle"),
                 tags,
                 account: n
                     .ancestors()
@@ -156,8 +159,50 @@ pub fn replace_block(hosts: &str, block: &str) -> String {
     out
 }
 
-/// Rewrites /etc/hosts (atomically) and /etc/cgcloud/cluster.json when membership changed.
+/// The system-wide known_hosts lines for the members that have published their host key: so
+/// that SSH inside the cluster (e.g. a worker mounting the leader's shared directory) verifies
+/// host keys. A host key tag is written by its node alone (the instance profile allows no
+/// other), and is checked here to be one ed25519 key in plain base64; names come from EC2.
+pub fn known_hosts_block(cluster: &str, nodes: &[Node]) -> String {
+    let plain = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c));
+    let mut out = format!("{HOSTS_BEGIN} {cluster}\n");
+    for n in nodes {
+        let Some(key) = n.tags.get(cgcloud_core::tags::HOST_KEY) else { continue };
+        let blob = key.strip_prefix("ssh-ed25519 ").unwrap_or_default();
+        if blob.len() < 60 || blob.len() > 120 || !blob.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+        {
+            continue;
+        }
+        let mut names = vec![n.private_ip.clone(), n.private_dns.clone(), n.hostname()];
+        if let Some(o) = n.ordinal() {
+            if o == 0 {
+                names.push("cluster-leader".into());
+            }
+            names.push(format!("cluster-node-{o}"));
+        }
+        names.retain(|s| !s.is_empty() && plain(s));
+        if !names.is_empty() {
+            out.push_str(&format!("{} ssh-ed25519 {blob}\n", names.join(",")));
+        }
+    }
+    out.push_str(HOSTS_END);
+    out.push('\n');
+    out
+}
+
+/// Rewrites /etc/hosts, /etc/ssh/ssh_known_hosts (our blocks, atomically) and
+/// /etc/cgcloud/cluster.json when membership or a member's host key changed.
 pub fn write_membership(cluster: &str, nodes: &[Node]) -> Result<bool, String> {
+    let known = std::fs::read_to_string("/etc/ssh/ssh_known_hosts").unwrap_or_default();
+    let new_known = replace_block(&known, &known_hosts_block(cluster, nodes));
+    if new_known != known {
+        crate::safefs::write_atomic(
+            std::path::Path::new("/etc/ssh/ssh_known_hosts"),
+            new_known.as_bytes(),
+            crate::safefs::Attrs::root(0o644),
+        )
+        .map_err(|e| e.to_string())?;
+    }
     let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
     let new = replace_block(&hosts, &hosts_block(cluster, nodes));
     let json = serde_json::to_string_pretty(&serde_json::json!({
@@ -206,6 +251,7 @@ pub fn facts(me: &Node, nodes: &[Node], region: &str, namespace: &str) -> serde_
         "box": {
             "instance_id": me.id, "private_ip": me.private_ip, "private_dns": me.private_dns,
             "hostname": me.hostname(), "zone": me.zone, "region": region, "namespace": namespace,
+            "market": if me.lifecycle == "spot" { "spot" } else { "on-demand" },
             "role": t(cgcloud_core::tags::ROLE),
         },
         "cluster": {
@@ -243,7 +289,7 @@ mod tests {
     fn parses_instances_with_tags_and_launch_index() {
         let xml = r#"<DescribeInstancesResponse><reservationSet><item><reservationId>r-1</reservationId><ownerId>123456789012</ownerId><instancesSet><item>
             <instanceId>i-1</instanceId><privateIpAddress>10.0.0.5</privateIpAddress><privateDnsName>ip-10-0-0-5.ec2.internal</privateDnsName>
-            <amiLaunchIndex>2</amiLaunchIndex><placement><availabilityZone>us-west-2a</availabilityZone></placement>
+            <amiLaunchIndex>2</amiLaunchIndex><instanceLifecycle>spot</instanceLifecycle><placement><availabilityZone>us-west-2a</availabilityZone></placement>
             <tagSet><item><key>cgcloud:ordinals</key><value>1,2,5</value></item></tagSet>
             <blockDeviceMapping><item><deviceName>/dev/xvda</deviceName></item></blockDeviceMapping>
             </item></instancesSet></item></reservationSet></DescribeInstancesResponse>"#;
@@ -253,6 +299,7 @@ mod tests {
         assert_eq!(nodes[0].ordinal(), Some(5));
         assert_eq!(nodes[0].hostname(), "ip-10-0-0-5");
         assert_eq!(nodes[0].arn("us-west-2"), "arn:aws:ec2:us-west-2:123456789012:instance/i-1");
+        assert_eq!(facts(&nodes[0], &nodes, "us-west-2", "/t/")["box"]["market"], "spot");
     }
 
     #[test]
@@ -271,6 +318,24 @@ mod tests {
             m.tags.insert(key.into(), bad.into());
             assert!(check_tag_facts(&m).unwrap_err().contains(key), "{key}={bad:?}");
         }
+    }
+
+    #[test]
+    fn known_hosts_hold_only_well_formed_published_keys() {
+        let key = format!("ssh-ed25519 {}", "A".repeat(68));
+        let mut leader = node("i-l", "10.0.0.1", "0");
+        leader.tags.insert(cgcloud_core::tags::HOST_KEY.into(), key.clone());
+        let mut bad = node("i-b", "10.0.0.3", "2");
+        bad.tags.insert(cgcloud_core::tags::HOST_KEY.into(), format!("{key}\n* ssh-ed25519 {}", "B".repeat(68)));
+        let unpublished = node("i-w", "10.0.0.2", "1");
+        let block = known_hosts_block("c1", &[leader, unpublished, bad]);
+        let lines: Vec<&str> = block.lines().collect();
+        assert_eq!(lines.len(), 3, "{block}");
+        assert_eq!(
+            lines[1],
+            format!("10.0.0.1,ip-10-0-0-1.x.internal,ip-10-0-0-1,cluster-leader,cluster-node-0 {key}")
+        );
+        assert!(!block.contains('*'), "a tag smuggled in another line:\n{block}");
     }
 
     #[test]

@@ -1152,6 +1152,19 @@ fn slurm_end_to_end() {
     assert_eq!(hosts.len(), 2, "{ran}");
     assert!(hosts.iter().all(|h| nodes.iter().any(|n| n == h)), "{ran} vs {nodes:?}");
 
+    // SSH inside the cluster verifies host keys: every node knows the others' published keys
+    // (the login itself is refused: no key for it; the host key check comes first).
+    let probe = "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/dev/null cluster-leader true 2>&1 | tail -1";
+    let start = std::time::Instant::now();
+    loop {
+        let seen = on_nodes(&u, "slurm", "s1", probe);
+        if seen.matches("Permission denied").count() == 3 {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 60, "the leader's host key did not reach every node:\n{seen}");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+
     // The munge key is the cluster's own, readable only by munge, and the same on every node.
     let keys = on_nodes(
         &u,
@@ -1168,8 +1181,11 @@ fn slurm_end_to_end() {
     let fingerprint =
         "sudo sh -c 'find /etc/slurm /etc/munge -type f | sort | xargs sha256sum' | sha256sum | cut -c1-16";
     let before = on_nodes(&u, "slurm", "s1", fingerprint);
-    u.ok(&["grow-cluster", "slurm", "-c", "s1", "-s", "1"]);
+    // The new worker is a spot instance: Slurm knows it by its feature.
+    u.ok(&["grow-cluster", "slurm", "-c", "s1", "-s", "1", "--spot-bid", "1.0"]);
     wait_idle_slurm_nodes(&u, "s1", 3, 120);
+    let features = u.ok(&["ssh", "slurm-leader", "-c", "s1", "--", "sinfo -h -N -o '%f'"]);
+    assert_eq!((features.matches("on-demand").count(), features.matches("spot").count()), (2, 1), "{features}");
     let after = on_nodes(&u, "slurm", "s1", fingerprint);
     for line in before.lines() {
         assert!(after.contains(line), "{line} changed:\nbefore:\n{before}\nafter:\n{after}");

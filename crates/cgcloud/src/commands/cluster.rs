@@ -186,6 +186,15 @@ async fn cluster_secrets(
         .collect()
 }
 
+/// Tells the nodes' agents to read the members again: configured nodes have published their
+/// host keys by now, which the others put into their known_hosts (best effort; the agents
+/// also refresh on their own).
+async fn notify_members(cloud: &Cloud) {
+    if let Err(e) = cloud.notify_keys_changed().await {
+        tracing::debug!("notification failed: {e}");
+    }
+}
+
 fn check_cluster_name(name: &str) -> Result<()> {
     if !tags::valid_cluster_name(name) {
         bail!("invalid cluster name '{name}': use up to 40 lower-case letters, digits and '-'");
@@ -582,6 +591,7 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
             t0,
         )
         .await?;
+        notify_members(cloud).await;
         if !a.nodes.quick {
             let good = workers.len() - failed.iter().filter(|(id, _)| workers.contains(id)).count();
             if (good as u32) < min {
@@ -693,6 +703,7 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
             t0,
         )
         .await?;
+        notify_members(cloud).await;
         finish_launch(cloud, &ids).await?;
         Ok(())
     };
