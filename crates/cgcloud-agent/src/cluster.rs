@@ -122,15 +122,7 @@ pub fn hosts_block(cluster: &str, nodes: &[Node]) -> String {
         if n.private_ip.is_empty() {
             continue;
         }
-        let mut names = vec![n.private_dns.clone(), n.hostname()];
-        if let Some(o) = n.ordinal() {
-            if o == 0 {
-                names.push("cluster-leader".into());
-            }
-            names.push(format!("cluster-node-{o}"));
-        }
-        names.retain(|s| !s.is_empty());
-        out.push_str(&format!("{} {}\n", n.private_ip, names.join(" ")));
+        out.push_str(&format!("{} {}\n", n.private_ip, names(n).join(" ")));
     }
     out.push_str(HOSTS_END);
     out.push('\n');
@@ -159,6 +151,19 @@ pub fn replace_block(hosts: &str, block: &str) -> String {
     out
 }
 
+/// A member's names: its DNS name, its host name, and `cluster-leader` / `cluster-node-<ordinal>`.
+fn names(n: &Node) -> Vec<String> {
+    let mut names = vec![n.private_dns.clone(), n.hostname()];
+    if let Some(o) = n.ordinal() {
+        if o == 0 {
+            names.push("cluster-leader".into());
+        }
+        names.push(format!("cluster-node-{o}"));
+    }
+    names.retain(|s| !s.is_empty());
+    names
+}
+
 /// The system-wide known_hosts lines for the members that have published their host key: so
 /// that SSH inside the cluster (e.g. a worker mounting the leader's shared directory) verifies
 /// host keys. A host key tag is written by its node alone (the instance profile allows no
@@ -173,16 +178,11 @@ pub fn known_hosts_block(cluster: &str, nodes: &[Node]) -> String {
         {
             continue;
         }
-        let mut names = vec![n.private_ip.clone(), n.private_dns.clone(), n.hostname()];
-        if let Some(o) = n.ordinal() {
-            if o == 0 {
-                names.push("cluster-leader".into());
-            }
-            names.push(format!("cluster-node-{o}"));
-        }
-        names.retain(|s| !s.is_empty() && plain(s));
-        if !names.is_empty() {
-            out.push_str(&format!("{} ssh-ed25519 {blob}\n", names.join(",")));
+        let mut all = vec![n.private_ip.clone()];
+        all.extend(names(n));
+        all.retain(|s| !s.is_empty() && plain(s));
+        if !all.is_empty() {
+            out.push_str(&format!("{} ssh-ed25519 {blob}\n", all.join(",")));
         }
     }
     out.push_str(HOSTS_END);

@@ -62,9 +62,8 @@ pub fn valid_cluster_name(name: &str) -> bool {
     plain_name(name, 40)
 }
 
-/// A role or cluster-type name as read from a tag: lower-case letters, digits and `-`, up to
-/// `max` characters, starting with a letter or digit (what role files may be called).
-pub fn plain_name(name: &str, max: usize) -> bool {
+/// Lower-case letters, digits and `-`, up to `max` characters, starting with a letter or digit.
+fn plain_name(name: &str, max: usize) -> bool {
     !name.is_empty()
         && name.len() <= max
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')

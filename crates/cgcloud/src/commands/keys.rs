@@ -20,43 +20,43 @@ pub async fn register_key(ctx: &Ctx, a: RegisterKeyArgs) -> Result<ExitCode> {
         });
         ctx.out.record(&json, || format!("{name}\t{}\t{fingerprint}\t{action}", key.key_type));
     };
-    if let Some(existing) = cloud.key_pair(&name).await? {
-        let same = key.matches_fingerprint(&existing.fingerprint)
-            || existing
-                .public_key
-                .as_deref()
-                .and_then(|p| PublicKey::parse_line(p).ok())
-                .is_some_and(|p| p.blob == key.blob);
-        let me = ctx.me().await.ok().map(str::to_owned);
-        if same && (me.is_none() || existing.owner == me) {
-            report(&existing.fingerprint, "unchanged");
-            return Ok(ExitCode::SUCCESS);
-        }
-        if same {
+    let me = ctx.me().await.ok().map(str::to_owned);
+    let action = match cloud.key_pair(&name).await? {
+        None if a.force => "replaced",
+        None => "imported",
+        Some(existing) => {
+            let same = key.matches_fingerprint(&existing.fingerprint)
+                || existing
+                    .public_key
+                    .as_deref()
+                    .and_then(|p| PublicKey::parse_line(p).ok())
+                    .is_some_and(|p| p.blob == key.blob);
+            if same && (me.is_none() || existing.owner == me) {
+                report(&existing.fingerprint, "unchanged");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !same && !a.force {
+                bail!(
+                    "key pair '{name}' already exists with a different key (fingerprint {}); pass --force to replace it",
+                    existing.fingerprint
+                );
+            }
+            cloud.delete_key_pair(&name).await?;
             // The same key without its owner tag (registered before cgcloud tagged owners, or by
             // hand): importing it again tags it, which `@user` patterns need.
-            cloud.delete_key_pair(&name).await?;
-            return import(ctx, &a, &name, &key, "tagged").await;
+            if same {
+                "tagged"
+            } else {
+                "replaced"
+            }
         }
-        if !a.force {
-            bail!(
-                "key pair '{name}' already exists with a different key (fingerprint {}); pass --force to replace it",
-                existing.fingerprint
-            );
-        }
-        cloud.delete_key_pair(&name).await?;
-    }
-    import(ctx, &a, &name, &key, if a.force { "replaced" } else { "imported" }).await
-}
-
-/// Imports `key` as key pair `name`, tagged with its owner (the caller).
-async fn import(ctx: &Ctx, a: &RegisterKeyArgs, name: &str, key: &PublicKey, action: &str) -> Result<ExitCode> {
-    let cloud = ctx.cloud().await?;
+    };
+    // Tagged with its owner, the caller (see `cgcloud_core::keypairs`).
     let mut t = Tags::new();
-    if let Ok(me) = ctx.me().await {
-        t.insert(tags::OWNER.into(), me.to_owned());
+    if let Some(me) = me {
+        t.insert(tags::OWNER.into(), me);
     }
-    let imported = cloud.import_key_pair(name, format!("{} {}", key.to_openssh(), key.comment).trim_end(), &t).await?;
+    let imported = cloud.import_key_pair(&name, format!("{} {}", key.to_openssh(), key.comment).trim_end(), &t).await?;
     if !key.matches_fingerprint(&imported.fingerprint) {
         bail!(
             "EC2 reports fingerprint {} for key pair '{name}', which does not belong to {} (expected {})",
@@ -65,10 +65,7 @@ async fn import(ctx: &Ctx, a: &RegisterKeyArgs, name: &str, key: &PublicKey, act
             key.ec2_fingerprint()
         );
     }
-    let json = serde_json::json!({
-        "key_pair": name, "key_type": key.key_type, "fingerprint": imported.fingerprint, "action": action,
-    });
-    ctx.out.record(&json, || format!("{name}\t{}\t{}\t{action}", key.key_type, imported.fingerprint));
+    report(&imported.fingerprint, action);
     notify(ctx).await;
     Ok(ExitCode::SUCCESS)
 }
