@@ -44,6 +44,11 @@ pub fn variables(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) ->
 
 pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> Result<Plan, CompileError> {
     let err = |message: String| CompileError { role: role.name.clone(), os: os.id.clone(), message };
+    // An option without a default must be given: say which, and what it is, before anything
+    // is launched.
+    if let Some((name, decl)) = role.options.iter().find(|(n, d)| d.default.is_none() && !options.contains_key(*n)) {
+        return Err(err(format!("option '{name}' has no default: give it with -O {name}=VALUE ({})", decl.help)));
+    }
     let vars = variables(role, os, options);
     let r = |s: &str| {
         render(s, &vars, DEFERRED).map_err(|m| err(format!("{m} in '{}'", s.chars().take(60).collect::<String>())))

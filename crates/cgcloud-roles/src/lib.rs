@@ -86,6 +86,9 @@ pub struct RoleSummary {
     pub description: String,
     pub source: String,
     pub os: Vec<String>,
+    /// Why the role is legacy, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<String>,
 }
 
 fn parse_err(file: &str, e: impl std::fmt::Display) -> RoleError {
@@ -164,11 +167,15 @@ impl Registry {
         self.roles
             .values()
             .filter(|l| !l.file.is_abstract)
-            .map(|l| RoleSummary {
-                name: l.file.name.clone(),
-                description: l.file.description.clone(),
-                source: l.source.clone(),
-                os: self.resolve(&l.file.name).map(|r| r.os.iter().map(|o| o.id.clone()).collect()).unwrap_or_default(),
+            .map(|l| {
+                let resolved = self.resolve(&l.file.name).ok();
+                RoleSummary {
+                    name: l.file.name.clone(),
+                    description: l.file.description.clone(),
+                    source: l.source.clone(),
+                    os: resolved.as_ref().map(|r| r.os.iter().map(|o| o.id.clone()).collect()).unwrap_or_default(),
+                    legacy: resolved.and_then(|r| r.legacy),
+                }
             })
             .collect()
     }
@@ -289,6 +296,7 @@ impl Registry {
             source: loaded.source.clone(),
             os,
             default_user: file.default_user,
+            legacy: file.legacy,
             instance: file.instance,
             packages: file.packages,
             ports: file.ports,

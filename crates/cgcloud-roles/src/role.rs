@@ -26,6 +26,10 @@ pub struct RoleFile {
     pub os: Vec<String>,
     #[serde(default)]
     pub default_user: Option<String>,
+    /// Marks the role as kept for parity only (e.g. software that is no longer maintained): why,
+    /// in one sentence. `list-roles` shows it and launching warns; roles including it inherit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<String>,
     #[serde(default)]
     pub instance: InstanceDefaults,
     #[serde(default)]
@@ -74,13 +78,34 @@ pub struct ClusterDecl {
     pub secrets: Vec<ClusterSecret>,
 }
 
+/// What a cluster secret holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretKind {
+    /// `bytes` random bytes (e.g. munge's key).
+    #[default]
+    Random,
+    /// An ed25519 SSH private key in OpenSSH format, for SSH between the nodes of one cluster
+    /// (e.g. the shared directory); the public half is `ssh-keygen -y -f PATH`.
+    SshKey,
+}
+
+impl SecretKind {
+    fn is_random(&self) -> bool {
+        *self == SecretKind::Random
+    }
+}
+
 /// A per-cluster secret file, written by cloud-init before the node's first-boot steps.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSecret {
     /// Absolute path of the file on every node.
     pub path: String,
-    /// How many random bytes (16 to 4096).
+    /// `random` (default) or `ssh-key`.
+    #[serde(default, skip_serializing_if = "SecretKind::is_random")]
+    pub kind: SecretKind,
+    /// How many random bytes (16 to 4096; `random` secrets only).
     #[serde(default = "secret_bytes")]
     pub bytes: u32,
     /// `user` or `user:group` (must exist in the image).
@@ -554,6 +579,8 @@ pub struct Role {
     /// Supported operating systems; the first is the default.
     pub os: Vec<OsDef>,
     pub default_user: Option<String>,
+    /// Why the role is legacy, when it is (`legacy` in the file, inherited).
+    pub legacy: Option<String>,
     pub instance: InstanceDefaults,
     pub packages: BTreeMap<String, Vec<String>>,
     pub ports: Vec<Port>,

@@ -365,6 +365,9 @@ pub(crate) async fn prepare(
     needs: LocalNeeds,
 ) -> Result<Prepared> {
     check_local_needs(ctx, needs)?;
+    if let Some(why) = &role.legacy {
+        tracing::warn!("role '{}' is legacy: {why}", role.name);
+    }
     let cloud = ctx.cloud().await?;
     let ns = ctx.namespace().await?.clone();
     let os = match os_choice {

@@ -6,8 +6,16 @@ use std::process::ExitCode;
 
 pub async fn list_roles(ctx: &Ctx) -> Result<ExitCode> {
     let roles = ctx.registry().await?.list();
-    let rows: Vec<Vec<String>> =
-        roles.iter().map(|r| vec![r.name.clone(), r.os.join(","), r.source.clone(), r.description.clone()]).collect();
+    let rows: Vec<Vec<String>> = roles
+        .iter()
+        .map(|r| {
+            let description = match &r.legacy {
+                Some(why) => format!("[legacy] {} ({why})", r.description),
+                None => r.description.clone(),
+            };
+            vec![r.name.clone(), r.os.join(","), r.source.clone(), description]
+        })
+        .collect();
     ctx.out.table(&["ROLE", "OS", "SOURCE", "DESCRIPTION"], &rows, &roles);
     ctx.out.note(
         "hint: add roles from directories listed in CGCLOUD_PLUGINS (colon-separated) or ~/.config/cgcloud/roles",
