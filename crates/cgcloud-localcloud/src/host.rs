@@ -173,6 +173,9 @@ impl Host<'_> {
                 "--console=read-only",
             ])
             .args(devices.iter().map(|(dev, path)| format!("--bind={dev}:{path}")))
+            // An EC2 instance has /dev/fuse (sshfs, e.g. a cluster's shared directory); a
+            // container has it only when bound in.
+            .args(Path::new("/dev/fuse").exists().then_some("--bind=/dev/fuse"))
             .stdin(std::process::Stdio::null())
             .stdout(console)
             .stderr(console2)
