@@ -438,6 +438,18 @@ impl Agent {
                 self.cfg.namespace
             ),
         );
+        // On EC2 (credentials from IMDS), watch for a spot interruption notice; the local cloud
+        // has no IMDS, and an on-demand instance simply never gets a notice.
+        if self.cfg.access_key_id.is_none() {
+            std::thread::spawn(|| {
+                crate::spot::watch(
+                    crate::imds::IMDS,
+                    std::path::Path::new(crate::spot::HOOK),
+                    Duration::from_secs(5),
+                    log,
+                )
+            });
+        }
         let mut backoff = Duration::from_secs(1);
         let mut next_refresh = Instant::now();
         let mut next_metrics = Instant::now();

@@ -4,10 +4,14 @@
 use crate::sigv4::Credentials;
 use std::time::{Duration, SystemTime};
 
-const IMDS: &str = "http://169.254.169.254";
+pub const IMDS: &str = "http://169.254.169.254";
 
 fn token(http: &ureq::Agent) -> Result<String, String> {
-    http.put(&format!("{IMDS}/latest/api/token"))
+    token_at(http, IMDS)
+}
+
+fn token_at(http: &ureq::Agent, base: &str) -> Result<String, String> {
+    http.put(&format!("{base}/latest/api/token"))
         .set("X-aws-ec2-metadata-token-ttl-seconds", "300")
         .timeout(Duration::from_secs(2))
         .call()
@@ -50,4 +54,20 @@ pub fn role_credentials(http: &ureq::Agent) -> Result<(Credentials, SystemTime),
 pub fn instance_id(http: &ureq::Agent) -> Result<String, String> {
     let t = token(http)?;
     get(http, &t, "/latest/meta-data/instance-id")
+}
+
+/// The pending spot interruption of this instance (the JSON document EC2 publishes two minutes
+/// before it stops or terminates a spot instance), or `None` while there is none (404).
+pub fn spot_instance_action(http: &ureq::Agent, base: &str) -> Result<Option<String>, String> {
+    let t = token_at(http, base)?;
+    match http
+        .get(&format!("{base}/latest/meta-data/spot/instance-action"))
+        .set("X-aws-ec2-metadata-token", &t)
+        .timeout(Duration::from_secs(2))
+        .call()
+    {
+        Ok(r) => r.into_string().map(Some).map_err(|e| e.to_string()),
+        Err(ureq::Error::Status(404, _)) => Ok(None),
+        Err(e) => Err(format!("IMDS spot/instance-action: {e}")),
+    }
 }

@@ -12,6 +12,7 @@ mod keys;
 mod metrics;
 mod safefs;
 mod sigv4;
+mod spot;
 mod storage;
 mod sys;
 mod volume;
