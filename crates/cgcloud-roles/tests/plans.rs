@@ -10,10 +10,23 @@ use std::collections::BTreeMap;
 fn compiled_plans_of_builtin_roles() {
     let reg = Registry::builtin().unwrap();
     let mut count = 0;
+    // Options without a default (the user must choose): example values.
+    let required: BTreeMap<String, String> = [
+        ("mesos_package_url", "https://packages.example/ubuntu/noble/aventer-mesos_1.11.0_amd64.deb"),
+        ("mesos_package_sha256", "5e0d1b9bc2c6ce3cfd0b3b1a3d0b0a7e6f0e5d2c4b3a29180706050403020100"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
     for summary in reg.list() {
         let role = reg.role(&summary.name).unwrap();
+        let given: BTreeMap<String, String> = required
+            .iter()
+            .filter(|(k, _)| role.options.get(*k).is_some_and(|o| o.default.is_none()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for os in &role.os {
-            let plan = compile(&role, os, &BTreeMap::new()).unwrap();
+            let plan = compile(&role, os, &given).unwrap();
             // Everything a launch takes from the role: how the image is found, the admin
             // user, instance defaults, firewall rules, IAM, and the provisioning plan.
             let launch = serde_json::json!({
@@ -127,4 +140,21 @@ fn option_values_cannot_inject() {
     assert!(text.contains(r"test 'pypi' != pypi"), "{text}");
     // `\n` in extra_spark_conf becomes a line break in spark-defaults.conf.
     assert!(text.contains(r"spark.a 1\nspark.b 2"), "{text}");
+}
+
+#[test]
+fn legacy_mesos_roles_need_their_package_and_say_so() {
+    let reg = Registry::builtin().unwrap();
+    for name in ["mesos-box", "toil-mesos-box"] {
+        let role = reg.role(name).unwrap();
+        assert!(role.legacy.as_deref().is_some_and(|l| l.contains("Attic")), "{name} is not marked legacy");
+        let listed = reg.list().into_iter().find(|r| r.name == name).unwrap();
+        assert!(listed.legacy.is_some());
+        let err = compile(&role, &role.os[0], &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("option 'mesos_package_") && err.contains("-O mesos_package_"), "{err}");
+        let cluster = role.cluster.as_ref().unwrap();
+        assert_eq!(cluster.secrets.len(), 2, "{name}: a Mesos secret and the shared directory's key");
+    }
+    assert!(reg.role("toil-box").unwrap().legacy.is_none());
+    assert_eq!(reg.role("toil-box").unwrap().cluster.unwrap().secrets.len(), 2, "munge and the shared directory's key");
 }

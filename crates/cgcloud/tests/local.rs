@@ -1118,16 +1118,16 @@ fn on_nodes(u: &User, cluster_type: &str, name: &str, command: &str) -> String {
     u.ok(&["ssh-cluster", cluster_type, "-c", name, "-P", "--", command])
 }
 
-/// The idle Slurm nodes the leader of `cluster` reports, once there are `n` (fails after
-/// `timeout_s`).
+/// The idle Slurm nodes the leader of toil cluster `cluster` reports, once there are exactly
+/// `n` nodes and all are idle (fails after `timeout_s`).
 fn wait_idle_slurm_nodes(u: &User, cluster: &str, n: usize, timeout_s: u64) -> Vec<String> {
     let start = std::time::Instant::now();
     loop {
-        let out = u.run(&["ssh", "slurm-leader", "-c", cluster, "--", "sinfo -h -N -o '%N %t'"]);
+        let out = u.run(&["ssh", "toil-leader", "-c", cluster, "--", "sinfo -h -N -o '%N %t'"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let idle: Vec<String> =
             text.lines().filter(|l| l.ends_with(" idle")).map(|l| l.split(' ').next().unwrap().to_owned()).collect();
-        if idle.len() == n {
+        if idle.len() == n && text.lines().count() == n {
             return idle;
         }
         assert!(
@@ -1139,15 +1139,26 @@ fn wait_idle_slurm_nodes(u: &User, cluster: &str, n: usize, timeout_s: u64) -> V
     }
 }
 
+/// Runs the hostnames workflow on the leader of `cluster` with `toil-run`; returns the host
+/// names its jobs recorded.
+fn toil_hostnames(u: &User, cluster: &str, jobs: usize, seconds: u32, out: &str) -> Vec<String> {
+    let run = format!("toil-run /shared/wf/hostnames.py --jobs {jobs} --seconds {seconds} --out {out} && cat {out}");
+    let text = u.ok(&["ssh", "toil-leader", "-c", cluster, "--", &run]);
+    let names: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert_eq!(names.len(), jobs, "{text}");
+    names
+}
+
 #[test]
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
-fn slurm_end_to_end() {
+fn toil_end_to_end() {
     let (_one, u) = fresh_local_cloud();
-    u.ok(&["create", "-I", "-T", "slurm-box"]);
-    u.ok(&["create-cluster", "slurm", "-s", "2", "-c", "s1"]);
-    let nodes = wait_idle_slurm_nodes(&u, "s1", 2, 120);
+    // toil-box is slurm-box plus Toil: this test covers both.
+    u.ok(&["create", "-I", "-T", "toil-box"]);
+    u.ok(&["create-cluster", "toil", "-s", "2", "-c", "t1"]);
+    let nodes = wait_idle_slurm_nodes(&u, "t1", 2, 120);
     // A job spans both workers.
-    let ran = u.ok(&["ssh", "slurm-leader", "-c", "s1", "--", "srun -N2 hostname | sort"]);
+    let ran = u.ok(&["ssh", "toil-leader", "-c", "t1", "--", "srun -N2 hostname | sort"]);
     let hosts: Vec<&str> = ran.lines().collect();
     assert_eq!(hosts.len(), 2, "{ran}");
     assert!(hosts.iter().all(|h| nodes.iter().any(|n| n == h)), "{ran} vs {nodes:?}");
@@ -1157,7 +1168,7 @@ fn slurm_end_to_end() {
     let probe = "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/dev/null cluster-leader true 2>&1 | tail -1";
     let start = std::time::Instant::now();
     loop {
-        let seen = on_nodes(&u, "slurm", "s1", probe);
+        let seen = on_nodes(&u, "toil", "t1", probe);
         if seen.matches("Permission denied").count() == 3 {
             break;
         }
@@ -1165,11 +1176,35 @@ fn slurm_end_to_end() {
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
 
+    // /shared is the same directory on every node: what a worker writes, the others read.
+    let mounted = on_nodes(
+        &u,
+        "toil",
+        "t1",
+        "for i in $(seq 60); do mountpoint -q /shared && break; sleep 1; done; findmnt -n -o FSTYPE /shared",
+    );
+    assert_eq!(mounted.matches("fuse.sshfs").count(), 3, "{mounted}");
+    on_nodes(&u, "toil", "t1", "hostname > /shared/seen-by-$(hostname)");
+    let seen = on_nodes(&u, "toil", "t1", "cat /shared/seen-by-* | sort | tr '\\n' ' '");
+    let lines: std::collections::BTreeSet<&str> = seen.lines().filter_map(|l| l.split("] ").nth(1)).collect();
+    assert_eq!(lines.len(), 1, "every node should see the same three files:\n{seen}");
+    let names: Vec<&str> = lines.iter().next().map(|l| l.split_whitespace().collect()).unwrap_or_default();
+    assert_eq!(names.len(), 3, "{seen}");
+    // The cluster's key is for the shared directory only: no shell, no file outside it.
+    let leader_host = u.ok(&["ssh", "toil-leader", "-c", "t1", "--", "hostname"]).trim().to_owned();
+    let key = "sudo ssh -i /etc/cgcloud/cluster/id_ed25519 -o BatchMode=yes cgshare@cluster-leader";
+    let shell = u.run(&["ssh", "toil-worker", "-c", "t1", "--", &format!("{key} cat /etc/hostname < /dev/null")]);
+    let said = String::from_utf8_lossy(&shell.stdout);
+    assert!(!said.contains(&leader_host), "the cluster key gave a shell: {said}");
+    let sftp = "echo 'get /etc/hostname /tmp/stolen' | sudo sftp -i /etc/cgcloud/cluster/id_ed25519 -b - cgshare@cluster-leader";
+    let outside = u.run(&["ssh", "toil-worker", "-c", "t1", "--", sftp]);
+    assert!(!outside.status.success(), "the cluster key read a file outside /shared");
+
     // The munge key is the cluster's own, readable only by munge, and the same on every node.
     let keys = on_nodes(
         &u,
-        "slurm",
-        "s1",
+        "toil",
+        "t1",
         "sudo stat -c '%a %U' /etc/munge/munge.key; sudo sha256sum /etc/munge/munge.key | cut -c1-16",
     );
     assert_eq!(keys.matches("] 400 munge").count(), 3, "{keys}");
@@ -1177,29 +1212,76 @@ fn slurm_end_to_end() {
         keys.lines().filter(|l| !l.contains("munge")).filter_map(|l| l.split("] ").nth(1)).collect();
     assert_eq!(digests.len(), 1, "{keys}");
 
+    // A Toil workflow fans out over both workers, through the job store on /shared.
+    let write = format!(
+        "mkdir -p /shared/wf && cat > /shared/wf/hostnames.py <<'EOF'\n{}\nEOF",
+        testkit::TOIL_HOSTNAMES_WORKFLOW
+    );
+    u.ok(&["ssh", "toil-leader", "-c", "t1", "--", &write]);
+    let ran: std::collections::BTreeSet<String> = toil_hostnames(&u, "t1", 8, 2, "/shared/out-1").into_iter().collect();
+    assert_eq!(ran, nodes.iter().cloned().collect(), "the jobs should have run on both workers");
+
     // Growing registers a new worker without changing a file on the nodes that were there.
-    let fingerprint =
-        "sudo sh -c 'find /etc/slurm /etc/munge -type f | sort | xargs sha256sum' | sha256sum | cut -c1-16";
-    let before = on_nodes(&u, "slurm", "s1", fingerprint);
+    let fingerprint = "sudo sh -c 'find /etc/slurm /etc/munge /etc/cgcloud/cluster -type f | sort | xargs sha256sum' | sha256sum | cut -c1-16";
+    let before = on_nodes(&u, "toil", "t1", fingerprint);
     // The new worker is a spot instance: Slurm knows it by its feature.
-    u.ok(&["grow-cluster", "slurm", "-c", "s1", "-s", "1", "--spot-bid", "1.0"]);
-    wait_idle_slurm_nodes(&u, "s1", 3, 120);
-    let features = u.ok(&["ssh", "slurm-leader", "-c", "s1", "--", "sinfo -h -N -o '%f'"]);
+    u.ok(&["grow-cluster", "toil", "-c", "t1", "-s", "1", "--spot-bid", "1.0"]);
+    let grown = wait_idle_slurm_nodes(&u, "t1", 3, 120);
+    let features = u.ok(&["ssh", "toil-leader", "-c", "t1", "--", "sinfo -h -N -o '%f'"]);
     assert_eq!((features.matches("on-demand").count(), features.matches("spot").count()), (2, 1), "{features}");
-    let after = on_nodes(&u, "slurm", "s1", fingerprint);
+    let after = on_nodes(&u, "toil", "t1", fingerprint);
     for line in before.lines() {
         assert!(after.contains(line), "{line} changed:\nbefore:\n{before}\nafter:\n{after}");
     }
-    let ran = u.ok(&["ssh", "slurm-leader", "-c", "s1", "--", "srun -N3 hostname | sort -u | wc -l"]);
-    assert_eq!(ran.trim(), "3");
+    // The next run uses the new worker too (16 jobs of 5 s fill all six slots at once).
+    let ran: std::collections::BTreeSet<String> =
+        toil_hostnames(&u, "t1", 16, 5, "/shared/out-2").into_iter().collect();
+    assert_eq!(ran, grown.iter().cloned().collect(), "the jobs should have run on all three workers");
 
-    // A second cluster has its own key.
-    u.ok(&["create-cluster", "slurm", "-s", "1", "-c", "s2"]);
-    wait_idle_slurm_nodes(&u, "s2", 1, 120);
-    let key = |c: &str| u.ok(&["ssh", "slurm-leader", "-c", c, "--", "sudo sha256sum /etc/munge/munge.key"]);
-    assert_ne!(key("s1"), key("s2"));
+    // Losing a worker mid-run does not lose the workflow: Slurm requeues its jobs, Toil retries.
+    let spot = u.json(&["list", "toil-worker", "-c", "t1"]);
+    let spot_node = spot
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["spot"] == true)
+        .unwrap_or_else(|| panic!("no spot worker in {spot}"));
+    let spot_id = spot_node["instance_id"].as_str().unwrap().to_owned();
+    let background = "nohup sh -c 'toil-run /shared/wf/hostnames.py --jobs 12 --seconds 20 --out /shared/out-3 > /shared/run-3.log 2>&1; echo $? > /shared/run-3.status' > /dev/null 2>&1 &";
+    u.ok(&["ssh", "toil-leader", "-c", "t1", "--", background]);
+    let spot_host = u.ok(&["ssh", "toil-worker", "-c", "t1", "-I", &spot_id, "--", "hostname"]).trim().to_owned();
+    let busy = format!("for i in $(seq 120); do squeue -h -t running -w {spot_host} -o %i | grep -q . && exit 0; sleep 1; done; squeue; exit 1");
+    u.ok(&["ssh", "toil-leader", "-c", "t1", "--", &busy]);
+    u.ok(&["terminate", "toil-worker", "-c", "t1", "-I", &spot_id]);
+    let finished = "for i in $(seq 400); do test -s /shared/run-3.status && break; sleep 1; done; cat /shared/run-3.status; tail -5 /shared/run-3.log";
+    let status = u.ok(&["ssh", "toil-leader", "-c", "t1", "--", finished]);
+    assert!(status.starts_with("0\n"), "the workflow failed after losing a worker:\n{status}");
+    let out = u.ok(&["ssh", "toil-leader", "-c", "t1", "--", "wc -l < /shared/out-3"]);
+    assert_eq!(out.trim(), "12");
+    // The lost worker left Slurm (it was stopped cleanly); no ghost node is listed.
+    wait_idle_slurm_nodes(&u, "t1", 2, 120);
 
-    u.ok(&["terminate-cluster", "slurm", "-c", "s1"]);
-    u.ok(&["terminate-cluster", "slurm", "-c", "s2"]);
+    // Stopped and started, the cluster comes back: workers register again, /shared mounts again.
+    u.ok(&["stop-cluster", "toil", "-c", "t1"]);
+    u.ok(&["start-cluster", "toil", "-c", "t1"]);
+    wait_idle_slurm_nodes(&u, "t1", 2, 180);
+    let ran: std::collections::BTreeSet<String> = toil_hostnames(&u, "t1", 4, 1, "/shared/out-4").into_iter().collect();
+    assert!(!ran.is_empty());
+
+    // A second cluster has its own munge key: a credential of one means nothing to the other.
+    u.ok(&["create-cluster", "toil", "-s", "1", "-c", "t2"]);
+    wait_idle_slurm_nodes(&u, "t2", 1, 120);
+    let key = |c: &str| u.ok(&["ssh", "toil-leader", "-c", c, "--", "sudo sha256sum /etc/munge/munge.key"]);
+    assert_ne!(key("t1"), key("t2"));
+    let cred = u.ok(&["ssh", "toil-leader", "-c", "t1", "--", "munge -n"]).trim().to_owned();
+    assert!(cred.starts_with("MUNGE:") && cred.chars().all(|c| c.is_ascii_graphic()), "{cred}");
+    let own = u.run(&["ssh", "toil-leader", "-c", "t1", "--", &format!("echo '{cred}' | unmunge")]);
+    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
+    let other = u.run(&["ssh", "toil-leader", "-c", "t2", "--", &format!("echo '{cred}' | unmunge")]);
+    assert!(!other.status.success(), "cluster t2 accepted a credential of cluster t1");
+
+    u.ok(&["terminate-cluster", "toil", "-c", "t1"]);
+    u.ok(&["terminate-cluster", "toil", "-c", "t2"]);
+    u.ok(&["delete-image", "toil-box"]);
     u.ok(&["local", "down"]);
 }

@@ -357,3 +357,7 @@ pub fn fake_iam_with_big_group(group: &'static str, n: usize) -> String {
         get_group_page(group, &users, next.as_deref())
     })
 }
+
+/// A Toil workflow (Python): `--jobs` children that each sleep `--seconds` and return their
+/// host's name through the job store, then a follow-on that writes them to `--out`.
+pub const TOIL_HOSTNAMES_WORKFLOW: &str = include_str!("toil_hostnames.py");
