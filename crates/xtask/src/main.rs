@@ -17,6 +17,10 @@
 //! - `spark-boot [N...]`: on the local cloud, a Spark image from PyPI (no HDFS), then for N
 //!   workers (default 1 2 4) the time from `create-cluster spark` to the master reporting N
 //!   alive workers, and t(max)/t(min).
+//! - `toil-boot [N...]`: on the local cloud, a toil-box image, then for N workers (default 1 4
+//!   8): bare boot of N+1 hosts, `create-cluster toil` until `sinfo` shows N idle workers (and
+//!   the ratio of the two; target <= 1.2), then a 64-job fan-out Toil workflow; machine CPU-s
+//!   beside each wall time.
 
 use anyhow::{bail, Context as _, Result};
 use cgcloud_aws::ec2::LaunchSpec;
@@ -71,24 +75,7 @@ fn cgcloud_exe() -> Result<PathBuf> {
 }
 
 async fn local_boot(counts: &[i32]) -> Result<()> {
-    let lc = cgcloud_localcloud::LocalCloud::new(cgcloud_localcloud::LocalCloud::default_dir());
-    if !lc.is_up() {
-        lc.up(cgcloud_localcloud::DEFAULT_PORT, &cgcloud_exe()?, &|l| eprintln!("{l}")).await?;
-    }
-    let ep = lc.endpoint()?;
-    let state = lc.state().context("no state")?;
-    let cloud = lc.cloud(state.port).await?;
-    let image = state.images.iter().find(|i| i.os_id == "debian-12").context("no debian-12 image")?.ami_id.clone();
-    let work = tempfile::tempdir()?;
-    let key = work.path().join("id_ed25519");
-    let st =
-        std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status()?;
-    if !st.success() {
-        bail!("ssh-keygen failed");
-    }
-    let pubkey = std::fs::read_to_string(key.with_extension("pub"))?;
-    let key_name = format!("bench-{}", std::process::id());
-    cloud.import_key_pair(&key_name, pubkey.trim(), &Tags::new()).await?;
+    let bare = BareBoot::new().await?;
     println!(
         "local-boot: time from 'running' in moto to a verified SSH login (target: <= 3 s per host; 50 hosts at once)"
     );
@@ -96,23 +83,80 @@ async fn local_boot(counts: &[i32]) -> Result<()> {
     let mut summary = Vec::new();
     for &n in counts {
         let mem0 = mem_used_mib();
+        let (times, all) = bare.boot(n).await?;
+        let mem = mem_used_mib().saturating_sub(mem0);
+        println!(
+            "{n:>5} {:>8.2} {:>8.2} {:>8.2} {all:>10.2} {mem:>12}",
+            percentile(&times, 0.5),
+            percentile(&times, 0.9),
+            percentile(&times, 1.0)
+        );
+        summary.push((n, percentile(&times, 0.5)));
+    }
+    bare.finish().await?;
+    if let (Some(first), Some(last)) = (summary.first(), summary.last()) {
+        println!("ratio p50({})/p50({}) = {:.2}", last.0, first.0, last.1 / first.1);
+    }
+    Ok(())
+}
+
+/// Bare boots on the local cloud: plain Debian hosts from one RunInstances call, timed from
+/// moto reporting them running to a verified SSH login on each (the yardstick of bring-up).
+struct BareBoot {
+    lc: cgcloud_localcloud::LocalCloud,
+    ep: cgcloud_localcloud::Endpoint,
+    cloud: cgcloud_aws::Cloud,
+    image: String,
+    work: tempfile::TempDir,
+    key: PathBuf,
+    key_name: String,
+}
+
+impl BareBoot {
+    async fn new() -> Result<BareBoot> {
+        let lc = cgcloud_localcloud::LocalCloud::new(cgcloud_localcloud::LocalCloud::default_dir());
+        if !lc.is_up() {
+            lc.up(cgcloud_localcloud::DEFAULT_PORT, &cgcloud_exe()?, &|l| eprintln!("{l}")).await?;
+        }
+        let ep = lc.endpoint()?;
+        let state = lc.state().context("no state")?;
+        let cloud = lc.cloud(state.port).await?;
+        let image = state.images.iter().find(|i| i.os_id == "debian-12").context("no debian-12 image")?.ami_id.clone();
+        let work = tempfile::tempdir()?;
+        let key = work.path().join("id_ed25519");
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()?;
+        if !st.success() {
+            bail!("ssh-keygen failed");
+        }
+        let pubkey = std::fs::read_to_string(key.with_extension("pub"))?;
+        let key_name = format!("bench-{}", std::process::id());
+        cloud.import_key_pair(&key_name, pubkey.trim(), &Tags::new()).await?;
+        Ok(BareBoot { lc, ep, cloud, image, work, key, key_name })
+    }
+
+    /// Boots `n` hosts, waits for SSH on each, terminates them; returns each host's time
+    /// (sorted) and the time until all were ready.
+    async fn boot(&self, n: i32) -> Result<(Vec<f64>, f64)> {
         let host_key = cgcloud_remote::hostkey::generate()?;
         let user_data = format!(
             "#cloud-config\n{}\n",
             serde_json::json!({"ssh_keys": {"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public}, "ssh_genkeytypes": []})
         );
         let spec = LaunchSpec {
-            image_id: image.clone(),
+            image_id: self.image.clone(),
             instance_type: "t3.micro".into(),
             count: n,
-            key_name: Some(key_name.clone()),
-            subnet_id: Some(ep.subnet.clone()),
+            key_name: Some(self.key_name.clone()),
+            subnet_id: Some(self.ep.subnet.clone()),
             user_data,
             ..Default::default()
         };
-        let instances = cloud.run_instances(&spec).await?;
+        let instances = self.cloud.run_instances(&spec).await?;
         let t0 = Instant::now();
-        let known = work.path().join(format!("known_hosts_{n}"));
+        let known = self.work.path().join(format!("known_hosts_{n}"));
         let mut set = tokio::task::JoinSet::new();
         for i in &instances {
             let id = i.instance_id().unwrap_or_default().to_owned();
@@ -123,12 +167,12 @@ async fn local_boot(counts: &[i32]) -> Result<()> {
                 user: "admin".into(),
                 alias: id,
                 known_hosts: known.clone(),
-                control_dir: work.path().join("ctl"),
+                control_dir: self.work.path().join("ctl"),
                 extra: vec![
                     "-F".into(),
                     "/dev/null".into(),
                     "-i".into(),
-                    key.display().to_string(),
+                    self.key.display().to_string(),
                     "-o".into(),
                     "IdentitiesOnly=yes".into(),
                 ],
@@ -143,24 +187,17 @@ async fn local_boot(counts: &[i32]) -> Result<()> {
             times.push(r??);
         }
         let all = t0.elapsed().as_secs_f64();
-        let mem = mem_used_mib().saturating_sub(mem0);
         times.sort_by(|a, b| a.total_cmp(b));
-        println!(
-            "{n:>5} {:>8.2} {:>8.2} {:>8.2} {all:>10.2} {mem:>12}",
-            percentile(&times, 0.5),
-            percentile(&times, 0.9),
-            percentile(&times, 1.0)
-        );
-        summary.push((n, percentile(&times, 0.5)));
         let ids: Vec<String> = instances.iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
-        cloud.terminate(&ids).await?;
-        wait_hosts_gone(&lc.dir, &ids).await;
+        self.cloud.terminate(&ids).await?;
+        wait_hosts_gone(&self.lc.dir, &ids).await;
+        Ok((times, all))
     }
-    cloud.delete_key_pair(&key_name).await?;
-    if let (Some(first), Some(last)) = (summary.first(), summary.last()) {
-        println!("ratio p50({})/p50({}) = {:.2}", last.0, first.0, last.1 / first.1);
+
+    async fn finish(self) -> Result<()> {
+        self.cloud.delete_key_pair(&self.key_name).await?;
+        Ok(())
     }
-    Ok(())
 }
 
 async fn wait_hosts_gone(dir: &Path, ids: &[String]) {
@@ -195,7 +232,8 @@ async fn main() -> Result<()> {
         ["bench", "cluster-api", rest @ ..] => cluster_api(&counts(rest, &[1, 10, 100, 500])?),
         ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?),
         ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?),
-        _ => bail!("usage: cargo run -p xtask -- bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...]"),
+        ["bench", "toil-boot", rest @ ..] => toil_boot(&counts(rest, &[1, 4, 8])?).await,
+        _ => bail!("usage: cargo run -p xtask -- bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...] | toil-boot [N...]"),
     }
 }
 
@@ -548,5 +586,73 @@ fn spark_boot(ns: &[u32]) -> Result<()> {
         println!("ratio t({})/t({}) = {:.2}", ns[ns.len() - 1], ns[0], b / a);
     }
     cgcloud(&h, &["-q", "delete-image", "spark-box", "-i", &image])?;
+    Ok(())
+}
+
+fn toil_sinfo_idle(h: &Path, cluster: &str) -> usize {
+    cgcloud(h, &["-q", "ssh", "toil-leader", "-c", cluster, "--", "sinfo -h -N -t idle -o %N"])
+        .map(|out| out.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0)
+}
+
+async fn toil_boot(ns: &[u32]) -> Result<()> {
+    let home = tempfile::tempdir()?;
+    let h = home.path().to_path_buf();
+    keygen(&h.join("id_ed25519"))?;
+    let _cloud = LocalSession::up(&h)?;
+    cgcloud(&h, &["-q", "register-key", "--force", &h.join("id_ed25519.pub").display().to_string()])?;
+    eprintln!("baking toil-box ...");
+    cgcloud(&h, &["-q", "create", "-I", "-T", "toil-box"])?;
+    let image = newest_image(&h, "toil-box")?;
+    wait_no_hosts(&h)?;
+    let bare = BareBoot::new().await?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("toil-boot: create-cluster toil until sinfo shows every worker idle, vs a bare boot of as many hosts; then a 64-job workflow (local cloud, {cores} cores)");
+    println!(
+        "{:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>10} {:>9}",
+        "workers", "bare s", "bare CPU", "toil s", "ratio", "toil CPU", "64 jobs s", "jobs CPU"
+    );
+    let mut ratios = Vec::new();
+    for (i, n) in ns.iter().enumerate() {
+        let hosts = i32::try_from(*n + 1)?;
+        let cpu0 = machine_cpu_seconds();
+        let (_, bare_s) = bare.boot(hosts).await?;
+        let bare_cpu = machine_cpu_seconds() - cpu0;
+        wait_no_hosts(&h)?;
+        let name = format!("toil{i}");
+        let cpu0 = machine_cpu_seconds();
+        let t0 = Instant::now();
+        cgcloud(&h, &["-q", "create-cluster", "toil", "-s", &n.to_string(), "-c", &name])?;
+        while toil_sinfo_idle(&h, &name) < *n as usize {
+            if t0.elapsed() > Duration::from_secs(600) {
+                bail!("{n} workers were not idle in Slurm within 10 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let up = t0.elapsed().as_secs_f64();
+        let up_cpu = machine_cpu_seconds() - cpu0;
+        let write = format!(
+            "mkdir -p /shared/wf && cat > /shared/wf/hostnames.py <<'EOF'\n{}\nEOF",
+            testkit::TOIL_HOSTNAMES_WORKFLOW
+        );
+        cgcloud(&h, &["-q", "ssh", "toil-leader", "-c", &name, "--", &write])?;
+        let cpu0 = machine_cpu_seconds();
+        let t0 = Instant::now();
+        let run = "toil-run /shared/wf/hostnames.py --jobs 64 --seconds 0 --out /shared/out --logCritical";
+        cgcloud(&h, &["-q", "ssh", "toil-leader", "-c", &name, "--", run])?;
+        let jobs = t0.elapsed().as_secs_f64();
+        let jobs_cpu = machine_cpu_seconds() - cpu0;
+        let ratio = up / bare_s;
+        println!(
+            "{n:>8} {bare_s:>8.2} {bare_cpu:>9.1} {up:>9.2} {ratio:>7.2} {up_cpu:>9.1} {jobs:>10.2} {jobs_cpu:>9.1}"
+        );
+        ratios.push(ratio);
+        cgcloud(&h, &["-q", "terminate-cluster", "toil", "-c", &name])?;
+        wait_no_hosts(&h)?;
+    }
+    bare.finish().await?;
+    let worst = ratios.iter().copied().fold(f64::NAN, f64::max);
+    println!("worst bring-up / bare boot = {worst:.2} (target <= 1.2)");
+    cgcloud(&h, &["-q", "delete-image", "toil-box", "-i", &image])?;
     Ok(())
 }
