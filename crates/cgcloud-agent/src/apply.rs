@@ -49,6 +49,8 @@ pub struct Runner {
     /// already ran in the image, and running them again could undo what cloud-init has put
     /// in place since (e.g. a bake step that removes a key the cluster's user data supplies).
     pub boot_only: bool,
+    /// After a failed run: the step and the last line it printed, for the node's failure tag.
+    pub failure: Option<String>,
 }
 
 /// A failed step: what went wrong and the tail of the output.
@@ -81,6 +83,7 @@ impl Runner {
             last_output: String::new(),
             no_block: false,
             boot_only: false,
+            failure: None,
         }
     }
 
@@ -139,6 +142,8 @@ impl Runner {
                 Err(e) => {
                     let output = if e.output.is_empty() { tail(&self.last_output, 25) } else { e.output.clone() };
                     self.log_line(&format!("    FAILED: {}", e.message));
+                    let said = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&e.message);
+                    self.failure = Some(format!("step '{}' failed: {}", step.title, said.trim()));
                     self.emit(
                         serde_json::json!({"event": "failed", "step": n, "name": step.title, "error": e.message, "output": output}),
                         format!("[{n}/{total}] {}: FAILED: {}\n{output}", step.title, e.message),
@@ -695,6 +700,8 @@ mod tests {
         assert!(!r.run(&plan, false));
         let log = std::fs::read_to_string(dir.path().join("apply.log")).unwrap();
         assert!(log.contains("about to fail") && log.contains("FAILED"), "{log}");
+        // What a node publishes when its first boot fails: the step and its last words.
+        assert_eq!(r.failure.as_deref(), Some("step 'boom' failed: about to fail"));
     }
 
     #[test]

@@ -393,7 +393,8 @@ impl Agent {
                     if ok {
                         Ok(())
                     } else {
-                        Err("the first-boot plan failed; see /var/log/cgcloud/apply.log".to_owned())
+                        let what = runner.failure.take().unwrap_or_else(|| "the first-boot plan failed".to_owned());
+                        Err(format!("{what} (see /var/log/cgcloud/apply.log)"))
                     }
                 }
                 Err(_) => Ok(()),
@@ -413,7 +414,11 @@ impl Agent {
         }
         if let Err(e) = &result {
             tags.push(("Tag.3.Key", cgcloud_core::tags::FAILURE.to_owned()));
-            tags.push(("Tag.3.Value", e.chars().take(250).collect()));
+            // Tag values hold at most 256 characters; keep the end, which says where to look.
+            let text: String = e.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            let n = text.chars().count();
+            let text = if n > 250 { format!("...{}", text.chars().skip(n - 247).collect::<String>()) } else { text };
+            tags.push(("Tag.3.Value", text));
         }
         retry(|| self.aws.call(Service::Ec2, "CreateTags", &tags))?;
         log(

@@ -124,6 +124,11 @@ fn launch_args(n: &NodeLaunchArgs) -> LaunchArgs {
     }
 }
 
+/// A tag a node wrote, made safe to print: a node is not trusted with the terminal.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
 /// A new cluster's secrets (`[[cluster.secrets]]`): fresh random bytes, or a fresh SSH key, for
 /// each file.
 fn new_secrets(decl: &cgcloud_roles::role::ClusterDecl) -> Result<Vec<crate::userdata::SecretFile>> {
@@ -289,14 +294,21 @@ async fn await_nodes(
             } else if matches!(b.state.as_str(), "terminated" | "shutting-down" | "stopped") {
                 failed.push((
                     b.instance_id.clone(),
-                    format!("{}{}", b.state, b.tags.get(tags::FAILURE).map(|f| format!(": {f}")).unwrap_or_default()),
+                    format!(
+                        "{}{}",
+                        b.state,
+                        b.tags.get(tags::FAILURE).map(|f| format!(": {}", printable(f))).unwrap_or_default()
+                    ),
                 ));
             }
             match b.tags.get(tags::CONFIGURED).map(String::as_str) {
                 Some("true") => configured += 1,
                 Some(_) => failed.push((
                     b.instance_id.clone(),
-                    b.tags.get(tags::FAILURE).cloned().unwrap_or_else(|| "first-boot configuration failed".into()),
+                    b.tags
+                        .get(tags::FAILURE)
+                        .map(|f| printable(f))
+                        .unwrap_or_else(|| "first-boot configuration failed".into()),
                 )),
                 None => {}
             }
@@ -1011,5 +1023,10 @@ mod tests {
         // What a leader hands back is checked before a new worker gets it.
         assert!(secret_shape_ok(&d.secrets[0], &[0; 63]).unwrap_err().contains("64 bytes"));
         assert!(secret_shape_ok(&d.secrets[1], b"ssh-ed25519 AAAA").unwrap_err().contains("OpenSSH private key"));
+    }
+
+    #[test]
+    fn a_nodes_failure_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("step 'x' failed: \u{1b}]0;pwned\u{7}\r\nok"), "step 'x' failed:  ]0;pwned   ok");
     }
 }
