@@ -382,13 +382,26 @@ pub(crate) async fn prepare(
     };
     let mut given = BTreeMap::new();
     if let Some(img) = baked {
-        // Options baked into the image carry over; the command line overrides them.
+        // Options baked into the image carry over.
         let options =
             img.tags.iter().filter_map(|(k, v)| k.strip_prefix(tags::OPTION_PREFIX).map(|n| (n.to_owned(), v.clone())));
         given.extend(options_from_tags(&role, options, &format!("image {}", img.image_id))?);
     }
     for o in &a.options {
         let (k, v) = role.parse_option(o)?;
+        // A box booted from an image runs the plan baked into it: a different value would be
+        // recorded on the box but change nothing on it.
+        if let Some(img) = baked {
+            let was = given.get(&k).cloned().or_else(|| role.option_values(&BTreeMap::new()).remove(&k));
+            if was.as_deref() != Some(v.as_str()) {
+                bail!(
+                    "option '{k}' is baked into image {} as '{}': -O {k}={v} would not take effect on boxes booted from it; bake an image with it (cgcloud create -I -T {} -O {k}={v})",
+                    img.image_id,
+                    was.unwrap_or_default(),
+                    role.name
+                );
+            }
+        }
         if v.chars().count() > MAX_TAG_VALUE {
             bail!(
                 "the value of option '{k}' is {} characters long; boxes record their options in tags, which hold at most {MAX_TAG_VALUE}",
