@@ -1156,6 +1156,8 @@ fn toil_end_to_end() {
     // toil-box is slurm-box plus Toil: this test covers both.
     u.ok(&["create", "-I", "-T", "toil-box"]);
     u.ok(&["create-cluster", "toil", "-s", "2", "-c", "t1"]);
+    // The leader has /shared as soon as the cluster is reported ready (e.g. for an rsync).
+    u.ok(&["ssh", "toil-leader", "-c", "t1", "--", "mountpoint /shared"]);
     let nodes = wait_idle_slurm_nodes(&u, "t1", 2, 120);
     // A job spans both workers.
     let ran = u.ok(&["ssh", "toil-leader", "-c", "t1", "--", "srun -N2 hostname | sort"]);
