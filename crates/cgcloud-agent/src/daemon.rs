@@ -415,7 +415,7 @@ impl Agent {
         if let Err(e) = &result {
             tags.push(("Tag.3.Key", cgcloud_core::tags::FAILURE.to_owned()));
             // Tag values hold at most 256 characters; keep the end, which says where to look.
-            let text: String = e.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            let text = cgcloud_core::tags::printable(e);
             let n = text.chars().count();
             let text = if n > 250 { format!("...{}", text.chars().skip(n - 247).collect::<String>()) } else { text };
             tags.push(("Tag.3.Value", text));

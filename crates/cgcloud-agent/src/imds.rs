@@ -10,7 +10,7 @@ fn token(http: &ureq::Agent) -> Result<String, String> {
     token_at(http, IMDS)
 }
 
-fn token_at(http: &ureq::Agent, base: &str) -> Result<String, String> {
+pub fn token_at(http: &ureq::Agent, base: &str) -> Result<String, String> {
     http.put(&format!("{base}/latest/api/token"))
         .set("X-aws-ec2-metadata-token-ttl-seconds", "300")
         .timeout(Duration::from_secs(2))
@@ -57,12 +57,12 @@ pub fn instance_id(http: &ureq::Agent) -> Result<String, String> {
 }
 
 /// The pending spot interruption of this instance (the JSON document EC2 publishes two minutes
-/// before it stops or terminates a spot instance), or `None` while there is none (404).
-pub fn spot_instance_action(http: &ureq::Agent, base: &str) -> Result<Option<String>, String> {
-    let t = token_at(http, base)?;
+/// before it stops or terminates a spot instance), or `None` while there is none (404). `token`
+/// comes from `token_at`.
+pub fn spot_instance_action(http: &ureq::Agent, base: &str, token: &str) -> Result<Option<String>, String> {
     match http
         .get(&format!("{base}/latest/meta-data/spot/instance-action"))
-        .set("X-aws-ec2-metadata-token", &t)
+        .set("X-aws-ec2-metadata-token", token)
         .timeout(Duration::from_secs(2))
         .call()
     {

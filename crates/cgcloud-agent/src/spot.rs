@@ -60,11 +60,27 @@ fn run_hook(hook: &Path, notice: &str) -> Result<(), String> {
 pub fn watch(imds: &str, hook: &Path, every: Duration, log: impl Fn(&str, String)) -> String {
     let http = ureq::AgentBuilder::new().timeout(Duration::from_secs(3)).build();
     let mut reported = false;
+    // A token serves the polls of four minutes (its TTL is five); a failed poll drops it.
+    let mut token: Option<(String, std::time::Instant)> = None;
     loop {
-        match crate::imds::spot_instance_action(&http, imds) {
+        let mut polled = Err(String::new());
+        if token.as_ref().is_none_or(|(_, got)| got.elapsed() > Duration::from_secs(240)) {
+            token = None;
+            match crate::imds::token_at(&http, imds) {
+                Ok(t) => token = Some((t, std::time::Instant::now())),
+                Err(e) => polled = Err(e),
+            }
+        }
+        if let Some((t, _)) = &token {
+            polled = crate::imds::spot_instance_action(&http, imds, t);
+        }
+        if polled.is_err() {
+            token = None;
+        }
+        match polled {
             Ok(Some(notice)) => {
                 log("warning", format!("spot interruption notice: {}", notice.trim()));
-                if hook.exists() || std::fs::symlink_metadata(hook).is_ok() {
+                if std::fs::symlink_metadata(hook).is_ok() {
                     match run_hook(hook, &notice) {
                         Ok(()) => log("info", format!("ran {}", hook.display())),
                         Err(e) => log("error", format!("spot interruption hook not run or failed: {e}")),
@@ -93,11 +109,13 @@ mod tests {
     use std::sync::Arc;
 
     /// An IMDS that answers 404 for the spot notice `quiet` times, then a notice.
-    fn fake_imds(quiet: usize) -> (String, Arc<AtomicUsize>) {
+    fn fake_imds(quiet: usize) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let polls = Arc::new(AtomicUsize::new(0));
         let seen = polls.clone();
+        let tokens = Arc::new(AtomicUsize::new(0));
+        let issued = tokens.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let mut stream = stream.unwrap();
@@ -111,6 +129,7 @@ mod tests {
                     line.clear();
                 }
                 let (status, body) = if request.starts_with("PUT /latest/api/token") {
+                    issued.fetch_add(1, Ordering::SeqCst);
                     ("200 OK", "tok".to_owned())
                 } else if request.starts_with("GET /latest/meta-data/spot/instance-action") && token_ok {
                     if seen.fetch_add(1, Ordering::SeqCst) < quiet {
@@ -128,7 +147,7 @@ mod tests {
                 );
             }
         });
-        (base, polls)
+        (base, polls, tokens)
     }
 
     #[test]
@@ -138,10 +157,11 @@ mod tests {
         let hook = dir.path().join("hook");
         std::fs::write(&hook, format!("#!/bin/sh\necho \"$CGCLOUD_SPOT_NOTICE\" >> {}\n", marker.display())).unwrap();
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (base, polls) = fake_imds(3);
+        let (base, polls, tokens) = fake_imds(3);
         let notice = watch(&base, &hook, Duration::from_millis(10), |_, _| {});
         assert!(notice.contains("terminate"));
         assert_eq!(polls.load(Ordering::SeqCst), 4, "three quiet polls, then the notice");
+        assert_eq!(tokens.load(Ordering::SeqCst), 1, "one token serves every poll");
         let ran = std::fs::read_to_string(&marker).unwrap();
         assert_eq!(ran.lines().count(), 1);
         assert!(ran.contains("\"action\": \"terminate\""), "{ran}");
@@ -155,7 +175,7 @@ mod tests {
         std::fs::write(&hook, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o777)).unwrap();
         let logged = std::sync::Mutex::new(Vec::new());
-        let (base, _) = fake_imds(0);
+        let (base, _, _) = fake_imds(0);
         watch(&base, &hook, Duration::from_millis(10), |level, m| logged.lock().unwrap().push(format!("{level}: {m}")));
         assert!(!marker.exists(), "a world-writable hook ran as root");
         assert!(logged.lock().unwrap().iter().any(|l| l.contains("writable by group or others")), "{logged:?}");

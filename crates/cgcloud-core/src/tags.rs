@@ -58,6 +58,12 @@ pub const LAUNCH_PENDING: &str = "pending";
 
 /// A cluster name as `create-cluster -c` accepts it: up to 40 lower-case letters, digits and
 /// `-`, starting with a letter or digit. The agent checks it again when it reads it from a tag.
+/// A tag value a box wrote, made safe to print or to store as a tag: control characters become
+/// spaces (a box is not trusted with anyone's terminal).
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
 pub fn valid_cluster_name(name: &str) -> bool {
     plain_name(name, 40)
 }

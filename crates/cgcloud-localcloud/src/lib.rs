@@ -233,6 +233,13 @@ impl LocalCloud {
         // Many systemd hosts need more inotify instances than the default 128.
         sys::run_quiet("sysctl", &["-q", "-w", "fs.inotify.max_user_instances=8192"]).await;
         sys::run_quiet("sysctl", &["-q", "-w", "fs.inotify.max_user_watches=1048576"]).await;
+        // Hosts get /dev/fuse, as EC2 instances have it (clusters' shared directories use sshfs).
+        if !Path::new("/dev/fuse").exists() {
+            sys::run_quiet("modprobe", &["-q", "fuse"]).await;
+            if !Path::new("/dev/fuse").exists() {
+                say("warning: no /dev/fuse on this machine: clusters' shared directories (/shared) will not mount");
+            }
+        }
 
         net::bridge_up().await?;
         say(&format!("bridge {} at {}/{}", net::BRIDGE, net::GATEWAY, net::PREFIX_LEN));

@@ -124,11 +124,6 @@ fn launch_args(n: &NodeLaunchArgs) -> LaunchArgs {
     }
 }
 
-/// A tag a node wrote, made safe to print: a node is not trusted with the terminal.
-fn printable(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
-}
-
 /// A new cluster's secrets (`[[cluster.secrets]]`): fresh random bytes, or a fresh SSH key, for
 /// each file.
 fn new_secrets(decl: &cgcloud_roles::role::ClusterDecl) -> Result<Vec<crate::userdata::SecretFile>> {
@@ -297,7 +292,7 @@ async fn await_nodes(
                     format!(
                         "{}{}",
                         b.state,
-                        b.tags.get(tags::FAILURE).map(|f| format!(": {}", printable(f))).unwrap_or_default()
+                        b.tags.get(tags::FAILURE).map(|f| format!(": {}", tags::printable(f))).unwrap_or_default()
                     ),
                 ));
             }
@@ -307,7 +302,7 @@ async fn await_nodes(
                     b.instance_id.clone(),
                     b.tags
                         .get(tags::FAILURE)
-                        .map(|f| printable(f))
+                        .map(|f| tags::printable(f))
                         .unwrap_or_else(|| "first-boot configuration failed".into()),
                 )),
                 None => {}
@@ -1027,6 +1022,6 @@ mod tests {
 
     #[test]
     fn a_nodes_failure_text_cannot_drive_the_terminal() {
-        assert_eq!(printable("step 'x' failed: \u{1b}]0;pwned\u{7}\r\nok"), "step 'x' failed:  ]0;pwned   ok");
+        assert_eq!(tags::printable("step 'x' failed: \u{1b}]0;pwned\u{7}\r\nok"), "step 'x' failed:  ]0;pwned   ok");
     }
 }

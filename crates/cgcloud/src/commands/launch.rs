@@ -392,7 +392,8 @@ pub(crate) async fn prepare(
         // A box booted from an image runs the plan baked into it: a different value would be
         // recorded on the box but change nothing on it.
         if let Some(img) = baked {
-            let was = given.get(&k).cloned().or_else(|| role.option_values(&BTreeMap::new()).remove(&k));
+            let default = || role.options.get(&k).and_then(|d| d.default.as_ref()).map(ToString::to_string);
+            let was = given.get(&k).cloned().or_else(default);
             if was.as_deref() != Some(v.as_str()) {
                 bail!(
                     "option '{k}' is baked into image {} as '{}': -O {k}={v} would not take effect on boxes booted from it; bake an image with it (cgcloud create -I -T {} -O {k}={v})",
