@@ -228,9 +228,8 @@ impl Runner {
         // Fill the box and cluster facts into every text of the step (paths, units, ...).
         let action = self.render_action(&step.action)?;
         match &action {
-            Action::AptRepo { name, uri, suites, components, key_url, key_sha256 } => {
-                self.apt_repo(name, uri, suites, components, key_url, key_sha256.as_deref())
-            }
+            Action::AptRepo { name, uri, suites, components, key_url, key_sha256, key_fingerprint } => self
+                .apt_repo(name, uri, suites, components, key_url, key_sha256.as_deref(), key_fingerprint.as_deref()),
             Action::DnfRepo { name, baseurl, gpgkey } => {
                 let content =
                     format!("[{name}]\nname={name}\nbaseurl={baseurl}\nenabled=1\ngpgcheck=1\ngpgkey={gpgkey}\n");
@@ -340,6 +339,7 @@ impl Runner {
         Ok(Outcome::Changed)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apt_repo(
         &mut self,
         name: &str,
@@ -348,12 +348,21 @@ impl Runner {
         components: &[String],
         key_url: &str,
         key_sha: Option<&str>,
+        key_fingerprint: Option<&str>,
     ) -> StepResult {
-        let key_path = format!("/etc/apt/keyrings/{name}.asc");
+        // A pinned key is stored as binary packets (`.gpg`), which apt reads with either of its
+        // verifiers; an unpinned one as downloaded.
+        let ext = if key_fingerprint.is_some() { "gpg" } else { "asc" };
+        let key_path = format!("/etc/apt/keyrings/{name}.{ext}");
         let list = format!("deb [signed-by={key_path}] {uri} {} {}\n", suites.join(" "), components.join(" "));
         let list_path = format!("/etc/apt/sources.list.d/{name}.list");
         let list_same = std::fs::read_to_string(&list_path).is_ok_and(|c| c == list);
-        if list_same && Path::new(&key_path).exists() {
+        let key_ok = match (key_fingerprint, std::fs::read(&key_path)) {
+            (_, Err(_)) => false,
+            (Some(want), Ok(have)) => crate::pgp::pinned_key(&have, want).is_ok(),
+            (None, Ok(_)) => true,
+        };
+        if list_same && key_ok {
             return Ok(Outcome::Ok);
         }
         let tmp = format!("/etc/apt/keyrings/.{name}.download");
@@ -367,6 +376,11 @@ impl Runner {
                 return Err(fail(format!("the key from {key_url} has SHA-256 {got}, expected {want}")));
             }
         }
+        let key = match key_fingerprint {
+            Some(want) => crate::pgp::pinned_key(&key, want)
+                .map_err(|e| fail(format!("refusing the signing key from {key_url} for repository {name}: {e}")))?,
+            None => key,
+        };
         self.write_file(&key_path, &key, Some("0644"), None, None)?;
         self.write_file(&list_path, list.as_bytes(), Some("0644"), None, None)?;
         self.apt_sources_changed = true;

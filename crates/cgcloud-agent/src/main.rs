@@ -10,6 +10,7 @@ mod facts;
 mod imds;
 mod keys;
 mod metrics;
+mod pgp;
 mod safefs;
 mod sigv4;
 mod spot;

@@ -63,6 +63,9 @@ pub enum Action {
         components: Vec<String>,
         key_url: String,
         key_sha256: Option<String>,
+        /// The OpenPGP fingerprint the key must have (the only primary key in the file).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_fingerprint: Option<String>,
     },
     /// A dnf repository.
     DnfRepo {

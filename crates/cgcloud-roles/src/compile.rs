@@ -73,7 +73,8 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                     suites: a.suites.iter().map(|s| r(s)).collect::<Result<_, _>>()?,
                     components: a.components.clone(),
                     key_url: r(&a.key_url)?,
-                    key_sha256: a.key_sha256.clone(),
+                    key_sha256: ro(&a.key_sha256)?,
+                    key_fingerprint: ro(&a.key_fingerprint)?,
                 },
             ),
             (Family::Dnf, _, Some(d)) => step(

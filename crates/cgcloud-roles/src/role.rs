@@ -196,9 +196,14 @@ pub struct AptRepo {
     pub components: Vec<String>,
     /// URL of the ASCII-armored or binary signing key.
     pub key_url: String,
-    /// SHA-256 of the key file; strongly recommended.
+    /// SHA-256 of the key file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_sha256: Option<String>,
+    /// The OpenPGP fingerprint the vendor publishes for its key (40 hex digits, spaces
+    /// allowed): the downloaded file must hold that key and no other. Survives a vendor
+    /// re-exporting the same key, which a `key_sha256` does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
 }
 
 fn main_component() -> Vec<String> {
