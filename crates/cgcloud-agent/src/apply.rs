@@ -228,8 +228,9 @@ impl Runner {
         // Fill the box and cluster facts into every text of the step (paths, units, ...).
         let action = self.render_action(&step.action)?;
         match &action {
-            Action::AptRepo { name, uri, suites, components, key_url, key_sha256, key_fingerprint } => self
-                .apt_repo(name, uri, suites, components, key_url, key_sha256.as_deref(), key_fingerprint.as_deref()),
+            Action::AptRepo { name, uri, suites, components, key_url, key_sha256, key_fingerprint } => {
+                self.apt_repo(name, uri, suites, components, key_url, key_sha256.as_deref(), key_fingerprint.as_deref())
+            }
             Action::DnfRepo { name, baseurl, gpgkey } => {
                 let content =
                     format!("[{name}]\nname={name}\nbaseurl={baseurl}\nenabled=1\ngpgcheck=1\ngpgkey={gpgkey}\n");

@@ -304,18 +304,26 @@ impl Agent {
         Ok(())
     }
 
+    /// Tags the box with its SSH host key (a box launched by someone else than cgcloud, e.g. by
+    /// the Jenkins EC2 plugin, has none), so that cgcloud can verify it when it connects.
+    fn publish_host_key(&self) -> Result<(), AwsError> {
+        let Some(key) = own_host_key() else { return Ok(()) };
+        let tags = [
+            ("ResourceId.1", self.instance_id.clone()),
+            ("Tag.1.Key", cgcloud_core::tags::HOST_KEY.to_owned()),
+            ("Tag.1.Value", key),
+        ];
+        self.aws.call(Service::Ec2, "CreateTags", &tags)?;
+        Ok(())
+    }
+
     /// First-boot configuration of a cluster node (see `cluster.rs`).
     pub fn boot(&mut self, plan: &std::path::Path) -> Result<(), String> {
         let me = retry(|| crate::cluster::describe_self(&self.aws, &self.instance_id))?;
         let Some(cluster) = me.tags.get(cgcloud_core::tags::CLUSTER).cloned() else {
             log("info", "not a cluster node; nothing to configure at first boot");
-            if let Some(key) = own_host_key().filter(|_| !me.tags.contains_key(cgcloud_core::tags::HOST_KEY)) {
-                let tags = [
-                    ("ResourceId.1", self.instance_id.clone()),
-                    ("Tag.1.Key", cgcloud_core::tags::HOST_KEY.to_owned()),
-                    ("Tag.1.Value", key),
-                ];
-                retry(|| self.aws.call(Service::Ec2, "CreateTags", &tags))?;
+            if !me.tags.contains_key(cgcloud_core::tags::HOST_KEY) {
+                retry(|| self.publish_host_key())?;
             }
             return Ok(());
         };
@@ -455,12 +463,21 @@ impl Agent {
                 )
             });
         }
+        let mut host_key_published = false;
         let mut backoff = Duration::from_secs(1);
         let mut next_refresh = Instant::now();
         let mut next_metrics = Instant::now();
         loop {
             let result: Result<(), AwsError> = (|| {
                 let now = Instant::now();
+                if !host_key_published {
+                    // Boxes cgcloud launches carry their key already; others learn it here.
+                    if !self.own_tags()?.contains_key(cgcloud_core::tags::HOST_KEY) {
+                        self.publish_host_key()?;
+                        log("info", "published this box's SSH host key");
+                    }
+                    host_key_published = true;
+                }
                 if now >= next_refresh {
                     self.sync_keys()?;
                     next_refresh = Instant::now() + Duration::from_secs(self.cfg.interval);

@@ -28,6 +28,9 @@ const USAGE: &str = "usage:
   cgcloud-agent boot [--config FILE]       (first-boot configuration of a cluster node)
   cgcloud-agent storage                    (at boot: mount the persistent volume, and format and
                                             mount instance-store disks at /mnt/ephemeral)
+  cgcloud-agent volume --id VOLUME --name NAME
+                                           (format if blank, label-check and mount a standalone
+                                            box's attached persistent volume at /mnt/persistent)
   cgcloud-agent --version";
 
 fn main() -> ExitCode {
@@ -48,6 +51,16 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("cgcloud-agent storage: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("volume") => match volume_cmd(&args[1..]) {
+            Ok(said) => {
+                println!("{said}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cgcloud-agent volume: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -112,6 +125,35 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `volume --id VOLUME --name NAME`: what the workstation runs on a standalone box once it has
+/// attached the box's persistent volume.
+fn volume_cmd(args: &[String]) -> Result<String, String> {
+    let (mut id, mut name) = (None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--id" => id = Some(value()?),
+            "--name" => name = Some(value()?),
+            other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
+        }
+    }
+    let (Some(id), Some(name)) = (id, name) else { return Err(format!("--id and --name are required\n{USAGE}")) };
+    let dev = volume::find_device(&id, std::time::Duration::from_secs(120))
+        .ok_or_else(|| format!("volume {id} is attached, but no block device for it appeared within 2 minutes"))?;
+    let was_mounted = sys::is_mounted(volume::MOUNT_POINT);
+    let formatted = volume::format_and_mount(&dev, &name)?;
+    if was_mounted {
+        return Ok(format!("already mounted at {}", volume::MOUNT_POINT));
+    }
+    // Services that need the volume (ordered after cgcloud-storage) may have given up on it at
+    // boot; bringing the system to its target again starts them now.
+    if std::path::Path::new("/run/systemd/system").exists() {
+        let _ = std::process::Command::new("systemctl").args(["start", "--no-block", "default.target"]).status();
+    }
+    Ok(format!("{} and mounted at {}", if formatted { "formatted" } else { "found" }, volume::MOUNT_POINT))
 }
 
 fn apply_cmd(args: &[String]) -> Result<ExitCode, String> {

@@ -29,11 +29,9 @@ pub fn pinned_key(data: &[u8], want: &str) -> Result<Vec<u8>, String> {
         [] => Err("the key file holds no public key".into()),
         [one] if *one == want => Ok(binary),
         [one] => Err(format!("the key's fingerprint is {one}, expected {want}")),
-        many => Err(format!(
-            "the key file holds {} primary keys ({}), expected only {want}",
-            many.len(),
-            many.join(", ")
-        )),
+        many => {
+            Err(format!("the key file holds {} primary keys ({}), expected only {want}", many.len(), many.join(", ")))
+        }
     }
 }
 

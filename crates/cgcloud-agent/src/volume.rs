@@ -134,11 +134,18 @@ pub fn find_device(volume_id: &str, timeout: Duration) -> Option<String> {
     }
 }
 
+/// The /etc/fstab line of the persistent volume labelled `label`: `nofail`, since its device
+/// may appear only after boot (attached once the box runs), and the agent mounts it then.
+pub fn fstab_line(label: &str) -> String {
+    format!("LABEL={label} {MOUNT_POINT} ext4 defaults,nofail 0 2")
+}
+
 /// Formats the device if it holds no filesystem (never otherwise), checks its label, mounts it
-/// at /mnt/persistent and records it in /etc/fstab.
-pub fn format_and_mount(device: &str, name: &str) -> Result<(), String> {
+/// at /mnt/persistent and records it in /etc/fstab. Returns whether it formatted the device.
+pub fn format_and_mount(device: &str, name: &str) -> Result<bool, String> {
     let label = cgcloud_core::d32::volume_label_hash(name);
-    if blkid(device, "TYPE").is_empty() {
+    let blank = blkid(device, "TYPE").is_empty();
+    if blank {
         run("mkfs.ext4", &["-q", "-L", &label, device])?;
     } else {
         let existing = blkid(device, "LABEL");
@@ -150,7 +157,7 @@ pub fn format_and_mount(device: &str, name: &str) -> Result<(), String> {
     }
     std::fs::create_dir_all(MOUNT_POINT).map_err(|e| format!("{MOUNT_POINT}: {e}"))?;
     let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
-    let line = format!("LABEL={label} {MOUNT_POINT} ext4 defaults,nofail 0 2");
+    let line = fstab_line(&label);
     if !fstab.lines().any(|l| l.trim() == line) {
         let kept: Vec<&str> = fstab.lines().filter(|l| !l.contains(MOUNT_POINT)).collect();
         let new = format!("{}{line}\n", kept.iter().map(|l| format!("{l}\n")).collect::<String>());
@@ -164,7 +171,7 @@ pub fn format_and_mount(device: &str, name: &str) -> Result<(), String> {
     if !is_mounted(MOUNT_POINT) {
         run("mount", &[device, MOUNT_POINT])?;
     }
-    Ok(())
+    Ok(blank)
 }
 
 /// The device spec (e.g. `LABEL=i0u77fnocoo`) fstab gives for `mount_point`.
@@ -242,6 +249,15 @@ mod tests {
         assert_eq!(super::fstab_spec(fstab, "/mnt/persistent").as_deref(), Some("LABEL=abc"));
         let other = "# LABEL=abc /mnt/persistent ext4\n/dev/root / ext4 defaults 0 1\n";
         assert_eq!(super::fstab_spec(other, "/mnt/persistent"), None);
+    }
+
+    #[test]
+    fn fstab_line_is_golden() {
+        // Golden: images carry this line, and the agent of every later version must read it.
+        let label = cgcloud_core::d32::volume_label_hash("hannes_jenkins-master");
+        assert_eq!(super::fstab_line(&label), format!("LABEL={label} /mnt/persistent ext4 defaults,nofail 0 2"));
+        assert_eq!(label.len(), 11);
+        assert_eq!(super::fstab_spec(&super::fstab_line(&label), "/mnt/persistent"), Some(format!("LABEL={label}")));
     }
 
     #[test]

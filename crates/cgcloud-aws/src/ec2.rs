@@ -838,13 +838,20 @@ impl Cloud {
         name: &str,
         description: &str,
         image_tags: &Tags,
+        exclude_devices: &[String],
     ) -> Result<String, AwsError> {
+        // `NoDevice` keeps an attached volume (a box's persistent volume) out of the image.
+        let excluded: Vec<BlockDeviceMapping> = exclude_devices
+            .iter()
+            .map(|d| BlockDeviceMapping::builder().device_name(d).no_device("").build())
+            .collect();
         let out = self
             .ec2
             .create_image()
             .instance_id(instance_id)
             .name(name)
             .description(description)
+            .set_block_device_mappings((!excluded.is_empty()).then_some(excluded))
             .tag_specifications(tag_spec(ResourceType::Image, image_tags))
             .send()
             .await
@@ -957,6 +964,81 @@ impl Cloud {
             .collect())
     }
 
+    /// The volumes of `namespace` whose `Name` tag is `name`.
+    pub async fn volumes_named(&self, namespace: &str, name: &str) -> Result<Vec<VolumeInfo>, AwsError> {
+        let out = self
+            .ec2
+            .describe_volumes()
+            .filters(tag_filter(tags::NAMESPACE, namespace))
+            .filters(tag_filter(tags::NAME, name))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeVolumes", e))?;
+        Ok(out
+            .volumes()
+            .iter()
+            .map(volume_info)
+            .filter(|v| v.tags.get(tags::NAMESPACE).map(String::as_str) == Some(namespace))
+            .collect())
+    }
+
+    /// One volume, or None if it does not exist (any more).
+    pub async fn volume(&self, volume_id: &str) -> Result<Option<VolumeInfo>, AwsError> {
+        match self.ec2.describe_volumes().volume_ids(volume_id).send().await {
+            Ok(out) => Ok(out.volumes().first().map(volume_info)),
+            Err(e) => {
+                let e = self.classify("ec2:DescribeVolumes", e);
+                if e.code() == Some("InvalidVolume.NotFound") {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Creates a gp3 volume tagged at creation; returns its id.
+    pub async fn create_volume(&self, zone: &str, size_gb: u32, volume_tags: &Tags) -> Result<String, AwsError> {
+        let out = self
+            .ec2
+            .create_volume()
+            .availability_zone(zone)
+            .size(i32::try_from(size_gb).unwrap_or(i32::MAX))
+            .volume_type(VolumeType::Gp3)
+            .tag_specifications(tag_spec(ResourceType::Volume, volume_tags))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:CreateVolume", e))?;
+        out.volume_id().map(str::to_owned).ok_or_else(|| other("ec2:CreateVolume", "no volume id in the response"))
+    }
+
+    pub async fn attach_volume(&self, volume_id: &str, instance_id: &str, device: &str) -> Result<(), AwsError> {
+        self.ec2
+            .attach_volume()
+            .volume_id(volume_id)
+            .instance_id(instance_id)
+            .device(device)
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:AttachVolume", e))?;
+        Ok(())
+    }
+
+    /// The instance's console output as EC2 keeps it (decoded), if it has any yet.
+    pub async fn console_output(&self, instance_id: &str) -> Result<Option<String>, AwsError> {
+        let out = self
+            .ec2
+            .get_console_output()
+            .instance_id(instance_id)
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:GetConsoleOutput", e))?;
+        Ok(out
+            .output()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
     pub async fn delete_volume(&self, volume_id: &str) -> Result<(), AwsError> {
         self.ec2.delete_volume().volume_id(volume_id).send().await.map_err(|e| self.classify("ec2:DeleteVolume", e))?;
         Ok(())
@@ -1016,6 +1098,30 @@ impl Cloud {
     pub async fn delete_key_pair(&self, name: &str) -> Result<(), AwsError> {
         self.ec2.delete_key_pair().key_name(name).send().await.map_err(|e| self.classify("ec2:DeleteKeyPair", e))?;
         Ok(())
+    }
+}
+
+/// A volume as cgcloud sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub volume_id: String,
+    /// `creating`, `available`, `in-use`, ...
+    pub state: String,
+    pub zone: String,
+    pub size_gb: u32,
+    /// The instances it is attached to (or being attached to or detached from).
+    pub attached_to: Vec<String>,
+    pub tags: Tags,
+}
+
+fn volume_info(v: &aws_sdk_ec2::types::Volume) -> VolumeInfo {
+    VolumeInfo {
+        volume_id: v.volume_id().unwrap_or_default().to_owned(),
+        state: v.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        zone: v.availability_zone().unwrap_or_default().to_owned(),
+        size_gb: v.size().and_then(|s| u32::try_from(s).ok()).unwrap_or(0),
+        attached_to: v.attachments().iter().filter_map(|a| a.instance_id().map(str::to_owned)).collect(),
+        tags: to_tags(v.tags()),
     }
 }
 

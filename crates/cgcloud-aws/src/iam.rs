@@ -137,6 +137,22 @@ impl Cloud {
         Ok(created)
     }
 
+    /// The ARN of instance profile `name` (what RunInstances callers such as the Jenkins EC2
+    /// plugin name a profile by), or None if it does not exist.
+    pub async fn instance_profile_arn(&self, name: &str) -> Result<Option<String>, AwsError> {
+        match self.iam.get_instance_profile().instance_profile_name(name).send().await {
+            Ok(out) => Ok(out.instance_profile().map(|p| p.arn().to_owned())),
+            Err(e) => {
+                let e = self.classify("iam:GetInstanceProfile", e);
+                if e.code() == Some("NoSuchEntity") {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// The user names in an IAM group.
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, AwsError> {
         // GetGroup returns at most 100 users a page: follow the marker to the end.

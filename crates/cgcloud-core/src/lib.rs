@@ -1,8 +1,10 @@
 //! Pure model and logic of cgcloud, with no I/O: namespaces and the names derived from them,
-//! the tag schema, box selection, cluster ordinals, key parsing and fingerprints, globs, zones.
+//! the tag schema, box selection, cluster ordinals, key parsing and fingerprints, globs, zones,
+//! IAM policies, and generated configuration (Jenkins agents, YAML).
 
 pub mod d32;
 pub mod glob;
+pub mod jenkins;
 pub mod keypairs;
 pub mod model;
 pub mod namespace;
@@ -12,6 +14,7 @@ pub mod policy;
 pub mod spot;
 pub mod sshkey;
 pub mod tags;
+pub mod yaml;
 pub mod zone;
 
 pub use namespace::Namespace;

@@ -174,7 +174,8 @@ pub fn render(text: &str, vars: &BTreeMap<String, String>, deferred: &[&str]) ->
 /// - `shell`: one word for a POSIX shell, single-quoted;
 /// - `unit`: the inside of a double-quoted systemd unit-file value (`Environment="K={{ v | unit }}"`):
 ///   `\`, `"` and `%` escaped, so that a value cannot end the quotes or expand a specifier;
-/// - `lines`: the two characters `\n` become line breaks (option values hold no newlines).
+/// - `lines`: the two characters `\n` become line breaks (option values hold no newlines);
+/// - `words`: one whitespace-separated word per line (a list option, e.g. plugins.txt).
 fn filter(value: &str, filters: &[&str]) -> Result<String, String> {
     let mut v = value.to_owned();
     for f in filters {
@@ -182,7 +183,8 @@ fn filter(value: &str, filters: &[&str]) -> Result<String, String> {
             "shell" => format!("'{}'", v.replace('\'', r"'\''")),
             "unit" => v.replace('\\', r"\\").replace('"', r#"\""#).replace('%', "%%"),
             "lines" => v.replace("\\n", "\n"),
-            other => return Err(format!("unknown filter '{other}' (filters: shell, unit, lines)")),
+            "words" => v.split_whitespace().map(|w| format!("{w}\n")).collect(),
+            other => return Err(format!("unknown filter '{other}' (filters: shell, unit, lines, words)")),
         };
     }
     Ok(v)
@@ -200,6 +202,8 @@ mod tests {
         assert_eq!(render("{{ v|unit }}", &vars, &[]).unwrap(), r#"a b'c\"d\\e%%f;$(id)\\nnext"#);
         assert_eq!(render("{{ v | lines }}", &vars, &[]).unwrap(), "a b'c\"d\\e%f;$(id)\nnext");
         assert!(render("{{ v | nope }}", &vars, &[]).unwrap_err().contains("unknown filter 'nope'"));
+        vars.insert("list".to_owned(), "  ec2:1.2  git:5.10.1 ".to_owned());
+        assert_eq!(render("{{ list | words }}", &vars, &[]).unwrap(), "ec2:1.2\ngit:5.10.1\n");
         // Deferred placeholders keep their filters for the agent.
         assert_eq!(render("{{ box.ip | shell }}", &vars, &["box."]).unwrap(), "{{ box.ip | shell }}");
     }

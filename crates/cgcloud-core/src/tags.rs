@@ -36,6 +36,10 @@ pub const AGENT: &str = "cgcloud:agent";
 pub const KEYPAIRS: &str = "cgcloud:keypairs";
 /// Marks a persistent volume that `terminate` keeps.
 pub const PERSISTENT: &str = "cgcloud:persistent";
+/// The size in GiB of a box's (or each cluster node's) persistent volume.
+pub const EBS_VOLUME_SIZE: &str = "cgcloud:ebs-volume-size";
+/// On a standalone box: the id of the persistent volume attached to it.
+pub const PERSISTENT_VOLUME: &str = "cgcloud:persistent-volume";
 /// Why a box failed, set by whatever noticed (e.g. the local cloud when it cannot run an image).
 pub const FAILURE: &str = "cgcloud:failure";
 /// The OS definition a box was created with, e.g. `debian-12`.
@@ -56,14 +60,14 @@ pub const OPTION_PREFIX: &str = "cgcloud:option:";
 
 pub const LAUNCH_PENDING: &str = "pending";
 
-/// A cluster name as `create-cluster -c` accepts it: up to 40 lower-case letters, digits and
-/// `-`, starting with a letter or digit. The agent checks it again when it reads it from a tag.
 /// A tag value a box wrote, made safe to print or to store as a tag: control characters become
 /// spaces (a box is not trusted with anyone's terminal).
 pub fn printable(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
+/// A cluster name as `create-cluster -c` accepts it: up to 40 lower-case letters, digits and
+/// `-`, starting with a letter or digit. The agent checks it again when it reads it from a tag.
 pub fn valid_cluster_name(name: &str) -> bool {
     plain_name(name, 40)
 }

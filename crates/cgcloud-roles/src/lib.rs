@@ -268,6 +268,20 @@ impl Registry {
         for secret in file.cluster.iter().flat_map(|c| &c.secrets) {
             secret.check().map_err(|message| parse_err(&loaded.source, message))?;
         }
+        for kp in &file.key_pairs {
+            kp.check().map_err(|message| parse_err(&loaded.source, message))?;
+        }
+        if let Some(j) = &file.jenkins_agent {
+            j.check().map_err(|message| parse_err(&loaded.source, message))?;
+        }
+        if file.instance.persistent_volume_gb == Some(0) {
+            return Err(parse_err(&loaded.source, "instance.persistent_volume_gb must be at least 1"));
+        }
+        for st in &file.iam {
+            for r in &st.resource {
+                role::render_iam(r, "/", "/cgcloud/", "").map_err(|m| parse_err(&loaded.source, m))?;
+            }
+        }
         // Step placement and conditions are checked here, so that a mistake is reported when
         // the role is loaded, not when some OS or option value happens to reach it.
         let kinds = when_kinds(&file.options, &file.vars);
@@ -309,6 +323,8 @@ impl Registry {
             steps: file.steps,
             agent: file.agent,
             cluster: file.cluster,
+            key_pairs: file.key_pairs,
+            jenkins_agent: file.jenkins_agent,
         })
     }
 

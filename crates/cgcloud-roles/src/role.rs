@@ -58,6 +58,84 @@ pub struct RoleFile {
     /// Makes this role the node image of a cluster type.
     #[serde(default)]
     pub cluster: Option<ClusterDecl>,
+    /// SSH keys the box makes, registered as EC2 key pairs in the namespace after the box is
+    /// provisioned or recreated (e.g. the Jenkins master's key for its agents).
+    #[serde(default)]
+    pub key_pairs: Vec<KeyPairDecl>,
+    /// Makes this role a Jenkins agent image (`cgcloud register-agents`).
+    #[serde(default)]
+    pub jenkins_agent: Option<JenkinsAgentDecl>,
+}
+
+/// A public key a box of the role makes (e.g. with a `command` step), registered as EC2 key
+/// pair `NAME@<role's AWS name>` (e.g. `jenkins@hannes_jenkins-master`), replacing a different
+/// key of that name: the box's key is the authority.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPairDecl {
+    /// The key pair's name before `@`: lower-case letters, digits and `-`.
+    pub name: String,
+    /// Absolute path of the OpenSSH public key on the box (`ssh-rsa ...` or `ssh-ed25519 ...`).
+    pub public_key: String,
+}
+
+impl KeyPairDecl {
+    pub fn check(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 32
+            && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !name_ok {
+            return Err(format!("key pair name '{}' must be 1-32 of [a-z0-9-]", self.name));
+        }
+        let path_ok = self.public_key.starts_with('/')
+            && !self.public_key.split('/').any(|c| c == "..")
+            && self.public_key.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+        if !path_ok {
+            return Err(format!(
+                "key pair {}: public_key '{}' must be an absolute, plain path ([A-Za-z0-9/._-], no '..')",
+                self.name, self.public_key
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How the Jenkins EC2 plugin uses images of this role (`cgcloud register-agents`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JenkinsAgentDecl {
+    /// The account the plugin logs in as (its `remoteAdmin`); it must exist in the image.
+    pub user: String,
+    /// The agent's work directory (the plugin's `remoteFS`), writable by `user`.
+    pub remote_fs: String,
+    /// Labels jobs select the agent by; default: the role name's words, less `jenkins` and
+    /// `agent` (`jenkins-agent-debian-trixie` → `debian trixie`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+impl JenkinsAgentDecl {
+    pub fn check(&self) -> Result<(), String> {
+        let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !plain(&self.user) {
+            return Err(format!("jenkins_agent.user '{}' must be a plain user name", self.user));
+        }
+        if !self.remote_fs.starts_with('/') || !self.remote_fs.split('/').skip(1).all(plain) {
+            return Err(format!("jenkins_agent.remote_fs '{}' must be an absolute, plain path", self.remote_fs));
+        }
+        if let Some(l) = self.labels.iter().find(|l| !plain(l)) {
+            return Err(format!("jenkins_agent label '{l}' must be one plain word"));
+        }
+        Ok(())
+    }
+
+    /// The labels: the declared ones, else the role name's words less `jenkins` and `agent`.
+    pub fn labels_for(&self, role: &str) -> Vec<String> {
+        if !self.labels.is_empty() {
+            return self.labels.clone();
+        }
+        role.split('-').filter(|w| !w.is_empty() && *w != "jenkins" && *w != "agent").map(str::to_owned).collect()
+    }
 }
 
 /// A cluster type: its nodes boot from the newest image of this role; the first node is the
@@ -431,6 +509,11 @@ pub struct InstanceDefaults {
     pub instance_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_volume_gb: Option<u32>,
+    /// Every box of the role gets a persistent EBS volume (mounted at /mnt/persistent, kept
+    /// when the box is terminated, attached again by `recreate`) of this many GiB by default;
+    /// `-e GB` gives another size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_gb: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, PartialOrd, Ord, JsonSchema)]
@@ -570,6 +653,24 @@ pub struct IamStatement {
 fn allow() -> String {
     "Allow".to_owned()
 }
+
+/// A resource of an `[[iam]]` statement with its placeholders filled in for namespace `ns`:
+/// `{{ namespace }}` (e.g. `/hannes/`), `{{ namespace.iam_path }}` (where the namespace's IAM
+/// roles live, `/cgcloud/hannes/`) and `{{ namespace.aws_prefix }}` (what its AWS names start
+/// with, `hannes_`). E.g. PassRole on the namespace's agent roles only:
+/// `arn:aws:iam::*:role{{ namespace.iam_path }}{{ namespace.aws_prefix }}jenkins-agent-*`.
+pub fn render_iam(resource: &str, ns: &str, iam_path: &str, aws_prefix: &str) -> Result<String, String> {
+    let vars = BTreeMap::from([
+        ("namespace".to_owned(), ns.to_owned()),
+        ("namespace.iam_path".to_owned(), iam_path.to_owned()),
+        ("namespace.aws_prefix".to_owned(), aws_prefix.to_owned()),
+    ]);
+    cgcloud_core::plan::render(resource, &vars, &[]).map_err(|e| {
+        format!(
+            "IAM resource '{resource}': {e} (IAM resources know namespace, namespace.iam_path, namespace.aws_prefix)"
+        )
+    })
+}
 fn star() -> Vec<String> {
     vec!["*".to_owned()]
 }
@@ -598,6 +699,8 @@ pub struct Role {
     pub steps: Vec<RoleStep>,
     pub agent: AgentDecl,
     pub cluster: Option<ClusterDecl>,
+    pub key_pairs: Vec<KeyPairDecl>,
+    pub jenkins_agent: Option<JenkinsAgentDecl>,
 }
 
 impl Role {

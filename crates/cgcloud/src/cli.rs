@@ -417,6 +417,11 @@ pub struct LaunchArgs {
     /// Seconds between the agent's key refreshes when no notification arrives
     #[arg(long = "agent-interval")]
     pub agent_interval: Option<u64>,
+    /// A persistent EBS volume of this many GiB, mounted at /mnt/persistent: kept when the box
+    /// is terminated and attached again by `recreate` (one per role in a namespace). Roles that
+    /// keep their data there (e.g. jenkins-master) always get one; this sets its size
+    #[arg(short = 'e', long = "ebs-volume-size", value_parser = clap::value_parser!(u32).range(1..=16384))]
+    pub ebs_volume_size: Option<u32>,
 }
 
 #[derive(Debug, Args)]

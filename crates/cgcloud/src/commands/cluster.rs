@@ -22,9 +22,6 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt as _;
 
-/// Tag: the size of each node's persistent volume, in GiB.
-pub const EBS_SIZE: &str = "cgcloud:ebs-volume-size";
-
 /// The boxes of one cluster.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Cluster {
@@ -567,8 +564,8 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     base.insert(tags::CLUSTER.into(), name.clone());
     base.insert(tags::CLUSTER_TYPE.into(), a.cluster_type.clone());
     base.insert(tags::NODE_ROLE.into(), node_role.name.clone());
-    if let Some(gb) = a.nodes.ebs_volume_size {
-        base.insert(EBS_SIZE.into(), gb.to_string());
+    if let Some(gb) = a.nodes.ebs_volume_size.or(node_role.instance.persistent_volume_gb) {
+        base.insert(tags::EBS_VOLUME_SIZE.into(), gb.to_string());
     }
     let txn = Txn::new();
     let mut phases = Phases::default();
@@ -706,13 +703,13 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     let ordinals = allocate_ordinals(&used, n as usize);
     // New workers get what the cluster's nodes have, persistent volume size included.
     let mut base = Tags::new();
-    for k in [tags::CLUSTER, tags::CLUSTER_TYPE, tags::NODE_ROLE, EBS_SIZE] {
+    for k in [tags::CLUSTER, tags::CLUSTER_TYPE, tags::NODE_ROLE, tags::EBS_VOLUME_SIZE] {
         if let Some(v) = leader.tags.get(k) {
             base.insert(k.into(), v.clone());
         }
     }
     if let Some(gb) = a.nodes.ebs_volume_size {
-        base.insert(EBS_SIZE.into(), gb.to_string());
+        base.insert(tags::EBS_VOLUME_SIZE.into(), gb.to_string());
     }
     let txn = Txn::new();
     let mut phases = Phases::default();

@@ -103,7 +103,13 @@ async fn create_image(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, ns: &Namespace) -> 
         }
     }
     let description = format!("cgcloud image of role {} in namespace {}, from {}", b.role, ns, b.instance_id);
-    let image_id = cloud.create_image(&b.instance_id, &name, &description, &t).await?;
+    // The persistent volume holds the box's data, not its software: it stays out of the image.
+    let exclude: Vec<String> = if b.tags.contains_key(tags::PERSISTENT_VOLUME) {
+        vec![super::launch::PERSISTENT_DEVICE.to_owned()]
+    } else {
+        Vec::new()
+    };
+    let image_id = cloud.create_image(&b.instance_id, &name, &description, &t, &exclude).await?;
     wait_image(ctx, cloud, &image_id).await?;
     let mut snapshot_tags = Tags::new();
     snapshot_tags.insert(tags::NAMESPACE.into(), ns.to_string());

@@ -72,7 +72,7 @@ pub async fn register_key(ctx: &Ctx, a: RegisterKeyArgs) -> Result<ExitCode> {
 
 /// Tells the agents on boxes to refresh their keys now (they poll anyway, so a failure here
 /// only delays the change).
-async fn notify(ctx: &Ctx) {
+pub(crate) async fn notify(ctx: &Ctx) {
     if let Ok(cloud) = ctx.cloud().await {
         if let Err(e) = cloud.notify_keys_changed().await {
             tracing::warn!("could not notify the boxes' agents ({e}); they pick the change up at their next refresh");

@@ -39,6 +39,9 @@ const MAX_USER_DATA: usize = 16 * 1024;
 /// IAM's limit on a role or instance-profile name.
 const MAX_IAM_NAME: usize = 64;
 
+/// EC2's limit on a key pair's name.
+const MAX_KEY_PAIR_NAME: usize = 255;
+
 /// What a launch will use on this machine once instances exist. [`prepare`] checks all of it
 /// before anything is created, so that a missing tool or agent never costs a launch.
 #[derive(Debug, Clone, Copy, Default)]
@@ -107,6 +110,8 @@ struct TxnState {
     instances: Vec<String>,
     security_group: Option<String>,
     instance_profile: Option<String>,
+    /// A persistent volume this launch created (an existing one is never removed).
+    volume: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -248,24 +253,28 @@ fn sg_rules(role: &Role) -> Vec<SgRule> {
 
 /// The policy of a role's boxes: the role's own statements, plus what the agent needs
 /// (`cgcloud_core::policy::agent_statements`, evaluated in that module's tests).
-fn iam_policy(p: &Prepared) -> Policy {
+pub(crate) fn iam_policy(ns: &Namespace, role: &Role, agent: bool) -> Result<Policy> {
     use cgcloud_core::policy::{Effect, Statement};
-    let mut statements: Vec<Statement> = p
-        .role
-        .iam
-        .iter()
-        .map(|s| Statement {
+    let mut statements = Vec::new();
+    for s in &role.iam {
+        let resources = s
+            .resource
+            .iter()
+            .map(|r| cgcloud_roles::role::render_iam(r, ns.as_str(), &ns.iam_path(), &ns.aws_prefix()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("role '{}': {e}", role.name))?;
+        statements.push(Statement {
             why: "role statement",
             effect: if s.effect.eq_ignore_ascii_case("deny") { Effect::Deny } else { Effect::Allow },
             actions: s.action.clone(),
-            resources: s.resource.clone(),
+            resources,
             conditions: Vec::new(),
-        })
-        .collect();
-    if p.agent.is_some() {
-        statements.extend(cgcloud_core::policy::agent_statements(p.ns.as_str(), &p.ns.agent_queue_prefix()));
+        });
     }
-    Policy { statements }
+    if agent {
+        statements.extend(cgcloud_core::policy::agent_statements(ns.as_str(), &ns.agent_queue_prefix()));
+    }
+    Ok(Policy { statements })
 }
 
 /// The agent's configuration file and service, appended to the role's plan.
@@ -570,6 +579,207 @@ async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn) -> Result<Vec<BoxInfo>> {
     Ok(boxes)
 }
 
+/// The device a box's persistent volume is attached at (the agent finds it by volume id on
+/// Nitro instances, where it shows as NVMe).
+pub(crate) const PERSISTENT_DEVICE: &str = "/dev/sdf";
+
+/// A standalone box's persistent volume, decided before launch.
+#[derive(Debug, Clone)]
+pub(crate) struct VolumePlan {
+    /// The volume's `Name`: the role's AWS name (one volume per role and namespace).
+    pub name: String,
+    pub size_gb: u32,
+    /// The volume, if it exists already (then it is available, in the launch's zone).
+    pub existing: Option<cgcloud_aws::ec2::VolumeInfo>,
+}
+
+/// Whether the box gets a persistent volume, and which: the role's existing one when `-e` is
+/// given, the role declares one, or (`recreate`) one exists; a new one of `-e` GiB (or the
+/// role's size) otherwise. Everything that can be wrong with it is found here, before launch:
+/// a volume in use by another box, a size that differs from the existing volume's, a zone
+/// other than the one asked for. The launch moves to the existing volume's zone if no zone or
+/// subnet was asked for.
+pub(crate) async fn plan_volume(
+    ctx: &Ctx,
+    cloud: &Cloud,
+    p: &mut Prepared,
+    a: &LaunchArgs,
+    recreating: bool,
+) -> Result<Option<VolumePlan>> {
+    let declared = p.role.instance.persistent_volume_gb;
+    if a.ebs_volume_size.is_none() && declared.is_none() && !recreating {
+        return Ok(None);
+    }
+    let name = p.ns.to_aws_name(&p.role.name)?;
+    let found: Vec<_> = cloud
+        .volumes_named(p.ns.as_str(), &name)
+        .await?
+        .into_iter()
+        .filter(|v| v.tags.get(tags::PERSISTENT).map(String::as_str) == Some("true"))
+        .collect();
+    if found.len() > 1 {
+        bail!(
+            "{} persistent volumes are named {name} ({}); keep one and delete the others",
+            found.len(),
+            found.iter().map(|v| v.volume_id.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let existing = found.into_iter().next();
+    let size_gb = match (&existing, a.ebs_volume_size, declared) {
+        (Some(v), Some(gb), _) if gb != v.size_gb => bail!(
+            "the persistent volume {} ({name}) of role {} has {} GiB; -e {gb} would not resize it: leave out -e to use it as it is",
+            v.volume_id,
+            p.role.name,
+            v.size_gb
+        ),
+        (Some(v), _, _) => v.size_gb,
+        (None, Some(gb), _) | (None, None, Some(gb)) => gb,
+        (None, None, None) => return Ok(None),
+    };
+    if let Some(v) = &existing {
+        if v.state != "available" || !v.attached_to.is_empty() {
+            let users = v.attached_to.join(", ");
+            bail!(
+                "the persistent volume {} ({name}) of role {} is {}{}; a role's boxes share one persistent volume in a namespace: terminate the box using it first (`cgcloud terminate {} -I {}`)",
+                v.volume_id,
+                p.role.name,
+                v.state,
+                if users.is_empty() { String::new() } else { format!(" (attached to {users})") },
+                p.role.name,
+                if users.is_empty() { "INSTANCE" } else { &users }
+            );
+        }
+        match p.network.zone.as_deref() {
+            Some(z) if z == v.zone => {}
+            Some(z) if ctx.settings.zone.is_some() || a.subnet.is_some() || ctx.settings.subnet.is_some() => bail!(
+                "the persistent volume {} ({name}) of role {} is in zone {}, but this launch is in {z}; launch in {} (-z {})",
+                v.volume_id,
+                p.role.name,
+                v.zone,
+                v.zone,
+                v.zone
+            ),
+            _ => p.network = cloud.network(None, Some(&v.zone)).await?,
+        }
+    }
+    Ok(Some(VolumePlan { name, size_gb, existing }))
+}
+
+/// Attaches the planned volume to the new box (creating it first if need be, in the box's
+/// zone) and records it on the box; returns its id.
+async fn attach_volume(
+    ctx: &Ctx,
+    cloud: &Cloud,
+    txn: &Txn,
+    p: &Prepared,
+    v: &VolumePlan,
+    b: &BoxInfo,
+) -> Result<String> {
+    let id = match &v.existing {
+        Some(e) => e.volume_id.clone(),
+        None => {
+            let zone = b.zone.clone().context("the new box has no availability zone")?;
+            let mut t = Tags::new();
+            t.insert(tags::NAME.into(), v.name.clone());
+            t.insert(tags::NAMESPACE.into(), p.ns.to_string());
+            t.insert(tags::ROLE.into(), p.role.name.clone());
+            t.insert(tags::PERSISTENT.into(), "true".into());
+            t.insert(tags::OWNER.into(), p.owner.clone());
+            let id = cloud.create_volume(&zone, v.size_gb, &t).await?;
+            txn.with(|s| s.volume = Some(id.clone()));
+            id
+        }
+    };
+    let progress =
+        ctx.out.progress(format!("attaching persistent volume {id} ({} GiB) to {}", v.size_gb, b.instance_id));
+    wait_volume(cloud, &id, "available", Duration::from_secs(300)).await?;
+    cloud.attach_volume(&id, &b.instance_id, PERSISTENT_DEVICE).await?;
+    wait_volume(cloud, &id, "in-use", Duration::from_secs(300)).await?;
+    let mut t = Tags::new();
+    t.insert(tags::PERSISTENT_VOLUME.into(), id.clone());
+    t.insert(tags::EBS_VOLUME_SIZE.into(), v.size_gb.to_string());
+    cloud.create_tags(std::slice::from_ref(&b.instance_id), &t).await?;
+    progress.finish(format!("persistent volume {id} attached to {}", b.instance_id));
+    Ok(id)
+}
+
+async fn wait_volume(cloud: &Cloud, id: &str, state: &str, timeout: Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let now = cloud.volume(id).await?.with_context(|| format!("volume {id} disappeared"))?;
+        if now.state == state {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("volume {id} is still {} after {} s (waiting for {state})", now.state, timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Registers the key pairs the role's boxes make (`[[key_pairs]]`): each public key is read
+/// from the box (which may still be making it), checked to be one OpenSSH public key, and
+/// imported as `NAME@<role's AWS name>` unless that key pair already holds it; a different key
+/// under that name is replaced, since the box's key is the authority. Agents are notified.
+async fn publish_key_pairs(ctx: &Ctx, cloud: &Cloud, target: &cgcloud_remote::SshTarget, p: &Prepared) -> Result<()> {
+    let mut changed = false;
+    for kp in &p.role.key_pairs {
+        let name = box_key_pair_name(&p.ns, &p.role.name, &kp.name)?;
+        let path = &kp.public_key;
+        let script =
+            format!("for i in $(seq 1 240); do sudo -n test -s {path} && break; sleep 0.5; done; sudo -n cat {path}");
+        let out = target.run_script(&script).await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "box {} has no public key {path} for key pair {name}: {}",
+                target.address,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        // What a box says is checked like any other input: one key line of a known type.
+        let key = cgcloud_core::sshkey::PublicKey::parse_file(&text)
+            .with_context(|| format!("{path} on the box is not one OpenSSH public key"))?;
+        let same = match cloud.key_pair(&name).await? {
+            Some(existing) => {
+                key.matches_fingerprint(&existing.fingerprint)
+                    || existing
+                        .public_key
+                        .as_deref()
+                        .and_then(|k| cgcloud_core::sshkey::PublicKey::parse_line(k).ok())
+                        .is_some_and(|k| k.blob == key.blob)
+            }
+            None => false,
+        };
+        if same {
+            continue;
+        }
+        if cloud.key_pair(&name).await?.is_some() {
+            cloud.delete_key_pair(&name).await?;
+        }
+        let mut t = Tags::new();
+        t.insert(tags::NAMESPACE.into(), p.ns.to_string());
+        t.insert(tags::ROLE.into(), p.role.name.clone());
+        cloud.import_key_pair(&name, &key.to_openssh(), &t).await?;
+        ctx.out.note(format!("registered key pair {name} ({}) from {path}", key.ec2_fingerprint()));
+        changed = true;
+    }
+    if changed {
+        super::keys::notify(ctx).await;
+    }
+    Ok(())
+}
+
+/// The EC2 key pair a role's boxes register for key `key` (`[[key_pairs]]`), e.g.
+/// `jenkins@hannes_jenkins-master`.
+pub(crate) fn box_key_pair_name(ns: &Namespace, role: &str, key: &str) -> Result<String> {
+    let name = format!("{key}@{}", ns.to_aws_name(role)?);
+    if name.len() > MAX_KEY_PAIR_NAME {
+        bail!("key pair name '{name}' is {} characters long; EC2 allows {MAX_KEY_PAIR_NAME}", name.len());
+    }
+    Ok(name)
+}
+
 /// Creates the security group and IAM profile (if needed) and launches a group of boxes with
 /// one RunInstances call; returns their ids.
 pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) -> Result<Vec<String>> {
@@ -609,7 +819,7 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
     if sg_created {
         txn.with(|s| s.security_group = Some(sg_id.clone()));
     }
-    let policy = iam_policy(p);
+    let policy = iam_policy(&p.ns, &p.role, p.agent.is_some())?;
     let profile = if policy.statements.is_empty() {
         None
     } else {
@@ -664,14 +874,24 @@ async fn rollback(ctx: &Ctx, txn: &Txn) {
         }
         let _ = super::boxes::forget(ctx, &state.instances).await;
     }
-    if state.security_group.is_none() && state.instance_profile.is_none() {
+    if state.security_group.is_none() && state.instance_profile.is_none() && state.volume.is_none() {
         return;
     }
-    // A security group can only go once no instance uses it.
+    // A security group (or volume) can only go once no instance uses it.
     if !state.instances.is_empty() {
         if let Err(e) = wait_for_state(ctx, cloud, &state.instances, "terminated", "rolled-back boxes").await {
             tracing::warn!("{e}; `cgcloud cleanup` removes the rest later");
             return;
+        }
+    }
+    if let Some(vol) = &state.volume {
+        // A volume this launch made holds nothing yet; it detaches once its box is gone.
+        let gone = async {
+            wait_volume(cloud, vol, "available", Duration::from_secs(120)).await?;
+            cloud.delete_volume(vol).await.map_err(anyhow::Error::from)
+        };
+        if let Err(e) = gone.await {
+            tracing::warn!("could not delete the new persistent volume {vol}: {e:#}; delete it by hand");
         }
     }
     if let Some(sg) = &state.security_group {
@@ -803,25 +1023,41 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
     let role = ctx.registry().await?.role(&a.role)?;
     // Without -Q the launch waits for SSH and provisions with the agent.
     let needs = LocalNeeds { ssh: !a.quick, agent: !a.quick, rsync: false };
-    let prepared = prepare(ctx, role, a.os.as_deref(), &a.launch, None, a.boot_image.as_deref(), needs).await?;
+    let mut prepared = prepare(ctx, role, a.os.as_deref(), &a.launch, None, a.boot_image.as_deref(), needs).await?;
+    let cloud = ctx.cloud().await?;
+    let volume = plan_volume(ctx, cloud, &mut prepared, &a.launch, false).await?;
+    if a.quick && !prepared.role.key_pairs.is_empty() {
+        tracing::warn!(
+            "-Q: role '{}' registers key pairs its boxes make once they are provisioned; this box is not",
+            prepared.role.name
+        );
+    }
     // Compile before launching anything, so a broken role costs no instance.
     let plan = compile(&prepared.role, &prepared.os, &prepared.options)?;
     let txn = Txn::new();
-    let cloud = ctx.cloud().await?;
     let work = async {
         let boxes = launch(ctx, &prepared, &txn).await?;
         let b = boxes.into_iter().next().context("RunInstances returned no instance")?;
+        let volume_id = match &volume {
+            Some(v) => Some(attach_volume(ctx, cloud, &txn, &prepared, v, &b).await?),
+            None => None,
+        };
         if a.quick {
             finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
             return Ok(b);
         }
         let target = wait_ssh(ctx, &b, &a.launch).await?;
+        if let (Some(id), Some(v)) = (&volume_id, &volume) {
+            // Mounted before the plan runs, so that the role's steps can keep data there.
+            super::provision::mount_volume(ctx, &target, id, &v.name).await?;
+        }
         // The agent's steps depend on the launch, not the role: they are not in the plan hash.
         let mut full = plan.clone();
         full.steps.extend(agent_steps(ctx, &prepared, &cloud.region));
         provision(ctx, &target, &b, &full, a.upgrade).await?;
         rotate_host_key(ctx, cloud, &target, &b).await?;
         record_plan(cloud, &b.instance_id, &plan).await?;
+        publish_key_pairs(ctx, cloud, &target, &prepared).await?;
         finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
         target.close().await;
         if a.create_image {
@@ -869,16 +1105,29 @@ pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
     let images = cloud.list_images(ns.as_str(), Some(&role.name)).await?;
     let image = pick_image(&role.name, ns.as_str(), images, &a.boot_image)?;
     let needs = LocalNeeds { ssh: !a.quick, ..Default::default() };
-    let prepared =
+    let mut prepared =
         prepare(ctx, role, image.tags.get(tags::OS).map(String::as_str), &a.launch, Some(&image), None, needs).await?;
+    let volume = plan_volume(ctx, cloud, &mut prepared, &a.launch, true).await?;
+    if volume.is_some() && !a.quick {
+        // The volume is formatted (if new) and mounted with the agent, uploaded if it differs.
+        check_local_needs(ctx, LocalNeeds { agent: true, ..Default::default() })?;
+    }
     warn_if_role_changed(&prepared, &image);
     let txn = Txn::new();
     let work = async {
         let boxes = launch(ctx, &prepared, &txn).await?;
         let b = boxes.into_iter().next().context("RunInstances returned no instance")?;
+        let volume_id = match &volume {
+            Some(v) => Some(attach_volume(ctx, cloud, &txn, &prepared, v, &b).await?),
+            None => None,
+        };
         if !a.quick {
             let target = wait_ssh(ctx, &b, &a.launch).await?;
+            if let (Some(id), Some(v)) = (&volume_id, &volume) {
+                super::provision::mount_volume(ctx, &target, id, &v.name).await?;
+            }
             rotate_host_key(ctx, cloud, &target, &b).await?;
+            publish_key_pairs(ctx, cloud, &target, &prepared).await?;
             target.close().await;
         }
         finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;

@@ -143,6 +143,21 @@ pub async fn install_agent(ctx: &Ctx, target: &SshTarget) -> Result<()> {
     Ok(())
 }
 
+/// Formats (if blank) and mounts the box's persistent volume at /mnt/persistent with the
+/// agent, which also records it in /etc/fstab for later boots.
+pub async fn mount_volume(ctx: &Ctx, target: &SshTarget, volume_id: &str, name: &str) -> Result<()> {
+    let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+    if !volume_id.starts_with("vol-") || !plain(volume_id) || !plain(name) {
+        bail!("refusing volume '{volume_id}' named '{name}': not a plain volume id and name");
+    }
+    install_agent(ctx, target).await?;
+    let progress = ctx.out.progress(format!("mounting persistent volume {volume_id} at /mnt/persistent"));
+    let said =
+        run_with_input(target, &format!("sudo -n {AGENT_PATH} volume --id {volume_id} --name {name}"), b"").await?;
+    progress.finish(format!("persistent volume {volume_id}: {}", said.trim()));
+    Ok(())
+}
+
 /// The facts the agent fills templates with, for a box outside any cluster.
 pub fn box_facts(b: &BoxInfo, region: &str) -> serde_json::Value {
     let hostname = b.private_dns.as_deref().and_then(|d| d.split('.').next()).unwrap_or_default().to_owned();
