@@ -584,6 +584,13 @@ impl Runner {
                 unit_changed = true;
             }
         }
+        // A drop-in (`NAME.service.d/*.conf`) written by an earlier step of this run changes
+        // the unit as much as its file does.
+        let drop_in_dir = format!("/etc/systemd/system/{name}.service.d/");
+        if !unit_changed && self.changed_paths.iter().any(|p| p.starts_with(&drop_in_dir)) {
+            self.sh("systemctl", &["daemon-reload"])?;
+            unit_changed = true;
+        }
         if enable && !self.test("systemctl", &["is-enabled", "--quiet", name]) {
             self.sh("systemctl", &["enable", name])?;
             changed = true;

@@ -73,7 +73,7 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
         let listener = tokio::net::TcpListener::bind((addr, state.port))
             .await
             .map_err(|e| Error::Controller(format!("cannot listen on {addr}:{}: {e}", state.port)))?;
-        tokio::spawn(crate::proxy::serve(listener, state.moto_port, tx.clone()));
+        tokio::spawn(crate::proxy::serve(listener, state.moto_port, tx.clone(), lc.dir.clone()));
     }
     let mut c = Controller {
         base: state.images.iter().map(|i| (i.ami_id.clone(), i.clone())).collect(),

@@ -1,11 +1,20 @@
 //! The API front door of the local cloud. Every request to the emulated AWS endpoint passes
-//! through here to moto unchanged; the proxy only reads EC2 requests that change an
-//! instance's power state (stop, start, reboot) and tells the controller at once. moto changes
-//! states instantly, so a stop followed by a start would otherwise be invisible to a poller.
+//! through here to moto unchanged, with two exceptions: the proxy reads EC2 requests that
+//! change an instance's power state (stop, start, reboot) and tells the controller at once
+//! (moto changes states instantly, so a stop followed by a start would otherwise be invisible
+//! to a poller); and it answers `GetConsoleOutput` itself with the host's real console (moto's
+//! is a fixed text), as EC2 does: cloud-init prints the instance's SSH host keys there, which
+//! is how tools that launch instances themselves (the Jenkins EC2 plugin) verify them.
 
+use base64::Engine as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex};
+
+/// EC2 returns at most the last 64 KiB of an instance's console.
+const CONSOLE_MAX: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PowerEvent {
@@ -14,22 +23,28 @@ pub enum PowerEvent {
     Reboot(String),
 }
 
-/// Serves `listener`, forwarding each connection to moto on `upstream_port`.
-pub async fn serve(listener: TcpListener, upstream_port: u16, events: mpsc::UnboundedSender<PowerEvent>) {
+/// Serves `listener`, forwarding each connection to moto on `upstream_port`; consoles are read
+/// from the hosts' directories under `dir`.
+pub async fn serve(listener: TcpListener, upstream_port: u16, events: mpsc::UnboundedSender<PowerEvent>, dir: PathBuf) {
+    let dir = Arc::new(dir);
     loop {
         let Ok((inbound, _)) = listener.accept().await else { continue };
         let events = events.clone();
+        let dir = dir.clone();
         tokio::spawn(async move {
             if let Ok(outbound) = TcpStream::connect(("127.0.0.1", upstream_port)).await {
-                relay(inbound, outbound, events).await;
+                relay(inbound, outbound, events, &dir).await;
             }
         });
     }
 }
 
-async fn relay(inbound: TcpStream, outbound: TcpStream, events: mpsc::UnboundedSender<PowerEvent>) {
-    let (mut ci, mut co) = inbound.into_split();
+async fn relay(inbound: TcpStream, outbound: TcpStream, events: mpsc::UnboundedSender<PowerEvent>, dir: &Path) {
+    let (mut ci, co) = inbound.into_split();
     let (mut si, mut so) = outbound.into_split();
+    // Both directions answer the client: moto's responses, and the proxy's own.
+    let co = Arc::new(Mutex::new(co));
+    let co_up = co.clone();
     let upstream = async move {
         let mut buf = vec![0u8; 64 * 1024];
         let mut pending: Vec<u8> = Vec::new();
@@ -45,7 +60,13 @@ async fn relay(inbound: TcpStream, outbound: TcpStream, events: mpsc::UnboundedS
                 for ev in power_events(&body) {
                     let _ = events.send(ev);
                 }
-                if so.write_all(&pending[..len]).await.is_err() {
+                // Clients wait for each answer before the next request, so an answer of our
+                // own cannot overtake one of moto's.
+                if let Some(answer) = console_request(&body).and_then(|id| console_response(dir, &id)) {
+                    if co_up.lock().await.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                } else if so.write_all(&pending[..len]).await.is_err() {
                     return;
                 }
                 pending.drain(..len);
@@ -64,8 +85,17 @@ async fn relay(inbound: TcpStream, outbound: TcpStream, events: mpsc::UnboundedS
         let _ = so.shutdown().await;
     };
     let downstream = async move {
-        let _ = tokio::io::copy(&mut si, &mut co).await;
-        let _ = co.shutdown().await;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match si.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if co.lock().await.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = co.lock().await.shutdown().await;
     };
     tokio::join!(upstream, downstream);
 }
@@ -109,11 +139,64 @@ fn url_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn query_params(body: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(body);
+    text.split('&').filter_map(|kv| kv.split_once('=').map(|(k, v)| (url_decode(k), url_decode(v)))).collect()
+}
+
+/// The instance of a `GetConsoleOutput` request, if `body` is one and names a plausible id
+/// (the id becomes part of a path: anything else is left to moto).
+pub fn console_request(body: &[u8]) -> Option<String> {
+    let params = query_params(body);
+    let action = params.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.as_str());
+    if action != Some("GetConsoleOutput") {
+        return None;
+    }
+    let id = params.into_iter().find(|(k, _)| k == "InstanceId").map(|(_, v)| v)?;
+    let hex = id.strip_prefix("i-")?;
+    (!hex.is_empty() && hex.len() <= 17 && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(id)
+}
+
+/// EC2's answer to GetConsoleOutput for a host of the local cloud: the end of its console
+/// log, base64-encoded; None for an instance that never ran here (moto answers then).
+fn console_response(dir: &Path, id: &str) -> Option<Vec<u8>> {
+    let log = std::fs::read(dir.join("instances").join(id).join("console.log")).ok()?;
+    let tail = &log[log.len().saturating_sub(CONSOLE_MAX)..];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<GetConsoleOutputResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+         <requestId>cgcloud-local-console</requestId><instanceId>{id}</instanceId><timestamp>{}</timestamp>\
+         <output>{}</output></GetConsoleOutputResponse>",
+        rfc3339(now),
+        base64::engine::general_purpose::STANDARD.encode(tail)
+    );
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\nx-amzn-requestid: cgcloud-local-console\r\n\r\n",
+        body.len()
+    );
+    Some([head.into_bytes(), body.into_bytes()].concat())
+}
+
+/// `secs` since the epoch as `YYYY-MM-DDThh:mm:ss.000Z` (UTC).
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// The power events in an EC2 query-protocol request body.
 pub fn power_events(body: &[u8]) -> Vec<PowerEvent> {
-    let text = String::from_utf8_lossy(body);
-    let params: Vec<(String, String)> =
-        text.split('&').filter_map(|kv| kv.split_once('=').map(|(k, v)| (url_decode(k), url_decode(v)))).collect();
+    let params = query_params(body);
     let action = params.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.as_str());
     let make: fn(String) -> PowerEvent = match action {
         Some("StopInstances") => PowerEvent::Stop,
@@ -146,6 +229,37 @@ mod tests {
         assert!(complete_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel").is_none());
         assert_eq!(complete_request(b"GET / HTTP/1.1\r\n\r\n").unwrap().1, b"");
         assert_eq!(url_decode("a%2Fb+c"), "a/b c");
+    }
+
+    #[test]
+    fn answers_console_requests_for_its_hosts() {
+        assert_eq!(
+            console_request(b"Action=GetConsoleOutput&Version=2016-11-15&InstanceId=i-0abc12"),
+            Some("i-0abc12".into())
+        );
+        assert_eq!(console_request(b"Action=GetConsoleOutput&InstanceId=i-..%2F..%2Fetc"), None);
+        assert_eq!(console_request(b"Action=GetConsoleOutput&InstanceId=vol-1"), None);
+        assert_eq!(console_request(b"Action=DescribeInstances&InstanceId=i-1"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("instances/i-0abc12");
+        std::fs::create_dir_all(&host).unwrap();
+        let mut log = vec![b'x'; CONSOLE_MAX];
+        log.extend_from_slice(
+            b"\n-----BEGIN SSH HOST KEY KEYS-----\nssh-ed25519 AAAAC3 root@h\n-----END SSH HOST KEY KEYS-----\n",
+        );
+        std::fs::write(host.join("console.log"), &log).unwrap();
+        let answer = String::from_utf8(console_response(dir.path(), "i-0abc12").unwrap()).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK") && head.contains(&format!("Content-Length: {}", body.len())));
+        let b64 = body.split("<output>").nth(1).unwrap().split("</output>").next().unwrap();
+        let text = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        assert_eq!(text.len(), CONSOLE_MAX, "only the last 64 KiB, as EC2 keeps");
+        assert!(
+            String::from_utf8_lossy(&text).ends_with("ssh-ed25519 AAAAC3 root@h\n-----END SSH HOST KEY KEYS-----\n")
+        );
+        assert!(console_response(dir.path(), "i-ffff").is_none(), "moto answers for instances that never ran here");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_796_237_789), "2026-12-02T18:56:29.000Z");
     }
 
     /// What a guest can send the controller's API front door must never panic it.

@@ -29,7 +29,7 @@ fn compiled_plans_of_builtin_roles() {
             let plan = compile(&role, os, &given).unwrap();
             // Everything a launch takes from the role: how the image is found, the admin
             // user, instance defaults, firewall rules, IAM, and the provisioning plan.
-            let launch = serde_json::json!({
+            let mut launch = serde_json::json!({
                 "os": os,
                 "instance": role.instance,
                 "ports": role.ports,
@@ -37,6 +37,13 @@ fn compiled_plans_of_builtin_roles() {
                 "plan": plan,
                 "plan_hash": plan.hash(),
             });
+            // Key pairs the boxes make, and how Jenkins uses the role's images, where declared.
+            if !role.key_pairs.is_empty() {
+                launch["key_pairs"] = serde_json::json!(role.key_pairs);
+            }
+            if let Some(j) = &role.jenkins_agent {
+                launch["jenkins_agent"] = serde_json::json!({"decl": j, "labels": j.labels_for(&role.name)});
+            }
             insta::assert_json_snapshot!(format!("{}__{}", role.name, os.id), launch);
             count += 1;
         }
@@ -157,4 +164,114 @@ fn legacy_mesos_roles_need_their_package_and_say_so() {
     }
     assert!(reg.role("toil-box").unwrap().legacy.is_none());
     assert_eq!(reg.role("toil-box").unwrap().cluster.unwrap().secrets.len(), 2, "munge and the shared directory's key");
+}
+
+/// The master's base configuration as code (jenkins.yaml in its plan) is YAML with only keys
+/// that Jenkins core, JCasC and the pinned plugins (credentials, ssh-credentials, matrix-auth)
+/// define, and holds no secret: those come from files systemd hands to Jenkins.
+#[test]
+fn jenkins_master_configuration_as_code() {
+    const KNOWN: &[&str] = &[
+        "jenkins",
+        "systemMessage",
+        "numExecutors",
+        "mode",
+        "slaveAgentPort",
+        "disableRememberMe",
+        "securityRealm",
+        "local",
+        "allowsSignup",
+        "users",
+        "id",
+        "name",
+        "password",
+        "authorizationStrategy",
+        "globalMatrix",
+        "entries",
+        "user",
+        "permissions",
+        "crumbIssuer",
+        "standard",
+        "excludeClientIPFromCrumb",
+        "credentials",
+        "system",
+        "domainCredentials",
+        "basicSSHUserPrivateKey",
+        "scope",
+        "username",
+        "description",
+        "privateKeySource",
+        "directEntry",
+        "privateKey",
+        "unclassified",
+        "location",
+        "url",
+    ];
+    let reg = Registry::builtin().unwrap();
+    let role = reg.role("jenkins-master").unwrap();
+    for os in &role.os {
+        let plan = compile(&role, os, &BTreeMap::new()).unwrap();
+        let file = |path: &str| {
+            plan.steps
+                .iter()
+                .find_map(|s| match &s.action {
+                    cgcloud_core::plan::Action::File { path: p, content, .. } if p == path => Some(content.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no {path} in the plan"))
+        };
+        let text = file("/etc/jenkins/casc/jenkins.yaml").replace("{{ box.namespace }}", "/hannes/");
+        let v: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        let mut keys = Vec::new();
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => m.iter().for_each(|(k, i)| {
+                    out.push(k.clone());
+                    walk(i, out)
+                }),
+                serde_json::Value::Array(a) => a.iter().for_each(|i| walk(i, out)),
+                _ => {}
+            }
+        }
+        walk(&v, &mut keys);
+        for k in &keys {
+            assert!(KNOWN.contains(&k.as_str()), "jenkins.yaml key '{k}' is not one of JCasC's");
+        }
+        assert_eq!(v["jenkins"]["slaveAgentPort"], -1, "no inbound agent port");
+        assert_eq!(v["jenkins"]["securityRealm"]["local"]["allowsSignup"], false);
+        assert_eq!(v["jenkins"]["securityRealm"]["local"]["users"][0]["password"], "${ADMIN_PASSWORD}");
+        assert_eq!(
+            v["credentials"]["system"]["domainCredentials"][0]["credentials"][0]["basicSSHUserPrivateKey"]["id"],
+            cgcloud_core::jenkins::AGENT_KEY_CREDENTIAL
+        );
+        // The drop-in: 127.0.0.1 only, no wizard, JCasC and its secrets; plugins.txt pinned.
+        let dropin = file("/etc/systemd/system/jenkins.service.d/override.conf");
+        for line in [
+            "Environment=\"JENKINS_LISTEN_ADDRESS=127.0.0.1\"",
+            "Environment=\"JENKINS_HOME=/mnt/persistent/jenkins\"",
+            "Environment=\"CASC_JENKINS_CONFIG=/etc/jenkins/casc\"",
+            "Environment=\"SECRETS=%d\"",
+            "AssertPathIsMountPoint=/mnt/persistent",
+        ] {
+            assert!(dropin.lines().any(|l| l == line), "the drop-in lacks {line}:\n{dropin}");
+        }
+        assert!(dropin.contains("-Djenkins.install.runSetupWizard=false"));
+        let plugins = file("/etc/jenkins/plugins.txt");
+        let ids: Vec<&str> = plugins.lines().map(|l| l.split(':').next().unwrap()).collect();
+        for want in [
+            "configuration-as-code",
+            "ec2",
+            "credentials",
+            "ssh-credentials",
+            "matrix-auth",
+            "workflow-aggregator",
+            "git",
+        ] {
+            assert!(ids.contains(&want), "plugins.txt lacks {want}");
+        }
+        assert!(
+            plugins.lines().all(|l| l.split(':').nth(1).is_some_and(|v| !v.is_empty() && v != "latest")),
+            "unpinned: {plugins}"
+        );
+    }
 }

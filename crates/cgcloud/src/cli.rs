@@ -124,9 +124,51 @@ pub enum Command {
     RsyncCluster(RsyncClusterArgs),
     /// List the clusters in the namespace
     ListClusters(ListClustersArgs),
+    /// Write one Jenkins EC2-plugin agent template per agent role into a Jenkins master's
+    /// configuration as code, and reload it (no restart)
+    RegisterAgents(RegisterAgentsArgs),
     /// The local cloud: EC2 on this machine (moto + systemd-nspawn hosts); needs root
     #[command(subcommand)]
     Local(LocalCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterAgentsArgs {
+    /// Agent roles (globs) to register; default: every role with a [jenkins_agent] table that
+    /// has an image. Roles left out lose their template
+    #[arg(value_name = "ROLE")]
+    pub agents: Vec<String>,
+    /// The master's role
+    #[arg(long, default_value = "jenkins-master")]
+    pub master: String,
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Instance type of every agent (default: each role's)
+    #[arg(short = 't', long = "instance-type")]
+    pub instance_type: Option<String>,
+    /// The most agents of one role at once
+    #[arg(long = "instance-cap", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub instance_cap: u32,
+    /// Minutes an idle agent lives before the plugin terminates it
+    #[arg(long = "idle-minutes", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=10080))]
+    pub idle_minutes: u32,
+    /// Builds one agent runs at once
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub executors: u32,
+    /// Launch agents on the spot market (up to the on-demand price), on demand when spot
+    /// capacity is short
+    #[arg(long)]
+    pub spot: bool,
+    /// Launch agents on the spot market at most at this price (dollars an hour), on demand
+    /// when spot capacity is short
+    #[arg(long = "spot-bid")]
+    pub spot_bid: Option<f64>,
+    /// Key pairs the agents trust besides the master's (default: the master's own patterns)
+    #[arg(short = 'k', long = "keypairs", num_args = 1.., value_delimiter = ' ')]
+    pub keypairs: Vec<String>,
+    /// Print the templates (and the YAML) without changing anything
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
 }
 
 /// Which cluster of a type to act on.

@@ -780,6 +780,55 @@ pub(crate) fn box_key_pair_name(ns: &Namespace, role: &str, key: &str) -> Result
     Ok(name)
 }
 
+/// A role's security group and instance profile, as [`ensure_role_security`] left them.
+pub(crate) struct RoleSecurity {
+    pub group_id: String,
+    pub group_created: bool,
+    /// None when the role's boxes need no IAM permissions.
+    pub profile: Option<String>,
+    pub profile_created: bool,
+}
+
+/// Creates (or brings up to date) the role's security group in `vpc_id` and, if its boxes need
+/// any permissions, its IAM role and instance profile. Shared by launches and by
+/// `register-agents`, whose templates launch boxes of a role with both.
+pub(crate) async fn ensure_role_security(
+    cloud: &Cloud,
+    ns: &Namespace,
+    role: &Role,
+    vpc_id: &str,
+    agent: bool,
+) -> Result<RoleSecurity> {
+    let name = ns.to_aws_name(&role.name)?;
+    let mut t = Tags::new();
+    t.insert(tags::NAMESPACE.into(), ns.to_string());
+    t.insert(tags::ROLE.into(), role.name.clone());
+    let (group_id, group_created) = cloud
+        .ensure_security_group(
+            &name,
+            &format!("cgcloud: boxes of role {} in namespace {}", role.name, ns),
+            vpc_id,
+            &t,
+            &sg_rules(role),
+        )
+        .await?;
+    let policy = iam_policy(ns, role, agent)?;
+    let (profile, profile_created) = if policy.statements.is_empty() {
+        (None, false)
+    } else {
+        if name.len() > MAX_IAM_NAME {
+            bail!(
+                "the IAM role of role '{}' in namespace '{ns}' would be named '{name}' ({} characters, IAM allows {MAX_IAM_NAME}); use a shorter namespace or role name",
+                role.name,
+                name.len()
+            );
+        }
+        let created = cloud.ensure_instance_profile(&name, &ns.iam_path(), &policy.to_json().to_string(), &t).await?;
+        (Some(name.clone()), created)
+    };
+    Ok(RoleSecurity { group_id, group_created, profile, profile_created })
+}
+
 /// Creates the security group and IAM profile (if needed) and launches a group of boxes with
 /// one RunInstances call; returns their ids.
 pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) -> Result<Vec<String>> {
@@ -803,34 +852,14 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
         );
     }
     let box_tags = box_tags(p, g, txn, host_key.as_ref().map(|k| k.public.as_str()))?;
-    let sg_name = p.ns.to_aws_name(&p.role.name)?;
-    let mut sg_tags = Tags::new();
-    sg_tags.insert(tags::NAMESPACE.into(), p.ns.to_string());
-    sg_tags.insert(tags::ROLE.into(), p.role.name.clone());
-    let (sg_id, sg_created) = cloud
-        .ensure_security_group(
-            &sg_name,
-            &format!("cgcloud: boxes of role {} in namespace {}", p.role.name, p.ns),
-            &p.network.vpc_id,
-            &sg_tags,
-            &sg_rules(&p.role),
-        )
-        .await?;
-    if sg_created {
-        txn.with(|s| s.security_group = Some(sg_id.clone()));
+    let security = ensure_role_security(cloud, &p.ns, &p.role, &p.network.vpc_id, p.agent.is_some()).await?;
+    if security.group_created {
+        txn.with(|s| s.security_group = Some(security.group_id.clone()));
     }
-    let policy = iam_policy(&p.ns, &p.role, p.agent.is_some())?;
-    let profile = if policy.statements.is_empty() {
-        None
-    } else {
-        // prepare() checked the name's length.
-        let name = sg_name.clone();
-        let policy = policy.to_json().to_string();
-        if cloud.ensure_instance_profile(&name, &p.ns.iam_path(), &policy, &sg_tags).await? {
-            txn.with(|s| s.instance_profile = Some(name.clone()));
-        }
-        Some(name)
-    };
+    if security.profile_created {
+        txn.with(|s| s.instance_profile = security.profile.clone());
+    }
+    let (sg_id, profile) = (security.group_id, security.profile);
     let count = g.count;
     let spec = LaunchSpec {
         image_id: p.image.image_id.clone(),

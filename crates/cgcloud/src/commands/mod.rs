@@ -5,6 +5,7 @@ mod boxes;
 mod cleanup;
 mod cluster;
 mod images;
+mod jenkins;
 mod keys;
 mod launch;
 mod local;
@@ -57,6 +58,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cleanup(a) => cleanup::cleanup(&ctx, a).await,
         Command::ResetSecurity(a) => cleanup::reset_security(&ctx, a).await,
         Command::Local(c) => local::run(&ctx, c).await,
+        Command::RegisterAgents(a) => jenkins::register_agents(&ctx, a).await,
         Command::CreateCluster(a) => cluster::create(&ctx, a).await,
         Command::GrowCluster(a) => cluster::grow(&ctx, a).await,
         Command::StartCluster(a) => cluster::power(&ctx, a, cluster::Power::Start).await,

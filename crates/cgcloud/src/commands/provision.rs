@@ -85,7 +85,7 @@ fn sha256_file(path: &std::path::Path) -> Result<String> {
 }
 
 /// Runs `script` on the box with `stdin` piped in; fails with its output.
-async fn run_with_input(target: &SshTarget, script: &str, stdin: &[u8]) -> Result<String> {
+pub(crate) async fn run_with_input(target: &SshTarget, script: &str, stdin: &[u8]) -> Result<String> {
     let mut child = target
         .command(true, &[script.to_owned()])
         .stdin(Stdio::piped())

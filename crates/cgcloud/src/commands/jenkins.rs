@@ -1,0 +1,267 @@
+//! `register-agents`: writes one Jenkins EC2-plugin template per agent role into a master's
+//! configuration as code and has Jenkins reload it (the original's `register-slaves`, which
+//! edited config.xml). The templates name no AMI: the plugin launches the newest image of the
+//! role it finds by tag, so baking a new agent image needs no edit of the master. The file is
+//! made whole from the roles each time, so running it again changes nothing, and a role left
+//! out loses its template.
+
+use super::launch::{box_key_pair_name, ensure_role_security};
+use super::provision::run_with_input;
+use crate::cli::RegisterAgentsArgs;
+use crate::context::Ctx;
+use anyhow::{bail, Context as _, Result};
+use cgcloud_core::glob::glob_match;
+use cgcloud_core::jenkins::{casc, casc_yaml, Cloud as JenkinsCloud, Template};
+use cgcloud_core::tags::{self, Tags};
+use std::process::ExitCode;
+
+/// Where the master's role keeps the agents file, and the script that installs it.
+const AGENTS_FILE: &str = "/etc/jenkins/casc/agents.yaml";
+const INSTALL: &str = "/usr/local/sbin/cgcloud-jenkins-agents";
+
+pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCode> {
+    if let Some(p) = a.spot_bid {
+        if !(p > 0.0 && p < 1000.0) {
+            bail!("--spot-bid {p}: give a price in dollars per hour, e.g. 0.05");
+        }
+    }
+    let registry = ctx.registry().await?;
+    let ns = ctx.namespace().await?.clone();
+    let cloud = ctx.cloud().await?;
+    // Everything is resolved and checked before the master is touched.
+    let master = ctx.select(&a.master, &a.selection).await?;
+    let master_role = registry.box_role(&master.role)?;
+    let Some(key) = master_role.key_pairs.first() else {
+        bail!("role '{}' registers no key pair for agents ([[key_pairs]]); is it a Jenkins master?", master_role.name);
+    };
+    let key_pair = box_key_pair_name(&ns, &master_role.name, &key.name)?;
+    if cloud.key_pair(&key_pair).await?.is_none() {
+        bail!(
+            "key pair {key_pair} does not exist: the master registers it when it is created or recreated \
+             (`cgcloud recreate {}`)",
+            master_role.name
+        );
+    }
+    let patterns = if a.keypairs.is_empty() {
+        // The master's key first; then whoever may log in to the master may log in to agents.
+        let mut p = vec![key_pair.clone()];
+        p.extend(master.tags.get(tags::KEYPAIRS).into_iter().flat_map(|k| k.split_whitespace().map(str::to_owned)));
+        p
+    } else {
+        let mut p = vec![key_pair.clone()];
+        for k in &a.keypairs {
+            p.push(ctx.resolve_keypair(k).await?);
+        }
+        p
+    };
+    let mut patterns_dedup: Vec<String> = Vec::new();
+    for p in patterns {
+        if !patterns_dedup.contains(&p) {
+            patterns_dedup.push(p);
+        }
+    }
+    let keypairs = patterns_dedup.join(" ");
+    if keypairs.chars().count() > 256 {
+        bail!("the agents' key-pair patterns '{keypairs}' do not fit in a tag (256 characters); give fewer with -k");
+    }
+
+    let globs: Vec<String> = if a.agents.is_empty() { vec!["*".to_owned()] } else { a.agents.clone() };
+    let explicit = !a.agents.is_empty();
+    let mut roles = Vec::new();
+    for name in registry.names() {
+        if globs.iter().any(|g| glob_match(g, name)) {
+            let role = registry.role(name)?;
+            if role.jenkins_agent.is_some() {
+                roles.push(role);
+            }
+        }
+    }
+    if roles.is_empty() {
+        let known: Vec<String> = registry
+            .names()
+            .filter(|n| registry.role(n).is_ok_and(|r| r.jenkins_agent.is_some()))
+            .map(str::to_owned)
+            .collect();
+        bail!("no Jenkins agent role matches {}; agent roles: {}", globs.join(" "), known.join(", "));
+    }
+    let instances = cloud.describe_instances(std::slice::from_ref(&master.instance_id)).await?;
+    let inst = instances.first().context("the master disappeared")?;
+    let vpc_id = inst.vpc_id().context("the master is in no VPC")?.to_owned();
+    let subnet_id = inst.subnet_id().map(str::to_owned);
+
+    let mut chosen = Vec::new();
+    for role in roles {
+        let images = cloud.list_images(ns.as_str(), Some(&role.name)).await?;
+        let Some(newest) = images
+            .iter()
+            .filter(|i| i.state == "available")
+            .max_by(|x, y| x.creation_date.cmp(&y.creation_date))
+            .cloned()
+        else {
+            if explicit {
+                bail!(
+                    "role '{}' has no image in namespace {ns}; bake one first: `cgcloud create -I -T {}`",
+                    role.name,
+                    role.name
+                );
+            }
+            ctx.out
+                .note(format!("skipping {}: no image (bake one with `cgcloud create -I -T {}`)", role.name, role.name));
+            continue;
+        };
+        let instance_type =
+            a.instance_type.clone().or(role.instance.instance_type.clone()).unwrap_or_else(|| "t3.micro".to_owned());
+        cloud.instance_type_info(&instance_type).await?;
+        chosen.push((role, newest, instance_type));
+    }
+    if chosen.is_empty() {
+        bail!("none of the agent roles has an image in namespace {ns}; bake one, e.g. `cgcloud create -I -T jenkins-agent-debian-trixie`");
+    }
+
+    let mut templates = Vec::new();
+    for (role, image, instance_type) in &chosen {
+        let decl = role.jenkins_agent.clone().context("an agent role")?;
+        let security = if a.dry_run {
+            None
+        } else {
+            // The plugin launches with the role's security group and instance profile: they
+            // must exist (and be current) before Jenkins needs them.
+            Some(ensure_role_security(cloud, &ns, role, &vpc_id, true).await?)
+        };
+        let profile_name = ns.to_aws_name(&role.name)?;
+        let profile_arn = match &security {
+            Some(_) => cloud
+                .instance_profile_arn(&profile_name)
+                .await?
+                .with_context(|| format!("instance profile {profile_name} was not created"))?,
+            // A dry run creates nothing: the ARN the profile has, or will have.
+            None => match cloud.instance_profile_arn(&profile_name).await? {
+                Some(arn) => arn,
+                None => format!(
+                    "arn:aws:iam::{}:instance-profile{}{profile_name}",
+                    cloud.caller_identity().await?.0,
+                    ns.iam_path()
+                ),
+            },
+        };
+        let mut t = Tags::new();
+        t.insert(tags::NAME.into(), ns.to_aws_name(&role.name)?);
+        t.insert(tags::NAMESPACE.into(), ns.to_string());
+        t.insert(tags::ROLE.into(), role.name.clone());
+        t.insert(tags::OWNER.into(), key_pair.clone());
+        t.insert(tags::AGENT.into(), "true".into());
+        t.insert(tags::KEYPAIRS.into(), keypairs.clone());
+        for k in [tags::ADMIN_USER, tags::OS] {
+            if let Some(v) = image.tags.get(k) {
+                t.insert(k.into(), v.clone());
+            }
+        }
+        templates.push(Template {
+            role: role.name.clone(),
+            namespace: ns.to_string(),
+            labels: decl.labels_for(&role.name),
+            instance_type: instance_type.clone(),
+            remote_fs: decl.remote_fs.clone(),
+            user: decl.user.clone(),
+            security_group: ns.to_aws_name(&role.name)?,
+            subnet_id: subnet_id.clone(),
+            instance_profile_arn: profile_arn,
+            tags: t,
+            instance_cap: a.instance_cap,
+            idle_minutes: a.idle_minutes,
+            executors: a.executors,
+            spot: (a.spot || a.spot_bid.is_some()).then(|| a.spot_bid.map(|p| format!("{p}"))),
+        });
+    }
+    let jcloud = JenkinsCloud {
+        name: format!("cgcloud {}", ns),
+        region: cloud.region.clone(),
+        endpoint: ctx.settings.agent.endpoint.clone(),
+    };
+    let yaml = casc_yaml(&jcloud, &templates);
+    let rows: Vec<Vec<String>> = chosen
+        .iter()
+        .zip(&templates)
+        .map(|((role, image, _), t)| {
+            vec![
+                role.name.clone(),
+                image.image_id.clone(),
+                t.instance_type.clone(),
+                t.labels.join(" "),
+                t.instance_cap.to_string(),
+                match &t.spot {
+                    None => "on-demand".into(),
+                    Some(None) => "spot".into(),
+                    Some(Some(p)) => format!("spot ≤ ${p}/h"),
+                },
+            ]
+        })
+        .collect();
+    let action = if a.dry_run {
+        "dry-run".to_owned()
+    } else {
+        let target = ctx.ssh_target(&master, None, None).await.map(|mut t| {
+            t.user = master.admin_user.clone().unwrap_or(t.user);
+            t
+        })?;
+        let progress =
+            ctx.out.progress(format!("writing {AGENTS_FILE} on {} and reloading Jenkins", master.instance_id));
+        let said = run_with_input(&target, &format!("sudo -n {INSTALL}"), yaml.as_bytes())
+            .await
+            .with_context(|| format!("could not install the agent templates on the master {}", master.instance_id))?;
+        target.close().await;
+        let action = said.lines().last().unwrap_or("").trim().to_owned();
+        progress.finish(format!("{AGENTS_FILE} on {}: {action}", master.instance_id));
+        action
+    };
+    let json = serde_json::json!({
+        "master": master.instance_id,
+        "file": AGENTS_FILE,
+        "action": action,
+        "key_pair": key_pair,
+        "templates": chosen.iter().zip(&templates).map(|((role, image, _), t)| serde_json::json!({
+            "role": role.name, "newest_image": image.image_id, "instance_type": t.instance_type,
+            "labels": t.labels, "instance_cap": t.instance_cap, "spot": t.spot.is_some(),
+            "spot_max_price": t.spot.clone().flatten(),
+        })).collect::<Vec<_>>(),
+        "casc": casc(&jcloud, &templates),
+    });
+    ctx.out.record(&json, || {
+        let table = crate::output::render_table(&["ROLE", "NEWEST IMAGE", "TYPE", "LABELS", "CAP", "MARKET"], &rows);
+        if a.dry_run {
+            format!("{table}\n{yaml}")
+        } else {
+            table
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use cgcloud_core::policy::Request;
+    use cgcloud_core::Namespace;
+
+    /// The master may pass only its namespace's agent roles to the instances it launches: not
+    /// its own role, not another namespace's, not an administrator's.
+    #[test]
+    fn the_master_passes_only_agent_roles() {
+        let reg = cgcloud_roles::Registry::builtin().unwrap();
+        let master = reg.role("jenkins-master").unwrap();
+        let ns = Namespace::parse("/hannes/").unwrap();
+        let policy = super::super::launch::iam_policy(&ns, &master, true).unwrap();
+        let pass = |arn: &str| policy.allows(&Request::new("iam:PassRole", arn));
+        assert!(pass("arn:aws:iam::123456789012:role/cgcloud/hannes/hannes_jenkins-agent-debian-trixie"));
+        assert!(!pass("arn:aws:iam::123456789012:role/cgcloud/hannes/hannes_jenkins-master"));
+        assert!(!pass("arn:aws:iam::123456789012:role/cgcloud/team/team_jenkins-agent-debian-trixie"));
+        assert!(!pass("arn:aws:iam::123456789012:role/Admin"));
+        // What the EC2 plugin documents that it needs, and nothing of IAM beyond it.
+        for action in ["ec2:RunInstances", "ec2:GetConsoleOutput", "ec2:TerminateInstances", "ec2:DescribeImages"] {
+            assert!(policy.allows(&Request::new(action, "*")), "{action}");
+        }
+        for action in ["iam:CreateRole", "iam:PutRolePolicy", "ec2:DeleteKeyPair", "ec2:ImportKeyPair", "s3:GetObject"]
+        {
+            assert!(!policy.allows(&Request::new(action, "*")), "{action} is allowed");
+        }
+    }
+}
