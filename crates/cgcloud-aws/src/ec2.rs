@@ -68,6 +68,7 @@ pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
             .and_then(|p| p.arn())
             .and_then(|a| a.rsplit('/').next())
             .map(str::to_owned),
+        persistent_volume: tags.get(tags::PERSISTENT_VOLUME).cloned(),
         options: tags::options_from_tags(&tags),
         tags,
     })

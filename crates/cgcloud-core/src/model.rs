@@ -30,6 +30,8 @@ pub struct BoxInfo {
     pub admin_user: Option<String>,
     /// The name of the box's IAM instance profile, if any.
     pub instance_profile: Option<String>,
+    /// The persistent volume attached to a standalone box (`create -e`), if any.
+    pub persistent_volume: Option<String>,
     pub options: BTreeMap<String, String>,
     #[serde(skip)]
     pub tags: Tags,
@@ -178,6 +180,7 @@ pub(crate) fn test_box(id: &str, launch: &str, state: &str) -> BoxInfo {
         host_key: None,
         admin_user: None,
         instance_profile: None,
+        persistent_volume: None,
         options: BTreeMap::new(),
         tags: Tags::new(),
     }

@@ -593,4 +593,8 @@ pub struct CleanupArgs {
     /// Treat launches still marked pending after this many minutes as interrupted
     #[arg(long = "min-age", default_value_t = 30)]
     pub min_age_minutes: u64,
+    /// Also delete the namespace's detached persistent volumes (boxes' and cluster nodes'
+    /// data, kept by terminate on purpose)
+    #[arg(long = "persistent-volumes")]
+    pub persistent_volumes: bool,
 }

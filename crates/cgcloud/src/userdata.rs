@@ -34,7 +34,9 @@ pub fn cloud_config(
     if let Some(host_key) = host_key {
         doc["ssh_keys"] = json!({
             "ed25519_private": host_key.private_openssh,
-            "ed25519_public": host_key.public,
+            // With its line break, as ssh-keygen writes it: cloud-init prints the file to the
+            // console between markers, and the next marker must start a line of its own.
+            "ed25519_public": format!("{}\n", host_key.public),
         });
     }
     if !authorized_keys.is_empty() {
@@ -79,7 +81,7 @@ mod tests {
         let text = cloud_config(Some(&hk), &["ssh-rsa BBBB bob".into()], true, &[], &[]);
         assert!(text.starts_with("#cloud-config\n"));
         let v: serde_json::Value = serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
-        assert_eq!(v["ssh_keys"]["ed25519_public"], "ssh-ed25519 AAAA");
+        assert_eq!(v["ssh_keys"]["ed25519_public"], "ssh-ed25519 AAAA\n");
         assert_eq!(v["ssh_authorized_keys"][0], "ssh-rsa BBBB bob");
         assert_eq!(v["ssh_genkeytypes"][0], "ed25519");
         let none = cloud_config(Some(&hk), &[], false, &[], &[]);

@@ -605,3 +605,58 @@ fn user_patterns_trust_only_key_pairs_their_user_registered() {
     let again = e.json(&["create", DEBIAN, "-k", "__me__", "@alice", "--quick", "--never-terminate"]);
     assert!(launch_request(&e, again["instance_id"].as_str().unwrap()).contains(&blob(&old)));
 }
+
+/// A standalone box's persistent volume on moto: made and attached at launch, recorded on the
+/// box, kept by terminate and attached again by recreate; refused before launch while another
+/// box holds it or when -e asks for another size; removed by a failed launch that made it; and
+/// deleted by `cleanup` only when asked for.
+#[test]
+fn standalone_boxes_keep_their_persistent_volume() {
+    let e = env_with_key();
+    let volumes = |e: &TestEnv| -> Vec<Value> {
+        let out = boto3(
+            e,
+            "import json\nprint(json.dumps([{'id': v['VolumeId'], 'state': v['State'], 'size': v['Size'], \
+             'tags': {t['Key']: t['Value'] for t in v.get('Tags', [])}, 'on': [a['InstanceId'] for a in v.get('Attachments', [])]} \
+             for v in client('ec2').describe_volumes(Filters=[{'Name': 'tag:cgcloud:persistent', 'Values': ['true']}])['Volumes']]))",
+        );
+        serde_json::from_str::<Value>(out.trim()).unwrap().as_array().unwrap().clone()
+    };
+    // A failed launch removes the volume it made.
+    let err = e.fails(&["create", DEBIAN, "-e", "3", "--ssh-timeout", "0"]);
+    assert!(err.contains("rolling back"), "{err}");
+    assert!(volumes(&e).iter().all(|v| v["state"] == "deleted"), "{:?}", volumes(&e));
+
+    let b = e.json(&["create", DEBIAN, "-e", "3", "-Q"]);
+    let id = b["instance_id"].as_str().unwrap().to_owned();
+    let v = volumes(&e);
+    let v: Vec<&Value> = v.iter().filter(|v| v["state"] != "deleted").collect();
+    assert_eq!(v.len(), 1, "{v:?}");
+    let vol = v[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(v[0]["size"], 3);
+    assert_eq!(v[0]["tags"]["Name"], "moto_generic-debian-bookworm-box");
+    assert_eq!(v[0]["on"][0], id.as_str());
+    let shown = e.json(&["show", DEBIAN]);
+    assert_eq!(shown["persistent_volume"], vol.as_str(), "{shown}");
+
+    // The image leaves the volume out; a second box cannot have it while the first does.
+    e.ok(&["stop", DEBIAN]);
+    e.ok(&["image", DEBIAN]);
+    let err = e.fails(&["recreate", DEBIAN, "-Q"]);
+    assert!(err.contains(&vol) && err.contains("share one persistent volume") && err.contains(&id), "{err}");
+    assert_eq!(boxes(&e, &[]).len(), 1, "a refused launch created a box");
+    e.ok(&["terminate", DEBIAN]);
+    let err = e.fails(&["recreate", DEBIAN, "-Q", "-e", "5"]);
+    assert!(err.contains("has 3 GiB") && err.contains("-e 5 would not resize it"), "{err}");
+    // recreate attaches it again without being asked.
+    let re = e.json(&["recreate", DEBIAN, "-Q"]);
+    let v = volumes(&e);
+    let now = v.iter().find(|x| x["id"] == vol.as_str()).unwrap();
+    assert_eq!(now["on"][0], re["instance_id"], "{v:?}");
+    e.ok(&["terminate", DEBIAN]);
+    // cleanup keeps persistent volumes unless asked.
+    let found = e.json(&["cleanup", "--dry-run"]);
+    assert!(found.as_array().unwrap().iter().all(|i| i["id"] != vol.as_str()), "{found}");
+    let found = e.json(&["cleanup", "--dry-run", "--persistent-volumes"]);
+    assert!(found.as_array().unwrap().iter().any(|i| i["id"] == vol.as_str()), "{found}");
+}

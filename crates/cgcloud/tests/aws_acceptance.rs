@@ -157,3 +157,50 @@ fn instance_store_nitro_and_xen() {
         });
     }
 }
+
+/// The Jenkins master with on-demand EC2 agents, for real: the master from the Jenkins
+/// repository with its pinned plugins, an agent image, register-agents, then a freestyle job
+/// restricted to the agent's labels, which the EC2 plugin must run on an agent it launches
+/// from the newest image. One m7i.large and one t3.large for about 25 minutes, a 20 GiB gp3
+/// volume (~US$0.30). Everything, the master's persistent volume and the agents the plugin
+/// launched included, is removed at the end.
+#[test]
+fn jenkins_master_runs_a_job_on_an_ec2_agent() {
+    let a = Acceptance::new();
+    let key_name = a.key_name.as_str();
+    let agent = "jenkins-agent-debian-trixie";
+    a.check(&["terminate", "jenkins-master"], || {
+        a.ok(&["create", "jenkins-master", "-e", "20", "-k", key_name]);
+        a.ok(&["create", "-I", "-T", agent, "-k", key_name]);
+        a.ok(&["register-agents", agent]);
+        // A freestyle job through Jenkins' own API, on the master (Jenkins listens on
+        // 127.0.0.1 only), as the admin whose password the master made.
+        let script = r#"set -e
+pw=$(sudo cat /mnt/persistent/secrets/jenkins-admin-password)
+auth() { printf 'user = "admin:%s"\n' "$pw"; }
+jar=$(mktemp)
+u=http://127.0.0.1:8080
+crumb=$(auth | curl -fsS -K - -c "$jar" "$u/crumbIssuer/api/xml?xpath=concat(//crumbRequestField,%22:%22,//crumb)")
+cat > /tmp/job.xml <<'XML'
+<project><assignedNode>debian &amp;&amp; trixie</assignedNode><canRoam>false</canRoam>
+<builders><hudson.tasks.Shell><command>java -version; uname -a; echo CGCLOUD-JOB-OK</command></hudson.tasks.Shell></builders></project>
+XML
+auth | curl -fsS -K - -b "$jar" -H "$crumb" -H 'Content-Type: application/xml' --data-binary @/tmp/job.xml "$u/createItem?name=cgcloud-acceptance"
+auth | curl -fsS -K - -b "$jar" -H "$crumb" -X POST "$u/job/cgcloud-acceptance/build"
+for i in $(seq 1 180); do
+    r=$(auth | curl -fsS -K - "$u/job/cgcloud-acceptance/lastBuild/api/json?tree=result" 2>/dev/null || true)
+    case $r in *SUCCESS*) auth | curl -fsS -K - "$u/job/cgcloud-acceptance/lastBuild/consoleText"; exit 0 ;; *FAILURE*|*ABORTED*) echo "$r"; exit 1 ;; esac
+    sleep 5
+done
+echo "the job did not finish within 15 minutes" >&2; exit 1"#;
+        let log = a.ok(&["ssh", "jenkins-master", "--", script]);
+        assert!(log.contains("CGCLOUD-JOB-OK") && log.contains("openjdk version \"21"), "{log}");
+    });
+    // The agents the plugin launched, and the master's persistent volume.
+    let boxes: serde_json::Value = serde_json::from_str(&a.ok(&["--output", "json", "list", agent])).unwrap();
+    for b in boxes.as_array().unwrap() {
+        let _ = a.run(&["terminate", agent, "-I", b["instance_id"].as_str().unwrap()]);
+    }
+    let _ = a.run(&["cleanup", "--yes", "--persistent-volumes"]);
+    let _ = a.run(&["reset-security", "--yes"]);
+}

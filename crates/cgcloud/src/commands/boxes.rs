@@ -91,11 +91,12 @@ pub fn print_box(out: &Printer, b: &BoxInfo) {
             ("cluster", b.cluster.clone().unwrap_or_default()),
             ("cluster_ordinal", b.ordinal.map(|o| o.to_string()).unwrap_or_default()),
             ("leader", b.leader.clone().unwrap_or_default()),
+            ("persistent_volume", b.persistent_volume.clone().unwrap_or_default()),
         ];
         for (k, v) in &b.options {
             lines.push(("option", format!("{k}={v}")));
         }
-        lines.iter().map(|(k, v)| format!("{k:<16}{v}")).collect::<Vec<_>>().join("\n")
+        lines.iter().map(|(k, v)| format!("{k:<18}{v}")).collect::<Vec<_>>().join("\n")
     });
 }
 

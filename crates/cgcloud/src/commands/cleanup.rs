@@ -72,8 +72,19 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
     }
 
     for (id, state, t) in cloud.namespace_volumes(ns.as_str()).await? {
-        if state == "available" && !t.contains_key(tags::PERSISTENT) {
+        if state != "available" {
+            continue;
+        }
+        if !t.contains_key(tags::PERSISTENT) {
             items.push(Item { kind: "volume", id, why: "detached and not persistent".into() });
+        } else if a.persistent_volumes {
+            // Data someone kept on purpose: only when asked for.
+            let whose = t.get(tags::NAME).cloned().unwrap_or_default();
+            items.push(Item {
+                kind: "volume",
+                id,
+                why: format!("persistent volume {whose}, detached (--persistent-volumes)"),
+            });
         }
     }
 

@@ -68,20 +68,19 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
     let globs: Vec<String> = if a.agents.is_empty() { vec!["*".to_owned()] } else { a.agents.clone() };
     let explicit = !a.agents.is_empty();
     let mut roles = Vec::new();
-    for name in registry.names() {
-        if globs.iter().any(|g| glob_match(g, name)) {
-            let role = registry.role(name)?;
-            if role.jenkins_agent.is_some() {
-                roles.push(role);
-            }
+    let agent_roles: Vec<cgcloud_roles::role::Role> = registry
+        .list()
+        .into_iter()
+        .filter_map(|s| registry.role(&s.name).ok())
+        .filter(|r| r.jenkins_agent.is_some())
+        .collect();
+    let known: Vec<String> = agent_roles.iter().map(|r| r.name.clone()).collect();
+    for role in agent_roles {
+        if globs.iter().any(|g| glob_match(g, &role.name)) {
+            roles.push(role);
         }
     }
     if roles.is_empty() {
-        let known: Vec<String> = registry
-            .names()
-            .filter(|n| registry.role(n).is_ok_and(|r| r.jenkins_agent.is_some()))
-            .map(str::to_owned)
-            .collect();
         bail!("no Jenkins agent role matches {}; agent roles: {}", globs.join(" "), known.join(", "));
     }
     let instances = cloud.describe_instances(std::slice::from_ref(&master.instance_id)).await?;
