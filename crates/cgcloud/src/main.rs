@@ -28,7 +28,11 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    output::set_json_errors(cli.global.output == Some(cli::OutputFormat::Json));
     init_logging(cli.global.verbose, cli.global.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -43,13 +47,41 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
-            if let Some(hint) = commands::hint_for(&err) {
-                eprintln!("hint: {hint}");
+            let hint = commands::hint_for(&err);
+            if output::json_errors() {
+                eprintln!("{}", output::error_json(commands::error_kind(&err), &format!("{err:#}"), hint.as_deref()));
+            } else {
+                eprintln!("error: {err:#}");
+                if let Some(hint) = hint {
+                    eprintln!("hint: {hint}");
+                }
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refuses (or --help/--version, which clap reports the same way): as
+/// clap prints it, or as a `usage` error object when JSON output was asked for.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = e.print();
+        return ExitCode::from(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 });
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.windows(2).any(|w| w[0] == "--output" && w[1] == "json")
+        || args.iter().any(|a| a == "--output=json")
+        || std::env::var("CGCLOUD_OUTPUT").is_ok_and(|v| v == "json");
+    if json {
+        let text = e.render().to_string();
+        let head = text.split("\n\nUsage:").next().unwrap_or("").trim().trim_start_matches("error: ");
+        let message = head.split_whitespace().collect::<Vec<_>>().join(" ");
+        eprintln!("{}", output::error_json("usage", &message, Some("see `cgcloud --help`")));
+    } else {
+        let _ = e.print();
+    }
+    ExitCode::from(2)
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

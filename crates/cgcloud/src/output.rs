@@ -7,6 +7,23 @@ use serde::Serialize;
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
+static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether errors go to stderr as a JSON object (`--output json`, from wherever it was set).
+pub fn set_json_errors(on: bool) {
+    JSON_ERRORS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn json_errors() -> bool {
+    JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An error as `--output json` prints it on stderr:
+/// `{"error": {"kind": ..., "message": ..., "hint": ...}}`.
+pub fn error_json(kind: &str, message: &str, hint: Option<&str>) -> String {
+    serde_json::json!({"error": {"kind": kind, "message": message, "hint": hint}}).to_string()
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Printer {
     pub format: OutputFormat,
@@ -23,6 +40,13 @@ impl Printer {
             OutputFormat::Text => text(),
         };
         write_stdout(&s);
+    }
+
+    /// Prints `value` in JSON mode only (commands whose text mode says everything on stderr).
+    pub fn json_only<T: Serialize + ?Sized>(&self, value: &T) {
+        if self.format == OutputFormat::Json {
+            self.record(value, String::new);
+        }
     }
 
     /// Prints rows as an aligned table, or `json` in JSON mode.

@@ -166,6 +166,28 @@ pub async fn wait_for_state(ctx: &Ctx, cloud: &Cloud, ids: &[String], target: &s
     }
 }
 
+/// What a power command did to a box (`--output json`: one object, see docs/json.md).
+#[derive(Debug, serde::Serialize)]
+pub struct PowerResult {
+    pub instance_id: String,
+    pub role: String,
+    /// `stop`, `start`, `reboot` or `terminate`.
+    pub action: &'static str,
+    /// False when the box already was as asked.
+    pub changed: bool,
+    /// The box's state when the command returned (e.g. `stopping` with -Q).
+    pub state: String,
+}
+
+/// Prints what a power command did: one line (`i-... stopped`), or the object.
+pub async fn report_power(ctx: &Ctx, b: &BoxInfo, action: &'static str, changed: bool) -> Result<()> {
+    let states = ctx.cloud().await?.instance_states(std::slice::from_ref(&b.instance_id)).await?;
+    let state = states.get(&b.instance_id).map(|s| s.0.clone()).unwrap_or_else(|| "terminated".into());
+    let r = PowerResult { instance_id: b.instance_id.clone(), role: b.role.clone(), action, changed, state };
+    ctx.out.record(&r, || format!("{}\t{}", r.instance_id, r.state));
+    Ok(())
+}
+
 pub async fn stop(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
     let b = ctx.select(&a.role, &a.selection).await?;
     if b.spot {
@@ -174,6 +196,7 @@ pub async fn stop(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
     match b.state.as_str() {
         "stopped" => {
             ctx.out.note(format!("box {} is already stopped", b.instance_id));
+            report_power(ctx, &b, "stop", false).await?;
             return Ok(ExitCode::SUCCESS);
         }
         "running" | "pending" | "stopping" => {}
@@ -185,6 +208,7 @@ pub async fn stop(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
         wait_for_state(ctx, cloud, std::slice::from_ref(&b.instance_id), "stopped", &format!("box {}", b.instance_id))
             .await?;
     }
+    report_power(ctx, &b, "stop", true).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -193,6 +217,7 @@ pub async fn start(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
     match b.state.as_str() {
         "running" => {
             ctx.out.note(format!("box {} is already running", b.instance_id));
+            report_power(ctx, &b, "start", false).await?;
             return Ok(ExitCode::SUCCESS);
         }
         "stopped" | "stopping" | "pending" => {}
@@ -209,6 +234,7 @@ pub async fn start(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
             .await?;
         wait_ssh_ready(ctx, std::slice::from_ref(&b.instance_id)).await?;
     }
+    report_power(ctx, &b, "start", true).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -251,6 +277,7 @@ pub async fn reboot(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {
     }
     ctx.cloud().await?.reboot(std::slice::from_ref(&b.instance_id)).await?;
     ctx.out.note(format!("rebooting box {}", b.instance_id));
+    report_power(ctx, &b, "reboot", true).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -269,6 +296,7 @@ pub async fn terminate(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
         .await?;
     }
     forget(ctx, std::slice::from_ref(&b.instance_id)).await?;
+    report_power(ctx, &b, "terminate", true).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -803,6 +803,29 @@ pub async fn power(ctx: &Ctx, a: ClusterPowerArgs, what: Power) -> Result<ExitCo
             super::boxes::forget(ctx, &all).await?;
         }
     }
+    let action = match what {
+        Power::Start => "start",
+        Power::Stop => "stop",
+        Power::Terminate => "terminate",
+    };
+    let states = if all.is_empty() { BTreeMap::new() } else { cloud.instance_states(&all).await? };
+    let nodes: Vec<serde_json::Value> = c
+        .nodes
+        .iter()
+        .filter(|n| all.contains(&n.instance_id))
+        .map(|n| {
+            let state = states.get(&n.instance_id).map(|s| s.0.clone()).unwrap_or_else(|| "terminated".into());
+            serde_json::json!({"instance_id": n.instance_id, "ordinal": n.ordinal, "state": state})
+        })
+        .collect();
+    let json = serde_json::json!({"cluster": c.name, "cluster_type": c.cluster_type, "action": action, "nodes": nodes});
+    ctx.out.record(&json, || {
+        nodes
+            .iter()
+            .map(|n| format!("{}\t{}\t{}", n["ordinal"], n["instance_id"].as_str().unwrap_or(""), n["state"].as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     Ok(ExitCode::SUCCESS)
 }
 
@@ -837,23 +860,70 @@ fn nodes(c: &Cluster, skip_leader: bool) -> Vec<BoxInfo> {
     c.nodes.iter().filter(|n| n.state == "running" && !(skip_leader && n.ordinal == Some(0))).cloned().collect()
 }
 
+/// One node's result of `ssh-cluster --output json`.
+#[derive(Debug, serde::Serialize)]
+struct NodeOutput {
+    node: Option<u32>,
+    instance_id: String,
+    hostname: String,
+    exit_status: i32,
+    stdout: String,
+    stderr: String,
+}
+
 pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
     let c = select(ctx, &a.selection).await?;
     let nodes = nodes(&c, a.skip_leader);
     if nodes.is_empty() {
         bail!("cluster {} has no running node", c.name);
     }
+    let hostname = |b: &BoxInfo| b.private_dns.as_deref().and_then(|d| d.split('.').next()).unwrap_or(&b.instance_id).to_owned();
     let mut failures = Vec::new();
-    if a.parallel {
+    if ctx.out.format == crate::cli::OutputFormat::Json {
+        // Scripts get one object per node, each with its whole output, in node order.
+        let mut set = tokio::task::JoinSet::new();
+        let mut results = Vec::new();
+        for (i, b) in nodes.iter().enumerate() {
+            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+            let args = a.args.clone();
+            let mut r = NodeOutput {
+                node: b.ordinal,
+                instance_id: b.instance_id.clone(),
+                hostname: hostname(b),
+                exit_status: 255,
+                stdout: String::new(),
+                stderr: String::new(),
+            };
+            let run = async move {
+                let out = target.command(true, &args).stdin(Stdio::null()).output().await;
+                if let Ok(out) = out {
+                    r.exit_status = out.status.code().unwrap_or(255);
+                    r.stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                    r.stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                }
+                (i, r)
+            };
+            if a.parallel {
+                set.spawn(run);
+            } else {
+                results.push(run.await);
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            results.push(r?);
+        }
+        results.sort_by_key(|(i, _)| *i);
+        let results: Vec<NodeOutput> = results.into_iter().map(|(_, r)| r).collect();
+        for r in results.iter().filter(|r| r.exit_status != 0) {
+            failures.push(format!("{} (exit {})", r.instance_id, r.exit_status));
+        }
+        ctx.out.record(&results, String::new);
+    } else if a.parallel {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let mut set = tokio::task::JoinSet::new();
         for b in &nodes {
             let target = ctx.ssh_target(b, Some(&a.login), None).await?;
-            let label = format!(
-                "[{} {}]",
-                b.ordinal.map(|o| o.to_string()).unwrap_or_default(),
-                b.private_dns.as_deref().and_then(|d| d.split('.').next()).unwrap_or(&b.instance_id)
-            );
+            let label = format!("[{} {}]", b.ordinal.map(|o| o.to_string()).unwrap_or_default(), hostname(b));
             let (tx, args, id) = (tx.clone(), a.args.clone(), b.instance_id.clone());
             set.spawn(async move {
                 let mut child = target

@@ -166,6 +166,13 @@ pub async fn delete_image(ctx: &Ctx, a: DeleteImageArgs) -> Result<ExitCode> {
     let image = pick_image(&a.role, ns.as_str(), images, &a.image)?;
     cloud.deregister_image(&image.image_id).await?;
     ctx.out.note(format!("deregistered {} ({})", image.image_id, image.name));
+    let report = |deleted: &[String], kept: &[String]| {
+        let json = serde_json::json!({
+            "image_id": image.image_id, "name": image.name, "role": image.role,
+            "snapshots_deleted": deleted, "snapshots_kept": kept,
+        });
+        ctx.out.record(&json, || image.image_id.clone());
+    };
     if a.quick || a.keep_snapshot {
         if !image.snapshot_ids.is_empty() {
             ctx.out.note(format!(
@@ -173,6 +180,7 @@ pub async fn delete_image(ctx: &Ctx, a: DeleteImageArgs) -> Result<ExitCode> {
                 image.snapshot_ids.join(", ")
             ));
         }
+        report(&[], &image.snapshot_ids);
         return Ok(ExitCode::SUCCESS);
     }
     let progress = ctx.out.progress(format!("waiting for {} to go", image.image_id));
@@ -187,6 +195,7 @@ pub async fn delete_image(ctx: &Ctx, a: DeleteImageArgs) -> Result<ExitCode> {
         delete_snapshot_when_free(cloud, snap).await?;
         ctx.out.note(format!("deleted snapshot {snap}"));
     }
+    report(&image.snapshot_ids, &[]);
     Ok(ExitCode::SUCCESS)
 }
 

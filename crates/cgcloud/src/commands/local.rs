@@ -43,8 +43,18 @@ pub async fn run(ctx: &Ctx, c: LocalCommand) -> Result<ExitCode> {
         LocalCommand::Down(a) => {
             let lc = cloud(&a);
             let out = ctx.out;
-            lc.down(&|line| out.note(line)).await?;
-            remove_profile(&config_path())?;
+            let said = std::sync::Mutex::new(Vec::new());
+            lc.down(&|line| {
+                out.note(&line);
+                if let Ok(mut s) = said.lock() {
+                    s.push(line.to_string());
+                }
+            })
+            .await?;
+            let profile_removed = ConfigFile::remove_profile(&config_path(), PROFILE)?;
+            let steps = said.into_inner().unwrap_or_default();
+            let json = serde_json::json!({"up": false, "steps": steps, "profile_removed": profile_removed});
+            ctx.out.json_only(&json);
             Ok(ExitCode::SUCCESS)
         }
         LocalCommand::Status(a) => status(ctx, &cloud(&a)).await,
@@ -75,10 +85,6 @@ fn write_profile(ep: &Endpoint, path: &std::path::Path) -> Result<()> {
     ConfigFile::set_profile(path, PROFILE, &profile, true)
 }
 
-fn remove_profile(path: &std::path::Path) -> Result<()> {
-    ConfigFile::remove_profile(path, PROFILE).map(|_| ())
-}
-
 #[derive(serde::Serialize)]
 struct HostRow {
     instance_id: String,
@@ -91,7 +97,7 @@ struct HostRow {
 async fn status(ctx: &Ctx, lc: &LocalCloud) -> Result<ExitCode> {
     let Some(state) = lc.state() else {
         ctx.out.note("the local cloud is down");
-        ctx.out.record(&serde_json::json!({"up": false}), String::new);
+        ctx.out.json_only(&serde_json::json!({"up": false}));
         return Ok(ExitCode::SUCCESS);
     };
     let mut hosts = Vec::new();

@@ -34,6 +34,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         settings.connect.endpoint
     );
     let out = Printer { format: settings.output, quiet: cli.global.quiet };
+    crate::output::set_json_errors(settings.output == crate::cli::OutputFormat::Json);
     let ctx = Ctx::new(settings, out);
     match cli.command {
         Command::ListRoles => roles::list_roles(&ctx).await,
@@ -68,6 +69,66 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::RsyncCluster(a) => cluster::rsync(&ctx, a).await,
         Command::ListClusters(a) => cluster::list(&ctx, a).await,
     }
+}
+
+/// The stable `kind` of an error, for `--output json` (docs/json.md lists them): scripts
+/// branch on it, not on the message.
+pub fn error_kind(err: &anyhow::Error) -> &'static str {
+    use cgcloud_aws::AwsError;
+    use cgcloud_core::model::SelectError;
+    use cgcloud_remote::RemoteError;
+    use cgcloud_roles::RoleError;
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<AwsError>() {
+            return match e {
+                AwsError::NoRegion => "no-region",
+                AwsError::NoCredentials { .. } | AwsError::BadCredentials { .. } => "credentials",
+                AwsError::Unreachable { .. } => "unreachable",
+                AwsError::Throttled { .. } => "throttled",
+                AwsError::WaitTimeout { .. } => "timeout",
+                AwsError::Invalid(_) => "invalid-input",
+                AwsError::Service { .. } | AwsError::Other { .. } => "aws",
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<SelectError>() {
+            return match e {
+                SelectError::Ambiguous { .. } => "ambiguous",
+                _ => "not-found",
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<RoleError>() {
+            return match e {
+                RoleError::UnknownRole { .. } | RoleError::UnknownClusterType { .. } => "not-found",
+                RoleError::UnknownOption { .. } | RoleError::BadOptionValue { .. } | RoleError::MalformedOption(_) => {
+                    "invalid-input"
+                }
+                _ => "role",
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<RemoteError>() {
+            return match e {
+                RemoteError::MissingPrograms { .. } => "missing-program",
+                RemoteError::NotReady { .. } => "timeout",
+                RemoteError::HostKeyMismatch { .. } => "host-key",
+                _ => "ssh",
+            };
+        }
+        if cause.downcast_ref::<cgcloud_core::namespace::NamespaceError>().is_some()
+            || cause.downcast_ref::<cgcloud_core::sshkey::KeyError>().is_some()
+        {
+            return "invalid-input";
+        }
+        if cause.downcast_ref::<cgcloud_roles::compile::CompileError>().is_some() {
+            return "role";
+        }
+        if cause.downcast_ref::<cgcloud_localcloud::Error>().is_some() {
+            return "local-cloud";
+        }
+    }
+    if err.to_string() == "interrupted" {
+        return "interrupted";
+    }
+    "failed"
 }
 
 /// A suggestion for the user, from the first error in the chain that has one.
