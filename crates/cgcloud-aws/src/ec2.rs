@@ -1025,6 +1025,24 @@ impl Cloud {
         Ok(())
     }
 
+    /// The account's EC2 attributes (e.g. `max-instances`, `supported-platforms`), by name.
+    pub async fn account_attributes(&self) -> Result<BTreeMap<String, Vec<String>>, AwsError> {
+        let out = self
+            .ec2
+            .describe_account_attributes()
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeAccountAttributes", e))?;
+        Ok(out
+            .account_attributes()
+            .iter()
+            .filter_map(|a| {
+                let values = a.attribute_values().iter().filter_map(|v| v.attribute_value().map(str::to_owned)).collect();
+                Some((a.attribute_name()?.to_owned(), values))
+            })
+            .collect())
+    }
+
     /// The instance's console output as EC2 keeps it (decoded), if it has any yet.
     pub async fn console_output(&self, instance_id: &str) -> Result<Option<String>, AwsError> {
         let out = self

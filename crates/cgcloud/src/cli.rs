@@ -124,6 +124,9 @@ pub enum Command {
     RsyncCluster(RsyncClusterArgs),
     /// List the clusters in the namespace
     ListClusters(ListClustersArgs),
+    /// Check what a first run needs (credentials, region, network, key pair, agent, tools,
+    /// the local cloud) and say how to fix what is wrong
+    Doctor,
     /// Write one Jenkins EC2-plugin agent template per agent role into a Jenkins master's
     /// configuration as code, and reload it (no restart)
     RegisterAgents(RegisterAgentsArgs),

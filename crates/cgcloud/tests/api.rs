@@ -660,3 +660,36 @@ fn standalone_boxes_keep_their_persistent_volume() {
     let found = e.json(&["cleanup", "--dry-run", "--persistent-volumes"]);
     assert!(found.as_array().unwrap().iter().any(|i| i["id"] == vol.as_str()), "{found}");
 }
+
+/// `doctor` names what is missing for a first run and how to fix it, then passes once it is
+/// fixed; it finds the local private key that matches the key pair.
+#[test]
+fn doctor_says_what_a_first_run_lacks() {
+    let e = env();
+    let run = |e: &TestEnv| {
+        let out = e.run(&["--output", "json", "doctor"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v, out.status.code())
+    };
+    let (v, code) = run(&e);
+    assert_eq!(code, Some(1), "{v}");
+    let key = v.as_array().unwrap().iter().find(|c| c["check"] == "key pair").unwrap();
+    assert_eq!(key["status"], "fail");
+    assert!(key["hint"].as_str().unwrap().contains("cgcloud register-key"), "{key}");
+    assert!(v.as_array().unwrap().iter().any(|c| c["check"] == "credentials" && c["status"] == "ok"), "{v}");
+    // The user's key, where ssh looks for it.
+    let ssh = e.home.path().join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(ssh.join("id_ed25519"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    e.ok(&["register-key", ssh.join("id_ed25519.pub").to_str().unwrap()]);
+    let (v, code) = run(&e);
+    assert_eq!(code, Some(0), "{v}");
+    assert!(v.as_array().unwrap().iter().all(|c| c["status"] != "fail"), "{v}");
+    let key = v.as_array().unwrap().iter().find(|c| c["check"] == "key pair").unwrap();
+    assert!(key["detail"].as_str().unwrap().contains("id_ed25519"), "{key}");
+}

@@ -4,6 +4,7 @@
 mod boxes;
 mod cleanup;
 mod cluster;
+mod doctor;
 mod images;
 mod jenkins;
 mod keys;
@@ -60,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::ResetSecurity(a) => cleanup::reset_security(&ctx, a).await,
         Command::Local(c) => local::run(&ctx, c).await,
         Command::RegisterAgents(a) => jenkins::register_agents(&ctx, a).await,
+        Command::Doctor => doctor::doctor(&ctx).await,
         Command::CreateCluster(a) => cluster::create(&ctx, a).await,
         Command::GrowCluster(a) => cluster::grow(&ctx, a).await,
         Command::StartCluster(a) => cluster::power(&ctx, a, cluster::Power::Start).await,
