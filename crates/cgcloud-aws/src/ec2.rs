@@ -1037,7 +1037,8 @@ impl Cloud {
             .account_attributes()
             .iter()
             .filter_map(|a| {
-                let values = a.attribute_values().iter().filter_map(|v| v.attribute_value().map(str::to_owned)).collect();
+                let values =
+                    a.attribute_values().iter().filter_map(|v| v.attribute_value().map(str::to_owned)).collect();
                 Some((a.attribute_name()?.to_owned(), values))
             })
             .collect())

@@ -1,7 +1,9 @@
 //! The command line, as clap types only. Every global option can also come from the
 //! environment or the config file; see `settings.rs` for precedence.
 
+use crate::complete;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::ArgValueCandidates;
 
 /// The most workers one create-cluster or grow-cluster adds: well past any one RunInstances
 /// call's practical capacity, and small enough that a typo (`-s 4000000000`) is an error
@@ -124,6 +126,12 @@ pub enum Command {
     RsyncCluster(RsyncClusterArgs),
     /// List the clusters in the namespace
     ListClusters(ListClustersArgs),
+    /// Print the script that makes SHELL complete cgcloud's commands, flags, roles and clusters
+    /// (e.g. `source <(cgcloud completions bash)` in ~/.bashrc)
+    Completions(CompletionsArgs),
+    /// Write man pages (cgcloud.1, cgcloud-create.1, ...) into DIR
+    #[command(hide = true)]
+    ManPages(ManPagesArgs),
     /// Check what a first run needs (credentials, region, network, key pair, agent, tools,
     /// the local cloud) and say how to fix what is wrong
     Doctor,
@@ -136,10 +144,22 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(complete::SHELLS))]
+    pub shell: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ManPagesArgs {
+    pub dir: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct RegisterAgentsArgs {
     /// Agent roles (globs) to register; default: every role with a [jenkins_agent] table that
     /// has an image. Roles left out lose their template
-    #[arg(value_name = "ROLE")]
+    #[arg(value_name = "ROLE", add = ArgValueCandidates::new(complete::roles))]
     pub agents: Vec<String>,
     /// The master's role
     #[arg(long, default_value = "jenkins-master")]
@@ -178,10 +198,10 @@ pub struct RegisterAgentsArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct ClusterSelection {
     /// The cluster type, see `cgcloud list-roles` (roles with a cluster type)
-    #[arg(value_name = "TYPE")]
+    #[arg(value_name = "TYPE", add = ArgValueCandidates::new(complete::cluster_types))]
     pub cluster_type: String,
     /// The cluster's name
-    #[arg(short = 'c', long = "cluster-name")]
+    #[arg(short = 'c', long = "cluster-name", add = ArgValueCandidates::new(complete::clusters))]
     pub cluster: Option<String>,
     /// Index into the type's clusters, oldest first (-1 = newest), when no name is given
     #[arg(short = 'o', long, allow_negative_numbers = true)]
@@ -268,7 +288,7 @@ pub struct SpotArgs {
 
 #[derive(Debug, Args)]
 pub struct CreateClusterArgs {
-    #[arg(value_name = "TYPE")]
+    #[arg(value_name = "TYPE", add = ArgValueCandidates::new(complete::cluster_types))]
     pub cluster_type: String,
     /// The cluster's name (default: TYPE-<random>)
     #[arg(short = 'c', long = "cluster-name")]
@@ -342,7 +362,7 @@ pub struct RsyncClusterArgs {
 #[derive(Debug, Args)]
 pub struct ListClustersArgs {
     /// Only clusters of this type
-    #[arg(value_name = "TYPE")]
+    #[arg(value_name = "TYPE", add = ArgValueCandidates::new(complete::cluster_types))]
     pub cluster_type: Option<String>,
 }
 
@@ -378,6 +398,7 @@ pub struct LocalUpArgs {
 #[derive(Debug, Args)]
 pub struct RoleArg {
     /// The role, see `cgcloud list-roles`
+    #[arg(add = ArgValueCandidates::new(complete::roles))]
     pub role: String,
 }
 
@@ -385,7 +406,7 @@ pub struct RoleArg {
 #[derive(Debug, Args, Clone, Default)]
 pub struct Selection {
     /// Only boxes of this cluster
-    #[arg(short = 'c', long = "cluster-name")]
+    #[arg(short = 'c', long = "cluster-name", add = ArgValueCandidates::new(complete::clusters))]
     pub cluster: Option<String>,
     /// Index into the role's boxes, oldest first; negative counts from the newest (-1)
     #[arg(short = 'o', long, allow_negative_numbers = true, conflicts_with = "instance_id")]
@@ -397,6 +418,7 @@ pub struct Selection {
 
 #[derive(Debug, Args)]
 pub struct SelectArgs {
+    #[arg(add = ArgValueCandidates::new(complete::roles))]
     pub role: String,
     #[command(flatten)]
     pub selection: Selection,
@@ -404,6 +426,7 @@ pub struct SelectArgs {
 
 #[derive(Debug, Args)]
 pub struct WaitSelectArgs {
+    #[arg(add = ArgValueCandidates::new(complete::roles))]
     pub role: String,
     #[command(flatten)]
     pub selection: Selection,
@@ -415,6 +438,7 @@ pub struct WaitSelectArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only boxes of this role
+    #[arg(add = ArgValueCandidates::new(complete::roles))]
     pub role: Option<String>,
     /// Only boxes of this cluster
     #[arg(short = 'c', long = "cluster-name")]
@@ -471,6 +495,7 @@ pub struct LaunchArgs {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    #[arg(add = ArgValueCandidates::new(complete::roles))]
     pub role: String,
     #[command(flatten)]
     pub launch: LaunchArgs,
@@ -493,6 +518,7 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct RecreateArgs {
+    #[arg(add = ArgValueCandidates::new(complete::roles))]
     pub role: String,
     #[command(flatten)]
     pub launch: LaunchArgs,
@@ -506,6 +532,7 @@ pub struct RecreateArgs {
 
 #[derive(Debug, Args)]
 pub struct SshArgs {
+    #[arg(add = ArgValueCandidates::new(complete::roles))]
     pub role: String,
     #[command(flatten)]
     pub selection: Selection,
@@ -531,6 +558,7 @@ pub struct LoginArgs {
 
 #[derive(Debug, Args)]
 pub struct RsyncArgs {
+    #[arg(add = ArgValueCandidates::new(complete::roles))]
     pub role: String,
     #[command(flatten)]
     pub selection: Selection,
@@ -549,6 +577,7 @@ pub struct RsyncArgs {
 
 #[derive(Debug, Args)]
 pub struct DeleteImageArgs {
+    #[arg(add = ArgValueCandidates::new(complete::roles))]
     pub role: String,
     /// Image ordinal (oldest 0, newest -1) or AMI id
     #[arg(short = 'i', long = "image", allow_negative_numbers = true, default_value = "-1")]

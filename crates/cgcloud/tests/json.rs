@@ -45,7 +45,8 @@ fn error(e: &TestEnv, args: &[&str]) -> (Value, Option<i32>) {
     assert!(out.stdout.is_empty(), "an error printed data: {}", String::from_utf8_lossy(&out.stdout));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap_or_default();
-    let v: Value = serde_json::from_str(last).unwrap_or_else(|_| panic!("stderr does not end in a JSON error: {stderr}"));
+    let v: Value =
+        serde_json::from_str(last).unwrap_or_else(|_| panic!("stderr does not end in a JSON error: {stderr}"));
     (v, out.status.code())
 }
 

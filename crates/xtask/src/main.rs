@@ -209,11 +209,14 @@ async fn wait_hosts_gone(dir: &Path, ids: &[String]) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("man") {
+        return man(args.get(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/man")));
+    }
     // Benchmarks never probe the instance metadata service.
     if std::env::var_os("AWS_EC2_METADATA_DISABLED").is_none() {
         bail!("set AWS_EC2_METADATA_DISABLED=true");
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["bench", "local-boot", rest @ ..] => {
             let counts: Vec<i32> = if rest.is_empty() {
@@ -233,8 +236,28 @@ async fn main() -> Result<()> {
         ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?),
         ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?),
         ["bench", "toil-boot", rest @ ..] => toil_boot(&counts(rest, &[1, 4, 8])?).await,
-        _ => bail!("usage: cargo run -p xtask -- bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...] | toil-boot [N...]"),
+        _ => bail!("usage: cargo run -p xtask -- man [DIR] | bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...] | toil-boot [N...]"),
     }
+}
+
+/// `man [DIR]`: the man pages of cgcloud and each of its commands, from the clap definitions
+/// (the built cgcloud writes them), into DIR (default target/man). Install them with
+/// `sudo install -m 0644 -t /usr/local/share/man/man1 target/man/*.1`.
+fn man(dir: PathBuf) -> Result<()> {
+    let status = std::process::Command::new(cgcloud_exe()?).arg("man-pages").arg(&dir).status()?;
+    if !status.success() {
+        bail!("cgcloud man-pages {} failed", dir.display());
+    }
+    let pages = std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "1"))
+        .count();
+    println!(
+        "{pages} man pages in {}; install: sudo install -m 0644 -t /usr/local/share/man/man1 {}/*.1",
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
 }
 
 /// Waits until the local cloud runs no hosts (those of the bench's image bake excepted: none).

@@ -822,7 +822,14 @@ pub async fn power(ctx: &Ctx, a: ClusterPowerArgs, what: Power) -> Result<ExitCo
     ctx.out.record(&json, || {
         nodes
             .iter()
-            .map(|n| format!("{}\t{}\t{}", n["ordinal"], n["instance_id"].as_str().unwrap_or(""), n["state"].as_str().unwrap_or("")))
+            .map(|n| {
+                format!(
+                    "{}\t{}\t{}",
+                    n["ordinal"],
+                    n["instance_id"].as_str().unwrap_or(""),
+                    n["state"].as_str().unwrap_or("")
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     });
@@ -877,7 +884,8 @@ pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
     if nodes.is_empty() {
         bail!("cluster {} has no running node", c.name);
     }
-    let hostname = |b: &BoxInfo| b.private_dns.as_deref().and_then(|d| d.split('.').next()).unwrap_or(&b.instance_id).to_owned();
+    let hostname =
+        |b: &BoxInfo| b.private_dns.as_deref().and_then(|d| d.split('.').next()).unwrap_or(&b.instance_id).to_owned();
     let mut failures = Vec::new();
     if ctx.out.format == crate::cli::OutputFormat::Json {
         // Scripts get one object per node, each with its whole output, in node order.

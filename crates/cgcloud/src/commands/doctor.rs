@@ -26,12 +26,7 @@ fn warn(check: &'static str, detail: impl Into<String>, hint: impl Into<String>)
 }
 
 fn fail(check: &'static str, err: &anyhow::Error, hint: Option<String>) -> Check {
-    Check {
-        check,
-        status: "fail",
-        detail: format!("{err:#}"),
-        hint: hint.or_else(|| super::hint_for(err)),
-    }
+    Check { check, status: "fail", detail: format!("{err:#}"), hint: hint.or_else(|| super::hint_for(err)) }
 }
 
 /// The OpenSSH public keys this machine can log in with: its agent's, and the `.pub` files in
@@ -84,7 +79,9 @@ pub async fn doctor(ctx: &Ctx) -> Result<ExitCode> {
     let local = s.profile_name.as_deref() == Some(super::local::PROFILE);
     if local {
         checks.push(match cgcloud_localcloud::LocalCloud::check_prerequisites() {
-            Ok(()) => ok("local cloud tools", "root, debootstrap, systemd-nspawn, iproute2, iptables, dnsmasq, python3, curl"),
+            Ok(()) => {
+                ok("local cloud tools", "root, debootstrap, systemd-nspawn, iproute2, iptables, dnsmasq, python3, curl")
+            }
             Err(e) => fail("local cloud tools", &e.into(), None),
         });
         let lc = cgcloud_localcloud::LocalCloud::new(cgcloud_localcloud::LocalCloud::default_dir());
@@ -115,7 +112,9 @@ pub async fn doctor(ctx: &Ctx) -> Result<ExitCode> {
     }
     match &s.zone {
         Some(zone) => match cloud.zones().await {
-            Ok(zones) if zones.contains(zone) => checks.push(ok("region and zone", format!("{} ({zone})", cloud.region))),
+            Ok(zones) if zones.contains(zone) => {
+                checks.push(ok("region and zone", format!("{} ({zone})", cloud.region)))
+            }
             Ok(zones) => checks.push(Check {
                 check: "region and zone",
                 status: "fail",
@@ -207,8 +206,15 @@ pub async fn doctor(ctx: &Ctx) -> Result<ExitCode> {
         Ok(attrs) => {
             let max = attrs.get("max-instances").and_then(|v| v.first()).cloned();
             checks.push(match max {
-                Some(m) => ok("instance limit", format!("at most {m} instances (EC2's account attribute; vCPU quotas are in Service Quotas)")),
-                None => warn("instance limit", "the account reports no instance limit", "see Service Quotas, EC2 'Running On-Demand Standard instances'"),
+                Some(m) => ok(
+                    "instance limit",
+                    format!("at most {m} instances (EC2's account attribute; vCPU quotas are in Service Quotas)"),
+                ),
+                None => warn(
+                    "instance limit",
+                    "the account reports no instance limit",
+                    "see Service Quotas, EC2 'Running On-Demand Standard instances'",
+                ),
             });
         }
         Err(e) => checks.push(warn("instance limit", format!("{e}"), "see Service Quotas for EC2's vCPU limits")),

@@ -26,6 +26,20 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
+    // What needs no settings, and must work without a config or cloud.
+    match &cli.command {
+        Command::Completions(a) => {
+            let script = crate::complete::registration(&a.shell)?;
+            print!("{script}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::ManPages(a) => {
+            std::fs::create_dir_all(&a.dir)?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &a.dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let file = ConfigFile::load(&config_path())?;
     let settings = Settings::resolve(&cli.global, &file)?;
     tracing::debug!(
@@ -62,6 +76,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Local(c) => local::run(&ctx, c).await,
         Command::RegisterAgents(a) => jenkins::register_agents(&ctx, a).await,
         Command::Doctor => doctor::doctor(&ctx).await,
+        Command::Completions(_) | Command::ManPages(_) => Ok(ExitCode::SUCCESS),
         Command::CreateCluster(a) => cluster::create(&ctx, a).await,
         Command::GrowCluster(a) => cluster::grow(&ctx, a).await,
         Command::StartCluster(a) => cluster::power(&ctx, a, cluster::Power::Start).await,
