@@ -45,7 +45,7 @@ pub async fn run(ctx: &Ctx, c: LocalCommand) -> Result<ExitCode> {
             let out = ctx.out;
             let said = std::sync::Mutex::new(Vec::new());
             lc.down(&|line| {
-                out.note(&line);
+                out.note(line);
                 if let Ok(mut s) = said.lock() {
                     s.push(line.to_string());
                 }
