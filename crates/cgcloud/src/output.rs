@@ -2,7 +2,7 @@
 //! terminal, plain lines otherwise). Nothing else prints.
 
 use crate::cli::OutputFormat;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
@@ -57,6 +57,17 @@ impl Printer {
     /// A progress indicator for a wait; silent in quiet mode.
     pub fn progress(&self, message: impl Into<String>) -> Progress {
         Progress::new(message.into(), self.quiet)
+    }
+
+    /// Bars for phases a group of `total` things goes through (e.g. a cluster's nodes:
+    /// launched, running, SSH-ready, configured), each `k/N`, plus a line for the laggard.
+    pub fn phases(&self, title: impl Into<String>, total: u64, phases: &[&str]) -> PhaseProgress {
+        PhaseProgress::new(title.into(), total, phases, self.quiet)
+    }
+
+    /// A bar for `total` steps (e.g. provisioning), with the current step's name.
+    pub fn steps(&self, total: u64) -> StepProgress {
+        StepProgress::new(total, self.quiet)
     }
 
     /// A line on stderr, unless quiet.
@@ -152,6 +163,183 @@ impl Drop for Progress {
     fn drop(&mut self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// What [`Printer::phases`] shows: on a terminal, one bar per phase and a line naming the
+/// slowest member; elsewhere, a line each time a phase's count changes; nothing when quiet.
+pub struct PhaseProgress {
+    title: String,
+    names: Vec<String>,
+    counts: Vec<u64>,
+    total: u64,
+    multi: Option<MultiProgress>,
+    bars: Vec<ProgressBar>,
+    laggard: Option<ProgressBar>,
+    quiet: bool,
+    started: Instant,
+}
+
+impl PhaseProgress {
+    fn new(title: String, total: u64, phases: &[&str], quiet: bool) -> PhaseProgress {
+        let tty = !quiet && std::io::stderr().is_terminal();
+        let width = phases.iter().map(|p| p.len()).max().unwrap_or(0);
+        let (multi, bars, laggard) = if tty {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template(&format!(
+                "{{prefix:>{width}}} [{{bar:30}}] {{pos:>4}}/{{len}} {{msg}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            let bars: Vec<ProgressBar> = phases
+                .iter()
+                .map(|p| {
+                    let b = multi.add(ProgressBar::new(total));
+                    b.set_style(style.clone());
+                    b.set_prefix((*p).to_owned());
+                    b
+                })
+                .collect();
+            let laggard = multi.add(ProgressBar::new_spinner());
+            laggard.set_style(
+                ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            laggard.set_message(title.clone());
+            laggard.enable_steady_tick(Duration::from_millis(120));
+            (Some(multi), bars, Some(laggard))
+        } else {
+            if !quiet {
+                eprintln!("{title} ...");
+            }
+            (None, Vec::new(), None)
+        };
+        PhaseProgress {
+            title,
+            names: phases.iter().map(|p| (*p).to_owned()).collect(),
+            counts: vec![0; phases.len()],
+            total,
+            multi,
+            bars,
+            laggard,
+            quiet,
+            started: Instant::now(),
+        }
+    }
+
+    /// How many have passed phase `i` now.
+    pub fn set(&mut self, i: usize, count: u64) {
+        if i >= self.counts.len() || self.counts[i] == count {
+            return;
+        }
+        self.counts[i] = count;
+        if let Some(b) = self.bars.get(i) {
+            b.set_position(count);
+        } else if !self.quiet {
+            eprintln!(
+                "{}: {} {count}/{} ({:.1} s)",
+                self.title,
+                self.names[i],
+                self.total,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// The member the group waits for, and why (terminals only: elsewhere it would repeat).
+    pub fn laggard(&self, text: impl Into<String>) {
+        if let Some(l) = &self.laggard {
+            l.set_message(format!("{}: slowest {}", self.title, text.into()));
+        }
+    }
+
+    /// Ends the bars with one summary line.
+    pub fn finish(self, done: impl std::fmt::Display) {
+        self.clear();
+        if !self.quiet {
+            eprintln!("{done} ({:.1} s)", self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn clear(&self) {
+        for b in &self.bars {
+            b.finish_and_clear();
+        }
+        if let Some(l) = &self.laggard {
+            l.finish_and_clear();
+        }
+        if let Some(m) = &self.multi {
+            let _ = m.clear();
+        }
+    }
+}
+
+impl Drop for PhaseProgress {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// What [`Printer::steps`] shows: on a terminal a bar `k/N` with the step's name; elsewhere a
+/// line per step as it ends; nothing when quiet.
+pub struct StepProgress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    started: Instant,
+    step_started: Instant,
+}
+
+impl StepProgress {
+    fn new(total: u64, quiet: bool) -> StepProgress {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = ProgressBar::new(total);
+            b.set_style(
+                ProgressStyle::with_template("[{bar:30}] {pos:>3}/{len} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        StepProgress { bar, quiet, started: Instant::now(), step_started: Instant::now() }
+    }
+
+    /// Step `i` (from 1) of the total starts.
+    pub fn start(&mut self, i: u64, name: &str) {
+        self.step_started = Instant::now();
+        if let Some(b) = &self.bar {
+            b.set_position(i.saturating_sub(1));
+            b.set_message(name.to_owned());
+        }
+    }
+
+    /// Step `i` ended with `status` (`changed`, `ok`, `skipped`).
+    pub fn done(&mut self, i: u64, total: u64, name: &str, status: &str) {
+        if let Some(b) = &self.bar {
+            b.set_position(i);
+            if status == "changed" && self.step_started.elapsed() > Duration::from_secs(5) {
+                // Slow steps stay visible above the bar: they are where the time went.
+                b.println(format!("[{i}/{total}] {name}: {status} ({:.1} s)", self.step_started.elapsed().as_secs_f64()));
+            }
+        } else if !self.quiet {
+            eprintln!("[{i}/{total}] {name}: {status} ({:.1} s)", self.step_started.elapsed().as_secs_f64());
+        }
+    }
+
+    pub fn finish(self, done: impl std::fmt::Display) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+        if !self.quiet {
+            eprintln!("{done} ({:.1} s)", self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for StepProgress {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
         }
     }
 }

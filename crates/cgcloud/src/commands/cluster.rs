@@ -226,6 +226,9 @@ fn check_cluster_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The phases a cluster's nodes go through, as the progress bars show them.
+const PHASES: &[&str] = &["launched", "running", "SSH-ready", "configured"];
+
 /// How long each phase took until every node had passed it.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Phases {
@@ -250,9 +253,10 @@ async fn await_nodes(
     ssh_check: bool,
     phases: &mut Phases,
     t0: Instant,
+    bars: &mut crate::output::PhaseProgress,
 ) -> Result<Vec<(String, String)>> {
     let n = ids.len();
-    let mut progress = ctx.out.progress(format!("{n} nodes: waiting"));
+    bars.set(0, n as u64);
     let started = Instant::now();
     let ssh_ready: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>> = Default::default();
     let mut probing: BTreeSet<String> = BTreeSet::new();
@@ -313,7 +317,29 @@ async fn await_nodes(
         if ssh == n && phases.ssh_ready_s == 0.0 {
             phases.ssh_ready_s = elapsed;
         }
-        progress.set_message(format!("{n} nodes: {running} running, {ssh} SSH-ready, {configured} configured"));
+        bars.set(1, running as u64);
+        bars.set(2, ssh as u64);
+        bars.set(3, configured as u64);
+        // The node everyone waits for: the one furthest behind (booting, then SSH, then its
+        // own configuration), the lowest ordinal first.
+        let ready_now = ssh_ready.lock().map(|r| r.clone()).unwrap_or_default();
+        let behind = boxes
+            .iter()
+            .filter(|b| b.tags.get(tags::CONFIGURED).is_none())
+            .map(|b| {
+                let (rank, what) = if b.state != "running" {
+                    (0, b.state.clone())
+                } else if ssh_check && !ready_now.contains(&b.instance_id) && b.host_key.is_some() {
+                    (1, "waiting for SSH".to_owned())
+                } else {
+                    (2, "configuring itself".to_owned())
+                };
+                (rank, b.ordinal.unwrap_or(u32::MAX), b.instance_id.clone(), what)
+            })
+            .min();
+        if let Some((_, ordinal, id, what)) = behind {
+            bars.laggard(format!("node {ordinal} ({id}): {what}"));
+        }
         if failed.iter().any(|(id, _)| must.contains(id)) {
             let (id, why) = failed.iter().find(|(id, _)| must.contains(id)).cloned().unwrap_or_default();
             bail!("node {id} failed: {why}");
@@ -333,7 +359,6 @@ async fn await_nodes(
             if phases.ssh_ready_s == 0.0 {
                 phases.ssh_ready_s = phases.configured_s;
             }
-            progress.finish(format!("{n} nodes: {running} running, {ssh} SSH-ready, {configured} configured"));
             probes.abort_all();
             return Ok(failed);
         }
@@ -611,6 +636,7 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         if !a.nodes.quick && min == n {
             must.extend(workers.iter().cloned());
         }
+        let mut bars = ctx.out.phases(format!("cluster {name}"), all.len() as u64, PHASES);
         let failed = await_nodes(
             ctx,
             cloud,
@@ -620,8 +646,10 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
             !a.nodes.skip_ssh_check,
             &mut phases,
             t0,
+            &mut bars,
         )
         .await?;
+        bars.finish(format!("cluster {name}: {} node(s) configured", all.len() - failed.len()));
         notify_members(cloud).await;
         if !a.nodes.quick {
             let good = workers.len() - failed.iter().filter(|(id, _)| workers.contains(id)).count();
@@ -723,7 +751,8 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
             tracing::debug!("notification failed: {e}");
         }
         let must: BTreeSet<String> = if a.nodes.quick { BTreeSet::new() } else { ids.iter().cloned().collect() };
-        await_nodes(
+        let mut bars = ctx.out.phases(format!("cluster {}: new workers", c.name), ids.len() as u64, PHASES);
+        let failed = await_nodes(
             ctx,
             cloud,
             &ids,
@@ -732,8 +761,20 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
             !a.nodes.skip_ssh_check,
             &mut phases,
             t0,
+            &mut bars,
         )
         .await?;
+        bars.finish(format!("cluster {}: {} new worker(s) configured", c.name, ids.len() - failed.len()));
+        if !failed.is_empty() {
+            // Named, and not left running half-made: the same as create-cluster does.
+            tracing::warn!(
+                "{} new worker(s) did not come up and are terminated: {}",
+                failed.len(),
+                failed.iter().map(|(id, why)| format!("{id} ({why})")).collect::<Vec<_>>().join(", ")
+            );
+            let bad: Vec<String> = failed.iter().map(|(id, _)| id.clone()).collect();
+            cloud.terminate(&bad).await?;
+        }
         notify_members(cloud).await;
         finish_launch(cloud, &ids).await?;
         Ok(())

@@ -46,9 +46,16 @@ pub fn pick_image(role: &str, namespace: &str, images: Vec<ImageInfo>, spec: &st
 
 /// Waits until an image is available.
 async fn wait_image(ctx: &Ctx, cloud: &Cloud, image_id: &str) -> Result<()> {
-    let progress = ctx.out.progress(format!("waiting for image {image_id}"));
+    let mut progress = ctx.out.progress(format!("image {image_id}: waiting"));
+    let mut last = String::new();
     loop {
-        match cloud.image_state(image_id).await?.as_deref() {
+        let state = cloud.image_state(image_id).await?;
+        let shown = state.clone().unwrap_or_else(|| "not listed yet".into());
+        if shown != last {
+            progress.set_message(format!("image {image_id}: {shown}"));
+            last = shown;
+        }
+        match state.as_deref() {
             Some("available") => break,
             Some("failed") | Some("invalid") | Some("error") => bail!("image {image_id} failed"),
             None if progress.elapsed() > Duration::from_secs(30) => bail!("image {image_id} disappeared"),

@@ -112,6 +112,8 @@ struct TxnState {
     instance_profile: Option<String>,
     /// A persistent volume this launch created (an existing one is never removed).
     volume: Option<String>,
+    /// The rollback asked EC2 to terminate `instances`.
+    terminating: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -888,9 +890,17 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
     Ok(ids)
 }
 
-/// Undoes a failed launch: terminates its boxes and removes what it created for them.
+/// Undoes a failed launch: terminates its boxes and removes what it created for them. What is
+/// done is taken off the launch's state as it goes, so that a second Ctrl-C can say what is
+/// left.
 async fn rollback(ctx: &Ctx, txn: &Txn) {
-    let state = txn.with(std::mem::take);
+    let state = txn.with(|s| TxnState {
+        instances: s.instances.clone(),
+        security_group: s.security_group.clone(),
+        instance_profile: s.instance_profile.clone(),
+        volume: s.volume.clone(),
+        terminating: s.terminating,
+    });
     let Ok(cloud) = ctx.cloud().await else { return };
     if !state.instances.is_empty() {
         ctx.out.note(format!("rolling back: terminating {}", state.instances.join(", ")));
@@ -901,9 +911,11 @@ async fn rollback(ctx: &Ctx, txn: &Txn) {
             );
             return;
         }
+        txn.with(|s| s.terminating = true);
         let _ = super::boxes::forget(ctx, &state.instances).await;
     }
     if state.security_group.is_none() && state.instance_profile.is_none() && state.volume.is_none() {
+        txn.with(|s| s.instances.clear());
         return;
     }
     // A security group (or volume) can only go once no instance uses it.
@@ -912,6 +924,7 @@ async fn rollback(ctx: &Ctx, txn: &Txn) {
             tracing::warn!("{e}; `cgcloud cleanup` removes the rest later");
             return;
         }
+        txn.with(|s| s.instances.clear());
     }
     if let Some(vol) = &state.volume {
         // A volume this launch made holds nothing yet; it detaches once its box is gone.
@@ -919,13 +932,15 @@ async fn rollback(ctx: &Ctx, txn: &Txn) {
             wait_volume(cloud, vol, "available", Duration::from_secs(120)).await?;
             cloud.delete_volume(vol).await.map_err(anyhow::Error::from)
         };
-        if let Err(e) = gone.await {
-            tracing::warn!("could not delete the new persistent volume {vol}: {e:#}; delete it by hand");
+        match gone.await {
+            Ok(()) => txn.with(|s| s.volume = None),
+            Err(e) => tracing::warn!("could not delete the new persistent volume {vol}: {e:#}; delete it by hand"),
         }
     }
     if let Some(sg) = &state.security_group {
-        if let Err(e) = cloud.delete_security_group(sg).await {
-            tracing::warn!("could not delete security group {sg}: {e}; `cgcloud cleanup` removes it later");
+        match cloud.delete_security_group(sg).await {
+            Ok(()) => txn.with(|s| s.security_group = None),
+            Err(e) => tracing::warn!("could not delete security group {sg}: {e}; `cgcloud cleanup` removes it later"),
         }
     }
     if let Some(profile) = &state.instance_profile {
@@ -934,12 +949,46 @@ async fn rollback(ctx: &Ctx, txn: &Txn) {
             cloud.delete_role(profile).await
         }
         .await;
-        if let Err(e) = res {
-            tracing::warn!("could not delete IAM role/profile {profile}: {e}; `cgcloud reset-security` removes it");
+        match res {
+            Ok(()) => txn.with(|s| s.instance_profile = None),
+            Err(e) => {
+                tracing::warn!("could not delete IAM role/profile {profile}: {e}; `cgcloud reset-security` removes it")
+            }
         }
     }
 }
 
+/// What an interrupted rollback leaves, and the command that removes it.
+fn leftovers(txn: &Txn, ns: &str) -> String {
+    txn.with(|s| {
+        let mut left = Vec::new();
+        if !s.instances.is_empty() {
+            let how = if s.terminating { " (terminating)" } else { "" };
+            left.push(format!("instance(s) {}{how}", s.instances.join(", ")));
+        }
+        if let Some(sg) = &s.security_group {
+            left.push(format!("security group {sg}"));
+        }
+        if let Some(v) = &s.volume {
+            left.push(format!("new persistent volume {v}"));
+        }
+        let mut fix = format!("cgcloud -n {ns} cleanup --min-age 0 --yes");
+        if s.volume.is_some() {
+            fix.push_str(" --persistent-volumes");
+        }
+        let mut text = if left.is_empty() {
+            "nothing of the launch is left".to_owned()
+        } else {
+            format!("left behind: {}; remove it with `{fix}` (run it again if a group is still in use)", left.join(", "))
+        };
+        if let Some(p) = &s.instance_profile {
+            text.push_str(&format!(
+                "; IAM role {p} stays (the role's next launch uses it; `cgcloud -n {ns} reset-security` removes the namespace's)"
+            ));
+        }
+        text
+    })
+}
 /// Marks the launch complete on its boxes.
 pub(crate) async fn finish_launch(cloud: &Cloud, ids: &[String]) -> Result<()> {
     cloud.delete_tags(ids, &[tags::LAUNCH_STATE]).await?;
@@ -970,7 +1019,20 @@ pub(crate) async fn transaction<T>(
             }
         } else {
             tracing::debug!("launch failed: {e:#}");
-            rollback(ctx, txn).await;
+            // A second Ctrl-C stops the rollback, saying what is left and how to remove it.
+            tokio::select! {
+                _ = rollback(ctx, txn) => {}
+                _ = tokio::signal::ctrl_c() => {
+                    let ns = ctx.namespace().await.map(|n| n.to_string()).unwrap_or_else(|_| ctx.settings.namespace.clone());
+                    let what = leftovers(txn, &ns);
+                    if crate::output::json_errors() {
+                        eprintln!("{}", crate::output::error_json("interrupted", &format!("interrupted twice; the rollback stopped: {what}"), None));
+                    } else {
+                        eprintln!("error: interrupted twice; the rollback stopped: {what}");
+                    }
+                    std::process::exit(130);
+                }
+            }
         }
     }
     result
@@ -1207,5 +1269,27 @@ fn warn_if_role_changed(p: &Prepared, image: &ImageInfo) {
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot compile role '{}' to compare it with image {}: {e}", p.role.name, image.image_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_rollback_names_what_is_left_and_the_command() {
+        let txn = Txn::new();
+        assert_eq!(leftovers(&txn, "/team/"), "nothing of the launch is left");
+        txn.with(|s| {
+            s.instances = vec!["i-1".into(), "i-2".into()];
+            s.terminating = true;
+            s.security_group = Some("sg-1".into());
+            s.volume = Some("vol-1".into());
+            s.instance_profile = Some("team_r".into());
+        });
+        let text = leftovers(&txn, "/team/");
+        assert!(text.contains("instance(s) i-1, i-2 (terminating)") && text.contains("security group sg-1"), "{text}");
+        assert!(text.contains("`cgcloud -n /team/ cleanup --min-age 0 --yes --persistent-volumes`"), "{text}");
+        assert!(text.contains("IAM role team_r stays"), "{text}");
     }
 }

@@ -200,23 +200,24 @@ pub async fn provision(ctx: &Ctx, target: &SshTarget, b: &BoxInfo, plan: &Plan, 
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let mut summary = Summary { instance_id: b.instance_id.clone(), plan_hash: plan.hash(), ..Default::default() };
-    let mut progress = None;
+    let mut bar: Option<crate::output::StepProgress> = None;
     let mut failure = None;
     while let Some(line) = lines.next_line().await? {
         let Ok(ev) = serde_json::from_str::<serde_json::Value>(&line) else {
             tracing::debug!("agent: {line}");
             continue;
         };
-        let step = format!("[{}/{}] {}", ev["step"], ev["total"], ev["name"].as_str().unwrap_or(""));
+        let (step, total) = (ev["step"].as_u64().unwrap_or(0), ev["total"].as_u64().unwrap_or(0));
+        let name = ev["name"].as_str().unwrap_or("");
         match ev["event"].as_str() {
-            Some("start") => progress = Some((ctx.out.progress(step.clone()), step)),
+            Some("start") => bar.get_or_insert_with(|| ctx.out.steps(total)).start(step, name),
             Some("done") => {
-                if let Some((p, label)) = progress.take() {
-                    p.finish(format!("{label}: {}", ev["status"].as_str().unwrap_or("")));
+                if let Some(b) = bar.as_mut() {
+                    b.done(step, total, name, ev["status"].as_str().unwrap_or(""));
                 }
             }
             Some("failed") => {
-                progress = None;
+                bar = None;
                 failure = Some(anyhow!(
                     "provisioning step '{}' failed: {}\n{}",
                     ev["name"].as_str().unwrap_or("?"),
@@ -232,7 +233,6 @@ pub async fn provision(ctx: &Ctx, target: &SshTarget, b: &BoxInfo, plan: &Plan, 
             _ => {}
         }
     }
-    drop(progress);
     let out = child.wait_with_output().await?;
     if let Some(f) = failure {
         return Err(f.context(format!(
@@ -248,7 +248,10 @@ pub async fn provision(ctx: &Ctx, target: &SshTarget, b: &BoxInfo, plan: &Plan, 
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    ctx.out
-        .note(format!("provisioned {}: {} changed, {} unchanged", b.instance_id, summary.changed, summary.unchanged));
+    let done = format!("provisioned {}: {} changed, {} unchanged", b.instance_id, summary.changed, summary.unchanged);
+    match bar {
+        Some(b) => b.finish(done),
+        None => ctx.out.note(done),
+    }
     Ok(summary)
 }
