@@ -59,6 +59,13 @@ pub struct Config {
     pub topic: String,
     #[serde(default = "default_state")]
     pub state: PathBuf,
+    /// A command that exits 0 while the box (or its cluster) is busy, for autostop (the role's
+    /// `[agent] busy_probe`, e.g. "Slurm has jobs").
+    #[serde(default)]
+    pub busy_probe: Option<String>,
+    /// CPU use, in percent of one core, below which a box counts as idle (default 10).
+    #[serde(default)]
+    pub idle_cpu_percent: Option<u32>,
 }
 
 /// What the agent remembers across restarts: every key blob it has seen as an EC2 key pair,
@@ -86,6 +93,16 @@ pub struct Agent {
     queue_url: Option<String>,
     /// Key pairs already warned about (named for a user but not tagged theirs).
     warned: BTreeSet<String>,
+    /// Autostop as the box's tags say, its cluster and whether it leads it, from the last
+    /// refresh.
+    autostop: Option<crate::autostop::Setting>,
+    cluster: Option<String>,
+    leader: bool,
+    meter: crate::autostop::Meter,
+    /// When this worker last reported activity to its leader.
+    reported_active: Option<Instant>,
+    /// Why autostop last found the box busy (None: idle).
+    busy_reason: Option<String>,
 }
 
 impl Agent {
@@ -103,7 +120,21 @@ impl Agent {
         };
         let state =
             std::fs::read_to_string(&cfg.state).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        Ok(Agent { cfg, aws, instance_id, state, queue_url: None, warned: BTreeSet::new() })
+        let threshold = f64::from(cfg.idle_cpu_percent.unwrap_or(10)) / 100.0;
+        Ok(Agent {
+            cfg,
+            aws,
+            instance_id,
+            state,
+            queue_url: None,
+            warned: BTreeSet::new(),
+            autostop: None,
+            cluster: None,
+            leader: false,
+            meter: crate::autostop::Meter::new(threshold, Instant::now()),
+            reported_active: None,
+            busy_reason: Some("starting".to_owned()),
+        })
     }
 
     fn save_state(&self) {
@@ -128,6 +159,23 @@ impl Agent {
     /// many accounts changed.
     pub fn sync_keys(&mut self) -> Result<usize, AwsError> {
         let tags = self.own_tags()?;
+        let autostop = crate::autostop::setting(&tags);
+        if autostop != self.autostop {
+            match &autostop {
+                Some(s) => log(
+                    "info",
+                    format!(
+                        "autostop: {} after {} s idle",
+                        if s.terminate { "terminate" } else { "stop" },
+                        s.idle.as_secs()
+                    ),
+                ),
+                None => log("info", "autostop: off"),
+            }
+            self.autostop = autostop;
+        }
+        self.cluster = tags.get(cgcloud_core::tags::CLUSTER).cloned();
+        self.leader = self.cluster.is_some() && tags.get(cgcloud_core::tags::ORDINAL).map(String::as_str) == Some("0");
         // A persistent volume whose device appeared only after the boot-time wait gave up.
         match crate::volume::try_mount_persistent() {
             Ok(crate::volume::Persistent::NowMounted) => log("info", format!("mounted {}", crate::volume::MOUNT_POINT)),
@@ -304,6 +352,92 @@ impl Agent {
         Ok(())
     }
 
+    /// One look at idleness (see `autostop.rs`). A worker only reports that it is busy; a
+    /// leader decides for its cluster, a standalone box for itself.
+    fn autostop_check(&mut self) -> Result<(), AwsError> {
+        use crate::autostop;
+        let Some(s) = self.autostop else { return Ok(()) };
+        let now = Instant::now();
+        let connections = autostop::ssh_connections(std::path::Path::new("/proc/net"));
+        let cpu = autostop::cpu_usage_usec(std::path::Path::new("/sys/fs/cgroup"), std::path::Path::new("/proc/stat"));
+        let epoch =
+            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if let (Some(_), false) = (&self.cluster, self.leader) {
+            // The role's probe is about the cluster, and it is the leader's to run.
+            let busy = self.meter.observe(now, connections, cpu, false, false);
+            // At most once a check period, and only while busy: what the leader needs to know.
+            if busy.is_some() && self.reported_active.is_none_or(|t| now - t >= autostop::check_every(&s)) {
+                let tags = [
+                    ("ResourceId.1", self.instance_id.clone()),
+                    ("Tag.1.Key", cgcloud_core::tags::ACTIVE_AT.to_owned()),
+                    ("Tag.1.Value", epoch().to_string()),
+                ];
+                self.aws.call(Service::Ec2, "CreateTags", &tags)?;
+                self.reported_active = Some(now);
+            }
+            return Ok(());
+        }
+        let probe = self.cfg.busy_probe.as_deref().is_some_and(|c| autostop::probe_busy(c, Duration::from_secs(30)));
+        let nodes = match &self.cluster {
+            Some(c) => crate::cluster::members(&self.aws, &self.cfg.namespace, c)?,
+            None => Vec::new(),
+        };
+        // A worker counts as active if it said so within two check periods (and a minute).
+        let recent = epoch().saturating_sub(2 * autostop::check_every(&s).as_secs() + 60);
+        let peers = nodes.iter().any(|n| {
+            n.id != self.instance_id
+                && n.tags
+                    .get(cgcloud_core::tags::ACTIVE_AT)
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .is_some_and(|t| t >= recent)
+        });
+        let busy = self.meter.observe(now, connections, cpu, probe, peers);
+        if busy != self.busy_reason {
+            // Said when it changes: why the box is kept up, or that its idle clock runs.
+            match &busy {
+                Some(why) => log("info", format!("autostop: busy ({why})")),
+                None => log(
+                    "info",
+                    format!(
+                        "autostop: idle; {} after {} s",
+                        if s.terminate { "terminating" } else { "stopping" },
+                        s.idle.as_secs()
+                    ),
+                ),
+            }
+            self.busy_reason = busy.clone();
+        }
+        if busy.is_some() {
+            return Ok(());
+        }
+        let idle = self.meter.idle_for(now);
+        if idle < s.idle {
+            return Ok(());
+        }
+        let me = crate::cluster::describe_self(&self.aws, &self.instance_id)?;
+        let verb = |spot: bool| if s.terminate || spot { "TerminateInstances" } else { "StopInstances" };
+        // Workers first (a leader's own stop would leave them running), then this box.
+        let workers: Vec<&crate::cluster::Node> = nodes.iter().filter(|n| n.id != self.instance_id).collect();
+        for action in ["TerminateInstances", "StopInstances"] {
+            let ids: Vec<&str> =
+                workers.iter().filter(|n| verb(n.lifecycle == "spot") == action).map(|n| n.id.as_str()).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let keys: Vec<String> = (1..=ids.len()).map(|i| format!("InstanceId.{i}")).collect();
+            let params: Vec<(&str, String)> =
+                keys.iter().map(String::as_str).zip(ids.iter().map(|i| (*i).to_owned())).collect();
+            log("info", format!("autostop: the cluster was idle for {} s; {action} {}", idle.as_secs(), ids.join(" ")));
+            self.aws.call(Service::Ec2, action, &params)?;
+        }
+        let action = verb(me.lifecycle == "spot");
+        log("info", format!("autostop: idle for {} s; {action} {}", idle.as_secs(), self.instance_id));
+        self.aws.call(Service::Ec2, action, &[("InstanceId.1", self.instance_id.clone())])?;
+        // Whatever happens next (the box goes down), do not ask again at once.
+        self.meter = crate::autostop::Meter::new(self.meter.threshold, Instant::now());
+        Ok(())
+    }
+
     /// Tags the box with its SSH host key (a box launched by someone else than cgcloud, e.g. by
     /// the Jenkins EC2 plugin, has none), so that cgcloud can verify it when it connects.
     fn publish_host_key(&self) -> Result<(), AwsError> {
@@ -467,6 +601,7 @@ impl Agent {
         let mut backoff = Duration::from_secs(1);
         let mut next_refresh = Instant::now();
         let mut next_metrics = Instant::now();
+        let mut next_autostop = Instant::now();
         loop {
             let result: Result<(), AwsError> = (|| {
                 let now = Instant::now();
@@ -486,7 +621,16 @@ impl Agent {
                     self.put_metrics()?;
                     next_metrics = Instant::now() + Duration::from_secs(self.cfg.metrics_interval);
                 }
-                let until = if self.cfg.metrics { next_refresh.min(next_metrics) } else { next_refresh };
+                if let Some(s) = self.autostop {
+                    if Instant::now() >= next_autostop {
+                        next_autostop = Instant::now() + crate::autostop::check_every(&s);
+                        self.autostop_check()?;
+                    }
+                }
+                let mut until = if self.cfg.metrics { next_refresh.min(next_metrics) } else { next_refresh };
+                if self.autostop.is_some() {
+                    until = until.min(next_autostop);
+                }
                 let wait = until.saturating_duration_since(Instant::now()).as_secs().max(1);
                 if self.wait_for_notification(wait)? {
                     // A notification: refresh now.

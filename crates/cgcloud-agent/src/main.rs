@@ -3,6 +3,7 @@
 //! small on purpose: it runs on every supported distribution and stays out of the way.
 
 mod apply;
+mod autostop;
 mod aws;
 mod cluster;
 mod daemon;

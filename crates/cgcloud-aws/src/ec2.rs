@@ -69,6 +69,7 @@ pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
             .and_then(|a| a.rsplit('/').next())
             .map(str::to_owned),
         persistent_volume: tags.get(tags::PERSISTENT_VOLUME).cloned(),
+        autostop: tags::autostop_text(&tags),
         options: tags::options_from_tags(&tags),
         tags,
     })

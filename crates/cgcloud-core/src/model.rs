@@ -32,6 +32,8 @@ pub struct BoxInfo {
     pub instance_profile: Option<String>,
     /// The persistent volume attached to a standalone box (`create -e`), if any.
     pub persistent_volume: Option<String>,
+    /// Autostop, as `30m stop` or `2h terminate`, if on.
+    pub autostop: Option<String>,
     pub options: BTreeMap<String, String>,
     #[serde(skip)]
     pub tags: Tags,
@@ -181,6 +183,7 @@ pub(crate) fn test_box(id: &str, launch: &str, state: &str) -> BoxInfo {
         admin_user: None,
         instance_profile: None,
         persistent_volume: None,
+        autostop: None,
         options: BTreeMap::new(),
         tags: Tags::new(),
     }

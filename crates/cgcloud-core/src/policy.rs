@@ -222,7 +222,7 @@ impl Policy {
 
 /// The tags a box's agent writes on its own instance: the outcome of its first-boot
 /// configuration, and the host key it generated at first boot (cluster nodes).
-pub const AGENT_INSTANCE_TAGS: [&str; 3] = [tags::CONFIGURED, tags::FAILURE, tags::HOST_KEY];
+pub const AGENT_INSTANCE_TAGS: [&str; 4] = [tags::CONFIGURED, tags::FAILURE, tags::HOST_KEY, tags::ACTIVE_AT];
 
 /// The instance a request comes from, when it is signed with an instance profile's credentials
 /// (an IAM policy variable; absent for any other caller, so statements using it match only
@@ -293,6 +293,20 @@ pub fn agent_statements(ns: &str, queue_prefix: &str) -> Vec<Statement> {
         Statement::allow("attach persistent volumes", &["ec2:AttachVolume"], &["arn:aws:ec2:*:*:volume/*"])
             .when(Op::StringEquals, &ns_tag, &[ns])
             .when(Op::StringEquals, &persistent_tag, &["true"]),
+        // Autostop: a box stops or terminates itself; a cluster's leader also the nodes whose
+        // leader-ARN tag (the workstation's, which boxes cannot write) names it.
+        itself(Statement::allow(
+            "stop or terminate itself",
+            &["ec2:StopInstances", "ec2:TerminateInstances"],
+            &["arn:aws:ec2:*:*:instance/*"],
+        )),
+        Statement::allow(
+            "stop or terminate the nodes it leads",
+            &["ec2:StopInstances", "ec2:TerminateInstances"],
+            &["arn:aws:ec2:*:*:instance/*"],
+        )
+        .when(Op::StringEquals, &format!("ec2:ResourceTag/{}", tags::LEADER_ARN), &[SOURCE_INSTANCE])
+        .when(Op::StringEquals, &ns_tag, &[ns]),
         Statement::allow("expand group patterns", &["iam:GetGroup"], &["*"]),
         // A queue is created tagged with its box's ARN, and then used only by that box. The
         // `IfExists` keeps a box from claiming an existing queue by creating it again.
@@ -381,6 +395,9 @@ mod tests {
             "cgcloud:cluster",
             "cgcloud:ordinal",
             "cgcloud:leader",
+            "cgcloud:leader-arn",
+            "cgcloud:autostop",
+            "cgcloud:autostop-action",
             "cgcloud:owner",
             "Name",
         ] {
@@ -417,6 +434,33 @@ mod tests {
             .with("aws:TagKeys", &["cgcloud:cluster"])
             .with("ec2:SourceInstanceARN", &[ME]);
         assert!(!policy().allows(&retag));
+    }
+
+    /// Autostop's powers: a box stops or terminates itself; a leader the nodes tagged with its
+    /// ARN as their leader's; nobody a peer, another cluster's node or another namespace's.
+    #[test]
+    fn boxes_stop_only_themselves_and_leaders_their_nodes() {
+        let power = |action: &str, target: &str, leader_arn: Option<&str>, ns: &str, from: &str| {
+            let mut r = Request::new(action, target)
+                .with("ec2:SourceInstanceARN", &[from])
+                .with("ec2:ResourceTag/cgcloud:namespace", &[ns]);
+            if let Some(l) = leader_arn {
+                r = r.with("ec2:ResourceTag/cgcloud:leader-arn", &[l]);
+            }
+            policy().allows(&r)
+        };
+        for action in ["ec2:StopInstances", "ec2:TerminateInstances"] {
+            assert!(power(action, ME, None, NS, ME), "{action} itself");
+            assert!(!power(action, PEER, None, NS, ME), "{action} a peer");
+            // ME leads PEER's cluster: allowed; PEER leads ME's: not for ME.
+            assert!(power(action, PEER, Some(ME), NS, ME), "{action} a node it leads");
+            assert!(!power(action, OTHER_NS_BOX, Some(PEER), NS, ME), "{action} another leader's node");
+            assert!(!power(action, OTHER_NS_BOX, Some(ME), "/other/", ME), "{action} outside the namespace");
+            // Without instance credentials, nothing.
+            assert!(!policy().allows(&Request::new(action, ME)), "{action} unsourced");
+        }
+        // The leader-ARN tag is the workstation's: a box cannot write it on anyone, itself
+        // included (a_box_cannot_rewrite_what_others_trust), so it cannot make itself a leader.
     }
 
     #[test]

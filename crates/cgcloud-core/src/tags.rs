@@ -38,6 +38,17 @@ pub const KEYPAIRS: &str = "cgcloud:keypairs";
 pub const PERSISTENT: &str = "cgcloud:persistent";
 /// The size in GiB of a box's (or each cluster node's) persistent volume.
 pub const EBS_VOLUME_SIZE: &str = "cgcloud:ebs-volume-size";
+/// Autostop: stop (or terminate) the box, or the leader's whole cluster, once it has been idle
+/// for this many seconds. Set by the workstation only.
+pub const AUTOSTOP: &str = "cgcloud:autostop";
+/// `stop` (the default) or `terminate`: what autostop does.
+pub const AUTOSTOP_ACTION: &str = "cgcloud:autostop-action";
+/// On cluster nodes: the leader's instance ARN, which IAM compares with the caller's to let a
+/// leader (and only it) stop and terminate its own cluster's nodes.
+pub const LEADER_ARN: &str = "cgcloud:leader-arn";
+/// Written by a worker's agent on itself while it is busy (seconds since the epoch), so that
+/// its leader does not autostop the cluster under it.
+pub const ACTIVE_AT: &str = "cgcloud:active-at";
 /// On a standalone box: the id of the persistent volume attached to it.
 pub const PERSISTENT_VOLUME: &str = "cgcloud:persistent-volume";
 /// Why a box failed, set by whatever noticed (e.g. the local cloud when it cannot run an image).
@@ -100,6 +111,20 @@ pub fn ordinal(tags: &Tags, ami_launch_index: Option<i32>) -> Option<u32> {
     }
     let list: Vec<u32> = tags.get(ORDINALS)?.split(',').filter_map(|o| o.trim().parse().ok()).collect();
     list.get(usize::try_from(ami_launch_index?).ok()?).copied()
+}
+
+/// Autostop as the tags say, for people: `30m stop`, `2h terminate`; None if off.
+pub fn autostop_text(tags: &Tags) -> Option<String> {
+    let secs: u64 = tags.get(AUTOSTOP)?.parse().ok().filter(|s| *s > 0)?;
+    let action = if tags.get(AUTOSTOP_ACTION).is_some_and(|a| a == "terminate") { "terminate" } else { "stop" };
+    let d = if secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    };
+    Some(format!("{d} {action}"))
 }
 
 #[cfg(test)]

@@ -251,6 +251,15 @@ pub struct AgentDecl {
     /// Accounts besides the admin user whose authorized_keys the agent keeps in sync.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accounts: Vec<String>,
+    /// For autostop: a shell command, run as root on a standalone box or a cluster's leader,
+    /// that exits 1 when the box (the cluster) is idle; any other outcome (0, an error, no
+    /// answer within 30 s) counts as busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_probe: Option<String>,
+    /// For autostop: CPU use, in percent of one core, below which the box counts as idle
+    /// (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_cpu_percent: Option<u32>,
 }
 
 /// A package repository, per package-manager family.

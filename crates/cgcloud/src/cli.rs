@@ -132,6 +132,8 @@ pub enum Command {
     /// Write man pages (cgcloud.1, cgcloud-create.1, ...) into DIR
     #[command(hide = true)]
     ManPages(ManPagesArgs),
+    /// Change autostop of a box (ROLE) or a cluster (TYPE -c NAME): a DURATION like 30m, or off
+    Autostop(AutostopCmdArgs),
     /// Check what a first run needs (credentials, region, network, key pair, agent, tools,
     /// the local cloud) and say how to fix what is wrong
     Doctor,
@@ -141,6 +143,27 @@ pub enum Command {
     /// The local cloud: EC2 on this machine (moto + systemd-nspawn hosts); needs root
     #[command(subcommand)]
     Local(LocalCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct AutostopCmdArgs {
+    /// A box's role, or a cluster type (then the whole cluster; pick it with -c or -o)
+    #[arg(value_name = "ROLE|TYPE", add = ArgValueCandidates::new(complete::roles))]
+    pub target: String,
+    /// How long it may be idle, e.g. 30m or 2h; `off` turns autostop off
+    pub duration: String,
+    /// Terminate instead of stopping
+    #[arg(long)]
+    pub autodown: bool,
+    /// The cluster (with a cluster type), or only boxes of this cluster
+    #[arg(short = 'c', long = "cluster-name", add = ArgValueCandidates::new(complete::clusters))]
+    pub cluster: Option<String>,
+    /// Index into the role's boxes (or the type's clusters), oldest first
+    #[arg(short = 'o', long, allow_negative_numbers = true, conflicts_with = "instance_id")]
+    pub ordinal: Option<i64>,
+    /// The box's instance id
+    #[arg(short = 'I', long = "instance-id")]
+    pub instance_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +279,8 @@ pub struct NodeLaunchArgs {
     /// machine); readiness is then the nodes' own report
     #[arg(long = "skip-ssh-check")]
     pub skip_ssh_check: bool,
+    #[command(flatten)]
+    pub autostop: AutostopArgs,
     #[command(flatten)]
     pub spot: SpotArgs,
 }
@@ -491,6 +516,29 @@ pub struct LaunchArgs {
     /// keep their data there (e.g. jenkins-master) always get one; this sets its size
     #[arg(short = 'e', long = "ebs-volume-size", value_parser = clap::value_parser!(u32).range(1..=16384))]
     pub ebs_volume_size: Option<u32>,
+    #[command(flatten)]
+    pub autostop: AutostopArgs,
+}
+
+/// Boxes that stop themselves when idle.
+#[derive(Debug, Args, Clone, Default)]
+pub struct AutostopArgs {
+    /// Stop the box (a cluster: all its nodes, decided by the leader) after it has been idle
+    /// this long, e.g. 30m or 2h: no SSH session, little CPU, and the role's busy probe idle
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub autostop: Option<std::time::Duration>,
+    /// Terminate instead of stopping (spot instances, which cannot stop, are terminated anyway)
+    #[arg(long, requires = "autostop")]
+    pub autodown: bool,
+}
+
+/// A duration like `30m`, `2h`, `90s` or `1h30m`, of at least a second.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 30m or 2h: {e}"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("'{s}' is shorter than a second"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]

@@ -187,11 +187,10 @@ impl PhaseProgress {
         let width = phases.iter().map(|p| p.len()).max().unwrap_or(0);
         let (multi, bars, laggard) = if tty {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template(&format!(
-                "{{prefix:>{width}}} [{{bar:30}}] {{pos:>4}}/{{len}} {{msg}}"
-            ))
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+            let style =
+                ProgressStyle::with_template(&format!("{{prefix:>{width}}} [{{bar:30}}] {{pos:>4}}/{{len}} {{msg}}"))
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
             let bars: Vec<ProgressBar> = phases
                 .iter()
                 .map(|p| {
@@ -203,7 +202,8 @@ impl PhaseProgress {
                 .collect();
             let laggard = multi.add(ProgressBar::new_spinner());
             laggard.set_style(
-                ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             laggard.set_message(title.clone());
             laggard.enable_steady_tick(Duration::from_millis(120));
@@ -319,7 +319,10 @@ impl StepProgress {
             b.set_position(i);
             if status == "changed" && self.step_started.elapsed() > Duration::from_secs(5) {
                 // Slow steps stay visible above the bar: they are where the time went.
-                b.println(format!("[{i}/{total}] {name}: {status} ({:.1} s)", self.step_started.elapsed().as_secs_f64()));
+                b.println(format!(
+                    "[{i}/{total}] {name}: {status} ({:.1} s)",
+                    self.step_started.elapsed().as_secs_f64()
+                ));
             }
         } else if !self.quiet {
             eprintln!("[{i}/{total}] {name}: {status} ({:.1} s)", self.step_started.elapsed().as_secs_f64());

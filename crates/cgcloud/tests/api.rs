@@ -693,3 +693,48 @@ fn doctor_says_what_a_first_run_lacks() {
     let key = v.as_array().unwrap().iter().find(|c| c["check"] == "key pair").unwrap();
     assert!(key["detail"].as_str().unwrap().contains("id_ed25519"), "{key}");
 }
+
+/// Autostop on moto (where no agent runs, so only what the workstation writes): the tags of
+/// `create --autostop`, shown by list/show; `autostop` changes and removes them; a cluster's
+/// nodes all carry the setting and their leader's ARN, the tag IAM lets only the leader use.
+#[test]
+fn autostop_is_written_where_the_agents_read_it() {
+    let e = env_with_key();
+    let b = e.json(&["create", DEBIAN, "-Q", "--autostop", "45m"]);
+    assert_eq!(b["autostop"], "45m stop", "{b}");
+    e.ok(&["autostop", DEBIAN, "2h", "--autodown"]);
+    assert_eq!(e.json(&["show", DEBIAN])["autostop"], "2h terminate");
+    e.ok(&["autostop", DEBIAN, "off"]);
+    assert!(e.json(&["show", DEBIAN])["autostop"].is_null());
+    let err = e.fails(&["autostop", DEBIAN, "soonish"]);
+    assert!(err.contains("not a duration"), "{err}");
+    let err = e.fails(&["create", DEBIAN, "-Q", "--autostop", "1h", "--no-agent"]);
+    assert!(err.contains("--autostop needs the agent"), "{err}");
+    e.ok(&["terminate", DEBIAN]);
+
+    e.ok(&["create", "generic-cluster-box", "-Q"]);
+    e.ok(&["stop", "generic-cluster-box"]);
+    e.ok(&["image", "generic-cluster-box"]);
+    let _agents = testkit::FakeAgents::start(&e);
+    e.ok(&["create-cluster", "generic", "-s", "2", "-c", "a", "--skip-ssh-check", "--autostop", "10m"]);
+    let nodes = boto3(
+        &e,
+        "import json\nr = client('ec2').describe_instances(Filters=[{'Name': 'tag:cgcloud:cluster', 'Values': ['a']}])\n\
+         print(json.dumps([{t['Key']: t['Value'] for t in i['Tags']} | {'id': i['InstanceId']} for x in r['Reservations'] for i in x['Instances']]))",
+    );
+    let nodes: Vec<Value> = serde_json::from_str(nodes.trim()).unwrap();
+    assert_eq!(nodes.len(), 3);
+    let leader = nodes.iter().find(|n| n["cgcloud:ordinal"] == "0").unwrap();
+    let arn = format!("arn:aws:ec2:{}:123456789012:instance/{}", e.region, leader["id"].as_str().unwrap());
+    for n in &nodes {
+        assert_eq!(n["cgcloud:autostop"], "600", "{n}");
+        assert_eq!(n["cgcloud:leader-arn"], arn.as_str(), "{n}");
+    }
+    assert_eq!(e.json(&["list-clusters"])[0]["nodes"][0]["autostop"], "10m stop");
+    let err = e.fails(&["grow-cluster", "generic", "-c", "a", "--autostop", "5m", "--skip-ssh-check"]);
+    assert!(err.contains("cgcloud autostop generic -c a"), "{err}");
+    e.ok(&["autostop", "generic", "-c", "a", "off"]);
+    assert!(e.json(&["list"]).as_array().unwrap().iter().all(|b| b["autostop"].is_null()));
+    let err = e.fails(&["autostop", "generic-worker", "-c", "a", "-o", "0", "5m"]);
+    assert!(err.contains("whose leader decides for it"), "{err}");
+}

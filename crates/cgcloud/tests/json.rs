@@ -54,7 +54,9 @@ const BOX: &str = "generic-debian-bookworm-box";
 
 #[test]
 fn box_commands() {
-    let e = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
+    let mut e = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
+    // IAM is global on moto: a namespace of its own keeps other tests' roles out of reset-security.
+    e.set_env("CGCLOUD_NAMESPACE", "/json-boxes/");
     let key = e.keygen("id_ed25519", "ed25519");
     snap(&e, "register_key", &["register-key", key.with_extension("pub").to_str().unwrap()]);
     snap(&e, "register_key_again", &["register-key", key.with_extension("pub").to_str().unwrap()]);
@@ -68,6 +70,8 @@ fn box_commands() {
     snap(&e, "start", &["start", BOX, "-Q"]);
     snap(&e, "reboot", &["reboot", BOX]);
     snap(&e, "metrics", &["metrics", BOX]);
+    snap(&e, "autostop", &["autostop", BOX, "90m", "--autodown"]);
+    snap(&e, "autostop_off", &["autostop", BOX, "off"]);
     snap(&e, "terminate", &["terminate", BOX]);
     snap(&e, "delete_image", &["delete-image", BOX]);
     snap(&e, "cleanup", &["cleanup", "--dry-run"]);

@@ -717,6 +717,95 @@ fn clusters_end_to_end() {
     };
     assert_eq!(pairs(&owners), pairs(&again), "before:\n{owners}\nafter:\n{again}");
     u.ok(&["terminate-cluster", "generic", "-c", "e2e"]);
+
+    // Autostop, turned on later: the leader finds the cluster idle and stops every node,
+    // workers first; ssh-cluster's JSON has one object per node before that.
+    u.ok(&["create-cluster", "generic", "-s", "2", "-c", "idle"]);
+    let per_node = u.json(&["ssh-cluster", "generic", "-c", "idle", "--parallel", "--", "hostname; echo err >&2"]);
+    let per_node = per_node.as_array().unwrap();
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(per_node
+        .iter()
+        .all(|n| n["exit_status"] == 0 && n["stderr"] == "err\n" && n["stdout"].as_str().unwrap().starts_with("ip-")));
+    assert_eq!(per_node.iter().map(|n| n["node"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+    u.ok(&["autostop", "generic", "-c", "idle", "20s"]);
+    let started = std::time::Instant::now();
+    loop {
+        let states: Vec<String> = u
+            .json(&["list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["cluster"] == "idle")
+            .map(|b| b["state"].as_str().unwrap().to_owned())
+            .collect();
+        if states.len() == 3 && states.iter().all(|s| s == "stopped") {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 240, "the idle cluster did not stop itself: {states:?}");
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    eprintln!(
+        "an idle 3-node cluster with autostop 20s stopped itself {:.0} s after it was turned on",
+        started.elapsed().as_secs_f64()
+    );
+    u.ok(&["terminate-cluster", "generic", "-c", "idle"]);
+    u.ok(&["local", "down"]);
+}
+
+/// Autostop of standalone boxes: an idle box stops itself; one with an open SSH session does
+/// not, until the session ends; `--autodown` terminates.
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn autostop_end_to_end() {
+    let (_one, u) = fresh_local_cloud();
+    let idle = u.json(&["create", DEBIAN, "--autostop", "20s"]);
+    let busy = u.json(&["create", DEBIAN, "--autostop", "20s"]);
+    let down = u.json(&["create", DEBIAN, "--autostop", "20s", "--autodown"]);
+    let id = |b: &Value| b["instance_id"].as_str().unwrap().to_owned();
+    let (idle, busy, down) = (id(&idle), id(&busy), id(&down));
+    // An SSH session held open on the busy box.
+    let mut session = u.cmd().args(["ssh", DEBIAN, "-I", &busy, "--", "sleep 600"]).spawn().unwrap();
+    let state = |i: &str| {
+        u.json(&["list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["instance_id"] == i)
+            .map(|b| b["state"].as_str().unwrap().to_owned())
+    };
+    let started = std::time::Instant::now();
+    while state(&idle).as_deref() != Some("stopped") || state(&down).is_some() {
+        assert!(started.elapsed().as_secs() < 180, "idle boxes did not act: {:?} {:?}", state(&idle), state(&down));
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    eprintln!(
+        "idle boxes with autostop 20s stopped / terminated themselves after {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Well past the idle period, the box with a session is still up.
+    std::thread::sleep(std::time::Duration::from_secs(30));
+    assert_eq!(state(&busy).as_deref(), Some("running"), "a box with an open SSH session stopped");
+    let log = u.ok(&[
+        "ssh",
+        DEBIAN,
+        "-I",
+        &busy,
+        "--",
+        "sudo journalctl -u cgcloud-agent --no-pager | grep autostop | tail -3",
+    ]);
+    assert!(log.contains("busy (") && log.contains("SSH connection"), "{log}");
+    session.kill().unwrap();
+    let _ = session.wait();
+    // cgcloud's own shared connection to it lingers a minute (ControlPersist), then it goes idle.
+    let started = std::time::Instant::now();
+    while state(&busy).as_deref() != Some("stopped") {
+        assert!(started.elapsed().as_secs() < 240, "the box did not stop once its session ended");
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    for b in [&idle, &busy] {
+        u.ok(&["terminate", DEBIAN, "-I", b]);
+    }
     u.ok(&["local", "down"]);
 }
 

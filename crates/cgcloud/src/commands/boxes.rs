@@ -46,6 +46,7 @@ pub fn print_rows(out: &Printer, boxes: &[BoxInfo]) {
                 b.launch_time.clone(),
                 b.cluster.clone().unwrap_or_else(|| "-".into()),
                 b.ordinal.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
+                b.autostop.clone().unwrap_or_else(|| "-".into()),
             ];
             *n += 1;
             row
@@ -64,6 +65,7 @@ pub fn print_rows(out: &Printer, boxes: &[BoxInfo]) {
             "LAUNCHED",
             "CLUSTER",
             "CLUSTER_ORDINAL",
+            "AUTOSTOP",
         ],
         &rows,
         boxes,
@@ -92,6 +94,7 @@ pub fn print_box(out: &Printer, b: &BoxInfo) {
             ("cluster_ordinal", b.ordinal.map(|o| o.to_string()).unwrap_or_default()),
             ("leader", b.leader.clone().unwrap_or_default()),
             ("persistent_volume", b.persistent_volume.clone().unwrap_or_default()),
+            ("autostop", b.autostop.clone().unwrap_or_default()),
         ];
         for (k, v) in &b.options {
             lines.push(("option", format!("{k}={v}")));

@@ -60,7 +60,7 @@ async fn clusters(ctx: &Ctx, cluster_type: Option<&str>) -> Result<Vec<Cluster>>
     Ok(out)
 }
 
-async fn select(ctx: &Ctx, sel: &ClusterSelection) -> Result<Cluster> {
+pub(crate) async fn select(ctx: &Ctx, sel: &ClusterSelection) -> Result<Cluster> {
     ctx.registry().await?.cluster_type(&sel.cluster_type)?;
     let ns = ctx.namespace().await?.clone();
     let mut all = clusters(ctx, Some(&sel.cluster_type)).await?;
@@ -117,6 +117,7 @@ fn launch_args(n: &NodeLaunchArgs) -> LaunchArgs {
         ssh_address: n.ssh_address,
         metrics: n.metrics,
         agent_interval: n.agent_interval,
+        autostop: n.autostop.clone(),
         ..Default::default()
     }
 }
@@ -325,7 +326,7 @@ async fn await_nodes(
         let ready_now = ssh_ready.lock().map(|r| r.clone()).unwrap_or_default();
         let behind = boxes
             .iter()
-            .filter(|b| b.tags.get(tags::CONFIGURED).is_none())
+            .filter(|b| !b.tags.contains_key(tags::CONFIGURED))
             .map(|b| {
                 let (rank, what) = if b.state != "running" {
                     (0, b.state.clone())
@@ -592,6 +593,10 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     if let Some(gb) = a.nodes.ebs_volume_size.or(node_role.instance.persistent_volume_gb) {
         base.insert(tags::EBS_VOLUME_SIZE.into(), gb.to_string());
     }
+    let account = cloud.caller_identity().await?.0;
+    if p.autostop.is_some_and(|(_, terminate)| !terminate) && a.nodes.spot.spot_bid.is_some() {
+        ctx.out.note("note: spot instances cannot stop: autostop terminates the cluster's spot nodes (persistent volumes are kept)");
+    }
     let txn = Txn::new();
     let mut phases = Phases::default();
     let t0 = Instant::now();
@@ -612,12 +617,18 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         let leader_ids = launch_group(ctx, &p, &txn, &leader).await?;
         let leader_id = leader_ids.first().cloned().context("RunInstances returned no leader")?;
         fault("after-leader")?;
+        // The leader's ARN on every node: what IAM lets it, and it alone, stop and terminate
+        // (autostop); tags only the workstation writes.
+        let leader_arn = cgcloud_core::policy::instance_arn(&cloud.region, &account, &leader_id);
         let mut t = Tags::new();
         t.insert(tags::LEADER.into(), leader_id.clone());
+        t.insert(tags::LEADER_ARN.into(), leader_arn.clone());
         cloud.create_tags(&leader_ids, &t).await?;
         let ordinals: Vec<u32> = (1..=n).collect();
+        let mut worker_base = base.clone();
+        worker_base.insert(tags::LEADER_ARN.into(), leader_arn);
         let workers = if n > 0 {
-            launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader_id, &ordinals, min, &a.nodes.spot).await?
+            launch_workers(ctx, &p, &txn, &worker_base, &decl.worker, &leader_id, &ordinals, min, &a.nodes.spot).await?
         } else {
             Vec::new()
         };
@@ -711,6 +722,13 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
 
 pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     let c = select(ctx, &a.selection).await?;
+    if a.nodes.autostop.autostop.is_some() {
+        bail!(
+            "autostop is the cluster's, and new workers get the cluster's setting; change it with `cgcloud autostop {} -c {} DURATION`",
+            c.cluster_type,
+            c.name
+        );
+    }
     let leader = c.leader().cloned().with_context(|| format!("cluster {} has no leader", c.name))?;
     let reg = ctx.registry().await?;
     let node_role = reg.cluster_type(&c.cluster_type)?;
@@ -731,7 +749,15 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     let ordinals = allocate_ordinals(&used, n as usize);
     // New workers get what the cluster's nodes have, persistent volume size included.
     let mut base = Tags::new();
-    for k in [tags::CLUSTER, tags::CLUSTER_TYPE, tags::NODE_ROLE, tags::EBS_VOLUME_SIZE] {
+    for k in [
+        tags::CLUSTER,
+        tags::CLUSTER_TYPE,
+        tags::NODE_ROLE,
+        tags::EBS_VOLUME_SIZE,
+        tags::LEADER_ARN,
+        tags::AUTOSTOP,
+        tags::AUTOSTOP_ACTION,
+    ] {
         if let Some(v) = leader.tags.get(k) {
             base.insert(k.into(), v.clone());
         }
@@ -1094,10 +1120,11 @@ pub async fn list(ctx: &Ctx, a: ListClustersArgs) -> Result<ExitCode> {
                 states.iter().map(|(s, n)| format!("{s}:{n}")).collect::<Vec<_>>().join(","),
                 format!("{configured}/{}", c.nodes.len()),
                 c.nodes.first().map(|n| n.launch_time.clone()).unwrap_or_default(),
+                c.leader().and_then(|l| l.autostop.clone()).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    ctx.out.table(&["CLUSTER", "TYPE", "LEADER", "NODES", "STATES", "CONFIGURED", "LAUNCHED"], &rows, &all);
+    ctx.out.table(&["CLUSTER", "TYPE", "LEADER", "NODES", "STATES", "CONFIGURED", "LAUNCHED", "AUTOSTOP"], &rows, &all);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -94,6 +94,8 @@ pub(crate) struct Prepared {
     agent: Option<AgentSetup>,
     /// Files written at first boot: a cluster's secrets (`[[cluster.secrets]]`).
     pub(crate) secrets: Vec<crate::userdata::SecretFile>,
+    /// Autostop: idle seconds, and whether to terminate rather than stop.
+    pub(crate) autostop: Option<(u64, bool)>,
 }
 
 /// How the agent runs on the boxes of a launch.
@@ -102,6 +104,8 @@ struct AgentSetup {
     metrics: bool,
     interval: u64,
     accounts: Vec<String>,
+    busy_probe: Option<String>,
+    idle_cpu_percent: Option<u32>,
 }
 
 /// What a launch has created so far, shared with the rollback path.
@@ -293,6 +297,8 @@ fn agent_steps(ctx: &Ctx, p: &Prepared, region: &str) -> Vec<Step> {
         "keypairs": p.keypair_patterns,
         "interval": a.interval,
         "metrics": a.metrics,
+        "busy_probe": a.busy_probe,
+        "idle_cpu_percent": a.idle_cpu_percent,
     });
     let unit = "[Unit]\nDescription=cgcloud agent: SSH key sync and metrics\nAfter=network-online.target\nWants=network-online.target\n\n\
                 [Service]\nExecStart=/usr/local/bin/cgcloud-agent run --config /etc/cgcloud/agent.json\nRestart=always\nRestartSec=5\n\n\
@@ -493,8 +499,13 @@ pub(crate) async fn prepare(
             metrics: a.metrics || role.agent.metrics.unwrap_or(false),
             interval: a.agent_interval.or(role.agent.interval).unwrap_or(300).max(5),
             accounts,
+            busy_probe: role.agent.busy_probe.clone(),
+            idle_cpu_percent: role.agent.idle_cpu_percent,
         }
     });
+    if a.autostop.autostop.is_some() && agent.is_none() {
+        bail!("--autostop needs the agent (it decides on the box when to stop); leave out --no-agent");
+    }
     Ok(Prepared {
         ns,
         role,
@@ -511,6 +522,7 @@ pub(crate) async fn prepare(
         owner,
         agent,
         secrets: Vec::new(),
+        autostop: a.autostop.autostop.map(|d| (d.as_secs().max(1), a.autostop.autodown)),
     })
 }
 
@@ -565,6 +577,10 @@ fn box_tags(p: &Prepared, g: &Group, txn: &Txn, host_key: Option<&str>) -> Resul
     t.insert(tags::AGENT.into(), p.agent.is_some().to_string());
     for (k, v) in &p.options {
         t.insert(tags::option_tag(k), v.clone());
+    }
+    if let Some((secs, terminate)) = p.autostop {
+        t.insert(tags::AUTOSTOP.into(), secs.to_string());
+        t.insert(tags::AUTOSTOP_ACTION.into(), if terminate { "terminate" } else { "stop" }.into());
     }
     t.extend(g.extra_tags.clone());
     Ok(t)

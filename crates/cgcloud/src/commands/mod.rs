@@ -1,6 +1,7 @@
 //! Dispatch: one exhaustive match from command to implementation, plus the log format and the
 //! hints printed under errors.
 
+mod autostop;
 mod boxes;
 mod cleanup;
 mod cluster;
@@ -76,6 +77,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Local(c) => local::run(&ctx, c).await,
         Command::RegisterAgents(a) => jenkins::register_agents(&ctx, a).await,
         Command::Doctor => doctor::doctor(&ctx).await,
+        Command::Autostop(a) => autostop::autostop(&ctx, a).await,
         Command::Completions(_) | Command::ManPages(_) => Ok(ExitCode::SUCCESS),
         Command::CreateCluster(a) => cluster::create(&ctx, a).await,
         Command::GrowCluster(a) => cluster::grow(&ctx, a).await,

@@ -1,0 +1,232 @@
+//! Autostop: a box (or a cluster, decided by its leader) that has been idle for the period its
+//! `cgcloud:autostop` tag names stops or terminates itself. Idle means: no SSH connection, CPU
+//! use below the role's threshold, and the role's busy probe (e.g. "Slurm has jobs") failing;
+//! on a cluster, also no worker reporting activity (`cgcloud:active-at`). Spot instances cannot
+//! stop, so they are terminated. The tags are the workstation's (`create --autostop`,
+//! `cgcloud autostop`); a box cannot change them (its policy lets it write only the tags its
+//! agent writes), and IAM lets it stop or terminate only itself or, for a leader, the nodes
+//! whose `cgcloud:leader-arn` is its own ARN.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What the workstation asked for, from the box's tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    pub idle: Duration,
+    pub terminate: bool,
+}
+
+/// The setting in `tags`, if autostop is on (a period of at least one second).
+pub fn setting(tags: &std::collections::BTreeMap<String, String>) -> Option<Setting> {
+    let secs: u64 = tags.get(cgcloud_core::tags::AUTOSTOP)?.trim().parse().ok().filter(|s| *s > 0)?;
+    let terminate = tags.get(cgcloud_core::tags::AUTOSTOP_ACTION).is_some_and(|a| a == "terminate");
+    Some(Setting { idle: Duration::from_secs(secs), terminate })
+}
+
+/// How often idleness is looked at: a sixth of the period, between 2 and 30 seconds.
+pub fn check_every(s: &Setting) -> Duration {
+    (s.idle / 6).clamp(Duration::from_secs(2), Duration::from_secs(30))
+}
+
+/// The TCP connections to port 22 that are established, from /proc/net/tcp and tcp6 (an SSH
+/// session, interactive or not, is one; so is a multiplexed master connection).
+pub fn ssh_connections(proc_net: &Path) -> usize {
+    ["tcp", "tcp6"]
+        .iter()
+        .map(|f| count_established(&std::fs::read_to_string(proc_net.join(f)).unwrap_or_default(), 22))
+        .sum()
+}
+
+fn count_established(table: &str, port: u16) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address is ADDR:PORT in hex; state 01 is ESTABLISHED.
+            f.len() > 3
+                && f[3] == "01"
+                && f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+        })
+        .count()
+}
+
+/// CPU time used by everything on the box, in microseconds: its cgroup's (a container's own,
+/// or a VM's root cgroup), else the busy jiffies of /proc/stat.
+pub fn cpu_usage_usec(sys_cgroup: &Path, proc_stat: &Path) -> Option<u64> {
+    if let Ok(stat) = std::fs::read_to_string(sys_cgroup.join("cpu.stat")) {
+        if let Some(v) = stat.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok()) {
+            return Some(v);
+        }
+    }
+    let stat = std::fs::read_to_string(proc_stat).ok()?;
+    let cpu = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let busy: u64 = cpu
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| ![3, 4].contains(i)) // idle, iowait
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100.
+    Some(busy * 10_000)
+}
+
+/// Whether the role's busy probe says the box is busy. Exit 1 means idle; anything else — 0,
+/// another status, a probe that cannot run or takes longer than `timeout` — means busy: when
+/// in doubt, keep running.
+pub fn probe_busy(command: &str, timeout: Duration) -> bool {
+    let Ok(mut child) = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return true;
+    };
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.code() != Some(1),
+            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return true;
+            }
+        }
+    }
+}
+
+/// Tracks how long the box has been idle.
+#[derive(Debug)]
+pub struct Meter {
+    last_cpu: Option<(Instant, u64)>,
+    idle_since: Instant,
+    /// CPU use (in cores) below which the box counts as idle.
+    pub threshold: f64,
+}
+
+/// Why the box is busy (for the log), or None if idle.
+pub type Busy = Option<String>;
+
+impl Meter {
+    pub fn new(threshold: f64, now: Instant) -> Meter {
+        Meter { last_cpu: None, idle_since: now, threshold }
+    }
+
+    /// Looks at the box now: `connections` SSH connections, `cpu_usec` the CPU counter,
+    /// `probe` the role probe's verdict, `peers` whether a cluster member reported activity.
+    /// Returns why it is busy, if it is; being busy restarts the idle clock.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        connections: usize,
+        cpu_usec: Option<u64>,
+        probe: bool,
+        peers: bool,
+    ) -> Busy {
+        let cpu = match (self.last_cpu, cpu_usec) {
+            (Some((t, u)), Some(v)) if now > t => Some(v.saturating_sub(u) as f64 / 1e6 / (now - t).as_secs_f64()),
+            _ => None,
+        };
+        if let Some(v) = cpu_usec {
+            self.last_cpu = Some((now, v));
+        }
+        let busy = if connections > 0 {
+            Some(format!("{connections} SSH connection(s)"))
+        } else if cpu.is_some_and(|c| c >= self.threshold) {
+            Some(format!("CPU use {:.2} cores", cpu.unwrap_or_default()))
+        } else if probe {
+            Some("the role's busy probe".to_owned())
+        } else if peers {
+            Some("a cluster node reported activity".to_owned())
+        } else {
+            None
+        };
+        if busy.is_some() {
+            self.idle_since = now;
+        }
+        busy
+    }
+
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.idle_since)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn the_setting_comes_from_the_tags() {
+        let mut t = BTreeMap::new();
+        assert_eq!(setting(&t), None);
+        t.insert(cgcloud_core::tags::AUTOSTOP.to_owned(), "1800".to_owned());
+        assert_eq!(setting(&t), Some(Setting { idle: Duration::from_secs(1800), terminate: false }));
+        t.insert(cgcloud_core::tags::AUTOSTOP_ACTION.to_owned(), "terminate".to_owned());
+        assert!(setting(&t).unwrap().terminate);
+        t.insert(cgcloud_core::tags::AUTOSTOP.to_owned(), "0".to_owned());
+        assert_eq!(setting(&t), None, "0 is off");
+        t.insert(cgcloud_core::tags::AUTOSTOP.to_owned(), "soon".to_owned());
+        assert_eq!(setting(&t), None);
+        assert_eq!(check_every(&Setting { idle: Duration::from_secs(30), terminate: false }), Duration::from_secs(5));
+        assert_eq!(
+            check_every(&Setting { idle: Duration::from_secs(7200), terminate: false }),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn established_ssh_connections_are_counted() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
+           1: 0500C70A:0016 0100C70A:D2F0 01 00000000:00000000 02:000A7E3A 00000000     0        0 2 1\n\
+           2: 0500C70A:9C40 0100C70A:0016 01 00000000:00000000 00:00000000 00000000     0        0 3 1\n";
+        // The listening socket and an outgoing connection to someone's port 22 do not count.
+        assert_eq!(count_established(tcp, 22), 1);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tcp"), tcp).unwrap();
+        assert_eq!(ssh_connections(dir.path()), 1);
+    }
+
+    #[test]
+    fn cpu_comes_from_the_cgroup_else_proc_stat() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stat"), "cpu  100 0 50 9000 20 0 0 0 0 0\ncpu0 1 2 3\n").unwrap();
+        assert_eq!(cpu_usage_usec(&dir.path().join("none"), &dir.path().join("stat")), Some(1_500_000));
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 4242\nuser_usec 1\n").unwrap();
+        assert_eq!(cpu_usage_usec(dir.path(), &dir.path().join("stat")), Some(4242));
+    }
+
+    #[test]
+    fn the_idle_clock_restarts_when_busy() {
+        let t0 = Instant::now();
+        let mut m = Meter::new(0.2, t0);
+        let s = |n| t0 + Duration::from_secs(n);
+        assert!(m.observe(s(0), 0, Some(0), false, false).is_none());
+        assert!(m.observe(s(10), 0, Some(1_000_000), false, false).is_none(), "0.1 cores is idle");
+        assert_eq!(m.idle_for(s(10)), Duration::from_secs(10));
+        assert!(m.observe(s(20), 0, Some(6_000_000), false, false).unwrap().contains("CPU"));
+        assert_eq!(m.idle_for(s(25)), Duration::from_secs(5));
+        assert!(m.observe(s(30), 1, Some(6_000_000), false, false).unwrap().contains("SSH"));
+        assert!(m.observe(s(40), 0, Some(6_000_000), true, false).unwrap().contains("probe"));
+        assert!(m.observe(s(50), 0, Some(6_000_000), false, true).unwrap().contains("cluster"));
+        assert!(m.observe(s(60), 0, Some(6_000_000), false, false).is_none());
+        assert_eq!(m.idle_for(s(90)), Duration::from_secs(40));
+    }
+
+    #[test]
+    fn probes_decide_and_slow_ones_count_as_busy() {
+        assert!(probe_busy("true", Duration::from_secs(5)));
+        assert!(!probe_busy("false", Duration::from_secs(5)));
+        assert!(probe_busy("exit 2", Duration::from_secs(5)), "a probe that errs keeps the box up");
+        assert!(probe_busy("no-such-command-here", Duration::from_secs(5)));
+        assert!(probe_busy("sleep 5", Duration::from_millis(300)));
+    }
+}
