@@ -5,6 +5,8 @@
 //! The moto server comes from `CGCLOUD_MOTO_SERVER` (the path of a `moto_server` executable,
 //! which `.ci/run` installs), or an already running emulator from `CGCLOUD_TEST_ENDPOINT`.
 
+pub mod fault;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -144,6 +146,11 @@ impl TestEnv {
 
     pub fn zone(&self) -> String {
         format!("{}a", self.region)
+    }
+
+    /// Sends this environment's requests through `proxy` (a [`fault::FaultProxy`]).
+    pub fn through(&mut self, proxy: &fault::FaultProxy) {
+        self.endpoint = proxy.endpoint.clone();
     }
 
     pub fn set_env(&mut self, key: &str, value: &str) {

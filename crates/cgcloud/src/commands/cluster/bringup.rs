@@ -1,0 +1,285 @@
+//! create-cluster and grow-cluster: one RunInstances call for the leader and one (per
+//! attempt) for the workers, then watching them configure themselves.
+
+use super::*;
+
+pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
+    let reg = ctx.registry().await?;
+    let node_role = reg.cluster_type(&a.cluster_type)?;
+    let decl = node_role.cluster.clone().context("not a cluster node role")?;
+    let ns = ctx.namespace().await?.clone();
+    let cloud = ctx.cloud().await?;
+    let images = cloud.list_images(ns.as_str(), Some(&node_role.name)).await?;
+    if images.is_empty() {
+        bail!(
+            "cluster type '{}' boots from an image of role '{}', and namespace '{ns}' has none; bake one with `cgcloud create -I -T {}`",
+            a.cluster_type,
+            node_role.name,
+            node_role.name
+        );
+    }
+    let image = pick_image(&node_role.name, ns.as_str(), images, a.nodes.boot_image.as_deref().unwrap_or("-1"))?;
+    let name = match &a.cluster {
+        Some(n) => n.clone(),
+        None => format!("{}-{:06x}", a.cluster_type, rand::random::<u32>() & 0xff_ffff),
+    };
+    check_cluster_name(&name)?;
+    if clusters(ctx, None).await?.iter().any(|c| c.name == name) {
+        bail!("a cluster named '{name}' already exists in namespace '{ns}'; add workers with `cgcloud grow-cluster {} -c {name}`", a.cluster_type);
+    }
+    if let Some(share) = &a.share {
+        if !share.exists() {
+            bail!("--share {}: no such file or directory", share.display());
+        }
+    }
+    let la = launch_args(&a.nodes);
+    let needs =
+        LocalNeeds { ssh: !a.nodes.skip_ssh_check || a.share.is_some(), agent: false, rsync: a.share.is_some() };
+    let mut p =
+        prepare(ctx, node_role.clone(), image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None, needs)
+            .await?;
+    spot_zone(ctx, &mut p, &a.nodes.spot).await?;
+    p.secrets = new_secrets(&decl)?;
+    let leader_type = match &a.leader_instance_type {
+        Some(t) => {
+            let info = cloud.instance_type_info(t).await?;
+            p.type_info.insert(t.clone(), info);
+            t.clone()
+        }
+        None => p.instance_type.clone(),
+    };
+    let n = a.nodes.num_workers;
+    let min = a.nodes.min_workers.unwrap_or(n).min(n);
+    let mut base = Tags::new();
+    base.insert(tags::CLUSTER.into(), name.clone());
+    base.insert(tags::CLUSTER_TYPE.into(), a.cluster_type.clone());
+    base.insert(tags::NODE_ROLE.into(), node_role.name.clone());
+    if let Some(gb) = a.nodes.ebs_volume_size.or(node_role.instance.persistent_volume_gb) {
+        base.insert(tags::EBS_VOLUME_SIZE.into(), gb.to_string());
+    }
+    let account = cloud.caller_identity().await?.0;
+    if p.autostop.is_some_and(|(_, terminate)| !terminate) && a.nodes.spot.spot_bid.is_some() {
+        ctx.out.note("note: spot instances cannot stop: autostop terminates the cluster's spot nodes (persistent volumes are kept)");
+    }
+    let txn = Txn::new();
+    let mut phases = Phases::default();
+    let t0 = Instant::now();
+    let (requests_before, retries_before) = (cloud.requests_sent(), cloud.retries_sent());
+    let work = async {
+        let mut leader_tags = base.clone();
+        leader_tags.insert(tags::ORDINAL.into(), "0".into());
+        let leader = Group {
+            count: 1,
+            min_count: None,
+            box_role: decl.leader.clone(),
+            instance_type: leader_type.clone(),
+            extra_tags: leader_tags,
+            first_boot: true,
+            label: "leader".into(),
+            spot: a.nodes.spot.spot_bid.filter(|_| !a.leader_on_demand).map(|b| Some(format!("{b:.4}"))),
+        };
+        let leader_ids = launch_group(ctx, &p, &txn, &leader).await?;
+        let leader_id = leader_ids.first().cloned().context("RunInstances returned no leader")?;
+        fault("after-leader")?;
+        // The leader's ARN on every node: what IAM lets it, and it alone, stop and terminate
+        // (autostop); tags only the workstation writes.
+        let leader_arn = cgcloud_core::policy::instance_arn(&cloud.region, &account, &leader_id);
+        let mut t = Tags::new();
+        t.insert(tags::LEADER.into(), leader_id.clone());
+        t.insert(tags::LEADER_ARN.into(), leader_arn.clone());
+        cloud.create_tags(&leader_ids, &t).await?;
+        let ordinals: Vec<u32> = (1..=n).collect();
+        let mut worker_base = base.clone();
+        worker_base.insert(tags::LEADER_ARN.into(), leader_arn);
+        let workers = if n > 0 {
+            launch_workers(ctx, &p, &txn, &worker_base, &decl.worker, &leader_id, &ordinals, min, &a.nodes.spot).await?
+        } else {
+            Vec::new()
+        };
+        if (workers.len() as u32) < n {
+            tracing::warn!("EC2 launched {} of {n} workers (at least {min} were required)", workers.len());
+        }
+        phases.launched_s = t0.elapsed().as_secs_f64();
+        fault("after-workers")?;
+        let mut all = leader_ids.clone();
+        all.extend(workers.iter().cloned());
+        // Tell the nodes' agents to refresh the members now.
+        if let Err(e) = cloud.notify_keys_changed().await {
+            tracing::debug!("notification failed: {e}");
+        }
+        let mut must: BTreeSet<String> = leader_ids.iter().cloned().collect();
+        if !a.nodes.quick && min == n {
+            must.extend(workers.iter().cloned());
+        }
+        let mut bars = ctx.out.phases(format!("cluster {name}"), all.len() as u64, PHASES);
+        let failed = await_nodes(
+            ctx,
+            cloud,
+            &all,
+            &must,
+            Duration::from_secs(a.nodes.timeout),
+            !a.nodes.skip_ssh_check,
+            &mut phases,
+            t0,
+            &mut bars,
+        )
+        .await?;
+        bars.finish(format!("cluster {name}: {} node(s) configured", all.len() - failed.len()));
+        notify_members(cloud).await;
+        if !a.nodes.quick {
+            let good = workers.len() - failed.iter().filter(|(id, _)| workers.contains(id)).count();
+            if (good as u32) < min {
+                bail!("only {good} of {n} workers came up, fewer than --min-workers {min}");
+            }
+            if !failed.is_empty() {
+                let ids: Vec<String> = failed.iter().map(|(id, _)| id.clone()).collect();
+                tracing::warn!(
+                    "{} worker(s) did not come up and are terminated: {}",
+                    ids.len(),
+                    failed.iter().map(|(id, why)| format!("{id} ({why})")).collect::<Vec<_>>().join(", ")
+                );
+                cloud.terminate(&ids).await?;
+            }
+        }
+        finish_launch(cloud, &all).await?;
+        if let Some(share) = &a.share {
+            let leader_box = cloud
+                .describe_instances(&leader_ids)
+                .await?
+                .iter()
+                .find_map(cgcloud_aws::ec2::box_from_instance)
+                .context("leader vanished")?;
+            let target = ctx.ssh_target(&leader_box, None, a.nodes.ssh_address).await?;
+            let status = tokio::process::Command::new("rsync")
+                .arg("-e")
+                .arg(target.rsync_shell(""))
+                .args(["-a", &share.display().to_string(), &format!("{}:shared/", target.address)])
+                .status()
+                .await
+                .context("cannot run rsync")?;
+            if !status.success() {
+                bail!("copying {} to the leader failed", share.display());
+            }
+        }
+        Ok(())
+    };
+    transaction(ctx, &txn, a.nodes.never_terminate, work).await?;
+    let c = select(
+        ctx,
+        &ClusterSelection { cluster_type: a.cluster_type.clone(), cluster: Some(name.clone()), ordinal: None },
+    )
+    .await?;
+    print_nodes(ctx, &c);
+    ctx.out.note(format!(
+        "cluster {name}: launched in {:.1} s, running {:.1} s, SSH-ready {:.1} s, configured {:.1} s ({} API requests, {} of them status polls, {} retries)",
+        phases.launched_s,
+        phases.running_s,
+        phases.ssh_ready_s,
+        phases.configured_s,
+        cloud.requests_sent() - requests_before,
+        phases.polls,
+        cloud.retries_sent() - retries_before
+    ));
+    ctx.out.note(format!("run 'cgcloud ssh {} -c {name}' to log in to the leader", decl.leader));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
+    let c = select(ctx, &a.selection).await?;
+    if a.nodes.autostop.autostop.is_some() {
+        bail!(
+            "autostop is the cluster's, and new workers get the cluster's setting; change it with `cgcloud autostop {} -c {} DURATION`",
+            c.cluster_type,
+            c.name
+        );
+    }
+    let leader = c.leader().cloned().with_context(|| format!("cluster {} has no leader", c.name))?;
+    let reg = ctx.registry().await?;
+    let node_role = reg.cluster_type(&c.cluster_type)?;
+    let decl = node_role.cluster.clone().context("not a cluster node role")?;
+    let ns = ctx.namespace().await?.clone();
+    let cloud = ctx.cloud().await?;
+    let images = cloud.list_images(ns.as_str(), Some(&node_role.name)).await?;
+    let spec = a.nodes.boot_image.clone().or(leader.image_id.clone()).unwrap_or_else(|| "-1".into());
+    let image = pick_image(&node_role.name, ns.as_str(), images, &spec)?;
+    let la = launch_args(&a.nodes);
+    let needs = LocalNeeds { ssh: !a.nodes.skip_ssh_check, ..Default::default() };
+    let mut p =
+        prepare(ctx, node_role, image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None, needs).await?;
+    spot_zone(ctx, &mut p, &a.nodes.spot).await?;
+    p.secrets = cluster_secrets(ctx, &leader, &decl).await?;
+    let used: BTreeSet<u32> = c.nodes.iter().filter_map(|n| n.ordinal).collect();
+    let n = a.nodes.num_workers;
+    let ordinals = allocate_ordinals(&used, n as usize);
+    // New workers get what the cluster's nodes have, persistent volume size included.
+    let mut base = Tags::new();
+    for k in [
+        tags::CLUSTER,
+        tags::CLUSTER_TYPE,
+        tags::NODE_ROLE,
+        tags::EBS_VOLUME_SIZE,
+        tags::LEADER_ARN,
+        tags::AUTOSTOP,
+        tags::AUTOSTOP_ACTION,
+    ] {
+        if let Some(v) = leader.tags.get(k) {
+            base.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(gb) = a.nodes.ebs_volume_size {
+        base.insert(tags::EBS_VOLUME_SIZE.into(), gb.to_string());
+    }
+    let txn = Txn::new();
+    let mut phases = Phases::default();
+    let t0 = Instant::now();
+    let min = a.nodes.min_workers.unwrap_or(n).min(n);
+    let work = async {
+        let ids =
+            launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader.instance_id, &ordinals, min, &a.nodes.spot)
+                .await?;
+        if let Err(e) = cloud.notify_keys_changed().await {
+            tracing::debug!("notification failed: {e}");
+        }
+        let must: BTreeSet<String> = if a.nodes.quick { BTreeSet::new() } else { ids.iter().cloned().collect() };
+        let mut bars = ctx.out.phases(format!("cluster {}: new workers", c.name), ids.len() as u64, PHASES);
+        let failed = await_nodes(
+            ctx,
+            cloud,
+            &ids,
+            &must,
+            Duration::from_secs(a.nodes.timeout),
+            !a.nodes.skip_ssh_check,
+            &mut phases,
+            t0,
+            &mut bars,
+        )
+        .await?;
+        bars.finish(format!("cluster {}: {} new worker(s) configured", c.name, ids.len() - failed.len()));
+        if !failed.is_empty() {
+            // Named, and not left running half-made: the same as create-cluster does.
+            tracing::warn!(
+                "{} new worker(s) did not come up and are terminated: {}",
+                failed.len(),
+                failed.iter().map(|(id, why)| format!("{id} ({why})")).collect::<Vec<_>>().join(", ")
+            );
+            let bad: Vec<String> = failed.iter().map(|(id, _)| id.clone()).collect();
+            cloud.terminate(&bad).await?;
+        }
+        notify_members(cloud).await;
+        finish_launch(cloud, &ids).await?;
+        Ok(())
+    };
+    transaction(ctx, &txn, a.nodes.never_terminate, work).await?;
+    let c = select(
+        ctx,
+        &ClusterSelection { cluster_type: c.cluster_type.clone(), cluster: Some(c.name.clone()), ordinal: None },
+    )
+    .await?;
+    print_nodes(ctx, &c);
+    ctx.out.note(format!(
+        "added ordinals {} in {:.1} s",
+        ordinals.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+        phases.configured_s
+    ));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,172 @@
+//! Running a command (ssh-cluster) or rsync on every node of a cluster, all at once.
+
+use super::*;
+
+/// The nodes to act on: leader first, then workers by ordinal.
+fn nodes(c: &Cluster, skip_leader: bool) -> Vec<BoxInfo> {
+    c.nodes.iter().filter(|n| n.state == "running" && !(skip_leader && n.ordinal == Some(0))).cloned().collect()
+}
+
+/// One node's result of `ssh-cluster --output json`.
+#[derive(Debug, serde::Serialize)]
+struct NodeOutput {
+    node: Option<u32>,
+    instance_id: String,
+    hostname: String,
+    exit_status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
+    let c = select(ctx, &a.selection).await?;
+    let nodes = nodes(&c, a.skip_leader);
+    if nodes.is_empty() {
+        bail!("cluster {} has no running node", c.name);
+    }
+    let hostname =
+        |b: &BoxInfo| b.private_dns.as_deref().and_then(|d| d.split('.').next()).unwrap_or(&b.instance_id).to_owned();
+    let mut failures = Vec::new();
+    if ctx.out.format == crate::cli::OutputFormat::Json {
+        // Scripts get one object per node, each with its whole output, in node order.
+        let mut set = tokio::task::JoinSet::new();
+        let mut results = Vec::new();
+        for (i, b) in nodes.iter().enumerate() {
+            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+            let args = a.args.clone();
+            let mut r = NodeOutput {
+                node: b.ordinal,
+                instance_id: b.instance_id.clone(),
+                hostname: hostname(b),
+                exit_status: 255,
+                stdout: String::new(),
+                stderr: String::new(),
+            };
+            let run = async move {
+                let out = target.command(true, &args).stdin(Stdio::null()).output().await;
+                if let Ok(out) = out {
+                    r.exit_status = out.status.code().unwrap_or(255);
+                    r.stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                    r.stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                }
+                (i, r)
+            };
+            if a.parallel {
+                set.spawn(run);
+            } else {
+                results.push(run.await);
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            results.push(r?);
+        }
+        results.sort_by_key(|(i, _)| *i);
+        let results: Vec<NodeOutput> = results.into_iter().map(|(_, r)| r).collect();
+        for r in results.iter().filter(|r| r.exit_status != 0) {
+            failures.push(format!("{} (exit {})", r.instance_id, r.exit_status));
+        }
+        ctx.out.record(&results, String::new);
+    } else if a.parallel {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let mut set = tokio::task::JoinSet::new();
+        for b in &nodes {
+            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+            let label = format!("[{} {}]", b.ordinal.map(|o| o.to_string()).unwrap_or_default(), hostname(b));
+            let (tx, args, id) = (tx.clone(), a.args.clone(), b.instance_id.clone());
+            set.spawn(async move {
+                let mut child = target
+                    .command(true, &args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()?;
+                let out = child.stdout.take();
+                let err = child.stderr.take();
+                let (t1, l1) = (tx.clone(), label.clone());
+                let a = tokio::spawn(async move {
+                    if let Some(o) = out {
+                        let mut lines = tokio::io::BufReader::new(o).lines();
+                        while let Ok(Some(l)) = lines.next_line().await {
+                            let _ = t1.send(format!("{l1} {l}"));
+                        }
+                    }
+                });
+                let (t2, l2) = (tx, label);
+                let b = tokio::spawn(async move {
+                    if let Some(e) = err {
+                        let mut lines = tokio::io::BufReader::new(e).lines();
+                        while let Ok(Some(l)) = lines.next_line().await {
+                            let _ = t2.send(format!("{l2} {l}"));
+                        }
+                    }
+                });
+                let status = child.wait().await?;
+                let _ = tokio::join!(a, b);
+                Ok::<_, std::io::Error>((id, status.code().unwrap_or(255)))
+            });
+        }
+        drop(tx);
+        while let Some(line) = rx.recv().await {
+            ctx.out.record(&line, || line.clone());
+        }
+        while let Some(r) = set.join_next().await {
+            let (id, code) = r??;
+            if code != 0 {
+                failures.push(format!("{id} (exit {code})"));
+            }
+        }
+    } else {
+        for b in &nodes {
+            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+            ctx.out.note(format!(
+                "=== node {} ({}, {})",
+                b.ordinal.map(|o| o.to_string()).unwrap_or_default(),
+                b.instance_id,
+                target.address
+            ));
+            let status = target.command(false, &a.args).status().await.context("cannot run ssh")?;
+            if !status.success() {
+                failures.push(format!("{} (exit {})", b.instance_id, status.code().unwrap_or(255)));
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        tracing::error!("the command failed on {} of {} node(s): {}", failures.len(), nodes.len(), failures.join(", "));
+        Ok(ExitCode::from(1))
+    }
+}
+
+pub async fn rsync(ctx: &Ctx, a: RsyncClusterArgs) -> Result<ExitCode> {
+    let c = select(ctx, &a.selection).await?;
+    let nodes = nodes(&c, a.skip_leader);
+    let mut failures = Vec::new();
+    // Leader first (others may fetch from it), then the workers in parallel.
+    let (first, rest) = nodes.split_at(usize::from(nodes.first().is_some_and(|n| n.ordinal == Some(0))));
+    for batch in [first, rest] {
+        let mut set = tokio::task::JoinSet::new();
+        for b in batch {
+            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+            let args = target.rsync_args(&a.args);
+            let shell = target.rsync_shell(&a.ssh_opts);
+            let id = b.instance_id.clone();
+            set.spawn(async move {
+                let st = tokio::process::Command::new("rsync").arg("-e").arg(shell).args(args).status().await;
+                (id, st.map(|s| s.success()).unwrap_or(false))
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            let (id, ok) = r?;
+            if !ok {
+                failures.push(id);
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        tracing::error!("rsync failed on {}", failures.join(", "));
+        Ok(ExitCode::from(1))
+    }
+}

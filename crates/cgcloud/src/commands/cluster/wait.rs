@@ -1,0 +1,160 @@
+//! Watching a launch's nodes come up: running, SSH-ready (their published host key verified),
+//! configured (their own first boot), with one DescribeInstances per poll.
+
+use super::*;
+
+/// The phases a cluster's nodes go through, as the progress bars show them.
+pub(super) const PHASES: &[&str] = &["launched", "running", "SSH-ready", "configured"];
+
+/// How long each phase took until every node had passed it.
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct Phases {
+    pub launched_s: f64,
+    pub running_s: f64,
+    pub ssh_ready_s: f64,
+    pub configured_s: f64,
+    /// Status polls (one DescribeInstances each, plus its pages).
+    pub polls: u64,
+}
+
+/// Watches the nodes through running → SSH-ready → configured, with counts per phase. Nodes
+/// whose first-boot configuration failed are returned separately. One DescribeInstances per
+/// poll, whatever the number of nodes.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn await_nodes(
+    ctx: &Ctx,
+    cloud: &Cloud,
+    ids: &[String],
+    must: &BTreeSet<String>,
+    timeout: Duration,
+    ssh_check: bool,
+    phases: &mut Phases,
+    t0: Instant,
+    bars: &mut crate::output::PhaseProgress,
+) -> Result<Vec<(String, String)>> {
+    let n = ids.len();
+    bars.set(0, n as u64);
+    let started = Instant::now();
+    let ssh_ready: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>> = Default::default();
+    let mut probing: BTreeSet<String> = BTreeSet::new();
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    let mut probes = tokio::task::JoinSet::new();
+    loop {
+        phases.polls += 1;
+        let instances = cloud.describe_instances(ids).await?;
+        let boxes: Vec<BoxInfo> = instances.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
+        let mut failed = Vec::new();
+        let (mut running, mut configured) = (0, 0);
+        for b in &boxes {
+            if b.state == "running" {
+                running += 1;
+                // A node publishes its host key when it has configured itself.
+                if ssh_check && b.host_key.is_some() && !probing.contains(&b.instance_id) {
+                    probing.insert(b.instance_id.clone());
+                    let target = ctx.ssh_target(b, None, None).await?;
+                    let (ready, limit, id) = (ssh_ready.clone(), limit.clone(), b.instance_id.clone());
+                    // The master connection a probe leaves (ControlPersist) is what the next
+                    // command (`ssh-cluster`, `--share`) reuses; closing it here raced with them.
+                    probes.spawn(async move {
+                        let _permit = limit.acquire_owned().await;
+                        if target.wait_ready(timeout).await.is_ok() {
+                            if let Ok(mut r) = ready.lock() {
+                                r.insert(id);
+                            }
+                        }
+                    });
+                }
+            } else if matches!(b.state.as_str(), "terminated" | "shutting-down" | "stopped") {
+                failed.push((
+                    b.instance_id.clone(),
+                    format!(
+                        "{}{}",
+                        b.state,
+                        b.tags.get(tags::FAILURE).map(|f| format!(": {}", tags::printable(f))).unwrap_or_default()
+                    ),
+                ));
+            }
+            match b.tags.get(tags::CONFIGURED).map(String::as_str) {
+                Some("true") => configured += 1,
+                Some(_) => failed.push((
+                    b.instance_id.clone(),
+                    b.tags
+                        .get(tags::FAILURE)
+                        .map(|f| tags::printable(f))
+                        .unwrap_or_else(|| "first-boot configuration failed".into()),
+                )),
+                None => {}
+            }
+        }
+        let ssh = if ssh_check { ssh_ready.lock().map(|r| r.len()).unwrap_or(0) } else { running };
+        let elapsed = t0.elapsed().as_secs_f64();
+        if running == n && phases.running_s == 0.0 {
+            phases.running_s = elapsed;
+        }
+        if ssh == n && phases.ssh_ready_s == 0.0 {
+            phases.ssh_ready_s = elapsed;
+        }
+        bars.set(1, running as u64);
+        bars.set(2, ssh as u64);
+        bars.set(3, configured as u64);
+        // The node everyone waits for: the one furthest behind (booting, then SSH, then its
+        // own configuration), the lowest ordinal first.
+        let ready_now = ssh_ready.lock().map(|r| r.clone()).unwrap_or_default();
+        let behind = boxes
+            .iter()
+            .filter(|b| !b.tags.contains_key(tags::CONFIGURED))
+            .map(|b| {
+                let (rank, what) = if b.state != "running" {
+                    (0, b.state.clone())
+                } else if ssh_check && !ready_now.contains(&b.instance_id) && b.host_key.is_some() {
+                    (1, "waiting for SSH".to_owned())
+                } else {
+                    (2, "configuring itself".to_owned())
+                };
+                (rank, b.ordinal.unwrap_or(u32::MAX), b.instance_id.clone(), what)
+            })
+            .min();
+        if let Some((_, ordinal, id, what)) = behind {
+            bars.laggard(format!("node {ordinal} ({id}): {what}"));
+        }
+        if failed.iter().any(|(id, _)| must.contains(id)) {
+            let (id, why) = failed.iter().find(|(id, _)| must.contains(id)).cloned().unwrap_or_default();
+            bail!("node {id} failed: {why}");
+        }
+        let done: BTreeSet<String> = boxes
+            .iter()
+            .filter(|b| b.tags.get(tags::CONFIGURED).map(String::as_str) == Some("true"))
+            .map(|b| b.instance_id.clone())
+            .collect();
+        let settled = boxes.len() == n && done.len() + failed.len() >= n;
+        // Nodes publish their host keys when configured, so their SSH probes start late: wait
+        // for them rather than abort them half-way (an aborted probe can leave a half-made
+        // master connection that the next ssh trips over).
+        let reachable = !ssh_check || ssh_ready.lock().is_ok_and(|r| done.iter().all(|d| r.contains(d)));
+        if must.iter().all(|m| done.contains(m)) && settled && reachable {
+            phases.configured_s = t0.elapsed().as_secs_f64();
+            if phases.ssh_ready_s == 0.0 {
+                phases.ssh_ready_s = phases.configured_s;
+            }
+            probes.abort_all();
+            return Ok(failed);
+        }
+        if started.elapsed() > timeout {
+            if must.iter().all(|m| done.contains(m)) {
+                // Optional nodes that are still not configured count as failed.
+                let late: Vec<(String, String)> = ids
+                    .iter()
+                    .filter(|i| !done.contains(*i))
+                    .map(|i| (i.clone(), "not configured in time".into()))
+                    .collect();
+                probes.abort_all();
+                return Ok(late);
+            }
+            bail!(
+                "timed out after {} s: {running} of {n} nodes running, {ssh} SSH-ready, {configured} configured",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(750)).await;
+    }
+}

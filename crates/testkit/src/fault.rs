@@ -1,0 +1,290 @@
+//! A fault-injecting endpoint for tests and benchmarks: an HTTP proxy in front of moto that
+//! answers chosen EC2 query actions with chosen faults after chosen counts — capacity and
+//! price errors, throttling, 500s, hangs, dropped connections, and RunInstances launching
+//! fewer instances than asked (as EC2 does when MinCount < MaxCount and capacity is short) —
+//! and passes everything else through. Rules can be changed while a client runs, and it counts
+//! requests per action and faults injected.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What a matching request gets instead of moto's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// An EC2 error response.
+    Error { status: u16, code: String, message: String },
+    /// moto's answer, after this long.
+    Delay(Duration),
+    /// The connection is closed without an answer.
+    Drop,
+    /// No answer for this long, then the connection is closed.
+    Hang(Duration),
+    /// RunInstances launches at most this many instances: MaxCount is lowered to it when
+    /// MinCount allows, else the request fails with InsufficientInstanceCapacity.
+    Partial(u32),
+}
+
+impl Fault {
+    pub fn error(status: u16, code: &str) -> Fault {
+        Fault::Error { status, code: code.to_owned(), message: format!("{code} (injected by testkit::fault)") }
+    }
+    pub fn insufficient_capacity() -> Fault {
+        Fault::error(500, "InsufficientInstanceCapacity")
+    }
+    pub fn spot_price_too_low() -> Fault {
+        Fault::error(400, "SpotMaxPriceTooLow")
+    }
+    pub fn throttled() -> Fault {
+        Fault::error(503, "RequestLimitExceeded")
+    }
+    pub fn internal() -> Fault {
+        Fault::error(500, "InternalError")
+    }
+}
+
+/// Which requests a fault hits: of action `action` (and, if given, whose body holds
+/// `body_contains`, e.g. `InstanceMarketOptions.MarketType=spot`), after the first `skip`
+/// matches, the next `times` ones.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub action: String,
+    pub body_contains: Option<String>,
+    pub skip: usize,
+    pub times: usize,
+    pub fault: Fault,
+}
+
+impl Rule {
+    /// Every request of `action`.
+    pub fn always(action: &str, fault: Fault) -> Rule {
+        Rule { action: action.to_owned(), body_contains: None, skip: 0, times: usize::MAX, fault }
+    }
+    /// The first `times` requests of `action`.
+    pub fn first(action: &str, times: usize, fault: Fault) -> Rule {
+        Rule { times, ..Rule::always(action, fault) }
+    }
+    /// Only requests whose body holds `needle` (as sent: form-encoded).
+    pub fn when(mut self, needle: &str) -> Rule {
+        self.body_contains = Some(needle.to_owned());
+        self
+    }
+    pub fn after(mut self, skip: usize) -> Rule {
+        self.skip = skip;
+        self
+    }
+}
+
+#[derive(Default)]
+struct State {
+    rules: Vec<(Rule, usize)>,
+    counts: BTreeMap<String, usize>,
+    injected: usize,
+}
+
+/// The proxy; stopped when dropped.
+pub struct FaultProxy {
+    /// What to point clients at (`http://127.0.0.1:PORT`).
+    pub endpoint: String,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on 127.0.0.1 in front of `upstream` (`http://127.0.0.1:PORT`).
+    pub fn start(upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("local addr"));
+        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let state: Arc<Mutex<State>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (s, up) = (s.clone(), upstream.clone());
+                std::thread::spawn(move || serve(conn, &up, &s));
+            }
+        });
+        FaultProxy { endpoint, state, stop }
+    }
+
+    /// Replaces the rules (their counts start again).
+    pub fn set_rules(&self, rules: Vec<Rule>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.rules = rules.into_iter().map(|r| (r, 0)).collect();
+        }
+    }
+
+    /// Requests of `action` seen so far (answered by moto or by a fault).
+    pub fn count(&self, action: &str) -> usize {
+        self.state.lock().map(|s| s.counts.get(action).copied().unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> usize {
+        self.state.lock().map(|s| s.injected).unwrap_or(0)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.endpoint.trim_start_matches("http://"));
+    }
+}
+
+fn param(body: &str, key: &str) -> Option<String> {
+    body.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.to_owned()))
+}
+
+/// One request from `r`: (head lines, body); None at the end of the connection.
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<(Vec<String>, Vec<u8>)> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_owned();
+        if line.is_empty() {
+            break;
+        }
+        head.push(line);
+    }
+    let len: usize = head
+        .iter()
+        .find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+fn serve(conn: TcpStream, upstream: &str, state: &Mutex<State>) {
+    let Ok(mut out) = conn.try_clone() else { return };
+    let mut r = BufReader::new(conn);
+    while let Some((head, mut body)) = read_request(&mut r) {
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let action = param(&text, "Action").unwrap_or_default();
+        let fault = {
+            let Ok(mut s) = state.lock() else { return };
+            *s.counts.entry(action.clone()).or_default() += 1;
+            let mut hit = None;
+            for (rule, seen) in s.rules.iter_mut() {
+                let matches =
+                    rule.action == action && rule.body_contains.as_ref().is_none_or(|n| text.contains(n.as_str()));
+                if !matches {
+                    continue;
+                }
+                *seen += 1;
+                if *seen > rule.skip && *seen - rule.skip <= rule.times {
+                    hit = Some(rule.fault.clone());
+                    break;
+                }
+            }
+            if hit.is_some() {
+                s.injected += 1;
+            }
+            hit
+        };
+        match fault {
+            Some(Fault::Error { status, code, message }) => {
+                if out.write_all(&error_response(status, &code, &message)).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(Fault::Drop) => return,
+            Some(Fault::Hang(d)) => {
+                std::thread::sleep(d);
+                return;
+            }
+            Some(Fault::Delay(d)) => std::thread::sleep(d),
+            Some(Fault::Partial(k)) => {
+                let min: u32 = param(&text, "MinCount").and_then(|v| v.parse().ok()).unwrap_or(1);
+                if k < min {
+                    let e = error_response(
+                        500,
+                        "InsufficientInstanceCapacity",
+                        &format!("only {k} instances available (injected by testkit::fault)"),
+                    );
+                    if out.write_all(&e).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let rewritten: Vec<String> = text
+                    .split('&')
+                    .map(|kv| if kv.starts_with("MaxCount=") { format!("MaxCount={k}") } else { kv.to_owned() })
+                    .collect();
+                body = rewritten.join("&").into_bytes();
+            }
+            None => {}
+        }
+        let Some(answer) = forward(upstream, &head, &body) else { return };
+        if out.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends the request to moto on a connection of its own and returns the whole answer.
+fn forward(upstream: &str, head: &[String], body: &[u8]) -> Option<Vec<u8>> {
+    let mut up = TcpStream::connect(upstream).ok()?;
+    let mut req = String::new();
+    for (i, h) in head.iter().enumerate() {
+        let name = h.split(':').next().unwrap_or_default();
+        if i > 0 && (name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("connection")) {
+            continue;
+        }
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+    up.write_all(req.as_bytes()).ok()?;
+    up.write_all(body).ok()?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer).ok()?;
+    // The client keeps its connection: moto's `Connection: close` is not for it.
+    Some(keep_alive(answer))
+}
+
+fn keep_alive(answer: Vec<u8>) -> Vec<u8> {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { return answer };
+    let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+    let body = &answer[end + 4..];
+    let mut lines: Vec<&str> =
+        head.split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
+    let has_len = lines.iter().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("content-length:") || l.starts_with("transfer-encoding:")
+    });
+    let len_line = format!("Content-Length: {}", body.len());
+    if !has_len {
+        lines.push(&len_line);
+    }
+    let mut out = lines.join("\r\n").into_bytes();
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn error_response(status: u16, code: &str, message: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>testkit-fault</RequestID></Response>"
+    );
+    format!(
+        "HTTP/1.1 {status} Injected\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
