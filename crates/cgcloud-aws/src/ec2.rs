@@ -546,8 +546,14 @@ impl Cloud {
 
     /// Security group ids used by any non-terminated instance.
     pub async fn security_groups_in_use(&self, group_ids: &[String]) -> Result<Vec<String>, AwsError> {
+        Ok(self.security_group_users(group_ids).await?.into_keys().collect())
+    }
+
+    /// Of `group_ids`, the groups that instances (not terminated) use, with those instances.
+    pub async fn security_group_users(&self, group_ids: &[String]) -> Result<BTreeMap<String, Vec<String>>, AwsError> {
+        let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
         if group_ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(users);
         }
         let refs: Vec<&str> = group_ids.iter().map(String::as_str).collect();
         let pages: Vec<_> = self
@@ -560,17 +566,15 @@ impl Cloud {
             .collect::<Result<Vec<_>, _>>()
             .await
             .map_err(|e| self.classify("ec2:DescribeInstances", e))?;
-        let mut used: Vec<String> = pages
-            .iter()
-            .flat_map(|p| p.reservations())
-            .flat_map(|r| r.instances())
-            .flat_map(|i| i.security_groups())
-            .filter_map(|g| g.group_id().map(str::to_owned))
-            .filter(|g| group_ids.contains(g))
-            .collect();
-        used.sort();
-        used.dedup();
-        Ok(used)
+        for i in pages.iter().flat_map(|p| p.reservations()).flat_map(|r| r.instances()) {
+            let id = i.instance_id().unwrap_or_default().to_owned();
+            for g in i.security_groups().iter().filter_map(|g| g.group_id()) {
+                if group_ids.iter().any(|x| x == g) {
+                    users.entry(g.to_owned()).or_default().push(id.clone());
+                }
+            }
+        }
+        Ok(users)
     }
 
     pub async fn delete_security_group(&self, group_id: &str) -> Result<(), AwsError> {

@@ -176,6 +176,53 @@ impl Cloud {
         }
     }
 
+    /// The IAM roles whose path is exactly `path`, with their creation time (RFC 3339) and tags.
+    pub async fn roles_with_tags(&self, path: &str) -> Result<Vec<(String, String, Tags)>, AwsError> {
+        let roles: Vec<_> = self
+            .iam
+            .list_roles()
+            .path_prefix(path)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("iam:ListRoles", e))?;
+        let mut out = Vec::new();
+        for r in roles.iter().filter(|r| r.path() == path) {
+            let tags = self
+                .iam
+                .list_role_tags()
+                .role_name(r.role_name())
+                .send()
+                .await
+                .map_err(|e| self.classify("iam:ListRoleTags", e))?;
+            let t: Tags = tags.tags().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect();
+            let created = r.create_date().fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default();
+            out.push((r.role_name().to_owned(), created, t));
+        }
+        Ok(out)
+    }
+
+    /// Removes tag `key` from the IAM role and the instance profile named `name`.
+    pub async fn untag_role_and_profile(&self, name: &str, key: &str) -> Result<(), AwsError> {
+        self.iam
+            .untag_role()
+            .role_name(name)
+            .tag_keys(key)
+            .send()
+            .await
+            .map_err(|e| self.classify("iam:UntagRole", e))?;
+        self.iam
+            .untag_instance_profile()
+            .instance_profile_name(name)
+            .tag_keys(key)
+            .send()
+            .await
+            .map_err(|e| self.classify("iam:UntagInstanceProfile", e))?;
+        Ok(())
+    }
+
     /// IAM roles and instance profiles whose path is exactly `path`: (roles, profiles).
     pub async fn iam_in_path(&self, path: &str) -> Result<(Vec<String>, Vec<String>), AwsError> {
         let roles: Vec<_> = self

@@ -34,6 +34,8 @@ pub struct ConnectSettings {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub max_attempts: Option<u32>,
+    /// How long one attempt of a request may take before it is retried (default 90 s).
+    pub attempt_timeout: Option<Duration>,
 }
 
 /// Counts the requests sent, so benchmarks can report API calls per operation: every attempt,
@@ -118,7 +120,7 @@ impl Cloud {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(90))
+                    .operation_attempt_timeout(settings.attempt_timeout.unwrap_or(Duration::from_secs(90)))
                     .build(),
             );
         let conf = loader.load().await;

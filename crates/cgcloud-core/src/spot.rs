@@ -166,12 +166,15 @@ impl LaunchPolicy {
         state.waited.then_some(RETRY_EVERY_SECS)
     }
 
-    /// Whether `launched` boxes are a success.
-    pub fn verdict(&self, launched: u32) -> Result<(), String> {
+    /// Whether `launched` boxes (`what`, e.g. "workers") are a success.
+    pub fn verdict(&self, launched: u32, what: &str) -> Result<(), String> {
         if launched >= self.enough {
             Ok(())
         } else {
-            Err(format!("only {launched} of {} could be launched (at least {} required)", self.wanted, self.enough))
+            Err(format!(
+                "only {launched} of {} {what} could be launched (at least {} required)",
+                self.wanted, self.enough
+            ))
         }
     }
 }
@@ -359,7 +362,7 @@ mod tests {
             assert_eq!(got_calls, calls, "{what}: calls");
             assert_eq!(got_waited, waited, "{what}: waited");
             assert_eq!(got_launched, launched, "{what}: launched");
-            assert_eq!(p.verdict(got_launched).is_ok(), ok, "{what}: verdict");
+            assert_eq!(p.verdict(got_launched, "boxes").is_ok(), ok, "{what}: verdict");
         }
     }
 }

@@ -24,6 +24,11 @@ pub const ROLE_HASH: &str = "cgcloud:role-hash";
 pub const HOST_KEY: &str = "cgcloud:host-key";
 /// The id of the launch transaction that created the resource.
 pub const LAUNCH: &str = "cgcloud:launch";
+/// Which RunInstances call of its launch made the instance (its client token).
+pub const LAUNCH_CALL: &str = "cgcloud:launch-call";
+/// Which process runs the launch: `HOST:PID:BOOT-ID`, so that `cleanup` on that machine can
+/// tell a launch whose process is gone (killed) from one still running, whatever its age.
+pub const LAUNCHER: &str = "cgcloud:launcher";
 /// `pending` while a launch is in progress; removed when it completes. `cleanup` looks for it.
 pub const LAUNCH_STATE: &str = "cgcloud:launch-state";
 /// Who launched the resource (the resolved `__me__`).

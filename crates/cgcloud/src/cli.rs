@@ -294,13 +294,11 @@ pub struct SpotArgs {
     /// Choose the zone by recent spot prices (needs --spot-bid; not with --subnet)
     #[arg(long = "spot-auto-zone", requires = "spot_bid", conflicts_with = "subnet")]
     pub spot_auto_zone: bool,
-    /// All-or-nothing: launch either every worker or none (needs --spot-bid)
-    #[arg(long = "spot-launch-group", requires = "spot_bid")]
-    pub spot_launch_group: Option<String>,
-    /// Keep retrying when spot capacity is short for this many seconds (default: 0)
+    /// Keep retrying (every 10 s) for this many seconds when spot capacity is short (default: 0)
     #[arg(long = "spot-timeout", requires = "spot_bid")]
     pub spot_timeout: Option<u64>,
-    /// Give up at the first sign of short spot capacity
+    /// Take what the spot market gives at once (fewer workers than asked is then no error,
+    /// unless --min-workers says how many are needed), without retrying
     #[arg(long = "spot-tentative", requires = "spot_bid", conflicts_with = "spot_timeout")]
     pub spot_tentative: bool,
     /// Further instance types to try on the spot market, in order, when the first has no capacity

@@ -264,6 +264,13 @@ impl Settings {
             Ok(v) => Some(v.parse::<u32>().with_context(|| format!("CGCLOUD_MAX_ATTEMPTS='{v}' is not a number"))?),
             Err(_) => None,
         };
+        let attempt_timeout = match std::env::var("CGCLOUD_ATTEMPT_TIMEOUT") {
+            Ok(v) => Some(std::time::Duration::from_secs(
+                v.parse::<u64>()
+                    .with_context(|| format!("CGCLOUD_ATTEMPT_TIMEOUT='{v}' is not a number of seconds"))?,
+            )),
+            Err(_) => None,
+        };
 
         Ok(Settings {
             namespace: global
@@ -279,6 +286,7 @@ impl Settings {
                 access_key_id: profile.aws_access_key_id.clone(),
                 secret_access_key: profile.aws_secret_access_key.clone(),
                 max_attempts,
+                attempt_timeout,
             },
             subnet: profile.subnet.clone(),
             keypairs: profile.keypairs.clone().unwrap_or_default(),

@@ -728,7 +728,7 @@ fn clusters_end_to_end() {
         .iter()
         .all(|n| n["exit_status"] == 0 && n["stderr"] == "err\n" && n["stdout"].as_str().unwrap().starts_with("ip-")));
     assert_eq!(per_node.iter().map(|n| n["node"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
-    u.ok(&["autostop", "generic", "-c", "idle", "20s"]);
+    u.ok(&["autostop", "generic", "-c", "idle", "10s"]);
     let started = std::time::Instant::now();
     loop {
         let states: Vec<String> = u
@@ -759,13 +759,23 @@ fn clusters_end_to_end() {
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
 fn autostop_end_to_end() {
     let (_one, u) = fresh_local_cloud();
-    let idle = u.json(&["create", DEBIAN, "--autostop", "20s"]);
-    let busy = u.json(&["create", DEBIAN, "--autostop", "20s"]);
-    let down = u.json(&["create", DEBIAN, "--autostop", "20s", "--autodown"]);
+    let idle = u.json(&["create", DEBIAN, "--autostop", "10s"]);
+    let busy = u.json(&["create", DEBIAN, "--autostop", "10s"]);
+    let down = u.json(&["create", DEBIAN, "--autostop", "10s", "--autodown"]);
     let id = |b: &Value| b["instance_id"].as_str().unwrap().to_owned();
     let (idle, busy, down) = (id(&idle), id(&busy), id(&down));
-    // An SSH session held open on the busy box.
-    let mut session = u.cmd().args(["ssh", DEBIAN, "-I", &busy, "--", "sleep 600"]).spawn().unwrap();
+    // An SSH session held open on the busy box (its own connection: no shared master that
+    // would outlive it).
+    let no_master = |c: &mut Command| {
+        let opts = format!(
+            "-F /dev/null -i {} -o IdentitiesOnly=yes -o ControlMaster=no -o ControlPath=none",
+            u.key.display()
+        );
+        c.env("CGCLOUD_SSH_OPTS", opts);
+    };
+    let mut held = u.cmd();
+    no_master(&mut held);
+    let mut session = held.args(["ssh", DEBIAN, "-I", &busy, "--", "sleep 600"]).spawn().unwrap();
     let state = |i: &str| {
         u.json(&["list"])
             .as_array()
@@ -780,29 +790,36 @@ fn autostop_end_to_end() {
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
     eprintln!(
-        "idle boxes with autostop 20s stopped / terminated themselves after {:.0} s",
+        "idle boxes with autostop 10s stopped / terminated themselves after {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    // Well past the idle period, the box with a session is still up.
-    std::thread::sleep(std::time::Duration::from_secs(30));
+    // Well past the idle period, the box with a session is still up, and says why.
+    std::thread::sleep(std::time::Duration::from_secs(15));
     assert_eq!(state(&busy).as_deref(), Some("running"), "a box with an open SSH session stopped");
-    let log = u.ok(&[
-        "ssh",
-        DEBIAN,
-        "-I",
-        &busy,
-        "--",
-        "sudo journalctl -u cgcloud-agent --no-pager | grep autostop | tail -3",
-    ]);
+    let mut look = u.cmd();
+    no_master(&mut look);
+    let log = look
+        .args([
+            "ssh",
+            DEBIAN,
+            "-I",
+            &busy,
+            "--",
+            "sudo journalctl -u cgcloud-agent --no-pager | grep autostop | tail -3",
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
     assert!(log.contains("busy (") && log.contains("SSH connection"), "{log}");
     session.kill().unwrap();
     let _ = session.wait();
-    // cgcloud's own shared connection to it lingers a minute (ControlPersist), then it goes idle.
+    // Once the session is gone, the box goes idle and stops.
     let started = std::time::Instant::now();
     while state(&busy).as_deref() != Some("stopped") {
-        assert!(started.elapsed().as_secs() < 240, "the box did not stop once its session ended");
-        std::thread::sleep(std::time::Duration::from_secs(3));
+        assert!(started.elapsed().as_secs() < 120, "the box did not stop once its session ended");
+        std::thread::sleep(std::time::Duration::from_secs(2));
     }
+    eprintln!("the busy box stopped {:.0} s after its session ended", started.elapsed().as_secs_f64());
     for b in [&idle, &busy] {
         u.ok(&["terminate", DEBIAN, "-I", b]);
     }

@@ -19,8 +19,11 @@ pub enum Fault {
     Error { status: u16, code: String, message: String },
     /// moto's answer, after this long.
     Delay(Duration),
-    /// The connection is closed without an answer.
+    /// The connection is closed without an answer (the request never reaches moto).
     Drop,
+    /// moto carries the request out, but its answer is lost: the connection is closed (the
+    /// client cannot tell whether it happened, as when a network drops mid-request).
+    LoseAnswer,
     /// No answer for this long, then the connection is closed.
     Hang(Duration),
     /// RunInstances launches at most this many instances: MaxCount is lowered to it when
@@ -46,13 +49,13 @@ impl Fault {
     }
 }
 
-/// Which requests a fault hits: of action `action` (and, if given, whose body holds
+/// Which requests a fault hits: of action `action` (and whose body holds every one of
 /// `body_contains`, e.g. `InstanceMarketOptions.MarketType=spot`), after the first `skip`
 /// matches, the next `times` ones.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub action: String,
-    pub body_contains: Option<String>,
+    pub body_contains: Vec<String>,
     pub skip: usize,
     pub times: usize,
     pub fault: Fault,
@@ -61,15 +64,15 @@ pub struct Rule {
 impl Rule {
     /// Every request of `action`.
     pub fn always(action: &str, fault: Fault) -> Rule {
-        Rule { action: action.to_owned(), body_contains: None, skip: 0, times: usize::MAX, fault }
+        Rule { action: action.to_owned(), body_contains: Vec::new(), skip: 0, times: usize::MAX, fault }
     }
     /// The first `times` requests of `action`.
     pub fn first(action: &str, times: usize, fault: Fault) -> Rule {
         Rule { times, ..Rule::always(action, fault) }
     }
-    /// Only requests whose body holds `needle` (as sent: form-encoded).
+    /// Only requests whose body holds `needle` (as sent: form-encoded), and any other needle.
     pub fn when(mut self, needle: &str) -> Rule {
-        self.body_contains = Some(needle.to_owned());
+        self.body_contains.push(needle.to_owned());
         self
     }
     pub fn after(mut self, skip: usize) -> Rule {
@@ -180,8 +183,7 @@ fn serve(conn: TcpStream, upstream: &str, state: &Mutex<State>) {
             *s.counts.entry(action.clone()).or_default() += 1;
             let mut hit = None;
             for (rule, seen) in s.rules.iter_mut() {
-                let matches =
-                    rule.action == action && rule.body_contains.as_ref().is_none_or(|n| text.contains(n.as_str()));
+                let matches = rule.action == action && rule.body_contains.iter().all(|n| text.contains(n.as_str()));
                 if !matches {
                     continue;
                 }
@@ -204,6 +206,10 @@ fn serve(conn: TcpStream, upstream: &str, state: &Mutex<State>) {
                 continue;
             }
             Some(Fault::Drop) => return,
+            Some(Fault::LoseAnswer) => {
+                let _ = forward(upstream, &head, &body);
+                return;
+            }
             Some(Fault::Hang(d)) => {
                 std::thread::sleep(d);
                 return;
@@ -222,9 +228,18 @@ fn serve(conn: TcpStream, upstream: &str, state: &Mutex<State>) {
                     }
                     continue;
                 }
+                // EC2 gives k; moto launches exactly MinCount, so both say k.
                 let rewritten: Vec<String> = text
                     .split('&')
-                    .map(|kv| if kv.starts_with("MaxCount=") { format!("MaxCount={k}") } else { kv.to_owned() })
+                    .map(|kv| {
+                        if kv.starts_with("MaxCount=") {
+                            format!("MaxCount={k}")
+                        } else if kv.starts_with("MinCount=") {
+                            format!("MinCount={k}")
+                        } else {
+                            kv.to_owned()
+                        }
+                    })
                     .collect();
                 body = rewritten.join("&").into_bytes();
             }

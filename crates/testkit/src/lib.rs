@@ -125,7 +125,10 @@ static NEXT_REGION: AtomicUsize = AtomicUsize::new(0);
 pub struct TestEnv {
     pub home: tempfile::TempDir,
     pub region: String,
+    /// Where cgcloud sends its requests (moto, or a fault proxy in front of it).
     pub endpoint: String,
+    /// moto itself, for independent clients (fake agents, leftover counts).
+    pub moto_endpoint: String,
     bin: PathBuf,
     extra_env: Vec<(String, String)>,
 }
@@ -139,6 +142,7 @@ impl TestEnv {
             home: tempfile::tempdir().expect("temp dir"),
             region,
             endpoint: moto.endpoint.clone(),
+            moto_endpoint: moto.endpoint.clone(),
             bin: bin.into(),
             extra_env: Vec::new(),
         }
@@ -224,17 +228,30 @@ pub struct FakeAgents {
 
 impl FakeAgents {
     pub fn start(env: &TestEnv) -> FakeAgents {
+        Self::start_failing(env, None)
+    }
+
+    /// Like `start`, but the worker at launch index `fail_index` of every worker group reports
+    /// a failed first boot (`cgcloud:configured=failed`, with a failure text), as an agent does.
+    pub fn start_failing(env: &TestEnv, fail_index: Option<i32>) -> FakeAgents {
         let server = std::env::var("CGCLOUD_MOTO_SERVER").expect("CGCLOUD_MOTO_SERVER");
         let python = std::path::Path::new(&server).with_file_name("python");
+        let fail = fail_index.map(|i| i.to_string()).unwrap_or_else(|| "None".into());
         let script = format!(
             "import boto3, time\n\
              ec2 = boto3.client('ec2', endpoint_url='{}', region_name='{}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             fail = {fail}\n\
              while True:\n\
-             \x20   ids = [i['InstanceId'] for r in ec2.describe_instances(Filters=[{{'Name': 'tag-key', 'Values': ['cgcloud:cluster']}}])['Reservations'] for i in r['Instances']\n\
-             \x20          if i['State']['Name'] == 'running' and not any(t['Key'] == 'cgcloud:configured' for t in i.get('Tags', []))]\n\
-             \x20   if ids: ec2.create_tags(Resources=ids, Tags=[{{'Key': 'cgcloud:configured', 'Value': 'true'}}])\n\
+             \x20   for r in ec2.describe_instances(Filters=[{{'Name': 'tag-key', 'Values': ['cgcloud:cluster']}}])['Reservations']:\n\
+             \x20       for i in r['Instances']:\n\
+             \x20           tags = {{t['Key']: t['Value'] for t in i.get('Tags', [])}}\n\
+             \x20           if i['State']['Name'] != 'running' or 'cgcloud:configured' in tags: continue\n\
+             \x20           if fail is not None and 'cgcloud:ordinals' in tags and i['AmiLaunchIndex'] == fail:\n\
+             \x20               ec2.create_tags(Resources=[i['InstanceId']], Tags=[{{'Key': 'cgcloud:configured', 'Value': 'failed'}}, {{'Key': 'cgcloud:failure', 'Value': \"step 'install' failed: fake agent\"}}])\n\
+             \x20           else:\n\
+             \x20               ec2.create_tags(Resources=[i['InstanceId']], Tags=[{{'Key': 'cgcloud:configured', 'Value': 'true'}}])\n\
              \x20   time.sleep(0.2)\n",
-            env.endpoint, env.region
+            env.moto_endpoint, env.region
         );
         let child = Command::new(python)
             .args(["-c", &script])

@@ -3,12 +3,14 @@
 //! and IAM roles/profiles). Both act strictly inside the namespace, the root namespace
 //! included: a resource belongs to it only if its namespace tag (or IAM path) is exactly it.
 
+use super::boxes::wait_for_state;
 use super::confirm;
 use super::images::delete_snapshot_when_free;
+use super::launch::launcher_gone;
 use crate::cli::{CleanupArgs, ConfirmArgs};
 use crate::context::Ctx;
 use anyhow::Result;
-use cgcloud_core::tags;
+use cgcloud_core::tags::{self, Tags};
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -27,6 +29,26 @@ fn launched_before(launch_time: &str, min_age: Duration) -> bool {
     }
 }
 
+/// Whether a resource tagged by a launch that has not completed was left by an interrupted
+/// one: its launch process ran on this machine and is gone, or (launched elsewhere) it is
+/// older than `min_age`. A launch still running here is never interrupted, whatever its age.
+fn interrupted(t: &Tags, created: &str, min_age: Duration) -> bool {
+    if t.get(tags::LAUNCH_STATE).map(String::as_str) != Some(tags::LAUNCH_PENDING) {
+        return false;
+    }
+    match t.get(tags::LAUNCHER).and_then(|l| launcher_gone(l)) {
+        Some(gone) => gone,
+        None => launched_before(created, min_age),
+    }
+}
+
+fn why_interrupted(t: &Tags, what: &str, min_age: Duration) -> String {
+    match t.get(tags::LAUNCHER).and_then(|l| launcher_gone(l)) {
+        Some(true) => format!("{what} of a launch whose process is gone (killed or interrupted)"),
+        _ => format!("{what} of a launch interrupted ({} ago or more)", humantime::format_duration(min_age)),
+    }
+}
+
 pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
     let ns = ctx.namespace().await?;
     let cloud = ctx.cloud().await?;
@@ -34,19 +56,22 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
     let mut items = Vec::new();
 
     let boxes = cloud.list_boxes(ns.as_str(), None).await?;
+    let mut terminating: Vec<String> = Vec::new();
     for b in &boxes {
-        match b.tags.get(tags::LAUNCH_STATE).map(String::as_str) {
-            Some(tags::LAUNCH_PENDING) if launched_before(&b.launch_time, min_age) => items.push(Item {
+        if interrupted(&b.tags, &b.launch_time, min_age) {
+            terminating.push(b.instance_id.clone());
+            items.push(Item {
                 kind: "instance",
                 id: b.instance_id.clone(),
-                why: format!("launch of {} interrupted ({} ago or more)", b.role, humantime::format_duration(min_age)),
-            }),
-            Some("failed") => items.push(Item {
+                why: why_interrupted(&b.tags, &format!("box of {}", b.role), min_age),
+            });
+        } else if b.tags.get(tags::LAUNCH_STATE).map(String::as_str) == Some("failed") {
+            terminating.push(b.instance_id.clone());
+            items.push(Item {
                 kind: "instance",
                 id: b.instance_id.clone(),
                 why: format!("failed launch of {} kept by --never-terminate", b.role),
-            }),
-            _ => {}
+            });
         }
     }
 
@@ -62,12 +87,21 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
         }
     }
 
+    // Groups used by no box, or only by boxes this cleanup terminates (deleted once they are).
     let groups = cloud.namespace_security_groups(ns.as_str()).await?;
     let ids: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
-    let used = cloud.security_groups_in_use(&ids).await?;
+    let users = cloud.security_group_users(&ids).await?;
     for (id, name, _vpc) in &groups {
-        if !used.contains(id) {
-            items.push(Item { kind: "security-group", id: id.clone(), why: format!("{name} is used by no box") });
+        match users.get(id) {
+            None => {
+                items.push(Item { kind: "security-group", id: id.clone(), why: format!("{name} is used by no box") })
+            }
+            Some(u) if u.iter().all(|i| terminating.contains(i)) => items.push(Item {
+                kind: "security-group",
+                id: id.clone(),
+                why: format!("{name} is used only by boxes terminated here"),
+            }),
+            Some(_) => {}
         }
     }
 
@@ -77,6 +111,9 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
         }
         if !t.contains_key(tags::PERSISTENT) {
             items.push(Item { kind: "volume", id, why: "detached and not persistent".into() });
+        } else if interrupted(&t, "", min_age) {
+            // A launch that made the volume did not complete: it holds nothing of anyone's.
+            items.push(Item { kind: "volume", id, why: why_interrupted(&t, "new persistent volume", min_age) });
         } else if a.persistent_volumes {
             // Data someone kept on purpose: only when asked for.
             let whose = t.get(tags::NAME).cloned().unwrap_or_default();
@@ -85,6 +122,18 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
                 id,
                 why: format!("persistent volume {whose}, detached (--persistent-volumes)"),
             });
+        }
+    }
+
+    // IAM roles a launch made and did not complete, which no other box uses.
+    let in_use: BTreeSet<String> = boxes
+        .iter()
+        .filter(|b| !terminating.contains(&b.instance_id))
+        .filter_map(|b| b.instance_profile.clone())
+        .collect();
+    for (name, created, t) in cloud.roles_with_tags(&ns.iam_path()).await? {
+        if interrupted(&t, &created, min_age) && !in_use.contains(&name) {
+            items.push(Item { kind: "iam-role", id: name, why: why_interrupted(&t, "IAM role and profile", min_age) });
         }
     }
 
@@ -112,13 +161,38 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
         }
     }
 
+    let terminating = &terminating;
     report_and_delete(ctx, &a.confirm, items, |item| async move {
+        // What the terminated boxes used can go only once they are gone.
+        let after_boxes = || async {
+            if !terminating.is_empty() {
+                wait_for_state(ctx, cloud, terminating, "terminated", "the terminated boxes").await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
         match item.kind {
             "instance" => cloud.terminate(std::slice::from_ref(&item.id)).await.map_err(Into::into),
             "image" => cloud.deregister_image(&item.id).await.map_err(Into::into),
             "snapshot" => delete_snapshot_when_free(cloud, &item.id).await,
-            "security-group" => cloud.delete_security_group(&item.id).await.map_err(Into::into),
-            "volume" => cloud.delete_volume(&item.id).await.map_err(Into::into),
+            "security-group" => {
+                after_boxes().await?;
+                cloud.delete_security_group(&item.id).await.map_err(Into::into)
+            }
+            "volume" => {
+                after_boxes().await?;
+                cloud.delete_volume(&item.id).await.map_err(Into::into)
+            }
+            "iam-role" => {
+                after_boxes().await?;
+                cloud.delete_instance_profile(&item.id).await.or_else(|e| {
+                    if e.code() == Some("NoSuchEntity") {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+                cloud.delete_role(&item.id).await.map_err(Into::into)
+            }
             "queue" => {
                 cloud.delete_queue(&item.id).await?;
                 cloud.prune_agent_subscriptions().await?;

@@ -125,7 +125,7 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
         } else {
             // The plugin launches with the role's security group and instance profile: they
             // must exist (and be current) before Jenkins needs them.
-            Some(ensure_role_security(cloud, &ns, role, &vpc_id, true).await?)
+            Some(ensure_role_security(cloud, &ns, role, &vpc_id, true, None).await?)
         };
         let profile_name = ns.to_aws_name(&role.name)?;
         let profile_arn = match &security {

@@ -123,13 +123,25 @@ struct TxnState {
 #[derive(Debug, Clone)]
 pub(crate) struct Txn {
     pub(crate) id: String,
+    /// This process (`cgcloud:launcher`).
+    pub(crate) launcher: String,
     state: Arc<Mutex<TxnState>>,
 }
 
 impl Txn {
     pub(crate) fn new() -> Txn {
         let id = format!("l-{:016x}", rand::random::<u64>());
-        Txn { id, state: Arc::new(Mutex::new(TxnState::default())) }
+        Txn { id, launcher: launcher_id(), state: Arc::new(Mutex::new(TxnState::default())) }
+    }
+
+    /// The tags of what this launch creates until it completes (`cleanup` finds them if it
+    /// is interrupted).
+    fn pending_tags(&self) -> Tags {
+        let mut t = Tags::new();
+        t.insert(tags::LAUNCH.into(), self.id.clone());
+        t.insert(tags::LAUNCH_STATE.into(), tags::LAUNCH_PENDING.into());
+        t.insert(tags::LAUNCHER.into(), self.launcher.clone());
+        t
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut TxnState) -> R) -> R {
@@ -558,6 +570,30 @@ impl Group {
     }
 }
 
+/// This process, as `HOST:PID:BOOT-ID` (tag `cgcloud:launcher`).
+pub(crate) fn launcher_id() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default();
+    format!("{}:{}:{}", read("/proc/sys/kernel/hostname"), std::process::id(), read("/proc/sys/kernel/random/boot_id"))
+}
+
+/// Whether the launch process a `cgcloud:launcher` tag names is gone: `Some(true)` if it ran on
+/// this machine and does not run any more (or the machine rebooted since), `Some(false)` if it
+/// still runs here, `None` if it ran elsewhere (then only its age can tell).
+pub(crate) fn launcher_gone(launcher: &str) -> Option<bool> {
+    let mut parts = launcher.splitn(3, ':');
+    let (host, pid, boot) = (parts.next()?, parts.next()?, parts.next()?);
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default();
+    if host != read("/proc/sys/kernel/hostname") {
+        return None;
+    }
+    if boot != read("/proc/sys/kernel/random/boot_id") {
+        return Some(true);
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    Some(!String::from_utf8_lossy(argv0).ends_with("cgcloud"))
+}
+
 /// The tags of a box of this launch.
 fn box_tags(p: &Prepared, g: &Group, txn: &Txn, host_key: Option<&str>) -> Result<Tags> {
     let mut t = Tags::new();
@@ -571,6 +607,7 @@ fn box_tags(p: &Prepared, g: &Group, txn: &Txn, host_key: Option<&str>) -> Resul
     }
     t.insert(tags::LAUNCH.into(), txn.id.clone());
     t.insert(tags::LAUNCH_STATE.into(), tags::LAUNCH_PENDING.into());
+    t.insert(tags::LAUNCHER.into(), txn.launcher.clone());
     t.insert(tags::ADMIN_USER.into(), p.os.admin_user.clone());
     t.insert(tags::OS.into(), p.os.id.clone());
     t.insert(tags::KEYPAIRS.into(), p.keypair_patterns.join(" "));
@@ -703,6 +740,7 @@ async fn attach_volume(
             t.insert(tags::ROLE.into(), p.role.name.clone());
             t.insert(tags::PERSISTENT.into(), "true".into());
             t.insert(tags::OWNER.into(), p.owner.clone());
+            t.extend(txn.pending_tags());
             let id = cloud.create_volume(&zone, v.size_gb, &t).await?;
             txn.with(|s| s.volume = Some(id.clone()));
             id
@@ -816,6 +854,7 @@ pub(crate) async fn ensure_role_security(
     role: &Role,
     vpc_id: &str,
     agent: bool,
+    launch: Option<&Txn>,
 ) -> Result<RoleSecurity> {
     let name = ns.to_aws_name(&role.name)?;
     let mut t = Tags::new();
@@ -841,7 +880,13 @@ pub(crate) async fn ensure_role_security(
                 name.len()
             );
         }
-        let created = cloud.ensure_instance_profile(&name, &ns.iam_path(), &policy.to_json().to_string(), &t).await?;
+        // A role made by a launch is marked as the launch's until it completes.
+        let mut iam_tags = t.clone();
+        if let Some(txn) = launch {
+            iam_tags.extend(txn.pending_tags());
+        }
+        let created =
+            cloud.ensure_instance_profile(&name, &ns.iam_path(), &policy.to_json().to_string(), &iam_tags).await?;
         (Some(name.clone()), created)
     };
     Ok(RoleSecurity { group_id, group_created, profile, profile_created })
@@ -869,8 +914,10 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
             p.authorized_keys.len()
         );
     }
-    let box_tags = box_tags(p, g, txn, host_key.as_ref().map(|k| k.public.as_str()))?;
-    let security = ensure_role_security(cloud, &p.ns, &p.role, &p.network.vpc_id, p.agent.is_some()).await?;
+    let mut box_tags = box_tags(p, g, txn, host_key.as_ref().map(|k| k.public.as_str()))?;
+    let client_token = format!("{}-{}", txn.id, g.label);
+    box_tags.insert(tags::LAUNCH_CALL.into(), client_token.clone());
+    let security = ensure_role_security(cloud, &p.ns, &p.role, &p.network.vpc_id, p.agent.is_some(), Some(txn)).await?;
     if security.group_created {
         txn.with(|s| s.security_group = Some(security.group_id.clone()));
     }
@@ -892,15 +939,37 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
         instance_profile: profile,
         root_volume: p.image.root_device.clone().map(|d| (d, p.role.instance.root_volume_gb.unwrap_or(10) as i32)),
         tags: box_tags,
-        client_token: Some(format!("{}-{}", txn.id, g.label)),
+        client_token: Some(client_token),
         spot: g.spot.clone(),
         instance_store_devices: instance_store,
     };
     let progress =
         ctx.out.progress(format!("launching {count} × {} ({}) from {}", g.box_role, g.instance_type, p.image.image_id));
+    let retries = cloud.retries_sent();
     let instances = cloud.run_instances(&spec).await?;
     let ids: Vec<String> = instances.iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
     txn.with(|s| s.instances.extend(ids.iter().cloned()));
+    if cloud.retries_sent() > retries {
+        // A retried call (its first answer lost) may have launched twice where the endpoint
+        // does not honour the client token: the call's tag finds the extra ones.
+        let token = spec.client_token.clone().unwrap_or_default();
+        let extra: Vec<String> = cloud
+            .boxes_with_tag(p.ns.as_str(), tags::LAUNCH_CALL, &token)
+            .await?
+            .into_iter()
+            .map(|b| b.instance_id)
+            .filter(|i| !ids.contains(i))
+            .collect();
+        if !extra.is_empty() {
+            tracing::warn!(
+                "RunInstances was retried and launched {} instance(s) twice ({}); terminating the copies",
+                extra.len(),
+                extra.join(", ")
+            );
+            txn.with(|s| s.instances.extend(extra.iter().cloned()));
+            cloud.terminate(&extra).await?;
+        }
+    }
     let shown = if ids.len() > 4 { format!("{} boxes", ids.len()) } else { ids.join(", ") };
     progress.finish(format!("launched {shown}"));
     Ok(ids)
@@ -918,6 +987,21 @@ async fn rollback(ctx: &Ctx, txn: &Txn) {
         terminating: s.terminating,
     });
     let Ok(cloud) = ctx.cloud().await else { return };
+    // The launch's tag finds what an interrupted RunInstances made before it answered.
+    let mut state = state;
+    if let Ok(ns) = ctx.namespace().await {
+        match cloud.boxes_with_tag(ns.as_str(), tags::LAUNCH, &txn.id).await {
+            Ok(found) => {
+                for b in found {
+                    if !state.instances.contains(&b.instance_id) {
+                        state.instances.push(b.instance_id.clone());
+                        txn.with(|s| s.instances.push(b.instance_id));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("could not look for the launch's instances by tag: {e}"),
+        }
+    }
     if !state.instances.is_empty() {
         ctx.out.note(format!("rolling back: terminating {}", state.instances.join(", ")));
         if let Err(e) = cloud.terminate(&state.instances).await {
@@ -1005,9 +1089,15 @@ fn leftovers(txn: &Txn, ns: &str) -> String {
         text
     })
 }
-/// Marks the launch complete on its boxes.
-pub(crate) async fn finish_launch(cloud: &Cloud, ids: &[String]) -> Result<()> {
-    cloud.delete_tags(ids, &[tags::LAUNCH_STATE]).await?;
+/// Marks the launch complete on its boxes, and on the IAM role and volume it made.
+pub(crate) async fn finish_launch(cloud: &Cloud, txn: &Txn, ids: &[String]) -> Result<()> {
+    let (profile, volume) = txn.with(|s| (s.instance_profile.clone(), s.volume.clone()));
+    let mut resources = ids.to_vec();
+    resources.extend(volume);
+    cloud.delete_tags(&resources, &[tags::LAUNCH_STATE]).await?;
+    if let Some(p) = profile {
+        cloud.untag_role_and_profile(&p, tags::LAUNCH_STATE).await?;
+    }
     Ok(())
 }
 
@@ -1150,7 +1240,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
             None => None,
         };
         if a.quick {
-            finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
+            finish_launch(cloud, &txn, std::slice::from_ref(&b.instance_id)).await?;
             return Ok(b);
         }
         let target = wait_ssh(ctx, &b, &a.launch).await?;
@@ -1165,7 +1255,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
         rotate_host_key(ctx, cloud, &target, &b).await?;
         record_plan(cloud, &b.instance_id, &plan).await?;
         publish_key_pairs(ctx, cloud, &target, &prepared).await?;
-        finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
+        finish_launch(cloud, &txn, std::slice::from_ref(&b.instance_id)).await?;
         target.close().await;
         if a.create_image {
             let image = bake_image(ctx, cloud, &b, &prepared.ns, !a.launch.terminate).await?;
@@ -1237,7 +1327,7 @@ pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
             publish_key_pairs(ctx, cloud, &target, &prepared).await?;
             target.close().await;
         }
-        finish_launch(cloud, std::slice::from_ref(&b.instance_id)).await?;
+        finish_launch(cloud, &txn, std::slice::from_ref(&b.instance_id)).await?;
         Ok(b)
     };
     let b = transaction(ctx, &txn, a.launch.never_terminate, work).await?;

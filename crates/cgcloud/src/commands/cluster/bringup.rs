@@ -48,8 +48,9 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         }
         None => p.instance_type.clone(),
     };
+    check_spot_types(ctx, &mut p, &a.nodes.spot).await?;
     let n = a.nodes.num_workers;
-    let min = a.nodes.min_workers.unwrap_or(n).min(n);
+    let min = a.nodes.min_workers.unwrap_or(if a.nodes.spot.spot_tentative { 0 } else { n }).min(n);
     let mut base = Tags::new();
     base.insert(tags::CLUSTER.into(), name.clone());
     base.insert(tags::CLUSTER_TYPE.into(), a.cluster_type.clone());
@@ -141,7 +142,7 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
                 cloud.terminate(&ids).await?;
             }
         }
-        finish_launch(cloud, &all).await?;
+        finish_launch(cloud, &txn, &all).await?;
         if let Some(share) = &a.share {
             let leader_box = cloud
                 .describe_instances(&leader_ids)
@@ -229,10 +230,11 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     if let Some(gb) = a.nodes.ebs_volume_size {
         base.insert(tags::EBS_VOLUME_SIZE.into(), gb.to_string());
     }
+    check_spot_types(ctx, &mut p, &a.nodes.spot).await?;
     let txn = Txn::new();
     let mut phases = Phases::default();
     let t0 = Instant::now();
-    let min = a.nodes.min_workers.unwrap_or(n).min(n);
+    let min = a.nodes.min_workers.unwrap_or(if a.nodes.spot.spot_tentative { 0 } else { n }).min(n);
     let work = async {
         let ids =
             launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader.instance_id, &ordinals, min, &a.nodes.spot)
@@ -240,7 +242,9 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
         if let Err(e) = cloud.notify_keys_changed().await {
             tracing::debug!("notification failed: {e}");
         }
-        let must: BTreeSet<String> = if a.nodes.quick { BTreeSet::new() } else { ids.iter().cloned().collect() };
+        // With --min-workers, workers may fail as long as enough come up (as at create-cluster).
+        let all_needed = !a.nodes.quick && min as usize >= ids.len();
+        let must: BTreeSet<String> = if all_needed { ids.iter().cloned().collect() } else { BTreeSet::new() };
         let mut bars = ctx.out.phases(format!("cluster {}: new workers", c.name), ids.len() as u64, PHASES);
         let failed = await_nodes(
             ctx,
@@ -255,6 +259,14 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
         )
         .await?;
         bars.finish(format!("cluster {}: {} new worker(s) configured", c.name, ids.len() - failed.len()));
+        let good = ids.len() - failed.len();
+        if !a.nodes.quick && (good as u32) < min {
+            bail!(
+                "only {good} of {} new workers came up, fewer than --min-workers {min}: {}",
+                ids.len(),
+                failed.iter().map(|(id, why)| format!("{id} ({why})")).collect::<Vec<_>>().join(", ")
+            );
+        }
         if !failed.is_empty() {
             // Named, and not left running half-made: the same as create-cluster does.
             tracing::warn!(
@@ -266,7 +278,7 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
             cloud.terminate(&bad).await?;
         }
         notify_members(cloud).await;
-        finish_launch(cloud, &ids).await?;
+        finish_launch(cloud, &txn, &ids).await?;
         Ok(())
     };
     transaction(ctx, &txn, a.nodes.never_terminate, work).await?;
@@ -282,4 +294,17 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
         phases.configured_s
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The further spot instance types exist in the region (before anything is launched: a typo
+/// must not surface half-way through a launch).
+async fn check_spot_types(ctx: &Ctx, p: &mut crate::commands::launch::Prepared, spot: &SpotArgs) -> Result<()> {
+    let cloud = ctx.cloud().await?;
+    for t in &spot.spot_instance_types {
+        if !p.type_info.contains_key(t) {
+            let info = cloud.instance_type_info(t).await.with_context(|| format!("--spot-instance-types {t}"))?;
+            p.type_info.insert(t.clone(), info);
+        }
+    }
+    Ok(())
 }

@@ -3,11 +3,12 @@
 
 use super::*;
 
-/// Launches workers with ordinals `ordinals`: on demand, or on the spot market trying each
-/// spot instance type in turn (retrying for `--spot-timeout` when capacity is short, not at
-/// all with `--spot-tentative`) and then on demand if allowed. Each attempt is one
-/// RunInstances call; its workers find their ordinals from the group's tag and their launch
-/// index. Returns the ids launched (possibly fewer than asked, never fewer than `min`).
+/// Launches workers with ordinals `ordinals` as `cgcloud_core::spot::LaunchPolicy` decides:
+/// on demand, or on the spot market trying each spot instance type in turn (retrying for
+/// `--spot-timeout` when capacity is short; with `--spot-tentative`, taking what comes at
+/// once) and then on demand if allowed. Each step is one RunInstances call; its workers find
+/// their ordinals from the group's tag and their launch index. Returns the ids launched (fewer
+/// than asked only if at least `min`).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn launch_workers(
     ctx: &Ctx,
@@ -20,6 +21,7 @@ pub(super) async fn launch_workers(
     min: u32,
     spot: &SpotArgs,
 ) -> Result<Vec<String>> {
+    use cgcloud_core::spot::{LaunchPolicy, LaunchState, Next, Outcome};
     let price = spot.spot_bid.map(|b| format!("{b:.4}"));
     let plan = match spot.spot_bid {
         Some(_) => {
@@ -29,71 +31,69 @@ pub(super) async fn launch_workers(
         }
         None => vec![Attempt::OnDemand { instance_type: p.instance_type.clone() }],
     };
-    let all_or_nothing = spot.spot_launch_group.is_some();
+    let policy = LaunchPolicy {
+        attempts: plan,
+        wanted: ordinals.len() as u32,
+        enough: min,
+        retry_for_secs: spot.spot_timeout.unwrap_or(0),
+        tentative: spot.spot_tentative,
+    };
     let mut remaining: Vec<u32> = ordinals.to_vec();
     let mut ids = Vec::new();
-    for (n, attempt) in plan.iter().enumerate() {
-        if remaining.is_empty() {
-            break;
-        }
-        let (instance_type, market) = match attempt {
+    let mut state = LaunchState::default();
+    let mut calls = 0;
+    loop {
+        let (attempt, count, min_count) = match policy.next(&state) {
+            Next::Done { .. } => break,
+            Next::Launch { attempt, count, min_count } => (attempt, count, min_count),
+        };
+        let (instance_type, market) = match &policy.attempts[attempt] {
             Attempt::Spot { instance_type } => (instance_type.clone(), Some(price.clone())),
             Attempt::OnDemand { instance_type } => (instance_type.clone(), None),
         };
-        let deadline =
-            Instant::now() + Duration::from_secs(if spot.spot_tentative { 0 } else { spot.spot_timeout.unwrap_or(0) });
-        let mut partial = false;
-        loop {
-            let mut extra = base.clone();
-            extra.insert(tags::LEADER.into(), leader_id.to_owned());
-            extra.insert(tags::ORDINALS.into(), remaining.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
-            let g = Group {
-                count: remaining.len() as i32,
-                // All of them first; when capacity is short (and partial launches are
-                // allowed), whatever EC2 can give, then the next attempt.
-                min_count: Some(if all_or_nothing || !partial { remaining.len() as i32 } else { 1 }),
-                box_role: worker_role.to_owned(),
-                instance_type: instance_type.clone(),
-                extra_tags: extra,
-                first_boot: true,
-                label: format!("workers-{n}-{}", ids.len()),
-                spot: market.clone(),
-            };
-            match launch_group(ctx, p, txn, &g).await {
-                Ok(new) => {
-                    remaining.drain(..new.len().min(remaining.len()));
-                    ids.extend(new);
-                    break;
-                }
-                Err(e)
-                    if e.downcast_ref::<cgcloud_aws::AwsError>().is_some_and(cgcloud_aws::ec2::is_capacity_error) =>
-                {
-                    if !partial && !all_or_nothing {
-                        partial = true;
-                        continue;
-                    }
-                    if Instant::now() >= deadline {
-                        tracing::warn!(
-                            "{} capacity for {instance_type} is short: {e}",
-                            if market.is_some() { "spot" } else { "on-demand" }
-                        );
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                }
-                Err(e) => return Err(e),
+        let mut extra = base.clone();
+        extra.insert(tags::LEADER.into(), leader_id.to_owned());
+        extra.insert(tags::ORDINALS.into(), remaining.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+        let g = Group {
+            count: count as i32,
+            min_count: Some(min_count as i32),
+            box_role: worker_role.to_owned(),
+            instance_type: instance_type.clone(),
+            extra_tags: extra,
+            first_boot: true,
+            // Each call its own idempotency token: a retried call must not be a new launch.
+            label: format!("workers-{calls}"),
+            spot: market.clone(),
+        };
+        calls += 1;
+        let outcome = match launch_group(ctx, p, txn, &g).await {
+            Ok(new) => {
+                remaining.drain(..new.len().min(remaining.len()));
+                let k = new.len() as u32;
+                ids.extend(new);
+                Outcome::Launched(k)
             }
+            Err(e) if e.downcast_ref::<cgcloud_aws::AwsError>().is_some_and(cgcloud_aws::ec2::is_capacity_error) => {
+                tracing::warn!(
+                    "{} capacity for {count} × {instance_type} (at least {min_count}) is short: {e}",
+                    if market.is_some() { "spot" } else { "on-demand" }
+                );
+                Outcome::Short
+            }
+            Err(e) => return Err(e),
+        };
+        state = policy.record(&state, outcome);
+        if let Some(secs) = policy.wait(&state) {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
         }
     }
-    if (ids.len() as u32) < min {
+    if let Err(why) = policy.verdict(ids.len() as u32, "workers") {
         bail!(
-            "only {} of {} workers could be launched (at least {min} required); {}",
-            ids.len(),
-            ordinals.len(),
+            "{why}; {}",
             if spot.spot_bid.is_some() {
-                "try more --spot-instance-types, --on-demand-fallback or a higher --spot-bid"
+                "try more --spot-instance-types, --on-demand-fallback, a higher --spot-bid, or --spot-timeout"
             } else {
-                "EC2 lacks capacity"
+                "EC2 lacks capacity; try another zone or instance type, or --min-workers"
             }
         );
     }
