@@ -29,23 +29,6 @@ fn env(ns: &str) -> (TestEnv, FaultProxy) {
     (e, proxy)
 }
 
-/// Runs Python with boto3 against moto itself; returns stdout.
-fn boto3(e: &TestEnv, body: &str) -> String {
-    let server = std::env::var("CGCLOUD_MOTO_SERVER").expect("CGCLOUD_MOTO_SERVER");
-    let python = std::path::Path::new(&server).with_file_name("python");
-    let script = format!(
-        "import boto3, json\ndef client(s): return boto3.client(s, endpoint_url='{}', region_name='{}', aws_access_key_id='testing', aws_secret_access_key='testing')\n{body}\n",
-        e.moto_endpoint, e.region
-    );
-    let out = std::process::Command::new(python)
-        .args(["-c", &script])
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The cluster's nodes as the emulator has them: (ordinal, instance type, spot, state).
 fn nodes(e: &TestEnv, cluster: &str) -> Vec<(u64, String, bool, String)> {
     let v: Vec<Value> =
@@ -67,11 +50,10 @@ fn nodes(e: &TestEnv, cluster: &str) -> Vec<(u64, String, bool, String)> {
 
 /// What a namespace holds that no completed launch accounts for, counted independently:
 /// instances still pending a launch, security groups no instance uses, IAM roles of pending
-/// launches, volumes, open spot requests.
+/// launches and instance profiles of those or of no role, volumes, open spot requests, agent
+/// queues of instances that are gone.
 fn leftovers(e: &TestEnv, ns: &str) -> Value {
-    let out = boto3(
-        e,
-        &format!("ec2 = client('ec2'); iam = client('iam')\n\
+    let out = e.boto3(&format!("ec2 = client('ec2'); iam = client('iam')\n\
          ns = [{{'Name': 'tag:cgcloud:namespace', 'Values': ['/{ns}/']}}]\n\
          live = [i for r in ec2.describe_instances(Filters=ns)['Reservations'] for i in r['Instances'] if i['State']['Name'] not in ('terminated', 'shutting-down')]\n\
          pending = [i['InstanceId'] for i in live if any(t['Key'] == 'cgcloud:launch-state' for t in i.get('Tags', []))]\n\
@@ -80,7 +62,12 @@ fn leftovers(e: &TestEnv, ns: &str) -> Value {
          roles = [r['RoleName'] for r in iam.list_roles(PathPrefix='/cgcloud/{ns}/')['Roles'] if any(t['Key'] == 'cgcloud:launch-state' for t in iam.list_role_tags(RoleName=r['RoleName'])['Tags'])]\n\
          vols = [v['VolumeId'] for v in ec2.describe_volumes(Filters=ns)['Volumes'] if v['State'] not in ('deleted', 'in-use')]\n\
          spot = [s['SpotInstanceRequestId'] for s in ec2.describe_spot_instance_requests()['SpotInstanceRequests'] if s['State'] == 'open']\n\
-         print(json.dumps({{'instances': pending, 'security_groups': groups, 'iam_roles': roles, 'volumes': vols, 'spot_requests': spot}}))"),
+         path = '/cgcloud/{ns}/'\n\
+         role_names = {{r['RoleName'] for r in iam.list_roles(PathPrefix=path)['Roles'] if r['Path'] == path}}\n\
+         profiles = [p['InstanceProfileName'] for p in iam.list_instance_profiles(PathPrefix=path)['InstanceProfiles'] if p['Path'] == path and (p['InstanceProfileName'] in roles or not any(r['RoleName'] in role_names for r in p['Roles']))]\n\
+         ids = {{i['InstanceId'] for i in live}}\n\
+         queues = [u for u in client('sqs').list_queues(QueueNamePrefix='{ns}_cgcloud-agent_').get('QueueUrls', []) if u.rsplit('_', 1)[-1] not in ids]\n\
+         print(json.dumps({{'instances': pending, 'security_groups': groups, 'iam_roles': roles, 'instance_profiles': profiles, 'volumes': vols, 'spot_requests': spot, 'queues': queues}}))"),
     );
     serde_json::from_str(out.trim()).unwrap()
 }
@@ -354,6 +341,8 @@ fn killed_launches_leave_nothing_that_cleanup_does_not_remove() {
         std::process::Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
         let status = child.wait().unwrap();
         let finished = done_before || status.success();
+        // EC2 carries out what it received before the kill; the next cleanup comes after that.
+        assert!(proxy.wait_idle(std::time::Duration::from_secs(30)), "run {run}: requests still in flight");
         e.ok(&["cleanup", "--yes"]);
         let n = nodes(&e, &name);
         // What is left of the cluster is all of it (its launch completed, perhaps just before

@@ -86,6 +86,8 @@ struct State {
     rules: Vec<(Rule, usize)>,
     counts: BTreeMap<String, usize>,
     injected: usize,
+    /// Requests read and not yet answered (or dropped): they may still reach moto.
+    in_flight: usize,
 }
 
 /// The proxy; stopped when dropped.
@@ -134,6 +136,42 @@ impl FaultProxy {
     pub fn injected(&self) -> usize {
         self.state.lock().map(|s| s.injected).unwrap_or(0)
     }
+
+    /// Waits until every request the proxy has read is done with, as EC2 carries out what it
+    /// received even when the client that sent it is gone: a request held by a `Delay` still
+    /// reaches moto after its sender was killed. False if that takes longer than `limit`.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            if self.state.lock().map(|s| s.in_flight == 0).unwrap_or(true) {
+                return true;
+            }
+            if std::time::Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Counts one request as in flight until dropped.
+struct InFlight<'a>(&'a Mutex<State>);
+
+impl<'a> InFlight<'a> {
+    fn new(state: &'a Mutex<State>) -> Self {
+        if let Ok(mut s) = state.lock() {
+            s.in_flight += 1;
+        }
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.lock() {
+            s.in_flight -= 1;
+        }
+    }
 }
 
 impl Drop for FaultProxy {
@@ -176,6 +214,7 @@ fn serve(conn: TcpStream, upstream: &str, state: &Mutex<State>) {
     let Ok(mut out) = conn.try_clone() else { return };
     let mut r = BufReader::new(conn);
     while let Some((head, mut body)) = read_request(&mut r) {
+        let _in_flight = InFlight::new(state);
         let text = String::from_utf8_lossy(&body).into_owned();
         let action = param(&text, "Action").unwrap_or_default();
         let fault = {

@@ -206,6 +206,27 @@ impl TestEnv {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from cgcloud {}: {e}\n{out}", args.join(" ")))
     }
 
+    /// Runs a Python script with boto3 straight at moto (not through any fault proxy), as an
+    /// independent client: `client(service)` is defined, `boto3`, `base64` and `json` are
+    /// imported. Returns stdout; panics if the script fails.
+    pub fn boto3(&self, body: &str) -> String {
+        let server = std::env::var("CGCLOUD_MOTO_SERVER").expect("CGCLOUD_MOTO_SERVER");
+        let python = Path::new(&server).with_file_name("python");
+        let script = format!(
+            "import boto3, base64, json\n\
+             def client(s): return boto3.client(s, endpoint_url='{}', region_name='{}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             {body}\n",
+            self.moto_endpoint, self.region
+        );
+        let out = Command::new(python)
+            .args(["-c", &script])
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .expect("run python");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Generates an SSH key pair in HOME; returns the private key path (`.pub` beside it).
     pub fn keygen(&self, name: &str, key_type: &str) -> PathBuf {
         let path = self.home.path().join(name);
@@ -219,8 +240,9 @@ impl TestEnv {
     }
 }
 
-/// Stands in for the agents of cluster nodes on moto (where no node boots): tags every
-/// cluster instance of the test's region `cgcloud:configured=true` as soon as it appears.
+/// Stands in for the agents of cluster nodes on moto (where no node boots): creates the
+/// agent's queue of every cluster instance of the test's region (plain namespaces only) and
+/// tags it `cgcloud:configured=true`, as soon as it is running.
 /// Stopped (by PID) when dropped.
 pub struct FakeAgents {
     child: std::process::Child,
@@ -239,13 +261,16 @@ impl FakeAgents {
         let fail = fail_index.map(|i| i.to_string()).unwrap_or_else(|| "None".into());
         let script = format!(
             "import boto3, time\n\
-             ec2 = boto3.client('ec2', endpoint_url='{}', region_name='{}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             ec2 = boto3.client('ec2', endpoint_url='{0}', region_name='{1}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             sqs = boto3.client('sqs', endpoint_url='{0}', region_name='{1}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
              fail = {fail}\n\
              while True:\n\
              \x20   for r in ec2.describe_instances(Filters=[{{'Name': 'tag-key', 'Values': ['cgcloud:cluster']}}])['Reservations']:\n\
              \x20       for i in r['Instances']:\n\
              \x20           tags = {{t['Key']: t['Value'] for t in i.get('Tags', [])}}\n\
              \x20           if i['State']['Name'] != 'running' or 'cgcloud:configured' in tags: continue\n\
+             \x20           ns = tags.get('cgcloud:namespace', '/').strip('/').replace('/', '_')\n\
+             \x20           sqs.create_queue(QueueName=(ns + '_' if ns else '') + 'cgcloud-agent_' + i['InstanceId'])\n\
              \x20           if fail is not None and 'cgcloud:ordinals' in tags and i['AmiLaunchIndex'] == fail:\n\
              \x20               ec2.create_tags(Resources=[i['InstanceId']], Tags=[{{'Key': 'cgcloud:configured', 'Value': 'failed'}}, {{'Key': 'cgcloud:failure', 'Value': \"step 'install' failed: fake agent\"}}])\n\
              \x20           else:\n\

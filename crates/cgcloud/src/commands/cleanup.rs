@@ -137,12 +137,19 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
         }
     }
 
-    let alive_ids: BTreeSet<&str> = boxes.iter().map(|b| b.instance_id.as_str()).collect();
+    // Boxes this cleanup terminates count as gone: their queues go in the same run.
+    let alive_ids: BTreeSet<&str> =
+        boxes.iter().map(|b| b.instance_id.as_str()).filter(|id| !terminating.iter().any(|t| t == id)).collect();
     let prefix = ns.agent_queue_prefix();
     for (name, url) in cloud.agent_queues(&prefix).await? {
         let id = name.trim_start_matches(prefix.as_str());
         if !alive_ids.contains(id) {
-            items.push(Item { kind: "queue", id: url, why: format!("agent queue of {id}, which no longer exists") });
+            let why = if boxes.iter().any(|b| b.instance_id == id) {
+                format!("agent queue of {id}, which is terminated here")
+            } else {
+                format!("agent queue of {id}, which no longer exists")
+            };
+            items.push(Item { kind: "queue", id: url, why });
         }
     }
 
