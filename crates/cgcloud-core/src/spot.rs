@@ -61,19 +61,25 @@ pub fn attempts(types: &[String], on_demand_fallback: bool) -> Vec<Attempt> {
     v
 }
 
-/// How a group of boxes (a cluster's workers) is launched when capacity may be short: the
-/// attempts in order, how many boxes are wanted and how many are enough, how long to keep
-/// retrying one attempt whose capacity is short, and whether to take what comes (tentative).
+/// How a group of boxes (a cluster's workers) is launched when capacity may be short.
+///
+/// The spot attempts (at the front of `attempts`) are tried in turn, each for the boxes still
+/// missing; a round of them that leaves boxes missing is repeated every
+/// [`RETRY_EVERY_SECS`] for `retry_for_secs` (the original's `--spot-timeout`). Then the
+/// on-demand attempts, once each. A launch that needs every box (`enough == wanted`) asks
+/// EC2 for all of the missing boxes or none in each call, so that it never launches boxes it
+/// would have to roll back; otherwise an attempt asks for all of them first and, if EC2 is
+/// short, again for as many as it can give (EC2 fills MinCount..MaxCount as far as it can;
+/// asking for all first also suits emulators that launch exactly MinCount). Taking what
+/// comes (the original's `--spot-tentative`) is `enough` below `wanted`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchPolicy {
     pub attempts: Vec<Attempt>,
     pub wanted: u32,
     /// The fewest that make the launch a success.
     pub enough: u32,
-    /// How long to retry one attempt while EC2 reports short capacity (0: once).
+    /// How long to keep repeating the spot attempts while boxes are missing (0: one round).
     pub retry_for_secs: u64,
-    /// Take what EC2 gives at the first try of each attempt, and never retry.
-    pub tentative: bool,
 }
 
 /// What the launcher does next.
@@ -100,68 +106,64 @@ pub struct LaunchState {
     launched: u32,
     /// The current attempt asked for all and was short: it now takes what it can get.
     partial: bool,
-    /// Seconds spent on the current attempt.
+    /// Seconds spent waiting between rounds of spot attempts.
     elapsed: u64,
     waited: bool,
 }
 
-/// Seconds between retries of an attempt whose capacity is short.
+/// Seconds between rounds of spot attempts while boxes are missing.
 pub const RETRY_EVERY_SECS: u64 = 10;
 
 impl LaunchPolicy {
+    fn all_or_nothing(&self) -> bool {
+        self.enough >= self.wanted
+    }
+
+    /// How many attempts at the front are spot attempts (the ones repeated in rounds).
+    fn spot_attempts(&self) -> usize {
+        self.attempts.iter().take_while(|a| matches!(a, Attempt::Spot { .. })).count()
+    }
+
     /// The next step from `state`.
     pub fn next(&self, state: &LaunchState) -> Next {
         let remaining = self.wanted.saturating_sub(state.launched);
         if remaining == 0 || state.attempt >= self.attempts.len() {
             return Next::Done { launched: state.launched };
         }
-        if state.waited {
-            return Next::Launch { attempt: state.attempt, count: remaining, min_count: 1 };
-        }
-        // All of the remaining boxes first; then, if capacity is short (and the launch is not
-        // all-or-nothing), as many as EC2 can give.
-        let all_or_nothing = self.enough == self.wanted && !self.tentative;
-        let min_count = if self.tentative || (state.partial && !all_or_nothing) { 1 } else { remaining };
+        let min_count = if self.all_or_nothing() || !state.partial { remaining } else { 1 };
         Next::Launch { attempt: state.attempt, count: remaining, min_count }
     }
 
-    /// `state` after `outcome` of the launch `next` asked for, `spent` seconds into the
-    /// attempt.
+    /// `state` after `outcome` of the launch `next` asked for.
     pub fn record(&self, state: &LaunchState, outcome: Outcome) -> LaunchState {
         let mut s = state.clone();
         s.waited = false;
-        let next_attempt = |mut s: LaunchState| {
-            s.attempt += 1;
-            s.partial = false;
-            s.elapsed = 0;
-            s
-        };
         match outcome {
-            Outcome::Launched(k) => {
-                s.launched += k;
-                // Whatever is still missing, the next attempt may get.
-                if s.launched < self.wanted {
-                    return next_attempt(s);
-                }
-                s
+            Outcome::Launched(k) => s.launched += k,
+            // Short of all of them: as many as EC2 can give, unless only all will do.
+            Outcome::Short if !s.partial && !self.all_or_nothing() => {
+                s.partial = true;
+                return s;
             }
-            Outcome::Short => {
-                let all_or_nothing = self.enough == self.wanted && !self.tentative;
-                if !s.partial && !self.tentative && !all_or_nothing {
-                    s.partial = true;
-                    return s;
-                }
-                if self.tentative || s.elapsed + RETRY_EVERY_SECS > self.retry_for_secs {
-                    return next_attempt(s);
-                }
-                s.elapsed += RETRY_EVERY_SECS;
-                s.waited = true;
-                s
-            }
+            Outcome::Short => {}
         }
+        if s.launched >= self.wanted {
+            return s;
+        }
+        s.partial = false;
+        // Short, or fewer than asked: whatever is still missing, the next attempt may get; at
+        // the end of a round of spot attempts, another round if there is time left.
+        s.attempt += 1;
+        let spot = self.spot_attempts();
+        if spot > 0 && s.attempt == spot && s.elapsed + RETRY_EVERY_SECS <= self.retry_for_secs {
+            s.attempt = 0;
+            s.elapsed += RETRY_EVERY_SECS;
+            s.waited = true;
+        }
+        s
     }
 
-    /// How long to wait before the next launch, if `record` decided to retry the attempt.
+    /// How long to wait before the next launch, if `record` decided to start another round.
     pub fn wait(&self, state: &LaunchState) -> Option<u64> {
         state.waited.then_some(RETRY_EVERY_SECS)
     }
@@ -256,28 +258,19 @@ mod tests {
 
     #[test]
     fn launch_policy_table() {
-        let policy = |attempts: Vec<Attempt>, wanted, enough, retry, tentative| LaunchPolicy {
+        let policy = |attempts: Vec<Attempt>, wanted, enough, retry| LaunchPolicy {
             attempts,
             wanted,
             enough,
             retry_for_secs: retry,
-            tentative,
         };
         // (what, policy, capacity per attempt, calls, seconds waited, launched, success)
         type Case = (&'static str, LaunchPolicy, Vec<&'static [u32]>, Vec<(usize, u32, u32)>, u64, u32, bool);
         let cases: Vec<Case> = vec![
+            ("on demand, enough capacity", policy(vec![od("a")], 4, 4, 0), vec![&[4]], vec![(0, 4, 4)], 0, 4, true),
             (
-                "on demand, enough capacity",
-                policy(vec![od("a")], 4, 4, 0, false),
-                vec![&[4]],
-                vec![(0, 4, 4)],
-                0,
-                4,
-                true,
-            ),
-            (
-                "all or nothing, short: one call, failure",
-                policy(vec![od("a")], 4, 4, 0, false),
+                "all or nothing, short: one call, nothing launched, failure",
+                policy(vec![od("a")], 4, 4, 0),
                 vec![&[3]],
                 vec![(0, 4, 4)],
                 0,
@@ -286,7 +279,7 @@ mod tests {
             ),
             (
                 "min-workers met by a partial launch",
-                policy(vec![od("a")], 4, 2, 0, false),
+                policy(vec![od("a")], 4, 2, 0),
                 vec![&[3]],
                 vec![(0, 4, 4), (0, 4, 1)],
                 0,
@@ -295,7 +288,7 @@ mod tests {
             ),
             (
                 "min-workers not met",
-                policy(vec![od("a")], 4, 3, 0, false),
+                policy(vec![od("a")], 4, 3, 0),
                 vec![&[2]],
                 vec![(0, 4, 4), (0, 4, 1)],
                 0,
@@ -304,7 +297,7 @@ mod tests {
             ),
             (
                 "spot types in order, then on-demand fallback",
-                policy(vec![spot("a"), spot("b"), od("a")], 4, 4, 0, false),
+                policy(vec![spot("a"), spot("b"), od("a")], 4, 4, 0),
                 vec![&[0], &[0], &[4]],
                 vec![(0, 4, 4), (1, 4, 4), (2, 4, 4)],
                 0,
@@ -312,8 +305,17 @@ mod tests {
                 true,
             ),
             (
+                "all or nothing across types: a type with room for some is not used for some",
+                policy(vec![spot("a"), spot("b"), od("a")], 4, 4, 0),
+                vec![&[3], &[2], &[0]],
+                vec![(0, 4, 4), (1, 4, 4), (2, 4, 4)],
+                0,
+                0,
+                false,
+            ),
+            (
                 "the second spot type fills what the first could not",
-                policy(vec![spot("a"), spot("b")], 4, 1, 0, false),
+                policy(vec![spot("a"), spot("b")], 4, 1, 0),
                 vec![&[1], &[3]],
                 vec![(0, 4, 4), (0, 4, 1), (1, 3, 3)],
                 0,
@@ -321,39 +323,93 @@ mod tests {
                 true,
             ),
             (
-                "a timeout retries every 10 s, then capacity comes",
-                policy(vec![spot("a")], 2, 1, 30, false),
-                vec![&[0, 0, 0, 2]],
-                vec![(0, 2, 2), (0, 2, 1), (0, 2, 1), (0, 2, 1)],
+                "partial spot, the rest on demand",
+                policy(vec![spot("a"), od("a")], 5, 1, 0),
+                vec![&[2], &[9]],
+                vec![(0, 5, 5), (0, 5, 1), (1, 3, 3)],
+                0,
+                5,
+                true,
+            ),
+            (
+                "a timeout repeats the round every 10 s, then capacity comes",
+                policy(vec![spot("a")], 2, 1, 30),
+                vec![&[0, 0, 0, 0, 2]],
+                vec![(0, 2, 2), (0, 2, 1), (0, 2, 2), (0, 2, 1), (0, 2, 2)],
                 20,
                 2,
                 true,
             ),
             (
+                "all or nothing with a timeout: every retry asks for all",
+                policy(vec![spot("a")], 4, 4, 20),
+                vec![&[2, 3, 4]],
+                vec![(0, 4, 4), (0, 4, 4), (0, 4, 4)],
+                20,
+                4,
+                true,
+            ),
+            (
+                "a partial fill is completed by later rounds within the timeout",
+                policy(vec![spot("a")], 4, 1, 20),
+                vec![&[0, 1, 0, 0, 3]],
+                vec![(0, 4, 4), (0, 4, 1), (0, 3, 3), (0, 3, 1), (0, 3, 3)],
+                20,
+                4,
+                true,
+            ),
+            (
+                "rounds go through every spot type, and on demand only after the timeout",
+                policy(vec![spot("a"), spot("b"), od("a")], 2, 2, 10),
+                vec![&[0], &[0], &[2]],
+                vec![(0, 2, 2), (1, 2, 2), (0, 2, 2), (1, 2, 2), (2, 2, 2)],
+                10,
+                2,
+                true,
+            ),
+            (
                 "a timeout that expires",
-                policy(vec![spot("a")], 2, 1, 30, false),
+                policy(vec![spot("a")], 2, 1, 30),
                 vec![&[0]],
-                vec![(0, 2, 2), (0, 2, 1), (0, 2, 1), (0, 2, 1), (0, 2, 1)],
+                vec![(0, 2, 2), (0, 2, 1), (0, 2, 2), (0, 2, 1), (0, 2, 2), (0, 2, 1), (0, 2, 2), (0, 2, 1)],
                 30,
                 0,
                 false,
             ),
             (
-                "tentative takes what comes at the first try, and moves on",
-                policy(vec![spot("a"), spot("b")], 4, 0, 0, true),
+                "a timeout shorter than one retry is one round",
+                policy(vec![spot("a")], 2, 2, 9),
+                vec![&[0]],
+                vec![(0, 2, 2)],
+                0,
+                0,
+                false,
+            ),
+            (
+                "tentative (enough 0) takes what comes and moves on",
+                policy(vec![spot("a"), spot("b")], 4, 0, 0),
                 vec![&[1], &[0]],
-                vec![(0, 4, 1), (1, 3, 1)],
+                vec![(0, 4, 4), (0, 4, 1), (1, 3, 3), (1, 3, 1)],
                 0,
                 1,
                 true,
             ),
             (
                 "tentative with nothing at all: no error",
-                policy(vec![spot("a")], 4, 0, 0, true),
+                policy(vec![spot("a")], 4, 0, 0),
                 vec![&[0]],
-                vec![(0, 4, 1)],
+                vec![(0, 4, 4), (0, 4, 1)],
                 0,
                 0,
+                true,
+            ),
+            (
+                "tentative within a timeout: what came by then",
+                policy(vec![spot("a")], 4, 0, 10),
+                vec![&[0, 1, 0, 2]],
+                vec![(0, 4, 4), (0, 4, 1), (0, 3, 3), (0, 3, 1)],
+                10,
+                3,
                 true,
             ),
         ];

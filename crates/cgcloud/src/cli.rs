@@ -294,12 +294,13 @@ pub struct SpotArgs {
     /// Choose the zone by recent spot prices (needs --spot-bid; not with --subnet)
     #[arg(long = "spot-auto-zone", requires = "spot_bid", conflicts_with = "subnet")]
     pub spot_auto_zone: bool,
-    /// Keep retrying (every 10 s) for this many seconds when spot capacity is short (default: 0)
+    /// Keep retrying the spot instance types (every 10 s) for this many seconds while workers
+    /// are missing (default: 0, one try of each)
     #[arg(long = "spot-timeout", requires = "spot_bid")]
     pub spot_timeout: Option<u64>,
-    /// Take what the spot market gives at once (fewer workers than asked is then no error,
-    /// unless --min-workers says how many are needed), without retrying
-    #[arg(long = "spot-tentative", requires = "spot_bid", conflicts_with = "spot_timeout")]
+    /// Take what the spot market gives within --spot-timeout (at once without it): fewer
+    /// workers than asked is then no error, unless --min-workers says how many are needed
+    #[arg(long = "spot-tentative", requires = "spot_bid")]
     pub spot_tentative: bool,
     /// Further instance types to try on the spot market, in order, when the first has no capacity
     #[arg(long = "spot-instance-types", value_delimiter = ',', requires = "spot_bid")]

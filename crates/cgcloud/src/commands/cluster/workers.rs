@@ -4,9 +4,9 @@
 use super::*;
 
 /// Launches workers with ordinals `ordinals` as `cgcloud_core::spot::LaunchPolicy` decides:
-/// on demand, or on the spot market trying each spot instance type in turn (retrying for
-/// `--spot-timeout` when capacity is short; with `--spot-tentative`, taking what comes at
-/// once) and then on demand if allowed. Each step is one RunInstances call; its workers find
+/// on demand, or on the spot market trying each spot instance type in turn (rounds of them
+/// every 10 s for `--spot-timeout` while workers are missing) and then on demand if allowed;
+/// `min` below the number of workers (`--min-workers`, `--spot-tentative`) takes what comes. Each step is one RunInstances call; its workers find
 /// their ordinals from the group's tag and their launch index. Returns the ids launched (fewer
 /// than asked only if at least `min`).
 #[allow(clippy::too_many_arguments)]
@@ -36,7 +36,6 @@ pub(super) async fn launch_workers(
         wanted: ordinals.len() as u32,
         enough: min,
         retry_for_secs: spot.spot_timeout.unwrap_or(0),
-        tentative: spot.spot_tentative,
     };
     let mut remaining: Vec<u32> = ordinals.to_vec();
     let mut ids = Vec::new();
@@ -53,7 +52,7 @@ pub(super) async fn launch_workers(
         };
         let mut extra = base.clone();
         extra.insert(tags::LEADER.into(), leader_id.to_owned());
-        extra.insert(tags::ORDINALS.into(), remaining.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+        extra.insert(tags::ORDINALS.into(), cgcloud_core::ordinals::tag_value(&remaining));
         let g = Group {
             count: count as i32,
             min_count: Some(min_count as i32),
