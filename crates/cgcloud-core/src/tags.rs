@@ -64,7 +64,8 @@ pub const OS: &str = "cgcloud:os";
 pub const NODE_ROLE: &str = "cgcloud:node-role";
 /// On cluster nodes: the cluster type, e.g. `spark`.
 pub const CLUSTER_TYPE: &str = "cgcloud:cluster-type";
-/// On workers launched together: their ordinals, comma-separated, indexed by AMI launch index
+/// On workers launched together: their ordinals as ranges (`1-100,105`, see
+/// `ordinals::encode`), indexed by AMI launch index
 /// (one tag for the whole group keeps a launch's API calls independent of its size).
 pub const ORDINALS: &str = "cgcloud:ordinals";
 /// Set by a node's agent when its first-boot configuration finished (`true`) or failed.
@@ -114,8 +115,7 @@ pub fn ordinal(tags: &Tags, ami_launch_index: Option<i32>) -> Option<u32> {
     if let Some(o) = tags.get(ORDINAL).and_then(|o| o.parse().ok()) {
         return Some(o);
     }
-    let list: Vec<u32> = tags.get(ORDINALS)?.split(',').filter_map(|o| o.trim().parse().ok()).collect();
-    list.get(usize::try_from(ami_launch_index?).ok()?).copied()
+    crate::ordinals::nth(tags.get(ORDINALS)?, usize::try_from(ami_launch_index?).ok()?)
 }
 
 /// Autostop as the tags say, for people: `30m stop`, `2h terminate`; None if off.
@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn ordinals_from_launch_index() {
         let mut t = Tags::new();
-        t.insert(ORDINALS.into(), "1,3,4".into());
+        t.insert(ORDINALS.into(), "1,3-4".into());
         assert_eq!(ordinal(&t, Some(1)), Some(3));
         assert_eq!(ordinal(&t, Some(3)), None);
         assert_eq!(ordinal(&t, None), None);
