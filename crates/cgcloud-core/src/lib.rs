@@ -6,6 +6,7 @@ pub mod d32;
 pub mod glob;
 pub mod jenkins;
 pub mod keypairs;
+pub mod limits;
 pub mod model;
 pub mod namespace;
 pub mod ordinals;

@@ -387,7 +387,7 @@ fn bad_inputs_get_one_line_causes_and_hints() {
     assert!(err.contains("65535 is not in 1..=65534"), "{err}");
     let long = "/a-rather-long-team-namespace/for-deployments/";
     let err = e.fails(&["-n", long, "create", DEBIAN, "-Q"]);
-    assert!(err.contains("IAM allows 64") && err.contains("shorter namespace"), "{err}");
+    assert!(err.contains("AWS allows 64") && err.contains("shorter namespace"), "{err}");
     assert!(e.json(&["-n", long, "reset-security", "--dry-run"]).as_array().unwrap().is_empty());
     let err = e.fails(&["create", DEBIAN, "-Q", "--subnet", "subnet-0000000000000000f"]);
     assert!(err.contains("subnet 'subnet-0000000000000000f' does not exist"), "{err}");
@@ -494,32 +494,13 @@ fn config_profile_supplies_settings() {
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().len(), 0);
 }
 
-/// Runs a boto3 script (with `session` for the test's moto) from the moto venv; its stdout.
-fn boto3(e: &TestEnv, body: &str) -> String {
-    let server = std::env::var("CGCLOUD_MOTO_SERVER").expect("CGCLOUD_MOTO_SERVER");
-    let python = std::path::Path::new(&server).with_file_name("python");
-    let script = format!(
-        "import boto3, base64\n\
-         def client(s): return boto3.client(s, endpoint_url='{}', region_name='{}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
-         {body}\n",
-        e.endpoint, e.region
-    );
-    let out = std::process::Command::new(python)
-        .args(["-c", &script])
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The user data EC2 (moto) was given for an instance.
 fn launch_request(e: &TestEnv, id: &str) -> String {
     let body = format!(
         "ud = client('ec2').describe_instance_attribute(InstanceId='{id}', Attribute='userData')['UserData'].get('Value', '')\n\
          print(base64.b64decode(ud).decode())"
     );
-    boto3(e, &body)
+    e.boto3(&body)
 }
 
 #[test]
@@ -527,8 +508,7 @@ fn key_changes_are_published_after_agent_queues_vanished_elsewhere() {
     let e = env();
     // An agent's subscription whose queue was deleted outside cgcloud (its box terminated in
     // the console): moto then refuses every publish to the topic.
-    boto3(
-        &e,
+    e.boto3(
         "sqs, sns = client('sqs'), client('sns')\n\
          url = sqs.create_queue(QueueName='cgcloud-agent-gone')['QueueUrl']\n\
          arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']\n\
@@ -541,8 +521,7 @@ fn key_changes_are_published_after_agent_queues_vanished_elsewhere() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("could not notify"), "{err}");
-    let left = boto3(
-        &e,
+    let left = e.boto3(
         "sns = client('sns')\n\
          topic = sns.create_topic(Name='cgcloud-agent-notifications')['TopicArn']\n\
          print(len(sns.list_subscriptions_by_topic(TopicArn=topic)['Subscriptions']))",
@@ -584,7 +563,7 @@ fn user_patterns_trust_only_key_pairs_their_user_registered() {
     // one untagged, as anyone with ec2:ImportKeyPair can.
     register("mallory", &mallory, "alice@evil");
     let untagged = std::fs::read_to_string(&mallory).unwrap();
-    boto3(&e, &format!("client('ec2').import_key_pair(KeyName='ALICE@old', PublicKeyMaterial={:?})", untagged.trim()));
+    e.boto3(&format!("client('ec2').import_key_pair(KeyName='ALICE@old', PublicKeyMaterial={:?})", untagged.trim()));
 
     let out = e.run(&["--output", "json", "create", DEBIAN, "-k", "__me__", "@alice", "--quick", "--never-terminate"]);
     let created: Value = serde_json::from_str(&testkit::succeeded(&["create"], &out)).unwrap();
@@ -599,7 +578,7 @@ fn user_patterns_trust_only_key_pairs_their_user_registered() {
     // A key pair registered before owners were tagged is tagged by registering it again.
     let old = e.keygen("old", "ed25519").with_extension("pub");
     let old_key = std::fs::read_to_string(&old).unwrap();
-    boto3(&e, &format!("client('ec2').import_key_pair(KeyName='alice@desk', PublicKeyMaterial={:?})", old_key.trim()));
+    e.boto3(&format!("client('ec2').import_key_pair(KeyName='alice@desk', PublicKeyMaterial={:?})", old_key.trim()));
     assert_eq!(register("alice", &old, "alice@desk")["action"], "tagged");
     assert_eq!(register("alice", &old, "alice@desk")["action"], "unchanged");
     let again = e.json(&["create", DEBIAN, "-k", "__me__", "@alice", "--quick", "--never-terminate"]);
@@ -614,9 +593,7 @@ fn user_patterns_trust_only_key_pairs_their_user_registered() {
 fn standalone_boxes_keep_their_persistent_volume() {
     let e = env_with_key();
     let volumes = |e: &TestEnv| -> Vec<Value> {
-        let out = boto3(
-            e,
-            "import json\nprint(json.dumps([{'id': v['VolumeId'], 'state': v['State'], 'size': v['Size'], \
+        let out = e.boto3("import json\nprint(json.dumps([{'id': v['VolumeId'], 'state': v['State'], 'size': v['Size'], \
              'tags': {t['Key']: t['Value'] for t in v.get('Tags', [])}, 'on': [a['InstanceId'] for a in v.get('Attachments', [])]} \
              for v in client('ec2').describe_volumes(Filters=[{'Name': 'tag:cgcloud:persistent', 'Values': ['true']}])['Volumes']]))",
         );
@@ -717,9 +694,7 @@ fn autostop_is_written_where_the_agents_read_it() {
     e.ok(&["image", "generic-cluster-box"]);
     let _agents = testkit::FakeAgents::start(&e);
     e.ok(&["create-cluster", "generic", "-s", "2", "-c", "a", "--skip-ssh-check", "--autostop", "10m"]);
-    let nodes = boto3(
-        &e,
-        "import json\nr = client('ec2').describe_instances(Filters=[{'Name': 'tag:cgcloud:cluster', 'Values': ['a']}])\n\
+    let nodes = e.boto3("import json\nr = client('ec2').describe_instances(Filters=[{'Name': 'tag:cgcloud:cluster', 'Values': ['a']}])\n\
          print(json.dumps([{t['Key']: t['Value'] for t in i['Tags']} | {'id': i['InstanceId']} for x in r['Reservations'] for i in x['Instances']]))",
     );
     let nodes: Vec<Value> = serde_json::from_str(nodes.trim()).unwrap();
@@ -737,4 +712,68 @@ fn autostop_is_written_where_the_agents_read_it() {
     assert!(e.json(&["list"]).as_array().unwrap().iter().all(|b| b["autostop"].is_null()));
     let err = e.fails(&["autostop", "generic-worker", "-c", "a", "-o", "0", "5m"]);
     assert!(err.contains("whose leader decides for it"), "{err}");
+}
+
+/// Names are checked against AWS's limits before anything is created: a key pair name of 300
+/// characters, and namespaces whose derived names (IAM role, image name, security group)
+/// would be too long, fail at once, naming the resource and its limit, and leave nothing.
+#[test]
+fn names_too_long_for_aws_fail_before_anything_is_created() {
+    let e = env_with_key();
+    let key = e.keygen("long", "ed25519");
+    let err = e.fails(&["register-key", key.with_extension("pub").to_str().unwrap(), "-k", &"k".repeat(300)]);
+    assert!(err.contains("300 characters") && err.contains("EC2 allows 1 to 255"), "{err}");
+    let ns = format!("/{}/", "n".repeat(70));
+    let err = e.fails(&["-n", &ns, "create", DEBIAN, "-Q", "-k", "moto"]);
+    assert!(err.contains("IAM role and instance profile name") && err.contains("AWS allows 64"), "{err}");
+    let ns = format!("/{}/", "n".repeat(300));
+    let err = e.fails(&["-n", &ns, "create", DEBIAN, "-Q", "-k", "moto", "--no-agent"]);
+    assert!(err.contains("AWS allows"), "{err}");
+    assert!(boxes(&e, &["-n", &ns]).is_empty());
+    let err = e.fails(&["-n", &format!("/{}/", "n".repeat(110)), "create", DEBIAN, "-Q", "-k", "moto", "--no-agent"]);
+    assert!(err.contains("image name") && err.contains("AWS allows 128"), "{err}");
+}
+
+/// An agent queue whose box is gone (terminated in the console, or by a launch killed before
+/// it could delete it) is found and removed by the default `cleanup`; the queue of a box that
+/// exists, and any queue of another namespace, are kept.
+#[test]
+fn orphan_agent_queues_are_removed_by_cleanup() {
+    let e = env_with_key();
+    e.ok(&["create", DEBIAN, "-Q"]);
+    let id = boxes(&e, &[])[0]["instance_id"].as_str().unwrap().to_owned();
+    let queues = || -> Vec<String> {
+        let out = e.boto3("print('\\n'.join(client('sqs').list_queues().get('QueueUrls', [])))");
+        let mut v: Vec<String> = out
+            .lines()
+            .filter_map(|u| u.rsplit('/').next())
+            .filter(|q| q.contains("cgcloud-agent_"))
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    let orphan = "moto_cgcloud-agent_i-0123456789abcdef0";
+    let mine = format!("moto_cgcloud-agent_{id}");
+    let other = "other_cgcloud-agent_i-0123456789abcdef0";
+    for q in [orphan, mine.as_str(), other] {
+        e.boto3(&format!("client('sqs').create_queue(QueueName='{q}')"));
+    }
+    let found = e.json(&["cleanup", "--dry-run"]);
+    let listed: Vec<&Value> = found.as_array().unwrap().iter().filter(|i| i["kind"] == "queue").collect();
+    assert_eq!(listed.len(), 1, "{found}");
+    assert!(listed[0]["id"].as_str().unwrap().ends_with(orphan), "{found}");
+    assert!(listed[0]["why"].as_str().unwrap().contains("no longer exists"), "{found}");
+    assert_eq!(queues(), {
+        let mut v = vec![orphan.to_owned(), mine.clone(), other.to_owned()];
+        v.sort();
+        v
+    });
+    e.ok(&["cleanup", "--yes"]);
+    let mut expected = vec![mine.clone(), other.to_owned()];
+    expected.sort();
+    assert_eq!(queues(), expected);
+    // Terminated with the box's own command, its queue goes with it.
+    e.ok(&["terminate", DEBIAN]);
+    assert_eq!(queues(), vec![other.to_owned()]);
 }

@@ -72,6 +72,8 @@ async fn wait_image(ctx: &Ctx, cloud: &Cloud, image_id: &str) -> Result<()> {
 
 /// Bakes an image of `b`, stopping it first if needed and starting it again if `restart`.
 pub async fn bake_image(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, ns: &Namespace, restart: bool) -> Result<String> {
+    // Before the box is stopped: a name EC2 would refuse must not cost a stop.
+    image_name(ns, &b.role)?;
     let id = std::slice::from_ref(&b.instance_id);
     let states = cloud.instance_states(id).await?;
     let state = states.get(&b.instance_id).map(|s| s.0.clone()).unwrap_or_default();
@@ -88,11 +90,24 @@ pub async fn bake_image(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, ns: &Namespace, r
     Ok(image_id)
 }
 
+/// The name of a new image of `role`'s box, within EC2's limit on image names.
+fn image_name(ns: &Namespace, role: &str) -> Result<String> {
+    let name = ns.to_aws_name(&format!("{role}_{}", timestamp()))?;
+    let max = cgcloud_core::limits::IMAGE_NAME;
+    if name.chars().count() > max {
+        bail!(
+            "an image of role '{role}' in namespace '{ns}' would be named '{name}' ({} characters; AWS allows {max}): use a shorter namespace",
+            name.chars().count()
+        );
+    }
+    Ok(name)
+}
+
 async fn create_image(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, ns: &Namespace) -> Result<String> {
     // The tags may have changed since `b` was read (e.g. the plan hash after provisioning).
     let fresh = cloud.describe_instances(std::slice::from_ref(&b.instance_id)).await?;
     let b = &fresh.iter().find_map(cgcloud_aws::ec2::box_from_instance).unwrap_or_else(|| b.clone());
-    let name = ns.to_aws_name(&format!("{}_{}", b.role, timestamp()))?;
+    let name = image_name(ns, &b.role)?;
     let mut t = Tags::new();
     t.insert(tags::NAMESPACE.into(), ns.to_string());
     t.insert(tags::ROLE.into(), b.role.clone());

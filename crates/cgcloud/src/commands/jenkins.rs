@@ -9,7 +9,7 @@ use super::launch::{box_key_pair_name, ensure_role_security};
 use super::provision::run_with_input;
 use crate::cli::RegisterAgentsArgs;
 use crate::context::Ctx;
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use cgcloud_core::glob::glob_match;
 use cgcloud_core::jenkins::{casc, casc_yaml, Cloud as JenkinsCloud, Template};
 use cgcloud_core::tags::{self, Tags};
@@ -111,6 +111,10 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
         let instance_type =
             a.instance_type.clone().or(role.instance.instance_type.clone()).unwrap_or_else(|| "t3.micro".to_owned());
         cloud.instance_type_info(&instance_type).await?;
+        // The template names the role's security group and instance profile, made below.
+        let names = cgcloud_core::limits::derived(&ns, &role.name, &[role.name.as_str()], None, true, &[])?;
+        cgcloud_core::limits::check(&names)
+            .map_err(|e| anyhow!("agent role '{}' in namespace '{ns}': {e}", role.name))?;
         chosen.push((role, newest, instance_type));
     }
     if chosen.is_empty() {

@@ -13,6 +13,7 @@ pub async fn register_key(ctx: &Ctx, a: RegisterKeyArgs) -> Result<ExitCode> {
     let key =
         PublicKey::parse_file(&text).with_context(|| format!("{} is not a usable public key", a.key_file.display()))?;
     let name = ctx.resolve_keypair(a.keypair.as_deref().unwrap_or(cgcloud_core::namespace::ME)).await?;
+    cgcloud_core::limits::check_key_pair(&name).map_err(anyhow::Error::msg)?;
     let cloud = ctx.cloud().await?;
     let report = |fingerprint: &str, action: &str| {
         let json = serde_json::json!({

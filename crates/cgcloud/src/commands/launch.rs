@@ -39,9 +39,6 @@ const MAX_USER_DATA: usize = 16 * 1024;
 /// IAM's limit on a role or instance-profile name.
 const MAX_IAM_NAME: usize = 64;
 
-/// EC2's limit on a key pair's name.
-const MAX_KEY_PAIR_NAME: usize = 255;
-
 /// What a launch will use on this machine once instances exist. [`prepare`] checks all of it
 /// before anything is created, so that a missing tool or agent never costs a launch.
 #[derive(Debug, Clone, Copy, Default)]
@@ -440,15 +437,24 @@ pub(crate) async fn prepare(
         }
         given.insert(k, v);
     }
-    // The security group and IAM role (the agent's or the role's policy) are named after the
-    // namespace and role.
-    let aws_name = ns.to_aws_name(&role.name)?;
-    if (!a.no_agent || !role.iam.is_empty()) && aws_name.len() > MAX_IAM_NAME {
-        bail!(
-            "the IAM role of role '{}' in namespace '{ns}' would be named '{aws_name}' ({} characters, IAM allows {MAX_IAM_NAME}); use a shorter namespace or role name",
-            role.name,
-            aws_name.len()
-        );
+    cgcloud_core::limits::check_option_count(given.len()).map_err(anyhow::Error::msg)?;
+    // Every name the launch derives from the namespace and role, within AWS's limits.
+    let box_roles: Vec<&str> = match &role.cluster {
+        Some(c) => vec![c.leader.as_str(), c.worker.as_str()],
+        None => vec![role.name.as_str()],
+    };
+    let option_names: Vec<&str> = role.options.keys().map(String::as_str).collect();
+    let names = cgcloud_core::limits::derived(
+        &ns,
+        &role.name,
+        &box_roles,
+        None,
+        !a.no_agent || !role.iam.is_empty(),
+        &option_names,
+    )?;
+    cgcloud_core::limits::check(&names).map_err(|e| anyhow!("role '{}' in namespace '{ns}': {e}", role.name))?;
+    for kp in &role.key_pairs {
+        box_key_pair_name(&ns, &role.name, &kp.name)?;
     }
     let instance_type = a
         .instance_type
@@ -830,9 +836,7 @@ async fn publish_key_pairs(ctx: &Ctx, cloud: &Cloud, target: &cgcloud_remote::Ss
 /// `jenkins@hannes_jenkins-master`.
 pub(crate) fn box_key_pair_name(ns: &Namespace, role: &str, key: &str) -> Result<String> {
     let name = format!("{key}@{}", ns.to_aws_name(role)?);
-    if name.len() > MAX_KEY_PAIR_NAME {
-        bail!("key pair name '{name}' is {} characters long; EC2 allows {MAX_KEY_PAIR_NAME}", name.len());
-    }
+    cgcloud_core::limits::check_key_pair(&name).map_err(anyhow::Error::msg)?;
     Ok(name)
 }
 

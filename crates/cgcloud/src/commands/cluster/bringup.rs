@@ -38,6 +38,9 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     let mut p =
         prepare(ctx, node_role.clone(), image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None, needs)
             .await?;
+    let ns = ctx.namespace().await?;
+    let names = cgcloud_core::limits::derived(ns, &node_role.name, &[], Some(&name), false, &[])?;
+    cgcloud_core::limits::check(&names).map_err(|e| anyhow!("cluster '{name}' in namespace '{ns}': {e}"))?;
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
     p.secrets = new_secrets(&decl)?;
     let leader_type = match &a.leader_instance_type {
