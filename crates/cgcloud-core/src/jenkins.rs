@@ -167,7 +167,21 @@ pub fn casc(cloud: &Cloud, templates: &[Template]) -> Value {
     if let Some(e) = &cloud.endpoint {
         c["altEC2Endpoint"] = json!(e);
     }
-    json!({"jenkins": {"clouds": [{"amazonEC2": c}]}})
+    let mut v = json!({"jenkins": {"clouds": [{"amazonEC2": c}]}});
+    escape_interpolation(&mut v);
+    v
+}
+
+/// JCasC replaces `${…}` in every string with a variable, a secret or a file's contents
+/// (`${readFile:/path}`); nothing cgcloud writes is meant to be interpolated, and some of it
+/// comes from tags and key-pair patterns, so every `${` is written as JCasC's escape, `^${`.
+fn escape_interpolation(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains("${") => *s = s.replace("${", "^${"),
+        Value::Array(a) => a.iter_mut().for_each(escape_interpolation),
+        Value::Object(m) => m.values_mut().for_each(escape_interpolation),
+        _ => {}
+    }
 }
 
 /// The agents file as written on the master.
@@ -278,5 +292,17 @@ mod tests {
         let s = init_script("/srv/jenkins-agent");
         assert!(s.starts_with("#!/bin/sh\n"));
         assert!(s.contains("touch /srv/jenkins-agent/.writable"));
+    }
+
+    /// A value that JCasC would interpolate (a key-pair pattern someone chose, say) reaches
+    /// Jenkins as text: `${readFile:…}` would otherwise put a file of the master into a tag.
+    #[test]
+    fn interpolation_is_escaped() {
+        let mut t = sample("jenkins-agent-debian-trixie", None);
+        t.tags.insert(tags::KEYPAIRS.into(), "alice ${readFile:/mnt/persistent/secrets/jenkins-admin-password}".into());
+        let cloud = Cloud { name: "cgcloud /hannes/".into(), region: "us-west-2".into(), endpoint: None };
+        let text = casc_yaml(&cloud, &[t]);
+        assert!(text.contains("^${readFile:/mnt/persistent/secrets/jenkins-admin-password}"), "{text}");
+        assert!(!text.replace("^${", "").contains("${"), "{text}");
     }
 }

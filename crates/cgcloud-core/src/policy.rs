@@ -32,7 +32,15 @@ pub enum Op {
 }
 
 impl Op {
-    fn as_str(self) -> &'static str {
+    /// Every operator, for parsing and messages.
+    pub const ALL: [Op; 4] = [Op::StringEquals, Op::StringLike, Op::StringEqualsIfExists, Op::ForAllValuesStringEquals];
+
+    /// The operator IAM's JSON calls `name`.
+    pub fn parse(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+
+    pub fn as_str(self) -> &'static str {
         match self {
             Op::StringEquals => "StringEquals",
             Op::StringLike => "StringLike",

@@ -137,6 +137,12 @@ impl Registry {
         Ok(())
     }
 
+    /// Adds one plugin role file's text, as `load` does for each file of a plugin directory
+    /// (`file` names it in messages). Roles are merged and checked when looked up.
+    pub fn add_plugin_text(&mut self, file: &str, text: &str) -> Result<(), RoleError> {
+        self.add_role_text(file, text, file.to_owned())
+    }
+
     fn add_role_text(&mut self, file: &str, text: &str, source: String) -> Result<(), RoleError> {
         let value: toml::Value = toml::from_str(text).map_err(|e| parse_err(file, e))?;
         let role: RoleFile = toml::from_str(text).map_err(|e| parse_err(file, e))?;
@@ -278,9 +284,7 @@ impl Registry {
             return Err(parse_err(&loaded.source, "instance.persistent_volume_gb must be at least 1"));
         }
         for st in &file.iam {
-            for r in &st.resource {
-                role::render_iam(r, "/", "/cgcloud/", "").map_err(|m| parse_err(&loaded.source, m))?;
-            }
+            st.render("/", "/cgcloud/", "").map_err(|m| parse_err(&loaded.source, m))?;
         }
         // Step placement and conditions are checked here, so that a mistake is reported when
         // the role is loaded, not when some OS or option value happens to reach it.

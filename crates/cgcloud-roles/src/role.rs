@@ -657,6 +657,49 @@ pub struct IamStatement {
     pub action: Vec<String>,
     #[serde(default = "star")]
     pub resource: Vec<String>,
+    /// IAM conditions: operator → condition key → values, e.g.
+    /// `{ StringLike = { "ec2:InstanceProfile" = ["arn:aws:iam::*:instance-profile{{ namespace.iam_path }}*"] } }`.
+    /// Operators: StringEquals, StringLike, StringEqualsIfExists, ForAllValues:StringEquals.
+    /// Values know the same placeholders as resources.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub condition: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+}
+
+impl IamStatement {
+    /// The statement for namespace `ns` (placeholders filled in), as the policy evaluator and
+    /// IAM take it.
+    pub fn render(
+        &self,
+        ns: &str,
+        iam_path: &str,
+        aws_prefix: &str,
+    ) -> Result<cgcloud_core::policy::Statement, String> {
+        use cgcloud_core::policy::{Condition, Effect, Op, Statement};
+        let r = |v: &String| render_iam(v, ns, iam_path, aws_prefix);
+        let mut conditions = Vec::new();
+        for (op, keys) in &self.condition {
+            let op = Op::parse(op).ok_or_else(|| {
+                format!(
+                    "IAM condition operator '{op}' is not one cgcloud knows (one of {})",
+                    Op::ALL.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            for (key, values) in keys {
+                conditions.push(Condition {
+                    op,
+                    key: key.clone(),
+                    values: values.iter().map(r).collect::<Result<_, _>>()?,
+                });
+            }
+        }
+        Ok(Statement {
+            why: "role statement",
+            effect: if self.effect.eq_ignore_ascii_case("deny") { Effect::Deny } else { Effect::Allow },
+            actions: self.action.clone(),
+            resources: self.resource.iter().map(r).collect::<Result<_, _>>()?,
+            conditions,
+        })
+    }
 }
 
 fn allow() -> String {

@@ -296,13 +296,27 @@ fn b64(s: &str) -> String {
 }
 
 fn ssh_agent(ip: &str, user: &str, key: &Path, known_hosts: &Path, alias: &str, command: &str) -> std::process::Output {
+    ssh_agent_with(ip, user, key, known_hosts, alias, "ssh-ed25519", command)
+}
+
+/// `ssh_agent` with the host key algorithm pinned to `algo`.
+fn ssh_agent_with(
+    ip: &str,
+    user: &str,
+    key: &Path,
+    known_hosts: &Path,
+    alias: &str,
+    algo: &str,
+    command: &str,
+) -> std::process::Output {
     Command::new("ssh")
         .args(["-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
         .arg("-i")
         .arg(key)
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-        .args(["-o", "StrictHostKeyChecking=yes", "-o", "HostKeyAlgorithms=ssh-ed25519"])
+        .args(["-o", "StrictHostKeyChecking=yes", "-o"])
+        .arg(format!("HostKeyAlgorithms={algo}"))
         .arg("-o")
         .arg(format!("HostKeyAlias={alias}"))
         .arg(format!("{user}@{ip}"))
@@ -436,9 +450,29 @@ fn jenkins_end_to_end() {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&master_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
+    // The plugin finds the key pair by fingerprint, not by name: for an imported RSA key, EC2's
+    // fingerprint is the MD5 of the public key's DER form, computed here with OpenSSL.
+    let sh = |script: &str| {
+        let out = Command::new("sh").args(["-c", script]).output().unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let k = master_key.display();
+    let md5 = sh(&format!(
+        "ssh-keygen -y -f {k} > {k}.pub && ssh-keygen -e -m PKCS8 -f {k}.pub | openssl pkey -pubin -outform DER | openssl md5 -c"
+    ));
+    let fingerprint = md5.trim().rsplit(' ').next().unwrap().to_owned();
+    let by_fingerprint: Vec<&str> = pairs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["KeyFingerprint"] == fingerprint.as_str())
+        .map(|p| p["KeyName"].as_str().unwrap())
+        .collect();
+    assert_eq!(by_fingerprint, [key_pair.as_str()], "the plugin's fingerprint {fingerprint} finds {by_fingerprint:?}");
     let newest_image = reg["templates"][0]["newest_image"].as_str().unwrap().to_owned();
     let user_data = "#!/bin/sh\necho launched-by-a-plugin > /var/tmp/plugin-user-data\n";
-    let launched = plugin_launch(t, &key_pair, user_data, true);
+    let launched = plugin_launch(t, by_fingerprint[0], user_data, true);
     let id = launched["instance_id"].as_str().unwrap().to_owned();
     let ip = launched["private_ip"].as_str().unwrap().to_owned();
     assert_eq!(launched["image_id"], newest_image.as_str());
@@ -459,6 +493,29 @@ fn jenkins_end_to_end() {
         "the master's key logged in to the agent {:.1} s after its console showed the host key",
         started.elapsed().as_secs_f64()
     );
+    // Whichever host key the plugin's SSH client negotiates (Apache MINA prefers ECDSA, then
+    // ed25519, then RSA), the console shows it: every key sshd offers is there, and logs in.
+    let scan = sh(&format!("ssh-keyscan -T 5 {ip} 2>/dev/null"));
+    let offered: Vec<(String, String)> = scan
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            Some((f.next()?.to_owned(), f.next()?.to_owned()))
+        })
+        .collect();
+    assert!(offered.iter().any(|(a, _)| a == "ssh-ed25519"), "{scan}");
+    for (algo, key) in &offered {
+        let shown =
+            console_host_key(console, algo).unwrap_or_else(|| panic!("sshd offers {algo}; the console lacks it"));
+        assert_eq!(shown, format!("{algo} {key}"), "the console's {algo} key is not the one sshd offers");
+        let pinned = keys.path().join(format!("known-{algo}"));
+        std::fs::write(&pinned, format!("{id} {shown}\n")).unwrap();
+        // An RSA key signs with SHA-2 (OpenSSH refuses SHA-1 `ssh-rsa` signatures).
+        let negotiate = if algo == "ssh-rsa" { "rsa-sha2-512,rsa-sha2-256" } else { algo.as_str() };
+        let out = ssh_agent_with(&ip, user, &master_key, &pinned, &id, negotiate, "true");
+        assert!(out.status.success(), "{algo}: {out:?}");
+    }
+    eprintln!("host keys on the console and offered by sshd: {:?}", offered.iter().map(|o| &o.0).collect::<Vec<_>>());
     // A host key other than the console's is refused.
     let wrong = keys.path().join("wrong");
     let other = keygen(keys.path(), "other-host");

@@ -17,6 +17,8 @@ use std::process::ExitCode;
 
 /// Where the master's role keeps the agents file, and the script that installs it.
 const AGENTS_FILE: &str = "/etc/jenkins/casc/agents.yaml";
+/// What agent roles' names start with (the jenkins-master role's IAM statements name them so).
+const AGENT_ROLE_PREFIX: &str = "jenkins-agent-";
 const INSTALL: &str = "/usr/local/sbin/cgcloud-jenkins-agents";
 
 pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCode> {
@@ -90,6 +92,13 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
 
     let mut chosen = Vec::new();
     for role in roles {
+        // The master may pass (and manage instances of) only the profiles of roles so named.
+        if !role.name.starts_with(AGENT_ROLE_PREFIX) {
+            bail!(
+                "agent role '{}' is not named {AGENT_ROLE_PREFIX}*: the master's instance profile lets it launch and manage only agents with those roles' profiles; rename the role",
+                role.name
+            );
+        }
         let images = cloud.list_images(ns.as_str(), Some(&role.name)).await?;
         let Some(newest) = images
             .iter()
@@ -177,7 +186,8 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
         });
     }
     let jcloud = JenkinsCloud {
-        name: format!("cgcloud {}", ns),
+        // Jenkins puts a cloud's name in URLs and refuses '/' in names: `cgcloud-hannes`.
+        name: cloud_name(&ns),
         region: cloud.region.clone(),
         endpoint: ctx.settings.agent.endpoint.clone(),
     };
@@ -215,6 +225,9 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
         target.close().await;
         let action = said.lines().last().unwrap_or("").trim().to_owned();
         progress.finish(format!("{AGENTS_FILE} on {}: {action}", master.instance_id));
+        if action == "written" {
+            ctx.out.note("Jenkins is not running on the master; it reads the templates when it starts");
+        }
         action
     };
     let json = serde_json::json!({
@@ -240,8 +253,28 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// The EC2 plugin's cloud of namespace `ns` in Jenkins: `cgcloud` and the namespace's AWS
+/// prefix (`cgcloud-hannes`, `cgcloud-team_ci`; `cgcloud` for the root namespace).
+fn cloud_name(ns: &cgcloud_core::Namespace) -> String {
+    let prefix = ns.aws_prefix();
+    match prefix.strip_suffix('_') {
+        Some(p) if !p.is_empty() => format!("cgcloud-{p}"),
+        _ => "cgcloud".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cloud_names_are_good_jenkins_names() {
+        for (ns, name) in [("/hannes/", "cgcloud-hannes"), ("/team/ci/", "cgcloud-team_ci"), ("/", "cgcloud")] {
+            let got = super::cloud_name(&Namespace::parse(ns).unwrap());
+            assert_eq!(got, name);
+            // Jenkins.checkGoodName's refused characters.
+            assert!(!got.chars().any(|c| "?*/\\%!@#$^&|<>[]:;".contains(c)), "{got}");
+        }
+    }
+
     use cgcloud_core::policy::Request;
     use cgcloud_core::Namespace;
 
@@ -253,18 +286,77 @@ mod tests {
         let master = reg.role("jenkins-master").unwrap();
         let ns = Namespace::parse("/hannes/").unwrap();
         let policy = super::super::launch::iam_policy(&ns, &master, true).unwrap();
-        let pass = |arn: &str| policy.allows(&Request::new("iam:PassRole", arn));
+        let pass = |arn: &str| {
+            policy.allows(&Request::new("iam:PassRole", arn).with("iam:PassedToService", &["ec2.amazonaws.com"]))
+        };
         assert!(pass("arn:aws:iam::123456789012:role/cgcloud/hannes/hannes_jenkins-agent-debian-trixie"));
         assert!(!pass("arn:aws:iam::123456789012:role/cgcloud/hannes/hannes_jenkins-master"));
         assert!(!pass("arn:aws:iam::123456789012:role/cgcloud/team/team_jenkins-agent-debian-trixie"));
         assert!(!pass("arn:aws:iam::123456789012:role/Admin"));
-        // What the EC2 plugin documents that it needs, and nothing of IAM beyond it.
-        for action in ["ec2:RunInstances", "ec2:GetConsoleOutput", "ec2:TerminateInstances", "ec2:DescribeImages"] {
+        // What the EC2 plugin documents that it needs (launching and terminating are narrowed
+        // to its agents: `the_master_manages_only_its_agents`), and nothing of IAM beyond it.
+        for action in ["ec2:GetConsoleOutput", "ec2:DescribeImages", "ec2:DescribeKeyPairs", "ec2:RequestSpotInstances"]
+        {
             assert!(policy.allows(&Request::new(action, "*")), "{action}");
         }
         for action in ["iam:CreateRole", "iam:PutRolePolicy", "ec2:DeleteKeyPair", "ec2:ImportKeyPair", "s3:GetObject"]
         {
             assert!(!policy.allows(&Request::new(action, "*")), "{action} is allowed");
         }
+    }
+
+    /// The attack of a compromised master on the boxes of the account: it must not be able to
+    /// tag (e.g. `cgcloud:keypairs`, which agents trust), stop or terminate any instance but its
+    /// own agents, nor launch instances with another profile; what the EC2 plugin does to its
+    /// agents stays allowed.
+    #[test]
+    fn the_master_manages_only_its_agents() {
+        let reg = cgcloud_roles::Registry::builtin().unwrap();
+        let master = reg.role("jenkins-master").unwrap();
+        let ns = Namespace::parse("/hannes/").unwrap();
+        let policy = super::super::launch::iam_policy(&ns, &master, true).unwrap();
+        let instance = "arn:aws:ec2:us-west-2:123456789012:instance/i-0123456789abcdef0";
+        let agent = "arn:aws:iam::123456789012:instance-profile/cgcloud/hannes/hannes_jenkins-agent-debian-trixie";
+        let other = [
+            "arn:aws:iam::123456789012:instance-profile/cgcloud/hannes/hannes_generic-debian-trixie-box",
+            "arn:aws:iam::123456789012:instance-profile/cgcloud/team/team_jenkins-agent-debian-trixie",
+            "arn:aws:iam::123456789012:instance-profile/cgcloud/hannes/hannes_jenkins-master",
+        ];
+        let on = |action: &str, profile: Option<&str>| {
+            let r = Request::new(action, instance);
+            policy.allows(&match profile {
+                Some(p) => r.with("ec2:InstanceProfile", &[p]),
+                None => r,
+            })
+        };
+        for action in
+            ["ec2:CreateTags", "ec2:DeleteTags", "ec2:StopInstances", "ec2:StartInstances", "ec2:TerminateInstances"]
+        {
+            assert!(on(action, Some(agent)), "{action} on its agent");
+            assert!(!on(action, None), "{action} on a box without a profile");
+            for p in other {
+                assert!(!on(action, Some(p)), "{action} on a box with {p}");
+            }
+        }
+        // Launching: an instance only with an agent profile; tags only at launch or on agents.
+        assert!(on("ec2:RunInstances", Some(agent)));
+        assert!(!on("ec2:RunInstances", Some(other[0])));
+        assert!(!on("ec2:RunInstances", None));
+        for r in ["arn:aws:ec2:us-west-2::image/ami-0123", "arn:aws:ec2:us-west-2:123456789012:volume/vol-1"] {
+            assert!(policy.allows(&Request::new("ec2:RunInstances", r)), "{r}");
+        }
+        let tag_at_launch = Request::new("ec2:CreateTags", instance).with("ec2:CreateAction", &["RunInstances"]);
+        assert!(policy.allows(&tag_at_launch));
+        let tag_later = Request::new("ec2:CreateTags", instance).with("ec2:CreateAction", &["CreateTags"]);
+        assert!(!policy.allows(&tag_later.with("ec2:InstanceProfile", &[other[0]])));
+        // Key pairs (whose tags `@user` patterns trust) are not the master's to tag.
+        let key_pair = "arn:aws:ec2:us-west-2:123456789012:key-pair/alice";
+        assert!(!policy.allows(&Request::new("ec2:CreateTags", key_pair)));
+        // PassRole only to EC2.
+        let role = "arn:aws:iam::123456789012:role/cgcloud/hannes/hannes_jenkins-agent-debian-trixie";
+        assert!(policy.allows(&Request::new("iam:PassRole", role).with("iam:PassedToService", &["ec2.amazonaws.com"])));
+        assert!(
+            !policy.allows(&Request::new("iam:PassRole", role).with("iam:PassedToService", &["lambda.amazonaws.com"]))
+        );
     }
 }

@@ -8,7 +8,6 @@ use super::images::{bake_image, pick_image};
 use super::provision::provision;
 use crate::cli::{CreateArgs, LaunchArgs, RecreateArgs, SelectArgs};
 use crate::context::Ctx;
-use crate::userdata::cloud_config;
 use anyhow::{anyhow, bail, Context as _, Result};
 use cgcloud_aws::ec2::{FoundImage, InstanceTypeInfo, LaunchSpec, Network, SgRule, SgSource};
 use cgcloud_aws::Cloud;
@@ -18,6 +17,7 @@ use cgcloud_core::model::{BoxInfo, ImageInfo};
 use cgcloud_core::plan::{Action, On, Step};
 use cgcloud_core::policy::Policy;
 use cgcloud_core::tags::{self, Tags};
+use cgcloud_core::userdata::cloud_config;
 use cgcloud_core::Namespace;
 use cgcloud_roles::compile::compile;
 use cgcloud_roles::os::{Arch, ImageSource, OsDef};
@@ -90,7 +90,7 @@ pub(crate) struct Prepared {
     /// The agent's settings, unless --no-agent.
     agent: Option<AgentSetup>,
     /// Files written at first boot: a cluster's secrets (`[[cluster.secrets]]`).
-    pub(crate) secrets: Vec<crate::userdata::SecretFile>,
+    pub(crate) secrets: Vec<cgcloud_core::userdata::SecretFile>,
     /// Autostop: idle seconds, and whether to terminate rather than stop.
     pub(crate) autostop: Option<(u64, bool)>,
 }
@@ -269,22 +269,12 @@ fn sg_rules(role: &Role) -> Vec<SgRule> {
 /// The policy of a role's boxes: the role's own statements, plus what the agent needs
 /// (`cgcloud_core::policy::agent_statements`, evaluated in that module's tests).
 pub(crate) fn iam_policy(ns: &Namespace, role: &Role, agent: bool) -> Result<Policy> {
-    use cgcloud_core::policy::{Effect, Statement};
     let mut statements = Vec::new();
     for s in &role.iam {
-        let resources = s
-            .resource
-            .iter()
-            .map(|r| cgcloud_roles::role::render_iam(r, ns.as_str(), &ns.iam_path(), &ns.aws_prefix()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow!("role '{}': {e}", role.name))?;
-        statements.push(Statement {
-            why: "role statement",
-            effect: if s.effect.eq_ignore_ascii_case("deny") { Effect::Deny } else { Effect::Allow },
-            actions: s.action.clone(),
-            resources,
-            conditions: Vec::new(),
-        });
+        statements.push(
+            s.render(ns.as_str(), &ns.iam_path(), &ns.aws_prefix())
+                .map_err(|e| anyhow!("role '{}': {e}", role.name))?,
+        );
     }
     if agent {
         statements.extend(cgcloud_core::policy::agent_statements(ns.as_str(), &ns.agent_queue_prefix()));
@@ -1245,7 +1235,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
         };
         if a.quick {
             finish_launch(cloud, &txn, std::slice::from_ref(&b.instance_id)).await?;
-            return Ok(b);
+            return Ok((b, None));
         }
         let target = wait_ssh(ctx, &b, &a.launch).await?;
         if let (Some(id), Some(v)) = (&volume_id, &volume) {
@@ -1261,22 +1251,32 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
         publish_key_pairs(ctx, cloud, &target, &prepared).await?;
         finish_launch(cloud, &txn, std::slice::from_ref(&b.instance_id)).await?;
         target.close().await;
-        if a.create_image {
+        let baked = if a.create_image {
             let image = bake_image(ctx, cloud, &b, &prepared.ns, !a.launch.terminate).await?;
             ctx.out.note(format!("baked image {image}"));
-        }
-        Ok(b)
+            Some(image)
+        } else {
+            None
+        };
+        Ok((b, baked))
     };
-    let b = transaction(ctx, &txn, a.launch.never_terminate, work).await?;
-    finish(ctx, cloud, &b, &a.launch).await
+    let (b, baked) = transaction(ctx, &txn, a.launch.never_terminate, work).await?;
+    finish(ctx, cloud, &b, &a.launch, Some(baked)).await
 }
 
-async fn finish(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, a: &LaunchArgs) -> Result<ExitCode> {
+/// Prints the new box (`create` also says which image it baked: `baked`, None for
+/// `recreate`), after terminating it with `-T`.
+async fn finish(
+    ctx: &Ctx,
+    cloud: &Cloud,
+    b: &BoxInfo,
+    a: &LaunchArgs,
+    baked: Option<Option<String>>,
+) -> Result<ExitCode> {
     if a.terminate {
         cloud.terminate(std::slice::from_ref(&b.instance_id)).await?;
         super::boxes::forget(ctx, std::slice::from_ref(&b.instance_id)).await?;
         ctx.out.note(format!("terminated {} (--terminate)", b.instance_id));
-        return Ok(ExitCode::SUCCESS);
     }
     let fresh = cloud
         .describe_instances(std::slice::from_ref(&b.instance_id))
@@ -1286,8 +1286,18 @@ async fn finish(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, a: &LaunchArgs) -> Result
         .unwrap_or_else(|| b.clone());
     if a.list {
         super::boxes::print_rows(&ctx.out, std::slice::from_ref(&fresh));
+    } else if let Some(baked) = baked {
+        let mut v = serde_json::to_value(&fresh)?;
+        v["baked_image"] = serde_json::json!(baked);
+        ctx.out.record(&v, || match &baked {
+            Some(id) => format!("{}\n{:<18}{id}", super::boxes::box_text(&fresh), "baked_image"),
+            None => super::boxes::box_text(&fresh),
+        });
     } else {
         print_box(&ctx.out, &fresh);
+    }
+    if a.terminate {
+        return Ok(ExitCode::SUCCESS);
     }
     let ns = ctx.namespace().await?;
     let mut hint = format!("run 'cgcloud ssh {}", fresh.role);
@@ -1335,7 +1345,7 @@ pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
         Ok(b)
     };
     let b = transaction(ctx, &txn, a.launch.never_terminate, work).await?;
-    finish(ctx, cloud, &b, &a.launch).await
+    finish(ctx, cloud, &b, &a.launch, None).await
 }
 
 pub async fn provision_existing(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {
