@@ -2,6 +2,7 @@
 //! the tag schema, box selection, cluster ordinals, key parsing and fingerprints, globs, zones,
 //! IAM policies, and generated configuration (Jenkins agents, YAML).
 
+pub mod authorized_keys;
 pub mod d32;
 pub mod glob;
 pub mod jenkins;
@@ -15,6 +16,7 @@ pub mod policy;
 pub mod spot;
 pub mod sshkey;
 pub mod tags;
+pub mod userdata;
 pub mod yaml;
 pub mod zone;
 

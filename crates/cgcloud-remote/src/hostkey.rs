@@ -4,13 +4,7 @@ use crate::RemoteError;
 use std::io::Write as _;
 use std::path::Path;
 
-/// A freshly generated ed25519 host key pair in OpenSSH formats.
-#[derive(Debug, Clone)]
-pub struct HostKey {
-    pub private_openssh: String,
-    /// `ssh-ed25519 AAAA...` (no comment).
-    pub public: String,
-}
+pub use cgcloud_core::userdata::HostKey;
 
 /// Generates an ed25519 host key with `ssh-keygen`.
 pub fn generate() -> Result<HostKey, RemoteError> {

@@ -7,7 +7,6 @@ mod complete;
 mod context;
 mod output;
 mod settings;
-mod userdata;
 
 use clap::Parser as _;
 use std::process::ExitCode;

@@ -5,7 +5,7 @@ use super::*;
 
 /// A new cluster's secrets (`[[cluster.secrets]]`): fresh random bytes, or a fresh SSH key, for
 /// each file.
-pub(super) fn new_secrets(decl: &cgcloud_roles::role::ClusterDecl) -> Result<Vec<crate::userdata::SecretFile>> {
+pub(super) fn new_secrets(decl: &cgcloud_roles::role::ClusterDecl) -> Result<Vec<cgcloud_core::userdata::SecretFile>> {
     use base64::Engine as _;
     use cgcloud_roles::role::SecretKind;
     use rand::RngCore as _;
@@ -23,7 +23,7 @@ pub(super) fn new_secrets(decl: &cgcloud_roles::role::ClusterDecl) -> Result<Vec
                     .private_openssh
                     .into_bytes(),
             };
-            Ok(crate::userdata::SecretFile {
+            Ok(cgcloud_core::userdata::SecretFile {
                 path: s.path.clone(),
                 base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
                 owner: s.owner.clone(),
@@ -55,7 +55,7 @@ pub(super) async fn cluster_secrets(
     ctx: &Ctx,
     leader: &BoxInfo,
     decl: &cgcloud_roles::role::ClusterDecl,
-) -> Result<Vec<crate::userdata::SecretFile>> {
+) -> Result<Vec<cgcloud_core::userdata::SecretFile>> {
     use base64::Engine as _;
     if decl.secrets.is_empty() {
         return Ok(Vec::new());
@@ -82,7 +82,7 @@ pub(super) async fn cluster_secrets(
             if let Err(e) = secret_shape_ok(s, &bytes) {
                 bail!("the leader's {} is {e}", s.path);
             }
-            Ok(crate::userdata::SecretFile {
+            Ok(cgcloud_core::userdata::SecretFile {
                 path: s.path.clone(),
                 base64: b64.trim().to_owned(),
                 owner: s.owner.clone(),
@@ -113,8 +113,9 @@ mod tests {
     fn each_cluster_gets_fresh_secrets_of_the_declared_kind() {
         let d = decl();
         let (a, b) = (new_secrets(&d).unwrap(), new_secrets(&d).unwrap());
-        let raw =
-            |f: &crate::userdata::SecretFile| base64::engine::general_purpose::STANDARD.decode(&f.base64).unwrap();
+        let raw = |f: &cgcloud_core::userdata::SecretFile| {
+            base64::engine::general_purpose::STANDARD.decode(&f.base64).unwrap()
+        };
         for (s, f) in d.secrets.iter().zip(&a) {
             secret_shape_ok(s, &raw(f)).unwrap();
         }

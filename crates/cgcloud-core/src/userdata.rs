@@ -5,8 +5,15 @@
 //! publishes the public half as a tag on itself, which only it may write (`policy.rs`).
 //! cloud-config is YAML, and JSON is valid YAML, so it is written with serde_json.
 
-use cgcloud_remote::hostkey::HostKey;
 use serde_json::json;
+
+/// An ed25519 host key pair in OpenSSH formats (made by `ssh-keygen` on the workstation).
+#[derive(Debug, Clone)]
+pub struct HostKey {
+    pub private_openssh: String,
+    /// `ssh-ed25519 AAAA...` (no comment).
+    pub public: String,
+}
 
 /// A file cloud-init writes before anything else runs (a cluster's secrets).
 #[derive(Debug, Clone, PartialEq, Eq)]
