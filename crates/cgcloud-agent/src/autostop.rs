@@ -1,6 +1,7 @@
 //! Autostop: a box (or a cluster, decided by its leader) that has been idle for the period its
-//! `cgcloud:autostop` tag names stops or terminates itself. Idle means: no SSH connection, CPU
-//! use below the role's threshold, and the role's busy probe (e.g. "Slurm has jobs") failing;
+//! `cgcloud:autostop` tag names stops or terminates itself. Idle means: no SSH connection
+//! (but the cluster's own), CPU use below the role's threshold, and the role's busy probe
+//! (e.g. "Slurm has jobs") failing;
 //! on a cluster, also no worker reporting activity (`cgcloud:active-at`). Spot instances cannot
 //! stop, so they are terminated. The tags are the workstation's (`create --autostop`,
 //! `cgcloud autostop`); a box cannot change them (its policy lets it write only the tags its
@@ -30,15 +31,18 @@ pub fn check_every(s: &Setting) -> Duration {
 }
 
 /// The TCP connections to port 22 that are established, from /proc/net/tcp and tcp6 (an SSH
-/// session, interactive or not, is one; so is a multiplexed master connection).
-pub fn ssh_connections(proc_net: &Path) -> usize {
+/// session, interactive or not, is one; so is a multiplexed master connection), except those
+/// from loopback or from an address in `internal`: a cluster's own connections (every node,
+/// the leader too, mounts the shared directory over SFTP from the leader) are not somebody
+/// using the cluster.
+pub fn ssh_connections(proc_net: &Path, internal: &[std::net::IpAddr]) -> usize {
     ["tcp", "tcp6"]
         .iter()
-        .map(|f| count_established(&std::fs::read_to_string(proc_net.join(f)).unwrap_or_default(), 22))
+        .map(|f| count_established(&std::fs::read_to_string(proc_net.join(f)).unwrap_or_default(), 22, internal))
         .sum()
 }
 
-fn count_established(table: &str, port: u16) -> usize {
+fn count_established(table: &str, port: u16, internal: &[std::net::IpAddr]) -> usize {
     table
         .lines()
         .skip(1)
@@ -48,8 +52,28 @@ fn count_established(table: &str, port: u16) -> usize {
             f.len() > 3
                 && f[3] == "01"
                 && f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+                && !parse_address(f[2]).is_some_and(|a| a.is_loopback() || internal.contains(&a))
         })
         .count()
+}
+
+/// The address of a /proc/net/tcp{,6} `ADDR:PORT` field: IPv4 as one little-endian word,
+/// IPv6 as four; an IPv4-mapped IPv6 address as its IPv4 address.
+fn parse_address(field: &str) -> Option<std::net::IpAddr> {
+    let hex = field.split(':').next()?;
+    let word = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::swap_bytes);
+    match hex.len() {
+        8 => Some(std::net::Ipv4Addr::from(word(hex)?).into()),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(&hex[i * 8..i * 8 + 8])?.to_be_bytes());
+            }
+            let v6 = std::net::Ipv6Addr::from(bytes);
+            Some(v6.to_ipv4_mapped().map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4))
+        }
+        _ => None,
+    }
 }
 
 /// CPU time used by everything on the box, in microseconds: its cgroup's (a container's own,
@@ -189,10 +213,30 @@ mod tests {
            1: 0500C70A:0016 0100C70A:D2F0 01 00000000:00000000 02:000A7E3A 00000000     0        0 2 1\n\
            2: 0500C70A:9C40 0100C70A:0016 01 00000000:00000000 00:00000000 00000000     0        0 3 1\n";
         // The listening socket and an outgoing connection to someone's port 22 do not count.
-        assert_eq!(count_established(tcp, 22), 1);
+        assert_eq!(count_established(tcp, 22, &[]), 1);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tcp"), tcp).unwrap();
-        assert_eq!(ssh_connections(dir.path()), 1);
+        assert_eq!(ssh_connections(dir.path(), &[]), 1);
+        // From a cluster member (10.199.0.1, e.g. its sshfs mount of the shared directory): not
+        // somebody using the box.
+        let member: std::net::IpAddr = "10.199.0.1".parse().unwrap();
+        assert_eq!(ssh_connections(dir.path(), &[member]), 0);
+        assert_eq!(ssh_connections(dir.path(), &["10.199.0.2".parse().unwrap()]), 1);
+    }
+
+    #[test]
+    fn loopback_and_members_over_ipv6_do_not_count() {
+        let tcp6 = "  sl  local_address                         remote_address                        st\n\
+           0: 00000000000000000000000001000000:0016 00000000000000000000000001000000:A1B2 01 0\n\
+           1: 0000000000000000FFFF00000500C70A:0016 0000000000000000FFFF00000200C70A:A1B2 01 0\n\
+           2: 0000000000000000FFFF00000500C70A:0016 0000000000000000FFFF00000900C70A:A1B2 01 0\n\
+           3: B80D0120000000000000000001000000:0016 B80D0120000000000000000002000000:A1B2 01 0\n";
+        assert_eq!(parse_address("0100007F:0016"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(parse_address("0000000000000000FFFF00000200C70A:A1B2"), Some("10.199.0.2".parse().unwrap()));
+        assert_eq!(parse_address("B80D0120000000000000000002000000:A1B2"), Some("2001:db8::2".parse().unwrap()));
+        assert_eq!(parse_address("zz:0016"), None);
+        // ::1 is loopback; 10.199.0.2 is a member; 10.199.0.9 and 2001:db8::2 are somebody.
+        assert_eq!(count_established(tcp6, 22, &["10.199.0.2".parse().unwrap()]), 2);
     }
 
     #[test]

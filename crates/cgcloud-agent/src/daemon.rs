@@ -358,12 +358,12 @@ impl Agent {
         use crate::autostop;
         let Some(s) = self.autostop else { return Ok(()) };
         let now = Instant::now();
-        let connections = autostop::ssh_connections(std::path::Path::new("/proc/net"));
         let cpu = autostop::cpu_usage_usec(std::path::Path::new("/sys/fs/cgroup"), std::path::Path::new("/proc/stat"));
         let epoch =
             || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         if let (Some(_), false) = (&self.cluster, self.leader) {
             // The role's probe is about the cluster, and it is the leader's to run.
+            let connections = autostop::ssh_connections(std::path::Path::new("/proc/net"), &[]);
             let busy = self.meter.observe(now, connections, cpu, false, false);
             // At most once a check period, and only while busy: what the leader needs to know.
             if busy.is_some() && self.reported_active.is_none_or(|t| now - t >= autostop::check_every(&s)) {
@@ -382,6 +382,9 @@ impl Agent {
             Some(c) => crate::cluster::members(&self.aws, &self.cfg.namespace, c)?,
             None => Vec::new(),
         };
+        // The nodes' own SSH connections to the leader (the shared directory) are not use.
+        let members: Vec<std::net::IpAddr> = nodes.iter().filter_map(|n| n.private_ip.parse().ok()).collect();
+        let connections = autostop::ssh_connections(std::path::Path::new("/proc/net"), &members);
         // A worker counts as active if it said so within two check periods (and a minute).
         let recent = epoch().saturating_sub(2 * autostop::check_every(&s).as_secs() + 60);
         let peers = nodes.iter().any(|n| {

@@ -746,7 +746,7 @@ fn clusters_end_to_end() {
         std::thread::sleep(std::time::Duration::from_secs(3));
     }
     eprintln!(
-        "an idle 3-node cluster with autostop 20s stopped itself {:.0} s after it was turned on",
+        "an idle 3-node cluster with autostop 10s stopped itself {:.0} s after it was turned on",
         started.elapsed().as_secs_f64()
     );
     u.ok(&["terminate-cluster", "generic", "-c", "idle"]);
@@ -1268,6 +1268,40 @@ fn toil_end_to_end() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("option 'default_memory_mb' is baked into image"), "{err}");
     assert!(!err.contains("launching"), "{err}");
+
+    // Autostop on a cluster whose nodes hold SSH connections to the leader of their own (the
+    // shared directory): they are not use, so the idle cluster stops itself.
+    u.ok(&["autostop", "toil", "-c", "t2", "10s"]);
+    let started = std::time::Instant::now();
+    loop {
+        let states: Vec<String> = u
+            .json(&["list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["cluster"] == "t2")
+            .map(|b| b["state"].as_str().unwrap().to_owned())
+            .collect();
+        if states.len() == 2 && states.iter().all(|s| s == "stopped") {
+            break;
+        }
+        if started.elapsed().as_secs() > 240 {
+            let log = u.run(&[
+                "ssh",
+                "toil-leader",
+                "-c",
+                "t2",
+                "--",
+                "sudo journalctl -u cgcloud-agent --no-pager | grep autostop | tail -3",
+            ]);
+            panic!("the idle toil cluster did not stop itself: {states:?}\n{}", String::from_utf8_lossy(&log.stdout));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    eprintln!(
+        "an idle toil cluster with autostop 10s stopped itself {:.0} s after it was turned on",
+        started.elapsed().as_secs_f64()
+    );
 
     u.ok(&["terminate-cluster", "toil", "-c", "t1"]);
     u.ok(&["terminate-cluster", "toil", "-c", "t2"]);
