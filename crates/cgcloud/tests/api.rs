@@ -669,6 +669,17 @@ fn doctor_says_what_a_first_run_lacks() {
     assert!(v.as_array().unwrap().iter().all(|c| c["status"] != "fail"), "{v}");
     let key = v.as_array().unwrap().iter().find(|c| c["check"] == "key pair").unwrap();
     assert!(key["detail"].as_str().unwrap().contains("id_ed25519"), "{key}");
+    // Without a region, that is what fails (not "credentials"), and this machine's own checks
+    // are still made.
+    let out = env().cmd().env_remove("AWS_REGION").args(["--output", "json", "doctor"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{v}");
+    let checks = v.as_array().unwrap();
+    let region = checks.iter().find(|c| c["status"] == "fail").unwrap();
+    assert_eq!(region["check"], "region and zone", "{v}");
+    for local in ["agent", "ssh"] {
+        assert!(checks.iter().any(|c| c["check"] == local && c["status"] == "ok"), "no {local} check: {v}");
+    }
 }
 
 /// Autostop on moto (where no agent runs, so only what the workstation writes): the tags of

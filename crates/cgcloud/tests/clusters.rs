@@ -151,3 +151,45 @@ fn cluster_options_are_validated() {
     let err = empty.fails(&["create-cluster", "generic"]);
     assert!(err.contains("cgcloud create -I -T generic-cluster-box"), "{err}");
 }
+
+/// Progress off a terminal is plain lines, one per phase step with its count and total; `-q`
+/// prints nothing at all on stderr; on a terminal (a pty from `script`) the bars draw.
+#[test]
+fn progress_is_plain_off_a_terminal_silent_with_q_and_bars_on_one() {
+    let e = env();
+    let _agents = FakeAgents::start(&e);
+    let out = e.run(&["create-cluster", "generic", "-s", "2", "-c", "p1", "--skip-ssh-check"]);
+    let err = testkit::succeeded(&["create-cluster"], &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.is_empty(), "create-cluster printed nothing on stdout");
+    for phase in ["launched 3/3", "running 3/3", "configured 3/3"] {
+        assert!(stderr.lines().any(|l| l.contains(phase)), "no plain line with '{phase}':\n{stderr}");
+    }
+    assert!(!stderr.contains('\u{1b}'), "escape sequences off a terminal:\n{stderr}");
+    let out = e.run(&["-q", "create-cluster", "generic", "-s", "2", "-c", "p2", "--skip-ssh-check"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "-q printed on stderr");
+    // On a terminal: `script` gives cgcloud a pty; the bars draw (and are cleared) with escapes.
+    let hermetic = e.cmd();
+    let mut tty = std::process::Command::new("script");
+    for (k, v) in hermetic.get_envs() {
+        match v {
+            Some(v) => tty.env(k, v),
+            None => tty.env_remove(k),
+        };
+    }
+    let line = format!("{} create-cluster generic -s 2 -c p3 --skip-ssh-check", env!("CARGO_BIN_EXE_cgcloud"));
+    let tty = tty
+        .args(["-qec", &line, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{screen}");
+    assert!(screen.contains('\u{1b}'), "no terminal drawing on a pty:\n{screen}");
+    for c in ["p2", "p3"] {
+        e.ok(&["terminate-cluster", "generic", "-c", c]);
+    }
+    e.ok(&["terminate-cluster", "generic", "-c", "p1"]);
+}

@@ -48,32 +48,8 @@ fn nodes(e: &TestEnv, cluster: &str) -> Vec<(u64, String, bool, String)> {
     n
 }
 
-/// What a namespace holds that no completed launch accounts for, counted independently:
-/// instances still pending a launch, security groups no instance uses, IAM roles of pending
-/// launches and instance profiles of those or of no role, volumes, open spot requests, agent
-/// queues of instances that are gone.
-fn leftovers(e: &TestEnv, ns: &str) -> Value {
-    let out = e.boto3(&format!("ec2 = client('ec2'); iam = client('iam')\n\
-         ns = [{{'Name': 'tag:cgcloud:namespace', 'Values': ['/{ns}/']}}]\n\
-         live = [i for r in ec2.describe_instances(Filters=ns)['Reservations'] for i in r['Instances'] if i['State']['Name'] not in ('terminated', 'shutting-down')]\n\
-         pending = [i['InstanceId'] for i in live if any(t['Key'] == 'cgcloud:launch-state' for t in i.get('Tags', []))]\n\
-         used = {{g['GroupId'] for i in live for g in i['SecurityGroups']}}\n\
-         groups = [g['GroupId'] for g in ec2.describe_security_groups(Filters=ns)['SecurityGroups'] if g['GroupId'] not in used]\n\
-         roles = [r['RoleName'] for r in iam.list_roles(PathPrefix='/cgcloud/{ns}/')['Roles'] if any(t['Key'] == 'cgcloud:launch-state' for t in iam.list_role_tags(RoleName=r['RoleName'])['Tags'])]\n\
-         vols = [v['VolumeId'] for v in ec2.describe_volumes(Filters=ns)['Volumes'] if v['State'] not in ('deleted', 'in-use')]\n\
-         spot = [s['SpotInstanceRequestId'] for s in ec2.describe_spot_instance_requests()['SpotInstanceRequests'] if s['State'] == 'open']\n\
-         path = '/cgcloud/{ns}/'\n\
-         role_names = {{r['RoleName'] for r in iam.list_roles(PathPrefix=path)['Roles'] if r['Path'] == path}}\n\
-         profiles = [p['InstanceProfileName'] for p in iam.list_instance_profiles(PathPrefix=path)['InstanceProfiles'] if p['Path'] == path and (p['InstanceProfileName'] in roles or not any(r['RoleName'] in role_names for r in p['Roles']))]\n\
-         ids = {{i['InstanceId'] for i in live}}\n\
-         queues = [u for u in client('sqs').list_queues(QueueNamePrefix='{ns}_cgcloud-agent_').get('QueueUrls', []) if u.rsplit('_', 1)[-1] not in ids]\n\
-         print(json.dumps({{'instances': pending, 'security_groups': groups, 'iam_roles': roles, 'instance_profiles': profiles, 'volumes': vols, 'spot_requests': spot, 'queues': queues}}))"),
-    );
-    serde_json::from_str(out.trim()).unwrap()
-}
-
 fn assert_no_leftovers(e: &TestEnv, ns: &str, what: &str) {
-    let left = leftovers(e, ns);
+    let left = e.leftovers(ns);
     let total: usize = left.as_object().unwrap().values().map(|v| v.as_array().unwrap().len()).sum();
     assert_eq!(total, 0, "{what}: left behind {left}");
 }
@@ -370,4 +346,59 @@ fn killed_launches_leave_nothing_that_cleanup_does_not_remove() {
         proxy.injected()
     );
     assert!(killed >= runs / 2, "too few runs were interrupted ({killed} of {runs}) to mean anything");
+}
+
+/// Ctrl-C during a launch rolls it back; a second Ctrl-C during the rollback (its terminate
+/// call held up here) stops at once, with exit status 130, naming what is left and the exact
+/// cleanup command — which, run as given, removes it.
+#[test]
+fn a_second_ctrl_c_stops_the_rollback_and_names_the_cleanup_command() {
+    use std::io::Read as _;
+    let (e, proxy) = env("faults-sigint");
+    let _agents = FakeAgents::start(&e);
+    proxy.set_rules(vec![
+        Rule::always("RunInstances", Fault::Delay(std::time::Duration::from_millis(300))),
+        Rule::always("TerminateInstances", Fault::Delay(std::time::Duration::from_secs(8))),
+    ]);
+    let mut child = e
+        .cmd()
+        .args(["create-cluster", "generic", "-s", "2", "-c", "twice", "--skip-ssh-check"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    // Once the leader exists, the launch has something to roll back.
+    let started = std::time::Instant::now();
+    while nodes(&e, "twice").is_empty() {
+        assert!(started.elapsed().as_secs() < 60, "the leader never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let int = |pid: u32| std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    int(child.id());
+    // The rollback's TerminateInstances is held up by the proxy: interrupt it.
+    while proxy.count("TerminateInstances") == 0 {
+        assert!(started.elapsed().as_secs() < 90, "the rollback never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    int(child.id());
+    let status = child.wait().unwrap();
+    let err = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("interrupted twice; the rollback stopped") && last.contains("left behind"), "{err}");
+    let command = last.split('`').nth(1).expect("the cleanup command in backticks");
+    assert!(command.starts_with("cgcloud -n /faults-sigint/ cleanup"), "{command}");
+    // The held-up terminate call still reaches EC2; the command then removes the rest.
+    assert!(proxy.wait_idle(std::time::Duration::from_secs(30)));
+    proxy.set_rules(Vec::new());
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    e.ok(&args);
+    e.ok(&args);
+    assert_no_leftovers(&e, "faults-sigint", "after the second Ctrl-C and the cleanup command");
 }

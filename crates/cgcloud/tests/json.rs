@@ -60,7 +60,8 @@ fn box_commands() {
     let key = e.keygen("id_ed25519", "ed25519");
     snap(&e, "register_key", &["register-key", key.with_extension("pub").to_str().unwrap()]);
     snap(&e, "register_key_again", &["register-key", key.with_extension("pub").to_str().unwrap()]);
-    snap(&e, "create", &["create", BOX, "-Q"]);
+    let created = snap(&e, "create", &["create", BOX, "-Q"]);
+    let id = created["instance_id"].as_str().unwrap().to_owned();
     snap(&e, "list", &["list"]);
     snap(&e, "show", &["show", BOX]);
     snap(&e, "stop", &["stop", BOX]);
@@ -69,10 +70,18 @@ fn box_commands() {
     snap(&e, "list_images", &["list-images", BOX]);
     snap(&e, "start", &["start", BOX, "-Q"]);
     snap(&e, "reboot", &["reboot", BOX]);
-    snap(&e, "metrics", &["metrics", BOX]);
+    // What the box's agent would have reported.
+    e.boto3(&format!(
+        "client('cloudwatch').put_metric_data(Namespace='CGCloud', MetricData=[{{'MetricName': 'MemUsage', 'Value': 42.5, 'Unit': 'Percent', 'Dimensions': [{{'Name': 'InstanceId', 'Value': '{id}'}}]}}])"
+    ));
+    let metrics = snap(&e, "metrics", &["metrics", BOX]);
+    assert_eq!(metrics[0]["name"], "MemUsage", "{metrics}");
     snap(&e, "autostop", &["autostop", BOX, "90m", "--autodown"]);
     snap(&e, "autostop_off", &["autostop", BOX, "off"]);
     snap(&e, "terminate", &["terminate", BOX]);
+    // -T: the box as it is once terminated.
+    let gone = snap(&e, "create_terminated", &["create", BOX, "-Q", "-T"]);
+    assert!(matches!(gone["state"].as_str(), Some("shutting-down" | "terminated")), "{gone}");
     snap(&e, "delete_image", &["delete-image", BOX]);
     snap(&e, "cleanup", &["cleanup", "--dry-run"]);
     snap(&e, "reset_security", &["reset-security", "--dry-run"]);

@@ -227,6 +227,31 @@ impl TestEnv {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// What a namespace holds that no completed launch accounts for, counted independently:
+    /// instances still pending a launch, security groups no instance uses, IAM roles of pending
+    /// launches and instance profiles of those or of no role, volumes, open spot requests, agent
+    /// queues of instances that are gone. `ns` is a one-component namespace without its
+    /// slashes (`faults-crash` for `/faults-crash/`); the answer maps each kind to its ids.
+    pub fn leftovers(&self, ns: &str) -> serde_json::Value {
+        let out = self.boto3(&format!("ec2 = client('ec2'); iam = client('iam')\n\
+         ns = [{{'Name': 'tag:cgcloud:namespace', 'Values': ['/{ns}/']}}]\n\
+         live = [i for r in ec2.describe_instances(Filters=ns)['Reservations'] for i in r['Instances'] if i['State']['Name'] not in ('terminated', 'shutting-down')]\n\
+         pending = [i['InstanceId'] for i in live if any(t['Key'] == 'cgcloud:launch-state' for t in i.get('Tags', []))]\n\
+         used = {{g['GroupId'] for i in live for g in i['SecurityGroups']}}\n\
+         groups = [g['GroupId'] for g in ec2.describe_security_groups(Filters=ns)['SecurityGroups'] if g['GroupId'] not in used]\n\
+         roles = [r['RoleName'] for r in iam.list_roles(PathPrefix='/cgcloud/{ns}/')['Roles'] if any(t['Key'] == 'cgcloud:launch-state' for t in iam.list_role_tags(RoleName=r['RoleName'])['Tags'])]\n\
+         vols = [v['VolumeId'] for v in ec2.describe_volumes(Filters=ns)['Volumes'] if v['State'] not in ('deleted', 'in-use')]\n\
+         spot = [s['SpotInstanceRequestId'] for s in ec2.describe_spot_instance_requests()['SpotInstanceRequests'] if s['State'] == 'open']\n\
+         path = '/cgcloud/{ns}/'\n\
+         role_names = {{r['RoleName'] for r in iam.list_roles(PathPrefix=path)['Roles'] if r['Path'] == path}}\n\
+         profiles = [p['InstanceProfileName'] for p in iam.list_instance_profiles(PathPrefix=path)['InstanceProfiles'] if p['Path'] == path and (p['InstanceProfileName'] in roles or not any(r['RoleName'] in role_names for r in p['Roles']))]\n\
+         ids = {{i['InstanceId'] for i in live}}\n\
+         queues = [u for u in client('sqs').list_queues(QueueNamePrefix='{ns}_cgcloud-agent_').get('QueueUrls', []) if u.rsplit('_', 1)[-1] not in ids]\n\
+         print(json.dumps({{'instances': pending, 'security_groups': groups, 'iam_roles': roles, 'instance_profiles': profiles, 'volumes': vols, 'spot_requests': spot, 'queues': queues}}))"),
+    );
+        serde_json::from_str(out.trim()).expect("the leftover count")
+    }
+
     /// Generates an SSH key pair in HOME; returns the private key path (`.pub` beside it).
     pub fn keygen(&self, name: &str, key_type: &str) -> PathBuf {
         let path = self.home.path().join(name);

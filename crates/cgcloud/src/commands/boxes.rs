@@ -73,7 +73,12 @@ pub fn print_rows(out: &Printer, boxes: &[BoxInfo]) {
 }
 
 pub fn print_box(out: &Printer, b: &BoxInfo) {
-    out.record(b, || {
+    out.record(b, || box_text(b));
+}
+
+/// A box as `show` prints it for people: one `key  value` line per field.
+pub fn box_text(b: &BoxInfo) -> String {
+    {
         let mut lines = vec![
             ("instance_id", b.instance_id.clone()),
             ("role", b.role.clone()),
@@ -100,7 +105,7 @@ pub fn print_box(out: &Printer, b: &BoxInfo) {
             lines.push(("option", format!("{k}={v}")));
         }
         lines.iter().map(|(k, v)| format!("{k:<18}{v}")).collect::<Vec<_>>().join("\n")
-    });
+    }
 }
 
 pub async fn show(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {

@@ -96,10 +96,13 @@ pub async fn doctor(ctx: &Ctx) -> Result<ExitCode> {
             }
         });
     }
+    // What this machine needs, whatever the cloud says.
+    local_checks(ctx, &mut checks);
     let cloud = match ctx.cloud().await {
         Ok(c) => c,
         Err(e) => {
-            checks.push(fail("credentials", &e, None));
+            let check = if super::error_kind(&e) == "no-region" { "region and zone" } else { "credentials" };
+            checks.push(fail(check, &e, None));
             return report(ctx, checks);
         }
     };
@@ -176,27 +179,6 @@ pub async fn doctor(ctx: &Ctx) -> Result<ExitCode> {
         },
         Err(e) => checks.push(fail("key pair", &e, None)),
     }
-    checks.push(match super::provision::check_agent(ctx) {
-        Ok(()) => ok(
-            "agent",
-            match &s.agent.url {
-                Some(url) => format!("release {url}"),
-                None => std::env::var("CGCLOUD_AGENT_BINARY")
-                    .ok()
-                    .or_else(|| super::provision::agent_binary().ok().map(|p| p.display().to_string()))
-                    .unwrap_or_default(),
-            },
-        ),
-        Err(e) => fail("agent", &e, None),
-    });
-    checks.push(match cgcloud_remote::require_programs(&["ssh", "ssh-keygen"], "to reach boxes") {
-        Ok(()) => ok("ssh", "ssh and ssh-keygen"),
-        Err(e) => fail("ssh", &e.into(), None),
-    });
-    checks.push(match cgcloud_remote::require_programs(&["rsync"], "for rsync and --share") {
-        Ok(()) => ok("rsync", "rsync"),
-        Err(e) => warn("rsync", format!("{e}"), "install rsync for `cgcloud rsync` and `create-cluster -S`"),
-    });
     let instance_type = s.instance_type.clone().unwrap_or_else(|| "t3.micro".into());
     match cloud.instance_type_info(&instance_type).await {
         Ok(info) => checks.push(ok("instance type", format!("{instance_type} ({})", info.arches.join(", ")))),
@@ -220,6 +202,32 @@ pub async fn doctor(ctx: &Ctx) -> Result<ExitCode> {
         Err(e) => checks.push(warn("instance limit", format!("{e}"), "see Service Quotas for EC2's vCPU limits")),
     }
     report(ctx, checks)
+}
+
+/// The agent and the SSH tools: checked even when the cloud cannot be reached.
+fn local_checks(ctx: &Ctx, checks: &mut Vec<Check>) {
+    let s = &ctx.settings;
+    checks.push(match super::provision::check_agent(ctx) {
+        Ok(()) => ok(
+            "agent",
+            match &s.agent.url {
+                Some(url) => format!("release {url}"),
+                None => std::env::var("CGCLOUD_AGENT_BINARY")
+                    .ok()
+                    .or_else(|| super::provision::agent_binary().ok().map(|p| p.display().to_string()))
+                    .unwrap_or_default(),
+            },
+        ),
+        Err(e) => fail("agent", &e, None),
+    });
+    checks.push(match cgcloud_remote::require_programs(&["ssh", "ssh-keygen"], "to reach boxes") {
+        Ok(()) => ok("ssh", "ssh and ssh-keygen"),
+        Err(e) => fail("ssh", &e.into(), None),
+    });
+    checks.push(match cgcloud_remote::require_programs(&["rsync"], "for rsync and --share") {
+        Ok(()) => ok("rsync", "rsync"),
+        Err(e) => warn("rsync", format!("{e}"), "install rsync for `cgcloud rsync` and `create-cluster -S`"),
+    });
 }
 
 fn report(ctx: &Ctx, checks: Vec<Check>) -> Result<ExitCode> {

@@ -130,43 +130,80 @@ pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
             }
         }
     }
+    finish(ctx, "the command", &failures, nodes.len())
+}
+
+/// Exit status 1 if `what` failed on some nodes, said on stderr (in JSON mode as the error
+/// object, kind `remote-command`: stdout has the per-node results already).
+fn finish(ctx: &Ctx, what: &str, failures: &[String], nodes: usize) -> Result<ExitCode> {
     if failures.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        tracing::error!("the command failed on {} of {} node(s): {}", failures.len(), nodes.len(), failures.join(", "));
-        Ok(ExitCode::from(1))
+        return Ok(ExitCode::SUCCESS);
     }
+    let message = format!("{what} failed on {} of {nodes} node(s): {}", failures.len(), failures.join(", "));
+    if ctx.out.format == crate::cli::OutputFormat::Json {
+        eprintln!("{}", crate::output::error_json("remote-command", &message, None));
+    } else {
+        tracing::error!("{message}");
+    }
+    Ok(ExitCode::from(1))
 }
 
 pub async fn rsync(ctx: &Ctx, a: RsyncClusterArgs) -> Result<ExitCode> {
     let c = select(ctx, &a.selection).await?;
     let nodes = nodes(&c, a.skip_leader);
-    let mut failures = Vec::new();
+    let json = ctx.out.format == crate::cli::OutputFormat::Json;
+    let mut results: Vec<NodeOutput> = Vec::new();
     // Leader first (others may fetch from it), then the workers in parallel.
     let (first, rest) = nodes.split_at(usize::from(nodes.first().is_some_and(|n| n.ordinal == Some(0))));
     for batch in [first, rest] {
         let mut set = tokio::task::JoinSet::new();
-        for b in batch {
+        for (i, b) in batch.iter().enumerate() {
             let target = ctx.ssh_target(b, Some(&a.login), None).await?;
             let args = target.rsync_args(&a.args);
             let shell = target.rsync_shell(&a.ssh_opts);
-            let id = b.instance_id.clone();
+            let mut r = NodeOutput {
+                node: b.ordinal,
+                instance_id: b.instance_id.clone(),
+                hostname: b
+                    .private_dns
+                    .as_deref()
+                    .and_then(|d| d.split('.').next())
+                    .unwrap_or(&b.instance_id)
+                    .to_owned(),
+                exit_status: 255,
+                stdout: String::new(),
+                stderr: String::new(),
+            };
             set.spawn(async move {
-                let st = tokio::process::Command::new("rsync").arg("-e").arg(shell).args(args).status().await;
-                (id, st.map(|s| s.success()).unwrap_or(false))
+                let mut cmd = tokio::process::Command::new("rsync");
+                cmd.arg("-e").arg(shell).args(args).stdin(Stdio::null());
+                if json {
+                    // Scripts get rsync's output inside the node's object, not mixed on stdout.
+                    if let Ok(out) = cmd.output().await {
+                        r.exit_status = out.status.code().unwrap_or(255);
+                        r.stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                        r.stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                    }
+                } else if let Ok(st) = cmd.status().await {
+                    r.exit_status = st.code().unwrap_or(255);
+                }
+                (i, r)
             });
         }
+        let mut done = Vec::new();
         while let Some(r) = set.join_next().await {
-            let (id, ok) = r?;
-            if !ok {
-                failures.push(id);
-            }
+            done.push(r?);
         }
+        done.sort_by_key(|(i, _)| *i);
+        results.extend(done.into_iter().map(|(_, r)| r));
     }
-    if failures.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        tracing::error!("rsync failed on {}", failures.join(", "));
-        Ok(ExitCode::from(1))
+    let failures: Vec<String> = results
+        .iter()
+        .filter(|r| r.exit_status != 0)
+        .map(|r| format!("{} (exit {})", r.instance_id, r.exit_status))
+        .collect();
+    if json {
+        ctx.out.record(&results, String::new);
     }
+    finish(ctx, "rsync", &failures, nodes.len())
 }
