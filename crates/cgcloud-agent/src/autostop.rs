@@ -77,9 +77,12 @@ fn parse_address(field: &str) -> Option<std::net::IpAddr> {
 }
 
 /// CPU time used by everything on the box, in microseconds: its cgroup's (a container's own,
-/// or a VM's root cgroup), else the busy jiffies of /proc/stat.
+/// or a VM's root cgroup; under cgroup v2 at the top, or at `unified/` on a hybrid v1/v2
+/// system), else the busy jiffies of /proc/stat. /proc/stat is not namespaced: in a container
+/// on a hybrid system it is the whole machine's, which other work keeps busy.
 pub fn cpu_usage_usec(sys_cgroup: &Path, proc_stat: &Path) -> Option<u64> {
-    if let Ok(stat) = std::fs::read_to_string(sys_cgroup.join("cpu.stat")) {
+    for stat in [sys_cgroup.join("cpu.stat"), sys_cgroup.join("unified/cpu.stat")] {
+        let Ok(stat) = std::fs::read_to_string(stat) else { continue };
         if let Some(v) = stat.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok()) {
             return Some(v);
         }
@@ -244,6 +247,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("stat"), "cpu  100 0 50 9000 20 0 0 0 0 0\ncpu0 1 2 3\n").unwrap();
         assert_eq!(cpu_usage_usec(&dir.path().join("none"), &dir.path().join("stat")), Some(1_500_000));
+        // A hybrid cgroup system (v1 controllers, v2 at unified/): the container's own.
+        std::fs::create_dir(dir.path().join("unified")).unwrap();
+        std::fs::write(dir.path().join("unified/cpu.stat"), "usage_usec 77\n").unwrap();
+        assert_eq!(cpu_usage_usec(dir.path(), &dir.path().join("stat")), Some(77));
         std::fs::write(dir.path().join("cpu.stat"), "usage_usec 4242\nuser_usec 1\n").unwrap();
         assert_eq!(cpu_usage_usec(dir.path(), &dir.path().join("stat")), Some(4242));
     }

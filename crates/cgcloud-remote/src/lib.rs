@@ -77,14 +77,22 @@ pub struct SshTarget {
 }
 
 impl SshTarget {
-    /// Options shared by every ssh invocation for this target.
+    /// Options shared by every ssh invocation for this target. ssh takes the first value it
+    /// is given for an option: the host-key options come first (no setting loosens the
+    /// verification), then the user's own (`CGCLOUD_SSH_OPTS`, which may change the rest, e.g.
+    /// `-o ControlMaster=no`), then cgcloud's defaults.
     pub fn options(&self, batch: bool) -> Vec<String> {
-        let mut o: Vec<String> = [
+        let o =
+            |opts: &[String]| -> Vec<String> { opts.iter().flat_map(|opt| ["-o".to_owned(), opt.clone()]).collect() };
+        let mut all = o(&[
             format!("HostKeyAlias={}", self.alias),
             format!("UserKnownHostsFile={}", self.known_hosts.display()),
             "StrictHostKeyChecking=yes".to_owned(),
             "CheckHostIP=no".to_owned(),
             "UpdateHostKeys=no".to_owned(),
+        ]);
+        all.extend(self.extra.iter().cloned());
+        all.extend(o(&[
             "ControlMaster=auto".to_owned(),
             format!("ControlPath={}/%C", self.control_dir.display()),
             "ControlPersist=60s".to_owned(),
@@ -92,21 +100,25 @@ impl SshTarget {
             "ServerAliveInterval=15".to_owned(),
             // A box that was just started needs a moment for sshd; retry refused connections.
             "ConnectionAttempts=5".to_owned(),
-        ]
-        .into_iter()
-        .flat_map(|opt| ["-o".to_owned(), opt])
-        .collect();
+        ]));
         if batch {
-            o.extend(["-o".to_owned(), "BatchMode=yes".to_owned()]);
+            all.extend(["-o".to_owned(), "BatchMode=yes".to_owned()]);
         }
-        o.extend(self.extra.iter().cloned());
-        o.extend(["-l".to_owned(), self.user.clone()]);
-        o
+        all.extend(["-l".to_owned(), self.user.clone()]);
+        all
     }
 
     /// An `ssh` command for this target with `args` (ssh options and/or a remote command).
     pub fn command(&self, batch: bool, args: &[String]) -> Command {
         let mut cmd = Command::new("ssh");
+        cmd.args(self.options(batch)).arg(&self.address).args(args);
+        cmd
+    }
+
+    /// The same `ssh` command, to run in this process's place (`cgcloud ssh` execs it, so that
+    /// signals and the exit status are ssh's own and nothing outlives a killed cgcloud).
+    pub fn std_command(&self, batch: bool, args: &[String]) -> std::process::Command {
+        let mut cmd = std::process::Command::new("ssh");
         cmd.args(self.options(batch)).arg(&self.address).args(args);
         cmd
     }
@@ -269,6 +281,19 @@ mod tests {
         assert!(o.contains("BatchMode=yes"));
         assert!(o.ends_with("-l admin"));
         assert!(!target().options(false).join(" ").contains("BatchMode"));
+    }
+
+    /// ssh takes the first value of an option: the user's CGCLOUD_SSH_OPTS override cgcloud's
+    /// defaults (multiplexing, timeouts), never the host-key verification.
+    #[test]
+    fn user_options_override_defaults_but_not_host_key_checks() {
+        let mut t = target();
+        t.extra = vec!["-o".into(), "ControlMaster=no".into(), "-o".into(), "StrictHostKeyChecking=no".into()];
+        let o = t.options(false);
+        let first = |name: &str| o.iter().find(|a| a.starts_with(&format!("{name}="))).cloned().unwrap();
+        assert_eq!(first("ControlMaster"), "ControlMaster=no");
+        assert_eq!(first("StrictHostKeyChecking"), "StrictHostKeyChecking=yes");
+        assert_eq!(first("UserKnownHostsFile"), "UserKnownHostsFile=/home/u/.local/state/cgcloud/known_hosts");
     }
 
     #[test]

@@ -119,13 +119,13 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 }
 
 pub async fn ssh(ctx: &Ctx, a: SshArgs) -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt as _;
     let b = ctx.select(&a.role, &a.selection).await?;
     let target = ctx.ssh_target(&b, Some(&a.login), a.ssh_address).await?;
-    let status = target.command(false, &a.args).status().await.context("cannot run ssh")?;
-    if status.code() == Some(255) {
-        tracing::warn!("ssh to {} ({}) failed (status 255)", b.instance_id, target.address);
-    }
-    Ok(exit_code(status))
+    // ssh takes this process's place: its exit status and signals are the command's, and a
+    // killed `cgcloud ssh` leaves no session behind. exec returns only if it failed.
+    let err = target.std_command(false, &a.args).exec();
+    Err(anyhow::Error::new(err).context(format!("cannot run ssh to {} ({})", b.instance_id, target.address)))
 }
 
 pub async fn rsync(ctx: &Ctx, a: RsyncArgs) -> Result<ExitCode> {
