@@ -26,7 +26,9 @@ pub fn blob(line: &str) -> Option<&str> {
 pub fn rewrite(existing: &str, managed: &BTreeSet<String>, desired: &[String]) -> String {
     let mut kept = Vec::new();
     let mut inside = false;
-    for line in existing.lines() {
+    // Lines end at '\n' with any '\r' before it dropped, also on a last line without '\n', so
+    // that the result is a fixed point (found by the authorized_keys fuzz target).
+    for line in existing.lines().map(|l| l.trim_end_matches('\r')) {
         let t = line.trim();
         if t == BEGIN {
             inside = true;
@@ -98,5 +100,15 @@ mod tests {
         let fixed = rewrite(&edited, &managed, &["ssh-ed25519 AAAA a".into(), "ssh-ed25519 AAAA dup".into()]);
         assert!(!fixed.contains("SNEAKY"));
         assert_eq!(fixed.matches("AAAA").count(), 1);
+    }
+
+    /// Regression (fuzzing): a last line ending in a lone '\r' made every sync rewrite the file.
+    #[test]
+    fn carriage_returns_do_not_keep_the_file_changing() {
+        let managed = set(&["AAAA"]);
+        for existing in ["\u{1}\r", "ssh-rsa MANUAL me\r\n", "a\r\r\nb\r"] {
+            let once = rewrite(existing, &managed, &["ssh-ed25519 AAAA a".into()]);
+            assert_eq!(rewrite(&once, &managed, &["ssh-ed25519 AAAA a".into()]), once, "{existing:?}");
+        }
     }
 }

@@ -16,18 +16,26 @@ pub const ENCODED_BUDGET: usize = 240;
 pub fn allocate_ordinals(used: &BTreeSet<u32>, count: usize) -> Vec<u32> {
     let top = used.iter().next_back().copied().unwrap_or(0);
     let mut out: Vec<u32> = Vec::with_capacity(count);
+    // The encoding's length as it grows: closed ranges, plus the open one (start, end).
+    let range_len = |a: u32, b: u32| if a == b { digits(a) } else { digits(a) + 1 + digits(b) };
+    let (mut closed, mut open): (usize, Option<(u32, u32)>) = (0, None);
     for gap in (1..top).filter(|o| !used.contains(o)) {
         if out.len() == count {
             return out;
         }
-        out.push(gap);
+        let (next_closed, next_open) = match open {
+            Some((a, b)) if b + 1 == gap => (closed, (a, gap)),
+            Some((a, b)) => (closed + range_len(a, b) + 1, (gap, gap)),
+            None => (0, (gap, gap)),
+        };
         // The rest, if any, are one range above the top: keep room for it.
-        let rest = count - out.len();
-        let tail = if rest == 0 { String::new() } else { format!(",{}-{}", top + 1, top as u64 + rest as u64) };
-        if encode(&out).len() + tail.len() > ENCODED_BUDGET {
-            out.pop();
+        let rest = count - out.len() - 1;
+        let tail = if rest == 0 { 0 } else { 1 + digits(top + 1) + 1 + digits(top.saturating_add(rest as u32)) };
+        if next_closed + range_len(next_open.0, next_open.1) + tail > ENCODED_BUDGET {
             break;
         }
+        (closed, open) = (next_closed, Some(next_open));
+        out.push(gap);
     }
     let mut next = top + 1;
     while out.len() < count {
@@ -35,6 +43,11 @@ pub fn allocate_ordinals(used: &BTreeSet<u32>, count: usize) -> Vec<u32> {
         next += 1;
     }
     out
+}
+
+/// How many decimal digits `n` has.
+fn digits(n: u32) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// `ordinals` (ascending) as ranges: `[1, 2, 3, 5]` → `1-3,5`.
@@ -116,6 +129,8 @@ mod tests {
         assert!(got.iter().all(|o| *o != 0 && !used.contains(o)));
         let text = encode(&got);
         assert!(text.len() <= ENCODED_BUDGET, "{} characters: {text}", text.len());
+        // Close to the budget: the gaps are used as far as they fit.
+        assert!(text.len() > ENCODED_BUDGET - 12, "{} characters: {text}", text.len());
         // Gaps first, as far as they fit; the rest above the top.
         assert_eq!(got[0], 1);
         assert!(*got.last().unwrap() > 1000);

@@ -72,7 +72,25 @@ pub fn cloud_config(
         // Cluster nodes configure themselves from their tags with the agent in their image.
         doc["runcmd"] = json!([["/usr/local/bin/cgcloud-agent", "boot"]]);
     }
-    format!("#cloud-config\n{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default())
+    format!("#cloud-config\n{}\n", yaml_safe(&serde_json::to_string_pretty(&doc).unwrap_or_default()))
+}
+
+/// JSON text that YAML parsers read back as the same JSON: serde_json writes characters like
+/// DEL or C1 controls as they are, which YAML refuses outright (cloud-init would then ignore
+/// the whole user data), and NEL, LS and PS, which YAML 1.1 (cloud-init's PyYAML) folds as line
+/// breaks inside a string. Each becomes a `\uXXXX` escape (they occur only inside strings: the
+/// JSON structure is ASCII). Found by the user_data fuzz target.
+fn yaml_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -117,5 +135,20 @@ mod tests {
         assert!(v.get("ssh_keys").is_none() && !node.contains("PRIVATE KEY"), "{node}");
         assert_eq!(v["ssh_genkeytypes"][0], "ed25519");
         assert_eq!(v["ssh_deletekeys"], true);
+    }
+
+    /// Regression (fuzzing): characters YAML refuses or reads as line breaks, in any value,
+    /// come back exactly from a YAML parser.
+    #[test]
+    fn yaml_parsers_read_back_every_character() {
+        let odd = "a\u{7f}b\u{85}c\u{2028}d\u{9f}e\u{ffff}f\u{1f600}";
+        let hk = HostKey { private_openssh: odd.into(), public: "ssh-ed25519 AAAA".into() };
+        let text = cloud_config(Some(&hk), &[odd.into()], false, &[], &[]);
+        assert!(!text.contains('\u{7f}') && !text.contains('\u{2028}'), "{text:?}");
+        let v: serde_yaml::Value = serde_yaml::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
+        assert_eq!(v["ssh_keys"]["ed25519_private"].as_str(), Some(odd));
+        assert_eq!(v["ssh_authorized_keys"][0].as_str(), Some(odd));
+        let j: serde_json::Value = serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
+        assert_eq!(j["ssh_authorized_keys"][0].as_str(), Some(odd));
     }
 }
