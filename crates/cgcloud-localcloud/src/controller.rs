@@ -3,10 +3,15 @@
 //! (before any launch from them is realized), and boots, powers off or destroys hosts to match
 //! each instance's state. It also forwards moto's port from the bridge (so hosts reach the
 //! API) and keeps the DNS names of running hosts. Restarting it re-adopts running hosts.
+//!
+//! It ticks often only while something moves: for a few seconds after the proxy saw a request
+//! that changes instances, images or volumes, and while an instance, image or host is between
+//! states. Otherwise it reconciles once every [`RECONCILE`], so that an idle local cloud costs
+//! (nearly) nothing: the machine's cores are shared with every host it boots.
 
 use crate::host::{Host, InstanceSpec};
 use crate::images::BaseImage;
-use crate::proxy::PowerEvent;
+use crate::proxy::{Event, PowerEvent};
 use crate::{net, sys, Error, LocalCloud, FAILURE_TAG};
 use aws_sdk_ec2::types::Filter;
 use cgcloud_aws::Cloud;
@@ -17,6 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const TICK: Duration = Duration::from_millis(250);
+/// How long after a changing request the controller keeps ticking (moto carries the request
+/// out after the proxy has told the controller about it).
+const ACTIVE_AFTER_CHANGE: Duration = Duration::from_secs(5);
+/// How often an idle controller looks anyway (a host that died on its own, a request that
+/// reached moto some other way).
+const RECONCILE: Duration = Duration::from_secs(30);
 
 /// A disk layer made from an image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,16 +102,22 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
     log(format!("controller up, watching VPC {}", c.vpc_id));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Controller(format!("cannot handle SIGTERM: {e}")))?;
+    let mut changed_at = std::time::Instant::now();
     loop {
         while let Ok(ev) = events.try_recv() {
-            c.enqueue(ev);
+            c.take(ev, &mut changed_at);
         }
-        if let Err(e) = c.tick().await {
-            log(format!("tick failed: {e}"));
-        }
+        let moving = match c.tick().await {
+            Ok(moving) => moving,
+            Err(e) => {
+                log(format!("tick failed: {e}"));
+                true
+            }
+        };
+        let wait = if moving || changed_at.elapsed() < ACTIVE_AFTER_CHANGE { TICK } else { RECONCILE };
         tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
-            Some(ev) = events.recv() => c.enqueue(ev),
+            _ = tokio::time::sleep(wait) => {}
+            Some(ev) = events.recv() => c.take(ev, &mut changed_at),
             _ = term.recv() => {
                 log("controller stopping; hosts keep running");
                 return Ok(());
@@ -113,6 +130,15 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
 const MAX_QUEUED: usize = 16;
 
 impl Controller {
+    /// Takes an event of the proxy: power changes are queued; every event restarts the window
+    /// of frequent ticks.
+    fn take(&mut self, ev: Event, changed_at: &mut std::time::Instant) {
+        *changed_at = std::time::Instant::now();
+        if let Event::Power(p) = ev {
+            self.enqueue(p);
+        }
+    }
+
     fn enqueue(&mut self, ev: PowerEvent) {
         let id = match &ev {
             PowerEvent::Stop(id) | PowerEvent::Start(id) | PowerEvent::Reboot(id) => id.clone(),
@@ -229,7 +255,10 @@ impl Controller {
         ))
     }
 
-    async fn tick(&mut self) -> Result<(), Error> {
+    /// One look at moto and the hosts, doing what is due. Returns whether anything is still in
+    /// motion (an instance or image between states, a host being booted or torn down, a power
+    /// change queued): then the next tick comes soon.
+    async fn tick(&mut self) -> Result<bool, Error> {
         let instances = self.observe().await?;
         let local: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
         let pending_images = self.process_images(&local, &instances).await?;
@@ -291,7 +320,10 @@ impl Controller {
         }
         self.update_dns(&instances).await;
         self.realize_volumes(&local).await;
-        Ok(())
+        let between = instances.iter().any(|i| matches!(i.state.as_str(), "pending" | "stopping" | "shutting-down"));
+        let busy = self.busy.lock().map(|b| !b.is_empty()).unwrap_or(true);
+        let queued = self.queued.values().any(|q| !q.is_empty());
+        Ok(between || busy || queued || !pending_images.is_empty())
     }
 
     /// Makes attached volumes appear in their (running) hosts, releases detached ones, and

@@ -5,6 +5,7 @@
 //! created, and a crashed run's leftovers are cleaned by the next `up`.
 
 pub mod controller;
+pub mod cost;
 pub mod host;
 pub mod images;
 pub mod net;
@@ -90,6 +91,11 @@ pub struct LocalCloud {
 
 /// Markers that identify our processes in /proc/<pid>/cmdline.
 const MOTO_MARKER: &str = "moto_server";
+/// The launcher of moto's server (its name holds [`MOTO_MARKER`]): file name and text.
+const MOTO_LAUNCHER: (&str, &str) = ("moto_server_aging.py", include_str!("moto_server_aging.py"));
+/// How long a terminated instance stays listed, as on EC2; `CGCLOUD_LOCAL_TERMINATED_TTL`
+/// (seconds) changes it.
+const TERMINATED_TTL: Duration = Duration::from_secs(3600);
 pub const CONTROLLER_MARKER: &str = "controller";
 
 impl LocalCloud {
@@ -352,8 +358,18 @@ impl LocalCloud {
         let log = self.log("moto.log");
         let logf = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
         let logf2 = logf.try_clone().map_err(|e| Error::io(&log, e))?;
+        // moto's server, started by a launcher that ages out terminated instances as EC2 does.
+        let launcher = self.dir.join(MOTO_LAUNCHER.0);
+        std::fs::write(&launcher, MOTO_LAUNCHER.1).map_err(|e| Error::io(&launcher, e))?;
+        let python = server.with_file_name("python");
+        let ttl = std::env::var("CGCLOUD_LOCAL_TERMINATED_TTL")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(TERMINATED_TTL.as_secs());
         // Its own process group, so a Ctrl-C in the terminal that ran `up` does not reach it.
-        let child = tokio::process::Command::new(server)
+        let child = tokio::process::Command::new(python)
+            .arg(&launcher)
+            .arg(ttl.to_string())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .process_group(0)
             .env("MOTO_AMIS_PATH", catalogue)

@@ -1,10 +1,12 @@
 //! The API front door of the local cloud. Every request to the emulated AWS endpoint passes
-//! through here to moto unchanged, with two exceptions: the proxy reads EC2 requests that
-//! change an instance's power state (stop, start, reboot) and tells the controller at once
-//! (moto changes states instantly, so a stop followed by a start would otherwise be invisible
-//! to a poller); and it answers `GetConsoleOutput` itself with the host's real console (moto's
-//! is a fixed text), as EC2 does: cloud-init prints the instance's SSH host keys there, which
-//! is how tools that launch instances themselves (the Jenkins EC2 plugin) verify them.
+//! through here to moto unchanged, with three exceptions: the proxy reads EC2 requests that
+//! change what the controller realizes (instances, images, volumes) and tells it at once, so
+//! that an idle controller need not poll (and power changes, which moto makes instantly, are
+//! seen even when a stop is followed at once by a start); it answers `GetConsoleOutput` itself
+//! with the host's real console (moto's is a fixed text), as EC2 does: cloud-init prints the
+//! instance's SSH host keys there, which is how tools that launch instances themselves (the
+//! Jenkins EC2 plugin) verify them; and it answers `GET /cgcloud-local/stats` with the number
+//! of requests it has passed (`cgcloud local status` reports the rate).
 
 use base64::Engine as _;
 use std::path::{Path, PathBuf};
@@ -23,9 +25,23 @@ pub enum PowerEvent {
     Reboot(String),
 }
 
+/// What the proxy tells the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Power(PowerEvent),
+    /// A request that may change what the controller realizes passed (see [`changes`]).
+    Changed,
+}
+
+/// Requests passed to moto since the controller started (all listeners).
+pub static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The path at which the proxy answers with its own counters.
+pub const STATS_PATH: &str = "/cgcloud-local/stats";
+
 /// Serves `listener`, forwarding each connection to moto on `upstream_port`; consoles are read
 /// from the hosts' directories under `dir`.
-pub async fn serve(listener: TcpListener, upstream_port: u16, events: mpsc::UnboundedSender<PowerEvent>, dir: PathBuf) {
+pub async fn serve(listener: TcpListener, upstream_port: u16, events: mpsc::UnboundedSender<Event>, dir: PathBuf) {
     let dir = Arc::new(dir);
     loop {
         let Ok((inbound, _)) = listener.accept().await else { continue };
@@ -39,7 +55,7 @@ pub async fn serve(listener: TcpListener, upstream_port: u16, events: mpsc::Unbo
     }
 }
 
-async fn relay(inbound: TcpStream, outbound: TcpStream, events: mpsc::UnboundedSender<PowerEvent>, dir: &Path) {
+async fn relay(inbound: TcpStream, outbound: TcpStream, events: mpsc::UnboundedSender<Event>, dir: &Path) {
     let (mut ci, co) = inbound.into_split();
     let (mut si, mut so) = outbound.into_split();
     // Both directions answer the client: moto's responses, and the proxy's own.
@@ -57,12 +73,21 @@ async fn relay(inbound: TcpStream, outbound: TcpStream, events: mpsc::UnboundedS
             // Parse complete requests before forwarding them, so that the controller hears
             // about a power change no later than moto does.
             while let Some((len, body)) = complete_request(&pending) {
+                REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for ev in power_events(&body) {
-                    let _ = events.send(ev);
+                    let _ = events.send(Event::Power(ev));
+                }
+                if changes(&body) {
+                    let _ = events.send(Event::Changed);
                 }
                 // Clients wait for each answer before the next request, so an answer of our
                 // own cannot overtake one of moto's.
-                if let Some(answer) = console_request(&body).and_then(|id| console_response(dir, &id)) {
+                let own = if pending.starts_with(format!("GET {STATS_PATH} ").as_bytes()) {
+                    Some(stats_response())
+                } else {
+                    console_request(&body).and_then(|id| console_response(dir, &id))
+                };
+                if let Some(answer) = own {
                     if co_up.lock().await.write_all(&answer).await.is_err() {
                         return;
                     }
@@ -194,6 +219,42 @@ fn rfc3339(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// The counters, as JSON over HTTP.
+fn stats_response() -> Vec<u8> {
+    let body = format!("{{\"requests\": {}}}", REQUESTS.load(std::sync::atomic::Ordering::Relaxed));
+    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        .into_bytes()
+}
+
+/// EC2 actions after which the controller has something to realize: instances that appear,
+/// change power or go; images made or removed; volumes made, attached, detached or deleted.
+const CHANGING: &[&str] = &[
+    "RunInstances",
+    "StartInstances",
+    "StopInstances",
+    "RebootInstances",
+    "TerminateInstances",
+    "RequestSpotInstances",
+    "CancelSpotInstanceRequests",
+    "CreateFleet",
+    "CreateImage",
+    "RegisterImage",
+    "CopyImage",
+    "DeregisterImage",
+    "CreateVolume",
+    "AttachVolume",
+    "DetachVolume",
+    "DeleteVolume",
+];
+
+/// Whether an EC2 query-protocol request body is one of the [`CHANGING`] actions.
+pub fn changes(body: &[u8]) -> bool {
+    // Cheap first: most requests (agents' queue polls, describes) are not EC2 mutations.
+    let text = String::from_utf8_lossy(body);
+    let Some(action) = text.split('&').find_map(|kv| kv.strip_prefix("Action=")) else { return false };
+    CHANGING.contains(&action)
+}
+
 /// The power events in an EC2 query-protocol request body.
 pub fn power_events(body: &[u8]) -> Vec<PowerEvent> {
     let params = query_params(body);
@@ -218,6 +279,18 @@ mod tests {
         assert_eq!(power_events(b"Action=RebootInstances&InstanceId.1=i-1"), vec![PowerEvent::Reboot("i-1".into())]);
         assert!(power_events(b"Action=DescribeInstances&InstanceId.1=i-1").is_empty());
         assert!(power_events(b"").is_empty());
+    }
+
+    #[test]
+    fn wakes_the_controller_for_changes_only() {
+        assert!(changes(b"Action=RunInstances&Version=2016-11-15&MinCount=1"));
+        assert!(changes(b"Version=2016-11-15&Action=CreateImage&InstanceId=i-1"));
+        assert!(changes(b"Action=AttachVolume&VolumeId=vol-1"));
+        assert!(!changes(b"Action=DescribeInstances&Version=2016-11-15"));
+        assert!(!changes(b"Action=CreateTags&ResourceId.1=i-1"));
+        assert!(!changes(b"Action=RunInstancesX"));
+        assert!(!changes(b"{\"QueueUrl\": \"Action=RunInstances\"}"));
+        assert!(!changes(b""));
     }
 
     #[test]

@@ -116,8 +116,15 @@ async fn status(ctx: &Ctx, lc: &LocalCloud) -> Result<ExitCode> {
     }
     hosts.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     let up = lc.is_up();
-    let json =
-        serde_json::json!({"up": up, "endpoint": LocalCloud::endpoint_url(state.port), "state": state, "hosts": hosts});
+    // What it costs the machine right now (an idle local cloud should cost nearly nothing).
+    let cost = if up {
+        Some(cgcloud_localcloud::cost::measure(&state, std::time::Duration::from_secs(1)).await)
+    } else {
+        None
+    };
+    let json = serde_json::json!({
+        "up": up, "endpoint": LocalCloud::endpoint_url(state.port), "state": state, "hosts": hosts, "cost": cost,
+    });
     ctx.out.record(&json, || {
         let mut lines = vec![
             format!("up          {up}"),
@@ -128,8 +135,18 @@ async fn status(ctx: &Ctx, lc: &LocalCloud) -> Result<ExitCode> {
                 "images      {}",
                 state.images.iter().map(|i| format!("{}={}", i.os_id, i.ami_id)).collect::<Vec<_>>().join(" ")
             ),
-            String::new(),
         ];
+        if let Some(c) = &cost {
+            let pct = |v: Option<f64>| v.map(|v| format!("{v:.1} %")).unwrap_or_else(|| "?".into());
+            lines.push(format!(
+                "cost        moto {}, controller {} of a core; {} requests/s (over {:.1} s)",
+                pct(c.moto_cpu_percent),
+                pct(c.controller_cpu_percent),
+                c.requests_per_s.map(|r| format!("{r:.1}")).unwrap_or_else(|| "?".into()),
+                c.window_s
+            ));
+        }
+        lines.push(String::new());
         let rows: Vec<Vec<String>> = hosts
             .iter()
             .map(|h| {
