@@ -31,18 +31,27 @@ pub fn generate() -> Result<HostKey, RemoteError> {
 /// Records `key` as the host key of `alias` in the known_hosts file at `path`, replacing any
 /// previous entry for that alias. The file is rewritten atomically.
 pub fn record(path: &Path, alias: &str, key: &str) -> Result<(), RemoteError> {
+    record_many(path, &[(alias, key)])
+}
+
+/// [`record`] for many boxes at once: one read, and at most one write, of the file (a fan-out
+/// over a cluster must not rewrite it once per node).
+pub fn record_many(path: &Path, entries: &[(&str, &str)]) -> Result<(), RemoteError> {
     let io = |source| RemoteError::Io { path: path.display().to_string(), source };
     let existing = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io(e)),
     };
-    let wanted = format!("{alias} {key}");
-    if existing.lines().any(|l| l == wanted) {
+    let wanted: Vec<String> = entries.iter().map(|(alias, key)| format!("{alias} {key}")).collect();
+    let present: std::collections::HashSet<&str> = existing.lines().collect();
+    if wanted.iter().all(|w| present.contains(w.as_str())) {
         return Ok(());
     }
-    let mut lines: Vec<&str> = existing.lines().filter(|l| l.split_whitespace().next() != Some(alias)).collect();
-    lines.push(&wanted);
+    let aliases: std::collections::HashSet<&str> = entries.iter().map(|(a, _)| *a).collect();
+    let mut lines: Vec<&str> =
+        existing.lines().filter(|l| !l.split_whitespace().next().is_some_and(|a| aliases.contains(a))).collect();
+    lines.extend(wanted.iter().map(String::as_str));
     write_atomic(path, &(lines.join("\n") + "\n")).map_err(io)
 }
 

@@ -112,45 +112,79 @@ impl Ctx {
         login: Option<&LoginArgs>,
         address: Option<SshAddress>,
     ) -> Result<SshTarget> {
-        if b.state != "running" {
-            bail!(
-                "box {} ({}) is {}, not running; start it with `cgcloud start {} -I {}`",
-                b.instance_id,
-                b.role,
-                b.state,
-                b.role,
-                b.instance_id
-            );
-        }
-        let host_key = b.host_key.as_deref().with_context(|| {
-            if b.tags.contains_key(tags::CLUSTER) && !b.tags.contains_key(tags::CONFIGURED) {
-                format!(
-                    "box {} has not published its SSH host key yet (cluster nodes do when their first-boot \
-                     configuration ends); try again in a minute",
+        let mut targets = self.ssh_targets(std::slice::from_ref(b), login, address).await?;
+        targets.pop().context("no SSH target")
+    }
+
+    /// [`Ctx::ssh_target`] for many boxes at once, doing once what is the same for all of them
+    /// (the known_hosts file, each role's default login, the control directory), so that a
+    /// fan-out over a cluster costs little more than the `ssh` processes it starts.
+    pub async fn ssh_targets(
+        &self,
+        boxes: &[BoxInfo],
+        login: Option<&LoginArgs>,
+        address: Option<SshAddress>,
+    ) -> Result<Vec<SshTarget>> {
+        let mut keys = Vec::with_capacity(boxes.len());
+        for b in boxes {
+            if b.state != "running" {
+                bail!(
+                    "box {} ({}) is {}, not running; start it with `cgcloud start {} -I {}`",
+                    b.instance_id,
+                    b.role,
+                    b.state,
+                    b.role,
                     b.instance_id
-                )
-            } else {
-                format!(
-                    "box {} has no recorded SSH host key (tag cgcloud:host-key), so its identity cannot be verified",
-                    b.instance_id
-                )
+                );
             }
-        })?;
+            let host_key = b.host_key.as_deref().with_context(|| {
+                if b.tags.contains_key(tags::CLUSTER) && !b.tags.contains_key(tags::CONFIGURED) {
+                    format!(
+                        "box {} has not published its SSH host key yet (cluster nodes do when their first-boot \
+                         configuration ends); try again in a minute",
+                        b.instance_id
+                    )
+                } else {
+                    format!(
+                        "box {} has no recorded SSH host key (tag cgcloud:host-key), so its identity cannot be verified",
+                        b.instance_id
+                    )
+                }
+            })?;
+            keys.push((b.instance_id.as_str(), host_key));
+        }
         let known_hosts = self.settings.known_hosts();
-        cgcloud_remote::hostkey::record(&known_hosts, &b.instance_id, host_key)?;
-        let admin = b.admin_user.clone().unwrap_or_else(|| "root".to_owned());
-        let user = match login {
-            Some(LoginArgs { user: Some(u), .. }) => u.clone(),
-            Some(LoginArgs { admin: true, .. }) => admin,
-            _ => self.default_login(b).await.unwrap_or(admin),
-        };
-        let address = pick_address(b, address.unwrap_or(self.settings.ssh_address))?;
+        cgcloud_remote::hostkey::record_many(&known_hosts, &keys)?;
         let control_dir = control_dir();
         cgcloud_remote::private_dir(&control_dir)?;
         // Extra ssh options for every connection, e.g. `-i ~/.ssh/work_key`.
-        let extra =
+        let extra: Vec<String> =
             std::env::var("CGCLOUD_SSH_OPTS").unwrap_or_default().split_whitespace().map(str::to_owned).collect();
-        Ok(SshTarget { address, user, alias: b.instance_id.clone(), known_hosts, control_dir, extra })
+        let mut logins: std::collections::HashMap<&str, Option<String>> = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(boxes.len());
+        for b in boxes {
+            let admin = b.admin_user.clone().unwrap_or_else(|| "root".to_owned());
+            let user = match login {
+                Some(LoginArgs { user: Some(u), .. }) => u.clone(),
+                Some(LoginArgs { admin: true, .. }) => admin,
+                _ => {
+                    if !logins.contains_key(b.role.as_str()) {
+                        logins.insert(&b.role, self.default_login(b).await);
+                    }
+                    logins.get(b.role.as_str()).cloned().flatten().unwrap_or(admin)
+                }
+            };
+            let address = pick_address(b, address.unwrap_or(self.settings.ssh_address))?;
+            out.push(SshTarget {
+                address,
+                user,
+                alias: b.instance_id.clone(),
+                known_hosts: known_hosts.clone(),
+                control_dir: control_dir.clone(),
+                extra: extra.clone(),
+            });
+        }
+        Ok(out)
     }
 
     /// The role's default login for a box, if the role still exists and declares one.

@@ -26,13 +26,14 @@ pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
     }
     let hostname =
         |b: &BoxInfo| b.private_dns.as_deref().and_then(|d| d.split('.').next()).unwrap_or(&b.instance_id).to_owned();
+    // Everything per node that can be done once is done before the first ssh starts.
+    let targets = ctx.ssh_targets(&nodes, Some(&a.login), None).await?;
     let mut failures = Vec::new();
     if ctx.out.format == crate::cli::OutputFormat::Json {
         // Scripts get one object per node, each with its whole output, in node order.
         let mut set = tokio::task::JoinSet::new();
         let mut results = Vec::new();
-        for (i, b) in nodes.iter().enumerate() {
-            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+        for (i, (b, target)) in nodes.iter().zip(targets).enumerate() {
             let args = a.args.clone();
             let mut r = NodeOutput {
                 node: b.ordinal,
@@ -69,8 +70,7 @@ pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
     } else if a.parallel {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let mut set = tokio::task::JoinSet::new();
-        for b in &nodes {
-            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+        for (b, target) in nodes.iter().zip(targets) {
             let label = format!("[{} {}]", b.ordinal.map(|o| o.to_string()).unwrap_or_default(), hostname(b));
             let (tx, args, id) = (tx.clone(), a.args.clone(), b.instance_id.clone());
             set.spawn(async move {
@@ -116,8 +116,7 @@ pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
             }
         }
     } else {
-        for b in &nodes {
-            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+        for (b, target) in nodes.iter().zip(targets) {
             ctx.out.note(format!(
                 "=== node {} ({}, {})",
                 b.ordinal.map(|o| o.to_string()).unwrap_or_default(),
@@ -153,12 +152,14 @@ pub async fn rsync(ctx: &Ctx, a: RsyncClusterArgs) -> Result<ExitCode> {
     let nodes = nodes(&c, a.skip_leader);
     let json = ctx.out.format == crate::cli::OutputFormat::Json;
     let mut results: Vec<NodeOutput> = Vec::new();
+    let targets = ctx.ssh_targets(&nodes, Some(&a.login), None).await?;
     // Leader first (others may fetch from it), then the workers in parallel.
-    let (first, rest) = nodes.split_at(usize::from(nodes.first().is_some_and(|n| n.ordinal == Some(0))));
-    for batch in [first, rest] {
+    let lead = usize::from(nodes.first().is_some_and(|n| n.ordinal == Some(0)));
+    let (first, rest) = nodes.split_at(lead);
+    let (first_t, rest_t) = targets.split_at(lead);
+    for (batch, batch_targets) in [(first, first_t), (rest, rest_t)] {
         let mut set = tokio::task::JoinSet::new();
-        for (i, b) in batch.iter().enumerate() {
-            let target = ctx.ssh_target(b, Some(&a.login), None).await?;
+        for (i, (b, target)) in batch.iter().zip(batch_targets).enumerate() {
             let args = target.rsync_args(&a.args);
             let shell = target.rsync_shell(&a.ssh_opts);
             let mut r = NodeOutput {
