@@ -260,6 +260,8 @@ fn workers_that_fail_their_first_boot_are_named() {
     let out = e.run(&["grow-cluster", "generic", "-c", "some", "-s", "2", "--min-workers", "1", "--skip-ssh-check"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("new worker(s) did not come up and are terminated"), "{err}");
+    // The note names only the worker that joined.
+    assert!(err.contains("added 1 worker(s), ordinals"), "{err}");
     assert_eq!(nodes(&e, "some").iter().filter(|n| n.3 == "running").count(), 3);
     // -N keeps a failed node for debugging, marked for cleanup.
     let err = e.fails(&["create-cluster", "generic", "-s", "2", "-c", "kept", "-N", "--skip-ssh-check"]);

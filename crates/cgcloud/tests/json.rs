@@ -82,6 +82,8 @@ fn box_commands() {
     // -T: the box as it is once terminated.
     let gone = snap(&e, "create_terminated", &["create", BOX, "-Q", "-T"]);
     assert!(matches!(gone["state"].as_str(), Some("shutting-down" | "terminated")), "{gone}");
+    let again = snap(&e, "recreate", &["recreate", BOX, "-Q"]);
+    e.ok(&["terminate", BOX, "-I", again["instance_id"].as_str().unwrap()]);
     snap(&e, "delete_image", &["delete-image", BOX]);
     snap(&e, "cleanup", &["cleanup", "--dry-run"]);
     snap(&e, "reset_security", &["reset-security", "--dry-run"]);
@@ -109,6 +111,8 @@ fn cluster_commands() {
 #[test]
 fn roles_and_jenkins() {
     let e = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
+    let roles = snap(&e, "list_roles", &["list-roles"]);
+    assert!(roles.as_array().unwrap().iter().any(|r| r["name"] == "jenkins-master"), "{roles}");
     snap(&e, "list_options", &["list-options", "jenkins-master"]);
     let key = e.keygen("id_ed25519", "ed25519");
     e.ok(&["register-key", key.with_extension("pub").to_str().unwrap()]);

@@ -60,9 +60,20 @@ pub fn moto() -> &'static Moto {
         });
         let port = free_port();
         let log = std::env::temp_dir().join(format!("cgcloud-test-moto-{port}.log"));
+        // Benchmarks that make long histories (hundreds of launches) age terminated instances
+        // out, as the local cloud's moto does (CGCLOUD_MOTO_TERMINATED_TTL seconds): otherwise
+        // every DescribeInstances walks all of them and moto, not cgcloud, sets the pace.
+        let command = match std::env::var("CGCLOUD_MOTO_TERMINATED_TTL").ok().and_then(|v| v.parse::<u64>().ok()) {
+            Some(ttl) => format!(
+                "'{}' '{}' {ttl}",
+                std::path::Path::new(&server).with_file_name("python").display(),
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../cgcloud-localcloud/src/moto_server_aging.py").display()
+            ),
+            None => format!("'{server}'"),
+        };
         // The watchdog stops moto when this test process is gone, however it ends.
         let script = format!(
-            "MOTO_AMIS_PATH='{amis}' '{server}' -H 127.0.0.1 -p {port} >'{log}' 2>&1 & m=$!; \
+            "MOTO_AMIS_PATH='{amis}' {command} -H 127.0.0.1 -p {port} >'{log}' 2>&1 & m=$!; \
              while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $m",
             amis = stock_amis().display(),
             log = log.display(),

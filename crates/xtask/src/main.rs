@@ -21,6 +21,19 @@
 //!   8): bare boot of N+1 hosts, `create-cluster toil` until `sinfo` shows N idle workers (and
 //!   the ratio of the two; target <= 1.2), then a 64-job fan-out Toil workflow; machine CPU-s
 //!   beside each wall time.
+//! - `idle [HISTORY...]`: on the local cloud, with no host running, what moto and the
+//!   controller cost (CPU, requests/s, DescribeInstances latency) over 20 s, and again after
+//!   each HISTORY instances were launched and terminated. Target: <= 1 % of a core.
+//! - `fanout [N]`: on the local cloud, `ssh-cluster --parallel -- true` over N workers (default
+//!   16) and the leader against as many plain `ssh` processes at once, cold and warm (targets:
+//!   1.05 and 1.1).
+//! - `faults [RUNS]`: against moto behind `testkit::fault`, RUNS (default 200) create-cluster
+//!   runs with random faults, a third killed at a random moment, each followed by the default
+//!   `cgcloud cleanup`: faults injected, outcomes, and what is left of each kind (goal: 0); then
+//!   the time a 100-worker launch takes to roll back.
+
+mod fanout;
+mod faults;
 
 use anyhow::{bail, Context as _, Result};
 use cgcloud_aws::ec2::LaunchSpec;
@@ -64,7 +77,7 @@ fn machine_cpu_seconds() -> f64 {
     busy as f64 / 100.0
 }
 
-fn cgcloud_exe() -> Result<PathBuf> {
+pub(crate) fn cgcloud_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("no exe dir")?;
     let c = dir.join("cgcloud");
@@ -200,6 +213,43 @@ impl BareBoot {
     }
 }
 
+/// `idle [HISTORY...]`: what the running local cloud costs with no host running, over 20 s,
+/// and again after each HISTORY instances have been launched and terminated (moto keeps
+/// terminated instances until they age out, and every DescribeInstances walks them).
+async fn idle(histories: &[i32]) -> Result<()> {
+    let bare = BareBoot::new().await?;
+    println!(
+        "idle: the local cloud's own cost with no host running, over 20 s (target: moto + controller <= 1 % of a core)"
+    );
+    println!(
+        "{:>9} {:>10} {:>12} {:>8} {:>10} {:>16}",
+        "history", "moto %", "controller %", "sum %", "requests/s", "describe ms"
+    );
+    let mut history = 0;
+    for &h in std::iter::once(&0).chain(histories) {
+        if h > 0 {
+            bare.boot(h).await?;
+            history += h;
+        }
+        let state = bare.lc.state().context("the local cloud is down")?;
+        // What happened just now (a launch, its teardown) is not idleness: let it settle.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let c = cgcloud_localcloud::cost::measure(&state, Duration::from_secs(20)).await;
+        let t = Instant::now();
+        for _ in 0..10 {
+            bare.cloud.ec2.describe_instances().send().await?;
+        }
+        let describe_ms = t.elapsed().as_secs_f64() * 100.0;
+        let (m, k) = (c.moto_cpu_percent.unwrap_or(f64::NAN), c.controller_cpu_percent.unwrap_or(f64::NAN));
+        println!(
+            "{history:>9} {m:>10.1} {k:>12.1} {:>8.1} {:>10.2} {describe_ms:>16.1}",
+            m + k,
+            c.requests_per_s.unwrap_or(f64::NAN)
+        );
+    }
+    bare.finish().await
+}
+
 async fn wait_hosts_gone(dir: &Path, ids: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(300);
     while ids.iter().any(|id| dir.join("instances").join(id).exists()) && Instant::now() < deadline {
@@ -232,11 +282,19 @@ async fn main() -> Result<()> {
                 rest.get(1).map(|s| s.parse()).transpose().context("REGISTRATIONS must be a number")?.unwrap_or(20);
             key_sync(boxes, regs).await
         }
+        ["bench", "fanout", rest @ ..] => {
+            fanout::fanout(rest.first().map(|s| s.parse()).transpose().context("N must be a number")?.unwrap_or(16))
+        }
+        ["bench", "idle", rest @ ..] => idle(&counts(rest, &[])?.into_iter().map(|n| n as i32).collect::<Vec<_>>()).await,
+        ["bench", "faults", rest @ ..] => {
+            let runs = rest.first().map(|s| s.parse()).transpose().context("RUNS must be a number")?.unwrap_or(200);
+            faults::faults(runs, &cgcloud_exe()?)
+        }
         ["bench", "cluster-api", rest @ ..] => cluster_api(&counts(rest, &[1, 10, 100, 500])?),
         ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?),
         ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?),
         ["bench", "toil-boot", rest @ ..] => toil_boot(&counts(rest, &[1, 4, 8])?).await,
-        _ => bail!("usage: cargo run -p xtask -- man [DIR] | bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...] | toil-boot [N...]"),
+        _ => bail!("usage: cargo run -p xtask -- man [DIR] | bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...] | toil-boot [N...] | idle [HISTORY...] | fanout [N] | faults [RUNS]"),
     }
 }
 
@@ -261,7 +319,7 @@ fn man(dir: PathBuf) -> Result<()> {
 }
 
 /// Waits until the local cloud runs no hosts (those of the bench's image bake excepted: none).
-fn wait_no_hosts(home: &Path) -> Result<()> {
+pub(crate) fn wait_no_hosts(home: &Path) -> Result<()> {
     let t0 = Instant::now();
     loop {
         let status: serde_json::Value =
@@ -279,13 +337,13 @@ fn wait_no_hosts(home: &Path) -> Result<()> {
 /// The local cloud for a benchmark: brought up if needed, and down again at the end if the
 /// benchmark was the one to bring it up. The bench's key replaces any key pair of the same
 /// name (`--force`): a local cloud is disposable.
-struct LocalSession {
+pub(crate) struct LocalSession {
     home: PathBuf,
     started: bool,
 }
 
 impl LocalSession {
-    fn up(home: &Path) -> Result<LocalSession> {
+    pub(crate) fn up(home: &Path) -> Result<LocalSession> {
         let status: serde_json::Value =
             serde_json::from_str(&cgcloud(home, &["-q", "--output", "json", "local", "status"])?)?;
         let started = status["up"] != true;
@@ -306,7 +364,7 @@ impl Drop for LocalSession {
 }
 
 /// The id of the role's newest image.
-fn newest_image(home: &Path, role: &str) -> Result<String> {
+pub(crate) fn newest_image(home: &Path, role: &str) -> Result<String> {
     let images: serde_json::Value =
         serde_json::from_str(&cgcloud(home, &["-q", "--output", "json", "list-images", role])?)?;
     images
@@ -318,7 +376,7 @@ fn newest_image(home: &Path, role: &str) -> Result<String> {
 }
 
 /// Runs cgcloud with its own HOME (so the bench does not touch the user's config).
-fn cgcloud(home: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn cgcloud(home: &Path, args: &[&str]) -> Result<String> {
     let out = std::process::Command::new(cgcloud_exe()?)
         .env("HOME", home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
@@ -333,7 +391,7 @@ fn cgcloud(home: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn keygen(path: &Path) -> Result<()> {
+pub(crate) fn keygen(path: &Path) -> Result<()> {
     let st =
         std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(path).status()?;
     if !st.success() {

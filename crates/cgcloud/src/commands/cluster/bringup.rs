@@ -282,18 +282,25 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
         }
         notify_members(cloud).await;
         finish_launch(cloud, &txn, &ids).await?;
-        Ok(())
+        let added: BTreeSet<String> = ids.into_iter().filter(|id| !failed.iter().any(|(bad, _)| bad == id)).collect();
+        Ok(added)
     };
-    transaction(ctx, &txn, a.nodes.never_terminate, work).await?;
+    let added = transaction(ctx, &txn, a.nodes.never_terminate, work).await?;
     let c = select(
         ctx,
         &ClusterSelection { cluster_type: c.cluster_type.clone(), cluster: Some(c.name.clone()), ordinal: None },
     )
     .await?;
     print_nodes(ctx, &c);
+    // The ordinals of the workers that joined (not of those that were asked for and not
+    // launched, or failed and were terminated).
+    let mut joined: Vec<u32> =
+        c.nodes.iter().filter(|b| added.contains(&b.instance_id)).filter_map(|b| b.ordinal).collect();
+    joined.sort_unstable();
     ctx.out.note(format!(
-        "added ordinals {} in {:.1} s",
-        ordinals.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+        "added {} worker(s), ordinals {} in {:.1} s",
+        joined.len(),
+        joined.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
         phases.configured_s
     ));
     Ok(ExitCode::SUCCESS)
