@@ -92,7 +92,7 @@ pub struct LocalCloud {
 /// Markers that identify our processes in /proc/<pid>/cmdline.
 const MOTO_MARKER: &str = "moto_server";
 /// The launcher of moto's server (its name holds [`MOTO_MARKER`]): file name and text.
-const MOTO_LAUNCHER: (&str, &str) = ("moto_server_aging.py", include_str!("moto_server_aging.py"));
+const MOTO_LAUNCHER: (&str, &str) = ("moto_launcher.py", include_str!("moto_launcher.py"));
 /// How long a terminated instance stays listed, as on EC2; `CGCLOUD_LOCAL_TERMINATED_TTL`
 /// (seconds) changes it.
 const TERMINATED_TTL: Duration = Duration::from_secs(3600);

@@ -21,6 +21,8 @@ pub fn stock_amis() -> PathBuf {
 
 pub struct Moto {
     pub endpoint: String,
+    /// The server's process, when this harness started it (benchmarks read its CPU time).
+    pub pid: Option<u32>,
 }
 
 fn free_port() -> u16 {
@@ -48,7 +50,7 @@ pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
         if let Ok(endpoint) = std::env::var("CGCLOUD_TEST_ENDPOINT") {
-            return Moto { endpoint };
+            return Moto { endpoint, pid: None };
         }
         let server = std::env::var("CGCLOUD_MOTO_SERVER").unwrap_or_else(|_| {
             panic!(
@@ -60,20 +62,20 @@ pub fn moto() -> &'static Moto {
         });
         let port = free_port();
         let log = std::env::temp_dir().join(format!("cgcloud-test-moto-{port}.log"));
-        // Benchmarks that make long histories (hundreds of launches) age terminated instances
-        // out, as the local cloud's moto does (CGCLOUD_MOTO_TERMINATED_TTL seconds): otherwise
-        // every DescribeInstances walks all of them and moto, not cgcloud, sets the pace.
-        let command = match std::env::var("CGCLOUD_MOTO_TERMINATED_TTL").ok().and_then(|v| v.parse::<u64>().ok()) {
-            Some(ttl) => format!(
-                "'{}' '{}' {ttl}",
-                std::path::Path::new(&server).with_file_name("python").display(),
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../cgcloud-localcloud/src/moto_server_aging.py").display()
-            ),
-            None => format!("'{server}'"),
-        };
+        // The local cloud's moto launcher, so tests see the moto users run: tags looked up by
+        // resource id (stock moto's DescribeInstances is quadratic in tagged instances).
+        // Benchmarks that make long histories (hundreds of launches) also age terminated
+        // instances out (CGCLOUD_MOTO_TERMINATED_TTL seconds), as the local cloud does;
+        // otherwise every DescribeInstances walks all of them.
+        let ttl = std::env::var("CGCLOUD_MOTO_TERMINATED_TTL").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let command = format!(
+            "'{}' '{}' {ttl}",
+            Path::new(&server).with_file_name("python").display(),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../cgcloud-localcloud/src/moto_launcher.py").display()
+        );
         // The watchdog stops moto when this test process is gone, however it ends.
         let script = format!(
-            "MOTO_AMIS_PATH='{amis}' {command} -H 127.0.0.1 -p {port} >'{log}' 2>&1 & m=$!; \
+            "MOTO_AMIS_PATH='{amis}' {command} -H 127.0.0.1 -p {port} >'{log}' 2>&1 & m=$!; echo $m >'{log}.pid'; \
              while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $m",
             amis = stock_amis().display(),
             log = log.display(),
@@ -94,7 +96,8 @@ pub fn moto() -> &'static Moto {
             "moto did not start; see {}",
             log.display()
         );
-        Moto { endpoint }
+        let pid = std::fs::read_to_string(format!("{}.pid", log.display())).ok().and_then(|p| p.trim().parse().ok());
+        Moto { endpoint, pid }
     })
 }
 
@@ -285,6 +288,11 @@ pub struct FakeAgents {
 }
 
 impl FakeAgents {
+    /// The stand-in agents' process (benchmarks read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(env: &TestEnv) -> FakeAgents {
         Self::start_failing(env, None)
     }

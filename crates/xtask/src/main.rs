@@ -77,6 +77,17 @@ fn machine_cpu_seconds() -> f64 {
     busy as f64 / 100.0
 }
 
+/// CPU seconds (user + system) process `pid` has used itself (`own`) and those of its children
+/// it has waited for, from /proc/PID/stat; `None` once the process is gone.
+fn process_cpu_seconds(pid: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest: Vec<u64> =
+        stat.rsplit_once(')')?.1.split_whitespace().skip(11).take(4).filter_map(|v| v.parse().ok()).collect();
+    let [ut, st, cut, cst] = rest[..] else { return None };
+    Some(((ut + st) as f64 / 100.0, (cut + cst) as f64 / 100.0))
+}
+
 pub(crate) fn cgcloud_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("no exe dir")?;
@@ -290,7 +301,7 @@ async fn main() -> Result<()> {
             let runs = rest.first().map(|s| s.parse()).transpose().context("RUNS must be a number")?.unwrap_or(200);
             faults::faults(runs, &cgcloud_exe()?)
         }
-        ["bench", "cluster-api", rest @ ..] => cluster_api(&counts(rest, &[1, 10, 100, 500])?),
+        ["bench", "cluster-api", rest @ ..] => cluster_api(&counts(rest, &[1, 100, 1000])?),
         ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?),
         ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?),
         ["bench", "toil-boot", rest @ ..] => toil_boot(&counts(rest, &[1, 4, 8])?).await,
@@ -528,12 +539,21 @@ fn cluster_api(ns: &[u32]) -> Result<()> {
     ] {
         e.ok(args);
     }
-    let _agents = testkit::FakeAgents::start(&e);
-    println!("cluster-api: requests cgcloud sends for one create-cluster against moto");
-    println!("{:>6} {:>10} {:>8} {:>8} {:>16}", "N", "requests", "polls", "retries", "without both");
+    let agents = testkit::FakeAgents::start(&e);
+    let moto_pid = testkit::moto().pid.map(|p| p.to_string());
+    let agents_pid = agents.pid().to_string();
+    let own = |pid: &Option<String>| pid.as_deref().and_then(process_cpu_seconds).map(|c| c.0).unwrap_or(f64::NAN);
+    println!("cluster-api: one create-cluster against moto with stand-in agents that tag each node configured");
+    println!(
+        "{:>6} {:>8} {:>9} {:>9} {:>10} {:>10} {:>8} {:>8} {:>14}",
+        "N", "wall s", "cgcloud s", "moto s", "agents s", "requests", "polls", "retries", "without both"
+    );
     let mut flat = Vec::new();
     for (i, n) in ns.iter().enumerate() {
         let name = format!("bench{i}");
+        let (moto0, agents0) = (own(&moto_pid), own(&Some(agents_pid.clone())));
+        let children0 = process_cpu_seconds("self").map(|c| c.1).unwrap_or(0.0);
+        let t0 = Instant::now();
         let out = e
             .cmd()
             .args([
@@ -545,12 +565,19 @@ fn cluster_api(ns: &[u32]) -> Result<()> {
                 &name,
                 "--skip-ssh-check",
                 "--timeout",
-                "600",
+                "1800",
             ])
             .output()?;
+        let wall = t0.elapsed().as_secs_f64();
+        // create-cluster is the only child waited for in between: its CPU time, not moto's.
+        let cgcloud_cpu = process_cpu_seconds("self").map(|c| c.1).unwrap_or(f64::NAN) - children0;
+        let (moto_cpu, agents_cpu) = (own(&moto_pid) - moto0, own(&Some(agents_pid.clone())) - agents0);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         let (k, p, r) = requests(&err).with_context(|| format!("create-cluster -s {n} failed: {err}"))?;
-        println!("{n:>6} {k:>10} {p:>8} {r:>8} {:>16}", k - p - r);
+        println!(
+            "{n:>6} {wall:>8.1} {cgcloud_cpu:>9.2} {moto_cpu:>9.1} {agents_cpu:>10.1} {k:>10} {p:>8} {r:>8} {:>14}",
+            k - p - r
+        );
         flat.push(k - p - r);
         e.ok(&["terminate-cluster", "generic", "-c", &name, "-Q"]);
     }
