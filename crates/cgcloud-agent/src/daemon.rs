@@ -655,6 +655,9 @@ impl Agent {
 }
 
 /// Retries an API call for up to five minutes (a node may boot before it can reach the API).
+/// The waits double and are jittered: the nodes of a big launch boot together, and if they all
+/// retried in step after EC2 throttled them (DescribeInstances: a burst of 100, then 20 a
+/// second per account), they would be throttled together again.
 fn retry<T>(mut f: impl FnMut() -> Result<T, AwsError>) -> Result<T, String> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut wait = Duration::from_millis(500);
@@ -663,12 +666,21 @@ fn retry<T>(mut f: impl FnMut() -> Result<T, AwsError>) -> Result<T, String> {
             Ok(v) => return Ok(v),
             Err(e) if Instant::now() < deadline => {
                 log("warning", format!("{e}; retrying"));
-                std::thread::sleep(wait);
+                std::thread::sleep(jittered(wait));
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// Between half of `wait` and all of it ("equal jitter"). The clock's nanoseconds are random
+/// enough to tell nodes apart, and need no source of randomness at boot.
+fn jittered(wait: Duration) -> Duration {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let half = wait / 2;
+    half + half.mul_f64(f64::from(nanos % 1_000_000) / 1_000_000.0)
 }
 
 /// This box's instance id: cloud-init's record (EC2 and the local cloud), else IMDS.
@@ -746,6 +758,19 @@ fn parse_key_pairs(xml: &str) -> Vec<(keypairs::KeyPair, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_waits_are_jittered_within_half_and_all() {
+        let wait = Duration::from_millis(800);
+        let waits: std::collections::BTreeSet<Duration> = (0..50)
+            .map(|_| {
+                std::thread::sleep(Duration::from_micros(37));
+                jittered(wait)
+            })
+            .collect();
+        assert!(waits.iter().all(|w| *w >= wait / 2 && *w <= wait), "{waits:?}");
+        assert!(waits.len() > 10, "waits barely vary: {waits:?}");
+    }
 
     #[test]
     fn groups_of_more_than_a_page_are_read_to_the_end() {

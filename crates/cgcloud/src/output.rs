@@ -173,7 +173,7 @@ pub struct PhaseProgress {
     title: String,
     names: Vec<String>,
     counts: Vec<u64>,
-    total: u64,
+    totals: Vec<u64>,
     multi: Option<MultiProgress>,
     bars: Vec<ProgressBar>,
     laggard: Option<ProgressBar>,
@@ -218,7 +218,7 @@ impl PhaseProgress {
             title,
             names: phases.iter().map(|p| (*p).to_owned()).collect(),
             counts: vec![0; phases.len()],
-            total,
+            totals: vec![total; phases.len()],
             multi,
             bars,
             laggard,
@@ -240,9 +240,19 @@ impl PhaseProgress {
                 "{}: {} {count}/{} ({:.1} s)",
                 self.title,
                 self.names[i],
-                self.total,
+                self.totals[i],
                 self.started.elapsed().as_secs_f64()
             );
+        }
+    }
+
+    /// How many phase `i` counts to, when not all members go through it.
+    pub fn set_total(&mut self, i: usize, total: u64) {
+        if let Some(t) = self.totals.get_mut(i) {
+            *t = total;
+        }
+        if let Some(b) = self.bars.get(i) {
+            b.set_length(total);
         }
     }
 

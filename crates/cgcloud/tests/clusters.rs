@@ -193,3 +193,66 @@ fn progress_is_plain_off_a_terminal_silent_with_q_and_bars_on_one() {
     }
     e.ok(&["terminate-cluster", "generic", "-c", "p1"]);
 }
+
+#[test]
+fn ssh_cluster_fans_out_within_the_open_files_limit() {
+    let mut e = env();
+    let agents = FakeAgents::start(&e);
+    e.ok(&["create-cluster", "generic", "-s", "40", "-c", "wide", "--skip-ssh-check"]);
+    drop(agents);
+    // No node boots on moto: publish a host key for each, as their agents would, and put an
+    // `ssh` on PATH that notes how many of its kind run at once.
+    let host_key = std::fs::read_to_string(e.keygen("host", "ed25519").with_extension("pub")).unwrap();
+    let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
+    e.boto3(&format!(
+        "ec2 = client('ec2')\n\
+         ids = [i['InstanceId'] for r in ec2.describe_instances(Filters=[{{'Name': 'tag:cgcloud:cluster', 'Values': ['wide']}}])['Reservations'] for i in r['Instances']]\n\
+         ec2.create_tags(Resources=ids, Tags=[{{'Key': 'cgcloud:host-key', 'Value': '{}'}}])",
+        host_key.join(" ")
+    ));
+    let tools = e.home.path().join("tools");
+    let running = e.home.path().join("running");
+    std::fs::create_dir_all(&running).unwrap();
+    std::fs::create_dir_all(&tools).unwrap();
+    let ssh = tools.join("ssh");
+    std::fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\nd='{}'\ntouch \"$d/$$\"\nls \"$d\" | wc -l >>\"$d.log\"\nsleep 2\nrm -f \"$d/$$\"\necho hello\n",
+            running.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    e.set_env("PATH", &format!("{}:{}", tools.display(), std::env::var("PATH").unwrap()));
+    let most_at_once = |limit: Option<u32>| {
+        let _ = std::fs::remove_file(running.with_extension("log"));
+        let mut cmd = e.cmd();
+        let bin = env!("CARGO_BIN_EXE_cgcloud");
+        let mut args = vec!["ssh-cluster", "generic", "-c", "wide", "-P", "--", "true"];
+        let script = limit.map(|n| format!("ulimit -n {n} && exec \"$0\" \"$@\""));
+        if let Some(script) = &script {
+            // Soft and hard limit both: cgcloud cannot raise it.
+            cmd = std::process::Command::new("sh");
+            for (k, v) in e.cmd().get_envs() {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    None => cmd.env_remove(k),
+                };
+            }
+            args.splice(0..0, ["-c", script.as_str(), bin]);
+        }
+        let out = cmd.args(&args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout.lines().filter(|l| l.ends_with(" hello")).count(), 41, "{stdout}");
+        let log = std::fs::read_to_string(running.with_extension("log")).unwrap();
+        log.lines().filter_map(|l| l.trim().parse::<u32>().ok()).max().unwrap()
+    };
+    // 128 open files leave room for 16 children at once: all 41 nodes answer, 16 at a time.
+    let bounded = most_at_once(Some(128));
+    assert!((2..=16).contains(&bounded), "{bounded} ssh at once under a limit of 128 open files");
+    // With the usual limit (raised to the hard one) every node's ssh starts at once.
+    let free = most_at_once(None);
+    assert!(free > 16, "only {free} ssh at once without a low limit");
+}

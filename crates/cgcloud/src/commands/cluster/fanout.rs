@@ -28,6 +28,7 @@ pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
         |b: &BoxInfo| b.private_dns.as_deref().and_then(|d| d.split('.').next()).unwrap_or(&b.instance_id).to_owned();
     // Everything per node that can be done once is done before the first ssh starts.
     let targets = ctx.ssh_targets(&nodes, Some(&a.login), None).await?;
+    let width = std::sync::Arc::new(tokio::sync::Semaphore::new(crate::fdlimit::fanout_width()));
     let mut failures = Vec::new();
     if ctx.out.format == crate::cli::OutputFormat::Json {
         // Scripts get one object per node, each with its whole output, in node order.
@@ -43,7 +44,9 @@ pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
                 stdout: String::new(),
                 stderr: String::new(),
             };
+            let width = width.clone();
             let run = async move {
+                let _slot = width.acquire_owned().await;
                 let out = target.command(true, &args).stdin(Stdio::null()).output().await;
                 if let Ok(out) = out {
                     r.exit_status = out.status.code().unwrap_or(255);
@@ -72,8 +75,9 @@ pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
         let mut set = tokio::task::JoinSet::new();
         for (b, target) in nodes.iter().zip(targets) {
             let label = format!("[{} {}]", b.ordinal.map(|o| o.to_string()).unwrap_or_default(), hostname(b));
-            let (tx, args, id) = (tx.clone(), a.args.clone(), b.instance_id.clone());
+            let (tx, args, id, width) = (tx.clone(), a.args.clone(), b.instance_id.clone(), width.clone());
             set.spawn(async move {
+                let _slot = width.acquire_owned().await;
                 let mut child = target
                     .command(true, &args)
                     .stdin(Stdio::null())
@@ -153,6 +157,7 @@ pub async fn rsync(ctx: &Ctx, a: RsyncClusterArgs) -> Result<ExitCode> {
     let json = ctx.out.format == crate::cli::OutputFormat::Json;
     let mut results: Vec<NodeOutput> = Vec::new();
     let targets = ctx.ssh_targets(&nodes, Some(&a.login), None).await?;
+    let width = std::sync::Arc::new(tokio::sync::Semaphore::new(crate::fdlimit::fanout_width()));
     // Leader first (others may fetch from it), then the workers in parallel.
     let lead = usize::from(nodes.first().is_some_and(|n| n.ordinal == Some(0)));
     let (first, rest) = nodes.split_at(lead);
@@ -175,7 +180,9 @@ pub async fn rsync(ctx: &Ctx, a: RsyncClusterArgs) -> Result<ExitCode> {
                 stdout: String::new(),
                 stderr: String::new(),
             };
+            let width = width.clone();
             set.spawn(async move {
+                let _slot = width.acquire_owned().await;
                 let mut cmd = tokio::process::Command::new("rsync");
                 cmd.arg("-e").arg(shell).args(args).stdin(Stdio::null());
                 if json {

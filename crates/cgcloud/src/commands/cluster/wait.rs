@@ -3,6 +3,13 @@
 
 use super::*;
 
+/// How many nodes of a launch the workstation logs in to before it calls them up: the leader
+/// and the first workers. Every node has checked itself before it reports itself configured;
+/// what the workstation's login adds is that it can reach them (security group, routing), the
+/// same for every node of a launch. Logging in to 1000 nodes would cost the workstation 1000
+/// handshakes and leave 1000 master connections behind.
+pub(super) const SSH_SAMPLE: usize = 16;
+
 /// The phases a cluster's nodes go through, as the progress bars show them.
 pub(super) const PHASES: &[&str] = &["launched", "running", "SSH-ready", "configured"];
 
@@ -34,6 +41,17 @@ pub(super) async fn await_nodes(
 ) -> Result<Vec<(String, String)>> {
     let n = ids.len();
     bars.set(0, n as u64);
+    // `ids` lists the leader first, then the workers in launch order.
+    let sampled: BTreeSet<&String> = ids.iter().take(SSH_SAMPLE).collect();
+    if ssh_check {
+        bars.set_total(2, sampled.len() as u64);
+        if sampled.len() < n {
+            ctx.out.note(format!(
+                "checking SSH from here on {} of {n} nodes (every node checks itself before it reports configured)",
+                sampled.len()
+            ));
+        }
+    }
     let started = Instant::now();
     let ssh_ready: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>> = Default::default();
     let mut probing: BTreeSet<String> = BTreeSet::new();
@@ -49,7 +67,8 @@ pub(super) async fn await_nodes(
             if b.state == "running" {
                 running += 1;
                 // A node publishes its host key when it has configured itself.
-                if ssh_check && b.host_key.is_some() && !probing.contains(&b.instance_id) {
+                let sample = sampled.contains(&b.instance_id);
+                if ssh_check && sample && b.host_key.is_some() && !probing.contains(&b.instance_id) {
                     probing.insert(b.instance_id.clone());
                     let target = ctx.ssh_target(b, None, None).await?;
                     let (ready, limit, id) = (ssh_ready.clone(), limit.clone(), b.instance_id.clone());
@@ -91,7 +110,8 @@ pub(super) async fn await_nodes(
         if running == n && phases.running_s == 0.0 {
             phases.running_s = elapsed;
         }
-        if ssh == n && phases.ssh_ready_s == 0.0 {
+        let ssh_total = if ssh_check { sampled.len() } else { n };
+        if ssh == ssh_total && phases.ssh_ready_s == 0.0 {
             phases.ssh_ready_s = elapsed;
         }
         bars.set(1, running as u64);
@@ -106,7 +126,11 @@ pub(super) async fn await_nodes(
             .map(|b| {
                 let (rank, what) = if b.state != "running" {
                     (0, b.state.clone())
-                } else if ssh_check && !ready_now.contains(&b.instance_id) && b.host_key.is_some() {
+                } else if ssh_check
+                    && sampled.contains(&b.instance_id)
+                    && !ready_now.contains(&b.instance_id)
+                    && b.host_key.is_some()
+                {
                     (1, "waiting for SSH".to_owned())
                 } else {
                     (2, "configuring itself".to_owned())
@@ -130,7 +154,8 @@ pub(super) async fn await_nodes(
         // Nodes publish their host keys when configured, so their SSH probes start late: wait
         // for them rather than abort them half-way (an aborted probe can leave a half-made
         // master connection that the next ssh trips over).
-        let reachable = !ssh_check || ssh_ready.lock().is_ok_and(|r| done.iter().all(|d| r.contains(d)));
+        let reachable = !ssh_check
+            || ssh_ready.lock().is_ok_and(|r| done.iter().filter(|d| sampled.contains(d)).all(|d| r.contains(d)));
         if must.iter().all(|m| done.contains(m)) && settled && reachable {
             phases.configured_s = t0.elapsed().as_secs_f64();
             if phases.ssh_ready_s == 0.0 {

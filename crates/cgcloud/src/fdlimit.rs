@@ -1,0 +1,56 @@
+//! The open-files limit. A fan-out over a cluster holds a few descriptors per `ssh` or
+//! `rsync` it runs (its output pipes), so 1000 nodes need more than the usual soft limit of
+//! 1024: cgcloud raises its soft limit to the hard one at start (as Go programs do by
+//! default), and a fan-out runs at most as many children at once as fit under what it got.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+
+/// Descriptors kept for everything else (the runtime, API connections, files, logs).
+const RESERVED: u64 = 64;
+/// Descriptors a running child costs cgcloud: stdout and stderr pipes, and room to spare.
+const PER_CHILD: u64 = 4;
+/// More children at once than any machine runs (an unlimited hard limit would give a count
+/// no semaphore can hold).
+const MOST: u64 = 1 << 20;
+
+static SOFT_LIMIT: AtomicU64 = AtomicU64::new(1024);
+
+/// Raises the soft limit on open files to the hard limit; remembers what it ended at.
+pub fn raise() {
+    let limit = getrlimit(Resource::Nofile);
+    let mut soft = limit.current.unwrap_or(u64::MAX);
+    if limit.current.is_some() && limit.current != limit.maximum {
+        let wanted = Rlimit { current: limit.maximum, maximum: limit.maximum };
+        match setrlimit(Resource::Nofile, wanted) {
+            Ok(()) => soft = limit.maximum.unwrap_or(u64::MAX),
+            Err(e) => tracing::debug!("cannot raise the open-files limit from {soft}: {e}"),
+        }
+    }
+    SOFT_LIMIT.store(soft, Ordering::Relaxed);
+}
+
+/// How many children a fan-out may run at once under the open-files limit.
+pub fn fanout_width() -> usize {
+    width(SOFT_LIMIT.load(Ordering::Relaxed))
+}
+
+fn width(soft: u64) -> usize {
+    usize::try_from((soft.saturating_sub(RESERVED) / PER_CHILD).clamp(1, MOST)).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn width_follows_the_limit() {
+        assert_eq!(width(1024), 240);
+        assert_eq!(width(64), 1);
+        assert_eq!(width(10), 1);
+        assert_eq!(width(524_288), 131_056);
+        assert_eq!(width(u64::MAX), 1 << 20);
+        assert!(tokio::sync::Semaphore::MAX_PERMITS >= width(u64::MAX));
+    }
+}
