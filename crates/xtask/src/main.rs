@@ -444,11 +444,26 @@ async fn key_sync(n_boxes: usize, n_regs: usize) -> Result<()> {
             v["private_ip"].as_str().unwrap_or_default().to_owned(),
         ));
     }
-    let mut samples = Vec::new();
+    // Two moments per box: when its agent rewrote authorized_keys with the new key (read from
+    // the host's side of the box's disk: free, unlike a login, so it does not slow what it
+    // measures), then when the key logs in (one ssh at a time per box, after the rewrite).
+    let upper = |id: &str| {
+        cgcloud_localcloud::LocalCloud::default_dir()
+            .join("instances")
+            .join(id)
+            .join("upper/home/admin/.ssh/authorized_keys")
+    };
+    let mut rewritten = Vec::new();
+    let mut logged_in = Vec::new();
     let mut worst = Vec::new();
     for i in 0..n_regs {
         let key = h.join(format!("bench-{i}"));
         keygen(&key)?;
+        let blob = std::fs::read_to_string(key.with_extension("pub"))?
+            .split_whitespace()
+            .nth(1)
+            .context("a public key without its blob")?
+            .to_owned();
         cgcloud(
             &h,
             &["-q", "register-key", &key.with_extension("pub").display().to_string(), "-k", &format!("bench-{i}")],
@@ -456,37 +471,48 @@ async fn key_sync(n_boxes: usize, n_regs: usize) -> Result<()> {
         let t0 = Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for (id, ip) in boxes.clone() {
-            let (h, key) = (h.clone(), key.clone());
+            let (h, key, blob, file) = (h.clone(), key.clone(), blob.clone(), upper(&id));
             set.spawn_blocking(move || {
+                let mut seen = f64::INFINITY;
+                while t0.elapsed() < Duration::from_secs(120) {
+                    if std::fs::read_to_string(&file).is_ok_and(|k| k.contains(&blob)) {
+                        seen = t0.elapsed().as_secs_f64();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 while !login(&h, &key, &ip, &id) {
                     if t0.elapsed() > Duration::from_secs(120) {
-                        return f64::INFINITY;
+                        return (seen, f64::INFINITY);
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                t0.elapsed().as_secs_f64()
+                (seen, t0.elapsed().as_secs_f64())
             });
         }
         let mut this = Vec::new();
         while let Some(r) = set.join_next().await {
-            this.push(r?);
+            let (seen, login) = r?;
+            rewritten.push(seen);
+            this.push(login);
         }
         worst.push(this.iter().cloned().fold(0.0, f64::max));
-        samples.extend(this);
+        logged_in.extend(this);
     }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    worst.sort_by(|a, b| a.total_cmp(b));
+    for v in [&mut rewritten, &mut logged_in, &mut worst] {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    println!("key-sync: {n_regs} registrations x {n_boxes} boxes, time from register-key returning to");
+    for (what, samples) in [("authorized_keys rewritten", &rewritten), ("the key logs in", &logged_in)] {
+        println!(
+            "  {what:<27} per box: p50 {:.2} s  p99 {:.2} s  max {:.2} s",
+            percentile(samples, 0.5),
+            percentile(samples, 0.99),
+            percentile(samples, 1.0)
+        );
+    }
     println!(
-        "key-sync: {n_regs} registrations x {n_boxes} boxes, time from register-key returning to the key logging in"
-    );
-    println!(
-        "  per box:            p50 {:.2} s  p99 {:.2} s  max {:.2} s",
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99),
-        percentile(&samples, 1.0)
-    );
-    println!(
-        "  all boxes (worst):  p50 {:.2} s  p99 {:.2} s   (target p99 <= 2 s)",
+        "  logs in on every box (worst): p50 {:.2} s  p99 {:.2} s   (target p99 <= 1 s per box)",
         percentile(&worst, 0.5),
         percentile(&worst, 0.99)
     );
