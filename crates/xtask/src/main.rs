@@ -302,7 +302,7 @@ async fn main() -> Result<()> {
             faults::faults(runs, &cgcloud_exe()?)
         }
         ["bench", "cluster-api", rest @ ..] => cluster_api(&counts(rest, &[1, 100, 1000])?),
-        ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?),
+        ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?).await,
         ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?),
         ["bench", "toil-boot", rest @ ..] => toil_boot(&counts(rest, &[1, 4, 8])?).await,
         _ => bail!("usage: cargo run -p xtask -- man [DIR] | bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...] | toil-boot [N...] | idle [HISTORY...] | fanout [N] | faults [RUNS]"),
@@ -617,7 +617,14 @@ fn cluster_api(ns: &[u32]) -> Result<()> {
     Ok(())
 }
 
-fn cluster_boot(ns: &[u32]) -> Result<()> {
+/// CPU a cluster node's units have used since it booted, in µs, read inside the node from its
+/// cgroup tree: the whole box, then each live unit of system.slice. Units that have ended (the
+/// cloud-init stages, whose last one runs the agent's first boot) are only in the total.
+const NODE_CPU_PROBE: &str = "r=/sys/fs/cgroup/unified; [ -f $r/cpu.stat ] || r=/sys/fs/cgroup; \
+    echo \"box $(awk '/usage_usec/{print $2}' $r/cpu.stat)\"; \
+    for d in $r/system.slice/*/; do [ -f $d/cpu.stat ] && echo \"$(basename $d) $(awk '/usage_usec/{print $2}' $d/cpu.stat)\"; done; true";
+
+async fn cluster_boot(ns: &[u32]) -> Result<()> {
     let home = tempfile::tempdir()?;
     let h = home.path().to_path_buf();
     keygen(&h.join("id_ed25519"))?;
@@ -627,11 +634,21 @@ fn cluster_boot(ns: &[u32]) -> Result<()> {
     let image = newest_image(&h, "generic-cluster-box")?;
     // The baking box's shutdown must not overlap the first measurement.
     wait_no_hosts(&h)?;
-    println!("cluster-boot: create-cluster from a baked image until every node is configured (local cloud)");
-    println!("{:>6} {:>10} {:>12}", "workers", "total s", "configured s");
-    let mut times = Vec::new();
+    let bare = BareBoot::new().await?;
+    println!("cluster-boot: create-cluster from a baked image until every node is configured, against a bare boot");
+    println!("of as many plain hosts until each takes an SSH login (local cloud; machine CPU is both cores)");
+    println!(
+        "{:>7} {:>8} {:>9} {:>10} {:>11} {:>7} {:>9}",
+        "workers", "bare s", "bare CPU", "cluster s", "cluster CPU", "ratio", "CPU ratio"
+    );
+    let mut breakdown: Vec<(u32, std::collections::BTreeMap<String, f64>)> = Vec::new();
     for (i, n) in ns.iter().enumerate() {
+        let cpu0 = machine_cpu_seconds();
+        let (_, bare_s) = bare.boot(*n as i32 + 1).await?;
+        let bare_cpu = machine_cpu_seconds() - cpu0;
+        wait_no_hosts(&h)?;
         let name = format!("boot{i}");
+        let cpu0 = machine_cpu_seconds();
         let t0 = Instant::now();
         let out = std::process::Command::new(cgcloud_exe()?)
             .env("HOME", &h)
@@ -645,23 +662,43 @@ fn cluster_boot(ns: &[u32]) -> Result<()> {
             .args(["create-cluster", "generic", "-s", &n.to_string(), "-c", &name])
             .output()?;
         let total = t0.elapsed().as_secs_f64();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let cluster_cpu = machine_cpu_seconds() - cpu0;
         if !out.status.success() {
-            bail!("create-cluster -s {n} failed: {err}");
+            bail!("create-cluster -s {n} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let configured: f64 = err
-            .lines()
-            .find(|l| l.contains("configured") && l.contains("launched in"))
-            .and_then(|l| l.split("configured ").nth(1))
-            .and_then(|s| s.split(' ').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(f64::NAN);
-        println!("{n:>6} {total:>10.2} {configured:>12.2}");
-        times.push(total);
+        println!(
+            "{n:>7} {bare_s:>8.2} {bare_cpu:>9.1} {total:>10.2} {cluster_cpu:>11.1} {:>7.2} {:>9.2}",
+            total / bare_s,
+            cluster_cpu / bare_cpu
+        );
+        // Where the nodes' CPU went (summed over nodes), read after the fact.
+        let probe = cgcloud(
+            &h,
+            &["-q", "--output", "json", "ssh-cluster", "generic", "-c", &name, "-P", "--", NODE_CPU_PROBE],
+        )?;
+        let mut units = std::collections::BTreeMap::new();
+        for node in serde_json::from_str::<serde_json::Value>(&probe)?.as_array().into_iter().flatten() {
+            for line in node["stdout"].as_str().unwrap_or_default().lines() {
+                if let Some((unit, usec)) = line.split_once(' ') {
+                    *units.entry(unit.to_owned()).or_insert(0.0) += usec.trim().parse::<f64>().unwrap_or(0.0) / 1e6;
+                }
+            }
+        }
+        breakdown.push((*n, units));
         cgcloud(&h, &["-q", "terminate-cluster", "generic", "-c", &name])?;
+        wait_no_hosts(&h)?;
     }
-    if let (Some(a), Some(b)) = (times.first(), times.last()) {
-        println!("ratio t({})/t({}) = {:.2} (target <= 1.5)", ns[ns.len() - 1], ns[0], b / a);
+    bare.finish().await?;
+    for (n, units) in &breakdown {
+        let total = units.get("box").copied().unwrap_or(f64::NAN);
+        let live: f64 = units.iter().filter(|(u, _)| u.as_str() != "box").map(|(_, s)| s).sum();
+        println!("nodes' CPU with {n} workers: {total:.1} s in all ({:.2} s a node)", total / (*n as f64 + 1.0));
+        let mut top: Vec<(&String, &f64)> = units.iter().filter(|(u, _)| u.as_str() != "box").collect();
+        top.sort_by(|a, b| b.1.total_cmp(a.1));
+        for (unit, secs) in top.into_iter().take(6) {
+            println!("  {unit:<32} {secs:>7.2} s");
+        }
+        println!("  {:<32} {:>7.2} s", "(ended: cloud-init, first boot, init)", total - live);
     }
     cgcloud(&h, &["-q", "delete-image", "generic-cluster-box", "-i", &image])?;
     Ok(())

@@ -30,8 +30,62 @@ pub struct Summary {
 enum AgentSource {
     /// Development: a binary on this machine, uploaded over SSH.
     Local(PathBuf),
-    /// Release: a versioned artifact the box downloads and checks against its SHA-256.
-    Release { url: String, sha256: String },
+    /// Release: a versioned artifact the box downloads and checks against its SHA-256 (one
+    /// for every architecture, or one per architecture).
+    Release { url: String, sha256: Checksums },
+}
+
+/// The release agent's expected SHA-256: `HEX` for every architecture, or
+/// `x86_64=HEX,aarch64=HEX` (what `uname -m` prints on the box) when `{arch}` in the URL makes
+/// them different files.
+#[derive(Debug, PartialEq)]
+enum Checksums {
+    Any(String),
+    ByArch(std::collections::BTreeMap<String, String>),
+}
+
+impl Checksums {
+    fn parse(text: &str) -> Result<Checksums> {
+        let hex = |h: &str| -> Result<String> {
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("the agent checksum '{h}' is not a SHA-256 (64 hex digits)");
+            }
+            Ok(h.to_lowercase())
+        };
+        let text = text.trim();
+        if !text.contains('=') {
+            return Ok(Checksums::Any(hex(text)?));
+        }
+        let mut by_arch = std::collections::BTreeMap::new();
+        for item in text.split([',', ' ']).filter(|i| !i.is_empty()) {
+            let (arch, h) = item.split_once('=').with_context(|| {
+                format!("'{item}' in the agent checksums is not ARCH=SHA256 (e.g. x86_64=<64 hex digits>)")
+            })?;
+            if !valid_arch(arch) {
+                bail!("'{arch}' in the agent checksums is not an architecture name (as `uname -m` prints it)");
+            }
+            by_arch.insert(arch.to_owned(), hex(h)?);
+        }
+        Ok(Checksums::ByArch(by_arch))
+    }
+
+    /// The checksum for a box of architecture `arch`.
+    fn get(&self, arch: &str) -> Result<&str> {
+        match self {
+            Checksums::Any(h) => Ok(h),
+            Checksums::ByArch(m) => m.get(arch).map(String::as_str).with_context(|| {
+                format!(
+                    "the box is {arch}, and the agent checksums name only {}; add {arch}=SHA256 to CGCLOUD_AGENT_SHA256",
+                    m.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }),
+        }
+    }
+}
+
+/// What `uname -m` may print; anything else from a box is refused before it reaches a URL.
+fn valid_arch(arch: &str) -> bool {
+    !arch.is_empty() && arch.len() <= 32 && arch.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// `CGCLOUD_AGENT_BINARY` if set, else a configured release URL, else `cgcloud-agent` beside
@@ -45,15 +99,12 @@ fn agent_source(ctx: &Ctx) -> Result<AgentSource> {
         return Ok(AgentSource::Local(p));
     }
     if let Some(url) = &ctx.settings.agent.url {
-        let sha256 = ctx.settings.agent.sha256.clone().with_context(|| {
+        let sha256 = ctx.settings.agent.sha256.as_deref().with_context(|| {
             format!("the agent URL {url} is set but not its checksum; set CGCLOUD_AGENT_SHA256 (or agent_sha256 in the profile)")
         })?;
-        if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-            bail!("the agent checksum '{sha256}' is not a SHA-256 (64 hex digits)");
-        }
         return Ok(AgentSource::Release {
             url: url.replace("{version}", env!("CARGO_PKG_VERSION")),
-            sha256: sha256.to_lowercase(),
+            sha256: Checksums::parse(sha256)?,
         });
     }
     Ok(AgentSource::Local(agent_binary()?))
@@ -111,29 +162,36 @@ pub(crate) async fn run_with_input(target: &SshTarget, script: &str, stdin: &[u8
 
 /// Puts the agent on the box unless the box already has this very binary.
 pub async fn install_agent(ctx: &Ctx, target: &SshTarget) -> Result<()> {
-    let (local, hash) = match agent_source(ctx)? {
-        AgentSource::Local(p) => {
-            let h = sha256_file(&p)?;
-            (Some(p), h)
-        }
-        AgentSource::Release { sha256, .. } => (None, sha256),
-    };
-    let check = format!("sha256sum {AGENT_PATH} 2>/dev/null | cut -d' ' -f1");
+    let source = agent_source(ctx)?;
+    let check = format!("echo \"$(uname -m) $(sha256sum {AGENT_PATH} 2>/dev/null | cut -d' ' -f1)\"");
     let remote = run_with_input(target, &check, b"").await.unwrap_or_default();
-    if remote.trim() == hash {
-        return Ok(());
-    }
-    let Some(local) = local else {
-        let AgentSource::Release { url, sha256 } = agent_source(ctx)? else { bail!("unreachable") };
-        // The box downloads the artifact itself and refuses it unless the checksum matches.
-        let url = url.replace("{arch}", "$(uname -m)");
-        let script = format!(
-            "set -e; t=$(mktemp); curl -fsSL --retry 3 -o \"$t\" \"{url}\"; \
-             if [ \"$(sha256sum \"$t\" | cut -d' ' -f1)\" != {sha256} ]; then echo \"checksum mismatch for {url}\" >&2; rm -f \"$t\"; exit 1; fi; \
-             sudo -n install -m 0755 \"$t\" {AGENT_PATH}; rm -f \"$t\""
-        );
-        run_with_input(target, &script, b"").await.context("cannot install the agent release on the box")?;
-        return Ok(());
+    let mut remote = remote.split_whitespace();
+    let (arch, present) = (remote.next().unwrap_or_default(), remote.next().unwrap_or_default());
+    let local = match source {
+        AgentSource::Local(p) => {
+            if present == sha256_file(&p)? {
+                return Ok(());
+            }
+            p
+        }
+        AgentSource::Release { url, sha256 } => {
+            if !valid_arch(arch) {
+                bail!("the box answered '{arch}' for its architecture (uname -m)");
+            }
+            let sha256 = sha256.get(arch)?;
+            if present == sha256 {
+                return Ok(());
+            }
+            // The box downloads the artifact itself and refuses it unless the checksum matches.
+            let url = url.replace("{arch}", arch);
+            let script = format!(
+                "set -e; t=$(mktemp); curl -fsSL --retry 3 -o \"$t\" \"{url}\"; \
+                 if [ \"$(sha256sum \"$t\" | cut -d' ' -f1)\" != {sha256} ]; then echo \"checksum mismatch for {url}\" >&2; rm -f \"$t\"; exit 1; fi; \
+                 sudo -n install -m 0755 \"$t\" {AGENT_PATH}; rm -f \"$t\""
+            );
+            run_with_input(target, &script, b"").await.context("cannot install the agent release on the box")?;
+            return Ok(());
+        }
     };
     let data = std::fs::read(&local).with_context(|| format!("cannot read {}", local.display()))?;
     let install = format!(
@@ -254,4 +312,25 @@ pub async fn provision(ctx: &Ctx, target: &SshTarget, b: &BoxInfo, plan: &Plan, 
         None => ctx.out.note(done),
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn agent_checksums_for_one_or_each_architecture() {
+        let (a, b) = ("a".repeat(64), "B".repeat(64));
+        assert_eq!(Checksums::parse(&a).unwrap().get("riscv64").unwrap(), a);
+        let both = Checksums::parse(&format!("x86_64={a}, aarch64={b}")).unwrap();
+        assert_eq!(both.get("x86_64").unwrap(), a);
+        assert_eq!(both.get("aarch64").unwrap(), "b".repeat(64));
+        let err = both.get("riscv64").unwrap_err().to_string();
+        assert!(err.contains("riscv64=SHA256") && err.contains("aarch64, x86_64"), "{err}");
+        for bad in ["abc", "x86_64=abc", "x86 64=aaaa", "$(reboot)=".to_owned().as_str(), "x86_64"] {
+            assert!(Checksums::parse(bad).is_err(), "{bad}");
+        }
+        assert!(valid_arch("aarch64") && !valid_arch("x86_64;reboot") && !valid_arch(""));
+    }
 }
