@@ -92,7 +92,7 @@ pub struct LocalCloud {
 /// Markers that identify our processes in /proc/<pid>/cmdline.
 const MOTO_MARKER: &str = "moto_server";
 /// The launcher of moto's server (its name holds [`MOTO_MARKER`]): file name and text.
-const MOTO_LAUNCHER: (&str, &str) = ("moto_launcher.py", include_str!("moto_launcher.py"));
+const MOTO_LAUNCHER: (&str, &str) = ("moto_server_launcher.py", include_str!("moto_server_launcher.py"));
 /// How long a terminated instance stays listed, as on EC2; `CGCLOUD_LOCAL_TERMINATED_TTL`
 /// (seconds) changes it.
 const TERMINATED_TTL: Duration = Duration::from_secs(3600);
@@ -543,4 +543,16 @@ async fn create_vpc(cloud: &cgcloud_aws::Cloud) -> Result<(String, Vec<(String, 
         subnets.push(((*zone).to_owned(), id));
     }
     Ok((vpc_id, subnets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_moto_launcher_is_recognised_as_moto() {
+        // `is_up` and `down` find moto by this marker in its command line, which is
+        // `python <dir>/<launcher> ...`: a launcher named without it is never stopped.
+        assert!(MOTO_LAUNCHER.0.contains(MOTO_MARKER));
+    }
 }

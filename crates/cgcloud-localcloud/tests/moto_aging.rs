@@ -20,7 +20,7 @@ impl Drop for Server {
 fn terminated_instances_age_out_and_running_ones_stay() {
     let server = std::env::var("CGCLOUD_MOTO_SERVER").expect("CGCLOUD_MOTO_SERVER");
     let python = std::path::Path::new(&server).with_file_name("python");
-    let launcher = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/moto_launcher.py");
+    let launcher = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/moto_server_launcher.py");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let _moto = Server(
         Command::new(&python)

@@ -71,7 +71,7 @@ pub fn moto() -> &'static Moto {
         let command = format!(
             "'{}' '{}' {ttl}",
             Path::new(&server).with_file_name("python").display(),
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../cgcloud-localcloud/src/moto_launcher.py").display()
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../cgcloud-localcloud/src/moto_server_launcher.py").display()
         );
         // The watchdog stops moto when this test process is gone, however it ends.
         let script = format!(

@@ -6,7 +6,7 @@
 # 2. A resource's tags are looked up by its id. moto finds them by matching a resource-id
 #    pattern against every tag of every resource, so a DescribeInstances of N tagged instances
 #    cost O(N x all tags): about 100 ms at 100 instances, minutes at 1000.
-# Usage: python moto_launcher.py TTL_SECONDS [moto_server arguments...]
+# Usage: python moto_server_launcher.py TTL_SECONDS [moto_server arguments...]
 import sys
 import threading
 import time
