@@ -7,17 +7,10 @@
 use serde_json::Value;
 use testkit::{FakeAgents, TestEnv};
 
-const NODE: &str = "generic-cluster-box";
-
 /// An environment with a key and a baked node image.
 fn env() -> TestEnv {
     let e = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
-    let key = e.keygen("id_ed25519", "ed25519");
-    e.ok(&["register-key", key.with_extension("pub").to_str().unwrap()]);
-    e.ok(&["create", NODE, "-Q"]);
-    e.ok(&["stop", NODE]);
-    e.ok(&["image", NODE]);
-    e.ok(&["terminate", NODE]);
+    e.with_key_and_node_image();
     e
 }
 

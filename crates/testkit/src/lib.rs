@@ -266,6 +266,22 @@ impl TestEnv {
         serde_json::from_str(out.trim()).expect("the leftover count")
     }
 
+    /// Registers a new ed25519 key as the user's key pair and bakes an image of the cluster
+    /// node role `generic-cluster-box` (launched without provisioning: moto boots nothing), as
+    /// cluster tests and benchmarks need before any create-cluster.
+    pub fn with_key_and_node_image(&self) {
+        let key = self.keygen("id_ed25519", "ed25519");
+        self.ok(&["register-key", &key.with_extension("pub").display().to_string()]);
+        for args in [
+            &["create", "generic-cluster-box", "-Q"][..],
+            &["stop", "generic-cluster-box"],
+            &["image", "generic-cluster-box"],
+            &["terminate", "generic-cluster-box"],
+        ] {
+            self.ok(args);
+        }
+    }
+
     /// Generates an SSH key pair in HOME; returns the private key path (`.pub` beside it).
     pub fn keygen(&self, name: &str, key_type: &str) -> PathBuf {
         let path = self.home.path().join(name);
@@ -285,6 +301,10 @@ impl TestEnv {
 /// Stopped (by PID) when dropped.
 pub struct FakeAgents {
     child: std::process::Child,
+    /// Where [`FakeAgents::pause`] and the agents talk: `pause` holds a token, `paused` the
+    /// token the agents saw between two rounds.
+    dir: tempfile::TempDir,
+    pauses: u32,
 }
 
 impl FakeAgents {
@@ -303,12 +323,20 @@ impl FakeAgents {
         let server = std::env::var("CGCLOUD_MOTO_SERVER").expect("CGCLOUD_MOTO_SERVER");
         let python = std::path::Path::new(&server).with_file_name("python");
         let fail = fail_index.map(|i| i.to_string()).unwrap_or_else(|| "None".into());
+        let dir = tempfile::tempdir().expect("temp dir");
         let script = format!(
-            "import boto3, time\n\
+            "import boto3, os, time\n\
+             pause, paused = '{2}/pause', '{2}/paused'\n\
              ec2 = boto3.client('ec2', endpoint_url='{0}', region_name='{1}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
              sqs = boto3.client('sqs', endpoint_url='{0}', region_name='{1}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
              fail = {fail}\n\
              while True:\n\
+             \x20   if os.path.exists(pause):\n\
+             \x20       with open(pause) as f: token = f.read()\n\
+             \x20       with open(paused + '.new', 'w') as f: f.write(token)\n\
+             \x20       os.replace(paused + '.new', paused)\n\
+             \x20       time.sleep(0.05)\n\
+             \x20       continue\n\
              \x20   for r in ec2.describe_instances(Filters=[{{'Name': 'tag-key', 'Values': ['cgcloud:cluster']}}])['Reservations']:\n\
              \x20       for i in r['Instances']:\n\
              \x20           tags = {{t['Key']: t['Value'] for t in i.get('Tags', [])}}\n\
@@ -320,7 +348,9 @@ impl FakeAgents {
              \x20           else:\n\
              \x20               ec2.create_tags(Resources=[i['InstanceId']], Tags=[{{'Key': 'cgcloud:configured', 'Value': 'true'}}])\n\
              \x20   time.sleep(0.2)\n",
-            env.moto_endpoint, env.region
+            env.moto_endpoint,
+            env.region,
+            dir.path().display()
         );
         let child = Command::new(python)
             .args(["-c", &script])
@@ -330,7 +360,29 @@ impl FakeAgents {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the fake agents");
-        FakeAgents { child }
+        FakeAgents { child, dir, pauses: 0 }
+    }
+
+    /// Stops the agents between two rounds, and returns once they are stopped: nothing they
+    /// started (a queue for a node that was running when they looked) is still under way.
+    /// Tests that count what a cleanup left pause them, since a live node's agent may make its
+    /// queue after any cleanup.
+    pub fn pause(&mut self) {
+        self.pauses += 1;
+        let token = self.pauses.to_string();
+        let (pause, paused) = (self.dir.path().join("pause"), self.dir.path().join("paused"));
+        std::fs::write(pause.with_extension("new"), &token).expect("write the pause token");
+        std::fs::rename(pause.with_extension("new"), &pause).expect("pause the fake agents");
+        let start = Instant::now();
+        while std::fs::read_to_string(&paused).ok().as_deref() != Some(token.as_str()) {
+            assert!(start.elapsed() < Duration::from_secs(60), "the fake agents did not pause");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lets paused agents go on.
+    pub fn resume(&mut self) {
+        let _ = std::fs::remove_file(self.dir.path().join("pause"));
     }
 }
 

@@ -62,16 +62,7 @@ pub fn faults(runs: usize, cgcloud: &std::path::Path) -> Result<()> {
     let ns = "bench-faults";
     let mut e = testkit::TestEnv::new(cgcloud);
     e.set_env("CGCLOUD_NAMESPACE", &format!("/{ns}/"));
-    let key = e.keygen("id_ed25519", "ed25519");
-    e.ok(&["register-key", &key.with_extension("pub").display().to_string()]);
-    for args in [
-        &["create", "generic-cluster-box", "-Q"][..],
-        &["stop", "generic-cluster-box"],
-        &["image", "generic-cluster-box"],
-        &["terminate", "generic-cluster-box"],
-    ] {
-        e.ok(args);
-    }
+    e.with_key_and_node_image();
     let proxy = FaultProxy::start(&e.moto_endpoint);
     e.through(&proxy);
     let _agents = testkit::FakeAgents::start(&e);

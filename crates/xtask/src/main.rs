@@ -555,16 +555,7 @@ fn requests(stderr: &str) -> Option<(u64, u64, u64)> {
 
 fn cluster_api(ns: &[u32]) -> Result<()> {
     let e = testkit::TestEnv::new(cgcloud_exe()?);
-    let key = e.keygen("id_ed25519", "ed25519");
-    e.ok(&["register-key", &key.with_extension("pub").display().to_string()]);
-    for args in [
-        &["create", "generic-cluster-box", "-Q"][..],
-        &["stop", "generic-cluster-box"],
-        &["image", "generic-cluster-box"],
-        &["terminate", "generic-cluster-box"],
-    ] {
-        e.ok(args);
-    }
+    e.with_key_and_node_image();
     let agents = testkit::FakeAgents::start(&e);
     let moto_pid = testkit::moto().pid.map(|p| p.to_string());
     let agents_pid = agents.pid().to_string();
