@@ -1,11 +1,12 @@
 //! The open-files limit. A fan-out over a cluster holds a few descriptors per `ssh` or
 //! `rsync` it runs (its output pipes), so 1000 nodes need more than the usual soft limit of
-//! 1024: cgcloud raises its soft limit to the hard one at start (as Go programs do by
-//! default), and a fan-out runs at most as many children at once as fit under what it got.
+//! 1024: the first fan-out raises cgcloud's soft limit to the hard one (as Go programs do at
+//! start), and a fan-out runs at most as many children at once as fit under what it got.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+use tokio::sync::Semaphore;
 
 /// Descriptors kept for everything else (the runtime, API connections, files, logs).
 const RESERVED: u64 = 64;
@@ -15,25 +16,27 @@ const PER_CHILD: u64 = 4;
 /// no semaphore can hold).
 const MOST: u64 = 1 << 20;
 
-static SOFT_LIMIT: AtomicU64 = AtomicU64::new(1024);
-
-/// Raises the soft limit on open files to the hard limit; remembers what it ended at.
-pub fn raise() {
+/// Raises the soft limit on open files to the hard limit; returns the soft limit it ended at.
+fn raise() -> u64 {
     let limit = getrlimit(Resource::Nofile);
-    let mut soft = limit.current.unwrap_or(u64::MAX);
-    if limit.current.is_some() && limit.current != limit.maximum {
-        let wanted = Rlimit { current: limit.maximum, maximum: limit.maximum };
-        match setrlimit(Resource::Nofile, wanted) {
-            Ok(()) => soft = limit.maximum.unwrap_or(u64::MAX),
-            Err(e) => tracing::debug!("cannot raise the open-files limit from {soft}: {e}"),
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if limit.current.is_none() || limit.current == limit.maximum {
+        return soft;
+    }
+    match setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum }) {
+        Ok(()) => limit.maximum.unwrap_or(u64::MAX),
+        Err(e) => {
+            tracing::debug!("cannot raise the open-files limit from {soft}: {e}");
+            soft
         }
     }
-    SOFT_LIMIT.store(soft, Ordering::Relaxed);
 }
 
-/// How many children a fan-out may run at once under the open-files limit.
-pub fn fanout_width() -> usize {
-    width(SOFT_LIMIT.load(Ordering::Relaxed))
+/// Slots for the children of one fan-out: as many as fit under the open-files limit, which
+/// the first call raises.
+pub fn fanout_slots() -> Arc<Semaphore> {
+    static WIDTH: OnceLock<usize> = OnceLock::new();
+    Arc::new(Semaphore::new(*WIDTH.get_or_init(|| width(raise()))))
 }
 
 fn width(soft: u64) -> usize {

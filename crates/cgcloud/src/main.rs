@@ -37,7 +37,6 @@ fn main() -> ExitCode {
     };
     output::set_json_errors(cli.global.output == Some(cli::OutputFormat::Json));
     init_logging(cli.global.verbose, cli.global.quiet);
-    fdlimit::raise();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -447,12 +447,19 @@ async fn key_sync(n_boxes: usize, n_regs: usize) -> Result<()> {
     // Two moments per box: when its agent rewrote authorized_keys with the new key (read from
     // the host's side of the box's disk: free, unlike a login, so it does not slow what it
     // measures), then when the key logs in (one ssh at a time per box, after the rewrite).
-    let upper = |id: &str| {
-        cgcloud_localcloud::LocalCloud::default_dir()
-            .join("instances")
-            .join(id)
-            .join("upper/home/admin/.ssh/authorized_keys")
-    };
+    let upper = |id: &str| cgcloud_localcloud::LocalCloud::default_dir().join("instances").join(id).join("upper");
+    // The box's user owns home/admin/.ssh: this root process reads it only where no part of
+    // the path is a link they could have planted to a file of this machine.
+    fn read_box_file(upper: &Path, rel: &str) -> Option<String> {
+        let mut p = upper.to_path_buf();
+        for part in rel.split('/') {
+            p.push(part);
+            if std::fs::symlink_metadata(&p).ok()?.file_type().is_symlink() {
+                return None;
+            }
+        }
+        std::fs::read_to_string(p).ok()
+    }
     let mut rewritten = Vec::new();
     let mut logged_in = Vec::new();
     let mut worst = Vec::new();
@@ -475,7 +482,7 @@ async fn key_sync(n_boxes: usize, n_regs: usize) -> Result<()> {
             set.spawn_blocking(move || {
                 let mut seen = f64::INFINITY;
                 while t0.elapsed() < Duration::from_secs(120) {
-                    if std::fs::read_to_string(&file).is_ok_and(|k| k.contains(&blob)) {
+                    if read_box_file(&file, "home/admin/.ssh/authorized_keys").is_some_and(|k| k.contains(&blob)) {
                         seen = t0.elapsed().as_secs_f64();
                         break;
                     }

@@ -164,7 +164,15 @@ pub(crate) async fn run_with_input(target: &SshTarget, script: &str, stdin: &[u8
 pub async fn install_agent(ctx: &Ctx, target: &SshTarget) -> Result<()> {
     let source = agent_source(ctx)?;
     let check = format!("echo \"$(uname -m) $(sha256sum {AGENT_PATH} 2>/dev/null | cut -d' ' -f1)\"");
-    let remote = run_with_input(target, &check, b"").await.unwrap_or_default();
+    let remote = match run_with_input(target, &check, b"").await {
+        Ok(r) => r,
+        // The release's file and checksum depend on the box's architecture.
+        Err(e) if matches!(source, AgentSource::Release { .. }) => {
+            return Err(e.context("cannot ask the box for its architecture"))
+        }
+        // A local binary is uploaded whatever the box has.
+        Err(_) => String::new(),
+    };
     let mut remote = remote.split_whitespace();
     let (arch, present) = (remote.next().unwrap_or_default(), remote.next().unwrap_or_default());
     let local = match source {

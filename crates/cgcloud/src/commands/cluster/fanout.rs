@@ -28,7 +28,7 @@ pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
         |b: &BoxInfo| b.private_dns.as_deref().and_then(|d| d.split('.').next()).unwrap_or(&b.instance_id).to_owned();
     // Everything per node that can be done once is done before the first ssh starts.
     let targets = ctx.ssh_targets(&nodes, Some(&a.login), None).await?;
-    let width = std::sync::Arc::new(tokio::sync::Semaphore::new(crate::fdlimit::fanout_width()));
+    let width = crate::fdlimit::fanout_slots();
     let mut failures = Vec::new();
     if ctx.out.format == crate::cli::OutputFormat::Json {
         // Scripts get one object per node, each with its whole output, in node order.
@@ -157,7 +157,7 @@ pub async fn rsync(ctx: &Ctx, a: RsyncClusterArgs) -> Result<ExitCode> {
     let json = ctx.out.format == crate::cli::OutputFormat::Json;
     let mut results: Vec<NodeOutput> = Vec::new();
     let targets = ctx.ssh_targets(&nodes, Some(&a.login), None).await?;
-    let width = std::sync::Arc::new(tokio::sync::Semaphore::new(crate::fdlimit::fanout_width()));
+    let width = crate::fdlimit::fanout_slots();
     // Leader first (others may fetch from it), then the workers in parallel.
     let lead = usize::from(nodes.first().is_some_and(|n| n.ordinal == Some(0)));
     let (first, rest) = nodes.split_at(lead);

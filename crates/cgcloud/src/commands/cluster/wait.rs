@@ -7,7 +7,7 @@ use super::*;
 /// and the first workers. Every node has checked itself before it reports itself configured;
 /// what the workstation's login adds is that it can reach them (security group, routing), the
 /// same for every node of a launch. Logging in to 1000 nodes would cost the workstation 1000
-/// handshakes and leave 1000 master connections behind.
+/// handshakes and leave 1000 master connections behind. It also bounds the probes under way.
 pub(super) const SSH_SAMPLE: usize = 16;
 
 /// The phases a cluster's nodes go through, as the progress bars show them.
@@ -55,7 +55,6 @@ pub(super) async fn await_nodes(
     let started = Instant::now();
     let ssh_ready: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>> = Default::default();
     let mut probing: BTreeSet<String> = BTreeSet::new();
-    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
     let mut probes = tokio::task::JoinSet::new();
     loop {
         phases.polls += 1;
@@ -71,11 +70,10 @@ pub(super) async fn await_nodes(
                 if ssh_check && sample && b.host_key.is_some() && !probing.contains(&b.instance_id) {
                     probing.insert(b.instance_id.clone());
                     let target = ctx.ssh_target(b, None, None).await?;
-                    let (ready, limit, id) = (ssh_ready.clone(), limit.clone(), b.instance_id.clone());
+                    let (ready, id) = (ssh_ready.clone(), b.instance_id.clone());
                     // The master connection a probe leaves (ControlPersist) is what the next
                     // command (`ssh-cluster`, `--share`) reuses; closing it here raced with them.
                     probes.spawn(async move {
-                        let _permit = limit.acquire_owned().await;
                         if target.wait_ready(timeout).await.is_ok() {
                             if let Ok(mut r) = ready.lock() {
                                 r.insert(id);
