@@ -2,7 +2,7 @@
 //! IAM, SQS, SNS and CloudWatch, signed with SigV4. Credentials come from the agent's config
 //! (the local cloud) or from the instance profile via IMDSv2 (real EC2).
 
-use crate::sigv4::{self, Credentials};
+use cgcloud_core::sigv4::{self, Credentials};
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@
 
 use crate::aws::{AwsError, Client, Service};
 use crate::keys;
-use crate::sigv4::Credentials;
 use cgcloud_core::keypairs;
+use cgcloud_core::sigv4::Credentials;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! The EC2 instance metadata service (IMDSv2), used only on real EC2 when the agent's config
 //! carries no credentials: the instance profile's temporary credentials and the instance id.
 
-use crate::sigv4::Credentials;
+use cgcloud_core::sigv4::Credentials;
 use std::time::{Duration, SystemTime};
 
 pub const IMDS: &str = "http://169.254.169.254";

@@ -13,7 +13,6 @@ mod keys;
 mod metrics;
 mod pgp;
 mod safefs;
-mod sigv4;
 mod spot;
 mod storage;
 mod sys;

@@ -291,21 +291,6 @@ impl Cloud {
         Ok(out.availability_zones().iter().filter_map(|z| z.zone_name().map(str::to_owned)).collect())
     }
 
-    /// The value of an SSM parameter (e.g. a public image-id parameter).
-    pub async fn ssm_parameter(&self, name: &str) -> Result<Option<String>, AwsError> {
-        match self.ssm.get_parameter().name(name).send().await {
-            Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_owned)),
-            Err(e) => {
-                let e = self.classify("ssm:GetParameter", e);
-                if e.code() == Some("ParameterNotFound") {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
     /// Images by id.
     pub async fn image_by_id(&self, image_id: &str) -> Result<Option<FoundImage>, AwsError> {
         let out = self.ec2.describe_images().image_ids(image_id).send().await;

@@ -66,7 +66,7 @@ impl AwsError {
     }
 }
 
-fn is_throttle(code: &str) -> bool {
+pub(crate) fn is_throttle(code: &str) -> bool {
     matches!(
         code,
         "Throttling"
@@ -79,7 +79,7 @@ fn is_throttle(code: &str) -> bool {
     )
 }
 
-fn is_bad_credentials(code: &str) -> bool {
+pub(crate) fn is_bad_credentials(code: &str) -> bool {
     matches!(
         code,
         "AuthFailure"

@@ -1,12 +1,14 @@
 //! The only crate that links the AWS SDK. It builds the clients from cgcloud's settings (the
 //! endpoint is the only seam between real AWS and the local cloud), and offers cgcloud's own
-//! verbs over EC2, IAM, STS, SSM, SQS, SNS and CloudWatch. Errors are classified once here, so
+//! verbs over EC2, IAM, STS, SQS, SNS and CloudWatch (and SSM's GetParameter, signed by hand in
+//! `ssm`). Errors are classified once here, so
 //! the CLI can give each a one-line cause and a hint.
 
 pub mod agent;
 pub mod ec2;
 pub mod error;
 pub mod iam;
+pub mod ssm;
 
 pub use error::AwsError;
 
@@ -80,20 +82,26 @@ pub struct Cloud {
     pub ec2: aws_sdk_ec2::Client,
     pub iam: aws_sdk_iam::Client,
     pub sts: aws_sdk_sts::Client,
-    pub ssm: aws_sdk_ssm::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub sns: aws_sdk_sns::Client,
     pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub region: String,
     /// The endpoint override in effect, if any (for messages).
     pub endpoint: Option<String>,
+    /// For the calls made without an SDK client (`ssm`).
+    credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
     counter: Arc<RequestCounter>,
 }
 
 impl Cloud {
     /// Builds the clients. This does not send any request.
     pub async fn connect(settings: &ConnectSettings) -> Result<Cloud, AwsError> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https);
         if let Some(p) = &settings.aws_profile {
             loader = loader.profile_name(p);
         }
@@ -137,9 +145,6 @@ impl Cloud {
         let sts = aws_sdk_sts::Client::from_conf(
             aws_sdk_sts::config::Builder::from(&conf).interceptor(interceptor.clone()).build(),
         );
-        let ssm = aws_sdk_ssm::Client::from_conf(
-            aws_sdk_ssm::config::Builder::from(&conf).interceptor(interceptor.clone()).build(),
-        );
         let sqs = aws_sdk_sqs::Client::from_conf(
             aws_sdk_sqs::config::Builder::from(&conf).interceptor(interceptor.clone()).build(),
         );
@@ -149,12 +154,22 @@ impl Cloud {
         let cloudwatch = aws_sdk_cloudwatch::Client::from_conf(
             aws_sdk_cloudwatch::config::Builder::from(&conf).interceptor(interceptor).build(),
         );
-        Ok(Cloud { ec2, iam, sts, ssm, sqs, sns, cloudwatch, region, endpoint, counter })
+        let credentials = conf.credentials_provider();
+        Ok(Cloud { ec2, iam, sts, sqs, sns, cloudwatch, region, endpoint, credentials, counter })
     }
 
     /// How many requests (including retries) these clients have sent.
     pub fn requests_sent(&self) -> u64 {
         self.counter.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request sent without an SDK client: an attempt, and an operation if it is the
+    /// operation's first attempt.
+    pub(crate) fn count_request(&self, first_attempt: bool) {
+        self.counter.attempts.fetch_add(1, Ordering::Relaxed);
+        if first_attempt {
+            self.counter.operations.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// How many of those were the SDK's retries (throttling, timeouts, 5xx).

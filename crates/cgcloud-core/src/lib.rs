@@ -1,6 +1,6 @@
 //! Pure model and logic of cgcloud, with no I/O: namespaces and the names derived from them,
 //! the tag schema, box selection, cluster ordinals, key parsing and fingerprints, globs, zones,
-//! IAM policies, and generated configuration (Jenkins agents, YAML).
+//! IAM policies, generated configuration (Jenkins agents, YAML), and SigV4 request signing.
 
 pub mod authorized_keys;
 pub mod d32;
@@ -13,6 +13,7 @@ pub mod namespace;
 pub mod ordinals;
 pub mod plan;
 pub mod policy;
+pub mod sigv4;
 pub mod spot;
 pub mod sshkey;
 pub mod tags;

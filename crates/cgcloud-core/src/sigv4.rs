@@ -1,4 +1,5 @@
-//! AWS Signature Version 4 for the agent's few query-protocol calls (form-encoded POSTs).
+//! AWS Signature Version 4, shared by the agent's query-protocol calls and the CLI's one
+//! JSON-protocol call (SSM GetParameter), so neither needs an SDK client for them.
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest as _, Sha256};
