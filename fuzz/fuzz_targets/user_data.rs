@@ -12,7 +12,8 @@ use serde_yaml::Value;
 struct Input {
     host_key: Option<(String, String)>,
     authorized_keys: Vec<String>,
-    first_boot: bool,
+    /// The cluster of a node that configures itself at first boot.
+    first_boot: Option<String>,
     instance_store: Vec<String>,
     secrets: Vec<(String, String, Option<String>, String)>,
 }
@@ -33,7 +34,8 @@ fuzz_target!(|input: Input| {
             mode: mode.clone(),
         })
         .collect();
-    let text = cloud_config(hk.as_ref(), &input.authorized_keys, input.first_boot, &input.instance_store, &secrets);
+    let text =
+        cloud_config(hk.as_ref(), &input.authorized_keys, input.first_boot.as_deref(), &input.instance_store, &secrets);
     let body = text.strip_prefix("#cloud-config\n").expect("the cloud-config header");
     let doc: Value = serde_yaml::from_str(body).unwrap_or_else(|e| panic!("not YAML ({e}):\n{text}"));
     if let Some(hk) = &hk {
@@ -60,5 +62,16 @@ fuzz_target!(|input: Input| {
         assert_eq!(s(&f["permissions"]), want.mode);
         assert_eq!(f.get("owner").map(s), want.owner.as_deref());
     }
-    assert_eq!(doc.get("runcmd").is_some(), input.first_boot);
+    assert_eq!(doc.get("runcmd").is_some(), input.first_boot.is_some());
+    if let Some(cluster) = &input.first_boot {
+        // One command, as argv (no shell); the cluster's name only as the one variable, and
+        // only if it is a cluster name.
+        let cmd: Vec<&str> = doc["runcmd"][0].as_sequence().expect("argv").iter().map(s).collect();
+        let env = format!("CGCLOUD_BOOT_CLUSTER={cluster}");
+        if cgcloud_core::tags::valid_cluster_name(cluster) {
+            assert_eq!(cmd, ["env", env.as_str(), "/usr/local/bin/cgcloud-agent", "boot"]);
+        } else {
+            assert_eq!(cmd, ["/usr/local/bin/cgcloud-agent", "boot"]);
+        }
+    }
 });

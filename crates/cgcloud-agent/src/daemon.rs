@@ -455,19 +455,43 @@ impl Agent {
     }
 
     /// First-boot configuration of a cluster node (see `cluster.rs`).
-    pub fn boot(&mut self, plan: &std::path::Path) -> Result<(), String> {
-        let me = retry(|| crate::cluster::describe_self(&self.aws, &self.instance_id))?;
-        let Some(cluster) = me.tags.get(cgcloud_core::tags::CLUSTER).cloned() else {
-            log("info", "not a cluster node; nothing to configure at first boot");
-            if !me.tags.contains_key(cgcloud_core::tags::HOST_KEY) {
-                retry(|| self.publish_host_key())?;
+    ///
+    /// `cluster` is the cluster the launch says this node belongs to (`CGCLOUD_BOOT_CLUSTER`
+    /// in its user data): the node then asks for the members only, and finds itself among
+    /// them, one DescribeInstances instead of two (at 1000 nodes, 1000 fewer requests against
+    /// EC2's rate limit). Its tags still decide: a node not listed as a member of that cluster
+    /// asks for itself and goes by what its own tags say.
+    pub fn boot(&mut self, plan: &std::path::Path, cluster: Option<&str>) -> Result<(), String> {
+        let listed = match cluster.filter(|c| cgcloud_core::tags::valid_cluster_name(c)) {
+            Some(c) => {
+                let nodes = retry(|| crate::cluster::members(&self.aws, &self.cfg.namespace, c))?;
+                let me = nodes.iter().find(|n| {
+                    n.id == self.instance_id && n.tags.get(cgcloud_core::tags::CLUSTER).map(String::as_str) == Some(c)
+                });
+                me.cloned().map(|me| (me, c.to_owned(), nodes))
             }
-            return Ok(());
+            None => None,
+        };
+        let (me, cluster, nodes) = match listed {
+            Some(found) => found,
+            None => {
+                let me = retry(|| crate::cluster::describe_self(&self.aws, &self.instance_id))?;
+                let Some(cluster) = me.tags.get(cgcloud_core::tags::CLUSTER).cloned() else {
+                    log("info", "not a cluster node; nothing to configure at first boot");
+                    if !me.tags.contains_key(cgcloud_core::tags::HOST_KEY) {
+                        retry(|| self.publish_host_key())?;
+                    }
+                    return Ok(());
+                };
+                // Checked before the cluster name goes into a query.
+                crate::cluster::check_tag_facts(&me)?;
+                let nodes = retry(|| crate::cluster::members(&self.aws, &self.cfg.namespace, &cluster))?;
+                (me, cluster, nodes)
+            }
         };
         // Tags are only as trustworthy as whoever could write them: checked again here, before
         // they reach files and the plan's templates.
         crate::cluster::check_tag_facts(&me)?;
-        let nodes = retry(|| crate::cluster::members(&self.aws, &self.cfg.namespace, &cluster))?;
         crate::cluster::write_membership(&cluster, &nodes)?;
         let mut facts = crate::cluster::facts(&me, &nodes, &self.cfg.region, &self.cfg.namespace);
         // The persistent volume comes before the plan, so that roles can put data on it.

@@ -25,7 +25,8 @@ const USAGE: &str = "usage:
   cgcloud-agent apply --plan FILE [--facts FILE] [--log FILE] [--upgrade] [--json]
   cgcloud-agent run [--config FILE]        (default /etc/cgcloud/agent.json)
   cgcloud-agent sync-keys [--config FILE]  (one key refresh, then exit)
-  cgcloud-agent boot [--config FILE]       (first-boot configuration of a cluster node)
+  cgcloud-agent boot [--config FILE]       (first-boot configuration of a cluster node;
+                                            CGCLOUD_BOOT_CLUSTER=NAME names its cluster)
   cgcloud-agent storage                    (at boot: mount the persistent volume, and format and
                                             mount instance-store disks at /mnt/ephemeral)
   cgcloud-agent volume --id VOLUME --name NAME
@@ -94,7 +95,9 @@ fn main() -> ExitCode {
                 agent.run()
             }
             if cmd == "boot" {
-                return match agent.boot(std::path::Path::new("/var/lib/cgcloud/plan.json")) {
+                // Set by the launch's user data; an older agent in an older image ignores it.
+                let cluster = std::env::var("CGCLOUD_BOOT_CLUSTER").ok();
+                return match agent.boot(std::path::Path::new("/var/lib/cgcloud/plan.json"), cluster.as_deref()) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("cgcloud-agent: {e}");

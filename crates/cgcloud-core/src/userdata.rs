@@ -28,7 +28,7 @@ pub struct SecretFile {
 pub fn cloud_config(
     host_key: Option<&HostKey>,
     authorized_keys: &[String],
-    first_boot: bool,
+    first_boot: Option<&str>,
     instance_store: &[String],
     secrets: &[SecretFile],
 ) -> String {
@@ -68,9 +68,17 @@ pub fn cloud_config(
     if !files.is_empty() {
         doc["write_files"] = json!(files);
     }
-    if first_boot {
-        // Cluster nodes configure themselves from their tags with the agent in their image.
-        doc["runcmd"] = json!([["/usr/local/bin/cgcloud-agent", "boot"]]);
+    if let Some(cluster) = first_boot {
+        // Cluster nodes configure themselves from their tags with the agent in their image. The
+        // cluster's name spares each node a query for itself (`cgcloud-agent boot`); it goes in
+        // the environment, which an older agent in an older image ignores, as an argv element
+        // (no shell), and only if it is a cluster name.
+        let agent = "/usr/local/bin/cgcloud-agent";
+        doc["runcmd"] = if crate::tags::valid_cluster_name(cluster) {
+            json!([["env", format!("CGCLOUD_BOOT_CLUSTER={cluster}"), agent, "boot"]])
+        } else {
+            json!([[agent, "boot"]])
+        };
     }
     format!("#cloud-config\n{}\n", yaml_safe(&serde_json::to_string_pretty(&doc).unwrap_or_default()))
 }
@@ -97,24 +105,29 @@ fn yaml_safe(json: &str) -> String {
 mod tests {
     use super::*;
 
+    fn v_runcmd(text: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
+        v["runcmd"].clone()
+    }
+
     #[test]
     fn cloud_config_carries_host_key_and_keys() {
         let hk = HostKey {
             private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n".into(),
             public: "ssh-ed25519 AAAA".into(),
         };
-        let text = cloud_config(Some(&hk), &["ssh-rsa BBBB bob".into()], true, &[], &[]);
+        let text = cloud_config(Some(&hk), &["ssh-rsa BBBB bob".into()], Some("c1"), &[], &[]);
         assert!(text.starts_with("#cloud-config\n"));
         let v: serde_json::Value = serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["ssh_keys"]["ed25519_public"], "ssh-ed25519 AAAA\n");
         assert_eq!(v["ssh_authorized_keys"][0], "ssh-rsa BBBB bob");
         assert_eq!(v["ssh_genkeytypes"][0], "ed25519");
-        let none = cloud_config(Some(&hk), &[], false, &[], &[]);
+        let none = cloud_config(Some(&hk), &[], None, &[], &[]);
         assert!(!none.contains("runcmd"));
         assert!(text.contains("cgcloud-agent"));
         assert!(!none.contains("ssh_authorized_keys"));
         assert!(!none.contains("write_files"));
-        let xen = cloud_config(Some(&hk), &[], false, &["/dev/sdb".into(), "/dev/sdc".into()], &[]);
+        let xen = cloud_config(Some(&hk), &[], None, &["/dev/sdb".into(), "/dev/sdc".into()], &[]);
         let v: serde_json::Value = serde_json::from_str(xen.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["write_files"][0]["path"], "/etc/cgcloud/instance-store");
         assert_eq!(v["write_files"][0]["content"], "/dev/sdb\n/dev/sdc\n");
@@ -125,12 +138,19 @@ mod tests {
             owner: Some("munge:munge".into()),
             mode: "0400".into(),
         };
-        let node = cloud_config(None, &[], true, &[], std::slice::from_ref(&secret));
+        let node = cloud_config(None, &[], Some("c1"), &[], std::slice::from_ref(&secret));
         let v: serde_json::Value = serde_json::from_str(node.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["write_files"][0]["encoding"], "b64");
         assert_eq!(v["write_files"][0]["owner"], "munge:munge");
         assert_eq!(v["write_files"][0]["permissions"], "0400");
-        let node = cloud_config(None, &[], true, &[], &[]);
+        let node = cloud_config(None, &[], Some("c1"), &[], &[]);
+        assert_eq!(
+            v_runcmd(&node),
+            serde_json::json!([["env", "CGCLOUD_BOOT_CLUSTER=c1", "/usr/local/bin/cgcloud-agent", "boot"]])
+        );
+        // A name that is not a cluster name never reaches the command line.
+        let odd = cloud_config(None, &[], Some("c1 ; rm -rf /"), &[], &[]);
+        assert_eq!(v_runcmd(&odd), serde_json::json!([["/usr/local/bin/cgcloud-agent", "boot"]]));
         let v: serde_json::Value = serde_json::from_str(node.trim_start_matches("#cloud-config\n")).unwrap();
         assert!(v.get("ssh_keys").is_none() && !node.contains("PRIVATE KEY"), "{node}");
         assert_eq!(v["ssh_genkeytypes"][0], "ed25519");
@@ -143,7 +163,7 @@ mod tests {
     fn yaml_parsers_read_back_every_character() {
         let odd = "a\u{7f}b\u{85}c\u{2028}d\u{9f}e\u{ffff}f\u{1f600}";
         let hk = HostKey { private_openssh: odd.into(), public: "ssh-ed25519 AAAA".into() };
-        let text = cloud_config(Some(&hk), &[odd.into()], false, &[], &[]);
+        let text = cloud_config(Some(&hk), &[odd.into()], None, &[], &[]);
         assert!(!text.contains('\u{7f}') && !text.contains('\u{2028}'), "{text:?}");
         let v: serde_yaml::Value = serde_yaml::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["ssh_keys"]["ed25519_private"].as_str(), Some(odd));

@@ -899,7 +899,8 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
     // nodes that configure themselves make their own and publish it (the agent's `boot`); a box
     // provisioned over SSH gets one here, so that the first connection can be verified.
     let host_key = if g.first_boot { None } else { Some(cgcloud_remote::hostkey::generate()?) };
-    let user_data = cloud_config(host_key.as_ref(), &p.authorized_keys, g.first_boot, &instance_store, &p.secrets);
+    let boot_cluster = g.first_boot.then(|| g.extra_tags.get(tags::CLUSTER).map(String::as_str).unwrap_or_default());
+    let user_data = cloud_config(host_key.as_ref(), &p.authorized_keys, boot_cluster, &instance_store, &p.secrets);
     if user_data.len() > MAX_USER_DATA {
         bail!(
             "the boxes' user data would be {} bytes, over EC2's limit of {MAX_USER_DATA} ({} extra authorized keys); \
