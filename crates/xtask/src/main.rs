@@ -303,7 +303,7 @@ async fn main() -> Result<()> {
         }
         ["bench", "cluster-api", rest @ ..] => cluster_api(&counts(rest, &[1, 100, 1000])?),
         ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?).await,
-        ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?),
+        ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?).await,
         ["bench", "toil-boot", rest @ ..] => toil_boot(&counts(rest, &[1, 4, 8])?).await,
         _ => bail!("usage: cargo run -p xtask -- man [DIR] | bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...] | toil-boot [N...] | idle [HISTORY...] | fanout [N] | faults [RUNS]"),
     }
@@ -435,14 +435,24 @@ async fn key_sync(n_boxes: usize, n_regs: usize) -> Result<()> {
     cgcloud(&h, &["-q", "register-key", "--force", &h.join("id_ed25519.pub").display().to_string()])?;
     let role = "generic-debian-bookworm-box";
     let mut boxes = Vec::new();
-    eprintln!("creating {n_boxes} boxes ...");
-    for _ in 0..n_boxes {
-        let out = cgcloud(&h, &["-q", "--output", "json", "create", role, "-k", "__me__", "bench-*"])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        boxes.push((
-            v["instance_id"].as_str().unwrap_or_default().to_owned(),
-            v["private_ip"].as_str().unwrap_or_default().to_owned(),
-        ));
+    eprintln!("creating {n_boxes} boxes, 4 at a time ...");
+    for wave in (0..n_boxes).collect::<Vec<_>>().chunks(4) {
+        let outs: Vec<Result<String>> = std::thread::scope(|s| {
+            let running: Vec<_> = wave
+                .iter()
+                .map(|_| {
+                    s.spawn(|| cgcloud(&h, &["-q", "--output", "json", "create", role, "-k", "__me__", "bench-*"]))
+                })
+                .collect();
+            running.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))).collect()
+        });
+        for out in outs {
+            let v: serde_json::Value = serde_json::from_str(&out?)?;
+            boxes.push((
+                v["instance_id"].as_str().unwrap_or_default().to_owned(),
+                v["private_ip"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
     }
     // Two moments per box: when its agent rewrote authorized_keys with the new key (read from
     // the host's side of the box's disk: free, unlike a login, so it does not slow what it
@@ -703,7 +713,7 @@ async fn cluster_boot(ns: &[u32]) -> Result<()> {
     Ok(())
 }
 
-fn spark_boot(ns: &[u32]) -> Result<()> {
+async fn spark_boot(ns: &[u32]) -> Result<()> {
     let home = tempfile::tempdir()?;
     let h = home.path().to_path_buf();
     keygen(&h.join("id_ed25519"))?;
@@ -714,11 +724,20 @@ fn spark_boot(ns: &[u32]) -> Result<()> {
     let image = newest_image(&h, "spark-box")?;
     // The baking box's shutdown must not overlap the first measurement.
     wait_no_hosts(&h)?;
-    println!("spark-boot: create-cluster spark until the master reports every worker alive (local cloud)");
+    let bare = BareBoot::new().await?;
+    println!("spark-boot: create-cluster spark until the master reports every worker alive, against a bare boot");
+    println!("of as many plain hosts until each takes an SSH login (local cloud; machine CPU is both cores)");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("{:>8} {:>10} {:>12} {:>14}", "workers", "seconds", "machine CPU-s", "CPU-s / cores");
+    println!(
+        "{:>8} {:>8} {:>9} {:>10} {:>13} {:>14} {:>7} {:>9}",
+        "workers", "bare s", "bare CPU", "seconds", "machine CPU-s", "CPU-s / cores", "ratio", "CPU ratio"
+    );
     let mut times = Vec::new();
     for (i, n) in ns.iter().enumerate() {
+        let cpu0 = machine_cpu_seconds();
+        let (_, bare_s) = bare.boot(*n as i32 + 1).await?;
+        let bare_cpu = machine_cpu_seconds() - cpu0;
+        wait_no_hosts(&h)?;
         let name = format!("spark{i}");
         let cpu0 = machine_cpu_seconds();
         let t0 = Instant::now();
@@ -745,7 +764,12 @@ fn spark_boot(ns: &[u32]) -> Result<()> {
         let t = t0.elapsed().as_secs_f64();
         let cpu = machine_cpu_seconds() - cpu0;
         // When seconds ≈ CPU-s / cores, the bring-up is bound by this machine's cores.
-        println!("{n:>8} {t:>10.2} {cpu:>12.1} {:>14.1}", cpu / cores as f64);
+        println!(
+            "{n:>8} {bare_s:>8.2} {bare_cpu:>9.1} {t:>10.2} {cpu:>13.1} {:>14.1} {:>7.2} {:>9.2}",
+            cpu / cores as f64,
+            t / bare_s,
+            cpu / bare_cpu
+        );
         times.push(t);
         cgcloud(&h, &["-q", "terminate-cluster", "spark", "-c", &name])?;
         // Hosts power off after EC2 calls them terminated; the next size must not share the
@@ -755,6 +779,7 @@ fn spark_boot(ns: &[u32]) -> Result<()> {
     if let (Some(a), Some(b)) = (times.first(), times.last()) {
         println!("ratio t({})/t({}) = {:.2}", ns[ns.len() - 1], ns[0], b / a);
     }
+    bare.finish().await?;
     cgcloud(&h, &["-q", "delete-image", "spark-box", "-i", &image])?;
     Ok(())
 }
