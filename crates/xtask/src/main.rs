@@ -633,6 +633,36 @@ const NODE_CPU_PROBE: &str = "r=/sys/fs/cgroup/unified; [ -f $r/cpu.stat ] || r=
     echo \"box $(awk '/usage_usec/{print $2}' $r/cpu.stat)\"; \
     for d in $r/system.slice/*/ $r/init.scope/ $r/user.slice/; do [ -f $d/cpu.stat ] && echo \"$(basename $d) $(awk '/usage_usec/{print $2}' $d/cpu.stat)\"; done; true";
 
+/// Where a cluster's nodes spent CPU since they booted, by systemd unit, summed over nodes
+/// (`box` is each node's whole cgroup), read after the fact over `ssh-cluster`.
+fn node_cpu(h: &Path, cluster_type: &str, name: &str) -> Result<std::collections::BTreeMap<String, f64>> {
+    let probe =
+        cgcloud(h, &["-q", "--output", "json", "ssh-cluster", cluster_type, "-c", name, "-P", "--", NODE_CPU_PROBE])?;
+    let mut units = std::collections::BTreeMap::new();
+    for node in serde_json::from_str::<serde_json::Value>(&probe)?.as_array().into_iter().flatten() {
+        for line in node["stdout"].as_str().unwrap_or_default().lines() {
+            if let Some((unit, usec)) = line.split_once(' ') {
+                *units.entry(unit.to_owned()).or_insert(0.0) += usec.trim().parse::<f64>().unwrap_or(0.0) / 1e6;
+            }
+        }
+    }
+    Ok(units)
+}
+
+fn print_node_cpu(breakdown: &[(u32, std::collections::BTreeMap<String, f64>)]) {
+    for (n, units) in breakdown {
+        let total = units.get("box").copied().unwrap_or(f64::NAN);
+        let live: f64 = units.iter().filter(|(u, _)| u.as_str() != "box").map(|(_, s)| s).sum();
+        println!("nodes' CPU with {n} workers: {total:.1} s in all ({:.2} s a node)", total / (*n as f64 + 1.0));
+        let mut top: Vec<(&String, &f64)> = units.iter().filter(|(u, _)| u.as_str() != "box").collect();
+        top.sort_by(|a, b| b.1.total_cmp(a.1));
+        for (unit, secs) in top.into_iter().take(9) {
+            println!("  {unit:<32} {secs:>7.2} s");
+        }
+        println!("  {:<32} {:>7.2} s", "(units gone, the rest)", total - live);
+    }
+}
+
 async fn cluster_boot(ns: &[u32]) -> Result<()> {
     let home = tempfile::tempdir()?;
     let h = home.path().to_path_buf();
@@ -680,35 +710,12 @@ async fn cluster_boot(ns: &[u32]) -> Result<()> {
             total / bare_s,
             cluster_cpu / bare_cpu
         );
-        // Where the nodes' CPU went (summed over nodes), read after the fact.
-        let probe = cgcloud(
-            &h,
-            &["-q", "--output", "json", "ssh-cluster", "generic", "-c", &name, "-P", "--", NODE_CPU_PROBE],
-        )?;
-        let mut units = std::collections::BTreeMap::new();
-        for node in serde_json::from_str::<serde_json::Value>(&probe)?.as_array().into_iter().flatten() {
-            for line in node["stdout"].as_str().unwrap_or_default().lines() {
-                if let Some((unit, usec)) = line.split_once(' ') {
-                    *units.entry(unit.to_owned()).or_insert(0.0) += usec.trim().parse::<f64>().unwrap_or(0.0) / 1e6;
-                }
-            }
-        }
-        breakdown.push((*n, units));
+        breakdown.push((*n, node_cpu(&h, "generic", &name)?));
         cgcloud(&h, &["-q", "terminate-cluster", "generic", "-c", &name])?;
         wait_no_hosts(&h)?;
     }
     bare.finish().await?;
-    for (n, units) in &breakdown {
-        let total = units.get("box").copied().unwrap_or(f64::NAN);
-        let live: f64 = units.iter().filter(|(u, _)| u.as_str() != "box").map(|(_, s)| s).sum();
-        println!("nodes' CPU with {n} workers: {total:.1} s in all ({:.2} s a node)", total / (*n as f64 + 1.0));
-        let mut top: Vec<(&String, &f64)> = units.iter().filter(|(u, _)| u.as_str() != "box").collect();
-        top.sort_by(|a, b| b.1.total_cmp(a.1));
-        for (unit, secs) in top.into_iter().take(9) {
-            println!("  {unit:<32} {secs:>7.2} s");
-        }
-        println!("  {:<32} {:>7.2} s", "(units gone, the rest)", total - live);
-    }
+    print_node_cpu(&breakdown);
     cgcloud(&h, &["-q", "delete-image", "generic-cluster-box", "-i", &image])?;
     Ok(())
 }
@@ -733,6 +740,7 @@ async fn spark_boot(ns: &[u32]) -> Result<()> {
         "workers", "bare s", "bare CPU", "seconds", "machine CPU-s", "CPU-s / cores", "ratio", "CPU ratio"
     );
     let mut times = Vec::new();
+    let mut breakdown = Vec::new();
     for (i, n) in ns.iter().enumerate() {
         let cpu0 = machine_cpu_seconds();
         let (_, bare_s) = bare.boot(*n as i32 + 1).await?;
@@ -771,6 +779,7 @@ async fn spark_boot(ns: &[u32]) -> Result<()> {
             cpu / bare_cpu
         );
         times.push(t);
+        breakdown.push((*n, node_cpu(&h, "spark", &name)?));
         cgcloud(&h, &["-q", "terminate-cluster", "spark", "-c", &name])?;
         // Hosts power off after EC2 calls them terminated; the next size must not share the
         // two cores with their shutdown.
@@ -780,6 +789,7 @@ async fn spark_boot(ns: &[u32]) -> Result<()> {
         println!("ratio t({})/t({}) = {:.2}", ns[ns.len() - 1], ns[0], b / a);
     }
     bare.finish().await?;
+    print_node_cpu(&breakdown);
     cgcloud(&h, &["-q", "delete-image", "spark-box", "-i", &image])?;
     Ok(())
 }
