@@ -38,6 +38,7 @@ pub fn record(path: &Path, alias: &str, key: &str) -> Result<(), RemoteError> {
 /// over a cluster must not rewrite it once per node).
 pub fn record_many(path: &Path, entries: &[(&str, &str)]) -> Result<(), RemoteError> {
     let io = |source| RemoteError::Io { path: path.display().to_string(), source };
+    let _lock = lock(path).map_err(io)?;
     let existing = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -58,6 +59,7 @@ pub fn record_many(path: &Path, entries: &[(&str, &str)]) -> Result<(), RemoteEr
 /// Removes the entries of aliases for which `keep` returns false; returns the removed aliases.
 pub fn prune(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, RemoteError> {
     let io = |source| RemoteError::Io { path: path.display().to_string(), source };
+    let _lock = lock(path).map_err(io)?;
     let existing = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -88,6 +90,20 @@ pub fn aliases(path: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// An exclusive lock on `<path>.lock`, held until the file is dropped: cgcloud commands run
+/// side by side (two `create`s in two terminals, a script's parallel launches) each read, edit
+/// and replace the known_hosts file, and without it one would write back a copy that lacks the
+/// key the other just recorded, and its next connection would be refused as a changed key.
+fn lock(path: &Path) -> std::io::Result<std::fs::File> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(name))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(f)
+}
+
 fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -101,6 +117,26 @@ fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: parallel `cgcloud create`s lost each other's host keys (found by `xtask bench
+    /// key-sync` creating boxes four at a time).
+    #[test]
+    fn concurrent_records_keep_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let path = &path;
+                s.spawn(move || {
+                    for i in 0..40 {
+                        record(path, &format!("box-{t}-{i}"), &format!("ssh-ed25519 KEY{t}x{i}")).unwrap();
+                    }
+                });
+            }
+        });
+        let got = aliases(&path);
+        assert_eq!(got.len(), 8 * 40, "lost updates: {} of 320 aliases", got.len());
+    }
 
     #[test]
     fn generate_gives_ed25519() {
