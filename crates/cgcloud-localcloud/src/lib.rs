@@ -396,6 +396,17 @@ impl LocalCloud {
 
     async fn start_controller(&self, exe: &Path) -> Result<u32, Error> {
         let log = self.log("controller.log");
+        // Readiness below is "the proxy's port answers": a process already listening there (a
+        // controller left by an interrupted `up`) would pass for the new controller, which then
+        // exits unable to listen, and no host would ever start.
+        let port = self.state().map(|s| s.port).unwrap_or(DEFAULT_PORT);
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Err(Error::Controller(format!(
+                "port {port} on 127.0.0.1, where the controller serves the AWS API, is already in use by another \
+                 process (a controller left by an interrupted `cgcloud local up`?); find it with \
+                 `ss -ltnp 'sport = :{port}'`, stop it, and run `cgcloud local up` again"
+            )));
+        }
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| Error::io(&log, e))?;
         let logf2 = logf.try_clone().map_err(|e| Error::io(&log, e))?;
         let child = tokio::process::Command::new(exe)
@@ -413,7 +424,6 @@ impl LocalCloud {
         let pid = child.id().ok_or_else(|| Error::Controller("the controller exited at once".into()))?;
         drop(child);
         // Ready when its proxy answers.
-        let port = self.state().map(|s| s.port).unwrap_or(DEFAULT_PORT);
         for _ in 0..100 {
             if !sys::pid_alive(pid) {
                 break;
@@ -554,5 +564,20 @@ mod tests {
         // `is_up` and `down` find moto by this marker in its command line, which is
         // `python <dir>/<launcher> ...`: a launcher named without it is never stopped.
         assert!(MOTO_LAUNCHER.0.contains(MOTO_MARKER));
+    }
+
+    /// Regression: a stale process on the proxy's port made `up` take it for the controller it
+    /// had just started (which then could not listen), and launches waited forever.
+    #[tokio::test]
+    async fn a_taken_proxy_port_is_reported_not_mistaken_for_the_controller() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let lc = LocalCloud::new(dir.path().to_path_buf());
+        lc.save_state(&RunState { port, ..Default::default() }).unwrap();
+        // An executable that would pass for a controller if readiness were only the port.
+        let e = lc.start_controller(Path::new("/bin/sleep")).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("port {port}")) && msg.contains("already in use"), "{msg}");
     }
 }
