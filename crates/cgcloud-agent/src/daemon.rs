@@ -468,6 +468,15 @@ impl Agent {
                 let me = nodes.iter().find(|n| {
                     n.id == self.instance_id && n.tags.get(cgcloud_core::tags::CLUSTER).map(String::as_str) == Some(c)
                 });
+                match me {
+                    Some(_) => log(
+                        "info",
+                        format!("first boot in cluster {c}: {} member(s), this node among them", nodes.len()),
+                    ),
+                    None => {
+                        log("warning", format!("not listed as a member of cluster {c}; going by this node's own tags"))
+                    }
+                }
                 me.cloned().map(|me| (me, c.to_owned(), nodes))
             }
             None => None,
