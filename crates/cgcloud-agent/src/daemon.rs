@@ -462,25 +462,23 @@ impl Agent {
     /// EC2's rate limit). Its tags still decide: a node not listed as a member of that cluster
     /// asks for itself and goes by what its own tags say.
     pub fn boot(&mut self, plan: &std::path::Path, cluster: Option<&str>) -> Result<(), String> {
-        let listed = match cluster.filter(|c| cgcloud_core::tags::valid_cluster_name(c)) {
-            Some(c) => {
-                let nodes = retry(|| crate::cluster::members(&self.aws, &self.cfg.namespace, c))?;
-                let me = nodes.iter().find(|n| {
-                    n.id == self.instance_id && n.tags.get(cgcloud_core::tags::CLUSTER).map(String::as_str) == Some(c)
-                });
-                match me {
-                    Some(_) => log(
-                        "info",
-                        format!("first boot in cluster {c}: {} member(s), this node among them", nodes.len()),
-                    ),
-                    None => {
-                        log("warning", format!("not listed as a member of cluster {c}; going by this node's own tags"))
-                    }
+        // Tags are only as trustworthy as whoever could write them: checked (`check_tag_facts`)
+        // before they reach a query, files or the plan's templates.
+        let mut listed = None;
+        if let Some(c) = cluster.filter(|c| cgcloud_core::tags::valid_cluster_name(c)) {
+            let nodes = retry(|| crate::cluster::members(&self.aws, &self.cfg.namespace, c))?;
+            let me = nodes.iter().find(|n| {
+                n.id == self.instance_id && n.tags.get(cgcloud_core::tags::CLUSTER).map(String::as_str) == Some(c)
+            });
+            match me.cloned() {
+                Some(me) => {
+                    log("info", format!("first boot in cluster {c}: {} member(s), this node among them", nodes.len()));
+                    crate::cluster::check_tag_facts(&me)?;
+                    listed = Some((me, c.to_owned(), nodes));
                 }
-                me.cloned().map(|me| (me, c.to_owned(), nodes))
+                None => log("warning", format!("not listed as a member of cluster {c}; going by this node's own tags")),
             }
-            None => None,
-        };
+        }
         let (me, cluster, nodes) = match listed {
             Some(found) => found,
             None => {
@@ -492,15 +490,11 @@ impl Agent {
                     }
                     return Ok(());
                 };
-                // Checked before the cluster name goes into a query.
                 crate::cluster::check_tag_facts(&me)?;
                 let nodes = retry(|| crate::cluster::members(&self.aws, &self.cfg.namespace, &cluster))?;
                 (me, cluster, nodes)
             }
         };
-        // Tags are only as trustworthy as whoever could write them: checked again here, before
-        // they reach files and the plan's templates.
-        crate::cluster::check_tag_facts(&me)?;
         crate::cluster::write_membership(&cluster, &nodes)?;
         let mut facts = crate::cluster::facts(&me, &nodes, &self.cfg.region, &self.cfg.namespace);
         // The persistent volume comes before the plan, so that roles can put data on it.
