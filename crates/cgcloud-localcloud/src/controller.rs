@@ -37,6 +37,15 @@ struct LayerMeta {
     lowers: Vec<PathBuf>,
 }
 
+/// A volume made visible in a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Attachment {
+    instance: String,
+    /// The host's systemd-nspawn: a host booted again needs the device made again.
+    nspawn_pid: u32,
+    device: String,
+}
+
 #[derive(Debug, Clone)]
 struct Observed {
     id: String,
@@ -55,10 +64,13 @@ struct Controller {
     base: BTreeMap<String, BaseImage>,
     busy: Arc<Mutex<HashSet<String>>>,
     failed: HashSet<String>,
+    /// Instances whose first boot found them unrunnable (id, reason), for the next tick to
+    /// refuse.
+    unrunnable: Arc<Mutex<Vec<(String, String)>>>,
     /// Power changes seen by the proxy, per instance, not yet carried out.
     queued: BTreeMap<String, std::collections::VecDeque<PowerEvent>>,
-    /// Volumes made visible in hosts: volume → (instance, nspawn PID it was done for).
-    attached: BTreeMap<String, (String, u32)>,
+    /// Volumes made visible in hosts: volume → where.
+    attached: BTreeMap<String, Attachment>,
     /// Attachments refused for their device name (volume, device): reported once, not on
     /// every pass.
     refused: HashSet<(String, String)>,
@@ -93,6 +105,7 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
         cloud,
         busy: Arc::new(Mutex::new(HashSet::new())),
         failed: HashSet::new(),
+        unrunnable: Arc::new(Mutex::new(Vec::new())),
         queued: BTreeMap::new(),
         attached: BTreeMap::new(),
         refused: HashSet::new(),
@@ -262,6 +275,12 @@ impl Controller {
         let instances = self.observe().await?;
         let local: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
         let pending_images = self.process_images(&local, &instances).await?;
+        let unrunnable = self.unrunnable.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default();
+        for (id, reason) in unrunnable {
+            if let Some(inst) = instances.iter().find(|i| i.id == id) {
+                self.refuse(inst, &reason).await;
+            }
+        }
         for inst in &instances {
             if self.is_busy(&inst.id) || self.failed.contains(&inst.id) {
                 continue;
@@ -319,26 +338,27 @@ impl Controller {
             }
         }
         self.update_dns(&instances).await;
-        self.realize_volumes(&local).await;
+        let volumes_waiting = self.realize_volumes(&local).await;
         let between = instances.iter().any(|i| matches!(i.state.as_str(), "pending" | "stopping" | "shutting-down"));
         let busy = self.busy.lock().map(|b| !b.is_empty()).unwrap_or(true);
         let queued = self.queued.values().any(|q| !q.is_empty());
-        Ok(between || busy || queued || !pending_images.is_empty())
+        Ok(between || busy || queued || volumes_waiting || !pending_images.is_empty())
     }
 
     /// Makes attached volumes appear in their (running) hosts, releases detached ones, and
-    /// drops the data of deleted ones.
-    async fn realize_volumes(&mut self, local: &HashSet<String>) {
-        let Ok(out) = self.cloud.ec2.describe_volumes().send().await else { return };
+    /// drops the data of deleted ones. Returns whether an attachment waits for its host's init
+    /// (then the next tick comes soon).
+    async fn realize_volumes(&mut self, local: &HashSet<String>) -> bool {
+        let Ok(out) = self.cloud.ec2.describe_volumes().send().await else { return false };
         let mut alive = HashSet::new();
+        let mut waiting = false;
         for v in out.volumes() {
             let Some(id) = v.volume_id() else { continue };
             alive.insert(id.to_owned());
             let attachment = v.attachments().iter().find(|a| a.instance_id().is_some_and(|i| local.contains(i)));
             let Some(att) = attachment else {
-                if self.attached.remove(id).is_some() {
-                    crate::volumes::release(self.dir(), id).await;
-                    log(format!("volume {id}: detached"));
+                if let Some(was) = self.attached.remove(id) {
+                    self.detach(id, &was).await;
                 }
                 continue;
             };
@@ -355,14 +375,20 @@ impl Controller {
                 continue;
             }
             let Some(pid) = (Host { dir: self.dir(), id: &instance }).pid() else { continue };
-            if self.attached.get(id) == Some(&(instance.clone(), pid)) {
+            let want = Attachment { instance: instance.clone(), nspawn_pid: pid, device: device.clone() };
+            if self.attached.get(id) == Some(&want) {
                 continue;
             }
+            if let Some(was) = self.attached.remove(id) {
+                // Moved to another instance or device (detached and attached again between ticks).
+                self.detach(id, &was).await;
+            }
             match crate::volumes::attach(self.dir(), id, v.size().unwrap_or(1), pid, &device).await {
-                Ok(()) => {
+                Ok(crate::volumes::Attached::Done) => {
                     log(format!("volume {id}: attached to {instance} at {}", crate::volumes::guest_device(&device)));
-                    self.attached.insert(id.to_owned(), (instance, pid));
+                    self.attached.insert(id.to_owned(), want);
                 }
+                Ok(crate::volumes::Attached::NotYet) => waiting = true,
                 Err(e) => log(format!("volume {id}: cannot attach to {instance}: {e}")),
             }
         }
@@ -373,6 +399,19 @@ impl Controller {
                 log(format!("volume {id}: deleted"));
             }
         }
+        waiting
+    }
+
+    /// Takes a detached volume's device out of its host (if that still runs) and releases it.
+    async fn detach(&self, id: &str, was: &Attachment) {
+        let running = (Host { dir: self.dir(), id: &was.instance }).pid() == Some(was.nspawn_pid);
+        if running {
+            if let Err(e) = crate::volumes::remove_from_host(was.nspawn_pid, &was.device).await {
+                log(format!("volume {id}: cannot remove {} from {}: {e}", was.device, was.instance));
+            }
+        }
+        crate::volumes::release(self.dir(), id).await;
+        log(format!("volume {id}: detached from {}", was.instance));
     }
 
     /// Turns new images of local instances into layers; removes layers of deregistered images.
@@ -507,12 +546,18 @@ impl Controller {
     /// Boots an instance; with `lowers`, it is a first boot: create the disk and seed it.
     fn spawn_boot(&self, inst: Observed, lowers: Option<Vec<PathBuf>>) {
         let cloud = self.cloud.clone();
+        let unrunnable = self.unrunnable.clone();
         self.spawn(inst.id.clone(), |dir, id| async move {
             let started = std::time::Instant::now();
             let res = boot(&cloud, &dir, &id, &inst, lowers).await;
             match res {
                 Ok(pid) => {
                     log(format!("{id}: booting (nspawn pid {pid}, {:.0} ms)", started.elapsed().as_secs_f64() * 1000.0))
+                }
+                Err(Error::Unrunnable(reason)) => {
+                    if let Ok(mut u) = unrunnable.lock() {
+                        u.push((id, reason));
+                    }
                 }
                 Err(e) => log(format!("{id}: boot failed: {e}")),
             }
@@ -569,7 +614,14 @@ async fn boot(
         None => Vec::new(),
     };
     host.create_disk(&spec, lowers)?;
-    host.boot(&devices, |h| h.seed(&spec, &public_keys, &user_data)).await
+    match host.boot(&devices, |h| h.seed(&spec, &public_keys, &user_data)).await {
+        Err(Error::Unrunnable(reason)) => {
+            // Booting it again without its seed would run it as some other instance.
+            let _ = host.destroy().await;
+            Err(Error::Unrunnable(format!("image {}: {reason}", inst.image_id)))
+        }
+        other => other,
+    }
 }
 
 async fn user_data(cloud: &Cloud, id: &str) -> Result<String, Error> {

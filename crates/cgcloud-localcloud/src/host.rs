@@ -92,37 +92,32 @@ impl Host<'_> {
         Ok(())
     }
 
-    /// Writes the NoCloud seed that makes cloud-init treat this as instance `spec.id`.
+    /// Writes the NoCloud seed that makes cloud-init treat this as instance `spec.id`. The disk
+    /// holds layers that guests made (baked images): every write goes through
+    /// [`crate::guestfs`], so a symlink planted in an image is refused or replaced, never
+    /// followed onto the machine.
     pub fn seed(&self, spec: &InstanceSpec, public_keys: &[String], user_data: &str) -> Result<(), Error> {
-        let root = self.root();
+        let root_path = self.root();
+        let root = crate::guestfs::open_trusted_dir(&root_path).map_err(|e| Error::io(&root_path, e))?;
         // The seed is root-only: user data may hold a host key, not for the box's other users.
-        let write = |rel: &str, contents: &str, mode: u32| -> Result<(), Error> {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let p = root.join(rel);
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-            }
-            let _ = std::fs::remove_file(&p);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&p)
-                .map_err(|e| Error::io(&p, e))?;
-            f.write_all(contents.as_bytes()).map_err(|e| Error::io(&p, e))
+        // Failing here is the image's doing (what its layers hold), not the machine's.
+        let unrunnable = |e: std::io::Error| Error::Unrunnable(format!("cannot seed the instance: {e}"));
+        let write = |dir: &str, name: &str, contents: &str, mode: u32| -> Result<(), Error> {
+            let d = crate::guestfs::open_dir(&root, dir, true).map_err(unrunnable)?;
+            crate::guestfs::write_new(&d, name, contents.as_bytes(), mode).map_err(unrunnable)
         };
         let meta = serde_json::json!({
             "instance-id": spec.id,
             "local-hostname": spec.hostname,
             "public-keys": public_keys,
         });
-        write("var/lib/cloud/seed/nocloud/meta-data", &serde_json::to_string_pretty(&meta).unwrap_or_default(), 0o600)?;
+        let seed = "var/lib/cloud/seed/nocloud";
+        write(seed, "meta-data", &serde_json::to_string_pretty(&meta).unwrap_or_default(), 0o600)?;
         let ud = if user_data.trim().is_empty() { "#cloud-config\n{}\n" } else { user_data };
-        write("var/lib/cloud/seed/nocloud/user-data", ud, 0o600)?;
-        write("etc/hostname", &format!("{}\n", spec.hostname), 0o644)?;
+        write(seed, "user-data", ud, 0o600)?;
+        write("etc", "hostname", &format!("{}\n", spec.hostname), 0o644)?;
         // A machine id baked into an image layer must not be shared by its instances.
-        write("etc/machine-id", "", 0o444)?;
+        write("etc", "machine-id", "", 0o444)?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 
 pub mod controller;
 pub mod cost;
+pub mod guestfs;
 pub mod host;
 pub mod images;
 pub mod net;
@@ -43,6 +44,10 @@ pub enum Error {
     Aws(#[from] cgcloud_aws::AwsError),
     #[error("{0}")]
     Controller(String),
+    /// An instance the local cloud will not run as it is (e.g. its image plants a symlink
+    /// where the seed goes): it is terminated with the reason in a tag.
+    #[error("{0}")]
+    Unrunnable(String),
     #[error("the local cloud is not up; run `cgcloud local up`")]
     NotUp,
 }

@@ -1,7 +1,8 @@
 //! EBS volumes on the local cloud: each volume is a sparse file under the state directory,
 //! and attaching it to a running host makes it a loop device that appears inside the host at
-//! the attachment's device (`/dev/sdf` shows as `/dev/xvdf`, as on Xen instances). Data
-//! survives the instance, as on EC2. Instance-store disks are loop devices too, bound into the
+//! the attachment's device (`/dev/sdf` shows as `/dev/xvdf`, as on Xen instances), made from
+//! the machine's side once the host's init runs (see [`crate::guestfs`]). Data survives the
+//! instance, as on EC2. Instance-store disks are loop devices too, bound into the
 //! host at boot under the name Nitro instances give them, and gone after a stop.
 
 use crate::sys::{run, run_quiet};
@@ -16,19 +17,6 @@ fn img(dir: &Path, volume_id: &str) -> PathBuf {
 async fn loop_of(file: &Path) -> Option<String> {
     let out = run("losetup", &["-j", &file.to_string_lossy()]).await.ok()?;
     out.lines().next().and_then(|l| l.split(':').next()).map(str::to_owned)
-}
-
-/// The PID of the host's init (the child of its systemd-nspawn).
-fn init_pid(nspawn_pid: u32) -> Option<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{nspawn_pid}/task")).ok()?;
-    for t in tasks.flatten() {
-        if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
-            if let Some(c) = children.split_whitespace().next().and_then(|c| c.parse().ok()) {
-                return Some(c);
-            }
-        }
-    }
-    None
 }
 
 /// The device name a guest sees for an attachment device (`/dev/sdf` → `/dev/xvdf`).
@@ -56,8 +44,31 @@ pub fn valid_volume_id(id: &str) -> bool {
     id.strip_prefix("vol-").is_some_and(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// Makes the volume appear in the running host.
-pub async fn attach(dir: &Path, volume_id: &str, size_gb: i32, nspawn_pid: u32, device: &str) -> Result<(), Error> {
+/// What an attach did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// The device is in the host, backed by the volume.
+    Done,
+    /// The host's init has not started: the device is made once it has (a node made while
+    /// systemd-nspawn still sets up the guest's /dev would not be the one the guest sees).
+    NotYet,
+}
+
+/// How long the controller waits for the guest's filesystem: a guest could mount something
+/// slow (a FUSE filesystem of its own) on its /dev.
+const GUEST_FS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Makes the volume appear in the running host: the volume's loop device is set up first, then
+/// its node is made in the guest's /dev from the machine's side (never by a program of the
+/// guest's, never through a path of the guest's), so the guest never sees a node that the
+/// volume does not back.
+pub async fn attach(
+    dir: &Path,
+    volume_id: &str,
+    size_gb: i32,
+    nspawn_pid: u32,
+    device: &str,
+) -> Result<Attached, Error> {
     if !valid_device(device) {
         return Err(Error::Controller(format!("refusing to attach {volume_id} at '{device}': not an EC2 device name")));
     }
@@ -81,30 +92,44 @@ pub async fn attach(dir: &Path, volume_id: &str, size_gb: i32, nspawn_pid: u32, 
         std::fs::read_to_string(format!("/sys/block/{name}/dev")).map_err(|e| Error::io(Path::new(&dev), e))?;
     let (major, minor) =
         majmin.trim().split_once(':').ok_or_else(|| Error::Controller(format!("bad device numbers for {dev}")))?;
-    let (major, minor) = (major.parse::<u32>(), minor.parse::<u32>());
-    let (Ok(major), Ok(minor)) = (major, minor) else {
+    let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
         return Err(Error::Controller(format!("bad device numbers for {dev}")));
     };
-    let init = init_pid(nspawn_pid).ok_or_else(|| Error::Controller("the host has no init yet".into()))?;
     let target = guest_device(device);
-    // One program per step, never a shell: the device name came from a request.
-    let pid = init.to_string();
-    let (major, minor) = (major.to_string(), minor.to_string());
-    let in_host = |args: &[&str]| {
-        let mut all = vec!["-t", pid.as_str(), "-m", "--"];
-        all.extend_from_slice(args);
-        all.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>()
-    };
-    // mknod's own --mode fails in some hosts (it sets the mode with lchmod): chmod after.
-    for args in [
-        in_host(&["rm", "-f", "--", &target]),
-        in_host(&["mknod", &target, "b", &major, &minor]),
-        in_host(&["chmod", "660", "--", &target]),
-    ] {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run("nsenter", &args).await?;
+    let node = target.trim_start_matches("/dev/").to_owned();
+    in_guest_dev(nspawn_pid, &target, move |d| crate::guestfs::make_block_device(d, &node, major, minor)).await
+}
+
+/// Removes a detached volume's node from the running host, as EC2 takes the device away.
+pub async fn remove_from_host(nspawn_pid: u32, device: &str) -> Result<(), Error> {
+    if !valid_device(device) {
+        return Ok(());
     }
-    Ok(())
+    let target = guest_device(device);
+    let node = target.trim_start_matches("/dev/").to_owned();
+    in_guest_dev(nspawn_pid, &target, move |d| crate::guestfs::remove_block_device(d, &node)).await.map(|_| ())
+}
+
+/// Runs `f` on the guest's /dev (a directory descriptor reached without following the guest's
+/// symlinks), on a blocking thread and within [`GUEST_FS_TIMEOUT`].
+async fn in_guest_dev(
+    nspawn_pid: u32,
+    what: &str,
+    f: impl FnOnce(&rustix::fd::OwnedFd) -> std::io::Result<()> + Send + 'static,
+) -> Result<Attached, Error> {
+    let job = tokio::task::spawn_blocking(move || {
+        let Ok(guest) = crate::guestfs::guest_of(nspawn_pid) else { return Ok(Attached::NotYet) };
+        let dev = crate::guestfs::open_dir(&guest.root, "dev", false)?;
+        f(&dev).map(|()| Attached::Done)
+    });
+    match tokio::time::timeout(GUEST_FS_TIMEOUT, job).await {
+        Ok(Ok(Ok(a))) => Ok(a),
+        Ok(Ok(Err(e))) => Err(Error::io(Path::new(what), e)),
+        Ok(Err(e)) => Err(Error::Controller(format!("{what}: {e}"))),
+        Err(_) => {
+            Err(Error::Controller(format!("{what}: the guest's /dev did not answer within {GUEST_FS_TIMEOUT:?}")))
+        }
+    }
 }
 
 /// Releases the loop device of a volume that is no longer attached.
