@@ -252,11 +252,19 @@ impl LocalCloud {
             }
         }
 
+        let guest_ports = net::parse_guest_ports(
+            &std::env::var("CGCLOUD_LOCAL_GUEST_PORTS").unwrap_or_else(|_| net::DEFAULT_GUEST_PORTS.to_owned()),
+        )?;
         net::bridge_up().await?;
         say(&format!("bridge {} at {}/{}", net::BRIDGE, net::GATEWAY, net::PREFIX_LEN));
-        state.ip_forward_before = Some(net::nat_up().await?);
+        state.ip_forward_before = Some(net::nat_up(port, &guest_ports).await?);
         self.save_state(&state)?;
         say(&format!("NAT for {} (egress for apt and pip inside hosts)", net::VPC_CIDR));
+        say(&format!(
+            "guests reach this machine only at {}: DNS, the API on port {port}, and ports {} (CGCLOUD_LOCAL_GUEST_PORTS)",
+            net::GATEWAY,
+            guest_ports.join(",").replace(':', "-")
+        ));
 
         std::fs::write(self.hosts_file(), "").map_err(|e| Error::io(&self.hosts_file(), e))?;
         state.dnsmasq_pid = Some(self.start_dnsmasq().await?);
@@ -499,6 +507,7 @@ impl LocalCloud {
             sys::stop_process(pid, &self.hosts_file().to_string_lossy(), 5).await;
         }
         net::nat_down(state.ip_forward_before.as_deref()).await;
+        net::unpin_all().await;
         net::bridge_down().await;
         let _ = std::fs::remove_file(self.state_file());
         let _ = std::fs::remove_file(self.hosts_file());

@@ -1,6 +1,13 @@
 //! The local cloud's network: one bridge for the VPC, one network namespace per host joined
 //! to it by a veth pair, NAT for egress (so apt and pip work inside hosts), and a DNS server on
 //! the bridge that resolves the hosts' private DNS names and forwards everything else.
+//!
+//! Guests are tenants, not the machine's peers. On the machine they reach only the bridge
+//! address's DNS, the API proxy and an explicit list of ports for servers that users and tests
+//! run there (package mirrors); nothing else of the machine, over IPv4 or IPv6. Their traffic
+//! out goes to the internet only: never to link-local addresses (the metadata service of the
+//! machine's own cloud), private or loopback ranges, or the machine's own networks. Each veth
+//! may send only from its instance's IP and MAC, so no guest can pose as another.
 
 use crate::sys::{run, run_quiet};
 use crate::Error;
@@ -11,6 +18,27 @@ pub const VPC_CIDR: &str = "10.199.0.0/16";
 pub const PREFIX_LEN: u8 = 16;
 /// Marks our iptables rules so teardown finds exactly them.
 const RULE_COMMENT: &str = "cgcloud-local";
+/// Our iptables chains: what guests may reach on the machine, and through it.
+const CHAIN_IN: &str = "CGCLOUD-GUEST-IN";
+const CHAIN_FWD: &str = "CGCLOUD-GUEST-FWD";
+/// Ports of the bridge address that guests reach besides DNS and the API, for servers users
+/// and tests run there (`scripts/apache-mirror` serves on 8000); `CGCLOUD_LOCAL_GUEST_PORTS`
+/// (e.g. `8000-8999,3142`) changes them.
+pub const DEFAULT_GUEST_PORTS: &str = "8000-8999";
+/// Destinations guests never reach through the machine: link-local (a cloud's metadata
+/// service), loopback, private and shared ranges (the machine's LAN and its neighbours'),
+/// multicast and reserved. The VPC itself is bridged, not forwarded.
+const NEVER_FORWARDED: &[&str] = &[
+    "169.254.0.0/16",
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
 
 /// The network namespace of an instance.
 pub fn netns(instance_id: &str) -> String {
@@ -27,6 +55,9 @@ pub async fn bridge_up() -> Result<(), Error> {
     if !run_quiet("ip", &["link", "show", BRIDGE]).await {
         run("ip", &["link", "add", BRIDGE, "type", "bridge"]).await?;
     }
+    // The VPC has no IPv6: without an IPv6 address on the bridge, no guest reaches the
+    // machine's services over IPv6 link-local, where the IPv4 rules below do not apply.
+    run_quiet("sysctl", &["-q", "-w", &format!("net.ipv6.conf.{BRIDGE}.disable_ipv6=1")]).await;
     let cidr = format!("{GATEWAY}/{PREFIX_LEN}");
     let addrs = run("ip", &["-o", "addr", "show", "dev", BRIDGE]).await?;
     if !addrs.contains(&cidr) {
@@ -43,12 +74,134 @@ pub async fn bridge_down() {
 fn nat_rules() -> Vec<(&'static str, Vec<&'static str>)> {
     vec![
         ("nat", vec!["POSTROUTING", "-s", VPC_CIDR, "!", "-d", VPC_CIDR, "-j", "MASQUERADE"]),
-        ("filter", vec!["FORWARD", "-i", BRIDGE, "-j", "ACCEPT"]),
+        ("filter", vec!["INPUT", "-i", BRIDGE, "-j", CHAIN_IN]),
+        ("filter", vec!["FORWARD", "-i", BRIDGE, "-j", CHAIN_FWD]),
         (
             "filter",
             vec!["FORWARD", "-o", BRIDGE, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
         ),
     ]
+}
+
+/// Parses a list of ports and ranges (`8000-8999,3142`) into iptables' `multiport` form.
+pub fn parse_guest_ports(spec: &str) -> Result<Vec<String>, Error> {
+    let bad = |what: &str| {
+        Error::Prerequisite(format!(
+            "CGCLOUD_LOCAL_GUEST_PORTS: '{what}' is not a port (1-65535) or a range of them (8000-8999)"
+        ))
+    };
+    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        match item.split_once('-') {
+            Some((a, b)) => match (port(a), port(b)) {
+                (Some(a), Some(b)) if a <= b => out.push(format!("{a}:{b}")),
+                _ => return Err(bad(item)),
+            },
+            None => out.push(port(item).ok_or_else(|| bad(item))?.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// What guests may reach on the machine: DNS and the API proxy on the bridge address, the
+/// allowed ports there, ping; answers to connections the machine opened. Refused otherwise
+/// (a reset, so a client fails at once instead of timing out).
+fn guest_in_rules(proxy_port: u16, guest_ports: &[String]) -> Vec<Vec<String>> {
+    let mut rules: Vec<Vec<String>> = vec![
+        vec!["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        vec!["-d", GATEWAY, "-p", "udp", "--dport", "53", "-j", "ACCEPT"],
+        vec!["-d", GATEWAY, "-p", "tcp", "--dport", "53", "-j", "ACCEPT"],
+        vec!["-d", GATEWAY, "-p", "icmp", "--icmp-type", "echo-request", "-j", "ACCEPT"],
+    ]
+    .into_iter()
+    .map(|r| r.into_iter().map(str::to_owned).collect())
+    .collect();
+    let proxy = proxy_port.to_string();
+    rules.push(["-d", GATEWAY, "-p", "tcp", "--dport", &proxy, "-j", "ACCEPT"].map(str::to_owned).to_vec());
+    // multiport takes at most 15 ports (a range counts as two).
+    for chunk in guest_ports.chunks(7) {
+        let list = chunk.join(",");
+        rules.push(
+            ["-d", GATEWAY, "-p", "tcp", "-m", "multiport", "--dports", &list, "-j", "ACCEPT"]
+                .map(str::to_owned)
+                .to_vec(),
+        );
+    }
+    rules.push(["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"].map(str::to_owned).to_vec());
+    rules.push(["-j", "REJECT", "--reject-with", "icmp-port-unreachable"].map(str::to_owned).to_vec());
+    rules
+}
+
+/// Where guests' traffic may go through the machine: other guests (bridged traffic passes
+/// here only where br_netfilter is loaded), and the internet, never `blocked`.
+fn guest_fwd_rules(blocked: &[String]) -> Vec<Vec<String>> {
+    let mut rules = vec![["-o", BRIDGE, "-j", "ACCEPT"].map(str::to_owned).to_vec()];
+    for net in blocked {
+        rules.push(
+            ["-d", net.as_str(), "-j", "REJECT", "--reject-with", "icmp-net-prohibited"].map(str::to_owned).to_vec(),
+        );
+    }
+    rules.push(["-j", "ACCEPT"].map(str::to_owned).to_vec());
+    rules
+}
+
+/// The IPv4 networks of the machine's own interfaces (its LAN), but the bridge's.
+async fn machine_networks() -> Vec<String> {
+    run("ip", &["-4", "-o", "addr", "show"])
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let dev = f.nth(1)?;
+            let cidr = f.skip_while(|w| *w != "inet").nth(1)?;
+            (dev != BRIDGE && dev != "lo").then(|| cidr.to_owned())
+        })
+        .collect()
+}
+
+async fn iptables(args: &[&str]) -> Result<(), Error> {
+    let mut all = vec!["-w"];
+    all.extend_from_slice(args);
+    run("iptables", &all).await.map(|_| ())
+}
+
+/// Fills our chain `name` with `rules`, creating it if need be.
+async fn fill_chain(name: &str, rules: &[Vec<String>]) -> Result<(), Error> {
+    if !run_quiet("iptables", &["-w", "-n", "-L", name]).await {
+        iptables(&["-N", name]).await?;
+    }
+    iptables(&["-F", name]).await?;
+    for r in rules {
+        let mut args = vec!["-A", name];
+        args.extend(r.iter().map(String::as_str));
+        iptables(&args).await?;
+    }
+    Ok(())
+}
+
+/// Confines guests (see the module's header) and enables forwarding and masquerading for the
+/// VPC. Returns the previous `ip_forward` value.
+pub async fn nat_up(proxy_port: u16, guest_ports: &[String]) -> Result<String, Error> {
+    let before =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_else(|_| "0".into()).trim().to_owned();
+    fill_chain(CHAIN_IN, &guest_in_rules(proxy_port, guest_ports)).await?;
+    let mut blocked: Vec<String> = NEVER_FORWARDED.iter().map(|s| (*s).to_owned()).collect();
+    blocked.extend(machine_networks().await);
+    fill_chain(CHAIN_FWD, &guest_fwd_rules(&blocked)).await?;
+    run("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]).await?;
+    for (table, spec) in nat_rules() {
+        // First in their chains: a rule of the machine's that accepts everything from an
+        // interface must not let guests past ours.
+        if !rule(table, "-C", &spec).await && !rule_at(table, &spec, 1).await {
+            return Err(Error::Command {
+                command: format!("iptables -t {table} -I {}", spec.join(" ")),
+                detail: "failed".into(),
+            });
+        }
+    }
+    Ok(before)
 }
 
 async fn rule(table: &str, op: &str, spec: &[&str]) -> bool {
@@ -58,29 +211,75 @@ async fn rule(table: &str, op: &str, spec: &[&str]) -> bool {
     run_quiet("iptables", &args).await
 }
 
-/// Enables forwarding and masquerading for the VPC. Returns the previous `ip_forward` value.
-pub async fn nat_up() -> Result<String, Error> {
-    let before =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_else(|_| "0".into()).trim().to_owned();
-    run("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]).await?;
-    for (table, spec) in nat_rules() {
-        if !rule(table, "-C", &spec).await && !rule(table, "-A", &spec).await {
-            return Err(Error::Command {
-                command: format!("iptables -t {table} -A {}", spec.join(" ")),
-                detail: "failed".into(),
-            });
-        }
-    }
-    Ok(before)
+async fn rule_at(table: &str, spec: &[&str], position: u32) -> bool {
+    let pos = position.to_string();
+    let mut args = vec!["-w", "-t", table, "-I", spec[0], &pos];
+    args.extend_from_slice(&spec[1..]);
+    args.extend_from_slice(&["-m", "comment", "--comment", RULE_COMMENT]);
+    run_quiet("iptables", &args).await
 }
 
-/// Removes our NAT rules (every copy) and restores `ip_forward`.
+/// Removes our rules and chains (every copy) and restores `ip_forward`.
 pub async fn nat_down(ip_forward_before: Option<&str>) {
     for (table, spec) in nat_rules() {
         while rule(table, "-D", &spec).await {}
     }
+    for chain in [CHAIN_IN, CHAIN_FWD] {
+        run_quiet("iptables", &["-w", "-F", chain]).await;
+        run_quiet("iptables", &["-w", "-X", chain]).await;
+    }
     if let Some(v) = ip_forward_before {
         run_quiet("sysctl", &["-q", "-w", &format!("net.ipv4.ip_forward={v}")]).await;
+    }
+}
+
+/// The MAC address of an instance's eth0, from its IP (as EC2 derives nothing from it, any
+/// fixed locally administered address would do; this one is readable).
+pub fn mac_of(ip: &str) -> Option<String> {
+    let octets: Vec<u8> = ip.split('.').map(|o| o.parse().ok()).collect::<Option<Vec<u8>>>()?;
+    let [a, b, c, d] = octets.as_slice() else { return None };
+    Some(format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}"))
+}
+
+/// ebtables changes are made one at a time: concurrent boots would race on the bridge table.
+static EBTABLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Lets the veth `vh` send only frames from `mac`, and of those only IPv4 from `ip` and ARP
+/// claiming `ip` at `mac`, to other guests and to the machine alike.
+async fn pin_source(vh: &str, ip: &str, mac: &str) -> Result<(), Error> {
+    let _one = EBTABLES.lock().await;
+    unpin_source_locked(vh).await;
+    for args in [
+        vec!["-N", vh],
+        // Set apart: ebtables-nft ignores a policy given with -N.
+        vec!["-P", vh, "DROP"],
+        vec!["-A", vh, "-s", mac, "-p", "IPv4", "--ip-src", ip, "-j", "RETURN"],
+        vec!["-A", vh, "-s", mac, "-p", "ARP", "--arp-ip-src", ip, "--arp-mac-src", mac, "-j", "RETURN"],
+        vec!["-A", "FORWARD", "-i", vh, "-j", vh],
+        vec!["-A", "INPUT", "-i", vh, "-j", vh],
+    ] {
+        run("ebtables", &args).await?;
+    }
+    Ok(())
+}
+
+async fn unpin_source_locked(vh: &str) {
+    for hook in ["FORWARD", "INPUT"] {
+        while run_quiet("ebtables", &["-D", hook, "-i", vh, "-j", vh]).await {}
+    }
+    run_quiet("ebtables", &["-X", vh]).await;
+}
+
+/// Removes every per-veth chain of ours (after a crash, the next `up` or `down` calls this).
+pub async fn unpin_all() {
+    let _one = EBTABLES.lock().await;
+    let listing = run("ebtables", &["-L"]).await.unwrap_or_default();
+    for line in listing.lines() {
+        if let Some(chain) = line.strip_prefix("Bridge chain: ").and_then(|r| r.split(',').next()) {
+            if chain.starts_with("cgv") {
+                unpin_source_locked(chain).await;
+            }
+        }
     }
 }
 
@@ -88,9 +287,12 @@ pub async fn nat_down(ip_forward_before: Option<&str>) {
 pub async fn host_net_up(instance_id: &str, ip: &str) -> Result<(), Error> {
     let ns = netns(instance_id);
     let vh = veth(instance_id);
+    let mac = mac_of(ip).ok_or_else(|| Error::Controller(format!("{instance_id}: '{ip}' is not an IPv4 address")))?;
     host_net_down(instance_id).await;
     run("ip", &["netns", "add", &ns]).await?;
-    run("ip", &["link", "add", &vh, "type", "veth", "peer", "name", "eth0", "netns", &ns]).await?;
+    run("ip", &["link", "add", &vh, "type", "veth", "peer", "name", "eth0", "address", &mac, "netns", &ns]).await?;
+    // Pinned before the veth joins the bridge: no frame of the guest's passes unchecked.
+    pin_source(&vh, ip, &mac).await?;
     run("ip", &["link", "set", &vh, "master", BRIDGE, "up"]).await?;
     run("ip", &["-n", &ns, "link", "set", "lo", "up"]).await?;
     run("ip", &["-n", &ns, "addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", "eth0"]).await?;
@@ -102,7 +304,13 @@ pub async fn host_net_up(instance_id: &str, ip: &str) -> Result<(), Error> {
 /// Removes the instance's namespace (which removes its veth pair too).
 pub async fn host_net_down(instance_id: &str) {
     run_quiet("ip", &["link", "del", &veth(instance_id)]).await;
+    unpin_source_locked_once(&veth(instance_id)).await;
     run_quiet("ip", &["netns", "del", &netns(instance_id)]).await;
+}
+
+async fn unpin_source_locked_once(vh: &str) {
+    let _one = EBTABLES.lock().await;
+    unpin_source_locked(vh).await;
 }
 
 /// Our namespaces that exist now.
@@ -119,6 +327,39 @@ pub async fn our_netns() -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn guest_ports_are_parsed_and_checked() {
+        assert_eq!(super::parse_guest_ports("8000-8999, 3142").unwrap(), vec!["8000:8999", "3142"]);
+        assert_eq!(super::parse_guest_ports("").unwrap(), Vec::<String>::new());
+        for bad in ["0", "70000", "9000-8000", "80;22", "a-b", "-1"] {
+            let e = super::parse_guest_ports(bad).unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains("CGCLOUD_LOCAL_GUEST_PORTS"), "{e}");
+        }
+    }
+
+    #[test]
+    fn guests_reach_the_machine_on_listed_ports_only() {
+        let rules = super::guest_in_rules(5401, &["8000:8999".into()]);
+        let text: Vec<String> = rules.iter().map(|r| r.join(" ")).collect();
+        assert!(text.iter().any(|r| r.contains("--dport 5401 -j ACCEPT") && r.contains("-d 10.199.0.1")));
+        assert!(text.iter().any(|r| r.contains("--dports 8000:8999 -j ACCEPT")));
+        assert!(text.iter().all(|r| !r.contains("ACCEPT") || r.contains("-d 10.199.0.1") || r.contains("ESTABLISHED")));
+        assert_eq!(text.last().unwrap(), "-j REJECT --reject-with icmp-port-unreachable");
+        let fwd = super::guest_fwd_rules(&["169.254.0.0/16".into(), "192.0.2.2/24".into()]);
+        let text: Vec<String> = fwd.iter().map(|r| r.join(" ")).collect();
+        let drop_imds = text.iter().position(|r| r.starts_with("-d 169.254.0.0/16 -j REJECT")).unwrap();
+        let accept_all = text.iter().position(|r| r == "-j ACCEPT").unwrap();
+        assert!(drop_imds < accept_all && accept_all == text.len() - 1);
+        assert!(super::NEVER_FORWARDED.contains(&"10.0.0.0/8"));
+    }
+
+    #[test]
+    fn macs_come_from_ips() {
+        assert_eq!(super::mac_of("10.199.1.4").unwrap(), "02:00:0a:c7:01:04");
+        assert!(super::mac_of("10.199.1").is_none());
+        assert!(super::mac_of("10.199.1.400").is_none());
+    }
+
     #[test]
     fn interface_names_fit() {
         let v = super::veth("i-8d2d7cf37f7f29941");

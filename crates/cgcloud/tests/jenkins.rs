@@ -196,8 +196,9 @@ impl StandIns {
         let key = sh(gpg().args(["--armor", "--export", &fprs[0]]));
         std::fs::write(web.join("jenkins.io-test.key"), key).unwrap();
 
-        // Served on the bridge, where the hosts reach the machine.
-        let port = 18457;
+        // Served on the bridge, where the hosts reach the machine (on a port guests may reach:
+        // the local cloud's default list is 8000-8999).
+        let port = 8457;
         let server = Command::new("python3")
             .args(["-m", "http.server", "--bind", "10.199.0.1", &port.to_string(), "--directory"])
             .arg(&web)
