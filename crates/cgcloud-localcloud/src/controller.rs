@@ -92,11 +92,13 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
     let state = lc.state().ok_or(Error::NotUp)?;
     let cloud = lc.cloud(state.moto_port).await?;
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    for addr in ["127.0.0.1", net::GATEWAY] {
+    // The workstation's door (loopback) passes everything; the guests' (the bridge) only
+    // the AWS API, request by request.
+    for (addr, side) in [("127.0.0.1", crate::proxy::Side::Workstation), (net::GATEWAY, crate::proxy::Side::Guests)] {
         let listener = tokio::net::TcpListener::bind((addr, state.port))
             .await
             .map_err(|e| Error::Controller(format!("cannot listen on {addr}:{}: {e}", state.port)))?;
-        tokio::spawn(crate::proxy::serve(listener, state.moto_port, tx.clone(), lc.dir.clone()));
+        tokio::spawn(crate::proxy::serve(listener, side, state.moto_port, tx.clone(), lc.dir.clone()));
     }
     let mut c = Controller {
         base: state.images.iter().map(|i| (i.ami_id.clone(), i.clone())).collect(),

@@ -7,6 +7,14 @@
 //! instance's SSH host keys there, which is how tools that launch instances themselves (the
 //! Jenkins EC2 plugin) verify them; and it answers `GET /cgcloud-local/stats` with the number
 //! of requests it has passed (`cgcloud local status` reports the rate).
+//!
+//! It has two doors. The workstation's, on loopback, passes everything (the tests and `local`
+//! commands use moto's own paths). The guests', on the bridge, is the only way a box reaches
+//! the API, and a box's root is not the cloud's administrator: it takes one strictly parsed
+//! request at a time (no chunked bodies, no duplicate or malformed lengths, no folded
+//! headers), passes only the AWS API at `/` (never `/moto-api/*` or any other moto path, never
+//! the proxy's own counters), and sends each request to moto on a connection of its own, so
+//! no second request can hide in the bytes of a first one that moto would read differently.
 
 use base64::Engine as _;
 use std::path::{Path, PathBuf};
@@ -39,20 +47,261 @@ pub static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// The path at which the proxy answers with its own counters.
 pub const STATS_PATH: &str = "/cgcloud-local/stats";
 
+/// Which door a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Loopback: this machine's users and tests.
+    Workstation,
+    /// The bridge: the hosts.
+    Guests,
+}
+
 /// Serves `listener`, forwarding each connection to moto on `upstream_port`; consoles are read
 /// from the hosts' directories under `dir`.
-pub async fn serve(listener: TcpListener, upstream_port: u16, events: mpsc::UnboundedSender<Event>, dir: PathBuf) {
+pub async fn serve(
+    listener: TcpListener,
+    side: Side,
+    upstream_port: u16,
+    events: mpsc::UnboundedSender<Event>,
+    dir: PathBuf,
+) {
     let dir = Arc::new(dir);
     loop {
         let Ok((inbound, _)) = listener.accept().await else { continue };
         let events = events.clone();
         let dir = dir.clone();
         tokio::spawn(async move {
-            if let Ok(outbound) = TcpStream::connect(("127.0.0.1", upstream_port)).await {
-                relay(inbound, outbound, events, &dir).await;
+            match side {
+                Side::Guests => serve_guest(inbound, upstream_port, events, &dir).await,
+                Side::Workstation => {
+                    if let Ok(outbound) = TcpStream::connect(("127.0.0.1", upstream_port)).await {
+                        relay(inbound, outbound, events, &dir).await;
+                    }
+                }
             }
         });
     }
+}
+
+/// The largest request head and body a guest may send (EC2's own limits are lower; user data
+/// is at most 16 KiB, a RunInstances well under 1 MiB).
+const GUEST_MAX_HEAD: usize = 64 * 1024;
+const GUEST_MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// A request as the guests' door accepts it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GuestRequest {
+    pub method: String,
+    pub target: String,
+    /// Header lines as sent, but the hop-by-hop ones and Content-Length.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub close: bool,
+}
+
+/// Why the guests' door refused a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not well-formed HTTP/1.1 as AWS clients send it: the connection is closed.
+    Malformed(&'static str),
+    /// Well-formed, but not the AWS API: answered with AWS's AccessDenied.
+    Forbidden(String),
+}
+
+/// Parses one request from the start of `data`: `Ok(None)` if more bytes are needed, else the
+/// request and its length.
+pub fn parse_guest_request(data: &[u8]) -> Result<Option<(GuestRequest, usize)>, Refusal> {
+    let Some(head_end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if data.len() > GUEST_MAX_HEAD { Err(Refusal::Malformed("request head too large")) } else { Ok(None) };
+    };
+    if head_end > GUEST_MAX_HEAD {
+        return Err(Refusal::Malformed("request head too large"));
+    }
+    let head = std::str::from_utf8(&data[..head_end]).map_err(|_| Refusal::Malformed("request head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Refusal::Malformed("bad request line"));
+    };
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(Refusal::Malformed("not HTTP/1.x"));
+    }
+    if !matches!(method, "GET" | "POST") {
+        return Err(Refusal::Malformed("method other than GET or POST"));
+    }
+    let mut headers = Vec::new();
+    let mut length: Option<usize> = None;
+    let mut close = version == "HTTP/1.0";
+    for line in lines {
+        if line.starts_with([' ', '\t']) {
+            return Err(Refusal::Malformed("folded header line"));
+        }
+        let (name, value) = line.split_once(':').ok_or(Refusal::Malformed("header line without ':'"))?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(Refusal::Malformed("bad header name"));
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(Refusal::Malformed("bad header value"));
+        }
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => {
+                if length.is_some() {
+                    return Err(Refusal::Malformed("more than one Content-Length"));
+                }
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) || value.len() > 9 {
+                    return Err(Refusal::Malformed("bad Content-Length"));
+                }
+                length = Some(value.parse().map_err(|_| Refusal::Malformed("bad Content-Length"))?);
+            }
+            "transfer-encoding" => return Err(Refusal::Malformed("Transfer-Encoding (send a Content-Length)")),
+            "connection" => close |= value.eq_ignore_ascii_case("close"),
+            "keep-alive" | "proxy-connection" | "upgrade" | "te" | "trailer" => {}
+            _ => headers.push((name.to_owned(), value.to_owned())),
+        }
+    }
+    let length = length.unwrap_or(0);
+    if length > GUEST_MAX_BODY {
+        return Err(Refusal::Malformed("request body too large"));
+    }
+    let end = head_end + 4 + length;
+    if data.len() < end {
+        return Ok(None);
+    }
+    // The AWS query and JSON protocols the boxes speak all POST (or GET) to `/`.
+    let path = target.split('?').next().unwrap_or_default();
+    let request = GuestRequest {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        headers,
+        body: data[head_end + 4..end].to_vec(),
+        close,
+    };
+    if path != "/" {
+        return Err(Refusal::Forbidden(path.chars().take(200).collect()));
+    }
+    Ok(Some((request, end)))
+}
+
+/// AWS's answer to a request it will not serve.
+fn access_denied(what: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>AccessDenied</Code>\
+         <Message>{}</Message></Error></Errors><RequestID>cgcloud-local</RequestID></Response>",
+        xml_escape(what)
+    );
+    format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// One guest connection: a request at a time, each to moto on a fresh connection.
+async fn serve_guest(mut inbound: TcpStream, upstream_port: u16, events: mpsc::UnboundedSender<Event>, dir: &Path) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let parsed = parse_guest_request(&pending);
+        let (req, len) = match parsed {
+            Ok(Some(r)) => r,
+            Ok(None) => match inbound.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    pending.extend_from_slice(&buf[..n]);
+                    continue;
+                }
+            },
+            Err(Refusal::Forbidden(path)) => {
+                let _ = inbound
+                    .write_all(&access_denied(&format!("{path}: not an AWS API of this cloud; boxes reach only /")))
+                    .await;
+                // The body's length was checked: skip the request and go on.
+                match forbidden_len(&pending) {
+                    Some(n) if n <= pending.len() => {
+                        pending.drain(..n);
+                        continue;
+                    }
+                    _ => return,
+                }
+            }
+            Err(Refusal::Malformed(why)) => {
+                let body = format!("{why}\n");
+                let _ = inbound
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                return;
+            }
+        };
+        pending.drain(..len);
+        REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for ev in power_events(&req.body) {
+            let _ = events.send(Event::Power(ev));
+        }
+        if changes(&req.body) {
+            let _ = events.send(Event::Changed);
+        }
+        let answer = match console_request(&req.body).and_then(|id| console_response(dir, &id)) {
+            Some(own) => own,
+            None => match forward_one(&req, upstream_port).await {
+                Some(a) => a,
+                None => return,
+            },
+        };
+        // An answer without a length ends where the connection does.
+        let (answer, delimited) = rewrite_connection(answer);
+        if inbound.write_all(&answer).await.is_err() || req.close || !delimited {
+            return;
+        }
+    }
+}
+
+/// The length of a request refused as Forbidden (it parsed as well-formed).
+fn forbidden_len(data: &[u8]) -> Option<usize> {
+    complete_request(data).map(|(len, _)| len)
+}
+
+/// Sends one request to moto on a connection of its own and returns moto's answer.
+async fn forward_one(req: &GuestRequest, upstream_port: u16) -> Option<Vec<u8>> {
+    let mut up = TcpStream::connect(("127.0.0.1", upstream_port)).await.ok()?;
+    let mut out = format!("{} {} HTTP/1.1\r\n", req.method, req.target);
+    for (k, v) in &req.headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", req.body.len()));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&req.body);
+    up.write_all(&bytes).await.ok()?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer).await.ok()?;
+    Some(answer)
+}
+
+/// Drops moto's `Connection: close` from an answer with a Content-Length (the guest's
+/// connection stays open; moto's was for one request only). Returns the answer and whether it
+/// has a length (else it ends with the connection).
+fn rewrite_connection(answer: Vec<u8>) -> (Vec<u8>, bool) {
+    let Some(head_end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { return (answer, false) };
+    let Ok(head) = std::str::from_utf8(&answer[..head_end]) else { return (answer, false) };
+    if !head.to_ascii_lowercase().contains("\r\ncontent-length:") {
+        return (answer, false);
+    }
+    let kept: Vec<&str> = head.split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
+    let mut out = kept.join("\r\n").into_bytes();
+    out.extend_from_slice(&answer[head_end..]);
+    (out, true)
 }
 
 async fn relay(inbound: TcpStream, outbound: TcpStream, events: mpsc::UnboundedSender<Event>, dir: &Path) {
@@ -321,6 +570,49 @@ mod tests {
         assert!(console_response(dir.path(), "i-ffff").is_none(), "moto answers for instances that never ran here");
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_796_237_789), "2026-12-02T18:56:29.000Z");
+    }
+
+    #[test]
+    fn the_guests_door_passes_the_api_only() {
+        let ok =
+            b"POST / HTTP/1.1\r\nHost: 10.199.0.1:5401\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nAction";
+        let (req, len) = parse_guest_request(ok).unwrap().unwrap();
+        assert_eq!(
+            (req.method.as_str(), req.target.as_str(), req.body.as_slice(), len),
+            ("POST", "/", &b"Actio"[..], ok.len() - 1)
+        );
+        assert_eq!(req.headers, vec![("Host".to_owned(), "10.199.0.1:5401".to_owned())]);
+        assert!(parse_guest_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nAct").unwrap().is_none());
+        assert!(parse_guest_request(b"GET /?Action=DescribeRegions HTTP/1.1\r\n\r\n").unwrap().is_some());
+        for path in
+            ["/moto-api/reset", "/moto-api/data.json", "/cgcloud-local/stats", "//moto-api/reset", "/bucket/key"]
+        {
+            let req = format!("POST {path} HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+            assert!(matches!(parse_guest_request(req.as_bytes()), Err(Refusal::Forbidden(_))), "{path}");
+        }
+        for bad in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
+            b"DELETE / HTTP/1.1\r\n\r\n",
+            b"POST  / HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/2\r\n\r\n",
+        ] {
+            assert!(matches!(parse_guest_request(bad), Err(Refusal::Malformed(_))), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(matches!(parse_guest_request(&vec![b'a'; GUEST_MAX_HEAD + 1]), Err(Refusal::Malformed(_))));
+    }
+
+    #[test]
+    fn answers_keep_the_guests_connection_open() {
+        let a = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec();
+        assert_eq!(rewrite_connection(a), (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), true));
+        let no_len = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nok".to_vec();
+        assert_eq!(rewrite_connection(no_len.clone()), (no_len, false));
+        assert!(String::from_utf8(access_denied("/moto-api/<x>")).unwrap().contains("&lt;x&gt;"));
     }
 
     /// What a guest can send the controller's API front door must never panic it.

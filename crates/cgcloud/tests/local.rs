@@ -349,6 +349,164 @@ fn guest_requests_cannot_reach_the_machine() {
     u.ok(&["local", "down"]);
 }
 
+/// Runs `script` with bash as root on a box (`-I id`), returning its output.
+fn as_root(u: &User, id: &str, script: &str) -> String {
+    u.ok(&["ssh", DEBIAN, "-I", id, "--", &format!("sudo bash -c {}", shell_quote(script))])
+}
+
+/// The local cloud is a sandbox: a guest's root tries, through the API and the network, what
+/// once let it act as the cloud's administrator or as the machine's root, and fails each time.
+/// Against the code before the local cloud was sealed, every step below succeeded: the
+/// controller ran the guest's own `rm` as the machine's root, wrote a new instance's seed
+/// through a symlink baked into an image, and forwarded any path to moto.
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn guests_cannot_escape_the_local_cloud() {
+    let (_one, u) = fresh_local_cloud();
+    let a = u.json(&["create", DEBIAN]);
+    let a_id = a["instance_id"].as_str().unwrap().to_owned();
+    let zone = a["zone"].as_str().unwrap().to_owned();
+    let region = &zone[..zone.len() - 1];
+    let api = |params: &str| {
+        format!(
+            "curl -s -m 10 http://10.199.0.1:5401/ -H 'Authorization: AWS4-HMAC-SHA256 Credential=guest/20261129/{region}/ec2/aws4_request, SignedHeaders=host, Signature=00' --data 'Version=2016-11-15&{params}'"
+        )
+    };
+
+    // moto's control surface is not reachable from a guest: no reset (which would make the
+    // controller delete every host's disk), no dump of every instance's user data.
+    for (method, path) in [("POST", "/moto-api/reset"), ("GET", "/moto-api/data.json"), ("GET", "/cgcloud-local/stats")]
+    {
+        let code = as_root(
+            &u,
+            &a_id,
+            &format!("curl -s -o /dev/null -w '%{{http_code}}' -m 10 -X {method} http://10.199.0.1:5401{path}"),
+        );
+        assert_eq!(code.trim(), "403", "{method} {path} from a guest");
+    }
+    // Smuggling: a second request hidden behind a first one's doubled length is refused whole.
+    let smuggle = "exec 3<>/dev/tcp/10.199.0.1/5401; \
+                   printf 'POST / HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\nContent-Length: 44\\r\\n\\r\\nPOST /moto-api/reset HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; \
+                   timeout 5 head -c 12 <&3";
+    assert_eq!(as_root(&u, &a_id, smuggle), "HTTP/1.1 400");
+    assert_eq!(u.json(&["show", DEBIAN, "-I", &a_id])["state"], "running", "moto was reset");
+
+    // AttachVolume once ran `nsenter -m -- rm|mknod|chmod`: the guest's own programs, as the
+    // machine's root. Replace them with programs that record who ran them and where.
+    let wrap = r#"for p in rm mknod chmod; do
+        f=$(command -v $p); [ -e "$f.real" ] || cp -a "$f" "$f.real"
+        printf '#!/bin/sh\necho "$(readlink /proc/self/ns/pid) %s" >> /root/ran\nexec %s.real "$@"\n' "$p" "$f" > "$f.new"
+        chmod 755 "$f.new"; mv -f "$f.new" "$f"
+    done"#;
+    as_root(&u, &a_id, wrap);
+    let own_ns = as_root(&u, &a_id, "readlink /proc/1/ns/pid");
+    let created = as_root(&u, &a_id, &api(&format!("Action=CreateVolume&Size=1&AvailabilityZone={zone}")));
+    let vol = created.split("<volumeId>").nth(1).and_then(|r| r.split('<').next()).unwrap().to_owned();
+    as_root(&u, &a_id, &api(&format!("Action=AttachVolume&VolumeId={vol}&InstanceId={a_id}&Device=/dev/sdg")));
+    let size = as_root(
+        &u,
+        &a_id,
+        "for i in $(seq 60); do [ -b /dev/xvdg ] && exec blockdev --getsize64 /dev/xvdg; sleep 0.5; done; echo none",
+    );
+    assert_eq!(size.trim(), "1073741824", "the attached volume is not a 1 GiB device in the guest");
+    let ran = as_root(&u, &a_id, "cat /root/ran 2>/dev/null || true");
+    for line in ran.lines() {
+        assert!(line.starts_with(own_ns.trim()), "a guest program ran outside the guest's PID namespace: {line}");
+    }
+    as_root(&u, &a_id, "for p in rm mknod chmod; do f=$(command -v $p); mv -f $f.real $f; done");
+
+    // The network: guests reach the machine only at DNS, the API and the listed ports.
+    let probe = |id: &str, port: u16| {
+        as_root(
+            &u,
+            id,
+            &format!("timeout 5 bash -c 'echo > /dev/tcp/10.199.0.1/{port}' 2>/dev/null && echo open || echo closed"),
+        )
+    };
+    let closed = std::net::TcpListener::bind(("10.199.0.1", 0)).unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    assert!(!(8000..9000).contains(&closed_port));
+    let open = (8000..9000).find_map(|p| std::net::TcpListener::bind(("10.199.0.1", p)).ok()).unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    assert_eq!(probe(&a_id, open_port).trim(), "open");
+    assert_eq!(probe(&a_id, closed_port).trim(), "closed", "a guest reached a port of the machine not listed");
+    assert_eq!(probe(&a_id, 5401).trim(), "open");
+
+    // Spoofing: a guest sends as an address or MAC that is not its own; the peer hears only
+    // what it sent as itself.
+    let b = u.json(&["create", DEBIAN, "-e", "1"]);
+    let b_id = b["instance_id"].as_str().unwrap().to_owned();
+    let (a_ip, b_ip) = (a["private_ip"].as_str().unwrap().to_owned(), b["private_ip"].as_str().unwrap().to_owned());
+    // The persistent volume, attached while B booted, is formatted and mounted: a device the
+    // guest saw before the volume backed it would have size 0.
+    let persistent = u.ok(&["ssh", DEBIAN, "-I", &b_id, "--", "findmnt -n -o SIZE /mnt/persistent"]);
+    assert!(persistent.trim().ends_with('M') || persistent.trim().ends_with('G'), "{persistent}");
+    as_root(
+        &u,
+        &b_id,
+        "nohup python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"0.0.0.0\",9999))\nwhile True:\n d,a=s.recvfrom(100)\n open(\"/root/heard\",\"a\").write(a[0]+\" \"+d.decode()+\"\\n\")' </dev/null >/dev/null 2>&1 &",
+    );
+    // Guests have CAP_NET_RAW (as root on EC2 does): frames are made by hand, as an attacker
+    // would, from A's own addresses, from another IP, as the gateway, and from another MAC.
+    let a_mac = as_root(&u, &a_id, "ip -o link show eth0 | grep -o 'link/ether [^ ]*' | cut -d' ' -f2");
+    let b_mac = as_root(&u, &b_id, "ip -o link show eth0 | grep -o 'link/ether [^ ]*' | cut -d' ' -f2");
+    let raw = format!(
+        r#"import socket, struct
+def mac(m): return bytes.fromhex(m.replace(":", ""))
+def ip(a): return socket.inet_aton(a)
+def csum(h):
+    s = sum(struct.unpack("!10H", h)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return (~s) & 0xffff
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(("eth0", 0))
+def send(src_mac, src_ip, what):
+    udp = struct.pack("!HHHH", 40000, 9999, 8 + len(what), 0) + what
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, ip(src_ip), ip("{b_ip}"))
+    h = h[:10] + struct.pack("!H", csum(h)) + h[12:]
+    for _ in range(5): s.send(mac("{b_mac}") + mac(src_mac) + b"\x08\x00" + h + udp)
+send("{a_mac}", "{a_ip}", b"honest")
+send("{a_mac}", "10.199.3.250", b"spoofed-ip")
+send("{gw_mac}", "10.199.0.1", b"spoofed-gateway")
+send("02:00:0a:c7:03:fa", "{a_ip}", b"spoofed-mac")
+print("sent")"#,
+        a_mac = a_mac.trim(),
+        b_mac = b_mac.trim(),
+        gw_mac = std::fs::read_to_string("/sys/class/net/cgc0/address").unwrap().trim(),
+    );
+    let spoofed = as_root(&u, &a_id, &format!("python3 -c {}", shell_quote(&raw)));
+    assert!(spoofed.contains("sent"), "{spoofed}");
+    let heard = (0..20)
+        .map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            as_root(&u, &b_id, "cat /root/heard 2>/dev/null || true")
+        })
+        .find(|h| h.contains("honest"))
+        .unwrap_or_default();
+    assert!(heard.contains(&format!("{a_ip} honest")), "the honest datagrams did not arrive: {heard}");
+    assert!(!heard.contains("spoofed"), "a guest sent as another address: {heard}");
+
+    // A seed directory made a symlink to a directory of the machine, baked into an image: the
+    // next instance from it is refused, and nothing is written on the machine.
+    let target = tempfile::tempdir().unwrap();
+    as_root(
+        &u,
+        &a_id,
+        &format!("rm -rf /var/lib/cloud/seed/nocloud && ln -s {} /var/lib/cloud/seed/nocloud", target.path().display()),
+    );
+    u.ok(&["terminate", DEBIAN, "-I", &b_id]);
+    u.ok(&["stop", DEBIAN, "-I", &a_id]);
+    u.ok(&["image", DEBIAN, "-I", &a_id]);
+    let re = u.run(&["recreate", DEBIAN]);
+    let err = String::from_utf8_lossy(&re.stderr);
+    assert!(!re.status.success() && err.contains("symlink") && err.contains("rolling back"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(target.path()).unwrap().count(),
+        0,
+        "the controller wrote through the guest's symlink"
+    );
+    drop((open, closed));
+    u.ok(&["local", "down"]);
+}
+
 fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/roles")
 }
@@ -990,7 +1148,8 @@ struct Mirror {
 impl Mirror {
     fn serve(dir: &std::path::Path) -> Mirror {
         let bridge = "10.199.0.1";
-        let port = std::net::TcpListener::bind((bridge, 0)).unwrap().local_addr().unwrap().port();
+        // A free port among those guests may reach on the machine (8000-8999 by default).
+        let port = (8000..9000).find(|p| std::net::TcpListener::bind((bridge, *p)).is_ok()).unwrap();
         let server = Command::new("python3")
             .args(["-m", "http.server", "--bind", bridge, &port.to_string(), "--directory"])
             .arg(dir)
