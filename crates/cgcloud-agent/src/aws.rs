@@ -127,7 +127,25 @@ impl Client {
     }
 
     /// Calls `action` with form `params`; returns the XML answer or the service's error.
+    /// Credentials from IMDS that the service no longer accepts (revoked, or issued by a cloud
+    /// that has since been replaced) are fetched again, once.
     pub fn call(&self, service: Service, action: &str, params: &[(&str, String)]) -> Result<Answer, AwsError> {
+        match self.call_once(service, action, params) {
+            Err(AwsError::Service { code, .. })
+                if self.static_creds.is_none()
+                    && matches!(
+                        code.as_str(),
+                        "InvalidClientTokenId" | "ExpiredToken" | "AuthFailure" | "RequestExpired"
+                    ) =>
+            {
+                *self.imds_creds.borrow_mut() = None;
+                self.call_once(service, action, params)
+            }
+            other => other,
+        }
+    }
+
+    fn call_once(&self, service: Service, action: &str, params: &[(&str, String)]) -> Result<Answer, AwsError> {
         let (signing_name, version, _) = service.info();
         let url = self.url(service);
         let mut body = format!("Action={}&Version={version}", sigv4::uri_encode(action));

@@ -615,10 +615,14 @@ impl Agent {
                 self.cfg.namespace
             ),
         );
-        // On EC2 (credentials from IMDS), watch for a spot interruption notice; the local cloud
-        // has no IMDS, and an on-demand instance simply never gets a notice.
+        // Where credentials come from IMDS (EC2, the local cloud), watch for a spot interruption
+        // notice; an on-demand instance never gets one, so it does not poll.
         if self.cfg.access_key_id.is_none() {
             std::thread::spawn(|| {
+                let http = ureq::AgentBuilder::new().timeout(Duration::from_secs(3)).build();
+                if crate::imds::life_cycle(&http).as_deref() == Ok("on-demand") {
+                    return String::new();
+                }
                 crate::spot::watch(
                     crate::imds::IMDS,
                     std::path::Path::new(crate::spot::HOOK),

@@ -38,8 +38,12 @@ pub fn role_credentials(http: &ureq::Agent) -> Result<(Credentials, SystemTime),
     let doc = get(http, &t, &format!("/latest/meta-data/iam/security-credentials/{role}"))?;
     let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| format!("IMDS credentials: {e}"))?;
     let field = |k: &str| v[k].as_str().map(str::to_owned).ok_or_else(|| format!("IMDS credentials lack {k}"));
-    // Refresh well before expiry; the exact expiry needs a date parser we do not carry.
-    let expires = SystemTime::now() + Duration::from_secs(45 * 60);
+    // EC2 hands out a fresh set well before the old one expires; without a readable expiry,
+    // assume EC2's shortest (an hour) and refresh before it.
+    let expires = v["Expiration"]
+        .as_str()
+        .and_then(|e| humantime::parse_rfc3339(e).ok())
+        .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(45 * 60));
     Ok((
         Credentials {
             access_key_id: field("AccessKeyId")?,
@@ -48,6 +52,12 @@ pub fn role_credentials(http: &ureq::Agent) -> Result<(Credentials, SystemTime),
         },
         expires,
     ))
+}
+
+/// `spot` or `on-demand` (IMDS's instance-life-cycle).
+pub fn life_cycle(http: &ureq::Agent) -> Result<String, String> {
+    let t = token(http)?;
+    get(http, &t, "/latest/meta-data/instance-life-cycle").map(|s| s.trim().to_owned())
 }
 
 /// The instance id from IMDS.

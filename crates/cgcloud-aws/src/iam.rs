@@ -153,6 +153,25 @@ impl Cloud {
         }
     }
 
+    /// The (first) role of instance profile `name` and that role's ARN, or None if the profile
+    /// does not exist or has no role.
+    pub async fn instance_profile_role(&self, name: &str) -> Result<Option<(String, String)>, AwsError> {
+        match self.iam.get_instance_profile().instance_profile_name(name).send().await {
+            Ok(out) => Ok(out
+                .instance_profile()
+                .and_then(|p| p.roles().first())
+                .map(|r| (r.role_name().to_owned(), r.arn().to_owned()))),
+            Err(e) => {
+                let e = self.classify("iam:GetInstanceProfile", e);
+                if e.code() == Some("NoSuchEntity") {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// The user names in an IAM group.
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, AwsError> {
         // GetGroup returns at most 100 users a page: follow the marker to the end.

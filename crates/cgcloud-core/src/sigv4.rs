@@ -58,6 +58,43 @@ pub fn amz_date(unix: u64) -> String {
     format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", secs / 3600, (secs / 60) % 60, secs % 60)
 }
 
+/// A request in SigV4's canonical form: `headers` are the signed ones, in the order of the
+/// signed-headers list (lower-case names, values trimmed with inner runs of spaces collapsed).
+pub struct Canonical<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a [(String, String)],
+    /// Hex SHA-256 of the body.
+    pub payload_hash: &'a str,
+}
+
+/// The signature of `req` with `secret` at `amz_date` for `scope`
+/// (`DATE/REGION/SERVICE/aws4_request`): what signing computes, and what a server verifying a
+/// request computes from what the client says it signed.
+pub fn signature(req: &Canonical, secret: &str, amz_date: &str, scope: &str) -> String {
+    let canonical_headers: String = req.headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+    let signed_headers = req.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
+    let canonical = format!(
+        "{}\n{}\n{}\n{canonical_headers}\n{signed_headers}\n{}",
+        req.method, req.path, req.query, req.payload_hash
+    );
+    let to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(canonical.as_bytes())));
+    let mut parts = scope.split('/');
+    let (date, region, service) =
+        (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let k_date = hmac(format!("AWS4{secret}").as_bytes(), date);
+    let k_region = hmac(&k_date, region);
+    let k_service = hmac(&k_region, service);
+    let k_signing = hmac(&k_service, "aws4_request");
+    hex(&hmac(&k_signing, &to_sign))
+}
+
+/// Hex SHA-256 of `body`.
+pub fn payload_hash(body: &[u8]) -> String {
+    hex(&Sha256::digest(body))
+}
+
 /// The headers to add to a request: `x-amz-date`, `authorization` and, for temporary
 /// credentials, `x-amz-security-token`. `headers` are the other headers to sign (lower-case
 /// names, including `host`).
@@ -80,17 +117,15 @@ pub fn sign(
         all.push(("x-amz-security-token".into(), t.clone()));
     }
     all.sort();
-    let canonical_headers: String = all.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
     let signed_headers = all.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
     let payload_hash = hex(&Sha256::digest(body));
-    let canonical = format!("{method}\n{path}\n{query}\n{canonical_headers}\n{signed_headers}\n{payload_hash}");
     let scope = format!("{date}/{region}/{service}/aws4_request");
-    let to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(canonical.as_bytes())));
-    let k_date = hmac(format!("AWS4{}", creds.secret_access_key).as_bytes(), date);
-    let k_region = hmac(&k_date, region);
-    let k_service = hmac(&k_region, service);
-    let k_signing = hmac(&k_service, "aws4_request");
-    let signature = hex(&hmac(&k_signing, &to_sign));
+    let signature = signature(
+        &Canonical { method, path, query, headers: &all, payload_hash: &payload_hash },
+        &creds.secret_access_key,
+        amz_date,
+        &scope,
+    );
     let mut out = vec![
         ("x-amz-date".to_owned(), amz_date.to_owned()),
         (

@@ -55,6 +55,11 @@ struct Observed {
     image_id: String,
     key_name: Option<String>,
     instance_type: String,
+    zone: String,
+    /// The instance profile's name.
+    profile: Option<String>,
+    tokens_required: bool,
+    spot: bool,
 }
 
 struct Controller {
@@ -74,11 +79,19 @@ struct Controller {
     /// Attachments refused for their device name (volume, device): reported once, not on
     /// every pass.
     refused: HashSet<(String, String)>,
+    /// Hosts whose /dev did not answer (nspawn PIDs): not tried again, so that a guest cannot
+    /// tie up the controller's threads one attempt at a time.
+    stuck: HashSet<u32>,
     dns: String,
     dnsmasq_pid: Option<u32>,
+    /// What IMDS and the proxy's guest door know of the instances.
+    imds: crate::imds::Shared,
+    /// Spot interruptions to carry out: instance → (when, action).
+    interrupts: BTreeMap<String, (std::time::SystemTime, String)>,
 }
 
-fn log(msg: impl AsRef<str>) {
+/// A line of the controller's log (its stderr, `logs/controller.log`).
+pub(crate) fn log(msg: impl AsRef<str>) {
     eprintln!(
         "{} {}",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -92,14 +105,30 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
     let state = lc.state().ok_or(Error::NotUp)?;
     let cloud = lc.cloud(state.moto_port).await?;
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let imds = crate::imds::Shared::default();
+    if let Ok(mut r) = imds.lock() {
+        r.credentials = crate::imds::load(&lc.run_dir());
+    }
     // The workstation's door (loopback) passes everything; the guests' (the bridge) only
-    // the AWS API, request by request.
+    // the AWS API, request by request, signed with credentials IMDS issued.
     for (addr, side) in [("127.0.0.1", crate::proxy::Side::Workstation), (net::GATEWAY, crate::proxy::Side::Guests)] {
         let listener = tokio::net::TcpListener::bind((addr, state.port))
             .await
             .map_err(|e| Error::Controller(format!("cannot listen on {addr}:{}: {e}", state.port)))?;
-        tokio::spawn(crate::proxy::serve(listener, side, state.moto_port, tx.clone(), lc.dir.clone()));
+        let door = crate::proxy::Door {
+            side,
+            upstream_port: state.moto_port,
+            events: tx.clone(),
+            dir: lc.dir.clone(),
+            imds: imds.clone(),
+        };
+        tokio::spawn(crate::proxy::serve(listener, door));
     }
+    let imds_port = state.imds_port();
+    let listener = tokio::net::TcpListener::bind((net::GATEWAY, imds_port))
+        .await
+        .map_err(|e| Error::Controller(format!("cannot listen on {}:{imds_port} (IMDS): {e}", net::GATEWAY)))?;
+    tokio::spawn(crate::imds::serve(listener, imds.clone(), cloud.clone(), lc.run_dir()));
     let mut c = Controller {
         base: state.images.iter().map(|i| (i.ami_id.clone(), i.clone())).collect(),
         vpc_id: state.vpc_id.clone().ok_or(Error::NotUp)?,
@@ -111,8 +140,11 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
         queued: BTreeMap::new(),
         attached: BTreeMap::new(),
         refused: HashSet::new(),
+        stuck: HashSet::new(),
         dns: String::new(),
         dnsmasq_pid: state.dnsmasq_pid,
+        imds,
+        interrupts: BTreeMap::new(),
     };
     log(format!("controller up, watching VPC {}", c.vpc_id));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -129,7 +161,11 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
                 true
             }
         };
-        let wait = if moving || changed_at.elapsed() < ACTIVE_AFTER_CHANGE { TICK } else { RECONCILE };
+        let mut wait = if moving || changed_at.elapsed() < ACTIVE_AFTER_CHANGE { TICK } else { RECONCILE };
+        // Wake for the next spot interruption that falls due.
+        if let Some(next) = c.interrupts.values().map(|(at, _)| *at).min() {
+            wait = wait.min(next.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO));
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             Some(ev) = events.recv() => c.take(ev, &mut changed_at),
@@ -149,8 +185,38 @@ impl Controller {
     /// of frequent ticks.
     fn take(&mut self, ev: Event, changed_at: &mut std::time::Instant) {
         *changed_at = std::time::Instant::now();
-        if let Event::Power(p) = ev {
-            self.enqueue(p);
+        match ev {
+            Event::Power(p) => self.enqueue(p),
+            Event::Interrupt(i) => {
+                log(format!(
+                    "{}: spot interruption notice: {} at {}",
+                    i.instance_id,
+                    i.action,
+                    humantime::format_rfc3339_seconds(i.at)
+                ));
+                self.interrupts.insert(i.instance_id, (i.at, i.action));
+            }
+            Event::Changed => {}
+        }
+    }
+
+    /// Carries out the spot interruptions that fell due, as EC2 does when the notice runs out.
+    async fn interrupt_due(&mut self) {
+        let now = std::time::SystemTime::now();
+        let due: Vec<(String, String)> = self
+            .interrupts
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(id, (_, a))| (id.clone(), a.clone()))
+            .collect();
+        for (id, action) in due {
+            self.interrupts.remove(&id);
+            let ids = [id.clone()];
+            let done = if action == "stop" { self.cloud.stop(&ids).await } else { self.cloud.terminate(&ids).await };
+            match done {
+                Ok(()) => log(format!("{id}: spot interruption: {action}")),
+                Err(e) => log(format!("{id}: spot interruption: cannot {action}: {e}")),
+            }
         }
     }
 
@@ -238,6 +304,17 @@ impl Controller {
                     image_id: i.image_id().unwrap_or_default().to_owned(),
                     key_name: i.key_name().map(str::to_owned),
                     instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+                    zone: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_owned(),
+                    profile: i
+                        .iam_instance_profile()
+                        .and_then(|p| p.arn())
+                        .and_then(|arn| arn.rsplit('/').next())
+                        .map(str::to_owned),
+                    tokens_required: i
+                        .metadata_options()
+                        .and_then(|m| m.http_tokens())
+                        .is_some_and(|t| *t == aws_sdk_ec2::types::HttpTokensState::Required),
+                    spot: i.instance_lifecycle().is_some_and(|l| *l == aws_sdk_ec2::types::InstanceLifecycleType::Spot),
                 })
             })
             .collect())
@@ -274,6 +351,7 @@ impl Controller {
     /// motion (an instance or image between states, a host being booted or torn down, a power
     /// change queued): then the next tick comes soon.
     async fn tick(&mut self) -> Result<bool, Error> {
+        self.interrupt_due().await;
         let instances = self.observe().await?;
         let local: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
         let pending_images = self.process_images(&local, &instances).await?;
@@ -294,6 +372,10 @@ impl Controller {
             match inst.state.as_str() {
                 "pending" | "running" => {
                     if host.pid().is_some() {
+                        continue;
+                    }
+                    if let Err(reason) = address_ok(inst, &instances) {
+                        self.refuse(inst, &reason).await;
                         continue;
                     }
                     if host.exists() {
@@ -340,6 +422,7 @@ impl Controller {
             }
         }
         self.update_dns(&instances).await;
+        self.update_imds(&instances);
         let volumes_waiting = self.realize_volumes(&local).await;
         let between = instances.iter().any(|i| matches!(i.state.as_str(), "pending" | "stopping" | "shutting-down"));
         let busy = self.busy.lock().map(|b| !b.is_empty()).unwrap_or(true);
@@ -377,6 +460,9 @@ impl Controller {
                 continue;
             }
             let Some(pid) = (Host { dir: self.dir(), id: &instance }).pid() else { continue };
+            if self.stuck.contains(&pid) {
+                continue;
+            }
             let want = Attachment { instance: instance.clone(), nspawn_pid: pid, device: device.clone() };
             if self.attached.get(id) == Some(&want) {
                 continue;
@@ -385,12 +471,18 @@ impl Controller {
                 // Moved to another instance or device (detached and attached again between ticks).
                 self.detach(id, &was).await;
             }
-            match crate::volumes::attach(self.dir(), id, v.size().unwrap_or(1), pid, &device).await {
+            match crate::volumes::attach(self.dir(), &instance, id, v.size().unwrap_or(1), pid, &device).await {
                 Ok(crate::volumes::Attached::Done) => {
                     log(format!("volume {id}: attached to {instance} at {}", crate::volumes::guest_device(&device)));
                     self.attached.insert(id.to_owned(), want);
                 }
                 Ok(crate::volumes::Attached::NotYet) => waiting = true,
+                Ok(crate::volumes::Attached::Unanswered) => {
+                    log(format!(
+                        "volume {id}: cannot attach to {instance}: its /dev does not answer; not trying again"
+                    ));
+                    self.stuck.insert(pid);
+                }
                 Err(e) => log(format!("volume {id}: cannot attach to {instance}: {e}")),
             }
         }
@@ -410,6 +502,13 @@ impl Controller {
         if running {
             if let Err(e) = crate::volumes::remove_from_host(was.nspawn_pid, &was.device).await {
                 log(format!("volume {id}: cannot remove {} from {}: {e}", was.device, was.instance));
+            }
+        }
+        // The loop device's numbers will back other volumes: the host must not open them
+        // again (it may have kept a link to the node).
+        if let Some(mm) = crate::volumes::loop_numbers(self.dir(), id).await {
+            if let Err(e) = crate::host::allow_block_device(&was.instance, &mm, false) {
+                log(format!("volume {id}: cannot revoke {mm} from {}: {e}", was.instance));
             }
         }
         crate::volumes::release(self.dir(), id).await;
@@ -492,11 +591,17 @@ impl Controller {
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let fs = dir.join("fs");
         if host.pid().is_some() {
-            sys::run(
+            // The guest owns what it copies: frozen, it cannot swap a directory for a symlink
+            // between cp's look and its open (which would copy the machine's files into the
+            // image), and the copy is a consistent disk, as a no-reboot image is on EC2.
+            crate::host::freeze(src, true).await?;
+            let copied = sys::run(
                 "cp",
                 &["-a", "--reflink=auto", &format!("{}/.", host.upper().display()), &tmp.join("fs").to_string_lossy()],
             )
-            .await?;
+            .await;
+            crate::host::freeze(src, false).await?;
+            copied?;
         } else {
             std::fs::rename(host.upper(), tmp.join("fs")).map_err(|e| Error::io(&host.upper(), e))?;
             std::fs::create_dir_all(host.upper()).map_err(|e| Error::io(&host.upper(), e))?;
@@ -566,6 +671,53 @@ impl Controller {
         });
     }
 
+    /// Tells IMDS which instance each private IP is.
+    fn update_imds(&self, instances: &[Observed]) {
+        let known: std::collections::HashMap<String, crate::imds::InstanceMeta> = instances
+            .iter()
+            .filter(|i| matches!(i.state.as_str(), "pending" | "running" | "stopping"))
+            .filter_map(|i| {
+                let ip = i.ip.clone()?;
+                let fqdn = i
+                    .dns
+                    .clone()
+                    .unwrap_or_else(|| format!("ip-{}.{}.compute.internal", ip.replace('.', "-"), crate::REGION));
+                Some((
+                    ip.clone(),
+                    crate::imds::InstanceMeta {
+                        id: i.id.clone(),
+                        ip,
+                        fqdn,
+                        image_id: i.image_id.clone(),
+                        instance_type: i.instance_type.clone(),
+                        zone: i.zone.clone(),
+                        key_name: i.key_name.clone(),
+                        profile: i.profile.clone(),
+                        tokens_required: i.tokens_required,
+                        spot: i.spot,
+                    },
+                ))
+            })
+            .collect();
+        if let Ok(mut r) = self.imds.lock() {
+            // A notice lasts while its instance runs, as on EC2.
+            let running: HashSet<&str> = instances
+                .iter()
+                .filter(|i| matches!(i.state.as_str(), "pending" | "running"))
+                .map(|i| i.id.as_str())
+                .collect();
+            r.interruptions.retain(|id, _| running.contains(id.as_str()));
+            // Credentials die with their instance (on EC2 they would live until they expire).
+            let alive: HashSet<&str> = instances
+                .iter()
+                .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
+                .map(|i| i.id.as_str())
+                .collect();
+            r.credentials.retain(|_, c| alive.contains(c.instance_id.as_str()));
+            r.instances = known;
+        }
+    }
+
     async fn update_dns(&mut self, instances: &[Observed]) {
         let mut lines: Vec<String> = instances
             .iter()
@@ -588,6 +740,18 @@ impl Controller {
                 sys::kill(pid, "HUP").await;
             }
         }
+    }
+}
+
+/// Whether `inst` may be booted at its address: one of the zone subnets' (see
+/// [`net::host_address_ok`]), and no other live instance's.
+fn address_ok(inst: &Observed, all: &[Observed]) -> Result<(), String> {
+    let ip = inst.ip.as_deref().ok_or_else(|| format!("{} has no private IP", inst.id))?;
+    net::host_address_ok(ip)?;
+    let live = |s: &str| matches!(s, "pending" | "running" | "stopping");
+    match all.iter().find(|o| o.id != inst.id && live(&o.state) && o.ip.as_deref() == Some(ip)) {
+        Some(other) => Err(format!("{ip} is the address of {} too", other.id)),
+        None => Ok(()),
     }
 }
 
@@ -626,7 +790,7 @@ async fn boot(
     }
 }
 
-async fn user_data(cloud: &Cloud, id: &str) -> Result<String, Error> {
+pub(crate) async fn user_data(cloud: &Cloud, id: &str) -> Result<String, Error> {
     use base64::Engine as _;
     let out = cloud
         .ec2

@@ -141,6 +141,15 @@ impl Host<'_> {
         for dir in &cgroups {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
+        // Only the devices a host needs, and the disks it was given: its root has CAP_MKNOD and
+        // CAP_SYS_ADMIN, and could otherwise make and mount a node of the machine's own disk.
+        let block: Vec<String> = devices.iter().filter_map(|(dev, _)| device_numbers(dev)).collect();
+        if !restrict_devices(self.id, &block)? {
+            crate::controller::log(format!(
+                "{}: not confined to its own devices: this machine has no cgroup v1 devices controller",
+                self.id
+            ));
+        }
         let join = cgroups
             .iter()
             .map(|d| format!("echo $$ > '{}/cgroup.procs'", d.display()))
@@ -209,20 +218,106 @@ impl Host<'_> {
     }
 }
 
-/// The cgroup directories of a host, one per mounted hierarchy that systemd uses.
+/// The cgroup directories of a host, one per mounted hierarchy that systemd uses, and those of
+/// the v1 `devices` and `freezer` controllers (what the host may open; freezing it while its
+/// disk is copied).
 fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
     let base = Path::new("/sys/fs/cgroup");
     let mut roots = Vec::new();
     if base.join("cgroup.controllers").exists() {
         roots.push(base.to_path_buf());
     } else {
-        for h in ["systemd", "unified"] {
+        for h in ["systemd", "unified", "devices", "freezer"] {
             if base.join(h).join("cgroup.procs").exists() {
                 roots.push(base.join(h));
             }
         }
     }
     roots.into_iter().map(|r| r.join("cgcloud-local").join(id)).collect()
+}
+
+/// The v1 devices cgroup of a host, if this machine has that controller.
+fn devices_dir(id: &str) -> Option<PathBuf> {
+    let d = Path::new("/sys/fs/cgroup/devices");
+    d.join("devices.allow").exists().then(|| d.join("cgcloud-local").join(id))
+}
+
+/// The character devices every host has: null, zero, full, random, urandom, tty, console,
+/// ptmx and the pseudo-terminals, fuse and tun (systemd-nspawn's set, and /dev/fuse).
+const HOST_CHAR_DEVICES: &[&str] =
+    &["1:3", "1:5", "1:7", "1:8", "1:9", "5:0", "5:1", "5:2", "136:*", "10:229", "10:200"];
+
+/// `major:minor` of a block device node on the machine (e.g. a loop device).
+pub fn device_numbers(dev: &str) -> Option<String> {
+    let name = dev.strip_prefix("/dev/")?;
+    if name.is_empty() || name.contains('/') || name.contains("..") {
+        return None;
+    }
+    Some(std::fs::read_to_string(format!("/sys/block/{name}/dev")).ok()?.trim().to_owned())
+}
+
+/// True if this machine can confine hosts to their own devices (the cgroup v1 devices
+/// controller; on a pure cgroup v2 machine that takes a BPF device program, which the local
+/// cloud does not load yet).
+pub fn can_restrict_devices() -> bool {
+    Path::new("/sys/fs/cgroup/devices/devices.allow").exists()
+}
+
+/// Denies the host every device but [`HOST_CHAR_DEVICES`] and the block devices `block`
+/// (`major:minor`). Returns false where the machine cannot (see [`can_restrict_devices`]).
+fn restrict_devices(id: &str, block: &[String]) -> Result<bool, Error> {
+    let Some(dir) = devices_dir(id) else { return Ok(false) };
+    let write = |file: &str, line: &str| {
+        let p = dir.join(file);
+        std::fs::write(&p, line).map_err(|e| Error::io(&p, e))
+    };
+    write("devices.deny", "a")?;
+    for c in HOST_CHAR_DEVICES {
+        write("devices.allow", &format!("c {c} rwm"))?;
+    }
+    for b in block {
+        write("devices.allow", &format!("b {b} rw"))?;
+    }
+    Ok(true)
+}
+
+/// Lets (or no longer lets) a running host open block device `major:minor` (an attached
+/// volume's loop device).
+pub fn allow_block_device(id: &str, majmin: &str, allow: bool) -> Result<(), Error> {
+    let Some(dir) = devices_dir(id) else { return Ok(()) };
+    let p = dir.join(if allow { "devices.allow" } else { "devices.deny" });
+    std::fs::write(&p, format!("b {majmin} rw")).map_err(|e| Error::io(&p, e))
+}
+
+/// Freezes (or thaws) every process of a running host, so that nothing in it changes its
+/// disk while the machine reads it.
+pub async fn freeze(id: &str, frozen: bool) -> Result<(), Error> {
+    let v2 = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(|b| Path::new(b).join("cgcloud-local").join(id).join("cgroup.freeze"))
+        .find(|p| p.exists());
+    if let Some(p) = v2 {
+        std::fs::write(&p, if frozen { "1" } else { "0" }).map_err(|e| Error::io(&p, e))?;
+        let events = p.with_file_name("cgroup.events");
+        for _ in 0..100 {
+            let state = std::fs::read_to_string(&events).unwrap_or_default();
+            if state.lines().any(|l| l == if frozen { "frozen 1" } else { "frozen 0" }) {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        return Err(Error::Controller(format!("{id}: the host did not {}", if frozen { "freeze" } else { "thaw" })));
+    }
+    let p = Path::new("/sys/fs/cgroup/freezer/cgcloud-local").join(id).join("freezer.state");
+    let want = if frozen { "FROZEN" } else { "THAWED" };
+    std::fs::write(&p, want).map_err(|e| Error::io(&p, e))?;
+    for _ in 0..100 {
+        if std::fs::read_to_string(&p).unwrap_or_default().trim() == want {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(Error::Controller(format!("{id}: the host did not {}", if frozen { "freeze" } else { "thaw" })))
 }
 
 /// Removes an (empty) cgroup and its children, deepest first.

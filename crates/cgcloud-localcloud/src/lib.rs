@@ -9,6 +9,7 @@ pub mod cost;
 pub mod guestfs;
 pub mod host;
 pub mod images;
+pub mod imds;
 pub mod net;
 pub mod proxy;
 pub mod sys;
@@ -66,6 +67,8 @@ pub struct RunState {
     pub port: u16,
     /// moto's own port, on 127.0.0.1 only.
     pub moto_port: u16,
+    /// The instance metadata service's port on the bridge address (0: the API's port + 2).
+    pub imds_port: u16,
     pub moto_pid: Option<u32>,
     pub dnsmasq_pid: Option<u32>,
     pub controller_pid: Option<u32>,
@@ -74,6 +77,17 @@ pub struct RunState {
     /// zone → subnet id
     pub subnets: Vec<(String, String)>,
     pub images: Vec<images::BaseImage>,
+}
+
+impl RunState {
+    /// Where IMDS listens on the bridge address (guests' 169.254.169.254:80 is redirected here).
+    pub fn imds_port(&self) -> u16 {
+        if self.imds_port != 0 {
+            self.imds_port
+        } else {
+            self.port.saturating_add(2)
+        }
+    }
 }
 
 /// What cgcloud needs to talk to the local cloud; written into the `local` profile.
@@ -115,7 +129,7 @@ impl LocalCloud {
         LocalCloud { dir }
     }
 
-    fn run_dir(&self) -> PathBuf {
+    pub fn run_dir(&self) -> PathBuf {
         self.dir.join("run")
     }
     fn state_file(&self) -> PathBuf {
@@ -184,6 +198,7 @@ impl LocalCloud {
             ("systemd-nspawn", "systemd-container"),
             ("ip", "iproute2"),
             ("iptables", "iptables"),
+            ("ebtables", "iptables"),
             ("dnsmasq", "dnsmasq-base"),
             ("ssh-keygen", "openssh-client"),
             ("python3", "python3 python3-venv"),
@@ -239,6 +254,9 @@ impl LocalCloud {
             moto_port: port
                 .checked_add(1)
                 .ok_or_else(|| Error::Controller(format!("port {port} leaves no port for moto above it")))?,
+            imds_port: port
+                .checked_add(2)
+                .ok_or_else(|| Error::Controller(format!("port {port} leaves no port for IMDS above it")))?,
             ..Default::default()
         };
         // Many systemd hosts need more inotify instances than the default 128.
@@ -255,9 +273,12 @@ impl LocalCloud {
         let guest_ports = net::parse_guest_ports(
             &std::env::var("CGCLOUD_LOCAL_GUEST_PORTS").unwrap_or_else(|_| net::DEFAULT_GUEST_PORTS.to_owned()),
         )?;
+        if !host::can_restrict_devices() {
+            say("warning: this machine has no cgroup v1 devices controller: hosts are not kept from opening its disks (a host's root could reach the machine); see docs/security.md");
+        }
         net::bridge_up().await?;
         say(&format!("bridge {} at {}/{}", net::BRIDGE, net::GATEWAY, net::PREFIX_LEN));
-        state.ip_forward_before = Some(net::nat_up(port, &guest_ports).await?);
+        state.ip_forward_before = Some(net::nat_up(port, state.imds_port(), &guest_ports).await?);
         self.save_state(&state)?;
         say(&format!("NAT for {} (egress for apt and pip inside hosts)", net::VPC_CIDR));
         say(&format!(
@@ -462,6 +483,53 @@ impl LocalCloud {
         Ok(pid)
     }
 
+    /// Interrupts spot instance `instance_id` as EC2 does: the notice (`{"action", "time"}`) is
+    /// in its IMDS at once, and after `notice` the instance is stopped or terminated
+    /// (`action`). Refused for an instance that is not a running spot instance of this cloud.
+    pub async fn interrupt(
+        &self,
+        instance_id: &str,
+        notice: Duration,
+        action: &str,
+    ) -> Result<serde_json::Value, Error> {
+        if !matches!(action, "terminate" | "stop") {
+            return Err(Error::Controller(format!("'{action}' is not an interruption action (terminate or stop)")));
+        }
+        if notice > Duration::from_secs(3600) {
+            return Err(Error::Controller(
+                "a notice of more than an hour is not one EC2 gives (it gives two minutes)".into(),
+            ));
+        }
+        let state = self.state().filter(|_| self.is_up()).ok_or(Error::NotUp)?;
+        let cloud = self.cloud(state.moto_port).await?;
+        let out = cloud.ec2.describe_instances().instance_ids(instance_id).send().await.map_err(|e| {
+            Error::Controller(format!(
+                "no instance {instance_id} in the local cloud: {}",
+                aws_sdk_ec2::error::DisplayErrorContext(&e)
+            ))
+        })?;
+        let inst = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| i.instance_id() == Some(instance_id))
+            .ok_or_else(|| Error::Controller(format!("no instance {instance_id} in the local cloud")))?;
+        let running = inst.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default();
+        if running != "running" {
+            return Err(Error::Controller(format!(
+                "{instance_id} is {running}, not running: only a running instance can be interrupted"
+            )));
+        }
+        if inst.instance_lifecycle() != Some(&aws_sdk_ec2::types::InstanceLifecycleType::Spot) {
+            return Err(Error::Controller(format!(
+                "{instance_id} is an on-demand instance: EC2 interrupts only spot instances"
+            )));
+        }
+        let body = format!("instance={instance_id}&action={action}&notice={}", notice.as_secs());
+        let answer = http_post(state.port, proxy::INTERRUPT_PATH, &body).await?;
+        serde_json::from_str(&answer).map_err(|e| Error::Controller(format!("the controller's answer: {e}: {answer}")))
+    }
+
     /// Removes everything `up` created, idempotently. Caches (images, moto venv) are kept.
     pub async fn down(&self, say: &dyn Fn(&str)) -> Result<(), Error> {
         let state = self.state().unwrap_or_default();
@@ -506,7 +574,7 @@ impl LocalCloud {
         if let Some(pid) = state.dnsmasq_pid {
             sys::stop_process(pid, &self.hosts_file().to_string_lossy(), 5).await;
         }
-        net::nat_down(state.ip_forward_before.as_deref()).await;
+        net::nat_down(state.imds_port(), state.ip_forward_before.as_deref()).await;
         net::unpin_all().await;
         net::bridge_down().await;
         let _ = std::fs::remove_file(self.state_file());
@@ -514,6 +582,53 @@ impl LocalCloud {
         say("the local cloud is down");
         Ok(())
     }
+}
+
+/// POSTs a form `body` to the controller's own `path` on its loopback door; returns the body
+/// of a 200 answer.
+async fn http_post(port: u16, path: &str, body: &str) -> Result<String, Error> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let talk = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await?;
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if rest.len() >= len || n == 0 {
+                    return Ok::<_, std::io::Error>((
+                        head.lines().next().unwrap_or_default().to_owned(),
+                        rest.to_owned(),
+                    ));
+                }
+            } else if n == 0 {
+                return Ok((String::new(), text));
+            }
+        }
+    };
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(10), talk)
+        .await
+        .map_err(|_| Error::Controller("the controller did not answer within 10 s".into()))?
+        .map_err(|e| Error::Controller(format!("cannot reach the controller on port {port}: {e}")))?;
+    if !status.contains(" 200 ") {
+        return Err(Error::Controller(format!("the controller refused: {status}: {answer}")));
+    }
+    Ok(answer)
 }
 
 /// Unmounts everything at or below `dir`.

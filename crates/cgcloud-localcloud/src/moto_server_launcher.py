@@ -1,11 +1,14 @@
-# Written by `cgcloud local up` (and used by the tests): moto's server with two changes, both
-# so that its answer times stay flat as the cloud grows, as EC2's do:
+# Written by `cgcloud local up` (and used by the tests): moto's server with three changes. The
+# first two keep its answer times flat as the cloud grows, as EC2's do:
 # 1. A terminated instance disappears from DescribeInstances some time after it terminated
 #    (EC2: about an hour; TTL_SECONDS, 0 = never). moto keeps them forever, and every
 #    DescribeInstances walks all of them.
 # 2. A resource's tags are looked up by its id. moto finds them by matching a resource-id
 #    pattern against every tag of every resource, so a DescribeInstances of N tagged instances
 #    cost O(N x all tags): about 100 ms at 100 instances, minutes at 1000.
+# 3. RunInstances gives the instance profile to every instance it launches, as EC2 does. moto
+#    associates it with the first one only, so a cluster's workers (launched together) would
+#    have no instance-profile credentials in the local cloud's IMDS.
 # Usage: python moto_server_launcher.py TTL_SECONDS [moto_server arguments...]
 import sys
 import threading
@@ -63,7 +66,28 @@ def index_tags():
     TaggedEC2Resource.get_tags = get_tags
 
 
+def profile_for_every_instance():
+    from moto.ec2.responses.instances import InstanceResponse
+
+    original = InstanceResponse.run_instances
+
+    def run_instances(self):
+        result = original(self)
+        name = self._get_param("IamInstanceProfile.Name")
+        arn = self._get_param("IamInstanceProfile.Arn")
+        reservation = getattr(result, "result", None)
+        for inst in list(getattr(reservation, "instances", []))[1:]:
+            if name:
+                self.ec2_backend.associate_iam_instance_profile(instance_id=inst.id, iam_instance_profile_name=name)
+            if arn:
+                self.ec2_backend.associate_iam_instance_profile(instance_id=inst.id, iam_instance_profile_arn=arn)
+        return result
+
+    InstanceResponse.run_instances = run_instances
+
+
 index_tags()
+profile_for_every_instance()
 if TTL > 0:
     threading.Thread(target=age_out_terminated, name="cgcloud-aging", daemon=True).start()
 sys.exit(main())

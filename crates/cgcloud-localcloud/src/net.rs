@@ -71,14 +71,37 @@ pub async fn bridge_down() {
     run_quiet("ip", &["link", "del", BRIDGE]).await;
 }
 
-fn nat_rules() -> Vec<(&'static str, Vec<&'static str>)> {
+/// The address every EC2 instance reaches its metadata service at.
+pub const IMDS_ADDRESS: &str = "169.254.169.254";
+
+fn nat_rules(imds_to: &str) -> Vec<(&'static str, Vec<String>)> {
+    let v = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
     vec![
-        ("nat", vec!["POSTROUTING", "-s", VPC_CIDR, "!", "-d", VPC_CIDR, "-j", "MASQUERADE"]),
-        ("filter", vec!["INPUT", "-i", BRIDGE, "-j", CHAIN_IN]),
-        ("filter", vec!["FORWARD", "-i", BRIDGE, "-j", CHAIN_FWD]),
+        ("nat", v(&["POSTROUTING", "-s", VPC_CIDR, "!", "-d", VPC_CIDR, "-j", "MASQUERADE"])),
+        // A guest's IMDS requests are answered by the local cloud, never routed on.
+        (
+            "nat",
+            v(&[
+                "PREROUTING",
+                "-i",
+                BRIDGE,
+                "-d",
+                IMDS_ADDRESS,
+                "-p",
+                "tcp",
+                "--dport",
+                "80",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                imds_to,
+            ]),
+        ),
+        ("filter", v(&["INPUT", "-i", BRIDGE, "-j", CHAIN_IN])),
+        ("filter", v(&["FORWARD", "-i", BRIDGE, "-j", CHAIN_FWD])),
         (
             "filter",
-            vec!["FORWARD", "-o", BRIDGE, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+            v(&["FORWARD", "-o", BRIDGE, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]),
         ),
     ]
 }
@@ -107,9 +130,13 @@ pub fn parse_guest_ports(spec: &str) -> Result<Vec<String>, Error> {
 /// What guests may reach on the machine: DNS and the API proxy on the bridge address, the
 /// allowed ports there, ping; answers to connections the machine opened. Refused otherwise
 /// (a reset, so a client fails at once instead of timing out).
-fn guest_in_rules(proxy_port: u16, guest_ports: &[String]) -> Vec<Vec<String>> {
+fn guest_in_rules(proxy_port: u16, imds_port: u16, guest_ports: &[String]) -> Vec<Vec<String>> {
     let mut rules: Vec<Vec<String>> = vec![
         vec!["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        // A packet conntrack cannot place (out of window, say) is dropped, never answered with
+        // a reset: the reject below would reset the guest's side of a live connection (an SSH
+        // session from this machine).
+        vec!["-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"],
         vec!["-d", GATEWAY, "-p", "udp", "--dport", "53", "-j", "ACCEPT"],
         vec!["-d", GATEWAY, "-p", "tcp", "--dport", "53", "-j", "ACCEPT"],
         vec!["-d", GATEWAY, "-p", "icmp", "--icmp-type", "echo-request", "-j", "ACCEPT"],
@@ -117,8 +144,10 @@ fn guest_in_rules(proxy_port: u16, guest_ports: &[String]) -> Vec<Vec<String>> {
     .into_iter()
     .map(|r| r.into_iter().map(str::to_owned).collect())
     .collect();
-    let proxy = proxy_port.to_string();
-    rules.push(["-d", GATEWAY, "-p", "tcp", "--dport", &proxy, "-j", "ACCEPT"].map(str::to_owned).to_vec());
+    for port in [proxy_port, imds_port] {
+        let port = port.to_string();
+        rules.push(["-d", GATEWAY, "-p", "tcp", "--dport", &port, "-j", "ACCEPT"].map(str::to_owned).to_vec());
+    }
     // multiport takes at most 15 ports (a range counts as two).
     for chunk in guest_ports.chunks(7) {
         let list = chunk.join(",");
@@ -136,7 +165,10 @@ fn guest_in_rules(proxy_port: u16, guest_ports: &[String]) -> Vec<Vec<String>> {
 /// Where guests' traffic may go through the machine: other guests (bridged traffic passes
 /// here only where br_netfilter is loaded), and the internet, never `blocked`.
 fn guest_fwd_rules(blocked: &[String]) -> Vec<Vec<String>> {
-    let mut rules = vec![["-o", BRIDGE, "-j", "ACCEPT"].map(str::to_owned).to_vec()];
+    let mut rules = vec![
+        ["-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"].map(str::to_owned).to_vec(),
+        ["-o", BRIDGE, "-j", "ACCEPT"].map(str::to_owned).to_vec(),
+    ];
     for net in blocked {
         rules.push(
             ["-d", net.as_str(), "-j", "REJECT", "--reject-with", "icmp-net-prohibited"].map(str::to_owned).to_vec(),
@@ -183,15 +215,16 @@ async fn fill_chain(name: &str, rules: &[Vec<String>]) -> Result<(), Error> {
 
 /// Confines guests (see the module's header) and enables forwarding and masquerading for the
 /// VPC. Returns the previous `ip_forward` value.
-pub async fn nat_up(proxy_port: u16, guest_ports: &[String]) -> Result<String, Error> {
+pub async fn nat_up(proxy_port: u16, imds_port: u16, guest_ports: &[String]) -> Result<String, Error> {
     let before =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_else(|_| "0".into()).trim().to_owned();
-    fill_chain(CHAIN_IN, &guest_in_rules(proxy_port, guest_ports)).await?;
+    fill_chain(CHAIN_IN, &guest_in_rules(proxy_port, imds_port, guest_ports)).await?;
     let mut blocked: Vec<String> = NEVER_FORWARDED.iter().map(|s| (*s).to_owned()).collect();
     blocked.extend(machine_networks().await);
     fill_chain(CHAIN_FWD, &guest_fwd_rules(&blocked)).await?;
     run("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]).await?;
-    for (table, spec) in nat_rules() {
+    for (table, spec) in nat_rules(&format!("{GATEWAY}:{imds_port}")) {
+        let spec: Vec<&str> = spec.iter().map(String::as_str).collect();
         // First in their chains: a rule of the machine's that accepts everything from an
         // interface must not let guests past ours.
         if !rule(table, "-C", &spec).await && !rule_at(table, &spec, 1).await {
@@ -220,9 +253,20 @@ async fn rule_at(table: &str, spec: &[&str], position: u32) -> bool {
 }
 
 /// Removes our rules and chains (every copy) and restores `ip_forward`.
-pub async fn nat_down(ip_forward_before: Option<&str>) {
-    for (table, spec) in nat_rules() {
+pub async fn nat_down(imds_port: u16, ip_forward_before: Option<&str>) {
+    for (table, spec) in nat_rules(&format!("{GATEWAY}:{imds_port}")) {
+        let spec: Vec<&str> = spec.iter().map(String::as_str).collect();
         while rule(table, "-D", &spec).await {}
+    }
+    // Whatever else carries our mark (a run whose state was lost, another port).
+    for table in ["nat", "filter"] {
+        let listing = run("iptables", &["-w", "-t", table, "-S"]).await.unwrap_or_default();
+        for line in listing.lines().filter(|l| l.starts_with("-A ") && l.contains(&format!("--comment {RULE_COMMENT}")))
+        {
+            let mut args = vec!["-w", "-t", table, "-D"];
+            args.extend(line.split_whitespace().skip(1));
+            run_quiet("iptables", &args).await;
+        }
     }
     for chain in [CHAIN_IN, CHAIN_FWD] {
         run_quiet("iptables", &["-w", "-F", chain]).await;
@@ -249,8 +293,11 @@ static EBTABLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn pin_source(vh: &str, ip: &str, mac: &str) -> Result<(), Error> {
     let _one = EBTABLES.lock().await;
     unpin_source_locked(vh).await;
+    // A chain that outlived its removal (a crash between the two) is filled afresh.
+    if !run_quiet("ebtables", &["-N", vh]).await {
+        run("ebtables", &["-F", vh]).await?;
+    }
     for args in [
-        vec!["-N", vh],
         // Set apart: ebtables-nft ignores a policy given with -N.
         vec!["-P", vh, "DROP"],
         vec!["-A", vh, "-s", mac, "-p", "IPv4", "--ip-src", ip, "-j", "RETURN"],
@@ -267,6 +314,8 @@ async fn unpin_source_locked(vh: &str) {
     for hook in ["FORWARD", "INPUT"] {
         while run_quiet("ebtables", &["-D", hook, "-i", vh, "-j", vh]).await {}
     }
+    // ebtables-nft deletes only an empty chain.
+    run_quiet("ebtables", &["-F", vh]).await;
     run_quiet("ebtables", &["-X", vh]).await;
 }
 
@@ -280,6 +329,30 @@ pub async fn unpin_all() {
                 unpin_source_locked(chain).await;
             }
         }
+    }
+}
+
+/// Checks that `ip` may be a host's address: in one of the local cloud's zone subnets, and not
+/// one of the five addresses EC2 reserves in each (network, router, DNS, future use,
+/// broadcast). Anyone with instance credentials can create subnets in the VPC and launch at a
+/// chosen address: a host at the gateway's address would receive its peers' traffic.
+pub fn host_address_ok(ip: &str) -> Result<(), String> {
+    let addr: std::net::Ipv4Addr = ip.parse().map_err(|_| format!("'{ip}' is not an IPv4 address"))?;
+    let in_zone = crate::ZONES.iter().any(|(_, cidr)| {
+        let (net, len) = cidr.split_once('/').unwrap_or((cidr, "32"));
+        let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else { return false };
+        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+        let host = u32::from(addr) & !mask;
+        u32::from(addr) & mask == u32::from(net) & mask && host > 3 && host != !mask
+    });
+    if in_zone {
+        Ok(())
+    } else {
+        let subnets: Vec<&str> = crate::ZONES.iter().map(|(_, c)| *c).collect();
+        Err(format!(
+            "the local cloud runs hosts only at addresses of its subnets ({}), not at {ip} (nor at the first four or the last address of a subnet, which EC2 reserves)",
+            subnets.join(", ")
+        ))
     }
 }
 
@@ -339,11 +412,14 @@ mod tests {
 
     #[test]
     fn guests_reach_the_machine_on_listed_ports_only() {
-        let rules = super::guest_in_rules(5401, &["8000:8999".into()]);
+        let rules = super::guest_in_rules(5401, 5403, &["8000:8999".into()]);
         let text: Vec<String> = rules.iter().map(|r| r.join(" ")).collect();
         assert!(text.iter().any(|r| r.contains("--dport 5401 -j ACCEPT") && r.contains("-d 10.199.0.1")));
         assert!(text.iter().any(|r| r.contains("--dports 8000:8999 -j ACCEPT")));
+        assert!(text.iter().any(|r| r.contains("--dport 5403 -j ACCEPT")));
         assert!(text.iter().all(|r| !r.contains("ACCEPT") || r.contains("-d 10.199.0.1") || r.contains("ESTABLISHED")));
+        let invalid = text.iter().position(|r| r.contains("INVALID -j DROP")).unwrap();
+        assert!(invalid < text.iter().position(|r| r.contains("tcp-reset")).unwrap());
         assert_eq!(text.last().unwrap(), "-j REJECT --reject-with icmp-port-unreachable");
         let fwd = super::guest_fwd_rules(&["169.254.0.0/16".into(), "192.0.2.2/24".into()]);
         let text: Vec<String> = fwd.iter().map(|r| r.join(" ")).collect();
@@ -351,6 +427,26 @@ mod tests {
         let accept_all = text.iter().position(|r| r == "-j ACCEPT").unwrap();
         assert!(drop_imds < accept_all && accept_all == text.len() - 1);
         assert!(super::NEVER_FORWARDED.contains(&"10.0.0.0/8"));
+    }
+
+    #[test]
+    fn hosts_live_only_at_addresses_of_the_zone_subnets() {
+        for ok in ["10.199.1.4", "10.199.2.254", "10.199.3.100"] {
+            assert!(super::host_address_ok(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "10.199.0.1",
+            "10.199.0.5",
+            "10.199.1.0",
+            "10.199.1.1",
+            "10.199.1.3",
+            "10.199.1.255",
+            "10.199.4.5",
+            "192.168.1.5",
+            "x",
+        ] {
+            assert!(super::host_address_ok(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

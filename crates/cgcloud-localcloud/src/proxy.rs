@@ -39,6 +39,8 @@ pub enum Event {
     Power(PowerEvent),
     /// A request that may change what the controller realizes passed (see [`changes`]).
     Changed,
+    /// This machine interrupted a spot instance.
+    Interrupt(Interruption),
 }
 
 /// Requests passed to moto since the controller started (all listeners).
@@ -46,6 +48,18 @@ pub static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 
 /// The path at which the proxy answers with its own counters.
 pub const STATS_PATH: &str = "/cgcloud-local/stats";
+/// The path at which this machine interrupts a spot instance (`cgcloud local interrupt`):
+/// a form body with `instance`, `action` (`terminate` or `stop`) and `notice` (seconds).
+pub const INTERRUPT_PATH: &str = "/cgcloud-local/interrupt";
+
+/// A spot interruption: the notice is in the instance's IMDS from now, and the controller
+/// carries out `action` at `at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interruption {
+    pub instance_id: String,
+    pub action: String,
+    pub at: std::time::SystemTime,
+}
 
 /// Which door a connection came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,26 +70,43 @@ pub enum Side {
     Guests,
 }
 
-/// Serves `listener`, forwarding each connection to moto on `upstream_port`; consoles are read
-/// from the hosts' directories under `dir`.
-pub async fn serve(
-    listener: TcpListener,
-    side: Side,
-    upstream_port: u16,
-    events: mpsc::UnboundedSender<Event>,
-    dir: PathBuf,
-) {
-    let dir = Arc::new(dir);
+/// A door of the proxy and what its connections need.
+#[derive(Clone)]
+pub struct Door {
+    pub side: Side,
+    /// moto's port on loopback.
+    pub upstream_port: u16,
+    pub events: mpsc::UnboundedSender<Event>,
+    /// The local cloud's directory (hosts' consoles).
+    pub dir: PathBuf,
+    /// The credentials IMDS issued, which the guests' door accepts.
+    pub imds: crate::imds::Shared,
+}
+
+/// Serves `listener` through `door`.
+pub async fn serve(listener: TcpListener, door: Door) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(GUEST_CONNECTIONS));
     loop {
-        let Ok((inbound, _)) = listener.accept().await else { continue };
-        let events = events.clone();
-        let dir = dir.clone();
+        let slot = match door.side {
+            Side::Guests => match slots.clone().acquire_owned().await {
+                Ok(s) => Some(s),
+                Err(_) => return,
+            },
+            Side::Workstation => None,
+        };
+        let Ok((inbound, _)) = listener.accept().await else {
+            // Out of file descriptors, say: wait instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let door = door.clone();
         tokio::spawn(async move {
-            match side {
-                Side::Guests => serve_guest(inbound, upstream_port, events, &dir).await,
+            let _slot = slot;
+            match door.side {
+                Side::Guests => serve_guest(inbound, &door).await,
                 Side::Workstation => {
-                    if let Ok(outbound) = TcpStream::connect(("127.0.0.1", upstream_port)).await {
-                        relay(inbound, outbound, events, &dir).await;
+                    if let Ok(outbound) = TcpStream::connect(("127.0.0.1", door.upstream_port)).await {
+                        relay(inbound, outbound, &door).await;
                     }
                 }
             }
@@ -86,17 +117,31 @@ pub async fn serve(
 /// The largest request head and body a guest may send (EC2's own limits are lower; user data
 /// is at most 16 KiB, a RunInstances well under 1 MiB).
 const GUEST_MAX_HEAD: usize = 64 * 1024;
-const GUEST_MAX_BODY: usize = 8 * 1024 * 1024;
+const GUEST_MAX_BODY: usize = 1024 * 1024;
+/// Guest connections served at once (all guests together), so that guests cannot make the
+/// controller hold unbounded memory; more wait to be accepted.
+const GUEST_CONNECTIONS: usize = 512;
 
 /// A request as the guests' door accepts it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct GuestRequest {
     pub method: String,
     pub target: String,
-    /// Header lines as sent, but the hop-by-hop ones and Content-Length.
+    /// Header lines as sent (names as sent; the signature check needs them all). The
+    /// hop-by-hop ones are dropped when the request is forwarded.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub close: bool,
+}
+
+impl GuestRequest {
+    /// The value of header `name` (case-insensitive); repeated headers joined with commas, as
+    /// SigV4 canonicalizes them.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> =
+            self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect();
+        (!values.is_empty()).then(|| values.join(","))
+    }
 }
 
 /// Why the guests' door refused a request.
@@ -104,20 +149,25 @@ pub struct GuestRequest {
 pub enum Refusal {
     /// Not well-formed HTTP/1.1 as AWS clients send it: the connection is closed.
     Malformed(&'static str),
-    /// Well-formed, but not the AWS API: answered with AWS's AccessDenied.
-    Forbidden(String),
+    /// Well-formed, but not the AWS API: answered with AWS's AccessDenied. The request's
+    /// length, to skip it.
+    Forbidden(String, usize),
 }
 
-/// Parses one request from the start of `data`: `Ok(None)` if more bytes are needed, else the
-/// request and its length.
-pub fn parse_guest_request(data: &[u8]) -> Result<Option<(GuestRequest, usize)>, Refusal> {
-    let Some(head_end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if data.len() > GUEST_MAX_HEAD { Err(Refusal::Malformed("request head too large")) } else { Ok(None) };
-    };
-    if head_end > GUEST_MAX_HEAD {
-        return Err(Refusal::Malformed("request head too large"));
-    }
-    let head = std::str::from_utf8(&data[..head_end]).map_err(|_| Refusal::Malformed("request head is not UTF-8"))?;
+/// A request head, parsed.
+#[derive(Debug)]
+pub struct Head {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    length: usize,
+    close: bool,
+    expect_continue: bool,
+}
+
+/// Parses a request head (the bytes before the blank line), strictly.
+pub fn parse_head(head: &[u8]) -> Result<Head, Refusal> {
+    let head = std::str::from_utf8(head).map_err(|_| Refusal::Malformed("request head is not UTF-8"))?;
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(' ');
@@ -131,9 +181,14 @@ pub fn parse_guest_request(data: &[u8]) -> Result<Option<(GuestRequest, usize)>,
     if !matches!(method, "GET" | "POST") {
         return Err(Refusal::Malformed("method other than GET or POST"));
     }
+    // Visible ASCII only: a control character here would be a header line to moto.
+    if !target.starts_with('/') || !target.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(Refusal::Malformed("bad request target"));
+    }
     let mut headers = Vec::new();
     let mut length: Option<usize> = None;
     let mut close = version == "HTTP/1.0";
+    let mut expect_continue = false;
     for line in lines {
         if line.starts_with([' ', '\t']) {
             return Err(Refusal::Malformed("folded header line"));
@@ -142,7 +197,7 @@ pub fn parse_guest_request(data: &[u8]) -> Result<Option<(GuestRequest, usize)>,
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(Refusal::Malformed("bad header name"));
         }
-        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
             return Err(Refusal::Malformed("bad header value"));
         }
         let value = value.trim();
@@ -158,30 +213,52 @@ pub fn parse_guest_request(data: &[u8]) -> Result<Option<(GuestRequest, usize)>,
             }
             "transfer-encoding" => return Err(Refusal::Malformed("Transfer-Encoding (send a Content-Length)")),
             "connection" => close |= value.eq_ignore_ascii_case("close"),
-            "keep-alive" | "proxy-connection" | "upgrade" | "te" | "trailer" => {}
-            _ => headers.push((name.to_owned(), value.to_owned())),
+            "expect" => expect_continue |= value.eq_ignore_ascii_case("100-continue"),
+            _ => {}
         }
+        headers.push((name.to_owned(), value.to_owned()));
     }
     let length = length.unwrap_or(0);
     if length > GUEST_MAX_BODY {
         return Err(Refusal::Malformed("request body too large"));
     }
-    let end = head_end + 4 + length;
+    Ok(Head { method: method.to_owned(), target: target.to_owned(), headers, length, close, expect_continue })
+}
+
+/// Parses one request from the start of `data`: `Ok(None)` if more bytes are needed, else the
+/// request and its length.
+pub fn parse_guest_request(data: &[u8]) -> Result<Option<(GuestRequest, usize)>, Refusal> {
+    let Some(head_end) = find_head_end(data, 0) else {
+        return if data.len() > GUEST_MAX_HEAD { Err(Refusal::Malformed("request head too large")) } else { Ok(None) };
+    };
+    let head = parse_head(&data[..head_end])?;
+    complete(head, data, head_end)
+}
+
+/// Where the head that starts `data` ends (the blank line), looking from `from` on.
+fn find_head_end(data: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    data.get(start..)?.windows(4).position(|w| w == b"\r\n\r\n").map(|p| start + p).filter(|e| *e <= GUEST_MAX_HEAD)
+}
+
+/// The request of `head` if its body is all in `data`.
+fn complete(head: Head, data: &[u8], head_end: usize) -> Result<Option<(GuestRequest, usize)>, Refusal> {
+    let end = head_end + 4 + head.length;
     if data.len() < end {
         return Ok(None);
     }
     // The AWS query and JSON protocols the boxes speak all POST (or GET) to `/`.
-    let path = target.split('?').next().unwrap_or_default();
-    let request = GuestRequest {
-        method: method.to_owned(),
-        target: target.to_owned(),
-        headers,
-        body: data[head_end + 4..end].to_vec(),
-        close,
-    };
+    let path = head.target.split('?').next().unwrap_or_default();
     if path != "/" {
-        return Err(Refusal::Forbidden(path.chars().take(200).collect()));
+        return Err(Refusal::Forbidden(path.chars().take(200).collect(), end));
     }
+    let request = GuestRequest {
+        method: head.method,
+        target: head.target,
+        headers: head.headers,
+        body: data[head_end + 4..end].to_vec(),
+        close: head.close,
+    };
     Ok(Some((request, end)))
 }
 
@@ -203,55 +280,97 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-/// One guest connection: a request at a time, each to moto on a fresh connection.
-async fn serve_guest(mut inbound: TcpStream, upstream_port: u16, events: mpsc::UnboundedSender<Event>, dir: &Path) {
+fn bad_request(why: &str) -> Vec<u8> {
+    let body = format!("{why}\n");
+    format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        .into_bytes()
+}
+
+/// One guest connection: a request at a time, each to moto on a fresh connection. The head is
+/// parsed once, when its blank line has arrived; the body is then only counted.
+async fn serve_guest(mut inbound: TcpStream, door: &Door) {
+    let (upstream_port, events, dir) = (door.upstream_port, &door.events, door.dir.as_path());
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    // (where the head ends, the head) once it has been parsed; how far the head was searched.
+    let mut parsed: Option<(usize, Head)> = None;
+    let mut searched = 0;
     loop {
-        let parsed = parse_guest_request(&pending);
-        let (req, len) = match parsed {
-            Ok(Some(r)) => r,
-            Ok(None) => match inbound.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    pending.extend_from_slice(&buf[..n]);
-                    continue;
-                }
-            },
-            Err(Refusal::Forbidden(path)) => {
-                let _ = inbound
-                    .write_all(&access_denied(&format!("{path}: not an AWS API of this cloud; boxes reach only /")))
-                    .await;
-                // The body's length was checked: skip the request and go on.
-                match forbidden_len(&pending) {
-                    Some(n) if n <= pending.len() => {
-                        pending.drain(..n);
-                        continue;
+        if parsed.is_none() {
+            match find_head_end(&pending, searched) {
+                Some(end) => match parse_head(&pending[..end]) {
+                    Ok(head) => {
+                        let waits = pending.len() < end + 4 + head.length;
+                        if head.expect_continue
+                            && waits
+                            && inbound.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+                        {
+                            return;
+                        }
+                        parsed = Some((end, head));
                     }
-                    _ => return,
+                    // A head alone is refused only as malformed.
+                    Err(e) => {
+                        let why = if let Refusal::Malformed(why) = e { why } else { "bad request" };
+                        let _ = inbound.write_all(&bad_request(why)).await;
+                        return;
+                    }
+                },
+                None if pending.len() > GUEST_MAX_HEAD => {
+                    let _ = inbound.write_all(&bad_request("request head too large")).await;
+                    return;
+                }
+                None => searched = pending.len(),
+            }
+        }
+        let ready = match parsed.take() {
+            Some((end, head)) => {
+                let needed = end + 4 + head.length;
+                if pending.len() < needed {
+                    parsed = Some((end, head));
+                    None
+                } else {
+                    Some(complete(head, &pending, end))
                 }
             }
+            None => None,
+        };
+        let Some(outcome) = ready else {
+            match inbound.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+            continue;
+        };
+        searched = 0;
+        let (req, len) = match outcome {
+            Ok(Some(r)) => r,
+            // `complete` is called only once the body is all there.
+            Ok(None) => return,
+            Err(Refusal::Forbidden(path, len)) => {
+                pending.drain(..len.min(pending.len()));
+                if inbound
+                    .write_all(&access_denied(&format!("{path}: not an AWS API of this cloud; boxes reach only /")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
             Err(Refusal::Malformed(why)) => {
-                let body = format!("{why}\n");
-                let _ = inbound
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
+                let _ = inbound.write_all(&bad_request(why)).await;
                 return;
             }
         };
         pending.drain(..len);
         REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for ev in power_events(&req.body) {
-            let _ = events.send(Event::Power(ev));
-        }
-        if changes(&req.body) {
-            let _ = events.send(Event::Changed);
+        if let Err(denied) = authenticate(&req, &door.imds, std::time::SystemTime::now()) {
+            crate::controller::log(format!("guest request refused: {}: {}", denied.code, denied.message));
+            if inbound.write_all(&denied.response()).await.is_err() || req.close {
+                return;
+            }
+            continue;
         }
         let answer = match console_request(&req.body).and_then(|id| console_response(dir, &id)) {
             Some(own) => own,
@@ -260,6 +379,17 @@ async fn serve_guest(mut inbound: TcpStream, upstream_port: u16, events: mpsc::U
                 None => return,
             },
         };
+        // Only what moto carried out: a refused or dry-run StopInstances naming a peer must not
+        // power it off. The client waits for this answer before its next request, so the
+        // controller still hears of a stop before the start that may follow it.
+        if answer.starts_with(b"HTTP/1.1 2") || answer.starts_with(b"HTTP/1.0 2") {
+            for ev in power_events(&req.body) {
+                let _ = events.send(Event::Power(ev));
+            }
+            if changes(&req.body) {
+                let _ = events.send(Event::Changed);
+            }
+        }
         // An answer without a length ends where the connection does.
         let (answer, delimited) = rewrite_connection(answer);
         if inbound.write_all(&answer).await.is_err() || req.close || !delimited {
@@ -268,16 +398,207 @@ async fn serve_guest(mut inbound: TcpStream, upstream_port: u16, events: mpsc::U
     }
 }
 
-/// The length of a request refused as Forbidden (it parsed as well-formed).
-fn forbidden_len(data: &[u8]) -> Option<usize> {
-    complete_request(data).map(|(len, _)| len)
+/// A request the guests' door refuses, with AWS's error code for it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Denied {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    /// EC2's error document, or the other query services'.
+    pub ec2: bool,
+}
+
+impl Denied {
+    fn response(&self) -> Vec<u8> {
+        let message = xml_escape(&self.message);
+        let body = if self.ec2 {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{message}</Message></Error></Errors><RequestID>cgcloud-local</RequestID></Response>",
+                self.code
+            )
+        } else {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ErrorResponse><Error><Type>Sender</Type><Code>{}</Code><Message>{message}</Message></Error><RequestId>cgcloud-local</RequestId></ErrorResponse>",
+                self.code
+            )
+        };
+        let reason = if self.status == 401 { "Unauthorized" } else { "Forbidden" };
+        format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+            self.status,
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// The most a request's signing time may differ from the proxy's clock, as AWS allows.
+const MAX_SKEW: u64 = 15 * 60;
+
+/// Checks a guest's request: signed (SigV4) with credentials IMDS issued, unexpired, with
+/// their session token, and the signature computed over exactly the headers the client says
+/// it signed. Returns the issued credentials' record.
+pub fn authenticate(
+    req: &GuestRequest,
+    imds: &crate::imds::Shared,
+    now: std::time::SystemTime,
+) -> Result<crate::imds::Issued, Denied> {
+    let auth = req.header("authorization").unwrap_or_default();
+    let service = auth.split("Credential=").nth(1).and_then(|c| c.split('/').nth(3)).unwrap_or_default().to_owned();
+    let ec2 = service == "ec2" || service.is_empty();
+    let deny = |status: u16, code_ec2: &'static str, code: &'static str, message: String| Denied {
+        status,
+        code: if ec2 { code_ec2 } else { code },
+        message,
+        ec2,
+    };
+    let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256 ") else {
+        return Err(deny(
+            401,
+            "AuthFailure",
+            "MissingAuthenticationToken",
+            "the request is not signed with AWS Signature Version 4; boxes sign with their instance profile's credentials from IMDS".into(),
+        ));
+    };
+    let field = |name: &str| {
+        rest.split(',')
+            .map(str::trim)
+            .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (credential, signed, signature) = (field("Credential"), field("SignedHeaders"), field("Signature"));
+    let scope: Vec<&str> = credential.split('/').collect();
+    let [key, date, _region, _service, "aws4_request"] = scope.as_slice() else {
+        return Err(deny(403, "AuthFailure", "IncompleteSignature", "the credential scope is malformed".into()));
+    };
+    let Some(issued) = imds.lock().ok().and_then(|r| r.credentials.get(*key).cloned()) else {
+        return Err(deny(
+            401,
+            "AuthFailure",
+            "InvalidClientTokenId",
+            format!("the security token included in the request is invalid ({key} was not issued to an instance of this cloud)"),
+        ));
+    };
+    let now_secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if issued.expires <= now_secs {
+        return Err(deny(
+            400,
+            "RequestExpired",
+            "ExpiredToken",
+            "the security token included in the request is expired".into(),
+        ));
+    }
+    // The token may travel in the query string too (presigned requests).
+    let query_token = req
+        .target
+        .split_once('?')
+        .map(|(_, q)| query_params(q.as_bytes()))
+        .and_then(|p| p.into_iter().find(|(k, _)| k == "X-Amz-Security-Token").map(|(_, v)| v));
+    let token = req.header("x-amz-security-token").or(query_token);
+    if token.as_deref() != Some(issued.session_token.as_str()) {
+        return Err(deny(
+            401,
+            "AuthFailure",
+            "InvalidClientTokenId",
+            "the session token does not belong to the access key".into(),
+        ));
+    }
+    let amz_date = req.header("x-amz-date").unwrap_or_default();
+    let signed_at = humantime::parse_rfc3339(&format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        amz_date.get(0..4).unwrap_or("x"),
+        amz_date.get(4..6).unwrap_or("x"),
+        amz_date.get(6..8).unwrap_or("x"),
+        amz_date.get(9..11).unwrap_or("x"),
+        amz_date.get(11..13).unwrap_or("x"),
+        amz_date.get(13..15).unwrap_or("x"),
+    ))
+    .ok()
+    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    .map(|d| d.as_secs());
+    match signed_at {
+        Some(t) if t.abs_diff(now_secs) <= MAX_SKEW && amz_date.starts_with(date) => {}
+        _ => {
+            return Err(deny(
+                403,
+                "RequestExpired",
+                "SignatureDoesNotMatch",
+                "the request's X-Amz-Date is missing, malformed, or more than 15 minutes from the server's time".into(),
+            ))
+        }
+    }
+    // The headers the client signed, in its order, canonicalized; host must be one of them.
+    let names: Vec<&str> = signed.split(';').filter(|n| !n.is_empty()).collect();
+    if !names.contains(&"host") {
+        return Err(deny(403, "AuthFailure", "SignatureDoesNotMatch", "the host header is not signed".into()));
+    }
+    let mut headers = Vec::with_capacity(names.len());
+    for name in &names {
+        let Some(v) = req.header(name) else {
+            return Err(deny(
+                403,
+                "AuthFailure",
+                "SignatureDoesNotMatch",
+                format!("signed header '{name}' is missing"),
+            ));
+        };
+        headers.push(((*name).to_owned(), v.split_whitespace().collect::<Vec<_>>().join(" ")));
+    }
+    let payload_hash = cgcloud_core::sigv4::payload_hash(&req.body);
+    if req.header("x-amz-content-sha256").is_some_and(|h| h != payload_hash) {
+        return Err(deny(
+            403,
+            "AuthFailure",
+            "SignatureDoesNotMatch",
+            "x-amz-content-sha256 is not the body's hash".into(),
+        ));
+    }
+    let (path, query) = req.target.split_once('?').unwrap_or((req.target.as_str(), ""));
+    let canonical = cgcloud_core::sigv4::Canonical {
+        method: &req.method,
+        path,
+        query: &canonical_query(query),
+        headers: &headers,
+        payload_hash: &payload_hash,
+    };
+    let want = cgcloud_core::sigv4::signature(&canonical, &issued.secret_access_key, &amz_date, &scope[1..].join("/"));
+    if !constant_time_eq(want.as_bytes(), signature.as_bytes()) {
+        return Err(deny(
+            403,
+            "AuthFailure",
+            "SignatureDoesNotMatch",
+            "the request signature we calculated does not match the signature you provided".into(),
+        ));
+    }
+    Ok(issued)
+}
+
+/// A query string in SigV4's canonical form: parameters sorted, each encoded once.
+fn canonical_query(query: &str) -> String {
+    let mut pairs: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("X-Amz-Signature="))
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (cgcloud_core::sigv4::uri_encode(&url_decode(k)), cgcloud_core::sigv4::uri_encode(&url_decode(v)))
+        })
+        .collect();
+    pairs.sort();
+    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Sends one request to moto on a connection of its own and returns moto's answer.
 async fn forward_one(req: &GuestRequest, upstream_port: u16) -> Option<Vec<u8>> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream_port)).await.ok()?;
     let mut out = format!("{} {} HTTP/1.1\r\n", req.method, req.target);
-    for (k, v) in &req.headers {
+    const HOP: &[&str] =
+        &["content-length", "connection", "keep-alive", "proxy-connection", "upgrade", "te", "trailer", "expect"];
+    for (k, v) in req.headers.iter().filter(|(k, _)| !HOP.contains(&k.to_ascii_lowercase().as_str())) {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
     out.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", req.body.len()));
@@ -304,7 +625,8 @@ fn rewrite_connection(answer: Vec<u8>) -> (Vec<u8>, bool) {
     (out, true)
 }
 
-async fn relay(inbound: TcpStream, outbound: TcpStream, events: mpsc::UnboundedSender<Event>, dir: &Path) {
+async fn relay(inbound: TcpStream, outbound: TcpStream, door: &Door) {
+    let (events, dir) = (door.events.clone(), door.dir.as_path());
     let (mut ci, co) = inbound.into_split();
     let (mut si, mut so) = outbound.into_split();
     // Both directions answer the client: moto's responses, and the proxy's own.
@@ -333,6 +655,8 @@ async fn relay(inbound: TcpStream, outbound: TcpStream, events: mpsc::UnboundedS
                 // own cannot overtake one of moto's.
                 let own = if pending.starts_with(format!("GET {STATS_PATH} ").as_bytes()) {
                     Some(stats_response())
+                } else if pending.starts_with(format!("POST {INTERRUPT_PATH} ").as_bytes()) {
+                    Some(interrupt_response(&body, door))
                 } else {
                     console_request(&body).and_then(|id| console_response(dir, &id))
                 };
@@ -434,8 +758,17 @@ pub fn console_request(body: &[u8]) -> Option<String> {
 /// EC2's answer to GetConsoleOutput for a host of the local cloud: the end of its console
 /// log, base64-encoded; None for an instance that never ran here (moto answers then).
 fn console_response(dir: &Path, id: &str) -> Option<Vec<u8>> {
-    let log = std::fs::read(dir.join("instances").join(id).join("console.log")).ok()?;
-    let tail = &log[log.len().saturating_sub(CONSOLE_MAX)..];
+    // Only the tail is read: a guest writes its console, and could make it large.
+    let tail = {
+        use std::io::{Read as _, Seek as _};
+        let mut f = std::fs::File::open(dir.join("instances").join(id).join("console.log")).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(std::io::SeekFrom::Start(len.saturating_sub(CONSOLE_MAX as u64))).ok()?;
+        let mut tail = Vec::with_capacity(CONSOLE_MAX);
+        f.take(CONSOLE_MAX as u64).read_to_end(&mut tail).ok()?;
+        tail
+    };
+    let tail = tail.as_slice();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<GetConsoleOutputResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
@@ -454,6 +787,37 @@ fn console_response(dir: &Path, id: &str) -> Option<Vec<u8>> {
 /// `secs` since the epoch as `YYYY-MM-DDThh:mm:ss.000Z` (UTC).
 fn rfc3339(secs: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+}
+
+/// Publishes a spot interruption notice (see [`INTERRUPT_PATH`]) and tells the controller.
+fn interrupt_response(body: &[u8], door: &Door) -> Vec<u8> {
+    let params = query_params(body);
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or_default();
+    let (id, action) = (get("instance"), get("action"));
+    let notice = get("notice").parse::<u64>().ok().filter(|n| *n <= 3600);
+    let valid_id = id
+        .strip_prefix("i-")
+        .is_some_and(|h| !h.is_empty() && h.len() <= 17 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let reply = |status: &str, body: String| {
+        format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .into_bytes()
+    };
+    let (true, "terminate" | "stop", Some(notice)) = (valid_id, action, notice) else {
+        return reply(
+            "400 Bad Request",
+            serde_json::json!({"error": "instance, action (terminate|stop) and notice (0-3600 s) are needed"})
+                .to_string(),
+        );
+    };
+    let at = std::time::SystemTime::now() + std::time::Duration::from_secs(notice);
+    let doc =
+        serde_json::json!({"action": action, "time": humantime::format_rfc3339_seconds(at).to_string()}).to_string();
+    if let Ok(mut r) = door.imds.lock() {
+        r.interruptions.insert(id.to_owned(), doc.clone());
+    }
+    let _ =
+        door.events.send(Event::Interrupt(Interruption { instance_id: id.to_owned(), action: action.to_owned(), at }));
+    reply("200 OK", doc)
 }
 
 /// The counters, as JSON over HTTP.
@@ -581,14 +945,29 @@ mod tests {
             (req.method.as_str(), req.target.as_str(), req.body.as_slice(), len),
             ("POST", "/", &b"Actio"[..], ok.len() - 1)
         );
-        assert_eq!(req.headers, vec![("Host".to_owned(), "10.199.0.1:5401".to_owned())]);
+        assert_eq!(req.header("host").as_deref(), Some("10.199.0.1:5401"));
+        assert_eq!(req.header("content-length").as_deref(), Some("5"), "kept for signature checks");
+        // A request target with a control character would be a header line to moto.
+        assert!(matches!(
+            parse_guest_request(b"POST /\tX-Injected:1 HTTP/1.1\r\n\r\n"),
+            Err(Refusal::Malformed("bad request target"))
+        ));
+        // A refused request's length is the one this parser found: the next one follows it.
+        let two = b"POST /moto-api/reset HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcPOST / HTTP/1.1\r\n\r\n";
+        match parse_guest_request(two) {
+            Err(Refusal::Forbidden(path, len)) => {
+                assert_eq!(path, "/moto-api/reset");
+                assert!(parse_guest_request(&two[len..]).unwrap().is_some());
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(parse_guest_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nAct").unwrap().is_none());
         assert!(parse_guest_request(b"GET /?Action=DescribeRegions HTTP/1.1\r\n\r\n").unwrap().is_some());
         for path in
             ["/moto-api/reset", "/moto-api/data.json", "/cgcloud-local/stats", "//moto-api/reset", "/bucket/key"]
         {
             let req = format!("POST {path} HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
-            assert!(matches!(parse_guest_request(req.as_bytes()), Err(Refusal::Forbidden(_))), "{path}");
+            assert!(matches!(parse_guest_request(req.as_bytes()), Err(Refusal::Forbidden(_, _))), "{path}");
         }
         for bad in [
             &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n"[..],
@@ -613,6 +992,75 @@ mod tests {
         let no_len = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nok".to_vec();
         assert_eq!(rewrite_connection(no_len.clone()), (no_len, false));
         assert!(String::from_utf8(access_denied("/moto-api/<x>")).unwrap().contains("&lt;x&gt;"));
+    }
+
+    fn signed(
+        issued_key: &str,
+        issued: &crate::imds::Issued,
+        body: &[u8],
+        when: u64,
+        token: Option<&str>,
+    ) -> GuestRequest {
+        let creds = cgcloud_core::sigv4::Credentials {
+            access_key_id: issued_key.to_owned(),
+            secret_access_key: issued.secret_access_key.clone(),
+            session_token: Some(token.unwrap_or(&issued.session_token).to_owned()),
+        };
+        let ct = "application/x-www-form-urlencoded; charset=utf-8";
+        let h = cgcloud_core::sigv4::sign(
+            "POST",
+            "/",
+            "",
+            &[("host", "10.199.0.1:5401"), ("content-type", ct)],
+            body,
+            "us-west-2",
+            "ec2",
+            &creds,
+            &cgcloud_core::sigv4::amz_date(when),
+        );
+        let mut headers =
+            vec![("Host".to_owned(), "10.199.0.1:5401".to_owned()), ("Content-Type".to_owned(), ct.to_owned())];
+        headers.extend(h);
+        GuestRequest { method: "POST".into(), target: "/".into(), headers, body: body.to_vec(), close: false }
+    }
+
+    #[test]
+    fn guests_must_sign_with_credentials_imds_issued() {
+        let dir = tempfile::tempdir().unwrap();
+        let imds = crate::imds::Shared::default();
+        let (key, issued) = {
+            let mut r = imds.lock().unwrap();
+            crate::imds::credentials_for(&mut r, dir.path(), "i-1", "box", "arn:aws:iam::123456789012:role/box")
+                .unwrap()
+        };
+        let now = std::time::SystemTime::now();
+        let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let body = b"Action=DescribeInstances&Version=2016-11-15";
+        let ok = signed(&key, &issued, body, secs, None);
+        assert_eq!(authenticate(&ok, &imds, now).unwrap().instance_id, "i-1");
+        // Each way of getting it wrong, with AWS's code.
+        let mut tampered = signed(&key, &issued, body, secs, None);
+        tampered.body = b"Action=TerminateInstances&Version=2016-11-15&InstanceId.1=i-2".to_vec();
+        assert_eq!(authenticate(&tampered, &imds, now).unwrap_err().code, "AuthFailure");
+        let wrong_token = signed(&key, &issued, body, secs, Some("not-the-token"));
+        assert_eq!(authenticate(&wrong_token, &imds, now).unwrap_err().code, "AuthFailure");
+        let unknown = signed("ASIAUNKNOWN", &issued, body, secs, None);
+        assert!(authenticate(&unknown, &imds, now).unwrap_err().message.contains("not issued"));
+        let stale = signed(&key, &issued, body, secs - 3600, None);
+        assert_eq!(authenticate(&stale, &imds, now).unwrap_err().code, "RequestExpired");
+        let unsigned = GuestRequest { headers: Vec::new(), ..signed(&key, &issued, body, secs, None) };
+        assert_eq!(authenticate(&unsigned, &imds, now).unwrap_err().status, 401);
+        // The local cloud's own key, known to all, is not accepted from a guest.
+        let admin = crate::imds::Issued { secret_access_key: crate::SECRET_KEY.into(), ..issued.clone() };
+        assert!(authenticate(&signed(crate::ACCESS_KEY, &admin, body, secs, None), &imds, now).is_err());
+        // Expired credentials.
+        imds.lock().unwrap().credentials.get_mut(&key).unwrap().expires = secs - 1;
+        assert_eq!(authenticate(&ok, &imds, now).unwrap_err().code, "RequestExpired");
+        // Other services answer with their own codes and error document.
+        let d = Denied { status: 403, code: "SignatureDoesNotMatch", message: "<x>".into(), ec2: false };
+        let text = String::from_utf8(d.response()).unwrap();
+        assert!(text.contains("<ErrorResponse>") && text.contains("&lt;x&gt;") && text.starts_with("HTTP/1.1 403"));
+        assert_eq!(canonical_query("b=2&a=1%2F"), "a=1%2F&b=2");
     }
 
     /// What a guest can send the controller's API front door must never panic it.

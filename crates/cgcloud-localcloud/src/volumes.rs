@@ -52,6 +52,9 @@ pub enum Attached {
     /// The host's init has not started: the device is made once it has (a node made while
     /// systemd-nspawn still sets up the guest's /dev would not be the one the guest sees).
     NotYet,
+    /// The guest's /dev did not answer in time (the guest mounted something slow there): the
+    /// thread that tried may stay blocked, so the host is not tried again.
+    Unanswered,
 }
 
 /// How long the controller waits for the guest's filesystem: a guest could mount something
@@ -64,6 +67,7 @@ const GUEST_FS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// volume does not back.
 pub async fn attach(
     dir: &Path,
+    instance_id: &str,
     volume_id: &str,
     size_gb: i32,
     nspawn_pid: u32,
@@ -97,6 +101,8 @@ pub async fn attach(
     };
     let target = guest_device(device);
     let node = target.trim_start_matches("/dev/").to_owned();
+    // The host may open this one device; the node follows.
+    crate::host::allow_block_device(instance_id, &format!("{major}:{minor}"), true)?;
     in_guest_dev(nspawn_pid, &target, move |d| crate::guestfs::make_block_device(d, &node, major, minor)).await
 }
 
@@ -126,10 +132,13 @@ async fn in_guest_dev(
         Ok(Ok(Ok(a))) => Ok(a),
         Ok(Ok(Err(e))) => Err(Error::io(Path::new(what), e)),
         Ok(Err(e)) => Err(Error::Controller(format!("{what}: {e}"))),
-        Err(_) => {
-            Err(Error::Controller(format!("{what}: the guest's /dev did not answer within {GUEST_FS_TIMEOUT:?}")))
-        }
+        Err(_) => Ok(Attached::Unanswered),
     }
+}
+
+/// `major:minor` of the loop device backing a volume, if set up.
+pub async fn loop_numbers(dir: &Path, volume_id: &str) -> Option<String> {
+    crate::host::device_numbers(&loop_of(&img(dir, volume_id)).await?)
 }
 
 /// Releases the loop device of a volume that is no longer attached.
@@ -243,7 +252,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("pwned");
         let device = format!("/dev/sdf; touch {}", marker.display());
-        let err = super::attach(dir.path(), "vol-0123456789abcdef0", 1, 1, &device).await.unwrap_err();
+        let err = super::attach(dir.path(), "i-0abc", "vol-0123456789abcdef0", 1, 1, &device).await.unwrap_err();
         assert!(err.to_string().contains("not an EC2 device name"), "{err}");
         assert!(!marker.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "attach created files before refusing");

@@ -398,6 +398,9 @@ pub enum LocalCommand {
     Down(LocalDirArgs),
     /// Show the local cloud's processes and hosts
     Status(LocalDirArgs),
+    /// Interrupt a spot instance as EC2 does: the notice appears in its instance metadata
+    /// (spot/instance-action), and when it runs out the instance is stopped or terminated
+    Interrupt(LocalInterruptArgs),
     /// Run the controller in the foreground (started by `up`)
     #[command(hide = true)]
     Controller(LocalDirArgs),
@@ -411,11 +414,26 @@ pub struct LocalDirArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LocalInterruptArgs {
+    #[command(flatten)]
+    pub dir: LocalDirArgs,
+    /// The spot instance to interrupt
+    pub instance_id: String,
+    /// How long the notice runs before the action (EC2 gives two minutes), e.g. 30s, 2m
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub notice: std::time::Duration,
+    /// What happens when the notice runs out
+    #[arg(long, default_value = "terminate", value_parser = ["terminate", "stop"])]
+    pub action: String,
+}
+
+#[derive(Debug, Args)]
 pub struct LocalUpArgs {
     #[command(flatten)]
     pub dir: LocalDirArgs,
-    /// Port of the emulated AWS endpoint on 127.0.0.1 and the bridge (moto listens on the next)
-    #[arg(long, default_value_t = cgcloud_localcloud::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..=65534))]
+    /// Port of the emulated AWS endpoint on 127.0.0.1 and the bridge (moto listens on the next,
+    /// the instance metadata service on the one after)
+    #[arg(long, default_value_t = cgcloud_localcloud::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..=65533))]
     pub port: u16,
 }
 

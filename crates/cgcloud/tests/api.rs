@@ -383,8 +383,9 @@ fn bad_inputs_get_one_line_causes_and_hints() {
     assert!(err.contains("no box of role 'generic-debian-bookworm-box' in namespace '/moto/'"), "{err}");
     let err = e.fails(&["create-cluster", "generic", "-s", "4000000000"]);
     assert!(err.contains("4000000000 is not in 0..=5000"), "{err}");
-    let err = e.fails(&["local", "up", "--port", "65535"]);
-    assert!(err.contains("65535 is not in 1..=65534"), "{err}");
+    // The API's port, moto's above it, and the instance metadata service's above that.
+    let err = e.fails(&["local", "up", "--port", "65534"]);
+    assert!(err.contains("65534 is not in 1..=65533"), "{err}");
     let long = "/a-rather-long-team-namespace/for-deployments/";
     let err = e.fails(&["-n", long, "create", DEBIAN, "-Q"]);
     assert!(err.contains("AWS allows 64") && err.contains("shorter namespace"), "{err}");

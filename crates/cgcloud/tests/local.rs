@@ -37,8 +37,14 @@ fn footprint() -> (Vec<String>, Vec<String>, bool, bool) {
         .filter(|m| m.starts_with(&dir))
         .collect();
     let bridge = Command::new("ip").args(["link", "show", "cgc0"]).stderr(Stdio::null()).status().unwrap().success();
-    let nat = String::from_utf8_lossy(&Command::new("iptables").args(["-t", "nat", "-S"]).output().unwrap().stdout)
-        .contains("cgcloud-local");
+    // Any of the local cloud's firewall rules or chains: NAT, the guests' chains, the per-veth
+    // source pins.
+    let listing = |cmd: &str, args: &[&str]| {
+        String::from_utf8_lossy(&Command::new(cmd).args(args).output().unwrap().stdout).into_owned()
+    };
+    let nat = listing("iptables", &["-t", "nat", "-S"]).contains("cgcloud-local")
+        || listing("iptables", &["-S"]).contains("CGCLOUD-GUEST")
+        || listing("ebtables", &["-L"]).contains("cgv");
     (netns, mounts, bridge, nat)
 }
 
@@ -302,12 +308,8 @@ fn guest_requests_cannot_reach_the_machine() {
     let region = &zone[..zone.len() - 1];
     let marker = format!("/tmp/cgcloud-pwned-{}", std::process::id());
     let _ = std::fs::remove_file(&marker);
-    // From the guest, as any local user, with made-up credentials (moto checks no signatures).
-    let ec2 = |params: &str| {
-        format!(
-            "curl -s -m 10 http://10.199.0.1:5401/ -H 'Authorization: AWS4-HMAC-SHA256 Credential=guest/20261129/{region}/ec2/aws4_request, SignedHeaders=host, Signature=00' --data 'Version=2016-11-15&{params}'"
-        )
-    };
+    // From the guest, as any local user, with the instance's own credentials from IMDS.
+    let ec2 = |params: &str| format!("bash -c {}", shell_quote(&signed_ec2(region, params)));
     let created = u.ok(&["ssh", DEBIAN, "--", &ec2(&format!("Action=CreateVolume&Size=1&AvailabilityZone={zone}"))]);
     let vol = created.split("<volumeId>").nth(1).and_then(|r| r.split('<').next()).unwrap().to_owned();
     assert!(vol.starts_with("vol-"), "{created}");
@@ -354,6 +356,25 @@ fn as_root(u: &User, id: &str, script: &str) -> String {
     u.ok(&["ssh", DEBIAN, "-I", id, "--", &format!("sudo bash -c {}", shell_quote(script))])
 }
 
+/// Whether the API's port on the bridge answers a box.
+fn probe_api(u: &User, id: &str) -> String {
+    as_root(u, id, "timeout 5 bash -c 'echo > /dev/tcp/10.199.0.1/5401' 2>/dev/null && echo open || echo closed")
+}
+
+/// A shell command that calls the local cloud's EC2 API from inside a box as its software
+/// does on EC2: credentials of the instance profile from IMDS (v2), the request signed with
+/// SigV4 (by curl's own signer). `params` is the form body after `Version`.
+fn signed_ec2(region: &str, params: &str) -> String {
+    format!(
+        r#"set -e; m=http://169.254.169.254/latest
+t=$(curl -sf -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' $m/api/token)
+r=$(curl -sf -m 5 -H "X-aws-ec2-metadata-token: $t" $m/meta-data/iam/security-credentials/)
+c=$(curl -sf -m 5 -H "X-aws-ec2-metadata-token: $t" $m/meta-data/iam/security-credentials/$r)
+f() {{ printf '%s' "$c" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }}
+curl -s -m 10 --aws-sigv4 'aws:amz:{region}:ec2' -u "$(f AccessKeyId):$(f SecretAccessKey)" -H "x-amz-security-token: $(f Token)" http://10.199.0.1:5401/ --data 'Version=2016-11-15&{params}'"#
+    )
+}
+
 /// The local cloud is a sandbox: a guest's root tries, through the API and the network, what
 /// once let it act as the cloud's administrator or as the machine's root, and fails each time.
 /// Against the code before the local cloud was sealed, every step below succeeded: the
@@ -367,11 +388,37 @@ fn guests_cannot_escape_the_local_cloud() {
     let a_id = a["instance_id"].as_str().unwrap().to_owned();
     let zone = a["zone"].as_str().unwrap().to_owned();
     let region = &zone[..zone.len() - 1];
-    let api = |params: &str| {
-        format!(
-            "curl -s -m 10 http://10.199.0.1:5401/ -H 'Authorization: AWS4-HMAC-SHA256 Credential=guest/20261129/{region}/ec2/aws4_request, SignedHeaders=host, Signature=00' --data 'Version=2016-11-15&{params}'"
-        )
-    };
+    let api = |params: &str| signed_ec2(region, params);
+
+    // The box's agent has no key of the machine's: it signs with its instance profile's
+    // credentials from IMDS, as on EC2.
+    let config = as_root(&u, &a_id, "cat /etc/cgcloud/agent.json");
+    assert!(!config.contains("localcloud"), "the machine's key is in the box: {config}");
+    // Requests not signed with credentials IMDS issued are refused with AWS's codes: made up,
+    // or signed with the local cloud's own (well-known) key.
+    let made_up = as_root(
+        &u,
+        &a_id,
+        &format!("curl -s -m 10 http://10.199.0.1:5401/ -H 'Authorization: AWS4-HMAC-SHA256 Credential=guest/20261129/{region}/ec2/aws4_request, SignedHeaders=host, Signature=00' --data 'Version=2016-11-15&Action=DescribeInstances'"),
+    );
+    assert!(made_up.contains("<Code>AuthFailure</Code>"), "{made_up}");
+    let admin = as_root(
+        &u,
+        &a_id,
+        &format!("curl -s -m 10 --aws-sigv4 'aws:amz:{region}:ec2' -u localcloud:localcloud http://10.199.0.1:5401/ --data 'Version=2016-11-15&Action=DescribeInstances'"),
+    );
+    assert!(admin.contains("<Code>AuthFailure</Code>"), "{admin}");
+    let own = as_root(&u, &a_id, &api("Action=DescribeInstances"));
+    assert!(own.contains(&a_id), "a request signed with the instance's own credentials failed: {own}");
+    // IMDS tells the box who it is, and refuses a token request that came through a proxy.
+    let imds = as_root(
+        &u,
+        &a_id,
+        "t=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 30' http://169.254.169.254/latest/api/token); \
+         for p in instance-id placement/availability-zone local-ipv4; do curl -sf -H \"X-aws-ec2-metadata-token: $t\" http://169.254.169.254/latest/meta-data/$p; echo; done; \
+         curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'X-Forwarded-For: 1.2.3.4' -H 'X-aws-ec2-metadata-token-ttl-seconds: 30' http://169.254.169.254/latest/api/token",
+    );
+    assert_eq!(imds, format!("{a_id}\n{zone}\n{}\n403", a["private_ip"].as_str().unwrap()));
 
     // moto's control surface is not reachable from a guest: no reset (which would make the
     // controller delete every host's disk), no dump of every instance's user data.
@@ -415,6 +462,94 @@ fn guests_cannot_escape_the_local_cloud() {
     }
     as_root(&u, &a_id, "for p in rm mknod chmod; do f=$(command -v $p); mv -f $f.real $f; done");
 
+    // The guest's root has CAP_MKNOD and CAP_SYS_ADMIN: a node of the machine's own disk would
+    // let it mount that disk. The host may open only its own devices.
+    let disk = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| !n.starts_with("loop") && !n.starts_with("ram") && !n.starts_with("dm-"))
+        .expect("a disk of this machine");
+    let numbers = std::fs::read_to_string(format!("/sys/block/{disk}/dev")).unwrap().trim().replace(':', " ");
+    let opened = as_root(
+        &u,
+        &a_id,
+        &format!("mknod /root/disk b {numbers} 2>/dev/null; head -c 512 /root/disk 2>/dev/null | wc -c"),
+    );
+    assert_eq!(opened.trim(), "0", "the guest read the machine's disk {disk} ({numbers})");
+    // A link kept to a detached volume's node opens nothing: the loop device will back others.
+    as_root(&u, &a_id, "ln /dev/xvdg /dev/kept");
+    // (moto needs the instance named; EC2 does not.)
+    let detached = as_root(&u, &a_id, &api(&format!("Action=DetachVolume&VolumeId={vol}&InstanceId={a_id}")));
+    assert!(detached.contains("detaching") || detached.contains("detached"), "{detached}");
+    let gone = as_root(
+        &u,
+        &a_id,
+        "for i in $(seq 60); do [ -e /dev/xvdg ] || break; sleep 0.5; done; \
+         [ -e /dev/xvdg ] && echo present; head -c 512 /dev/kept 2>/dev/null | wc -c",
+    );
+    assert_eq!(gone.trim(), "0", "the detached volume is still readable through a kept link: {gone}");
+
+    // A no-reboot image of a running guest is taken with the guest frozen (it cannot swap what
+    // is being copied); the guest runs on afterwards.
+    let image =
+        as_root(&u, &a_id, &api(&format!("Action=CreateImage&InstanceId={a_id}&Name=frozen-{a_id}&NoReboot=true")));
+    let ami = image
+        .split("<imageId>")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_else(|| panic!("{image}"))
+        .to_owned();
+    let log_path = local_dir().join("logs/controller.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log_path).unwrap().contains(&format!("image {ami}: layer from {a_id}")) {
+        assert!(std::time::Instant::now() < deadline, "no layer was made of the running guest");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(as_root(&u, &a_id, "echo thawed").trim(), "thawed");
+
+    // A guest that makes a subnet holding the gateway's address and launches an instance at
+    // it (it would then receive its peers' traffic) gets that instance refused.
+    let subnets =
+        as_root(&u, &a_id, &api("Action=DescribeSubnets&Filter.1.Name=cidr-block&Filter.1.Value.1=10.199.1.0/24"));
+    let vpc = subnets.split("<vpcId>").nth(1).and_then(|r| r.split('<').next()).unwrap().to_owned();
+    let subnet = as_root(&u, &a_id, &api(&format!("Action=CreateSubnet&VpcId={vpc}&CidrBlock=10.199.0.0/24")));
+    let subnet = subnet
+        .split("<subnetId>")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_else(|| panic!("{subnet}"))
+        .to_owned();
+    let launched = as_root(
+        &u,
+        &a_id,
+        &api(&format!(
+            "Action=RunInstances&ImageId={}&MinCount=1&MaxCount=1&InstanceType=t3.micro&SubnetId={subnet}&PrivateIpAddress=10.199.0.1",
+            a["image_id"].as_str().unwrap()
+        )),
+    );
+    let rogue = launched
+        .split("<instanceId>")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_else(|| panic!("{launched}"))
+        .to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let refused = loop {
+        let t = boto3(&format!(
+            "i = client('ec2').describe_instances(InstanceIds=['{rogue}'])['Reservations'][0]['Instances'][0]\n\
+             print(i['State']['Name'], [t['Value'] for t in i.get('Tags', []) if t['Key'] == 'cgcloud:failure'])"
+        ));
+        if t.starts_with("terminated") {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "the instance at the gateway's address was not refused: {t}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(refused.contains("addresses of its subnets"), "{refused}");
+    assert!(!local_dir().join("instances").join(&rogue).exists(), "a host was made for {rogue}");
+    assert_eq!(probe_api(&u, &a_id).trim(), "open", "the gateway no longer answers");
+
     // The network: guests reach the machine only at DNS, the API and the listed ports.
     let probe = |id: &str, port: u16| {
         as_root(
@@ -441,6 +576,13 @@ fn guests_cannot_escape_the_local_cloud() {
     // guest saw before the volume backed it would have size 0.
     let persistent = u.ok(&["ssh", DEBIAN, "-I", &b_id, "--", "findmnt -n -o SIZE /mnt/persistent"]);
     assert!(persistent.trim().ends_with('M') || persistent.trim().ends_with('G'), "{persistent}");
+    // A StopInstances naming a peer that moto does not carry out (a dry run) powers nothing off.
+    let boot_id = || as_root(&u, &b_id, "cat /proc/sys/kernel/random/boot_id");
+    let before = boot_id();
+    let dry = as_root(&u, &a_id, &api(&format!("Action=StopInstances&InstanceId.1={b_id}&DryRun=true")));
+    assert!(dry.contains("DryRunOperation"), "{dry}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(boot_id(), before, "a dry-run StopInstances powered the peer off");
     as_root(
         &u,
         &b_id,
@@ -1393,7 +1535,42 @@ fn toil_end_to_end() {
     for line in before.lines() {
         assert!(after.contains(line), "{line} changed:\nbefore:\n{before}\nafter:\n{after}");
     }
-    u.ok(&["terminate", "toil-worker", "-c", "t1", "-I", &spot_id]);
+    // EC2 interrupts the spot worker mid-job: its two-minute notice (here 20 s) appears in the
+    // worker's IMDS, the agent's spot watcher runs the role's hook (Slurm drains the node: no
+    // new job starts there), and when the notice runs out the instance is terminated.
+    let notice = u.json(&["local", "interrupt", &spot_id, "--notice", "20s"]);
+    assert_eq!(notice["action"], "terminate", "{notice}");
+    let imds = u.ok(&[
+        "ssh",
+        "toil-worker",
+        "-c",
+        "t1",
+        "-I",
+        &spot_id,
+        "--",
+        "t=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 30' http://169.254.169.254/latest/api/token); \
+         curl -sf -H \"X-aws-ec2-metadata-token: $t\" http://169.254.169.254/latest/meta-data/spot/instance-action",
+    ]);
+    assert_eq!(serde_json::from_str::<Value>(&imds).unwrap(), notice, "{imds}");
+    let drained = format!(
+        "for i in $(seq 40); do sinfo -h -n {spot_host} -o '%t %E' | grep -q 'spot interruption' && exit 0; sleep 0.5; done; sinfo -N; exit 1"
+    );
+    u.ok(&["ssh", "toil-leader", "-c", "t1", "--", &drained]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let state = || {
+        boto3(&format!(
+            "print(client('ec2').describe_instances(InstanceIds=['{spot_id}'])['Reservations'][0]['Instances'][0]['State']['Name'])"
+        ))
+    };
+    while state().trim() != "terminated" {
+        assert!(std::time::Instant::now() < deadline, "the interrupted worker was not terminated");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    // Only a spot instance can be interrupted.
+    let on_demand =
+        workers.as_array().unwrap().iter().find(|b| b["spot"] == false).unwrap()["instance_id"].as_str().unwrap();
+    let err = u.run(&["local", "interrupt", on_demand]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("on-demand"), "{}", String::from_utf8_lossy(&err.stderr));
     let finished = "for i in $(seq 600); do test -s /shared/run-2.status && break; sleep 1; done; cat /shared/run-2.status; tail -5 /shared/run-2.log";
     let status = u.ok(&["ssh", "toil-leader", "-c", "t1", "--", finished]);
     assert!(status.starts_with("0\n"), "the workflow failed after losing a worker:\n{status}");

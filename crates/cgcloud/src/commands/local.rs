@@ -1,5 +1,5 @@
-//! `cgcloud local up|down|status`: the local cloud, and the `local` profile that points
-//! cgcloud at it.
+//! `cgcloud local up|down|status|interrupt`: the local cloud, the `local` profile that points
+//! cgcloud at it, and spot interruptions on demand.
 
 use crate::cli::{LocalCommand, LocalDirArgs};
 use crate::context::Ctx;
@@ -58,6 +58,19 @@ pub async fn run(ctx: &Ctx, c: LocalCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LocalCommand::Status(a) => status(ctx, &cloud(&a)).await,
+        LocalCommand::Interrupt(a) => {
+            let lc = cloud(&a.dir);
+            let notice = lc.interrupt(&a.instance_id, a.notice, &a.action).await?;
+            ctx.out.record(&notice, || {
+                format!(
+                    "{}: spot interruption notice published; {} at {}",
+                    a.instance_id,
+                    notice["action"].as_str().unwrap_or_default(),
+                    notice["time"].as_str().unwrap_or_default()
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
         LocalCommand::Controller(a) => {
             cgcloud_localcloud::controller::run(cloud(&a).dir).await?;
             Ok(ExitCode::SUCCESS)
@@ -76,10 +89,9 @@ fn write_profile(ep: &Endpoint, path: &std::path::Path) -> Result<()> {
         aws_access_key_id: Some(ep.access_key_id.clone()),
         aws_secret_access_key: Some(ep.secret_access_key.clone()),
         ssh_address: Some("private".to_owned()),
-        // Boxes reach the emulated API at the bridge, with the local cloud's dummy keys.
+        // Boxes reach the emulated API at the bridge, with their instance profile's
+        // credentials from the local cloud's IMDS, as on EC2: the machine's key stays here.
         agent_endpoint: Some(ep.agent_endpoint.clone()),
-        agent_access_key_id: Some(ep.access_key_id.clone()),
-        agent_secret_access_key: Some(ep.secret_access_key.clone()),
         ..Default::default()
     };
     ConfigFile::set_profile(path, PROFILE, &profile, true)
