@@ -27,6 +27,9 @@
 //! - `fanout [N]`: on the local cloud, `ssh-cluster --parallel -- true` over N workers (default
 //!   16) and the leader against as many plain `ssh` processes at once, cold and warm (targets:
 //!   1.05 and 1.1).
+//! - `imds [N]`: on the local cloud, the time a box takes to get its credentials from IMDS
+//!   (inside the box), and what the guests' door (signature checked) adds to a request, p50 and
+//!   p99 over N rounds (default 200).
 //! - `faults [RUNS]`: against moto behind `testkit::fault`, RUNS (default 200) create-cluster
 //!   runs with random faults, a third killed at a random moment, each followed by the default
 //!   `cgcloud cleanup`: faults injected, outcomes, and what is left of each kind (goal: 0); then
@@ -34,6 +37,7 @@
 
 mod fanout;
 mod faults;
+mod imds;
 
 use anyhow::{bail, Context as _, Result};
 use cgcloud_aws::ec2::LaunchSpec;
@@ -41,7 +45,7 @@ use cgcloud_core::tags::Tags;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -297,6 +301,9 @@ async fn main() -> Result<()> {
             fanout::fanout(rest.first().map(|s| s.parse()).transpose().context("N must be a number")?.unwrap_or(16))
         }
         ["bench", "idle", rest @ ..] => idle(&counts(rest, &[])?.into_iter().map(|n| n as i32).collect::<Vec<_>>()).await,
+        ["bench", "imds", rest @ ..] => {
+            imds::imds(rest.first().map(|s| s.parse()).transpose().context("N must be a number")?.unwrap_or(200)).await
+        }
         ["bench", "faults", rest @ ..] => {
             let runs = rest.first().map(|s| s.parse()).transpose().context("RUNS must be a number")?.unwrap_or(200);
             faults::faults(runs, &cgcloud_exe()?)
@@ -305,7 +312,7 @@ async fn main() -> Result<()> {
         ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?).await,
         ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?).await,
         ["bench", "toil-boot", rest @ ..] => toil_boot(&counts(rest, &[1, 4, 8])?).await,
-        _ => bail!("usage: cargo run -p xtask -- man [DIR] | bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...] | toil-boot [N...] | idle [HISTORY...] | fanout [N] | faults [RUNS]"),
+        _ => bail!("usage: cargo run -p xtask -- man [DIR] | bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...] | toil-boot [N...] | idle [HISTORY...] | fanout [N] | faults [RUNS] | imds [N]"),
     }
 }
 
@@ -374,6 +381,29 @@ impl Drop for LocalSession {
     }
 }
 
+/// A benchmark's own user of the local cloud: a HOME of its own with an SSH key registered in
+/// the cloud, which is brought up if it was not (and then taken down again at the end).
+pub(crate) struct BenchUser {
+    // Declared first, so dropped first: taking the cloud down uses this user's HOME.
+    _cloud: LocalSession,
+    home: tempfile::TempDir,
+}
+
+impl BenchUser {
+    pub(crate) fn new() -> Result<BenchUser> {
+        let home = tempfile::tempdir()?;
+        let h = home.path();
+        keygen(&h.join("id_ed25519"))?;
+        let cloud = LocalSession::up(h)?;
+        cgcloud(h, &["-q", "register-key", "--force", &h.join("id_ed25519.pub").display().to_string()])?;
+        Ok(BenchUser { _cloud: cloud, home })
+    }
+
+    pub(crate) fn home(&self) -> PathBuf {
+        self.home.path().to_path_buf()
+    }
+}
+
 /// The id of the role's newest image.
 pub(crate) fn newest_image(home: &Path, role: &str) -> Result<String> {
     let images: serde_json::Value =
@@ -428,11 +458,8 @@ fn login(home: &Path, key: &Path, ip: &str, id: &str) -> bool {
 }
 
 async fn key_sync(n_boxes: usize, n_regs: usize) -> Result<()> {
-    let home = tempfile::tempdir()?;
-    let h = home.path().to_path_buf();
-    keygen(&h.join("id_ed25519"))?;
-    let _cloud = LocalSession::up(&h)?;
-    cgcloud(&h, &["-q", "register-key", "--force", &h.join("id_ed25519.pub").display().to_string()])?;
+    let user = BenchUser::new()?;
+    let h = user.home();
     let role = "generic-debian-bookworm-box";
     let mut boxes = Vec::new();
     eprintln!("creating {n_boxes} boxes, 4 at a time ...");
@@ -696,11 +723,8 @@ fn print_node_cpu(breakdown: &[(u32, std::collections::BTreeMap<String, f64>)]) 
 }
 
 async fn cluster_boot(ns: &[u32]) -> Result<()> {
-    let home = tempfile::tempdir()?;
-    let h = home.path().to_path_buf();
-    keygen(&h.join("id_ed25519"))?;
-    let _cloud = LocalSession::up(&h)?;
-    cgcloud(&h, &["-q", "register-key", "--force", &h.join("id_ed25519.pub").display().to_string()])?;
+    let user = BenchUser::new()?;
+    let h = user.home();
     cgcloud(&h, &["-q", "create", "-I", "-T", "generic-cluster-box"])?;
     let image = newest_image(&h, "generic-cluster-box")?;
     // The baking box's shutdown must not overlap the first measurement.
@@ -753,11 +777,8 @@ async fn cluster_boot(ns: &[u32]) -> Result<()> {
 }
 
 async fn spark_boot(ns: &[u32]) -> Result<()> {
-    let home = tempfile::tempdir()?;
-    let h = home.path().to_path_buf();
-    keygen(&h.join("id_ed25519"))?;
-    let _cloud = LocalSession::up(&h)?;
-    cgcloud(&h, &["-q", "register-key", "--force", &h.join("id_ed25519.pub").display().to_string()])?;
+    let user = BenchUser::new()?;
+    let h = user.home();
     eprintln!("baking spark-box (Spark from PyPI) ...");
     cgcloud(&h, &["-q", "create", "-I", "-T", "spark-box", "-O", "spark_source=pypi", "-O", "hdfs=false"])?;
     let image = newest_image(&h, "spark-box")?;
@@ -833,11 +854,8 @@ fn toil_sinfo_idle(h: &Path, cluster: &str) -> usize {
 }
 
 async fn toil_boot(ns: &[u32]) -> Result<()> {
-    let home = tempfile::tempdir()?;
-    let h = home.path().to_path_buf();
-    keygen(&h.join("id_ed25519"))?;
-    let _cloud = LocalSession::up(&h)?;
-    cgcloud(&h, &["-q", "register-key", "--force", &h.join("id_ed25519.pub").display().to_string()])?;
+    let user = BenchUser::new()?;
+    let h = user.home();
     eprintln!("baking toil-box ...");
     cgcloud(&h, &["-q", "create", "-I", "-T", "toil-box"])?;
     let image = newest_image(&h, "toil-box")?;

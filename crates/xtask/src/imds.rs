@@ -1,0 +1,141 @@
+//! `bench imds [N]`: what the sealed local cloud costs a box. On a box created with the agent:
+//! N times (default 200) the credentials an agent fetches from IMDS (token, role, credentials:
+//! three requests), timed inside the box; then N signed DescribeRegions through the guests'
+//! door (signature verified, one moto connection per request) against N unsigned ones through
+//! this machine's door (a plain relay), p50 and p99 of each and the difference.
+
+use crate::{cgcloud, percentile, BenchUser};
+use anyhow::{bail, Context as _, Result};
+use std::io::{Read as _, Write as _};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Timed inside the box: one process, so that process start-up is not measured.
+const IN_BOX: &str = r#"
+import json, sys, time, urllib.request
+m = "http://169.254.169.254/latest"
+def call(method, path, headers):
+    r = urllib.request.Request(m + path, method=method, headers=headers)
+    with urllib.request.urlopen(r, timeout=5) as a:
+        return a.read().decode()
+out = []
+for _ in range(int(sys.argv[1])):
+    t = time.perf_counter()
+    tok = call("PUT", "/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+    h = {"X-aws-ec2-metadata-token": tok}
+    role = call("GET", "/meta-data/iam/security-credentials/", h).split()[0]
+    json.loads(call("GET", "/meta-data/iam/security-credentials/" + role, h))["AccessKeyId"]
+    out.append((time.perf_counter() - t) * 1000)
+print(json.dumps(out))
+"#;
+
+pub(crate) async fn imds(n: usize) -> Result<()> {
+    let user = BenchUser::new()?;
+    let h = user.home();
+    let role = "generic-debian-bookworm-box";
+    let b: serde_json::Value = serde_json::from_str(&cgcloud(&h, &["-q", "--output", "json", "create", role])?)?;
+    let id = b["instance_id"].as_str().context("no instance id")?.to_owned();
+
+    let quoted = format!("'{}'", IN_BOX.replace('\'', r"'\''"));
+    let got = cgcloud(&h, &["ssh", role, "-I", &id, "--", &format!("python3 -c {quoted} {n}")])?;
+    let mut fetch: Vec<f64> = serde_json::from_str(got.trim()).context("the box's timings")?;
+    fetch.sort_by(f64::total_cmp);
+
+    // The credentials IMDS issued to the box (root's file): this machine signs as the box.
+    let lc = cgcloud_localcloud::LocalCloud::new(cgcloud_localcloud::LocalCloud::default_dir());
+    let state = lc.state().context("the local cloud is down")?;
+    let issued = cgcloud_localcloud::imds::load(&lc.run_dir());
+    let (key, c) = issued.iter().find(|(_, c)| c.instance_id == id).context("no credentials issued to the box")?;
+    let creds = cgcloud_core::sigv4::Credentials {
+        access_key_id: key.clone(),
+        secret_access_key: c.secret_access_key.clone(),
+        session_token: Some(c.session_token.clone()),
+    };
+    let guest = timed(&format!("{}:{}", cgcloud_localcloud::net::GATEWAY, state.port), n, Some(&creds))?;
+    let own = timed(&format!("127.0.0.1:{}", state.port), n, None)?;
+    cgcloud(&h, &["-q", "terminate", role, "-I", &id])?;
+
+    println!("imds: {n} rounds on one box (release build: `cargo run --release -p xtask`)");
+    println!("{:<44} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+    println!(
+        "{:<44} {:>9.2} {:>9.2}",
+        "IMDS credentials (token, role, credentials)",
+        percentile(&fetch, 0.5),
+        percentile(&fetch, 0.99)
+    );
+    let row = |name: &str, v: &[f64]| println!("{name:<44} {:>9.2} {:>9.2}", percentile(v, 0.5), percentile(v, 0.99));
+    row("DescribeRegions, guests' door (signed)", &guest);
+    row("DescribeRegions, this machine's door", &own);
+    println!(
+        "{:<44} {:>9.2} {:>9.2}",
+        "added by the guests' door",
+        percentile(&guest, 0.5) - percentile(&own, 0.5),
+        percentile(&guest, 0.99) - percentile(&own, 0.99)
+    );
+    Ok(())
+}
+
+/// `n` DescribeRegions over one keep-alive connection to `addr`, signed with `creds` if given;
+/// sorted latencies in ms.
+fn timed(addr: &str, n: usize, creds: Option<&cgcloud_core::sigv4::Credentials>) -> Result<Vec<f64>> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = "Action=DescribeRegions&Version=2016-11-15";
+    let ct = "application/x-www-form-urlencoded; charset=utf-8";
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut head =
+            format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n", body.len());
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
+        let c = creds.cloned().unwrap_or(cgcloud_core::sigv4::Credentials {
+            access_key_id: "localcloud".into(),
+            secret_access_key: "localcloud".into(),
+            session_token: None,
+        });
+        for (k, v) in cgcloud_core::sigv4::sign(
+            "POST",
+            "/",
+            "",
+            &[("host", addr), ("content-type", ct)],
+            body.as_bytes(),
+            cgcloud_localcloud::REGION,
+            "ec2",
+            &c,
+            &cgcloud_core::sigv4::amz_date(now),
+        ) {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let t = Instant::now();
+        s.write_all(head.as_bytes())?;
+        s.write_all(body.as_bytes())?;
+        read_answer(&mut s)?;
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+/// Reads one HTTP answer with a Content-Length; fails on anything but 200.
+fn read_answer(s: &mut std::net::TcpStream) -> Result<()> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            bail!("the connection closed mid-answer");
+        }
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 200") {
+            bail!("answer: {}", String::from_utf8_lossy(&got));
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .context("an answer without a length")?;
+        if got.len() >= end + 4 + len {
+            return Ok(());
+        }
+    }
+}
