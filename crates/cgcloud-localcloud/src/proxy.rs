@@ -605,9 +605,32 @@ async fn forward_one(req: &GuestRequest, upstream_port: u16) -> Option<Vec<u8>> 
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(&req.body);
     up.write_all(&bytes).await.ok()?;
+    // Read the answer by its length, not to the end of the stream: moto's server closes its
+    // side some milliseconds after the last byte (measured: 11 ms a request).
     let mut answer = Vec::new();
-    up.read_to_end(&mut answer).await.ok()?;
-    Some(answer)
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = up.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return Some(answer);
+        }
+        answer.extend_from_slice(&buf[..n]);
+        let Some(head_end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
+        // An interim 100 Continue is followed by the real answer.
+        if head.starts_with("http/1.1 100") {
+            answer.drain(..head_end + 4);
+            continue;
+        }
+        let length =
+            head.lines().find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()));
+        if let Some(length) = length {
+            if answer.len() >= head_end + 4 + length {
+                answer.truncate(head_end + 4 + length);
+                return Some(answer);
+            }
+        }
+    }
 }
 
 /// Drops moto's `Connection: close` from an answer with a Content-Length (the guest's
