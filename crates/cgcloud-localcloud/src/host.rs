@@ -141,8 +141,9 @@ impl Host<'_> {
         for dir in &cgroups {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        // Only the devices a host needs, and the disks it was given: its root has CAP_MKNOD and
-        // CAP_SYS_ADMIN, and could otherwise make and mount a node of the machine's own disk.
+        // Only the devices a host needs, and the disks it was given: its root has CAP_MKNOD, and
+        // systemd-nspawn's own policy lets it open every loop device, i.e. other hosts' volumes
+        // and instance-store disks.
         let block: Vec<String> = devices.iter().filter_map(|(dev, _)| device_numbers(dev)).collect();
         if !restrict_devices(self.id, &block)? {
             crate::controller::log(format!(

@@ -462,8 +462,8 @@ fn guests_cannot_escape_the_local_cloud() {
     }
     as_root(&u, &a_id, "for p in rm mknod chmod; do f=$(command -v $p); mv -f $f.real $f; done");
 
-    // The guest's root has CAP_MKNOD and CAP_SYS_ADMIN: a node of the machine's own disk would
-    // let it mount that disk. The host may open only its own devices.
+    // The guest's root has CAP_MKNOD: a node of the machine's own disk is made, and cannot be
+    // opened (systemd-nspawn's device policy and the local cloud's allowlist both refuse it).
     let disk = std::fs::read_dir("/sys/block")
         .unwrap()
         .flatten()
@@ -576,6 +576,25 @@ fn guests_cannot_escape_the_local_cloud() {
     // guest saw before the volume backed it would have size 0.
     let persistent = u.ok(&["ssh", DEBIAN, "-I", &b_id, "--", "findmnt -n -o SIZE /mnt/persistent"]);
     assert!(persistent.trim().ends_with('M') || persistent.trim().ends_with('G'), "{persistent}");
+    // B's volume is a loop device of this machine: A makes a node of it and tries to read it
+    // (systemd-nspawn's own device policy allows every loop device; the local cloud's allowlist
+    // and the revocation at detach do not).
+    let b_vol = boto3(&format!(
+        "print(client('ec2').describe_volumes(Filters=[{{'Name': 'attachment.instance-id', 'Values': ['{b_id}']}}, {{'Name': 'attachment.device', 'Values': ['/dev/sdf']}}])['Volumes'][0]['VolumeId'])"
+    ));
+    let img = local_dir().join("volumes").join(format!("{}.img", b_vol.trim()));
+    let loops = String::from_utf8(Command::new("losetup").arg("-j").arg(&img).output().unwrap().stdout).unwrap();
+    let b_loop = loops.lines().next().and_then(|l| l.split(':').next()).expect(&loops);
+    let numbers = std::fs::read_to_string(format!("/sys/block/{}/dev", b_loop.trim_start_matches("/dev/"))).unwrap();
+    let peer = as_root(
+        &u,
+        &a_id,
+        &format!(
+            "mknod /root/peer b {} 2>/dev/null; head -c 512 /root/peer 2>/dev/null | wc -c",
+            numbers.trim().replace(':', " ")
+        ),
+    );
+    assert_eq!(peer.trim(), "0", "a guest read its peer's volume ({b_loop})");
     // A StopInstances naming a peer that moto does not carry out (a dry run) powers nothing off.
     let boot_id = || as_root(&u, &b_id, "cat /proc/sys/kernel/random/boot_id");
     let before = boot_id();
