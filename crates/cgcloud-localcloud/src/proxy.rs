@@ -280,6 +280,28 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// Answers a malformed request and closes as HTTP servers do (a lingering close): our side is
+/// shut first, and what the client still sends is read and dropped for a moment, so that the
+/// client reads the answer instead of a reset (which would also kill a shell writing to the
+/// socket with SIGPIPE).
+async fn refuse_and_close(inbound: &mut TcpStream, why: &str) {
+    if inbound.write_all(&bad_request(why)).await.is_err() {
+        return;
+    }
+    let _ = inbound.shutdown().await;
+    let mut sink = [0u8; 8192];
+    let drain = async {
+        let mut total = 0usize;
+        while let Ok(n) = inbound.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > GUEST_MAX_HEAD {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
 fn bad_request(why: &str) -> Vec<u8> {
     let body = format!("{why}\n");
     format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
@@ -312,12 +334,12 @@ async fn serve_guest(mut inbound: TcpStream, door: &Door) {
                     // A head alone is refused only as malformed.
                     Err(e) => {
                         let why = if let Refusal::Malformed(why) = e { why } else { "bad request" };
-                        let _ = inbound.write_all(&bad_request(why)).await;
+                        refuse_and_close(&mut inbound, why).await;
                         return;
                     }
                 },
                 None if pending.len() > GUEST_MAX_HEAD => {
-                    let _ = inbound.write_all(&bad_request("request head too large")).await;
+                    refuse_and_close(&mut inbound, "request head too large").await;
                     return;
                 }
                 None => searched = pending.len(),
@@ -359,7 +381,7 @@ async fn serve_guest(mut inbound: TcpStream, door: &Door) {
                 continue;
             }
             Err(Refusal::Malformed(why)) => {
-                let _ = inbound.write_all(&bad_request(why)).await;
+                refuse_and_close(&mut inbound, why).await;
                 return;
             }
         };
