@@ -62,6 +62,21 @@ pub struct Registry {
     tokens: HashMap<String, (String, SystemTime)>,
     /// instance id → the spot interruption notice (the JSON EC2 publishes)
     pub interruptions: HashMap<String, String>,
+    /// instance profile → (role name, role ARN), asked of IAM once
+    roles: HashMap<String, (String, String)>,
+}
+
+/// The role of instance profile `profile`, from IAM the first time and remembered after (a
+/// credential fetch asks for it twice; IAM is not asked on every IMDS request).
+async fn profile_role(reg: &Shared, cloud: &cgcloud_aws::Cloud, profile: &str) -> Option<(String, String)> {
+    if let Some(r) = reg.lock().ok().and_then(|r| r.roles.get(profile).cloned()) {
+        return Some(r);
+    }
+    let role = cloud.instance_profile_role(profile).await.ok().flatten()?;
+    if let Ok(mut r) = reg.lock() {
+        r.roles.insert(profile.to_owned(), role.clone());
+    }
+    Some(role)
 }
 
 pub type Shared = Arc<Mutex<Registry>>;
@@ -409,7 +424,7 @@ async fn meta_data(
         "iam" if inst.profile.is_some() => text("info\nsecurity-credentials/"),
         "iam/info" | "iam/security-credentials" | "iam/security-credentials/" => {
             let Some(profile) = &inst.profile else { return not_found() };
-            let Ok(Some((role, _))) = cloud.instance_profile_role(profile).await else { return not_found() };
+            let Some((role, _)) = profile_role(reg, cloud, profile).await else { return not_found() };
             if rest == "iam/info" {
                 let doc = serde_json::json!({
                     "Code": "Success",
@@ -424,7 +439,7 @@ async fn meta_data(
         r => match r.strip_prefix("iam/security-credentials/") {
             Some(asked) => {
                 let Some(profile) = &inst.profile else { return not_found() };
-                let Ok(Some((role, role_arn))) = cloud.instance_profile_role(profile).await else { return not_found() };
+                let Some((role, role_arn)) = profile_role(reg, cloud, profile).await else { return not_found() };
                 if asked != role {
                     return not_found();
                 }

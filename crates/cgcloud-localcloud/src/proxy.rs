@@ -264,16 +264,7 @@ fn complete(head: Head, data: &[u8], head_end: usize) -> Result<Option<(GuestReq
 
 /// AWS's answer to a request it will not serve.
 fn access_denied(what: &str) -> Vec<u8> {
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>AccessDenied</Code>\
-         <Message>{}</Message></Error></Errors><RequestID>cgcloud-local</RequestID></Response>",
-        xml_escape(what)
-    );
-    format!(
-        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    Denied { status: 403, code: "AccessDenied", message: what.to_owned(), ec2: true }.response()
 }
 
 fn xml_escape(s: &str) -> String {

@@ -91,12 +91,9 @@ pub async fn attach(
         Some(d) => d,
         None => run("losetup", &["-f", "--show", &file.to_string_lossy()]).await?.trim().to_owned(),
     };
-    let name = dev.trim_start_matches("/dev/");
     let majmin =
-        std::fs::read_to_string(format!("/sys/block/{name}/dev")).map_err(|e| Error::io(Path::new(&dev), e))?;
-    let (major, minor) =
-        majmin.trim().split_once(':').ok_or_else(|| Error::Controller(format!("bad device numbers for {dev}")))?;
-    let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
+        crate::host::device_numbers(&dev).ok_or_else(|| Error::Controller(format!("no device numbers for {dev}")))?;
+    let Some((Ok(major), Ok(minor))) = majmin.split_once(':').map(|(a, b)| (a.parse::<u32>(), b.parse::<u32>())) else {
         return Err(Error::Controller(format!("bad device numbers for {dev}")));
     };
     let target = guest_device(device);
