@@ -100,6 +100,19 @@ impl Cloud {
         }
     }
 
+    /// The tags of the queue called `name`, or None if there is no such queue.
+    pub async fn queue_tags(&self, name: &str) -> Result<Option<cgcloud_core::tags::Tags>, AwsError> {
+        let Some(url) = self.queue_url(name).await? else { return Ok(None) };
+        let out = self
+            .sqs
+            .list_queue_tags()
+            .queue_url(url)
+            .send()
+            .await
+            .map_err(|e| self.classify("sqs:ListQueueTags", e))?;
+        Ok(Some(out.tags().map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()))
+    }
+
     /// Agent queues whose name starts with `prefix`: (name, url).
     pub async fn agent_queues(&self, prefix: &str) -> Result<Vec<(String, String)>, AwsError> {
         let urls: Vec<String> = self

@@ -233,6 +233,36 @@ impl Cloud {
         Ok(pages.iter().flat_map(|p| p.reservations()).flat_map(|r| r.instances()).cloned().collect())
     }
 
+    /// The tags of EC2 resource `id` (any kind); none for a resource that does not exist.
+    pub async fn resource_tags(&self, id: &str) -> Result<Tags, AwsError> {
+        let tags: Vec<_> = self
+            .ec2
+            .describe_tags()
+            .filters(filter("resource-id", &[id]))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeTags", e))?;
+        Ok(tags
+            .iter()
+            .filter(|t| t.resource_id() == Some(id))
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+            .collect())
+    }
+
+    /// The ARN of instance `id`'s instance profile, if it exists and has one.
+    pub async fn instance_profile_of(&self, id: &str) -> Result<Option<String>, AwsError> {
+        match self.describe_instances(&[id.to_owned()]).await {
+            Ok(found) => {
+                Ok(found.first().and_then(|i| i.iam_instance_profile()).and_then(|p| p.arn()).map(str::to_owned))
+            }
+            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidInstanceID")) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// What cgcloud needs to know of an instance type; an unknown type is an error.
     pub async fn instance_type_info(&self, instance_type: &str) -> Result<InstanceTypeInfo, AwsError> {
         let out = self

@@ -301,6 +301,59 @@ impl Cloud {
         Ok(())
     }
 
+    /// Every policy document of role `name`, decoded: its inline policies and the default
+    /// version of each managed policy attached to it (what IAM evaluates for its sessions).
+    pub async fn role_policy_documents(&self, name: &str) -> Result<Vec<String>, AwsError> {
+        let mut docs = Vec::new();
+        let inline: Vec<String> = self
+            .iam
+            .list_role_policies()
+            .role_name(name)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("iam:ListRolePolicies", e))?;
+        for p in inline {
+            let out = self
+                .iam
+                .get_role_policy()
+                .role_name(name)
+                .policy_name(p)
+                .send()
+                .await
+                .map_err(|e| self.classify("iam:GetRolePolicy", e))?;
+            docs.push(percent_decode(out.policy_document()));
+        }
+        let attached: Vec<_> = self
+            .iam
+            .list_attached_role_policies()
+            .role_name(name)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("iam:ListAttachedRolePolicies", e))?;
+        for p in attached {
+            let arn = p.policy_arn().unwrap_or_default();
+            let policy =
+                self.iam.get_policy().policy_arn(arn).send().await.map_err(|e| self.classify("iam:GetPolicy", e))?;
+            let version = policy.policy().and_then(|p| p.default_version_id()).unwrap_or("v1");
+            let out = self
+                .iam
+                .get_policy_version()
+                .policy_arn(arn)
+                .version_id(version)
+                .send()
+                .await
+                .map_err(|e| self.classify("iam:GetPolicyVersion", e))?;
+            docs.push(percent_decode(out.policy_version().and_then(|v| v.document()).unwrap_or_default()));
+        }
+        Ok(docs)
+    }
+
     /// Deletes an IAM role after deleting its inline policies and detaching it from profiles.
     pub async fn delete_role(&self, name: &str) -> Result<(), AwsError> {
         let policies: Vec<String> = self
@@ -352,12 +405,11 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        if let (b'%', Some(Ok(b))) = (bytes[i], hex.map(|h| u8::from_str_radix(h, 16))) {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
         i += 1;

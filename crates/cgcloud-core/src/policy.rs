@@ -208,6 +208,64 @@ impl Policy {
         matching().any(|s| s.effect == Effect::Allow) && !matching().any(|s| s.effect == Effect::Deny)
     }
 
+    /// A policy from IAM's JSON, as IAM stores it. Anything the evaluator does not model
+    /// (`NotAction`, `NotResource`, `Principal`, an operator it lacks) is an error naming it,
+    /// so that a caller can refuse rather than evaluate something else than IAM would.
+    pub fn from_json(text: &str) -> Result<Policy, String> {
+        use serde_json::Value;
+        let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let list = |v: Option<&Value>, what: &str| -> Result<Vec<String>, String> {
+            match v {
+                None => Ok(Vec::new()),
+                Some(Value::String(s)) => Ok(vec![s.clone()]),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_owned).ok_or_else(|| format!("{what} holds a non-string")))
+                    .collect(),
+                Some(_) => Err(format!("{what} is neither a string nor a list")),
+            }
+        };
+        let statements = match doc.get("Statement") {
+            Some(Value::Array(a)) => a.clone(),
+            Some(o @ Value::Object(_)) => vec![o.clone()],
+            _ => return Err("no Statement".into()),
+        };
+        let mut out = Vec::new();
+        for st in &statements {
+            let Value::Object(fields) = st else { return Err("a statement is not an object".into()) };
+            for key in fields.keys() {
+                if !matches!(key.as_str(), "Sid" | "Effect" | "Action" | "Resource" | "Condition") {
+                    return Err(format!("statement element {key} is not modelled"));
+                }
+            }
+            let effect = match fields.get("Effect").and_then(Value::as_str) {
+                Some("Allow") => Effect::Allow,
+                Some("Deny") => Effect::Deny,
+                other => return Err(format!("Effect {other:?}")),
+            };
+            let mut conditions = Vec::new();
+            if let Some(c) = fields.get("Condition") {
+                let Value::Object(ops) = c else { return Err("Condition is not an object".into()) };
+                for (op_name, keys) in ops {
+                    let op =
+                        Op::parse(op_name).ok_or_else(|| format!("condition operator {op_name} is not modelled"))?;
+                    let Value::Object(keys) = keys else { return Err(format!("{op_name} is not an object")) };
+                    for (key, values) in keys {
+                        conditions.push(Condition { op, key: key.clone(), values: list(Some(values), key)? });
+                    }
+                }
+            }
+            out.push(Statement {
+                why: "policy statement",
+                effect,
+                actions: list(fields.get("Action"), "Action")?,
+                resources: list(fields.get("Resource"), "Resource")?,
+                conditions,
+            });
+        }
+        Ok(Policy { statements: out })
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         // IAM wants every Sid of a policy unique.
         let mut seen = std::collections::BTreeSet::new();
@@ -631,6 +689,33 @@ mod tests {
                 == Some("a1b2")
         );
         assert!(substitute("${x", &Request::new("a", "b")).is_none());
+    }
+
+    #[test]
+    fn policies_read_back_from_iam_json() {
+        let p = policy();
+        let back = Policy::from_json(&p.to_json().to_string()).unwrap();
+        assert_eq!(back.statements.len(), p.statements.len());
+        for (a, b) in back.statements.iter().zip(&p.statements) {
+            assert_eq!((a.effect, &a.actions, &a.resources), (b.effect, &b.actions, &b.resources));
+            let sorted = |s: &Statement| {
+                let mut c: Vec<_> = s.conditions.iter().map(|c| (c.op, c.key.clone(), c.values.clone())).collect();
+                c.sort();
+                c
+            };
+            assert_eq!(sorted(a), sorted(b));
+        }
+        let single = r#"{"Statement": {"Effect": "Deny", "Action": "ec2:*", "Resource": "*"}}"#;
+        assert_eq!(Policy::from_json(single).unwrap().statements[0].effect, Effect::Deny);
+        for unmodelled in [
+            r#"{"Statement": [{"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}]}"#,
+            r#"{"Statement": [{"Effect": "Allow", "Action": "*", "NotResource": "x"}]}"#,
+            r#"{"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"IpAddress": {"aws:SourceIp": "1.2.3.4/32"}}}]}"#,
+            r#"{"Statement": [{"Effect": "Maybe", "Action": "*", "Resource": "*"}]}"#,
+            "not json",
+        ] {
+            assert!(Policy::from_json(unmodelled).is_err(), "{unmodelled}");
+        }
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
     if let Ok(mut r) = imds.lock() {
         r.credentials = crate::imds::load(&lc.run_dir());
     }
+    let policies = crate::iam::Policies::default();
     // The workstation's door (loopback) passes everything; the guests' (the bridge) only
     // the AWS API, request by request, signed with credentials IMDS issued.
     for (addr, side) in [("127.0.0.1", crate::proxy::Side::Workstation), (net::GATEWAY, crate::proxy::Side::Guests)] {
@@ -121,6 +122,8 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
             events: tx.clone(),
             dir: lc.dir.clone(),
             imds: imds.clone(),
+            cloud: cloud.clone(),
+            policies: policies.clone(),
         };
         tokio::spawn(crate::proxy::serve(listener, door));
     }

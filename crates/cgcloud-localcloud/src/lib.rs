@@ -8,6 +8,7 @@ pub mod controller;
 pub mod cost;
 pub mod guestfs;
 pub mod host;
+pub mod iam;
 pub mod images;
 pub mod imds;
 pub mod net;

@@ -81,6 +81,10 @@ pub struct Door {
     pub dir: PathBuf,
     /// The credentials IMDS issued, which the guests' door accepts.
     pub imds: crate::imds::Shared,
+    /// moto as the administrator: what authorizing a guest's request looks up.
+    pub cloud: cgcloud_aws::Cloud,
+    /// The roles' policies the guests' door evaluates requests against.
+    pub policies: crate::iam::Policies,
 }
 
 /// Serves `listener` through `door`.
@@ -378,7 +382,11 @@ async fn serve_guest(mut inbound: TcpStream, door: &Door) {
         };
         pending.drain(..len);
         REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Err(denied) = authenticate(&req, &door.imds, std::time::SystemTime::now()) {
+        let checked = match authenticate(&req, &door.imds, std::time::SystemTime::now()) {
+            Ok(who) => authorize(&req, &who, door).await,
+            Err(denied) => Err(denied),
+        };
+        if let Err(denied) = checked {
             crate::controller::log(format!("guest request refused: {}: {}", denied.code, denied.message));
             if inbound.write_all(&denied.response()).await.is_err() || req.close {
                 return;
@@ -435,7 +443,12 @@ impl Denied {
                 self.code
             )
         };
-        let reason = if self.status == 401 { "Unauthorized" } else { "Forbidden" };
+        let reason = match self.status {
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            503 => "Service Unavailable",
+            _ => "Forbidden",
+        };
         format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
             self.status,
@@ -448,14 +461,25 @@ impl Denied {
 /// The most a request's signing time may differ from the proxy's clock, as AWS allows.
 const MAX_SKEW: u64 = 15 * 60;
 
+/// Who signed a guest's request, and for what.
+#[derive(Debug)]
+pub struct Signer {
+    pub issued: crate::imds::Issued,
+    /// The credential scope's service (SigV4 signing name) and region.
+    pub service: String,
+    pub region: String,
+    /// The headers the signature covers (lower case).
+    pub signed_headers: Vec<String>,
+}
+
 /// Checks a guest's request: signed (SigV4) with credentials IMDS issued, unexpired, with
 /// their session token, and the signature computed over exactly the headers the client says
-/// it signed. Returns the issued credentials' record.
+/// it signed.
 pub fn authenticate(
     req: &GuestRequest,
     imds: &crate::imds::Shared,
     now: std::time::SystemTime,
-) -> Result<crate::imds::Issued, Denied> {
+) -> Result<Signer, Denied> {
     let auth = req.header("authorization").unwrap_or_default();
     let service = auth.split("Credential=").nth(1).and_then(|c| c.split('/').nth(3)).unwrap_or_default().to_owned();
     let ec2 = service == "ec2" || service.is_empty();
@@ -482,7 +506,7 @@ pub fn authenticate(
     };
     let (credential, signed, signature) = (field("Credential"), field("SignedHeaders"), field("Signature"));
     let scope: Vec<&str> = credential.split('/').collect();
-    let [key, date, _region, _service, "aws4_request"] = scope.as_slice() else {
+    let [key, date, region, _service, "aws4_request"] = scope.as_slice() else {
         return Err(deny(403, "AuthFailure", "IncompleteSignature", "the credential scope is malformed".into()));
     };
     let Some(issued) = imds.lock().ok().and_then(|r| r.credentials.get(*key).cloned()) else {
@@ -584,7 +608,73 @@ pub fn authenticate(
             "the request signature we calculated does not match the signature you provided".into(),
         ));
     }
-    Ok(issued)
+    Ok(Signer {
+        service: service.clone(),
+        region: (*region).to_owned(),
+        signed_headers: names.iter().map(|n| (*n).to_owned()).collect(),
+        issued,
+    })
+}
+
+/// Evaluates a signed guest request against its instance profile's policies (see
+/// [`crate::iam`]), as IAM would; denied as EC2 and the other services deny.
+async fn authorize(req: &GuestRequest, who: &Signer, door: &Door) -> Result<(), Denied> {
+    use crate::iam::Unevaluated;
+    let ec2 = who.service == "ec2";
+    let deny = |status: u16, code_ec2: &'static str, code: &'static str, message: String| Denied {
+        status,
+        code: if ec2 { code_ec2 } else { code },
+        message,
+        ec2,
+    };
+    let issued = &who.issued;
+    let caller = crate::iam::Caller {
+        instance_id: issued.instance_id.clone(),
+        region: who.region.clone(),
+        account: issued.role_arn.split(':').nth(4).unwrap_or_default().to_owned(),
+    };
+    let signed: Vec<&str> = who.signed_headers.iter().map(String::as_str).collect();
+    let outcome = match crate::iam::Call::parse(req, &who.service, &signed) {
+        Ok(call) => match crate::iam::requests(&call, &caller, &door.cloud).await {
+            Ok(requests) => Ok((call, requests)),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    let (call, requests) = match outcome {
+        Ok(x) => x,
+        Err(Unevaluated::Malformed(why)) => {
+            return Err(deny(400, "InvalidParameterValue", "InvalidParameterValue", why));
+        }
+        Err(Unevaluated::Unmodelled(why)) => {
+            return Err(deny(
+                403,
+                "UnauthorizedOperation",
+                "AccessDenied",
+                format!("{why} (the local cloud denies what it cannot evaluate as IAM would)"),
+            ));
+        }
+        Err(Unevaluated::Lookup(why)) => {
+            return Err(deny(503, "Unavailable", "ServiceUnavailable", format!("cannot authorize the request: {why}")));
+        }
+    };
+    let policy = door
+        .policies
+        .of(&door.cloud, &issued.role_name)
+        .await
+        .map_err(|why| deny(403, "UnauthorizedOperation", "AccessDenied", why))?;
+    match crate::iam::first_denied(&policy, &requests) {
+        None => Ok(()),
+        Some(r) => Err(deny(
+            403,
+            "UnauthorizedOperation",
+            "AccessDenied",
+            format!(
+                "You are not authorized to perform this operation. User: arn:aws:sts::{}:assumed-role/{}/{} is not authorized to perform: {} on resource: {} ({} of instance {})",
+                caller.account, issued.role_name, issued.instance_id, r.action, r.resource, call.action, issued.instance_id
+            ),
+        )),
+    }
 }
 
 /// A query string in SigV4's canonical form: parameters sorted, each encoded once.
@@ -750,7 +840,7 @@ fn complete_request(data: &[u8]) -> Option<(usize, Vec<u8>)> {
     Some((end, data[head_end..end].to_vec()))
 }
 
-fn url_decode(s: &str) -> String {
+pub(crate) fn url_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let hex = |b: u8| (b as char).to_digit(16);
     let mut out = Vec::with_capacity(bytes.len());
@@ -1073,7 +1163,12 @@ mod tests {
         let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let body = b"Action=DescribeInstances&Version=2016-11-15";
         let ok = signed(&key, &issued, body, secs, None);
-        assert_eq!(authenticate(&ok, &imds, now).unwrap().instance_id, "i-1");
+        let who = authenticate(&ok, &imds, now).unwrap();
+        assert_eq!(
+            (who.issued.instance_id.as_str(), who.service.as_str(), who.region.as_str()),
+            ("i-1", "ec2", "us-west-2")
+        );
+        assert_eq!(who.signed_headers, ["content-type", "host", "x-amz-date", "x-amz-security-token"]);
         // Each way of getting it wrong, with AWS's code.
         let mut tampered = signed(&key, &issued, body, secs, None);
         tampered.body = b"Action=TerminateInstances&Version=2016-11-15&InstanceId.1=i-2".to_vec();

@@ -310,7 +310,8 @@ fn guest_requests_cannot_reach_the_machine() {
     let _ = std::fs::remove_file(&marker);
     // From the guest, as any local user, with the instance's own credentials from IMDS.
     let ec2 = |params: &str| format!("bash -c {}", shell_quote(&signed_ec2(region, params)));
-    let created = u.ok(&["ssh", DEBIAN, "--", &ec2(&format!("Action=CreateVolume&Size=1&AvailabilityZone={zone}"))]);
+    let ns = b["namespace"].as_str().unwrap();
+    let created = u.ok(&["ssh", DEBIAN, "--", &ec2(&persistent_volume(&zone, ns))]);
     let vol = created.split("<volumeId>").nth(1).and_then(|r| r.split('<').next()).unwrap().to_owned();
     assert!(vol.starts_with("vol-"), "{created}");
     // ';' and ' ' percent-encoded, as any HTTP client would send them.
@@ -349,6 +350,26 @@ fn guest_requests_cannot_reach_the_machine() {
     assert_eq!(u.json(&["show", DEBIAN])["state"], "running");
     u.ok(&["terminate", DEBIAN, "-I", &id]);
     u.ok(&["local", "down"]);
+}
+
+/// The parameters of a CreateVolume a box's instance profile allows: a persistent volume of
+/// its namespace `ns`, in `zone`.
+fn persistent_volume(zone: &str, ns: &str) -> String {
+    format!(
+        "Action=CreateVolume&Size=1&AvailabilityZone={zone}&TagSpecification.1.ResourceType=volume\
+         &TagSpecification.1.Tag.1.Key=cgcloud%3Anamespace&TagSpecification.1.Tag.1.Value={}\
+         &TagSpecification.1.Tag.2.Key=cgcloud%3Apersistent&TagSpecification.1.Tag.2.Value=true",
+        ns.replace('/', "%2F")
+    )
+}
+
+/// The value of the first `<tag>` element in an XML answer.
+fn xml_value(xml: &str, tag: &str) -> String {
+    xml.split(&format!("<{tag}>"))
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_else(|| panic!("no <{tag}> in {xml}"))
+        .to_owned()
 }
 
 /// Runs `script` with bash as root on a box (`-I id`), returning its output.
@@ -447,8 +468,8 @@ fn guests_cannot_escape_the_local_cloud() {
     done"#;
     as_root(&u, &a_id, wrap);
     let own_ns = as_root(&u, &a_id, "readlink /proc/1/ns/pid");
-    let created = as_root(&u, &a_id, &api(&format!("Action=CreateVolume&Size=1&AvailabilityZone={zone}")));
-    let vol = created.split("<volumeId>").nth(1).and_then(|r| r.split('<').next()).unwrap().to_owned();
+    let ns = a["namespace"].as_str().unwrap();
+    let vol = xml_value(&as_root(&u, &a_id, &api(&persistent_volume(&zone, ns))), "volumeId");
     as_root(&u, &a_id, &api(&format!("Action=AttachVolume&VolumeId={vol}&InstanceId={a_id}&Device=/dev/sdg")));
     let size = as_root(
         &u,
@@ -479,9 +500,11 @@ fn guests_cannot_escape_the_local_cloud() {
     assert_eq!(opened.trim(), "0", "the guest read the machine's disk {disk} ({numbers})");
     // A link kept to a detached volume's node opens nothing: the loop device will back others.
     as_root(&u, &a_id, "ln /dev/xvdg /dev/kept");
-    // (moto needs the instance named; EC2 does not.)
-    let detached = as_root(&u, &a_id, &api(&format!("Action=DetachVolume&VolumeId={vol}&InstanceId={a_id}")));
-    assert!(detached.contains("detaching") || detached.contains("detached"), "{detached}");
+    // The box's profile may not detach volumes; its owner does, from the workstation. (moto
+    // needs the instance named; EC2 does not.)
+    let denied = as_root(&u, &a_id, &api(&format!("Action=DetachVolume&VolumeId={vol}&InstanceId={a_id}")));
+    assert!(denied.contains("<Code>UnauthorizedOperation</Code>"), "{denied}");
+    boto3(&format!("client('ec2').detach_volume(VolumeId='{vol}', InstanceId='{a_id}')"));
     let gone = as_root(
         &u,
         &a_id,
@@ -492,14 +515,14 @@ fn guests_cannot_escape_the_local_cloud() {
 
     // A no-reboot image of a running guest is taken with the guest frozen (it cannot swap what
     // is being copied); the guest runs on afterwards.
-    let image =
-        as_root(&u, &a_id, &api(&format!("Action=CreateImage&InstanceId={a_id}&Name=frozen-{a_id}&NoReboot=true")));
-    let ami = image
-        .split("<imageId>")
-        .nth(1)
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_else(|| panic!("{image}"))
-        .to_owned();
+    let image_params = format!("Action=CreateImage&InstanceId={a_id}&Name=frozen-{a_id}&NoReboot=true");
+    let denied = as_root(&u, &a_id, &api(&image_params));
+    assert!(denied.contains("<Code>UnauthorizedOperation</Code>"), "a box imaged itself: {denied}");
+    let ami = boto3(&format!(
+        "print(client('ec2').create_image(InstanceId='{a_id}', Name='frozen-{a_id}', NoReboot=True)['ImageId'])"
+    ))
+    .trim()
+    .to_owned();
     let log_path = local_dir().join("logs/controller.log");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !std::fs::read_to_string(&log_path).unwrap().contains(&format!("image {ami}: layer from {a_id}")) {
@@ -508,32 +531,30 @@ fn guests_cannot_escape_the_local_cloud() {
     }
     assert_eq!(as_root(&u, &a_id, "echo thawed").trim(), "thawed");
 
-    // A guest that makes a subnet holding the gateway's address and launches an instance at
-    // it (it would then receive its peers' traffic) gets that instance refused.
-    let subnets =
-        as_root(&u, &a_id, &api("Action=DescribeSubnets&Filter.1.Name=cidr-block&Filter.1.Value.1=10.199.1.0/24"));
-    let vpc = subnets.split("<vpcId>").nth(1).and_then(|r| r.split('<').next()).unwrap().to_owned();
-    let subnet = as_root(&u, &a_id, &api(&format!("Action=CreateSubnet&VpcId={vpc}&CidrBlock=10.199.0.0/24")));
-    let subnet = subnet
-        .split("<subnetId>")
-        .nth(1)
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_else(|| panic!("{subnet}"))
-        .to_owned();
-    let launched = as_root(
-        &u,
-        &a_id,
-        &api(&format!(
-            "Action=RunInstances&ImageId={}&MinCount=1&MaxCount=1&InstanceType=t3.micro&SubnetId={subnet}&PrivateIpAddress=10.199.0.1",
-            a["image_id"].as_str().unwrap()
-        )),
+    // Whoever may launch (not a box: its profile may not), making a subnet that holds the
+    // gateway's address and launching an instance at it (it would then receive its peers'
+    // traffic), gets that instance refused.
+    let vpc = boto3(
+        "print(client('ec2').describe_subnets(Filters=[{'Name': 'cidr-block', 'Values': ['10.199.1.0/24']}])['Subnets'][0]['VpcId'])",
+    )
+    .trim()
+    .to_owned();
+    let denied = as_root(&u, &a_id, &api(&format!("Action=CreateSubnet&VpcId={vpc}&CidrBlock=10.199.0.0/24")));
+    assert!(denied.contains("<Code>UnauthorizedOperation</Code>"), "{denied}");
+    let launch = format!(
+        "Action=RunInstances&ImageId={}&MinCount=1&MaxCount=1&InstanceType=t3.micro",
+        a["image_id"].as_str().unwrap()
     );
-    let rogue = launched
-        .split("<instanceId>")
-        .nth(1)
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_else(|| panic!("{launched}"))
-        .to_owned();
+    let denied = as_root(&u, &a_id, &api(&launch));
+    assert!(denied.contains("<Code>UnauthorizedOperation</Code>"), "a box launched an instance: {denied}");
+    let rogue = boto3(&format!(
+        "ec2 = client('ec2')\n\
+         s = ec2.create_subnet(VpcId='{vpc}', CidrBlock='10.199.0.0/24')['Subnet']['SubnetId']\n\
+         print(ec2.run_instances(ImageId='{}', MinCount=1, MaxCount=1, InstanceType='t3.micro', SubnetId=s, PrivateIpAddress='10.199.0.1')['Instances'][0]['InstanceId'])",
+        a["image_id"].as_str().unwrap()
+    ))
+    .trim()
+    .to_owned();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let refused = loop {
         let t = boto3(&format!(
@@ -595,13 +616,40 @@ fn guests_cannot_escape_the_local_cloud() {
         ),
     );
     assert_eq!(peer.trim(), "0", "a guest read its peer's volume ({b_loop})");
-    // A StopInstances naming a peer that moto does not carry out (a dry run) powers nothing off.
-    let boot_id = || as_root(&u, &b_id, "cat /proc/sys/kernel/random/boot_id");
-    let before = boot_id();
-    let dry = as_root(&u, &a_id, &api(&format!("Action=StopInstances&InstanceId.1={b_id}&DryRun=true")));
+    // A's instance profile lets it act on itself only (IAM, evaluated by the local cloud as
+    // EC2 does): each of these once succeeded through the API's front door.
+    let boot_id = |id: &str| as_root(&u, id, "cat /proc/sys/kernel/random/boot_id");
+    let (a_boot, b_boot) = (boot_id(&a_id), boot_id(&b_id));
+    let b_root = boto3(&format!(
+        "print([v['VolumeId'] for v in client('ec2').describe_volumes(Filters=[{{'Name': 'attachment.instance-id', 'Values': ['{b_id}']}}])['Volumes'] if v['VolumeId'] != '{}'][0])",
+        b_vol.trim()
+    ));
+    for (what, params) in [
+        // A cluster's secrets travel in its nodes' user data.
+        ("read a peer's user data", format!("Action=DescribeInstanceAttribute&InstanceId={b_id}&Attribute=userData")),
+        ("tag a peer", format!("Action=CreateTags&ResourceId.1={b_id}&Tag.1.Key=cgcloud%3Ahost-key&Tag.1.Value=forged")),
+        ("terminate a peer", format!("Action=TerminateInstances&InstanceId.1={b_id}")),
+        ("stop a peer, hidden after itself", format!("Action=StopInstances&InstanceId.1={a_id}&InstanceId.3={b_id}")),
+        ("attach a peer's root volume", format!("Action=AttachVolume&VolumeId={}&InstanceId={a_id}&Device=/dev/sdh", b_root.trim())),
+        (
+            "import a key pair as another member's",
+            "Action=ImportKeyPair&KeyName=alice%40evil&PublicKeyMaterial=c3NoLWVkMjU1MTkgQUFBQUMzTnphQzFsWkRJMU5URTVBQUFBSUdtMHFLN3F3d3F3             &TagSpecification.1.ResourceType=key-pair&TagSpecification.1.Tag.1.Key=cgcloud%3Aowner&TagSpecification.1.Tag.1.Value=alice"
+                .to_owned(),
+        ),
+    ] {
+        let answer = as_root(&u, &a_id, &api(&params));
+        assert!(answer.contains("<Code>UnauthorizedOperation</Code>"), "a box could {what}: {answer}");
+    }
+    let tags = boto3(&format!(
+        "print([t['Value'] for t in client('ec2').describe_tags(Filters=[{{'Name': 'resource-id', 'Values': ['{b_id}']}}])['Tags'] if t['Key'] == 'cgcloud:host-key'])"
+    ));
+    assert!(!tags.contains("forged"), "{tags}");
+    assert_eq!(boto3("print([k['KeyName'] for k in client('ec2').describe_key_pairs()['KeyPairs'] if k['KeyName'] == 'alice@evil'])").trim(), "[]");
+    // What moto does not carry out (a dry run of what A may do) powers nothing off.
+    let dry = as_root(&u, &a_id, &api(&format!("Action=StopInstances&InstanceId.1={a_id}&DryRun=true")));
     assert!(dry.contains("DryRunOperation"), "{dry}");
     std::thread::sleep(std::time::Duration::from_secs(3));
-    assert_eq!(boot_id(), before, "a dry-run StopInstances powered the peer off");
+    assert_eq!((boot_id(&a_id), boot_id(&b_id)), (a_boot, b_boot), "an instance was powered off");
     as_root(
         &u,
         &b_id,
