@@ -61,6 +61,10 @@ pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
         key_name: i.key_name().map(str::to_owned),
         generation: tags.get(tags::GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0),
         spot: i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot"),
+        interrupted: i
+            .state_reason()
+            .filter(|r| r.code().is_some_and(|c| c.starts_with("Server.SpotInstance")))
+            .map(|r| r.message().or(r.code()).unwrap_or_default().to_owned()),
         host_key: tags.get(tags::HOST_KEY).cloned(),
         admin_user: tags.get(tags::ADMIN_USER).cloned(),
         instance_profile: i
@@ -183,6 +187,13 @@ impl Cloud {
             filters.push(tag_filter(tags::ROLE, r));
         }
         self.describe_boxes(filters, namespace).await
+    }
+
+    /// Boxes of `namespace` that a spot interruption terminated (EC2 lists terminated instances
+    /// for about an hour).
+    pub async fn interrupted_boxes(&self, namespace: &str) -> Result<Vec<BoxInfo>, AwsError> {
+        let filters = vec![tag_filter(tags::NAMESPACE, namespace), filter("instance-state-name", &["terminated"])];
+        Ok(self.describe_boxes(filters, namespace).await?.into_iter().filter(|b| b.interrupted.is_some()).collect())
     }
 
     /// Boxes carrying a given tag value, any live state.
@@ -782,6 +793,35 @@ impl Cloud {
             .send()
             .await
             .map_err(|e| self.classify("ec2:DeleteTags", e))?;
+        Ok(())
+    }
+
+    /// Stops or terminates instance `id` as a spot interruption. Only the local cloud tells the
+    /// two apart: its moto records EC2's state reason for an interruption when the request
+    /// carries `X-Cgcloud-Spot-Interruption` (see cgcloud-localcloud's moto launcher).
+    pub async fn interrupt(&self, id: &str, stop: bool) -> Result<(), AwsError> {
+        let mark = |req: &mut aws_smithy_runtime_api::http::Request| {
+            req.headers_mut().insert("x-cgcloud-spot-interruption", "1");
+        };
+        if stop {
+            self.ec2
+                .stop_instances()
+                .instance_ids(id)
+                .customize()
+                .mutate_request(mark)
+                .send()
+                .await
+                .map_err(|e| self.classify("ec2:StopInstances", e))?;
+        } else {
+            self.ec2
+                .terminate_instances()
+                .instance_ids(id)
+                .customize()
+                .mutate_request(mark)
+                .send()
+                .await
+                .map_err(|e| self.classify("ec2:TerminateInstances", e))?;
+        }
         Ok(())
     }
 

@@ -26,6 +26,10 @@ pub struct BoxInfo {
     pub key_name: Option<String>,
     pub generation: u32,
     pub spot: bool,
+    /// EC2's reason, when a spot interruption stopped or terminated it
+    /// (`Server.SpotInstanceTermination: …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
     pub host_key: Option<String>,
     pub admin_user: Option<String>,
     /// The name of the box's IAM instance profile, if any.
@@ -179,6 +183,7 @@ pub(crate) fn test_box(id: &str, launch: &str, state: &str) -> BoxInfo {
         key_name: None,
         generation: 0,
         spot: false,
+        interrupted: None,
         host_key: None,
         admin_user: None,
         instance_profile: None,

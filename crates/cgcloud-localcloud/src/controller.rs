@@ -60,6 +60,8 @@ struct Observed {
     profile: Option<String>,
     tokens_required: bool,
     spot: bool,
+    /// Its security groups' ids.
+    groups: Vec<String>,
 }
 
 struct Controller {
@@ -88,6 +90,8 @@ struct Controller {
     imds: crate::imds::Shared,
     /// Spot interruptions to carry out: instance → (when, action).
     interrupts: BTreeMap<String, (std::time::SystemTime, String)>,
+    /// The security groups' rules in force (`iptables-restore` input).
+    groups_applied: String,
 }
 
 /// A line of the controller's log (its stderr, `logs/controller.log`).
@@ -148,6 +152,7 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
         dnsmasq_pid: state.dnsmasq_pid,
         imds,
         interrupts: BTreeMap::new(),
+        groups_applied: String::new(),
     };
     log(format!("controller up, watching VPC {}", c.vpc_id));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -214,8 +219,7 @@ impl Controller {
             .collect();
         for (id, action) in due {
             self.interrupts.remove(&id);
-            let ids = [id.clone()];
-            let done = if action == "stop" { self.cloud.stop(&ids).await } else { self.cloud.terminate(&ids).await };
+            let done = self.cloud.interrupt(&id, action == "stop").await;
             match done {
                 Ok(()) => log(format!("{id}: spot interruption: {action}")),
                 Err(e) => log(format!("{id}: spot interruption: cannot {action}: {e}")),
@@ -318,9 +322,79 @@ impl Controller {
                         .and_then(|m| m.http_tokens())
                         .is_some_and(|t| *t == aws_sdk_ec2::types::HttpTokensState::Required),
                     spot: i.instance_lifecycle().is_some_and(|l| *l == aws_sdk_ec2::types::InstanceLifecycleType::Spot),
+                    groups: i.security_groups().iter().filter_map(|g| g.group_id().map(str::to_owned)).collect(),
                 })
             })
             .collect())
+    }
+
+    /// The ingress permissions of the VPC's security groups, by group id.
+    async fn security_groups(&self) -> Result<BTreeMap<String, Vec<crate::secgroups::Permission>>, Error> {
+        let groups: Vec<_> = self
+            .cloud
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("vpc-id").values(&self.vpc_id).build())
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| Error::Controller(format!("DescribeSecurityGroups: {e}")))?;
+        Ok(groups
+            .iter()
+            .filter_map(|g| {
+                let perms = g
+                    .ip_permissions()
+                    .iter()
+                    .map(|p| crate::secgroups::Permission {
+                        protocol: p.ip_protocol().unwrap_or("-1").to_owned(),
+                        from_port: p.from_port(),
+                        to_port: p.to_port(),
+                        cidrs: p.ip_ranges().iter().filter_map(|r| r.cidr_ip().map(str::to_owned)).collect(),
+                        groups: p
+                            .user_id_group_pairs()
+                            .iter()
+                            .filter_map(|u| u.group_id().map(str::to_owned))
+                            .collect(),
+                    })
+                    .collect();
+                Some((g.group_id()?.to_owned(), perms))
+            })
+            .collect())
+    }
+
+    /// Makes the rules in force those of the groups and their members now.
+    async fn enforce_groups(&mut self, instances: &[Observed]) {
+        // A host that is still shutting down keeps its groups (on EC2 its network interface
+        // lives until it is off): its last words, e.g. a Slurm node leaving its cluster, must
+        // reach its peers.
+        let members: Vec<crate::secgroups::Member> = instances
+            .iter()
+            .filter(|i| {
+                matches!(i.state.as_str(), "pending" | "running" | "stopping" | "shutting-down")
+                    || (Host { dir: self.dir(), id: &i.id }).pid().is_some()
+            })
+            .filter_map(|i| Some(crate::secgroups::Member { ip: i.ip.clone()?, groups: i.groups.clone() }))
+            .collect();
+        let groups = match self.security_groups().await {
+            Ok(g) => g,
+            Err(e) => {
+                log(format!("security groups not read: {e}"));
+                return;
+            }
+        };
+        let (text, chains, warnings) = crate::secgroups::ruleset(&groups, &members);
+        if text == self.groups_applied {
+            return;
+        }
+        for w in warnings {
+            log(format!("security group {w}"));
+        }
+        match crate::secgroups::apply(&text, &chains).await {
+            Ok(()) => self.groups_applied = text,
+            Err(e) => log(format!("security groups not applied: {e}")),
+        }
     }
 
     fn layer_dir(&self, image_id: &str) -> PathBuf {
@@ -356,6 +430,7 @@ impl Controller {
     async fn tick(&mut self) -> Result<bool, Error> {
         self.interrupt_due().await;
         let instances = self.observe().await?;
+        self.enforce_groups(&instances).await;
         let local: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
         let pending_images = self.process_images(&local, &instances).await?;
         let unrunnable = self.unrunnable.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default();

@@ -110,12 +110,19 @@ impl Call {
             }
         } else {
             if !req.body.is_empty() {
-                if !content_type.is_empty() && !content_type.starts_with("application/x-www-form-urlencoded") {
+                // moto reads a body of any other type in its own ways (as JSON, for one, when a
+                // parameter is missing from the form), which this module would not see.
+                if !content_type.starts_with("application/x-www-form-urlencoded") {
                     return malformed("a query-protocol body that is not application/x-www-form-urlencoded");
                 }
                 let body = std::str::from_utf8(&req.body)
                     .map_err(|_| Unevaluated::Malformed("the body is not UTF-8".into()))?;
                 call.params.extend(form(body));
+            }
+            let name_ok =
+                |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if let Some((k, _)) = call.params.iter().find(|(k, _)| !name_ok(k)) {
+                return malformed(&format!("{k:?} is not a parameter name"));
             }
             let mut seen = std::collections::HashSet::new();
             if let Some((k, _)) = call.params.iter().find(|(k, _)| !seen.insert(k.as_str())) {
@@ -504,11 +511,17 @@ mod tests {
         f
     }
 
+    /// A request with `headers`, and a form body's Content-Type unless they give one.
     fn request(body: &str, headers: &[(&str, &str)]) -> GuestRequest {
+        let mut headers: Vec<(String, String)> =
+            headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            headers.push(("Content-Type".into(), "application/x-www-form-urlencoded; charset=utf-8".into()));
+        }
         GuestRequest {
             method: "POST".into(),
             target: "/".into(),
-            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            headers,
             body: body.as_bytes().to_vec(),
             close: false,
         }
@@ -594,6 +607,16 @@ mod tests {
         assert!(malformed(parse("/", "Action=DescribeTags&Action=TerminateInstances", &[], &["host"])));
         assert!(malformed(parse("/", "Version=1", &[], &["host"])));
         assert!(malformed(parse("/", "Action=DescribeTags", &[("Content-Type", "application/json")], &["host"])));
+        // A JSON body behind a query-string action: moto would read missing parameters from it.
+        let untyped = [("Content-Type", "")];
+        assert!(malformed(parse(
+            "/?Action=AttachVolume&InstanceId=i-1",
+            r#"{"VolumeId":"vol-2"}"#,
+            &untyped,
+            &["host"]
+        )));
+        assert!(malformed(parse("/?Action=AttachVolume&InstanceId=i-1", r#"{"VolumeId":"vol-2"}"#, &[], &["host"])));
+        assert!(malformed(parse("/", "Action=DescribeTags", &untyped, &["host"])), "a form body must say so");
         let target = [("X-Amz-Target", "AmazonSQS.DeleteQueue"), ("Content-Type", "application/x-amz-json-1.0")];
         assert!(malformed(parse("/", "{}", &target, &["host"])), "an unsigned X-Amz-Target");
         let mut sqs = request(r#"{"QueueUrl": "http://x/1/q", "tags": {"a": "b"}}"#, &target);

@@ -64,6 +64,28 @@ pub struct Registry {
     pub interruptions: HashMap<String, String>,
     /// instance profile → (role name, role ARN), asked of IAM once
     roles: HashMap<String, (String, String)>,
+    /// instance IP → (requests it may still make at once, when that was counted)
+    allowance: HashMap<String, (f64, std::time::Instant)>,
+}
+
+/// Requests an instance may make of IMDS a second, and at once: EC2 throttles each instance's
+/// metadata requests too, and a guest looping on IMDS must not take the service from the others.
+const RATE: f64 = 250.0;
+const BURST: f64 = 500.0;
+
+impl Registry {
+    /// Takes one request from `ip`'s allowance; false if it has none left.
+    fn allow(&mut self, ip: &str, now: std::time::Instant) -> bool {
+        let (left, at) = self.allowance.entry(ip.to_owned()).or_insert((BURST, now));
+        *left = (*left + now.saturating_duration_since(*at).as_secs_f64() * RATE).min(BURST);
+        *at = now;
+        if *left >= 1.0 {
+            *left -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The role of instance profile `profile`, from IAM the first time and remembered after (a
@@ -288,6 +310,9 @@ async fn answer(req: &Request, peer: &str, reg: &Shared, cloud: &cgcloud_aws::Cl
     let Some(inst) = reg.lock().ok().and_then(|r| r.instances.get(peer).cloned()) else {
         return response(403, "Forbidden", "text/plain", "not an instance of this cloud\n", "");
     };
+    if !reg.lock().is_ok_and(|mut r| r.allow(peer, std::time::Instant::now())) {
+        return response(429, "Too Many Requests", "text/plain", "", "");
+    }
     if req.method == "PUT" {
         if req.path != "/latest/api/token" {
             return response(405, "Method Not Allowed", "text/plain", "", "");
@@ -482,6 +507,16 @@ mod tests {
             .unwrap();
         assert_eq!((r.path.as_str(), r.token.as_deref(), r.forwarded), ("/latest/meta-data/", Some("abc"), true));
         assert!(parse("").is_none());
+    }
+
+    #[test]
+    fn each_instance_is_throttled_on_its_own() {
+        let mut r = Registry::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!((0..600).filter(|_| r.allow("10.199.1.4", t0)).count(), BURST as usize);
+        assert!(r.allow("10.199.1.5", t0), "another instance has its own allowance");
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!((0..600).filter(|_| r.allow("10.199.1.4", later)).count(), RATE as usize);
     }
 
     #[test]

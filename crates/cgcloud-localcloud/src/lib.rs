@@ -13,6 +13,7 @@ pub mod images;
 pub mod imds;
 pub mod net;
 pub mod proxy;
+pub mod secgroups;
 pub mod sys;
 pub mod volumes;
 
@@ -275,7 +276,10 @@ impl LocalCloud {
             &std::env::var("CGCLOUD_LOCAL_GUEST_PORTS").unwrap_or_else(|_| net::DEFAULT_GUEST_PORTS.to_owned()),
         )?;
         if !host::can_restrict_devices() {
-            say("warning: this machine has no cgroup v1 devices controller: hosts are not kept from opening its disks (a host's root could reach the machine); see docs/security.md");
+            say("warning: this machine has no cgroup v1 devices controller: hosts are not kept from opening each other's volumes and instance-store disks (loop devices); see docs/security.md");
+        }
+        if !secgroups::between_hosts() {
+            say("warning: bridged traffic does not pass iptables on this machine (br_netfilter is not loaded): security groups are enforced on what the machine sends hosts, not between hosts; `modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1` enables them");
         }
         net::bridge_up().await?;
         say(&format!("bridge {} at {}/{}", net::BRIDGE, net::GATEWAY, net::PREFIX_LEN));

@@ -9,6 +9,10 @@
 # 3. RunInstances gives the instance profile to every instance it launches, as EC2 does. moto
 #    associates it with the first one only, so a cluster's workers (launched together) would
 #    have no instance-profile credentials in the local cloud's IMDS.
+# 4. An instance stopped or terminated as a spot interruption says so in its state reason, as
+#    on EC2 (`Server.SpotInstanceTermination`): the local cloud's controller marks its
+#    TerminateInstances or StopInstances with the header X-Cgcloud-Spot-Interruption (only the
+#    controller and this machine's users reach moto; the guests' door refuses the header).
 # Usage: python moto_server_launcher.py TTL_SECONDS [moto_server arguments...]
 import sys
 import threading
@@ -86,8 +90,30 @@ def profile_for_every_instance():
     InstanceResponse.run_instances = run_instances
 
 
+def spot_interruption_reasons():
+    from moto.ec2.models.instances import StateReason
+    from moto.ec2.responses.instances import InstanceResponse
+
+    reasons = {
+        "terminate_instances": ("Server.SpotInstanceTermination", "Spot instance termination"),
+        "stop_instances": ("Server.SpotInstanceShutdown", "Spot instance shutdown"),
+    }
+    for method, (code, text) in reasons.items():
+        original = getattr(InstanceResponse, method)
+
+        def marked(self, original=original, code=code, text=text):
+            result = original(self)
+            if self.headers.get("X-Cgcloud-Spot-Interruption"):
+                for instance_id in self._get_param("InstanceIds", []):
+                    self.ec2_backend.get_instance(instance_id).state_reason = StateReason(f"{code}: {text}", code)
+            return result
+
+        setattr(InstanceResponse, method, marked)
+
+
 index_tags()
 profile_for_every_instance()
+spot_interruption_reasons()
 if TTL > 0:
     threading.Thread(target=age_out_terminated, name="cgcloud-aging", daemon=True).start()
 sys.exit(main())

@@ -99,10 +99,11 @@ fn nat_rules(imds_to: &str) -> Vec<(&'static str, Vec<String>)> {
         ),
         ("filter", v(&["INPUT", "-i", BRIDGE, "-j", CHAIN_IN])),
         ("filter", v(&["FORWARD", "-i", BRIDGE, "-j", CHAIN_FWD])),
-        (
-            "filter",
-            v(&["FORWARD", "-o", BRIDGE, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]),
-        ),
+        // What the machine sends a host passes its security groups, as on EC2.
+        ("filter", v(&["OUTPUT", "-o", BRIDGE, "-j", crate::secgroups::CHAIN])),
+        // Whatever is forwarded to a host (from another host, or replies from the internet)
+        // passes its security groups, which let replies in.
+        ("filter", v(&["FORWARD", "-o", BRIDGE, "-j", crate::secgroups::CHAIN])),
     ]
 }
 
@@ -162,12 +163,13 @@ fn guest_in_rules(proxy_port: u16, imds_port: u16, guest_ports: &[String]) -> Ve
     rules
 }
 
-/// Where guests' traffic may go through the machine: other guests (bridged traffic passes
-/// here only where br_netfilter is loaded), and the internet, never `blocked`.
+/// Where guests' traffic may go through the machine: other guests, as their security groups
+/// say (bridged traffic passes here only where br_netfilter is loaded), and the internet,
+/// never `blocked`.
 fn guest_fwd_rules(blocked: &[String]) -> Vec<Vec<String>> {
     let mut rules = vec![
         ["-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"].map(str::to_owned).to_vec(),
-        ["-o", BRIDGE, "-j", "ACCEPT"].map(str::to_owned).to_vec(),
+        ["-o", BRIDGE, "-j", crate::secgroups::CHAIN].map(str::to_owned).to_vec(),
     ];
     for net in blocked {
         rules.push(
@@ -219,6 +221,12 @@ pub async fn nat_up(proxy_port: u16, imds_port: u16, guest_ports: &[String]) -> 
     let before =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_else(|_| "0".into()).trim().to_owned();
     fill_chain(CHAIN_IN, &guest_in_rules(proxy_port, imds_port, guest_ports)).await?;
+    // Until the controller has read the groups: replies only.
+    let replies_only = [
+        ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"].map(str::to_owned).to_vec(),
+        vec!["-j".to_owned(), "DROP".to_owned()],
+    ];
+    fill_chain(crate::secgroups::CHAIN, &replies_only).await?;
     let mut blocked: Vec<String> = NEVER_FORWARDED.iter().map(|s| (*s).to_owned()).collect();
     blocked.extend(machine_networks().await);
     fill_chain(CHAIN_FWD, &guest_fwd_rules(&blocked)).await?;
@@ -272,6 +280,7 @@ pub async fn nat_down(imds_port: u16, ip_forward_before: Option<&str>) {
         run_quiet("iptables", &["-w", "-F", chain]).await;
         run_quiet("iptables", &["-w", "-X", chain]).await;
     }
+    crate::secgroups::remove().await;
     if let Some(v) = ip_forward_before {
         run_quiet("sysctl", &["-q", "-w", &format!("net.ipv4.ip_forward={v}")]).await;
     }
@@ -426,6 +435,9 @@ mod tests {
         let drop_imds = text.iter().position(|r| r.starts_with("-d 169.254.0.0/16 -j REJECT")).unwrap();
         let accept_all = text.iter().position(|r| r == "-j ACCEPT").unwrap();
         assert!(drop_imds < accept_all && accept_all == text.len() - 1);
+        // Traffic to other guests goes through their security groups, before anything accepts.
+        let groups = text.iter().position(|r| r == "-o cgc0 -j CGCLOUD-SG").unwrap();
+        assert!(groups < drop_imds);
         assert!(super::NEVER_FORWARDED.contains(&"10.0.0.0/8"));
     }
 

@@ -205,6 +205,10 @@ pub fn parse_head(head: &[u8]) -> Result<Head, Refusal> {
             return Err(Refusal::Malformed("bad header value"));
         }
         let value = value.trim();
+        // The controller's own marks to moto (a spot interruption) are not a guest's to make.
+        if name.to_ascii_lowercase().starts_with("x-cgcloud-") {
+            return Err(Refusal::Malformed("X-Cgcloud- headers are the local cloud's own"));
+        }
         match name.to_ascii_lowercase().as_str() {
             "content-length" => {
                 if length.is_some() {
@@ -268,7 +272,7 @@ fn complete(head: Head, data: &[u8], head_end: usize) -> Result<Option<(GuestReq
 
 /// AWS's answer to a request it will not serve.
 fn access_denied(what: &str) -> Vec<u8> {
-    Denied { status: 403, code: "AccessDenied", message: what.to_owned(), ec2: true }.response()
+    Denied { status: 403, code: "AccessDenied", message: what.to_owned(), ec2: true }.response(false)
 }
 
 fn xml_escape(s: &str) -> String {
@@ -388,7 +392,8 @@ async fn serve_guest(mut inbound: TcpStream, door: &Door) {
         };
         if let Err(denied) = checked {
             crate::controller::log(format!("guest request refused: {}: {}", denied.code, denied.message));
-            if inbound.write_all(&denied.response()).await.is_err() || req.close {
+            let json = req.header("x-amz-target").is_some();
+            if inbound.write_all(&denied.response(json)).await.is_err() || req.close {
                 return;
             }
             continue;
@@ -430,7 +435,28 @@ pub struct Denied {
 }
 
 impl Denied {
-    fn response(&self) -> Vec<u8> {
+    /// The answer, in the JSON protocol's form for a request that came in it (`json`: SQS's,
+    /// with the query-compatible code header its SDKs read) and in XML otherwise.
+    fn response(&self, json: bool) -> Vec<u8> {
+        let reason = match self.status {
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            503 => "Service Unavailable",
+            _ => "Forbidden",
+        };
+        if json {
+            let body =
+                serde_json::json!({"__type": format!("com.amazonaws.sqs#{}", self.code), "message": self.message})
+                    .to_string();
+            let kind = if self.status >= 500 { "Receiver" } else { "Sender" };
+            return format!(
+                "HTTP/1.1 {} {reason}\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-query-error: {};{kind}\r\nContent-Length: {}\r\n\r\n{body}",
+                self.status,
+                self.code,
+                body.len()
+            )
+            .into_bytes();
+        }
         let message = xml_escape(&self.message);
         let body = if self.ec2 {
             format!(
@@ -442,12 +468,6 @@ impl Denied {
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ErrorResponse><Error><Type>Sender</Type><Code>{}</Code><Message>{message}</Message></Error><RequestId>cgcloud-local</RequestId></ErrorResponse>",
                 self.code
             )
-        };
-        let reason = match self.status {
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            503 => "Service Unavailable",
-            _ => "Forbidden",
         };
         format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
@@ -953,9 +973,15 @@ fn stats_response() -> Vec<u8> {
         .into_bytes()
 }
 
-/// EC2 actions after which the controller has something to realize: instances that appear,
-/// change power or go; images made or removed; volumes made, attached, detached or deleted.
+/// EC2 actions after which the controller has something to realize: security groups' rules
+/// and memberships; instances that appear, change power or go; images made or removed;
+/// volumes made, attached, detached or deleted.
 const CHANGING: &[&str] = &[
+    "AuthorizeSecurityGroupIngress",
+    "RevokeSecurityGroupIngress",
+    "ModifyInstanceAttribute",
+    "ModifyNetworkInterfaceAttribute",
+    "DeleteSecurityGroup",
     "RunInstances",
     "StartInstances",
     "StopInstances",
@@ -1105,6 +1131,7 @@ mod tests {
             b"DELETE / HTTP/1.1\r\n\r\n",
             b"POST  / HTTP/1.1\r\n\r\n",
             b"POST / HTTP/2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nX-Cgcloud-Spot-Interruption: 1\r\n\r\n",
         ] {
             assert!(matches!(parse_guest_request(bad), Err(Refusal::Malformed(_))), "{}", String::from_utf8_lossy(bad));
         }
@@ -1189,7 +1216,14 @@ mod tests {
         assert_eq!(authenticate(&ok, &imds, now).unwrap_err().code, "RequestExpired");
         // Other services answer with their own codes and error document.
         let d = Denied { status: 403, code: "SignatureDoesNotMatch", message: "<x>".into(), ec2: false };
-        let text = String::from_utf8(d.response()).unwrap();
+        let text = String::from_utf8(d.response(false)).unwrap();
+        let json = String::from_utf8(d.response(true)).unwrap();
+        assert!(json.contains("x-amzn-query-error: SignatureDoesNotMatch;Sender\r\n"), "{json}");
+        let body: serde_json::Value = serde_json::from_str(json.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(
+            (body["__type"].as_str(), body["message"].as_str()),
+            (Some("com.amazonaws.sqs#SignatureDoesNotMatch"), Some("<x>"))
+        );
         assert!(text.contains("<ErrorResponse>") && text.contains("&lt;x&gt;") && text.starts_with("HTTP/1.1 403"));
         assert_eq!(canonical_query("b=2&a=1%2F"), "a=1%2F&b=2");
     }

@@ -23,6 +23,28 @@ pub async fn run(program: &str, args: &[&str]) -> Result<String, Error> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs a command with `input` on its standard input; fails with its stderr if it exits
+/// non-zero.
+pub async fn run_with_input(program: &str, args: &[&str], input: &[u8]) -> Result<String, Error> {
+    use tokio::io::AsyncWriteExt as _;
+    let failed = |detail: String| Error::Command { command: format!("{program} {}", args.join(" ")), detail };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).await.map_err(|e| failed(e.to_string()))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs a command and ignores failure (for idempotent teardown).
 pub async fn run_quiet(program: &str, args: &[&str]) -> bool {
     Command::new(program)

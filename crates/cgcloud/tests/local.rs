@@ -645,11 +645,104 @@ fn guests_cannot_escape_the_local_cloud() {
     ));
     assert!(!tags.contains("forged"), "{tags}");
     assert_eq!(boto3("print([k['KeyName'] for k in client('ec2').describe_key_pairs()['KeyPairs'] if k['KeyName'] == 'alice@evil'])").trim(), "[]");
+    // The same through botocore's own signer (session token included) and SQS's JSON protocol
+    // (X-Amz-Target), as software on a box that uses an AWS SDK sends them.
+    let sdk = boto3(&format!(
+        r#"import json, time, botocore.exceptions
+key, c = [(k, v) for k, v in json.load(open('{creds}')).items() if v['instance_id'] == '{a_id}'][0]
+def box(s): return boto3.client(s, endpoint_url='http://10.199.0.1:5401', region_name='us-west-2', aws_access_key_id=key, aws_secret_access_key=c['secret_access_key'], aws_session_token=c['session_token'])
+def queue(i):
+    for _ in range(60):
+        q = [u.rsplit('/', 1)[1] for u in client('sqs').list_queues().get('QueueUrls', []) if u.endswith(i)]
+        if q: return q[0]
+        time.sleep(1)
+    raise SystemExit('no agent queue for ' + i)
+def code(f):
+    try:
+        f()
+        return 'allowed'
+    except botocore.exceptions.ClientError as e:
+        return e.response['Error']['Code']
+ec2, sqs = box('ec2'), box('sqs')
+print(len(ec2.describe_instances(InstanceIds=['{a_id}'])['Reservations']))
+own = sqs.get_queue_url(QueueName=queue('{a_id}'))['QueueUrl']
+print(sorted(sqs.get_queue_attributes(QueueUrl=own, AttributeNames=['QueueArn'])['Attributes']))
+print(code(lambda: sqs.get_queue_url(QueueName=queue('{b_id}'))))
+print(code(lambda: ec2.terminate_instances(InstanceIds=['{b_id}'])))"#,
+        creds = local_dir().join("run/credentials.json").display(),
+    ));
+    assert_eq!(sdk, "1\n['QueueArn']\nAccessDenied\nUnauthorizedOperation\n", "{sdk}");
     // What moto does not carry out (a dry run of what A may do) powers nothing off.
     let dry = as_root(&u, &a_id, &api(&format!("Action=StopInstances&InstanceId.1={a_id}&DryRun=true")));
     assert!(dry.contains("DryRunOperation"), "{dry}");
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!((boot_id(&a_id), boot_id(&b_id)), (a_boot, b_boot), "an instance was powered off");
+
+    // Security groups are enforced as on EC2. A and B are in their role's group, which opens
+    // SSH (and path-MTU ICMP) to anyone and nothing else: B's web server is out of reach of A
+    // and of the machine, until the group lets them in.
+    let group = boto3(&format!(
+        "print(client('ec2').describe_instances(InstanceIds=['{b_id}'])['Reservations'][0]['Instances'][0]['SecurityGroups'][0]['GroupId'])"
+    ))
+    .trim()
+    .to_owned();
+    as_root(&u, &b_id, "nohup python3 -m http.server 9990 </dev/null >/dev/null 2>&1 &");
+    as_root(
+        &u,
+        &b_id,
+        "for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:9990/ && exit 0; sleep 0.2; done; exit 1",
+    );
+    let from_a = || {
+        as_root(&u, &a_id, &format!("curl -s -o /dev/null -m 3 -w '%{{http_code}}' http://{b_ip}:9990/ || true"))
+            .trim()
+            .to_owned()
+    };
+    let from_machine = || {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-m", "3", "-w", "%{http_code}", &format!("http://{b_ip}:9990/")])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let eventually = |what: &str, want: &str, get: &dyn Fn() -> String| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let got = get();
+            if got == want {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {got}, not {want}");
+        }
+    };
+    assert_eq!(from_a(), "000", "a peer reached a port its group does not open");
+    assert_eq!(from_machine(), "000", "the machine reached a port the group does not open");
+    assert_eq!(
+        as_root(&u, &a_id, &format!("timeout 5 bash -c 'echo > /dev/tcp/{b_ip}/22' && echo open")).trim(),
+        "open"
+    );
+    let permission = |verb: &str, source: &str| {
+        boto3(&format!(
+            "client('ec2').{verb}_security_group_ingress(GroupId='{group}', IpPermissions=[{{'IpProtocol': 'tcp', 'FromPort': 9990, 'ToPort': 9990, {source}}}])"
+        ));
+    };
+    // The group lets its own members in (clusters' groups refer to themselves this way).
+    let members = format!("'UserIdGroupPairs': [{{'GroupId': '{group}'}}]");
+    permission("authorize", &members);
+    eventually("a member through its own group", "200", &from_a);
+    assert_eq!(from_machine(), "000", "the machine is not a member");
+    // A CIDR rule for the machine's address (as a user opens a port to their workstation).
+    let machine = "'IpRanges': [{'CidrIp': '10.199.0.1/32'}]";
+    permission("authorize", machine);
+    eventually("the machine through a CIDR rule", "200", &from_machine);
+    permission("revoke", &members);
+    permission("revoke", machine);
+    eventually("a peer after the rule was revoked", "000", &from_a);
+    eventually("the machine after the rule was revoked", "000", &from_machine);
+    // The spoofing test below needs its port open to the whole VPC, so that only the
+    // per-veth pinning can stop what it sends.
+    boto3(&format!(
+        "client('ec2').authorize_security_group_ingress(GroupId='{group}', IpPermissions=[{{'IpProtocol': 'udp', 'FromPort': 9999, 'ToPort': 9999, 'IpRanges': [{{'CidrIp': '10.199.0.0/16'}}]}}])"
+    ));
     as_root(
         &u,
         &b_id,
@@ -1193,11 +1286,11 @@ fn autostop_end_to_end() {
     u.ok(&["local", "down"]);
 }
 
-/// The standalone master's JSON status, fetched from the workstation (the leader's private IP
-/// is a local-cloud address).
-fn master_status(ip: &str) -> Option<Value> {
-    let out =
-        Command::new("curl").args(["-sf", "--max-time", "5", &format!("http://{ip}:8080/json/")]).output().ok()?;
+/// The standalone master's JSON status, read on the leader: its UI port is open to the
+/// cluster's own group only, as on EC2 (the local cloud enforces security groups).
+fn master_status(u: &User, cluster: &str, ip: &str) -> Option<Value> {
+    let curl = format!("curl -sf --max-time 5 http://{ip}:8080/json/");
+    let out = u.cmd().args(["ssh", "spark-leader", "-c", cluster, "--", &curl]).output().ok()?;
     serde_json::from_slice(&out.stdout).ok()
 }
 
@@ -1242,16 +1335,16 @@ fn power_cycle(u: &User, cluster_type: &str, name: &str, script: &str) -> String
     u.ok(&["ssh-cluster", cluster_type, "-c", name, "-P", "--", script])
 }
 
-fn wait_alive_workers(ip: &str, n: u64, timeout_s: u64) -> f64 {
+fn wait_alive_workers(u: &User, cluster: &str, ip: &str, n: u64, timeout_s: u64) -> f64 {
     let start = std::time::Instant::now();
     loop {
-        if master_status(ip).and_then(|s| s["aliveworkers"].as_u64()) == Some(n) {
+        if master_status(u, cluster, ip).and_then(|s| s["aliveworkers"].as_u64()) == Some(n) {
             return start.elapsed().as_secs_f64();
         }
         assert!(
             start.elapsed().as_secs() < timeout_s,
             "the master did not report {n} alive workers within {timeout_s} s: {:?}",
-            master_status(ip)
+            master_status(u, cluster, ip)
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
@@ -1300,7 +1393,7 @@ fn spark_end_to_end() {
     u.ok(&["create-cluster", "spark", "-s", "2", "-c", "sp", "-t", "m5d.large"]);
     let leader = u.json(&["show", "spark-leader", "-c", "sp"]);
     let ip = leader["private_ip"].as_str().unwrap().to_owned();
-    let t = wait_alive_workers(&ip, 2, 180);
+    let t = wait_alive_workers(&u, "sp", &ip, 2, 180);
     eprintln!("2 workers registered {t:.1} s after create-cluster returned");
     let mounts = u.ok(&["ssh-cluster", "spark", "-c", "sp", "--", "findmnt -n -o SOURCE,FSTYPE /mnt/ephemeral"]);
     let on_store = mounts.lines().filter(|l| l.contains("NVMe_Instance_Storage") && l.contains("ext4")).count();
@@ -1328,7 +1421,7 @@ fn spark_end_to_end() {
     }
     let kept = u.ok(&["ssh", "spark-worker", "-c", "sp", "-o", "0", "--", "cat /mnt/ephemeral/spark/marker"]);
     assert_eq!(kept.trim(), "kept");
-    wait_alive_workers(&ip, 2, 180);
+    wait_alive_workers(&u, "sp", &ip, 2, 180);
     let after = power_cycle(
         &u,
         "spark",
@@ -1336,12 +1429,12 @@ fn spark_end_to_end() {
         "findmnt -n -o FSTYPE /mnt/ephemeral && test ! -e /mnt/ephemeral/spark/marker && echo blank",
     );
     assert_eq!(after.matches("blank").count(), 3, "{after}");
-    wait_alive_workers(&ip, 2, 240);
+    wait_alive_workers(&u, "sp", &ip, 2, 240);
     check_word_count(&u, "sp", &ip);
 
     // A new worker registers with the master.
     u.ok(&["grow-cluster", "spark", "-c", "sp", "-s", "1"]);
-    wait_alive_workers(&ip, 3, 180);
+    wait_alive_workers(&u, "sp", &ip, 3, 180);
 
     u.ok(&["terminate-cluster", "spark", "-c", "sp"]);
     u.ok(&["delete-image", "spark-box"]);
@@ -1437,7 +1530,7 @@ fn spark_apache_end_to_end() {
     let create = ["create-cluster", "spark", "-s", "2", "-c", "ap", "-e", "1"];
     u.ok(&create);
     let ip = u.json(&["show", "spark-leader", "-c", "ap"])["private_ip"].as_str().unwrap().to_owned();
-    wait_alive_workers(&ip, 2, 180);
+    wait_alive_workers(&u, "ap", &ip, 2, 180);
     check_word_count(&u, "ap", &ip);
 
     if hadoop.is_some() {
@@ -1633,6 +1726,17 @@ fn toil_end_to_end() {
         assert!(std::time::Instant::now() < deadline, "the interrupted worker was not terminated");
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
+    // list-clusters says what happened, from EC2's state reason.
+    let listed = u.json(&["list-clusters", "toil"]);
+    let t1 = listed.as_array().unwrap().iter().find(|c| c["name"] == "t1").unwrap_or_else(|| panic!("{listed}"));
+    let lost = t1["interrupted"].as_array().unwrap_or_else(|| panic!("no interrupted node in {t1}"));
+    assert_eq!(lost.len(), 1, "{t1}");
+    assert_eq!(lost[0]["instance_id"], spot_id.as_str());
+    assert!(lost[0]["interrupted"].as_str().unwrap().starts_with("Server.SpotInstanceTermination"), "{t1}");
+    let table = u.ok(&["list-clusters", "toil"]);
+    assert!(table.lines().next().unwrap().trim_end().ends_with("INTERRUPTED"), "{table}");
+    let row = table.lines().find(|l| l.starts_with("t1 ")).unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(row.split_whitespace().last(), Some("1"), "{table}");
     // Only a spot instance can be interrupted.
     let on_demand =
         workers.as_array().unwrap().iter().find(|b| b["spot"] == false).unwrap()["instance_id"].as_str().unwrap();

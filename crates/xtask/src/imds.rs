@@ -1,8 +1,10 @@
 //! `bench imds [N]`: what the sealed local cloud costs a box. On a box created with the agent:
 //! N times (default 200) the credentials an agent fetches from IMDS (token, role, credentials:
 //! three requests), timed inside the box; then N signed DescribeRegions through the guests'
-//! door (signature verified, request parsed and passed on) against N through this machine's
-//! door (a plain relay), each on a new connection, p50 and p99 of each and the difference.
+//! door (signature verified, request parsed, IAM policy evaluated, passed on) against N through
+//! this machine's door (a plain relay), each on a new connection, p50 and p99 of each and the
+//! difference; and the same for a CreateTags of the box on itself, whose evaluation looks up
+//! the box's tags and instance profile in moto.
 
 use crate::{cgcloud, percentile, BenchUser};
 use anyhow::{bail, Context as _, Result};
@@ -50,8 +52,17 @@ pub(crate) async fn imds(n: usize) -> Result<()> {
         secret_access_key: c.secret_access_key.clone(),
         session_token: Some(c.session_token.clone()),
     };
-    let guest = timed(&format!("{}:{}", cgcloud_localcloud::net::GATEWAY, state.port), n, Some(&creds))?;
-    let own = timed(&format!("127.0.0.1:{}", state.port), n, None)?;
+    let describe = "Action=DescribeRegions&Version=2016-11-15";
+    let tag = format!(
+        "Action=CreateTags&Version=2016-11-15&ResourceId.1={id}&Tag.1.Key={}&Tag.1.Value=bench",
+        cgcloud_core::tags::ACTIVE_AT.replace(':', "%3A")
+    );
+    let guests_door = format!("{}:{}", cgcloud_localcloud::net::GATEWAY, state.port);
+    let own_door = format!("127.0.0.1:{}", state.port);
+    let guest = timed(&guests_door, n, Some(&creds), describe)?;
+    let own = timed(&own_door, n, None, describe)?;
+    let guest_tag = timed(&guests_door, n, Some(&creds), &tag)?;
+    let own_tag = timed(&own_door, n, None, &tag)?;
     cgcloud(&h, &["-q", "terminate", role, "-I", &id])?;
 
     println!("imds: {n} rounds on one box (release build: `cargo run --release -p xtask`)");
@@ -63,22 +74,26 @@ pub(crate) async fn imds(n: usize) -> Result<()> {
         percentile(&fetch, 0.99)
     );
     let row = |name: &str, v: &[f64]| println!("{name:<44} {:>9.2} {:>9.2}", percentile(v, 0.5), percentile(v, 0.99));
+    let added = |name: &str, guest: &[f64], own: &[f64]| {
+        println!(
+            "{name:<44} {:>9.2} {:>9.2}",
+            percentile(guest, 0.5) - percentile(own, 0.5),
+            percentile(guest, 0.99) - percentile(own, 0.99)
+        )
+    };
     row("DescribeRegions, guests' door (signed)", &guest);
     row("DescribeRegions, this machine's door", &own);
-    println!(
-        "{:<44} {:>9.2} {:>9.2}",
-        "added by the guests' door",
-        percentile(&guest, 0.5) - percentile(&own, 0.5),
-        percentile(&guest, 0.99) - percentile(&own, 0.99)
-    );
+    added("added by the guests' door", &guest, &own);
+    row("CreateTags on itself, guests' door", &guest_tag);
+    row("CreateTags on itself, this machine's door", &own_tag);
+    added("added (IAM looks up tags and profile)", &guest_tag, &own_tag);
     Ok(())
 }
 
-/// `n` DescribeRegions to `addr`, each on a connection of its own (moto closes every connection
+/// `n` requests with form `body` to `addr`, each on a connection of its own (moto closes every connection
 /// after one answer, which this machine's door passes on), signed with `creds` if given; sorted
 /// latencies in ms, connecting included.
-fn timed(addr: &str, n: usize, creds: Option<&cgcloud_core::sigv4::Credentials>) -> Result<Vec<f64>> {
-    let body = "Action=DescribeRegions&Version=2016-11-15";
+fn timed(addr: &str, n: usize, creds: Option<&cgcloud_core::sigv4::Credentials>, body: &str) -> Result<Vec<f64>> {
     let ct = "application/x-www-form-urlencoded; charset=utf-8";
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {

@@ -47,6 +47,10 @@ pub struct Cluster {
     pub name: String,
     pub cluster_type: String,
     pub nodes: Vec<BoxInfo>,
+    /// Nodes a spot interruption terminated (listed by `list-clusters` while EC2 still shows
+    /// them, about an hour); interrupted nodes that were stopped are among `nodes`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interrupted: Vec<BoxInfo>,
 }
 
 impl Cluster {
@@ -67,7 +71,7 @@ async fn clusters(ctx: &Ctx, cluster_type: Option<&str>) -> Result<Vec<Cluster>>
         }
         by_name
             .entry(name.clone())
-            .or_insert_with(|| Cluster { name, cluster_type: t, nodes: Vec::new() })
+            .or_insert_with(|| Cluster { name, cluster_type: t, nodes: Vec::new(), interrupted: Vec::new() })
             .nodes
             .push(b);
     }
@@ -180,7 +184,13 @@ pub async fn list(ctx: &Ctx, a: ListClustersArgs) -> Result<ExitCode> {
     if let Some(t) = &a.cluster_type {
         ctx.registry().await?.cluster_type(t)?;
     }
-    let all = clusters(ctx, a.cluster_type.as_deref()).await?;
+    let mut all = clusters(ctx, a.cluster_type.as_deref()).await?;
+    let ns = ctx.namespace().await?;
+    for lost in ctx.cloud().await?.interrupted_boxes(ns.as_str()).await? {
+        if let Some(c) = all.iter_mut().find(|c| lost.cluster.as_ref() == Some(&c.name)) {
+            c.interrupted.push(lost);
+        }
+    }
     let rows: Vec<Vec<String>> = all
         .iter()
         .map(|c| {
@@ -199,9 +209,14 @@ pub async fn list(ctx: &Ctx, a: ListClustersArgs) -> Result<ExitCode> {
                 format!("{configured}/{}", c.nodes.len()),
                 c.nodes.first().map(|n| n.launch_time.clone()).unwrap_or_default(),
                 c.leader().and_then(|l| l.autostop.clone()).unwrap_or_else(|| "-".into()),
+                (c.nodes.iter().filter(|n| n.interrupted.is_some()).count() + c.interrupted.len()).to_string(),
             ]
         })
         .collect();
-    ctx.out.table(&["CLUSTER", "TYPE", "LEADER", "NODES", "STATES", "CONFIGURED", "LAUNCHED", "AUTOSTOP"], &rows, &all);
+    ctx.out.table(
+        &["CLUSTER", "TYPE", "LEADER", "NODES", "STATES", "CONFIGURED", "LAUNCHED", "AUTOSTOP", "INTERRUPTED"],
+        &rows,
+        &all,
+    );
     Ok(ExitCode::SUCCESS)
 }
