@@ -301,12 +301,9 @@ impl Cloud {
         Ok(())
     }
 
-    /// Every policy document of role `name`, decoded: its inline policies and the default
-    /// version of each managed policy attached to it (what IAM evaluates for its sessions).
-    pub async fn role_policy_documents(&self, name: &str) -> Result<Vec<String>, AwsError> {
-        let mut docs = Vec::new();
-        let inline: Vec<String> = self
-            .iam
+    /// The names of role `name`'s inline policies.
+    async fn inline_policy_names(&self, name: &str) -> Result<Vec<String>, AwsError> {
+        self.iam
             .list_role_policies()
             .role_name(name)
             .into_paginator()
@@ -314,8 +311,14 @@ impl Cloud {
             .send()
             .collect::<Result<Vec<_>, _>>()
             .await
-            .map_err(|e| self.classify("iam:ListRolePolicies", e))?;
-        for p in inline {
+            .map_err(|e| self.classify("iam:ListRolePolicies", e))
+    }
+
+    /// Every policy document of role `name`, decoded: its inline policies and the default
+    /// version of each managed policy attached to it (what IAM evaluates for its sessions).
+    pub async fn role_policy_documents(&self, name: &str) -> Result<Vec<String>, AwsError> {
+        let mut docs = Vec::new();
+        for p in self.inline_policy_names(name).await? {
             let out = self
                 .iam
                 .get_role_policy()
@@ -356,17 +359,7 @@ impl Cloud {
 
     /// Deletes an IAM role after deleting its inline policies and detaching it from profiles.
     pub async fn delete_role(&self, name: &str) -> Result<(), AwsError> {
-        let policies: Vec<String> = self
-            .iam
-            .list_role_policies()
-            .role_name(name)
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .map_err(|e| self.classify("iam:ListRolePolicies", e))?;
-        for p in policies {
+        for p in self.inline_policy_names(name).await? {
             self.iam
                 .delete_role_policy()
                 .role_name(name)
