@@ -1,10 +1,10 @@
 //! `bench imds [N]`: what the sealed local cloud costs a box. On a box created with the agent:
 //! N times (default 200) the credentials an agent fetches from IMDS (token, role, credentials:
-//! three requests), timed inside the box; then N signed DescribeRegions through the guests'
-//! door (signature verified, request parsed, IAM policy evaluated, passed on) against N through
-//! this machine's door (a plain relay), each on a new connection, p50 and p99 of each and the
-//! difference; and the same for a CreateTags of the box on itself, whose evaluation looks up
-//! the box's tags and instance profile in moto.
+//! three requests), timed inside the box; then N signed DescribeKeyPairs (what every agent
+//! calls) through the guests' door (signature verified, request parsed, IAM policy evaluated,
+//! passed on) against N through this machine's door (a plain relay), each on a new connection,
+//! p50 and p99 of each and the difference; and the same for a CreateTags of the box on itself,
+//! whose evaluation looks up the box's tags and instance profile in moto.
 
 use crate::{cgcloud, percentile, BenchUser};
 use anyhow::{bail, Context as _, Result};
@@ -52,7 +52,7 @@ pub(crate) async fn imds(n: usize) -> Result<()> {
         secret_access_key: c.secret_access_key.clone(),
         session_token: Some(c.session_token.clone()),
     };
-    let describe = "Action=DescribeRegions&Version=2016-11-15";
+    let describe = "Action=DescribeKeyPairs&Version=2016-11-15";
     let tag = format!(
         "Action=CreateTags&Version=2016-11-15&ResourceId.1={id}&Tag.1.Key={}&Tag.1.Value=bench",
         cgcloud_core::tags::ACTIVE_AT.replace(':', "%3A")
@@ -81,8 +81,8 @@ pub(crate) async fn imds(n: usize) -> Result<()> {
             percentile(guest, 0.99) - percentile(own, 0.99)
         )
     };
-    row("DescribeRegions, guests' door (signed)", &guest);
-    row("DescribeRegions, this machine's door", &own);
+    row("DescribeKeyPairs, guests' door (signed)", &guest);
+    row("DescribeKeyPairs, this machine's door", &own);
     added("added by the guests' door", &guest, &own);
     row("CreateTags on itself, guests' door", &guest_tag);
     row("CreateTags on itself, this machine's door", &own_tag);

@@ -138,6 +138,8 @@ struct BareBoot {
     work: tempfile::TempDir,
     key: PathBuf,
     key_name: String,
+    /// A security group that opens SSH.
+    group: String,
 }
 
 impl BareBoot {
@@ -162,7 +164,18 @@ impl BareBoot {
         let pubkey = std::fs::read_to_string(key.with_extension("pub"))?;
         let key_name = format!("bench-{}", std::process::id());
         cloud.import_key_pair(&key_name, pubkey.trim(), &Tags::new()).await?;
-        Ok(BareBoot { lc, ep, cloud, image, work, key, key_name })
+        // The local cloud enforces security groups as EC2 does: SSH must be opened.
+        let ssh = cgcloud_aws::ec2::SgRule {
+            protocol: "tcp".into(),
+            from_port: 22,
+            to_port: 22,
+            source: cgcloud_aws::ec2::SgSource::Cidr("0.0.0.0/0".into()),
+            description: "SSH".into(),
+        };
+        let vpc = state.vpc_id.clone().context("the local cloud has no VPC")?;
+        let tags = Tags::from([("Name".to_owned(), "bench-ssh".to_owned())]);
+        let (group, _) = cloud.ensure_security_group("bench-ssh", "bench: SSH", &vpc, &tags, &[ssh]).await?;
+        Ok(BareBoot { lc, ep, cloud, image, work, key, key_name, group })
     }
 
     /// Boots `n` hosts, waits for SSH on each, terminates them; returns each host's time
@@ -179,6 +192,7 @@ impl BareBoot {
             count: n,
             key_name: Some(self.key_name.clone()),
             subnet_id: Some(self.ep.subnet.clone()),
+            security_group_ids: vec![self.group.clone()],
             user_data,
             ..Default::default()
         };
