@@ -15,7 +15,7 @@
 //! different ones; lists are read by every numbered member (`InstanceId.7` too, which moto
 //! would not reach after a gap), so what is authorized always covers what moto acts on.
 
-use crate::proxy::{url_decode, GuestRequest};
+use crate::proxy::{query_params, GuestRequest};
 use cgcloud_core::policy::{instance_arn, Policy, Request};
 use cgcloud_core::tags::Tags;
 use std::collections::HashMap;
@@ -70,7 +70,7 @@ impl Call {
         let mut call =
             Call { service: service.to_owned(), action: String::new(), params: Vec::new(), json_tags: Tags::new() };
         let query = req.target.split_once('?').map(|(_, q)| q).unwrap_or_default();
-        for (k, v) in form(query) {
+        for (k, v) in query_params(query.as_bytes()) {
             // What presigns a URL is the signature's, not the call's.
             if !k.starts_with("X-Amz-") {
                 call.params.push((k, v));
@@ -117,7 +117,7 @@ impl Call {
                 }
                 let body = std::str::from_utf8(&req.body)
                     .map_err(|_| Unevaluated::Malformed("the body is not UTF-8".into()))?;
-                call.params.extend(form(body));
+                call.params.extend(query_params(body.as_bytes()));
             }
             let name_ok =
                 |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
@@ -193,17 +193,6 @@ impl Call {
         }
         Ok(out)
     }
-}
-
-/// `a=b&c=d`, decoded.
-fn form(text: &str) -> Vec<(String, String)> {
-    text.split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (url_decode(k), url_decode(v))
-        })
-        .collect()
 }
 
 /// What authorization needs to know from moto.

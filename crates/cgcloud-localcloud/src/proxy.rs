@@ -435,6 +435,11 @@ pub struct Denied {
 }
 
 impl Denied {
+    /// A denial with EC2's code `code_ec2` for EC2 requests and `code` for the others'.
+    fn new(ec2: bool, status: u16, code_ec2: &'static str, code: &'static str, message: String) -> Denied {
+        Denied { status, code: if ec2 { code_ec2 } else { code }, message, ec2 }
+    }
+
     /// The answer, in the JSON protocol's form for a request that came in it (`json`: SQS's,
     /// with the query-compatible code header its SDKs read) and in XML otherwise.
     fn response(&self, json: bool) -> Vec<u8> {
@@ -503,12 +508,7 @@ pub fn authenticate(
     let auth = req.header("authorization").unwrap_or_default();
     let service = auth.split("Credential=").nth(1).and_then(|c| c.split('/').nth(3)).unwrap_or_default().to_owned();
     let ec2 = service == "ec2" || service.is_empty();
-    let deny = |status: u16, code_ec2: &'static str, code: &'static str, message: String| Denied {
-        status,
-        code: if ec2 { code_ec2 } else { code },
-        message,
-        ec2,
-    };
+    let deny = |status, code_ec2, code, message| Denied::new(ec2, status, code_ec2, code, message);
     let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256 ") else {
         return Err(deny(
             401,
@@ -641,12 +641,7 @@ pub fn authenticate(
 async fn authorize(req: &GuestRequest, who: &Signer, door: &Door) -> Result<(), Denied> {
     use crate::iam::Unevaluated;
     let ec2 = who.service == "ec2";
-    let deny = |status: u16, code_ec2: &'static str, code: &'static str, message: String| Denied {
-        status,
-        code: if ec2 { code_ec2 } else { code },
-        message,
-        ec2,
-    };
+    let deny = |status, code_ec2, code, message| Denied::new(ec2, status, code_ec2, code, message);
     let issued = &who.issued;
     let caller = crate::iam::Caller {
         instance_id: issued.instance_id.clone(),
@@ -654,14 +649,12 @@ async fn authorize(req: &GuestRequest, who: &Signer, door: &Door) -> Result<(), 
         account: issued.role_arn.split(':').nth(4).unwrap_or_default().to_owned(),
     };
     let signed: Vec<&str> = who.signed_headers.iter().map(String::as_str).collect();
-    let outcome = match crate::iam::Call::parse(req, &who.service, &signed) {
-        Ok(call) => match crate::iam::requests(&call, &caller, &door.cloud).await {
-            Ok(requests) => Ok((call, requests)),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
+    let evaluated = async {
+        let call = crate::iam::Call::parse(req, &who.service, &signed)?;
+        let requests = crate::iam::requests(&call, &caller, &door.cloud).await?;
+        Ok::<_, Unevaluated>((call, requests))
     };
-    let (call, requests) = match outcome {
+    let (call, requests) = match evaluated.await {
         Ok(x) => x,
         Err(Unevaluated::Malformed(why)) => {
             return Err(deny(400, "InvalidParameterValue", "InvalidParameterValue", why));
@@ -883,9 +876,16 @@ pub(crate) fn url_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn query_params(body: &[u8]) -> Vec<(String, String)> {
+/// `a=b&c=d`, decoded; a key without `=` has an empty value.
+pub(crate) fn query_params(body: &[u8]) -> Vec<(String, String)> {
     let text = String::from_utf8_lossy(body);
-    text.split('&').filter_map(|kv| kv.split_once('=').map(|(k, v)| (url_decode(k), url_decode(v)))).collect()
+    text.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (url_decode(k), url_decode(v))
+        })
+        .collect()
 }
 
 /// The instance of a `GetConsoleOutput` request, if `body` is one and names a plausible id

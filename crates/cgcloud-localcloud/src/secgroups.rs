@@ -165,24 +165,28 @@ pub fn ruleset(
 /// `chains`.
 pub async fn apply(text: &str, chains: &BTreeSet<String>) -> Result<(), Error> {
     crate::sys::run_with_input("iptables-restore", &["-w", "--noflush"], text.as_bytes()).await?;
-    let listing = crate::sys::run("iptables", &["-w", "-S"]).await.unwrap_or_default();
-    for stale in listing
-        .lines()
-        .filter_map(|l| l.strip_prefix("-N "))
-        .filter(|c| c.starts_with(SET_PREFIX) && !chains.contains(*c))
-    {
+    for stale in set_chains().await.iter().filter(|c| !chains.contains(*c)) {
         run_quiet("iptables", &["-w", "-F", stale]).await;
         run_quiet("iptables", &["-w", "-X", stale]).await;
     }
     Ok(())
 }
 
+/// The set chains that exist now.
+async fn set_chains() -> Vec<String> {
+    let listing = crate::sys::run("iptables", &["-w", "-S"]).await.unwrap_or_default();
+    listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N "))
+        .filter(|c| c.starts_with(SET_PREFIX))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Removes the chain and every set chain (once nothing jumps to them).
 pub async fn remove() {
     run_quiet("iptables", &["-w", "-F", CHAIN]).await;
-    let listing = crate::sys::run("iptables", &["-w", "-S"]).await.unwrap_or_default();
-    let sets: Vec<&str> =
-        listing.lines().filter_map(|l| l.strip_prefix("-N ")).filter(|c| c.starts_with(SET_PREFIX)).collect();
+    let sets = set_chains().await;
     for c in &sets {
         run_quiet("iptables", &["-w", "-F", c]).await;
     }
