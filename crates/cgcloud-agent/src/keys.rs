@@ -17,17 +17,42 @@ pub struct Account {
     pub home: String,
 }
 
+/// An `/etc/passwd` entry the agent refuses to act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("/etc/passwd: the {field} of account '{account}' is {value:?}, not a number; refusing to use the account")]
+pub struct BadAccount {
+    pub account: String,
+    pub field: &'static str,
+    pub value: String,
+}
+
+/// The account `name` from `/etc/passwd`; `None` if there is none, or if its entry is malformed
+/// (logged: see [`find_account`]).
 pub fn account(name: &str) -> Option<Account> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 7 && f[0] == name).then(|| Account {
-            name: name.to_owned(),
-            uid: f[2].parse().unwrap_or(0),
-            gid: f[3].parse().unwrap_or(0),
-            home: f[5].to_owned(),
-        })
+    find_account(&passwd, name).unwrap_or_else(|e| {
+        eprintln!("<4>warning: {e}");
+        None
     })
+}
+
+/// The account `name` in the text of a passwd file. A uid or gid that is not a number is an
+/// error, never a default: the agent runs as root, and uid 0 would make it give root's
+/// attributes to what it writes for the account (or read root's files as the account's).
+pub fn find_account(passwd: &str, name: &str) -> Result<Option<Account>, BadAccount> {
+    let Some(f) = passwd.lines().map(|l| l.split(':').collect::<Vec<&str>>()).find(|f| f.len() >= 7 && f[0] == name)
+    else {
+        return Ok(None);
+    };
+    let number = |field: &'static str, value: &str| {
+        value.parse::<u32>().map_err(|_| BadAccount { account: name.to_owned(), field, value: value.to_owned() })
+    };
+    Ok(Some(Account {
+        name: name.to_owned(),
+        uid: number("uid", f[2])?,
+        gid: number("gid", f[3])?,
+        home: f[5].to_owned(),
+    }))
 }
 
 /// The largest `authorized_keys` the agent reads (a user could make it huge).
@@ -45,7 +70,7 @@ pub fn sync_account(acct: &Account, managed: &BTreeSet<String>, desired: &[Strin
         .map_err(|e| e.to_string())?;
     let path = ssh_path.join("authorized_keys");
     let name = std::ffi::OsStr::new("authorized_keys");
-    let existing = safefs::read_in(&ssh, name, &path, MAX_AUTHORIZED_KEYS)
+    let existing = safefs::read_in(&ssh, name, &path, MAX_AUTHORIZED_KEYS, Some(acct.uid))
         .map_err(|e| e.to_string())?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
@@ -80,6 +105,23 @@ mod tests {
         assert_eq!(std::fs::metadata(home.path().join(".ssh")).unwrap().mode() & 0o777, 0o700);
         // Nothing but the file itself is left in ~/.ssh.
         assert_eq!(std::fs::read_dir(home.path().join(".ssh")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn malformed_passwd_entries_are_refused_not_read_as_root() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                      alice:x:1000:1000::/home/alice:/bin/bash\n\
+                      eve:x:1O01:1001::/home/eve:/bin/bash\n\
+                      mallory:x:1002::::/home/mallory:/bin/bash\n";
+        let alice = find_account(passwd, "alice").unwrap().unwrap();
+        assert_eq!((alice.uid, alice.gid, alice.home.as_str()), (1000, 1000, "/home/alice"));
+        assert!(find_account(passwd, "nobody").unwrap().is_none());
+        let err = find_account(passwd, "eve").unwrap_err();
+        assert_eq!(err, BadAccount { account: "eve".into(), field: "uid", value: "1O01".into() });
+        assert!(err.to_string().contains("uid of account 'eve' is \"1O01\""), "{err}");
+        let err = find_account(passwd, "mallory").unwrap_err();
+        assert_eq!((err.field, err.value.as_str()), ("gid", ""));
+        assert!(err.to_string().contains("mallory"), "{err}");
     }
 
     /// The attack of a synced account on the root agent: symlinks planted in its own

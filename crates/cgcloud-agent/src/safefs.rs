@@ -30,6 +30,10 @@ pub enum SafeError {
     NotRegular { path: String },
     #[error("{path}: owned by uid {found}, expected uid {expected} or root")]
     WrongOwner { path: String, found: u32, expected: u32 },
+    #[error("{path}: owned by uid {found}, not by uid {expected}; refusing to read it")]
+    NotOwnedBy { path: String, found: u32, expected: u32 },
+    #[error("{path}: has {links} hard links, so it may be another file under a second name; refusing to read it")]
+    HardLinked { path: String, links: u64 },
     #[error("{path}: too many symlinks")]
     TooManyLinks { path: String },
     #[error("{path}: '..' in a directory that a user other than root can change")]
@@ -169,7 +173,8 @@ fn split(path: &Path) -> Result<(&Path, &std::ffi::OsStr), SafeError> {
 }
 
 /// Reads the regular file at `path` without following a symlink in its last component (nor
-/// untrusted ones before it); `None` if it does not exist. Never blocks on a FIFO.
+/// untrusted ones before it); `None` if it does not exist. Never blocks on a FIFO. A file with
+/// more than one hard link is refused (see [`read_in`]); its owner is not checked.
 pub fn read(path: &Path, max: u64) -> Result<Option<Vec<u8>>, SafeError> {
     let (dir, name) = split(path)?;
     let dir = match open_dir(dir, false) {
@@ -177,11 +182,23 @@ pub fn read(path: &Path, max: u64) -> Result<Option<Vec<u8>>, SafeError> {
         Err(SafeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    read_in(&dir, name, path, max)
+    read_in(&dir, name, path, max, None)
 }
 
-/// Reads `name` in `dir` as [`read`] does.
-pub fn read_in(dir: &OwnedFd, name: &std::ffi::OsStr, path: &Path, max: u64) -> Result<Option<Vec<u8>>, SafeError> {
+/// Reads `name` in `dir` as [`read`] does; with `owner`, only a file that uid owns.
+///
+/// O_NOFOLLOW stops symlinks but not hard links: where `fs.protected_hardlinks` is off, a user
+/// can link `/etc/shadow` into a directory of theirs under the name root reads (e.g.
+/// `authorized_keys`), and what root read from it ends up in a file the user can read. Such a
+/// file has two links, or, once the original name was replaced (shadow is rewritten by rename),
+/// one link and root as its owner: hence both checks, on the open file.
+pub fn read_in(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    path: &Path,
+    max: u64,
+    owner: Option<u32>,
+) -> Result<Option<Vec<u8>>, SafeError> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
     let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
         Ok(fd) => fd,
@@ -197,6 +214,12 @@ pub fn read_in(dir: &OwnedFd, name: &std::ffi::OsStr, path: &Path, max: u64) -> 
     let st = rustix::fs::fstat(&fd).map_err(|e| io(path, e))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(SafeError::NotRegular { path: path.display().to_string() });
+    }
+    if st.st_nlink > 1 {
+        return Err(SafeError::HardLinked { path: path.display().to_string(), links: st.st_nlink as u64 });
+    }
+    if let Some(expected) = owner.filter(|uid| *uid != st.st_uid) {
+        return Err(SafeError::NotOwnedBy { path: path.display().to_string(), found: st.st_uid, expected });
     }
     if st.st_size as u64 > max {
         return Err(SafeError::TooLarge { path: path.display().to_string(), max });
@@ -358,6 +381,42 @@ mod tests {
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         assert!(matches!(read(&fifo, 100), Err(SafeError::NotRegular { .. })));
         assert!(matches!(read(d.path(), 100), Err(SafeError::NotRegular { .. }) | Err(SafeError::Io { .. })));
+    }
+
+    /// The attack of a user on the root agent where `fs.protected_hardlinks` is off: a file of
+    /// root's hard-linked into the user's directory under the name the agent reads.
+    #[test]
+    fn hard_links_and_other_owners_are_not_read() {
+        use std::os::unix::fs::chown;
+        let d = tempfile::tempdir().unwrap();
+        let shadow = d.path().join("shadow");
+        std::fs::write(&shadow, "root:$y$secret:20000:0:99999:7:::\n").unwrap();
+        let home = d.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::hard_link(&shadow, home.join("authorized_keys")).unwrap();
+        let dir = open_dir(&home, false).unwrap();
+        let name = std::ffi::OsStr::new("authorized_keys");
+        let path = home.join("authorized_keys");
+        let me = me().uid;
+        let err = read_in(&dir, name, &path, 100, Some(me)).unwrap_err();
+        assert!(matches!(err, SafeError::HardLinked { links: 2, .. }), "{err}");
+        assert!(err.to_string().contains("2 hard links"), "{err}");
+        assert!(matches!(read(&path, 100), Err(SafeError::HardLinked { .. })));
+        // The original name gone (shadow is replaced by rename): one link, but not the user's.
+        std::fs::remove_file(&shadow).unwrap();
+        let user = me + 1000;
+        if me == 0 {
+            chown(&path, Some(0), None).unwrap();
+            let err = read_in(&dir, name, &path, 100, Some(user)).unwrap_err();
+            assert!(matches!(err, SafeError::NotOwnedBy { found: 0, expected, .. } if expected == user), "{err}");
+            assert!(err.to_string().contains(&format!("owned by uid 0, not by uid {user}")), "{err}");
+            // The user's own file is read.
+            chown(&path, Some(user), None).unwrap();
+            assert!(read_in(&dir, name, &path, 100, Some(user)).unwrap().is_some());
+        } else {
+            assert!(matches!(read_in(&dir, name, &path, 100, Some(user)), Err(SafeError::NotOwnedBy { .. })));
+        }
+        assert!(read_in(&dir, name, &path, 100, None).unwrap().is_some());
     }
 
     #[test]

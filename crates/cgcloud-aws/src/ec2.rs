@@ -65,7 +65,7 @@ pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
             .state_reason()
             .filter(|r| r.code().is_some_and(|c| c.starts_with("Server.SpotInstance")))
             .map(|r| r.message().or(r.code()).unwrap_or_default().to_owned()),
-        host_key: tags.get(tags::HOST_KEY).cloned(),
+        host_key: trusted_host_key(i.instance_id().unwrap_or_default(), &tags),
         admin_user: tags.get(tags::ADMIN_USER).cloned(),
         instance_profile: i
             .iam_instance_profile()
@@ -77,6 +77,25 @@ pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
         options: tags::options_from_tags(&tags),
         tags,
     })
+}
+
+/// The host key tag of a box, if it is exactly one key as `type base64`. The box writes this
+/// tag itself, and its value goes into the workstation's known_hosts: anything else (a second
+/// line naming other hosts, a `@revoked` marker) would let one box break or take over
+/// connections to the others, so such a box counts as having no host key.
+fn trusted_host_key(instance_id: &str, tags: &Tags) -> Option<String> {
+    let value = tags.get(tags::HOST_KEY)?;
+    match cgcloud_core::sshkey::PublicKey::parse_bare(value) {
+        Ok(_) => Some(value.clone()),
+        Err(e) => {
+            // The value itself is not shown: the box chose it, and it may hold escape sequences.
+            tracing::warn!(
+                "box {instance_id} published an invalid SSH host key (tag {}): {e}; not trusting it",
+                tags::HOST_KEY
+            );
+            None
+        }
+    }
 }
 
 /// What `run_instances` needs.
@@ -1247,6 +1266,32 @@ pub struct SgRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn instance_with_host_key(key: &str) -> Instance {
+        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        Instance::builder()
+            .instance_id("i-0evil")
+            .tags(tag(tags::ROLE, "generic-cluster-box"))
+            .tags(tag(tags::NAMESPACE, "/ns/"))
+            .tags(tag(tags::HOST_KEY, key))
+            .build()
+    }
+
+    /// The attack of a cluster node on the workstation: a host key tag that smuggles more
+    /// known_hosts lines in. Such a box has no host key as far as the workstation is concerned.
+    #[test]
+    fn host_key_tags_are_trusted_only_as_one_bare_key() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPKyfQohiwzQo5mb9ynx0GAr7xoYSkYSy+eDZ8g2i9ke";
+        let peer = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA".to_owned() + &"B".repeat(42);
+        let good = box_from_instance(&instance_with_host_key(key)).unwrap();
+        assert_eq!(good.host_key.as_deref(), Some(key));
+        for bad in [format!("{key}\n@revoked * {peer}"), format!("{key}\n* {peer}"), format!("{key} comment")] {
+            let b = box_from_instance(&instance_with_host_key(&bad)).unwrap();
+            assert_eq!(b.host_key, None, "{bad:?}");
+            // The raw tag stays readable (for the message saying why the box is not trusted).
+            assert_eq!(b.tags.get(tags::HOST_KEY), Some(&bad));
+        }
+    }
 
     #[test]
     fn instance_store_is_mapped_only_on_xen_types_and_never_on_sdf() {

@@ -128,6 +128,26 @@ impl PublicKey {
         Ok(key)
     }
 
+    /// Parses a key in its bare form, `type base64` and nothing else: no comment, no other
+    /// whitespace, canonical base64. For keys a box publishes about itself (the host key tag),
+    /// which are copied into known_hosts files: a newline or a second field there would let
+    /// the box add lines (`* ssh-ed25519 ...`, `@revoked ...`) about other hosts.
+    pub fn parse_bare(text: &str) -> Result<Self, KeyError> {
+        if !text.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(KeyError::Malformed("control characters, tabs or non-ASCII text around the key"));
+        }
+        let (_, b64) = text.split_once(' ').ok_or(KeyError::Malformed("expected 'type base64'"))?;
+        if b64.contains(' ') {
+            return Err(KeyError::Malformed("text after the key data (only 'type base64' is accepted)"));
+        }
+        let key = Self::parse_line(text)?;
+        // Also catches padding or trailing bits that decode to the same blob.
+        if key.to_openssh() != text {
+            return Err(KeyError::Malformed("the key is not in canonical 'type base64' form"));
+        }
+        Ok(key)
+    }
+
     /// Parses the contents of a public key file, which must hold exactly one key.
     pub fn parse_file(contents: &str) -> Result<Self, KeyError> {
         if contents.contains("PRIVATE KEY-----") {
@@ -280,6 +300,38 @@ mod tests {
         assert_eq!(PublicKey::parse_file(""), Err(KeyError::NotExactlyOne(0)));
         assert_eq!(PublicKey::parse_file(&format!("{RSA}\n{ED}\n")), Err(KeyError::NotExactlyOne(2)));
         assert!(PublicKey::parse_file(&format!("# comment\n\n{ED}\n")).is_ok());
+    }
+
+    /// The attack of a box on the workstation's known_hosts: its host key tag with a second
+    /// line about other hosts, or anything other than `type base64`.
+    #[test]
+    fn bare_keys_refuse_everything_but_type_and_base64() {
+        let ed = ED.trim_end_matches(" bob@desk");
+        let rsa = RSA.trim_end_matches(" alice@laptop");
+        assert_eq!(PublicKey::parse_bare(ed).unwrap().to_openssh(), ed);
+        assert_eq!(PublicKey::parse_bare(rsa).unwrap().key_type, KeyType::Rsa);
+        let peer = "AAAAC3NzaC1lZDI1NTE5AAAAIA".to_owned() + &"B".repeat(42);
+        for bad in [
+            format!("{ed}\n@revoked * ssh-ed25519 {peer}"),
+            format!("{ed}\n* ssh-ed25519 {peer}"),
+            format!("{ed}\r\n"),
+            format!("{ed} bob@desk"),
+            format!("{ed} "),
+            format!(" {ed}"),
+            ed.replacen(' ', "  ", 1),
+            ed.replacen(' ', "\t", 1),
+            format!("{ed}="),
+            "ssh-ed25519".to_owned(),
+            String::new(),
+            "ecdsa-sha2-nistp256 AAAA".to_owned(),
+            format!("ssh-ed25519 {}", "A".repeat(68)),
+            ed.replace("ssh-ed25519", "ssh-rsa"),
+        ] {
+            assert!(
+                matches!(PublicKey::parse_bare(&bad), Err(KeyError::Malformed(_) | KeyError::UnsupportedType(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -35,9 +35,19 @@ pub fn record(path: &Path, alias: &str, key: &str) -> Result<(), RemoteError> {
 }
 
 /// [`record`] for many boxes at once: one read, and at most one write, of the file (a fan-out
-/// over a cluster must not rewrite it once per node).
+/// over a cluster must not rewrite it once per node). Every key must be exactly `type base64`
+/// and every alias one plain word, or nothing is written: a key comes from a tag the box
+/// wrote, and a newline in it would add lines about other hosts (`* ...`, `@revoked ...`).
 pub fn record_many(path: &Path, entries: &[(&str, &str)]) -> Result<(), RemoteError> {
     let io = |source| RemoteError::Io { path: path.display().to_string(), source };
+    let refuse = |why: String| io(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+    for (alias, key) in entries {
+        if !plain_alias(alias) {
+            return Err(refuse(format!("refusing to record an SSH host key under the alias {alias:?}")));
+        }
+        cgcloud_core::sshkey::PublicKey::parse_bare(key)
+            .map_err(|e| refuse(format!("refusing to record the SSH host key of {alias}: {e}")))?;
+    }
     let _lock = lock(path).map_err(io)?;
     let existing = match std::fs::read_to_string(path) {
         Ok(s) => s,
@@ -46,14 +56,30 @@ pub fn record_many(path: &Path, entries: &[(&str, &str)]) -> Result<(), RemoteEr
     };
     let wanted: Vec<String> = entries.iter().map(|(alias, key)| format!("{alias} {key}")).collect();
     let present: std::collections::HashSet<&str> = existing.lines().collect();
-    if wanted.iter().all(|w| present.contains(w.as_str())) {
+    if wanted.iter().all(|w| present.contains(w.as_str())) && existing.lines().all(well_formed) {
         return Ok(());
     }
     let aliases: std::collections::HashSet<&str> = entries.iter().map(|(a, _)| *a).collect();
-    let mut lines: Vec<&str> =
-        existing.lines().filter(|l| !l.split_whitespace().next().is_some_and(|a| aliases.contains(a))).collect();
+    // Lines that are not `alias type base64` were smuggled in by a box before keys were
+    // checked (or written by hand): dropped, never kept next to the keys cgcloud trusts.
+    let mut lines: Vec<&str> = existing
+        .lines()
+        .filter(|l| well_formed(l) && !l.split_whitespace().next().is_some_and(|a| aliases.contains(a)))
+        .collect();
     lines.extend(wanted.iter().map(String::as_str));
     write_atomic(path, &(lines.join("\n") + "\n")).map_err(io)
+}
+
+/// An alias as cgcloud writes them (an instance id): one word that ssh cannot read as a
+/// pattern (`*`, `?`, `!`), a marker (`@revoked`) or a list (`,`).
+fn plain_alias(alias: &str) -> bool {
+    !alias.is_empty() && alias.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// A known_hosts line as [`record_many`] writes it: `alias type base64`.
+fn well_formed(line: &str) -> bool {
+    line.split_once(' ')
+        .is_some_and(|(alias, key)| plain_alias(alias) && cgcloud_core::sshkey::PublicKey::parse_bare(key).is_ok())
 }
 
 /// Removes the entries of aliases for which `keep` returns false; returns the removed aliases.
@@ -129,7 +155,7 @@ mod tests {
                 let path = &path;
                 s.spawn(move || {
                     for i in 0..40 {
-                        record(path, &format!("box-{t}-{i}"), &format!("ssh-ed25519 KEY{t}x{i}")).unwrap();
+                        record(path, &format!("box-{t}-{i}"), &key(t * 100 + i)).unwrap();
                     }
                 });
             }
@@ -149,14 +175,53 @@ mod tests {
     fn record_replaces_and_prunes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/known_hosts");
-        record(&path, "i-1", "ssh-ed25519 AAA1").unwrap();
-        record(&path, "i-2", "ssh-ed25519 AAA2").unwrap();
-        record(&path, "i-1", "ssh-ed25519 AAA3").unwrap();
+        record(&path, "i-1", &key(1)).unwrap();
+        record(&path, "i-2", &key(2)).unwrap();
+        record(&path, "i-1", &key(3)).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, "i-2 ssh-ed25519 AAA2\ni-1 ssh-ed25519 AAA3\n");
+        assert_eq!(text, format!("i-2 {}\ni-1 {}\n", key(2), key(3)));
         assert_eq!(aliases(&path), vec!["i-2", "i-1"]);
         let removed = prune(&path, |a| a == "i-1").unwrap();
         assert_eq!(removed, vec!["i-2"]);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "i-1 ssh-ed25519 AAA3\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("i-1 {}\n", key(3)));
+    }
+
+    /// A well-formed ed25519 public key, different for every `n`.
+    fn key(n: usize) -> String {
+        let k = format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA{n:0>42}");
+        assert!(cgcloud_core::sshkey::PublicKey::parse_bare(&k).is_ok(), "{k}");
+        k
+    }
+
+    /// The attack of a box on the workstation: its host key tag with another line, which would
+    /// revoke (or replace) the key of every other box in cgcloud's known_hosts.
+    #[test]
+    fn host_keys_cannot_add_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        record(&path, "i-peer", &key(1)).unwrap();
+        let before = std::fs::read_to_string(&path).unwrap();
+        for bad in [
+            format!("{}\n@revoked * {}", key(2), key(1)),
+            format!("{}\n* {}", key(2), key(666)),
+            format!("{} trailing", key(2)),
+            "ssh-ed25519 AAAA".to_owned(),
+        ] {
+            let err = record_many(&path, &[("i-good", &key(3)), ("i-evil", &bad)]).unwrap_err().to_string();
+            assert!(err.contains("refusing to record the SSH host key of i-evil"), "{err}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), before, "{bad:?}");
+        }
+        for alias in ["*", "@revoked", "i-1,*", "i 1", ""] {
+            assert!(record(&path, alias, &key(4)).is_err(), "{alias:?}");
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        // Lines smuggled in before keys were checked go at the next write.
+        std::fs::write(&path, format!("{before}* {}\n@revoked * {}\n", key(666), key(1))).unwrap();
+        record(&path, "i-peer", &key(1)).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        record(&path, "i-new", &key(5)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.lines().all(well_formed), "{text}");
     }
 }

@@ -137,8 +137,17 @@ impl Ctx {
                     b.instance_id
                 );
             }
+            // `host_key` holds the tag only if it is one bare key (see `cgcloud_aws::ec2`); the
+            // box writes the tag, so anything else is never put into known_hosts.
             let host_key = b.host_key.as_deref().with_context(|| {
-                if b.tags.contains_key(tags::CLUSTER) && !b.tags.contains_key(tags::CONFIGURED) {
+                if b.tags.contains_key(tags::HOST_KEY) {
+                    format!(
+                        "box {} published an SSH host key (tag {}) that is not one `type base64` key, so its \
+                         identity cannot be verified; refusing to connect",
+                        b.instance_id,
+                        tags::HOST_KEY
+                    )
+                } else if b.tags.contains_key(tags::CLUSTER) && !b.tags.contains_key(tags::CONFIGURED) {
                     format!(
                         "box {} has not published its SSH host key yet (cluster nodes do when their first-boot \
                          configuration ends); try again in a minute",

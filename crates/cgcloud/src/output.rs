@@ -84,9 +84,14 @@ fn write_stdout(s: &str) {
     let _ = writeln!(out, "{}", s.trim_end_matches('\n'));
 }
 
+/// Rows as aligned text. Every cell goes through `tags::printable`: cells show tag values
+/// that boxes write themselves (`cgcloud:configured`, `cgcloud:failure`, ...), and a box is not
+/// trusted with the terminal of whoever lists it (escape sequences, `\r` overwriting a line).
 pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|r| r.iter().map(|c| cgcloud_core::tags::printable(c)).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             if i < widths.len() {
                 widths[i] = widths[i].max(cell.chars().count());
@@ -363,5 +368,16 @@ mod tests {
     fn tables_align() {
         let t = super::render_table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\nq    22");
+    }
+
+    /// The attack of a box on whoever lists it: a tag value that clears the screen, or
+    /// returns to the start of the line to print over the real values.
+    #[test]
+    fn tables_show_no_control_characters() {
+        let evil = "true\x1b[2J\x1b]0;pwned\x07\rfailed\u{9b}31m";
+        let t = super::render_table(&["INSTANCE", "CONFIGURED"], &[vec!["i-1".into(), evil.into()]]);
+        assert!(t.chars().filter(|c| c.is_control()).all(|c| c == '\n'), "{t:?}");
+        assert_eq!(t.lines().count(), 2, "{t:?}");
+        assert!(t.ends_with("true [2J ]0;pwned  failed 31m"), "{t:?}");
     }
 }
