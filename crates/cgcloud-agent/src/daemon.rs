@@ -501,14 +501,15 @@ impl Agent {
         let size: u32 = me.tags.get("cgcloud:ebs-volume-size").and_then(|s| s.parse().ok()).unwrap_or(0);
         let volume = if size > 0 {
             let ordinal = me.ordinal().unwrap_or(0);
+            let arn = me.arn(&self.cfg.region);
             let attached = retry(|| {
                 crate::volume::attach(
                     &self.aws,
                     &self.cfg.namespace,
                     &cluster,
                     ordinal,
-                    size,
                     &self.instance_id,
+                    &arn,
                     &me.zone,
                 )
             });

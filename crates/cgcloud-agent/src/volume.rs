@@ -1,7 +1,7 @@
-//! A cluster node's persistent EBS volume: found by its name (cluster and ordinal) or created
-//! in the node's zone, attached to the node, formatted once (labelled with a hash of its
-//! name), and mounted at /mnt/persistent. Volumes outlive their nodes, so a cluster created
-//! again under the same name gets its data back.
+//! A cluster node's persistent EBS volume: made by the workstation for the node's slot (cluster
+//! and ordinal) and given to the node, attached by the node, formatted once (labelled with a
+//! hash of its name), and mounted at /mnt/persistent with `nosuid,nodev`. Volumes outlive their
+//! nodes, so a cluster created again under the same name gets its data back.
 
 use crate::aws::{AwsError, Client, Service};
 use crate::sys::{blkid, is_mounted, run};
@@ -18,79 +18,101 @@ fn err(action: &str, detail: impl Into<String>) -> AwsError {
 /// The volume's name, e.g. `hannes_spark__2` for ordinal 2 of cluster `spark` in `/hannes/`.
 pub fn volume_name(namespace: &str, cluster: &str, ordinal: u32) -> Result<String, AwsError> {
     let ns = cgcloud_core::Namespace::parse(namespace).map_err(|e| err("namespace", e.to_string()))?;
-    // As the original named them: the cluster's AWS name, `__`, the ordinal.
-    Ok(format!("{}__{ordinal}", ns.to_aws_name(cluster).map_err(|e| err("volume name", e.to_string()))?))
+    ns.node_volume_name(cluster, ordinal).map_err(|e| err("volume name", e.to_string()))
 }
 
-/// Finds or creates, and attaches, the node's volume; returns its id.
+/// Finds and attaches the node's volume; returns its id. The workstation makes each node's
+/// volume and gives it to the node (`cgcloud:attach-to`, the node's ARN, a tag no box may
+/// write), right after the launch: the node waits for it, and attaches only a volume given to
+/// it. A volume some other box made or named for this slot is never adopted (IAM would refuse
+/// the attachment too).
 pub fn attach(
     aws: &Client,
     namespace: &str,
     cluster: &str,
     ordinal: u32,
-    size_gb: u32,
     instance_id: &str,
+    arn: &str,
     zone: &str,
 ) -> Result<String, AwsError> {
     let name = volume_name(namespace, cluster, ordinal)?;
-    let found = aws.call(
-        Service::Ec2,
-        "DescribeVolumes",
-        &[
-            ("Filter.1.Name", "tag:Name".into()),
-            ("Filter.1.Value.1", name.clone()),
-            ("Filter.2.Name", "tag:cgcloud:namespace".into()),
-            ("Filter.2.Value.1", namespace.to_owned()),
-        ],
-    )?;
-    let vols = found.records("item", &["volumeId", "status", "availabilityZone", "instanceId"]);
-    let vols: Vec<Vec<String>> = vols.into_iter().filter(|v| v[0].starts_with("vol-")).collect();
-    let volume_id = match vols.as_slice() {
-        [] => {
-            let created = aws.call(
-                Service::Ec2,
-                "CreateVolume",
-                &[
-                    ("Size", size_gb.to_string()),
-                    ("AvailabilityZone", zone.to_owned()),
-                    ("VolumeType", "gp3".into()),
-                    ("TagSpecification.1.ResourceType", "volume".into()),
-                    ("TagSpecification.1.Tag.1.Key", "Name".into()),
-                    ("TagSpecification.1.Tag.1.Value", name.clone()),
-                    ("TagSpecification.1.Tag.2.Key", cgcloud_core::tags::NAMESPACE.into()),
-                    ("TagSpecification.1.Tag.2.Value", namespace.to_owned()),
-                    ("TagSpecification.1.Tag.3.Key", cgcloud_core::tags::PERSISTENT.into()),
-                    ("TagSpecification.1.Tag.3.Value", "true".into()),
-                    ("TagSpecification.1.Tag.4.Key", cgcloud_core::tags::CLUSTER.into()),
-                    ("TagSpecification.1.Tag.4.Value", cluster.to_owned()),
-                    ("TagSpecification.1.Tag.5.Key", cgcloud_core::tags::ORDINAL.into()),
-                    ("TagSpecification.1.Tag.5.Value", ordinal.to_string()),
-                ],
-            )?;
-            created.text("volumeId").ok_or_else(|| err("CreateVolume", "no volume id"))?
-        }
-        [one] => {
-            if one[1] == "in-use" && one[3] == instance_id {
-                return Ok(one[0].clone());
+    let start = Instant::now();
+    let (volume_id, status, attached_to, volume_zone) = loop {
+        let found = aws.call(
+            Service::Ec2,
+            "DescribeVolumes",
+            &[
+                ("Filter.1.Name", "tag:Name".into()),
+                ("Filter.1.Value.1", name.clone()),
+                ("Filter.2.Name", "tag:cgcloud:namespace".into()),
+                ("Filter.2.Value.1", namespace.to_owned()),
+            ],
+        )?;
+        let vols = found.records("item", &["volumeId", "status", "availabilityZone", "instanceId"]);
+        let vols: Vec<Vec<String>> = vols.into_iter().filter(|v| v[0].starts_with("vol-")).collect();
+        let given = aws.call(
+            Service::Ec2,
+            "DescribeVolumes",
+            &[
+                ("Filter.1.Name", "tag:Name".into()),
+                ("Filter.1.Value.1", name.clone()),
+                ("Filter.2.Name", "tag:cgcloud:namespace".into()),
+                ("Filter.2.Value.1", namespace.to_owned()),
+                ("Filter.3.Name", format!("tag:{}", cgcloud_core::tags::ATTACH_TO)),
+                ("Filter.3.Value.1", arn.to_owned()),
+            ],
+        )?;
+        let given: Vec<String> = given
+            .records("item", &["volumeId"])
+            .into_iter()
+            .map(|v| v[0].clone())
+            .filter(|v| v.starts_with("vol-"))
+            .collect();
+        match (given.as_slice(), vols.len()) {
+            ([one], 1) if vols[0][0] == *one => {
+                let v = &vols[0];
+                break (v[0].clone(), v[1].clone(), v[3].clone(), v[2].clone());
             }
-            if !one[2].is_empty() && one[2] != zone {
+            (_, n) if n > 1 => {
+                let ids: Vec<&str> = vols.iter().map(|v| v[0].as_str()).collect();
                 return Err(err(
                     "persistent volume",
                     format!(
-                        "volume {} ({name}) is in zone {}, but this node is in {zone}; create the cluster in {}",
-                        one[0], one[2], one[2]
+                        "{n} volumes are named {name} ({}); refusing all of them: keep the one the workstation made",
+                        ids.join(", ")
                     ),
                 ));
             }
-            one[0].clone()
+            _ => {}
         }
-        _ => {
+        if start.elapsed() > Duration::from_secs(300) {
+            let others: Vec<&str> = vols.iter().map(|v| v[0].as_str()).collect();
             return Err(err(
                 "persistent volume",
-                format!("{} volumes are named {name}; remove the extra ones", vols.len()),
-            ))
+                if others.is_empty() {
+                    format!("no volume named {name} was made for this node within 300 s")
+                } else {
+                    format!(
+                        "volume {} is named {name} but was not given to this node ({} = {arn}); refusing it",
+                        others.join(", "),
+                        cgcloud_core::tags::ATTACH_TO
+                    )
+                },
+            ));
         }
+        std::thread::sleep(Duration::from_secs(2));
     };
+    if status == "in-use" && attached_to == instance_id {
+        return Ok(volume_id);
+    }
+    if !volume_zone.is_empty() && volume_zone != zone {
+        return Err(err(
+            "persistent volume",
+            format!(
+                "volume {volume_id} ({name}) is in zone {volume_zone}, but this node is in {zone}; create the cluster in {volume_zone}"
+            ),
+        ));
+    }
     wait_state(aws, &volume_id, "available", Duration::from_secs(300))?;
     aws.call(
         Service::Ec2,
@@ -134,10 +156,14 @@ pub fn find_device(volume_id: &str, timeout: Duration) -> Option<String> {
     }
 }
 
+/// How the persistent volume is mounted: a volume outlives its box and other boxes could have
+/// had it (or one like it) attached, so no set-id program or device file on it counts.
+pub const MOUNT_OPTIONS: &str = "nosuid,nodev";
+
 /// The /etc/fstab line of the persistent volume labelled `label`: `nofail`, since its device
 /// may appear only after boot (attached once the box runs), and the agent mounts it then.
 pub fn fstab_line(label: &str) -> String {
-    format!("LABEL={label} {MOUNT_POINT} ext4 defaults,nofail 0 2")
+    format!("LABEL={label} {MOUNT_POINT} ext4 {MOUNT_OPTIONS},nofail 0 2")
 }
 
 /// Formats the device if it holds no filesystem (never otherwise), checks its label, mounts it
@@ -169,7 +195,7 @@ pub fn format_and_mount(device: &str, name: &str) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     }
     if !is_mounted(MOUNT_POINT) {
-        run("mount", &[device, MOUNT_POINT])?;
+        run("mount", &["-o", MOUNT_OPTIONS, device, MOUNT_POINT])?;
     }
     Ok(blank)
 }
@@ -222,7 +248,9 @@ pub fn try_mount_persistent() -> Result<Persistent, String> {
         None => Path::new(&spec).exists().then(|| spec.clone()),
     };
     let Some(dev) = device else { return Ok(Persistent::NoDevice(spec)) };
-    run("mount", &[&dev, MOUNT_POINT])?;
+    // The options are given here, not taken from fstab: an image baked before they existed
+    // carries `defaults`.
+    run("mount", &["-o", MOUNT_OPTIONS, &dev, MOUNT_POINT])?;
     Ok(Persistent::NowMounted)
 }
 
@@ -253,9 +281,12 @@ mod tests {
 
     #[test]
     fn fstab_line_is_golden() {
-        // Golden: images carry this line, and the agent of every later version must read it.
+        // Golden: images carry this line, and the agent of every later version must read it
+        // (and the older one, with `defaults`).
         let label = cgcloud_core::d32::volume_label_hash("hannes_jenkins-master");
-        assert_eq!(super::fstab_line(&label), format!("LABEL={label} /mnt/persistent ext4 defaults,nofail 0 2"));
+        assert_eq!(super::fstab_line(&label), format!("LABEL={label} /mnt/persistent ext4 nosuid,nodev,nofail 0 2"));
+        let old = format!("LABEL={label} /mnt/persistent ext4 defaults,nofail 0 2");
+        assert_eq!(super::fstab_spec(&old, "/mnt/persistent"), Some(format!("LABEL={label}")));
         assert_eq!(label.len(), 11);
         assert_eq!(super::fstab_spec(&super::fstab_line(&label), "/mnt/persistent"), Some(format!("LABEL={label}")));
     }

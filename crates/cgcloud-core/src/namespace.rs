@@ -141,6 +141,12 @@ impl Namespace {
         Ok(abs[1..].replace('_', "__").replace('/', "_"))
     }
 
+    /// The `Name` of the persistent volume of node `ordinal` of cluster `cluster`, as the original
+    /// named them: the cluster's AWS name, `__`, the ordinal (e.g. `hannes_spark__2`).
+    pub fn node_volume_name(&self, cluster: &str, ordinal: u32) -> Result<String, NamespaceError> {
+        Ok(format!("{}__{ordinal}", self.to_aws_name(cluster)?))
+    }
+
     /// Decodes an AWS name into an absolute name, without reference to any namespace.
     pub fn decode_aws_name(aws: &str) -> Result<String, NamespaceError> {
         let decoded =

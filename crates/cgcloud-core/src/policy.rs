@@ -317,8 +317,7 @@ pub fn instance_arn(region: &str, account: &str, id: &str) -> String {
 
 /// What the agent on a box of namespace `ns` needs: key pairs and tags to read, IAM groups to
 /// expand `@@group`, its own notification queue, and for cluster nodes: tagging itself (only the
-/// keys it writes) and creating, tagging at creation and attaching to itself its persistent
-/// volume (only persistent volumes of the namespace). `queue_prefix` is the namespace's
+/// keys it writes) and attaching to itself the persistent volume the workstation gave it. `queue_prefix` is the namespace's
 /// agent-queue prefix.
 ///
 /// Everything that writes is bound to the calling box through `${ec2:SourceInstanceARN}`: a box
@@ -327,7 +326,6 @@ pub fn instance_arn(region: &str, account: &str, id: &str) -> String {
 pub fn agent_statements(ns: &str, queue_prefix: &str) -> Vec<Statement> {
     let ns_tag = format!("ec2:ResourceTag/{}", tags::NAMESPACE);
     let persistent_tag = format!("ec2:ResourceTag/{}", tags::PERSISTENT);
-    let request_ns_tag = format!("aws:RequestTag/{}", tags::NAMESPACE);
     let queue_request_tag = format!("aws:RequestTag/{}", tags::QUEUE_OWNER);
     let queue_tag = format!("aws:ResourceTag/{}", tags::QUEUE_OWNER);
     let queues = format!("arn:aws:sqs:*:*:{queue_prefix}*");
@@ -345,20 +343,18 @@ pub fn agent_statements(ns: &str, queue_prefix: &str) -> Vec<Statement> {
             "aws:TagKeys",
             &AGENT_INSTANCE_TAGS,
         ),
-        Statement::allow("create the persistent volume", &["ec2:CreateVolume"], &["arn:aws:ec2:*:*:volume/*"]).when(
-            Op::StringEquals,
-            &request_ns_tag,
-            &[ns],
-        ),
-        // Tags on volumes only as part of creating them.
-        Statement::allow("tag the new volume", &["ec2:CreateTags"], &["arn:aws:ec2:*:*:volume/*"])
-            .when(Op::StringEquals, "ec2:CreateAction", &["CreateVolume"])
-            .when(Op::StringEquals, &request_ns_tag, &[ns]),
-        // AttachVolume is authorized on both the instance and the volume.
+        // AttachVolume is authorized on both the instance and the volume: a box attaches only
+        // to itself, and only the persistent volume the workstation made and gave to it (a
+        // tag no box can write: boxes neither create nor tag volumes).
         itself(Statement::allow("attach volumes to itself", &["ec2:AttachVolume"], &["arn:aws:ec2:*:*:instance/*"])),
-        Statement::allow("attach persistent volumes", &["ec2:AttachVolume"], &["arn:aws:ec2:*:*:volume/*"])
-            .when(Op::StringEquals, &ns_tag, &[ns])
-            .when(Op::StringEquals, &persistent_tag, &["true"]),
+        Statement::allow(
+            "attach the persistent volume given to it",
+            &["ec2:AttachVolume"],
+            &["arn:aws:ec2:*:*:volume/*"],
+        )
+        .when(Op::StringEquals, &ns_tag, &[ns])
+        .when(Op::StringEquals, &persistent_tag, &["true"])
+        .when(Op::StringEquals, &format!("ec2:ResourceTag/{}", tags::ATTACH_TO), &[SOURCE_INSTANCE]),
         // Autostop: a box stops or terminates itself; a cluster's leader also the nodes whose
         // leader-ARN tag (the workstation's, which boxes cannot write) names it.
         itself(Statement::allow(
@@ -391,7 +387,17 @@ pub fn agent_statements(ns: &str, queue_prefix: &str) -> Vec<Statement> {
             &[&queues],
         )
         .when(Op::StringEquals, &queue_tag, &[SOURCE_INSTANCE]),
-        Statement::allow("subscribe to key notifications", &["sns:CreateTopic", "sns:Subscribe"], &[&topic]),
+        Statement::allow("find the key notification topic", &["sns:CreateTopic"], &[&topic]),
+        // Only a queue: an agent queue of the namespace in the box's own account (IAM has no
+        // variable for the instance's id, which names its queue; a peer's queue subscribed
+        // again gets each notification twice, which the agent does not mind).
+        Statement::allow("subscribe its queue to key notifications", &["sns:Subscribe"], &[&topic])
+            .when(Op::StringEquals, "sns:Protocol", &["sqs"])
+            .when(
+                Op::StringLike,
+                "sns:Endpoint",
+                &[&format!("arn:aws:sqs:*:${{aws:PrincipalAccount}}:{queue_prefix}*")],
+            ),
         Statement::allow("report metrics", &["cloudwatch:PutMetricData"], &["*"]).when(
             Op::StringEquals,
             "cloudwatch:namespace",
@@ -482,24 +488,52 @@ mod tests {
         assert!(!policy().allows(&unsourced));
     }
 
+    /// A box can neither make a volume nor tag one: it could otherwise plant a volume named for a
+    /// future node's slot (with a setuid shell on it), or give itself a peer's.
     #[test]
-    fn volume_tags_only_when_creating_a_volume_of_the_namespace() {
+    fn boxes_neither_create_nor_tag_volumes() {
         let vol = "arn:aws:ec2:us-west-2:123456789012:volume/vol-0123456789abcdef0";
-        let create = Request::new("ec2:CreateVolume", vol).with("aws:RequestTag/cgcloud:namespace", &[NS]);
-        assert!(policy().allows(&create));
-        let elsewhere = Request::new("ec2:CreateVolume", vol).with("aws:RequestTag/cgcloud:namespace", &["/other/"]);
-        assert!(!policy().allows(&elsewhere));
+        let create = Request::new("ec2:CreateVolume", vol)
+            .with("aws:RequestTag/cgcloud:namespace", &[NS])
+            .with("ec2:SourceInstanceARN", &[ME]);
+        assert!(!policy().allows(&create));
         let at_creation = Request::new("ec2:CreateTags", vol)
             .with("ec2:CreateAction", &["CreateVolume"])
-            .with("aws:RequestTag/cgcloud:namespace", &[NS]);
-        assert!(policy().allows(&at_creation));
-        // Retagging an existing volume (e.g. to claim a peer's persistent volume): denied.
+            .with("aws:RequestTag/cgcloud:namespace", &[NS])
+            .with("aws:TagKeys", &["cgcloud:namespace", "cgcloud:attach-to"])
+            .with("ec2:SourceInstanceARN", &[ME]);
+        assert!(!policy().allows(&at_creation));
+        // Giving itself an existing volume: denied.
         let retag = Request::new("ec2:CreateTags", vol)
             .with("ec2:ResourceTag/cgcloud:namespace", &[NS])
-            .with("aws:RequestTag/cgcloud:namespace", &[NS])
-            .with("aws:TagKeys", &["cgcloud:cluster"])
+            .with("aws:RequestTag/cgcloud:attach-to", &[ME])
+            .with("aws:TagKeys", &["cgcloud:attach-to"])
             .with("ec2:SourceInstanceARN", &[ME]);
         assert!(!policy().allows(&retag));
+    }
+
+    #[test]
+    fn subscriptions_only_for_agent_queues() {
+        let topic = "arn:aws:sns:us-west-2:123456789012:cgcloud-agent-notifications";
+        let sub = |protocol: &str, endpoint: &str| {
+            Request::new("sns:Subscribe", topic)
+                .with("ec2:SourceInstanceARN", &[ME])
+                .with("aws:PrincipalAccount", &["123456789012"])
+                .with("sns:Protocol", &[protocol])
+                .with("sns:Endpoint", &[endpoint])
+        };
+        assert!(
+            policy().allows(&sub("sqs", "arn:aws:sqs:us-west-2:123456789012:team_cgcloud-agent_i-0aaaaaaaaaaaaaaa1"))
+        );
+        // Anything else would carry the team's key events elsewhere: a web hook, a mailbox, a
+        // queue of another account or outside the namespace's agents.
+        assert!(!policy().allows(&sub("https", "https://attacker.example/hook")));
+        assert!(!policy().allows(&sub("email", "someone@example.com")));
+        assert!(!policy().allows(&sub("sqs", "arn:aws:sqs:us-west-2:999999999999:team_cgcloud-agent_x")));
+        assert!(!policy().allows(&sub("sqs", "arn:aws:sqs:us-west-2:123456789012:other_queue")));
+        assert!(!policy().allows(
+            &sub("sqs", "arn:aws:sqs:us-west-2:123456789012:team_cgcloud-agent_x").with("aws:PrincipalAccount", &[])
+        ));
     }
 
     /// Autostop's powers: a box stops or terminates itself; a leader the nodes tagged with its
@@ -540,8 +574,13 @@ mod tests {
         };
         let vol = "arn:aws:ec2:us-west-2:123456789012:volume/vol-0123456789abcdef0";
         let ns = ("cgcloud:namespace", NS);
+        let given = ("cgcloud:attach-to", ME);
         assert!(policy().allows(&attach(ME, &[ns])));
-        assert!(policy().allows(&attach(vol, &[ns, ("cgcloud:persistent", "true")])));
+        assert!(policy().allows(&attach(vol, &[ns, ("cgcloud:persistent", "true"), given])));
+        // A persistent volume of the namespace given to another node (a detached peer's, or one
+        // planted for this slot by another box): denied.
+        assert!(!policy().allows(&attach(vol, &[ns, ("cgcloud:persistent", "true"), ("cgcloud:attach-to", PEER)])));
+        assert!(!policy().allows(&attach(vol, &[ns, ("cgcloud:persistent", "true")])));
         // A peer's instance (to attach a volume it can then read from there): denied.
         assert!(!policy().allows(&attach(PEER, &[ns])));
         // Volumes that are not persistent volumes of the namespace: a peer's root or data

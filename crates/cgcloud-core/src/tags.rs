@@ -54,6 +54,10 @@ pub const LEADER_ARN: &str = "cgcloud:leader-arn";
 /// Written by a worker's agent on itself while it is busy (seconds since the epoch), so that
 /// its leader does not autostop the cluster under it.
 pub const ACTIVE_AT: &str = "cgcloud:active-at";
+/// On a cluster node's persistent volume: the ARN of the instance it is given to. Only the
+/// workstation writes it (no box's policy lets it tag a volume), and IAM lets a box attach only
+/// a volume given to it, so a volume another box made cannot be planted on a node.
+pub const ATTACH_TO: &str = "cgcloud:attach-to";
 /// On a standalone box: the id of the persistent volume attached to it.
 pub const PERSISTENT_VOLUME: &str = "cgcloud:persistent-volume";
 /// Why a box failed, set by whatever noticed (e.g. the local cloud when it cannot run an image).

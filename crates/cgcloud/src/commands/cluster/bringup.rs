@@ -42,6 +42,10 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     let names = cgcloud_core::limits::derived(ns, &node_role.name, &[], Some(&name), false, &[])?;
     cgcloud_core::limits::check(&names).map_err(|e| anyhow!("cluster '{name}' in namespace '{ns}': {e}"))?;
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
+    let volume_gb = a.nodes.ebs_volume_size.or(node_role.instance.persistent_volume_gb);
+    if volume_gb.is_some() {
+        volumes::check_slots(ctx, &mut p, &name, &(0..=a.nodes.num_workers).collect::<Vec<_>>()).await?;
+    }
     p.secrets = new_secrets(&decl)?;
     let leader_type = match &a.leader_instance_type {
         Some(t) => {
@@ -58,7 +62,7 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     base.insert(tags::CLUSTER.into(), name.clone());
     base.insert(tags::CLUSTER_TYPE.into(), a.cluster_type.clone());
     base.insert(tags::NODE_ROLE.into(), node_role.name.clone());
-    if let Some(gb) = a.nodes.ebs_volume_size.or(node_role.instance.persistent_volume_gb) {
+    if let Some(gb) = volume_gb {
         base.insert(tags::EBS_VOLUME_SIZE.into(), gb.to_string());
     }
     let account = cloud.caller_identity().await?.0;
@@ -92,6 +96,9 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         t.insert(tags::LEADER.into(), leader_id.clone());
         t.insert(tags::LEADER_ARN.into(), leader_arn.clone());
         cloud.create_tags(&leader_ids, &t).await?;
+        if let Some(gb) = volume_gb {
+            volumes::give(ctx, &leader_ids, &name, gb, &account).await?;
+        }
         let ordinals: Vec<u32> = (1..=n).collect();
         let mut worker_base = base.clone();
         worker_base.insert(tags::LEADER_ARN.into(), leader_arn);
@@ -100,6 +107,9 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         } else {
             Vec::new()
         };
+        if let (Some(gb), false) = (volume_gb, workers.is_empty()) {
+            volumes::give(ctx, &workers, &name, gb, &account).await?;
+        }
         if (workers.len() as u32) < n {
             tracing::warn!("EC2 launched {} of {n} workers (at least {min} were required)", workers.len());
         }
@@ -215,6 +225,14 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     let used: BTreeSet<u32> = c.nodes.iter().filter_map(|n| n.ordinal).collect();
     let n = a.nodes.num_workers;
     let ordinals = allocate_ordinals(&used, n as usize);
+    let volume_gb: Option<u32> =
+        a.nodes.ebs_volume_size.or_else(|| leader.tags.get(tags::EBS_VOLUME_SIZE).and_then(|g| g.parse().ok()));
+    let account = if volume_gb.is_some() {
+        volumes::check_slots(ctx, &mut p, &c.name, &ordinals).await?;
+        cloud.caller_identity().await?.0
+    } else {
+        String::new()
+    };
     // New workers get what the cluster's nodes have, persistent volume size included.
     let mut base = Tags::new();
     for k in [
@@ -242,6 +260,9 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
         let ids =
             launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader.instance_id, &ordinals, min, &a.nodes.spot)
                 .await?;
+        if let (Some(gb), false) = (volume_gb, ids.is_empty()) {
+            volumes::give(ctx, &ids, &c.name, gb, &account).await?;
+        }
         if let Err(e) = cloud.notify_keys_changed().await {
             tracing::debug!("notification failed: {e}");
         }

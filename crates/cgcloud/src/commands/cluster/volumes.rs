@@ -1,0 +1,96 @@
+//! Cluster nodes' persistent volumes (`-e GB`) are the workstation's to make and to give. Before
+//! a launch, the volumes of the slots it fills are checked (one per slot, not in use, all in one
+//! zone, which the launch moves to); after it, each node's volume is made in the node's zone or,
+//! if it exists, given to the node: tagged `cgcloud:attach-to` with the node's ARN. The node's
+//! agent attaches only a volume given to it, and IAM lets it attach no other; no box may create
+//! or tag a volume. So a volume another box made for a future node's slot (a setuid shell on
+//! it) is never mounted there, and a node re-created for its slot gets its data back.
+
+use super::*;
+use crate::commands::launch::Prepared;
+
+fn persistent(v: &cgcloud_aws::ec2::VolumeInfo) -> bool {
+    v.tags.get(tags::PERSISTENT).map(String::as_str) == Some("true")
+}
+
+/// Before launch: the existing volumes of `ordinals` of cluster `cluster` must each be one, not
+/// attached, and in one zone; a launch without a zone of its own moves there.
+pub(super) async fn check_slots(ctx: &Ctx, p: &mut Prepared, cluster: &str, ordinals: &[u32]) -> Result<()> {
+    let cloud = ctx.cloud().await?;
+    let ns = ctx.namespace().await?;
+    let mut zones = BTreeMap::new();
+    for &ordinal in ordinals {
+        let name = ns.node_volume_name(cluster, ordinal)?;
+        let found: Vec<_> = cloud.volumes_named(ns.as_str(), &name).await?.into_iter().filter(persistent).collect();
+        match found.as_slice() {
+            [] => {}
+            [v] if !v.attached_to.is_empty() => bail!(
+                "the persistent volume {} ({name}) of node {ordinal} is attached to {}; terminate that instance first",
+                v.volume_id,
+                v.attached_to.join(", ")
+            ),
+            [v] => {
+                zones.insert(v.zone.clone(), format!("{} ({name})", v.volume_id));
+            }
+            _ => bail!(
+                "{} persistent volumes are named {name} ({}); keep one and delete the others",
+                found.len(),
+                found.iter().map(|v| v.volume_id.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    if zones.len() > 1 {
+        bail!(
+            "the cluster's persistent volumes are in different zones ({}); one cluster runs in one zone",
+            zones.iter().map(|(z, v)| format!("{v} in {z}")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if let Some((zone, volume)) = zones.into_iter().next() {
+        match p.network.zone.as_deref() {
+            Some(z) if z == zone => {}
+            Some(z) if ctx.settings.zone.is_some() || ctx.settings.subnet.is_some() => bail!(
+                "the persistent volume {volume} is in zone {zone}, but this launch is in {z}; launch in {zone} (-z {zone})"
+            ),
+            _ => p.network = cloud.network(None, Some(&zone)).await?,
+        }
+    }
+    Ok(())
+}
+
+/// After launch: each node of `ids` gets its slot's volume, made in its zone (`size_gb`) if it
+/// does not exist. Returns the ids of the volumes made.
+pub(super) async fn give(ctx: &Ctx, ids: &[String], cluster: &str, size_gb: u32, account: &str) -> Result<Vec<String>> {
+    let cloud = ctx.cloud().await?;
+    let ns = ctx.namespace().await?;
+    let mut made = Vec::new();
+    for instance in cloud.describe_instances(ids).await? {
+        let Some(b) = cgcloud_aws::ec2::box_from_instance(&instance) else { continue };
+        let ordinal = b.ordinal.with_context(|| format!("node {} has no ordinal", b.instance_id))?;
+        let zone = b.zone.clone().with_context(|| format!("node {} has no availability zone", b.instance_id))?;
+        let name = ns.node_volume_name(cluster, ordinal)?;
+        let arn = cgcloud_core::policy::instance_arn(&cloud.region, account, &b.instance_id);
+        let found: Vec<_> = cloud.volumes_named(ns.as_str(), &name).await?.into_iter().filter(persistent).collect();
+        let mut given = Tags::new();
+        given.insert(tags::ATTACH_TO.into(), arn);
+        match found.as_slice() {
+            [] => {
+                let mut t = given;
+                t.insert(tags::NAME.into(), name.clone());
+                t.insert(tags::NAMESPACE.into(), ns.to_string());
+                t.insert(tags::PERSISTENT.into(), "true".into());
+                t.insert(tags::CLUSTER.into(), cluster.to_owned());
+                t.insert(tags::ORDINAL.into(), ordinal.to_string());
+                made.push(cloud.create_volume(&zone, size_gb, &t).await?);
+            }
+            [v] if v.zone != zone => bail!(
+                "the persistent volume {} ({name}) is in zone {}, but node {} is in {zone}",
+                v.volume_id,
+                v.zone,
+                b.instance_id
+            ),
+            [v] => cloud.create_tags(std::slice::from_ref(&v.volume_id), &given).await?,
+            _ => bail!("{} persistent volumes are named {name}; keep one and delete the others", found.len()),
+        }
+    }
+    Ok(made)
+}
