@@ -71,6 +71,27 @@ fn tail(text: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Makes again the directories a cluster node's first boot made (its role's `at = "boot"`
+/// directory steps), with their owners and modes, through the same safe operations. Run at every
+/// boot before the services: after a stop/start the instance store is blank, and roles must
+/// never need a root command in a unit to make them (a root `install -d -o user` below a
+/// directory that user owns follows the user's symlinks). Returns false before the first boot
+/// (no facts yet), when `boot` does it.
+pub fn restore_boot_directories(plan: &Path, facts: &Path) -> Result<bool, String> {
+    let Ok(facts_text) = std::fs::read_to_string(facts) else { return Ok(false) };
+    let Ok(plan_text) = std::fs::read_to_string(plan) else { return Ok(false) };
+    let facts = Facts::parse(&facts_text)?;
+    let mut plan: Plan = serde_json::from_str(&plan_text).map_err(|e| format!("{}: {e}", plan.display()))?;
+    plan.steps.retain(|s| s.on != On::All && matches!(s.action, Action::Directory { .. }));
+    let mut runner = Runner::new(facts, "/var/log/cgcloud/apply.log".into(), false);
+    runner.boot_only = true;
+    if runner.run(&plan, false) {
+        Ok(true)
+    } else {
+        Err(runner.failure.take().unwrap_or_else(|| "a directory of the first boot could not be made".into()))
+    }
+}
+
 impl Runner {
     pub fn new(facts: Facts, log: PathBuf, json: bool) -> Runner {
         Runner {

@@ -27,8 +27,9 @@ const USAGE: &str = "usage:
   cgcloud-agent sync-keys [--config FILE]  (one key refresh, then exit)
   cgcloud-agent boot [--config FILE]       (first-boot configuration of a cluster node;
                                             CGCLOUD_BOOT_CLUSTER=NAME names its cluster)
-  cgcloud-agent storage                    (at boot: mount the persistent volume, and format and
-                                            mount instance-store disks at /mnt/ephemeral)
+  cgcloud-agent storage                    (at boot: mount the persistent volume, format and mount
+                                            instance-store disks at /mnt/ephemeral, and make again
+                                            the directories a cluster node's first boot made)
   cgcloud-agent volume --id VOLUME --name NAME
                                            (format if blank, label-check and mount a standalone
                                             box's attached persistent volume at /mnt/persistent)
@@ -41,20 +42,27 @@ fn main() -> ExitCode {
             println!("cgcloud-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some("storage") => match volume::mount_persistent_at_boot().and_then(|_| storage::prepare()) {
-            Ok(Some(mp)) => {
-                println!("instance store mounted at {mp}");
-                ExitCode::SUCCESS
+        Some("storage") => {
+            let prepared = volume::mount_persistent_at_boot().and_then(|_| storage::prepare()).and_then(|mp| {
+                let plan = std::path::Path::new("/var/lib/cgcloud/plan.json");
+                apply::restore_boot_directories(plan, std::path::Path::new("/var/lib/cgcloud/facts.json"))?;
+                Ok(mp)
+            });
+            match prepared {
+                Ok(Some(mp)) => {
+                    println!("instance store mounted at {mp}");
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    println!("no instance store");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cgcloud-agent storage: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Ok(None) => {
-                println!("no instance store");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("cgcloud-agent storage: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Some("volume") => match volume_cmd(&args[1..]) {
             Ok(said) => {
                 println!("{said}");

@@ -32,6 +32,11 @@ pub fn variables(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) ->
     let mut v = role.vars.clone();
     v.extend(role.option_values(options));
     v.insert("role.name".into(), role.name.clone());
+    // For the base role's IMDS rule: nftables' set of the users who may reach it.
+    v.insert(
+        "role.imds_users".into(),
+        std::iter::once("root").chain(role.imds_users.iter().map(String::as_str)).collect::<Vec<_>>().join(", "),
+    );
     v.insert("os.id".into(), os.id.clone());
     v.insert("os.name".into(), os.name.clone());
     v.insert("os.family".into(), os.family.as_str().to_owned());
@@ -186,7 +191,13 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
             ),
         }
     }
-    Ok(Plan { role: role.name.clone(), os: os.id.clone(), family: os.family.as_str().to_owned(), steps })
+    let plan = Plan { role: role.name.clone(), os: os.id.clone(), family: os.family.as_str().to_owned(), steps };
+    // A role whose root commands act where its users can plant symlinks does not compile.
+    let found = crate::lint::check(&plan);
+    if !found.is_empty() {
+        return Err(err(found.join("\n")));
+    }
+    Ok(plan)
 }
 
 fn check_path(p: &str) -> Result<(), String> {

@@ -3,6 +3,7 @@
 //! role options.
 
 pub mod compile;
+pub mod lint;
 pub mod os;
 pub mod role;
 pub mod when;
@@ -274,6 +275,18 @@ impl Registry {
         for secret in file.cluster.iter().flat_map(|c| &c.secrets) {
             secret.check().map_err(|message| parse_err(&loaded.source, message))?;
         }
+        for user in &file.imds_users {
+            let ok = user != "root"
+                && user.len() <= 32
+                && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !ok {
+                return Err(parse_err(
+                    &loaded.source,
+                    format!("imds_users: '{user}' is not a user name (root may always reach IMDS)"),
+                ));
+            }
+        }
         for kp in &file.key_pairs {
             kp.check().map_err(|message| parse_err(&loaded.source, message))?;
         }
@@ -314,6 +327,7 @@ impl Registry {
             source: loaded.source.clone(),
             os,
             default_user: file.default_user,
+            imds_users: file.imds_users,
             legacy: file.legacy,
             instance: file.instance,
             packages: file.packages,
@@ -605,7 +619,7 @@ mod tests {
         .unwrap();
         let role = reg.role("p").unwrap();
         let deb = role.packages_for(&role.os[0]);
-        assert_eq!(deb, vec!["rsync", "htop", "openjdk-17-jre-headless"]);
+        assert_eq!(deb, vec!["rsync", "nftables", "htop", "openjdk-17-jre-headless"]);
         let fed = role.packages_for(&role.os[1]);
         assert!(
             fed.contains(&"java-17-openjdk-headless".to_owned())

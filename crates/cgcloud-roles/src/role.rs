@@ -26,6 +26,12 @@ pub struct RoleFile {
     pub os: Vec<String>,
     #[serde(default)]
     pub default_user: Option<String>,
+    /// Users besides root whose processes may reach the instance metadata service (IMDS: the
+    /// instance profile's credentials, the user data with a cluster's secrets), e.g. the service
+    /// user of a daemon that calls AWS with the box's role. Every other user is refused by the
+    /// base role's firewall rule. Merged over includes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub imds_users: Vec<String>,
     /// Marks the role as kept for parity only (e.g. software that is no longer maintained): why,
     /// in one sentence. `list-roles` shows it and launching warns; roles including it inherit it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -737,6 +743,8 @@ pub struct Role {
     /// Supported operating systems; the first is the default.
     pub os: Vec<OsDef>,
     pub default_user: Option<String>,
+    /// Users besides root who may reach IMDS (`imds_users`, merged over includes).
+    pub imds_users: Vec<String>,
     /// Why the role is legacy, when it is (`legacy` in the file, inherited).
     pub legacy: Option<String>,
     pub instance: InstanceDefaults,

@@ -166,6 +166,120 @@ fn legacy_mesos_roles_need_their_package_and_say_so() {
     assert_eq!(reg.role("toil-box").unwrap().cluster.unwrap().secrets.len(), 2, "munge and the shared directory's key");
 }
 
+/// Mesos clusters admit only who holds the cluster's credentials: agents, frameworks (v0 and
+/// HTTP, such as Toil's pymesos) and callers of the read-write HTTP endpoints of the master
+/// and the agents. The credentials come from the cluster's own secret and are root's only,
+/// except the frameworks' on the leader, which the admin user's group may read.
+#[test]
+fn mesos_clusters_authenticate_frameworks_agents_and_operators() {
+    use cgcloud_core::plan::{Action, On, Plan};
+    const SECRET: &str = "/etc/cgcloud/cluster/mesos.secret";
+    let reg = Registry::builtin().unwrap();
+    let options: BTreeMap<String, String> = [
+        ("mesos_package_url", "https://packages.example/ubuntu/noble/aventer-mesos_1.11.0_amd64.deb"),
+        ("mesos_package_sha256", "5e0d1b9bc2c6ce3cfd0b3b1a3d0b0a7e6f0e5d2c4b3a29180706050403020100"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let unit = |plan: &Plan, name: &str, on: On| {
+        plan.steps
+            .iter()
+            .find_map(|s| match &s.action {
+                Action::Service { name: n, unit: Some(u), .. } if n == name && s.on == on => Some(u.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no unit {name} on {on:?}"))
+    };
+    let exec_start = |unit: &str| -> Vec<String> {
+        let line = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+    let commands = |plan: &Plan, creates: &str| -> Vec<(On, String)> {
+        plan.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Command { run, creates: Some(c), user: None, .. } if c == creates => Some((s.on, run.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    for name in ["mesos-box", "toil-mesos-box"] {
+        let role = reg.role(name).unwrap();
+        // A per-cluster secret: random bytes that create-cluster makes for each cluster, root's.
+        let cluster = role.cluster.as_ref().unwrap();
+        let secret = cluster.secrets.iter().find(|s| s.path == SECRET).expect("the Mesos cluster secret");
+        assert_eq!(secret.kind, cgcloud_roles::role::SecretKind::Random, "{name}");
+        assert!(secret.bytes >= 32 && secret.owner.is_none() && secret.mode == "0400", "{name}: {secret:?}");
+        for os in &role.os {
+            let plan = compile(&role, os, &options).unwrap();
+            let master = exec_start(&unit(&plan, "cgcloud-mesos-master", On::Leader));
+            for flag in [
+                "--authenticate_agents",
+                "--authenticate_frameworks",
+                "--authenticate_http_frameworks",
+                "--http_framework_authenticators=basic",
+                "--authenticate_http_readwrite",
+                "--credentials=/etc/mesos/credentials",
+            ] {
+                assert!(master.iter().any(|w| w == flag), "{name}: the master lacks {flag}: {master:?}");
+            }
+            assert!(!master.iter().any(|w| w.starts_with("--no-authenticate")), "{name}: {master:?}");
+            let agent = exec_start(&unit(&plan, "cgcloud-mesos-agent", On::Workers));
+            for flag in [
+                "--credential=/etc/mesos/credential",
+                "--authenticate_http_readwrite",
+                "--http_credentials=/etc/mesos/credentials",
+            ] {
+                assert!(agent.iter().any(|w| w == flag), "{name}: the agent lacks {flag}: {agent:?}");
+            }
+            // Written on every node at first boot, from the cluster's secret, root's only.
+            let written = commands(&plan, "/etc/mesos/credentials");
+            assert_eq!(written.iter().map(|(on, _)| *on).collect::<Vec<_>>(), [On::Leader, On::Workers], "{name}");
+            for (_, run) in &written {
+                assert!(run.contains(&format!("sha256sum {SECRET}")), "{name}: {run}");
+                assert!(run.lines().any(|l| l == "umask 077"), "{name}: {run}");
+                assert!(run.contains("chmod 0400 /etc/mesos/credential /etc/mesos/credentials"), "{name}: {run}");
+                assert!(!run.contains("chgrp") && !run.contains("chown"), "{name}: {run}");
+                // Agents and frameworks have principals (and secrets) of their own.
+                assert!(
+                    run.contains(r#""principal": "cgcloud""#) && run.contains(r#""principal": "cgcloud-framework""#)
+                );
+            }
+            // The frameworks' credential: on the leader only, for root and the admin user's group.
+            let framework = commands(&plan, "/etc/mesos/framework-credential.json");
+            assert_eq!(framework.len(), 1, "{name}");
+            let (on, run) = &framework[0];
+            assert_eq!(*on, On::Leader, "{name}");
+            assert!(run.contains(SECRET) && run.lines().any(|l| l == "umask 077"), "{name}: {run}");
+            assert!(run.contains(&format!("chgrp \"$(id -gn {})\"", os.admin_user)), "{name}: {run}");
+            assert!(run.contains("chmod 0440 "), "{name}: {run}");
+            assert!(!run.contains(&format!("sha256sum {SECRET}")), "{name}: the agents' secret is not the frameworks'");
+        }
+    }
+    // Toil registers with it: pymesos gets the credential from a module every Python of
+    // /opt/toil imports at startup.
+    let role = reg.role("toil-mesos-box").unwrap();
+    let plan = compile(&role, &role.os[0], &options).unwrap();
+    let hook = plan
+        .steps
+        .iter()
+        .find_map(|s| match &s.action {
+            Action::File { path, content, .. } if path == "/opt/toil/cgcloud/cgcloud_mesos_credential.py" => {
+                Some(content.clone())
+            }
+            _ => None,
+        })
+        .expect("the pymesos credential hook");
+    assert!(hook.contains("/etc/mesos/framework-credential.json") && hook.contains("MesosSchedulerDriver"));
+    assert!(hook.contains(r#"framework["principal"] = principal"#), "the FrameworkInfo names the principal");
+    let pth = |s: &&cgcloud_core::plan::Step| {
+        matches!(&s.action, Action::Command { run, .. } if run.contains("cgcloud-mesos-credential.pth")
+            && run.contains("import cgcloud_mesos_credential"))
+    };
+    assert!(plan.steps.iter().any(|s| pth(&s)), "the .pth file that imports the hook");
+}
+
 /// The master's base configuration as code (jenkins.yaml in its plan) is YAML with only keys
 /// that Jenkins core, JCasC and the pinned plugins (credentials, ssh-credentials, matrix-auth)
 /// define, and holds no secret: those come from files systemd hands to Jenkins.
@@ -273,5 +387,53 @@ fn jenkins_master_configuration_as_code() {
             plugins.lines().all(|l| l.split(':').nth(1).is_some_and(|v| !v.is_empty() && v != "latest")),
             "unpinned: {plugins}"
         );
+    }
+}
+
+/// Every built-in role closes IMDS to all users but root and its named service users, with a rule
+/// that loads before any other service of the plan starts (and, in an image, before the network
+/// at every boot).
+#[test]
+fn imds_is_for_root_and_named_service_users_only() {
+    use cgcloud_core::plan::Action;
+    let reg = Registry::builtin().unwrap();
+    let required: BTreeMap<String, String> = [
+        ("mesos_package_url", "https://packages.example/ubuntu/noble/aventer-mesos_1.11.0_amd64.deb"),
+        ("mesos_package_sha256", "5e0d1b9bc2c6ce3cfd0b3b1a3d0b0a7e6f0e5d2c4b3a29180706050403020100"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for summary in reg.list() {
+        let role = reg.role(&summary.name).unwrap();
+        for os in &role.os {
+            let plan = compile(&role, os, &required).unwrap();
+            let what = format!("{} on {}", role.name, os.id);
+            let rule = plan.steps.iter().find_map(|s| match &s.action {
+                Action::File { path, content, .. } if path == "/etc/cgcloud/imds-guard.nft" => Some(content.clone()),
+                _ => None,
+            });
+            let rule = rule.unwrap_or_else(|| panic!("{what}: no IMDS rule"));
+            let users = if role.name == "jenkins-master" { "root, jenkins" } else { "root" };
+            assert!(
+                rule.contains(&format!("ip daddr 169.254.169.254 meta skuid {{ {users} }} accept")),
+                "{what}:\n{rule}"
+            );
+            assert!(rule.contains("ip daddr 169.254.169.254 meta l4proto tcp reject"), "{what}");
+            let packages = plan
+                .steps
+                .iter()
+                .position(|s| matches!(&s.action, Action::Packages { names } if names.iter().any(|n| n == "nftables")));
+            let services: Vec<&str> = plan
+                .steps
+                .iter()
+                .filter_map(|s| match &s.action {
+                    Action::Service { name, .. } => Some(name.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(services.first(), Some(&"cgcloud-imds-guard"), "{what}: {services:?}");
+            assert!(packages.is_some(), "{what}: nftables is not installed");
+        }
     }
 }

@@ -311,9 +311,8 @@ fn guest_requests_cannot_reach_the_machine() {
     // From the guest, as any local user, with the instance's own credentials from IMDS.
     let ec2 = |params: &str| format!("bash -c {}", shell_quote(&signed_ec2(region, params)));
     let ns = b["namespace"].as_str().unwrap();
-    let created = u.ok(&["ssh", DEBIAN, "--", &ec2(&persistent_volume(&zone, ns))]);
-    let vol = created.split("<volumeId>").nth(1).and_then(|r| r.split('<').next()).unwrap().to_owned();
-    assert!(vol.starts_with("vol-"), "{created}");
+    let vol = given_volume(&zone, ns, &id);
+    assert!(vol.starts_with("vol-"), "{vol}");
     // ';' and ' ' percent-encoded, as any HTTP client would send them.
     // The controller would run it as the machine's root, entering only the host's mount
     // namespace: the file would appear in the guest's /tmp.
@@ -352,8 +351,23 @@ fn guest_requests_cannot_reach_the_machine() {
     u.ok(&["local", "down"]);
 }
 
-/// The parameters of a CreateVolume a box's instance profile allows: a persistent volume of
-/// its namespace `ns`, in `zone`.
+/// A persistent volume of namespace `ns` in `zone`, made by the workstation and given to box
+/// `id` (what create-cluster does for a node): the only kind of volume a box may attach.
+fn given_volume(zone: &str, ns: &str, id: &str) -> String {
+    boto3(&format!(
+        "ec2 = client('ec2')\n\
+         account = client('sts').get_caller_identity()['Account']\n\
+         arn = 'arn:aws:ec2:{region}:%s:instance/{id}' % account\n\
+         tags = [{{'Key': 'cgcloud:namespace', 'Value': '{ns}'}}, {{'Key': 'cgcloud:persistent', 'Value': 'true'}}, {{'Key': 'cgcloud:attach-to', 'Value': arn}}]\n\
+         print(ec2.create_volume(Size=1, AvailabilityZone='{zone}', TagSpecifications=[{{'ResourceType': 'volume', 'Tags': tags}}])['VolumeId'])",
+        region = &zone[..zone.len() - 1]
+    ))
+    .trim()
+    .to_owned()
+}
+
+/// The parameters of a CreateVolume of a persistent volume of namespace `ns` in `zone`: what a
+/// box would plant for a future node (its policy refuses it).
 fn persistent_volume(zone: &str, ns: &str) -> String {
     format!(
         "Action=CreateVolume&Size=1&AvailabilityZone={zone}&TagSpecification.1.ResourceType=volume\
@@ -361,15 +375,6 @@ fn persistent_volume(zone: &str, ns: &str) -> String {
          &TagSpecification.1.Tag.2.Key=cgcloud%3Apersistent&TagSpecification.1.Tag.2.Value=true",
         ns.replace('/', "%2F")
     )
-}
-
-/// The value of the first `<tag>` element in an XML answer.
-fn xml_value(xml: &str, tag: &str) -> String {
-    xml.split(&format!("<{tag}>"))
-        .nth(1)
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_else(|| panic!("no <{tag}> in {xml}"))
-        .to_owned()
 }
 
 /// Runs `script` with bash as root on a box (`-I id`), returning its output.
@@ -469,7 +474,28 @@ fn guests_cannot_escape_the_local_cloud() {
     as_root(&u, &a_id, wrap);
     let own_ns = as_root(&u, &a_id, "readlink /proc/1/ns/pid");
     let ns = a["namespace"].as_str().unwrap();
-    let vol = xml_value(&as_root(&u, &a_id, &api(&persistent_volume(&zone, ns))), "volumeId");
+    // A box plants a persistent volume for a future node of its namespace (to put a setuid
+    // shell on it): refused, as is attaching a volume not given to it. (Until issue 26 both
+    // were allowed.)
+    let planted = as_root(&u, &a_id, &api(&persistent_volume(&zone, ns)));
+    assert!(planted.contains("<Code>UnauthorizedOperation</Code>"), "a box made a persistent volume: {planted}");
+    let peers = boto3(&format!(
+        "print(client('ec2').create_volume(Size=1, AvailabilityZone='{zone}', TagSpecifications=[{{'ResourceType': 'volume', 'Tags': [{{'Key': 'cgcloud:namespace', 'Value': '{ns}'}}, {{'Key': 'cgcloud:persistent', 'Value': 'true'}}]}}])['VolumeId'])"
+    ));
+    let taken = as_root(
+        &u,
+        &a_id,
+        &api(&format!("Action=AttachVolume&VolumeId={}&InstanceId={a_id}&Device=/dev/sdh", peers.trim())),
+    );
+    assert!(taken.contains("<Code>UnauthorizedOperation</Code>"), "a box attached a volume not given to it: {taken}");
+    let claimed = as_root(
+        &u,
+        &a_id,
+        &api(&format!("Action=CreateTags&ResourceId.1={}&Tag.1.Key=cgcloud%3Aattach-to&Tag.1.Value=x", peers.trim())),
+    );
+    assert!(claimed.contains("<Code>UnauthorizedOperation</Code>"), "a box tagged a volume: {claimed}");
+    boto3(&format!("client('ec2').delete_volume(VolumeId='{}')", peers.trim()));
+    let vol = given_volume(&zone, ns, &a_id);
     as_root(&u, &a_id, &api(&format!("Action=AttachVolume&VolumeId={vol}&InstanceId={a_id}&Device=/dev/sdg")));
     let size = as_root(
         &u,
@@ -1123,6 +1149,14 @@ fn clusters_end_to_end() {
     assert_eq!(check.matches(&format!("] {leader_ip}")).count(), 5, "{check}");
     assert_eq!(check.matches("] 5\n").count(), 5, "{check}");
     assert_eq!(check.matches("] /dev/xvdf").count(), 5, "{check}");
+    // No set-id program or device node on a volume counts (another box could have had it).
+    let options = on_nodes(
+        &u,
+        "generic",
+        "e2e",
+        "findmnt -n -o OPTIONS /mnt/persistent | tr ',' '\\n' | grep -cxE 'nosuid|nodev'",
+    );
+    assert_eq!(options.matches("] 2\n").count(), 5, "{options}");
     // Each node made its own host key (launched together, they share their user data, which
     // carries none); ssh-cluster verified every one against the key the node published.
     let listed = u.json(&["list"]);
@@ -1436,6 +1470,18 @@ fn spark_end_to_end() {
     u.ok(&["grow-cluster", "spark", "-c", "sp", "-s", "1"]);
     wait_alive_workers(&u, "sp", &ip, 3, 180);
 
+    // sparkbox cannot become root: it swaps its work directory for a symlink to a directory of
+    // root's and kills its worker; systemd restarts the worker, and nothing that runs as root
+    // follows the link (until issue 26, a `+install -d -o sparkbox` in the unit chowned it).
+    let attack = "w=/mnt/ephemeral/spark/work; rm -rf $w && ln -s /usr/local/sbin $w && \
+                  kill -9 $(systemctl show -p MainPID --value spark-worker)";
+    u.ok(&["ssh", "spark-worker", "-c", "sp", "-o", "0", "--", attack]);
+    let restarted = "for i in $(seq 60); do n=$(systemctl show -p NRestarts --value spark-worker); \
+                     [ \"$n\" -ge 1 ] && break; sleep 1; done; echo restarts=$n; stat -c 'owner=%U' /usr/local/sbin";
+    let seen = u.ok(&["ssh", "spark-worker", "-c", "sp", "-o", "0", "-a", "--", restarted]);
+    assert!(!seen.contains("restarts=0") && seen.contains("restarts="), "the worker was not restarted: {seen}");
+    assert!(seen.contains("owner=root"), "sparkbox was given a directory of root's: {seen}");
+
     u.ok(&["terminate-cluster", "spark", "-c", "sp"]);
     u.ok(&["delete-image", "spark-box"]);
     u.ok(&["local", "down"]);
@@ -1662,6 +1708,29 @@ fn toil_end_to_end() {
         keys.lines().filter(|l| !l.contains("munge")).filter_map(|l| l.split("] ").nth(1)).collect();
     assert_eq!(digests.len(), 1, "{keys}");
 
+    // Jobs and users cannot reach the cluster's secrets or the box's credentials: as nobody on
+    // a worker, IMDS refuses the connection (no user data, no credentials), no file nobody can
+    // read holds the munge key, and as root IMDS still answers. (Until issue 26 any local user
+    // could read the user data, which carries the key, and mint credentials for uid 0.)
+    let imds = "cat > /tmp/imds.sh <<'EOF'\n\
+        t=$(curl -sf -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 30' http://169.254.169.254/latest/api/token) || { echo refused; exit 0; }\n\
+        curl -sf -m 5 -H \"X-aws-ec2-metadata-token: $t\" http://169.254.169.254/latest/$1 || echo refused\n\
+        EOF\n\
+        chmod 0755 /tmp/imds.sh\n\
+        echo \"nobody user-data: $(sudo runuser -u nobody -- /tmp/imds.sh user-data | head -c 40)\"\n\
+        echo \"nobody credentials: $(sudo runuser -u nobody -- /tmp/imds.sh meta-data/iam/security-credentials/ | head -c 40)\"\n\
+        echo \"nobody key: $(sudo runuser -u nobody -- cat /etc/munge/munge.key 2>/dev/null | wc -c)\"\n\
+        k=$(sudo base64 -w0 /etc/munge/munge.key)\n\
+        echo \"nobody finds: $(sudo runuser -u nobody -- grep -rlsF \"$k\" /etc /var /run /tmp /home /opt /srv /shared 2>/dev/null | head -3 | tr '\\n' ' ')\"\n\
+        echo \"root user-data: $(sudo /tmp/imds.sh user-data | grep -c munge.key)\"\n\
+        echo \"root credentials: $(sudo /tmp/imds.sh meta-data/iam/security-credentials/ | grep -c .)\"";
+    let seen = u.ok(&["ssh", "toil-worker", "-c", "t1", "-o", "0", "--", imds]);
+    for line in ["nobody user-data: refused", "nobody credentials: refused", "nobody key: 0", "root credentials: 1"] {
+        assert!(seen.lines().any(|l| l.trim() == line), "expected '{line}':\n{seen}");
+    }
+    assert!(seen.lines().any(|l| l.trim() == "nobody finds:"), "a file nobody can read holds the munge key:\n{seen}");
+    assert!(!seen.contains("root user-data: 0"), "root no longer reads the user data:\n{seen}");
+
     // A Toil workflow fans out over both workers, through the job store on /shared.
     let write = format!(
         "mkdir -p /shared/wf && cat > /shared/wf/hostnames.py <<'EOF'\n{}\nEOF",
@@ -1708,8 +1777,8 @@ fn toil_end_to_end() {
         "-I",
         &spot_id,
         "--",
-        "t=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 30' http://169.254.169.254/latest/api/token); \
-         curl -sf -H \"X-aws-ec2-metadata-token: $t\" http://169.254.169.254/latest/meta-data/spot/instance-action",
+        "t=$(sudo curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 30' http://169.254.169.254/latest/api/token); \
+         sudo curl -sf -H \"X-aws-ec2-metadata-token: $t\" http://169.254.169.254/latest/meta-data/spot/instance-action",
     ]);
     assert_eq!(serde_json::from_str::<Value>(&imds).unwrap(), notice, "{imds}");
     let drained = format!(
