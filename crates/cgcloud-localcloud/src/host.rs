@@ -173,6 +173,11 @@ impl Host<'_> {
                 &format!("--machine={}", self.id),
                 &format!("--hostname={}", meta.hostname),
                 &format!("--network-namespace-path=/run/netns/{}", net::netns(self.id)),
+                // Root on an EC2 instance administers its own network (a box's base role loads an
+                // nftables rule that keeps IMDS for root); here that is the host's own network
+                // namespace. What leaves it is still checked on the machine's side (ebtables
+                // per veth, the security groups), where the guest cannot reach.
+                "--capability=CAP_NET_ADMIN",
                 "--resolv-conf=off",
                 "--link-journal=no",
                 "--console=read-only",

@@ -802,6 +802,16 @@ print("sent")"#,
     );
     let spoofed = as_root(&u, &a_id, &format!("python3 -c {}", shell_quote(&raw)));
     assert!(spoofed.contains("sent"), "{spoofed}");
+    // Guests also have CAP_NET_ADMIN in their own network (as root on EC2 does; the base role's
+    // IMDS rule needs it): an address of another is simply added, and sent from.
+    let alias = as_root(
+        &u,
+        &a_id,
+        &format!(
+            "ip addr add 10.199.3.251/32 dev eth0 && python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"10.199.3.251\",0))\nfor _ in range(5): s.sendto(b\"spoofed-alias\",(\"{b_ip}\",9999))' && echo sent; ip addr del 10.199.3.251/32 dev eth0"
+        ),
+    );
+    assert!(alias.contains("sent"), "{alias}");
     let heard = (0..20)
         .map(|_| {
             std::thread::sleep(std::time::Duration::from_millis(250));

@@ -24,7 +24,7 @@ pub(super) async fn check_slots(ctx: &Ctx, p: &mut Prepared, cluster: &str, ordi
         let found: Vec<_> = cloud.volumes_named(ns.as_str(), &name).await?.into_iter().filter(persistent).collect();
         match found.as_slice() {
             [] => {}
-            [v] if !v.attached_to.is_empty() => bail!(
+            [v] if !v.attached_to.is_empty() && !leaving(&cloud, &v.attached_to).await? => bail!(
                 "the persistent volume {} ({name}) of node {ordinal} is attached to {}; terminate that instance first",
                 v.volume_id,
                 v.attached_to.join(", ")
@@ -55,6 +55,13 @@ pub(super) async fn check_slots(ctx: &Ctx, p: &mut Prepared, cluster: &str, ordi
         }
     }
     Ok(())
+}
+
+/// True if every instance of `ids` is terminated or on its way (a volume it holds comes free,
+/// and the node waits for that).
+async fn leaving(cloud: &Cloud, ids: &[String]) -> Result<bool> {
+    let states = cloud.instance_states(ids).await?;
+    Ok(ids.iter().all(|id| states.get(id).is_none_or(|(s, _)| s == "terminated" || s == "shutting-down")))
 }
 
 /// After launch: each node of `ids` gets its slot's volume, made in its zone (`size_gb`) if it
