@@ -24,7 +24,7 @@ pub(super) async fn check_slots(ctx: &Ctx, p: &mut Prepared, cluster: &str, ordi
         let found: Vec<_> = cloud.volumes_named(ns.as_str(), &name).await?.into_iter().filter(persistent).collect();
         match found.as_slice() {
             [] => {}
-            [v] if !v.attached_to.is_empty() && !leaving(&cloud, &v.attached_to).await? => bail!(
+            [v] if !v.attached_to.is_empty() && !leaving(cloud, &v.attached_to).await? => bail!(
                 "the persistent volume {} ({name}) of node {ordinal} is attached to {}; terminate that instance first",
                 v.volume_id,
                 v.attached_to.join(", ")
