@@ -290,6 +290,57 @@ impl Policy {
 /// configuration, and the host key it generated at first boot (cluster nodes).
 pub const AGENT_INSTANCE_TAGS: [&str; 4] = [tags::CONFIGURED, tags::FAILURE, tags::HOST_KEY, tags::ACTIVE_AT];
 
+/// The tags cluster nodes trust about each other and their volumes (membership, leadership,
+/// which node a volume is for), which only the workstation may write: a box allowed to write
+/// one could plant a leader in a cluster, or a volume on a node.
+pub const WORKSTATION_TAGS: [&str; 7] =
+    [tags::CLUSTER, tags::ORDINAL, tags::LEADER, tags::LEADER_ARN, tags::NODE_ROLE, tags::PERSISTENT, tags::ATTACH_TO];
+
+/// The first tag of [`WORKSTATION_TAGS`] that `policy` (a box's, in namespace `ns`) lets the
+/// box write, on itself, on an instance or a volume it creates, or on another of the namespace,
+/// with the way it could: `None` if it can write none of them.
+pub fn writes_workstation_tags(policy: &Policy, ns: &str) -> Option<String> {
+    let me = "arn:aws:ec2:us-east-1:123456789012:instance/i-0aaaaaaaaaaaaaaa1";
+    let peer = "arn:aws:ec2:us-east-1:123456789012:instance/i-0bbbbbbbbbbbbbbb2";
+    let volume = "arn:aws:ec2:us-east-1:123456789012:volume/vol-0aaaaaaaaaaaaaaa1";
+    for key in WORKSTATION_TAGS {
+        for resource in [me, peer, volume] {
+            for action in [None, Some("RunInstances"), Some("CreateVolume"), Some("RequestSpotInstances")] {
+                // The most a box could present: instance credentials, a profile like the
+                // namespace's agents' (the Jenkins master's statements name those), its
+                // namespace's tag on the target and in the request.
+                let mut r = Request::new("ec2:CreateTags", resource)
+                    .with("ec2:SourceInstanceARN", &[me])
+                    .with(
+                        "ec2:InstanceProfile",
+                        &["arn:aws:iam::123456789012:instance-profile/cgcloud/x/x_jenkins-agent-x"],
+                    )
+                    .with("aws:TagKeys", &[key])
+                    .with(&format!("aws:RequestTag/{key}"), &["x"])
+                    .with(&format!("aws:RequestTag/{}", tags::NAMESPACE), &[ns])
+                    .with(&format!("ec2:ResourceTag/{}", tags::NAMESPACE), &[ns]);
+                if let Some(a) = action {
+                    r = r.with("ec2:CreateAction", &[a]);
+                }
+                if policy.allows(&r) {
+                    let on = if resource == volume {
+                        "a volume"
+                    } else if resource == me {
+                        "itself"
+                    } else {
+                        "another instance"
+                    };
+                    return Some(match action {
+                        Some(a) => format!("{key} on {on} it makes ({a})"),
+                        None => format!("{key} on {on}"),
+                    });
+                }
+            }
+        }
+    }
+    None
+}
+
 /// The instance a request comes from, when it is signed with an instance profile's credentials
 /// (an IAM policy variable; absent for any other caller, so statements using it match only
 /// requests from a box, about that box).
@@ -510,6 +561,16 @@ mod tests {
             .with("aws:TagKeys", &["cgcloud:attach-to"])
             .with("ec2:SourceInstanceARN", &[ME]);
         assert!(!policy().allows(&retag));
+    }
+
+    #[test]
+    fn the_agents_policy_writes_no_tag_nodes_trust() {
+        assert_eq!(writes_workstation_tags(&policy(), NS), None);
+        // A statement that would (a plugin role's broad CreateTags) is caught.
+        let mut broad = policy();
+        broad.statements.push(Statement::allow("tag anything", &["ec2:CreateTags"], &["*"]));
+        let found = writes_workstation_tags(&broad, NS).unwrap();
+        assert!(found.starts_with("cgcloud:cluster on itself"), "{found}");
     }
 
     #[test]

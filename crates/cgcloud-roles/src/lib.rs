@@ -286,6 +286,14 @@ impl Registry {
                     format!("imds_users: '{user}' is not a user name (root may always reach IMDS)"),
                 ));
             }
+            // The base role's rule names users, and loads before any step: only users the plan
+            // makes first (not a package installed by a later step) exist by then.
+            if !file.users.iter().any(|u| &u.name == user) {
+                return Err(parse_err(
+                    &loaded.source,
+                    format!("imds_users: '{user}' must be a user of the role ([[users]]), so that it exists when the IMDS rule loads"),
+                ));
+            }
         }
         for kp in &file.key_pairs {
             kp.check().map_err(|message| parse_err(&loaded.source, message))?;
@@ -608,6 +616,31 @@ mod tests {
         let values = role.option_values(&BTreeMap::new());
         assert_eq!(values.get("n").map(String::as_str), Some("3"));
         assert!(!values.contains_key("flag"));
+    }
+
+    #[test]
+    fn imds_users_are_users_the_role_makes() {
+        let role = |extra: &str| {
+            reg_with(&[("p.toml", &format!("name='p'\ndescription='d'\ninclude=['base']\nos=['debian-12']\n{extra}"))])
+                .and_then(|reg| reg.role("p"))
+        };
+        let err = role("imds_users=['svc']").unwrap_err().to_string();
+        assert!(err.contains("imds_users: 'svc' must be a user of the role"), "{err}");
+        let err = role("imds_users=['bad name']").unwrap_err().to_string();
+        assert!(err.contains("is not a user name"), "{err}");
+        let p = role("imds_users=['svc']\n[[users]]\nname='svc'\nsystem=true").unwrap();
+        let plan = crate::compile::compile(&p, &p.os[0], &BTreeMap::new()).unwrap();
+        let rule = plan
+            .steps
+            .iter()
+            .find_map(|s| match &s.action {
+                cgcloud_core::plan::Action::File { path, content, .. } if path.ends_with("imds-guard.nft") => {
+                    Some(content)
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert!(rule.contains("meta skuid { root, svc } accept"), "{rule}");
     }
 
     #[test]

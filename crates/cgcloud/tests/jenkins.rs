@@ -388,6 +388,15 @@ fn jenkins_end_to_end() {
     );
     let peek = u.run(&["ssh", MASTER, "--", "sudo -u jenkins cat /mnt/persistent/secrets/jenkins-admin-password"]);
     assert!(!peek.status.success(), "the jenkins user read the admin password");
+    // IMDS (the profile that launches agents) is for root and jenkins, whose EC2 plugin uses it;
+    // for any other user the connection is refused.
+    let token = "curl -s -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 30' http://169.254.169.254/latest/api/token | wc -c";
+    let imds = on_master(&format!(
+        "echo root $(sudo sh -c \"{token}\"); echo jenkins $(sudo -u jenkins sh -c \"{token}\"); echo nobody $(sudo -u nobody sh -c \"{token}\")"
+    ));
+    let sizes: Vec<(&str, usize)> =
+        imds.lines().filter_map(|l| l.split_once(' ')).map(|(u, n)| (u, n.trim().parse().unwrap_or(0))).collect();
+    assert!(sizes.len() == 3 && sizes[0].1 > 0 && sizes[1].1 > 0 && sizes[2].1 == 0, "{imds}");
     let env = on_master("systemctl show jenkins -p Environment --value");
     assert!(
         env.contains("JENKINS_HOME=/mnt/persistent/jenkins") && env.contains("JENKINS_LISTEN_ADDRESS=127.0.0.1"),

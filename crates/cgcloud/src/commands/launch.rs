@@ -279,7 +279,17 @@ pub(crate) fn iam_policy(ns: &Namespace, role: &Role, agent: bool) -> Result<Pol
     if agent {
         statements.extend(cgcloud_core::policy::agent_statements(ns.as_str(), &ns.agent_queue_prefix()));
     }
-    Ok(Policy { statements })
+    let policy = Policy { statements };
+    // Checked before anything is launched: with one of these tags, a box could plant a leader
+    // in a cluster or a volume on a node.
+    if let Some(how) = cgcloud_core::policy::writes_workstation_tags(&policy, ns.as_str()) {
+        bail!(
+            "role '{}': its [[iam]] statements let its boxes write {how}, a tag cluster nodes trust and only \
+             the workstation may write; narrow ec2:CreateTags with a ForAllValues:StringEquals condition on aws:TagKeys",
+            role.name
+        );
+    }
+    Ok(policy)
 }
 
 /// The agent's configuration file and service, appended to the role's plan.
@@ -851,6 +861,8 @@ pub(crate) async fn ensure_role_security(
     launch: Option<&Txn>,
 ) -> Result<RoleSecurity> {
     let name = ns.to_aws_name(&role.name)?;
+    // First: a policy that is refused leaves no security group behind.
+    let policy = iam_policy(ns, role, agent)?;
     let mut t = Tags::new();
     t.insert(tags::NAMESPACE.into(), ns.to_string());
     t.insert(tags::ROLE.into(), role.name.clone());
@@ -863,7 +875,6 @@ pub(crate) async fn ensure_role_security(
             &sg_rules(role),
         )
         .await?;
-    let policy = iam_policy(ns, role, agent)?;
     let (profile, profile_created) = if policy.statements.is_empty() {
         (None, false)
     } else {
