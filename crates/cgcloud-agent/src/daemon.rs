@@ -554,6 +554,11 @@ impl Agent {
         .map_err(|e| e.to_string())?;
         let result = match (volume, std::fs::read_to_string(plan)) {
             (Some(Err(e)), _) => Err(format!("persistent volume: {e}")),
+            // A node whose IMDS rule did not load would hand its user data (the cluster's
+            // secrets) and credentials to every job: it fails instead of joining.
+            _ if !imds_guarded() => Err(format!(
+                "IMDS is open to every user of this node: {IMDS_GUARD} is not active (systemctl status {IMDS_GUARD})"
+            )),
             (_, plan_text) => match plan_text {
                 Ok(text) => {
                     let plan: cgcloud_core::plan::Plan =
@@ -756,6 +761,21 @@ fn group_members(aws: &Client, g: &str) -> Result<Vec<String>, AwsError> {
 }
 
 /// This box's SSH host public key as `ssh-ed25519 AAAA…` (no comment), if sshd has one.
+/// The base role's unit that keeps IMDS for root and the role's `imds_users`.
+const IMDS_GUARD: &str = "cgcloud-imds-guard";
+
+/// False if the image has the IMDS rule's unit and it is not active (an image without the base
+/// role has none, and nothing to check).
+fn imds_guarded() -> bool {
+    if !std::path::Path::new(&format!("/etc/systemd/system/{IMDS_GUARD}.service")).exists() {
+        return true;
+    }
+    std::process::Command::new("systemctl")
+        .args(["is-active", "--quiet", IMDS_GUARD])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn own_host_key() -> Option<String> {
     let text = std::fs::read_to_string("/etc/ssh/ssh_host_ed25519_key.pub").ok()?;
     let mut fields = text.split_whitespace();

@@ -38,6 +38,8 @@ pub fn attach(
     let name = volume_name(namespace, cluster, ordinal)?;
     let start = Instant::now();
     let (volume_id, status, attached_to, volume_zone) = loop {
+        // Persistent volumes only: others may carry the name too (one made at a RunInstances
+        // by a principal that may name what it makes), and would make this one ambiguous.
         let found = aws.call(
             Service::Ec2,
             "DescribeVolumes",
@@ -46,6 +48,8 @@ pub fn attach(
                 ("Filter.1.Value.1", name.clone()),
                 ("Filter.2.Name", "tag:cgcloud:namespace".into()),
                 ("Filter.2.Value.1", namespace.to_owned()),
+                ("Filter.3.Name", format!("tag:{}", cgcloud_core::tags::PERSISTENT)),
+                ("Filter.3.Value.1", "true".into()),
             ],
         )?;
         let vols = found.records("item", &["volumeId", "status", "availabilityZone", "instanceId"]);
@@ -194,7 +198,9 @@ pub fn format_and_mount(device: &str, name: &str) -> Result<bool, String> {
         )
         .map_err(|e| e.to_string())?;
     }
-    if !is_mounted(MOUNT_POINT) {
+    if is_mounted(MOUNT_POINT) {
+        run("mount", &["-o", &format!("remount,{MOUNT_OPTIONS}"), MOUNT_POINT])?;
+    } else {
         run("mount", &["-o", MOUNT_OPTIONS, device, MOUNT_POINT])?;
     }
     Ok(blank)
@@ -241,6 +247,8 @@ pub fn try_mount_persistent() -> Result<Persistent, String> {
     let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
     let Some(spec) = fstab_spec(&fstab, MOUNT_POINT) else { return Ok(Persistent::None) };
     if is_mounted(MOUNT_POINT) {
+        // Mounted by systemd from an older image's `defaults` line: the options still hold.
+        run("mount", &["-o", &format!("remount,{MOUNT_OPTIONS}"), MOUNT_POINT])?;
         return Ok(Persistent::Mounted);
     }
     let device = match spec.strip_prefix("LABEL=") {

@@ -27,13 +27,21 @@ pub enum Op {
     StringLike,
     /// `StringEquals` if the request carries the key; holds if it does not.
     StringEqualsIfExists,
+    /// `StringLike` if the request carries the key; holds if it does not.
+    StringLikeIfExists,
     /// Every value of a multi-valued key (e.g. `aws:TagKeys`) is one of the listed values.
     ForAllValuesStringEquals,
 }
 
 impl Op {
     /// Every operator, for parsing and messages.
-    pub const ALL: [Op; 4] = [Op::StringEquals, Op::StringLike, Op::StringEqualsIfExists, Op::ForAllValuesStringEquals];
+    pub const ALL: [Op; 5] = [
+        Op::StringEquals,
+        Op::StringLike,
+        Op::StringEqualsIfExists,
+        Op::StringLikeIfExists,
+        Op::ForAllValuesStringEquals,
+    ];
 
     /// The operator IAM's JSON calls `name`.
     pub fn parse(name: &str) -> Option<Op> {
@@ -45,6 +53,7 @@ impl Op {
             Op::StringEquals => "StringEquals",
             Op::StringLike => "StringLike",
             Op::StringEqualsIfExists => "StringEqualsIfExists",
+            Op::StringLikeIfExists => "StringLikeIfExists",
             Op::ForAllValuesStringEquals => "ForAllValues:StringEquals",
         }
     }
@@ -128,6 +137,7 @@ impl Condition {
             Op::StringEquals => got.is_some_and(|vs| vs.iter().any(|v| values.contains(v))),
             Op::StringLike => got.is_some_and(|vs| vs.iter().any(|v| values.iter().any(|p| iam_match(p, v)))),
             Op::StringEqualsIfExists => got.is_none_or(|vs| vs.iter().any(|v| values.contains(v))),
+            Op::StringLikeIfExists => got.is_none_or(|vs| vs.iter().any(|v| values.iter().any(|p| iam_match(p, v)))),
             Op::ForAllValuesStringEquals => got.is_none_or(|vs| vs.iter().all(|v| values.contains(v))),
         }
     }
@@ -291,49 +301,54 @@ impl Policy {
 pub const AGENT_INSTANCE_TAGS: [&str; 4] = [tags::CONFIGURED, tags::FAILURE, tags::HOST_KEY, tags::ACTIVE_AT];
 
 /// The tags cluster nodes trust about each other and their volumes (membership, leadership,
-/// which node a volume is for), which only the workstation may write: a box allowed to write
-/// one could plant a leader in a cluster, or a volume on a node.
-pub const WORKSTATION_TAGS: [&str; 7] =
-    [tags::CLUSTER, tags::ORDINAL, tags::LEADER, tags::LEADER_ARN, tags::NODE_ROLE, tags::PERSISTENT, tags::ATTACH_TO];
+/// ordinals, which node a volume is for, autostop), which only the workstation may write: a box
+/// allowed to write one could plant a leader in a cluster or a volume on a node, or stop a
+/// cluster.
+pub const WORKSTATION_TAGS: [&str; 12] = [
+    tags::CLUSTER,
+    tags::CLUSTER_TYPE,
+    tags::ORDINAL,
+    tags::ORDINALS,
+    tags::LEADER,
+    tags::LEADER_ARN,
+    tags::NODE_ROLE,
+    tags::PERSISTENT,
+    tags::ATTACH_TO,
+    tags::EBS_VOLUME_SIZE,
+    tags::AUTOSTOP,
+    tags::AUTOSTOP_ACTION,
+];
 
-/// The first tag of [`WORKSTATION_TAGS`] that `policy` (a box's, in namespace `ns`) lets the
-/// box write, on itself, on an instance or a volume it creates, or on another of the namespace,
-/// with the way it could: `None` if it can write none of them.
-pub fn writes_workstation_tags(policy: &Policy, ns: &str) -> Option<String> {
-    let me = "arn:aws:ec2:us-east-1:123456789012:instance/i-0aaaaaaaaaaaaaaa1";
-    let peer = "arn:aws:ec2:us-east-1:123456789012:instance/i-0bbbbbbbbbbbbbbb2";
-    let volume = "arn:aws:ec2:us-east-1:123456789012:volume/vol-0aaaaaaaaaaaaaaa1";
-    for key in WORKSTATION_TAGS {
-        for resource in [me, peer, volume] {
-            for action in [None, Some("RunInstances"), Some("CreateVolume"), Some("RequestSpotInstances")] {
-                // The most a box could present: instance credentials, a profile like the
-                // namespace's agents' (the Jenkins master's statements name those), its
-                // namespace's tag on the target and in the request.
-                let mut r = Request::new("ec2:CreateTags", resource)
-                    .with("ec2:SourceInstanceARN", &[me])
-                    .with(
-                        "ec2:InstanceProfile",
-                        &["arn:aws:iam::123456789012:instance-profile/cgcloud/x/x_jenkins-agent-x"],
-                    )
-                    .with("aws:TagKeys", &[key])
-                    .with(&format!("aws:RequestTag/{key}"), &["x"])
-                    .with(&format!("aws:RequestTag/{}", tags::NAMESPACE), &[ns])
-                    .with(&format!("ec2:ResourceTag/{}", tags::NAMESPACE), &[ns]);
-                if let Some(a) = action {
-                    r = r.with("ec2:CreateAction", &[a]);
-                }
-                if policy.allows(&r) {
-                    let on = if resource == volume {
-                        "a volume"
-                    } else if resource == me {
-                        "itself"
-                    } else {
-                        "another instance"
-                    };
-                    return Some(match action {
-                        Some(a) => format!("{key} on {on} it makes ({a})"),
-                        None => format!("{key} on {on}"),
-                    });
+/// Whether a box with `policy` could write one of [`WORKSTATION_TAGS`], judged by the policy's
+/// shape rather than by sample requests (which a condition on some other key, another region or
+/// profile would slip past): every statement that allows `ec2:CreateTags` must limit the keys
+/// with `ForAllValues:StringEquals` on `aws:TagKeys`, and list none of those. Returns what is
+/// wrong, or `None`.
+pub fn writes_workstation_tags(policy: &Policy) -> Option<String> {
+    // Whether a resource pattern can name an instance or a volume, whatever its region and
+    // account (`*` and partial ARNs can).
+    let on_nodes = |pattern: &str| match pattern.splitn(6, ':').nth(5) {
+        Some(resource) => ["instance/i-0", "volume/vol-0"].iter().any(|r| iam_match(resource, r)),
+        None => true,
+    };
+    for s in policy.statements.iter().filter(|s| s.effect == Effect::Allow) {
+        if !s.actions.iter().any(|a| iam_match(&a.to_ascii_lowercase(), "ec2:createtags"))
+            || !s.resources.iter().any(|r| on_nodes(r))
+        {
+            continue;
+        }
+        let keys = s.conditions.iter().find(|c| c.op == Op::ForAllValuesStringEquals && c.key == "aws:TagKeys");
+        match keys {
+            None => {
+                return Some(format!(
+                    "any tag (a statement allows {} on {} without limiting aws:TagKeys)",
+                    s.actions.join(", "),
+                    s.resources.join(", ")
+                ))
+            }
+            Some(c) => {
+                if let Some(k) = WORKSTATION_TAGS.iter().find(|k| c.values.iter().any(|v| v == *k)) {
+                    return Some(format!("{k} (a statement allows it in aws:TagKeys)"));
                 }
             }
         }
@@ -565,12 +580,34 @@ mod tests {
 
     #[test]
     fn the_agents_policy_writes_no_tag_nodes_trust() {
-        assert_eq!(writes_workstation_tags(&policy(), NS), None);
-        // A statement that would (a plugin role's broad CreateTags) is caught.
-        let mut broad = policy();
-        broad.statements.push(Statement::allow("tag anything", &["ec2:CreateTags"], &["*"]));
-        let found = writes_workstation_tags(&broad, NS).unwrap();
-        assert!(found.starts_with("cgcloud:cluster on itself"), "{found}");
+        assert_eq!(writes_workstation_tags(&policy()), None);
+        // Statements that would are caught whatever else they are conditioned on: a plugin
+        // role's plain CreateTags, one limited to a region, one whose keys include a trusted one.
+        for extra in [
+            Statement::allow("tag anything", &["ec2:CreateTags"], &["*"]),
+            Statement::allow("tag here", &["ec2:*"], &["arn:aws:ec2:eu-west-1:*:instance/*"]).when(
+                Op::StringEquals,
+                "aws:RequestTag/cgcloud:cluster",
+                &["prod"],
+            ),
+            Statement::allow("tag some", &["ec2:CreateTags"], &["*"]).when(
+                Op::ForAllValuesStringEquals,
+                "aws:TagKeys",
+                &["Name", "cgcloud:ordinals"],
+            ),
+        ] {
+            let mut p = policy();
+            p.statements.push(extra);
+            assert!(writes_workstation_tags(&p).is_some(), "{:?}", p.statements.last());
+        }
+        // Tags on what nodes never read (a spot request) are not their business.
+        let mut p = policy();
+        p.statements.push(Statement::allow(
+            "tag requests",
+            &["ec2:CreateTags"],
+            &["arn:aws:ec2:*:*:spot-instances-request/*"],
+        ));
+        assert_eq!(writes_workstation_tags(&p), None);
     }
 
     #[test]

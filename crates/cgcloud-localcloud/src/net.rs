@@ -298,21 +298,23 @@ pub fn mac_of(ip: &str) -> Option<String> {
 static EBTABLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Lets the veth `vh` send only frames from `mac`, and of those only IPv4 from `ip` and ARP
-/// claiming `ip` at `mac`, to other guests and to the machine alike.
+/// claiming `ip` at `mac`, to other guests and to the machine alike. In the nat table's
+/// PREROUTING: the bridge learns a frame's source MAC before its filter table sees the frame, so
+/// a frame from a peer's MAC dropped only there would still teach the bridge to send that peer's
+/// traffic (its IMDS answers among it) to this veth.
 async fn pin_source(vh: &str, ip: &str, mac: &str) -> Result<(), Error> {
     let _one = EBTABLES.lock().await;
     unpin_source_locked(vh).await;
     // A chain that outlived its removal (a crash between the two) is filled afresh.
-    if !run_quiet("ebtables", &["-N", vh]).await {
-        run("ebtables", &["-F", vh]).await?;
+    if !run_quiet("ebtables", &["-t", "nat", "-N", vh]).await {
+        run("ebtables", &["-t", "nat", "-F", vh]).await?;
     }
     for args in [
         // Set apart: ebtables-nft ignores a policy given with -N.
-        vec!["-P", vh, "DROP"],
-        vec!["-A", vh, "-s", mac, "-p", "IPv4", "--ip-src", ip, "-j", "RETURN"],
-        vec!["-A", vh, "-s", mac, "-p", "ARP", "--arp-ip-src", ip, "--arp-mac-src", mac, "-j", "RETURN"],
-        vec!["-A", "FORWARD", "-i", vh, "-j", vh],
-        vec!["-A", "INPUT", "-i", vh, "-j", vh],
+        vec!["-t", "nat", "-P", vh, "DROP"],
+        vec!["-t", "nat", "-A", vh, "-s", mac, "-p", "IPv4", "--ip-src", ip, "-j", "RETURN"],
+        vec!["-t", "nat", "-A", vh, "-s", mac, "-p", "ARP", "--arp-ip-src", ip, "--arp-mac-src", mac, "-j", "RETURN"],
+        vec!["-t", "nat", "-A", "PREROUTING", "-i", vh, "-j", vh],
     ] {
         run("ebtables", &args).await?;
     }
@@ -320,24 +322,33 @@ async fn pin_source(vh: &str, ip: &str, mac: &str) -> Result<(), Error> {
 }
 
 async fn unpin_source_locked(vh: &str) {
-    for hook in ["FORWARD", "INPUT"] {
-        while run_quiet("ebtables", &["-D", hook, "-i", vh, "-j", vh]).await {}
+    // The filter table held these chains before (an older controller's, after a crash).
+    for (table, hooks) in [("nat", &["PREROUTING"][..]), ("filter", &["FORWARD", "INPUT"][..])] {
+        for hook in hooks {
+            while run_quiet("ebtables", &["-t", table, "-D", hook, "-i", vh, "-j", vh]).await {}
+        }
+        // ebtables-nft deletes only an empty chain.
+        run_quiet("ebtables", &["-t", table, "-F", vh]).await;
+        run_quiet("ebtables", &["-t", table, "-X", vh]).await;
     }
-    // ebtables-nft deletes only an empty chain.
-    run_quiet("ebtables", &["-F", vh]).await;
-    run_quiet("ebtables", &["-X", vh]).await;
 }
 
 /// Removes every per-veth chain of ours (after a crash, the next `up` or `down` calls this).
 pub async fn unpin_all() {
     let _one = EBTABLES.lock().await;
-    let listing = run("ebtables", &["-L"]).await.unwrap_or_default();
-    for line in listing.lines() {
-        if let Some(chain) = line.strip_prefix("Bridge chain: ").and_then(|r| r.split(',').next()) {
-            if chain.starts_with("cgv") {
-                unpin_source_locked(chain).await;
+    let mut chains = std::collections::BTreeSet::new();
+    for table in ["nat", "filter"] {
+        let listing = run("ebtables", &["-t", table, "-L"]).await.unwrap_or_default();
+        for line in listing.lines() {
+            if let Some(chain) = line.strip_prefix("Bridge chain: ").and_then(|r| r.split(',').next()) {
+                if chain.starts_with("cgv") {
+                    chains.insert(chain.to_owned());
+                }
             }
         }
+    }
+    for chain in chains {
+        unpin_source_locked(&chain).await;
     }
 }
 

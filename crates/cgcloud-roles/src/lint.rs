@@ -95,12 +95,13 @@ fn owned_paths(plan: &Plan) -> Vec<Owned> {
     out
 }
 
-/// The shell texts of `action` that run as root: a root command and its `unless` check, and the
+/// The shell texts of `action` that run as root: a root command, any command's `unless` check, and the
 /// `Exec*=` lines of a unit that run as root (no `User=`, or a `+`/`!` prefix).
 fn root_commands(action: &Action) -> Vec<String> {
     match action {
-        Action::Command { run, unless, user, .. } if is_root(user.as_deref()) => {
-            std::iter::once(run.clone()).chain(unless.clone()).collect()
+        // The agent runs a command's `unless` check as root whoever the command runs as.
+        Action::Command { run, unless, user, .. } => {
+            is_root(user.as_deref()).then(|| run.clone()).into_iter().chain(unless.clone()).collect()
         }
         Action::Service { unit: Some(unit), .. } => {
             let mut section = String::new();
@@ -314,5 +315,13 @@ mod tests {
         let as_app =
             Action::Command { run: "touch /srv/a/x".into(), creates: None, unless: None, user: Some("app".into()) };
         assert!(check(&plan(vec![dir("/srv/a", "app"), as_app])).is_empty());
+        // ... but its `unless` check runs as root.
+        let checked_as_root = Action::Command {
+            run: "touch /srv/a/x".into(),
+            creates: None,
+            unless: Some("test -s /srv/a/x".into()),
+            user: Some("app".into()),
+        };
+        assert_eq!(check(&plan(vec![dir("/srv/a", "app"), checked_as_root])).len(), 1);
     }
 }

@@ -665,7 +665,8 @@ pub struct IamStatement {
     pub resource: Vec<String>,
     /// IAM conditions: operator → condition key → values, e.g.
     /// `{ StringLike = { "ec2:InstanceProfile" = ["arn:aws:iam::*:instance-profile{{ namespace.iam_path }}*"] } }`.
-    /// Operators: StringEquals, StringLike, StringEqualsIfExists, ForAllValues:StringEquals.
+    /// Operators: StringEquals, StringLike, StringEqualsIfExists, StringLikeIfExists,
+    /// ForAllValues:StringEquals.
     /// Values know the same placeholders as resources.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub condition: BTreeMap<String, BTreeMap<String, Vec<String>>>,

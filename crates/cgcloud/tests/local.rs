@@ -308,8 +308,8 @@ fn guest_requests_cannot_reach_the_machine() {
     let region = &zone[..zone.len() - 1];
     let marker = format!("/tmp/cgcloud-pwned-{}", std::process::id());
     let _ = std::fs::remove_file(&marker);
-    // From the guest, as any local user, with the instance's own credentials from IMDS.
-    let ec2 = |params: &str| format!("bash -c {}", shell_quote(&signed_ec2(region, params)));
+    // From the guest's root (IMDS is root's), with the instance's own credentials.
+    let ec2 = |params: &str| format!("sudo bash -c {}", shell_quote(&signed_ec2(region, params)));
     let ns = b["namespace"].as_str().unwrap();
     let vol = given_volume(&zone, ns, &id);
     assert!(vol.starts_with("vol-"), "{vol}");
@@ -821,6 +821,22 @@ print("sent")"#,
         .unwrap_or_default();
     assert!(heard.contains(&format!("{a_ip} honest")), "the honest datagrams did not arrive: {heard}");
     assert!(!heard.contains("spoofed"), "a guest sent as another address: {heard}");
+    // Frames from B's MAC, dropped, must not teach the bridge that B is behind A's veth either:
+    // then what the machine sends B (IMDS answers with B's credentials among it) would go to A.
+    let flood = format!(
+        "nohup python3 -c 'import socket, time\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind((\"eth0\", 0))\nf = bytes.fromhex(\"ffffffffffff{}0806\") + bytes(28)\nend = time.time() + 8\nwhile time.time() < end: s.send(f); time.sleep(0.0005)' </dev/null >/dev/null 2>&1 &",
+        b_mac.trim().replace(':', "")
+    );
+    as_root(&u, &a_id, &flood);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let sock = std::net::UdpSocket::bind("10.199.0.1:0").unwrap();
+    for i in 0..20 {
+        sock.send_to(format!("from-machine-{i}").as_bytes(), (b_ip.as_str(), 9999)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let heard = as_root(&u, &b_id, "grep -c from-machine /root/heard || true");
+    assert_eq!(heard.trim(), "20", "frames from B's MAC sent by A diverted the machine's traffic to B");
 
     // A seed directory made a symlink to a directory of the machine, baked into an image: the
     // next instance from it is refused, and nothing is written on the machine.

@@ -104,7 +104,9 @@ pub fn box_text(b: &BoxInfo) -> String {
         for (k, v) in &b.options {
             lines.push(("option", format!("{k}={v}")));
         }
-        lines.iter().map(|(k, v)| format!("{k:<18}{v}")).collect::<Vec<_>>().join("\n")
+        // Tags are values boxes (and whoever may tag them) write: no control characters reach
+        // the terminal.
+        lines.iter().map(|(k, v)| format!("{k:<18}{}", cgcloud_core::tags::printable(v))).collect::<Vec<_>>().join("\n")
     }
 }
 

@@ -318,7 +318,7 @@ mod tests {
         for summary in reg.list() {
             let role = reg.role(&summary.name).unwrap();
             let policy = super::super::launch::iam_policy(&ns, &role, true).unwrap();
-            assert_eq!(cgcloud_core::policy::writes_workstation_tags(&policy, ns.as_str()), None, "{}", role.name);
+            assert_eq!(cgcloud_core::policy::writes_workstation_tags(&policy), None, "{}", role.name);
             roles += 1;
         }
         assert!(roles > 10);
@@ -329,7 +329,7 @@ mod tests {
         )
         .unwrap();
         let err = super::super::launch::iam_policy(&ns, &reg.role("tagger").unwrap(), true).unwrap_err().to_string();
-        assert!(err.contains("role 'tagger'") && err.contains("cgcloud:cluster"), "{err}");
+        assert!(err.contains("role 'tagger'") && err.contains("without limiting aws:TagKeys"), "{err}");
     }
 
     /// The attack of a compromised master on the boxes of the account: it must not be able to
@@ -372,6 +372,15 @@ mod tests {
         for r in ["arn:aws:ec2:us-west-2::image/ami-0123", "arn:aws:ec2:us-west-2:123456789012:volume/vol-1"] {
             assert!(policy.allows(&Request::new("ec2:RunInstances", r)), "{r}");
         }
+        // Into its agents' groups only: not a cluster's (Spark's and HDFS's ports are open inside).
+        let group = |role: &str, ns: &str| {
+            Request::new("ec2:RunInstances", "arn:aws:ec2:us-west-2:123456789012:security-group/sg-1")
+                .with("ec2:ResourceTag/cgcloud:role", &[role])
+                .with("ec2:ResourceTag/cgcloud:namespace", &[ns])
+        };
+        assert!(policy.allows(&group("jenkins-agent-debian-trixie", "/hannes/")));
+        assert!(!policy.allows(&group("spark-box", "/hannes/")));
+        assert!(!policy.allows(&group("jenkins-agent-debian-trixie", "/team/")));
         // What a template and the EC2 plugin tag an agent with.
         let keys = ["Name", "cgcloud:namespace", "cgcloud:role", "cgcloud:keypairs", "jenkins_slave_type"];
         let tag_at_launch = Request::new("ec2:CreateTags", instance)
@@ -402,6 +411,18 @@ mod tests {
         }
         let elsewhere = tag_at_launch.clone().with("aws:RequestTag/cgcloud:namespace", &["/team/"]);
         assert!(!policy.allows(&elsewhere));
+        // An agent passing for a box of another role (which `cgcloud ssh ROLE` would pick).
+        let posing = tag_at_launch.clone().with("aws:RequestTag/cgcloud:role", &["generic-debian-bookworm-box"]);
+        assert!(!policy.allows(&posing));
+        assert!(
+            policy.allows(&tag_at_launch.clone().with("aws:RequestTag/cgcloud:role", &["jenkins-agent-debian-trixie"]))
+        );
+        assert!(!policy.allows(
+            &on_agent
+                .clone()
+                .with("aws:TagKeys", &["cgcloud:role"])
+                .with("aws:RequestTag/cgcloud:role", &["spark-box"])
+        ));
         assert!(!policy.allows(
             &on_agent.with("aws:RequestTag/cgcloud:namespace", &["/team/"]).with("aws:TagKeys", &["cgcloud:namespace"])
         ));

@@ -282,7 +282,7 @@ pub(crate) fn iam_policy(ns: &Namespace, role: &Role, agent: bool) -> Result<Pol
     let policy = Policy { statements };
     // Checked before anything is launched: with one of these tags, a box could plant a leader
     // in a cluster or a volume on a node.
-    if let Some(how) = cgcloud_core::policy::writes_workstation_tags(&policy, ns.as_str()) {
+    if let Some(how) = cgcloud_core::policy::writes_workstation_tags(&policy) {
         bail!(
             "role '{}': its [[iam]] statements let its boxes write {how}, a tag cluster nodes trust and only \
              the workstation may write; narrow ec2:CreateTags with a ForAllValues:StringEquals condition on aws:TagKeys",
