@@ -37,10 +37,11 @@ pub fn attach(
 ) -> Result<String, AwsError> {
     let name = volume_name(namespace, cluster, ordinal)?;
     let start = Instant::now();
-    let (volume_id, status, attached_to, volume_zone) = loop {
-        // Persistent volumes only: others may carry the name too (one made at a RunInstances
-        // by a principal that may name what it makes), and would make this one ambiguous.
-        let found = aws.call(
+    // The volumes named for this slot with one more tag: persistent ones (others may carry the
+    // name too, made at a RunInstances by a principal that may name what it makes, and would
+    // make this one ambiguous), and the one given to this node.
+    let named = |key: &str, value: &str| {
+        aws.call(
             Service::Ec2,
             "DescribeVolumes",
             &[
@@ -48,24 +49,16 @@ pub fn attach(
                 ("Filter.1.Value.1", name.clone()),
                 ("Filter.2.Name", "tag:cgcloud:namespace".into()),
                 ("Filter.2.Value.1", namespace.to_owned()),
-                ("Filter.3.Name", format!("tag:{}", cgcloud_core::tags::PERSISTENT)),
-                ("Filter.3.Value.1", "true".into()),
+                ("Filter.3.Name", format!("tag:{key}")),
+                ("Filter.3.Value.1", value.to_owned()),
             ],
-        )?;
+        )
+    };
+    let (volume_id, status, attached_to, volume_zone) = loop {
+        let found = named(cgcloud_core::tags::PERSISTENT, "true")?;
         let vols = found.records("item", &["volumeId", "status", "availabilityZone", "instanceId"]);
         let vols: Vec<Vec<String>> = vols.into_iter().filter(|v| v[0].starts_with("vol-")).collect();
-        let given = aws.call(
-            Service::Ec2,
-            "DescribeVolumes",
-            &[
-                ("Filter.1.Name", "tag:Name".into()),
-                ("Filter.1.Value.1", name.clone()),
-                ("Filter.2.Name", "tag:cgcloud:namespace".into()),
-                ("Filter.2.Value.1", namespace.to_owned()),
-                ("Filter.3.Name", format!("tag:{}", cgcloud_core::tags::ATTACH_TO)),
-                ("Filter.3.Value.1", arn.to_owned()),
-            ],
-        )?;
+        let given = named(cgcloud_core::tags::ATTACH_TO, arn)?;
         let given: Vec<String> = given
             .records("item", &["volumeId"])
             .into_iter()

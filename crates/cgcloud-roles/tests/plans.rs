@@ -6,18 +6,22 @@ use cgcloud_roles::compile::compile;
 use cgcloud_roles::Registry;
 use std::collections::BTreeMap;
 
-#[test]
-fn compiled_plans_of_builtin_roles() {
-    let reg = Registry::builtin().unwrap();
-    let mut count = 0;
-    // Options without a default (the user must choose): example values.
-    let required: BTreeMap<String, String> = [
+/// Options without a default (the user must choose): example values.
+fn required_options() -> BTreeMap<String, String> {
+    [
         ("mesos_package_url", "https://packages.example/ubuntu/noble/aventer-mesos_1.11.0_amd64.deb"),
         ("mesos_package_sha256", "5e0d1b9bc2c6ce3cfd0b3b1a3d0b0a7e6f0e5d2c4b3a29180706050403020100"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    .collect()
+}
+
+#[test]
+fn compiled_plans_of_builtin_roles() {
+    let reg = Registry::builtin().unwrap();
+    let mut count = 0;
+    let required = required_options();
     for summary in reg.list() {
         let role = reg.role(&summary.name).unwrap();
         let given: BTreeMap<String, String> = required
@@ -397,13 +401,7 @@ fn jenkins_master_configuration_as_code() {
 fn imds_is_for_root_and_named_service_users_only() {
     use cgcloud_core::plan::Action;
     let reg = Registry::builtin().unwrap();
-    let required: BTreeMap<String, String> = [
-        ("mesos_package_url", "https://packages.example/ubuntu/noble/aventer-mesos_1.11.0_amd64.deb"),
-        ("mesos_package_sha256", "5e0d1b9bc2c6ce3cfd0b3b1a3d0b0a7e6f0e5d2c4b3a29180706050403020100"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let required = required_options();
     for summary in reg.list() {
         let role = reg.role(&summary.name).unwrap();
         for os in &role.os {
