@@ -760,7 +760,6 @@ fn group_members(aws: &Client, g: &str) -> Result<Vec<String>, AwsError> {
     }
 }
 
-/// This box's SSH host public key as `ssh-ed25519 AAAA…` (no comment), if sshd has one.
 /// The base role's unit that keeps IMDS for root and the role's `imds_users`.
 const IMDS_GUARD: &str = "cgcloud-imds-guard";
 
@@ -776,6 +775,7 @@ fn imds_guarded() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// This box's SSH host public key as `ssh-ed25519 AAAA…` (no comment), if sshd has one.
 fn own_host_key() -> Option<String> {
     let text = std::fs::read_to_string("/etc/ssh/ssh_host_ed25519_key.pub").ok()?;
     let mut fields = text.split_whitespace();

@@ -58,29 +58,25 @@ pub fn attach(
         let found = named(cgcloud_core::tags::PERSISTENT, "true")?;
         let vols = found.records("item", &["volumeId", "status", "availabilityZone", "instanceId"]);
         let vols: Vec<Vec<String>> = vols.into_iter().filter(|v| v[0].starts_with("vol-")).collect();
-        let given = named(cgcloud_core::tags::ATTACH_TO, arn)?;
-        let given: Vec<String> = given
-            .records("item", &["volumeId"])
-            .into_iter()
-            .map(|v| v[0].clone())
-            .filter(|v| v.starts_with("vol-"))
-            .collect();
-        match (given.as_slice(), vols.len()) {
-            ([one], 1) if vols[0][0] == *one => {
-                let v = &vols[0];
-                break (v[0].clone(), v[1].clone(), v[3].clone(), v[2].clone());
+        match vols.as_slice() {
+            [v] => {
+                let given = named(cgcloud_core::tags::ATTACH_TO, arn)?.records("item", &["volumeId"]);
+                if given.iter().any(|g| g[0] == v[0]) {
+                    break (v[0].clone(), v[1].clone(), v[3].clone(), v[2].clone());
+                }
             }
-            (_, n) if n > 1 => {
+            [] => {}
+            _ => {
                 let ids: Vec<&str> = vols.iter().map(|v| v[0].as_str()).collect();
                 return Err(err(
                     "persistent volume",
                     format!(
-                        "{n} volumes are named {name} ({}); refusing all of them: keep the one the workstation made",
+                        "{} volumes are named {name} ({}); refusing all of them: keep the one the workstation made",
+                        vols.len(),
                         ids.join(", ")
                     ),
                 ));
             }
-            _ => {}
         }
         if start.elapsed() > Duration::from_secs(300) {
             let others: Vec<&str> = vols.iter().map(|v| v[0].as_str()).collect();
@@ -157,6 +153,12 @@ pub fn find_device(volume_id: &str, timeout: Duration) -> Option<String> {
 /// had it (or one like it) attached, so no set-id program or device file on it counts.
 pub const MOUNT_OPTIONS: &str = "nosuid,nodev";
 
+/// Applies [`MOUNT_OPTIONS`] to what is mounted at the mount point already: systemd mounts it
+/// from fstab, and an image baked before the options existed carries `defaults` there.
+fn restrict_mount() -> Result<(), String> {
+    run("mount", &["-o", &format!("remount,{MOUNT_OPTIONS}"), MOUNT_POINT]).map(drop)
+}
+
 /// The /etc/fstab line of the persistent volume labelled `label`: `nofail`, since its device
 /// may appear only after boot (attached once the box runs), and the agent mounts it then.
 pub fn fstab_line(label: &str) -> String {
@@ -192,7 +194,7 @@ pub fn format_and_mount(device: &str, name: &str) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     }
     if is_mounted(MOUNT_POINT) {
-        run("mount", &["-o", &format!("remount,{MOUNT_OPTIONS}"), MOUNT_POINT])?;
+        restrict_mount()?;
     } else {
         run("mount", &["-o", MOUNT_OPTIONS, device, MOUNT_POINT])?;
     }
@@ -240,8 +242,7 @@ pub fn try_mount_persistent() -> Result<Persistent, String> {
     let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
     let Some(spec) = fstab_spec(&fstab, MOUNT_POINT) else { return Ok(Persistent::None) };
     if is_mounted(MOUNT_POINT) {
-        // Mounted by systemd from an older image's `defaults` line: the options still hold.
-        run("mount", &["-o", &format!("remount,{MOUNT_OPTIONS}"), MOUNT_POINT])?;
+        restrict_mount()?;
         return Ok(Persistent::Mounted);
     }
     let device = match spec.strip_prefix("LABEL=") {

@@ -1046,11 +1046,16 @@ impl Cloud {
 
     /// The volumes of `namespace` whose `Name` tag is `name`.
     pub async fn volumes_named(&self, namespace: &str, name: &str) -> Result<Vec<VolumeInfo>, AwsError> {
+        self.volumes_tagged(namespace, tags::NAME, name).await
+    }
+
+    /// The volumes of `namespace` with tag `key` = `value`.
+    pub async fn volumes_tagged(&self, namespace: &str, key: &str, value: &str) -> Result<Vec<VolumeInfo>, AwsError> {
         let out = self
             .ec2
             .describe_volumes()
             .filters(tag_filter(tags::NAMESPACE, namespace))
-            .filters(tag_filter(tags::NAME, name))
+            .filters(tag_filter(key, value))
             .send()
             .await
             .map_err(|e| self.classify("ec2:DescribeVolumes", e))?;

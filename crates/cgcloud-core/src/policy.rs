@@ -383,8 +383,8 @@ pub fn instance_arn(region: &str, account: &str, id: &str) -> String {
 
 /// What the agent on a box of namespace `ns` needs: key pairs and tags to read, IAM groups to
 /// expand `@@group`, its own notification queue, and for cluster nodes: tagging itself (only the
-/// keys it writes) and attaching to itself the persistent volume the workstation gave it. `queue_prefix` is the namespace's
-/// agent-queue prefix.
+/// keys it writes) and attaching to itself the persistent volume the workstation gave it.
+/// `queue_prefix` is the namespace's agent-queue prefix.
 ///
 /// Everything that writes is bound to the calling box through `${ec2:SourceInstanceARN}`: a box
 /// tags only itself, attaches volumes only to itself, and uses only the queue tagged with its

@@ -276,11 +276,7 @@ impl Registry {
             secret.check().map_err(|message| parse_err(&loaded.source, message))?;
         }
         for user in &file.imds_users {
-            let ok = user != "root"
-                && user.len() <= 32
-                && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                && user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-            if !ok {
+            if user == "root" || !role::valid_user_name(user) {
                 return Err(parse_err(
                     &loaded.source,
                     format!("imds_users: '{user}' is not a user name (root may always reach IMDS)"),

@@ -208,15 +208,18 @@ fn secret_mode() -> String {
     "0400".to_owned()
 }
 
+/// A user or group name as useradd takes it, safe in a file or a command line.
+pub fn valid_user_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 32
+        && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
 impl ClusterSecret {
     /// A path, size, owner and mode that are safe to hand to cloud-init.
     pub fn check(&self) -> Result<(), String> {
-        let name_ok = |n: &str| {
-            !n.is_empty()
-                && n.len() <= 32
-                && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-        };
+        let name_ok = valid_user_name;
         let path_ok = self.path.starts_with('/')
             && !self.path.split('/').any(|c| c == ".." || c == ".")
             && self.path.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));

@@ -8,9 +8,15 @@
 
 use super::*;
 use crate::commands::launch::Prepared;
+use cgcloud_aws::ec2::VolumeInfo;
 
-fn persistent(v: &cgcloud_aws::ec2::VolumeInfo) -> bool {
-    v.tags.get(tags::PERSISTENT).map(String::as_str) == Some("true")
+/// The namespace's persistent volumes by `Name`: one request for a whole launch.
+async fn persistent_by_name(cloud: &Cloud, ns: &str) -> Result<BTreeMap<String, Vec<VolumeInfo>>> {
+    let mut out: BTreeMap<String, Vec<VolumeInfo>> = BTreeMap::new();
+    for v in cloud.volumes_tagged(ns, tags::PERSISTENT, "true").await? {
+        out.entry(v.tags.get(tags::NAME).cloned().unwrap_or_default()).or_default().push(v);
+    }
+    Ok(out)
 }
 
 /// Before launch: the existing volumes of `ordinals` of cluster `cluster` must each be one, not
@@ -18,11 +24,12 @@ fn persistent(v: &cgcloud_aws::ec2::VolumeInfo) -> bool {
 pub(super) async fn check_slots(ctx: &Ctx, p: &mut Prepared, cluster: &str, ordinals: &[u32]) -> Result<()> {
     let cloud = ctx.cloud().await?;
     let ns = ctx.namespace().await?;
+    let volumes = persistent_by_name(cloud, ns.as_str()).await?;
     let mut zones = BTreeMap::new();
     for &ordinal in ordinals {
         let name = ns.node_volume_name(cluster, ordinal)?;
-        let found: Vec<_> = cloud.volumes_named(ns.as_str(), &name).await?.into_iter().filter(persistent).collect();
-        match found.as_slice() {
+        let found = volumes.get(&name).map(Vec::as_slice).unwrap_or_default();
+        match found {
             [] => {}
             [v] if !v.attached_to.is_empty() && !leaving(cloud, &v.attached_to).await? => bail!(
                 "the persistent volume {} ({name}) of node {ordinal} is attached to {}; terminate that instance first",
@@ -65,21 +72,21 @@ async fn leaving(cloud: &Cloud, ids: &[String]) -> Result<bool> {
 }
 
 /// After launch: each node of `ids` gets its slot's volume, made in its zone (`size_gb`) if it
-/// does not exist. Returns the ids of the volumes made.
-pub(super) async fn give(ctx: &Ctx, ids: &[String], cluster: &str, size_gb: u32, account: &str) -> Result<Vec<String>> {
+/// does not exist.
+pub(super) async fn give(ctx: &Ctx, ids: &[String], cluster: &str, size_gb: u32, account: &str) -> Result<()> {
     let cloud = ctx.cloud().await?;
     let ns = ctx.namespace().await?;
-    let mut made = Vec::new();
+    let volumes = persistent_by_name(cloud, ns.as_str()).await?;
     for instance in cloud.describe_instances(ids).await? {
         let Some(b) = cgcloud_aws::ec2::box_from_instance(&instance) else { continue };
         let ordinal = b.ordinal.with_context(|| format!("node {} has no ordinal", b.instance_id))?;
         let zone = b.zone.clone().with_context(|| format!("node {} has no availability zone", b.instance_id))?;
         let name = ns.node_volume_name(cluster, ordinal)?;
         let arn = cgcloud_core::policy::instance_arn(&cloud.region, account, &b.instance_id);
-        let found: Vec<_> = cloud.volumes_named(ns.as_str(), &name).await?.into_iter().filter(persistent).collect();
+        let found = volumes.get(&name).map(Vec::as_slice).unwrap_or_default();
         let mut given = Tags::new();
         given.insert(tags::ATTACH_TO.into(), arn);
-        match found.as_slice() {
+        match found {
             [] => {
                 let mut t = given;
                 t.insert(tags::NAME.into(), name.clone());
@@ -87,7 +94,7 @@ pub(super) async fn give(ctx: &Ctx, ids: &[String], cluster: &str, size_gb: u32,
                 t.insert(tags::PERSISTENT.into(), "true".into());
                 t.insert(tags::CLUSTER.into(), cluster.to_owned());
                 t.insert(tags::ORDINAL.into(), ordinal.to_string());
-                made.push(cloud.create_volume(&zone, size_gb, &t).await?);
+                cloud.create_volume(&zone, size_gb, &t).await?;
             }
             [v] if v.zone != zone => bail!(
                 "the persistent volume {} ({name}) is in zone {}, but node {} is in {zone}",
@@ -99,5 +106,5 @@ pub(super) async fn give(ctx: &Ctx, ids: &[String], cluster: &str, size_gb: u32,
             _ => bail!("{} persistent volumes are named {name}; keep one and delete the others", found.len()),
         }
     }
-    Ok(made)
+    Ok(())
 }
