@@ -118,7 +118,8 @@ fn spark_hdfs_persistence() {
     a.check(&["terminate-cluster", "spark", "-c", "acc"], || {
         ok(&["create", "-I", "-T", "spark-box", "-k", key_name]);
         ok(&["create-cluster", "spark", "-s", "2", "-c", "acc", "-e", "1", "-k", key_name]);
-        let hdfs = "/opt/sparkbox/hadoop/bin/hdfs";
+        // The launcher spark-box installs on the PATH (it runs Apache's tarball as its bin/hdfs would).
+        let hdfs = "hdfs";
         // Wait for 2 live datanodes, then write data with its checksum.
         ok(&["ssh", "spark-leader", "-c", "acc", "--", &format!("for i in $(seq 120); do {hdfs} dfsadmin -report -live 2>/dev/null | grep -q 'Live datanodes (2)' && exit 0; sleep 5; done; exit 1")]);
         ok(&["ssh", "spark-leader", "-c", "acc", "--", &format!("head -c 300000000 /dev/urandom > /tmp/data && md5sum < /tmp/data > /tmp/data.md5 && {hdfs} dfs -put /tmp/data /data && {hdfs} dfs -put /tmp/data.md5 /data.md5")]);

@@ -14,9 +14,12 @@
 //! - `cluster-boot [N...]`: on the local cloud, the time from `create-cluster` to every node
 //!   configured, for N workers from a baked image (default 1 4 16), and t(max)/t(min)
 //!   (target <= 1.5).
-//! - `spark-boot [N...]`: on the local cloud, a Spark image from PyPI (no HDFS), then for N
-//!   workers (default 1 2 4) the time from `create-cluster spark` to the master reporting N
-//!   alive workers, and t(max)/t(min).
+//! - `spark-boot [--hdfs] [N...]`: on the local cloud, a Spark image from PyPI (no HDFS), or
+//!   with `--hdfs` from the Apache-layout mirror in `CGCLOUD_APACHE_MIRROR_DIR`
+//!   (`scripts/apache-mirror`) with HDFS on; then for N workers (default 1 2 4) the time from
+//!   `create-cluster spark` to the master reporting N alive workers (and, with HDFS, the
+//!   NameNode N live DataNodes), beside a bare boot of N+1 hosts, with machine CPU and each
+//!   unit's CPU on the nodes (what the JVMs cost).
 //! - `toil-boot [N...]`: on the local cloud, a toil-box image, then for N workers (default 1 4
 //!   8): bare boot of N+1 hosts, `create-cluster toil` until `sinfo` shows N idle workers (and
 //!   the ratio of the two; target <= 1.2), then a 64-job fan-out Toil workflow; machine CPU-s
@@ -324,9 +327,10 @@ async fn main() -> Result<()> {
         }
         ["bench", "cluster-api", rest @ ..] => cluster_api(&counts(rest, &[1, 100, 1000])?),
         ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?).await,
-        ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?).await,
+        ["bench", "spark-boot", "--hdfs", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?, true).await,
+        ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?, false).await,
         ["bench", "toil-boot", rest @ ..] => toil_boot(&counts(rest, &[1, 4, 8])?).await,
-        _ => bail!("usage: cargo run -p xtask -- man [DIR] | bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [N...] | toil-boot [N...] | idle [HISTORY...] | fanout [N] | faults [RUNS] | imds [N]"),
+        _ => bail!("usage: cargo run -p xtask -- man [DIR] | bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [--hdfs] [N...] | toil-boot [N...] | idle [HISTORY...] | fanout [N] | faults [RUNS] | imds [N]"),
     }
 }
 
@@ -790,21 +794,97 @@ async fn cluster_boot(ns: &[u32]) -> Result<()> {
     Ok(())
 }
 
-async fn spark_boot(ns: &[u32]) -> Result<()> {
+/// The release `V` of the one `<prefix>V/<file(V)>` in `dir`.
+fn release_in(dir: &Path, prefix: &str, file: impl Fn(&str) -> String) -> Result<String> {
+    let found: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("{} (run scripts/apache-mirror)", dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_prefix(prefix).map(str::to_owned))
+        .filter(|v| dir.join(format!("{prefix}{v}")).join(file(v)).is_file())
+        .collect();
+    match found.as_slice() {
+        [v] => Ok(v.clone()),
+        _ => bail!("{} should hold exactly one release, not {found:?}", dir.display()),
+    }
+}
+
+/// Bakes spark-box: Spark from PyPI without HDFS, or with `hdfs` Spark and Hadoop from the
+/// Apache-layout mirror in CGCLOUD_APACHE_MIRROR_DIR, served on the bridge while baking.
+fn bake_spark_box(h: &Path, hdfs: bool) -> Result<()> {
+    if !hdfs {
+        eprintln!("baking spark-box (Spark from PyPI, no HDFS) ...");
+        cgcloud(h, &["-q", "create", "-I", "-T", "spark-box", "-O", "spark_source=pypi", "-O", "hdfs=false"])?;
+        return Ok(());
+    }
+    let dir = PathBuf::from(
+        std::env::var_os("CGCLOUD_APACHE_MIRROR_DIR")
+            .context("--hdfs needs CGCLOUD_APACHE_MIRROR_DIR, a directory made by scripts/apache-mirror")?,
+    );
+    let spark = release_in(&dir.join("spark"), "spark-", |v| format!("spark-{v}-bin-hadoop3.tgz"))?;
+    let hadoop = release_in(&dir.join("hadoop/common"), "hadoop-", |v| format!("hadoop-{v}.tar.gz"))?;
+    let bridge = "10.199.0.1";
+    let port = (8000..9000)
+        .find(|p| std::net::TcpListener::bind((bridge, *p)).is_ok())
+        .context("no free port on the local cloud's bridge for the mirror")?;
+    let mut server = std::process::Command::new("python3")
+        .args(["-m", "http.server", "--bind", bridge, &port.to_string(), "--directory"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting python3 -m http.server for the mirror")?;
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect((bridge, port)).is_err() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("baking spark-box (Spark {spark}, Hadoop {hadoop} from {}) ...", dir.display());
+    let opts = [
+        "spark_source=apache".to_owned(),
+        format!("apache_mirror=http://{bridge}:{port}"),
+        format!("spark_version={spark}"),
+        format!("hadoop_version={hadoop}"),
+    ];
+    let mut args = vec!["-q", "create", "-I", "-T", "spark-box"];
+    for o in &opts {
+        args.extend(["-O", o.as_str()]);
+    }
+    let baked = cgcloud(h, &args);
+    let _ = server.kill();
+    let _ = server.wait();
+    baked.map(drop)
+}
+
+/// How many of the workers the master and (with HDFS) the NameNode at `ip` count.
+fn spark_and_hdfs_counts(ip: &str, hdfs: bool) -> Result<(u64, Option<u64>)> {
+    let get = |url: String| -> Result<serde_json::Value> {
+        let out = std::process::Command::new("curl").args(["-sf", "--max-time", "5", &url]).output()?;
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
+    };
+    let alive = get(format!("http://{ip}:8080/json/"))?["aliveworkers"].as_u64().unwrap_or(0);
+    let live = if hdfs {
+        let jmx = get(format!("http://{ip}:9870/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState"))?;
+        Some(jmx["beans"][0]["NumLiveDataNodes"].as_u64().unwrap_or(0))
+    } else {
+        None
+    };
+    Ok((alive, live))
+}
+
+async fn spark_boot(ns: &[u32], hdfs: bool) -> Result<()> {
     let user = BenchUser::new()?;
     let h = user.home();
-    eprintln!("baking spark-box (Spark from PyPI) ...");
-    cgcloud(&h, &["-q", "create", "-I", "-T", "spark-box", "-O", "spark_source=pypi", "-O", "hdfs=false"])?;
+    bake_spark_box(&h, hdfs)?;
     let image = newest_image(&h, "spark-box")?;
     // The baking box's shutdown must not overlap the first measurement.
     wait_no_hosts(&h)?;
     let bare = BareBoot::new().await?;
-    println!("spark-boot: create-cluster spark until the master reports every worker alive, against a bare boot");
-    println!("of as many plain hosts until each takes an SSH login (local cloud; machine CPU is both cores)");
+    let until = if hdfs { "every worker alive and the NameNode every DataNode" } else { "every worker alive" };
+    println!("spark-boot{}: create-cluster spark until the master reports {until},", if hdfs { " --hdfs" } else { "" });
+    println!("against a bare boot of as many plain hosts until each takes an SSH login (local cloud; machine CPU is both cores)");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
-        "{:>8} {:>8} {:>9} {:>10} {:>13} {:>14} {:>7} {:>9}",
-        "workers", "bare s", "bare CPU", "seconds", "machine CPU-s", "CPU-s / cores", "ratio", "CPU ratio"
+        "{:>8} {:>8} {:>9} {:>10} {:>8} {:>13} {:>14} {:>7} {:>9}",
+        "workers", "bare s", "bare CPU", "seconds", "Spark s", "machine CPU-s", "CPU-s / cores", "ratio", "CPU ratio"
     );
     let mut times = Vec::new();
     let mut breakdown = Vec::new();
@@ -820,27 +900,26 @@ async fn spark_boot(ns: &[u32]) -> Result<()> {
         let leader: serde_json::Value =
             serde_json::from_str(&cgcloud(&h, &["-q", "--output", "json", "show", "spark-leader", "-c", &name])?)?;
         let ip = leader["private_ip"].as_str().unwrap_or_default().to_owned();
+        let mut spark_s = None;
         loop {
-            let out = std::process::Command::new("curl")
-                .args(["-sf", "--max-time", "5", &format!("http://{ip}:8080/json/")])
-                .output()?;
-            let alive = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .ok()
-                .and_then(|v| v["aliveworkers"].as_u64())
-                .unwrap_or(0);
-            if alive == u64::from(*n) {
+            let (alive, live) = spark_and_hdfs_counts(&ip, hdfs)?;
+            if alive == u64::from(*n) && spark_s.is_none() {
+                spark_s = Some(t0.elapsed().as_secs_f64());
+            }
+            if spark_s.is_some() && live.is_none_or(|l| l == u64::from(*n)) {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(600) {
-                bail!("{n} workers did not register within 10 minutes");
+                bail!("{n} workers did not register within 10 minutes (Spark: {alive}, HDFS: {live:?})");
             }
             std::thread::sleep(Duration::from_millis(250));
         }
         let t = t0.elapsed().as_secs_f64();
+        let spark_s = spark_s.unwrap_or(t);
         let cpu = machine_cpu_seconds() - cpu0;
         // When seconds ≈ CPU-s / cores, the bring-up is bound by this machine's cores.
         println!(
-            "{n:>8} {bare_s:>8.2} {bare_cpu:>9.1} {t:>10.2} {cpu:>13.1} {:>14.1} {:>7.2} {:>9.2}",
+            "{n:>8} {bare_s:>8.2} {bare_cpu:>9.1} {t:>10.2} {spark_s:>8.2} {cpu:>13.1} {:>14.1} {:>7.2} {:>9.2}",
             cpu / cores as f64,
             t / bare_s,
             cpu / bare_cpu

@@ -32,6 +32,7 @@ pub async fn power(ctx: &Ctx, a: ClusterPowerArgs, what: Power) -> Result<ExitCo
                     spot.join(", ")
                 );
             }
+            warn_instance_store_data(cloud, &c, &all).await?;
             power_groups(ctx, cloud, &c.name, [&workers, &leader], "stopped", a.quick).await?;
         }
         Power::Start => {
@@ -108,6 +109,40 @@ async fn power_groups(
         if !quick {
             wait_for_state(ctx, cloud, group, target, &format!("{} node(s) of {cluster}", group.len())).await?;
         }
+    }
+    Ok(())
+}
+
+/// Says which of the nodes about to stop keep their data on instance-store disks, which EC2
+/// hands back blank after a stop: nodes without a persistent volume (`-e GB`) whose type has
+/// such disks put the cluster's data there (HDFS blocks and metadata, Spark's work files).
+async fn warn_instance_store_data(cloud: &Cloud, c: &Cluster, stopping: &[String]) -> Result<()> {
+    let mut types: BTreeMap<String, bool> = BTreeMap::new();
+    let mut lost = Vec::new();
+    for n in c.nodes.iter().filter(|n| stopping.contains(&n.instance_id)) {
+        let has_volume = n.tags.get(tags::EBS_VOLUME_SIZE).and_then(|g| g.parse::<u32>().ok()).is_some_and(|g| g > 0);
+        if has_volume {
+            continue;
+        }
+        let store = match types.get(&n.instance_type) {
+            Some(s) => *s,
+            None => {
+                let s = !cloud.instance_type_info(&n.instance_type).await?.instance_store_gb.is_empty();
+                types.insert(n.instance_type.clone(), s);
+                s
+            }
+        };
+        if store {
+            lost.push(format!("{} ({})", n.instance_id, n.instance_type));
+        }
+    }
+    if !lost.is_empty() {
+        tracing::warn!(
+            "cluster {}: data on the instance store does not survive a stop: {} keep{} the cluster's data (HDFS, Spark's work files) on instance-store disks, which come back blank; only a reboot keeps them. Clusters created with -e GB keep their data on persistent volumes",
+            c.name,
+            lost.join(", "),
+            if lost.len() == 1 { "s" } else { "" }
+        );
     }
     Ok(())
 }
