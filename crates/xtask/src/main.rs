@@ -854,20 +854,36 @@ fn bake_spark_box(h: &Path, hdfs: bool) -> Result<()> {
     baked.map(drop)
 }
 
-/// How many of the workers the master and (with HDFS) the NameNode at `ip` count.
-fn spark_and_hdfs_counts(ip: &str, hdfs: bool) -> Result<(u64, Option<u64>)> {
-    let get = |url: String| -> Result<serde_json::Value> {
-        let out = std::process::Command::new("curl").args(["-sf", "--max-time", "5", &url]).output()?;
-        Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
-    };
-    let alive = get(format!("http://{ip}:8080/json/"))?["aliveworkers"].as_u64().unwrap_or(0);
-    let live = if hdfs {
-        let jmx = get(format!("http://{ip}:9870/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState"))?;
-        Some(jmx["beans"][0]["NumLiveDataNodes"].as_u64().unwrap_or(0))
-    } else {
-        None
-    };
-    Ok((alive, live))
+/// Waits on the leader of spark cluster `name` (in one SSH session: its web UIs are closed to
+/// this machine, as on EC2) until the master counts `n` alive workers and, with `hdfs`, the
+/// NameNode `n` live DataNodes; the Unix times (s) at which each was first seen there. The
+/// hosts share this machine's clock.
+fn wait_spark_and_hdfs(h: &Path, name: &str, n: u32, hdfs: bool) -> Result<(f64, Option<f64>)> {
+    let mut script = format!(
+        "ip=$(hostname -I | cut -d' ' -f1)\n\
+         w() {{ i=0; while ! curl -sf -m 5 \"$2\" | tr -d ' \\n' | grep -qF \"$3\"; do \
+         sleep 0.25; i=$((i+1)); [ $i -gt 2400 ] && return 1; done; echo \"$1 $(date +%s.%N)\"; }}\n\
+         w spark \"http://$ip:8080/json/\" '\"aliveworkers\":{n},' &\n"
+    );
+    if hdfs {
+        script.push_str(&format!(
+            "w hdfs \"http://$ip:9870/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState\" '\"NumLiveDataNodes\":{n},' &\n"
+        ));
+    }
+    script.push_str("wait\n");
+    let out = cgcloud(h, &["-q", "ssh", "spark-leader", "-c", name, "--", &script])?;
+    let at = |what: &str| -> Option<f64> { out.lines().find_map(|l| l.strip_prefix(what)?.trim().parse().ok()) };
+    let spark_at = at("spark ")
+        .with_context(|| format!("{n} workers did not register with the master within 10 minutes: {out}"))?;
+    let hdfs_at =
+        if hdfs {
+            Some(at("hdfs ").with_context(|| {
+                format!("{n} DataNodes did not register with the NameNode within 10 minutes: {out}")
+            })?)
+        } else {
+            None
+        };
+    Ok((spark_at, hdfs_at))
 }
 
 async fn spark_boot(ns: &[u32], hdfs: bool) -> Result<()> {
@@ -895,27 +911,12 @@ async fn spark_boot(ns: &[u32], hdfs: bool) -> Result<()> {
         wait_no_hosts(&h)?;
         let name = format!("spark{i}");
         let cpu0 = machine_cpu_seconds();
-        let t0 = Instant::now();
+        let t0_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
         cgcloud(&h, &["-q", "create-cluster", "spark", "-s", &n.to_string(), "-c", &name])?;
-        let leader: serde_json::Value =
-            serde_json::from_str(&cgcloud(&h, &["-q", "--output", "json", "show", "spark-leader", "-c", &name])?)?;
-        let ip = leader["private_ip"].as_str().unwrap_or_default().to_owned();
-        let mut spark_s = None;
-        loop {
-            let (alive, live) = spark_and_hdfs_counts(&ip, hdfs)?;
-            if alive == u64::from(*n) && spark_s.is_none() {
-                spark_s = Some(t0.elapsed().as_secs_f64());
-            }
-            if spark_s.is_some() && live.is_none_or(|l| l == u64::from(*n)) {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(600) {
-                bail!("{n} workers did not register within 10 minutes (Spark: {alive}, HDFS: {live:?})");
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        let t = t0.elapsed().as_secs_f64();
-        let spark_s = spark_s.unwrap_or(t);
+        let (spark_at, hdfs_at) = wait_spark_and_hdfs(&h, &name, *n, hdfs)?;
+        let since = |at: f64| at - t0_unix;
+        let spark_s = since(spark_at);
+        let t = hdfs_at.map_or(spark_s, |a| since(a).max(spark_s));
         let cpu = machine_cpu_seconds() - cpu0;
         // When seconds ≈ CPU-s / cores, the bring-up is bound by this machine's cores.
         println!(
