@@ -296,12 +296,17 @@ impl Drop for PhaseProgress {
 }
 
 /// What [`Printer::steps`] shows: on a terminal a bar `k/N` with the step's name; elsewhere a
-/// line per step as it ends; nothing when quiet.
+/// line per step as it ends (`[k/N] name: status (s)`); nothing when quiet. The agent names a
+/// step and the total only when the step starts, so both are kept from there.
 pub struct StepProgress {
     bar: Option<ProgressBar>,
     quiet: bool,
+    total: u64,
+    name: String,
     started: Instant,
     step_started: Instant,
+    /// Where plain lines go: stderr, or a buffer in tests.
+    sink: Box<dyn FnMut(&str) + Send>,
 }
 
 impl StepProgress {
@@ -316,40 +321,66 @@ impl StepProgress {
             b.enable_steady_tick(Duration::from_millis(200));
             b
         });
-        StepProgress { bar, quiet, started: Instant::now(), step_started: Instant::now() }
+        let mut s = Self::plain(total, quiet, Box::new(|line: &str| eprintln!("{line}")));
+        s.bar = bar;
+        s
+    }
+
+    /// Plain lines to `sink`, never a bar (tests of what scripts see).
+    #[cfg(test)]
+    pub fn plain_to(total: u64, sink: impl FnMut(&str) + Send + 'static) -> StepProgress {
+        Self::plain(total, false, Box::new(sink))
+    }
+
+    /// Without a bar: plain lines to `sink`.
+    fn plain(total: u64, quiet: bool, sink: Box<dyn FnMut(&str) + Send>) -> StepProgress {
+        StepProgress {
+            bar: None,
+            quiet,
+            total,
+            name: String::new(),
+            started: Instant::now(),
+            step_started: Instant::now(),
+            sink,
+        }
     }
 
     /// Step `i` (from 1) of the total starts.
     pub fn start(&mut self, i: u64, name: &str) {
         self.step_started = Instant::now();
+        self.name = name.to_owned();
         if let Some(b) = &self.bar {
             b.set_position(i.saturating_sub(1));
             b.set_message(name.to_owned());
         }
     }
 
-    /// Step `i` ended with `status` (`changed`, `ok`, `skipped`).
-    pub fn done(&mut self, i: u64, total: u64, name: &str, status: &str) {
+    /// Step `i`, the one that started last, ended with `status` (`changed`, `ok`, `skipped`).
+    pub fn done(&mut self, i: u64, status: &str) {
+        let line = format!(
+            "[{i}/{}] {}: {status} ({:.1} s)",
+            self.total,
+            self.name,
+            self.step_started.elapsed().as_secs_f64()
+        );
         if let Some(b) = &self.bar {
             b.set_position(i);
             if status == "changed" && self.step_started.elapsed() > Duration::from_secs(5) {
                 // Slow steps stay visible above the bar: they are where the time went.
-                b.println(format!(
-                    "[{i}/{total}] {name}: {status} ({:.1} s)",
-                    self.step_started.elapsed().as_secs_f64()
-                ));
+                b.println(line);
             }
         } else if !self.quiet {
-            eprintln!("[{i}/{total}] {name}: {status} ({:.1} s)", self.step_started.elapsed().as_secs_f64());
+            (self.sink)(&line);
         }
     }
 
-    pub fn finish(self, done: impl std::fmt::Display) {
+    pub fn finish(mut self, done: impl std::fmt::Display) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
         if !self.quiet {
-            eprintln!("{done} ({:.1} s)", self.started.elapsed().as_secs_f64());
+            let line = format!("{done} ({:.1} s)", self.started.elapsed().as_secs_f64());
+            (self.sink)(&line);
         }
     }
 }

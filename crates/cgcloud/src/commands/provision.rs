@@ -243,6 +243,51 @@ pub fn box_facts(b: &BoxInfo, region: &str) -> serde_json::Value {
     })
 }
 
+/// What the agent's `apply --json` events (one JSON object a line) come to: the progress
+/// shown, the first failure, and the summary.
+struct Events {
+    summary: Summary,
+    bar: Option<crate::output::StepProgress>,
+    failure: Option<anyhow::Error>,
+}
+
+impl Events {
+    /// One line of the agent's output; `steps` makes the progress display for `total` steps.
+    fn on_line(&mut self, line: &str, steps: impl FnOnce(u64) -> crate::output::StepProgress) {
+        let Ok(ev) = serde_json::from_str::<serde_json::Value>(line) else {
+            tracing::debug!("agent: {line}");
+            return;
+        };
+        let (step, total) = (ev["step"].as_u64().unwrap_or(0), ev["total"].as_u64().unwrap_or(0));
+        let name = ev["name"].as_str().unwrap_or("");
+        match ev["event"].as_str() {
+            Some("start") => self.bar.get_or_insert_with(|| steps(total)).start(step, name),
+            Some("done") => {
+                if let Some(b) = self.bar.as_mut() {
+                    b.done(step, ev["status"].as_str().unwrap_or(""));
+                }
+            }
+            Some("failed") => {
+                self.bar = None;
+                self.failure.get_or_insert_with(|| {
+                    anyhow!(
+                        "provisioning step '{}' failed: {}\n{}",
+                        ev["name"].as_str().unwrap_or("?"),
+                        ev["error"].as_str().unwrap_or("?"),
+                        ev["output"].as_str().unwrap_or("")
+                    )
+                });
+            }
+            Some("summary") => {
+                self.summary.changed = ev["changed"].as_u64().unwrap_or(0);
+                self.summary.unchanged = ev["ok"].as_u64().unwrap_or(0);
+                self.summary.skipped = ev["skipped"].as_u64().unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Applies `plan` on the box with the agent, showing per-step progress.
 pub async fn provision(ctx: &Ctx, target: &SshTarget, b: &BoxInfo, plan: &Plan, upgrade: bool) -> Result<Summary> {
     install_agent(ctx, target).await?;
@@ -265,40 +310,15 @@ pub async fn provision(ctx: &Ctx, target: &SshTarget, b: &BoxInfo, plan: &Plan, 
         .context("cannot run ssh")?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let mut summary = Summary { instance_id: b.instance_id.clone(), plan_hash: plan.hash(), ..Default::default() };
-    let mut bar: Option<crate::output::StepProgress> = None;
-    let mut failure = None;
+    let mut events = Events {
+        summary: Summary { instance_id: b.instance_id.clone(), plan_hash: plan.hash(), ..Default::default() },
+        bar: None,
+        failure: None,
+    };
     while let Some(line) = lines.next_line().await? {
-        let Ok(ev) = serde_json::from_str::<serde_json::Value>(&line) else {
-            tracing::debug!("agent: {line}");
-            continue;
-        };
-        let (step, total) = (ev["step"].as_u64().unwrap_or(0), ev["total"].as_u64().unwrap_or(0));
-        let name = ev["name"].as_str().unwrap_or("");
-        match ev["event"].as_str() {
-            Some("start") => bar.get_or_insert_with(|| ctx.out.steps(total)).start(step, name),
-            Some("done") => {
-                if let Some(b) = bar.as_mut() {
-                    b.done(step, total, name, ev["status"].as_str().unwrap_or(""));
-                }
-            }
-            Some("failed") => {
-                bar = None;
-                failure = Some(anyhow!(
-                    "provisioning step '{}' failed: {}\n{}",
-                    ev["name"].as_str().unwrap_or("?"),
-                    ev["error"].as_str().unwrap_or("?"),
-                    ev["output"].as_str().unwrap_or("")
-                ));
-            }
-            Some("summary") => {
-                summary.changed = ev["changed"].as_u64().unwrap_or(0);
-                summary.unchanged = ev["ok"].as_u64().unwrap_or(0);
-                summary.skipped = ev["skipped"].as_u64().unwrap_or(0);
-            }
-            _ => {}
-        }
+        events.on_line(&line, |total| ctx.out.steps(total));
     }
+    let Events { summary, bar, failure } = events;
     let out = child.wait_with_output().await?;
     if let Some(f) = failure {
         return Err(f.context(format!(
@@ -326,6 +346,45 @@ pub async fn provision(ctx: &Ctx, target: &SshTarget, b: &BoxInfo, plan: &Plan, 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The plain progress (off a terminal, as in scripts/demo) of the events the agent prints
+    /// (apply.rs): each step's number, the total and its name, which only `start` carries.
+    #[test]
+    fn plain_step_progress_names_each_step_of_the_total() {
+        let agent = [
+            r#"{"event":"start","step":1,"total":3,"name":"install curl"}"#,
+            r#"{"event":"done","step":1,"status":"changed","ms":3400}"#,
+            "not JSON: passed over",
+            r#"{"event":"start","step":2,"total":3,"name":"user sparkbox"}"#,
+            r#"{"event":"done","step":2,"status":"ok","ms":1}"#,
+            r#"{"event":"start","step":3,"total":3,"name":"service hdfs-namenode"}"#,
+            r#"{"event":"done","step":3,"status":"skipped","ms":0}"#,
+            r#"{"event":"summary","changed":1,"ok":1,"skipped":1}"#,
+        ];
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let mut events = Events { summary: Summary::default(), bar: None, failure: None };
+        for line in agent {
+            let seen = lines.clone();
+            events.on_line(line, |total| {
+                crate::output::StepProgress::plain_to(total, move |l| seen.lock().unwrap().push(l.to_owned()))
+            });
+        }
+        events.bar.take().unwrap().finish("provisioned i-1: 1 changed, 1 unchanged");
+        let seconds = regex::Regex::new(r"\(\d+\.\d s\)").unwrap();
+        let text: Vec<String> =
+            lines.lock().unwrap().iter().map(|l| seconds.replace(l, "(T s)").into_owned()).collect();
+        assert_eq!(
+            text,
+            [
+                "[1/3] install curl: changed (T s)",
+                "[2/3] user sparkbox: ok (T s)",
+                "[3/3] service hdfs-namenode: skipped (T s)",
+                "provisioned i-1: 1 changed, 1 unchanged (T s)",
+            ]
+        );
+        assert_eq!((events.summary.changed, events.summary.unchanged, events.summary.skipped), (1, 1, 1));
+        assert!(events.failure.is_none());
+    }
 
     #[test]
     fn agent_checksums_for_one_or_each_architecture() {
