@@ -124,10 +124,50 @@ fn box_and_image_lifecycle() {
     e.ok(&["terminate", DEBIAN]);
     assert!(boxes(&e, &[]).is_empty());
 
-    e.ok(&["delete-image", DEBIAN, "-i", &ami]);
+    // create -i boots a box of the role from a given image; --list prints it as a table row.
+    let from = e.ok(&["create", DEBIAN, "-Q", "-i", &ami, "--list"]);
+    let row: Vec<&str> = from.lines().filter(|l| l.contains(" running")).collect();
+    assert_eq!(row.len(), 1, "--list prints one table row:\n{from}");
+    let from = boxes(&e, &[DEBIAN]);
+    assert_eq!(from.len(), 1);
+    assert_eq!(from[0]["image_id"], ami.as_str());
+    assert!(row[0].contains(from[0]["instance_id"].as_str().unwrap()), "{from:?} vs {row:?}");
+    e.ok(&["terminate", DEBIAN]);
+
+    // delete-image -K keeps the image's snapshot; without it, the snapshot goes too.
+    let snapshot_of = |image: &str| {
+        e.boto3(&format!(
+            "ec2 = client('ec2')\n\
+             i = ec2.describe_images(ImageIds=['{image}'])['Images'][0]\n\
+             print(next(m['Ebs']['SnapshotId'] for m in i['BlockDeviceMappings'] if 'Ebs' in m))"
+        ))
+        .trim()
+        .to_owned()
+    };
+    let exists = |snap: &str| {
+        e.boto3(&format!(
+            "ec2 = client('ec2')\n\
+             print(any(s['SnapshotId'] == '{snap}' for s in ec2.describe_snapshots(OwnerIds=['self'])['Snapshots']))"
+        ))
+        .trim()
+            == "True"
+    };
+    let kept = snapshot_of(&ami);
+    assert!(exists(&kept), "image {ami} has no snapshot {kept}");
+    e.ok(&["delete-image", DEBIAN, "-i", &ami, "-K"]);
     assert!(e.json(&["list-images", DEBIAN]).as_array().unwrap().is_empty());
+    assert!(exists(&kept), "delete-image -K deleted snapshot {kept}");
     let err = e.fails(&["recreate", DEBIAN, "-Q"]);
     assert!(err.contains("has no images"), "{err}");
+
+    // Without -K the snapshot goes with the image.
+    e.ok(&["create", DEBIAN, "-Q"]);
+    e.ok(&["stop", DEBIAN]);
+    let second = e.json(&["image", DEBIAN])["image_id"].as_str().unwrap().to_owned();
+    e.ok(&["terminate", DEBIAN]);
+    let gone = snapshot_of(&second);
+    e.ok(&["delete-image", DEBIAN, "-i", &second]);
+    assert!(!exists(&gone), "delete-image left snapshot {gone}");
 }
 
 #[test]
