@@ -21,6 +21,8 @@ pub enum RemoteError {
     NotReady { address: String, seconds: u64, last: String },
     #[error("the SSH host key of {alias} ({address}) does not match the key cgcloud recorded for it: refusing to connect (possible man-in-the-middle)")]
     HostKeyMismatch { alias: String, address: String },
+    #[error("{address} refuses every key ssh offered for {user} (\"Permission denied (publickey)\" for {seconds} s after it showed the host key cgcloud expects): {last}")]
+    KeysRefused { address: String, user: String, seconds: u64, last: String },
     #[error("I/O error on {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("remote command failed with status {status}: {stderr}")]
@@ -30,6 +32,11 @@ pub enum RemoteError {
     #[error("{} not found on PATH; cgcloud needs {what}: install it (e.g. `apt-get install {}`)", .missing.join(", "), .packages.join(" "))]
     MissingPrograms { missing: Vec<String>, what: String, packages: Vec<String> },
 }
+
+/// How long a box that shows the expected host key may refuse every key before the wait for
+/// SSH gives up: cloud-init installs the authorized keys before sshd starts, so a refusal
+/// that lasts this long is a key the box does not trust, not a box still booting.
+pub const KEY_REFUSAL_GRACE: Duration = Duration::from_secs(30);
 
 /// The Debian package that ships each local program cgcloud runs.
 fn package_of(program: &str) -> &'static str {
@@ -160,7 +167,9 @@ impl SshTarget {
         child.wait_with_output().await.map_err(|source| RemoteError::Spawn { program: "ssh".into(), source })
     }
 
-    /// Waits until TCP port 22 accepts connections and an SSH login works.
+    /// Waits until TCP port 22 accepts connections and an SSH login works. Fails early when
+    /// the box, having shown the host key cgcloud expects, refuses ssh's keys for
+    /// [`KEY_REFUSAL_GRACE`].
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), RemoteError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let not_ready =
@@ -179,6 +188,7 @@ impl SshTarget {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let mut mismatches = 0;
+        let mut refused_since: Option<tokio::time::Instant> = None;
         loop {
             let out = self
                 .command(true, &["true".to_owned()])
@@ -204,6 +214,22 @@ impl SshTarget {
                 }
             }
             last = stderr.lines().last().unwrap_or("ssh failed").to_owned();
+            // The host key was verified (strict checking comes first), so this is the box
+            // cgcloud launched refusing the login: for a moment while cloud-init installs the
+            // keys, for good when none of ssh's keys is one the box trusts.
+            if stderr.contains("Permission denied (publickey") {
+                let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= KEY_REFUSAL_GRACE {
+                    return Err(RemoteError::KeysRefused {
+                        address: self.address.clone(),
+                        user: self.user.clone(),
+                        seconds: since.elapsed().as_secs(),
+                        last,
+                    });
+                }
+            } else {
+                refused_since = None;
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(not_ready(last));
             }

@@ -31,7 +31,7 @@ fn fail(check: &'static str, err: &anyhow::Error, hint: Option<String>) -> Check
 
 /// The OpenSSH public keys this machine can log in with: its agent's, and the `.pub` files in
 /// ~/.ssh whose private key is beside them, and those of `-i` keys in CGCLOUD_SSH_OPTS.
-fn local_public_keys() -> Vec<(String, String)> {
+pub(crate) fn local_public_keys() -> Vec<(String, String)> {
     let mut keys = Vec::new();
     if let Ok(out) = std::process::Command::new("ssh-add").arg("-L").output() {
         if out.status.success() {
@@ -63,6 +63,57 @@ fn local_public_keys() -> Vec<(String, String)> {
         }
     }
     keys
+}
+
+/// For a box that refuses this machine's keys: each key pair the box trusts (`names`) and
+/// whether a key ssh can offer from here matches it, as `doctor` matches them; then the keys
+/// ssh can offer. One line each.
+pub(crate) async fn explain_refused_keys(ctx: &Ctx, names: &[String]) -> String {
+    let mine = local_public_keys();
+    let mut lines = Vec::new();
+    for name in names {
+        if !matches!(cgcloud_core::keypairs::Pattern::parse(name), cgcloud_core::keypairs::Pattern::Literal(_)) {
+            lines.push(format!("  the box trusts the key pairs '{name}' names (a glob, @user or @@group)"));
+            continue;
+        }
+        let found = match ctx.cloud().await {
+            Ok(cloud) => cloud.key_pair(name).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        lines.push(match found {
+            Ok(Some(kp)) => {
+                let theirs = kp.public_key.as_deref().and_then(|k| cgcloud_core::sshkey::PublicKey::parse_line(k).ok());
+                let matching = mine.iter().find(|(line, _)| {
+                    cgcloud_core::sshkey::PublicKey::parse_line(line).is_ok_and(|k| {
+                        theirs.as_ref().is_some_and(|t| t.blob == k.blob) || k.matches_fingerprint(&kp.fingerprint)
+                    })
+                });
+                match matching {
+                    Some((_, from)) => {
+                        format!("  the box trusts key pair '{name}' ({}): its private key is in {from}", kp.fingerprint)
+                    }
+                    None => format!(
+                        "  the box trusts key pair '{name}' ({}): no key of this machine matches it",
+                        kp.fingerprint
+                    ),
+                }
+            }
+            Ok(None) => format!("  the box trusts key pair '{name}', which no longer exists"),
+            Err(e) => format!("  the box trusts key pair '{name}' (cannot read it: {e:#})"),
+        });
+    }
+    if mine.is_empty() {
+        lines.push(
+            "  ssh has no key to offer from here (no ssh-agent keys, no ~/.ssh/*.pub with its private key)".into(),
+        );
+    }
+    for (line, from) in &mine {
+        let key = cgcloud_core::sshkey::PublicKey::parse_line(line)
+            .map(|k| format!("{} {}", k.key_type, k.ec2_fingerprint()))
+            .unwrap_or_else(|_| "an unreadable key".into());
+        lines.push(format!("  ssh offers {key} from {from}"));
+    }
+    lines.join("\n")
 }
 
 pub async fn doctor(ctx: &Ctx) -> Result<ExitCode> {

@@ -1174,7 +1174,18 @@ async fn wait_ssh(ctx: &Ctx, b: &BoxInfo, a: &LaunchArgs) -> Result<cgcloud_remo
         }
     };
     tokio::select! {
-        r = target.wait_ready(Duration::from_secs(a.ssh_timeout)) => r?,
+        r = target.wait_ready(Duration::from_secs(a.ssh_timeout)) => match r {
+            Err(e @ cgcloud_remote::RemoteError::KeysRefused { .. }) => {
+                let names: Vec<String> = b
+                    .tags
+                    .get(tags::KEYPAIRS)
+                    .map(|k| k.split_whitespace().map(str::to_owned).collect())
+                    .unwrap_or_default();
+                let why = crate::commands::doctor::explain_refused_keys(ctx, &names).await;
+                bail!("{e}\n{why}\nload the matching private key into ssh-agent or name it with CGCLOUD_SSH_OPTS=\"-i PATH\", or launch with -k naming a key pair of yours (`cgcloud doctor` checks the default one)");
+            }
+            r => r?,
+        },
         e = watch => e?,
     }
     progress.finish(format!("SSH is up on {}", b.instance_id));
