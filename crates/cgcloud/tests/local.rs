@@ -140,6 +140,24 @@ fn local_cloud_end_to_end() {
     let err = String::from_utf8_lossy(&fail.stderr);
     assert!(err.contains("cannot run image") && err.contains("rolling back"), "{err}");
 
+    // A box launched with a key pair whose private key ssh does not offer refuses the login:
+    // the wait ends after the refusal grace (30 s), not after --ssh-timeout (600 s), naming
+    // the key pair the box trusts and the keys ssh offered; the launch is rolled back.
+    let other = u.home.path().join("other_ed25519");
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).status().unwrap();
+    assert!(st.success());
+    u.ok(&["register-key", other.with_extension("pub").to_str().unwrap(), "-k", "not-offered"]);
+    let start = std::time::Instant::now();
+    let refused = u.run(&["create", DEBIAN, "-k", "not-offered"]);
+    let took = start.elapsed().as_secs();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(took < 150, "the refused launch took {took} s: {err}");
+    assert!(err.contains("refuses every key ssh offered"), "{err}");
+    assert!(err.contains("key pair 'not-offered'") && err.contains("no key of this machine matches it"), "{err}");
+    assert!(err.contains("ssh offers ed25519 ") && err.contains("rolling back"), "{err}");
+    u.ok(&["delete-key", "not-offered"]);
+
     // Killing the controller and starting it again re-adopts the running hosts.
     let state = u.json(&["local", "status"]);
     let controller = state["state"]["controller_pid"].as_u64().unwrap();
@@ -1248,6 +1266,44 @@ fn clusters_end_to_end() {
         .iter()
         .all(|n| n["exit_status"] == 0 && n["stderr"] == "err\n" && n["stdout"].as_str().unwrap().starts_with("ip-")));
     assert_eq!(per_node.iter().map(|n| n["node"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+
+    // rsync-cluster copies to every node (':' is each node's home); -L leaves the leader out,
+    // as ssh-cluster -L does; -e passes options to the ssh that rsync runs (-v: its debug lines).
+    let payload = u.home.path().join("payload.txt");
+    std::fs::write(&payload, "to every node\n").unwrap();
+    let workers_only = u.home.path().join("workers.txt");
+    std::fs::write(&workers_only, "to the workers\n").unwrap();
+    u.ok(&["rsync-cluster", "generic", "-c", "idle", "--", payload.to_str().unwrap(), ":"]);
+    let verbose = u.run(&[
+        "rsync-cluster",
+        "generic",
+        "-c",
+        "idle",
+        "-L",
+        "--ssh-opts=-v",
+        "--",
+        workers_only.to_str().unwrap(),
+        ":",
+    ]);
+    let said = String::from_utf8_lossy(&verbose.stderr);
+    assert!(verbose.status.success() && said.contains("debug1:"), "rsync-cluster -e did not reach ssh:\n{said}");
+    let seen = on_nodes(&u, "generic", "idle", "cat payload.txt; cat workers.txt 2>/dev/null || echo none");
+    assert_eq!(seen.matches("] to every node").count(), 3, "{seen}");
+    assert_eq!(seen.matches("] to the workers").count(), 2, "{seen}");
+    assert_eq!(seen.matches("] none").count(), 1, "only the leader lacks the workers' file:\n{seen}");
+    let skipped = u.json(&["ssh-cluster", "generic", "-c", "idle", "-L", "--", "hostname"]);
+    let ran_on: Vec<u64> = skipped.as_array().unwrap().iter().map(|n| n["node"].as_u64().unwrap()).collect();
+    assert_eq!(ran_on, [1, 2], "ssh-cluster -L ran on {ran_on:?}");
+    // ssh -a logs in as the image's admin user, -l as a named one; rsync takes both too.
+    let admin = u.json(&["show", "generic-leader", "-c", "idle"])["admin_user"].as_str().unwrap().to_owned();
+    assert_eq!(u.ok(&["ssh", "generic-leader", "-c", "idle", "-a", "--", "whoami"]).trim(), admin);
+    assert_eq!(u.ok(&["ssh", "generic-leader", "-c", "idle", "-l", &admin, "--", "whoami"]).trim(), admin);
+    let back = u.home.path().join("back.txt");
+    u.ok(&["rsync", "generic-leader", "-c", "idle", "-l", &admin, "--", ":payload.txt", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "to every node\n");
+    let stranger = u.run(&["ssh", "generic-leader", "-c", "idle", "-l", "nobody", "--", "true"]);
+    assert!(!stranger.status.success(), "a login as nobody worked");
+
     u.ok(&["autostop", "generic", "-c", "idle", "10s"]);
     let started = std::time::Instant::now();
     loop {
@@ -2049,8 +2105,16 @@ fn toil_end_to_end() {
     u.ok(&["stop-cluster", "toil", "-c", "t1"]);
     u.ok(&["start-cluster", "toil", "-c", "t1"]);
     wait_idle_slurm_nodes(&u, "t1", 2, 180);
-    let ran: std::collections::BTreeSet<String> = toil_hostnames(&u, "t1", 4, 1, "/shared/out-4").into_iter().collect();
-    assert!(!ran.is_empty());
+    // A workflow in the home directory, as toil-box's header once showed it: toil-run copies it
+    // to /shared, where the workers import it (before, every job failed on the workers with
+    // "No module named 'hostnames'").
+    let home_run = "cp /shared/wf/hostnames.py ~/hostnames.py && cd ~ && \
+                    toil-run hostnames.py --jobs 4 --seconds 1 --out /shared/out-4 2>/tmp/home-run.log; \
+                    s=$?; grep -o 'is not on /shared.*' /tmp/home-run.log; tail -3 /tmp/home-run.log; exit $s";
+    let ran = u.ok(&["ssh", "toil-leader", "-c", "t1", "--", home_run]);
+    assert!(ran.contains("is not on /shared, where the workers can import it"), "{ran}");
+    let out = u.ok(&["ssh", "toil-leader", "-c", "t1", "--", "cat /shared/out-4"]);
+    assert_eq!(out.lines().filter(|l| l.starts_with("ip-10-199-")).count(), 4, "{out}");
 
     // A second cluster has its own munge key: a credential of one means nothing to the other.
     u.ok(&["create-cluster", "toil", "-s", "1", "-c", "t2"]);
