@@ -441,6 +441,14 @@ fn jenkins_end_to_end() {
     let again = u.json(&["register-agents"]);
     assert_eq!(again["action"], "unchanged");
     assert_eq!(standin_status(&u)["reloads"], 1);
+    // A reload Jenkins rejects fails register-agents, and the file Jenkins runs with comes back.
+    on_master("curl -sf http://127.0.0.1:8080/cgcloud-standin/fail-next-reload");
+    let rejected = u.run(&["register-agents", "--spot-bid", "0.07"]);
+    let said = String::from_utf8_lossy(&rejected.stderr);
+    assert!(!rejected.status.success(), "a rejected reload reported success: {said}");
+    assert!(said.contains("did not reload") && said.contains("as it was"), "{said}");
+    assert_eq!(on_master("sudo cat /etc/jenkins/casc/agents.yaml"), file, "the previous templates did not come back");
+    assert_eq!(standin_status(&u)["reloads"], 1);
     let cloud = &parsed["jenkins"]["clouds"][0]["amazonEC2"];
     let templates = cloud["templates"].as_array().unwrap();
     assert_eq!(templates.len(), 1, "{cloud}");

@@ -31,6 +31,8 @@ public class StandInJenkins {
     static String session;
     static int reloads = 0;
     static int refused = 0;
+    /// How many coming reloads fail as Jenkins fails one whose YAML it rejects (HTTP 500).
+    static int failReloads = 0;
     static String casc = "";
     static List<String> plugins = new ArrayList<>();
 
@@ -61,6 +63,7 @@ public class StandInJenkins {
         server.createContext("/crumbIssuer/api/xml", StandInJenkins::crumb);
         server.createContext("/configuration-as-code/reload", StandInJenkins::reload);
         server.createContext("/cgcloud-standin/status", StandInJenkins::status);
+        server.createContext("/cgcloud-standin/fail-next-reload", ex -> { failReloads++; send(ex, 200, "ok"); });
         server.start();
         System.out.println("stand-in Jenkins on " + listen + ":" + port);
     }
@@ -95,6 +98,7 @@ public class StandInJenkins {
                 && crumb.equals(ex.getRequestHeaders().getFirst("Jenkins-Crumb"))
                 && cookie != null && cookie.contains("JSESSIONID.standin=" + session);
         if (!ok) { refused++; send(ex, 403, "No valid crumb was included in the request"); return; }
+        if (failReloads > 0) { failReloads--; send(ex, 500, "io.jenkins.plugins.casc.ConfiguratorException: rejected by the stand-in"); return; }
         readCasc();
         reloads++;
         send(ex, 200, "");
