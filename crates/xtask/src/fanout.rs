@@ -74,11 +74,7 @@ pub fn fanout(n: u32) -> Result<()> {
         Ok(())
     };
     let ours = |warm: bool| -> Result<()> {
-        let mut c = Command::new(crate::cgcloud_exe()?);
-        c.env("HOME", &h)
-            .env("XDG_CONFIG_HOME", h.join(".config"))
-            .env("XDG_STATE_HOME", h.join(".local/state"))
-            .env("AWS_EC2_METADATA_DISABLED", "true");
+        let mut c = crate::cgcloud_command(&h)?;
         let mut opts = format!("-F /dev/null -i {} -o IdentitiesOnly=yes", key.display());
         if !warm {
             opts.push_str(" -o ControlMaster=no -o ControlPath=none");

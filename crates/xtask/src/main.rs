@@ -434,16 +434,30 @@ pub(crate) fn newest_image(home: &Path, role: &str) -> Result<String> {
         .with_context(|| format!("no image of {role} after baking it"))
 }
 
-/// Runs cgcloud with its own HOME (so the bench does not touch the user's config).
-pub(crate) fn cgcloud(home: &Path, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(cgcloud_exe()?)
-        .env("HOME", home)
+/// The identity benches act as on the local cloud: their key pair and namespace are their own
+/// (`bench`, `/bench/`), so a bench never replaces the key someone registered under the local
+/// profile's one user name (`moto`), which `scripts/demo` and README's commands use.
+pub(crate) const BENCH_ME: &str = "bench";
+
+/// A cgcloud command with its own HOME (so the bench does not touch the user's config), the
+/// bench's key and identity.
+pub(crate) fn cgcloud_command(home: &Path) -> Result<std::process::Command> {
+    let mut c = std::process::Command::new(cgcloud_exe()?);
+    c.env("HOME", home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env("XDG_STATE_HOME", home.join(".local/state"))
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("CGCLOUD_SSH_OPTS", format!("-F /dev/null -i {} -o IdentitiesOnly=yes", home.join("id_ed25519").display()))
-        .args(args)
-        .output()?;
+        .env("CGCLOUD_ME", BENCH_ME)
+        .env(
+            "CGCLOUD_SSH_OPTS",
+            format!("-F /dev/null -i {} -o IdentitiesOnly=yes", home.join("id_ed25519").display()),
+        );
+    Ok(c)
+}
+
+/// Runs cgcloud as [`cgcloud_command`] sets it up; its stdout.
+pub(crate) fn cgcloud(home: &Path, args: &[&str]) -> Result<String> {
+    let out = cgcloud_command(home)?.args(args).output()?;
     if !out.status.success() {
         bail!("cgcloud {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     }
@@ -763,17 +777,8 @@ async fn cluster_boot(ns: &[u32]) -> Result<()> {
         let name = format!("boot{i}");
         let cpu0 = machine_cpu_seconds();
         let t0 = Instant::now();
-        let out = std::process::Command::new(cgcloud_exe()?)
-            .env("HOME", &h)
-            .env("XDG_CONFIG_HOME", h.join(".config"))
-            .env("XDG_STATE_HOME", h.join(".local/state"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env(
-                "CGCLOUD_SSH_OPTS",
-                format!("-F /dev/null -i {} -o IdentitiesOnly=yes", h.join("id_ed25519").display()),
-            )
-            .args(["create-cluster", "generic", "-s", &n.to_string(), "-c", &name])
-            .output()?;
+        let out =
+            cgcloud_command(&h)?.args(["create-cluster", "generic", "-s", &n.to_string(), "-c", &name]).output()?;
         let total = t0.elapsed().as_secs_f64();
         let cluster_cpu = machine_cpu_seconds() - cpu0;
         if !out.status.success() {
