@@ -51,7 +51,13 @@ fn create_grow_and_terminate_a_cluster() {
     assert!(nodes(&e, "c2").iter().all(|b| b["state"] == "stopped"));
     e.ok(&["start-cluster", "generic", "-c", "c2", "-Q"]);
     assert!(nodes(&e, "c2").iter().all(|b| b["state"] == "running"));
-    e.ok(&["terminate-cluster", "generic", "-c", "c2"]);
+    // -L leaves the leader alone: stop-cluster stops only the workers, start-cluster starts them.
+    e.ok(&["stop-cluster", "generic", "-c", "c1", "-L"]);
+    let states: Vec<String> = nodes(&e, "c1").iter().map(|b| b["state"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(states, ["running", "stopped", "stopped", "stopped", "stopped"], "{states:?}");
+    e.ok(&["start-cluster", "generic", "-c", "c1", "-L", "-Q"]);
+    assert!(nodes(&e, "c1").iter().all(|b| b["state"] == "running"));
+    e.ok(&["terminate-cluster", "generic", "-c", "c2", "-Q"]);
     e.ok(&["terminate-cluster", "generic", "-c", "c1"]);
     assert!(e.json(&["list"]).as_array().unwrap().is_empty());
     let left = e.json(&["cleanup", "--dry-run"]);
