@@ -1543,53 +1543,9 @@ fn spark_end_to_end() {
     u.ok(&["local", "down"]);
 }
 
-/// A directory served over HTTP on the local cloud's bridge, for its hosts; stopped on drop.
-struct Mirror {
-    server: std::process::Child,
-    url: String,
-}
-
-impl Mirror {
-    fn serve(dir: &std::path::Path) -> Mirror {
-        let bridge = "10.199.0.1";
-        // A free port among those guests may reach on the machine (8000-8999 by default).
-        let port = (8000..9000).find(|p| std::net::TcpListener::bind((bridge, *p)).is_ok()).unwrap();
-        let server = Command::new("python3")
-            .args(["-m", "http.server", "--bind", bridge, &port.to_string(), "--directory"])
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mirror = Mirror { server, url: format!("http://{bridge}:{port}") };
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect((bridge, port)).is_err() {
-            assert!(start.elapsed().as_secs() < 20, "the mirror's HTTP server did not start on {}", mirror.url);
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        mirror
-    }
-}
-
-impl Drop for Mirror {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
-
 /// The single version `V` of the entries `<prefix>V` in `dir`, if there is one.
 fn version_in(dir: &std::path::Path, prefix: &str, file: impl Fn(&str) -> String) -> Option<String> {
-    let mut found: Vec<String> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|n| n.strip_prefix(prefix).map(str::to_owned))
-        .filter(|v| dir.join(format!("{prefix}{v}")).join(file(v)).is_file())
-        .collect();
-    found.sort();
-    assert!(found.len() <= 1, "{} holds several releases ({found:?}); keep one", dir.display());
-    found.pop()
+    testkit::mirror_release(dir, prefix, file).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A PySpark job on HDFS: its input read through an `hdfs://` URL, its result written to a
@@ -1734,7 +1690,7 @@ fn spark_apache_end_to_end() {
 
     let (_one, u) = fresh_local_cloud();
     {
-        let mirror = Mirror::serve(&dir);
+        let mirror = testkit::Mirror::serve(&dir).unwrap();
         let opts = [
             "spark_source=apache".to_owned(),
             format!("apache_mirror={}", mirror.url),

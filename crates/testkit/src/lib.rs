@@ -9,7 +9,7 @@ pub mod fault;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -506,3 +506,63 @@ pub fn fake_iam_with_big_group(group: &'static str, n: usize) -> String {
 /// A Toil workflow (Python): `--jobs` children that each sleep `--seconds` and return their
 /// host's name through the job store, then a follow-on that writes them to `--out`.
 pub const TOIL_HOSTNAMES_WORKFLOW: &str = include_str!("toil_hostnames.py");
+
+/// A directory served over HTTP on the local cloud's bridge for its hosts (e.g. the
+/// Apache-layout mirror of `scripts/apache-mirror`); the server stops on drop.
+pub struct Mirror {
+    server: Child,
+    pub url: String,
+}
+
+impl Mirror {
+    /// Serves `dir` on a free port among those guests may reach on the machine (8000-8999 by
+    /// default), once the server accepts connections.
+    pub fn serve(dir: &Path) -> Result<Mirror, String> {
+        let bridge = "10.199.0.1";
+        let port = (8000..9000)
+            .find(|p| std::net::TcpListener::bind((bridge, *p)).is_ok())
+            .ok_or("no free port on the local cloud's bridge (is it up?)")?;
+        let server = Command::new("python3")
+            .args(["-m", "http.server", "--bind", bridge, &port.to_string(), "--directory"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("python3 -m http.server: {e}"))?;
+        let mirror = Mirror { server, url: format!("http://{bridge}:{port}") };
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect((bridge, port)).is_err() {
+            if start.elapsed().as_secs() >= 20 {
+                return Err(format!("the mirror's HTTP server did not start on {}", mirror.url));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(mirror)
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// The release `V` of the entries `<prefix>V/<file(V)>` in a mirror directory `dir`: none, or
+/// an error when it holds several.
+pub fn mirror_release(dir: &Path, prefix: &str, file: impl Fn(&str) -> String) -> Result<Option<String>, String> {
+    let mut found: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_prefix(prefix).map(str::to_owned))
+            .filter(|v| dir.join(format!("{prefix}{v}")).join(file(v)).is_file())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    found.sort();
+    if found.len() > 1 {
+        return Err(format!("{} holds several releases ({found:?}); keep one", dir.display()));
+    }
+    Ok(found.pop())
+}

@@ -799,18 +799,11 @@ async fn cluster_boot(ns: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// The release `V` of the one `<prefix>V/<file(V)>` in `dir`.
+/// The release `V` in the mirror directory `dir` (see [`testkit::mirror_release`]).
 fn release_in(dir: &Path, prefix: &str, file: impl Fn(&str) -> String) -> Result<String> {
-    let found: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("{} (run scripts/apache-mirror)", dir.display()))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|n| n.strip_prefix(prefix).map(str::to_owned))
-        .filter(|v| dir.join(format!("{prefix}{v}")).join(file(v)).is_file())
-        .collect();
-    match found.as_slice() {
-        [v] => Ok(v.clone()),
-        _ => bail!("{} should hold exactly one release, not {found:?}", dir.display()),
-    }
+    testkit::mirror_release(dir, prefix, file)
+        .map_err(anyhow::Error::msg)?
+        .with_context(|| format!("{} holds no release (run scripts/apache-mirror)", dir.display()))
 }
 
 /// Bakes spark-box: Spark from PyPI without HDFS, or with `hdfs` Spark and Hadoop from the
@@ -827,25 +820,11 @@ fn bake_spark_box(h: &Path, hdfs: bool) -> Result<()> {
     );
     let spark = release_in(&dir.join("spark"), "spark-", |v| format!("spark-{v}-bin-hadoop3.tgz"))?;
     let hadoop = release_in(&dir.join("hadoop/common"), "hadoop-", |v| format!("hadoop-{v}.tar.gz"))?;
-    let bridge = "10.199.0.1";
-    let port = (8000..9000)
-        .find(|p| std::net::TcpListener::bind((bridge, *p)).is_ok())
-        .context("no free port on the local cloud's bridge for the mirror")?;
-    let mut server = std::process::Command::new("python3")
-        .args(["-m", "http.server", "--bind", bridge, &port.to_string(), "--directory"])
-        .arg(&dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting python3 -m http.server for the mirror")?;
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect((bridge, port)).is_err() && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mirror = testkit::Mirror::serve(&dir).map_err(anyhow::Error::msg)?;
     eprintln!("baking spark-box (Spark {spark}, Hadoop {hadoop} from {}) ...", dir.display());
     let opts = [
         "spark_source=apache".to_owned(),
-        format!("apache_mirror=http://{bridge}:{port}"),
+        format!("apache_mirror={}", mirror.url),
         format!("spark_version={spark}"),
         format!("hadoop_version={hadoop}"),
     ];
@@ -853,10 +832,7 @@ fn bake_spark_box(h: &Path, hdfs: bool) -> Result<()> {
     for o in &opts {
         args.extend(["-O", o.as_str()]);
     }
-    let baked = cgcloud(h, &args);
-    let _ = server.kill();
-    let _ = server.wait();
-    baked.map(drop)
+    cgcloud(h, &args).map(drop)
 }
 
 /// Waits on the leader of spark cluster `name` (in one SSH session: its web UIs are closed to

@@ -31,7 +31,7 @@ fn fail(check: &'static str, err: &anyhow::Error, hint: Option<String>) -> Check
 
 /// The OpenSSH public keys this machine can log in with: its agent's, and the `.pub` files in
 /// ~/.ssh whose private key is beside them, and those of `-i` keys in CGCLOUD_SSH_OPTS.
-pub(crate) fn local_public_keys() -> Vec<(String, String)> {
+fn local_public_keys() -> Vec<(String, String)> {
     let mut keys = Vec::new();
     if let Ok(out) = std::process::Command::new("ssh-add").arg("-L").output() {
         if out.status.success() {
@@ -65,6 +65,19 @@ pub(crate) fn local_public_keys() -> Vec<(String, String)> {
     keys
 }
 
+/// The local key (`(line, where)` of [`local_public_keys`]) that is key pair `kp`'s, by its
+/// public key if EC2 returned it, else by fingerprint.
+fn matching_local_key<'a>(
+    kp: &cgcloud_aws::ec2::KeyPairInfo,
+    mine: &'a [(String, String)],
+) -> Option<&'a (String, String)> {
+    let theirs = kp.public_key.as_deref().and_then(|k| cgcloud_core::sshkey::PublicKey::parse_line(k).ok());
+    mine.iter().find(|(line, _)| {
+        cgcloud_core::sshkey::PublicKey::parse_line(line)
+            .is_ok_and(|k| theirs.as_ref().is_some_and(|t| t.blob == k.blob) || k.matches_fingerprint(&kp.fingerprint))
+    })
+}
+
 /// For a box that refuses this machine's keys: each key pair the box trusts (`names`) and
 /// whether a key ssh can offer from here matches it, as `doctor` matches them; then the keys
 /// ssh can offer. One line each.
@@ -72,6 +85,8 @@ pub(crate) async fn explain_refused_keys(ctx: &Ctx, names: &[String]) -> String 
     let mine = local_public_keys();
     let mut lines = Vec::new();
     for name in names {
+        // The box's tag: shown as text, never as terminal control sequences.
+        let name = &cgcloud_core::tags::printable(name);
         if !matches!(cgcloud_core::keypairs::Pattern::parse(name), cgcloud_core::keypairs::Pattern::Literal(_)) {
             lines.push(format!("  the box trusts the key pairs '{name}' names (a glob, @user or @@group)"));
             continue;
@@ -81,23 +96,15 @@ pub(crate) async fn explain_refused_keys(ctx: &Ctx, names: &[String]) -> String 
             Err(e) => Err(e),
         };
         lines.push(match found {
-            Ok(Some(kp)) => {
-                let theirs = kp.public_key.as_deref().and_then(|k| cgcloud_core::sshkey::PublicKey::parse_line(k).ok());
-                let matching = mine.iter().find(|(line, _)| {
-                    cgcloud_core::sshkey::PublicKey::parse_line(line).is_ok_and(|k| {
-                        theirs.as_ref().is_some_and(|t| t.blob == k.blob) || k.matches_fingerprint(&kp.fingerprint)
-                    })
-                });
-                match matching {
-                    Some((_, from)) => {
-                        format!("  the box trusts key pair '{name}' ({}): its private key is in {from}", kp.fingerprint)
-                    }
-                    None => format!(
-                        "  the box trusts key pair '{name}' ({}): no key of this machine matches it",
-                        kp.fingerprint
-                    ),
+            Ok(Some(kp)) => match matching_local_key(&kp, &mine) {
+                Some((_, from)) => {
+                    format!("  the box trusts key pair '{name}' ({}): its private key is in {from}", kp.fingerprint)
                 }
-            }
+                None => format!(
+                    "  the box trusts key pair '{name}' ({}): no key of this machine matches it",
+                    kp.fingerprint
+                ),
+            },
             Ok(None) => format!("  the box trusts key pair '{name}', which no longer exists"),
             Err(e) => format!("  the box trusts key pair '{name}' (cannot read it: {e:#})"),
         });
@@ -211,13 +218,8 @@ pub async fn doctor(ctx: &Ctx) -> Result<ExitCode> {
                 )),
             }),
             Ok(Some(kp)) => {
-                let theirs = kp.public_key.as_deref().and_then(|k| cgcloud_core::sshkey::PublicKey::parse_line(k).ok());
-                let mine = local_public_keys().into_iter().find(|(line, _)| {
-                    cgcloud_core::sshkey::PublicKey::parse_line(line).is_ok_and(|k| {
-                        theirs.as_ref().is_some_and(|t| t.blob == k.blob) || k.matches_fingerprint(&kp.fingerprint)
-                    })
-                });
-                checks.push(match mine {
+                let local = local_public_keys();
+                checks.push(match matching_local_key(&kp, &local) {
                     Some((_, from)) => ok("key pair", format!("'{name}' ({}), private key in {from}", kp.fingerprint)),
                     None => warn(
                         "key pair",
