@@ -535,6 +535,44 @@ pub struct LaunchArgs {
     pub ebs_volume_size: Option<u32>,
     #[command(flatten)]
     pub autostop: AutostopArgs,
+    #[command(flatten)]
+    pub spot: BoxSpotArgs,
+}
+
+/// Spot-market options of a single box (`create`, `recreate`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct BoxSpotArgs {
+    /// Launch the box on the spot market, paying at most this many dollars per hour (a spot
+    /// box cannot stop: it is terminated when interrupted or stopped, its persistent volume kept)
+    #[arg(long = "spot-bid")]
+    pub spot_bid: Option<f64>,
+    /// Choose the zone by recent spot prices (needs --spot-bid; not with --subnet)
+    #[arg(long = "spot-auto-zone", requires = "spot_bid", conflicts_with = "subnet")]
+    pub spot_auto_zone: bool,
+    /// Keep retrying the spot instance types (every 10 s) for this many seconds while EC2 has
+    /// no spot capacity (default: 0, one try of each)
+    #[arg(long = "spot-timeout", requires = "spot_bid")]
+    pub spot_timeout: Option<u64>,
+    /// Further instance types to try on the spot market, in order, when the first has no capacity
+    #[arg(long = "spot-instance-types", value_delimiter = ',', requires = "spot_bid")]
+    pub spot_instance_types: Vec<String>,
+    /// Launch the box on demand when spot capacity is short
+    #[arg(long = "on-demand-fallback", requires = "spot_bid")]
+    pub on_demand_fallback: bool,
+}
+
+impl BoxSpotArgs {
+    /// The cluster form of these options (one box, none tentative).
+    pub fn policy(&self) -> SpotArgs {
+        SpotArgs {
+            spot_bid: self.spot_bid,
+            spot_auto_zone: self.spot_auto_zone,
+            spot_timeout: self.spot_timeout,
+            spot_tentative: false,
+            spot_instance_types: self.spot_instance_types.clone(),
+            on_demand_fallback: self.on_demand_fallback,
+        }
+    }
 }
 
 /// Boxes that stop themselves when idle.

@@ -161,6 +161,65 @@ fn spot_types_fallback_and_their_failures() {
     assert_no_leftovers(&e, "faults-spot", "a spot timeout that expired");
 }
 
+/// A single box on the spot market (`create`/`recreate --spot-bid`, as the original had): the
+/// same policy as workers, with its options checked before anything launches.
+#[test]
+fn single_boxes_on_the_spot_market() {
+    let (e, proxy) = env("faults-box-spot");
+    let box_of = |v: &Value| (v["instance_type"].as_str().unwrap().to_owned(), v["spot"].as_bool().unwrap());
+    let b = e.json(&["create", "generic-debian-bookworm-box", "-Q", "--spot-bid", "0.05"]);
+    assert_eq!(box_of(&b), ("t3.micro".to_owned(), true), "{b}");
+    e.ok(&["terminate", "generic-debian-bookworm-box", "-I", b["instance_id"].as_str().unwrap()]);
+    // recreate, from the baked node image, on the second spot type: the first has no capacity.
+    proxy.set_rules(vec![Rule::always("RunInstances", Fault::insufficient_capacity())
+        .when("InstanceType=m5.large")
+        .when(SPOT)]);
+    let out = e.run(&[
+        "--output",
+        "json",
+        "recreate",
+        "generic-cluster-box",
+        "-Q",
+        "-t",
+        "m5.large",
+        "--spot-bid",
+        "0.5",
+        "--spot-instance-types",
+        "m5a.large",
+    ]);
+    let r: Value = serde_json::from_str(&testkit::succeeded(&["recreate"], &out)).unwrap();
+    assert_eq!(box_of(&r), ("m5a.large".to_owned(), true), "{r}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spot capacity for 1 × m5.large"));
+    // No spot capacity at all: on demand with --on-demand-fallback; without it, an error that
+    // says what to try, and nothing left behind.
+    proxy.set_rules(vec![Rule::always("RunInstances", Fault::spot_price_too_low()).when(SPOT)]);
+    let b = e.json(&["create", "generic-debian-bookworm-box", "-Q", "--spot-bid", "0.01", "--on-demand-fallback"]);
+    assert_eq!(box_of(&b), ("t3.micro".to_owned(), false), "{b}");
+    e.ok(&["terminate", "generic-debian-bookworm-box", "-I", b["instance_id"].as_str().unwrap()]);
+    let err = e.fails(&["create", "generic-debian-bookworm-box", "-Q", "--spot-bid", "0.01"]);
+    assert!(err.contains("the box could not be launched") && err.contains("--on-demand-fallback"), "{err}");
+    proxy.set_rules(vec![]);
+    // Checked before anything launches: a spot box cannot be stopped to bake it, options that
+    // need a bid, an unknown further type.
+    let err = e.fails(&["create", "generic-debian-bookworm-box", "-I", "--spot-bid", "0.05"]);
+    assert!(err.contains("a spot box cannot stop"), "{err}");
+    let err = e.fails(&["create", "generic-debian-bookworm-box", "-Q", "--on-demand-fallback"]);
+    assert!(err.contains("--spot-bid"), "{err}");
+    let err = e.fails(&[
+        "create",
+        "generic-debian-bookworm-box",
+        "-Q",
+        "--spot-bid",
+        "0.05",
+        "--spot-instance-types",
+        "m9.nope",
+    ]);
+    assert!(err.contains("--spot-instance-types m9.nope"), "{err}");
+    e.ok(&["terminate", "generic-cluster-box", "-I", r["instance_id"].as_str().unwrap()]);
+    e.ok(&["cleanup", "--yes"]);
+    assert_no_leftovers(&e, "faults-box-spot", "single spot boxes");
+}
+
 #[test]
 fn partial_capacity_min_workers_and_tentative() {
     let (e, proxy) = env("faults-partial");

@@ -6,7 +6,7 @@
 use super::boxes::{print_box, wait_for_state};
 use super::images::{bake_image, pick_image};
 use super::provision::provision;
-use crate::cli::{CreateArgs, LaunchArgs, RecreateArgs, SelectArgs};
+use crate::cli::{CreateArgs, LaunchArgs, RecreateArgs, SelectArgs, SpotArgs};
 use crate::context::Ctx;
 use anyhow::{anyhow, bail, Context as _, Result};
 use cgcloud_aws::ec2::{FoundImage, InstanceTypeInfo, LaunchSpec, Network, SgRule, SgSource};
@@ -629,15 +629,28 @@ fn box_tags(p: &Prepared, g: &Group, txn: &Txn, host_key: Option<&str>) -> Resul
     Ok(t)
 }
 
-/// Creates the security group and IAM profile (if needed) and launches one box.
-async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn) -> Result<Vec<BoxInfo>> {
-    let ids = launch_group(ctx, p, txn, &Group::single(p)).await?;
+/// Creates the security group and IAM profile (if needed) and launches one box, on the spot
+/// market if `spot` says so.
+async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn, spot: &SpotArgs) -> Result<Vec<BoxInfo>> {
+    let ids = super::capacity::launch_by_policy(ctx, p, txn, &Group::single(p), 1, 1, spot, "box", |_, _| {}).await?;
     let cloud = ctx.cloud().await?;
     wait_for_state(ctx, cloud, &ids, "running", &format!("box {}", ids.join(", "))).await?;
     let mut boxes: Vec<BoxInfo> =
         cloud.describe_instances(&ids).await?.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
     boxes.sort_by_key(BoxInfo::sort_key);
     Ok(boxes)
+}
+
+/// The spot options of a single box, checked (further types exist) and applied (the zone
+/// with --spot-auto-zone) before anything is launched.
+async fn prepare_spot(ctx: &Ctx, p: &mut Prepared, a: &LaunchArgs) -> Result<SpotArgs> {
+    let spot = a.spot.policy();
+    super::capacity::spot_zone(ctx, p, &spot).await?;
+    super::capacity::check_spot_types(ctx, p, &spot).await?;
+    if spot.spot_bid.is_some() && p.autostop.is_some_and(|(_, terminate)| !terminate) {
+        ctx.out.note("note: a spot box cannot stop: autostop terminates it (its persistent volume is kept)");
+    }
+    Ok(spot)
 }
 
 /// The device a box's persistent volume is attached at (the agent finds it by volume id on
@@ -1237,8 +1250,12 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
     let role = ctx.registry().await?.role(&a.role)?;
     // Without -Q the launch waits for SSH and provisions with the agent.
     let needs = LocalNeeds { ssh: !a.quick, agent: !a.quick, rsync: false };
+    if a.create_image && a.launch.spot.spot_bid.is_some() {
+        bail!("-I bakes the box after stopping it, and a spot box cannot stop: bake from an on-demand box (leave out --spot-bid)");
+    }
     let mut prepared = prepare(ctx, role, a.os.as_deref(), &a.launch, None, a.boot_image.as_deref(), needs).await?;
     let cloud = ctx.cloud().await?;
+    let spot = prepare_spot(ctx, &mut prepared, &a.launch).await?;
     let volume = plan_volume(ctx, cloud, &mut prepared, &a.launch, false).await?;
     if a.quick && !prepared.role.key_pairs.is_empty() {
         tracing::warn!(
@@ -1250,7 +1267,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
     let plan = compile(&prepared.role, &prepared.os, &prepared.options)?;
     let txn = Txn::new();
     let work = async {
-        let boxes = launch(ctx, &prepared, &txn).await?;
+        let boxes = launch(ctx, &prepared, &txn, &spot).await?;
         let b = boxes.into_iter().next().context("RunInstances returned no instance")?;
         let volume_id = match &volume {
             Some(v) => Some(attach_volume(ctx, cloud, &txn, &prepared, v, &b).await?),
@@ -1341,6 +1358,7 @@ pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
     let needs = LocalNeeds { ssh: !a.quick, ..Default::default() };
     let mut prepared =
         prepare(ctx, role, image.tags.get(tags::OS).map(String::as_str), &a.launch, Some(&image), None, needs).await?;
+    let spot = prepare_spot(ctx, &mut prepared, &a.launch).await?;
     let volume = plan_volume(ctx, cloud, &mut prepared, &a.launch, true).await?;
     if volume.is_some() && !a.quick {
         // The volume is formatted (if new) and mounted with the agent, uploaded if it differs.
@@ -1349,7 +1367,7 @@ pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
     warn_if_role_changed(&prepared, &image);
     let txn = Txn::new();
     let work = async {
-        let boxes = launch(ctx, &prepared, &txn).await?;
+        let boxes = launch(ctx, &prepared, &txn, &spot).await?;
         let b = boxes.into_iter().next().context("RunInstances returned no instance")?;
         let volume_id = match &volume {
             Some(v) => Some(attach_volume(ctx, cloud, &txn, &prepared, v, &b).await?),

@@ -3,6 +3,7 @@
 
 mod autostop;
 mod boxes;
+mod capacity;
 mod cleanup;
 mod cluster;
 mod doctor;

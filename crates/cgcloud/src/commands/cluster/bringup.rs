@@ -326,16 +326,3 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     ));
     Ok(ExitCode::SUCCESS)
 }
-
-/// The further spot instance types exist in the region (before anything is launched: a typo
-/// must not surface half-way through a launch).
-async fn check_spot_types(ctx: &Ctx, p: &mut crate::commands::launch::Prepared, spot: &SpotArgs) -> Result<()> {
-    let cloud = ctx.cloud().await?;
-    for t in &spot.spot_instance_types {
-        if !p.type_info.contains_key(t) {
-            let info = cloud.instance_type_info(t).await.with_context(|| format!("--spot-instance-types {t}"))?;
-            p.type_info.insert(t.clone(), info);
-        }
-    }
-    Ok(())
-}

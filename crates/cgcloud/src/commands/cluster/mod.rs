@@ -3,8 +3,8 @@
 //! agent in the image reads the cluster from its tags), so bring-up takes about as long for
 //! a hundred nodes as for one; the workstation only launches, tags and watches.
 //!
-//! Here: selecting and listing clusters. `bringup` launches (create, grow), `workers` holds
-//! the spot and capacity policy's driver, `wait` watches nodes come up, `secrets` makes and
+//! Here: selecting and listing clusters. `bringup` launches (create, grow), `workers` launches
+//! workers through the capacity policy (`commands::capacity`), `wait` watches nodes come up, `secrets` makes and
 //! reads cluster secrets, `power` stops/starts/terminates, `fanout` runs commands on every node.
 
 use super::images::pick_image;
@@ -19,7 +19,6 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use cgcloud_aws::Cloud;
 use cgcloud_core::model::BoxInfo;
 use cgcloud_core::ordinals::allocate_ordinals;
-use cgcloud_core::spot::{attempts, Attempt};
 use cgcloud_core::tags::{self, Tags};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{ExitCode, Stdio};
@@ -34,9 +33,10 @@ mod volumes;
 mod wait;
 mod workers;
 
+use crate::commands::capacity::{check_spot_types, launch_by_policy, spot_zone};
 use secrets::{cluster_secrets, new_secrets};
 use wait::{await_nodes, Phases, PHASES};
-use workers::{launch_workers, spot_zone};
+use workers::launch_workers;
 
 pub use bringup::{create, grow};
 pub use fanout::{rsync, ssh};
