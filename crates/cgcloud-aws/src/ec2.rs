@@ -293,6 +293,77 @@ impl Cloud {
         }
     }
 
+    /// Gives instance `id` the instance profile `name`, replacing the one it has, or takes its
+    /// profile away (`None`). Returns whether anything changed. A profile IAM has only just made
+    /// may not be visible to EC2 yet: that is retried for up to 60 s.
+    pub async fn set_instance_profile(&self, id: &str, name: Option<&str>) -> Result<bool, AwsError> {
+        let current = self
+            .ec2
+            .describe_iam_instance_profile_associations()
+            .filters(Filter::builder().name("instance-id").values(id).build())
+            .filters(Filter::builder().name("state").values("associated").values("associating").build())
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeIamInstanceProfileAssociations", e))?;
+        let association = current.iam_instance_profile_associations().first().cloned();
+        let current_name = association
+            .as_ref()
+            .and_then(|a| a.iam_instance_profile())
+            .and_then(|p| p.arn())
+            .and_then(|arn| arn.rsplit('/').next())
+            .map(str::to_owned);
+        if current_name.as_deref() == name {
+            return Ok(false);
+        }
+        let association_id = association.as_ref().and_then(|a| a.association_id()).map(str::to_owned);
+        let Some(name) = name else {
+            if let Some(aid) = association_id {
+                self.ec2
+                    .disassociate_iam_instance_profile()
+                    .association_id(aid)
+                    .send()
+                    .await
+                    .map_err(|e| self.classify("ec2:DisassociateIamInstanceProfile", e))?;
+            }
+            return Ok(true);
+        };
+        let spec = aws_sdk_ec2::types::IamInstanceProfileSpecification::builder().name(name).build();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let res = match &association_id {
+                Some(aid) => self
+                    .ec2
+                    .replace_iam_instance_profile_association()
+                    .association_id(aid)
+                    .iam_instance_profile(spec.clone())
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.classify("ec2:ReplaceIamInstanceProfileAssociation", e)),
+                None => self
+                    .ec2
+                    .associate_iam_instance_profile()
+                    .instance_id(id)
+                    .iam_instance_profile(spec.clone())
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.classify("ec2:AssociateIamInstanceProfile", e)),
+            };
+            match res {
+                Ok(()) => return Ok(true),
+                Err(e)
+                    if e.to_string().to_lowercase().contains("iam instance profile")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!("waiting for IAM propagation: {e}");
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// What cgcloud needs to know of an instance type; an unknown type is an error.
     pub async fn instance_type_info(&self, instance_type: &str) -> Result<InstanceTypeInfo, AwsError> {
         let out = self

@@ -104,6 +104,9 @@ pub enum Command {
     RegisterKey(RegisterKeyArgs),
     /// Delete an EC2 key pair (boxes' agents remove its key at once)
     DeleteKey(DeleteKeyArgs),
+    /// Bring a box's IAM policy, instance profile and security group rules up to date with its
+    /// role (after the role's [[iam]] or [[ports]] changed, or a cgcloud upgrade)
+    UpdateInstanceProfile(SelectArgs),
     /// Show the latest memory and disk metrics a box reported
     Metrics(SelectArgs),
     /// Find and remove leftovers in the namespace

@@ -399,6 +399,49 @@ description = "app"
     assert!(err.contains("open.toml") && err.contains("names neither `port` nor `range`"), "{err}");
 }
 
+/// update-instance-profile: a role that gains (or loses) permissions after its boxes were
+/// launched brings them along without relaunching them.
+#[test]
+fn update_instance_profile_follows_the_role() {
+    let mut e = env_with_key();
+    let dir = e.home.path().join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    let role = |iam: bool| {
+        let mut t = "name = \"grow-box\"\ndescription = \"x\"\ninclude = [\"base\"]\nos = [\"debian-12\"]\n".to_owned();
+        if iam {
+            t.push_str("[[iam]]\naction = [\"ec2:DescribeInstances\"]\n");
+        }
+        std::fs::write(dir.join("grow.toml"), t).unwrap();
+    };
+    role(false);
+    e.set_env("CGCLOUD_PLUGINS", dir.to_str().unwrap());
+    let b = e.json(&["-n", "/upd/", "create", "grow-box", "-Q", "--no-agent"]);
+    assert!(b["instance_profile"].is_null(), "no permissions, no profile: {b}");
+    let id = b["instance_id"].as_str().unwrap().to_owned();
+    // The role now needs a permission: the box gets the profile.
+    role(true);
+    let u = e.json(&["-n", "/upd/", "update-instance-profile", "grow-box", "-I", &id]);
+    assert_eq!(
+        (u["instance_profile"].as_str(), u["association_changed"].as_bool()),
+        (Some("upd_grow-box"), Some(true)),
+        "{u}"
+    );
+    let shown = e.json(&["-n", "/upd/", "show", "grow-box"]);
+    assert_eq!(shown["instance_profile"], "upd_grow-box", "{shown}");
+    // Nothing to do the second time.
+    let u = e.json(&["-n", "/upd/", "update-instance-profile", "grow-box"]);
+    assert_eq!(u["association_changed"], false, "{u}");
+    // Permissions gone from the role: the box's profile goes too.
+    role(false);
+    let u = e.json(&["-n", "/upd/", "update-instance-profile", "grow-box"]);
+    assert_eq!((u["instance_profile"].is_null(), u["association_changed"].as_bool()), (true, Some(true)), "{u}");
+    assert!(e.json(&["-n", "/upd/", "show", "grow-box"])["instance_profile"].is_null());
+    let err = e.fails(&["-n", "/upd/", "update-instance-profile", "grow-box", "-I", "i-0000000000000000f"]);
+    assert!(err.contains("i-0000000000000000f"), "{err}");
+    e.ok(&["-n", "/upd/", "terminate", "grow-box"]);
+    e.ok(&["-n", "/upd/", "reset-security", "--yes"]);
+}
+
 #[test]
 fn bad_inputs_get_one_line_causes_and_hints() {
     let e = env_with_key();

@@ -78,6 +78,7 @@ fn box_commands() {
     assert_eq!(metrics[0]["name"], "MemUsage", "{metrics}");
     snap(&e, "autostop", &["autostop", BOX, "90m", "--autodown"]);
     snap(&e, "autostop_off", &["autostop", BOX, "off"]);
+    snap(&e, "update_instance_profile", &["update-instance-profile", BOX]);
     snap(&e, "terminate", &["terminate", BOX]);
     // -T: the box as it is once terminated.
     let gone = snap(&e, "create_terminated", &["create", BOX, "-Q", "-T"]);

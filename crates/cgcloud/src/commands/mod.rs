@@ -12,6 +12,7 @@ mod jenkins;
 mod keys;
 mod launch;
 mod local;
+mod profile;
 mod provision;
 mod roles;
 
@@ -61,6 +62,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Provision(a) => launch::provision_existing(&ctx, a).await,
         Command::List(a) => boxes::list(&ctx, a).await,
         Command::Show(a) => boxes::show(&ctx, a).await,
+        Command::UpdateInstanceProfile(a) => profile::update(&ctx, a).await,
         Command::Ssh(a) => boxes::ssh(&ctx, a).await,
         Command::Rsync(a) => boxes::rsync(&ctx, a).await,
         Command::Stop(a) => boxes::stop(&ctx, a).await,
