@@ -263,6 +263,41 @@ impl Cloud {
         Ok(pages.iter().flat_map(|p| p.reservations()).flat_map(|r| r.instances()).cloned().collect())
     }
 
+    /// The namespaces strictly below `ns` (e.g. `/team/ci/` below `/team/`) that have EC2
+    /// resources in this region or IAM roles: the values of every `cgcloud:namespace` tag and
+    /// the IAM paths under `ns`'s. Values that are not namespaces are left out.
+    pub async fn namespaces_below(&self, ns: &str) -> Result<std::collections::BTreeSet<String>, AwsError> {
+        let tags: Vec<_> = self
+            .ec2
+            .describe_tags()
+            .filters(filter("key", &[tags::NAMESPACE]))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeTags", e))?;
+        let mut found: std::collections::BTreeSet<String> =
+            tags.iter().filter_map(|t| t.value().map(str::to_owned)).collect();
+        let iam_root = format!("/cgcloud{ns}");
+        let roles: Vec<_> = self
+            .iam
+            .list_roles()
+            .path_prefix(&iam_root)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("iam:ListRoles", e))?;
+        found.extend(roles.iter().filter_map(|r| r.path().strip_prefix("/cgcloud").map(str::to_owned)));
+        Ok(found
+            .into_iter()
+            .filter(|v| v.len() > ns.len() && v.starts_with(ns))
+            .filter(|v| cgcloud_core::namespace::Namespace::parse(v).is_ok())
+            .collect())
+    }
+
     /// The tags of EC2 resource `id` (any kind); none for a resource that does not exist.
     pub async fn resource_tags(&self, id: &str) -> Result<Tags, AwsError> {
         let tags: Vec<_> = self

@@ -722,6 +722,10 @@ pub struct ConfirmArgs {
     /// Only show what would be deleted
     #[arg(long = "dry-run")]
     pub dry_run: bool,
+    /// Also the namespaces below this one (e.g. /team/ci/ below /team/), listed first like
+    /// the namespace's own
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
 }
 
 #[derive(Debug, Args)]

@@ -442,6 +442,38 @@ fn update_instance_profile_follows_the_role() {
     e.ok(&["-n", "/upd/", "reset-security", "--yes"]);
 }
 
+/// cleanup and reset-security reach the namespaces below theirs only when asked (-r), list them
+/// first like their own, and never touch a sibling whose name merely starts the same.
+#[test]
+fn cleanup_and_reset_security_recursive() {
+    let e = env_with_key();
+    for ns in ["/rec/", "/rec/child/", "/rec/child/deeper/", "/recx/"] {
+        let b = e.json(&["-n", ns, "create", DEBIAN, "-Q"]);
+        e.ok(&["-n", ns, "terminate", DEBIAN, "-I", b["instance_id"].as_str().unwrap()]);
+    }
+    let namespaces = |v: &Value| -> Vec<String> {
+        let mut n: Vec<String> =
+            v.as_array().unwrap().iter().map(|i| i["namespace"].as_str().unwrap().to_owned()).collect();
+        n.dedup();
+        n
+    };
+    let own = e.json(&["-n", "/rec/", "cleanup", "--dry-run"]);
+    assert_eq!(namespaces(&own), ["/rec/"], "{own}");
+    let all = e.json(&["-n", "/rec/", "cleanup", "--dry-run", "-r"]);
+    assert_eq!(namespaces(&all), ["/rec/", "/rec/child/", "/rec/child/deeper/"], "{all}");
+    assert!(all.as_array().unwrap().iter().all(|i| i["kind"] == "security-group"), "{all}");
+    let text = e.ok(&["-n", "/rec/", "cleanup", "--dry-run", "--recursive"]);
+    assert!(text.starts_with("NAMESPACE") && text.contains("/rec/child/deeper/"), "{text}");
+    e.ok(&["-n", "/rec/child/", "cleanup", "-r", "--yes"]);
+    let left = e.json(&["-n", "/rec/", "cleanup", "--dry-run", "-r"]);
+    assert_eq!(namespaces(&left), ["/rec/"], "only /rec/'s own group is left: {left}");
+    e.ok(&["-n", "/rec/", "reset-security", "-r", "--yes"]);
+    assert!(e.json(&["-n", "/rec/", "reset-security", "--dry-run", "-r"]).as_array().unwrap().is_empty());
+    let sibling = e.json(&["-n", "/recx/", "reset-security", "--dry-run"]);
+    assert_eq!(namespaces(&sibling), ["/recx/"], "the sibling /recx/ keeps its group: {sibling}");
+    e.ok(&["-n", "/recx/", "reset-security", "--yes"]);
+}
+
 #[test]
 fn bad_inputs_get_one_line_causes_and_hints() {
     let e = env_with_key();

@@ -1,7 +1,8 @@
 //! `cleanup` (leftovers of interrupted launches, unreferenced snapshots, failed images, unused
 //! security groups, orphaned volumes, stale host keys) and `reset-security` (security groups
 //! and IAM roles/profiles). Both act strictly inside the namespace, the root namespace
-//! included: a resource belongs to it only if its namespace tag (or IAM path) is exactly it.
+//! included: a resource belongs to it only if its namespace tag (or IAM path) is exactly it;
+//! `--recursive` adds the namespaces below it, each treated the same way.
 
 use super::boxes::wait_for_state;
 use super::confirm;
@@ -10,6 +11,7 @@ use super::launch::launcher_gone;
 use crate::cli::{CleanupArgs, ConfirmArgs};
 use crate::context::Ctx;
 use anyhow::Result;
+use cgcloud_core::namespace::Namespace;
 use cgcloud_core::tags::{self, Tags};
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -17,6 +19,8 @@ use std::time::{Duration, SystemTime};
 
 #[derive(Debug, serde::Serialize)]
 struct Item {
+    /// The namespace the resource belongs to (with `--recursive`, one below the command's).
+    namespace: String,
     kind: &'static str,
     id: String,
     why: String,
@@ -49,108 +53,29 @@ fn why_interrupted(t: &Tags, what: &str, min_age: Duration) -> String {
     }
 }
 
+/// The namespaces a command acts on: its own, and with `--recursive` every one below it.
+async fn scope(ctx: &Ctx, recursive: bool) -> Result<Vec<Namespace>> {
+    let ns = ctx.namespace().await?.clone();
+    let mut all = vec![ns.clone()];
+    if recursive {
+        for child in ctx.cloud().await?.namespaces_below(ns.as_str()).await? {
+            all.push(Namespace::parse(&child)?);
+        }
+    }
+    Ok(all)
+}
+
 pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
-    let ns = ctx.namespace().await?;
     let cloud = ctx.cloud().await?;
-    let min_age = Duration::from_secs(a.min_age_minutes * 60);
     let mut items = Vec::new();
-
-    let boxes = cloud.list_boxes(ns.as_str(), None).await?;
-    let mut terminating: Vec<String> = Vec::new();
-    for b in &boxes {
-        if interrupted(&b.tags, &b.launch_time, min_age) {
-            terminating.push(b.instance_id.clone());
-            items.push(Item {
-                kind: "instance",
-                id: b.instance_id.clone(),
-                why: why_interrupted(&b.tags, &format!("box of {}", b.role), min_age),
-            });
-        } else if b.tags.get(tags::LAUNCH_STATE).map(String::as_str) == Some("failed") {
-            terminating.push(b.instance_id.clone());
-            items.push(Item {
-                kind: "instance",
-                id: b.instance_id.clone(),
-                why: format!("failed launch of {} kept by --never-terminate", b.role),
-            });
+    let mut terminating = Vec::new();
+    for ns in scope(ctx, a.confirm.recursive).await? {
+        let (mut found, ending) = leftovers(ctx, &ns, &a).await?;
+        for i in &mut found {
+            i.namespace = ns.to_string();
         }
-    }
-
-    let images = cloud.list_images(ns.as_str(), None).await?;
-    let referenced: BTreeSet<&str> =
-        images.iter().filter(|i| i.state != "failed").flat_map(|i| i.snapshot_ids.iter().map(String::as_str)).collect();
-    for i in images.iter().filter(|i| matches!(i.state.as_str(), "failed" | "invalid" | "error")) {
-        items.push(Item { kind: "image", id: i.image_id.clone(), why: format!("image of {} is {}", i.role, i.state) });
-    }
-    for (id, _desc, _t) in cloud.namespace_snapshots(ns.as_str()).await? {
-        if !referenced.contains(id.as_str()) {
-            items.push(Item { kind: "snapshot", id, why: "no image uses it".into() });
-        }
-    }
-
-    // Groups used by no box, or only by boxes this cleanup terminates (deleted once they are).
-    let groups = cloud.namespace_security_groups(ns.as_str()).await?;
-    let ids: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
-    let users = cloud.security_group_users(&ids).await?;
-    for (id, name, _vpc) in &groups {
-        match users.get(id) {
-            None => {
-                items.push(Item { kind: "security-group", id: id.clone(), why: format!("{name} is used by no box") })
-            }
-            Some(u) if u.iter().all(|i| terminating.contains(i)) => items.push(Item {
-                kind: "security-group",
-                id: id.clone(),
-                why: format!("{name} is used only by boxes terminated here"),
-            }),
-            Some(_) => {}
-        }
-    }
-
-    for (id, state, t) in cloud.namespace_volumes(ns.as_str()).await? {
-        if state != "available" {
-            continue;
-        }
-        if !t.contains_key(tags::PERSISTENT) {
-            items.push(Item { kind: "volume", id, why: "detached and not persistent".into() });
-        } else if interrupted(&t, "", min_age) {
-            // A launch that made the volume did not complete: it holds nothing of anyone's.
-            items.push(Item { kind: "volume", id, why: why_interrupted(&t, "new persistent volume", min_age) });
-        } else if a.persistent_volumes {
-            // Data someone kept on purpose: only when asked for.
-            let whose = t.get(tags::NAME).cloned().unwrap_or_default();
-            items.push(Item {
-                kind: "volume",
-                id,
-                why: format!("persistent volume {whose}, detached (--persistent-volumes)"),
-            });
-        }
-    }
-
-    // IAM roles a launch made and did not complete, which no other box uses.
-    let in_use: BTreeSet<String> = boxes
-        .iter()
-        .filter(|b| !terminating.contains(&b.instance_id))
-        .filter_map(|b| b.instance_profile.clone())
-        .collect();
-    for (name, created, t) in cloud.roles_with_tags(&ns.iam_path()).await? {
-        if interrupted(&t, &created, min_age) && !in_use.contains(&name) {
-            items.push(Item { kind: "iam-role", id: name, why: why_interrupted(&t, "IAM role and profile", min_age) });
-        }
-    }
-
-    // Boxes this cleanup terminates count as gone: their queues go in the same run.
-    let alive_ids: BTreeSet<&str> =
-        boxes.iter().map(|b| b.instance_id.as_str()).filter(|id| !terminating.iter().any(|t| t == id)).collect();
-    let prefix = ns.agent_queue_prefix();
-    for (name, url) in cloud.agent_queues(&prefix).await? {
-        let id = name.trim_start_matches(prefix.as_str());
-        if !alive_ids.contains(id) {
-            let why = if boxes.iter().any(|b| b.instance_id == id) {
-                format!("agent queue of {id}, which is terminated here")
-            } else {
-                format!("agent queue of {id}, which no longer exists")
-            };
-            items.push(Item { kind: "queue", id: url, why });
-        }
+        items.extend(found);
+        terminating.extend(ending);
     }
 
     // Host keys of boxes that are gone are local cache entries; drop them without asking.
@@ -211,26 +136,166 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
     .await
 }
 
+/// What `cleanup` would remove in namespace `ns` alone, and the boxes it terminates.
+async fn leftovers(ctx: &Ctx, ns: &Namespace, a: &CleanupArgs) -> Result<(Vec<Item>, Vec<String>)> {
+    let cloud = ctx.cloud().await?;
+    let min_age = Duration::from_secs(a.min_age_minutes * 60);
+    let mut items = Vec::new();
+    let boxes = cloud.list_boxes(ns.as_str(), None).await?;
+    let mut terminating: Vec<String> = Vec::new();
+    for b in &boxes {
+        if interrupted(&b.tags, &b.launch_time, min_age) {
+            terminating.push(b.instance_id.clone());
+            items.push(Item {
+                namespace: String::new(),
+                kind: "instance",
+                id: b.instance_id.clone(),
+                why: why_interrupted(&b.tags, &format!("box of {}", b.role), min_age),
+            });
+        } else if b.tags.get(tags::LAUNCH_STATE).map(String::as_str) == Some("failed") {
+            terminating.push(b.instance_id.clone());
+            items.push(Item {
+                namespace: String::new(),
+                kind: "instance",
+                id: b.instance_id.clone(),
+                why: format!("failed launch of {} kept by --never-terminate", b.role),
+            });
+        }
+    }
+
+    let images = cloud.list_images(ns.as_str(), None).await?;
+    let referenced: BTreeSet<&str> =
+        images.iter().filter(|i| i.state != "failed").flat_map(|i| i.snapshot_ids.iter().map(String::as_str)).collect();
+    for i in images.iter().filter(|i| matches!(i.state.as_str(), "failed" | "invalid" | "error")) {
+        items.push(Item {
+            namespace: String::new(),
+            kind: "image",
+            id: i.image_id.clone(),
+            why: format!("image of {} is {}", i.role, i.state),
+        });
+    }
+    for (id, _desc, _t) in cloud.namespace_snapshots(ns.as_str()).await? {
+        if !referenced.contains(id.as_str()) {
+            items.push(Item { namespace: String::new(), kind: "snapshot", id, why: "no image uses it".into() });
+        }
+    }
+
+    // Groups used by no box, or only by boxes this cleanup terminates (deleted once they are).
+    let groups = cloud.namespace_security_groups(ns.as_str()).await?;
+    let ids: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
+    let users = cloud.security_group_users(&ids).await?;
+    for (id, name, _vpc) in &groups {
+        match users.get(id) {
+            None => items.push(Item {
+                namespace: String::new(),
+                kind: "security-group",
+                id: id.clone(),
+                why: format!("{name} is used by no box"),
+            }),
+            Some(u) if u.iter().all(|i| terminating.contains(i)) => items.push(Item {
+                namespace: String::new(),
+                kind: "security-group",
+                id: id.clone(),
+                why: format!("{name} is used only by boxes terminated here"),
+            }),
+            Some(_) => {}
+        }
+    }
+
+    for (id, state, t) in cloud.namespace_volumes(ns.as_str()).await? {
+        if state != "available" {
+            continue;
+        }
+        if !t.contains_key(tags::PERSISTENT) {
+            items.push(Item {
+                namespace: String::new(),
+                kind: "volume",
+                id,
+                why: "detached and not persistent".into(),
+            });
+        } else if interrupted(&t, "", min_age) {
+            // A launch that made the volume did not complete: it holds nothing of anyone's.
+            items.push(Item {
+                namespace: String::new(),
+                kind: "volume",
+                id,
+                why: why_interrupted(&t, "new persistent volume", min_age),
+            });
+        } else if a.persistent_volumes {
+            // Data someone kept on purpose: only when asked for.
+            let whose = t.get(tags::NAME).cloned().unwrap_or_default();
+            items.push(Item {
+                namespace: String::new(),
+                kind: "volume",
+                id,
+                why: format!("persistent volume {whose}, detached (--persistent-volumes)"),
+            });
+        }
+    }
+
+    // IAM roles a launch made and did not complete, which no other box uses.
+    let in_use: BTreeSet<String> = boxes
+        .iter()
+        .filter(|b| !terminating.contains(&b.instance_id))
+        .filter_map(|b| b.instance_profile.clone())
+        .collect();
+    for (name, created, t) in cloud.roles_with_tags(&ns.iam_path()).await? {
+        if interrupted(&t, &created, min_age) && !in_use.contains(&name) {
+            items.push(Item {
+                namespace: String::new(),
+                kind: "iam-role",
+                id: name,
+                why: why_interrupted(&t, "IAM role and profile", min_age),
+            });
+        }
+    }
+
+    // Boxes this cleanup terminates count as gone: their queues go in the same run.
+    let alive_ids: BTreeSet<&str> =
+        boxes.iter().map(|b| b.instance_id.as_str()).filter(|id| !terminating.iter().any(|t| t == id)).collect();
+    let prefix = ns.agent_queue_prefix();
+    for (name, url) in cloud.agent_queues(&prefix).await? {
+        let id = name.trim_start_matches(prefix.as_str());
+        if !alive_ids.contains(id) {
+            let why = if boxes.iter().any(|b| b.instance_id == id) {
+                format!("agent queue of {id}, which is terminated here")
+            } else {
+                format!("agent queue of {id}, which no longer exists")
+            };
+            items.push(Item { namespace: String::new(), kind: "queue", id: url, why });
+        }
+    }
+    Ok((items, terminating))
+}
+
 async fn report_and_delete<F, Fut>(ctx: &Ctx, c: &ConfirmArgs, items: Vec<Item>, delete: F) -> Result<ExitCode>
 where
     F: Fn(Item) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
     let ns = ctx.namespace().await?;
-    let rows: Vec<Vec<String>> = items.iter().map(|i| vec![i.kind.to_owned(), i.id.clone(), i.why.clone()]).collect();
+    let scope = if c.recursive { format!("namespace {ns} and below") } else { format!("namespace {ns}") };
+    let (header, rows): (&[&str], Vec<Vec<String>>) = if c.recursive {
+        (
+            &["NAMESPACE", "KIND", "ID", "WHY"],
+            items.iter().map(|i| vec![i.namespace.clone(), i.kind.to_owned(), i.id.clone(), i.why.clone()]).collect(),
+        )
+    } else {
+        (&["KIND", "ID", "WHY"], items.iter().map(|i| vec![i.kind.to_owned(), i.id.clone(), i.why.clone()]).collect())
+    };
     if items.is_empty() {
-        ctx.out.note(format!("nothing to clean up in namespace {ns}"));
+        ctx.out.note(format!("nothing to clean up in {scope}"));
         if ctx.out.format == crate::cli::OutputFormat::Json {
-            ctx.out.table(&["KIND", "ID", "WHY"], &rows, &items);
+            ctx.out.table(header, &rows, &items);
         }
         return Ok(ExitCode::SUCCESS);
     }
-    ctx.out.table(&["KIND", "ID", "WHY"], &rows, &items);
+    ctx.out.table(header, &rows, &items);
     if c.dry_run {
         ctx.out.note("dry run: nothing deleted");
         return Ok(ExitCode::SUCCESS);
     }
-    if !confirm(&format!("delete these {} resource(s) of namespace {ns}?", items.len()), c.yes)? {
+    if !confirm(&format!("delete these {} resource(s) of {scope}?", items.len()), c.yes)? {
         ctx.out.note("nothing deleted");
         return Ok(ExitCode::SUCCESS);
     }
@@ -249,7 +314,28 @@ where
 }
 
 pub async fn reset_security(ctx: &Ctx, a: ConfirmArgs) -> Result<ExitCode> {
-    let ns = ctx.namespace().await?;
+    let cloud = ctx.cloud().await?;
+    let mut items = Vec::new();
+    for ns in scope(ctx, a.recursive).await? {
+        let mut found = security(ctx, &ns).await?;
+        for i in &mut found {
+            i.namespace = ns.to_string();
+        }
+        items.extend(found);
+    }
+    report_and_delete(ctx, &a, items, |item| async move {
+        match item.kind {
+            "instance-profile" => cloud.delete_instance_profile(&item.id).await.map_err(Into::into),
+            "iam-role" => cloud.delete_role(&item.id).await.map_err(Into::into),
+            "security-group" => cloud.delete_security_group(&item.id).await.map_err(Into::into),
+            _ => Ok(()),
+        }
+    })
+    .await
+}
+
+/// The security groups and IAM roles/profiles of namespace `ns` alone that no box uses.
+async fn security(ctx: &Ctx, ns: &Namespace) -> Result<Vec<Item>> {
     let cloud = ctx.cloud().await?;
     let mut items = Vec::new();
     let (roles, profiles) = cloud.iam_in_path(&ns.iam_path()).await?;
@@ -262,13 +348,23 @@ pub async fn reset_security(ctx: &Ctx, a: ConfirmArgs) -> Result<ExitCode> {
             tracing::warn!("keeping instance profile {p}: boxes in this region still use it");
             continue;
         }
-        items.push(Item { kind: "instance-profile", id: p, why: format!("IAM path {}", ns.iam_path()) });
+        items.push(Item {
+            namespace: String::new(),
+            kind: "instance-profile",
+            id: p,
+            why: format!("IAM path {}", ns.iam_path()),
+        });
     }
     for r in roles {
         if in_use.contains(&r) {
             continue;
         }
-        items.push(Item { kind: "iam-role", id: r, why: format!("IAM path {}", ns.iam_path()) });
+        items.push(Item {
+            namespace: String::new(),
+            kind: "iam-role",
+            id: r,
+            why: format!("IAM path {}", ns.iam_path()),
+        });
     }
     let groups = cloud.namespace_security_groups(ns.as_str()).await?;
     let ids: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
@@ -277,16 +373,8 @@ pub async fn reset_security(ctx: &Ctx, a: ConfirmArgs) -> Result<ExitCode> {
         if used.contains(&id) {
             tracing::warn!("keeping security group {id} ({name}): boxes still use it");
         } else {
-            items.push(Item { kind: "security-group", id, why: name });
+            items.push(Item { namespace: String::new(), kind: "security-group", id, why: name });
         }
     }
-    report_and_delete(ctx, &a, items, |item| async move {
-        match item.kind {
-            "instance-profile" => cloud.delete_instance_profile(&item.id).await.map_err(Into::into),
-            "iam-role" => cloud.delete_role(&item.id).await.map_err(Into::into),
-            "security-group" => cloud.delete_security_group(&item.id).await.map_err(Into::into),
-            _ => Ok(()),
-        }
-    })
-    .await
+    Ok(items)
 }
