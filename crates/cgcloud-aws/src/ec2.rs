@@ -79,6 +79,59 @@ pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
     })
 }
 
+/// The tags by which the original (Python) CGCloud recognised its boxes; a box of it has at
+/// least one of them and no `cgcloud:namespace`.
+pub const ORIGINAL_TAGS: [&str; 4] = ["generation", "cluster_ordinal", "cluster_name", "leader_instance_id"];
+
+/// A box of the original (Python) CGCloud in namespace `ns`, as far as its tags tell: its role is
+/// its `Name` (the same encoding as ours), its cluster `cluster_name` (which the original set to
+/// a standalone box's own id, left out here), its ordinal `cluster_ordinal`, its leader
+/// `leader_instance_id`. Tag values the box could have written are made printable.
+pub fn original_box_from_instance(ns: &cgcloud_core::namespace::Namespace, i: &Instance) -> Option<BoxInfo> {
+    let tags = to_tags(i.tags());
+    if tags.contains_key(tags::NAMESPACE) || !ORIGINAL_TAGS.iter().any(|t| tags.contains_key(*t)) {
+        return None;
+    }
+    let name = tags.get("Name")?;
+    if !ns.owns_aws_name(name) {
+        return None;
+    }
+    let role = ns.from_aws_name(name).ok()?;
+    let id = i.instance_id()?.to_owned();
+    let text = |k: &str| tags.get(k).map(|v| cgcloud_core::tags::printable(v));
+    Some(BoxInfo {
+        instance_id: id.clone(),
+        role,
+        namespace: ns.to_string(),
+        cluster: text("cluster_name").filter(|c| *c != id),
+        ordinal: tags.get("cluster_ordinal").and_then(|o| o.parse().ok()),
+        leader: text("leader_instance_id").filter(|l| *l != id),
+        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+        instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        zone: i.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
+        private_ip: i.private_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
+        public_ip: i.public_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
+        private_dns: i.private_dns_name().filter(|s| !s.is_empty()).map(str::to_owned),
+        launch_time: time(i.launch_time()),
+        image_id: i.image_id().map(str::to_owned),
+        key_name: i.key_name().map(str::to_owned),
+        generation: tags.get("generation").and_then(|g| g.parse().ok()).unwrap_or(0),
+        spot: i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot"),
+        interrupted: None,
+        host_key: None,
+        admin_user: text("admin_user"),
+        instance_profile: i
+            .iam_instance_profile()
+            .and_then(|p| p.arn())
+            .and_then(|a| a.rsplit('/').next())
+            .map(str::to_owned),
+        persistent_volume: None,
+        autostop: None,
+        options: Default::default(),
+        tags: Tags::new(),
+    })
+}
+
 /// The host key tag of a box, if it is exactly one key as `type base64`. The box writes this
 /// tag itself, and its value goes into the workstation's known_hosts: anything else (a second
 /// line naming other hosts, a `@revoked` marker) would let one box break or take over
@@ -261,6 +314,28 @@ impl Cloud {
             .await
             .map_err(|e| self.classify("ec2:DescribeInstances", e))?;
         Ok(pages.iter().flat_map(|p| p.reservations()).flat_map(|r| r.instances()).cloned().collect())
+    }
+
+    /// The live boxes of the original (Python) CGCloud in namespace `ns` (see
+    /// `original_box_from_instance`): found by their `Name` tag, which both tools encode alike.
+    pub async fn original_boxes(&self, ns: &cgcloud_core::namespace::Namespace) -> Result<Vec<BoxInfo>, AwsError> {
+        let pattern = format!("{}*", ns.aws_prefix());
+        let pages: Vec<_> = self
+            .ec2
+            .describe_instances()
+            .filters(filter("tag:Name", &[&pattern]))
+            .filters(filter("instance-state-name", &["pending", "running", "stopping", "stopped"]))
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeInstances", e))?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.reservations())
+            .flat_map(|r| r.instances())
+            .filter_map(|i| original_box_from_instance(ns, i))
+            .collect())
     }
 
     /// The namespaces strictly below `ns` (e.g. `/team/ci/` below `/team/`) that have EC2

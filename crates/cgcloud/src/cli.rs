@@ -488,6 +488,10 @@ pub struct ListArgs {
     /// Only boxes of this cluster
     #[arg(short = 'c', long = "cluster-name")]
     pub cluster: Option<String>,
+    /// The boxes the original (Python) CGCloud made in the namespace instead, to move them over
+    /// (cgcloud lists them; it does not manage them)
+    #[arg(long)]
+    pub original: bool,
 }
 
 /// Options shared by commands that launch boxes.

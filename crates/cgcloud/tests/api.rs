@@ -474,6 +474,55 @@ fn cleanup_and_reset_security_recursive() {
     e.ok(&["-n", "/recx/", "reset-security", "--yes"]);
 }
 
+/// `list --original` shows the boxes the original (Python) CGCloud made in the namespace, by
+/// its tags and name scheme, and nothing else: not ours, not another namespace's, not a child
+/// namespace's, not an unrelated instance that happens to share the prefix.
+#[test]
+fn list_original_shows_the_python_cgcloud_boxes() {
+    let e = env_with_key();
+    let ours = e.json(&["-n", "/hannes/", "create", DEBIAN, "-Q"]);
+    e.boto3(
+        "ec2 = client('ec2')\n\
+         ami = ec2.describe_images(Owners=['amazon'])['Images'][0]['ImageId']\n\
+         def run(tags):\n    \
+             spec = [{'ResourceType': 'instance', 'Tags': [{'Key': k, 'Value': v} for k, v in tags.items()]}]\n    \
+             return ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, TagSpecifications=spec)['Instances'][0]['InstanceId']\n\
+         leader = run({'Name': 'hannes_spark-master', 'generation': '2', 'cluster_ordinal': '0'})\n\
+         ec2.create_tags(Resources=[leader], Tags=[{'Key': 'cluster_name', 'Value': leader}, {'Key': 'leader_instance_id', 'Value': leader}])\n\
+         run({'Name': 'hannes_spark-slave', 'generation': '2', 'cluster_ordinal': '1', 'cluster_name': leader, 'leader_instance_id': leader})\n\
+         run({'Name': 'hannes_toil__box', 'generation': '0', 'cluster_ordinal': '0', 'cluster_name': 'night\\tshift'})\n\
+         run({'Name': 'hannes_sub_jenkins-master', 'generation': '1'})\n\
+         run({'Name': 'alice_jenkins-master', 'generation': '1'})\n\
+         run({'Name': 'hannes_web-server'})\n",
+    );
+    let found = e.json(&["-n", "/hannes/", "list", "--original"]);
+    let rows: Vec<(String, Option<u64>, bool)> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["role"].as_str().unwrap().to_owned(), b["ordinal"].as_u64(), b["cluster"].is_string()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("spark-master".into(), Some(0), false),
+            ("spark-slave".into(), Some(1), true),
+            ("toil_box".into(), Some(0), true)
+        ],
+        "{found}"
+    );
+    let arr = found.as_array().unwrap();
+    assert_eq!(arr[1]["cluster"], arr[0]["instance_id"], "a worker's cluster is its leader's id: {found}");
+    assert_eq!(arr[2]["cluster"], "night shift", "tag text is made printable: {found}");
+    assert!(arr.iter().all(|b| b["instance_id"] != ours["instance_id"]));
+    // Ours are not among them, and theirs are not among ours.
+    let listed = boxes(&e, &["-n", "/hannes/"]);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(e.json(&["-n", "/hannes/sub/", "list", "--original"]).as_array().unwrap().len(), 1);
+    let only = e.json(&["-n", "/hannes/", "list", "--original", "spark-slave"]);
+    assert_eq!(only.as_array().unwrap().len(), 1, "{only}");
+}
+
 #[test]
 fn bad_inputs_get_one_line_causes_and_hints() {
     let e = env_with_key();

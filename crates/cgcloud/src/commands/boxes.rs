@@ -13,8 +13,29 @@ use std::time::Duration;
 /// How long state waits may take before giving up.
 const STATE_TIMEOUT: Duration = Duration::from_secs(900);
 
+/// `list --original`: the original CGCloud's boxes in the namespace; their roles (e.g.
+/// `spark-master`) are the original's, not necessarily ours.
+async fn list_original(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
+    let ns = ctx.namespace().await?;
+    let mut boxes = ctx.cloud().await?.original_boxes(ns).await?;
+    boxes.retain(|b| a.role.as_ref().is_none_or(|r| &b.role == r));
+    boxes.retain(|b| a.cluster.is_none() || b.cluster == a.cluster);
+    boxes.sort_by(|x, y| (&x.role, x.sort_key()).cmp(&(&y.role, y.sort_key())));
+    print_rows(&ctx.out, &boxes);
+    if !boxes.is_empty() {
+        ctx.out.note(
+            "these boxes are the original CGCloud's: cgcloud lists them but does not manage them; \
+             recreate what you need from cgcloud's roles (`cgcloud list-roles`)",
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
     let ns = ctx.namespace().await?;
+    if a.original {
+        return list_original(ctx, a).await;
+    }
     if let Some(role) = &a.role {
         ctx.registry().await?.box_role(role)?;
     }
