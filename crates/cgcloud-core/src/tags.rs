@@ -72,6 +72,10 @@ pub const CLUSTER_TYPE: &str = "cgcloud:cluster-type";
 /// `ordinals::encode`), indexed by AMI launch index
 /// (one tag for the whole group keeps a launch's API calls independent of its size).
 pub const ORDINALS: &str = "cgcloud:ordinals";
+/// On a cluster's leader: `home` when `create-cluster --share` copied to every node's
+/// `~/shared` (the cluster has no shared directory), so that grow-cluster gives new workers
+/// the leader's copy.
+pub const SHARE: &str = "cgcloud:share";
 /// Set by a node's agent when its first-boot configuration finished (`true`) or failed.
 pub const CONFIGURED: &str = "cgcloud:configured";
 /// On a box agent's SQS queue: the ARN of the box it belongs to (the only box that may use it).

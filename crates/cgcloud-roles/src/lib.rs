@@ -272,6 +272,15 @@ impl Registry {
         for port in &file.ports {
             port.check().map_err(|message| parse_err(&loaded.source, message))?;
         }
+        for forward in &file.forwards {
+            forward.check().map_err(|message| parse_err(&loaded.source, message))?;
+            if let Some(o) = forward.option.as_ref().filter(|o| !file.options.contains_key(*o)) {
+                return Err(parse_err(&loaded.source, format!("forwards: '{o}' is not an option of the role")));
+            }
+        }
+        if let Some(c) = &file.cluster {
+            c.check().map_err(|message| parse_err(&loaded.source, message))?;
+        }
         for secret in file.cluster.iter().flat_map(|c| &c.secrets) {
             secret.check().map_err(|message| parse_err(&loaded.source, message))?;
         }
@@ -336,6 +345,7 @@ impl Registry {
             instance: file.instance,
             packages: file.packages,
             ports: file.ports,
+            forwards: file.forwards,
             options: file.options,
             iam: file.iam,
             vars: file.vars,
@@ -483,6 +493,28 @@ mod tests {
         }
         assert!(roles.iter().all(|r| r.name != "base"), "abstract roles are not listed");
         assert!(matches!(reg.role("base"), Err(RoleError::Abstract(_))));
+    }
+
+    #[test]
+    fn cluster_types_with_a_shared_directory_say_so() {
+        let reg = Registry::builtin().unwrap();
+        let shared = |t: &str| reg.cluster_type(t).unwrap().cluster.unwrap().shared_dir;
+        for t in ["slurm", "toil", "mesos", "toil-mesos"] {
+            assert_eq!(shared(t).as_deref(), Some("/shared"), "{t}");
+        }
+        for t in ["spark", "generic"] {
+            assert_eq!(shared(t), None, "{t}");
+        }
+        for bad in ["shared", "/", "/a/../etc", "/a b", "/$(x)"] {
+            let decl = role::ClusterDecl {
+                cluster_type: "c".into(),
+                leader: "l".into(),
+                worker: "w".into(),
+                secrets: Vec::new(),
+                shared_dir: Some(bad.into()),
+            };
+            assert!(decl.check().is_err(), "{bad}");
+        }
     }
 
     #[test]

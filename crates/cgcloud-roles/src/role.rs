@@ -42,6 +42,11 @@ pub struct RoleFile {
     pub packages: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub ports: Vec<Port>,
+    /// Web UIs (or other TCP services) of the role's boxes that `cgcloud ssh ROLE --forward`
+    /// opens on the workstation through the SSH connection: their ports need not be open to
+    /// anyone (e.g. Jenkins listens on 127.0.0.1 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<Forward>,
     #[serde(default)]
     pub options: BTreeMap<String, OptionDecl>,
     #[serde(default)]
@@ -71,6 +76,68 @@ pub struct RoleFile {
     /// Makes this role a Jenkins agent image (`cgcloud register-agents`).
     #[serde(default)]
     pub jenkins_agent: Option<JenkinsAgentDecl>,
+}
+
+/// A TCP service of the role's boxes that `cgcloud ssh --forward` reaches through SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    /// The port on the box (the workstation uses the same one when it is free, else any).
+    pub port: u16,
+    /// A role option that holds the port when it can be changed (e.g. `http_port`): the box's
+    /// value of it wins over `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option: Option<String>,
+    /// What it is, e.g. "Jenkins" or "Spark master UI".
+    pub description: String,
+    /// The host the box connects to for it: `localhost` (default), `private-ip` (the box's
+    /// own private address, for a service bound to it), or a name the box resolves.
+    #[serde(default = "default_forward_host")]
+    pub host: String,
+    /// On cluster nodes, which ones have it: `leader`, `workers` or `all` (default).
+    #[serde(default)]
+    pub on: ForwardOn,
+}
+
+fn default_forward_host() -> String {
+    "localhost".into()
+}
+
+/// Which nodes of a cluster a forward applies to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardOn {
+    #[default]
+    All,
+    Leader,
+    Workers,
+}
+
+impl Forward {
+    /// A real port, and a host name that is only a host name (it becomes part of an `ssh -L`
+    /// argument).
+    pub fn check(&self) -> Result<(), String> {
+        if self.port == 0 {
+            return Err(format!("forwards: '{}' needs a port from 1 to 65535", self.description));
+        }
+        let plain = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
+        if self.host.is_empty() || self.host.starts_with('-') || !self.host.chars().all(plain) {
+            return Err(format!("forwards: host '{}' is not a host name", self.host));
+        }
+        if self.description.chars().any(char::is_control) {
+            return Err("forwards: the description must be one line of text".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the forward applies to a box with cluster ordinal `ordinal` (None: not a node).
+    pub fn applies_to(&self, ordinal: Option<u32>) -> bool {
+        match (self.on, ordinal) {
+            (ForwardOn::All, _) | (_, None) => true,
+            (ForwardOn::Leader, Some(o)) => o == 0,
+            (ForwardOn::Workers, Some(o)) => o > 0,
+        }
+    }
 }
 
 /// A public key a box of the role makes (e.g. with a `command` step), registered as EC2 key
@@ -160,6 +227,26 @@ pub struct ClusterDecl {
     /// in the image, the same on every node of one cluster, different for every cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<ClusterSecret>,
+    /// A directory every node of the cluster sees (e.g. `/shared`, which the `shared-dir` role
+    /// mounts): `create-cluster --share` copies there once, and workers added later see it too.
+    /// Without one, the copy goes to `~/shared` on every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_dir: Option<String>,
+}
+
+impl ClusterDecl {
+    /// `shared_dir` is an absolute path of plain characters (it is a command-line argument).
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(d) = &self.shared_dir {
+            let plain = d.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+            if !d.starts_with('/') || d == "/" || !plain || d.split('/').any(|p| p == "..") {
+                return Err(format!(
+                    "cluster.shared_dir '{d}': use an absolute path of letters, digits, '.', '_', '-' and '/'"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a cluster secret holds.
@@ -754,6 +841,7 @@ pub struct Role {
     pub instance: InstanceDefaults,
     pub packages: BTreeMap<String, Vec<String>>,
     pub ports: Vec<Port>,
+    pub forwards: Vec<Forward>,
     pub options: BTreeMap<String, OptionDecl>,
     pub iam: Vec<IamStatement>,
     pub vars: BTreeMap<String, String>,

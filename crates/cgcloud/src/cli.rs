@@ -323,9 +323,13 @@ pub struct CreateClusterArgs {
     /// Instance type of the leader (default: the workers')
     #[arg(short = 'T', long = "leader-instance-type")]
     pub leader_instance_type: Option<String>,
-    /// Copy this file or directory to ~/shared on the leader (a trailing / copies its contents)
+    /// Copy this file or directory where every node sees it: the cluster type's shared directory
+    /// (e.g. /shared), else ~/shared on every node (a trailing / copies its contents)
     #[arg(short = 'S', long = "share")]
     pub share: Option<std::path::PathBuf>,
+    /// Extra options for the ssh that copies --share (use --ssh-opts=-v for dashes)
+    #[arg(long = "ssh-opts", default_value = "", allow_hyphen_values = true, requires = "share")]
+    pub ssh_opts: String,
     /// Launch the leader on demand even with --spot-bid
     #[arg(short = 'D', long = "leader-on-demand")]
     pub leader_on_demand: bool,
@@ -651,6 +655,10 @@ pub struct SshArgs {
     /// Which address to reach the box at
     #[arg(long = "ssh-address", value_enum)]
     pub ssh_address: Option<SshAddress>,
+    /// Open the role's web UIs ([[forwards]], e.g. Jenkins, Spark, HDFS) on this machine for as
+    /// long as the session lasts (`-- -N` for the forwards alone); their local ports are printed
+    #[arg(long)]
+    pub forward: bool,
     /// Arguments for ssh: options and/or a remote command (after --)
     #[arg(last = true, allow_hyphen_values = true)]
     pub args: Vec<String>,

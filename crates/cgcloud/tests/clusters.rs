@@ -144,6 +144,12 @@ fn cluster_options_are_validated() {
     assert!(err.contains("cannot be used with"), "{err}");
     let err = e.fails(&["create-cluster", "generic", "--share", "/nonexistent/dir"]);
     assert!(err.contains("--share /nonexistent/dir: no such file"), "{err}");
+    // Without a shared directory the copy goes to every node, which -Q does not wait for.
+    let here = e.home.path().to_str().unwrap().to_owned();
+    let err = e.fails(&["create-cluster", "generic", "-S", &here, "-Q"]);
+    assert!(err.contains("-Q does not wait for the workers"), "{err}");
+    let err = e.fails(&["create-cluster", "generic", "--ssh-opts=-v"]);
+    assert!(err.contains("--share"), "--ssh-opts is for the --share copy: {err}");
     let empty = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
     let key = empty.keygen("k", "ed25519");
     empty.ok(&["register-key", key.with_extension("pub").to_str().unwrap()]);

@@ -1179,8 +1179,29 @@ fn clusters_end_to_end() {
     let (_one, u) = fresh_local_cloud();
     u.ok(&["create", "-I", "-T", "generic-cluster-box"]);
 
-    // A leader and 4 workers, each with a persistent volume.
-    u.ok(&["create-cluster", "generic", "-s", "4", "-c", "e2e", "-e", "1"]);
+    // A leader and 4 workers, each with a persistent volume; --share reaches every node's
+    // ~/shared (the generic type has no shared directory), through the ssh --ssh-opts makes.
+    let share = u.home.path().join("to-share");
+    std::fs::create_dir_all(share.join("sub")).unwrap();
+    std::fs::write(share.join("sub/hello"), "from the workstation\n").unwrap();
+    let created = u.run(&[
+        "create-cluster",
+        "generic",
+        "-s",
+        "4",
+        "-c",
+        "e2e",
+        "-e",
+        "1",
+        "-S",
+        &format!("{}/", share.display()),
+        "--ssh-opts=-v",
+    ]);
+    let said = String::from_utf8_lossy(&created.stderr);
+    assert!(created.status.success(), "{said}");
+    assert!(said.contains("debug1:") && said.contains("copied") && said.contains("on 5 node(s)"), "{said}");
+    let shared = on_nodes(&u, "generic", "e2e", "cat shared/sub/hello");
+    assert_eq!(shared.matches("] from the workstation").count(), 5, "{shared}");
     let answers = u.ok(&["ssh-cluster", "generic", "-c", "e2e", "--parallel", "--", "hostname"]);
     let hosts: std::collections::BTreeSet<&str> = answers.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
     assert_eq!(hosts.len(), 5, "{answers}");
@@ -1229,6 +1250,9 @@ fn clusters_end_to_end() {
         "sudo sh -c 'hostname > /mnt/persistent/owner'; grep -c cluster-node- /etc/hosts",
     );
     assert_eq!(members.matches("] 7\n").count(), 7, "{members}");
+    // ... and the leader's ~/shared.
+    let shared = on_nodes(&u, "generic", "e2e", "cat shared/sub/hello");
+    assert_eq!(shared.matches("] from the workstation").count(), 7, "{shared}");
 
     // After a stop/start every node has its persistent volume mounted again, before the
     // services that keep data there (the storage unit mounts it; its fstab entry is nofail).
@@ -1410,10 +1434,10 @@ fn master_status(u: &User, cluster: &str, ip: &str) -> Option<Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
-/// The master's web UI through the SSH tunnel the README documents, on a loopback port.
-fn check_web_ui_tunnel(u: &User, cluster: &str, leader_ip: &str, workers: u64) {
+/// The master's web UI through the role's forwards, on a loopback port.
+fn check_web_ui_tunnel(u: &User, cluster: &str, workers: u64) {
     let alive = |p: &Value| p["aliveworkers"].as_u64();
-    let page = web_ui_through_tunnel(u, cluster, leader_ip, 8080, "/json/", |p| alive(p).is_some());
+    let page = web_ui_through_tunnel(u, cluster, 8080, "/json/", |p| alive(p).is_some());
     assert_eq!(alive(&page), Some(workers), "the master's web UI through the tunnel: {page}");
 }
 
@@ -1489,7 +1513,7 @@ fn spark_end_to_end() {
     let on_store = mounts.lines().filter(|l| l.contains("NVMe_Instance_Storage") && l.contains("ext4")).count();
     assert_eq!(on_store, 3, "every node mounts its instance store: {mounts}");
     check_word_count(&u, "sp", &ip);
-    check_web_ui_tunnel(&u, "sp", &ip, 2);
+    check_web_ui_tunnel(&u, "sp", 2);
     let apps = u.ok(&["ssh", "spark-worker", "-c", "sp", "-o", "0", "--", "ls /mnt/ephemeral/spark/work"]);
     assert!(apps.contains("app-"), "the executors' work directories are on the instance store: {apps}");
 
@@ -1613,28 +1637,35 @@ fn namenode_cluster_id(u: &User, cluster: &str) -> String {
     id.trim().to_owned()
 }
 
-/// A JSON page of a web UI on the leader of `cluster`, through the SSH tunnel README
-/// documents (`cgcloud ssh spark-leader -- -N -L ...`), from a loopback port here.
-fn web_ui_through_tunnel(
-    u: &User,
-    cluster: &str,
-    leader_ip: &str,
-    port: u16,
-    path: &str,
-    ready: impl Fn(&Value) -> bool,
-) -> Value {
+/// A JSON page of a web UI on the leader of `cluster`, through the forwards the role declares
+/// (`cgcloud ssh spark-leader --forward -- -N`), from the loopback port cgcloud prints.
+fn web_ui_through_tunnel(u: &User, cluster: &str, port: u16, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    use std::io::BufRead as _;
     use std::os::unix::process::CommandExt as _;
-    let local = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
-    let forward = format!("127.0.0.1:{local}:{leader_ip}:{port}");
     let mut tunnel = u
         .cmd()
-        .args(["ssh", "spark-leader", "-c", cluster, "--", "-N", "-L", &forward])
+        .args(["ssh", "spark-leader", "-c", cluster, "--forward", "--", "-N"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
         .unwrap();
+    // "forward: http://localhost:LOCAL/ -> HOST:PORT on the box (...)", one line per forward.
+    let mut said = String::new();
+    let mut lines = std::io::BufReader::new(tunnel.stderr.take().unwrap()).lines();
+    let local = loop {
+        let line = lines.next().unwrap_or_else(|| panic!("no forward of port {port}:\n{said}")).unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        let Some(rest) = line.strip_prefix("forward: http://localhost:") else { continue };
+        let (local, to) = rest.split_once("/ -> ").unwrap();
+        if to.split(' ').next().unwrap().ends_with(&format!(":{port}")) {
+            break local.parse::<u16>().unwrap();
+        }
+    };
+    assert!(said.contains("Spark master UI") && said.contains("HDFS NameNode UI"), "{said}");
+    assert!(!said.contains("worker UI"), "the workers' UI is not the leader's: {said}");
     let url = format!("http://127.0.0.1:{local}{path}");
     let start = std::time::Instant::now();
     let page = loop {
@@ -1652,10 +1683,10 @@ fn web_ui_through_tunnel(
 }
 
 /// The live DataNodes the NameNode's web UI (its JMX page) reports, through the SSH tunnel.
-fn namenode_ui_live(u: &User, cluster: &str, leader_ip: &str, n: u64) -> Option<u64> {
+fn namenode_ui_live(u: &User, cluster: &str, n: u64) -> Option<u64> {
     let path = "/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState";
     let live = |p: &Value| p["beans"][0]["NumLiveDataNodes"].as_u64();
-    live(&web_ui_through_tunnel(u, cluster, leader_ip, 9870, path, |p| live(p) == Some(n)))
+    live(&web_ui_through_tunnel(u, cluster, 9870, path, |p| live(p) == Some(n)))
 }
 
 /// The instance ids of the workers of spark cluster `cluster`, oldest first.
@@ -1755,8 +1786,8 @@ fn spark_apache_end_to_end() {
     eprintln!("HDFS of ap:\n{digest}");
 
     // The web UIs, through SSH from here.
-    assert_eq!(namenode_ui_live(&u, "ap", &ip, 2), Some(2), "the NameNode's web UI through the tunnel");
-    check_web_ui_tunnel(&u, "ap", &ip, 2);
+    assert_eq!(namenode_ui_live(&u, "ap", 2), Some(2), "the NameNode's web UI through the tunnel");
+    check_web_ui_tunnel(&u, "ap", 2);
 
     // stop-cluster then start-cluster keeps every file, and the NameNode's format.
     u.ok(&["stop-cluster", "spark", "-c", "ap"]);
@@ -1887,9 +1918,20 @@ fn toil_end_to_end() {
     let (_one, u) = fresh_local_cloud();
     // toil-box is slurm-box plus Toil: this test covers both.
     u.ok(&["create", "-I", "-T", "toil-box"]);
-    u.ok(&["create-cluster", "toil", "-s", "2", "-c", "t1"]);
+    // --share goes to /shared once, through the leader, and every node sees it there.
+    let share = u.home.path().join("inputs.txt");
+    std::fs::write(&share, "shared input\n").unwrap();
+    u.ok(&["create-cluster", "toil", "-s", "2", "-c", "t1", "-S", share.to_str().unwrap()]);
     // The leader has /shared as soon as the cluster is reported ready (e.g. for an rsync).
     u.ok(&["ssh", "toil-leader", "-c", "t1", "--", "mountpoint /shared"]);
+    let input = on_nodes(
+        &u,
+        "toil",
+        "t1",
+        "for i in $(seq 60); do mountpoint -q /shared && break; sleep 1; done; cat /shared/inputs.txt; test -e shared || echo no-home-copy",
+    );
+    assert_eq!(input.matches("] shared input").count(), 3, "{input}");
+    assert_eq!(input.matches("] no-home-copy").count(), 3, "{input}");
     let nodes = wait_idle_slurm_nodes(&u, "t1", 2, 120);
     // A job spans both workers.
     let ran = u.ok(&["ssh", "toil-leader", "-c", "t1", "--", "srun -N2 hostname | sort"]);

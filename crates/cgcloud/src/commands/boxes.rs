@@ -6,6 +6,7 @@ use crate::output::Printer;
 use anyhow::{bail, Context as _, Result};
 use cgcloud_aws::Cloud;
 use cgcloud_core::model::{ordered_alive, BoxInfo};
+use cgcloud_core::tags;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -144,11 +145,69 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 pub async fn ssh(ctx: &Ctx, a: SshArgs) -> Result<ExitCode> {
     use std::os::unix::process::CommandExt as _;
     let b = ctx.select(&a.role, &a.selection).await?;
-    let target = ctx.ssh_target(&b, Some(&a.login), a.ssh_address).await?;
+    let mut target = ctx.ssh_target(&b, Some(&a.login), a.ssh_address).await?;
+    let mut args = a.args.clone();
+    if a.forward {
+        let mut forwards = forward_args(ctx, &b).await?;
+        // A connection of its own: the forwards end with this session, and a port taken by an
+        // earlier session's shared connection is not in the way.
+        target.extra.splice(0..0, ["-o", "ControlMaster=no", "-o", "ControlPath=none"].map(String::from));
+        forwards.append(&mut args);
+        args = forwards;
+    }
     // ssh takes this process's place: its exit status and signals are the command's, and a
     // killed `cgcloud ssh` leaves no session behind. exec returns only if it failed.
-    let err = target.std_command(false, &a.args).exec();
+    let err = target.std_command(false, &args).exec();
     Err(anyhow::Error::new(err).context(format!("cannot run ssh to {} ({})", b.instance_id, target.address)))
+}
+
+/// The `ssh` options that open the `[[forwards]]` of box `b`'s role on this machine, each on
+/// its own port when that is free here, else on any free one; says which on stderr.
+async fn forward_args(ctx: &Ctx, b: &BoxInfo) -> Result<Vec<String>> {
+    let role = ctx.registry().await?.box_role(&b.role)?;
+    let forwards: Vec<_> = role.forwards.iter().filter(|f| f.applies_to(b.ordinal)).collect();
+    if forwards.is_empty() {
+        bail!(
+            "role '{}' declares no web UIs to forward ([[forwards]]); forward a port yourself, e.g. `cgcloud ssh {} -- -N -L 8080:localhost:8080`",
+            role.name,
+            b.role
+        );
+    }
+    let mut args = vec!["-o".to_owned(), "ExitOnForwardFailure=yes".to_owned()];
+    for f in forwards {
+        let port = match &f.option {
+            Some(o) => {
+                let value = b.options.get(o).cloned().or_else(|| {
+                    role.options.get(o).and_then(|d| d.default.as_ref()).map(|d| d.to_string())
+                });
+                match value {
+                    Some(v) => v.parse::<u16>().ok().filter(|p| *p > 0).with_context(|| {
+                        format!("box {}: option {o} = '{}' is not a port", b.instance_id, tags::printable(&v))
+                    })?,
+                    None => f.port,
+                }
+            }
+            None => f.port,
+        };
+        let host = if f.host == "private-ip" {
+            b.private_ip.clone().with_context(|| format!("box {} has no private IP", b.instance_id))?
+        } else {
+            f.host.clone()
+        };
+        // Taken by something else here: any free port instead (the listener is closed before
+        // ssh binds it; ExitOnForwardFailure catches the rare race).
+        let local = match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => port,
+            Err(_) => std::net::TcpListener::bind(("127.0.0.1", 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .context("no free local port to forward to")?,
+        };
+        args.push("-L".into());
+        args.push(format!("127.0.0.1:{local}:{host}:{port}"));
+        ctx.out.note(format!("forward: http://localhost:{local}/ -> {host}:{port} on the box ({})", f.description));
+    }
+    Ok(args)
 }
 
 pub async fn rsync(ctx: &Ctx, a: RsyncArgs) -> Result<ExitCode> {

@@ -31,6 +31,12 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         if !share.exists() {
             bail!("--share {}: no such file or directory", share.display());
         }
+        if a.nodes.quick && decl.shared_dir.is_none() {
+            bail!(
+                "--share copies to every node of a '{}' cluster, and -Q does not wait for the workers: leave out -Q",
+                a.cluster_type
+            );
+        }
     }
     let la = launch_args(&a.nodes);
     let needs =
@@ -157,23 +163,17 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         }
         finish_launch(cloud, &txn, &all).await?;
         if let Some(share) = &a.share {
-            let leader_box = cloud
-                .describe_instances(&leader_ids)
+            let mut nodes: Vec<BoxInfo> = cloud
+                .describe_instances(&all)
                 .await?
                 .iter()
-                .find_map(cgcloud_aws::ec2::box_from_instance)
-                .context("leader vanished")?;
-            let target = ctx.ssh_target(&leader_box, None, a.nodes.ssh_address).await?;
-            let status = tokio::process::Command::new("rsync")
-                .arg("-e")
-                .arg(target.rsync_shell(""))
-                .args(["-a", &share.display().to_string(), &format!("{}:shared/", target.address)])
-                .status()
-                .await
-                .context("cannot run rsync")?;
-            if !status.success() {
-                bail!("copying {} to the leader failed", share.display());
-            }
+                .filter_map(cgcloud_aws::ec2::box_from_instance)
+                .filter(|b| b.state == "running" && !failed.iter().any(|(id, _)| *id == b.instance_id))
+                .collect();
+            nodes.sort_by_key(|b| b.ordinal);
+            let leader = nodes.iter().find(|b| b.instance_id == leader_id).cloned().context("leader vanished")?;
+            nodes.retain(|b| b.instance_id != leader_id);
+            share::at_create(ctx, &decl, &leader, &nodes, share, &a.ssh_opts, a.nodes.ssh_address).await?;
         }
         Ok(())
     };
@@ -217,7 +217,14 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     let spec = a.nodes.boot_image.clone().or(leader.image_id.clone()).unwrap_or_else(|| "-1".into());
     let image = pick_image(&node_role.name, ns.as_str(), images, &spec)?;
     let la = launch_args(&a.nodes);
-    let needs = LocalNeeds { ssh: !a.nodes.skip_ssh_check, ..Default::default() };
+    let share = share::needed_at_grow(&decl, &leader);
+    if share && a.nodes.quick {
+        bail!(
+            "cluster {} was created with --share: new workers get the leader's ~/shared once they are up, which -Q does not wait for; leave out -Q",
+            c.name
+        );
+    }
+    let needs = LocalNeeds { ssh: !a.nodes.skip_ssh_check || share, agent: false, rsync: share };
     let mut p =
         prepare(ctx, node_role, image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None, needs).await?;
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
@@ -302,8 +309,18 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
             cloud.terminate(&bad).await?;
         }
         notify_members(cloud).await;
+        let added: BTreeSet<String> =
+            ids.iter().filter(|id| !failed.iter().any(|(bad, _)| bad == *id)).cloned().collect();
+        if share {
+            let new: Vec<BoxInfo> = cloud
+                .describe_instances(&added.iter().cloned().collect::<Vec<_>>())
+                .await?
+                .iter()
+                .filter_map(cgcloud_aws::ec2::box_from_instance)
+                .collect();
+            share::at_grow(ctx, &leader, &new, a.nodes.ssh_address).await?;
+        }
         finish_launch(cloud, &txn, &ids).await?;
-        let added: BTreeSet<String> = ids.into_iter().filter(|id| !failed.iter().any(|(bad, _)| bad == id)).collect();
         Ok(added)
     };
     let added = transaction(ctx, &txn, a.nodes.never_terminate, work).await?;

@@ -29,6 +29,7 @@ mod bringup;
 mod fanout;
 mod power;
 mod secrets;
+mod share;
 mod volumes;
 mod wait;
 mod workers;

@@ -106,6 +106,7 @@ mod tests {
             leader: "c-leader".into(),
             worker: "c-worker".into(),
             secrets: vec![secret("/etc/k", SecretKind::Random), secret("/etc/id", SecretKind::SshKey)],
+            shared_dir: None,
         }
     }
 
