@@ -174,6 +174,20 @@ impl Agent {
             }
             self.autostop = autostop;
         }
+        // Launch flags (`--metrics`, `--agent-interval`) reach boxes whose agent.json is their
+        // image's (recreated boxes, cluster nodes) as tags, which win over it.
+        if tags.get(cgcloud_core::tags::METRICS).is_some_and(|v| v == "true") && !self.cfg.metrics {
+            log("info", "metrics: on (launched with --metrics)");
+            self.cfg.metrics = true;
+        }
+        if let Some(i) = tags
+            .get(cgcloud_core::tags::AGENT_INTERVAL)
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|i| (5..=86_400).contains(i) && *i != self.cfg.interval)
+        {
+            log("info", format!("refresh interval: {i} s (launched with --agent-interval)"));
+            self.cfg.interval = i;
+        }
         self.cluster = tags.get(cgcloud_core::tags::CLUSTER).cloned();
         self.leader = self.cluster.is_some() && tags.get(cgcloud_core::tags::ORDINAL).map(String::as_str) == Some("0");
         // A persistent volume whose device appeared only after the boot-time wait gave up.

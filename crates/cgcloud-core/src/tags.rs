@@ -72,6 +72,11 @@ pub const CLUSTER_TYPE: &str = "cgcloud:cluster-type";
 /// `ordinals::encode`), indexed by AMI launch index
 /// (one tag for the whole group keeps a launch's API calls independent of its size).
 pub const ORDINALS: &str = "cgcloud:ordinals";
+/// `true` when the box was launched with `--metrics`: its agent reports metrics whatever its
+/// configuration file (an image's) says.
+pub const METRICS: &str = "cgcloud:metrics";
+/// Seconds between the agent's refreshes, when the box was launched with `--agent-interval`.
+pub const AGENT_INTERVAL: &str = "cgcloud:agent-interval";
 /// On a cluster's leader: `home` when `create-cluster --share` copied to every node's
 /// `~/shared` (the cluster has no shared directory), so that grow-cluster gives new workers
 /// the leader's copy.

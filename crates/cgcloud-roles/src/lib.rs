@@ -535,6 +535,31 @@ mod tests {
     }
 
     #[test]
+    fn forwards_are_checked_when_the_role_loads() {
+        let role = |forward: &str| {
+            let text = format!(
+                "name='r'\ndescription='d'\nos=['debian-12']\n[options.p]\ntype='int'\ndefault=1\nhelp='h'\n\
+                 [[forwards]]\ndescription='UI'\n{forward}\n"
+            );
+            reg_with(&[("r.toml", &text)]).and_then(|reg| reg.role("r"))
+        };
+        let r = role("port=80\non='leader'").unwrap();
+        assert!(r.forwards[0].applies_to(None) && r.forwards[0].applies_to(Some(0)));
+        assert!(!r.forwards[0].applies_to(Some(3)), "a leader's UI is not a worker's");
+        assert_eq!(r.forwards[0].host, "localhost");
+        for (bad, says) in [
+            ("port=0", "needs a port"),
+            ("port=80\nhost='-oProxyCommand=x'", "not a host name"),
+            ("port=80\nhost='a b'", "not a host name"),
+            ("port=80\noption='nope'", "'nope' is not an option"),
+            ("port=80\non='everyone'", "unknown variant"),
+        ] {
+            let err = role(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn steps_name_their_phase_targets_and_conditions() {
         let role = |steps: &str| {
             let text = format!(

@@ -593,19 +593,29 @@ fn create_cluster_flags_reach_the_nodes() {
         "private",
         "--skip-ssh-check",
     ]);
-    let leader = &nodes(&e, "b")[0];
-    let copy = format!(" -l alice -a {} {}:shared/", share.display(), leader["private_ip"].as_str().unwrap());
-    assert!(out.lines().any(|l| l.starts_with("rsync -e ssh ") && l.ends_with(&copy)), "no `{copy}` in:\n{out}");
+    // The login type has no shared directory: every node gets the copy in ~/shared.
+    for node in nodes(&e, "b") {
+        let copy = format!(" -l alice -a {} {}:shared/", share.display(), node["private_ip"].as_str().unwrap());
+        assert!(out.lines().any(|l| l.starts_with("rsync -e ssh ") && l.ends_with(&copy)), "no `{copy}` in:\n{out}");
+    }
+    // A worker added later gets the leader's ~/shared, relayed through this machine.
+    let out = e.ok(&["grow-cluster", "login", "-c", "b", "-s", "1", "--ssh-address", "private", "--skip-ssh-check"]);
+    let b = nodes(&e, "b");
+    let (leader_ip, new_ip) = (b[0]["private_ip"].as_str().unwrap(), b[2]["private_ip"].as_str().unwrap());
+    assert!(out.lines().any(|l| l.contains(&format!(" -a {leader_ip}:shared/ /"))), "no fetch from the leader:\n{out}");
+    assert!(out.lines().any(|l| l.ends_with(&format!("/ {new_ip}:shared/"))), "no copy to the new worker:\n{out}");
     drop(agents);
 
     // -Q: workers that never configure themselves (here only leaders do) are no failure: the
-    // launch succeeds and keeps them, where without -Q it times out and rolls back. (-Q still
-    // waits out --timeout for them, though its help says it does not wait: see the report.)
+    // launch returns once the leader is configured and keeps them, where without -Q it times
+    // out and rolls back.
     let _leaders = Agents::start(&e, true);
     let err = e.fails(&["create-cluster", "login", "-c", "slow", "-s", "1", "--timeout", "3", "--skip-ssh-check"]);
     assert!(err.contains("timed out after 3 s") && err.contains("rolling back"), "{err}");
     assert!(nodes(&e, "slow").is_empty());
-    e.ok(&["create-cluster", "login", "-c", "q", "-s", "1", "-Q", "--timeout", "3", "--skip-ssh-check"]);
+    let start = std::time::Instant::now();
+    e.ok(&["create-cluster", "login", "-c", "q", "-s", "1", "-Q", "--timeout", "60", "--skip-ssh-check"]);
+    assert!(start.elapsed().as_secs() < 30, "-Q waited for the workers");
     let q = nodes(&e, "q");
     assert_eq!(q.len(), 2, "{q:?}");
     assert!(q.iter().all(|b| b["state"] == "running"), "{q:?}");
@@ -671,9 +681,30 @@ fn grow_cluster_flags_reach_the_new_workers() {
     let err = e.fails(&["grow-cluster", "login", "-c", "b", "--timeout", "2", "-N", "--skip-ssh-check"]);
     assert!(err.contains("timed out after 2 s") && err.contains("(--never-terminate)"), "{err}");
     assert_eq!(nodes(&e, "b").len(), 3);
-    // grow-cluster -Q is not exercised: its help says it does not wait for the workers to be
-    // configured, but it waits out --timeout and then terminates the new workers that did not
-    // configure themselves (see the report).
+    // -Q returns once the workers are launched, and keeps them (they configure themselves);
+    // --metrics and --agent-interval reach their agents as tags.
+    let start = std::time::Instant::now();
+    let out = e.run(&[
+        "grow-cluster",
+        "login",
+        "-c",
+        "b",
+        "-Q",
+        "--timeout",
+        "60",
+        "--metrics",
+        "--agent-interval",
+        "30",
+        "--skip-ssh-check",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(start.elapsed().as_secs() < 30, "-Q waited for the workers: {}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("they configure themselves (-Q)"), "{}", stderr_of(&out));
+    let b = nodes(&e, "b");
+    assert_eq!(b.len(), 4, "-Q keeps the new worker: {b:?}");
+    let tags = &instance(&e, b[3]["instance_id"].as_str().unwrap())["tags"];
+    assert_eq!((tags["cgcloud:metrics"].as_str(), tags["cgcloud:agent-interval"].as_str()), (Some("true"), Some("30")));
+    assert!(instance(&e, b[0]["instance_id"].as_str().unwrap())["tags"].get("cgcloud:metrics").is_none());
 }
 
 /// Which cluster (`-o`) and which node (`-c` on box commands) the selection flags choose, and
@@ -838,4 +869,48 @@ fn local_status_reads_the_dir_it_is_given() {
     let empty = e.home.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     assert_eq!(e.json(&["local", "status", "--dir", empty.to_str().unwrap()]), serde_json::json!({"up": false}));
+}
+
+/// `ssh --forward` opens the web UIs the role declares ([[forwards]]): on the same local port
+/// when it is free, else another (printed), at the box's own address for `private-ip`, on the
+/// port a role option moved it to, over a connection of its own; a role without any says so.
+#[test]
+fn ssh_forward_opens_the_roles_web_uis() {
+    let mut e = env_with_key();
+    let dir = e.home.path().join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("ui.toml"),
+        "name = \"ui-box\"\ndescription = \"A box with web UIs\"\ninclude = [\"base\"]\nos = [\"debian-12\"]\n\
+         [options.ui_port]\ntype = \"int\"\ndefault = 9000\nhelp = \"where the second UI listens\"\n\
+         [[forwards]]\nport = 18080\ndescription = \"App\"\n\
+         [[forwards]]\nport = 9000\noption = \"ui_port\"\nhost = \"private-ip\"\ndescription = \"Admin UI\"\n",
+    )
+    .unwrap();
+    e.set_env("CGCLOUD_PLUGINS", dir.to_str().unwrap());
+    fake_ssh_and_rsync(&mut e);
+    let b = e.json(&["create", "ui-box", "-Q", "-O", "ui_port=19090"]);
+    let ip = b["private_ip"].as_str().unwrap();
+    // Hold the first UI's port here, as another program would.
+    let busy = std::net::TcpListener::bind(("127.0.0.1", 18080)).ok();
+    let out = e.run(&["ssh", "ui-box", "--forward", "--", "-N"]);
+    let (said, ran) = (stderr_of(&out), String::from_utf8_lossy(&out.stdout).into_owned());
+    assert!(out.status.success(), "{said}");
+    assert!(ran.contains("ControlMaster=no") && ran.contains("ControlPath=none"), "{ran}");
+    assert!(ran.contains("ExitOnForwardFailure=yes") && ran.trim_end().ends_with(" -N"), "{ran}");
+    let app = said.lines().find(|l| l.contains("(App)")).unwrap_or_else(|| panic!("{said}"));
+    let local: u16 = app.split("localhost:").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
+    if busy.is_some() {
+        assert_ne!(local, 18080, "the taken port is not reused: {said}");
+    }
+    assert!(ran.contains(&format!("-L 127.0.0.1:{local}:localhost:18080")), "{ran}");
+    assert!(said.contains(&format!("-> {ip}:19090 on the box (Admin UI)")), "{said}");
+    assert!(ran.contains(&format!(":{ip}:19090")), "{ran}");
+    drop(busy);
+    // Without --forward nothing is forwarded; a role that declares none says how to do it.
+    let plain = String::from_utf8_lossy(&e.run(&["ssh", "ui-box", "--", "true"]).stdout).into_owned();
+    assert!(!plain.contains("-L"), "{plain}");
+    e.ok(&["create", DEBIAN, "-Q"]);
+    let err = e.fails(&["ssh", DEBIAN, "--forward"]);
+    assert!(err.contains("declares no web UIs") && err.contains("-N -L"), "{err}");
 }

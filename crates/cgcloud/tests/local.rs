@@ -1237,8 +1237,26 @@ fn clusters_end_to_end() {
         Some(0)
     );
 
-    // Growing adds ordinals 5 and 6, with volumes too; everyone learns about them.
-    u.ok(&["grow-cluster", "generic", "-c", "e2e", "-s", "2"]);
+    // Growing adds ordinals 5 and 6, with volumes too; everyone learns about them. Their agents
+    // take --metrics and --agent-interval from their tags (their agent.json is the image's).
+    u.ok(&["grow-cluster", "generic", "-c", "e2e", "-s", "2", "--metrics", "--agent-interval", "7"]);
+    let start = std::time::Instant::now();
+    loop {
+        let m = u.run(&["--output", "json", "metrics", "generic-worker", "-c", "e2e", "-o", "-1"]);
+        let v: Value = serde_json::from_slice(&m.stdout).unwrap_or(Value::Null);
+        if v.as_array().is_some_and(|a| a.iter().any(|x| x["name"] == "MemUsage")) {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 120, "no metrics from a worker grown with --metrics: {v}");
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    let told = on_nodes(
+        &u,
+        "generic",
+        "e2e",
+        "sudo journalctl -u cgcloud-agent --no-pager | grep -c 'launched with --agent-interval' || true",
+    );
+    assert_eq!(told.matches("] 0\n").count(), 5, "only the grown workers: {told}");
     let mut ordinals: Vec<u64> =
         u.json(&["list"]).as_array().unwrap().iter().filter_map(|b| b["ordinal"].as_u64()).collect();
     ordinals.sort();

@@ -177,9 +177,11 @@ async fn forward_args(ctx: &Ctx, b: &BoxInfo) -> Result<Vec<String>> {
     for f in forwards {
         let port = match &f.option {
             Some(o) => {
-                let value = b.options.get(o).cloned().or_else(|| {
-                    role.options.get(o).and_then(|d| d.default.as_ref()).map(|d| d.to_string())
-                });
+                let value = b
+                    .options
+                    .get(o)
+                    .cloned()
+                    .or_else(|| role.options.get(o).and_then(|d| d.default.as_ref()).map(|d| d.to_string()));
                 match value {
                     Some(v) => v.parse::<u16>().ok().filter(|p| *p > 0).with_context(|| {
                         format!("box {}: option {o} = '{}' is not a port", b.instance_id, tags::printable(&v))

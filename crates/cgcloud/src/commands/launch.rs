@@ -100,6 +100,10 @@ pub(crate) struct Prepared {
 struct AgentSetup {
     metrics: bool,
     interval: u64,
+    /// `--metrics` and `--agent-interval` as given: also tags, which the agent honours over its
+    /// configuration file (boxes recreated from an image, cluster nodes: their agent.json is
+    /// the image's).
+    flags: Tags,
     accounts: Vec<String>,
     busy_probe: Option<String>,
     idle_cpu_percent: Option<u32>,
@@ -513,9 +517,17 @@ pub(crate) async fn prepare(
                 accounts.push(acct.clone());
             }
         }
+        let mut flags = Tags::new();
+        if a.metrics {
+            flags.insert(tags::METRICS.into(), "true".into());
+        }
+        if let Some(i) = a.agent_interval {
+            flags.insert(tags::AGENT_INTERVAL.into(), i.max(5).to_string());
+        }
         AgentSetup {
             metrics: a.metrics || role.agent.metrics.unwrap_or(false),
             interval: a.agent_interval.or(role.agent.interval).unwrap_or(300).max(5),
+            flags,
             accounts,
             busy_probe: role.agent.busy_probe.clone(),
             idle_cpu_percent: role.agent.idle_cpu_percent,
@@ -618,6 +630,9 @@ fn box_tags(p: &Prepared, g: &Group, txn: &Txn, host_key: Option<&str>) -> Resul
     t.insert(tags::OS.into(), p.os.id.clone());
     t.insert(tags::KEYPAIRS.into(), p.keypair_patterns.join(" "));
     t.insert(tags::AGENT.into(), p.agent.is_some().to_string());
+    if let Some(a) = &p.agent {
+        t.extend(a.flags.clone());
+    }
     for (k, v) in &p.options {
         t.insert(tags::option_tag(k), v.clone());
     }

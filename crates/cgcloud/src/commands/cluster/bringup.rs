@@ -132,19 +132,19 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
             must.extend(workers.iter().cloned());
         }
         let mut bars = ctx.out.phases(format!("cluster {name}"), all.len() as u64, PHASES);
-        let failed = await_nodes(
-            ctx,
-            cloud,
-            &all,
-            &must,
-            Duration::from_secs(a.nodes.timeout),
-            !a.nodes.skip_ssh_check,
-            &mut phases,
-            t0,
-            &mut bars,
-        )
-        .await?;
-        bars.finish(format!("cluster {name}: {} node(s) configured", all.len() - failed.len()));
+        let wait = WaitFor {
+            must: &must,
+            timeout: Duration::from_secs(a.nodes.timeout),
+            ssh_check: !a.nodes.skip_ssh_check,
+            ssh_address: a.nodes.ssh_address,
+            quick: a.nodes.quick,
+        };
+        let failed = await_nodes(ctx, cloud, &all, &wait, &mut phases, t0, &mut bars).await?;
+        bars.finish(if a.nodes.quick {
+            format!("cluster {name}: the leader is configured; the workers configure themselves (-Q)")
+        } else {
+            format!("cluster {name}: {} node(s) configured", all.len() - failed.len())
+        });
         notify_members(cloud).await;
         if !a.nodes.quick {
             let good = workers.len() - failed.iter().filter(|(id, _)| workers.contains(id)).count();
@@ -277,19 +277,19 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
         let all_needed = !a.nodes.quick && min as usize >= ids.len();
         let must: BTreeSet<String> = if all_needed { ids.iter().cloned().collect() } else { BTreeSet::new() };
         let mut bars = ctx.out.phases(format!("cluster {}: new workers", c.name), ids.len() as u64, PHASES);
-        let failed = await_nodes(
-            ctx,
-            cloud,
-            &ids,
-            &must,
-            Duration::from_secs(a.nodes.timeout),
-            !a.nodes.skip_ssh_check,
-            &mut phases,
-            t0,
-            &mut bars,
-        )
-        .await?;
-        bars.finish(format!("cluster {}: {} new worker(s) configured", c.name, ids.len() - failed.len()));
+        let wait = WaitFor {
+            must: &must,
+            timeout: Duration::from_secs(a.nodes.timeout),
+            ssh_check: !a.nodes.skip_ssh_check,
+            ssh_address: a.nodes.ssh_address,
+            quick: a.nodes.quick,
+        };
+        let failed = await_nodes(ctx, cloud, &ids, &wait, &mut phases, t0, &mut bars).await?;
+        bars.finish(if a.nodes.quick {
+            format!("cluster {}: {} new worker(s) launched; they configure themselves (-Q)", c.name, ids.len())
+        } else {
+            format!("cluster {}: {} new worker(s) configured", c.name, ids.len() - failed.len())
+        });
         let good = ids.len() - failed.len();
         if !a.nodes.quick && (good as u32) < min {
             bail!(

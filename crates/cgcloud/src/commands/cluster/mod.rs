@@ -36,7 +36,7 @@ mod workers;
 
 use crate::commands::capacity::{check_spot_types, launch_by_policy, spot_zone};
 use secrets::{cluster_secrets, new_secrets};
-use wait::{await_nodes, Phases, PHASES};
+use wait::{await_nodes, Phases, WaitFor, PHASES};
 use workers::launch_workers;
 
 pub use bringup::{create, grow};

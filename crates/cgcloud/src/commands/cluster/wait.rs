@@ -24,21 +24,31 @@ pub(super) struct Phases {
     pub polls: u64,
 }
 
+/// What a launch waits for.
+pub(super) struct WaitFor<'a> {
+    /// Nodes that must configure themselves; the others may fail (`--min-workers`).
+    pub must: &'a BTreeSet<String>,
+    pub timeout: Duration,
+    /// Log in to (a sample of) the nodes from here, at this address.
+    pub ssh_check: bool,
+    pub ssh_address: Option<crate::cli::SshAddress>,
+    /// `-Q`: return once `must` is configured, not waiting for the others at all.
+    pub quick: bool,
+}
+
 /// Watches the nodes through running → SSH-ready → configured, with counts per phase. Nodes
 /// whose first-boot configuration failed are returned separately. One DescribeInstances per
 /// poll, whatever the number of nodes.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn await_nodes(
     ctx: &Ctx,
     cloud: &Cloud,
     ids: &[String],
-    must: &BTreeSet<String>,
-    timeout: Duration,
-    ssh_check: bool,
+    w: &WaitFor<'_>,
     phases: &mut Phases,
     t0: Instant,
     bars: &mut crate::output::PhaseProgress,
 ) -> Result<Vec<(String, String)>> {
+    let (must, timeout, ssh_check) = (w.must, w.timeout, w.ssh_check);
     let n = ids.len();
     bars.set(0, n as u64);
     // `ids` lists the leader first, then the workers in launch order.
@@ -69,7 +79,7 @@ pub(super) async fn await_nodes(
                 let sample = sampled.contains(&b.instance_id);
                 if ssh_check && sample && b.host_key.is_some() && !probing.contains(&b.instance_id) {
                     probing.insert(b.instance_id.clone());
-                    let target = ctx.ssh_target(b, None, None).await?;
+                    let target = ctx.ssh_target(b, None, w.ssh_address).await?;
                     let (ready, id) = (ssh_ready.clone(), b.instance_id.clone());
                     // The master connection a probe leaves (ControlPersist) is what the next
                     // command (`ssh-cluster`, `--share`) reuses; closing it here raced with them.
@@ -148,12 +158,15 @@ pub(super) async fn await_nodes(
             .filter(|b| b.tags.get(tags::CONFIGURED).map(String::as_str) == Some("true"))
             .map(|b| b.instance_id.clone())
             .collect();
-        let settled = boxes.len() == n && done.len() + failed.len() >= n;
+        // With -Q only `must` counts: the others are left to configure themselves.
+        let settled = w.quick || (boxes.len() == n && done.len() + failed.len() >= n);
         // Nodes publish their host keys when configured, so their SSH probes start late: wait
         // for them rather than abort them half-way (an aborted probe can leave a half-made
         // master connection that the next ssh trips over).
         let reachable = !ssh_check
-            || ssh_ready.lock().is_ok_and(|r| done.iter().filter(|d| sampled.contains(d)).all(|d| r.contains(d)));
+            || ssh_ready.lock().is_ok_and(|r| {
+                done.iter().filter(|d| sampled.contains(d) && (!w.quick || must.contains(*d))).all(|d| r.contains(d))
+            });
         if must.iter().all(|m| done.contains(m)) && settled && reachable {
             phases.configured_s = t0.elapsed().as_secs_f64();
             if phases.ssh_ready_s == 0.0 {
