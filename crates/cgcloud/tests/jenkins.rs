@@ -238,6 +238,40 @@ fn standin_status(u: &User) -> Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// The stand-in's status page through `cgcloud ssh jenkins-master --forward -- -N`, from the
+/// loopback port cgcloud printed for Jenkins.
+fn forwarded_standin_status(u: &User) -> Value {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    let mut tunnel = u
+        .cmd()
+        .args(["ssh", MASTER, "--forward", "--", "-N"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(tunnel.stderr.take().unwrap()).lines();
+    let line = lines.find(|l| l.as_ref().is_ok_and(|l| l.ends_with("(Jenkins)"))).unwrap().unwrap();
+    let local = line.split("localhost:").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    assert!(line.ends_with("-> localhost:8080 on the box (Jenkins)"), "{line}");
+    let url = format!("http://127.0.0.1:{local}/cgcloud-standin/status");
+    let mut page = Value::Null;
+    for _ in 0..60 {
+        let out = Command::new("curl").args(["-sf", "--max-time", "5", &url]).output().unwrap();
+        if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+            page = v;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    Command::new("kill").args(["-TERM", "--", &format!("-{}", tunnel.id())]).status().unwrap();
+    let _ = tunnel.wait();
+    assert!(page.is_object(), "nothing from Jenkins through {url}");
+    page
+}
+
 /// The console's host key for `algo` as the EC2 plugin reads it: its released versions take the
 /// first line anywhere in the console that holds the algorithm, newer ones the line that
 /// starts with it between cloud-init's markers. Both must find the same key.
@@ -351,6 +385,9 @@ fn jenkins_end_to_end() {
     let on_master = |script: &str| u.ok(&["ssh", MASTER, "--", script]);
     let status = standin_status(&u);
     assert_eq!(status["listen"], "127.0.0.1");
+    // Jenkins listens on the box's loopback only: `ssh --forward` is the way in, as the role
+    // declares it ([[forwards]]), on the port cgcloud prints.
+    assert_eq!(forwarded_standin_status(&u)["listen"], "127.0.0.1");
     assert_eq!(status["home"], "/mnt/persistent/jenkins");
     assert_eq!(status["casc_dir"], "/etc/jenkins/casc");
     assert_eq!(status["user"], "jenkins");

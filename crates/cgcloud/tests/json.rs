@@ -15,6 +15,7 @@ fn normalize(e: &TestEnv, v: &Value) -> String {
         (r"\b(i|ami|vol|snap|sg|subnet|vpc|r|eni)-[0-9a-f]{8,17}\b", "$1-ID"),
         (r"\bl-[0-9a-f]{16}\b", "l-ID"),
         (r"ip-\d+-\d+-\d+-\d+\.[a-z0-9.-]+", "ip-DNS"),
+        (r"\bip-\d+-\d+-\d+-\d+\b", "ip-HOST"),
         (r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b", "IP"),
         (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?", "TIME"),
         (r"__\d{4}-\d\d-\d\d__\d\d-\d\d-\d\d", "__STAMP"),
@@ -91,9 +92,22 @@ fn box_commands() {
     snap(&e, "delete_key", &["delete-key", "__me__"]);
 }
 
+/// Puts an `ssh` and an `rsync` first on PATH that answer as the real ones would on a node (a
+/// line on stdout, one on stderr), so that ssh-cluster and rsync-cluster run without a box.
+fn fake_ssh_and_rsync(e: &mut TestEnv) {
+    let tools = e.home.path().join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    for (tool, says) in [("ssh", "hello"), ("rsync", "sent 1 file")] {
+        let path = tools.join(tool);
+        std::fs::write(&path, format!("#!/bin/sh\necho '{says}'\necho 'note from {tool}' >&2\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    e.set_env("PATH", &format!("{}:{}", tools.display(), std::env::var("PATH").unwrap()));
+}
+
 #[test]
 fn cluster_commands() {
-    let e = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
+    let mut e = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
     let key = e.keygen("id_ed25519", "ed25519");
     e.ok(&["register-key", key.with_extension("pub").to_str().unwrap()]);
     e.ok(&["create", "generic-cluster-box", "-Q"]);
@@ -104,6 +118,18 @@ fn cluster_commands() {
     snap(&e, "create_cluster", &["create-cluster", "generic", "-s", "2", "-c", "j", "--skip-ssh-check"]);
     snap(&e, "grow_cluster", &["grow-cluster", "generic", "-c", "j", "-s", "1", "--skip-ssh-check"]);
     snap(&e, "list_clusters", &["list-clusters"]);
+    // Nodes publish their host keys when configured (the fake agents do not): one for all here.
+    let host = std::fs::read_to_string(e.keygen("host", "ed25519").with_extension("pub")).unwrap();
+    let host: Vec<&str> = host.split_whitespace().take(2).collect();
+    e.boto3(&format!(
+        "ec2 = client('ec2')\n\
+         ids = [i['InstanceId'] for r in ec2.describe_instances(Filters=[{{'Name': 'tag:cgcloud:cluster', 'Values': ['j']}}])['Reservations'] for i in r['Instances']]\n\
+         ec2.create_tags(Resources=ids, Tags=[{{'Key': 'cgcloud:host-key', 'Value': '{}'}}])",
+        host.join(" ")
+    ));
+    fake_ssh_and_rsync(&mut e);
+    snap(&e, "ssh_cluster", &["ssh-cluster", "generic", "-c", "j", "--", "echo", "hello"]);
+    snap(&e, "rsync_cluster", &["rsync-cluster", "generic", "-c", "j", "--", "-a", "x", ":x"]);
     snap(&e, "stop_cluster", &["stop-cluster", "generic", "-c", "j"]);
     snap(&e, "start_cluster", &["start-cluster", "generic", "-c", "j", "-Q"]);
     snap(&e, "terminate_cluster", &["terminate-cluster", "generic", "-c", "j"]);
@@ -125,6 +151,26 @@ fn roles_and_jenkins() {
     e.ok(&["stop", "jenkins-agent-debian-trixie"]);
     e.ok(&["image", "jenkins-agent-debian-trixie"]);
     snap(&e, "register_agents_dry_run", &["register-agents", "--dry-run", "--spot-bid", "0.05"]);
+}
+
+/// doctor's JSON: the checks it makes and the fields of each, whatever this machine's answers
+/// (those are asserted in api.rs's `doctor_says_what_a_first_run_lacks`).
+#[test]
+fn doctor_checks() {
+    let e = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
+    let out = e.run(&["--output", "json", "doctor"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shape: Vec<Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let fields: Vec<&String> = c.as_object().unwrap().keys().collect();
+            assert!(matches!(c["status"].as_str(), Some("ok" | "warn" | "fail")), "{c}");
+            serde_json::json!({"check": c["check"], "fields": fields})
+        })
+        .collect();
+    insta::assert_snapshot!("doctor", serde_json::to_string_pretty(&shape).unwrap());
 }
 
 #[test]

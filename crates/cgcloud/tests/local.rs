@@ -55,7 +55,7 @@ fn local_cloud_end_to_end() {
     let u = User::new();
     // Start from a fresh local cloud, whatever an earlier run left.
     u.ok(&["local", "down"]);
-    u.ok(&["local", "up"]);
+    assert_json_shape("local_up", &u.json(&["local", "up"]));
     // A second `up` is harmless.
     let again = u.run(&["local", "up"]);
     assert!(again.status.success());
@@ -189,7 +189,8 @@ fn local_cloud_end_to_end() {
         .filter_map(|k| u.json(&["local", "status"])["state"][k].as_u64())
         .collect();
     assert_eq!(pids.len(), 3);
-    u.ok(&["local", "down"]);
+    assert_json_shape("local_status", &u.json(&["local", "status"]));
+    assert_json_shape("local_down", &u.json(&["local", "down"]));
     let (netns, mounts, bridge, nat) = footprint();
     assert!(netns.is_empty(), "namespaces left: {netns:?}");
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
@@ -233,7 +234,12 @@ fn installed_binaries_end_to_end() {
         assert!(out.status.success(), "cargo install --path {krate} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     u.bin = root.path().join("bin/cgcloud");
-    let b = u.json(&["create", DEBIAN]);
+    // -U upgrades the OS packages first, as its own step before the role's.
+    let out = u.run(&["--output", "json", "create", DEBIAN, "-U"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("[1/") && said.contains("upgrade the OS packages"), "{said}");
+    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = b["instance_id"].as_str().unwrap();
     let on_box = u.ok(&["ssh", DEBIAN, "--", "uname -a; systemctl is-active cgcloud-agent"]);
     assert!(on_box.starts_with("Linux ip-10-199-1-") && on_box.ends_with("active\n"), "{on_box}");
@@ -927,6 +933,7 @@ fn roles_end_to_end() {
 
     // Provisioning again changes nothing.
     let again = u.json(&["provision", "hello-web-box"]);
+    assert_json_shape("provision", &again);
     assert_eq!(again["changed"], 0, "{again}");
     assert!(again["unchanged"].as_u64().unwrap() >= 6, "{again}");
 
@@ -1895,6 +1902,24 @@ fn spark_apache_end_to_end() {
 
 /// `command` on every node of cluster `name` of `cluster_type` at once (`ssh-cluster -P`): the
 /// output, each line prefixed with its node.
+/// The shape of a JSON document (its fields and their types, arrays by their first element):
+/// the JSON contract (docs/json.md) of commands that need the local cloud, as a golden file
+/// next to json.rs's, without this run's ids, times and addresses.
+fn json_shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), json_shape(x))).collect()),
+        Value::Array(a) => Value::Array(a.first().map(json_shape).into_iter().collect()),
+        Value::String(_) => "string".into(),
+        Value::Number(_) => "number".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Null => "null".into(),
+    }
+}
+
+fn assert_json_shape(name: &str, v: &Value) {
+    insta::assert_snapshot!(name, serde_json::to_string_pretty(&json_shape(v)).unwrap());
+}
+
 fn on_nodes(u: &User, cluster_type: &str, name: &str, command: &str) -> String {
     u.ok(&["ssh-cluster", cluster_type, "-c", name, "-P", "--", command])
 }
@@ -2066,6 +2091,7 @@ fn toil_end_to_end() {
     // worker's IMDS, the agent's spot watcher runs the role's hook (Slurm drains the node: no
     // new job starts there), and when the notice runs out the instance is terminated.
     let notice = u.json(&["local", "interrupt", &spot_id, "--notice", "20s"]);
+    assert_json_shape("local_interrupt", &notice);
     assert_eq!(notice["action"], "terminate", "{notice}");
     let imds = u.ok(&[
         "ssh",
