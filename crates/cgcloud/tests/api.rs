@@ -428,14 +428,16 @@ fn update_instance_profile_follows_the_role() {
     );
     let shown = e.json(&["-n", "/upd/", "show", "grow-box"]);
     assert_eq!(shown["instance_profile"], "upd_grow-box", "{shown}");
-    // Nothing to do the second time.
-    let u = e.json(&["-n", "/upd/", "update-instance-profile", "grow-box"]);
+    // Nothing to do the second time (the box picked by ordinal, then by cluster: none).
+    let u = e.json(&["-n", "/upd/", "update-instance-profile", "grow-box", "-o", "0"]);
     assert_eq!(u["association_changed"], false, "{u}");
     // Permissions gone from the role: the box's profile goes too.
     role(false);
     let u = e.json(&["-n", "/upd/", "update-instance-profile", "grow-box"]);
     assert_eq!((u["instance_profile"].is_null(), u["association_changed"].as_bool()), (true, Some(true)), "{u}");
     assert!(e.json(&["-n", "/upd/", "show", "grow-box"])["instance_profile"].is_null());
+    let err = e.fails(&["-n", "/upd/", "update-instance-profile", "grow-box", "-c", "nosuch"]);
+    assert!(err.contains("nosuch"), "{err}");
     let err = e.fails(&["-n", "/upd/", "update-instance-profile", "grow-box", "-I", "i-0000000000000000f"]);
     assert!(err.contains("i-0000000000000000f"), "{err}");
     e.ok(&["-n", "/upd/", "terminate", "grow-box"]);

@@ -216,6 +216,46 @@ fn single_boxes_on_the_spot_market() {
     ]);
     assert!(err.contains("--spot-instance-types m9.nope"), "{err}");
     e.ok(&["terminate", "generic-cluster-box", "-I", r["instance_id"].as_str().unwrap()]);
+    // The zone from recent spot prices, and a timeout that outlasts two refusals; recreate
+    // takes the same options, and falls back to on demand.
+    let out = e.run(&[
+        "--output",
+        "json",
+        "create",
+        "generic-debian-bookworm-box",
+        "-Q",
+        "--spot-bid",
+        "0.05",
+        "--spot-auto-zone",
+    ]);
+    let b: Value = serde_json::from_str(&testkit::succeeded(&["create"], &out)).unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    let zone = said.split("spot: zone ").nth(1).and_then(|z| z.split_whitespace().next()).unwrap_or_default();
+    assert_eq!(b["zone"], zone, "{said}");
+    e.ok(&["terminate", "generic-debian-bookworm-box", "-I", b["instance_id"].as_str().unwrap()]);
+    // (Each refusal is a 500 that the SDK tries twice.)
+    proxy.set_rules(vec![Rule::first("RunInstances", 4, Fault::insufficient_capacity()).when(SPOT)]);
+    let out = e.run(&[
+        "--output",
+        "json",
+        "recreate",
+        "generic-cluster-box",
+        "-Q",
+        "--spot-bid",
+        "0.05",
+        "--spot-timeout",
+        "60",
+        "--spot-auto-zone",
+    ]);
+    let r: Value = serde_json::from_str(&testkit::succeeded(&["recreate"], &out)).unwrap();
+    assert_eq!(r["spot"], true, "{r}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).matches("launching 1 ×").count(), 3, "two refusals, then the box");
+    e.ok(&["terminate", "generic-cluster-box", "-I", r["instance_id"].as_str().unwrap()]);
+    proxy.set_rules(vec![Rule::always("RunInstances", Fault::spot_price_too_low()).when(SPOT)]);
+    let r = e.json(&["recreate", "generic-cluster-box", "-Q", "--spot-bid", "0.01", "--on-demand-fallback"]);
+    assert_eq!(r["spot"], false, "{r}");
+    e.ok(&["terminate", "generic-cluster-box", "-I", r["instance_id"].as_str().unwrap()]);
+    proxy.set_rules(vec![]);
     e.ok(&["cleanup", "--yes"]);
     assert_no_leftovers(&e, "faults-box-spot", "single spot boxes");
 }

@@ -204,6 +204,18 @@ fn recreate_flags_reach_the_new_box() {
     assert!(err.contains(&format!("option 'flavor' is baked into image {} as 'salty'", images[1])), "{err}");
     e.ok(&["terminate", LOGIN_BOX]);
 
+    // --metrics and --agent-interval reach the recreated box's agent (whose agent.json is the
+    // image's) as tags.
+    let told = e.json(&["recreate", LOGIN_BOX, "-Q", "--metrics", "--agent-interval", "2"]);
+    let told = told["instance_id"].as_str().unwrap().to_owned();
+    let tags = &instance(&e, &told)["tags"];
+    assert_eq!(
+        (tags["cgcloud:metrics"].as_str(), tags["cgcloud:agent-interval"].as_str()),
+        (Some("true"), Some("5")),
+        "at least 5 s"
+    );
+    e.ok(&["terminate", LOGIN_BOX, "-I", &told]);
+
     // --no-agent: the box says so, and autostop (which the agent does) is refused for it.
     let bare = e.json(&["recreate", LOGIN_BOX, "-Q", "--no-agent"]);
     let bare = bare["instance_id"].as_str().unwrap().to_owned();
@@ -568,9 +580,20 @@ fn create_cluster_flags_reach_the_nodes() {
         "--autostop",
         "10m",
         "--autodown",
+        "--metrics",
+        "--agent-interval",
+        "45",
         "--skip-ssh-check",
     ]);
     let n = nodes(&e, "a");
+    // The nodes' agent.json is the image's: these reach the agents as tags.
+    for b in &n {
+        let tags = &instance(&e, b["instance_id"].as_str().unwrap())["tags"];
+        assert_eq!(
+            (tags["cgcloud:metrics"].as_str(), tags["cgcloud:agent-interval"].as_str()),
+            (Some("true"), Some("45"))
+        );
+    }
     let types: Vec<&str> = n.iter().map(|b| b["instance_type"].as_str().unwrap()).collect();
     assert_eq!(types, ["t3.small", "t3.micro", "t3.micro"], "-T is the leader's type only");
     assert!(n.iter().all(|b| b["image_id"] == images[0].as_str()), "{n:?}");

@@ -53,9 +53,17 @@ fn footprint() -> (Vec<String>, Vec<String>, bool, bool) {
 fn local_cloud_end_to_end() {
     let _one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
     let u = User::new();
-    // Start from a fresh local cloud, whatever an earlier run left.
-    u.ok(&["local", "down"]);
-    assert_json_shape("local_up", &u.json(&["local", "up"]));
+    // Start from a fresh local cloud, whatever an earlier run left; --dir as a user passes it.
+    let dir = local_dir();
+    let at_dir = |args: &[&str]| {
+        let mut c = u.cmd();
+        c.env_remove("CGCLOUD_LOCAL_DIR").args(["--output", "json"]).args(args).arg("--dir").arg(&dir);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
+    };
+    at_dir(&["local", "down"]);
+    assert_json_shape("local_up", &at_dir(&["local", "up"]));
     // A second `up` is harmless.
     let again = u.run(&["local", "up"]);
     assert!(again.status.success());
@@ -181,6 +189,19 @@ fn local_cloud_end_to_end() {
     u.ok(&["terminate", DEBIAN, "-I", &re_id]);
     u.ok(&["terminate", DEBIAN, "-I", &id]);
     u.ok(&["delete-image", DEBIAN]);
+
+    // A single box on the spot market; interrupted with the stop action, it is stopped.
+    let spot = u.json(&["create", DEBIAN, "-Q", "--spot-bid", "0.05"]);
+    assert_eq!(spot["spot"], true, "{spot}");
+    let spot_id = spot["instance_id"].as_str().unwrap().to_owned();
+    let notice = at_dir(&["local", "interrupt", &spot_id, "--notice", "2s", "--action", "stop"]);
+    assert_eq!(notice["action"], "stop", "{notice}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while u.json(&["show", DEBIAN, "-I", &spot_id])["state"] != "stopped" {
+        assert!(std::time::Instant::now() < deadline, "the interrupted spot box was not stopped");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    u.ok(&["terminate", DEBIAN, "-I", &spot_id]);
     assert!(u.json(&["list"]).as_array().unwrap().is_empty());
 
     // down leaves nothing behind.
@@ -189,8 +210,8 @@ fn local_cloud_end_to_end() {
         .filter_map(|k| u.json(&["local", "status"])["state"][k].as_u64())
         .collect();
     assert_eq!(pids.len(), 3);
-    assert_json_shape("local_status", &u.json(&["local", "status"]));
-    assert_json_shape("local_down", &u.json(&["local", "down"]));
+    assert_json_shape("local_status", &at_dir(&["local", "status"]));
+    assert_json_shape("local_down", &at_dir(&["local", "down"]));
     let (netns, mounts, bridge, nat) = footprint();
     assert!(netns.is_empty(), "namespaces left: {netns:?}");
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
@@ -1676,19 +1697,22 @@ fn web_ui_through_tunnel(u: &User, cluster: &str, port: u16, path: &str, ready: 
         .process_group(0)
         .spawn()
         .unwrap();
-    // "forward: http://localhost:LOCAL/ -> HOST:PORT on the box (...)", one line per forward.
+    // "forward: http://localhost:LOCAL/ -> HOST:PORT on the box (...)", one line per forward
+    // of the leader, in the role's order (the application UI's last).
     let mut said = String::new();
     let mut lines = std::io::BufReader::new(tunnel.stderr.take().unwrap()).lines();
-    let local = loop {
-        let line = lines.next().unwrap_or_else(|| panic!("no forward of port {port}:\n{said}")).unwrap();
+    while !said.contains("(Spark application UI") {
+        let line = lines.next().unwrap_or_else(|| panic!("the forwards were not all printed:\n{said}")).unwrap();
         said.push_str(&line);
         said.push('\n');
-        let Some(rest) = line.strip_prefix("forward: http://localhost:") else { continue };
-        let (local, to) = rest.split_once("/ -> ").unwrap();
-        if to.split(' ').next().unwrap().ends_with(&format!(":{port}")) {
-            break local.parse::<u16>().unwrap();
-        }
-    };
+    }
+    let local = said
+        .lines()
+        .filter_map(|l| l.strip_prefix("forward: http://localhost:"))
+        .filter_map(|rest| rest.split_once("/ -> "))
+        .find(|(_, to)| to.split(' ').next().unwrap().ends_with(&format!(":{port}")))
+        .map(|(local, _)| local.parse::<u16>().unwrap())
+        .unwrap_or_else(|| panic!("no forward of port {port}:\n{said}"));
     assert!(said.contains("Spark master UI") && said.contains("HDFS NameNode UI"), "{said}");
     assert!(!said.contains("worker UI"), "the workers' UI is not the leader's: {said}");
     let url = format!("http://127.0.0.1:{local}{path}");
