@@ -937,3 +937,32 @@ fn ssh_forward_opens_the_roles_web_uis() {
     let err = e.fails(&["ssh", DEBIAN, "--forward"]);
     assert!(err.contains("declares no web UIs") && err.contains("-N -L"), "{err}");
 }
+
+/// Without --skip-ssh-check a launch logs in to the leader and the first 15 workers only (every
+/// node checks itself; 1000 logins would cost the workstation 1000 handshakes): a fake `ssh`
+/// that records the box it is asked for counts them.
+#[test]
+fn a_launch_logs_in_to_the_leader_and_15_workers() {
+    let (mut e, _) = cluster_env();
+    let log = e.home.path().join("ssh.log");
+    let tools = e.home.path().join("tools");
+    std::fs::write(
+        tools.join("ssh"),
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do case $a in HostKeyAlias=*) echo \"${{a#HostKeyAlias=}}\" >> {};; esac; done\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    e.set_env("CGCLOUD_SSH_OPTS", "");
+    let _agents = Agents::start(&e, false);
+    let out = e.run(&["create-cluster", "login", "-c", "wide", "-s", "20", "--timeout", "120"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("checking SSH from here on 16 of 21 nodes"), "{}", stderr_of(&out));
+    let probed: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
+    let n = nodes(&e, "wide");
+    assert_eq!(n.len(), 21);
+    assert_eq!(probed.len(), 16, "{probed:?}");
+    assert!(probed.contains(n[0]["instance_id"].as_str().unwrap()), "the leader is among them");
+}

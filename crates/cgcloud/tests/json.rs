@@ -130,6 +130,21 @@ fn cluster_commands() {
     fake_ssh_and_rsync(&mut e);
     snap(&e, "ssh_cluster", &["ssh-cluster", "generic", "-c", "j", "--", "echo", "hello"]);
     snap(&e, "rsync_cluster", &["rsync-cluster", "generic", "-c", "j", "--", "-a", "x", ":x"]);
+    // A command that fails on the nodes: every node's result on stdout, the error kind
+    // `remote-command` on stderr, exit status 1.
+    let failing = e.home.path().join("failing");
+    std::fs::create_dir_all(&failing).unwrap();
+    std::fs::write(failing.join("ssh"), "#!/bin/sh\necho 'no such file' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(failing.join("ssh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut c = e.cmd();
+    c.env("PATH", format!("{}:{}", failing.display(), std::env::var("PATH").unwrap()));
+    let out = c.args(["--output", "json", "ssh-cluster", "generic", "-c", "j", "--", "false"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let results: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(results.as_array().unwrap().iter().all(|r| r["exit_status"] == 3), "{results}");
+    let err: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(err["error"]["kind"], "remote-command", "{err}");
     snap(&e, "stop_cluster", &["stop-cluster", "generic", "-c", "j"]);
     snap(&e, "start_cluster", &["start-cluster", "generic", "-c", "j", "-Q"]);
     snap(&e, "terminate_cluster", &["terminate-cluster", "generic", "-c", "j"]);
@@ -198,6 +213,41 @@ fn errors_have_a_stable_kind() {
     e.ok(&["create", BOX, "-Q"]);
     let (v, _) = error(&e, &["show", BOX]);
     assert_eq!(v["error"]["kind"], "ambiguous", "{v}");
+    // The other kinds, each from the situation that makes it.
+    let kind_of = |mut c: std::process::Command, args: &[&str]| -> Value {
+        let out = c.args(["--output", "json"]).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        serde_json::from_str(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default())
+            .unwrap_or_else(|_| panic!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let mut c = e.cmd();
+    c.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY");
+    assert_eq!(kind_of(c, &["list"])["error"]["kind"], "credentials");
+    let mut c = e.cmd();
+    c.env_remove("AWS_REGION").env_remove("AWS_DEFAULT_REGION");
+    assert_eq!(kind_of(c, &["list"])["error"]["kind"], "no-region");
+    let plugins = e.home.path().join("broken-plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(plugins.join("broken.toml"), "name = \"broken\"\ndescription = [\n").unwrap();
+    let mut c = e.cmd();
+    c.env("CGCLOUD_PLUGINS", &plugins);
+    assert_eq!(kind_of(c, &["list-roles"])["error"]["kind"], "role");
+    assert_eq!(kind_of(e.cmd(), &["create", BOX, "--ssh-timeout", "0"])["error"]["kind"], "timeout");
+    // A request AWS refuses, as an account without the permission gets it.
+    let proxy = testkit::fault::FaultProxy::start(&e.moto_endpoint);
+    proxy.set_rules(vec![testkit::fault::Rule::always(
+        "DescribeInstances",
+        testkit::fault::Fault::error(403, "UnauthorizedOperation"),
+    )]);
+    let mut c = e.cmd();
+    c.env("AWS_ENDPOINT_URL", &proxy.endpoint);
+    let v = kind_of(c, &["list"]);
+    assert_eq!(v["error"]["kind"], "aws", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("UnauthorizedOperation"), "{v}");
+    let mut c = e.cmd();
+    c.env("PATH", "/nonexistent");
+    let v = kind_of(c, &["create", BOX]);
+    assert_eq!(v["error"]["kind"], "missing-program", "{v}");
     let mut unreachable = e.cmd();
     unreachable.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9").args(["--output", "json", "list"]);
     let out = unreachable.output().unwrap();
