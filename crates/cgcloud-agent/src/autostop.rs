@@ -185,8 +185,27 @@ impl Meter {
     }
 }
 
+/// The EC2 action autostop takes on an idle instance: a spot instance cannot stop (EC2 refuses
+/// StopInstances for a one-time request), so it is terminated whatever the setting.
+pub fn power_action(terminate: bool, spot: bool) -> &'static str {
+    if terminate || spot {
+        "TerminateInstances"
+    } else {
+        "StopInstances"
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn spot_instances_are_terminated_even_when_autostop_stops() {
+        use super::power_action;
+        assert_eq!(power_action(false, false), "StopInstances");
+        assert_eq!(power_action(false, true), "TerminateInstances");
+        assert_eq!(power_action(true, false), "TerminateInstances");
+        assert_eq!(power_action(true, true), "TerminateInstances");
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

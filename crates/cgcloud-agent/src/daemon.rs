@@ -432,7 +432,7 @@ impl Agent {
             return Ok(());
         }
         let me = crate::cluster::describe_self(&self.aws, &self.instance_id)?;
-        let verb = |spot: bool| if s.terminate || spot { "TerminateInstances" } else { "StopInstances" };
+        let verb = |spot: bool| crate::autostop::power_action(s.terminate, spot);
         // Workers first (a leader's own stop would leave them running), then this box.
         let workers: Vec<&crate::cluster::Node> = nodes.iter().filter(|n| n.id != self.instance_id).collect();
         for action in ["TerminateInstances", "StopInstances"] {

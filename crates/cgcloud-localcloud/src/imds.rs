@@ -509,6 +509,59 @@ mod tests {
         assert!(parse("").is_none());
     }
 
+    /// One request to the server at `addr`: the status line and the body.
+    async fn ask(addr: std::net::SocketAddr, request: &str) -> (String, String) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text.lines().next().unwrap_or_default().to_owned();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        (status, body)
+    }
+
+    /// What EC2 does and README says: IMDSv1 refused to an instance launched with
+    /// `HttpTokens=required` (v2 with a token served, v1 served to one without it), and a
+    /// token request through a proxy refused.
+    #[tokio::test]
+    async fn v1_is_refused_when_tokens_are_required() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reg: Shared = Default::default();
+        let meta = |tokens_required| InstanceMeta {
+            id: "i-0123456789abcdef0".into(),
+            ip: "127.0.0.1".into(),
+            tokens_required,
+            ..Default::default()
+        };
+        reg.lock().unwrap().instances.insert("127.0.0.1".into(), meta(true));
+        let settings = cgcloud_aws::ConnectSettings {
+            region: Some("us-east-1".into()),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            access_key_id: Some("testing".into()),
+            secret_access_key: Some("testing".into()),
+            ..Default::default()
+        };
+        let cloud = cgcloud_aws::Cloud::connect(&settings).await.unwrap();
+        let run = tempfile::tempdir().unwrap();
+        tokio::spawn(serve(listener, reg.clone(), cloud, run.path().to_owned()));
+
+        let get = "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n";
+        assert_eq!(ask(addr, get).await.0, "HTTP/1.1 401 Unauthorized");
+        let put = "PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n";
+        let (status, token) = ask(addr, put).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let with_token =
+            format!("GET /latest/meta-data/instance-id HTTP/1.1\r\nX-aws-ec2-metadata-token: {token}\r\n\r\n");
+        assert_eq!(ask(addr, &with_token).await, ("HTTP/1.1 200 OK".into(), "i-0123456789abcdef0".into()));
+        let forwarded = "PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\nX-Forwarded-For: 10.0.0.9\r\n\r\n";
+        assert_eq!(ask(addr, forwarded).await.0, "HTTP/1.1 403 Forbidden");
+        // An instance without HttpTokens=required may still use v1.
+        reg.lock().unwrap().instances.insert("127.0.0.1".into(), meta(false));
+        assert_eq!(ask(addr, get).await.1, "i-0123456789abcdef0");
+    }
+
     #[test]
     fn each_instance_is_throttled_on_its_own() {
         let mut r = Registry::default();
