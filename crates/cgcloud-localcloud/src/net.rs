@@ -57,7 +57,11 @@ pub async fn bridge_up() -> Result<(), Error> {
     }
     // The VPC has no IPv6: without an IPv6 address on the bridge, no guest reaches the
     // machine's services over IPv6 link-local, where the IPv4 rules below do not apply.
-    run_quiet("sysctl", &["-q", "-w", &format!("net.ipv6.conf.{BRIDGE}.disable_ipv6=1")]).await;
+    // A kernel without IPv6 has nothing to turn off; one with it must turn it off here.
+    let disabled = run_quiet("sysctl", &["-q", "-w", &format!("net.ipv6.conf.{BRIDGE}.disable_ipv6=1")]).await;
+    if !disabled && std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        run("sysctl", &["-q", "-w", &format!("net.ipv6.conf.{BRIDGE}.disable_ipv6=1")]).await?;
+    }
     let cidr = format!("{GATEWAY}/{PREFIX_LEN}");
     let addrs = run("ip", &["-o", "addr", "show", "dev", BRIDGE]).await?;
     if !addrs.contains(&cidr) {

@@ -525,6 +525,28 @@ fn list_original_shows_the_python_cgcloud_boxes() {
     assert_eq!(only.as_array().unwrap().len(), 1, "{only}");
 }
 
+/// Option values read back from an image's or a box's tags (which a box may have written) are
+/// checked again before they are used: a bad one stops recreate and provision.
+#[test]
+fn option_values_from_tags_are_checked_again() {
+    let e = env_with_key();
+    let b = e.json(&["-n", "/opt/", "create", "jenkins-master", "-Q"]);
+    let id = b["instance_id"].as_str().unwrap().to_owned();
+    e.ok(&["-n", "/opt/", "stop", "jenkins-master"]);
+    let image = e.json(&["-n", "/opt/", "image", "jenkins-master"])["image_id"].as_str().unwrap().to_owned();
+    let bad = "8080; touch /tmp/owned";
+    e.boto3(&format!(
+        "client('ec2').create_tags(Resources=['{image}', '{id}'], Tags=[{{'Key': 'cgcloud:option:port', 'Value': '{bad}'}}])"
+    ));
+    e.ok(&["-n", "/opt/", "terminate", "jenkins-master"]);
+    let err = e.fails(&["-n", "/opt/", "recreate", "jenkins-master", "-Q"]);
+    assert!(err.contains("carries a bad value for option 'port'"), "{err}");
+    assert!(!err.contains("launching"), "checked before the launch: {err}");
+    e.ok(&["-n", "/opt/", "delete-image", "jenkins-master"]);
+    e.ok(&["-n", "/opt/", "cleanup", "--yes", "--persistent-volumes"]);
+    e.ok(&["-n", "/opt/", "reset-security", "--yes"]);
+}
+
 #[test]
 fn bad_inputs_get_one_line_causes_and_hints() {
     let e = env_with_key();
@@ -659,6 +681,20 @@ fn config_profile_supplies_settings() {
     let out = c.args(["--profile", "emu", "-n", "/flag/", "--output", "json", "list"]).output().unwrap();
     assert!(out.status.success());
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().len(), 0);
+    // The environment outranks the profile, and the flag the environment.
+    let created = |env_ns: &str, flag: Option<&str>| -> Value {
+        let mut c = e.cmd();
+        c.env_remove("AWS_ENDPOINT_URL").env_remove("AWS_REGION").env("CGCLOUD_NAMESPACE", env_ns);
+        c.args(["--profile", "emu", "--output", "json"]);
+        if let Some(ns) = flag {
+            c.args(["-n", ns]);
+        }
+        let out = c.args(["create", DEBIAN, "-Q"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(created("/from-env/", None)["namespace"], "/from-env/");
+    assert_eq!(created("/from-env/", Some("/from-flag/"))["namespace"], "/from-flag/");
 }
 
 /// The user data EC2 (moto) was given for an instance.

@@ -211,7 +211,11 @@ fn local_cloud_end_to_end() {
         .collect();
     assert_eq!(pids.len(), 3);
     assert_json_shape("local_status", &at_dir(&["local", "status"]));
-    assert_json_shape("local_down", &at_dir(&["local", "down"]));
+    let down = at_dir(&["local", "down"]);
+    assert_json_shape("local_down", &down);
+    assert_eq!(down["profile_removed"], true, "{down}");
+    let cfg = std::fs::read_to_string(u.home.path().join(".config/cgcloud/config.toml")).unwrap_or_default();
+    assert!(!cfg.contains("[profiles.local]"), "down left the local profile:\n{cfg}");
     let (netns, mounts, bridge, nat) = footprint();
     assert!(netns.is_empty(), "namespaces left: {netns:?}");
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
@@ -460,6 +464,11 @@ fn guests_cannot_escape_the_local_cloud() {
     let zone = a["zone"].as_str().unwrap().to_owned();
     let region = &zone[..zone.len() - 1];
     let api = |params: &str| signed_ec2(region, params);
+
+    // Nothing over IPv6 on the bridge: it has no IPv6 address, link-local included, so no guest
+    // reaches the machine where the IPv4 rules do not apply.
+    let v6 = Command::new("ip").args(["-6", "-o", "addr", "show", "dev", "cgc0"]).output().unwrap();
+    assert!(v6.stdout.is_empty(), "the bridge has IPv6 addresses: {}", String::from_utf8_lossy(&v6.stdout));
 
     // The box's agent has no key of the machine's: it signs with its instance profile's
     // credentials from IMDS, as on EC2.
@@ -2027,6 +2036,9 @@ fn toil_end_to_end() {
         "for i in $(seq 60); do mountpoint -q /shared && break; sleep 1; done; findmnt -n -o FSTYPE /shared",
     );
     assert_eq!(mounted.matches("fuse.sshfs").count(), 3, "{mounted}");
+    // ... without set-id programs or device nodes (another node's user could plant them).
+    let options = on_nodes(&u, "toil", "t1", "findmnt -n -o OPTIONS /shared | tr ',' '\\n' | grep -cxE 'nosuid|nodev'");
+    assert_eq!(options.matches("] 2\n").count(), 3, "{options}");
     on_nodes(&u, "toil", "t1", "hostname > /shared/seen-by-$(hostname)");
     let seen = on_nodes(&u, "toil", "t1", "cat /shared/seen-by-* | sort | tr '\\n' ' '");
     let lines: std::collections::BTreeSet<&str> = seen.lines().filter_map(|l| l.split("] ").nth(1)).collect();
