@@ -670,8 +670,8 @@ fn cluster_api(ns: &[u32]) -> Result<()> {
     let own = |pid: &Option<String>| pid.as_deref().and_then(process_cpu_seconds).map(|c| c.0).unwrap_or(f64::NAN);
     println!("cluster-api: one create-cluster against moto with stand-in agents that tag each node configured");
     println!(
-        "{:>6} {:>8} {:>9} {:>9} {:>10} {:>10} {:>8} {:>8} {:>14}",
-        "N", "wall s", "cgcloud s", "moto s", "agents s", "requests", "polls", "retries", "without both"
+        "{:>6} {:>8} {:>9} {:>9} {:>10} {:>10} {:>8} {:>8} {:>14} {:>12}",
+        "N", "wall s", "cgcloud s", "moto s", "agents s", "requests", "polls", "retries", "without both", "poll B/node"
     );
     let mut flat = Vec::new();
     for (i, n) in ns.iter().enumerate() {
@@ -699,9 +699,22 @@ fn cluster_api(ns: &[u32]) -> Result<()> {
         let (moto_cpu, agents_cpu) = (own(&moto_pid) - moto0, own(&Some(agents_pid.clone())) - agents0);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         let (k, p, r) = requests(&err).with_context(|| format!("create-cluster -s {n} failed: {err}"))?;
+        // What one status poll costs in bytes: the cluster's DescribeInstances answer (moto's
+        // XML; EC2's is of the same form), per node.
+        let poll_bytes: f64 = e
+            .boto3(&format!(
+                "ec2 = client('ec2')\nsizes = []\n\
+                 ec2.meta.events.register('after-call.ec2.DescribeInstances', lambda http_response, **kw: sizes.append(len(http_response.content)))\n\
+                 ec2.describe_instances(Filters=[{{'Name': 'tag:cgcloud:cluster', 'Values': ['{name}']}}])\n\
+                 print(sum(sizes))"
+            ))
+            .trim()
+            .parse()
+            .unwrap_or(f64::NAN);
         println!(
-            "{n:>6} {wall:>8.1} {cgcloud_cpu:>9.2} {moto_cpu:>9.1} {agents_cpu:>10.1} {k:>10} {p:>8} {r:>8} {:>14}",
-            k - p - r
+            "{n:>6} {wall:>8.1} {cgcloud_cpu:>9.2} {moto_cpu:>9.1} {agents_cpu:>10.1} {k:>10} {p:>8} {r:>8} {:>14} {:>12.0}",
+            k - p - r,
+            poll_bytes / f64::from(n + 1)
         );
         flat.push(k - p - r);
         e.ok(&["terminate-cluster", "generic", "-c", &name, "-Q"]);
