@@ -238,8 +238,8 @@ fn local_cloud_end_to_end() {
 }
 
 /// The README's "Install" section as a user follows it, with a temporary `--root`, and
-/// `--debug` so that it reuses this build (a release build of the AWS SDK takes half an hour on
-/// two cores): the installed cgcloud finds the installed agent beside it and creates a box;
+/// `--debug` so that it reuses this build (a release build would compile the AWS SDK again):
+/// the installed cgcloud finds the installed agent beside it and creates a box (with -U);
 /// with the agent gone, `create` fails before it launches anything.
 #[test]
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
