@@ -181,6 +181,13 @@ fn failed_launch_is_rolled_back_or_kept_with_n() {
     // other tests of this namespace, so only the region's groups are checked).
     let out = e.json(&["reset-security", "--dry-run"]);
     assert!(out.as_array().unwrap().iter().all(|i| i["kind"] != "security-group"), "{out}");
+    // In a namespace of its own, the IAM role and profile it made go too.
+    let out = e.json(&["-n", "/rolled-back/", "reset-security", "--dry-run"]);
+    assert!(out.as_array().unwrap().is_empty(), "{out}");
+    let err = e.fails(&["-n", "/rolled-back/", "create", DEBIAN, "--ssh-timeout", "0"]);
+    assert!(err.contains("rolling back"), "{err}");
+    let out = e.json(&["-n", "/rolled-back/", "reset-security", "--dry-run"]);
+    assert!(out.as_array().unwrap().is_empty(), "the rollback left IAM or a group: {out}");
 
     let err = e.fails(&["create", DEBIAN, "--ssh-timeout", "0", "-N"]);
     assert!(err.contains("keeping"), "{err}");
@@ -833,6 +840,16 @@ fn standalone_boxes_keep_their_persistent_volume() {
     let v = volumes(&e);
     let now = v.iter().find(|x| x["id"] == vol.as_str()).unwrap();
     assert_eq!(now["on"][0], re["instance_id"], "{v:?}");
+    e.ok(&["terminate", DEBIAN]);
+    // A launch asked for another zone is refused before anything is made; one that asks for
+    // none goes to the volume's zone.
+    let zone = re["zone"].as_str().unwrap().to_owned();
+    let other = if zone.ends_with('a') { format!("{}b", e.region) } else { format!("{}a", e.region) };
+    let err = e.fails(&["-z", &other, "recreate", DEBIAN, "-Q"]);
+    assert!(err.contains(&format!("is in zone {zone}, but this launch is in {other}")), "{err}");
+    assert!(!err.contains("launching"), "{err}");
+    let again = e.json(&["recreate", DEBIAN, "-Q"]);
+    assert_eq!(again["zone"], zone.as_str());
     e.ok(&["terminate", DEBIAN]);
     // cleanup keeps persistent volumes unless asked.
     let found = e.json(&["cleanup", "--dry-run"]);
