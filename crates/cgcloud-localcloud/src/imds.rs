@@ -560,6 +560,16 @@ mod tests {
         // An instance without HttpTokens=required may still use v1.
         reg.lock().unwrap().instances.insert("127.0.0.1".into(), meta(false));
         assert_eq!(ask(addr, get).await.1, "i-0123456789abcdef0");
+        // At most 1000 unexpired tokens per instance (each is memory of the controller's).
+        {
+            let mut r = reg.lock().unwrap();
+            let later = SystemTime::now() + Duration::from_secs(600);
+            let held = r.tokens.len();
+            for i in held..TOKENS_PER_INSTANCE {
+                r.tokens.insert(format!("t{i}"), ("127.0.0.1".into(), later));
+            }
+        }
+        assert_eq!(ask(addr, put).await.0, "HTTP/1.1 429 Too Many Requests");
     }
 
     #[test]

@@ -1025,6 +1025,29 @@ pub fn power_events(body: &[u8]) -> Vec<PowerEvent> {
 mod tests {
     use super::*;
 
+    /// The limits docs/security.md names, at their edges: a guest's request body of 1 MiB is
+    /// taken and one byte more refused; a console read returns only its last 64 KiB.
+    #[test]
+    fn guest_bodies_and_console_reads_are_bounded() {
+        let req = |len: usize| format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
+        assert!(parse_guest_request(req(GUEST_MAX_BODY).as_bytes()).is_ok_and(|r| r.is_none()), "waits for the body");
+        assert!(matches!(
+            parse_guest_request(req(GUEST_MAX_BODY + 1).as_bytes()),
+            Err(Refusal::Malformed("request body too large"))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let id = "i-0123456789abcdef0";
+        std::fs::create_dir_all(dir.path().join("instances").join(id)).unwrap();
+        let mut log = vec![b'a'; 100 * 1024];
+        log.extend_from_slice(b"THE END");
+        std::fs::write(dir.path().join("instances").join(id).join("console.log"), &log).unwrap();
+        let answer = String::from_utf8(console_response(dir.path(), id).unwrap()).unwrap();
+        let b64 = answer.split("<output>").nth(1).unwrap().split("</output>").next().unwrap();
+        let tail = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        assert_eq!(tail.len(), CONSOLE_MAX);
+        assert!(tail.ends_with(b"THE END"));
+    }
+
     #[test]
     fn parses_power_actions() {
         let body = b"Action=StopInstances&Version=2016-11-15&InstanceId.1=i-abc&InstanceId.2=i-def";
