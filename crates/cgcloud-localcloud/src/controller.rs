@@ -778,20 +778,7 @@ impl Controller {
             })
             .collect();
         if let Ok(mut r) = self.imds.lock() {
-            // A notice lasts while its instance runs, as on EC2.
-            let running: HashSet<&str> = instances
-                .iter()
-                .filter(|i| matches!(i.state.as_str(), "pending" | "running"))
-                .map(|i| i.id.as_str())
-                .collect();
-            r.interruptions.retain(|id, _| running.contains(id.as_str()));
-            // Credentials die with their instance (on EC2 they would live until they expire).
-            let alive: HashSet<&str> = instances
-                .iter()
-                .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
-                .map(|i| i.id.as_str())
-                .collect();
-            r.credentials.retain(|_, c| alive.contains(c.instance_id.as_str()));
+            r.forget_gone(instances.iter().map(|i| (i.id.as_str(), i.state.as_str())));
             r.instances = known;
         }
     }

@@ -103,6 +103,19 @@ async fn profile_role(reg: &Shared, cloud: &cgcloud_aws::Cloud, profile: &str) -
 
 pub type Shared = Arc<Mutex<Registry>>;
 
+impl Registry {
+    /// Given every instance and its state: a spot notice lasts while its instance runs, as on
+    /// EC2, and credentials die with their instance (on EC2 they would live until they expire).
+    pub fn forget_gone<'a>(&mut self, instances: impl Iterator<Item = (&'a str, &'a str)> + Clone) {
+        let running: std::collections::HashSet<&str> =
+            instances.clone().filter(|(_, s)| matches!(*s, "pending" | "running")).map(|(id, _)| id).collect();
+        self.interruptions.retain(|id, _| running.contains(id.as_str()));
+        let alive: std::collections::HashSet<&str> =
+            instances.filter(|(_, s)| !matches!(*s, "terminated" | "shutting-down")).map(|(id, _)| id).collect();
+        self.credentials.retain(|_, c| alive.contains(c.instance_id.as_str()));
+    }
+}
+
 /// How long issued credentials live: `CGCLOUD_LOCAL_CREDENTIAL_TTL` seconds (at least 120),
 /// else an hour. A new set is handed out once a quarter of that is left.
 pub fn credential_ttl() -> Duration {
@@ -570,6 +583,21 @@ mod tests {
             }
         }
         assert_eq!(ask(addr, put).await.0, "HTTP/1.1 429 Too Many Requests");
+    }
+
+    #[test]
+    fn credentials_die_with_their_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::default();
+        let arn = "arn:aws:iam::123456789012:role/r";
+        let (a, _) = credentials_for(&mut reg, dir.path(), "i-a", "r", arn).unwrap();
+        let (b, _) = credentials_for(&mut reg, dir.path(), "i-b", "r", arn).unwrap();
+        let (c, _) = credentials_for(&mut reg, dir.path(), "i-c", "r", arn).unwrap();
+        reg.forget_gone([("i-a", "running"), ("i-b", "stopped"), ("i-c", "shutting-down")].into_iter());
+        assert!(reg.credentials.contains_key(&a) && reg.credentials.contains_key(&b));
+        assert!(!reg.credentials.contains_key(&c), "a terminating instance's credentials live on");
+        reg.forget_gone([("i-a", "terminated")].into_iter());
+        assert!(!reg.credentials.contains_key(&a));
     }
 
     #[test]
