@@ -76,3 +76,21 @@ fn every_shell_gets_a_script_and_man_pages_are_written() {
     }
     assert!(!dir.join("cgcloud-man-pages.1").exists(), "the hidden command has no page");
 }
+
+/// `--version` prints the crate's version, and `--help` (top level and per command) lists the
+/// commands and flags this file's completions come from.
+#[test]
+fn version_and_help() {
+    let e = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
+    for flag in ["--version", "-V"] {
+        let out = e.ok(&[flag]);
+        assert_eq!(out.trim(), format!("cgcloud {}", env!("CARGO_PKG_VERSION")));
+    }
+    let top = e.ok(&["--help"]);
+    assert!(top.contains("update-instance-profile") && top.contains("create-cluster"), "{top}");
+    assert!(!top.contains("controller"), "the local cloud's controller is internal: {top}");
+    let create = e.ok(&["create", "-h"]);
+    assert!(create.contains("--spot-bid") && create.contains("--upgrade"), "{create}");
+    let ssh = e.ok(&["ssh", "--help"]);
+    assert!(ssh.contains("--forward"), "{ssh}");
+}

@@ -966,3 +966,66 @@ fn a_launch_logs_in_to_the_leader_and_15_workers() {
     assert_eq!(probed.len(), 16, "{probed:?}");
     assert!(probed.contains(n[0]["instance_id"].as_str().unwrap()), "the leader is among them");
 }
+
+/// Flags whose other tests only see them refused, doing what they say when they are right:
+/// the zone, region and endpoint, create's subnet, OS and further spot types, recreate's -e,
+/// create-cluster's -O and -k, autostop's -o.
+#[test]
+fn flags_seen_refused_elsewhere_work_when_right() {
+    let mut e = env_with_key();
+    plugins(&mut e);
+    other_key_pair(&e);
+    let zone_b = format!("{}b", e.region);
+    let b = e.json(&["-z", &zone_b, "create", DEBIAN, "-Q"]);
+    assert_eq!(b["zone"], zone_b.as_str(), "{b}");
+    let mut c = e.cmd();
+    c.env_remove("AWS_REGION").env_remove("AWS_DEFAULT_REGION").env_remove("AWS_ENDPOINT_URL");
+    let out = c.args(["--region", &e.region, "--endpoint", &e.endpoint, "--output", "json", "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["instance_id"], b["instance_id"], "--region and --endpoint reach the same cloud");
+    let (subnet, zone) = other_subnet(&e);
+    let b = e.json(&["create", DEBIAN, "-Q", "--subnet", &subnet]);
+    assert_eq!(
+        (b["zone"].as_str(), instance(&e, b["instance_id"].as_str().unwrap())["subnet"].as_str()),
+        (Some(zone.as_str()), Some(subnet.as_str()))
+    );
+    let b = e.json(&["create", "spark-box", "-Q", "--os", "debian-13"]);
+    assert_eq!(instance(&e, b["instance_id"].as_str().unwrap())["tags"]["cgcloud:os"], "debian-13", "{b}");
+    let b = e.json(&["create", DEBIAN, "-Q", "--spot-bid", "0.05", "--spot-instance-types", "t3.small"]);
+    assert_eq!(
+        (b["spot"].as_bool(), b["instance_type"].as_str()),
+        (Some(true), Some("t3.micro")),
+        "the first type had capacity"
+    );
+    // recreate -e: a new persistent volume of that size for the recreated box.
+    let images = bake_two(&e, LOGIN_BOX, &[]);
+    let r = e.json(&["recreate", LOGIN_BOX, "-Q", "-e", "2", "-i", &images[0]]);
+    assert!(r["persistent_volume"].as_str().is_some_and(|v| v.starts_with("vol-")), "{r}");
+    // autostop -o: only that box.
+    e.ok(&["create", LOGIN_BOX, "-Q"]);
+    let set = e.json(&["autostop", LOGIN_BOX, "40m", "-o", "-1"]);
+    assert_eq!(set["instance_ids"].as_array().unwrap().len(), 1, "{set}");
+    let all = boxes(&e, Some(LOGIN_BOX));
+    assert_eq!(all.iter().filter(|b| b["autostop"] == "40m stop").count(), 1, "{all:?}");
+    // create-cluster -O (the baked value) and -k.
+    let _agents = Agents::start(&e, false);
+    let node_images = bake_two(&e, LOGIN_NODE, &["-O", "flavor=salty"]);
+    e.ok(&[
+        "create-cluster",
+        "login",
+        "-c",
+        "k",
+        "-s",
+        "1",
+        "-O",
+        "flavor=salty",
+        "-k",
+        "other",
+        "-i",
+        &node_images[1],
+        "--skip-ssh-check",
+    ]);
+    let n = nodes(&e, "k");
+    assert!(n.iter().all(|b| b["key_name"] == "other" && b["options"]["flavor"] == "salty"), "{n:?}");
+}
