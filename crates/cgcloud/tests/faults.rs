@@ -227,6 +227,8 @@ fn single_boxes_on_the_spot_market() {
         "--spot-bid",
         "0.05",
         "--spot-auto-zone",
+        "--spot-timeout",
+        "30",
     ]);
     let b: Value = serde_json::from_str(&testkit::succeeded(&["create"], &out)).unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
