@@ -43,13 +43,34 @@ pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
     let tags = to_tags(i.tags());
     let role = tags.get(tags::ROLE)?.clone();
     let namespace = tags.get(tags::NAMESPACE)?.clone();
+    let mut b = instance_box(i, role, namespace)?;
+    b.cluster = tags.get(tags::CLUSTER).cloned();
+    b.ordinal = tags::ordinal(&tags, i.ami_launch_index());
+    b.leader = tags.get(tags::LEADER).cloned();
+    b.generation = tags.get(tags::GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0);
+    b.interrupted = i
+        .state_reason()
+        .filter(|r| r.code().is_some_and(|c| c.starts_with("Server.SpotInstance")))
+        .map(|r| r.message().or(r.code()).unwrap_or_default().to_owned());
+    b.host_key = trusted_host_key(&b.instance_id, &tags);
+    b.admin_user = tags.get(tags::ADMIN_USER).cloned();
+    b.persistent_volume = tags.get(tags::PERSISTENT_VOLUME).cloned();
+    b.autostop = tags::autostop_text(&tags);
+    b.options = tags::options_from_tags(&tags);
+    b.tags = tags;
+    Some(b)
+}
+
+/// What EC2 itself says of an instance, as a box of `role` in `namespace`; what the tags say is
+/// the caller's to add.
+fn instance_box(i: &Instance, role: String, namespace: String) -> Option<BoxInfo> {
     Some(BoxInfo {
         instance_id: i.instance_id()?.to_owned(),
         role,
         namespace,
-        cluster: tags.get(tags::CLUSTER).cloned(),
-        ordinal: tags::ordinal(&tags, i.ami_launch_index()),
-        leader: tags.get(tags::LEADER).cloned(),
+        cluster: None,
+        ordinal: None,
+        leader: None,
         state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
         instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
         zone: i.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
@@ -59,23 +80,20 @@ pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
         launch_time: time(i.launch_time()),
         image_id: i.image_id().map(str::to_owned),
         key_name: i.key_name().map(str::to_owned),
-        generation: tags.get(tags::GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0),
+        generation: 0,
         spot: i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot"),
-        interrupted: i
-            .state_reason()
-            .filter(|r| r.code().is_some_and(|c| c.starts_with("Server.SpotInstance")))
-            .map(|r| r.message().or(r.code()).unwrap_or_default().to_owned()),
-        host_key: trusted_host_key(i.instance_id().unwrap_or_default(), &tags),
-        admin_user: tags.get(tags::ADMIN_USER).cloned(),
+        interrupted: None,
+        host_key: None,
+        admin_user: None,
         instance_profile: i
             .iam_instance_profile()
             .and_then(|p| p.arn())
             .and_then(|a| a.rsplit('/').next())
             .map(str::to_owned),
-        persistent_volume: tags.get(tags::PERSISTENT_VOLUME).cloned(),
-        autostop: tags::autostop_text(&tags),
-        options: tags::options_from_tags(&tags),
-        tags,
+        persistent_volume: None,
+        autostop: None,
+        options: Default::default(),
+        tags: Tags::new(),
     })
 }
 
@@ -97,39 +115,14 @@ pub fn original_box_from_instance(ns: &cgcloud_core::namespace::Namespace, i: &I
         return None;
     }
     let role = ns.from_aws_name(name).ok()?;
-    let id = i.instance_id()?.to_owned();
+    let mut b = instance_box(i, role, ns.to_string())?;
     let text = |k: &str| tags.get(k).map(|v| cgcloud_core::tags::printable(v));
-    Some(BoxInfo {
-        instance_id: id.clone(),
-        role,
-        namespace: ns.to_string(),
-        cluster: text("cluster_name").filter(|c| *c != id),
-        ordinal: tags.get("cluster_ordinal").and_then(|o| o.parse().ok()),
-        leader: text("leader_instance_id").filter(|l| *l != id),
-        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
-        instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
-        zone: i.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
-        private_ip: i.private_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
-        public_ip: i.public_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
-        private_dns: i.private_dns_name().filter(|s| !s.is_empty()).map(str::to_owned),
-        launch_time: time(i.launch_time()),
-        image_id: i.image_id().map(str::to_owned),
-        key_name: i.key_name().map(str::to_owned),
-        generation: tags.get("generation").and_then(|g| g.parse().ok()).unwrap_or(0),
-        spot: i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot"),
-        interrupted: None,
-        host_key: None,
-        admin_user: text("admin_user"),
-        instance_profile: i
-            .iam_instance_profile()
-            .and_then(|p| p.arn())
-            .and_then(|a| a.rsplit('/').next())
-            .map(str::to_owned),
-        persistent_volume: None,
-        autostop: None,
-        options: Default::default(),
-        tags: Tags::new(),
-    })
+    b.cluster = text("cluster_name").filter(|c| *c != b.instance_id);
+    b.ordinal = tags.get("cluster_ordinal").and_then(|o| o.parse().ok());
+    b.leader = text("leader_instance_id").filter(|l| *l != b.instance_id);
+    b.generation = tags.get("generation").and_then(|g| g.parse().ok()).unwrap_or(0);
+    b.admin_user = text("admin_user");
+    Some(b)
 }
 
 /// The host key tag of a box, if it is exactly one key as `type base64`. The box writes this

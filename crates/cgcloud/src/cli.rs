@@ -286,29 +286,31 @@ pub struct NodeLaunchArgs {
     pub autostop: AutostopArgs,
     #[command(flatten)]
     pub spot: SpotArgs,
+    /// Take what the spot market gives within --spot-timeout (at once without it): fewer
+    /// workers than asked is then no error, unless --min-workers says how many are needed
+    #[arg(long = "spot-tentative", requires = "spot_bid")]
+    pub spot_tentative: bool,
 }
 
-/// Spot-market options.
+/// Spot-market options, of a box (`create`, `recreate`) or of a cluster's workers.
 #[derive(Debug, Args, Clone, Default)]
 pub struct SpotArgs {
-    /// Launch workers on the spot market, paying at most this many dollars per hour
+    /// Launch on the spot market (a cluster: the workers), paying at most this many dollars per
+    /// hour; a spot instance cannot stop: it is terminated when interrupted (persistent volumes
+    /// are kept)
     #[arg(long = "spot-bid")]
     pub spot_bid: Option<f64>,
     /// Choose the zone by recent spot prices (needs --spot-bid; not with --subnet)
     #[arg(long = "spot-auto-zone", requires = "spot_bid", conflicts_with = "subnet")]
     pub spot_auto_zone: bool,
-    /// Keep retrying the spot instance types (every 10 s) for this many seconds while workers
+    /// Keep retrying the spot instance types (every 10 s) for this many seconds while instances
     /// are missing (default: 0, one try of each)
     #[arg(long = "spot-timeout", requires = "spot_bid")]
     pub spot_timeout: Option<u64>,
-    /// Take what the spot market gives within --spot-timeout (at once without it): fewer
-    /// workers than asked is then no error, unless --min-workers says how many are needed
-    #[arg(long = "spot-tentative", requires = "spot_bid")]
-    pub spot_tentative: bool,
     /// Further instance types to try on the spot market, in order, when the first has no capacity
     #[arg(long = "spot-instance-types", value_delimiter = ',', requires = "spot_bid")]
     pub spot_instance_types: Vec<String>,
-    /// Launch the remaining workers on demand when spot capacity is short
+    /// Launch on demand what spot capacity cannot give
     #[arg(long = "on-demand-fallback", requires = "spot_bid")]
     pub on_demand_fallback: bool,
 }
@@ -547,43 +549,7 @@ pub struct LaunchArgs {
     #[command(flatten)]
     pub autostop: AutostopArgs,
     #[command(flatten)]
-    pub spot: BoxSpotArgs,
-}
-
-/// Spot-market options of a single box (`create`, `recreate`).
-#[derive(Debug, Args, Clone, Default)]
-pub struct BoxSpotArgs {
-    /// Launch the box on the spot market, paying at most this many dollars per hour (a spot
-    /// box cannot stop: it is terminated when interrupted or stopped, its persistent volume kept)
-    #[arg(long = "spot-bid")]
-    pub spot_bid: Option<f64>,
-    /// Choose the zone by recent spot prices (needs --spot-bid; not with --subnet)
-    #[arg(long = "spot-auto-zone", requires = "spot_bid", conflicts_with = "subnet")]
-    pub spot_auto_zone: bool,
-    /// Keep retrying the spot instance types (every 10 s) for this many seconds while EC2 has
-    /// no spot capacity (default: 0, one try of each)
-    #[arg(long = "spot-timeout", requires = "spot_bid")]
-    pub spot_timeout: Option<u64>,
-    /// Further instance types to try on the spot market, in order, when the first has no capacity
-    #[arg(long = "spot-instance-types", value_delimiter = ',', requires = "spot_bid")]
-    pub spot_instance_types: Vec<String>,
-    /// Launch the box on demand when spot capacity is short
-    #[arg(long = "on-demand-fallback", requires = "spot_bid")]
-    pub on_demand_fallback: bool,
-}
-
-impl BoxSpotArgs {
-    /// The cluster form of these options (one box, none tentative).
-    pub fn policy(&self) -> SpotArgs {
-        SpotArgs {
-            spot_bid: self.spot_bid,
-            spot_auto_zone: self.spot_auto_zone,
-            spot_timeout: self.spot_timeout,
-            spot_tentative: false,
-            spot_instance_types: self.spot_instance_types.clone(),
-            on_demand_fallback: self.on_demand_fallback,
-        }
-    }
+    pub spot: SpotArgs,
 }
 
 /// Boxes that stop themselves when idle.

@@ -131,6 +131,12 @@ const REGIONS: &[&str] = &[
     "eu-south-2",
     "ap-southeast-4",
     "il-central-1",
+    "ca-west-1",
+    "mx-central-1",
+    "ap-east-2",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
 ];
 
 static NEXT_REGION: AtomicUsize = AtomicUsize::new(0);

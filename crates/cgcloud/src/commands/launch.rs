@@ -659,7 +659,7 @@ async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn, spot: &SpotArgs) -> Result<V
 /// The spot options of a single box, checked (further types exist) and applied (the zone
 /// with --spot-auto-zone) before anything is launched.
 async fn prepare_spot(ctx: &Ctx, p: &mut Prepared, a: &LaunchArgs) -> Result<SpotArgs> {
-    let spot = a.spot.policy();
+    let spot = a.spot.clone();
     super::capacity::spot_zone(ctx, p, &spot).await?;
     super::capacity::check_spot_types(ctx, p, &spot).await?;
     if spot.spot_bid.is_some() && p.autostop.is_some_and(|(_, terminate)| !terminate) {

@@ -63,7 +63,7 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     };
     check_spot_types(ctx, &mut p, &a.nodes.spot).await?;
     let n = a.nodes.num_workers;
-    let min = a.nodes.min_workers.unwrap_or(if a.nodes.spot.spot_tentative { 0 } else { n }).min(n);
+    let min = a.nodes.min_workers.unwrap_or(if a.nodes.spot_tentative { 0 } else { n }).min(n);
     let mut base = Tags::new();
     base.insert(tags::CLUSTER.into(), name.clone());
     base.insert(tags::CLUSTER_TYPE.into(), a.cluster_type.clone());
@@ -132,13 +132,7 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
             must.extend(workers.iter().cloned());
         }
         let mut bars = ctx.out.phases(format!("cluster {name}"), all.len() as u64, PHASES);
-        let wait = WaitFor {
-            must: &must,
-            timeout: Duration::from_secs(a.nodes.timeout),
-            ssh_check: !a.nodes.skip_ssh_check,
-            ssh_address: a.nodes.ssh_address,
-            quick: a.nodes.quick,
-        };
+        let wait = WaitFor::launch(&a.nodes, &must);
         let failed = await_nodes(ctx, cloud, &all, &wait, &mut phases, t0, &mut bars).await?;
         bars.finish(if a.nodes.quick {
             format!("cluster {name}: the leader is configured; the workers configure themselves (-Q)")
@@ -262,7 +256,7 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     let txn = Txn::new();
     let mut phases = Phases::default();
     let t0 = Instant::now();
-    let min = a.nodes.min_workers.unwrap_or(if a.nodes.spot.spot_tentative { 0 } else { n }).min(n);
+    let min = a.nodes.min_workers.unwrap_or(if a.nodes.spot_tentative { 0 } else { n }).min(n);
     let work = async {
         let ids =
             launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader.instance_id, &ordinals, min, &a.nodes.spot)
@@ -277,13 +271,7 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
         let all_needed = !a.nodes.quick && min as usize >= ids.len();
         let must: BTreeSet<String> = if all_needed { ids.iter().cloned().collect() } else { BTreeSet::new() };
         let mut bars = ctx.out.phases(format!("cluster {}: new workers", c.name), ids.len() as u64, PHASES);
-        let wait = WaitFor {
-            must: &must,
-            timeout: Duration::from_secs(a.nodes.timeout),
-            ssh_check: !a.nodes.skip_ssh_check,
-            ssh_address: a.nodes.ssh_address,
-            quick: a.nodes.quick,
-        };
+        let wait = WaitFor::launch(&a.nodes, &must);
         let failed = await_nodes(ctx, cloud, &ids, &wait, &mut phases, t0, &mut bars).await?;
         bars.finish(if a.nodes.quick {
             format!("cluster {}: {} new worker(s) launched; they configure themselves (-Q)", c.name, ids.len())

@@ -36,6 +36,19 @@ pub(super) struct WaitFor<'a> {
     pub quick: bool,
 }
 
+impl<'a> WaitFor<'a> {
+    /// What a launch with these options waits for.
+    pub fn launch(nodes: &NodeLaunchArgs, must: &'a BTreeSet<String>) -> WaitFor<'a> {
+        WaitFor {
+            must,
+            timeout: Duration::from_secs(nodes.timeout),
+            ssh_check: !nodes.skip_ssh_check,
+            ssh_address: nodes.ssh_address,
+            quick: nodes.quick,
+        }
+    }
+}
+
 /// Watches the nodes through running → SSH-ready → configured, with counts per phase. Nodes
 /// whose first-boot configuration failed are returned separately. One DescribeInstances per
 /// poll, whatever the number of nodes.
