@@ -103,7 +103,7 @@ pub fn prepare() -> Result<Option<String>, String> {
     }
     if devs.len() == 1 {
         format_and_mount(&devs[0], MOUNT_POINT)?;
-    } else if has("mdadm") {
+    } else if has("mdadm") && Path::new("/proc/mdstat").exists() {
         let refs: Vec<&str> = devs.iter().map(String::as_str).collect();
         let mdstat = std::fs::read_to_string("/proc/mdstat").unwrap_or_default();
         let target = if Path::new(RAID).exists() {
@@ -127,8 +127,10 @@ pub fn prepare() -> Result<Option<String>, String> {
         };
         format_and_mount(&target, MOUNT_POINT)?;
     } else {
-        // Without mdadm each disk gets its own mount point, as the original's did.
-        log(&format!("{} instance-store disks and no mdadm: mounting each on its own", devs.len()));
+        // Without mdadm, or a kernel without md (a container's), each disk gets its own mount
+        // point, as the original's did.
+        let why = if has("mdadm") { "no md driver in the kernel" } else { "no mdadm" };
+        log(&format!("{} instance-store disks and {why}: mounting each on its own", devs.len()));
         for (dev, mp) in devs.iter().zip(mount_points(devs.len())) {
             format_and_mount(dev, &mp)?;
         }

@@ -705,7 +705,7 @@ mod tests {
         .unwrap();
         let role = reg.role("p").unwrap();
         let deb = role.packages_for(&role.os[0]);
-        assert_eq!(deb, vec!["rsync", "nftables", "htop", "openjdk-17-jre-headless"]);
+        assert_eq!(deb, vec!["rsync", "nftables", "mdadm", "htop", "openjdk-17-jre-headless"]);
         let fed = role.packages_for(&role.os[1]);
         assert!(
             fed.contains(&"java-17-openjdk-headless".to_owned())
