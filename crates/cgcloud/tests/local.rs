@@ -142,7 +142,8 @@ fn local_cloud_end_to_end() {
         assert!(mounts.contains(mp) && mounts.matches("NVMe_Instance_Storage").count() == 2, "{mounts}");
     }
     if !std::path::Path::new("/proc/mdstat").exists() {
-        let said = as_root(&u, &two_id, "command -v mdadm; journalctl --no-pager | grep -c 'no md driver in the kernel'");
+        let said =
+            as_root(&u, &two_id, "command -v mdadm; journalctl --no-pager | grep -c 'no md driver in the kernel'");
         assert!(said.starts_with("/") && !said.ends_with("\n0\n"), "{said}");
     }
     u.ok(&["terminate", DEBIAN, "-I", &two_id]);
