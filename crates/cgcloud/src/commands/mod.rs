@@ -3,9 +3,9 @@
 
 mod autostop;
 mod boxes;
-mod capacity;
 mod cleanup;
 mod cluster;
+mod create;
 mod doctor;
 mod images;
 mod jenkins;
@@ -57,9 +57,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::ListRoles => roles::list_roles(&ctx).await,
         Command::ListOptions(a) => roles::list_options(&ctx, &a.role).await,
-        Command::Create(a) => launch::create(&ctx, a).await,
-        Command::Recreate(a) => launch::recreate(&ctx, a).await,
-        Command::Provision(a) => launch::provision_existing(&ctx, a).await,
+        Command::Create(a) => create::create(&ctx, a).await,
+        Command::Recreate(a) => create::recreate(&ctx, a).await,
+        Command::Provision(a) => create::provision_existing(&ctx, a).await,
         Command::List(a) => boxes::list(&ctx, a).await,
         Command::Show(a) => boxes::show(&ctx, a).await,
         Command::UpdateInstanceProfile(a) => profile::update(&ctx, a).await,

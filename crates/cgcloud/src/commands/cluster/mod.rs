@@ -34,7 +34,7 @@ mod volumes;
 mod wait;
 mod workers;
 
-use crate::commands::capacity::{check_spot_types, launch_by_policy, spot_zone};
+use super::launch::{check_spot_types, launch_by_policy, spot_zone};
 use secrets::{cluster_secrets, new_secrets};
 use wait::{await_nodes, Phases, WaitFor, PHASES};
 use workers::launch_workers;

@@ -2,12 +2,8 @@
 //! of `cgcloud_core::spot::LaunchPolicy` (spot types in order, on-demand fallback, retries,
 //! tentative), the spot zone choice, and the checks of spot options before anything launches.
 
-use super::launch::{launch_group, Group, Prepared, Txn};
-use crate::cli::SpotArgs;
-use crate::context::Ctx;
-use anyhow::{bail, Context as _, Result};
+use super::*;
 use cgcloud_core::spot::{attempts, Attempt, LaunchPolicy, LaunchState, Next, Outcome};
-use std::time::Duration;
 
 /// Launches `wanted` boxes like `template` as `LaunchPolicy` decides: on demand, or on the spot
 /// market trying each spot instance type in turn (rounds of them every 10 s for
