@@ -1,4 +1,5 @@
-//! The agent's part of a box's plan: its configuration file and its services.
+//! The agent's part of a box's plan: its configuration file and its services (their unit
+//! files are in `assets/`).
 
 use super::*;
 
@@ -33,15 +34,10 @@ pub(crate) fn agent_steps(ctx: &Ctx, p: &Prepared, region: &str) -> Vec<Step> {
         "busy_probe": a.busy_probe,
         "idle_cpu_percent": a.idle_cpu_percent,
     });
-    let unit = "[Unit]\nDescription=cgcloud agent: SSH key sync and metrics\nAfter=network-online.target\nWants=network-online.target\n\n\
-                [Service]\nExecStart=/usr/local/bin/cgcloud-agent run --config /etc/cgcloud/agent.json\nRestart=always\nRestartSec=5\n\n\
-                [Install]\nWantedBy=multi-user.target\n";
+    let unit = include_str!("assets/cgcloud-agent.service");
     // Every boot, before the services that keep data there: instance-store disks are blank
     // after a stop/start, and the persistent volume's nofail mount is ordered before nothing.
-    let storage_unit = "[Unit]\nDescription=cgcloud: persistent volume and instance-store disks\nAfter=local-fs.target\n\
-                        Before=cgcloud-agent.service\n\n\
-                        [Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/bin/cgcloud-agent storage\n\n\
-                        [Install]\nWantedBy=multi-user.target\n";
+    let storage_unit = include_str!("assets/cgcloud-storage.service");
     vec![
         Step {
             title: "service cgcloud-storage".into(),
