@@ -393,7 +393,7 @@ impl Runner {
         let key = std::fs::read(&tmp).map_err(|e| fail(format!("{tmp}: {e}")))?;
         let _ = std::fs::remove_file(&tmp);
         if let Some(want) = key_sha {
-            let got = hex(&Sha256::digest(&key));
+            let got = hex::encode(Sha256::digest(&key));
             if !got.eq_ignore_ascii_case(want) {
                 return Err(fail(format!("the key from {key_url} has SHA-256 {got}, expected {want}")));
             }
@@ -552,7 +552,10 @@ impl Runner {
             return Ok(Outcome::Ok);
         }
         if !extract
-            && safefs::read(Path::new(dest), u64::MAX).ok().flatten().is_some_and(|d| hex(&Sha256::digest(&d)) == sha)
+            && safefs::read(Path::new(dest), u64::MAX)
+                .ok()
+                .flatten()
+                .is_some_and(|d| hex::encode(Sha256::digest(&d)) == sha)
         {
             return Ok(Outcome::Ok);
         }
@@ -560,11 +563,11 @@ impl Runner {
         // its checksum is checked.
         let downloads = Path::new(DOWNLOADS);
         safefs::make_dir(downloads, Attrs::root(0o700)).map_err(|e| fail(e.to_string()))?;
-        let tmp = downloads.join(format!("{}.part", hex(&Sha256::digest(dest.as_bytes()))));
+        let tmp = downloads.join(format!("{}.part", hex::encode(Sha256::digest(dest.as_bytes()))));
         let tmp_s = tmp.display().to_string();
         self.sh("curl", &["-fsSL", "--retry", "3", "-o", &tmp_s, url])?;
         let data = std::fs::read(&tmp).map_err(|e| fail(format!("{tmp_s}: {e}")))?;
-        let got = hex(&Sha256::digest(&data));
+        let got = hex::encode(Sha256::digest(&data));
         if got != sha {
             let _ = std::fs::remove_file(&tmp);
             return Err(fail(format!("{url} has SHA-256 {got}, expected {sha}")));
@@ -652,10 +655,6 @@ fn group_id(name: &str) -> Option<u32> {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok()).flatten()
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -112,7 +112,7 @@ pub fn primary_fingerprints(packets: &[u8]) -> Result<Vec<String>, String> {
 }
 
 fn fingerprint(body: &[u8]) -> Result<String, String> {
-    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02X}")).collect::<String>();
+    let hex = |d: &[u8]| hex::encode_upper(d);
     match body.first() {
         Some(4) => {
             let len = u16::try_from(body.len()).map_err(|_| "a v4 key packet longer than 65535 bytes".to_owned())?;
@@ -258,7 +258,7 @@ mod tests {
         let mut h = Sha256::new();
         h.update([0x9B, 0, 0, 0, 4]);
         h.update(v6);
-        let want: String = h.finalize().iter().map(|b| format!("{b:02X}")).collect();
+        let want = hex::encode_upper(h.finalize());
         assert_eq!(fingerprint(&v6).unwrap(), want);
         assert!(fingerprint(&[5, 0]).unwrap_err().contains("version 5"));
     }

@@ -202,7 +202,7 @@ impl Namespace {
             return prefix;
         }
         use sha2::{Digest as _, Sha256};
-        let h: String = Sha256::digest(self.0.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let h = hex::encode(&Sha256::digest(self.0.as_bytes())[..8]);
         format!("cgcloud-ns-{h}_cgcloud-agent_")
     }
 

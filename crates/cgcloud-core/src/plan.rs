@@ -136,7 +136,7 @@ impl Plan {
     /// A stable hash of the plan, recorded on boxes and images to notice role changes.
     pub fn hash(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
-        Sha256::digest(&json).iter().take(8).map(|b| format!("{b:02x}")).collect()
+        hex::encode(&Sha256::digest(&json)[..8])
     }
 }
 

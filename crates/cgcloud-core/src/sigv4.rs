@@ -23,10 +23,6 @@ fn hmac(key: &[u8], data: &str) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Percent-encoding as SigV4 wants it (RFC 3986 unreserved characters kept).
 pub fn uri_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -79,7 +75,8 @@ pub fn signature(req: &Canonical, secret: &str, amz_date: &str, scope: &str) -> 
         "{}\n{}\n{}\n{canonical_headers}\n{signed_headers}\n{}",
         req.method, req.path, req.query, req.payload_hash
     );
-    let to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(canonical.as_bytes())));
+    let to_sign =
+        format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
     let mut parts = scope.split('/');
     let (date, region, service) =
         (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
@@ -87,12 +84,12 @@ pub fn signature(req: &Canonical, secret: &str, amz_date: &str, scope: &str) -> 
     let k_region = hmac(&k_date, region);
     let k_service = hmac(&k_region, service);
     let k_signing = hmac(&k_service, "aws4_request");
-    hex(&hmac(&k_signing, &to_sign))
+    hex::encode(hmac(&k_signing, &to_sign))
 }
 
 /// Hex SHA-256 of `body`.
 pub fn payload_hash(body: &[u8]) -> String {
-    hex(&Sha256::digest(body))
+    hex::encode(Sha256::digest(body))
 }
 
 /// The headers to add to a request: `x-amz-date`, `authorization` and, for temporary
@@ -118,7 +115,7 @@ pub fn sign(
     }
     all.sort();
     let signed_headers = all.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
-    let payload_hash = hex(&Sha256::digest(body));
+    let payload_hash = hex::encode(Sha256::digest(body));
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let signature = signature(
         &Canonical { method, path, query, headers: &all, payload_hash: &payload_hash },

@@ -97,8 +97,9 @@ fn der_integer(mpint: &[u8]) -> Vec<u8> {
     der(0x02, v)
 }
 
+/// `aa:bb:...`, the form EC2 gives MD5 fingerprints in.
 fn colon_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    bytes.iter().map(|b| hex::encode([*b])).collect::<Vec<_>>().join(":")
 }
 
 impl PublicKey {

@@ -129,7 +129,7 @@ fn recipe_hash(r: &Recipe, mirror: &str) -> String {
         h.update(name.as_bytes());
         h.update(&data);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h.finalize())
 }
 
 /// Builds the image of `r` unless the cache has it. `log` receives debootstrap's output.

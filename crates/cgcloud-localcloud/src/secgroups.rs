@@ -89,7 +89,7 @@ fn set_chain(groups: &BTreeSet<String>) -> String {
     use sha2::Digest as _;
     let joined: Vec<&str> = groups.iter().map(String::as_str).collect();
     let digest = sha2::Sha256::digest(joined.join(",").as_bytes());
-    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(&digest[..6]);
     format!("{SET_PREFIX}{hex}")
 }
 

@@ -132,7 +132,7 @@ pub fn agent_binary() -> Result<PathBuf> {
 fn sha256_file(path: &std::path::Path) -> Result<String> {
     use sha2::{Digest as _, Sha256};
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(Sha256::digest(&data)))
 }
 
 /// Runs `script` on the box with `stdin` piped in; fails with its output.
