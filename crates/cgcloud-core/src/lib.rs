@@ -4,6 +4,7 @@
 
 pub mod authorized_keys;
 pub mod d32;
+pub mod fsutil;
 pub mod glob;
 pub mod jenkins;
 pub mod keypairs;

@@ -799,7 +799,7 @@ impl Controller {
         if text == self.dns {
             return;
         }
-        if std::fs::write(self.lc.hosts_file(), &text).is_ok() {
+        if cgcloud_core::fsutil::write_atomic(&self.lc.hosts_file(), text.as_bytes(), 0o644).is_ok() {
             self.dns = text;
             if let Some(pid) = self.dnsmasq_pid {
                 sys::kill(pid, "HUP").await;

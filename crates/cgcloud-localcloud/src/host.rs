@@ -57,7 +57,8 @@ impl Host<'_> {
 
     pub fn write_meta(&self, m: &DiskMeta) -> Result<(), Error> {
         let f = self.meta_file();
-        std::fs::write(&f, serde_json::to_string_pretty(m).unwrap_or_default()).map_err(|e| Error::io(&f, e))
+        let text = serde_json::to_string_pretty(m).unwrap_or_default();
+        cgcloud_core::fsutil::write_atomic(&f, text.as_bytes(), 0o644).map_err(|e| Error::io(&f, e))
     }
 
     /// The PID of the host's systemd-nspawn, if it runs.

@@ -177,7 +177,7 @@ pub async fn ensure(images_dir: &Path, r: &Recipe, mirror: &str, log: &Path) -> 
     };
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
     let text = serde_json::to_string_pretty(&img).unwrap_or_default();
-    std::fs::write(&meta, text).map_err(|e| Error::io(&meta, e))?;
+    cgcloud_core::fsutil::write_atomic(&meta, text.as_bytes(), 0o644).map_err(|e| Error::io(&meta, e))?;
     Ok(img)
 }
 

@@ -151,7 +151,8 @@ impl LocalCloud {
     fn save_state(&self, s: &RunState) -> Result<(), Error> {
         let f = self.state_file();
         std::fs::create_dir_all(self.run_dir()).map_err(|e| Error::io(&self.run_dir(), e))?;
-        std::fs::write(&f, serde_json::to_string_pretty(s).unwrap_or_default()).map_err(|e| Error::io(&f, e))
+        let text = serde_json::to_string_pretty(s).unwrap_or_default();
+        cgcloud_core::fsutil::write_atomic(&f, text.as_bytes(), 0o644).map_err(|e| Error::io(&f, e))
     }
 
     pub fn endpoint_url(port: u16) -> String {
@@ -307,8 +308,8 @@ impl LocalCloud {
             state.images.push(img);
         }
         let catalogue = self.run_dir().join("amis.json");
-        std::fs::write(&catalogue, serde_json::to_string_pretty(&images::catalogue(&state.images)).unwrap_or_default())
-            .map_err(|e| Error::io(&catalogue, e))?;
+        let text = serde_json::to_string_pretty(&images::catalogue(&state.images)).unwrap_or_default();
+        cgcloud_core::fsutil::write_atomic(&catalogue, text.as_bytes(), 0o644).map_err(|e| Error::io(&catalogue, e))?;
 
         let moto = self.ensure_moto(say).await?;
         state.moto_pid = Some(self.start_moto(&moto, state.moto_port, &catalogue).await?);

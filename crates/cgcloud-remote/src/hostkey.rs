@@ -1,7 +1,6 @@
 //! SSH host keys that cgcloud generates for boxes, and cgcloud's own known_hosts file.
 
 use crate::RemoteError;
-use std::io::Write as _;
 use std::path::Path;
 
 pub use cgcloud_core::userdata::HostKey;
@@ -131,13 +130,7 @@ fn lock(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(contents.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    cgcloud_core::fsutil::write_atomic(path, contents.as_bytes(), 0o600)
 }
 
 #[cfg(test)]

@@ -129,20 +129,8 @@ impl ConfigFile {
 /// Replaces `path` with `text` atomically, readable by its owner alone from the first byte (a
 /// config may hold secrets: a profile's static keys).
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = path.with_extension("toml.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    cgcloud_core::fsutil::write_atomic(path, text.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn home() -> PathBuf {
