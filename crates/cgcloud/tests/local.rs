@@ -1420,13 +1420,11 @@ fn clusters_end_to_end() {
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
 fn autostop_end_to_end() {
     let (_one, u) = fresh_local_cloud();
-    let idle = u.json(&["create", DEBIAN, "--autostop", "10s"]);
-    let busy = u.json(&["create", DEBIAN, "--autostop", "10s"]);
-    let down = u.json(&["create", DEBIAN, "--autostop", "10s", "--autodown"]);
     let id = |b: &Value| b["instance_id"].as_str().unwrap().to_owned();
-    let (idle, busy, down) = (id(&idle), id(&busy), id(&down));
     // An SSH session held open on the busy box (its own connection: no shared master that
-    // would outlive it).
+    // would outlive it), opened as soon as the box is up: the next launches take longer than
+    // its idle period.
+    let busy = id(&u.json(&["create", DEBIAN, "--autostop", "10s"]));
     let no_master = |c: &mut Command| {
         let opts = format!(
             "-F /dev/null -i {} -o IdentitiesOnly=yes -o ControlMaster=no -o ControlPath=none",
@@ -1437,6 +1435,8 @@ fn autostop_end_to_end() {
     let mut held = u.cmd();
     no_master(&mut held);
     let mut session = held.args(["ssh", DEBIAN, "-I", &busy, "--", "sleep 600"]).spawn().unwrap();
+    let idle = id(&u.json(&["create", DEBIAN, "--autostop", "10s"]));
+    let down = id(&u.json(&["create", DEBIAN, "--autostop", "10s", "--autodown"]));
     let state = |i: &str| {
         u.json(&["list"])
             .as_array()
