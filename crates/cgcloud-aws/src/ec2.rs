@@ -332,9 +332,12 @@ impl Cloud {
     }
 
     /// The namespaces strictly below `ns` (e.g. `/team/ci/` below `/team/`) that have EC2
-    /// resources in this region or IAM roles: the values of every `cgcloud:namespace` tag and
+    /// resources in this region or IAM roles or profiles: the values of every `cgcloud:namespace` tag and
     /// the IAM paths under `ns`'s. Values that are not namespaces are left out.
-    pub async fn namespaces_below(&self, ns: &str) -> Result<std::collections::BTreeSet<String>, AwsError> {
+    pub async fn namespaces_below(
+        &self,
+        ns: &cgcloud_core::namespace::Namespace,
+    ) -> Result<std::collections::BTreeSet<String>, AwsError> {
         let tags: Vec<_> = self
             .ec2
             .describe_tags()
@@ -347,18 +350,12 @@ impl Cloud {
             .map_err(|e| self.classify("ec2:DescribeTags", e))?;
         let mut found: std::collections::BTreeSet<String> =
             tags.iter().filter_map(|t| t.value().map(str::to_owned)).collect();
-        let iam_root = format!("/cgcloud{ns}");
-        let roles: Vec<_> = self
-            .iam
-            .list_roles()
-            .path_prefix(&iam_root)
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .map_err(|e| self.classify("iam:ListRoles", e))?;
-        found.extend(roles.iter().filter_map(|r| r.path().strip_prefix("/cgcloud").map(str::to_owned)));
+        let iam_root = ns.iam_path();
+        let prefix = iam_root.strip_suffix(ns.as_str()).unwrap_or_default();
+        found.extend(
+            self.iam_paths_under(&iam_root).await?.iter().filter_map(|p| p.strip_prefix(prefix).map(str::to_owned)),
+        );
+        let ns = ns.as_str();
         Ok(found
             .into_iter()
             .filter(|v| v.len() > ns.len() && v.starts_with(ns))

@@ -195,18 +195,42 @@ impl Cloud {
         }
     }
 
-    /// The IAM roles whose path is exactly `path`, with their creation time (RFC 3339) and tags.
-    pub async fn roles_with_tags(&self, path: &str) -> Result<Vec<(String, String, Tags)>, AwsError> {
-        let roles: Vec<_> = self
-            .iam
+    /// The IAM roles whose path starts with `prefix` (a namespace's and those below it).
+    async fn roles_under(&self, prefix: &str) -> Result<Vec<aws_sdk_iam::types::Role>, AwsError> {
+        self.iam
             .list_roles()
-            .path_prefix(path)
+            .path_prefix(prefix)
             .into_paginator()
             .items()
             .send()
             .collect::<Result<Vec<_>, _>>()
             .await
-            .map_err(|e| self.classify("iam:ListRoles", e))?;
+            .map_err(|e| self.classify("iam:ListRoles", e))
+    }
+
+    /// The instance profiles whose path starts with `prefix`.
+    async fn profiles_under(&self, prefix: &str) -> Result<Vec<aws_sdk_iam::types::InstanceProfile>, AwsError> {
+        self.iam
+            .list_instance_profiles()
+            .path_prefix(prefix)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("iam:ListInstanceProfiles", e))
+    }
+
+    /// The paths of the IAM roles and instance profiles under `prefix`, itself included.
+    pub async fn iam_paths_under(&self, prefix: &str) -> Result<BTreeSet<String>, AwsError> {
+        let mut paths: BTreeSet<String> = self.roles_under(prefix).await?.iter().map(|r| r.path().to_owned()).collect();
+        paths.extend(self.profiles_under(prefix).await?.iter().map(|p| p.path().to_owned()));
+        Ok(paths)
+    }
+
+    /// The IAM roles whose path is exactly `path`, with their creation time (RFC 3339) and tags.
+    pub async fn roles_with_tags(&self, path: &str) -> Result<Vec<(String, String, Tags)>, AwsError> {
+        let roles = self.roles_under(path).await?;
         let mut out = Vec::new();
         for r in roles.iter().filter(|r| r.path() == path) {
             let tags = self
@@ -244,26 +268,8 @@ impl Cloud {
 
     /// IAM roles and instance profiles whose path is exactly `path`: (roles, profiles).
     pub async fn iam_in_path(&self, path: &str) -> Result<(Vec<String>, Vec<String>), AwsError> {
-        let roles: Vec<_> = self
-            .iam
-            .list_roles()
-            .path_prefix(path)
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .map_err(|e| self.classify("iam:ListRoles", e))?;
-        let profiles: Vec<_> = self
-            .iam
-            .list_instance_profiles()
-            .path_prefix(path)
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .map_err(|e| self.classify("iam:ListInstanceProfiles", e))?;
+        let roles = self.roles_under(path).await?;
+        let profiles = self.profiles_under(path).await?;
         Ok((
             roles.iter().filter(|r| r.path() == path).map(|r| r.role_name().to_owned()).collect(),
             profiles.iter().filter(|p| p.path() == path).map(|p| p.instance_profile_name().to_owned()).collect(),

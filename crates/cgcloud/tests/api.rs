@@ -17,8 +17,7 @@ fn env() -> TestEnv {
 /// An environment with a registered key pair named after the emulator's user (`moto`).
 fn env_with_key() -> TestEnv {
     let e = env();
-    let key = e.keygen("id_ed25519", "ed25519");
-    e.ok(&["register-key", key.with_extension("pub").to_str().unwrap()]);
+    e.with_key();
     e
 }
 

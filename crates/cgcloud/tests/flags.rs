@@ -22,8 +22,7 @@ fn env() -> TestEnv {
 /// An environment with the user's key pair (`moto`).
 fn env_with_key() -> TestEnv {
     let e = env();
-    let key = e.keygen("id_ed25519", "ed25519");
-    e.ok(&["register-key", key.with_extension("pub").to_str().unwrap()]);
+    e.with_key();
     e
 }
 

@@ -241,34 +241,10 @@ fn standin_status(u: &User) -> Value {
 /// The stand-in's status page through `cgcloud ssh jenkins-master --forward -- -N`, from the
 /// loopback port cgcloud printed for Jenkins.
 fn forwarded_standin_status(u: &User) -> Value {
-    use std::io::BufRead as _;
-    use std::os::unix::process::CommandExt as _;
-    let mut tunnel = u
-        .cmd()
-        .args(["ssh", MASTER, "--forward", "--", "-N"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(tunnel.stderr.take().unwrap()).lines();
-    let line = lines.find(|l| l.as_ref().is_ok_and(|l| l.ends_with("(Jenkins)"))).unwrap().unwrap();
-    let local = line.split("localhost:").nth(1).unwrap().split('/').next().unwrap().to_owned();
-    assert!(line.ends_with("-> localhost:8080 on the box (Jenkins)"), "{line}");
-    let url = format!("http://127.0.0.1:{local}/cgcloud-standin/status");
-    let mut page = Value::Null;
-    for _ in 0..60 {
-        let out = Command::new("curl").args(["-sf", "--max-time", "5", &url]).output().unwrap();
-        if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
-            page = v;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    Command::new("kill").args(["-TERM", "--", &format!("-{}", tunnel.id())]).status().unwrap();
-    let _ = tunnel.wait();
-    assert!(page.is_object(), "nothing from Jenkins through {url}");
+    let f = Forwards::open(u, &[MASTER], "(Jenkins)");
+    assert!(f.said.contains("-> localhost:8080 on the box (Jenkins)"), "{}", f.said);
+    let page = f.json(8080, "/cgcloud-standin/status", Value::is_object);
+    assert!(page.is_object(), "nothing from Jenkins through the forward:\n{}", f.said);
     page
 }
 

@@ -1701,49 +1701,11 @@ fn namenode_cluster_id(u: &User, cluster: &str) -> String {
 /// A JSON page of a web UI on the leader of `cluster`, through the forwards the role declares
 /// (`cgcloud ssh spark-leader --forward -- -N`), from the loopback port cgcloud prints.
 fn web_ui_through_tunnel(u: &User, cluster: &str, port: u16, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    use std::io::BufRead as _;
-    use std::os::unix::process::CommandExt as _;
-    let mut tunnel = u
-        .cmd()
-        .args(["ssh", "spark-leader", "-c", cluster, "--forward", "--", "-N"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    // "forward: http://localhost:LOCAL/ -> HOST:PORT on the box (...)", one line per forward
-    // of the leader, in the role's order (the application UI's last).
-    let mut said = String::new();
-    let mut lines = std::io::BufReader::new(tunnel.stderr.take().unwrap()).lines();
-    while !said.contains("(Spark application UI") {
-        let line = lines.next().unwrap_or_else(|| panic!("the forwards were not all printed:\n{said}")).unwrap();
-        said.push_str(&line);
-        said.push('\n');
-    }
-    let local = said
-        .lines()
-        .filter_map(|l| l.strip_prefix("forward: http://localhost:"))
-        .filter_map(|rest| rest.split_once("/ -> "))
-        .find(|(_, to)| to.split(' ').next().unwrap().ends_with(&format!(":{port}")))
-        .map(|(local, _)| local.parse::<u16>().unwrap())
-        .unwrap_or_else(|| panic!("no forward of port {port}:\n{said}"));
-    assert!(said.contains("Spark master UI") && said.contains("HDFS NameNode UI"), "{said}");
-    assert!(!said.contains("worker UI"), "the workers' UI is not the leader's: {said}");
-    let url = format!("http://127.0.0.1:{local}{path}");
-    let start = std::time::Instant::now();
-    let page = loop {
-        let out = Command::new("curl").args(["-sf", "--max-time", "5", &url]).output().unwrap();
-        let page: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if ready(&page) || start.elapsed().as_secs() > 30 {
-            break page;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    };
-    // cgcloud and its ssh child are one process group.
-    Command::new("kill").args(["-TERM", "--", &format!("-{}", tunnel.id())]).status().unwrap();
-    let _ = tunnel.wait();
-    page
+    // One line per forward of the leader, in the role's order (the application UI's last).
+    let f = Forwards::open(u, &["spark-leader", "-c", cluster], "(Spark application UI");
+    assert!(f.said.contains("Spark master UI") && f.said.contains("HDFS NameNode UI"), "{}", f.said);
+    assert!(!f.said.contains("worker UI"), "the workers' UI is not the leader's: {}", f.said);
+    f.json(port, path, ready)
 }
 
 /// The live DataNodes the NameNode's web UI (its JMX page) reports, through the SSH tunnel.

@@ -275,9 +275,15 @@ impl TestEnv {
     /// Registers a new ed25519 key as the user's key pair and bakes an image of the cluster
     /// node role `generic-cluster-box` (launched without provisioning: moto boots nothing), as
     /// cluster tests and benchmarks need before any create-cluster.
-    pub fn with_key_and_node_image(&self) {
+    /// Registers the user's key (`~/.ssh/id_ed25519`) as the key pair named after the
+    /// emulator's user (`moto`).
+    pub fn with_key(&self) {
         let key = self.keygen("id_ed25519", "ed25519");
         self.ok(&["register-key", &key.with_extension("pub").display().to_string()]);
+    }
+
+    pub fn with_key_and_node_image(&self) {
+        self.with_key();
         for args in [
             &["create", "generic-cluster-box", "-Q"][..],
             &["stop", "generic-cluster-box"],

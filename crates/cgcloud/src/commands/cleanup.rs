@@ -58,7 +58,7 @@ async fn scope(ctx: &Ctx, recursive: bool) -> Result<Vec<Namespace>> {
     let ns = ctx.namespace().await?.clone();
     let mut all = vec![ns.clone()];
     if recursive {
-        for child in ctx.cloud().await?.namespaces_below(ns.as_str()).await? {
+        for child in ctx.cloud().await?.namespaces_below(&ns).await? {
             all.push(Namespace::parse(&child)?);
         }
     }

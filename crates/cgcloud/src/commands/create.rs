@@ -16,15 +16,28 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Creates the security group and IAM profile (if needed) and launches one box, on the spot
-/// market if `spot` says so.
-async fn launch(ctx: &Ctx, p: &Prepared, txn: &Txn, spot: &SpotArgs) -> Result<Vec<BoxInfo>> {
+/// market if `spot` says so, and attaches its persistent volume (made first if new), if any.
+async fn launch(
+    ctx: &Ctx,
+    p: &Prepared,
+    txn: &Txn,
+    spot: &SpotArgs,
+    volume: Option<&VolumePlan>,
+) -> Result<(BoxInfo, Option<String>)> {
     let ids = launch_by_policy(ctx, p, txn, &Group::single(p), 1, 1, spot, "box", |_, _| {}).await?;
     let cloud = ctx.cloud().await?;
     wait_for_state(ctx, cloud, &ids, "running", &format!("box {}", ids.join(", "))).await?;
-    let mut boxes: Vec<BoxInfo> =
-        cloud.describe_instances(&ids).await?.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
-    boxes.sort_by_key(BoxInfo::sort_key);
-    Ok(boxes)
+    let b = cloud
+        .describe_instances(&ids)
+        .await?
+        .iter()
+        .find_map(cgcloud_aws::ec2::box_from_instance)
+        .context("RunInstances returned no instance")?;
+    let volume_id = match volume {
+        Some(v) => Some(attach_volume(ctx, cloud, txn, p, v, &b).await?),
+        None => None,
+    };
+    Ok((b, volume_id))
 }
 
 /// The spot options of a single box, checked (further types exist) and applied (the zone
@@ -60,12 +73,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<ExitCode> {
     let plan = compile(&prepared.role, &prepared.os, &prepared.options)?;
     let txn = Txn::new();
     let work = async {
-        let boxes = launch(ctx, &prepared, &txn, &spot).await?;
-        let b = boxes.into_iter().next().context("RunInstances returned no instance")?;
-        let volume_id = match &volume {
-            Some(v) => Some(attach_volume(ctx, cloud, &txn, &prepared, v, &b).await?),
-            None => None,
-        };
+        let (b, volume_id) = launch(ctx, &prepared, &txn, &spot, volume.as_ref()).await?;
         if a.quick {
             finish_launch(cloud, &txn, std::slice::from_ref(&b.instance_id)).await?;
             return Ok((b, None));
@@ -160,12 +168,7 @@ pub async fn recreate(ctx: &Ctx, a: RecreateArgs) -> Result<ExitCode> {
     warn_if_role_changed(&prepared, &image);
     let txn = Txn::new();
     let work = async {
-        let boxes = launch(ctx, &prepared, &txn, &spot).await?;
-        let b = boxes.into_iter().next().context("RunInstances returned no instance")?;
-        let volume_id = match &volume {
-            Some(v) => Some(attach_volume(ctx, cloud, &txn, &prepared, v, &b).await?),
-            None => None,
-        };
+        let (b, volume_id) = launch(ctx, &prepared, &txn, &spot, volume.as_ref()).await?;
         if !a.quick {
             let target = wait_ssh(ctx, &b, &a.launch).await?;
             if let (Some(id), Some(v)) = (&volume_id, &volume) {

@@ -131,3 +131,71 @@ pub fn iam(script: &str) {
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
+
+/// `cgcloud ssh ROLE ARGS --forward -- -N` running in the background (its own process group,
+/// ended on drop), and the forward lines it printed ("forward: http://localhost:LOCAL/ ->
+/// HOST:PORT on the box (What)") up to the one containing `last`.
+pub struct Forwards {
+    child: std::process::Child,
+    pub said: String,
+}
+
+impl Forwards {
+    pub fn open(u: &User, role_args: &[&str], last: &str) -> Forwards {
+        use std::io::BufRead as _;
+        use std::os::unix::process::CommandExt as _;
+        let mut child = u
+            .cmd()
+            .arg("ssh")
+            .args(role_args)
+            .args(["--forward", "--", "-N"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        while !said.contains(last) {
+            let line = lines.next().unwrap_or_else(|| panic!("no forward line with {last:?}:\n{said}")).unwrap();
+            said.push_str(&line);
+            said.push('\n');
+        }
+        Forwards { child, said }
+    }
+
+    /// The local port of the forward to the box's `port`.
+    pub fn local_port(&self, port: u16) -> u16 {
+        self.said
+            .lines()
+            .filter_map(|l| l.strip_prefix("forward: http://localhost:"))
+            .filter_map(|rest| rest.split_once("/ -> "))
+            .find(|(_, to)| to.split(' ').next().is_some_and(|t| t.ends_with(&format!(":{port}"))))
+            .map(|(local, _)| local.parse::<u16>().unwrap())
+            .unwrap_or_else(|| panic!("no forward of port {port}:\n{}", self.said))
+    }
+
+    /// The JSON at `path` through the forward of the box's `port`, once `ready` says so (or
+    /// what it was after 30 s).
+    pub fn json(&self, port: u16, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let url = format!("http://127.0.0.1:{}{path}", self.local_port(port));
+        let start = std::time::Instant::now();
+        loop {
+            let out = Command::new("curl").args(["-sf", "--max-time", "5", &url]).output().unwrap();
+            let page: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if ready(&page) || start.elapsed().as_secs() > 30 {
+                return page;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for Forwards {
+    fn drop(&mut self) {
+        // cgcloud and its ssh child are one process group.
+        let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", self.child.id())]).status();
+        let _ = self.child.wait();
+    }
+}
