@@ -1,0 +1,623 @@
+//! Instances: finding cgcloud's boxes (and the original CGCloud's) by their tags, launching,
+//! power, tags and instance profiles.
+
+use super::*;
+use crate::{AwsError, Cloud};
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification, Instance, InstanceType, Placement,
+    ResourceType, Tag, VolumeType,
+};
+use base64::Engine as _;
+use cgcloud_core::model::BoxInfo;
+use cgcloud_core::tags::{self, Tags};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Decodes an instance into a box; `None` if it carries no cgcloud role/namespace tags.
+pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
+    let tags = to_tags(i.tags());
+    let role = tags.get(tags::ROLE)?.clone();
+    let namespace = tags.get(tags::NAMESPACE)?.clone();
+    let mut b = instance_box(i, role, namespace)?;
+    b.cluster = tags.get(tags::CLUSTER).cloned();
+    b.ordinal = tags::ordinal(&tags, i.ami_launch_index());
+    b.leader = tags.get(tags::LEADER).cloned();
+    b.generation = tags.get(tags::GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0);
+    b.interrupted = i
+        .state_reason()
+        .filter(|r| r.code().is_some_and(|c| c.starts_with("Server.SpotInstance")))
+        .map(|r| r.message().or(r.code()).unwrap_or_default().to_owned());
+    b.host_key = trusted_host_key(&b.instance_id, &tags);
+    b.admin_user = tags.get(tags::ADMIN_USER).cloned();
+    b.persistent_volume = tags.get(tags::PERSISTENT_VOLUME).cloned();
+    b.autostop = tags::autostop_text(&tags);
+    b.options = tags::options_from_tags(&tags);
+    b.tags = tags;
+    Some(b)
+}
+
+/// What EC2 itself says of an instance, as a box of `role` in `namespace`; what the tags say is
+/// the caller's to add.
+fn instance_box(i: &Instance, role: String, namespace: String) -> Option<BoxInfo> {
+    Some(BoxInfo {
+        instance_id: i.instance_id()?.to_owned(),
+        role,
+        namespace,
+        cluster: None,
+        ordinal: None,
+        leader: None,
+        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+        instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        zone: i.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
+        private_ip: i.private_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
+        public_ip: i.public_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
+        private_dns: i.private_dns_name().filter(|s| !s.is_empty()).map(str::to_owned),
+        launch_time: time(i.launch_time()),
+        image_id: i.image_id().map(str::to_owned),
+        key_name: i.key_name().map(str::to_owned),
+        generation: 0,
+        spot: i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot"),
+        interrupted: None,
+        host_key: None,
+        admin_user: None,
+        instance_profile: i
+            .iam_instance_profile()
+            .and_then(|p| p.arn())
+            .and_then(|a| a.rsplit('/').next())
+            .map(str::to_owned),
+        persistent_volume: None,
+        autostop: None,
+        options: Default::default(),
+        tags: Tags::new(),
+    })
+}
+
+/// The tags by which the original (Python) CGCloud recognised its boxes; a box of it has at
+/// least one of them and no `cgcloud:namespace`.
+pub const ORIGINAL_TAGS: [&str; 4] = ["generation", "cluster_ordinal", "cluster_name", "leader_instance_id"];
+
+/// A box of the original (Python) CGCloud in namespace `ns`, as far as its tags tell: its role is
+/// its `Name` (the same encoding as ours), its cluster `cluster_name` (which the original set to
+/// a standalone box's own id, left out here), its ordinal `cluster_ordinal`, its leader
+/// `leader_instance_id`. Tag values the box could have written are made printable.
+pub fn original_box_from_instance(ns: &cgcloud_core::namespace::Namespace, i: &Instance) -> Option<BoxInfo> {
+    let tags = to_tags(i.tags());
+    if tags.contains_key(tags::NAMESPACE) || !ORIGINAL_TAGS.iter().any(|t| tags.contains_key(*t)) {
+        return None;
+    }
+    let name = tags.get("Name")?;
+    if !ns.owns_aws_name(name) {
+        return None;
+    }
+    let role = ns.from_aws_name(name).ok()?;
+    let mut b = instance_box(i, role, ns.to_string())?;
+    let text = |k: &str| tags.get(k).map(|v| cgcloud_core::tags::printable(v));
+    b.cluster = text("cluster_name").filter(|c| *c != b.instance_id);
+    b.ordinal = tags.get("cluster_ordinal").and_then(|o| o.parse().ok());
+    b.leader = text("leader_instance_id").filter(|l| *l != b.instance_id);
+    b.generation = tags.get("generation").and_then(|g| g.parse().ok()).unwrap_or(0);
+    b.admin_user = text("admin_user");
+    Some(b)
+}
+
+/// The host key tag of a box, if it is exactly one key as `type base64`. The box writes this
+/// tag itself, and its value goes into the workstation's known_hosts: anything else (a second
+/// line naming other hosts, a `@revoked` marker) would let one box break or take over
+/// connections to the others, so such a box counts as having no host key.
+fn trusted_host_key(instance_id: &str, tags: &Tags) -> Option<String> {
+    let value = tags.get(tags::HOST_KEY)?;
+    match cgcloud_core::sshkey::PublicKey::parse_bare(value) {
+        Ok(_) => Some(value.clone()),
+        Err(e) => {
+            // The value itself is not shown: the box chose it, and it may hold escape sequences.
+            tracing::warn!(
+                "box {instance_id} published an invalid SSH host key (tag {}): {e}; not trusting it",
+                tags::HOST_KEY
+            );
+            None
+        }
+    }
+}
+
+/// What `run_instances` needs.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchSpec {
+    pub image_id: String,
+    pub instance_type: String,
+    pub count: i32,
+    /// Accept as few as this many when capacity is short (default: all of `count`).
+    pub min_count: Option<i32>,
+    pub key_name: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub subnet_id: Option<String>,
+    pub zone: Option<String>,
+    /// Raw user data; base64-encoded here.
+    pub user_data: String,
+    pub instance_profile: Option<String>,
+    /// (device name, size in GiB) of the root volume.
+    pub root_volume: Option<(String, i32)>,
+    pub tags: Tags,
+    /// Makes a retried RunInstances idempotent.
+    pub client_token: Option<String>,
+    /// Launch on the spot market, with this maximum price (None: up to the on-demand price).
+    pub spot: Option<Option<String>>,
+    /// Device names for the instance-store disks of Xen instance types, which exist only
+    /// where the launch maps them (Nitro instances always show theirs as NVMe devices).
+    pub instance_store_devices: Vec<String>,
+}
+
+/// Errors that mean EC2 could not provide the capacity (try elsewhere or later).
+pub fn is_capacity_error(e: &AwsError) -> bool {
+    e.code().is_some_and(|c| {
+        matches!(
+            c,
+            "InsufficientInstanceCapacity"
+                | "InsufficientCapacity"
+                | "SpotMaxPriceTooLow"
+                | "MaxSpotInstanceCountExceeded"
+                | "InsufficientFreeAddressesInSubnet"
+                | "Unsupported"
+        )
+    })
+}
+
+impl Cloud {
+    /// Every cgcloud box in `namespace` (optionally of one role), any state but terminated.
+    pub async fn list_boxes(&self, namespace: &str, role: Option<&str>) -> Result<Vec<BoxInfo>, AwsError> {
+        let mut filters = vec![
+            tag_filter(tags::NAMESPACE, namespace),
+            filter("instance-state-name", &["pending", "running", "stopping", "stopped", "shutting-down"]),
+        ];
+        if let Some(r) = role {
+            filters.push(tag_filter(tags::ROLE, r));
+        }
+        self.describe_boxes(filters, namespace).await
+    }
+
+    /// Boxes of `namespace` that a spot interruption terminated (EC2 lists terminated instances
+    /// for about an hour).
+    pub async fn interrupted_boxes(&self, namespace: &str) -> Result<Vec<BoxInfo>, AwsError> {
+        let filters = vec![tag_filter(tags::NAMESPACE, namespace), filter("instance-state-name", &["terminated"])];
+        Ok(self.describe_boxes(filters, namespace).await?.into_iter().filter(|b| b.interrupted.is_some()).collect())
+    }
+
+    /// Boxes carrying a given tag value, any live state.
+    pub async fn boxes_with_tag(&self, namespace: &str, key: &str, value: &str) -> Result<Vec<BoxInfo>, AwsError> {
+        let filters = vec![
+            tag_filter(tags::NAMESPACE, namespace),
+            tag_filter(key, value),
+            filter("instance-state-name", &["pending", "running", "stopping", "stopped", "shutting-down"]),
+        ];
+        self.describe_boxes(filters, namespace).await
+    }
+
+    async fn describe_boxes(&self, filters: Vec<Filter>, namespace: &str) -> Result<Vec<BoxInfo>, AwsError> {
+        let pages: Vec<_> = self
+            .ec2
+            .describe_instances()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeInstances", e))?;
+        // The filter already scopes to the namespace; check again so that nothing outside it
+        // can ever be acted on, whatever an endpoint's filter support.
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.reservations())
+            .flat_map(|r| r.instances())
+            .filter_map(box_from_instance)
+            .filter(|b| b.namespace == namespace)
+            .collect())
+    }
+
+    /// Instances by id (any state), decoded as boxes where they are cgcloud boxes.
+    pub async fn describe_instances(&self, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pages: Vec<_> = self
+            .ec2
+            .describe_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeInstances", e))?;
+        Ok(pages.iter().flat_map(|p| p.reservations()).flat_map(|r| r.instances()).cloned().collect())
+    }
+
+    /// The live boxes of the original (Python) CGCloud in namespace `ns` (see
+    /// `original_box_from_instance`): found by their `Name` tag, which both tools encode alike.
+    pub async fn original_boxes(&self, ns: &cgcloud_core::namespace::Namespace) -> Result<Vec<BoxInfo>, AwsError> {
+        let pattern = format!("{}*", ns.aws_prefix());
+        let pages: Vec<_> = self
+            .ec2
+            .describe_instances()
+            .filters(filter("tag:Name", &[&pattern]))
+            .filters(filter("instance-state-name", &["pending", "running", "stopping", "stopped"]))
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeInstances", e))?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.reservations())
+            .flat_map(|r| r.instances())
+            .filter_map(|i| original_box_from_instance(ns, i))
+            .collect())
+    }
+
+    /// The namespaces strictly below `ns` (e.g. `/team/ci/` below `/team/`) that have EC2
+    /// resources in this region or IAM roles or profiles: the values of every `cgcloud:namespace` tag and
+    /// the IAM paths under `ns`'s. Values that are not namespaces are left out.
+    pub async fn namespaces_below(
+        &self,
+        ns: &cgcloud_core::namespace::Namespace,
+    ) -> Result<std::collections::BTreeSet<String>, AwsError> {
+        let tags: Vec<_> = self
+            .ec2
+            .describe_tags()
+            .filters(filter("key", &[tags::NAMESPACE]))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeTags", e))?;
+        let mut found: std::collections::BTreeSet<String> =
+            tags.iter().filter_map(|t| t.value().map(str::to_owned)).collect();
+        let iam_root = ns.iam_path();
+        let prefix = iam_root.strip_suffix(ns.as_str()).unwrap_or_default();
+        found.extend(
+            self.iam_paths_under(&iam_root).await?.iter().filter_map(|p| p.strip_prefix(prefix).map(str::to_owned)),
+        );
+        let ns = ns.as_str();
+        Ok(found
+            .into_iter()
+            .filter(|v| v.len() > ns.len() && v.starts_with(ns))
+            .filter(|v| cgcloud_core::namespace::Namespace::parse(v).is_ok())
+            .collect())
+    }
+
+    /// The tags of EC2 resource `id` (any kind); none for a resource that does not exist.
+    pub async fn resource_tags(&self, id: &str) -> Result<Tags, AwsError> {
+        let tags: Vec<_> = self
+            .ec2
+            .describe_tags()
+            .filters(filter("resource-id", &[id]))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeTags", e))?;
+        Ok(tags
+            .iter()
+            .filter(|t| t.resource_id() == Some(id))
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+            .collect())
+    }
+
+    /// The ARN of instance `id`'s instance profile, if it exists and has one.
+    pub async fn instance_profile_of(&self, id: &str) -> Result<Option<String>, AwsError> {
+        match self.describe_instances(&[id.to_owned()]).await {
+            Ok(found) => {
+                Ok(found.first().and_then(|i| i.iam_instance_profile()).and_then(|p| p.arn()).map(str::to_owned))
+            }
+            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidInstanceID")) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives instance `id` the instance profile `name`, replacing the one it has, or takes its
+    /// profile away (`None`). Returns whether anything changed. A profile IAM has only just made
+    /// may not be visible to EC2 yet: that is retried for up to 60 s.
+    pub async fn set_instance_profile(&self, id: &str, name: Option<&str>) -> Result<bool, AwsError> {
+        let current = self
+            .ec2
+            .describe_iam_instance_profile_associations()
+            .filters(Filter::builder().name("instance-id").values(id).build())
+            .filters(Filter::builder().name("state").values("associated").values("associating").build())
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeIamInstanceProfileAssociations", e))?;
+        let association = current.iam_instance_profile_associations().first().cloned();
+        let current_name = association
+            .as_ref()
+            .and_then(|a| a.iam_instance_profile())
+            .and_then(|p| p.arn())
+            .and_then(|arn| arn.rsplit('/').next())
+            .map(str::to_owned);
+        if current_name.as_deref() == name {
+            return Ok(false);
+        }
+        let association_id = association.as_ref().and_then(|a| a.association_id()).map(str::to_owned);
+        let Some(name) = name else {
+            if let Some(aid) = association_id {
+                self.ec2
+                    .disassociate_iam_instance_profile()
+                    .association_id(aid)
+                    .send()
+                    .await
+                    .map_err(|e| self.classify("ec2:DisassociateIamInstanceProfile", e))?;
+            }
+            return Ok(true);
+        };
+        let spec = aws_sdk_ec2::types::IamInstanceProfileSpecification::builder().name(name).build();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let res = match &association_id {
+                Some(aid) => self
+                    .ec2
+                    .replace_iam_instance_profile_association()
+                    .association_id(aid)
+                    .iam_instance_profile(spec.clone())
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.classify("ec2:ReplaceIamInstanceProfileAssociation", e)),
+                None => self
+                    .ec2
+                    .associate_iam_instance_profile()
+                    .instance_id(id)
+                    .iam_instance_profile(spec.clone())
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.classify("ec2:AssociateIamInstanceProfile", e)),
+            };
+            match res {
+                Ok(()) => return Ok(true),
+                Err(e)
+                    if e.to_string().to_lowercase().contains("iam instance profile")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!("waiting for IAM propagation: {e}");
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Launches instances. Retries for a while on the errors that only mean a just-created
+    /// IAM instance profile or security group has not propagated yet.
+    pub async fn run_instances(&self, spec: &LaunchSpec) -> Result<Vec<Instance>, AwsError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut map_instance_store = true;
+        loop {
+            let mut req = self
+                .ec2
+                .run_instances()
+                .image_id(&spec.image_id)
+                .instance_type(InstanceType::from(spec.instance_type.as_str()))
+                .min_count(spec.min_count.unwrap_or(spec.count).clamp(1, spec.count.max(1)))
+                .max_count(spec.count)
+                .set_key_name(spec.key_name.clone())
+                .set_security_group_ids(Some(spec.security_group_ids.clone()))
+                .set_subnet_id(spec.subnet_id.clone())
+                .set_client_token(spec.client_token.clone())
+                .user_data(base64::engine::general_purpose::STANDARD.encode(&spec.user_data))
+                .set_tag_specifications((!spec.tags.is_empty()).then(|| {
+                    vec![tag_spec(ResourceType::Instance, &spec.tags), tag_spec(ResourceType::Volume, &spec.tags)]
+                }));
+            if let Some(zone) = &spec.zone {
+                req = req.placement(Placement::builder().availability_zone(zone).build());
+            }
+            if let Some(max_price) = &spec.spot {
+                let mut opts = aws_sdk_ec2::types::SpotMarketOptions::builder()
+                    .spot_instance_type(aws_sdk_ec2::types::SpotInstanceType::OneTime)
+                    .instance_interruption_behavior(aws_sdk_ec2::types::InstanceInterruptionBehavior::Terminate);
+                if let Some(p) = max_price {
+                    opts = opts.max_price(p);
+                }
+                req = req.instance_market_options(
+                    aws_sdk_ec2::types::InstanceMarketOptionsRequest::builder()
+                        .market_type(aws_sdk_ec2::types::MarketType::Spot)
+                        .spot_options(opts.build())
+                        .build(),
+                );
+            }
+            if let Some(profile) = &spec.instance_profile {
+                req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
+            }
+            let store = if map_instance_store { spec.instance_store_devices.as_slice() } else { &[] };
+            for (i, device) in store.iter().enumerate() {
+                req = req.block_device_mappings(
+                    BlockDeviceMapping::builder().device_name(device).virtual_name(format!("ephemeral{i}")).build(),
+                );
+            }
+            if let Some((device, size)) = &spec.root_volume {
+                req = req.block_device_mappings(
+                    BlockDeviceMapping::builder()
+                        .device_name(device)
+                        .ebs(
+                            EbsBlockDevice::builder()
+                                .volume_size(*size)
+                                .volume_type(VolumeType::Gp3)
+                                .delete_on_termination(true)
+                                .build(),
+                        )
+                        .build(),
+                );
+            }
+            match req.send().await {
+                Ok(out) => return Ok(out.instances().to_vec()),
+                Err(e) => {
+                    let e = self.classify("ec2:RunInstances", e);
+                    let msg = e.to_string().to_lowercase();
+                    let propagating = e.code() == Some("InvalidGroup.NotFound")
+                        || msg.contains("iam instance profile")
+                        || msg.contains("no associated iam roles");
+                    if propagating && tokio::time::Instant::now() < deadline {
+                        tracing::debug!("waiting for IAM/security group propagation: {e}");
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        continue;
+                    }
+                    // Emulators (moto) accept only EBS mappings; EC2 takes ephemeralN ones.
+                    if map_instance_store
+                        && !spec.instance_store_devices.is_empty()
+                        && e.code() == Some("MissingParameter")
+                        && msg.contains("ebs")
+                    {
+                        tracing::warn!(
+                            "this EC2 endpoint refuses instance-store mappings ({e}); launching without them"
+                        );
+                        map_instance_store = false;
+                        continue;
+                    }
+                    if e.code() == Some("InvalidKeyPair.NotFound") {
+                        return Err(AwsError::Invalid(format!(
+                            "key pair '{}' does not exist in region {}; register it with `cgcloud register-key ~/.ssh/id_ed25519.pub`",
+                            spec.key_name.as_deref().unwrap_or_default(),
+                            self.region
+                        )));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    pub async fn create_tags(&self, resources: &[String], tags: &Tags) -> Result<(), AwsError> {
+        if resources.is_empty() || tags.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .create_tags()
+            .set_resources(Some(resources.to_vec()))
+            .set_tags(Some(tag_list(tags)))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:CreateTags", e))?;
+        Ok(())
+    }
+
+    pub async fn delete_tags(&self, resources: &[String], keys: &[&str]) -> Result<(), AwsError> {
+        if resources.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .delete_tags()
+            .set_resources(Some(resources.to_vec()))
+            .set_tags(Some(keys.iter().map(|k| Tag::builder().key(*k).build()).collect()))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DeleteTags", e))?;
+        Ok(())
+    }
+
+    /// Stops or terminates instance `id` as a spot interruption. Only the local cloud tells the
+    /// two apart: its moto records EC2's state reason for an interruption when the request
+    /// carries `X-Cgcloud-Spot-Interruption` (see cgcloud-localcloud's moto launcher).
+    pub async fn interrupt(&self, id: &str, stop: bool) -> Result<(), AwsError> {
+        let mark = |req: &mut aws_smithy_runtime_api::http::Request| {
+            req.headers_mut().insert("x-cgcloud-spot-interruption", "1");
+        };
+        if stop {
+            self.ec2
+                .stop_instances()
+                .instance_ids(id)
+                .customize()
+                .mutate_request(mark)
+                .send()
+                .await
+                .map_err(|e| self.classify("ec2:StopInstances", e))?;
+        } else {
+            self.ec2
+                .terminate_instances()
+                .instance_ids(id)
+                .customize()
+                .mutate_request(mark)
+                .send()
+                .await
+                .map_err(|e| self.classify("ec2:TerminateInstances", e))?;
+        }
+        Ok(())
+    }
+
+    pub async fn terminate(&self, ids: &[String]) -> Result<(), AwsError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .terminate_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:TerminateInstances", e))?;
+        Ok(())
+    }
+
+    pub async fn stop(&self, ids: &[String]) -> Result<(), AwsError> {
+        self.ec2
+            .stop_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:StopInstances", e))?;
+        Ok(())
+    }
+
+    pub async fn start(&self, ids: &[String]) -> Result<(), AwsError> {
+        self.ec2
+            .start_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:StartInstances", e))?;
+        Ok(())
+    }
+
+    pub async fn reboot(&self, ids: &[String]) -> Result<(), AwsError> {
+        self.ec2
+            .reboot_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:RebootInstances", e))?;
+        Ok(())
+    }
+
+    /// The state of each instance: id → (state, reason message).
+    pub async fn instance_states(
+        &self,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, (String, Option<String>)>, AwsError> {
+        let instances = self.describe_instances(ids).await?;
+        Ok(instances
+            .iter()
+            .filter_map(|i| {
+                Some((
+                    i.instance_id()?.to_owned(),
+                    (
+                        i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+                        // A failure tag explains more than EC2's generic state reason.
+                        to_tags(i.tags())
+                            .remove(tags::FAILURE)
+                            .or_else(|| i.state_reason().and_then(|r| r.message()).map(str::to_owned)),
+                    ),
+                ))
+            })
+            .collect())
+    }
+
+    /// The instance's console output as EC2 keeps it (decoded), if it has any yet.
+    pub async fn console_output(&self, instance_id: &str) -> Result<Option<String>, AwsError> {
+        let out = self
+            .ec2
+            .get_console_output()
+            .instance_id(instance_id)
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:GetConsoleOutput", e))?;
+        Ok(out
+            .output()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+}
