@@ -76,15 +76,16 @@ impl Intercept for CountingInterceptor {
     }
 }
 
-/// Connected clients for one region.
+/// Connected clients for one region. The SDK clients stay inside this crate: what the rest of
+/// cgcloud may do with AWS is the verbs in `ec2`, `iam`, `agent` and `ssm`.
 #[derive(Clone, Debug)]
 pub struct Cloud {
-    pub ec2: aws_sdk_ec2::Client,
-    pub iam: aws_sdk_iam::Client,
-    pub sts: aws_sdk_sts::Client,
-    pub sqs: aws_sdk_sqs::Client,
-    pub sns: aws_sdk_sns::Client,
-    pub cloudwatch: aws_sdk_cloudwatch::Client,
+    pub(crate) ec2: aws_sdk_ec2::Client,
+    pub(crate) iam: aws_sdk_iam::Client,
+    pub(crate) sts: aws_sdk_sts::Client,
+    pub(crate) sqs: aws_sdk_sqs::Client,
+    pub(crate) sns: aws_sdk_sns::Client,
+    pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,
     pub region: String,
     /// The endpoint override in effect, if any (for messages).
     pub endpoint: Option<String>,

@@ -13,7 +13,6 @@ use crate::host::{Host, InstanceSpec};
 use crate::images::BaseImage;
 use crate::proxy::{Event, PowerEvent};
 use crate::{net, sys, Error, LocalCloud, FAILURE_TAG};
-use aws_sdk_ec2::types::Filter;
 use cgcloud_aws::Cloud;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -46,23 +45,8 @@ struct Attachment {
     device: String,
 }
 
-#[derive(Debug, Clone)]
-struct Observed {
-    id: String,
-    state: String,
-    ip: Option<String>,
-    dns: Option<String>,
-    image_id: String,
-    key_name: Option<String>,
-    instance_type: String,
-    zone: String,
-    /// The instance profile's name.
-    profile: Option<String>,
-    tokens_required: bool,
-    spot: bool,
-    /// Its security groups' ids.
-    groups: Vec<String>,
-}
+/// An instance of the local VPC as EC2 (moto) describes it.
+type Observed = cgcloud_aws::ec2::InstanceInfo;
 
 struct Controller {
     lc: LocalCloud,
@@ -288,80 +272,12 @@ impl Controller {
     }
 
     async fn observe(&self) -> Result<Vec<Observed>, Error> {
-        let pages: Vec<_> = self
-            .cloud
-            .ec2
-            .describe_instances()
-            .filters(Filter::builder().name("vpc-id").values(&self.vpc_id).build())
-            .into_paginator()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .map_err(|e| Error::Controller(format!("DescribeInstances: {e}")))?;
-        Ok(pages
-            .iter()
-            .flat_map(|p| p.reservations())
-            .flat_map(|r| r.instances())
-            .filter_map(|i| {
-                Some(Observed {
-                    id: i.instance_id()?.to_owned(),
-                    state: i.state()?.name()?.as_str().to_owned(),
-                    ip: i.private_ip_address().map(str::to_owned),
-                    dns: i.private_dns_name().map(str::to_owned),
-                    image_id: i.image_id().unwrap_or_default().to_owned(),
-                    key_name: i.key_name().map(str::to_owned),
-                    instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
-                    zone: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_owned(),
-                    profile: i
-                        .iam_instance_profile()
-                        .and_then(|p| p.arn())
-                        .and_then(|arn| arn.rsplit('/').next())
-                        .map(str::to_owned),
-                    tokens_required: i
-                        .metadata_options()
-                        .and_then(|m| m.http_tokens())
-                        .is_some_and(|t| *t == aws_sdk_ec2::types::HttpTokensState::Required),
-                    spot: i.instance_lifecycle().is_some_and(|l| *l == aws_sdk_ec2::types::InstanceLifecycleType::Spot),
-                    groups: i.security_groups().iter().filter_map(|g| g.group_id().map(str::to_owned)).collect(),
-                })
-            })
-            .collect())
+        Ok(self.cloud.all_instances(Some(&self.vpc_id)).await?)
     }
 
     /// The ingress permissions of the VPC's security groups, by group id.
     async fn security_groups(&self) -> Result<BTreeMap<String, Vec<crate::secgroups::Permission>>, Error> {
-        let groups: Vec<_> = self
-            .cloud
-            .ec2
-            .describe_security_groups()
-            .filters(Filter::builder().name("vpc-id").values(&self.vpc_id).build())
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .map_err(|e| Error::Controller(format!("DescribeSecurityGroups: {e}")))?;
-        Ok(groups
-            .iter()
-            .filter_map(|g| {
-                let perms = g
-                    .ip_permissions()
-                    .iter()
-                    .map(|p| crate::secgroups::Permission {
-                        protocol: p.ip_protocol().unwrap_or("-1").to_owned(),
-                        from_port: p.from_port(),
-                        to_port: p.to_port(),
-                        cidrs: p.ip_ranges().iter().filter_map(|r| r.cidr_ip().map(str::to_owned)).collect(),
-                        groups: p
-                            .user_id_group_pairs()
-                            .iter()
-                            .filter_map(|u| u.group_id().map(str::to_owned))
-                            .collect(),
-                    })
-                    .collect();
-                Some((g.group_id()?.to_owned(), perms))
-            })
-            .collect())
+        Ok(self.cloud.ingress_by_group(&self.vpc_id).await?)
     }
 
     /// Makes the rules in force those of the groups and their members now.
@@ -375,7 +291,9 @@ impl Controller {
                 matches!(i.state.as_str(), "pending" | "running" | "stopping" | "shutting-down")
                     || (Host { dir: self.dir(), id: &i.id }).pid().is_some()
             })
-            .filter_map(|i| Some(crate::secgroups::Member { ip: i.ip.clone()?, groups: i.groups.clone() }))
+            .filter_map(|i| {
+                Some(crate::secgroups::Member { ip: i.private_ip.clone()?, groups: i.security_groups.clone() })
+            })
             .collect();
         let groups = match self.security_groups().await {
             Ok(g) => g,
@@ -512,22 +430,28 @@ impl Controller {
     /// drops the data of deleted ones. Returns whether an attachment waits for its host's init
     /// (then the next tick comes soon).
     async fn realize_volumes(&mut self, local: &HashSet<String>) -> bool {
-        let Ok(out) = self.cloud.ec2.describe_volumes().send().await else { return false };
+        let volumes = match self.cloud.all_volumes().await {
+            Ok(v) => v,
+            Err(e) => {
+                log(format!("volumes: {e}"));
+                return false;
+            }
+        };
         let mut alive = HashSet::new();
         let mut waiting = false;
-        for v in out.volumes() {
-            let Some(id) = v.volume_id() else { continue };
+        for v in &volumes {
+            let id = v.volume_id.as_str();
             alive.insert(id.to_owned());
-            let attachment = v.attachments().iter().find(|a| a.instance_id().is_some_and(|i| local.contains(i)));
+            let attachment = v.attachments.iter().find(|a| local.contains(&a.instance_id));
             let Some(att) = attachment else {
                 if let Some(was) = self.attached.remove(id) {
                     self.detach(id, &was).await;
                 }
                 continue;
             };
-            let instance = att.instance_id().unwrap_or_default().to_owned();
+            let instance = att.instance_id.clone();
             // Root volumes of the launch mapping are the host's overlay disk, not devices.
-            let device = att.device().unwrap_or_default().to_owned();
+            let device = att.device.clone();
             if device.is_empty() || device.ends_with("sda1") || device.ends_with("xvda") || device == "/dev/sda" {
                 continue;
             }
@@ -549,7 +473,16 @@ impl Controller {
                 // Moved to another instance or device (detached and attached again between ticks).
                 self.detach(id, &was).await;
             }
-            match crate::volumes::attach(self.dir(), &instance, id, v.size().unwrap_or(1), pid, &device).await {
+            match crate::volumes::attach(
+                self.dir(),
+                &instance,
+                id,
+                i32::try_from(v.size_gb.max(1)).unwrap_or(i32::MAX),
+                pid,
+                &device,
+            )
+            .await
+            {
                 Ok(crate::volumes::Attached::Done) => {
                     log(format!("volume {id}: attached to {instance} at {}", crate::volumes::guest_device(&device)));
                     self.attached.insert(id.to_owned(), want);
@@ -600,23 +533,16 @@ impl Controller {
         local: &HashSet<String>,
         instances: &[Observed],
     ) -> Result<HashSet<String>, Error> {
-        let out = self
-            .cloud
-            .ec2
-            .describe_images()
-            .owners("self")
-            .send()
-            .await
-            .map_err(|e| Error::Controller(format!("DescribeImages: {e}")))?;
+        let images = self.cloud.own_images().await?;
         let mut pending = HashSet::new();
         let mut alive = HashSet::new();
-        for img in out.images() {
-            let Some(id) = img.image_id() else { continue };
+        for img in &images {
+            let id = img.image_id.as_str();
             alive.insert(id.to_owned());
             if self.layer(id).is_some() {
                 continue;
             }
-            let Some(src) = img.source_instance_id().filter(|s| local.contains(*s)) else { continue };
+            let Some(src) = img.source_instance.as_deref().filter(|s| local.contains(*s)) else { continue };
             let src_state = instances.iter().find(|i| i.id == src).map(|i| i.state.as_str()).unwrap_or("");
             let host = Host { dir: self.dir(), id: src };
             // Wait for a stopping host to power off, so the layer is a consistent disk.
@@ -755,9 +681,9 @@ impl Controller {
             .iter()
             .filter(|i| matches!(i.state.as_str(), "pending" | "running" | "stopping"))
             .filter_map(|i| {
-                let ip = i.ip.clone()?;
+                let ip = i.private_ip.clone()?;
                 let fqdn = i
-                    .dns
+                    .private_dns
                     .clone()
                     .unwrap_or_else(|| format!("ip-{}.{}.compute.internal", ip.replace('.', "-"), crate::REGION));
                 Some((
@@ -770,7 +696,7 @@ impl Controller {
                         instance_type: i.instance_type.clone(),
                         zone: i.zone.clone(),
                         key_name: i.key_name.clone(),
-                        profile: i.profile.clone(),
+                        profile: i.instance_profile.clone(),
                         tokens_required: i.tokens_required,
                         spot: i.spot,
                     },
@@ -788,8 +714,8 @@ impl Controller {
             .iter()
             .filter(|i| matches!(i.state.as_str(), "pending" | "running"))
             .filter_map(|i| {
-                let ip = i.ip.as_ref()?;
-                let fqdn = i.dns.as_ref()?;
+                let ip = i.private_ip.as_ref()?;
+                let fqdn = i.private_dns.as_ref()?;
                 let short = fqdn.split('.').next().unwrap_or(fqdn);
                 Some(format!("{ip} {fqdn} {short}"))
             })
@@ -811,10 +737,10 @@ impl Controller {
 /// Whether `inst` may be booted at its address: one of the zone subnets' (see
 /// [`net::host_address_ok`]), and no other live instance's.
 fn address_ok(inst: &Observed, all: &[Observed]) -> Result<(), String> {
-    let ip = inst.ip.as_deref().ok_or_else(|| format!("{} has no private IP", inst.id))?;
+    let ip = inst.private_ip.as_deref().ok_or_else(|| format!("{} has no private IP", inst.id))?;
     net::host_address_ok(ip)?;
     let live = |s: &str| matches!(s, "pending" | "running" | "stopping");
-    match all.iter().find(|o| o.id != inst.id && live(&o.state) && o.ip.as_deref() == Some(ip)) {
+    match all.iter().find(|o| o.id != inst.id && live(&o.state) && o.private_ip.as_deref() == Some(ip)) {
         Some(other) => Err(format!("{ip} is the address of {} too", other.id)),
         None => Ok(()),
     }
@@ -834,9 +760,11 @@ async fn boot(
     let Some(lowers) = lowers else {
         return host.boot(&devices, |_| Ok(())).await;
     };
-    let ip = inst.ip.clone().ok_or_else(|| Error::Controller(format!("{id} has no private IP")))?;
-    let fqdn =
-        inst.dns.clone().unwrap_or_else(|| format!("ip-{}.{}.compute.internal", ip.replace('.', "-"), crate::REGION));
+    let ip = inst.private_ip.clone().ok_or_else(|| Error::Controller(format!("{id} has no private IP")))?;
+    let fqdn = inst
+        .private_dns
+        .clone()
+        .unwrap_or_else(|| format!("ip-{}.{}.compute.internal", ip.replace('.', "-"), crate::REGION));
     let hostname = fqdn.split('.').next().unwrap_or(&fqdn).to_owned();
     let spec = InstanceSpec { id: id.to_owned(), ip, hostname, fqdn, image_id: inst.image_id.clone() };
     let user_data = user_data(cloud, id).await?;
@@ -856,16 +784,5 @@ async fn boot(
 }
 
 pub(crate) async fn user_data(cloud: &Cloud, id: &str) -> Result<String, Error> {
-    use base64::Engine as _;
-    let out = cloud
-        .ec2
-        .describe_instance_attribute()
-        .instance_id(id)
-        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
-        .send()
-        .await
-        .map_err(|e| Error::Controller(format!("DescribeInstanceAttribute: {e}")))?;
-    let b64 = out.user_data().and_then(|u| u.value()).unwrap_or_default();
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap_or_default();
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    Ok(cloud.user_data(id).await?)
 }

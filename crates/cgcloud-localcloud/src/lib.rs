@@ -508,25 +508,20 @@ impl LocalCloud {
         }
         let state = self.state().filter(|_| self.is_up()).ok_or(Error::NotUp)?;
         let cloud = self.cloud(state.moto_port).await?;
-        let out = cloud.ec2.describe_instances().instance_ids(instance_id).send().await.map_err(|e| {
-            Error::Controller(format!(
-                "no instance {instance_id} in the local cloud: {}",
-                aws_sdk_ec2::error::DisplayErrorContext(&e)
-            ))
-        })?;
-        let inst = out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find(|i| i.instance_id() == Some(instance_id))
+        let inst = cloud
+            .describe_instances(&[instance_id.to_owned()])
+            .await
+            .map_err(|e| Error::Controller(format!("no instance {instance_id} in the local cloud: {e}")))?
+            .into_iter()
+            .find(|i| i.id == instance_id)
             .ok_or_else(|| Error::Controller(format!("no instance {instance_id} in the local cloud")))?;
-        let running = inst.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default();
-        if running != "running" {
+        if inst.state != "running" {
             return Err(Error::Controller(format!(
-                "{instance_id} is {running}, not running: only a running instance can be interrupted"
+                "{instance_id} is {}, not running: only a running instance can be interrupted",
+                inst.state
             )));
         }
-        if inst.instance_lifecycle() != Some(&aws_sdk_ec2::types::InstanceLifecycleType::Spot) {
+        if !inst.spot {
             return Err(Error::Controller(format!(
                 "{instance_id} is an on-demand instance: EC2 interrupts only spot instances"
             )));
@@ -648,46 +643,7 @@ pub async fn umount_all(dir: &Path) {
 
 /// Creates the local VPC with one subnet per zone that assigns no public IPs.
 async fn create_vpc(cloud: &cgcloud_aws::Cloud) -> Result<(String, Vec<(String, String)>), Error> {
-    use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType, Tag, TagSpecification};
-    let tag = |rt| {
-        TagSpecification::builder().resource_type(rt).tags(Tag::builder().key("Name").value(VPC_TAG).build()).build()
-    };
-    fn aws<E: std::fmt::Debug>(op: &'static str) -> impl FnOnce(E) -> Error {
-        move |e| Error::Aws(cgcloud_aws::AwsError::Other { operation: op, detail: format!("{e:?}") })
-    }
-    let vpc = cloud
-        .ec2
-        .create_vpc()
-        .cidr_block(net::VPC_CIDR)
-        .tag_specifications(tag(ResourceType::Vpc))
-        .send()
-        .await
-        .map_err(aws("ec2:CreateVpc"))?;
-    let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_owned();
-    let mut subnets = Vec::new();
-    for (zone, cidr) in ZONES {
-        let s = cloud
-            .ec2
-            .create_subnet()
-            .vpc_id(&vpc_id)
-            .cidr_block(*cidr)
-            .availability_zone(*zone)
-            .tag_specifications(tag(ResourceType::Subnet))
-            .send()
-            .await
-            .map_err(aws("ec2:CreateSubnet"))?;
-        let id = s.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_owned();
-        cloud
-            .ec2
-            .modify_subnet_attribute()
-            .subnet_id(&id)
-            .map_public_ip_on_launch(AttributeBooleanValue::builder().value(false).build())
-            .send()
-            .await
-            .map_err(aws("ec2:ModifySubnetAttribute"))?;
-        subnets.push(((*zone).to_owned(), id));
-    }
-    Ok((vpc_id, subnets))
+    Ok(cloud.create_private_vpc(VPC_TAG, net::VPC_CIDR, ZONES).await?)
 }
 
 #[cfg(test)]

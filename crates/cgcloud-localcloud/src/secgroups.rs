@@ -27,16 +27,7 @@ pub const CHAIN: &str = "CGCLOUD-SG";
 const SET_PREFIX: &str = "CGCLOUD-SG-";
 
 /// One ingress permission of a group, as EC2 describes it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Permission {
-    /// `-1` (all), `tcp`, `udp`, `icmp` or a protocol number.
-    pub protocol: String,
-    pub from_port: Option<i32>,
-    pub to_port: Option<i32>,
-    pub cidrs: Vec<String>,
-    /// Source groups (their ids).
-    pub groups: Vec<String>,
-}
+pub use cgcloud_aws::ec2::IngressPermission as Permission;
 
 /// An instance that receives traffic: its private address and groups.
 #[derive(Debug, Clone, PartialEq, Eq)]

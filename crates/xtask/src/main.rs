@@ -204,8 +204,8 @@ impl BareBoot {
         let known = self.work.path().join(format!("known_hosts_{n}"));
         let mut set = tokio::task::JoinSet::new();
         for i in &instances {
-            let id = i.instance_id().unwrap_or_default().to_owned();
-            let ip = i.private_ip_address().unwrap_or_default().to_owned();
+            let id = i.id.clone();
+            let ip = i.private_ip.clone().unwrap_or_default();
             cgcloud_remote::hostkey::record(&known, &id, &host_key.public)?;
             let target = cgcloud_remote::SshTarget {
                 address: ip,
@@ -233,7 +233,7 @@ impl BareBoot {
         }
         let all = t0.elapsed().as_secs_f64();
         times.sort_by(|a, b| a.total_cmp(b));
-        let ids: Vec<String> = instances.iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+        let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
         self.cloud.terminate(&ids).await?;
         wait_hosts_gone(&self.lc.dir, &ids).await;
         Ok((times, all))
@@ -269,7 +269,7 @@ async fn idle(histories: &[i32]) -> Result<()> {
         let c = cgcloud_localcloud::cost::measure(&state, Duration::from_secs(20)).await;
         let t = Instant::now();
         for _ in 0..10 {
-            bare.cloud.ec2.describe_instances().send().await?;
+            bare.cloud.all_instances(None).await?;
         }
         let describe_ms = t.elapsed().as_secs_f64() * 100.0;
         let (m, k) = (c.moto_cpu_percent.unwrap_or(f64::NAN), c.controller_cpu_percent.unwrap_or(f64::NAN));

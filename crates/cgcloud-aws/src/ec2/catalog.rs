@@ -150,3 +150,19 @@ impl Cloud {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_store_is_mapped_only_on_xen_types_and_never_on_sdf() {
+        assert_eq!(instance_store_device_names(2), ["/dev/sdb", "/dev/sdc"]);
+        assert_eq!(instance_store_device_names(5), ["/dev/sdb", "/dev/sdc", "/dev/sdd", "/dev/sde", "/dev/sdg"]);
+        assert_eq!(instance_store_device_names(24).len(), 24);
+        let xen = InstanceTypeInfo { arches: vec![], instance_store_gb: vec![16, 16], nvme_instance_store: false };
+        assert_eq!(xen.mapped_instance_store(), ["/dev/sdb", "/dev/sdc"]);
+        let nitro = InstanceTypeInfo { nvme_instance_store: true, ..xen };
+        assert!(nitro.mapped_instance_store().is_empty());
+    }
+}

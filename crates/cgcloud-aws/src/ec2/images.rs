@@ -16,16 +16,19 @@ pub struct FoundImage {
     pub creation_date: String,
     pub root_device: Option<String>,
     pub owner: Option<String>,
+    /// The instance it was made from, where EC2 says (cgcloud's own images).
+    pub source_instance: Option<String>,
     pub tags: Tags,
 }
 
-fn found_image(i: &aws_sdk_ec2::types::Image) -> FoundImage {
+pub(crate) fn found_image(i: &aws_sdk_ec2::types::Image) -> FoundImage {
     FoundImage {
         image_id: i.image_id().unwrap_or_default().to_owned(),
         name: i.name().unwrap_or_default().to_owned(),
         creation_date: i.creation_date().unwrap_or_default().to_owned(),
         root_device: i.root_device_name().map(str::to_owned),
         owner: i.owner_id().map(str::to_owned),
+        source_instance: i.source_instance_id().map(str::to_owned),
         tags: to_tags(i.tags()),
     }
 }

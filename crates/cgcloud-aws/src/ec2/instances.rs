@@ -13,8 +13,57 @@ use cgcloud_core::tags::{self, Tags};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// An instance as EC2 describes it, in plain terms: no SDK type leaves this crate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub id: String,
+    /// `pending`, `running`, `stopping`, `stopped`, `shutting-down`, `terminated`.
+    pub state: String,
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    pub private_ip: Option<String>,
+    pub private_dns: Option<String>,
+    pub image_id: String,
+    pub key_name: Option<String>,
+    pub instance_type: String,
+    pub zone: String,
+    /// The instance profile's name.
+    pub instance_profile: Option<String>,
+    /// Whether IMDS requires session tokens (IMDSv2 only).
+    pub tokens_required: bool,
+    pub spot: bool,
+    /// Its security groups' ids.
+    pub security_groups: Vec<String>,
+}
+
+pub(crate) fn instance_info(i: &Instance) -> InstanceInfo {
+    InstanceInfo {
+        id: i.instance_id().unwrap_or_default().to_owned(),
+        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+        vpc_id: i.vpc_id().map(str::to_owned),
+        subnet_id: i.subnet_id().map(str::to_owned),
+        private_ip: i.private_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
+        private_dns: i.private_dns_name().filter(|s| !s.is_empty()).map(str::to_owned),
+        image_id: i.image_id().unwrap_or_default().to_owned(),
+        key_name: i.key_name().map(str::to_owned),
+        instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        zone: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_owned(),
+        instance_profile: profile_name(i),
+        tokens_required: i
+            .metadata_options()
+            .and_then(|m| m.http_tokens())
+            .is_some_and(|t| *t == aws_sdk_ec2::types::HttpTokensState::Required),
+        spot: i.instance_lifecycle().is_some_and(|l| *l == aws_sdk_ec2::types::InstanceLifecycleType::Spot),
+        security_groups: i.security_groups().iter().filter_map(|g| g.group_id().map(str::to_owned)).collect(),
+    }
+}
+
+fn profile_name(i: &Instance) -> Option<String> {
+    i.iam_instance_profile().and_then(|p| p.arn()).and_then(|a| a.rsplit('/').next()).map(str::to_owned)
+}
+
 /// Decodes an instance into a box; `None` if it carries no cgcloud role/namespace tags.
-pub fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
+pub(crate) fn box_from_instance(i: &Instance) -> Option<BoxInfo> {
     let tags = to_tags(i.tags());
     let role = tags.get(tags::ROLE)?.clone();
     let namespace = tags.get(tags::NAMESPACE)?.clone();
@@ -60,11 +109,7 @@ fn instance_box(i: &Instance, role: String, namespace: String) -> Option<BoxInfo
         interrupted: None,
         host_key: None,
         admin_user: None,
-        instance_profile: i
-            .iam_instance_profile()
-            .and_then(|p| p.arn())
-            .and_then(|a| a.rsplit('/').next())
-            .map(str::to_owned),
+        instance_profile: profile_name(i),
         persistent_volume: None,
         autostop: None,
         options: Default::default(),
@@ -80,7 +125,7 @@ pub const ORIGINAL_TAGS: [&str; 4] = ["generation", "cluster_ordinal", "cluster_
 /// its `Name` (the same encoding as ours), its cluster `cluster_name` (which the original set to
 /// a standalone box's own id, left out here), its ordinal `cluster_ordinal`, its leader
 /// `leader_instance_id`. Tag values the box could have written are made printable.
-pub fn original_box_from_instance(ns: &cgcloud_core::namespace::Namespace, i: &Instance) -> Option<BoxInfo> {
+pub(crate) fn original_box_from_instance(ns: &cgcloud_core::namespace::Namespace, i: &Instance) -> Option<BoxInfo> {
     let tags = to_tags(i.tags());
     if tags.contains_key(tags::NAMESPACE) || !ORIGINAL_TAGS.iter().any(|t| tags.contains_key(*t)) {
         return None;
@@ -213,7 +258,16 @@ impl Cloud {
     }
 
     /// Instances by id (any state), decoded as boxes where they are cgcloud boxes.
-    pub async fn describe_instances(&self, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
+    pub async fn describe_instances(&self, ids: &[String]) -> Result<Vec<InstanceInfo>, AwsError> {
+        Ok(self.sdk_instances(ids).await?.iter().map(instance_info).collect())
+    }
+
+    /// The cgcloud boxes among instances `ids` (any state).
+    pub async fn boxes_by_id(&self, ids: &[String]) -> Result<Vec<BoxInfo>, AwsError> {
+        Ok(self.sdk_instances(ids).await?.iter().filter_map(box_from_instance).collect())
+    }
+
+    async fn sdk_instances(&self, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -304,7 +358,7 @@ impl Cloud {
 
     /// The ARN of instance `id`'s instance profile, if it exists and has one.
     pub async fn instance_profile_of(&self, id: &str) -> Result<Option<String>, AwsError> {
-        match self.describe_instances(&[id.to_owned()]).await {
+        match self.sdk_instances(&[id.to_owned()]).await {
             Ok(found) => {
                 Ok(found.first().and_then(|i| i.iam_instance_profile()).and_then(|p| p.arn()).map(str::to_owned))
             }
@@ -386,7 +440,7 @@ impl Cloud {
 
     /// Launches instances. Retries for a while on the errors that only mean a just-created
     /// IAM instance profile or security group has not propagated yet.
-    pub async fn run_instances(&self, spec: &LaunchSpec) -> Result<Vec<Instance>, AwsError> {
+    pub async fn run_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceInfo>, AwsError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         let mut map_instance_store = true;
         loop {
@@ -446,7 +500,7 @@ impl Cloud {
                 );
             }
             match req.send().await {
-                Ok(out) => return Ok(out.instances().to_vec()),
+                Ok(out) => return Ok(out.instances().iter().map(instance_info).collect()),
                 Err(e) => {
                     let e = self.classify("ec2:RunInstances", e);
                     let msg = e.to_string().to_lowercase();
@@ -588,7 +642,7 @@ impl Cloud {
         &self,
         ids: &[String],
     ) -> Result<BTreeMap<String, (String, Option<String>)>, AwsError> {
-        let instances = self.describe_instances(ids).await?;
+        let instances = self.sdk_instances(ids).await?;
         Ok(instances
             .iter()
             .filter_map(|i| {
@@ -619,5 +673,37 @@ impl Cloud {
             .output()
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::types::Tag;
+
+    fn instance_with_host_key(key: &str) -> Instance {
+        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        Instance::builder()
+            .instance_id("i-0evil")
+            .tags(tag(tags::ROLE, "generic-cluster-box"))
+            .tags(tag(tags::NAMESPACE, "/ns/"))
+            .tags(tag(tags::HOST_KEY, key))
+            .build()
+    }
+
+    /// The attack of a cluster node on the workstation: a host key tag that smuggles more
+    /// known_hosts lines in. Such a box has no host key as far as the workstation is concerned.
+    #[test]
+    fn host_key_tags_are_trusted_only_as_one_bare_key() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPKyfQohiwzQo5mb9ynx0GAr7xoYSkYSy+eDZ8g2i9ke";
+        let peer = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA".to_owned() + &"B".repeat(42);
+        let good = box_from_instance(&instance_with_host_key(key)).unwrap();
+        assert_eq!(good.host_key.as_deref(), Some(key));
+        for bad in [format!("{key}\n@revoked * {peer}"), format!("{key}\n* {peer}"), format!("{key} comment")] {
+            let b = box_from_instance(&instance_with_host_key(&bad)).unwrap();
+            assert_eq!(b.host_key, None, "{bad:?}");
+            // The raw tag stays readable (for the message saying why the box is not trusted).
+            assert_eq!(b.tags.get(tags::HOST_KEY), Some(&bad));
+        }
     }
 }

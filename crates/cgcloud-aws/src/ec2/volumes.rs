@@ -14,18 +14,41 @@ pub struct VolumeInfo {
     pub state: String,
     pub zone: String,
     pub size_gb: u32,
-    /// The instances it is attached to (or being attached to or detached from).
-    pub attached_to: Vec<String>,
+    /// Where it is attached (or being attached or detached).
+    pub attachments: Vec<VolumeAttachment>,
     pub tags: Tags,
 }
 
-fn volume_info(v: &aws_sdk_ec2::types::Volume) -> VolumeInfo {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeAttachment {
+    pub instance_id: String,
+    /// The device name the attachment asked for, e.g. `/dev/sdf`.
+    pub device: String,
+}
+
+impl VolumeInfo {
+    /// The instances it is attached to (or being attached to or detached from).
+    pub fn attached_to(&self) -> Vec<String> {
+        self.attachments.iter().map(|a| a.instance_id.clone()).collect()
+    }
+}
+
+pub(crate) fn volume_info(v: &aws_sdk_ec2::types::Volume) -> VolumeInfo {
     VolumeInfo {
         volume_id: v.volume_id().unwrap_or_default().to_owned(),
         state: v.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
         zone: v.availability_zone().unwrap_or_default().to_owned(),
         size_gb: v.size().and_then(|s| u32::try_from(s).ok()).unwrap_or(0),
-        attached_to: v.attachments().iter().filter_map(|a| a.instance_id().map(str::to_owned)).collect(),
+        attachments: v
+            .attachments()
+            .iter()
+            .filter_map(|a| {
+                Some(VolumeAttachment {
+                    instance_id: a.instance_id()?.to_owned(),
+                    device: a.device().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect(),
         tags: to_tags(v.tags()),
     }
 }

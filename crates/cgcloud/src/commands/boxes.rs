@@ -334,8 +334,7 @@ pub async fn start(ctx: &Ctx, a: WaitSelectArgs) -> Result<ExitCode> {
 /// only usable then.
 pub async fn wait_ssh_ready(ctx: &Ctx, ids: &[String]) -> Result<()> {
     let cloud = ctx.cloud().await?;
-    let boxes: Vec<BoxInfo> =
-        cloud.describe_instances(ids).await?.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
+    let boxes: Vec<BoxInfo> = cloud.boxes_by_id(ids).await?;
     let progress = ctx.out.progress(format!("waiting for SSH on {} box(es)", boxes.len()));
     let mut probes = tokio::task::JoinSet::new();
     for b in &boxes {

@@ -27,12 +27,7 @@ async fn launch(
     let ids = launch_by_policy(ctx, p, txn, &Group::single(p), 1, 1, spot, "box", |_, _| {}).await?;
     let cloud = ctx.cloud().await?;
     wait_for_state(ctx, cloud, &ids, "running", &format!("box {}", ids.join(", "))).await?;
-    let b = cloud
-        .describe_instances(&ids)
-        .await?
-        .iter()
-        .find_map(cgcloud_aws::ec2::box_from_instance)
-        .context("RunInstances returned no instance")?;
+    let b = cloud.boxes_by_id(&ids).await?.into_iter().next().context("RunInstances returned no instance")?;
     let volume_id = match volume {
         Some(v) => Some(attach_volume(ctx, cloud, txn, p, v, &b).await?),
         None => None,
@@ -119,12 +114,8 @@ async fn finish(
         super::boxes::forget(ctx, std::slice::from_ref(&b.instance_id)).await?;
         ctx.out.note(format!("terminated {} (--terminate)", b.instance_id));
     }
-    let fresh = cloud
-        .describe_instances(std::slice::from_ref(&b.instance_id))
-        .await?
-        .iter()
-        .find_map(cgcloud_aws::ec2::box_from_instance)
-        .unwrap_or_else(|| b.clone());
+    let fresh =
+        cloud.boxes_by_id(std::slice::from_ref(&b.instance_id)).await?.into_iter().next().unwrap_or_else(|| b.clone());
     if a.list {
         super::boxes::print_rows(&ctx.out, std::slice::from_ref(&fresh));
     } else if let Some(baked) = baked {

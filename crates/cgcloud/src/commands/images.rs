@@ -105,8 +105,8 @@ fn image_name(ns: &Namespace, role: &str) -> Result<String> {
 
 async fn create_image(ctx: &Ctx, cloud: &Cloud, b: &BoxInfo, ns: &Namespace) -> Result<String> {
     // The tags may have changed since `b` was read (e.g. the plan hash after provisioning).
-    let fresh = cloud.describe_instances(std::slice::from_ref(&b.instance_id)).await?;
-    let b = &fresh.iter().find_map(cgcloud_aws::ec2::box_from_instance).unwrap_or_else(|| b.clone());
+    let fresh = cloud.boxes_by_id(std::slice::from_ref(&b.instance_id)).await?;
+    let b = &fresh.into_iter().next().unwrap_or_else(|| b.clone());
     let name = image_name(ns, &b.role)?;
     let mut t = Tags::new();
     t.insert(tags::NAMESPACE.into(), ns.to_string());

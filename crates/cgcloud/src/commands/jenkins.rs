@@ -87,8 +87,8 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
     }
     let instances = cloud.describe_instances(std::slice::from_ref(&master.instance_id)).await?;
     let inst = instances.first().context("the master disappeared")?;
-    let vpc_id = inst.vpc_id().context("the master is in no VPC")?.to_owned();
-    let subnet_id = inst.subnet_id().map(str::to_owned);
+    let vpc_id = inst.vpc_id.clone().context("the master is in no VPC")?;
+    let subnet_id = inst.subnet_id.clone();
 
     let mut chosen = Vec::new();
     for role in roles {

@@ -30,7 +30,7 @@ pub async fn update(ctx: &Ctx, a: SelectArgs) -> Result<ExitCode> {
         .describe_instances(std::slice::from_ref(&b.instance_id))
         .await?
         .first()
-        .and_then(|i| i.vpc_id().map(str::to_owned))
+        .and_then(|i| i.vpc_id.clone())
         .with_context(|| format!("box {} has no VPC (terminated?)", b.instance_id))?;
     let agent = b.tags.get(tags::AGENT).is_some_and(|v| v == "true");
     // The policy, the profile and the group's rules are the role's, shared by all its boxes in

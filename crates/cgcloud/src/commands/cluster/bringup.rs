@@ -158,10 +158,9 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         finish_launch(cloud, &txn, &all).await?;
         if let Some(share) = &a.share {
             let mut nodes: Vec<BoxInfo> = cloud
-                .describe_instances(&all)
+                .boxes_by_id(&all)
                 .await?
-                .iter()
-                .filter_map(cgcloud_aws::ec2::box_from_instance)
+                .into_iter()
                 .filter(|b| b.state == "running" && !failed.iter().any(|(id, _)| *id == b.instance_id))
                 .collect();
             nodes.sort_by_key(|b| b.ordinal);
@@ -300,12 +299,8 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
         let added: BTreeSet<String> =
             ids.iter().filter(|id| !failed.iter().any(|(bad, _)| bad == *id)).cloned().collect();
         if share {
-            let new: Vec<BoxInfo> = cloud
-                .describe_instances(&added.iter().cloned().collect::<Vec<_>>())
-                .await?
-                .iter()
-                .filter_map(cgcloud_aws::ec2::box_from_instance)
-                .collect();
+            let new: Vec<BoxInfo> =
+                cloud.boxes_by_id(&added.iter().cloned().collect::<Vec<_>>()).await?.into_iter().collect();
             share::at_grow(ctx, &leader, &new, a.nodes.ssh_address).await?;
         }
         finish_launch(cloud, &txn, &ids).await?;

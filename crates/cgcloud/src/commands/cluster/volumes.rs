@@ -31,10 +31,10 @@ pub(super) async fn check_slots(ctx: &Ctx, p: &mut Prepared, cluster: &str, ordi
         let found = volumes.get(&name).map(Vec::as_slice).unwrap_or_default();
         match found {
             [] => {}
-            [v] if !v.attached_to.is_empty() && !leaving(cloud, &v.attached_to).await? => bail!(
+            [v] if !v.attachments.is_empty() && !leaving(cloud, &v.attached_to()).await? => bail!(
                 "the persistent volume {} ({name}) of node {ordinal} is attached to {}; terminate that instance first",
                 v.volume_id,
-                v.attached_to.join(", ")
+                v.attached_to().join(", ")
             ),
             [v] => {
                 zones.insert(v.zone.clone(), format!("{} ({name})", v.volume_id));
@@ -77,8 +77,7 @@ pub(super) async fn give(ctx: &Ctx, ids: &[String], cluster: &str, size_gb: u32,
     let cloud = ctx.cloud().await?;
     let ns = ctx.namespace().await?;
     let volumes = persistent_by_name(cloud, ns.as_str()).await?;
-    for instance in cloud.describe_instances(ids).await? {
-        let Some(b) = cgcloud_aws::ec2::box_from_instance(&instance) else { continue };
+    for b in cloud.boxes_by_id(ids).await? {
         let ordinal = b.ordinal.with_context(|| format!("node {} has no ordinal", b.instance_id))?;
         let zone = b.zone.clone().with_context(|| format!("node {} has no availability zone", b.instance_id))?;
         let name = ns.node_volume_name(cluster, ordinal)?;

@@ -81,8 +81,7 @@ pub(super) async fn await_nodes(
     let mut probes = tokio::task::JoinSet::new();
     loop {
         phases.polls += 1;
-        let instances = cloud.describe_instances(ids).await?;
-        let boxes: Vec<BoxInfo> = instances.iter().filter_map(cgcloud_aws::ec2::box_from_instance).collect();
+        let boxes: Vec<BoxInfo> = cloud.boxes_by_id(ids).await?;
         let mut failed = Vec::new();
         let (mut running, mut configured) = (0, 0);
         for b in &boxes {

@@ -125,7 +125,7 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
         ctx.out.progress(format!("launching {count} × {} ({}) from {}", g.box_role, g.instance_type, p.image.image_id));
     let retries = cloud.retries_sent();
     let instances = cloud.run_instances(&spec).await?;
-    let ids: Vec<String> = instances.iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    let ids: Vec<String> = instances.into_iter().map(|i| i.id).collect();
     txn.with(|s| s.instances.extend(ids.iter().cloned()));
     if cloud.retries_sent() > retries {
         // A retried call (its first answer lost) may have launched twice where the endpoint

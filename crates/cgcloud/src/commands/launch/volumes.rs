@@ -60,8 +60,8 @@ pub(crate) async fn plan_volume(
         (None, None, None) => return Ok(None),
     };
     if let Some(v) = &existing {
-        if v.state != "available" || !v.attached_to.is_empty() {
-            let users = v.attached_to.join(", ");
+        if v.state != "available" || !v.attachments.is_empty() {
+            let users = v.attached_to().join(", ");
             bail!(
                 "the persistent volume {} ({name}) of role {} is {}{}; a role's boxes share one persistent volume in a namespace: terminate the box using it first (`cgcloud terminate {} -I {}`)",
                 v.volume_id,
