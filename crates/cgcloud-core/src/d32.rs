@@ -4,25 +4,15 @@
 use base64::Engine as _;
 use md5::{Digest as _, Md5};
 
-const D32_ALPHABET: &[u8; 32] = b"234567abcdefghijklmnopqrstuvwxyz";
-
 /// Unpadded base32 with the alphabet `234567a-z`, so encoded strings sort like the bytes.
 pub fn d32(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
-    let mut buffer: u32 = 0;
-    let mut bits = 0;
-    for &b in bytes {
-        buffer = (buffer << 8) | u32::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(D32_ALPHABET[((buffer >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(D32_ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
-    }
-    out
+    static D32: std::sync::LazyLock<data_encoding::Encoding> = std::sync::LazyLock::new(|| {
+        let mut spec = data_encoding::Specification::new();
+        spec.symbols.push_str("234567abcdefghijklmnopqrstuvwxyz");
+        // A constant specification: `d32_vectors` shows it is valid.
+        spec.encoding().expect("the d32 alphabet is 32 distinct ASCII symbols")
+    });
+    D32.encode(bytes)
 }
 
 /// A short hash of a volume name that fits in an ext4 label (16 bytes): MD5, the two 64-bit
