@@ -120,16 +120,15 @@ pub fn probe_busy(command: &str, timeout: Duration) -> bool {
     else {
         return true;
     };
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.code() != Some(1),
-            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(100)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return true;
-            }
+    match crate::sys::wait_timeout(&mut child, timeout, Duration::from_millis(100)) {
+        Ok(Some(status)) => status.code() != Some(1),
+        Ok(None) => true,
+        Err(_) => {
+            // Cannot tell how the probe ended: busy, and the probe is not left behind. A kill
+            // or wait that fails means it is gone already.
+            let _ = child.kill();
+            let _ = child.wait();
+            true
         }
     }
 }

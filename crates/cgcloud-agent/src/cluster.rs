@@ -410,7 +410,7 @@ fn persistent_volume(aws: &Client, namespace: &str, cluster: &str, me: &Node) ->
         let name = crate::volume::volume_name(namespace, cluster, ordinal).map_err(|e| e.to_string())?;
         let dev = crate::volume::find_device(&id, Duration::from_secs(120))
             .ok_or_else(|| format!("volume {id} was attached but no block device appeared"))?;
-        crate::volume::format_and_mount(&dev, &name)?;
+        crate::volume::format_and_mount(&dev, &name).map_err(|e| e.to_string())?;
         log("info", format!("persistent volume {id} ({name}) mounted at {}", crate::volume::MOUNT_POINT));
         Ok(crate::volume::MOUNT_POINT.to_owned())
     }))
@@ -472,10 +472,7 @@ fn imds_guarded() -> bool {
     if !Path::new(&format!("/etc/systemd/system/{IMDS_GUARD}.service")).exists() {
         return true;
     }
-    std::process::Command::new("systemctl")
-        .args(["is-active", "--quiet", IMDS_GUARD])
-        .status()
-        .is_ok_and(|s| s.success())
+    crate::sys::run("systemctl", &["is-active", "--quiet", IMDS_GUARD]).is_ok()
 }
 
 /// Retries an API call for up to five minutes (a node may boot before it can reach the API).

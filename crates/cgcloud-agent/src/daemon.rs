@@ -144,7 +144,7 @@ impl Agent {
         // A persistent volume whose device appeared only after the boot-time wait gave up.
         match crate::volume::try_mount_persistent() {
             Ok(crate::volume::Persistent::NowMounted) => log("info", format!("mounted {}", crate::volume::MOUNT_POINT)),
-            Err(e) => log("warning", e),
+            Err(e) => log("warning", e.to_string()),
             Ok(_) => {}
         }
         crate::cluster::refresh_membership(&self.aws, &self.cfg.namespace, &tags)?;

@@ -40,18 +40,11 @@ fn run_hook(hook: &Path, notice: &str) -> Result<(), String> {
         .stdin(std::process::Stdio::null())
         .spawn()
         .map_err(|e| format!("{}: {e}", hook.display()))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("{} exited with {status}", hook.display())),
-            Ok(None) if std::time::Instant::now() > deadline => {
-                let _ = child.kill();
-                return Err(format!("{} took longer than 90 s", hook.display()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(200)),
-            Err(e) => return Err(e.to_string()),
-        }
+    match crate::sys::wait_timeout(&mut child, Duration::from_secs(90), Duration::from_millis(200)) {
+        Ok(Some(status)) if status.success() => Ok(()),
+        Ok(Some(status)) => Err(format!("{} exited with {status}", hook.display())),
+        Ok(None) => Err(format!("{} took longer than 90 s", hook.display())),
+        Err(e) => Err(e.to_string()),
     }
 }
 
