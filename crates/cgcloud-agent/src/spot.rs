@@ -133,6 +133,7 @@ mod tests {
                 } else {
                     ("401 Unauthorized", String::new())
                 };
+                // The agent may have hung up already; the test looks at what it saw, not at this.
                 let _ = write!(
                     stream,
                     "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
