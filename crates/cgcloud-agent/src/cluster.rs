@@ -7,9 +7,35 @@
 
 use crate::aws::{AwsError, Client, Service};
 use crate::log::log;
+use crate::safefs::SafeError;
+use crate::volume::VolumeError;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// Why first boot failed, or a tag was refused. Each says what to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error("tag {key} is not a cluster name: {value:?}")]
+    NotClusterName { key: &'static str, value: String },
+    #[error("tag {key} is not a plain name: {value:?}")]
+    NotPlainName { key: &'static str, value: String },
+    #[error(transparent)]
+    Write(#[from] SafeError),
+    #[error("persistent volume: {0}")]
+    Volume(VolumeError),
+    #[error("IMDS is open to every user of this node: {g} is not active (systemctl status {g})", g = IMDS_GUARD)]
+    ImdsOpen,
+    #[error("{path}: {error}")]
+    Plan { path: String, error: serde_json::Error },
+    #[error("{0}")]
+    Facts(String),
+    /// What the plan's failed step said.
+    #[error("{0} (see {log})", log = APPLY_LOG)]
+    Apply(String),
+}
 
 pub const HOSTS_BEGIN: &str = "# BEGIN cgcloud cluster";
 pub const HOSTS_END: &str = "# END cgcloud cluster";
@@ -196,7 +222,7 @@ pub fn known_hosts_block(cluster: &str, nodes: &[Node]) -> String {
 
 /// Rewrites /etc/hosts, /etc/ssh/ssh_known_hosts (our blocks, atomically) and
 /// /etc/cgcloud/cluster.json when membership or a member's host key changed.
-pub fn write_membership(cluster: &str, nodes: &[Node]) -> Result<bool, String> {
+pub fn write_membership(cluster: &str, nodes: &[Node]) -> Result<bool, SafeError> {
     let known = std::fs::read_to_string("/etc/ssh/ssh_known_hosts").unwrap_or_default();
     let new_known = replace_block(&known, &known_hosts_block(cluster, nodes));
     if new_known != known {
@@ -204,8 +230,7 @@ pub fn write_membership(cluster: &str, nodes: &[Node]) -> Result<bool, String> {
             std::path::Path::new("/etc/ssh/ssh_known_hosts"),
             new_known.as_bytes(),
             crate::safefs::Attrs::root(0o644),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
     }
     let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
     let new = replace_block(&hosts, &hosts_block(cluster, nodes));
@@ -221,25 +246,24 @@ pub fn write_membership(cluster: &str, nodes: &[Node]) -> Result<bool, String> {
         return Ok(false);
     }
     for (path, content) in [("/etc/hosts", new), ("/etc/cgcloud/cluster.json", json)] {
-        crate::safefs::write_atomic(std::path::Path::new(path), content.as_bytes(), crate::safefs::Attrs::root(0o644))
-            .map_err(|e| e.to_string())?;
+        crate::safefs::write_atomic(Path::new(path), content.as_bytes(), crate::safefs::Attrs::root(0o644))?;
     }
     Ok(true)
 }
 
 /// Checks the tag values `facts` passes on: the cluster name as `create-cluster` accepts it,
 /// role and cluster type as plain words.
-pub fn check_tag_facts(me: &Node) -> Result<(), String> {
+pub fn check_tag_facts(me: &Node) -> Result<(), BootError> {
     use cgcloud_core::tags;
     let word =
         |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     let get = |k: &str| me.tags.get(k).map(String::as_str).unwrap_or_default();
     if !tags::valid_cluster_name(get(tags::CLUSTER)) {
-        return Err(format!("tag {} is not a cluster name: {:?}", tags::CLUSTER, get(tags::CLUSTER)));
+        return Err(BootError::NotClusterName { key: tags::CLUSTER, value: get(tags::CLUSTER).to_owned() });
     }
     for key in [tags::ROLE, tags::CLUSTER_TYPE] {
         if me.tags.contains_key(key) && !word(get(key)) {
-            return Err(format!("tag {key} is not a plain name: {:?}", get(key)));
+            return Err(BootError::NotPlainName { key, value: get(key).to_owned() });
         }
     }
     Ok(())
@@ -312,7 +336,7 @@ pub fn first_boot(
     instance_id: &str,
     plan: &Path,
     cluster: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), BootError> {
     let Some((me, cluster, nodes)) = find_self(aws, namespace, instance_id, cluster)? else {
         return Ok(());
     };
@@ -343,15 +367,12 @@ pub fn first_boot(
     facts["cluster"]["ephemeral"] = serde_json::json!(ephemeral);
     facts["cluster"]["data_dir"] = serde_json::json!(data_dir);
     let facts_text = serde_json::to_string_pretty(&facts).unwrap_or_default();
-    crate::safefs::write_atomic(Path::new(FACTS), facts_text.as_bytes(), crate::safefs::Attrs::root(0o644))
-        .map_err(|e| e.to_string())?;
+    crate::safefs::write_atomic(Path::new(FACTS), facts_text.as_bytes(), crate::safefs::Attrs::root(0o644))?;
     let result = match (volume, std::fs::read_to_string(plan)) {
-        (Some(Err(e)), _) => Err(format!("persistent volume: {e}")),
+        (Some(Err(e)), _) => Err(BootError::Volume(e)),
         // A node whose IMDS rule did not load would hand its user data (the cluster's
         // secrets) and credentials to every job: it fails instead of joining.
-        _ if !imds_guarded() => Err(format!(
-            "IMDS is open to every user of this node: {IMDS_GUARD} is not active (systemctl status {IMDS_GUARD})"
-        )),
+        _ if !imds_guarded() => Err(BootError::ImdsOpen),
         (_, Ok(text)) => apply_boot_plan(plan, &text, &facts_text),
         (_, Err(_)) => Ok(()),
     };
@@ -368,7 +389,7 @@ fn find_self(
     namespace: &str,
     instance_id: &str,
     cluster: Option<&str>,
-) -> Result<Option<(Node, String, Vec<Node>)>, String> {
+) -> Result<Option<(Node, String, Vec<Node>)>, BootError> {
     if let Some(c) = cluster.filter(|c| cgcloud_core::tags::valid_cluster_name(c)) {
         let nodes = retry(|| members(aws, namespace, c))?;
         let me = nodes
@@ -398,7 +419,7 @@ fn find_self(
 
 /// Attaches, formats if blank and mounts the node's persistent volume, if its tags ask for
 /// one: None if not, else where it is mounted or why not.
-fn persistent_volume(aws: &Client, namespace: &str, cluster: &str, me: &Node) -> Option<Result<String, String>> {
+fn persistent_volume(aws: &Client, namespace: &str, cluster: &str, me: &Node) -> Option<Result<String, VolumeError>> {
     let size: u32 = me.tags.get("cgcloud:ebs-volume-size").and_then(|s| s.parse().ok()).unwrap_or(0);
     if size == 0 {
         return None;
@@ -406,11 +427,11 @@ fn persistent_volume(aws: &Client, namespace: &str, cluster: &str, me: &Node) ->
     let ordinal = me.ordinal().unwrap_or(0);
     let arn = me.arn(&aws.region);
     let attached = retry(|| crate::volume::attach(aws, namespace, cluster, ordinal, &me.id, &arn, &me.zone));
-    Some(attached.and_then(|id| {
-        let name = crate::volume::volume_name(namespace, cluster, ordinal).map_err(|e| e.to_string())?;
+    Some(attached.map_err(VolumeError::from).and_then(|id| {
+        let name = crate::volume::volume_name(namespace, cluster, ordinal)?;
         let dev = crate::volume::find_device(&id, Duration::from_secs(120))
-            .ok_or_else(|| format!("volume {id} was attached but no block device appeared"))?;
-        crate::volume::format_and_mount(&dev, &name).map_err(|e| e.to_string())?;
+            .ok_or_else(|| VolumeError::NotAppeared { id: id.clone() })?;
+        crate::volume::format_and_mount(&dev, &name)?;
         log("info", format!("persistent volume {id} ({name}) mounted at {}", crate::volume::MOUNT_POINT));
         Ok(crate::volume::MOUNT_POINT.to_owned())
     }))
@@ -418,9 +439,10 @@ fn persistent_volume(aws: &Client, namespace: &str, cluster: &str, me: &Node) ->
 
 /// Applies the plan baked into the image (`text`, read from `plan`) with the node's facts;
 /// only the steps meant for first boot run, and none waits for a service to start.
-fn apply_boot_plan(plan: &Path, text: &str, facts_text: &str) -> Result<(), String> {
-    let plan: cgcloud_core::plan::Plan = serde_json::from_str(text).map_err(|e| format!("{}: {e}", plan.display()))?;
-    let facts = crate::facts::Facts::parse(facts_text)?;
+fn apply_boot_plan(plan: &Path, text: &str, facts_text: &str) -> Result<(), BootError> {
+    let plan: cgcloud_core::plan::Plan =
+        serde_json::from_str(text).map_err(|error| BootError::Plan { path: plan.display().to_string(), error })?;
+    let facts = crate::facts::Facts::parse(facts_text).map_err(BootError::Facts)?;
     let mut runner = crate::apply::Runner::new(facts, APPLY_LOG.into(), false);
     runner.no_block = true;
     runner.boot_only = true;
@@ -428,12 +450,12 @@ fn apply_boot_plan(plan: &Path, text: &str, facts_text: &str) -> Result<(), Stri
         Ok(())
     } else {
         let what = runner.failure.take().unwrap_or_else(|| "the first-boot plan failed".to_owned());
-        Err(format!("{what} (see {APPLY_LOG})"))
+        Err(BootError::Apply(what))
     }
 }
 
 /// Tags the node with the outcome of its first boot (`configured`, and why it failed).
-fn report(aws: &Client, me: &Node, cluster: &str, result: &Result<(), String>) -> Result<(), String> {
+fn report(aws: &Client, me: &Node, cluster: &str, result: &Result<(), BootError>) -> Result<(), AwsError> {
     let mut tags = vec![
         ("ResourceId.1", me.id.clone()),
         ("Tag.1.Key", cgcloud_core::tags::CONFIGURED.to_owned()),
@@ -449,7 +471,7 @@ fn report(aws: &Client, me: &Node, cluster: &str, result: &Result<(), String>) -
     if let Err(e) = result {
         tags.push(("Tag.3.Key", cgcloud_core::tags::FAILURE.to_owned()));
         // Tag values hold at most 256 characters; keep the end, which says where to look.
-        let text = cgcloud_core::tags::printable(e);
+        let text = cgcloud_core::tags::printable(&e.to_string());
         let n = text.chars().count();
         let text = if n > 250 { format!("...{}", text.chars().skip(n - 247).collect::<String>()) } else { text };
         tags.push(("Tag.3.Value", text));
@@ -479,7 +501,7 @@ fn imds_guarded() -> bool {
 /// The waits double and are jittered: the nodes of a big launch boot together, and if they all
 /// retried in step after EC2 throttled them (DescribeInstances: a burst of 100, then 20 a
 /// second per account), they would be throttled together again.
-fn retry<T>(mut f: impl FnMut() -> Result<T, AwsError>) -> Result<T, String> {
+fn retry<T>(mut f: impl FnMut() -> Result<T, AwsError>) -> Result<T, AwsError> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut wait = Duration::from_millis(500);
     loop {
@@ -490,7 +512,7 @@ fn retry<T>(mut f: impl FnMut() -> Result<T, AwsError>) -> Result<T, String> {
                 std::thread::sleep(jittered(wait));
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -564,7 +586,7 @@ mod tests {
         ] {
             let mut m = me.clone();
             m.tags.insert(key.into(), bad.into());
-            assert!(check_tag_facts(&m).unwrap_err().contains(key), "{key}={bad:?}");
+            assert!(check_tag_facts(&m).unwrap_err().to_string().contains(key), "{key}={bad:?}");
         }
     }
 

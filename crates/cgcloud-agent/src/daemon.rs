@@ -86,7 +86,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(cfg: Config) -> Result<Agent, String> {
+    pub fn new(cfg: Config) -> Result<Agent, crate::imds::ImdsError> {
         let creds = match (&cfg.access_key_id, &cfg.secret_access_key) {
             (Some(a), Some(s)) => {
                 Some(Credentials { access_key_id: a.clone(), secret_access_key: s.clone(), session_token: None })
@@ -156,7 +156,7 @@ impl Agent {
     }
 
     /// First-boot configuration of a cluster node (see `cluster.rs`).
-    pub fn boot(&mut self, plan: &Path, cluster: Option<&str>) -> Result<(), String> {
+    pub fn boot(&mut self, plan: &Path, cluster: Option<&str>) -> Result<(), crate::cluster::BootError> {
         crate::cluster::first_boot(&self.aws, &self.cfg.namespace, &self.instance_id, plan, cluster)
     }
 
@@ -176,7 +176,7 @@ impl Agent {
         if self.cfg.access_key_id.is_none() {
             std::thread::spawn(|| {
                 let http = ureq::AgentBuilder::new().timeout(Duration::from_secs(3)).build();
-                if crate::imds::life_cycle(&http).as_deref() == Ok("on-demand") {
+                if crate::imds::life_cycle(&http).is_ok_and(|l| l == "on-demand") {
                     return String::new();
                 }
                 crate::spot::watch(crate::imds::IMDS, Path::new(crate::spot::HOOK), Duration::from_secs(5), log)
@@ -257,7 +257,7 @@ impl Schedule {
 }
 
 /// This box's instance id: cloud-init's record (EC2 and the local cloud), else IMDS.
-fn instance_id() -> Result<String, String> {
+fn instance_id() -> Result<String, crate::imds::ImdsError> {
     for p in ["/var/lib/cloud/data/instance-id", "/run/cloud-init/.instance-id"] {
         if let Ok(id) = std::fs::read_to_string(p) {
             let id = id.trim();

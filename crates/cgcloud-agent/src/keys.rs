@@ -67,24 +67,21 @@ const MAX_AUTHORIZED_KEYS: u64 = 4 << 20;
 /// changed. The account owns its home and `~/.ssh`, so nothing there is followed: a `~/.ssh`
 /// or `authorized_keys` that is a symlink makes the sync of this account fail (and say so)
 /// rather than write or read through it as root.
-pub fn sync_account(acct: &Account, managed: &BTreeSet<String>, desired: &[String]) -> Result<bool, String> {
+pub fn sync_account(acct: &Account, managed: &BTreeSet<String>, desired: &[String]) -> Result<bool, safefs::SafeError> {
     let home = Path::new(&acct.home);
-    let home_fd = safefs::open_dir(home, false).map_err(|e| e.to_string())?;
+    let home_fd = safefs::open_dir(home, false)?;
     let ssh_path = home.join(".ssh");
-    let ssh = safefs::own_dir(&home_fd, ".ssh", &ssh_path, Attrs { uid: acct.uid, gid: acct.gid, mode: 0o700 })
-        .map_err(|e| e.to_string())?;
+    let ssh = safefs::own_dir(&home_fd, ".ssh", &ssh_path, Attrs { uid: acct.uid, gid: acct.gid, mode: 0o700 })?;
     let path = ssh_path.join("authorized_keys");
     let name = std::ffi::OsStr::new("authorized_keys");
-    let existing = safefs::read_in(&ssh, name, &path, MAX_AUTHORIZED_KEYS, Some(acct.uid))
-        .map_err(|e| e.to_string())?
+    let existing = safefs::read_in(&ssh, name, &path, MAX_AUTHORIZED_KEYS, Some(acct.uid))?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let new = rewrite(&existing, managed, desired);
     if new == existing {
         return Ok(false);
     }
-    safefs::write_in(&ssh, name, &path, new.as_bytes(), Attrs { uid: acct.uid, gid: acct.gid, mode: 0o600 })
-        .map_err(|e| e.to_string())?;
+    safefs::write_in(&ssh, name, &path, new.as_bytes(), Attrs { uid: acct.uid, gid: acct.gid, mode: 0o600 })?;
     Ok(true)
 }
 
@@ -323,7 +320,7 @@ mod tests {
         // file the user can read) nor written.
         std::fs::remove_file(home.join(".ssh/authorized_keys")).unwrap();
         symlink(&shadow, home.join(".ssh/authorized_keys")).unwrap();
-        let err = sync_account(&acct, &set(&["AAAA"]), &keys).unwrap_err();
+        let err = sync_account(&acct, &set(&["AAAA"]), &keys).unwrap_err().to_string();
         assert!(err.contains("symlink"), "{err}");
         unchanged();
 
@@ -332,7 +329,7 @@ mod tests {
         let etc = d.path().join("etc");
         std::fs::create_dir(&etc).unwrap();
         symlink(&etc, home.join(".ssh")).unwrap();
-        let err = sync_account(&acct, &set(&["AAAA"]), &keys).unwrap_err();
+        let err = sync_account(&acct, &set(&["AAAA"]), &keys).unwrap_err().to_string();
         assert!(err.contains(".ssh is a symlink"), "{err}");
         assert!(std::fs::read_dir(&etc).unwrap().next().is_none());
     }

@@ -56,17 +56,17 @@ pub fn watch(imds: &str, hook: &Path, every: Duration, log: impl Fn(&str, String
     // A token serves the polls of four minutes (its TTL is five); a failed poll drops it.
     let mut token: Option<(String, std::time::Instant)> = None;
     loop {
-        let mut polled = Err(String::new());
         if token.as_ref().is_none_or(|(_, got)| got.elapsed() > Duration::from_secs(240)) {
             token = None;
-            match crate::imds::token_at(&http, imds) {
-                Ok(t) => token = Some((t, std::time::Instant::now())),
-                Err(e) => polled = Err(e),
-            }
         }
-        if let Some((t, _)) = &token {
-            polled = crate::imds::spot_instance_action(&http, imds, t);
-        }
+        let polled = match &token {
+            Some((t, _)) => crate::imds::spot_instance_action(&http, imds, t),
+            None => crate::imds::token_at(&http, imds).and_then(|t| {
+                let polled = crate::imds::spot_instance_action(&http, imds, &t);
+                token = Some((t, std::time::Instant::now()));
+                polled
+            }),
+        };
         if polled.is_err() {
             token = None;
         }

@@ -25,6 +25,10 @@ pub enum VolumeError {
     Write(#[from] crate::safefs::SafeError),
     #[error("no device with {spec} appeared within 2 minutes; {mp} is not mounted", mp = MOUNT_POINT)]
     NoDevice { spec: String },
+    #[error(transparent)]
+    Attach(#[from] AwsError),
+    #[error("volume {id} was attached but no block device appeared")]
+    NotAppeared { id: String },
 }
 
 fn err(action: &str, detail: impl Into<String>) -> AwsError {
