@@ -1,5 +1,6 @@
 //! The EC2 instance metadata service (IMDSv2), used only on real EC2 when the agent's config
-//! carries no credentials: the instance profile's temporary credentials and the instance id.
+//! carries no credentials: the instance profile's temporary credentials, the instance id, its
+//! life cycle (spot or on-demand) and a pending spot interruption.
 
 use cgcloud_core::sigv4::Credentials;
 use std::time::{Duration, SystemTime};

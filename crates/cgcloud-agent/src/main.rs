@@ -1,6 +1,16 @@
 //! `cgcloud-agent`: the one binary cgcloud puts on every box. It applies provisioning plans
 //! (`apply`), and later keeps SSH keys in sync and reports metrics. It is synchronous and
 //! small on purpose: it runs on every supported distribution and stays out of the way.
+//!
+//! Where things live: the command line here; `daemon` is the `run` loop, which calls `keys`
+//! (key sync), `queue` (notifications), `cluster` (membership; also the first boot),
+//! `autostop`, `metrics`, `host_key`, `spot` and `volume`. `apply` runs plans, `storage` and
+//! `volume` prepare disks. Below them: `aws` and `imds` (the AWS and metadata endpoints),
+//! `safefs` (every file write: no path a user controls is followed), `sys` (every command but a
+//! plan's steps), `log`.
+//!
+//! Errors: each module has its own `thiserror` enum naming what failed (the command, file or
+//! URL), printed with Display; this file, the edge, only prints them (`CliError`).
 
 mod apply;
 mod autostop;
