@@ -7,7 +7,13 @@
 //! `cgcloud autostop`); a box cannot change them (its policy lets it write only the tags its
 //! agent writes), and IAM lets it stop or terminate only itself or, for a leader, the nodes
 //! whose `cgcloud:leader-arn` is its own ARN.
+//!
+//! The measuring is pure ([`Meter`], [`ssh_connections`], [`cpu_usage_usec`]); [`Watch`] is
+//! the daemon's side: it looks every [`check_every`], reports or decides, and stops or
+//! terminates through EC2.
 
+use crate::aws::{AwsError, Client, Service};
+use crate::log::log;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -114,16 +120,15 @@ pub fn probe_busy(command: &str, timeout: Duration) -> bool {
     else {
         return true;
     };
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.code() != Some(1),
-            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(100)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return true;
-            }
+    match crate::sys::wait_timeout(&mut child, timeout, Duration::from_millis(100)) {
+        Ok(Some(status)) => status.code() != Some(1),
+        Ok(None) => true,
+        Err(_) => {
+            // Cannot tell how the probe ended: busy, and the probe is not left behind. A kill
+            // or wait that fails means it is gone already.
+            let _ = child.kill();
+            let _ = child.wait();
+            true
         }
     }
 }
@@ -193,6 +198,169 @@ pub fn power_action(terminate: bool, spot: bool) -> &'static str {
     } else {
         "StopInstances"
     }
+}
+
+/// Where this box stands, as its last refreshed tags say.
+pub struct Place<'a> {
+    pub instance_id: &'a str,
+    pub namespace: &'a str,
+    pub cluster: Option<&'a str>,
+    pub leader: bool,
+}
+
+/// The daemon's autostop: the setting from the box's tags, and what it has seen so far.
+pub struct Watch {
+    setting: Option<Setting>,
+    busy_probe: Option<String>,
+    meter: Meter,
+    /// When this worker last reported activity to its leader.
+    reported_active: Option<Instant>,
+    /// Why autostop last found the box busy (None: idle).
+    busy_reason: Option<String>,
+}
+
+impl Watch {
+    /// `idle_cpu_percent` is of one core; `busy_probe` the role's command (see [`probe_busy`]).
+    pub fn new(idle_cpu_percent: Option<u32>, busy_probe: Option<String>) -> Watch {
+        let threshold = f64::from(idle_cpu_percent.unwrap_or(10)) / 100.0;
+        Watch {
+            setting: None,
+            busy_probe,
+            meter: Meter::new(threshold, Instant::now()),
+            reported_active: None,
+            busy_reason: Some("starting".to_owned()),
+        }
+    }
+
+    pub fn setting(&self) -> Option<Setting> {
+        self.setting
+    }
+
+    /// Takes the setting the box's tags now say, and logs it when it changed.
+    pub fn set(&mut self, setting: Option<Setting>) {
+        if setting == self.setting {
+            return;
+        }
+        match &setting {
+            Some(s) => log(
+                "info",
+                format!(
+                    "autostop: {} after {} s idle",
+                    if s.terminate { "terminate" } else { "stop" },
+                    s.idle.as_secs()
+                ),
+            ),
+            None => log("info", "autostop: off"),
+        }
+        self.setting = setting;
+    }
+
+    /// One look at idleness. A worker only reports that it is busy; a leader decides for its
+    /// cluster, a standalone box for itself.
+    pub fn check(&mut self, aws: &Client, place: &Place) -> Result<(), AwsError> {
+        let Some(s) = self.setting else { return Ok(()) };
+        let now = Instant::now();
+        let cpu = cpu_usage_usec(Path::new("/sys/fs/cgroup"), Path::new("/proc/stat"));
+        if let (Some(_), false) = (place.cluster, place.leader) {
+            // The role's probe is about the cluster, and it is the leader's to run.
+            let connections = ssh_connections(Path::new("/proc/net"), &[]);
+            let busy = self.meter.observe(now, connections, cpu, false, false);
+            // At most once a check period, and only while busy: what the leader needs to know.
+            if busy.is_some() && self.reported_active.is_none_or(|t| now - t >= check_every(&s)) {
+                let tags = [
+                    ("ResourceId.1", place.instance_id.to_owned()),
+                    ("Tag.1.Key", cgcloud_core::tags::ACTIVE_AT.to_owned()),
+                    ("Tag.1.Value", epoch_secs().to_string()),
+                ];
+                aws.call(Service::Ec2, "CreateTags", &tags)?;
+                self.reported_active = Some(now);
+            }
+            return Ok(());
+        }
+        let probe = self.busy_probe.as_deref().is_some_and(|c| probe_busy(c, Duration::from_secs(30)));
+        let nodes = match place.cluster {
+            Some(c) => crate::cluster::members(aws, place.namespace, c)?,
+            None => Vec::new(),
+        };
+        // The nodes' own SSH connections to the leader (the shared directory) are not use.
+        let members: Vec<std::net::IpAddr> = nodes.iter().filter_map(|n| n.private_ip.parse().ok()).collect();
+        let connections = ssh_connections(Path::new("/proc/net"), &members);
+        // A worker counts as active if it said so within two check periods (and a minute).
+        let recent = epoch_secs().saturating_sub(2 * check_every(&s).as_secs() + 60);
+        let peers = nodes.iter().any(|n| {
+            n.id != place.instance_id
+                && n.tags
+                    .get(cgcloud_core::tags::ACTIVE_AT)
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .is_some_and(|t| t >= recent)
+        });
+        let busy = self.meter.observe(now, connections, cpu, probe, peers);
+        self.say_if_changed(&s, &busy);
+        if busy.is_some() {
+            return Ok(());
+        }
+        let idle = self.meter.idle_for(now);
+        if idle < s.idle {
+            return Ok(());
+        }
+        power_off(aws, &s, place.instance_id, &nodes, idle)?;
+        // Whatever happens next (the box goes down), do not ask again at once.
+        self.meter = Meter::new(self.meter.threshold, Instant::now());
+        Ok(())
+    }
+
+    /// Says why the box is kept up, or that its idle clock runs, when that changes.
+    fn say_if_changed(&mut self, s: &Setting, busy: &Option<String>) {
+        if *busy == self.busy_reason {
+            return;
+        }
+        match busy {
+            Some(why) => log("info", format!("autostop: busy ({why})")),
+            None => log(
+                "info",
+                format!(
+                    "autostop: idle; {} after {} s",
+                    if s.terminate { "terminating" } else { "stopping" },
+                    s.idle.as_secs()
+                ),
+            ),
+        }
+        self.busy_reason = busy.clone();
+    }
+}
+
+/// Stops or terminates the cluster's workers among `nodes`, then this box.
+fn power_off(
+    aws: &Client,
+    s: &Setting,
+    instance_id: &str,
+    nodes: &[crate::cluster::Node],
+    idle: Duration,
+) -> Result<(), AwsError> {
+    let me = crate::cluster::describe_self(aws, instance_id)?;
+    let verb = |spot: bool| power_action(s.terminate, spot);
+    // Workers first (a leader's own stop would leave them running), then this box.
+    let workers: Vec<&crate::cluster::Node> = nodes.iter().filter(|n| n.id != instance_id).collect();
+    for action in ["TerminateInstances", "StopInstances"] {
+        let ids: Vec<&str> =
+            workers.iter().filter(|n| verb(n.lifecycle == "spot") == action).map(|n| n.id.as_str()).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let keys: Vec<String> = (1..=ids.len()).map(|i| format!("InstanceId.{i}")).collect();
+        let params: Vec<(&str, String)> =
+            keys.iter().map(String::as_str).zip(ids.iter().map(|i| (*i).to_owned())).collect();
+        log("info", format!("autostop: the cluster was idle for {} s; {action} {}", idle.as_secs(), ids.join(" ")));
+        aws.call(Service::Ec2, action, &params)?;
+    }
+    let action = verb(me.lifecycle == "spot");
+    log("info", format!("autostop: idle for {} s; {action} {instance_id}", idle.as_secs()));
+    aws.call(Service::Ec2, action, &[("InstanceId.1", instance_id.to_owned())])?;
+    Ok(())
+}
+
+fn epoch_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

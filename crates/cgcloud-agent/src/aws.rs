@@ -14,7 +14,7 @@ pub enum AwsError {
     #[error("{action}: unexpected answer: {detail}")]
     Parse { action: String, detail: String },
     #[error("no credentials: {0}")]
-    Credentials(String),
+    Credentials(crate::imds::ImdsError),
 }
 
 pub struct Client {

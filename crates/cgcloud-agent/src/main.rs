@@ -1,6 +1,16 @@
 //! `cgcloud-agent`: the one binary cgcloud puts on every box. It applies provisioning plans
 //! (`apply`), and later keeps SSH keys in sync and reports metrics. It is synchronous and
 //! small on purpose: it runs on every supported distribution and stays out of the way.
+//!
+//! Where things live: the command line here; `daemon` is the `run` loop, which calls `keys`
+//! (key sync), `queue` (notifications), `cluster` (membership; also the first boot),
+//! `autostop`, `metrics`, `host_key`, `spot` and `volume`. `apply` runs plans, `storage` and
+//! `volume` prepare disks. Below them: `aws` and `imds` (the AWS and metadata endpoints),
+//! `safefs` (every file write: no path a user controls is followed), `sys` (every command but a
+//! plan's steps), `log`.
+//!
+//! Errors: each module has its own `thiserror` enum naming what failed (the command, file or
+//! URL), printed with Display; this file, the edge, only prints them (`CliError`).
 
 mod apply;
 mod autostop;
@@ -8,10 +18,13 @@ mod aws;
 mod cluster;
 mod daemon;
 mod facts;
+mod host_key;
 mod imds;
 mod keys;
+mod log;
 mod metrics;
 mod pgp;
+mod queue;
 mod safefs;
 mod spot;
 mod storage;
@@ -20,6 +33,10 @@ mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// The error of a command line: the edge of the program, where errors are only printed, so
+/// any module's error will do (the modules' own types say what failed).
+type CliError = Box<dyn std::error::Error>;
 
 const USAGE: &str = "usage:
   cgcloud-agent apply --plan FILE [--facts FILE] [--log FILE] [--upgrade] [--json]
@@ -42,27 +59,20 @@ fn main() -> ExitCode {
             println!("cgcloud-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some("storage") => {
-            let prepared = volume::mount_persistent_at_boot().and_then(|_| storage::prepare()).and_then(|mp| {
-                let plan = std::path::Path::new("/var/lib/cgcloud/plan.json");
-                apply::restore_boot_directories(plan, std::path::Path::new("/var/lib/cgcloud/facts.json"))?;
-                Ok(mp)
-            });
-            match prepared {
-                Ok(Some(mp)) => {
-                    println!("instance store mounted at {mp}");
-                    ExitCode::SUCCESS
-                }
-                Ok(None) => {
-                    println!("no instance store");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("cgcloud-agent storage: {e}");
-                    ExitCode::FAILURE
-                }
+        Some("storage") => match storage_cmd() {
+            Ok(Some(mp)) => {
+                println!("instance store mounted at {mp}");
+                ExitCode::SUCCESS
             }
-        }
+            Ok(None) => {
+                println!("no instance store");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cgcloud-agent storage: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("volume") => match volume_cmd(&args[1..]) {
             Ok(said) => {
                 println!("{said}");
@@ -138,9 +148,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// `storage`: what the `cgcloud-storage` unit runs at every boot.
+fn storage_cmd() -> Result<Option<String>, CliError> {
+    volume::mount_persistent_at_boot()?;
+    let mp = storage::prepare()?;
+    let plan = std::path::Path::new("/var/lib/cgcloud/plan.json");
+    apply::restore_boot_directories(plan, std::path::Path::new("/var/lib/cgcloud/facts.json"))?;
+    Ok(mp)
+}
+
 /// `volume --id VOLUME --name NAME`: what the workstation runs on a standalone box once it has
 /// attached the box's persistent volume.
-fn volume_cmd(args: &[String]) -> Result<String, String> {
+fn volume_cmd(args: &[String]) -> Result<String, CliError> {
     let (mut id, mut name) = (None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -148,10 +167,12 @@ fn volume_cmd(args: &[String]) -> Result<String, String> {
         match a.as_str() {
             "--id" => id = Some(value()?),
             "--name" => name = Some(value()?),
-            other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
+            other => return Err(format!("unknown argument '{other}'\n{USAGE}").into()),
         }
     }
-    let (Some(id), Some(name)) = (id, name) else { return Err(format!("--id and --name are required\n{USAGE}")) };
+    let (Some(id), Some(name)) = (id, name) else {
+        return Err(format!("--id and --name are required\n{USAGE}").into());
+    };
     let dev = volume::find_device(&id, std::time::Duration::from_secs(120))
         .ok_or_else(|| format!("volume {id} is attached, but no block device for it appeared within 2 minutes"))?;
     let was_mounted = sys::is_mounted(volume::MOUNT_POINT);
@@ -162,12 +183,15 @@ fn volume_cmd(args: &[String]) -> Result<String, String> {
     // Services that need the volume (ordered after cgcloud-storage) may have given up on it at
     // boot; bringing the system to its target again starts them now.
     if std::path::Path::new("/run/systemd/system").exists() {
-        let _ = std::process::Command::new("systemctl").args(["start", "--no-block", "default.target"]).status();
+        if let Err(e) = sys::run("systemctl", &["start", "--no-block", "default.target"]) {
+            // The volume is mounted, which is what was asked; a reboot starts those services too.
+            log::log("warning", format!("cannot start the services waiting for the volume: {e}"));
+        }
     }
     Ok(format!("{} and mounted at {}", if formatted { "formatted" } else { "found" }, volume::MOUNT_POINT))
 }
 
-fn apply_cmd(args: &[String]) -> Result<ExitCode, String> {
+fn apply_cmd(args: &[String]) -> Result<ExitCode, CliError> {
     let mut plan = None;
     let mut facts = None;
     let mut log = PathBuf::from("/var/log/cgcloud/apply.log");
@@ -182,7 +206,7 @@ fn apply_cmd(args: &[String]) -> Result<ExitCode, String> {
             "--log" => log = PathBuf::from(value()?),
             "--upgrade" => upgrade = true,
             "--json" => json = true,
-            other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
+            other => return Err(format!("unknown argument '{other}'\n{USAGE}").into()),
         }
     }
     let plan_path = plan.ok_or_else(|| format!("--plan is required\n{USAGE}"))?;

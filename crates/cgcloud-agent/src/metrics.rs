@@ -1,6 +1,9 @@
 //! Memory and disk use, reported as CloudWatch custom metrics (namespace `CGCloud`, dimension
 //! `InstanceId`, unit Percent): `MemUsage`, and `DiskUsage_root` for `/` or `DiskUsage` plus the
-//! mount point with `/` as `_` (e.g. `DiskUsage_mnt_persistent`) for other filesystems.
+//! mount point with `/` as `_` (e.g. `DiskUsage_mnt_persistent`) for other filesystems. The
+//! daemon calls [`put`] every `metrics_interval` seconds when metrics are on.
+
+use crate::aws::{AwsError, Client, Service};
 
 /// Filesystems that hold data (not proc, sysfs, tmpfs, ...).
 const DATA_FS: &[&str] = &["ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "overlay", "f2fs", "vfat", "nfs", "nfs4"];
@@ -82,6 +85,15 @@ pub fn put_params(instance_id: &str, values: &[(String, f64)]) -> Vec<(String, S
         p.push((format!("{m}.Dimensions.member.1.Value"), instance_id.to_owned()));
     }
     p
+}
+
+/// Measures and reports once.
+pub fn put(aws: &Client, instance_id: &str) -> Result<(), AwsError> {
+    let values = collect();
+    let params = put_params(instance_id, &values);
+    let refs: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    aws.call(Service::CloudWatch, "PutMetricData", &refs)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,6 +11,41 @@ use base64::Engine as _;
 use sha1::Sha1;
 use sha2::{Digest as _, Sha256};
 
+/// Why a key file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PgpError {
+    #[error("'{0}' is not an OpenPGP fingerprint (40 or 64 hex digits)")]
+    NotFingerprint(String),
+    #[error("the key file holds no public key")]
+    NoKey,
+    #[error("the key's fingerprint is {got}, expected {want}")]
+    WrongKey { got: String, want: String },
+    #[error("the key file holds {n} primary keys ({list}), expected only {want}", n = got.len(), list = got.join(", "))]
+    ManyKeys { got: Vec<String>, want: String },
+    #[error("the key's ASCII armor is not valid base64: {0}")]
+    Armor(base64::DecodeError),
+    #[error("the key's armor checksum is not base64: {0}")]
+    ChecksumEncoding(base64::DecodeError),
+    #[error("the key's ASCII armor checksum does not match its content")]
+    Checksum,
+    #[error("the key file holds a secret key")]
+    SecretKey,
+    #[error("a v4 key packet longer than 65535 bytes")]
+    LongV4,
+    #[error("a key packet too long")]
+    TooLong,
+    #[error("a version {0} OpenPGP key (only versions 4 and 6 are understood)")]
+    Version(u8),
+    #[error("an empty key packet")]
+    Empty,
+    #[error("the key file is truncated")]
+    Truncated,
+    #[error("byte {0} is not the start of an OpenPGP packet")]
+    NotPacket(usize),
+    #[error("a key packet with a partial body length")]
+    PartialLength,
+}
+
 const PUBLIC_KEY: u8 = 6;
 const SECRET_KEY: u8 = 5;
 const SECRET_SUBKEY: u8 = 7;
@@ -18,26 +53,24 @@ const SECRET_SUBKEY: u8 = 7;
 /// The key file holds exactly one primary key, whose fingerprint is `want` (hex; spaces and
 /// case ignored). Returns the key as binary packets (what apt's `signed-by` reads whatever
 /// its extension).
-pub fn pinned_key(data: &[u8], want: &str) -> Result<Vec<u8>, String> {
+pub fn pinned_key(data: &[u8], want: &str) -> Result<Vec<u8>, PgpError> {
     let want: String = want.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
     if !(want.len() == 40 || want.len() == 64) || !want.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("'{want}' is not an OpenPGP fingerprint (40 or 64 hex digits)"));
+        return Err(PgpError::NotFingerprint(want));
     }
     let binary = dearmor(data)?;
     let primaries = primary_fingerprints(&binary)?;
     match primaries.as_slice() {
-        [] => Err("the key file holds no public key".into()),
+        [] => Err(PgpError::NoKey),
         [one] if *one == want => Ok(binary),
-        [one] => Err(format!("the key's fingerprint is {one}, expected {want}")),
-        many => {
-            Err(format!("the key file holds {} primary keys ({}), expected only {want}", many.len(), many.join(", ")))
-        }
+        [one] => Err(PgpError::WrongKey { got: one.clone(), want }),
+        many => Err(PgpError::ManyKeys { got: many.to_vec(), want }),
     }
 }
 
 /// The binary packets of `data`: decoded from ASCII armor (its CRC-24 checked when present),
 /// or `data` itself when it is binary already.
-pub fn dearmor(data: &[u8]) -> Result<Vec<u8>, String> {
+pub fn dearmor(data: &[u8]) -> Result<Vec<u8>, PgpError> {
     let text = match std::str::from_utf8(data) {
         Ok(t) if t.trim_start().starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----") => t,
         _ => return Ok(data.to_vec()),
@@ -68,16 +101,13 @@ pub fn dearmor(data: &[u8]) -> Result<Vec<u8>, String> {
         }
     }
     let joined: String = body.concat();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(joined.as_bytes())
-        .map_err(|e| format!("the key's ASCII armor is not valid base64: {e}"))?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(joined.as_bytes()).map_err(PgpError::Armor)?;
     if let Some(c) = crc {
-        let want = base64::engine::general_purpose::STANDARD
-            .decode(c.as_bytes())
-            .map_err(|e| format!("the key's armor checksum is not base64: {e}"))?;
+        let want =
+            base64::engine::general_purpose::STANDARD.decode(c.as_bytes()).map_err(PgpError::ChecksumEncoding)?;
         let got = crc24(&bytes);
         if want != [(got >> 16) as u8, (got >> 8) as u8, got as u8] {
-            return Err("the key's ASCII armor checksum does not match its content".into());
+            return Err(PgpError::Checksum);
         }
     }
     Ok(bytes)
@@ -99,23 +129,23 @@ fn crc24(data: &[u8]) -> u32 {
 
 /// The fingerprints (upper-case hex) of the primary public keys among `packets`, in order.
 /// Secret keys are refused: a repository key file never holds one.
-pub fn primary_fingerprints(packets: &[u8]) -> Result<Vec<String>, String> {
+pub fn primary_fingerprints(packets: &[u8]) -> Result<Vec<String>, PgpError> {
     let mut out = Vec::new();
     for (tag, body) in parse_packets(packets)? {
         match tag {
             PUBLIC_KEY => out.push(fingerprint(body)?),
-            SECRET_KEY | SECRET_SUBKEY => return Err("the key file holds a secret key".into()),
+            SECRET_KEY | SECRET_SUBKEY => return Err(PgpError::SecretKey),
             _ => {}
         }
     }
     Ok(out)
 }
 
-fn fingerprint(body: &[u8]) -> Result<String, String> {
+fn fingerprint(body: &[u8]) -> Result<String, PgpError> {
     let hex = |d: &[u8]| hex::encode_upper(d);
     match body.first() {
         Some(4) => {
-            let len = u16::try_from(body.len()).map_err(|_| "a v4 key packet longer than 65535 bytes".to_owned())?;
+            let len = u16::try_from(body.len()).map_err(|_| PgpError::LongV4)?;
             let mut h = Sha1::new();
             h.update([0x99]);
             h.update(len.to_be_bytes());
@@ -123,28 +153,28 @@ fn fingerprint(body: &[u8]) -> Result<String, String> {
             Ok(hex(&h.finalize()))
         }
         Some(6) => {
-            let len = u32::try_from(body.len()).map_err(|_| "a key packet too long".to_owned())?;
+            let len = u32::try_from(body.len()).map_err(|_| PgpError::TooLong)?;
             let mut h = Sha256::new();
             h.update([0x9B]);
             h.update(len.to_be_bytes());
             h.update(body);
             Ok(hex(&h.finalize()))
         }
-        Some(v) => Err(format!("a version {v} OpenPGP key (only versions 4 and 6 are understood)")),
-        None => Err("an empty key packet".into()),
+        Some(v) => Err(PgpError::Version(*v)),
+        None => Err(PgpError::Empty),
     }
 }
 
 /// Splits `data` into (tag, body) packets, old and new framing alike.
-fn parse_packets(data: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
-    let truncated = || "the key file is truncated".to_owned();
+fn parse_packets(data: &[u8]) -> Result<Vec<(u8, &[u8])>, PgpError> {
+    let truncated = || PgpError::Truncated;
     let mut out = Vec::new();
     let mut i = 0;
     while i < data.len() {
         let ctb = data[i];
         i += 1;
         if ctb & 0x80 == 0 {
-            return Err(format!("byte {} is not the start of an OpenPGP packet", i - 1));
+            return Err(PgpError::NotPacket(i - 1));
         }
         let (tag, len) = if ctb & 0x40 != 0 {
             let tag = ctb & 0x3f;
@@ -163,7 +193,7 @@ fn parse_packets(data: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
                     u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
                 }
                 // Partial body lengths are for data packets, never for keys.
-                _ => return Err("a key packet with a partial body length".into()),
+                _ => return Err(PgpError::PartialLength),
             };
             (tag, len)
         } else {
@@ -221,23 +251,26 @@ mod tests {
         let key = pinned_key(ED25519.as_bytes(), spaced).unwrap();
         assert_eq!(key, dearmor(ED25519.as_bytes()).unwrap());
         assert_eq!(pinned_key(RSA, RSA_FPR).unwrap(), RSA);
-        let wrong = pinned_key(RSA, ED25519_FPR).unwrap_err();
+        let wrong = pinned_key(RSA, ED25519_FPR).unwrap_err().to_string();
         assert!(wrong.contains(RSA_FPR) && wrong.contains("expected"), "{wrong}");
         // The right key with another one beside it: apt would trust both.
-        let two = pinned_key(TWO.as_bytes(), ED25519_FPR).unwrap_err();
+        let two = pinned_key(TWO.as_bytes(), ED25519_FPR).unwrap_err().to_string();
         assert!(two.contains("2 primary keys"), "{two}");
-        assert!(pinned_key(ED25519.as_bytes(), "not-hex").unwrap_err().contains("not an OpenPGP fingerprint"));
+        assert!(pinned_key(ED25519.as_bytes(), "not-hex")
+            .unwrap_err()
+            .to_string()
+            .contains("not an OpenPGP fingerprint"));
     }
 
     #[test]
     fn damaged_files_are_refused() {
         // A flipped character in the armor fails its checksum.
         let damaged = ED25519.replacen("mDMEa", "mDMEb", 1);
-        assert!(pinned_key(damaged.as_bytes(), ED25519_FPR).unwrap_err().contains("checksum"));
-        assert!(pinned_key(&RSA[..RSA.len() - 10], RSA_FPR).unwrap_err().contains("truncated"));
-        assert!(pinned_key(b"<html>not found</html>", RSA_FPR).unwrap_err().contains("not the start"));
+        assert!(pinned_key(damaged.as_bytes(), ED25519_FPR).unwrap_err().to_string().contains("checksum"));
+        assert!(pinned_key(&RSA[..RSA.len() - 10], RSA_FPR).unwrap_err().to_string().contains("truncated"));
+        assert!(pinned_key(b"<html>not found</html>", RSA_FPR).unwrap_err().to_string().contains("not the start"));
         // A secret key packet (tag 5, new framing) is never a repository key.
-        assert!(primary_fingerprints(&[0xC5, 0x01, 0x04]).unwrap_err().contains("secret key"));
+        assert!(primary_fingerprints(&[0xC5, 0x01, 0x04]).unwrap_err().to_string().contains("secret key"));
     }
 
     #[test]
@@ -260,6 +293,6 @@ mod tests {
         h.update(v6);
         let want = hex::encode_upper(h.finalize());
         assert_eq!(fingerprint(&v6).unwrap(), want);
-        assert!(fingerprint(&[5, 0]).unwrap_err().contains("version 5"));
+        assert!(fingerprint(&[5, 0]).unwrap_err().to_string().contains("version 5"));
     }
 }

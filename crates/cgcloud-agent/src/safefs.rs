@@ -261,6 +261,8 @@ pub fn write_in(
         }
     };
     let cleanup = |e: SafeError| {
+        // Best effort: the write failed already and `e` says why; a temporary file left
+        // behind holds nothing the target did not, and has a name nobody else uses.
         let _ = rustix::fs::unlinkat(dir, tmp_name.as_os_str(), AtFlags::empty());
         e
     };

@@ -11,47 +11,61 @@ use std::time::Duration;
 /// Where a role puts its hook.
 pub const HOOK: &str = "/etc/cgcloud/spot-interruption";
 
+/// Why the hook was not run, or failed. Each names the hook.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("{path} is not a regular file")]
+    NotRegular { path: String },
+    #[error("{path} is owned by uid {uid}, not root")]
+    NotRoots { path: String, uid: u32 },
+    #[error("{path} is writable by group or others (mode {mode:o})")]
+    Writable { path: String, mode: u32 },
+    #[error("{path} is not executable")]
+    NotExecutable { path: String },
+    #[error("{path} exited with {status}")]
+    Failed { path: String, status: std::process::ExitStatus },
+    #[error("{path} took longer than 90 s")]
+    TooLong { path: String },
+}
+
 /// Whether `path` may be run as root: a regular file (not a link), owned by root (or by the
 /// agent's own user, for tests), executable, and not writable by group or others.
-pub fn hook_is_safe(path: &Path) -> Result<(), String> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn hook_is_safe(path: &Path) -> Result<(), HookError> {
+    let p = || path.display().to_string();
+    let meta = std::fs::symlink_metadata(path).map_err(|error| HookError::Io { path: p(), error })?;
     let me = rustix::process::geteuid().as_raw();
     if !meta.file_type().is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
+        return Err(HookError::NotRegular { path: p() });
     }
     if meta.uid() != 0 && meta.uid() != me {
-        return Err(format!("{} is owned by uid {}, not root", path.display(), meta.uid()));
+        return Err(HookError::NotRoots { path: p(), uid: meta.uid() });
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(format!("{} is writable by group or others (mode {:o})", path.display(), meta.mode() & 0o7777));
+        return Err(HookError::Writable { path: p(), mode: meta.mode() & 0o7777 });
     }
     if meta.mode() & 0o100 == 0 {
-        return Err(format!("{} is not executable", path.display()));
+        return Err(HookError::NotExecutable { path: p() });
     }
     Ok(())
 }
 
 /// Runs the hook with the notice in `CGCLOUD_SPOT_NOTICE`, for at most 90 s (the instance has
 /// 120 s left).
-fn run_hook(hook: &Path, notice: &str) -> Result<(), String> {
+fn run_hook(hook: &Path, notice: &str) -> Result<(), HookError> {
     hook_is_safe(hook)?;
+    let path = || hook.display().to_string();
     let mut child = std::process::Command::new(hook)
         .env("CGCLOUD_SPOT_NOTICE", notice)
         .stdin(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| format!("{}: {e}", hook.display()))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("{} exited with {status}", hook.display())),
-            Ok(None) if std::time::Instant::now() > deadline => {
-                let _ = child.kill();
-                return Err(format!("{} took longer than 90 s", hook.display()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(200)),
-            Err(e) => return Err(e.to_string()),
-        }
+        .map_err(|error| HookError::Io { path: path(), error })?;
+    match crate::sys::wait_timeout(&mut child, Duration::from_secs(90), Duration::from_millis(200)) {
+        Ok(Some(status)) if status.success() => Ok(()),
+        Ok(Some(status)) => Err(HookError::Failed { path: path(), status }),
+        Ok(None) => Err(HookError::TooLong { path: path() }),
+        Err(error) => Err(HookError::Io { path: path(), error }),
     }
 }
 
@@ -63,17 +77,17 @@ pub fn watch(imds: &str, hook: &Path, every: Duration, log: impl Fn(&str, String
     // A token serves the polls of four minutes (its TTL is five); a failed poll drops it.
     let mut token: Option<(String, std::time::Instant)> = None;
     loop {
-        let mut polled = Err(String::new());
         if token.as_ref().is_none_or(|(_, got)| got.elapsed() > Duration::from_secs(240)) {
             token = None;
-            match crate::imds::token_at(&http, imds) {
-                Ok(t) => token = Some((t, std::time::Instant::now())),
-                Err(e) => polled = Err(e),
-            }
         }
-        if let Some((t, _)) = &token {
-            polled = crate::imds::spot_instance_action(&http, imds, t);
-        }
+        let polled = match &token {
+            Some((t, _)) => crate::imds::spot_instance_action(&http, imds, t),
+            None => crate::imds::token_at(&http, imds).and_then(|t| {
+                let polled = crate::imds::spot_instance_action(&http, imds, &t);
+                token = Some((t, std::time::Instant::now()));
+                polled
+            }),
+        };
         if polled.is_err() {
             token = None;
         }
@@ -140,6 +154,7 @@ mod tests {
                 } else {
                     ("401 Unauthorized", String::new())
                 };
+                // The agent may have hung up already; the test looks at what it saw, not at this.
                 let _ = write!(
                     stream,
                     "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -185,7 +200,7 @@ mod tests {
         std::fs::set_permissions(&safe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&safe, &link).unwrap();
-        assert!(hook_is_safe(&link).unwrap_err().contains("not a regular file"));
+        assert!(hook_is_safe(&link).unwrap_err().to_string().contains("not a regular file"));
         hook_is_safe(&safe).unwrap();
     }
 }

@@ -9,8 +9,19 @@
 //! again: a plain reboot keeps the instance store's data, and only a stop/start (which gives
 //! blank disks) means formatting.
 
-use crate::sys::{blkid, is_mounted, run};
+use crate::sys::{blkid, is_mounted, run, CommandError};
 use std::path::Path;
+
+/// Why the instance store could not be made usable.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("storage lock: {0}")]
+    Lock(std::io::Error),
+}
 
 pub const MOUNT_POINT: &str = "/mnt/ephemeral";
 pub const LABEL: &str = "cgcloud-eph";
@@ -70,7 +81,7 @@ fn has(program: &str) -> bool {
 }
 
 /// Formats a blank device (never one with a filesystem) and mounts it.
-fn format_and_mount(device: &str, mount_point: &str) -> Result<(), String> {
+fn format_and_mount(device: &str, mount_point: &str) -> Result<(), StorageError> {
     if is_mounted(mount_point) {
         return Ok(());
     }
@@ -78,7 +89,7 @@ fn format_and_mount(device: &str, mount_point: &str) -> Result<(), String> {
         // nodiscard: instance-store SSDs come trimmed; discarding them takes minutes.
         run("mkfs.ext4", &["-q", "-E", "nodiscard", "-L", LABEL, device])?;
     }
-    std::fs::create_dir_all(mount_point).map_err(|e| format!("{mount_point}: {e}"))?;
+    std::fs::create_dir_all(mount_point).map_err(|error| StorageError::Io { path: mount_point.to_owned(), error })?;
     run("mount", &["-o", "defaults,noatime", device, mount_point])?;
     Ok(())
 }
@@ -89,11 +100,12 @@ pub fn mount_points(n: usize) -> Vec<String> {
 }
 
 /// Makes the instance store usable; returns where it is mounted (None: the box has none).
-pub fn prepare() -> Result<Option<String>, String> {
+pub fn prepare() -> Result<Option<String>, StorageError> {
+    // A directory that cannot be made shows as the lock file that cannot be created, next.
     let _ = std::fs::create_dir_all("/run/cgcloud");
     // The unit and first-boot configuration may both get here; only one formats.
-    let lock = std::fs::File::create("/run/cgcloud/storage.lock").map_err(|e| format!("storage lock: {e}"))?;
-    lock.lock().map_err(|e| format!("storage lock: {e}"))?;
+    let lock = std::fs::File::create("/run/cgcloud/storage.lock").map_err(StorageError::Lock)?;
+    lock.lock().map_err(StorageError::Lock)?;
     let devs = devices();
     if devs.is_empty() {
         return Ok(None);

@@ -4,12 +4,32 @@
 //! nodes, so a cluster created again under the same name gets its data back.
 
 use crate::aws::{AwsError, Client, Service};
-use crate::sys::{blkid, is_mounted, run};
+use crate::sys::{blkid, is_mounted, run, CommandError};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub const MOUNT_POINT: &str = "/mnt/persistent";
 pub const DEVICE: &str = "/dev/sdf";
+
+/// Why the persistent volume could not be formatted or mounted (attaching it fails with an
+/// [`AwsError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("{device} has label '{existing}', not '{label}' (the hash of {name}); refusing to use it")]
+    WrongLabel { device: String, existing: String, label: String, name: String },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error(transparent)]
+    Write(#[from] crate::safefs::SafeError),
+    #[error("no device with {spec} appeared within 2 minutes; {mp} is not mounted", mp = MOUNT_POINT)]
+    NoDevice { spec: String },
+    #[error(transparent)]
+    Attach(#[from] AwsError),
+    #[error("volume {id} was attached but no block device appeared")]
+    NotAppeared { id: String },
+}
 
 fn err(action: &str, detail: impl Into<String>) -> AwsError {
     AwsError::Parse { action: action.into(), detail: detail.into() }
@@ -155,7 +175,7 @@ pub const MOUNT_OPTIONS: &str = "nosuid,nodev";
 
 /// Applies [`MOUNT_OPTIONS`] to what is mounted at the mount point already: systemd mounts it
 /// from fstab, and an image baked before the options existed carries `defaults` there.
-fn restrict_mount() -> Result<(), String> {
+fn restrict_mount() -> Result<(), CommandError> {
     run("mount", &["-o", &format!("remount,{MOUNT_OPTIONS}"), MOUNT_POINT]).map(drop)
 }
 
@@ -167,7 +187,7 @@ pub fn fstab_line(label: &str) -> String {
 
 /// Formats the device if it holds no filesystem (never otherwise), checks its label, mounts it
 /// at /mnt/persistent and records it in /etc/fstab. Returns whether it formatted the device.
-pub fn format_and_mount(device: &str, name: &str) -> Result<bool, String> {
+pub fn format_and_mount(device: &str, name: &str) -> Result<bool, VolumeError> {
     let label = cgcloud_core::d32::volume_label_hash(name);
     let blank = blkid(device, "TYPE").is_empty();
     if blank {
@@ -175,23 +195,16 @@ pub fn format_and_mount(device: &str, name: &str) -> Result<bool, String> {
     } else {
         let existing = blkid(device, "LABEL");
         if existing != label {
-            return Err(format!(
-                "{device} has label '{existing}', not '{label}' (the hash of {name}); refusing to use it"
-            ));
+            return Err(VolumeError::WrongLabel { device: device.to_owned(), existing, label, name: name.to_owned() });
         }
     }
-    std::fs::create_dir_all(MOUNT_POINT).map_err(|e| format!("{MOUNT_POINT}: {e}"))?;
+    std::fs::create_dir_all(MOUNT_POINT).map_err(|error| VolumeError::Io { path: MOUNT_POINT.to_owned(), error })?;
     let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
     let line = fstab_line(&label);
     if !fstab.lines().any(|l| l.trim() == line) {
         let kept: Vec<&str> = fstab.lines().filter(|l| !l.contains(MOUNT_POINT)).collect();
         let new = format!("{}{line}\n", kept.iter().map(|l| format!("{l}\n")).collect::<String>());
-        crate::safefs::write_atomic(
-            std::path::Path::new("/etc/fstab"),
-            new.as_bytes(),
-            crate::safefs::Attrs::root(0o644),
-        )
-        .map_err(|e| e.to_string())?;
+        crate::safefs::write_atomic(Path::new("/etc/fstab"), new.as_bytes(), crate::safefs::Attrs::root(0o644))?;
     }
     if is_mounted(MOUNT_POINT) {
         restrict_mount()?;
@@ -238,7 +251,7 @@ pub enum Persistent {
 /// Mounts the persistent volume if fstab lists it and it is not mounted yet. The mount is
 /// done here rather than left to systemd: its fstab entry is `nofail`, which systemd orders
 /// before nothing, and hosts without udev cannot resolve its label.
-pub fn try_mount_persistent() -> Result<Persistent, String> {
+pub fn try_mount_persistent() -> Result<Persistent, VolumeError> {
     let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
     let Some(spec) = fstab_spec(&fstab, MOUNT_POINT) else { return Ok(Persistent::None) };
     if is_mounted(MOUNT_POINT) {
@@ -258,12 +271,12 @@ pub fn try_mount_persistent() -> Result<Persistent, String> {
 
 /// At boot, before the services that keep data there: `try_mount_persistent`, waiting up to two
 /// minutes for the device.
-pub fn mount_persistent_at_boot() -> Result<Persistent, String> {
+pub fn mount_persistent_at_boot() -> Result<Persistent, VolumeError> {
     let start = Instant::now();
     loop {
         match try_mount_persistent()? {
             Persistent::NoDevice(spec) if start.elapsed() > Duration::from_secs(120) => {
-                return Err(format!("no device with {spec} appeared within 2 minutes; {MOUNT_POINT} is not mounted"))
+                return Err(VolumeError::NoDevice { spec })
             }
             Persistent::NoDevice(_) => std::thread::sleep(Duration::from_secs(1)),
             done => return Ok(done),
