@@ -11,6 +11,8 @@ use super::launch::launcher_gone;
 use crate::cli::{CleanupArgs, ConfirmArgs};
 use crate::context::Ctx;
 use anyhow::Result;
+use cgcloud_aws::Cloud;
+use cgcloud_core::model::BoxInfo;
 use cgcloud_core::namespace::Namespace;
 use cgcloud_core::tags::{self, Tags};
 use std::collections::BTreeSet;
@@ -24,6 +26,13 @@ struct Item {
     kind: &'static str,
     id: String,
     why: String,
+}
+
+impl Item {
+    /// An item of the namespace being cleaned up (`--recursive` sets the namespace later).
+    fn new(kind: &'static str, id: String, why: String) -> Item {
+        Item { namespace: String::new(), kind, id, why }
+    }
 }
 
 fn launched_before(launch_time: &str, min_age: Duration) -> bool {
@@ -140,99 +149,12 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
 async fn leftovers(ctx: &Ctx, ns: &Namespace, a: &CleanupArgs) -> Result<(Vec<Item>, Vec<String>)> {
     let cloud = ctx.cloud().await?;
     let min_age = Duration::from_secs(a.min_age_minutes * 60);
-    let mut items = Vec::new();
     let boxes = cloud.list_boxes(ns.as_str(), None).await?;
-    let mut terminating: Vec<String> = Vec::new();
-    for b in &boxes {
-        if interrupted(&b.tags, &b.launch_time, min_age) {
-            terminating.push(b.instance_id.clone());
-            items.push(Item {
-                namespace: String::new(),
-                kind: "instance",
-                id: b.instance_id.clone(),
-                why: why_interrupted(&b.tags, &format!("box of {}", b.role), min_age),
-            });
-        } else if b.tags.get(tags::LAUNCH_STATE).map(String::as_str) == Some("failed") {
-            terminating.push(b.instance_id.clone());
-            items.push(Item {
-                namespace: String::new(),
-                kind: "instance",
-                id: b.instance_id.clone(),
-                why: format!("failed launch of {} kept by --never-terminate", b.role),
-            });
-        }
-    }
-
-    let images = cloud.list_images(ns.as_str(), None).await?;
-    let referenced: BTreeSet<&str> =
-        images.iter().filter(|i| i.state != "failed").flat_map(|i| i.snapshot_ids.iter().map(String::as_str)).collect();
-    for i in images.iter().filter(|i| matches!(i.state.as_str(), "failed" | "invalid" | "error")) {
-        items.push(Item {
-            namespace: String::new(),
-            kind: "image",
-            id: i.image_id.clone(),
-            why: format!("image of {} is {}", i.role, i.state),
-        });
-    }
-    for (id, _desc, _t) in cloud.namespace_snapshots(ns.as_str()).await? {
-        if !referenced.contains(id.as_str()) {
-            items.push(Item { namespace: String::new(), kind: "snapshot", id, why: "no image uses it".into() });
-        }
-    }
-
-    // Groups used by no box, or only by boxes this cleanup terminates (deleted once they are).
-    let groups = cloud.namespace_security_groups(ns.as_str()).await?;
-    let ids: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
-    let users = cloud.security_group_users(&ids).await?;
-    for (id, name, _vpc) in &groups {
-        match users.get(id) {
-            None => items.push(Item {
-                namespace: String::new(),
-                kind: "security-group",
-                id: id.clone(),
-                why: format!("{name} is used by no box"),
-            }),
-            Some(u) if u.iter().all(|i| terminating.contains(i)) => items.push(Item {
-                namespace: String::new(),
-                kind: "security-group",
-                id: id.clone(),
-                why: format!("{name} is used only by boxes terminated here"),
-            }),
-            Some(_) => {}
-        }
-    }
-
-    for (id, state, t) in cloud.namespace_volumes(ns.as_str()).await? {
-        if state != "available" {
-            continue;
-        }
-        if !t.contains_key(tags::PERSISTENT) {
-            items.push(Item {
-                namespace: String::new(),
-                kind: "volume",
-                id,
-                why: "detached and not persistent".into(),
-            });
-        } else if interrupted(&t, "", min_age) {
-            // A launch that made the volume did not complete: it holds nothing of anyone's.
-            items.push(Item {
-                namespace: String::new(),
-                kind: "volume",
-                id,
-                why: why_interrupted(&t, "new persistent volume", min_age),
-            });
-        } else if a.persistent_volumes {
-            // Data someone kept on purpose: only when asked for.
-            let whose = t.get(tags::NAME).cloned().unwrap_or_default();
-            items.push(Item {
-                namespace: String::new(),
-                kind: "volume",
-                id,
-                why: format!("persistent volume {whose}, detached (--persistent-volumes)"),
-            });
-        }
-    }
-
+    let mut items = box_leftovers(&boxes, min_age);
+    let terminating: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    items.extend(image_leftovers(cloud, ns).await?);
+    items.extend(group_leftovers(cloud, ns, &terminating).await?);
+    items.extend(volume_leftovers(cloud, ns, a, min_age).await?);
     // IAM roles a launch made and did not complete, which no other box uses.
     let in_use: BTreeSet<String> = boxes
         .iter()
@@ -241,16 +163,95 @@ async fn leftovers(ctx: &Ctx, ns: &Namespace, a: &CleanupArgs) -> Result<(Vec<It
         .collect();
     for (name, created, t) in cloud.roles_with_tags(&ns.iam_path()).await? {
         if interrupted(&t, &created, min_age) && !in_use.contains(&name) {
-            items.push(Item {
-                namespace: String::new(),
-                kind: "iam-role",
-                id: name,
-                why: why_interrupted(&t, "IAM role and profile", min_age),
-            });
+            items.push(Item::new("iam-role", name, why_interrupted(&t, "IAM role and profile", min_age)));
         }
     }
+    items.extend(queue_leftovers(cloud, ns, &boxes, &terminating).await?);
+    Ok((items, terminating))
+}
 
-    // Boxes this cleanup terminates count as gone: their queues go in the same run.
+/// Boxes of launches that never finished, and failed launches kept by `--never-terminate`.
+fn box_leftovers(boxes: &[BoxInfo], min_age: Duration) -> Vec<Item> {
+    let mut items = Vec::new();
+    for b in boxes {
+        if interrupted(&b.tags, &b.launch_time, min_age) {
+            let why = why_interrupted(&b.tags, &format!("box of {}", b.role), min_age);
+            items.push(Item::new("instance", b.instance_id.clone(), why));
+        } else if b.tags.get(tags::LAUNCH_STATE).map(String::as_str) == Some("failed") {
+            let why = format!("failed launch of {} kept by --never-terminate", b.role);
+            items.push(Item::new("instance", b.instance_id.clone(), why));
+        }
+    }
+    items
+}
+
+/// Failed images, and snapshots no image uses.
+async fn image_leftovers(cloud: &Cloud, ns: &Namespace) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    let images = cloud.list_images(ns.as_str(), None).await?;
+    let referenced: BTreeSet<&str> =
+        images.iter().filter(|i| i.state != "failed").flat_map(|i| i.snapshot_ids.iter().map(String::as_str)).collect();
+    for i in images.iter().filter(|i| matches!(i.state.as_str(), "failed" | "invalid" | "error")) {
+        items.push(Item::new("image", i.image_id.clone(), format!("image of {} is {}", i.role, i.state)));
+    }
+    for (id, _desc, _t) in cloud.namespace_snapshots(ns.as_str()).await? {
+        if !referenced.contains(id.as_str()) {
+            items.push(Item::new("snapshot", id, "no image uses it".into()));
+        }
+    }
+    Ok(items)
+}
+
+/// Groups used by no box, or only by boxes this cleanup terminates (deleted once they are).
+async fn group_leftovers(cloud: &Cloud, ns: &Namespace, terminating: &[String]) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    let groups = cloud.namespace_security_groups(ns.as_str()).await?;
+    let ids: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
+    let users = cloud.security_group_users(&ids).await?;
+    for (id, name, _vpc) in &groups {
+        match users.get(id) {
+            None => items.push(Item::new("security-group", id.clone(), format!("{name} is used by no box"))),
+            Some(u) if u.iter().all(|i| terminating.contains(i)) => {
+                let why = format!("{name} is used only by boxes terminated here");
+                items.push(Item::new("security-group", id.clone(), why));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(items)
+}
+
+/// Detached volumes that are not persistent, new persistent volumes of launches that did not
+/// finish, and (with `--persistent-volumes`) detached persistent ones.
+async fn volume_leftovers(cloud: &Cloud, ns: &Namespace, a: &CleanupArgs, min_age: Duration) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    for (id, state, t) in cloud.namespace_volumes(ns.as_str()).await? {
+        if state != "available" {
+            continue;
+        }
+        if !t.contains_key(tags::PERSISTENT) {
+            items.push(Item::new("volume", id, "detached and not persistent".into()));
+        } else if interrupted(&t, "", min_age) {
+            // A launch that made the volume did not complete: it holds nothing of anyone's.
+            items.push(Item::new("volume", id, why_interrupted(&t, "new persistent volume", min_age)));
+        } else if a.persistent_volumes {
+            // Data someone kept on purpose: only when asked for.
+            let whose = t.get(tags::NAME).cloned().unwrap_or_default();
+            items.push(Item::new("volume", id, format!("persistent volume {whose}, detached (--persistent-volumes)")));
+        }
+    }
+    Ok(items)
+}
+
+/// Agent queues of boxes that are gone, or that this cleanup terminates (their queues go in the
+/// same run).
+async fn queue_leftovers(
+    cloud: &Cloud,
+    ns: &Namespace,
+    boxes: &[BoxInfo],
+    terminating: &[String],
+) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
     let alive_ids: BTreeSet<&str> =
         boxes.iter().map(|b| b.instance_id.as_str()).filter(|id| !terminating.iter().any(|t| t == id)).collect();
     let prefix = ns.agent_queue_prefix();
@@ -262,10 +263,10 @@ async fn leftovers(ctx: &Ctx, ns: &Namespace, a: &CleanupArgs) -> Result<(Vec<It
             } else {
                 format!("agent queue of {id}, which no longer exists")
             };
-            items.push(Item { namespace: String::new(), kind: "queue", id: url, why });
+            items.push(Item::new("queue", url, why));
         }
     }
-    Ok((items, terminating))
+    Ok(items)
 }
 
 async fn report_and_delete<F, Fut>(ctx: &Ctx, c: &ConfirmArgs, items: Vec<Item>, delete: F) -> Result<ExitCode>
@@ -348,23 +349,13 @@ async fn security(ctx: &Ctx, ns: &Namespace) -> Result<Vec<Item>> {
             tracing::warn!("keeping instance profile {p}: boxes in this region still use it");
             continue;
         }
-        items.push(Item {
-            namespace: String::new(),
-            kind: "instance-profile",
-            id: p,
-            why: format!("IAM path {}", ns.iam_path()),
-        });
+        items.push(Item::new("instance-profile", p, format!("IAM path {}", ns.iam_path())));
     }
     for r in roles {
         if in_use.contains(&r) {
             continue;
         }
-        items.push(Item {
-            namespace: String::new(),
-            kind: "iam-role",
-            id: r,
-            why: format!("IAM path {}", ns.iam_path()),
-        });
+        items.push(Item::new("iam-role", r, format!("IAM path {}", ns.iam_path())));
     }
     let groups = cloud.namespace_security_groups(ns.as_str()).await?;
     let ids: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
@@ -373,7 +364,7 @@ async fn security(ctx: &Ctx, ns: &Namespace) -> Result<Vec<Item>> {
         if used.contains(&id) {
             tracing::warn!("keeping security group {id} ({name}): boxes still use it");
         } else {
-            items.push(Item { namespace: String::new(), kind: "security-group", id, why: name });
+            items.push(Item::new("security-group", id, name));
         }
     }
     Ok(items)

@@ -134,25 +134,8 @@ pub async fn doctor(ctx: &Ctx) -> Result<ExitCode> {
             crate::settings::config_path().display()
         ),
     ));
-    let local = s.profile_name.as_deref() == Some(super::local::PROFILE);
-    if local {
-        checks.push(match cgcloud_localcloud::LocalCloud::check_prerequisites() {
-            Ok(()) => {
-                ok("local cloud tools", "root, debootstrap, systemd-nspawn, iproute2, iptables, dnsmasq, python3, curl")
-            }
-            Err(e) => fail("local cloud tools", &e.into(), None),
-        });
-        let lc = cgcloud_localcloud::LocalCloud::new(cgcloud_localcloud::LocalCloud::default_dir());
-        checks.push(if lc.is_up() {
-            ok("local cloud", format!("up in {}", lc.dir.display()))
-        } else {
-            Check {
-                check: "local cloud",
-                status: "fail",
-                detail: format!("down (state in {})", lc.dir.display()),
-                hint: Some("start it with `sudo cgcloud local up`".into()),
-            }
-        });
+    if s.profile_name.as_deref() == Some(super::local::PROFILE) {
+        local_cloud_checks(&mut checks);
     }
     // What this machine needs, whatever the cloud says.
     local_checks(ctx, &mut checks);
@@ -171,67 +154,12 @@ pub async fn doctor(ctx: &Ctx) -> Result<ExitCode> {
             return report(ctx, checks);
         }
     }
-    match &s.zone {
-        Some(zone) => match cloud.zones().await {
-            Ok(zones) if zones.contains(zone) => {
-                checks.push(ok("region and zone", format!("{} ({zone})", cloud.region)))
-            }
-            Ok(zones) => checks.push(Check {
-                check: "region and zone",
-                status: "fail",
-                detail: format!("zone {zone} is not in region {} (zones: {})", cloud.region, zones.join(", ")),
-                hint: Some("pass -z with one of those zones, or set zone in the profile".into()),
-            }),
-            Err(e) => checks.push(fail("region and zone", &e.into(), None)),
-        },
-        None => checks.push(ok("region and zone", format!("{} (any zone)", cloud.region))),
-    }
-    match cloud.network(s.subnet.as_deref(), s.zone.as_deref()).await {
-        Ok(n) => checks.push(ok(
-            "network",
-            format!(
-                "{}{}",
-                n.vpc_id,
-                n.subnet_id.map(|sub| format!(", subnet {sub}")).unwrap_or_else(|| ", the default subnets".into())
-            ),
-        )),
-        Err(e) => checks.push(fail(
-            "network",
-            &e.into(),
-            Some("name a subnet with --subnet or `subnet = ...` in the profile (or create a default VPC)".into()),
-        )),
-    }
+    network_checks(ctx, cloud, &mut checks).await;
     match ctx.namespace().await {
         Ok(ns) => checks.push(ok("namespace", ns.to_string())),
         Err(e) => checks.push(fail("namespace", &e, None)),
     }
-    let first = s.keypairs.first().cloned().unwrap_or_else(|| cgcloud_core::namespace::ME.to_owned());
-    match ctx.resolve_keypair(&first).await {
-        Ok(name) => match cloud.key_pair(&name).await {
-            Ok(None) => checks.push(Check {
-                check: "key pair",
-                status: "fail",
-                detail: format!("key pair '{name}' does not exist in {}", cloud.region),
-                hint: Some(format!(
-                    "register your public key: `cgcloud register-key ~/.ssh/id_ed25519.pub{}`",
-                    if first.contains(cgcloud_core::namespace::ME) { String::new() } else { format!(" -k {name}") }
-                )),
-            }),
-            Ok(Some(kp)) => {
-                let local = local_public_keys();
-                checks.push(match matching_local_key(&kp, &local) {
-                    Some((_, from)) => ok("key pair", format!("'{name}' ({}), private key in {from}", kp.fingerprint)),
-                    None => warn(
-                        "key pair",
-                        format!("'{name}' exists, but no key of this machine matches it ({})", kp.fingerprint),
-                        "load its private key into ssh-agent, or name it in CGCLOUD_SSH_OPTS=\"-i PATH\"; or register this machine's key with `cgcloud register-key ~/.ssh/id_ed25519.pub --force`",
-                    ),
-                });
-            }
-            Err(e) => checks.push(fail("key pair", &e.into(), None)),
-        },
-        Err(e) => checks.push(fail("key pair", &e, None)),
-    }
+    checks.push(key_pair_check(ctx, cloud).await);
     let instance_type = s.instance_type.clone().unwrap_or_else(|| "t3.micro".into());
     match cloud.instance_type_info(&instance_type).await {
         Ok(info) => checks.push(ok("instance type", format!("{instance_type} ({})", info.arches.join(", ")))),
@@ -298,4 +226,93 @@ fn report(ctx: &Ctx, checks: Vec<Check>) -> Result<ExitCode> {
         lines.join("\n")
     });
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The local cloud's tools and whether it is up (with `--profile local`).
+fn local_cloud_checks(checks: &mut Vec<Check>) {
+    checks.push(match cgcloud_localcloud::LocalCloud::check_prerequisites() {
+        Ok(()) => {
+            ok("local cloud tools", "root, debootstrap, systemd-nspawn, iproute2, iptables, dnsmasq, python3, curl")
+        }
+        Err(e) => fail("local cloud tools", &e.into(), None),
+    });
+    let lc = cgcloud_localcloud::LocalCloud::new(cgcloud_localcloud::LocalCloud::default_dir());
+    checks.push(if lc.is_up() {
+        ok("local cloud", format!("up in {}", lc.dir.display()))
+    } else {
+        Check {
+            check: "local cloud",
+            status: "fail",
+            detail: format!("down (state in {})", lc.dir.display()),
+            hint: Some("start it with `sudo cgcloud local up`".into()),
+        }
+    });
+}
+
+/// The zone (if one is set) and the VPC and subnet launches would use.
+async fn network_checks(ctx: &Ctx, cloud: &cgcloud_aws::Cloud, checks: &mut Vec<Check>) {
+    let s = &ctx.settings;
+    match &s.zone {
+        Some(zone) => match cloud.zones().await {
+            Ok(zones) if zones.contains(zone) => {
+                checks.push(ok("region and zone", format!("{} ({zone})", cloud.region)))
+            }
+            Ok(zones) => checks.push(Check {
+                check: "region and zone",
+                status: "fail",
+                detail: format!("zone {zone} is not in region {} (zones: {})", cloud.region, zones.join(", ")),
+                hint: Some("pass -z with one of those zones, or set zone in the profile".into()),
+            }),
+            Err(e) => checks.push(fail("region and zone", &e.into(), None)),
+        },
+        None => checks.push(ok("region and zone", format!("{} (any zone)", cloud.region))),
+    }
+    match cloud.network(s.subnet.as_deref(), s.zone.as_deref()).await {
+        Ok(n) => checks.push(ok(
+            "network",
+            format!(
+                "{}{}",
+                n.vpc_id,
+                n.subnet_id.map(|sub| format!(", subnet {sub}")).unwrap_or_else(|| ", the default subnets".into())
+            ),
+        )),
+        Err(e) => checks.push(fail(
+            "network",
+            &e.into(),
+            Some("name a subnet with --subnet or `subnet = ...` in the profile (or create a default VPC)".into()),
+        )),
+    }
+}
+
+/// Whether the first key pair of the profile exists, and whether this machine holds its
+/// private key.
+async fn key_pair_check(ctx: &Ctx, cloud: &cgcloud_aws::Cloud) -> Check {
+    let s = &ctx.settings;
+    let first = s.keypairs.first().cloned().unwrap_or_else(|| cgcloud_core::namespace::ME.to_owned());
+    match ctx.resolve_keypair(&first).await {
+        Ok(name) => match cloud.key_pair(&name).await {
+            Ok(None) => Check {
+                check: "key pair",
+                status: "fail",
+                detail: format!("key pair '{name}' does not exist in {}", cloud.region),
+                hint: Some(format!(
+                    "register your public key: `cgcloud register-key ~/.ssh/id_ed25519.pub{}`",
+                    if first.contains(cgcloud_core::namespace::ME) { String::new() } else { format!(" -k {name}") }
+                )),
+            },
+            Ok(Some(kp)) => {
+                let local = local_public_keys();
+                match matching_local_key(&kp, &local) {
+                    Some((_, from)) => ok("key pair", format!("'{name}' ({}), private key in {from}", kp.fingerprint)),
+                    None => warn(
+                        "key pair",
+                        format!("'{name}' exists, but no key of this machine matches it ({})", kp.fingerprint),
+                        "load its private key into ssh-agent, or name it in CGCLOUD_SSH_OPTS=\"-i PATH\"; or register this machine's key with `cgcloud register-key ~/.ssh/id_ed25519.pub --force`",
+                    ),
+                }
+            }
+            Err(e) => fail("key pair", &e.into(), None),
+        },
+        Err(e) => fail("key pair", &e, None),
+    }
 }

@@ -12,7 +12,10 @@ use crate::context::Ctx;
 use anyhow::{anyhow, bail, Context as _, Result};
 use cgcloud_core::glob::glob_match;
 use cgcloud_core::jenkins::{casc, casc_yaml, Cloud as JenkinsCloud, Template};
+use cgcloud_core::model::{BoxInfo, ImageInfo};
 use cgcloud_core::tags::{self, Tags};
+use cgcloud_core::Namespace;
+use cgcloud_roles::role::Role;
 use std::process::ExitCode;
 
 /// Where the master's role keeps the agents file, and the script that installs it.
@@ -44,13 +47,78 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
             master_role.name
         );
     }
+    let keypairs = agent_key_patterns(ctx, &a, &master, &key_pair).await?;
+
+    let chosen = choose_agent_roles(ctx, &a, &ns).await?;
+    let instances = cloud.describe_instances(std::slice::from_ref(&master.instance_id)).await?;
+    let inst = instances.first().context("the master disappeared")?;
+    let vpc_id = inst.vpc_id.clone().context("the master is in no VPC")?;
+    let subnet_id = inst.subnet_id.clone();
+
+    let shared = Shared { ns: &ns, vpc_id, subnet_id, key_pair: &key_pair, keypairs };
+    let mut templates = Vec::new();
+    for (role, image, instance_type) in &chosen {
+        templates.push(template(ctx, &a, &shared, role, image, instance_type).await?);
+    }
+    let jcloud = JenkinsCloud {
+        // Jenkins puts a cloud's name in URLs and refuses '/' in names: `cgcloud-hannes`.
+        name: cloud_name(&ns),
+        region: cloud.region.clone(),
+        endpoint: ctx.settings.agent.endpoint.clone(),
+    };
+    let yaml = casc_yaml(&jcloud, &templates);
+    let rows: Vec<Vec<String>> = chosen
+        .iter()
+        .zip(&templates)
+        .map(|((role, image, _), t)| {
+            vec![
+                role.name.clone(),
+                image.image_id.clone(),
+                t.instance_type.clone(),
+                t.labels.join(" "),
+                t.instance_cap.to_string(),
+                match &t.spot {
+                    None => "on-demand".into(),
+                    Some(None) => "spot".into(),
+                    Some(Some(p)) => format!("spot ≤ ${p}/h"),
+                },
+            ]
+        })
+        .collect();
+    let action = if a.dry_run { "dry-run".to_owned() } else { install(ctx, &master, &yaml).await? };
+    let json = serde_json::json!({
+        "master": master.instance_id,
+        "file": AGENTS_FILE,
+        "action": action,
+        "key_pair": key_pair,
+        "templates": chosen.iter().zip(&templates).map(|((role, image, _), t)| serde_json::json!({
+            "role": role.name, "newest_image": image.image_id, "instance_type": t.instance_type,
+            "labels": t.labels, "instance_cap": t.instance_cap, "spot": t.spot.is_some(),
+            "spot_max_price": t.spot.clone().flatten(),
+        })).collect::<Vec<_>>(),
+        "casc": casc(&jcloud, &templates),
+    });
+    ctx.out.record(&json, || {
+        let table = crate::output::render_table(&["ROLE", "NEWEST IMAGE", "TYPE", "LABELS", "CAP", "MARKET"], &rows);
+        if a.dry_run {
+            format!("{table}\n{yaml}")
+        } else {
+            table
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The key-pair patterns of the agents' `cgcloud:keypairs` tag: the master's own key first, then
+/// `-k` patterns, or else whoever may log in to the master.
+async fn agent_key_patterns(ctx: &Ctx, a: &RegisterAgentsArgs, master: &BoxInfo, key_pair: &str) -> Result<String> {
     let patterns = if a.keypairs.is_empty() {
         // The master's key first; then whoever may log in to the master may log in to agents.
-        let mut p = vec![key_pair.clone()];
+        let mut p = vec![key_pair.to_owned()];
         p.extend(master.tags.get(tags::KEYPAIRS).into_iter().flat_map(|k| k.split_whitespace().map(str::to_owned)));
         p
     } else {
-        let mut p = vec![key_pair.clone()];
+        let mut p = vec![key_pair.to_owned()];
         for k in &a.keypairs {
             p.push(ctx.resolve_keypair(k).await?);
         }
@@ -66,11 +134,22 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
     if keypairs.chars().count() > 256 {
         bail!("the agents' key-pair patterns '{keypairs}' do not fit in a tag (256 characters); give fewer with -k");
     }
+    Ok(keypairs)
+}
 
+/// The agent roles `-a` names (every one by default), each with its newest image and instance
+/// type; checked before anything is made. Roles without an image are skipped unless named.
+async fn choose_agent_roles(
+    ctx: &Ctx,
+    a: &RegisterAgentsArgs,
+    ns: &Namespace,
+) -> Result<Vec<(Role, ImageInfo, String)>> {
+    let registry = ctx.registry().await?;
+    let cloud = ctx.cloud().await?;
     let globs: Vec<String> = if a.agents.is_empty() { vec!["*".to_owned()] } else { a.agents.clone() };
     let explicit = !a.agents.is_empty();
     let mut roles = Vec::new();
-    let agent_roles: Vec<cgcloud_roles::role::Role> = registry
+    let agent_roles: Vec<Role> = registry
         .list()
         .into_iter()
         .filter_map(|s| registry.role(&s.name).ok())
@@ -85,11 +164,6 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
     if roles.is_empty() {
         bail!("no Jenkins agent role matches {}; agent roles: {}", globs.join(" "), known.join(", "));
     }
-    let instances = cloud.describe_instances(std::slice::from_ref(&master.instance_id)).await?;
-    let inst = instances.first().context("the master disappeared")?;
-    let vpc_id = inst.vpc_id.clone().context("the master is in no VPC")?;
-    let subnet_id = inst.subnet_id.clone();
-
     let mut chosen = Vec::new();
     for role in roles {
         // The master may pass (and manage instances of) only the profiles of roles so named.
@@ -121,7 +195,7 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
             a.instance_type.clone().or(role.instance.instance_type.clone()).unwrap_or_else(|| "t3.micro".to_owned());
         cloud.instance_type_info(&instance_type).await?;
         // The template names the role's security group and instance profile, made below.
-        let names = cgcloud_core::limits::derived(&ns, &role.name, &[role.name.as_str()], None, true, &[])?;
+        let names = cgcloud_core::limits::derived(ns, &role.name, &[role.name.as_str()], None, true, &[])?;
         cgcloud_core::limits::check(&names)
             .map_err(|e| anyhow!("agent role '{}' in namespace '{ns}': {e}", role.name))?;
         chosen.push((role, newest, instance_type));
@@ -129,128 +203,105 @@ pub async fn register_agents(ctx: &Ctx, a: RegisterAgentsArgs) -> Result<ExitCod
     if chosen.is_empty() {
         bail!("none of the agent roles has an image in namespace {ns}; bake one, e.g. `cgcloud create -I -T jenkins-agent-debian-trixie`");
     }
+    Ok(chosen)
+}
 
-    let mut templates = Vec::new();
-    for (role, image, instance_type) in &chosen {
-        let decl = role.jenkins_agent.clone().context("an agent role")?;
-        let security = if a.dry_run {
-            None
-        } else {
-            // The plugin launches with the role's security group and instance profile: they
-            // must exist (and be current) before Jenkins needs them.
-            Some(ensure_role_security(cloud, &ns, role, &vpc_id, true, None).await?)
-        };
-        let profile_name = ns.to_aws_name(&role.name)?;
-        let profile_arn = match &security {
-            Some(_) => cloud
-                .instance_profile_arn(&profile_name)
-                .await?
-                .with_context(|| format!("instance profile {profile_name} was not created"))?,
-            // A dry run creates nothing: the ARN the profile has, or will have.
-            None => match cloud.instance_profile_arn(&profile_name).await? {
-                Some(arn) => arn,
-                None => format!(
-                    "arn:aws:iam::{}:instance-profile{}{profile_name}",
-                    cloud.caller_identity().await?.0,
-                    ns.iam_path()
-                ),
-            },
-        };
-        let mut t = Tags::new();
-        t.insert(tags::NAME.into(), ns.to_aws_name(&role.name)?);
-        t.insert(tags::NAMESPACE.into(), ns.to_string());
-        t.insert(tags::ROLE.into(), role.name.clone());
-        t.insert(tags::OWNER.into(), key_pair.clone());
-        t.insert(tags::AGENT.into(), "true".into());
-        t.insert(tags::KEYPAIRS.into(), keypairs.clone());
-        for k in [tags::ADMIN_USER, tags::OS] {
-            if let Some(v) = image.tags.get(k) {
-                t.insert(k.into(), v.clone());
-            }
-        }
-        templates.push(Template {
-            role: role.name.clone(),
-            namespace: ns.to_string(),
-            labels: decl.labels_for(&role.name),
-            instance_type: instance_type.clone(),
-            remote_fs: decl.remote_fs.clone(),
-            user: decl.user.clone(),
-            security_group: ns.to_aws_name(&role.name)?,
-            subnet_id: subnet_id.clone(),
-            instance_profile_arn: profile_arn,
-            tags: t,
-            instance_cap: a.instance_cap,
-            idle_minutes: a.idle_minutes,
-            executors: a.executors,
-            spot: (a.spot || a.spot_bid.is_some()).then(|| a.spot_bid.map(|p| format!("{p}"))),
-        });
-    }
-    let jcloud = JenkinsCloud {
-        // Jenkins puts a cloud's name in URLs and refuses '/' in names: `cgcloud-hannes`.
-        name: cloud_name(&ns),
-        region: cloud.region.clone(),
-        endpoint: ctx.settings.agent.endpoint.clone(),
-    };
-    let yaml = casc_yaml(&jcloud, &templates);
-    let rows: Vec<Vec<String>> = chosen
-        .iter()
-        .zip(&templates)
-        .map(|((role, image, _), t)| {
-            vec![
-                role.name.clone(),
-                image.image_id.clone(),
-                t.instance_type.clone(),
-                t.labels.join(" "),
-                t.instance_cap.to_string(),
-                match &t.spot {
-                    None => "on-demand".into(),
-                    Some(None) => "spot".into(),
-                    Some(Some(p)) => format!("spot ≤ ${p}/h"),
-                },
-            ]
-        })
-        .collect();
-    let action = if a.dry_run {
-        "dry-run".to_owned()
+/// What every agent template shares: where agents go and whose keys they take.
+struct Shared<'a> {
+    ns: &'a Namespace,
+    vpc_id: String,
+    subnet_id: Option<String>,
+    /// The master's key pair, the agents' owner.
+    key_pair: &'a str,
+    /// The agents' `cgcloud:keypairs` tag.
+    keypairs: String,
+}
+
+/// The EC2 plugin's template for one agent role. Unless this is a dry run, the role's security
+/// group and instance profile are made (or brought up to date) first: the plugin launches with
+/// them.
+async fn template(
+    ctx: &Ctx,
+    a: &RegisterAgentsArgs,
+    shared: &Shared<'_>,
+    role: &Role,
+    image: &ImageInfo,
+    instance_type: &str,
+) -> Result<Template> {
+    let cloud = ctx.cloud().await?;
+    let ns = shared.ns;
+    let decl = role.jenkins_agent.clone().context("an agent role")?;
+    let security = if a.dry_run {
+        None
     } else {
-        let target = ctx.ssh_target(&master, None, None).await.map(|mut t| {
-            t.user = master.admin_user.clone().unwrap_or(t.user);
-            t
-        })?;
-        let progress =
-            ctx.out.progress(format!("writing {AGENTS_FILE} on {} and reloading Jenkins", master.instance_id));
-        let said = run_with_input(&target, &format!("sudo -n {INSTALL}"), yaml.as_bytes())
-            .await
-            .with_context(|| format!("could not install the agent templates on the master {}", master.instance_id))?;
-        target.close().await;
-        let action = said.lines().last().unwrap_or("").trim().to_owned();
-        progress.finish(format!("{AGENTS_FILE} on {}: {action}", master.instance_id));
-        if action == "written" {
-            ctx.out.note("Jenkins is not running on the master; it reads the templates when it starts");
-        }
-        action
+        // The plugin launches with the role's security group and instance profile: they
+        // must exist (and be current) before Jenkins needs them.
+        Some(ensure_role_security(cloud, ns, role, &shared.vpc_id, true, None).await?)
     };
-    let json = serde_json::json!({
-        "master": master.instance_id,
-        "file": AGENTS_FILE,
-        "action": action,
-        "key_pair": key_pair,
-        "templates": chosen.iter().zip(&templates).map(|((role, image, _), t)| serde_json::json!({
-            "role": role.name, "newest_image": image.image_id, "instance_type": t.instance_type,
-            "labels": t.labels, "instance_cap": t.instance_cap, "spot": t.spot.is_some(),
-            "spot_max_price": t.spot.clone().flatten(),
-        })).collect::<Vec<_>>(),
-        "casc": casc(&jcloud, &templates),
-    });
-    ctx.out.record(&json, || {
-        let table = crate::output::render_table(&["ROLE", "NEWEST IMAGE", "TYPE", "LABELS", "CAP", "MARKET"], &rows);
-        if a.dry_run {
-            format!("{table}\n{yaml}")
-        } else {
-            table
+    let profile_name = ns.to_aws_name(&role.name)?;
+    let profile_arn = match &security {
+        Some(_) => cloud
+            .instance_profile_arn(&profile_name)
+            .await?
+            .with_context(|| format!("instance profile {profile_name} was not created"))?,
+        // A dry run creates nothing: the ARN the profile has, or will have.
+        None => match cloud.instance_profile_arn(&profile_name).await? {
+            Some(arn) => arn,
+            None => format!(
+                "arn:aws:iam::{}:instance-profile{}{profile_name}",
+                cloud.caller_identity().await?.0,
+                ns.iam_path()
+            ),
+        },
+    };
+    let mut t = Tags::new();
+    t.insert(tags::NAME.into(), ns.to_aws_name(&role.name)?);
+    t.insert(tags::NAMESPACE.into(), ns.to_string());
+    t.insert(tags::ROLE.into(), role.name.clone());
+    t.insert(tags::OWNER.into(), shared.key_pair.to_owned());
+    t.insert(tags::AGENT.into(), "true".into());
+    t.insert(tags::KEYPAIRS.into(), shared.keypairs.clone());
+    for k in [tags::ADMIN_USER, tags::OS] {
+        if let Some(v) = image.tags.get(k) {
+            t.insert(k.into(), v.clone());
         }
-    });
-    Ok(ExitCode::SUCCESS)
+    }
+    Ok(Template {
+        role: role.name.clone(),
+        namespace: ns.to_string(),
+        labels: decl.labels_for(&role.name),
+        instance_type: instance_type.to_owned(),
+        remote_fs: decl.remote_fs.clone(),
+        user: decl.user.clone(),
+        security_group: ns.to_aws_name(&role.name)?,
+        subnet_id: shared.subnet_id.clone(),
+        instance_profile_arn: profile_arn,
+        tags: t,
+        instance_cap: a.instance_cap,
+        idle_minutes: a.idle_minutes,
+        executors: a.executors,
+        spot: (a.spot || a.spot_bid.is_some()).then(|| a.spot_bid.map(|p| format!("{p}"))),
+    })
+}
+
+/// Installs the templates on the master and has Jenkins reload them; what the master's script
+/// did (`reloaded`, `written`, `unchanged`).
+async fn install(ctx: &Ctx, master: &BoxInfo, yaml: &str) -> Result<String> {
+    let target = ctx.ssh_target(master, None, None).await.map(|mut t| {
+        t.user = master.admin_user.clone().unwrap_or(t.user);
+        t
+    })?;
+    let progress = ctx.out.progress(format!("writing {AGENTS_FILE} on {} and reloading Jenkins", master.instance_id));
+    let said = run_with_input(&target, &format!("sudo -n {INSTALL}"), yaml.as_bytes())
+        .await
+        .with_context(|| format!("could not install the agent templates on the master {}", master.instance_id))?;
+    target.close().await;
+    let action = said.lines().last().unwrap_or("").trim().to_owned();
+    progress.finish(format!("{AGENTS_FILE} on {}: {action}", master.instance_id));
+    if action == "written" {
+        ctx.out.note("Jenkins is not running on the master; it reads the templates when it starts");
+    }
+    Ok(action)
 }
 
 /// The EC2 plugin's cloud of namespace `ns` in Jenkins: `cgcloud` and the namespace's AWS

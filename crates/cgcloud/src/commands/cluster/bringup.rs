@@ -2,8 +2,99 @@
 //! attempt) for the workers, then watching them configure themselves.
 
 use super::*;
+use crate::commands::launch::Prepared;
+use cgcloud_roles::role::ClusterDecl;
+
+/// A create-cluster checked and resolved, before anything is launched.
+struct ClusterPlan {
+    p: Prepared,
+    decl: ClusterDecl,
+    name: String,
+    leader_type: String,
+    volume_gb: Option<u32>,
+    /// The tags every node gets.
+    base: Tags,
+    /// The workers asked for, and how many of them must come up.
+    workers: u32,
+    min: u32,
+    account: String,
+}
 
 pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
+    let plan = plan_create(ctx, &a).await?;
+    let cloud = ctx.cloud().await?;
+    let name = plan.name.clone();
+    let txn = Txn::new();
+    let mut phases = Phases::default();
+    let t0 = Instant::now();
+    let (requests_before, retries_before) = (cloud.requests_sent(), cloud.retries_sent());
+    let work = async {
+        let (leader_id, leader_arn) = launch_leader(ctx, &plan, &txn, &a).await?;
+        let ordinals: Vec<u32> = (1..=plan.workers).collect();
+        let mut worker_base = plan.base.clone();
+        worker_base.insert(tags::LEADER_ARN.into(), leader_arn);
+        let (n, min, spot) = (plan.workers, plan.min, &a.nodes.spot);
+        let workers = if n > 0 {
+            launch_workers(ctx, &plan.p, &txn, &worker_base, &plan.decl.worker, &leader_id, &ordinals, min, spot)
+                .await?
+        } else {
+            Vec::new()
+        };
+        if let (Some(gb), false) = (plan.volume_gb, workers.is_empty()) {
+            volumes::give(ctx, &workers, &name, gb, &plan.account).await?;
+        }
+        if (workers.len() as u32) < n {
+            tracing::warn!("EC2 launched {} of {n} workers (at least {min} were required)", workers.len());
+        }
+        phases.launched_s = t0.elapsed().as_secs_f64();
+        fault("after-workers")?;
+        let mut all = vec![leader_id.clone()];
+        all.extend(workers.iter().cloned());
+        let mut must = BTreeSet::from([leader_id.clone()]);
+        if !a.nodes.quick && min == n {
+            must.extend(workers.iter().cloned());
+        }
+        let bring = Bringup { cluster: &name, grow: false, all: &all, workers: &workers, must, min, asked: n };
+        let failed = settle(ctx, &a.nodes, &bring, &mut phases, t0).await?;
+        finish_launch(cloud, &txn, &all).await?;
+        if let Some(share) = &a.share {
+            let mut nodes: Vec<BoxInfo> = cloud
+                .boxes_by_id(&all)
+                .await?
+                .into_iter()
+                .filter(|b| b.state == "running" && !failed.iter().any(|(id, _)| *id == b.instance_id))
+                .collect();
+            nodes.sort_by_key(|b| b.ordinal);
+            let leader = nodes.iter().find(|b| b.instance_id == leader_id).cloned().context("leader vanished")?;
+            nodes.retain(|b| b.instance_id != leader_id);
+            share::at_create(ctx, &plan.decl, &leader, &nodes, share, &a.ssh_opts, a.nodes.ssh_address).await?;
+        }
+        Ok(())
+    };
+    transaction(ctx, &txn, a.nodes.never_terminate, work).await?;
+    let c = select(
+        ctx,
+        &ClusterSelection { cluster_type: a.cluster_type.clone(), cluster: Some(name.clone()), ordinal: None },
+    )
+    .await?;
+    print_nodes(ctx, &c);
+    ctx.out.note(format!(
+        "cluster {name}: launched in {:.1} s, running {:.1} s, SSH-ready {:.1} s, configured {:.1} s ({} API requests, {} of them status polls, {} retries)",
+        phases.launched_s,
+        phases.running_s,
+        phases.ssh_ready_s,
+        phases.configured_s,
+        cloud.requests_sent() - requests_before,
+        phases.polls,
+        cloud.retries_sent() - retries_before
+    ));
+    ctx.out.note(format!("run 'cgcloud ssh {} -c {name}' to log in to the leader", plan.decl.leader));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Everything create-cluster checks and resolves before it launches: the image, the name,
+/// `--share`, the launch itself (`prepare`), names' lengths, spot, volume slots and secrets.
+async fn plan_create(ctx: &Ctx, a: &CreateClusterArgs) -> Result<ClusterPlan> {
     let reg = ctx.registry().await?;
     let node_role = reg.cluster_type(&a.cluster_type)?;
     let decl = node_role.cluster.clone().context("not a cluster node role")?;
@@ -44,8 +135,7 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     let mut p =
         prepare(ctx, node_role.clone(), image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None, needs)
             .await?;
-    let ns = ctx.namespace().await?;
-    let names = cgcloud_core::limits::derived(ns, &node_role.name, &[], Some(&name), false, &[])?;
+    let names = cgcloud_core::limits::derived(&ns, &node_role.name, &[], Some(&name), false, &[])?;
     cgcloud_core::limits::check(&names).map_err(|e| anyhow!("cluster '{name}' in namespace '{ns}': {e}"))?;
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
     let volume_gb = a.nodes.ebs_volume_size.or(node_role.instance.persistent_volume_gb);
@@ -75,120 +165,94 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     if p.autostop.is_some_and(|(_, terminate)| !terminate) && a.nodes.spot.spot_bid.is_some() {
         ctx.out.note("note: spot instances cannot stop: autostop terminates the cluster's spot nodes (persistent volumes are kept)");
     }
-    let txn = Txn::new();
-    let mut phases = Phases::default();
-    let t0 = Instant::now();
-    let (requests_before, retries_before) = (cloud.requests_sent(), cloud.retries_sent());
-    let work = async {
-        let mut leader_tags = base.clone();
-        leader_tags.insert(tags::ORDINAL.into(), "0".into());
-        let leader = Group {
-            count: 1,
-            min_count: None,
-            box_role: decl.leader.clone(),
-            instance_type: leader_type.clone(),
-            extra_tags: leader_tags,
-            first_boot: true,
-            label: "leader".into(),
-            spot: a.nodes.spot.spot_bid.filter(|_| !a.leader_on_demand).map(|b| Some(format!("{b:.4}"))),
-        };
-        let leader_ids = launch_group(ctx, &p, &txn, &leader).await?;
-        let leader_id = leader_ids.first().cloned().context("RunInstances returned no leader")?;
-        fault("after-leader")?;
-        // The leader's ARN on every node: what IAM lets it, and it alone, stop and terminate
-        // (autostop); tags only the workstation writes.
-        let leader_arn = cgcloud_core::policy::instance_arn(&cloud.region, &account, &leader_id);
-        let mut t = Tags::new();
-        t.insert(tags::LEADER.into(), leader_id.clone());
-        t.insert(tags::LEADER_ARN.into(), leader_arn.clone());
-        cloud.create_tags(&leader_ids, &t).await?;
-        if let Some(gb) = volume_gb {
-            volumes::give(ctx, &leader_ids, &name, gb, &account).await?;
-        }
-        let ordinals: Vec<u32> = (1..=n).collect();
-        let mut worker_base = base.clone();
-        worker_base.insert(tags::LEADER_ARN.into(), leader_arn);
-        let workers = if n > 0 {
-            launch_workers(ctx, &p, &txn, &worker_base, &decl.worker, &leader_id, &ordinals, min, &a.nodes.spot).await?
-        } else {
-            Vec::new()
-        };
-        if let (Some(gb), false) = (volume_gb, workers.is_empty()) {
-            volumes::give(ctx, &workers, &name, gb, &account).await?;
-        }
-        if (workers.len() as u32) < n {
-            tracing::warn!("EC2 launched {} of {n} workers (at least {min} were required)", workers.len());
-        }
-        phases.launched_s = t0.elapsed().as_secs_f64();
-        fault("after-workers")?;
-        let mut all = leader_ids.clone();
-        all.extend(workers.iter().cloned());
-        // Tell the nodes' agents to refresh the members now.
-        if let Err(e) = cloud.notify_keys_changed().await {
-            tracing::debug!("notification failed: {e}");
-        }
-        let mut must: BTreeSet<String> = leader_ids.iter().cloned().collect();
-        if !a.nodes.quick && min == n {
-            must.extend(workers.iter().cloned());
-        }
-        let mut bars = ctx.out.phases(format!("cluster {name}"), all.len() as u64, PHASES);
-        let wait = WaitFor::launch(&a.nodes, &must);
-        let failed = await_nodes(ctx, cloud, &all, &wait, &mut phases, t0, &mut bars).await?;
-        bars.finish(if a.nodes.quick {
-            format!("cluster {name}: the leader is configured; the workers configure themselves (-Q)")
-        } else {
-            format!("cluster {name}: {} node(s) configured", all.len() - failed.len())
-        });
-        notify_members(cloud).await;
-        if !a.nodes.quick {
-            let good = workers.len() - failed.iter().filter(|(id, _)| workers.contains(id)).count();
-            if (good as u32) < min {
-                bail!("only {good} of {n} workers came up, fewer than --min-workers {min}");
-            }
-            if !failed.is_empty() {
-                let ids: Vec<String> = failed.iter().map(|(id, _)| id.clone()).collect();
-                tracing::warn!(
-                    "{} worker(s) did not come up and are terminated: {}",
-                    ids.len(),
-                    failed.iter().map(|(id, why)| format!("{id} ({why})")).collect::<Vec<_>>().join(", ")
-                );
-                cloud.terminate(&ids).await?;
-            }
-        }
-        finish_launch(cloud, &txn, &all).await?;
-        if let Some(share) = &a.share {
-            let mut nodes: Vec<BoxInfo> = cloud
-                .boxes_by_id(&all)
-                .await?
-                .into_iter()
-                .filter(|b| b.state == "running" && !failed.iter().any(|(id, _)| *id == b.instance_id))
-                .collect();
-            nodes.sort_by_key(|b| b.ordinal);
-            let leader = nodes.iter().find(|b| b.instance_id == leader_id).cloned().context("leader vanished")?;
-            nodes.retain(|b| b.instance_id != leader_id);
-            share::at_create(ctx, &decl, &leader, &nodes, share, &a.ssh_opts, a.nodes.ssh_address).await?;
-        }
-        Ok(())
+    Ok(ClusterPlan { p, decl, name, leader_type, volume_gb, base, workers: n, min, account })
+}
+
+/// Launches the leader, tags it with its own id and ARN and gives it its volume. Returns the
+/// leader's id and ARN.
+async fn launch_leader(ctx: &Ctx, plan: &ClusterPlan, txn: &Txn, a: &CreateClusterArgs) -> Result<(String, String)> {
+    let cloud = ctx.cloud().await?;
+    let mut leader_tags = plan.base.clone();
+    leader_tags.insert(tags::ORDINAL.into(), "0".into());
+    let leader = Group {
+        count: 1,
+        min_count: None,
+        box_role: plan.decl.leader.clone(),
+        instance_type: plan.leader_type.clone(),
+        extra_tags: leader_tags,
+        first_boot: true,
+        label: "leader".into(),
+        spot: a.nodes.spot.spot_bid.filter(|_| !a.leader_on_demand).map(|b| Some(format!("{b:.4}"))),
     };
-    transaction(ctx, &txn, a.nodes.never_terminate, work).await?;
-    let c = select(
-        ctx,
-        &ClusterSelection { cluster_type: a.cluster_type.clone(), cluster: Some(name.clone()), ordinal: None },
-    )
-    .await?;
-    print_nodes(ctx, &c);
-    ctx.out.note(format!(
-        "cluster {name}: launched in {:.1} s, running {:.1} s, SSH-ready {:.1} s, configured {:.1} s ({} API requests, {} of them status polls, {} retries)",
-        phases.launched_s,
-        phases.running_s,
-        phases.ssh_ready_s,
-        phases.configured_s,
-        cloud.requests_sent() - requests_before,
-        phases.polls,
-        cloud.retries_sent() - retries_before
-    ));
-    ctx.out.note(format!("run 'cgcloud ssh {} -c {name}' to log in to the leader", decl.leader));
-    Ok(ExitCode::SUCCESS)
+    let leader_ids = launch_group(ctx, &plan.p, txn, &leader).await?;
+    let leader_id = leader_ids.first().cloned().context("RunInstances returned no leader")?;
+    fault("after-leader")?;
+    // The leader's ARN on every node: what IAM lets it, and it alone, stop and terminate
+    // (autostop); tags only the workstation writes.
+    let leader_arn = cgcloud_core::policy::instance_arn(&cloud.region, &plan.account, &leader_id);
+    let mut t = Tags::new();
+    t.insert(tags::LEADER.into(), leader_id.clone());
+    t.insert(tags::LEADER_ARN.into(), leader_arn.clone());
+    cloud.create_tags(&leader_ids, &t).await?;
+    if let Some(gb) = plan.volume_gb {
+        volumes::give(ctx, &leader_ids, &plan.name, gb, &plan.account).await?;
+    }
+    Ok((leader_id, leader_arn))
+}
+
+/// The nodes of one launch, for `settle`.
+struct Bringup<'a> {
+    cluster: &'a str,
+    /// Whether these are new workers of a cluster (grow-cluster), not a new cluster.
+    grow: bool,
+    /// Every node launched (a new cluster's leader first).
+    all: &'a [String],
+    /// The workers among them.
+    workers: &'a [String],
+    /// Nodes that must configure themselves (the others may fail, `--min-workers`).
+    must: BTreeSet<String>,
+    /// How many workers must come up, of how many asked for.
+    min: u32,
+    asked: u32,
+}
+
+/// Watches a launch's nodes configure themselves, then holds it to `--min-workers`: fewer
+/// workers than that fail the launch (rolled back); the ones that did not come up are named and
+/// terminated, not left half-made. Returns those.
+async fn settle(
+    ctx: &Ctx,
+    nodes: &NodeLaunchArgs,
+    b: &Bringup<'_>,
+    phases: &mut Phases,
+    t0: Instant,
+) -> Result<Vec<(String, String)>> {
+    let cloud = ctx.cloud().await?;
+    // Tell the nodes' agents to refresh the members now.
+    notify_members(cloud).await;
+    let (label, nodes_word, workers_word) = match b.grow {
+        false => (format!("cluster {}", b.cluster), "node(s)", "worker(s)"),
+        true => (format!("cluster {}: new workers", b.cluster), "new worker(s)", "new worker(s)"),
+    };
+    let mut bars = ctx.out.phases(label, b.all.len() as u64, PHASES);
+    let wait = WaitFor::launch(nodes, &b.must);
+    let failed = await_nodes(ctx, cloud, b.all, &wait, phases, t0, &mut bars).await?;
+    bars.finish(if nodes.quick {
+        format!("cluster {}: {} {nodes_word} launched; they configure themselves (-Q)", b.cluster, b.all.len())
+    } else {
+        format!("cluster {}: {} {nodes_word} configured", b.cluster, b.all.len() - failed.len())
+    });
+    let named = || failed.iter().map(|(id, why)| format!("{id} ({why})")).collect::<Vec<_>>().join(", ");
+    let good = b.workers.len() - failed.iter().filter(|(id, _)| b.workers.contains(id)).count();
+    if !nodes.quick && (good as u32) < b.min {
+        bail!("only {good} of {} {workers_word} came up, fewer than --min-workers {}: {}", b.asked, b.min, named());
+    }
+    if !failed.is_empty() {
+        tracing::warn!("{} {workers_word} did not come up and are terminated: {}", failed.len(), named());
+        let bad: Vec<String> = failed.iter().map(|(id, _)| id.clone()).collect();
+        cloud.terminate(&bad).await?;
+    }
+    notify_members(cloud).await;
+    Ok(failed)
 }
 
 pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
@@ -263,44 +327,16 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
         if let (Some(gb), false) = (volume_gb, ids.is_empty()) {
             volumes::give(ctx, &ids, &c.name, gb, &account).await?;
         }
-        if let Err(e) = cloud.notify_keys_changed().await {
-            tracing::debug!("notification failed: {e}");
-        }
         // With --min-workers, workers may fail as long as enough come up (as at create-cluster).
         let all_needed = !a.nodes.quick && min as usize >= ids.len();
         let must: BTreeSet<String> = if all_needed { ids.iter().cloned().collect() } else { BTreeSet::new() };
-        let mut bars = ctx.out.phases(format!("cluster {}: new workers", c.name), ids.len() as u64, PHASES);
-        let wait = WaitFor::launch(&a.nodes, &must);
-        let failed = await_nodes(ctx, cloud, &ids, &wait, &mut phases, t0, &mut bars).await?;
-        bars.finish(if a.nodes.quick {
-            format!("cluster {}: {} new worker(s) launched; they configure themselves (-Q)", c.name, ids.len())
-        } else {
-            format!("cluster {}: {} new worker(s) configured", c.name, ids.len() - failed.len())
-        });
-        let good = ids.len() - failed.len();
-        if !a.nodes.quick && (good as u32) < min {
-            bail!(
-                "only {good} of {} new workers came up, fewer than --min-workers {min}: {}",
-                ids.len(),
-                failed.iter().map(|(id, why)| format!("{id} ({why})")).collect::<Vec<_>>().join(", ")
-            );
-        }
-        if !failed.is_empty() {
-            // Named, and not left running half-made: the same as create-cluster does.
-            tracing::warn!(
-                "{} new worker(s) did not come up and are terminated: {}",
-                failed.len(),
-                failed.iter().map(|(id, why)| format!("{id} ({why})")).collect::<Vec<_>>().join(", ")
-            );
-            let bad: Vec<String> = failed.iter().map(|(id, _)| id.clone()).collect();
-            cloud.terminate(&bad).await?;
-        }
-        notify_members(cloud).await;
+        let bring =
+            Bringup { cluster: &c.name, grow: true, all: &ids, workers: &ids, must, min, asked: ids.len() as u32 };
+        let failed = settle(ctx, &a.nodes, &bring, &mut phases, t0).await?;
         let added: BTreeSet<String> =
             ids.iter().filter(|id| !failed.iter().any(|(bad, _)| bad == *id)).cloned().collect();
         if share {
-            let new: Vec<BoxInfo> =
-                cloud.boxes_by_id(&added.iter().cloned().collect::<Vec<_>>()).await?.into_iter().collect();
+            let new: Vec<BoxInfo> = cloud.boxes_by_id(&added.iter().cloned().collect::<Vec<_>>()).await?;
             share::at_grow(ctx, &leader, &new, a.nodes.ssh_address).await?;
         }
         finish_launch(cloud, &txn, &ids).await?;

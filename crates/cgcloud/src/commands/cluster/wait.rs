@@ -82,49 +82,25 @@ pub(super) async fn await_nodes(
     loop {
         phases.polls += 1;
         let boxes: Vec<BoxInfo> = cloud.boxes_by_id(ids).await?;
-        let mut failed = Vec::new();
-        let (mut running, mut configured) = (0, 0);
-        for b in &boxes {
-            if b.state == "running" {
-                running += 1;
-                // A node publishes its host key when it has configured itself.
-                let sample = sampled.contains(&b.instance_id);
-                if ssh_check && sample && b.host_key.is_some() && !probing.contains(&b.instance_id) {
-                    probing.insert(b.instance_id.clone());
-                    let target = ctx.ssh_target(b, None, w.ssh_address).await?;
-                    let (ready, id) = (ssh_ready.clone(), b.instance_id.clone());
-                    // The master connection a probe leaves (ControlPersist) is what the next
-                    // command (`ssh-cluster`, `--share`) reuses; closing it here raced with them.
-                    probes.spawn(async move {
-                        if target.wait_ready(timeout).await.is_ok() {
-                            if let Ok(mut r) = ready.lock() {
-                                r.insert(id);
-                            }
+        for b in boxes.iter().filter(|b| b.state == "running") {
+            // A node publishes its host key when it has configured itself.
+            let sample = sampled.contains(&b.instance_id);
+            if ssh_check && sample && b.host_key.is_some() && !probing.contains(&b.instance_id) {
+                probing.insert(b.instance_id.clone());
+                let target = ctx.ssh_target(b, None, w.ssh_address).await?;
+                let (ready, id) = (ssh_ready.clone(), b.instance_id.clone());
+                // The master connection a probe leaves (ControlPersist) is what the next
+                // command (`ssh-cluster`, `--share`) reuses; closing it here raced with them.
+                probes.spawn(async move {
+                    if target.wait_ready(timeout).await.is_ok() {
+                        if let Ok(mut r) = ready.lock() {
+                            r.insert(id);
                         }
-                    });
-                }
-            } else if matches!(b.state.as_str(), "terminated" | "shutting-down" | "stopped") {
-                failed.push((
-                    b.instance_id.clone(),
-                    format!(
-                        "{}{}",
-                        b.state,
-                        b.tags.get(tags::FAILURE).map(|f| format!(": {}", tags::printable(f))).unwrap_or_default()
-                    ),
-                ));
-            }
-            match b.tags.get(tags::CONFIGURED).map(String::as_str) {
-                Some("true") => configured += 1,
-                Some(_) => failed.push((
-                    b.instance_id.clone(),
-                    b.tags
-                        .get(tags::FAILURE)
-                        .map(|f| tags::printable(f))
-                        .unwrap_or_else(|| "first-boot configuration failed".into()),
-                )),
-                None => {}
+                    }
+                });
             }
         }
+        let Poll { running, configured, failed, done } = Poll::of(&boxes);
         let ssh = if ssh_check { ssh_ready.lock().map(|r| r.len()).unwrap_or(0) } else { running };
         let elapsed = t0.elapsed().as_secs_f64();
         if running == n && phases.running_s == 0.0 {
@@ -137,39 +113,16 @@ pub(super) async fn await_nodes(
         bars.set(1, running as u64);
         bars.set(2, ssh as u64);
         bars.set(3, configured as u64);
-        // The node everyone waits for: the one furthest behind (booting, then SSH, then its
-        // own configuration), the lowest ordinal first.
         let ready_now = ssh_ready.lock().map(|r| r.clone()).unwrap_or_default();
-        let behind = boxes
-            .iter()
-            .filter(|b| !b.tags.contains_key(tags::CONFIGURED))
-            .map(|b| {
-                let (rank, what) = if b.state != "running" {
-                    (0, b.state.clone())
-                } else if ssh_check
-                    && sampled.contains(&b.instance_id)
-                    && !ready_now.contains(&b.instance_id)
-                    && b.host_key.is_some()
-                {
-                    (1, "waiting for SSH".to_owned())
-                } else {
-                    (2, "configuring itself".to_owned())
-                };
-                (rank, b.ordinal.unwrap_or(u32::MAX), b.instance_id.clone(), what)
-            })
-            .min();
-        if let Some((_, ordinal, id, what)) = behind {
-            bars.laggard(format!("node {ordinal} ({id}): {what}"));
+        let sampled_not_ready =
+            |b: &BoxInfo| ssh_check && sampled.contains(&b.instance_id) && !ready_now.contains(&b.instance_id);
+        if let Some(laggard) = laggard(&boxes, sampled_not_ready) {
+            bars.laggard(laggard);
         }
         if failed.iter().any(|(id, _)| must.contains(id)) {
             let (id, why) = failed.iter().find(|(id, _)| must.contains(id)).cloned().unwrap_or_default();
             bail!("node {id} failed: {why}");
         }
-        let done: BTreeSet<String> = boxes
-            .iter()
-            .filter(|b| b.tags.get(tags::CONFIGURED).map(String::as_str) == Some("true"))
-            .map(|b| b.instance_id.clone())
-            .collect();
         // With -Q only `must` counts: the others are left to configure themselves.
         let settled = w.quick || (boxes.len() == n && done.len() + failed.len() >= n);
         // Nodes publish their host keys when configured, so their SSH probes start late: wait
@@ -205,4 +158,63 @@ pub(super) async fn await_nodes(
         }
         tokio::time::sleep(Duration::from_millis(750)).await;
     }
+}
+
+/// What one poll saw of a launch's nodes.
+struct Poll {
+    running: usize,
+    configured: usize,
+    /// Nodes that stopped, terminated or reported a failed first boot, and why.
+    failed: Vec<(String, String)>,
+    /// Nodes that configured themselves.
+    done: BTreeSet<String>,
+}
+
+impl Poll {
+    fn of(boxes: &[BoxInfo]) -> Poll {
+        let mut poll = Poll { running: 0, configured: 0, failed: Vec::new(), done: BTreeSet::new() };
+        for b in boxes {
+            if b.state == "running" {
+                poll.running += 1;
+            } else if matches!(b.state.as_str(), "terminated" | "shutting-down" | "stopped") {
+                let why = b.tags.get(tags::FAILURE).map(|f| format!(": {}", tags::printable(f))).unwrap_or_default();
+                poll.failed.push((b.instance_id.clone(), format!("{}{why}", b.state)));
+            }
+            match b.tags.get(tags::CONFIGURED).map(String::as_str) {
+                Some("true") => {
+                    poll.configured += 1;
+                    poll.done.insert(b.instance_id.clone());
+                }
+                Some(_) => poll.failed.push((
+                    b.instance_id.clone(),
+                    b.tags
+                        .get(tags::FAILURE)
+                        .map(|f| tags::printable(f))
+                        .unwrap_or_else(|| "first-boot configuration failed".into()),
+                )),
+                None => {}
+            }
+        }
+        poll
+    }
+}
+
+/// The node everyone waits for: the one furthest behind (booting, then SSH, then its own
+/// configuration), the lowest ordinal first; `None` once every node is configured.
+fn laggard(boxes: &[BoxInfo], waiting_for_ssh: impl Fn(&BoxInfo) -> bool) -> Option<String> {
+    let (_, ordinal, id, what) = boxes
+        .iter()
+        .filter(|b| !b.tags.contains_key(tags::CONFIGURED))
+        .map(|b| {
+            let (rank, what) = if b.state != "running" {
+                (0, b.state.clone())
+            } else if waiting_for_ssh(b) && b.host_key.is_some() {
+                (1, "waiting for SSH".to_owned())
+            } else {
+                (2, "configuring itself".to_owned())
+            };
+            (rank, b.ordinal.unwrap_or(u32::MAX), b.instance_id.clone(), what)
+        })
+        .min()?;
+    Some(format!("node {ordinal} ({id}): {what}"))
 }

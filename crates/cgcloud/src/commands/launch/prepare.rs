@@ -211,37 +211,7 @@ pub(crate) async fn prepare(
         })?,
         None => role.os[0].clone(),
     };
-    let mut given = BTreeMap::new();
-    if let Some(img) = baked {
-        // Options baked into the image carry over.
-        let options =
-            img.tags.iter().filter_map(|(k, v)| k.strip_prefix(tags::OPTION_PREFIX).map(|n| (n.to_owned(), v.clone())));
-        given.extend(options_from_tags(&role, options, &format!("image {}", img.image_id))?);
-    }
-    for o in &a.options {
-        let (k, v) = role.parse_option(o)?;
-        // A box booted from an image runs the plan baked into it: a different value would be
-        // recorded on the box but change nothing on it.
-        if let Some(img) = baked {
-            let default = || role.options.get(&k).and_then(|d| d.default.as_ref()).map(ToString::to_string);
-            let was = given.get(&k).cloned().or_else(default);
-            if was.as_deref() != Some(v.as_str()) {
-                bail!(
-                    "option '{k}' is baked into image {} as '{}': -O {k}={v} would not take effect on boxes booted from it; bake an image with it (cgcloud create -I -T {} -O {k}={v})",
-                    img.image_id,
-                    was.unwrap_or_default(),
-                    role.name
-                );
-            }
-        }
-        if v.chars().count() > MAX_TAG_VALUE {
-            bail!(
-                "the value of option '{k}' is {} characters long; boxes record their options in tags, which hold at most {MAX_TAG_VALUE}",
-                v.chars().count()
-            );
-        }
-        given.insert(k, v);
-    }
+    let given = launch_options(&role, a, baked)?;
     cgcloud_core::limits::check_option_count(given.len()).map_err(anyhow::Error::msg)?;
     // Every name the launch derives from the namespace and role, within AWS's limits.
     let box_roles: Vec<&str> = match &role.cluster {
@@ -268,37 +238,14 @@ pub(crate) async fn prepare(
         .or(role.instance.instance_type.clone())
         .unwrap_or_else(|| FALLBACK_INSTANCE_TYPE.to_owned());
     let info = cloud.instance_type_info(&instance_type).await?;
-    let arches = info.arches.clone();
-    let arch = if arches.iter().any(|a| a == "x86_64") {
-        Arch::X86_64
-    } else if arches.iter().any(|a| a == "arm64") {
-        Arch::Arm64
-    } else {
-        bail!("instance type '{instance_type}' has no supported architecture (x86_64 or arm64): {}", arches.join(", "));
-    };
+    let arch = arch_of(&instance_type, &info.arches)?;
     if let Some(zone) = &ctx.settings.zone {
         let zones = cloud.zones().await?;
         if !zones.contains(zone) {
             bail!("zone '{zone}' does not exist in region {} (zones: {})", cloud.region, zones.join(", "));
         }
     }
-    let (image, generation) = match (baked, boot_image) {
-        (Some(img), _) => {
-            let found = cloud
-                .image_by_id(&img.image_id)
-                .await?
-                .with_context(|| format!("image {} no longer exists", img.image_id))?;
-            (found, img.generation)
-        }
-        (None, Some(id)) => {
-            let found = cloud
-                .image_by_id(id)
-                .await?
-                .with_context(|| format!("image '{id}' does not exist in region {}", cloud.region))?;
-            (found, 0)
-        }
-        (None, None) => (base_image(cloud, &os, arch).await?, 0),
-    };
+    let (image, generation) = launch_image(cloud, &os, arch, baked, boot_image).await?;
     let patterns = launch_patterns(ctx, a);
     let (key_name, keypair_patterns, authorized_keys) = resolve_keypairs(ctx, cloud, &patterns).await?;
     let joined = keypair_patterns.join(" ");
@@ -311,29 +258,7 @@ pub(crate) async fn prepare(
     let subnet = a.subnet.clone().or(ctx.settings.subnet.clone());
     let network = cloud.network(subnet.as_deref(), ctx.settings.zone.as_deref()).await?;
     let owner = ctx.me().await.map(str::to_owned).unwrap_or_else(|_| "unknown".into());
-    let agent = (!a.no_agent).then(|| {
-        let mut accounts = vec![os.admin_user.clone()];
-        for acct in role.agent.accounts.iter().chain(role.default_user.iter()) {
-            if !accounts.contains(acct) {
-                accounts.push(acct.clone());
-            }
-        }
-        let mut flags = Tags::new();
-        if a.metrics {
-            flags.insert(tags::METRICS.into(), "true".into());
-        }
-        if let Some(i) = a.agent_interval {
-            flags.insert(tags::AGENT_INTERVAL.into(), i.max(5).to_string());
-        }
-        AgentSetup {
-            metrics: a.metrics || role.agent.metrics.unwrap_or(false),
-            interval: a.agent_interval.or(role.agent.interval).unwrap_or(300).max(5),
-            flags,
-            accounts,
-            busy_probe: role.agent.busy_probe.clone(),
-            idle_cpu_percent: role.agent.idle_cpu_percent,
-        }
-    });
+    let agent = (!a.no_agent).then(|| agent_setup(&role, &os, a));
     if a.autostop.autostop.is_some() && agent.is_none() {
         bail!("--autostop needs the agent (it decides on the box when to stop); leave out --no-agent");
     }
@@ -355,4 +280,106 @@ pub(crate) async fn prepare(
         secrets: Vec::new(),
         autostop: a.autostop.autostop.map(|d| (d.as_secs().max(1), a.autostop.autodown)),
     })
+}
+
+/// The options of a launch: those baked into the image, then `-O`. A box booted from an image
+/// runs the plan baked into it, so `-O` may not change a baked value.
+fn launch_options(role: &Role, a: &LaunchArgs, baked: Option<&ImageInfo>) -> Result<BTreeMap<String, String>> {
+    let mut given = BTreeMap::new();
+    if let Some(img) = baked {
+        // Options baked into the image carry over.
+        let options =
+            img.tags.iter().filter_map(|(k, v)| k.strip_prefix(tags::OPTION_PREFIX).map(|n| (n.to_owned(), v.clone())));
+        given.extend(options_from_tags(role, options, &format!("image {}", img.image_id))?);
+    }
+    for o in &a.options {
+        let (k, v) = role.parse_option(o)?;
+        // A box booted from an image runs the plan baked into it: a different value would be
+        // recorded on the box but change nothing on it.
+        if let Some(img) = baked {
+            let default = || role.options.get(&k).and_then(|d| d.default.as_ref()).map(ToString::to_string);
+            let was = given.get(&k).cloned().or_else(default);
+            if was.as_deref() != Some(v.as_str()) {
+                bail!(
+                    "option '{k}' is baked into image {} as '{}': -O {k}={v} would not take effect on boxes booted from it; bake an image with it (cgcloud create -I -T {} -O {k}={v})",
+                    img.image_id,
+                    was.unwrap_or_default(),
+                    role.name
+                );
+            }
+        }
+        if v.chars().count() > MAX_TAG_VALUE {
+            bail!(
+                "the value of option '{k}' is {} characters long; boxes record their options in tags, which hold at most {MAX_TAG_VALUE}",
+                v.chars().count()
+            );
+        }
+        given.insert(k, v);
+    }
+    Ok(given)
+}
+
+/// The architecture of an instance type's images.
+fn arch_of(instance_type: &str, arches: &[String]) -> Result<Arch> {
+    if arches.iter().any(|a| a == "x86_64") {
+        Ok(Arch::X86_64)
+    } else if arches.iter().any(|a| a == "arm64") {
+        Ok(Arch::Arm64)
+    } else {
+        bail!("instance type '{instance_type}' has no supported architecture (x86_64 or arm64): {}", arches.join(", "));
+    }
+}
+
+/// The image a launch boots and the generation it starts: a baked image, `--boot-image`, or
+/// the OS's newest stock image.
+async fn launch_image(
+    cloud: &Cloud,
+    os: &OsDef,
+    arch: Arch,
+    baked: Option<&ImageInfo>,
+    boot_image: Option<&str>,
+) -> Result<(FoundImage, u32)> {
+    Ok(match (baked, boot_image) {
+        (Some(img), _) => {
+            let found = cloud
+                .image_by_id(&img.image_id)
+                .await?
+                .with_context(|| format!("image {} no longer exists", img.image_id))?;
+            (found, img.generation)
+        }
+        (None, Some(id)) => {
+            let found = cloud
+                .image_by_id(id)
+                .await?
+                .with_context(|| format!("image '{id}' does not exist in region {}", cloud.region))?;
+            (found, 0)
+        }
+        (None, None) => (base_image(cloud, os, arch).await?, 0),
+    })
+}
+
+/// The agent's settings for a box of `role`: the accounts it keeps keys for, metrics, the key
+/// refresh interval, and autostop's probe.
+fn agent_setup(role: &Role, os: &OsDef, a: &LaunchArgs) -> AgentSetup {
+    let mut accounts = vec![os.admin_user.clone()];
+    for acct in role.agent.accounts.iter().chain(role.default_user.iter()) {
+        if !accounts.contains(acct) {
+            accounts.push(acct.clone());
+        }
+    }
+    let mut flags = Tags::new();
+    if a.metrics {
+        flags.insert(tags::METRICS.into(), "true".into());
+    }
+    if let Some(i) = a.agent_interval {
+        flags.insert(tags::AGENT_INTERVAL.into(), i.max(5).to_string());
+    }
+    AgentSetup {
+        metrics: a.metrics || role.agent.metrics.unwrap_or(false),
+        interval: a.agent_interval.or(role.agent.interval).unwrap_or(300).max(5),
+        flags,
+        accounts,
+        busy_probe: role.agent.busy_probe.clone(),
+        idle_cpu_percent: role.agent.idle_cpu_percent,
+    }
 }
