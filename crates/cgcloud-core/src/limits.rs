@@ -86,43 +86,46 @@ pub fn derived(
     Ok(out)
 }
 
+/// A name or count over one of AWS's limits; each says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("the {what} would be '{name}' ({len} characters; AWS allows {max}): use a shorter namespace or name")]
+    TooLong { what: &'static str, name: String, len: usize, max: usize },
+    #[error("{0} role options are given; a box records each in a tag, and EC2 allows {TAGS_PER_RESOURCE} tags per instance, {RESERVED_TAGS} of which cgcloud needs: give at most {max}", max = TAGS_PER_RESOURCE - RESERVED_TAGS)]
+    TooManyOptions(usize),
+    #[error("key pair name '{name}' is {len} characters long; EC2 allows 1 to {KEY_PAIR_NAME}")]
+    KeyPairLength { name: String, len: usize },
+    #[error("key pair name '{0}' must be printable ASCII")]
+    KeyPairNotAscii(String),
+}
+
 /// The first derived name over its limit, as an error that names the resource and says how to
 /// fix it.
-pub fn check(names: &[Derived]) -> Result<(), String> {
+pub fn check(names: &[Derived]) -> Result<(), LimitError> {
     match names.iter().find(|d| d.name.chars().count() > d.max) {
         None => Ok(()),
-        Some(d) => Err(format!(
-            "the {} would be '{}' ({} characters; AWS allows {}): use a shorter namespace or name",
-            d.what,
-            d.name,
-            d.name.chars().count(),
-            d.max
-        )),
+        Some(d) => {
+            Err(LimitError::TooLong { what: d.what, name: d.name.clone(), len: d.name.chars().count(), max: d.max })
+        }
     }
 }
 
 /// Whether a box recording `options` role options in tags stays within EC2's tags per
 /// resource.
-pub fn check_option_count(options: usize) -> Result<(), String> {
+pub fn check_option_count(options: usize) -> Result<(), LimitError> {
     if options + RESERVED_TAGS > TAGS_PER_RESOURCE {
-        return Err(format!(
-            "{options} role options are given; a box records each in a tag, and EC2 allows {TAGS_PER_RESOURCE} tags per instance, {RESERVED_TAGS} of which cgcloud needs: give at most {}",
-            TAGS_PER_RESOURCE - RESERVED_TAGS
-        ));
+        return Err(LimitError::TooManyOptions(options));
     }
     Ok(())
 }
 
 /// A key pair's name within EC2's limit.
-pub fn check_key_pair(name: &str) -> Result<(), String> {
+pub fn check_key_pair(name: &str) -> Result<(), LimitError> {
     if name.is_empty() || name.chars().count() > KEY_PAIR_NAME {
-        return Err(format!(
-            "key pair name '{name}' is {} characters long; EC2 allows 1 to {KEY_PAIR_NAME}",
-            name.chars().count()
-        ));
+        return Err(LimitError::KeyPairLength { name: name.to_owned(), len: name.chars().count() });
     }
     if !name.chars().all(|c| c.is_ascii() && !c.is_ascii_control()) {
-        return Err(format!("key pair name '{name}' must be printable ASCII"));
+        return Err(LimitError::KeyPairNotAscii(name.to_owned()));
     }
     Ok(())
 }
@@ -156,7 +159,7 @@ mod tests {
         let long = format!("/{}/", "a".repeat(60));
         let d =
             derived(&ns(&long), "generic-debian-trixie-box", &["generic-debian-trixie-box"], None, true, &[]).unwrap();
-        let err = check(&d).unwrap_err();
+        let err = check(&d).unwrap_err().to_string();
         assert!(err.contains("IAM role") || err.contains("image name"), "{err}");
         // Without IAM, the image name (128) still fails first at this length? 60 + 1 + 25 + 21 = 107: no.
         let d = derived(&ns(&long), "generic-debian-trixie-box", &[], None, false, &[]).unwrap();
@@ -164,30 +167,30 @@ mod tests {
         // 120 characters: the image name.
         let longer = format!("/{}/", "b".repeat(120));
         let d = derived(&ns(&longer), "r", &[], None, false, &[]).unwrap();
-        assert!(check(&d).unwrap_err().contains("image name"), "{}", check(&d).unwrap_err());
+        assert!(check(&d).unwrap_err().to_string().contains("image name"), "{}", check(&d).unwrap_err().to_string());
         // 300 characters of namespace: the security group description goes past 255 first.
         let huge = format!("/{}/", "c".repeat(300));
         let d = derived(&ns(&huge), "r", &[], None, false, &[]).unwrap();
-        let err = check(&d).unwrap_err();
+        let err = check(&d).unwrap_err().to_string();
         assert!(err.contains("security group") && err.contains("AWS allows 255"), "{err}");
         // Queue names never exceed 80: long namespaces are hashed.
         assert!(d.iter().find(|x| x.what == "agent queue name").unwrap().name.len() <= 80);
         // Option tag keys.
         let o = "o".repeat(120);
         let d = derived(&ns("/t/"), "r", &[], None, false, &[o.as_str()]).unwrap();
-        assert!(check(&d).unwrap_err().contains("option tag key"));
+        assert!(check(&d).unwrap_err().to_string().contains("option tag key"));
     }
 
     #[test]
     fn option_count() {
         check_option_count(20).unwrap();
-        assert!(check_option_count(21).unwrap_err().contains("at most 20"));
+        assert!(check_option_count(21).unwrap_err().to_string().contains("at most 20"));
     }
 
     #[test]
     fn key_pair_names() {
         check_key_pair("alice").unwrap();
-        assert!(check_key_pair(&"k".repeat(300)).unwrap_err().contains("300 characters"));
+        assert!(check_key_pair(&"k".repeat(300)).unwrap_err().to_string().contains("300 characters"));
         assert!(check_key_pair("").is_err());
         assert!(check_key_pair("tab\there").is_err());
     }

@@ -169,16 +169,23 @@ impl LaunchPolicy {
     }
 
     /// Whether `launched` boxes (`what`, e.g. "workers") are a success.
-    pub fn verdict(&self, launched: u32, what: &str) -> Result<(), String> {
+    pub fn verdict(&self, launched: u32, what: &str) -> Result<(), TooFew> {
         if launched >= self.enough {
             Ok(())
         } else {
-            Err(format!(
-                "only {launched} of {} {what} could be launched (at least {} required)",
-                self.wanted, self.enough
-            ))
+            Err(TooFew { launched, wanted: self.wanted, enough: self.enough, what: what.to_owned() })
         }
     }
+}
+
+/// A launch that got less capacity than it needed.
+#[derive(Debug, thiserror::Error)]
+#[error("only {launched} of {wanted} {what} could be launched (at least {enough} required)")]
+pub struct TooFew {
+    pub launched: u32,
+    pub wanted: u32,
+    pub enough: u32,
+    pub what: String,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use crate::sys::{pid_matches, run, stop_process};
 use crate::{net, Error};
+use cgcloud_core::fsutil::remove_file_if_exists;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -205,7 +206,9 @@ impl Host<'_> {
         if let Some(pid) = self.pid() {
             stop_process(pid, &format!("--machine={}", self.id), 30).await;
         }
-        let _ = std::fs::remove_file(self.pid_file());
+        if let Err(e) = remove_file_if_exists(&self.pid_file()) {
+            tracing::warn!("{}: cannot remove {}: {e}", self.id, self.pid_file().display());
+        }
         crate::umount_all(&self.root()).await;
         net::host_net_down(self.id).await;
         for dir in cgroup_dirs(self.id) {
@@ -336,5 +339,6 @@ fn remove_cgroup(dir: &Path) {
             }
         }
     }
+    // Best effort: a cgroup a process still holds cannot go, and the next start reuses it.
     let _ = std::fs::remove_dir(dir);
 }

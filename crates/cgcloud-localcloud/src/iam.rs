@@ -448,7 +448,7 @@ impl Policies {
 fn combine(docs: &[String]) -> Result<Policy, String> {
     let mut all = Policy::default();
     for d in docs {
-        all.statements.extend(Policy::from_json(d)?.statements);
+        all.statements.extend(Policy::from_json(d).map_err(|e| e.to_string())?.statements);
     }
     Ok(all)
 }

@@ -5,6 +5,7 @@
 
 use crate::sys::run;
 use crate::Error;
+use cgcloud_core::fsutil::remove_file_if_exists;
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -216,7 +217,8 @@ async fn write_config(rootfs: &Path) -> Result<(), Error> {
     write("etc/pip.conf", PIP_CONF.as_bytes())?;
     write("etc/resolv.conf", format!("nameserver {}\n", crate::net::GATEWAY).as_bytes())?;
     write("etc/machine-id", b"")?;
-    let _ = std::fs::remove_file(rootfs.join("etc/hostname"));
+    let hostname = rootfs.join("etc/hostname");
+    remove_file_if_exists(&hostname).map_err(|e| Error::io(&hostname, e))?;
     for (name, data) in extra_cas() {
         write(&format!("usr/local/share/ca-certificates/{name}"), &data)?;
     }
@@ -224,7 +226,8 @@ async fn write_config(rootfs: &Path) -> Result<(), Error> {
     // Every host gets its own host keys from cloud-init.
     for entry in std::fs::read_dir(rootfs.join("etc/ssh")).map_err(|e| Error::io(rootfs, e))?.flatten() {
         if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
-            let _ = std::fs::remove_file(entry.path());
+            // Hosts sharing the image's host keys could impersonate each other.
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(&entry.path(), e))?;
         }
     }
     Ok(())

@@ -17,6 +17,7 @@ pub mod secgroups;
 pub mod sys;
 pub mod volumes;
 
+use cgcloud_core::fsutil::{remove_dir_all_if_exists, remove_file_if_exists};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -351,7 +352,7 @@ impl LocalCloud {
 
     async fn start_dnsmasq(&self) -> Result<u32, Error> {
         let pid_file = self.run_dir().join("dnsmasq.pid");
-        let _ = std::fs::remove_file(&pid_file);
+        remove_file_if_exists(&pid_file).map_err(|e| Error::io(&pid_file, e))?;
         // dnsmasq forwards to the machine's resolvers and answers the hosts' names itself.
         sys::run(
             "dnsmasq",
@@ -386,7 +387,7 @@ impl LocalCloud {
             return Ok(server);
         }
         say(&format!("installing moto {MOTO_VERSION} into {} (about 30 s, once)", venv.display()));
-        let _ = std::fs::remove_dir_all(&venv);
+        remove_dir_all_if_exists(&venv).map_err(|e| Error::io(&venv, e))?;
         sys::run("python3", &["-m", "venv", &venv.to_string_lossy()]).await?;
         sys::run(&venv.join("bin/pip").to_string_lossy(), &["install", "-q", &format!("moto[server]=={MOTO_VERSION}")])
             .await?;
@@ -553,7 +554,9 @@ impl LocalCloud {
             let dir = self.dir.clone();
             set.spawn(async move {
                 let host = host::Host { dir: &dir, id: &id };
-                let _ = host.destroy().await;
+                if let Err(e) = host.destroy().await {
+                    tracing::warn!("{id}: cannot remove its host: {e}");
+                }
             });
         }
         while set.join_next().await.is_some() {}
@@ -578,8 +581,11 @@ impl LocalCloud {
         net::nat_down(state.imds_port(), state.ip_forward_before.as_deref()).await;
         net::unpin_all().await;
         net::bridge_down().await;
-        let _ = std::fs::remove_file(self.state_file());
-        let _ = std::fs::remove_file(self.hosts_file());
+        for f in [self.state_file(), self.hosts_file()] {
+            if let Err(e) = remove_file_if_exists(&f) {
+                say(&format!("cannot remove {}: {e}", f.display()));
+            }
+        }
         say("the local cloud is down");
         Ok(())
     }

@@ -128,16 +128,5 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 
 /// Which of `programs` are not on PATH.
 pub fn missing_programs(programs: &[&str]) -> Vec<String> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let extra = ["/usr/sbin", "/sbin"];
-    programs
-        .iter()
-        .filter(|p| {
-            !path.split(':').chain(extra).any(|dir| {
-                let f = Path::new(dir).join(p);
-                f.is_file()
-            })
-        })
-        .map(|p| (*p).to_owned())
-        .collect()
+    cgcloud_core::fsutil::missing_programs(programs, &["/usr/sbin", "/sbin"])
 }

@@ -7,6 +7,7 @@
 
 use crate::sys::{run, run_quiet};
 use crate::Error;
+use cgcloud_core::fsutil::remove_file_if_exists;
 use std::path::{Path, PathBuf};
 
 fn img(dir: &Path, volume_id: &str) -> PathBuf {
@@ -148,7 +149,9 @@ pub async fn release(dir: &Path, volume_id: &str) {
 /// Removes a deleted volume's data.
 pub async fn delete(dir: &Path, volume_id: &str) {
     release(dir, volume_id).await;
-    let _ = std::fs::remove_file(img(dir, volume_id));
+    if let Err(e) = remove_file_if_exists(&img(dir, volume_id)) {
+        tracing::warn!("volume {volume_id}: cannot remove its data: {e}");
+    }
 }
 
 /// Every volume file the local cloud holds.
@@ -207,7 +210,9 @@ pub async fn drop_instance_store(dir: &Path, instance_id: &str) {
             if let Some(dev) = loop_of(&e.path()).await {
                 run_quiet("losetup", &["-d", &dev]).await;
             }
-            let _ = std::fs::remove_file(e.path());
+            if let Err(err) = remove_file_if_exists(&e.path()) {
+                tracing::warn!("cannot remove {}: {err}", e.path().display());
+            }
         }
     }
 }

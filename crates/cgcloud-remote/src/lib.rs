@@ -49,23 +49,13 @@ fn package_of(program: &str) -> &'static str {
 /// Fails, naming every missing program and its package, unless each of `programs` is an
 /// executable file on PATH. `what` says why they are needed ("to wait for SSH on new boxes").
 pub fn require_programs(programs: &[&str], what: &str) -> Result<(), RemoteError> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing: Vec<String> = programs
-        .iter()
-        .filter(|p| !std::env::split_paths(&path).any(|dir| is_executable(&dir.join(p))))
-        .map(|p| (*p).to_owned())
-        .collect();
+    let missing = cgcloud_core::fsutil::missing_programs(programs, &[]);
     if missing.is_empty() {
         return Ok(());
     }
     let mut packages: Vec<String> = missing.iter().map(|p| package_of(p).to_owned()).collect();
     packages.dedup();
     Err(RemoteError::MissingPrograms { missing, what: what.to_owned(), packages })
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Everything needed to reach one box.
@@ -152,9 +142,14 @@ impl SshTarget {
 
     /// Runs a shell script on the box (as the login user, via `sh -s`), capturing output.
     pub async fn run_script(&self, script: &str) -> Result<std::process::Output, RemoteError> {
+        self.run_with_input(&["sh".to_owned(), "-s".to_owned()], script.as_bytes()).await
+    }
+
+    /// Runs `remote` on the box with `input` on its standard input, capturing output.
+    pub async fn run_with_input(&self, remote: &[String], input: &[u8]) -> Result<std::process::Output, RemoteError> {
         use tokio::io::AsyncWriteExt as _;
         let mut child = self
-            .command(true, &["sh".to_owned(), "-s".to_owned()])
+            .command(true, remote)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -162,7 +157,7 @@ impl SshTarget {
             .map_err(|source| RemoteError::Spawn { program: "ssh".into(), source })?;
         if let Some(mut stdin) = child.stdin.take() {
             // A closed pipe means ssh exited early; its status says why.
-            let _ = stdin.write_all(script.as_bytes()).await;
+            let _ = stdin.write_all(input).await;
         }
         child.wait_with_output().await.map_err(|source| RemoteError::Spawn { program: "ssh".into(), source })
     }

@@ -20,6 +20,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod layers;
+mod volumes;
+
+use volumes::Attachment;
+
 const TICK: Duration = Duration::from_millis(250);
 /// How long after a changing request the controller keeps ticking (moto carries the request
 /// out after the proxy has told the controller about it).
@@ -27,23 +32,6 @@ const ACTIVE_AFTER_CHANGE: Duration = Duration::from_secs(5);
 /// How often an idle controller looks anyway (a host that died on its own, a request that
 /// reached moto some other way).
 const RECONCILE: Duration = Duration::from_secs(30);
-
-/// A disk layer made from an image.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LayerMeta {
-    image_id: String,
-    /// The lower directories for instances launched from this image, top first.
-    lowers: Vec<PathBuf>,
-}
-
-/// A volume made visible in a host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Attachment {
-    instance: String,
-    /// The host's systemd-nspawn: a host booted again needs the device made again.
-    nspawn_pid: u32,
-    device: String,
-}
 
 /// An instance of the local VPC as EC2 (moto) describes it.
 type Observed = cgcloud_aws::ec2::InstanceInfo;
@@ -315,33 +303,6 @@ impl Controller {
         }
     }
 
-    fn layer_dir(&self, image_id: &str) -> PathBuf {
-        self.dir().join("layers").join(image_id)
-    }
-
-    fn layer(&self, image_id: &str) -> Option<LayerMeta> {
-        serde_json::from_str(&std::fs::read_to_string(self.layer_dir(image_id).join("layer.json")).ok()?).ok()
-    }
-
-    /// The lower directories for an instance launched from `image_id`: `Ok(None)` while the
-    /// image is still being turned into a layer, `Err` if it can never be realized.
-    fn lowers_for(&self, image_id: &str, pending_images: &HashSet<String>) -> Result<Option<Vec<PathBuf>>, String> {
-        if let Some(b) = self.base.get(image_id) {
-            return Ok(Some(vec![b.rootfs.clone()]));
-        }
-        if let Some(l) = self.layer(image_id) {
-            return Ok(Some(l.lowers));
-        }
-        if pending_images.contains(image_id) {
-            return Ok(None);
-        }
-        let known: Vec<String> = self.base.values().map(|b| format!("{} ({})", b.os_id, b.ami_id)).collect();
-        Err(format!(
-            "the local cloud cannot run image {image_id}: it runs only its Debian images ({}) and images baked from them",
-            known.join(", ")
-        ))
-    }
-
     /// One look at moto and the hosts, doing what is due. Returns whether anything is still in
     /// motion (an instance or image between states, a host being booted or torn down, a power
     /// change queued): then the next tick comes soon.
@@ -412,7 +373,9 @@ impl Controller {
             let id = entry.file_name().to_string_lossy().into_owned();
             if !local.contains(&id) && !self.is_busy(&id) {
                 self.spawn(id, |dir, id| async move {
-                    let _ = (Host { dir: &dir, id: &id }).destroy().await;
+                    if let Err(e) = (Host { dir: &dir, id: &id }).destroy().await {
+                        log(format!("{id}: cannot remove the host of a terminated instance: {e}"));
+                    }
                     log(format!("{id}: destroyed (unknown to moto)"));
                 });
             }
@@ -424,201 +387,6 @@ impl Controller {
         let busy = self.busy.lock().map(|b| !b.is_empty()).unwrap_or(true);
         let queued = self.queued.values().any(|q| !q.is_empty());
         Ok(between || busy || queued || volumes_waiting || !pending_images.is_empty())
-    }
-
-    /// Makes attached volumes appear in their (running) hosts, releases detached ones, and
-    /// drops the data of deleted ones. Returns whether an attachment waits for its host's init
-    /// (then the next tick comes soon).
-    async fn realize_volumes(&mut self, local: &HashSet<String>) -> bool {
-        let volumes = match self.cloud.all_volumes().await {
-            Ok(v) => v,
-            Err(e) => {
-                log(format!("volumes: {e}"));
-                return false;
-            }
-        };
-        let mut alive = HashSet::new();
-        let mut waiting = false;
-        for v in &volumes {
-            let id = v.volume_id.as_str();
-            alive.insert(id.to_owned());
-            let attachment = v.attachments.iter().find(|a| local.contains(&a.instance_id));
-            let Some(att) = attachment else {
-                if let Some(was) = self.attached.remove(id) {
-                    self.detach(id, &was).await;
-                }
-                continue;
-            };
-            let instance = att.instance_id.clone();
-            // Root volumes of the launch mapping are the host's overlay disk, not devices.
-            let device = att.device.clone();
-            if device.is_empty() || device.ends_with("sda1") || device.ends_with("xvda") || device == "/dev/sda" {
-                continue;
-            }
-            if !crate::volumes::valid_device(&device) {
-                if self.refused.insert((id.to_owned(), device.clone())) {
-                    log(format!("volume {id}: cannot attach to {instance}: '{device}' is not an EC2 device name"));
-                }
-                continue;
-            }
-            let Some(pid) = (Host { dir: self.dir(), id: &instance }).pid() else { continue };
-            if self.stuck.contains(&pid) {
-                continue;
-            }
-            let want = Attachment { instance: instance.clone(), nspawn_pid: pid, device: device.clone() };
-            if self.attached.get(id) == Some(&want) {
-                continue;
-            }
-            if let Some(was) = self.attached.remove(id) {
-                // Moved to another instance or device (detached and attached again between ticks).
-                self.detach(id, &was).await;
-            }
-            match crate::volumes::attach(
-                self.dir(),
-                &instance,
-                id,
-                i32::try_from(v.size_gb.max(1)).unwrap_or(i32::MAX),
-                pid,
-                &device,
-            )
-            .await
-            {
-                Ok(crate::volumes::Attached::Done) => {
-                    log(format!("volume {id}: attached to {instance} at {}", crate::volumes::guest_device(&device)));
-                    self.attached.insert(id.to_owned(), want);
-                }
-                Ok(crate::volumes::Attached::NotYet) => waiting = true,
-                Ok(crate::volumes::Attached::Unanswered) => {
-                    log(format!(
-                        "volume {id}: cannot attach to {instance}: its /dev does not answer; not trying again"
-                    ));
-                    self.stuck.insert(pid);
-                }
-                Err(e) => log(format!("volume {id}: cannot attach to {instance}: {e}")),
-            }
-        }
-        for id in crate::volumes::known(self.dir()) {
-            if !alive.contains(&id) {
-                crate::volumes::delete(self.dir(), &id).await;
-                self.attached.remove(&id);
-                log(format!("volume {id}: deleted"));
-            }
-        }
-        waiting
-    }
-
-    /// Takes a detached volume's device out of its host (if that still runs) and releases it.
-    async fn detach(&self, id: &str, was: &Attachment) {
-        let running = (Host { dir: self.dir(), id: &was.instance }).pid() == Some(was.nspawn_pid);
-        if running {
-            if let Err(e) = crate::volumes::remove_from_host(was.nspawn_pid, &was.device).await {
-                log(format!("volume {id}: cannot remove {} from {}: {e}", was.device, was.instance));
-            }
-        }
-        // The loop device's numbers will back other volumes: the host must not open them
-        // again (it may have kept a link to the node).
-        if let Some(mm) = crate::volumes::loop_numbers(self.dir(), id).await {
-            if let Err(e) = crate::host::allow_block_device(&was.instance, &mm, false) {
-                log(format!("volume {id}: cannot revoke {mm} from {}: {e}", was.instance));
-            }
-        }
-        crate::volumes::release(self.dir(), id).await;
-        log(format!("volume {id}: detached from {}", was.instance));
-    }
-
-    /// Turns new images of local instances into layers; removes layers of deregistered images.
-    /// Returns the images still waiting for their source instance to power off.
-    async fn process_images(
-        &mut self,
-        local: &HashSet<String>,
-        instances: &[Observed],
-    ) -> Result<HashSet<String>, Error> {
-        let images = self.cloud.own_images().await?;
-        let mut pending = HashSet::new();
-        let mut alive = HashSet::new();
-        for img in &images {
-            let id = img.image_id.as_str();
-            alive.insert(id.to_owned());
-            if self.layer(id).is_some() {
-                continue;
-            }
-            let Some(src) = img.source_instance.as_deref().filter(|s| local.contains(*s)) else { continue };
-            let src_state = instances.iter().find(|i| i.id == src).map(|i| i.state.as_str()).unwrap_or("");
-            let host = Host { dir: self.dir(), id: src };
-            // Wait for a stopping host to power off, so the layer is a consistent disk.
-            if self.is_busy(src) || (matches!(src_state, "stopping" | "stopped") && host.pid().is_some()) {
-                pending.insert(id.to_owned());
-                continue;
-            }
-            match self.make_layer(id, src).await {
-                Ok(()) => log(format!("image {id}: layer from {src}")),
-                Err(e) => log(format!("image {id}: cannot make a layer from {src}: {e}")),
-            }
-        }
-        // Layers of deregistered images go once no disk uses them.
-        let in_use: HashSet<PathBuf> = std::fs::read_dir(self.dir().join("instances"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| Host { dir: self.dir(), id: &e.file_name().to_string_lossy() }.meta())
-            .flat_map(|m| m.lowers)
-            .collect();
-        for entry in std::fs::read_dir(self.dir().join("layers")).into_iter().flatten().flatten() {
-            let image = entry.file_name().to_string_lossy().into_owned();
-            let fs = entry.path().join("fs");
-            let used_by_layer = self.layers_above(&fs);
-            if !alive.contains(&image) && !in_use.contains(&fs) && !used_by_layer {
-                let _ = std::fs::remove_dir_all(entry.path());
-                log(format!("image {image}: layer removed"));
-            }
-        }
-        Ok(pending)
-    }
-
-    /// True if another layer stacks on top of `fs`.
-    fn layers_above(&self, fs: &Path) -> bool {
-        std::fs::read_dir(self.dir().join("layers")).into_iter().flatten().flatten().any(|e| {
-            let meta: Option<LayerMeta> =
-                std::fs::read_to_string(e.path().join("layer.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
-            meta.is_some_and(|m| m.lowers.iter().skip(1).any(|l| l == fs))
-        })
-    }
-
-    /// A stopped instance's upper directory becomes the layer (and the instance continues on
-    /// top of it with an empty upper); a running one's is copied, as with a no-reboot image.
-    async fn make_layer(&self, image_id: &str, src: &str) -> Result<(), Error> {
-        let host = Host { dir: self.dir(), id: src };
-        let mut meta = host.meta().ok_or_else(|| Error::Controller(format!("{src} has no disk")))?;
-        let dir = self.layer_dir(image_id);
-        let tmp = self.dir().join("layers").join(format!(".{image_id}"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let fs = dir.join("fs");
-        if host.pid().is_some() {
-            // The guest owns what it copies: frozen, it cannot swap a directory for a symlink
-            // between cp's look and its open (which would copy the machine's files into the
-            // image), and the copy is a consistent disk, as a no-reboot image is on EC2.
-            crate::host::freeze(src, true).await?;
-            let copied = sys::run(
-                "cp",
-                &["-a", "--reflink=auto", &format!("{}/.", host.upper().display()), &tmp.join("fs").to_string_lossy()],
-            )
-            .await;
-            crate::host::freeze(src, false).await?;
-            copied?;
-        } else {
-            std::fs::rename(host.upper(), tmp.join("fs")).map_err(|e| Error::io(&host.upper(), e))?;
-            std::fs::create_dir_all(host.upper()).map_err(|e| Error::io(&host.upper(), e))?;
-            meta.lowers.insert(0, fs.clone());
-        }
-        let mut lowers = vec![fs];
-        lowers.extend(meta.lowers.iter().filter(|l| !l.starts_with(&dir)).cloned());
-        let layer = LayerMeta { image_id: image_id.to_owned(), lowers };
-        let lf = tmp.join("layer.json");
-        std::fs::write(&lf, serde_json::to_string_pretty(&layer).unwrap_or_default()).map_err(|e| Error::io(&lf, e))?;
-        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
-        host.write_meta(&meta)?;
-        Ok(())
     }
 
     /// Marks an instance the local cloud cannot run and terminates it, with the reason in a tag.
@@ -776,7 +544,9 @@ async fn boot(
     match host.boot(&devices, |h| h.seed(&spec, &public_keys, &user_data)).await {
         Err(Error::Unrunnable(reason)) => {
             // Booting it again without its seed would run it as some other instance.
-            let _ = host.destroy().await;
+            if let Err(e) = host.destroy().await {
+                log(format!("{id}: cannot remove its host: {e}"));
+            }
             Err(Error::Unrunnable(format!("image {}: {reason}", inst.image_id)))
         }
         other => other,

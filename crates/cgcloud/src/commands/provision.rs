@@ -10,7 +10,7 @@ use cgcloud_core::plan::Plan;
 use cgcloud_remote::SshTarget;
 use std::path::PathBuf;
 use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncBufReadExt as _;
 
 const AGENT_PATH: &str = "/usr/local/bin/cgcloud-agent";
 const PLAN_PATH: &str = "/var/lib/cgcloud/plan.json";
@@ -137,18 +137,7 @@ fn sha256_file(path: &std::path::Path) -> Result<String> {
 
 /// Runs `script` on the box with `stdin` piped in; fails with its output.
 pub(crate) async fn run_with_input(target: &SshTarget, script: &str, stdin: &[u8]) -> Result<String> {
-    let mut child = target
-        .command(true, &[script.to_owned()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run ssh")?;
-    if let Some(mut input) = child.stdin.take() {
-        // An early exit of ssh shows in its status below.
-        let _ = input.write_all(stdin).await;
-    }
-    let out = child.wait_with_output().await.context("ssh failed")?;
+    let out = target.run_with_input(&[script.to_owned()], stdin).await?;
     if !out.status.success() {
         bail!(
             "`{script}` on {} failed ({}): {}",

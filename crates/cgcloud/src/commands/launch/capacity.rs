@@ -80,7 +80,7 @@ pub(crate) async fn launch_by_policy(
         }
     }
     if let Err(why) = policy.verdict(ids.len() as u32, what) {
-        let why = if wanted == 1 { format!("the {what} could not be launched") } else { why };
+        let why = if wanted == 1 { format!("the {what} could not be launched") } else { why.to_string() };
         bail!(
             "{why}; {}",
             match (spot.spot_bid.is_some(), wanted) {

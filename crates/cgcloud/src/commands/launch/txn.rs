@@ -108,7 +108,9 @@ pub(super) async fn rollback(ctx: &Ctx, txn: &Txn) {
             return;
         }
         txn.with(|s| s.terminating = true);
-        let _ = crate::commands::boxes::forget(ctx, &state.instances).await;
+        if let Err(e) = crate::commands::boxes::forget(ctx, &state.instances).await {
+            tracing::warn!("could not forget the host keys of {}: {e:#}", state.instances.join(", "));
+        }
     }
     if state.security_group.is_none() && state.instance_profile.is_none() && state.volume.is_none() {
         txn.with(|s| s.instances.clear());
@@ -216,7 +218,9 @@ pub(crate) async fn transaction<T>(
                 if let Ok(cloud) = ctx.cloud().await {
                     let mut t = Tags::new();
                     t.insert(tags::LAUNCH_STATE.into(), "failed".into());
-                    let _ = cloud.create_tags(&ids, &t).await;
+                    if let Err(e) = cloud.create_tags(&ids, &t).await {
+                        tracing::warn!("could not mark {} as a failed launch: {e}", ids.join(", "));
+                    }
                 }
                 ctx.out.note(format!("keeping {} for debugging (--never-terminate)", ids.join(", ")));
             }
