@@ -107,6 +107,7 @@ impl Registry {
             let file = format!("roles/{path}");
             if path.starts_with("os/") {
                 let os: OsDef = toml::from_str(text).map_err(|e| parse_err(&file, e))?;
+                os.check().map_err(|e| parse_err(&file, e))?;
                 reg.oses.insert(os.id.clone(), os);
             } else {
                 reg.add_role_text(&file, text, BUILTIN_SOURCE.to_owned())?;
@@ -150,6 +151,9 @@ impl Registry {
     fn add_role_text(&mut self, file: &str, text: &str, source: String) -> Result<(), RoleError> {
         let value: toml::Value = toml::from_str(text).map_err(|e| parse_err(file, e))?;
         let role: RoleFile = toml::from_str(text).map_err(|e| parse_err(file, e))?;
+        for (i, step) in role.steps.iter().enumerate() {
+            step.check().map_err(|m| parse_err(file, format!("step {} ({}): {m}", i + 1, step.label())))?;
+        }
         let overrides = role.overrides;
         if let Some(existing) = self.roles.get(&role.name) {
             if !overrides {

@@ -224,15 +224,15 @@ mod tests {
         };
         assert_eq!(ons(""), ["All"]);
         assert_eq!(ons("at='boot'"), ["Leader", "Workers"]);
-        assert_eq!(ons("on=['workers', 'leader']"), ["Workers", "Leader"]);
-        assert_eq!(ons("on='leader'"), ["Leader"]);
+        assert_eq!(ons("at='boot'\non=['workers', 'leader']"), ["Workers", "Leader"]);
+        assert_eq!(ons("at='boot'\non='leader'"), ["Leader"]);
         assert_eq!(ons("at='boot'\nwhen='hdfs and scheduler == \"slurm\"'"), ["Leader", "Workers"]);
         assert!(ons("when='not hdfs'").is_empty());
         assert!(ons("when='scheduler != \"slurm\"'").is_empty());
         // Mistakes are reported when the role is loaded, naming the step.
         for (extra, says) in [
             ("at='bake'\non='leader'", "cannot name leader or workers"),
-            ("on=['all', 'leader']", "cannot combine"),
+            ("at='boot'\non=['all', 'leader']", "cannot combine"),
             ("when='hfds'", "'hfds', which is not an option"),
             ("when='scheduler'", "compare it"),
             ("when='hdfs =='", "quoted value"),
@@ -240,6 +240,65 @@ mod tests {
             let err = role(&step(extra)).unwrap_err().to_string();
             assert!(err.contains("step 1") && err.contains(says), "{extra}: {err}");
         }
+    }
+
+    /// Each retired form of the role language is an error that names the file and the step
+    /// and says what to write instead (issue 29).
+    #[test]
+    fn old_syntax_says_what_to_write_instead() {
+        let load = |step: &str| {
+            let text = format!(
+                "name='r'\ndescription='d'\nos=['debian-12']\n\
+                 [options.src]\ntype='string'\ndefault='apache'\nhelp='h'\n\
+                 [[steps]]\ndo='directory'\npath='/srv'\n\
+                 [[steps]]\ndo='command'\nname='the step'\nrun='true'\n{step}\n"
+            );
+            reg_with(&[("plugin/r.toml", &text)]).and_then(|reg| reg.role("r")).map(|_| ())
+        };
+        for (step, says) in [
+            ("unless='false'", "`unless = \"false\"` is gone: write `always = true`"),
+            ("unless=' false '", "write `always = true`"),
+            (
+                "creates='/x'\non='leader'",
+                "`on = \"leader\"` steps run at a cluster node's first boot: add `at = \"boot\"`",
+            ),
+            (
+                "creates='/x'\non=['workers']",
+                "`on = [\"workers\"]` steps run at a cluster node's first boot: add `at = \"boot\"`",
+            ),
+            ("creates='/x'\nunless='test {{ src | shell }} != pypi'", "write `when = \"src == 'pypi'\"`"),
+            ("unless='test {{ src }} = apache'", "write `when = \"src != 'apache'\"`"),
+            ("", "a command needs `creates = PATH`"),
+            ("always=true\ncreates='/x'", "drop `creates` and `unless`, or `always`"),
+        ] {
+            let err = load(step).unwrap_err().to_string();
+            assert!(err.contains("plugin/r.toml: step 2 (command 'the step'): "), "{step}: {err}");
+            assert!(err.contains(says), "{step}: {err}");
+        }
+        // What to write instead loads; an `unless` that asks the box stays an `unless`.
+        for step in [
+            "always=true",
+            "creates='/x'\nat='boot'\non='leader'",
+            "creates='/x'\nwhen=\"src == 'pypi'\"",
+            "unless='test {{ cluster.role }} != leader'",
+            "unless='test -e /x'",
+        ] {
+            load(step).unwrap_or_else(|e| panic!("{step}: {e}"));
+        }
+    }
+
+    #[test]
+    fn always_runs_at_every_apply() {
+        let text = "name='r'\ndescription='d'\nos=['debian-12']\n[[steps]]\ndo='command'\nrun='sshd -t'\nalways=true\n";
+        let reg = reg_with(&[("r.toml", text)]).unwrap();
+        let r = reg.role("r").unwrap();
+        let plan = crate::compile::compile(&r, &r.os[0], &BTreeMap::new()).unwrap();
+        let step = plan.steps.iter().find(|s| s.title == "run sshd -t").unwrap();
+        // No guard: the agent runs a command without `creates` or `unless` every time.
+        assert_eq!(
+            step.action,
+            cgcloud_core::plan::Action::Command { run: "sshd -t".into(), creates: None, unless: None, user: None }
+        );
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub enum Phase {
 }
 
 /// The targets of a step from its `on` and `at`: `on = "all"` (the default) is bake time;
-/// `at = "boot"` without `on` means every node (leader, then workers).
+/// `at = "boot"` without `on` means every node (leader, then workers); `on = "leader"` or
+/// `"workers"` needs `at = "boot"`.
 pub fn targets(on: &OnSpec, at: Option<Phase>) -> Result<Vec<OnDecl>, String> {
     let mut list = match on {
         OnSpec::One(o) => vec![*o],
@@ -52,6 +53,10 @@ pub fn targets(on: &OnSpec, at: Option<Phase>) -> Result<Vec<OnDecl>, String> {
         return Err("`on` cannot combine \"all\" with \"leader\" or \"workers\"".into());
     }
     match at {
+        // `on` once moved a step to first boot silently; the phase is now said where it is.
+        None if !all => {
+            Err(format!("`on = {}` steps run at a cluster node's first boot: add `at = \"boot\"`", on_text(on)))
+        }
         Some(Phase::Boot) if all => Ok(vec![OnDecl::Leader, OnDecl::Workers]),
         Some(Phase::Bake) if !all => {
             Err("`at = \"bake\"` steps run when a box (or a cluster's image) is provisioned, on every box; \
@@ -122,8 +127,8 @@ pub enum RoleStep {
         #[serde(default)]
         when: Option<String>,
     },
-    /// A shell command; give `creates` (a path) or `unless` (a command that succeeds when the
-    /// work is already done) so that it runs only once.
+    /// A shell command; give exactly one of `creates` (a path), `unless` (a command that
+    /// succeeds when the work is already done) or `always = true` (run at every apply).
     Command {
         run: String,
         #[serde(default)]
@@ -132,6 +137,9 @@ pub enum RoleStep {
         creates: Option<String>,
         #[serde(default)]
         unless: Option<String>,
+        /// Run the command at every apply (a check, or work that must be redone each time).
+        #[serde(default, skip_serializing_if = "is_false")]
+        always: bool,
         #[serde(default)]
         user: Option<String>,
         #[serde(default)]
@@ -170,6 +178,19 @@ fn yes() -> bool {
     true
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// How `on` was written, for messages.
+fn on_text(on: &OnSpec) -> String {
+    let word = |o: &OnDecl| format!("{o:?}").to_lowercase();
+    match on {
+        OnSpec::One(o) => format!("\"{}\"", word(o)),
+        OnSpec::Many(v) => format!("[{}]", v.iter().map(|o| format!("\"{}\"", word(o))).collect::<Vec<_>>().join(", ")),
+    }
+}
+
 impl RoleStep {
     /// The fields every step has: `on`, `at`, `when`.
     pub fn placement(&self) -> (&OnSpec, Option<Phase>, Option<&str>) {
@@ -181,4 +202,67 @@ impl RoleStep {
             | RoleStep::Service { on, at, when, .. } => (on, *at, when.as_deref()),
         }
     }
+}
+
+impl RoleStep {
+    /// What the step is, for messages: its kind and its name, path or URL.
+    pub fn label(&self) -> String {
+        let short = |s: &str| s.lines().next().unwrap_or("").chars().take(50).collect::<String>();
+        match self {
+            RoleStep::File { path, .. } => format!("file {path}"),
+            RoleStep::Directory { path, .. } => format!("directory {path}"),
+            RoleStep::Download { url, .. } => format!("download {url}"),
+            RoleStep::Command { name: Some(n), .. } => format!("command '{n}'"),
+            RoleStep::Command { run, .. } => format!("command '{}'", short(run)),
+            RoleStep::Service { name, .. } => format!("service {name}"),
+        }
+    }
+
+    /// The rules of the step's own fields, and the retired forms of the role language, each
+    /// with what to write instead. Needs nothing but the step, so a role file is checked when
+    /// it is read and the message names that file.
+    pub fn check(&self) -> Result<(), String> {
+        let (on, at, _) = self.placement();
+        targets(on, at)?;
+        let RoleStep::Command { creates, unless, always, .. } = self else {
+            return Ok(());
+        };
+        if unless.as_deref().is_some_and(|u| u.trim() == "false") {
+            return Err("`unless = \"false\"` is gone: write `always = true` to run the command at every apply".into());
+        }
+        if let Some(when) = unless.as_deref().and_then(unless_as_when) {
+            return Err(format!(
+                "`unless` only tests an option, which is known when the plan is compiled: write `when = \"{when}\"` \
+                 instead (the step is then left out of the plan rather than skipped on the box)"
+            ));
+        }
+        match (creates.is_some(), unless.is_some(), *always) {
+            (false, false, false) => {
+                Err("a command needs `creates = PATH` (done when it exists), `unless = CHECK` (done when the check \
+                 succeeds) or `always = true` (run at every apply)"
+                    .into())
+            }
+            (_, _, true) if creates.is_some() || unless.is_some() => {
+                Err("`always = true` runs the command at every apply: drop `creates` and `unless`, or `always`".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The `when` that an `unless` of the retired form `test {{ NAME | shell }} != VALUE` (or `=`)
+/// stands for, when NAME is known at compile time (not a fact of the box: `box.*`, `cluster.*`).
+fn unless_as_when(unless: &str) -> Option<String> {
+    let re = regex::Regex::new(
+        r#"^\s*test\s+"?\{\{\s*([A-Za-z0-9_.]+)\s*(?:\|\s*shell\s*)?\}\}"?\s*(!?=)\s*['"]?([A-Za-z0-9_.-]*)['"]?\s*$"#,
+    )
+    .ok()?;
+    let caps = re.captures(unless)?;
+    let name = caps.get(1)?.as_str();
+    if crate::compile::DEFERRED.iter().any(|d| name.starts_with(d)) {
+        return None;
+    }
+    // The step is skipped when the test succeeds: it runs when the opposite holds.
+    let op = if caps.get(2)?.as_str() == "!=" { "==" } else { "!=" };
+    Some(format!("{name} {op} '{}'", caps.get(3)?.as_str()))
 }
