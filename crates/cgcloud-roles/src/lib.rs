@@ -154,17 +154,26 @@ impl Registry {
         for (i, step) in role.steps.iter().enumerate() {
             step.check().map_err(|m| parse_err(file, format!("step {} ({}): {m}", i + 1, step.label())))?;
         }
-        let overrides = role.overrides;
-        if let Some(existing) = self.roles.get(&role.name) {
-            if !overrides {
+        let variants = role.variant_files().map_err(|m| parse_err(file, m))?;
+        self.insert(file, Loaded { file: role, value, source: source.clone() })?;
+        for (variant, value) in variants {
+            self.insert(file, Loaded { file: variant, value, source: source.clone() })?;
+        }
+        Ok(())
+    }
+
+    /// Adds a role read from `file`; a second role of a name needs `overrides = true`.
+    fn insert(&mut self, file: &str, loaded: Loaded) -> Result<(), RoleError> {
+        if let Some(existing) = self.roles.get(&loaded.file.name) {
+            if !loaded.file.overrides {
                 return Err(RoleError::Duplicate {
-                    name: role.name.clone(),
+                    name: loaded.file.name.clone(),
                     first: existing.source.clone(),
                     second: file.to_owned(),
                 });
             }
         }
-        self.roles.insert(role.name.clone(), Loaded { file: role, value, source });
+        self.roles.insert(loaded.file.name.clone(), loaded);
         Ok(())
     }
 
@@ -387,6 +396,60 @@ pub(crate) mod tests {
         assert!(msg.contains("bad.toml") && msg.contains("bogus_key"), "{msg}");
         let err = reg_with(&[("syntax.toml", "name='x'\ndescription=\n")]).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    /// The 14 roles that were a file each (a role paired with an OS) are variants now, with
+    /// the same names, descriptions and OS.
+    #[test]
+    fn variants_are_roles_of_their_own() {
+        let reg = Registry::builtin().unwrap();
+        let listed: Vec<(String, String, Vec<String>)> =
+            reg.list().into_iter().map(|r| (r.name, r.description, r.os)).collect();
+        for (name, desc, os) in [
+            ("generic-debian-bookworm-box", "A plain Debian 12 (bookworm) box", "debian-12"),
+            ("generic-ubuntu-jammy-box", "A plain Ubuntu 22.04 LTS (jammy) box", "ubuntu-22.04"),
+            ("jenkins-agent-debian-trixie", "Jenkins agent image on Debian 13 (trixie)", "debian-13"),
+            (
+                "jenkins-agent-amazon-linux-2023",
+                "Jenkins agent image on Amazon Linux 2023 (Corretto 21)",
+                "amazon-linux-2023",
+            ),
+        ] {
+            assert!(listed.contains(&(name.into(), desc.into(), vec![os.into()])), "{name}: {listed:?}");
+        }
+        let count = |prefix: &str| listed.iter().filter(|(n, ..)| n.starts_with(prefix)).count();
+        assert_eq!(count("generic-") - 1, 11, "generic boxes besides generic-cluster-box");
+        assert_eq!(count("jenkins-agent-"), 3);
+        assert!(matches!(reg.role("generic-box"), Err(RoleError::Abstract(_))));
+
+        let plugin = |text: &str| reg_with(&[("p.toml", text)]);
+        let head = "name='p'\ndescription='d'\nabstract=true\ninclude=['base']\n";
+        let reg =
+            plugin(&format!("{head}[variants]\np-debian = {{ os = 'debian-12', description = 'P on Debian' }}\n"))
+                .unwrap();
+        let r = reg.role("p-debian").unwrap();
+        assert_eq!(
+            (r.os[0].id.as_str(), r.description.as_str(), r.source.as_str()),
+            ("debian-12", "P on Debian", "p.toml")
+        );
+        assert!(r.ports.iter().any(|p| p.port == Some(22)), "what the role includes");
+        for (text, says) in [
+            (
+                "os=['debian-12']\n[variants]\np-x = { os = 'debian-12', description = 'x' }",
+                "p.toml: a role with `[variants]` names the OS of each variant: drop its own `os`",
+            ),
+            ("[variants]\np-x = { os = 'debian-12' }", "missing field `description`"),
+            (
+                "[variants]\ngeneric-debian-bookworm-box = { os = 'debian-12', description = 'x' }",
+                "add `overrides = true` to p.toml",
+            ),
+        ] {
+            let err = plugin(&format!("{head}{text}")).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        let reg = plugin(&format!("{head}[variants]\np-x = {{ os = 'nope', description = 'x' }}")).unwrap();
+        let err = reg.role("p-x").unwrap_err().to_string();
+        assert!(err.contains("names operating system 'nope'"), "{err}");
     }
 
     #[test]

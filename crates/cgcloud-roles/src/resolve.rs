@@ -73,7 +73,7 @@ impl Registry {
         stack.pop();
         let mut own = loaded.value.clone();
         if let Some(t) = own.as_table_mut() {
-            for k in ["name", "description", "abstract", "include", "overrides"] {
+            for k in ["name", "description", "abstract", "include", "overrides", "variants"] {
                 t.remove(k);
             }
         }

@@ -2,7 +2,8 @@
 //!
 //! Merge rules (applied in `include` order, the including file last): scalars — the later value
 //! wins; lists — appended (duplicates dropped); tables — merged key by key with the same rules.
-//! `name`, `description`, `abstract` and `include` belong to each file and are never inherited.
+//! `name`, `description`, `abstract`, `include`, `overrides` and `variants` belong to each file
+//! and are never inherited. A role's `[variants]` are roles of their own (one OS each).
 
 pub use crate::cluster::{ClusterDecl, ClusterSecret, SecretKind};
 use crate::os::OsDef;
@@ -78,6 +79,46 @@ pub struct RoleFile {
     /// Makes this role a Jenkins agent image (`cgcloud register-agents`).
     #[serde(default)]
     pub jenkins_agent: Option<JenkinsAgentDecl>,
+    /// Roles that are this one on one operating system each, by name: e.g.
+    /// `generic-debian-bookworm-box = { os = "debian-12", description = "..." }`. Each is a
+    /// role of its own that includes this one; a role with variants names no `os` itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, Variant>,
+}
+
+/// One variant of a role: its OS and how `list-roles` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub os: String,
+    pub description: String,
+}
+
+impl RoleFile {
+    /// The variants as role files of their own: the name and description, an include of
+    /// this role and the one OS (what a file per variant said before variants existed).
+    pub fn variant_files(&self) -> Result<Vec<(RoleFile, toml::Value)>, String> {
+        if !self.variants.is_empty() && !self.os.is_empty() {
+            return Err("a role with `[variants]` names the OS of each variant: drop its own `os`".into());
+        }
+        self.variants
+            .iter()
+            .map(|(name, v)| {
+                let mut t = toml::Table::new();
+                t.insert("name".into(), name.clone().into());
+                t.insert("description".into(), v.description.clone().into());
+                t.insert("include".into(), toml::Value::Array(vec![self.name.clone().into()]));
+                t.insert("os".into(), toml::Value::Array(vec![v.os.clone().into()]));
+                // A role that replaces another replaces its variants too.
+                if self.overrides {
+                    t.insert("overrides".into(), true.into());
+                }
+                let value = toml::Value::Table(t);
+                let file = value.clone().try_into().map_err(|e| format!("variant {name}: {e}"))?;
+                Ok((file, value))
+            })
+            .collect()
+    }
 }
 
 /// A TCP service of the role's boxes that `cgcloud ssh --forward` reaches through SSH.
