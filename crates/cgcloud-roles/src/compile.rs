@@ -148,19 +148,38 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                     Action::Directory { path, owner: ro(owner)?, group: ro(group)?, mode: mode.clone() },
                 )
             }
-            RoleStep::Download { url, sha256, dest, extract, strip_components, mode, .. } => {
-                let sha = r(sha256)?.to_lowercase();
-                if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(err(format!("download of {url}: sha256 must be 64 hex digits, not '{sha}'")));
-                }
+            RoleStep::Download {
+                url,
+                sha256,
+                sha512,
+                sha256_url,
+                sha512_url,
+                dest,
+                extract,
+                strip_components,
+                mode,
+                ..
+            } => {
+                let pinned =
+                    |digest: &Option<String>, name: &str, len: usize| -> Result<Option<String>, CompileError> {
+                        let Some(d) = ro(digest)? else { return Ok(None) };
+                        let d = d.to_lowercase();
+                        if d.len() != len || !d.chars().all(|c| c.is_ascii_hexdigit()) {
+                            return Err(err(format!("download of {url}: {name} must be {len} hex digits, not '{d}'")));
+                        }
+                        Ok(Some(d))
+                    };
                 check_path(dest).map_err(err)?;
                 let url = r(url)?;
                 step(
                     format!("download {}", url.rsplit('/').next().unwrap_or(&url)),
                     &targets_now,
                     Action::Download {
+                        sha256: pinned(sha256, "sha256", 64)?,
+                        sha512: pinned(sha512, "sha512", 128)?,
+                        sha256_url: ro(sha256_url)?,
+                        sha512_url: ro(sha512_url)?,
                         url,
-                        sha256: sha,
                         dest: r(dest)?,
                         extract: *extract,
                         strip_components: *strip_components,

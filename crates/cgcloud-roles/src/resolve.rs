@@ -177,6 +177,7 @@ fn when_kinds(
 mod tests {
     use super::*;
     use crate::tests::reg_with;
+    use cgcloud_core::plan::Action;
 
     #[test]
     fn forwards_are_checked_when_the_role_loads() {
@@ -284,6 +285,39 @@ mod tests {
             "unless='test -e /x'",
         ] {
             load(step).unwrap_or_else(|e| panic!("{step}: {e}"));
+        }
+    }
+
+    #[test]
+    fn downloads_name_one_checksum() {
+        let plan = |checksum: &str| {
+            let text = format!(
+                "name='r'\ndescription='d'\nos=['debian-12']\n[vars]\nurl='https://example.org/x-1.tgz'\n\
+                 [[steps]]\ndo='download'\nurl='{{{{ url }}}}'\ndest='/opt/x'\nextract=true\n{checksum}\n"
+            );
+            let reg = reg_with(&[("r.toml", &text)])?;
+            let r = reg.role("r")?;
+            crate::compile::compile(&r, &r.os[0], &BTreeMap::new()).map_err(|e| parse_err("r.toml", e))
+        };
+        let h512 = "AB".repeat(64);
+        let p = plan(&format!("sha512='{h512}'")).unwrap();
+        let download = |p: &cgcloud_core::plan::Plan| p.steps.last().unwrap().action.clone();
+        assert!(
+            matches!(download(&p), Action::Download { sha512: Some(h), sha256: None, .. } if h == h512.to_lowercase())
+        );
+        let p = plan("sha512_url='{{ url }}.sha512'").unwrap();
+        assert!(
+            matches!(download(&p), Action::Download { sha512_url: Some(u), .. } if u == "https://example.org/x-1.tgz.sha512")
+        );
+        for (checksum, says) in [
+            ("", "step 1 (download {{ url }}): a download names exactly one checksum"),
+            ("sha256='ab'\nsha512_url='x'", "a download names exactly one checksum"),
+            ("sha512='abc'", "sha512 must be 128 hex digits"),
+            ("sha256='{}'", "sha256 must be 64 hex digits"),
+        ] {
+            let checksum = checksum.replace("{}", &h512);
+            let err = plan(&checksum).unwrap_err().to_string();
+            assert!(err.contains("r.toml") && err.contains(says), "{checksum}: {err}");
         }
     }
 

@@ -107,10 +107,23 @@ pub enum RoleStep {
         #[serde(default)]
         when: Option<String>,
     },
-    /// A download checked against its SHA-256; `extract = true` unpacks a tarball into `dest`.
+    /// A download checked against one checksum: a SHA-256 or SHA-512 pinned in the role, or a
+    /// checksum file published beside it; `extract = true` unpacks a tarball into `dest`.
     Download {
         url: String,
-        sha256: String,
+        /// The file's SHA-256 (64 hex digits), pinned in the role.
+        #[serde(default)]
+        sha256: Option<String>,
+        /// The file's SHA-512 (128 hex digits), pinned in the role.
+        #[serde(default)]
+        sha512: Option<String>,
+        /// A checksum file published with the file (e.g. `{{ url }}.sha256`), fetched by the
+        /// box at every apply; guards against a damaged download, not against the server.
+        #[serde(default)]
+        sha256_url: Option<String>,
+        /// As `sha256_url`, with a SHA-512 (e.g. Apache's `.sha512` files).
+        #[serde(default)]
+        sha512_url: Option<String>,
         dest: String,
         #[serde(default)]
         extract: bool,
@@ -224,6 +237,14 @@ impl RoleStep {
     pub fn check(&self) -> Result<(), String> {
         let (on, at, _) = self.placement();
         targets(on, at)?;
+        if let RoleStep::Download { sha256, sha512, sha256_url, sha512_url, .. } = self {
+            let named = [sha256, sha512, sha256_url, sha512_url].iter().filter(|c| c.is_some()).count();
+            if named != 1 {
+                return Err("a download names exactly one checksum: `sha256` or `sha512` (a digest pinned in the \
+                     role), or `sha256_url` or `sha512_url` (a checksum file published beside the file)"
+                    .into());
+            }
+        }
         let RoleStep::Command { creates, unless, always, .. } = self else {
             return Ok(());
         };
