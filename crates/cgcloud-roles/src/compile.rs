@@ -197,17 +197,25 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
                     Action::Command { run, creates: ro(creates)?, unless: ro(unless)?, user: ro(user)? },
                 )
             }
-            RoleStep::Service { name, unit, enable, start, restart_on, .. } => step(
-                format!("service {}", r(name)?),
-                &targets_now,
-                Action::Service {
-                    name: r(name)?,
-                    unit: ro(unit)?,
-                    enable: *enable,
-                    start: *start,
-                    restart_on: restart_on.iter().map(|p| r(p)).collect::<Result<_, _>>()?,
-                },
-            ),
+            RoleStep::Service { name, unit, enable, start, restart_on, wait_for, .. } => {
+                let mut unit = ro(unit)?;
+                if let Some(w) = wait_for {
+                    let host = r(&w.host)?;
+                    unit =
+                        Some(w.insert_into(unit.as_deref(), &host).map_err(|m| err(format!("service {name}: {m}")))?);
+                }
+                step(
+                    format!("service {}", r(name)?),
+                    &targets_now,
+                    Action::Service {
+                        name: r(name)?,
+                        unit,
+                        enable: *enable,
+                        start: *start,
+                        restart_on: restart_on.iter().map(|p| r(p)).collect::<Result<_, _>>()?,
+                    },
+                )
+            }
         }
     }
     let plan = Plan { role: role.name.clone(), os: os.id.clone(), family: os.family.as_str().to_owned(), steps };

@@ -176,6 +176,10 @@ pub enum RoleStep {
         /// Restart the service when one of these files changed in the same run.
         #[serde(default)]
         restart_on: Vec<String>,
+        /// Before the service starts, wait for a TCP port of another node to open, e.g. a
+        /// worker for its leader's: `{ host = "{{ cluster.leader_ip }}", port = 7077 }`.
+        #[serde(default)]
+        wait_for: Option<WaitFor>,
         #[serde(default)]
         on: OnSpec,
         #[serde(default)]
@@ -189,6 +193,71 @@ pub enum RoleStep {
 
 fn yes() -> bool {
     true
+}
+
+/// A TCP port a service waits for before it starts (a line `ExecStartPre=` in its unit, at
+/// every start). After `timeout` seconds it starts anyway: the service's own retries take over.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitFor {
+    /// An address or host name, or a fact of the box such as `{{ cluster.leader_ip }}`.
+    pub host: String,
+    pub port: u16,
+    /// Seconds to wait at most (default 120).
+    #[serde(default = "wait_timeout")]
+    pub timeout: u32,
+}
+
+fn wait_timeout() -> u32 {
+    120
+}
+
+impl WaitFor {
+    /// The unit line that waits: a connection attempt every half second (each given a second).
+    /// `host` is already rendered for the plan (a box's fact stays a placeholder).
+    pub fn exec_start_pre(&self, host: &str) -> Result<String, String> {
+        let fact = host.starts_with("{{ ") && host.ends_with(" }}") && host.matches("{{").count() == 1;
+        let plain = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || ".:-".contains(c));
+        if !(fact || plain) {
+            return Err(format!("wait_for: host '{host}' is not an address, a host name or a fact of the box"));
+        }
+        if self.port == 0 || !(1..=3600).contains(&self.timeout) {
+            return Err("wait_for: port must be 1 to 65535 and timeout 1 to 3600 seconds".into());
+        }
+        Ok(format!(
+            "ExecStartPre=/bin/bash -c 'for i in $(seq 1 {}); do timeout 1 bash -c \"</dev/tcp/{host}/{}\" 2>/dev/null && exit 0; sleep 0.5; done'",
+            self.timeout * 2,
+            self.port
+        ))
+    }
+
+    /// `unit` with the waiting line first in its `[Service]` section. The unit must say how
+    /// long systemd lets it start (`TimeoutStartSec=`): its default, 90 s, may end the wait.
+    pub fn insert_into(&self, unit: Option<&str>, host: &str) -> Result<String, String> {
+        let unit = unit.ok_or("wait_for needs the step's `unit` (with a [Service] section)")?;
+        if !unit.lines().any(|l| l.starts_with("TimeoutStartSec=")) {
+            return Err(format!(
+                "wait_for: the unit waits up to {} s before it starts; give it `TimeoutStartSec=` longer than that",
+                self.timeout
+            ));
+        }
+        let line = self.exec_start_pre(host)?;
+        let mut out = String::with_capacity(unit.len() + line.len() + 1);
+        let mut placed = false;
+        for l in unit.split_inclusive('\n') {
+            out.push_str(l);
+            if !placed && l.trim_end() == "[Service]" {
+                out.push_str(&line);
+                out.push('\n');
+                placed = true;
+            }
+        }
+        if placed {
+            Ok(out)
+        } else {
+            Err("wait_for needs a [Service] section in the step's `unit`".into())
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -286,4 +355,38 @@ fn unless_as_when(unless: &str) -> Option<String> {
     // The step is skipped when the test succeeds: it runs when the opposite holds.
     let op = if caps.get(2)?.as_str() == "!=" { "==" } else { "!=" };
     Some(format!("{name} {op} '{}'", caps.get(3)?.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_for_a_port_is_a_line_of_the_unit() {
+        let w = WaitFor { host: "{{ cluster.leader_ip }}".into(), port: 6817, timeout: 120 };
+        let unit = "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\nTimeoutStartSec=300\n";
+        // What slurm-box's unit said by hand before.
+        let line = "ExecStartPre=/bin/bash -c 'for i in $(seq 1 240); do timeout 1 bash -c \"</dev/tcp/{{ cluster.leader_ip }}/6817\" 2>/dev/null && exit 0; sleep 0.5; done'";
+        assert_eq!(
+            w.insert_into(Some(unit), &w.host).unwrap(),
+            format!("[Unit]\nDescription=x\n[Service]\n{line}\nExecStart=/bin/true\nTimeoutStartSec=300\n")
+        );
+        let short = WaitFor { host: "10.0.0.1".into(), port: 80, timeout: 5 };
+        assert!(short
+            .exec_start_pre("10.0.0.1")
+            .unwrap()
+            .contains("seq 1 10); do timeout 1 bash -c \"</dev/tcp/10.0.0.1/80\""));
+        for (unit, host, port, says) in [
+            (None, "h", 80, "needs the step's `unit`"),
+            (Some("[Service]\nExecStart=/bin/true\n"), "h", 80, "give it `TimeoutStartSec=`"),
+            (Some("[Unit]\nTimeoutStartSec=9\n"), "h", 80, "needs a [Service] section"),
+            (Some(unit), "$(id)", 80, "is not an address"),
+            (Some(unit), "{{ cluster.leader_ip }}/x {{ box.x }}", 80, "is not an address"),
+            (Some(unit), "h", 0, "port must be 1 to 65535"),
+        ] {
+            let w = WaitFor { host: host.into(), port, timeout: 120 };
+            let err = w.insert_into(unit, host).unwrap_err();
+            assert!(err.contains(says), "{host} {unit:?}: {err}");
+        }
+    }
 }
