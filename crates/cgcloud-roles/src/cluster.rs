@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A cluster type: its nodes boot from the newest image of this role; the first node is the
-/// leader, the others workers. `on = "leader"`/`"workers"` steps run at their first boot.
+/// leader, the others workers. `at = "boot"` steps run at their first boot.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterDecl {

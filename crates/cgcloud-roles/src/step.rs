@@ -266,7 +266,11 @@ fn is_false(b: &bool) -> bool {
 
 /// How `on` was written, for messages.
 fn on_text(on: &OnSpec) -> String {
-    let word = |o: &OnDecl| format!("{o:?}").to_lowercase();
+    let word = |o: &OnDecl| match o {
+        OnDecl::All => "all",
+        OnDecl::Leader => "leader",
+        OnDecl::Workers => "workers",
+    };
     match on {
         OnSpec::One(o) => format!("\"{}\"", word(o)),
         OnSpec::Many(v) => format!("[{}]", v.iter().map(|o| format!("\"{}\"", word(o))).collect::<Vec<_>>().join(", ")),
@@ -284,9 +288,7 @@ impl RoleStep {
             | RoleStep::Service { on, at, when, .. } => (on, *at, when.as_deref()),
         }
     }
-}
 
-impl RoleStep {
     /// What the step is, for messages: its kind and its name, path or URL.
     pub fn label(&self) -> String {
         let short = |s: &str| s.lines().next().unwrap_or("").chars().take(50).collect::<String>();
