@@ -4,7 +4,7 @@
 
 use crate::facts::Facts;
 use crate::safefs::{self, Attrs};
-use cgcloud_core::plan::{render, Action, On, Plan, Step};
+use cgcloud_core::plan::{render, Action, DigestAlg, On, Plan, Step};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -51,6 +51,8 @@ pub struct Runner {
     pub boot_only: bool,
     /// After a failed run: the step and the last line it printed, for the node's failure tag.
     pub failure: Option<String>,
+    /// Where downloads wait for their checksum check: `DOWNLOADS` (a temporary one in tests).
+    downloads: PathBuf,
 }
 
 /// A failed step: what went wrong and the tail of the output.
@@ -105,6 +107,7 @@ impl Runner {
             no_block: false,
             boot_only: false,
             failure: None,
+            downloads: PathBuf::from(DOWNLOADS),
         }
     }
 
@@ -279,8 +282,19 @@ impl Runner {
             Action::File { path, content, owner, group, mode, .. } => {
                 self.write_file(path, content.as_bytes(), mode.as_deref(), owner.as_deref(), group.as_deref())
             }
-            Action::Download { url, sha256, dest, extract, strip_components, mode } => {
-                self.download(url, sha256, dest, *extract, *strip_components, mode.as_deref())
+            Action::Download { url, sha256, sha512, sha256_url, sha512_url, dest, extract, strip_components, mode } => {
+                let (alg, want) = match (sha256, sha512, sha256_url, sha512_url) {
+                    (Some(h), None, None, None) => (DigestAlg::Sha256, h.to_ascii_lowercase()),
+                    (None, Some(h), None, None) => (DigestAlg::Sha512, h.to_ascii_lowercase()),
+                    (None, None, Some(u), None) => {
+                        (DigestAlg::Sha256, self.published_digest(url, u, DigestAlg::Sha256)?)
+                    }
+                    (None, None, None, Some(u)) => {
+                        (DigestAlg::Sha512, self.published_digest(url, u, DigestAlg::Sha512)?)
+                    }
+                    _ => return Err(fail(format!("the download of {url} must name exactly one checksum"))),
+                };
+                self.download(url, alg, &want, dest, *extract, *strip_components, mode.as_deref())
             }
             Action::Command { run, creates, unless, user } => {
                 if let Some(c) = creates {
@@ -538,54 +552,80 @@ impl Runner {
         Ok(Outcome::Changed)
     }
 
+    /// The digest of `url`'s file in the checksum file published at `checksum_url`. Fetched
+    /// from where the file comes from, it guards against a damaged download, not against the
+    /// server: roles pin `sha256`/`sha512` where that matters.
+    fn published_digest(&mut self, url: &str, checksum_url: &str, alg: DigestAlg) -> Result<String, StepError> {
+        let downloads = self.downloads_dir()?;
+        let tmp = downloads.join(format!("{}.checksum", hex::encode(Sha256::digest(checksum_url.as_bytes()))));
+        let tmp_s = tmp.display().to_string();
+        self.sh("curl", &["-fsSL", "--retry", "3", "--max-filesize", "1048576", "-o", &tmp_s, checksum_url])?;
+        let text = std::fs::read_to_string(&tmp).map_err(|e| fail(format!("{checksum_url}: {e}")));
+        let _ = std::fs::remove_file(&tmp);
+        let name = url.rsplit('/').next().unwrap_or(url);
+        cgcloud_core::plan::published_digest(&text?, name, alg)
+            .ok_or_else(|| fail(format!("{checksum_url} has no {} for {name}", alg.name())))
+    }
+
+    /// Root's own directory for downloads (the agent's user's, in tests), so that nothing a
+    /// user can reach sees a file before its checksum is checked.
+    fn downloads_dir(&self) -> Result<PathBuf, StepError> {
+        let (uid, gid) = safefs::process_ids();
+        safefs::make_dir(&self.downloads, Attrs { uid, gid, mode: 0o700 }).map_err(|e| fail(e.to_string()))?;
+        Ok(self.downloads.clone())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn download(
         &mut self,
         url: &str,
-        sha: &str,
+        alg: DigestAlg,
+        want: &str,
         dest: &str,
         extract: bool,
         strip: u32,
         mode: Option<&str>,
     ) -> StepResult {
-        let marker = Path::new(dest).join(".cgcloud-sha256");
-        if extract && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == sha) {
+        // An extracted archive is marked with the digest it came from: `.cgcloud-sha256` (as
+        // before SHA-512 existed) or `.cgcloud-sha512`.
+        let marker = Path::new(dest).join(match alg {
+            DigestAlg::Sha256 => ".cgcloud-sha256",
+            DigestAlg::Sha512 => ".cgcloud-sha512",
+        });
+        if extract && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == want) {
             return Ok(Outcome::Ok);
         }
         if !extract
-            && safefs::read(Path::new(dest), u64::MAX)
-                .ok()
-                .flatten()
-                .is_some_and(|d| hex::encode(Sha256::digest(&d)) == sha)
+            && safefs::read(Path::new(dest), MAX_DOWNLOAD).ok().flatten().is_some_and(|d| alg.digest(&d) == want)
         {
             return Ok(Outcome::Ok);
         }
-        // Downloaded into root's own directory, so nothing a user can reach sees it before
-        // its checksum is checked.
-        let downloads = Path::new(DOWNLOADS);
-        safefs::make_dir(downloads, Attrs::root(0o700)).map_err(|e| fail(e.to_string()))?;
-        let tmp = downloads.join(format!("{}.part", hex::encode(Sha256::digest(dest.as_bytes()))));
+        let tmp = self.downloads_dir()?.join(format!("{}.part", hex::encode(Sha256::digest(dest.as_bytes()))));
         let tmp_s = tmp.display().to_string();
         self.sh("curl", &["-fsSL", "--retry", "3", "-o", &tmp_s, url])?;
         let data = std::fs::read(&tmp).map_err(|e| fail(format!("{tmp_s}: {e}")))?;
-        let got = hex::encode(Sha256::digest(&data));
-        if got != sha {
+        let got = alg.digest(&data);
+        if got != want {
             let _ = std::fs::remove_file(&tmp);
-            return Err(fail(format!("{url} has SHA-256 {got}, expected {sha}")));
+            return Err(fail(format!("{url} has {} {got}, expected {want}", alg.name())));
         }
         if extract {
             drop(data);
             let d = Path::new(dest);
-            let want = Self::wanted(dest, safefs::stat(d).filter(|_| d.is_dir()), None, None, None, 0o755)?;
-            safefs::make_dir(d, want).map_err(|e| fail(e.to_string()))?;
+            let want_dir = Self::wanted(dest, safefs::stat(d).filter(|_| d.is_dir()), None, None, None, 0o755)?;
+            safefs::make_dir(d, want_dir).map_err(|e| fail(e.to_string()))?;
             let strip_arg = format!("--strip-components={strip}");
-            let result = self.sh("tar", &["-xf", &tmp_s, "-C", dest, &strip_arg]);
+            // The archive's owners mean nothing here: its files become the agent's (root's).
+            let result = self.sh("tar", &["-xf", &tmp_s, "--no-same-owner", "-C", dest, &strip_arg]);
             let _ = std::fs::remove_file(&tmp);
             result?;
-            safefs::write_atomic(&marker, sha.as_bytes(), Attrs::root(0o644)).map_err(|e| fail(e.to_string()))?;
+            let (uid, gid) = safefs::process_ids();
+            safefs::write_atomic(&marker, want.as_bytes(), Attrs { uid, gid, mode: 0o644 })
+                .map_err(|e| fail(e.to_string()))?;
         } else {
             let _ = std::fs::remove_file(&tmp);
-            let want = Self::wanted(dest, safefs::stat(Path::new(dest)), None, None, mode, 0o644)?;
-            safefs::write_atomic(Path::new(dest), &data, want).map_err(|e| fail(e.to_string()))?;
+            let attrs = Self::wanted(dest, safefs::stat(Path::new(dest)), None, None, mode, 0o644)?;
+            safefs::write_atomic(Path::new(dest), &data, attrs).map_err(|e| fail(e.to_string()))?;
         }
         Ok(Outcome::Changed)
     }
@@ -647,6 +687,10 @@ const DOWNLOADS: &str = "/var/lib/cgcloud/downloads";
 
 /// The largest file a step compares with what it would write.
 const MAX_FILE: u64 = 64 << 20;
+
+/// The largest downloaded file a step reads back to compare its digest. (`u64::MAX`, as it
+/// was, overflowed in safefs::read's `max + 1`: a download was never found already in place.)
+const MAX_DOWNLOAD: u64 = 16 << 30;
 
 /// The id of a group in `/etc/group`.
 fn group_id(name: &str) -> Option<u32> {
@@ -744,6 +788,75 @@ mod tests {
         assert!(log.contains("about to fail") && log.contains("FAILED"), "{log}");
         // What a node publishes when its first boot fails: the step and its last words.
         assert_eq!(r.failure.as_deref(), Some("step 'boom' failed: about to fail"));
+    }
+
+    /// A download step of a plan, as the compiler writes it.
+    fn download_step(url: &str, checksum: (&str, &str), dest: &str, extract: bool) -> Action {
+        let mut step = serde_json::json!({
+            "do": "download", "url": url, "dest": dest, "extract": extract, "strip_components": u32::from(extract), "mode": null
+        });
+        step[checksum.0] = checksum.1.into();
+        serde_json::from_value(step).unwrap()
+    }
+
+    #[test]
+    fn downloads_check_sha512() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        std::fs::write(format!("{d}/tool.jar"), b"test").unwrap();
+        let sha512 = DigestAlg::Sha512.digest(b"test");
+        let mut r = runner(dir.path());
+        r.downloads = dir.path().join("downloads");
+        let url = format!("file://{d}/tool.jar");
+        let step = download_step(&url, ("sha512", &sha512.to_uppercase()), &format!("{d}/opt/tool.jar"), false);
+        std::fs::create_dir(format!("{d}/opt")).unwrap();
+        assert_eq!(
+            r.step("apt", &Step { title: "t".into(), on: On::All, action: step.clone() }).unwrap(),
+            Outcome::Changed
+        );
+        assert_eq!(std::fs::read(format!("{d}/opt/tool.jar")).unwrap(), b"test");
+        assert_eq!(r.step("apt", &Step { title: "t".into(), on: On::All, action: step }).unwrap(), Outcome::Ok);
+        // A different digest fails the step and leaves nothing behind.
+        let wrong = DigestAlg::Sha512.digest(b"other");
+        let step = download_step(&url, ("sha512", &wrong), &format!("{d}/opt/other.jar"), false);
+        let err = r.step("apt", &Step { title: "t".into(), on: On::All, action: step }).unwrap_err().message;
+        assert!(err.contains(&format!("has SHA-512 {sha512}, expected {wrong}")), "{err}");
+        assert!(!Path::new(&format!("{d}/opt/other.jar")).exists());
+    }
+
+    #[test]
+    fn downloads_check_published_checksum_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        std::fs::create_dir_all(format!("{d}/src/spark-1.0")).unwrap();
+        std::fs::write(format!("{d}/src/spark-1.0/README"), b"spark").unwrap();
+        let tgz = format!("{d}/spark-1.0.tgz");
+        assert!(Command::new("tar")
+            .args(["-czf", &tgz, "-C", &format!("{d}/src"), "spark-1.0"])
+            .status()
+            .unwrap()
+            .success());
+        let sha512 = DigestAlg::Sha512.digest(&std::fs::read(&tgz).unwrap());
+        // Apache's GNU-style .sha512, as scripts/apache-mirror and current releases publish it.
+        std::fs::write(format!("{tgz}.sha512"), format!("{sha512}  spark-1.0.tgz\n")).unwrap();
+        let mut r = runner(dir.path());
+        r.downloads = dir.path().join("downloads");
+        let url = format!("file://{tgz}");
+        let home = format!("{d}/opt/spark");
+        let step = Step {
+            title: "t".into(),
+            on: On::All,
+            action: download_step(&url, ("sha512_url", &format!("{url}.sha512")), &home, true),
+        };
+        assert_eq!(r.step("apt", &step).unwrap(), Outcome::Changed);
+        assert_eq!(std::fs::read_to_string(format!("{home}/README")).unwrap(), "spark");
+        assert_eq!(std::fs::read_to_string(format!("{home}/.cgcloud-sha512")).unwrap(), sha512);
+        assert_eq!(r.step("apt", &step).unwrap(), Outcome::Ok, "the marker says it is there");
+        // A checksum file without this file's digest fails the step.
+        std::fs::write(format!("{tgz}.sha512"), format!("{sha512}  other.tgz\n")).unwrap();
+        std::fs::remove_file(format!("{home}/.cgcloud-sha512")).unwrap();
+        let err = r.step("apt", &step).unwrap_err().message;
+        assert!(err.contains("spark-1.0.tgz.sha512 has no SHA-512 for spark-1.0.tgz"), "{err}");
     }
 
     #[test]

@@ -105,10 +105,19 @@ pub enum Action {
         mode: Option<String>,
         template: bool,
     },
-    /// A download verified against its SHA-256; archives can be extracted into `dest`.
+    /// A download verified against exactly one of: a pinned SHA-256 or SHA-512, or the digest
+    /// in a checksum file published beside it (`sha256_url`, `sha512_url`; fetched at every
+    /// apply); archives can be extracted into `dest`.
     Download {
         url: String,
-        sha256: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha512: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256_url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha512_url: Option<String>,
         dest: String,
         extract: bool,
         strip_components: u32,
@@ -138,6 +147,68 @@ impl Plan {
         let json = serde_json::to_vec(self).unwrap_or_default();
         hex::encode(&Sha256::digest(&json)[..8])
     }
+}
+
+/// A digest algorithm of a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestAlg {
+    Sha256,
+    Sha512,
+}
+
+impl DigestAlg {
+    /// How many hex digits its digest has.
+    pub fn hex_len(self) -> usize {
+        match self {
+            DigestAlg::Sha256 => 64,
+            DigestAlg::Sha512 => 128,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestAlg::Sha256 => "SHA-256",
+            DigestAlg::Sha512 => "SHA-512",
+        }
+    }
+
+    /// The lower-case hex digest of `data`.
+    pub fn digest(self, data: &[u8]) -> String {
+        match self {
+            DigestAlg::Sha256 => hex::encode(Sha256::digest(data)),
+            DigestAlg::Sha512 => hex::encode(sha2::Sha512::digest(data)),
+        }
+    }
+}
+
+/// The digest for file `name` in the text of a published checksum file, lower case: GNU's
+/// `HEX  NAME` lines (one or many files; `*NAME` too, and a bare `HEX`), BSD's
+/// `SHA512 (NAME) = HEX`, and GnuPG's `--print-md` (older Apache releases): `NAME: HEX HEX ...`,
+/// upper case in groups, continued on the following lines.
+pub fn published_digest(text: &str, name: &str, alg: DigestAlg) -> Option<String> {
+    let is_hex = |s: &str| s.len() == alg.hex_len() && s.chars().all(|c| c.is_ascii_hexdigit());
+    if let Some(rest) = text.trim_start().strip_prefix(name).and_then(|r| r.strip_prefix(':')) {
+        let hex: String = rest.chars().filter(|c| !c.is_whitespace()).collect();
+        return is_hex(&hex).then(|| hex.to_ascii_lowercase());
+    }
+    let names_it = |n: &str| n == name || n.ends_with(&format!("/{name}"));
+    for line in text.lines().map(str::trim) {
+        if let Some((head, hex)) = line.split_once(" = ") {
+            let bsd_name = head.split_once(" (").and_then(|(_, n)| n.strip_suffix(')'));
+            if bsd_name.is_some_and(names_it) && is_hex(hex.trim()) {
+                return Some(hex.trim().to_ascii_lowercase());
+            }
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(hex), file) = (words.next(), words.next()) else {
+            continue;
+        };
+        if is_hex(hex) && file.map(|f| f.trim_start_matches('*')).is_none_or(names_it) {
+            return Some(hex.to_ascii_lowercase());
+        }
+    }
+    None
 }
 
 /// Substitutes `{{ name }}` placeholders from `vars`. Placeholders whose name starts with one
@@ -193,6 +264,35 @@ fn filter(value: &str, filters: &[&str]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_checksum_files() {
+        let h256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let h512 = "ee26b0dd4af7e749aa1a8ee3c10ae9923f618980772e473f8819a5d4940e0db27ac185f8a0e1d5f84f88bc887fd67b143732c304cc5fa9ad8e6f57f50028a8ff";
+        let (s256, s512) = (DigestAlg::Sha256, DigestAlg::Sha512);
+        let f = "spark-4.0.1-bin-hadoop3.tgz";
+        // A bare digest; GNU's `HEX  NAME` (and binary mode's `*NAME`).
+        assert_eq!(published_digest(&format!("{h256}\n"), "x.jar", s256).as_deref(), Some(h256));
+        assert_eq!(published_digest(&format!("{h512}  {f}\n"), f, s512).as_deref(), Some(h512));
+        assert_eq!(published_digest(&format!("{}  *{f}\n", h512.to_uppercase()), f, s512).as_deref(), Some(h512));
+        // A file of several: the line of this one.
+        let many = format!("{}  other.tgz\n{h512}  dist/{f}\n", "a".repeat(128));
+        assert_eq!(published_digest(&many, f, s512).as_deref(), Some(h512));
+        // BSD (Hadoop's .sha512).
+        let bsd = format!("SHA512 (hadoop-3.4.1.tar.gz) = {h512}\n");
+        assert_eq!(published_digest(&bsd, "hadoop-3.4.1.tar.gz", s512).as_deref(), Some(h512));
+        // GnuPG's --print-md (older Apache releases): upper case, in groups, over several lines.
+        let up = h512.to_uppercase();
+        let groups: Vec<&str> = (0..16).map(|i| &up[i * 8..i * 8 + 8]).collect();
+        let gpg = format!("{f}: {}\n{}{}\n", groups[..6].join(" "), " ".repeat(f.len() + 2), groups[6..].join(" "));
+        assert_eq!(published_digest(&gpg, f, s512).as_deref(), Some(h512));
+        // Another file's digest, the wrong length, or nothing: none.
+        assert_eq!(published_digest(&format!("{h512}  other.tgz\n"), f, s512), None);
+        assert_eq!(published_digest(&format!("{h256}  {f}\n"), f, s512), None);
+        assert_eq!(published_digest("<html>Not Found</html>", f, s512), None);
+        assert_eq!(s512.digest(b"test"), h512);
+        assert_eq!(s256.digest(b"test"), h256);
+    }
 
     #[test]
     fn filters_quote_for_their_context() {

@@ -2,14 +2,17 @@
 //! folder, plugin directories of role files, `include` resolution and merging, validation, and
 //! role options.
 
+pub mod cluster;
 pub mod compile;
 pub mod lint;
 pub mod os;
+mod resolve;
 pub mod role;
+pub mod step;
 pub mod when;
 
 use os::OsDef;
-use role::{merge_values, OptionType, Role, RoleFile};
+use role::{OptionType, Role, RoleFile};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -104,6 +107,7 @@ impl Registry {
             let file = format!("roles/{path}");
             if path.starts_with("os/") {
                 let os: OsDef = toml::from_str(text).map_err(|e| parse_err(&file, e))?;
+                os.check().map_err(|e| parse_err(&file, e))?;
                 reg.oses.insert(os.id.clone(), os);
             } else {
                 reg.add_role_text(&file, text, BUILTIN_SOURCE.to_owned())?;
@@ -147,17 +151,29 @@ impl Registry {
     fn add_role_text(&mut self, file: &str, text: &str, source: String) -> Result<(), RoleError> {
         let value: toml::Value = toml::from_str(text).map_err(|e| parse_err(file, e))?;
         let role: RoleFile = toml::from_str(text).map_err(|e| parse_err(file, e))?;
-        let overrides = role.overrides;
-        if let Some(existing) = self.roles.get(&role.name) {
-            if !overrides {
+        for (i, step) in role.steps.iter().enumerate() {
+            step.check().map_err(|m| parse_err(file, format!("step {} ({}): {m}", i + 1, step.label())))?;
+        }
+        let variants = role.variant_files().map_err(|m| parse_err(file, m))?;
+        self.insert(file, Loaded { file: role, value, source: source.clone() })?;
+        for (variant, value) in variants {
+            self.insert(file, Loaded { file: variant, value, source: source.clone() })?;
+        }
+        Ok(())
+    }
+
+    /// Adds a role read from `file`; a second role of a name needs `overrides = true`.
+    fn insert(&mut self, file: &str, loaded: Loaded) -> Result<(), RoleError> {
+        if let Some(existing) = self.roles.get(&loaded.file.name) {
+            if !loaded.file.overrides {
                 return Err(RoleError::Duplicate {
-                    name: role.name.clone(),
+                    name: loaded.file.name.clone(),
                     first: existing.source.clone(),
                     second: file.to_owned(),
                 });
             }
         }
-        self.roles.insert(role.name.clone(), Loaded { file: role, value, source });
+        self.roles.insert(loaded.file.name.clone(), loaded);
         Ok(())
     }
 
@@ -246,144 +262,6 @@ impl Registry {
             .collect();
         RoleError::UnknownRole { name: name.to_owned(), suggestions }
     }
-
-    fn resolve(&self, name: &str) -> Result<Role, RoleError> {
-        let mut merged = toml::Value::Table(toml::Table::new());
-        self.merge_into(name, &mut Vec::new(), &mut merged)?;
-        let loaded = &self.roles[name];
-        let table = merged.as_table_mut().ok_or_else(|| parse_err(name, "not a table"))?;
-        table.insert("name".into(), loaded.file.name.clone().into());
-        table.insert("description".into(), loaded.file.description.clone().into());
-        let file: RoleFile = merged.try_into().map_err(|e| parse_err(&loaded.source, e))?;
-        let os = file
-            .os
-            .iter()
-            .map(|id| {
-                self.oses.get(id).cloned().ok_or_else(|| RoleError::UnknownOs {
-                    role: name.to_owned(),
-                    os: id.clone(),
-                    known: self.oses.keys().cloned().collect::<Vec<_>>().join(", "),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if os.is_empty() {
-            return Err(RoleError::NoOs(name.to_owned()));
-        }
-        for port in &file.ports {
-            port.check().map_err(|message| parse_err(&loaded.source, message))?;
-        }
-        for forward in &file.forwards {
-            forward.check().map_err(|message| parse_err(&loaded.source, message))?;
-            if let Some(o) = forward.option.as_ref().filter(|o| !file.options.contains_key(*o)) {
-                return Err(parse_err(&loaded.source, format!("forwards: '{o}' is not an option of the role")));
-            }
-        }
-        if let Some(c) = &file.cluster {
-            c.check().map_err(|message| parse_err(&loaded.source, message))?;
-        }
-        for secret in file.cluster.iter().flat_map(|c| &c.secrets) {
-            secret.check().map_err(|message| parse_err(&loaded.source, message))?;
-        }
-        for user in &file.imds_users {
-            if user == "root" || !role::valid_user_name(user) {
-                return Err(parse_err(
-                    &loaded.source,
-                    format!("imds_users: '{user}' is not a user name (root may always reach IMDS)"),
-                ));
-            }
-            // The base role's rule names users, and loads before any step: only users the plan
-            // makes first (not a package installed by a later step) exist by then.
-            if !file.users.iter().any(|u| &u.name == user) {
-                return Err(parse_err(
-                    &loaded.source,
-                    format!("imds_users: '{user}' must be a user of the role ([[users]]), so that it exists when the IMDS rule loads"),
-                ));
-            }
-        }
-        for kp in &file.key_pairs {
-            kp.check().map_err(|message| parse_err(&loaded.source, message))?;
-        }
-        if let Some(j) = &file.jenkins_agent {
-            j.check().map_err(|message| parse_err(&loaded.source, message))?;
-        }
-        if file.instance.persistent_volume_gb == Some(0) {
-            return Err(parse_err(&loaded.source, "instance.persistent_volume_gb must be at least 1"));
-        }
-        for st in &file.iam {
-            st.render("/", "/cgcloud/", "").map_err(|m| parse_err(&loaded.source, m))?;
-        }
-        // Step placement and conditions are checked here, so that a mistake is reported when
-        // the role is loaded, not when some OS or option value happens to reach it.
-        let kinds = when_kinds(&file.options, &file.vars);
-        for (i, step) in file.steps.iter().enumerate() {
-            let (on, at, when) = step.placement();
-            let at_step = |m: String| parse_err(&loaded.source, format!("step {}: {m}", i + 1));
-            role::targets(on, at).map_err(at_step)?;
-            if let Some(w) = when {
-                when::parse(w).and_then(|e| e.check(&kinds)).map_err(at_step)?;
-            }
-        }
-        for (opt, decl) in &file.options {
-            if let Some(p) = &decl.pattern {
-                regex::Regex::new(p)
-                    .map_err(|e| parse_err(&loaded.source, format!("option '{opt}': bad pattern: {e}")))?;
-            }
-            if let Some(d) = &decl.default {
-                decl.allows(&d.to_string()).map_err(|expected| {
-                    parse_err(&loaded.source, format!("option '{opt}': the default '{d}' is not {expected}"))
-                })?;
-            }
-        }
-        Ok(Role {
-            name: file.name,
-            description: file.description,
-            source: loaded.source.clone(),
-            os,
-            default_user: file.default_user,
-            imds_users: file.imds_users,
-            legacy: file.legacy,
-            instance: file.instance,
-            packages: file.packages,
-            ports: file.ports,
-            forwards: file.forwards,
-            options: file.options,
-            iam: file.iam,
-            vars: file.vars,
-            repos: file.repos,
-            groups: file.groups,
-            users: file.users,
-            steps: file.steps,
-            agent: file.agent,
-            cluster: file.cluster,
-            key_pairs: file.key_pairs,
-            jenkins_agent: file.jenkins_agent,
-        })
-    }
-
-    fn merge_into(&self, name: &str, stack: &mut Vec<String>, out: &mut toml::Value) -> Result<(), RoleError> {
-        if let Some(pos) = stack.iter().position(|n| n == name) {
-            let mut cycle = stack[pos..].to_vec();
-            cycle.push(name.to_owned());
-            return Err(RoleError::Cycle(cycle));
-        }
-        let loaded = self.roles.get(name).ok_or_else(|| RoleError::UnknownInclude {
-            role: stack.last().cloned().unwrap_or_default(),
-            include: name.to_owned(),
-        })?;
-        stack.push(name.to_owned());
-        for inc in &loaded.file.include {
-            self.merge_into(inc, stack, out)?;
-        }
-        stack.pop();
-        let mut own = loaded.value.clone();
-        if let Some(t) = own.as_table_mut() {
-            for k in ["name", "description", "abstract", "include", "overrides"] {
-                t.remove(k);
-            }
-        }
-        merge_values(out, own);
-        Ok(())
-    }
 }
 
 impl Role {
@@ -434,29 +312,6 @@ impl Role {
             .collect()
     }
 }
-
-/// What each name a `when` may use is: `bool` options and `true`/`false` variables are
-/// booleans; other options and variables, `os.*` and `role.name` are text.
-fn when_kinds(
-    options: &BTreeMap<String, role::OptionDecl>,
-    vars: &BTreeMap<String, String>,
-) -> BTreeMap<String, when::Kind> {
-    let mut kinds: BTreeMap<String, when::Kind> =
-        ["os.id", "os.name", "os.family", "os.distro", "os.release", "os.codename", "os.admin_user", "role.name"]
-            .into_iter()
-            .map(|n| (n.to_owned(), when::Kind::Text))
-            .collect();
-    for (name, value) in vars {
-        let k = if value == "true" || value == "false" { when::Kind::Bool } else { when::Kind::Text };
-        kinds.insert(name.clone(), k);
-    }
-    for (name, decl) in options {
-        let k = if decl.option_type == role::OptionType::Bool { when::Kind::Bool } else { when::Kind::Text };
-        kinds.insert(name.clone(), k);
-    }
-    kinds
-}
-
 /// The JSON Schema of role files, for editors (published as docs/role.schema.json).
 pub fn role_schema() -> String {
     let schema = schemars::schema_for!(RoleFile);
@@ -477,7 +332,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -526,113 +381,12 @@ mod tests {
         assert!(err.to_string().contains("list-roles"), "{err}");
     }
 
-    fn reg_with(files: &[(&str, &str)]) -> Result<Registry, RoleError> {
+    pub(crate) fn reg_with(files: &[(&str, &str)]) -> Result<Registry, RoleError> {
         let mut reg = Registry::builtin()?;
         for (name, text) in files {
             reg.add_role_text(name, text, (*name).to_owned())?;
         }
         Ok(reg)
-    }
-
-    #[test]
-    fn forwards_are_checked_when_the_role_loads() {
-        let role = |forward: &str| {
-            let text = format!(
-                "name='r'\ndescription='d'\nos=['debian-12']\n[options.p]\ntype='int'\ndefault=1\nhelp='h'\n\
-                 [[forwards]]\ndescription='UI'\n{forward}\n"
-            );
-            reg_with(&[("r.toml", &text)]).and_then(|reg| reg.role("r"))
-        };
-        let r = role("port=80\non='leader'").unwrap();
-        assert!(r.forwards[0].applies_to(None) && r.forwards[0].applies_to(Some(0)));
-        assert!(!r.forwards[0].applies_to(Some(3)), "a leader's UI is not a worker's");
-        assert_eq!(r.forwards[0].host, "localhost");
-        for (bad, says) in [
-            ("port=0", "needs a port"),
-            ("port=80\nhost='-oProxyCommand=x'", "not a host name"),
-            ("port=80\nhost='a b'", "not a host name"),
-            ("port=80\noption='nope'", "'nope' is not an option"),
-            ("port=80\non='everyone'", "unknown variant"),
-        ] {
-            let err = role(bad).unwrap_err().to_string();
-            assert!(err.contains(says), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn steps_name_their_phase_targets_and_conditions() {
-        let role = |steps: &str| {
-            let text = format!(
-                "name='r'\ndescription='d'\nos=['debian-12']\n\
-                 [options.hdfs]\ntype='bool'\ndefault=true\nhelp='h'\n\
-                 [options.scheduler]\ntype='string'\ndefault='slurm'\nhelp='h'\n{steps}"
-            );
-            reg_with(&[("r.toml", &text)]).and_then(|reg| reg.role("r"))
-        };
-        let step = |extra: &str| format!("[[steps]]\ndo='command'\nrun='true'\ncreates='/x'\n{extra}\n");
-        let plan = |extra: &str| {
-            let r = role(&step(extra)).unwrap();
-            let os = r.os[0].clone();
-            crate::compile::compile(&r, &os, &BTreeMap::new()).unwrap()
-        };
-        let ons = |extra: &str| -> Vec<String> {
-            plan(extra).steps.iter().filter(|s| s.title == "run true").map(|s| format!("{:?}", s.on)).collect()
-        };
-        assert_eq!(ons(""), ["All"]);
-        assert_eq!(ons("at='boot'"), ["Leader", "Workers"]);
-        assert_eq!(ons("on=['workers', 'leader']"), ["Workers", "Leader"]);
-        assert_eq!(ons("on='leader'"), ["Leader"]);
-        assert_eq!(ons("at='boot'\nwhen='hdfs and scheduler == \"slurm\"'"), ["Leader", "Workers"]);
-        assert!(ons("when='not hdfs'").is_empty());
-        assert!(ons("when='scheduler != \"slurm\"'").is_empty());
-        // Mistakes are reported when the role is loaded, naming the step.
-        for (extra, says) in [
-            ("at='bake'\non='leader'", "cannot name leader or workers"),
-            ("on=['all', 'leader']", "cannot combine"),
-            ("when='hfds'", "'hfds', which is not an option"),
-            ("when='scheduler'", "compare it"),
-            ("when='hdfs =='", "quoted value"),
-        ] {
-            let err = role(&step(extra)).unwrap_err().to_string();
-            assert!(err.contains("step 1") && err.contains(says), "{extra}: {err}");
-        }
-    }
-
-    #[test]
-    fn cluster_secrets_are_checked_when_the_role_loads() {
-        let role = |secret: &str| {
-            let text = format!(
-                "name='c'\ndescription='d'\nos=['debian-12']\n[cluster]\ntype='c'\nleader='c-leader'\nworker='c-worker'\n\
-                 [[cluster.secrets]]\n{secret}\n"
-            );
-            reg_with(&[("c.toml", &text)]).and_then(|reg| reg.role("c"))
-        };
-        let ok = role("path='/etc/munge/munge.key'\nbytes=1024\nowner='munge:munge'").unwrap();
-        let s = &ok.cluster.unwrap().secrets[0];
-        assert_eq!((s.bytes, s.mode.as_str()), (1024, "0400"));
-        for (secret, says) in [
-            ("path='etc/key'", "must be absolute"),
-            ("path='/etc/../shadow'", "without '..'"),
-            ("path='/etc/k;rm -rf /'", "plain"),
-            ("path='/k'\nbytes=8", "16 to 4096"),
-            ("path='/k'\nowner='root;x'", "user:group"),
-            ("path='/k'\nmode='0644'", "every user"),
-            ("path='/k'\nmode='9'", "octal"),
-        ] {
-            let err = role(secret).unwrap_err().to_string();
-            assert!(err.contains(says), "{secret}: {err}");
-        }
-    }
-
-    #[test]
-    fn cycles_are_named() {
-        let reg = reg_with(&[
-            ("a.toml", "name='a'\ndescription='a'\ninclude=['b']\nos=['debian-12']"),
-            ("b.toml", "name='b'\ndescription='b'\ninclude=['a']"),
-        ])
-        .unwrap();
-        let err = reg.role("a").unwrap_err();
-        assert_eq!(err.to_string(), "include cycle: a -> b -> a");
     }
 
     #[test]
@@ -642,6 +396,60 @@ mod tests {
         assert!(msg.contains("bad.toml") && msg.contains("bogus_key"), "{msg}");
         let err = reg_with(&[("syntax.toml", "name='x'\ndescription=\n")]).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    /// The 14 roles that were a file each (a role paired with an OS) are variants now, with
+    /// the same names, descriptions and OS.
+    #[test]
+    fn variants_are_roles_of_their_own() {
+        let reg = Registry::builtin().unwrap();
+        let listed: Vec<(String, String, Vec<String>)> =
+            reg.list().into_iter().map(|r| (r.name, r.description, r.os)).collect();
+        for (name, desc, os) in [
+            ("generic-debian-bookworm-box", "A plain Debian 12 (bookworm) box", "debian-12"),
+            ("generic-ubuntu-jammy-box", "A plain Ubuntu 22.04 LTS (jammy) box", "ubuntu-22.04"),
+            ("jenkins-agent-debian-trixie", "Jenkins agent image on Debian 13 (trixie)", "debian-13"),
+            (
+                "jenkins-agent-amazon-linux-2023",
+                "Jenkins agent image on Amazon Linux 2023 (Corretto 21)",
+                "amazon-linux-2023",
+            ),
+        ] {
+            assert!(listed.contains(&(name.into(), desc.into(), vec![os.into()])), "{name}: {listed:?}");
+        }
+        let count = |prefix: &str| listed.iter().filter(|(n, ..)| n.starts_with(prefix)).count();
+        assert_eq!(count("generic-") - 1, 11, "generic boxes besides generic-cluster-box");
+        assert_eq!(count("jenkins-agent-"), 3);
+        assert!(matches!(reg.role("generic-box"), Err(RoleError::Abstract(_))));
+
+        let plugin = |text: &str| reg_with(&[("p.toml", text)]);
+        let head = "name='p'\ndescription='d'\nabstract=true\ninclude=['base']\n";
+        let reg =
+            plugin(&format!("{head}[variants]\np-debian = {{ os = 'debian-12', description = 'P on Debian' }}\n"))
+                .unwrap();
+        let r = reg.role("p-debian").unwrap();
+        assert_eq!(
+            (r.os[0].id.as_str(), r.description.as_str(), r.source.as_str()),
+            ("debian-12", "P on Debian", "p.toml")
+        );
+        assert!(r.ports.iter().any(|p| p.port == Some(22)), "what the role includes");
+        for (text, says) in [
+            (
+                "os=['debian-12']\n[variants]\np-x = { os = 'debian-12', description = 'x' }",
+                "p.toml: a role with `[variants]` names the OS of each variant: drop its own `os`",
+            ),
+            ("[variants]\np-x = { os = 'debian-12' }", "missing field `description`"),
+            (
+                "[variants]\ngeneric-debian-bookworm-box = { os = 'debian-12', description = 'x' }",
+                "add `overrides = true` to p.toml",
+            ),
+        ] {
+            let err = plugin(&format!("{head}{text}")).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        let reg = plugin(&format!("{head}[variants]\np-x = {{ os = 'nope', description = 'x' }}")).unwrap();
+        let err = reg.role("p-x").unwrap_err().to_string();
+        assert!(err.contains("names operating system 'nope'"), "{err}");
     }
 
     #[test]
@@ -669,31 +477,6 @@ mod tests {
         let values = role.option_values(&BTreeMap::new());
         assert_eq!(values.get("n").map(String::as_str), Some("3"));
         assert!(!values.contains_key("flag"));
-    }
-
-    #[test]
-    fn imds_users_are_users_the_role_makes() {
-        let role = |extra: &str| {
-            reg_with(&[("p.toml", &format!("name='p'\ndescription='d'\ninclude=['base']\nos=['debian-12']\n{extra}"))])
-                .and_then(|reg| reg.role("p"))
-        };
-        let err = role("imds_users=['svc']").unwrap_err().to_string();
-        assert!(err.contains("imds_users: 'svc' must be a user of the role"), "{err}");
-        let err = role("imds_users=['bad name']").unwrap_err().to_string();
-        assert!(err.contains("is not a user name"), "{err}");
-        let p = role("imds_users=['svc']\n[[users]]\nname='svc'\nsystem=true").unwrap();
-        let plan = crate::compile::compile(&p, &p.os[0], &BTreeMap::new()).unwrap();
-        let rule = plan
-            .steps
-            .iter()
-            .find_map(|s| match &s.action {
-                cgcloud_core::plan::Action::File { path, content, .. } if path.ends_with("imds-guard.nft") => {
-                    Some(content)
-                }
-                _ => None,
-            })
-            .unwrap();
-        assert!(rule.contains("meta skuid { root, svc } accept"), "{rule}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the distribution's official image in a region.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,7 +24,8 @@ impl Family {
 
 /// Where the official image of a release is published. Either an SSM public parameter that
 /// holds the current image id, or an owner account plus a name pattern (newest match wins).
-/// `{arch}` becomes `x86_64`/`arm64` and `{deb_arch}` becomes `amd64`/`arm64`.
+/// `{{ arch }}` becomes `x86_64`/`arm64` and `{{ deb_arch }}` becomes `amd64`/`arm64`, the same
+/// placeholder syntax as in roles.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSource {
@@ -60,10 +62,35 @@ impl Arch {
 }
 
 impl ImageSource {
-    /// Substitutes the architecture placeholders in `template`.
+    /// Substitutes the architecture placeholders in `template` (checked by [`OsDef::check`]
+    /// when the definition is loaded; anything else is left as it is).
     pub fn expand(template: &str, arch: Arch) -> String {
-        template.replace("{arch}", arch.ec2()).replace("{deb_arch}", arch.debian())
+        cgcloud_core::plan::render(template, &arch_vars(arch), &[]).unwrap_or_else(|_| template.to_owned())
     }
+}
+
+fn arch_vars(arch: Arch) -> BTreeMap<String, String> {
+    BTreeMap::from([("arch".to_owned(), arch.ec2().to_owned()), ("deb_arch".to_owned(), arch.debian().to_owned())])
+}
+
+/// A placeholder of the retired single-brace form (`{deb_arch}`), if `text` has one.
+fn single_brace(text: &str) -> Option<&str> {
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        if let Some(inner) = after.strip_prefix('{') {
+            // A `{{ ... }}` placeholder: skip it whole.
+            rest = inner.find("}}").map_or("", |end| &inner[end + 2..]);
+            continue;
+        }
+        let end = after.find('}')?;
+        let name = &after[..end];
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+            return Some(name);
+        }
+        rest = after;
+    }
+    None
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -82,4 +109,47 @@ pub struct OsDef {
     /// The login with sudo rights that the image's cloud-init creates.
     pub admin_user: String,
     pub image: ImageSource,
+}
+
+impl OsDef {
+    /// The image lookup uses only the architecture placeholders, in the `{{ name }}` form.
+    pub fn check(&self) -> Result<(), String> {
+        for text in self.image.ssm.iter().chain(&self.image.name) {
+            if let Some(name) = single_brace(text) {
+                return Err(format!(
+                    "image: '{{{name}}}' is the old placeholder form; write '{{{{ {name} }}}}' (in '{text}')"
+                ));
+            }
+            cgcloud_core::plan::render(text, &arch_vars(Arch::X86_64), &[])
+                .map_err(|e| format!("image: {e} in '{text}' (known: arch, deb_arch)"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn debian(name: &str) -> OsDef {
+        let text = format!(
+            "id='debian-12'\nname='Debian 12'\nfamily='apt'\ndistro='debian'\nrelease='12'\nadmin_user='admin'\n\
+             image = {{ owners = ['136693071363'], name = '{name}' }}"
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn image_placeholders() {
+        let os = debian("debian-12-{{ deb_arch }}-*-{{arch}}");
+        assert!(os.check().is_ok());
+        let name = os.image.name.as_deref().unwrap();
+        assert_eq!(ImageSource::expand(name, Arch::Arm64), "debian-12-arm64-*-arm64");
+        assert_eq!(ImageSource::expand(name, Arch::X86_64), "debian-12-amd64-*-x86_64");
+        // The old single-brace form says what to write instead.
+        let err = debian("debian-12-{deb_arch}-*").check().unwrap_err();
+        assert!(err.contains("'{deb_arch}' is the old placeholder form; write '{{ deb_arch }}'"), "{err}");
+        let err = debian("x-{{ release }}").check().unwrap_err();
+        assert!(err.contains("unknown variable 'release'") && err.contains("known: arch, deb_arch"), "{err}");
+    }
 }

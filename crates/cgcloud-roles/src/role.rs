@@ -2,9 +2,12 @@
 //!
 //! Merge rules (applied in `include` order, the including file last): scalars — the later value
 //! wins; lists — appended (duplicates dropped); tables — merged key by key with the same rules.
-//! `name`, `description`, `abstract` and `include` belong to each file and are never inherited.
+//! `name`, `description`, `abstract`, `include`, `overrides` and `variants` belong to each file
+//! and are never inherited. A role's `[variants]` are roles of their own (one OS each).
 
+pub use crate::cluster::{ClusterDecl, ClusterSecret, SecretKind};
 use crate::os::OsDef;
+pub use crate::step::{targets, OnDecl, OnSpec, Phase, RoleStep};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -76,6 +79,46 @@ pub struct RoleFile {
     /// Makes this role a Jenkins agent image (`cgcloud register-agents`).
     #[serde(default)]
     pub jenkins_agent: Option<JenkinsAgentDecl>,
+    /// Roles that are this one on one operating system each, by name: e.g.
+    /// `generic-debian-bookworm-box = { os = "debian-12", description = "..." }`. Each is a
+    /// role of its own that includes this one; a role with variants names no `os` itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, Variant>,
+}
+
+/// One variant of a role: its OS and how `list-roles` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub os: String,
+    pub description: String,
+}
+
+impl RoleFile {
+    /// The variants as role files of their own: the name and description, an include of
+    /// this role and the one OS (what a file per variant said before variants existed).
+    pub fn variant_files(&self) -> Result<Vec<(RoleFile, toml::Value)>, String> {
+        if !self.variants.is_empty() && !self.os.is_empty() {
+            return Err("a role with `[variants]` names the OS of each variant: drop its own `os`".into());
+        }
+        self.variants
+            .iter()
+            .map(|(name, v)| {
+                let mut t = toml::Table::new();
+                t.insert("name".into(), name.clone().into());
+                t.insert("description".into(), v.description.clone().into());
+                t.insert("include".into(), toml::Value::Array(vec![self.name.clone().into()]));
+                t.insert("os".into(), toml::Value::Array(vec![v.os.clone().into()]));
+                // A role that replaces another replaces its variants too.
+                if self.overrides {
+                    t.insert("overrides".into(), true.into());
+                }
+                let value = toml::Value::Table(t);
+                let file = value.clone().try_into().map_err(|e| format!("variant {name}: {e}"))?;
+                Ok((file, value))
+            })
+            .collect()
+    }
 }
 
 /// A TCP service of the role's boxes that `cgcloud ssh --forward` reaches through SSH.
@@ -211,127 +254,12 @@ impl JenkinsAgentDecl {
     }
 }
 
-/// A cluster type: its nodes boot from the newest image of this role; the first node is the
-/// leader, the others workers. `on = "leader"`/`"workers"` steps run at their first boot.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterDecl {
-    /// The name used with `create-cluster`, e.g. `spark`.
-    #[serde(rename = "type")]
-    pub cluster_type: String,
-    /// The role name the leader is listed and selected by, e.g. `spark-leader`.
-    pub leader: String,
-    /// The role name workers are listed and selected by, e.g. `spark-worker`.
-    pub worker: String,
-    /// Files of random bytes made for each cluster when it is created (e.g. munge's key): never
-    /// in the image, the same on every node of one cluster, different for every cluster.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secrets: Vec<ClusterSecret>,
-    /// A directory every node of the cluster sees (e.g. `/shared`, which the `shared-dir` role
-    /// mounts): `create-cluster --share` copies there once, and workers added later see it too.
-    /// Without one, the copy goes to `~/shared` on every node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shared_dir: Option<String>,
-}
-
-impl ClusterDecl {
-    /// `shared_dir` is an absolute path of plain characters (it is a command-line argument).
-    pub fn check(&self) -> Result<(), String> {
-        if let Some(d) = &self.shared_dir {
-            let plain = d.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
-            if !d.starts_with('/') || d == "/" || !plain || d.split('/').any(|p| p == "..") {
-                return Err(format!(
-                    "cluster.shared_dir '{d}': use an absolute path of letters, digits, '.', '_', '-' and '/'"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What a cluster secret holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum SecretKind {
-    /// `bytes` random bytes (e.g. munge's key).
-    #[default]
-    Random,
-    /// An ed25519 SSH private key in OpenSSH format, for SSH between the nodes of one cluster
-    /// (e.g. the shared directory); the public half is `ssh-keygen -y -f PATH`.
-    SshKey,
-}
-
-impl SecretKind {
-    fn is_random(&self) -> bool {
-        *self == SecretKind::Random
-    }
-}
-
-/// A per-cluster secret file, written by cloud-init before the node's first-boot steps.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterSecret {
-    /// Absolute path of the file on every node.
-    pub path: String,
-    /// `random` (default) or `ssh-key`.
-    #[serde(default, skip_serializing_if = "SecretKind::is_random")]
-    pub kind: SecretKind,
-    /// How many random bytes (16 to 4096; `random` secrets only).
-    #[serde(default = "secret_bytes")]
-    pub bytes: u32,
-    /// `user` or `user:group` (must exist in the image).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-    /// Octal mode; default `0400`.
-    #[serde(default = "secret_mode")]
-    pub mode: String,
-}
-
-fn secret_bytes() -> u32 {
-    32
-}
-
-fn secret_mode() -> String {
-    "0400".to_owned()
-}
-
 /// A user or group name as useradd takes it, safe in a file or a command line.
 pub fn valid_user_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 32
         && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-}
-
-impl ClusterSecret {
-    /// A path, size, owner and mode that are safe to hand to cloud-init.
-    pub fn check(&self) -> Result<(), String> {
-        let name_ok = valid_user_name;
-        let path_ok = self.path.starts_with('/')
-            && !self.path.split('/').any(|c| c == ".." || c == ".")
-            && self.path.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
-        if !path_ok {
-            return Err(format!(
-                "cluster secret path '{}' must be absolute, plain ([A-Za-z0-9/._-]) and without '..'",
-                self.path
-            ));
-        }
-        if !(16..=4096).contains(&self.bytes) {
-            return Err(format!("cluster secret {}: bytes must be 16 to 4096, not {}", self.path, self.bytes));
-        }
-        if let Some(o) = &self.owner {
-            if !o.split(':').all(name_ok) || o.split(':').count() > 2 {
-                return Err(format!("cluster secret {}: owner '{o}' must be `user` or `user:group`", self.path));
-            }
-        }
-        if !(3..=4).contains(&self.mode.len()) || !self.mode.chars().all(|c| ('0'..='7').contains(&c)) {
-            return Err(format!("cluster secret {}: mode '{}' must be octal, like \"0400\"", self.path, self.mode));
-        }
-        if u32::from_str_radix(&self.mode, 8).is_ok_and(|m| m & 0o007 != 0) {
-            return Err(format!("cluster secret {}: mode {} lets every user read it", self.path, self.mode));
-        }
-        Ok(())
-    }
 }
 
 /// Settings of the agent on boxes of a role.
@@ -427,184 +355,6 @@ pub struct UserDecl {
 
 fn bash() -> String {
     "/bin/bash".to_owned()
-}
-
-/// Which boxes of a cluster a step runs on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OnDecl {
-    #[default]
-    All,
-    Leader,
-    Workers,
-}
-
-/// `on`: one target, or several (`on = ["leader", "workers"]`), in the order they run.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(untagged)]
-pub enum OnSpec {
-    One(OnDecl),
-    Many(Vec<OnDecl>),
-}
-
-impl Default for OnSpec {
-    fn default() -> Self {
-        OnSpec::One(OnDecl::All)
-    }
-}
-
-/// When a step runs: `bake` (provisioning: a box, or a cluster's image) or `boot` (a cluster
-/// node's first boot, with the cluster's facts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Bake,
-    Boot,
-}
-
-/// The targets of a step from its `on` and `at`: `on = "all"` (the default) is bake time;
-/// `at = "boot"` without `on` means every node (leader, then workers).
-pub fn targets(on: &OnSpec, at: Option<Phase>) -> Result<Vec<OnDecl>, String> {
-    let mut list = match on {
-        OnSpec::One(o) => vec![*o],
-        OnSpec::Many(v) if v.is_empty() => return Err("`on = []` names no target".into()),
-        OnSpec::Many(v) => v.clone(),
-    };
-    list.dedup();
-    let all = list.contains(&OnDecl::All);
-    if all && list.len() > 1 {
-        return Err("`on` cannot combine \"all\" with \"leader\" or \"workers\"".into());
-    }
-    match at {
-        Some(Phase::Boot) if all => Ok(vec![OnDecl::Leader, OnDecl::Workers]),
-        Some(Phase::Bake) if !all => {
-            Err("`at = \"bake\"` steps run when a box (or a cluster's image) is provisioned, on every box; \
-             `on` cannot name leader or workers there (use `at = \"boot\"`)"
-                .into())
-        }
-        _ => Ok(list),
-    }
-}
-
-/// One ordered step of a role.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(tag = "do", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum RoleStep {
-    /// A file with this content (placeholders allowed).
-    File {
-        path: String,
-        content: String,
-        #[serde(default)]
-        owner: Option<String>,
-        #[serde(default)]
-        group: Option<String>,
-        #[serde(default)]
-        mode: Option<String>,
-        #[serde(default)]
-        on: OnSpec,
-        #[serde(default)]
-        at: Option<Phase>,
-        /// Include the step only if this boolean expression holds, e.g. `hdfs and not small`
-        /// or `scheduler == 'slurm'` (see `when.rs`).
-        #[serde(default)]
-        when: Option<String>,
-    },
-    Directory {
-        path: String,
-        #[serde(default)]
-        owner: Option<String>,
-        #[serde(default)]
-        group: Option<String>,
-        #[serde(default)]
-        mode: Option<String>,
-        #[serde(default)]
-        on: OnSpec,
-        #[serde(default)]
-        at: Option<Phase>,
-        /// Include the step only if this boolean expression holds, e.g. `hdfs and not small`
-        /// or `scheduler == 'slurm'` (see `when.rs`).
-        #[serde(default)]
-        when: Option<String>,
-    },
-    /// A download checked against its SHA-256; `extract = true` unpacks a tarball into `dest`.
-    Download {
-        url: String,
-        sha256: String,
-        dest: String,
-        #[serde(default)]
-        extract: bool,
-        #[serde(default)]
-        strip_components: u32,
-        #[serde(default)]
-        mode: Option<String>,
-        #[serde(default)]
-        on: OnSpec,
-        #[serde(default)]
-        at: Option<Phase>,
-        /// Include the step only if this boolean expression holds, e.g. `hdfs and not small`
-        /// or `scheduler == 'slurm'` (see `when.rs`).
-        #[serde(default)]
-        when: Option<String>,
-    },
-    /// A shell command; give `creates` (a path) or `unless` (a command that succeeds when the
-    /// work is already done) so that it runs only once.
-    Command {
-        run: String,
-        #[serde(default)]
-        name: Option<String>,
-        #[serde(default)]
-        creates: Option<String>,
-        #[serde(default)]
-        unless: Option<String>,
-        #[serde(default)]
-        user: Option<String>,
-        #[serde(default)]
-        on: OnSpec,
-        #[serde(default)]
-        at: Option<Phase>,
-        /// Include the step only if this boolean expression holds, e.g. `hdfs and not small`
-        /// or `scheduler == 'slurm'` (see `when.rs`).
-        #[serde(default)]
-        when: Option<String>,
-    },
-    /// A systemd service; `unit` is the unit file's content if the role provides it.
-    Service {
-        name: String,
-        #[serde(default)]
-        unit: Option<String>,
-        #[serde(default = "yes")]
-        enable: bool,
-        #[serde(default = "yes")]
-        start: bool,
-        /// Restart the service when one of these files changed in the same run.
-        #[serde(default)]
-        restart_on: Vec<String>,
-        #[serde(default)]
-        on: OnSpec,
-        #[serde(default)]
-        at: Option<Phase>,
-        /// Include the step only if this boolean expression holds, e.g. `hdfs and not small`
-        /// or `scheduler == 'slurm'` (see `when.rs`).
-        #[serde(default)]
-        when: Option<String>,
-    },
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl RoleStep {
-    /// The fields every step has: `on`, `at`, `when`.
-    pub fn placement(&self) -> (&OnSpec, Option<Phase>, Option<&str>) {
-        match self {
-            RoleStep::File { on, at, when, .. }
-            | RoleStep::Directory { on, at, when, .. }
-            | RoleStep::Download { on, at, when, .. }
-            | RoleStep::Command { on, at, when, .. }
-            | RoleStep::Service { on, at, when, .. } => (on, *at, when.as_deref()),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -11,7 +11,7 @@
 //!
 //! A bare `NAME` must be a `bool` option (or a variable whose value is `true` or `false`);
 //! anything else is compared with a quoted literal: `scheduler == 'slurm'`, `os.family != 'dnf'`.
-//! The older form `"{{ name }}"` is read as `name`.
+//! The retired form `"{{ name }}"` is an error that says to write `name`.
 
 use std::collections::BTreeMap;
 
@@ -163,14 +163,16 @@ impl Parser {
 /// Parses a `when` expression.
 pub fn parse(s: &str) -> Result<Expr, String> {
     let trimmed = s.trim();
-    // The older template form of a single name.
-    let source = match trimmed.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")) {
-        Some(inner) if !inner.contains("{{") && !inner.contains('|') => inner.trim(),
-        _ if trimmed.contains("{{") => {
-            return Err(format!("`when = {s:?}`: write an expression (e.g. `hdfs and not small`), not a template"))
+    // The retired template form says what to write instead.
+    if let Some(inner) = trimmed.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")) {
+        if !inner.contains("{{") && !inner.contains('|') {
+            return Err(format!("`when = {s:?}` is the old template form: write `when = {:?}`", inner.trim()));
         }
-        _ => trimmed,
-    };
+    }
+    if trimmed.contains("{{") {
+        return Err(format!("`when = {s:?}`: write an expression (e.g. `hdfs and not small`), not a template"));
+    }
+    let source = trimmed;
     let mut p = Parser { toks: tokens(source).map_err(|e| format!("`when = {s:?}`: {e}"))?, pos: 0 };
     if p.toks.is_empty() {
         return Err("`when` is empty".into());
@@ -241,7 +243,6 @@ mod tests {
         let v = vars(&[("hdfs", "true"), ("small", "false"), ("scheduler", "slurm"), ("os.family", "apt")]);
         let t = |s: &str| parse(s).unwrap().eval(&v).unwrap();
         assert!(t("hdfs"));
-        assert!(t("{{ hdfs }}"), "the older template form");
         assert!(!t("not hdfs"));
         assert!(t("hdfs and not small"));
         assert!(t("small or hdfs and scheduler == 'slurm'"), "and binds tighter than or");
@@ -260,6 +261,7 @@ mod tests {
             ("hdfs hdfs", "unexpected text"),
             ("'x'", "must follow a name"),
             ("{{ hdfs }} and x", "not a template"),
+            ("{{ hdfs }}", "the old template form: write `when = \"hdfs\"`"),
             ("hdfs == 'x", "unterminated"),
             ("", "empty"),
         ] {

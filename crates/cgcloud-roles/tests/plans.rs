@@ -148,7 +148,7 @@ fn option_values_cannot_inject() {
     // The unit's Environment= keeps the value inside its quotes.
     assert!(text.contains(r#"SPARK_DAEMON_JAVA_OPTS=-Xmx1g\\\" \\\"LD_PRELOAD=/home/eve/evil.so\""#), "{text}");
     // Shell words stay words.
-    assert!(text.contains(r"test 'pypi' != pypi"), "{text}");
+    assert!(text.contains(r"pyspark=='4.0.1'"), "{text}");
     // `\n` in extra_spark_conf becomes a line break in spark-defaults.conf.
     assert!(text.contains(r"spark.a 1\nspark.b 2"), "{text}");
 }

@@ -1004,7 +1004,7 @@ fn roles_end_to_end() {
     // A failing step is reported with its output, and the box is rolled back; -N keeps it.
     std::fs::write(
         plugins.path().join("broken-box.toml"),
-        "name = \"broken-box\"\ndescription = \"fails on purpose\"\ninclude = [\"base\"]\nos = [\"debian-13\"]\n\n[[steps]]\ndo = \"command\"\nname = \"fail on purpose\"\nrun = \"echo doomed-output >&2; exit 3\"\n",
+        "name = \"broken-box\"\ndescription = \"fails on purpose\"\ninclude = [\"base\"]\nos = [\"debian-13\"]\n\n[[steps]]\ndo = \"command\"\nname = \"fail on purpose\"\nrun = \"echo doomed-output >&2; exit 3\"\nalways = true\n",
     )
     .unwrap();
     let fail = u.run(&["create", "broken-box"]);
@@ -1027,7 +1027,7 @@ fn roles_end_to_end() {
     // Ctrl-C during provisioning rolls the launch back.
     std::fs::write(
         plugins.path().join("slow-box.toml"),
-        "name = \"slow-box\"\ndescription = \"takes its time\"\ninclude = [\"base\"]\nos = [\"debian-12\"]\n\n[[steps]]\ndo = \"command\"\nname = \"wait a while\"\nrun = \"sleep 120\"\n",
+        "name = \"slow-box\"\ndescription = \"takes its time\"\ninclude = [\"base\"]\nos = [\"debian-12\"]\n\n[[steps]]\ndo = \"command\"\nname = \"wait a while\"\nrun = \"sleep 120\"\nalways = true\n",
     )
     .unwrap();
     let mut child = u.cmd().args(["create", "slow-box"]).stderr(Stdio::piped()).spawn().unwrap();
