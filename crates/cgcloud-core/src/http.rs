@@ -203,11 +203,11 @@ pub fn request_with_body(head: RequestHead, data: &[u8], head_end: usize) -> Opt
 const HOP_BY_HOP: &[&str] =
     &["content-length", "connection", "keep-alive", "proxy-connection", "upgrade", "te", "trailer", "expect"];
 
-/// `head` and `body` as a request for an upstream connection that carries only this request:
+/// A request as it goes to an upstream connection that carries only this request:
 /// the hop-by-hop headers replaced by the body's length and `Connection: close`.
-pub fn forward_request(head: &RequestHead, body: &[u8]) -> Vec<u8> {
-    let mut out = format!("{} {} HTTP/1.1\r\n", head.method, head.target);
-    for (k, v) in head.headers.iter().filter(|(k, _)| !HOP_BY_HOP.contains(&k.to_ascii_lowercase().as_str())) {
+pub fn forward_request(method: &str, target: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {target} HTTP/1.1\r\n");
+    for (k, v) in headers.iter().filter(|(k, _)| !HOP_BY_HOP.contains(&k.to_ascii_lowercase().as_str())) {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
     out.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
@@ -410,7 +410,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(
-            forward_request(&req.head, &req.body),
+            forward_request(&req.head.method, &req.head.target, &req.head.headers, &req.body),
             b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nab"
         );
         assert_eq!(
