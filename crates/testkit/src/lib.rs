@@ -443,33 +443,19 @@ pub fn hermetic_command(bin: &Path, home: &Path, keep: &[&str]) -> Command {
 /// and returns the XML to send back with status 200. Serves until the process ends; returns
 /// the endpoint URL.
 pub fn fake_query_api(answer: impl Fn(&str) -> String + Send + 'static) -> String {
-    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::io::Write as _;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let endpoint = format!("http://{}", listener.local_addr().expect("local address"));
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
+            let Ok(mut out) = stream.try_clone() else { continue };
             // One request per connection is enough for clients that reconnect; keep-alive
             // clients get one request per connection too, since we close after answering.
-            let mut length = 0usize;
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-                line.clear();
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let xml = answer(&String::from_utf8_lossy(&body));
-            let mut stream = reader.into_inner();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
-                xml.len()
-            );
+            let Some(req) = fault::Requests::new(stream).next_request() else { continue };
+            let xml = answer(&String::from_utf8_lossy(&req.body));
+            let headers = [("Content-Type", "text/xml"), ("Connection", "close")];
+            // A client that is gone is the test's to notice.
+            let _ = out.write_all(&cgcloud_core::http::response(200, "OK", &headers, xml.as_bytes()));
         }
     });
     endpoint
