@@ -289,7 +289,8 @@ mod tests {
 
     #[test]
     fn parses_a_request() {
-        let data = b"POST /?x=1 HTTP/1.1\r\nHost: h\r\nX-Amz-Date: 1\r\nx-amz-date: 2\r\nContent-Length: 5\r\n\r\nhello";
+        let data =
+            b"POST /?x=1 HTTP/1.1\r\nHost: h\r\nX-Amz-Date: 1\r\nx-amz-date: 2\r\nContent-Length: 5\r\n\r\nhello";
         let (req, len) = parse_request(data, LIMITS).unwrap().unwrap();
         assert_eq!(len, data.len());
         assert_eq!((req.head.method.as_str(), req.head.target.as_str()), ("POST", "/?x=1"));

@@ -266,7 +266,8 @@ pub fn parse(head: &[u8]) -> Result<Request, HttpError> {
     // The body is never read: IMDS answers from the head alone and then closes.
     let head = http::parse_request_head(head, usize::MAX)?;
     // A header given twice counts as its last.
-    let last = |name: &str| head.headers.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let last =
+        |name: &str| head.headers.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
     Ok(Request {
         method: head.method.clone(),
         path: head.target.split('?').next().unwrap_or_default().to_owned(),
@@ -350,7 +351,13 @@ async fn answer(req: &Request, peer: &str, reg: &Shared, cloud: &cgcloud_aws::Cl
             }
             r.tokens.insert(token.clone(), (peer.to_owned(), t + Duration::from_secs(ttl)));
         }
-        return response(200, "OK", "text/plain", &token, &[("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", &ttl.to_string())]);
+        return response(
+            200,
+            "OK",
+            "text/plain",
+            &token,
+            &[("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", &ttl.to_string())],
+        );
     }
     if req.method != "GET" {
         return response(405, "Method Not Allowed", "text/plain", "", &[]);
@@ -517,8 +524,9 @@ mod tests {
             (r.method.as_str(), r.path.as_str(), r.token_ttl.as_deref()),
             ("PUT", "/latest/api/token", Some("21600"))
         );
-        let r = parse(b"GET /latest/meta-data/?x HTTP/1.1\r\nx-aws-ec2-metadata-token: abc\r\nX-Forwarded-For: 1.2.3.4")
-            .unwrap();
+        let r =
+            parse(b"GET /latest/meta-data/?x HTTP/1.1\r\nx-aws-ec2-metadata-token: abc\r\nX-Forwarded-For: 1.2.3.4")
+                .unwrap();
         assert_eq!((r.path.as_str(), r.token.as_deref(), r.forwarded), ("/latest/meta-data/", Some("abc"), true));
         assert!(parse(b"").is_err());
         assert!(parse(b"GET /latest/meta-data/ HTTP/1.1\nX-Forwarded-For: 1.2.3.4").is_err(), "CRLF only");

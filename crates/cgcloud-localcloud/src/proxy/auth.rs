@@ -371,5 +371,4 @@ mod tests {
         assert!(text.contains("<ErrorResponse>") && text.contains("&lt;x&gt;") && text.starts_with("HTTP/1.1 403"));
         assert_eq!(canonical_query("b=2&a=1%2F"), "a=1%2F&b=2");
     }
-
 }

@@ -356,4 +356,66 @@ mod tests {
     fn denials_are_escaped() {
         assert!(String::from_utf8(access_denied("/moto-api/<x>")).unwrap().contains("&lt;x&gt;"));
     }
+
+    /// The door's socket loop over loopback: a head split across writes, a forbidden request
+    /// and an unsigned one pipelined behind it (each answered, the connection kept), an
+    /// `Expect: 100-continue` honoured, and a malformed request answered and closed.
+    #[tokio::test]
+    async fn the_guests_door_serves_a_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings = cgcloud_aws::ConnectSettings {
+            region: Some("us-east-1".into()),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            access_key_id: Some("testing".into()),
+            secret_access_key: Some("testing".into()),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let door = Door {
+            side: super::super::Side::Guests,
+            upstream_port: 9,
+            events: tokio::sync::mpsc::unbounded_channel().0,
+            dir: dir.path().to_owned(),
+            imds: Default::default(),
+            cloud: cgcloud_aws::Cloud::connect(&settings).await.unwrap(),
+            policies: Default::default(),
+        };
+        tokio::spawn(super::super::serve(listener, door));
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let mut answers = Vec::new();
+        let mut next = async |conn: &mut TcpStream| loop {
+            if let ResponseProgress::Complete(end) | ResponseProgress::Continue(end) = http::response_progress(&answers)
+            {
+                let answer = String::from_utf8_lossy(&answers[..end]).into_owned();
+                answers.drain(..end);
+                return answer;
+            }
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed");
+            answers.extend_from_slice(&buf[..n]);
+        };
+        conn.write_all(b"POST /moto-api/reset HTTP/1.1\r\nContent-Le").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        conn.write_all(b"ngth: 2\r\n\r\nabPOST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+        let forbidden = next(&mut conn).await;
+        assert!(
+            forbidden.starts_with("HTTP/1.1 403 Forbidden") && forbidden.contains("/moto-api/reset"),
+            "{forbidden}"
+        );
+        let unsigned = next(&mut conn).await;
+        assert!(unsigned.starts_with("HTTP/1.1 401 Unauthorized") && unsigned.contains("AuthFailure"), "{unsigned}");
+        conn.write_all(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").await.unwrap();
+        assert_eq!(next(&mut conn).await, "HTTP/1.1 100 Continue\r\n\r\n");
+        conn.write_all(b"abc").await.unwrap();
+        assert!(next(&mut conn).await.starts_with("HTTP/1.1 401"));
+        conn.write_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+        let refused = next(&mut conn).await;
+        assert!(
+            refused.starts_with("HTTP/1.1 400 Bad Request")
+                && refused.ends_with("Transfer-Encoding (send a Content-Length)\n")
+        );
+        assert_eq!(conn.read(&mut [0u8; 16]).await.unwrap(), 0, "closed after a malformed request");
+    }
 }

@@ -28,8 +28,8 @@ mod guest;
 mod workstation;
 
 pub use auth::{authenticate, Denied, Signer};
-pub use ec2::{changes, console_request, power_events};
 pub(crate) use ec2::query_params;
+pub use ec2::{changes, console_request, power_events};
 pub use guest::{parse_guest_request, GuestRequest, Refusal};
 
 use std::path::PathBuf;
