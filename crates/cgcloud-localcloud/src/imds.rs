@@ -164,21 +164,26 @@ pub fn load(run_dir: &Path) -> HashMap<String, Issued> {
         .collect()
 }
 
-fn save(run_dir: &Path, creds: &HashMap<String, Issued>) {
+/// Writes the issued credentials for a restarted controller (atomically, root-only).
+fn save(run_dir: &Path, creds: &HashMap<String, Issued>) -> Result<(), Error> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let f = credentials_file(run_dir);
     let tmp = f.with_extension("json.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let written = std::fs::OpenOptions::new()
+    // A leftover of an interrupted save; usually there is none.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&tmp, e)),
+        _ => {}
+    }
+    let json = serde_json::to_string(creds).map_err(|e| Error::io(&tmp, e.into()))?;
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .and_then(|mut w| w.write_all(serde_json::to_string(creds).unwrap_or_default().as_bytes()));
-    if written.is_ok() {
-        let _ = std::fs::rename(&tmp, &f);
-    }
+        .and_then(|mut w| w.write_all(json.as_bytes()))
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &f).map_err(|e| Error::io(&f, e))
 }
 
 /// The current credentials of `instance` for `role`, issuing a new set when none is left with
@@ -213,7 +218,11 @@ pub fn credentials_for(
         expires: t + ttl,
     };
     reg.credentials.insert(key.clone(), issued.clone());
-    save(run_dir, &reg.credentials);
+    // The new set is valid in memory either way; only a restarted controller would not know it
+    // (and its guest would be refused until the set rotates), which is no reason to fail now.
+    if let Err(e) = save(run_dir, &reg.credentials) {
+        tracing::warn!("IMDS: issued credentials not saved: {e}");
+    }
     Ok((key, issued))
 }
 

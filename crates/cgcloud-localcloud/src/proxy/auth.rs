@@ -141,19 +141,7 @@ pub fn authenticate(
         ));
     }
     let amz_date = req.header("x-amz-date").unwrap_or_default();
-    let signed_at = humantime::parse_rfc3339(&format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        amz_date.get(0..4).unwrap_or("x"),
-        amz_date.get(4..6).unwrap_or("x"),
-        amz_date.get(6..8).unwrap_or("x"),
-        amz_date.get(9..11).unwrap_or("x"),
-        amz_date.get(11..13).unwrap_or("x"),
-        amz_date.get(13..15).unwrap_or("x"),
-    ))
-    .ok()
-    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-    .map(|d| d.as_secs());
-    match signed_at {
+    match amz_date_secs(&amz_date) {
         Some(t) if t.abs_diff(now_secs) <= MAX_SKEW && amz_date.starts_with(date) => {}
         _ => {
             return Err(deny(
@@ -164,23 +152,7 @@ pub fn authenticate(
             ))
         }
     }
-    // The headers the client signed, in its order, canonicalized; host must be one of them.
-    let names: Vec<&str> = signed.split(';').filter(|n| !n.is_empty()).collect();
-    if !names.contains(&"host") {
-        return Err(deny(403, "AuthFailure", "SignatureDoesNotMatch", "the host header is not signed".into()));
-    }
-    let mut headers = Vec::with_capacity(names.len());
-    for name in &names {
-        let Some(v) = req.header(name) else {
-            return Err(deny(
-                403,
-                "AuthFailure",
-                "SignatureDoesNotMatch",
-                format!("signed header '{name}' is missing"),
-            ));
-        };
-        headers.push(((*name).to_owned(), v.split_whitespace().collect::<Vec<_>>().join(" ")));
-    }
+    let headers = signed_headers(req, &signed).map_err(|why| deny(403, "AuthFailure", "SignatureDoesNotMatch", why))?;
     let payload_hash = cgcloud_core::sigv4::payload_hash(&req.body);
     if req.header("x-amz-content-sha256").is_some_and(|h| h != payload_hash) {
         return Err(deny(
@@ -210,7 +182,7 @@ pub fn authenticate(
     Ok(Signer {
         service: service.clone(),
         region: (*region).to_owned(),
-        signed_headers: names.iter().map(|n| (*n).to_owned()).collect(),
+        signed_headers: headers.into_iter().map(|(name, _)| name).collect(),
         issued,
     })
 }
@@ -267,6 +239,37 @@ pub(super) async fn authorize(req: &GuestRequest, who: &Signer, door: &Door) -> 
             ),
         )),
     }
+}
+
+/// The headers the client signed (`signed`: SignedHeaders), in its order, with their canonical
+/// values; host must be one of them. Else why the signature cannot match.
+fn signed_headers(req: &GuestRequest, signed: &str) -> Result<Vec<(String, String)>, String> {
+    let names: Vec<&str> = signed.split(';').filter(|n| !n.is_empty()).collect();
+    if !names.contains(&"host") {
+        return Err("the host header is not signed".into());
+    }
+    let mut headers = Vec::with_capacity(names.len());
+    for name in &names {
+        let Some(v) = req.header(name) else { return Err(format!("signed header '{name}' is missing")) };
+        headers.push(((*name).to_owned(), v.split_whitespace().collect::<Vec<_>>().join(" ")));
+    }
+    Ok(headers)
+}
+
+/// An `X-Amz-Date` (`YYYYMMDDThhmmssZ`) as seconds since the epoch.
+fn amz_date_secs(amz_date: &str) -> Option<u64> {
+    humantime::parse_rfc3339(&format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        amz_date.get(0..4).unwrap_or("x"),
+        amz_date.get(4..6).unwrap_or("x"),
+        amz_date.get(6..8).unwrap_or("x"),
+        amz_date.get(9..11).unwrap_or("x"),
+        amz_date.get(11..13).unwrap_or("x"),
+        amz_date.get(13..15).unwrap_or("x"),
+    ))
+    .ok()
+    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    .map(|d| d.as_secs())
 }
 
 /// A query string in SigV4's canonical form: parameters sorted, each encoded once.

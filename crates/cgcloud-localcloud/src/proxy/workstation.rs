@@ -201,10 +201,8 @@ mod tests {
         tokio::spawn(serve(listener, door));
         let mut conn = TcpStream::connect(addr).await.unwrap();
         let stop = "Action=StopInstances&InstanceId.1=i-1";
-        let requests = format!(
-            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n{stop}GET {STATS_PATH} HTTP/1.1\r\n\r\n",
-            stop.len()
-        );
+        let requests =
+            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n{stop}GET {STATS_PATH} HTTP/1.1\r\n\r\n", stop.len());
         conn.write_all(requests.as_bytes()).await.unwrap();
         let (mut data, mut buf, mut answers) = (Vec::new(), [0u8; 4096], Vec::new());
         while answers.len() < 2 {
