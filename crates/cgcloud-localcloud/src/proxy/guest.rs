@@ -288,6 +288,8 @@ async fn forward_one(req: &GuestRequest, upstream_port: u16) -> std::io::Result<
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{door, next_answer, serve_on_loopback};
+    use super::super::Side;
     use super::*;
 
     #[test]
@@ -362,40 +364,10 @@ mod tests {
     /// `Expect: 100-continue` honoured, and a malformed request answered and closed.
     #[tokio::test]
     async fn the_guests_door_serves_a_connection() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let settings = cgcloud_aws::ConnectSettings {
-            region: Some("us-east-1".into()),
-            endpoint: Some("http://127.0.0.1:9".into()),
-            access_key_id: Some("testing".into()),
-            secret_access_key: Some("testing".into()),
-            ..Default::default()
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let door = Door {
-            side: super::super::Side::Guests,
-            upstream_port: 9,
-            events: tokio::sync::mpsc::unbounded_channel().0,
-            dir: dir.path().to_owned(),
-            imds: Default::default(),
-            cloud: cgcloud_aws::Cloud::connect(&settings).await.unwrap(),
-            policies: Default::default(),
-        };
-        tokio::spawn(super::super::serve(listener, door));
-        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let door = door(Side::Guests, 9, tokio::sync::mpsc::unbounded_channel().0).await;
+        let mut conn = TcpStream::connect(serve_on_loopback(door).await).await.unwrap();
         let mut answers = Vec::new();
-        let mut next = async |conn: &mut TcpStream| loop {
-            if let ResponseProgress::Complete(end) | ResponseProgress::Continue(end) = http::response_progress(&answers)
-            {
-                let answer = String::from_utf8_lossy(&answers[..end]).into_owned();
-                answers.drain(..end);
-                return answer;
-            }
-            let mut buf = [0u8; 4096];
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed");
-            answers.extend_from_slice(&buf[..n]);
-        };
+        let mut next = async |conn: &mut TcpStream| next_answer(conn, &mut answers).await;
         conn.write_all(b"POST /moto-api/reset HTTP/1.1\r\nContent-Le").await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         conn.write_all(b"ngth: 2\r\n\r\nabPOST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await.unwrap();

@@ -146,3 +146,54 @@ fn notify(events: &mpsc::UnboundedSender<Event>, body: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod test_support {
+    use super::*;
+    use cgcloud_core::http::{self, ResponseProgress};
+    use tokio::io::AsyncReadExt as _;
+
+    /// A door whose moto is on `upstream_port` and whose administrator's client is never used
+    /// (it points at the discard port).
+    pub(super) async fn door(side: Side, upstream_port: u16, events: mpsc::UnboundedSender<Event>) -> Door {
+        let settings = cgcloud_aws::ConnectSettings {
+            region: Some("us-east-1".into()),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            access_key_id: Some("testing".into()),
+            secret_access_key: Some("testing".into()),
+            ..Default::default()
+        };
+        Door {
+            side,
+            upstream_port,
+            events,
+            dir: std::env::temp_dir(),
+            imds: Default::default(),
+            cloud: cgcloud_aws::Cloud::connect(&settings).await.unwrap(),
+            policies: Default::default(),
+        }
+    }
+
+    /// Serves `door` on a loopback port and returns the port's address.
+    pub(super) async fn serve_on_loopback(door: Door) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, door));
+        addr
+    }
+
+    /// The next answer (interim ones too) on `conn`; `data` holds what was read past it.
+    pub(super) async fn next_answer(conn: &mut TcpStream, data: &mut Vec<u8>) -> String {
+        loop {
+            if let ResponseProgress::Complete(end) | ResponseProgress::Continue(end) = http::response_progress(data) {
+                let answer = String::from_utf8_lossy(&data[..end]).into_owned();
+                data.drain(..end);
+                return answer;
+            }
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the proxy closed the connection");
+            data.extend_from_slice(&buf[..n]);
+        }
+    }
+}

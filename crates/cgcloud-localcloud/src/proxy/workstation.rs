@@ -145,9 +145,9 @@ fn stats_response() -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{serve, PowerEvent, Side};
+    use super::super::test_support::{door, next_answer, serve_on_loopback};
+    use super::super::{PowerEvent, Side};
     use super::*;
-    use cgcloud_core::http::ResponseProgress;
 
     /// A stand-in for moto on loopback: answers each request with its body, then closes.
     async fn echo_upstream() -> u16 {
@@ -178,43 +178,15 @@ mod tests {
     /// in order; the controller hears of a power change before moto answers it.
     #[tokio::test]
     async fn the_workstations_door_relays_and_answers_its_own() {
-        let settings = cgcloud_aws::ConnectSettings {
-            region: Some("us-east-1".into()),
-            endpoint: Some("http://127.0.0.1:9".into()),
-            access_key_id: Some("testing".into()),
-            secret_access_key: Some("testing".into()),
-            ..Default::default()
-        };
-        let dir = tempfile::tempdir().unwrap();
         let (events, mut heard) = tokio::sync::mpsc::unbounded_channel();
-        let door = Door {
-            side: Side::Workstation,
-            upstream_port: echo_upstream().await,
-            events,
-            dir: dir.path().to_owned(),
-            imds: Default::default(),
-            cloud: cgcloud_aws::Cloud::connect(&settings).await.unwrap(),
-            policies: Default::default(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, door));
-        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let door = door(Side::Workstation, echo_upstream().await, events).await;
+        let mut conn = TcpStream::connect(serve_on_loopback(door).await).await.unwrap();
         let stop = "Action=StopInstances&InstanceId.1=i-1";
         let requests =
             format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n{stop}GET {STATS_PATH} HTTP/1.1\r\n\r\n", stop.len());
         conn.write_all(requests.as_bytes()).await.unwrap();
-        let (mut data, mut buf, mut answers) = (Vec::new(), [0u8; 4096], Vec::new());
-        while answers.len() < 2 {
-            if let ResponseProgress::Complete(end) = http::response_progress(&data) {
-                answers.push(String::from_utf8_lossy(&data[..end]).into_owned());
-                data.drain(..end);
-                continue;
-            }
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed after {answers:?}");
-            data.extend_from_slice(&buf[..n]);
-        }
+        let mut data = Vec::new();
+        let answers = [next_answer(&mut conn, &mut data).await, next_answer(&mut conn, &mut data).await];
         // Our own answer may overtake moto's here: this client did not wait for the first.
         assert!(answers.iter().any(|a| a.ends_with(stop)), "{answers:?}");
         assert!(answers.iter().any(|a| a.contains("\"requests\"")), "{answers:?}");
