@@ -1,11 +1,13 @@
 //! Pure model and logic of cgcloud, with no I/O: namespaces and the names derived from them,
 //! the tag schema, box selection, cluster ordinals, key parsing and fingerprints, globs, zones,
-//! IAM policies, generated configuration (Jenkins agents, YAML), and SigV4 request signing.
+//! IAM policies, generated configuration (Jenkins agents, YAML), SigV4 request signing, and the
+//! HTTP/1.1 parsing and writing of the local cloud's and the tests' servers (over buffers).
 
 pub mod authorized_keys;
 pub mod d32;
 pub mod fsutil;
 pub mod glob;
+pub mod http;
 pub mod jenkins;
 pub mod keypairs;
 pub mod limits;

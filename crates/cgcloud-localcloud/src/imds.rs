@@ -13,6 +13,7 @@
 //! are kept in the run directory so that a restarted controller still knows them.
 
 use crate::Error;
+use cgcloud_core::http::{self, HttpError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -163,21 +164,26 @@ pub fn load(run_dir: &Path) -> HashMap<String, Issued> {
         .collect()
 }
 
-fn save(run_dir: &Path, creds: &HashMap<String, Issued>) {
+/// Writes the issued credentials for a restarted controller (atomically, root-only).
+fn save(run_dir: &Path, creds: &HashMap<String, Issued>) -> Result<(), Error> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let f = credentials_file(run_dir);
     let tmp = f.with_extension("json.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let written = std::fs::OpenOptions::new()
+    // A leftover of an interrupted save; usually there is none.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&tmp, e)),
+        _ => {}
+    }
+    let json = serde_json::to_string(creds).map_err(|e| Error::io(&tmp, e.into()))?;
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .and_then(|mut w| w.write_all(serde_json::to_string(creds).unwrap_or_default().as_bytes()));
-    if written.is_ok() {
-        let _ = std::fs::rename(&tmp, &f);
-    }
+        .and_then(|mut w| w.write_all(json.as_bytes()))
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &f).map_err(|e| Error::io(&f, e))
 }
 
 /// The current credentials of `instance` for `role`, issuing a new set when none is left with
@@ -212,7 +218,11 @@ pub fn credentials_for(
         expires: t + ttl,
     };
     reg.credentials.insert(key.clone(), issued.clone());
-    save(run_dir, &reg.credentials);
+    // The new set is valid in memory either way; only a restarted controller would not know it
+    // (and its guest would be refused until the set rotates), which is no reason to fail now.
+    if let Err(e) = save(run_dir, &reg.credentials) {
+        tracing::warn!("IMDS: issued credentials not saved: {e}");
+    }
     Ok((key, issued))
 }
 
@@ -260,99 +270,106 @@ pub struct Request {
     pub forwarded: bool,
 }
 
-/// Parses a request head (up to the blank line).
-pub fn parse(head: &str) -> Option<Request> {
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let (method, target) = (first.next()?, first.next()?);
-    let path = target.split('?').next().unwrap_or_default();
-    let mut r =
-        Request { method: method.to_owned(), path: path.to_owned(), token: None, token_ttl: None, forwarded: false };
-    for l in lines {
-        let Some((k, v)) = l.split_once(':') else { continue };
-        match k.trim().to_ascii_lowercase().as_str() {
-            "x-aws-ec2-metadata-token" => r.token = Some(v.trim().to_owned()),
-            "x-aws-ec2-metadata-token-ttl-seconds" => r.token_ttl = Some(v.trim().to_owned()),
-            "x-forwarded-for" => r.forwarded = true,
-            _ => {}
-        }
-    }
-    Some(r)
+/// Parses a request head (the bytes before the blank line) with the shared HTTP layer.
+pub fn parse(head: &[u8]) -> Result<Request, HttpError> {
+    // The body is never read: IMDS answers from the head alone and then closes.
+    let head = http::parse_request_head(head, usize::MAX)?;
+    // A header given twice counts as its last.
+    let last =
+        |name: &str| head.headers.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    Ok(Request {
+        method: head.method.clone(),
+        path: head.target.split('?').next().unwrap_or_default().to_owned(),
+        token: last("x-aws-ec2-metadata-token"),
+        token_ttl: last("x-aws-ec2-metadata-token-ttl-seconds"),
+        forwarded: last("x-forwarded-for").is_some(),
+    })
 }
 
-fn response(status: u16, reason: &str, content_type: &str, body: &str, extra: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nServer: EC2ws\r\n{extra}Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+fn response(status: u16, reason: &str, content_type: &str, body: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut headers = vec![("Content-Type", content_type), ("Server", "EC2ws")];
+    headers.extend_from_slice(extra);
+    headers.push(("Connection", "close"));
+    http::response(status, reason, &headers, body.as_bytes())
 }
 
 fn text(body: &str) -> Vec<u8> {
-    response(200, "OK", "text/plain", body, "")
+    response(200, "OK", "text/plain", body, &[])
 }
 
 fn not_found() -> Vec<u8> {
-    response(404, "Not Found", "text/html", "<html><body><h1>404 - Not Found</h1></body></html>\n", "")
+    response(404, "Not Found", "text/html", "<html><body><h1>404 - Not Found</h1></body></html>\n", &[])
 }
 
+/// One connection: one request, answered from its head, then closed.
 async fn handle(mut stream: TcpStream, peer: String, reg: &Shared, cloud: &cgcloud_aws::Cloud, run_dir: &Path) {
     let mut data = Vec::new();
     let mut buf = [0u8; 2048];
-    let head = loop {
-        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break String::from_utf8_lossy(&data[..end]).into_owned();
+    let mut searched = 0;
+    let end = loop {
+        if let Some(end) = http::find_head_end(&data, searched, MAX_HEAD) {
+            break end;
         }
         if data.len() > MAX_HEAD {
             return;
         }
+        searched = data.len();
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => data.extend_from_slice(&buf[..n]),
         }
     };
-    let answer = match parse(&head) {
-        Some(req) => answer(&req, &peer, reg, cloud, run_dir).await,
-        None => response(400, "Bad Request", "text/plain", "bad request\n", ""),
+    let answer = match parse(&data[..end]) {
+        Ok(req) => answer(&req, &peer, reg, cloud, run_dir).await,
+        Err(_) => response(400, "Bad Request", "text/plain", "bad request\n", &[]),
     };
-    let _ = stream.write_all(&answer).await;
+    // The guest may have gone: nothing to do about an answer it does not read.
+    if let Err(e) = stream.write_all(&answer).await {
+        tracing::debug!("IMDS answer to {peer} not sent: {e}");
+    }
     let _ = stream.shutdown().await;
 }
 
 async fn answer(req: &Request, peer: &str, reg: &Shared, cloud: &cgcloud_aws::Cloud, run_dir: &Path) -> Vec<u8> {
     let Some(inst) = reg.lock().ok().and_then(|r| r.instances.get(peer).cloned()) else {
-        return response(403, "Forbidden", "text/plain", "not an instance of this cloud\n", "");
+        return response(403, "Forbidden", "text/plain", "not an instance of this cloud\n", &[]);
     };
     if !reg.lock().is_ok_and(|mut r| r.allow(peer, std::time::Instant::now())) {
-        return response(429, "Too Many Requests", "text/plain", "", "");
+        return response(429, "Too Many Requests", "text/plain", "", &[]);
     }
     if req.method == "PUT" {
         if req.path != "/latest/api/token" {
-            return response(405, "Method Not Allowed", "text/plain", "", "");
+            return response(405, "Method Not Allowed", "text/plain", "", &[]);
         }
         // EC2 refuses a token request that came through a proxy.
         if req.forwarded {
-            return response(403, "Forbidden", "text/plain", "", "");
+            return response(403, "Forbidden", "text/plain", "", &[]);
         }
         let Some(ttl) = req.token_ttl.as_deref().and_then(|t| t.parse::<u64>().ok()).filter(|t| TOKEN_TTL.contains(t))
         else {
-            return response(400, "Bad Request", "text/plain", "", "");
+            return response(400, "Bad Request", "text/plain", "", &[]);
         };
         let Ok(token) = random_text(56, SECRET) else {
-            return response(500, "Internal Server Error", "text/plain", "", "");
+            return response(500, "Internal Server Error", "text/plain", "", &[]);
         };
         if let Ok(mut r) = reg.lock() {
             let t = SystemTime::now();
             r.tokens.retain(|_, (_, exp)| *exp > t);
             if r.tokens.values().filter(|(ip, _)| ip == peer).count() >= TOKENS_PER_INSTANCE {
-                return response(429, "Too Many Requests", "text/plain", "", "");
+                return response(429, "Too Many Requests", "text/plain", "", &[]);
             }
             r.tokens.insert(token.clone(), (peer.to_owned(), t + Duration::from_secs(ttl)));
         }
-        return response(200, "OK", "text/plain", &token, &format!("X-Aws-Ec2-Metadata-Token-Ttl-Seconds: {ttl}\r\n"));
+        return response(
+            200,
+            "OK",
+            "text/plain",
+            &token,
+            &[("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", &ttl.to_string())],
+        );
     }
     if req.method != "GET" {
-        return response(405, "Method Not Allowed", "text/plain", "", "");
+        return response(405, "Method Not Allowed", "text/plain", "", &[]);
     }
     match &req.token {
         Some(t) => {
@@ -362,10 +379,10 @@ async fn answer(req: &Request, peer: &str, reg: &Shared, cloud: &cgcloud_aws::Cl
                 .and_then(|r| r.tokens.get(t).cloned())
                 .is_some_and(|(ip, exp)| ip == peer && exp > SystemTime::now());
             if !valid {
-                return response(401, "Unauthorized", "text/plain", "", "");
+                return response(401, "Unauthorized", "text/plain", "", &[]);
             }
         }
-        None if inst.tokens_required => return response(401, "Unauthorized", "text/plain", "", ""),
+        None if inst.tokens_required => return response(401, "Unauthorized", "text/plain", "", &[]),
         None => {}
     }
     let path = req.path.trim_end_matches('/');
@@ -374,7 +391,7 @@ async fn answer(req: &Request, peer: &str, reg: &Shared, cloud: &cgcloud_aws::Cl
         "/" => text("latest"),
         "/latest" => text("api\ndynamic\nmeta-data\nuser-data"),
         "/latest/user-data" => match crate::controller::user_data(cloud, &inst.id).await {
-            Ok(u) if !u.is_empty() => response(200, "OK", "application/octet-stream", &u, ""),
+            Ok(u) if !u.is_empty() => response(200, "OK", "application/octet-stream", &u, &[]),
             _ => not_found(),
         },
         "/latest/dynamic" => text("instance-identity/"),
@@ -392,7 +409,7 @@ async fn answer(req: &Request, peer: &str, reg: &Shared, cloud: &cgcloud_aws::Cl
                 "region": crate::REGION,
                 "version": "2017-09-30",
             });
-            response(200, "OK", "application/json", &serde_json::to_string_pretty(&doc).unwrap_or_default(), "")
+            response(200, "OK", "application/json", &serde_json::to_string_pretty(&doc).unwrap_or_default(), &[])
         }
         p => match p.strip_prefix("/latest/meta-data") {
             Some(rest) => meta_data(rest.trim_start_matches('/'), &inst, reg, cloud, run_dir).await,
@@ -444,7 +461,7 @@ async fn meta_data(
             None => not_found(),
         },
         "spot/instance-action" => match interruption {
-            Some(doc) => response(200, "OK", "application/json", &doc, ""),
+            Some(doc) => response(200, "OK", "application/json", &doc, &[]),
             None => not_found(),
         },
         "public-keys" => match &inst.key_name {
@@ -470,7 +487,7 @@ async fn meta_data(
                     "InstanceProfileArn": format!("arn:aws:iam::123456789012:instance-profile/{profile}"),
                     "InstanceProfileId": "AIPALOCALCLOUD",
                 });
-                return response(200, "OK", "application/json", &doc.to_string(), "");
+                return response(200, "OK", "application/json", &doc.to_string(), &[]);
             }
             text(&role)
         }
@@ -485,7 +502,7 @@ async fn meta_data(
                     .lock()
                     .map_err(|_| ())
                     .and_then(|mut r| credentials_for(&mut r, run_dir, &inst.id, &role, &role_arn).map_err(|_| ()));
-                let Ok((key, c)) = issued else { return response(500, "Internal Server Error", "text/plain", "", "") };
+                let Ok((key, c)) = issued else { return response(500, "Internal Server Error", "text/plain", "", &[]) };
                 let doc = serde_json::json!({
                     "Code": "Success",
                     "LastUpdated": rfc3339(c.issued),
@@ -495,7 +512,7 @@ async fn meta_data(
                     "Token": c.session_token,
                     "Expiration": rfc3339(c.expires),
                 });
-                response(200, "OK", "application/json", &serde_json::to_string_pretty(&doc).unwrap_or_default(), "")
+                response(200, "OK", "application/json", &serde_json::to_string_pretty(&doc).unwrap_or_default(), &[])
             }
             None => not_found(),
         },
@@ -509,17 +526,19 @@ mod tests {
     #[test]
     fn parses_requests() {
         let r = parse(
-            "PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600",
+            b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600",
         )
         .unwrap();
         assert_eq!(
             (r.method.as_str(), r.path.as_str(), r.token_ttl.as_deref()),
             ("PUT", "/latest/api/token", Some("21600"))
         );
-        let r = parse("GET /latest/meta-data/?x HTTP/1.1\r\nx-aws-ec2-metadata-token: abc\r\nX-Forwarded-For: 1.2.3.4")
-            .unwrap();
+        let r =
+            parse(b"GET /latest/meta-data/?x HTTP/1.1\r\nx-aws-ec2-metadata-token: abc\r\nX-Forwarded-For: 1.2.3.4")
+                .unwrap();
         assert_eq!((r.path.as_str(), r.token.as_deref(), r.forwarded), ("/latest/meta-data/", Some("abc"), true));
-        assert!(parse("").is_none());
+        assert!(parse(b"").is_err());
+        assert!(parse(b"GET /latest/meta-data/ HTTP/1.1\nX-Forwarded-For: 1.2.3.4").is_err(), "CRLF only");
     }
 
     /// One request to the server at `addr`: the status line and the body.

@@ -3,10 +3,12 @@
 //! price errors, throttling, 500s, hangs, dropped connections, and RunInstances launching
 //! fewer instances than asked (as EC2 does when MinCount < MaxCount and capacity is short) —
 //! and passes everything else through. Rules can be changed while a client runs, and it counts
-//! requests per action and faults injected.
+//! requests per action and faults injected. It also holds the harness's blocking request
+//! reader ([`Requests`], over `cgcloud_core::http`), which the fake query APIs use too.
 
+use cgcloud_core::http::{self, Limits, Request, RequestHead};
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -186,34 +188,39 @@ fn param(body: &str, key: &str) -> Option<String> {
     body.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.to_owned()))
 }
 
-/// One request from `r`: (head lines, body); None at the end of the connection.
-fn read_request(r: &mut BufReader<TcpStream>) -> Option<(Vec<String>, Vec<u8>)> {
-    let mut head = Vec::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end_matches(['\r', '\n']).to_owned();
-        if line.is_empty() {
-            break;
-        }
-        head.push(line);
+/// Generous: the harness's clients are the tests' own (the old hand-written reader had none).
+const LIMITS: Limits = Limits { max_head: 1024 * 1024, max_body: 64 * 1024 * 1024 };
+
+/// The requests of a blocking connection, one after the other (kept-alive or pipelined).
+pub(crate) struct Requests {
+    conn: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl Requests {
+    pub(crate) fn new(conn: TcpStream) -> Requests {
+        Requests { conn, pending: Vec::new() }
     }
-    let len: usize = head
-        .iter()
-        .find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some((head, body))
+
+    /// The next request; None at the end of the connection or at a request the shared layer
+    /// refuses (the connection is then dropped).
+    pub(crate) fn next_request(&mut self) -> Option<Request> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some((req, len)) = http::parse_request(&self.pending, LIMITS).ok()? {
+                self.pending.drain(..len);
+                return Some(req);
+            }
+            let n = self.conn.read(&mut buf).ok().filter(|n| *n > 0)?;
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
 }
 
 fn serve(conn: TcpStream, upstream: &str, state: &Mutex<State>) {
     let Ok(mut out) = conn.try_clone() else { return };
-    let mut r = BufReader::new(conn);
-    while let Some((head, mut body)) = read_request(&mut r) {
+    let mut requests = Requests::new(conn);
+    while let Some(Request { head, mut body }) = requests.next_request() {
         let _in_flight = InFlight::new(state);
         let text = String::from_utf8_lossy(&body).into_owned();
         let action = param(&text, "Action").unwrap_or_default();
@@ -246,6 +253,7 @@ fn serve(conn: TcpStream, upstream: &str, state: &Mutex<State>) {
             }
             Some(Fault::Drop) => return,
             Some(Fault::LoseAnswer) => {
+                // The answer is the one thing this fault throws away.
                 let _ = forward(upstream, &head, &body);
                 return;
             }
@@ -285,60 +293,76 @@ fn serve(conn: TcpStream, upstream: &str, state: &Mutex<State>) {
             None => {}
         }
         let Some(answer) = forward(upstream, &head, &body) else { return };
-        if out.write_all(&answer).is_err() {
+        // The client keeps its connection: moto's `Connection: close` is not for it, unless
+        // the answer has no length and ends with the connection.
+        let (answer, delimited) = http::keep_alive(answer);
+        if out.write_all(&answer).is_err() || !delimited {
             return;
         }
     }
 }
 
 /// Sends the request to moto on a connection of its own and returns the whole answer.
-fn forward(upstream: &str, head: &[String], body: &[u8]) -> Option<Vec<u8>> {
+fn forward(upstream: &str, head: &RequestHead, body: &[u8]) -> Option<Vec<u8>> {
     let mut up = TcpStream::connect(upstream).ok()?;
-    let mut req = String::new();
-    for (i, h) in head.iter().enumerate() {
-        let name = h.split(':').next().unwrap_or_default();
-        if i > 0 && (name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("connection")) {
-            continue;
-        }
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
-    up.write_all(req.as_bytes()).ok()?;
-    up.write_all(body).ok()?;
+    up.write_all(&http::forward_request(&head.method, &head.target, &head.headers, body)).ok()?;
     let mut answer = Vec::new();
     up.read_to_end(&mut answer).ok()?;
-    // The client keeps its connection: moto's `Connection: close` is not for it.
-    Some(keep_alive(answer))
-}
-
-fn keep_alive(answer: Vec<u8>) -> Vec<u8> {
-    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { return answer };
-    let head = String::from_utf8_lossy(&answer[..end]).into_owned();
-    let body = &answer[end + 4..];
-    let mut lines: Vec<&str> =
-        head.split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
-    let has_len = lines.iter().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("content-length:") || l.starts_with("transfer-encoding:")
-    });
-    let len_line = format!("Content-Length: {}", body.len());
-    if !has_len {
-        lines.push(&len_line);
-    }
-    let mut out = lines.join("\r\n").into_bytes();
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body);
-    out
+    Some(answer)
 }
 
 fn error_response(status: u16, code: &str, message: &str) -> Vec<u8> {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>testkit-fault</RequestID></Response>"
     );
-    format!(
-        "HTTP/1.1 {status} Injected\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    http::response(status, "Injected", &[("Content-Type", "text/xml;charset=UTF-8")], body.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads answers off `conn` until `n` have come (each has a Content-Length).
+    fn answers(conn: &mut TcpStream, n: usize) -> Vec<String> {
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut out = Vec::new();
+        while out.len() < n {
+            if let http::ResponseProgress::Complete(end) = http::response_progress(&data) {
+                out.push(String::from_utf8_lossy(&data[..end]).into_owned());
+                data.drain(..end);
+                continue;
+            }
+            let got = conn.read(&mut buf).unwrap();
+            assert!(got > 0, "the proxy closed after {} answers", out.len());
+            data.extend_from_slice(&buf[..got]);
+        }
+        out
+    }
+
+    /// Pipelined requests on one kept-alive connection, split across writes, each get their
+    /// answer: a fault's or the upstream's (here the fake query API, over loopback).
+    #[test]
+    fn faults_and_passes_requests_on_one_connection() {
+        let upstream = crate::fake_query_api(|body| format!("<Echo>{body}</Echo>"));
+        let proxy = FaultProxy::start(&upstream);
+        proxy.set_rules(vec![Rule::first("RunInstances", 1, Fault::insufficient_capacity())]);
+        let mut conn = TcpStream::connect(proxy.endpoint.trim_start_matches("http://")).unwrap();
+        let req = |body: &str| format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let both = req("Action=RunInstances") + &req("Action=DescribeInstances");
+        let (a, b) = both.split_at(20);
+        conn.write_all(a.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        conn.write_all(b.as_bytes()).unwrap();
+        let got = answers(&mut conn, 2);
+        assert!(got[0].starts_with("HTTP/1.1 500 Injected") && got[0].contains("InsufficientInstanceCapacity"));
+        assert!(got[1].starts_with("HTTP/1.1 200 OK") && got[1].ends_with("<Echo>Action=DescribeInstances</Echo>"));
+        assert!(!got[1].to_ascii_lowercase().contains("connection: close"), "{}", got[1]);
+        conn.write_all(req("Action=RunInstances").as_bytes()).unwrap();
+        assert!(answers(&mut conn, 1)[0].contains("<Echo>Action=RunInstances</Echo>"), "the rule hit once");
+        assert_eq!((proxy.count("RunInstances"), proxy.count("DescribeInstances"), proxy.injected()), (2, 1, 1));
+        // A request the shared layer refuses ends the connection.
+        conn.write_all(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").unwrap();
+        assert_eq!(conn.read(&mut [0u8; 16]).unwrap(), 0);
+    }
 }

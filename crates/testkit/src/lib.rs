@@ -443,33 +443,19 @@ pub fn hermetic_command(bin: &Path, home: &Path, keep: &[&str]) -> Command {
 /// and returns the XML to send back with status 200. Serves until the process ends; returns
 /// the endpoint URL.
 pub fn fake_query_api(answer: impl Fn(&str) -> String + Send + 'static) -> String {
-    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::io::Write as _;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let endpoint = format!("http://{}", listener.local_addr().expect("local address"));
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
+            let Ok(mut out) = stream.try_clone() else { continue };
             // One request per connection is enough for clients that reconnect; keep-alive
             // clients get one request per connection too, since we close after answering.
-            let mut length = 0usize;
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-                line.clear();
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let xml = answer(&String::from_utf8_lossy(&body));
-            let mut stream = reader.into_inner();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
-                xml.len()
-            );
+            let Some(req) = fault::Requests::new(stream).next_request() else { continue };
+            let xml = answer(&String::from_utf8_lossy(&req.body));
+            let headers = [("Content-Type", "text/xml"), ("Connection", "close")];
+            // A client that is gone is the test's to notice.
+            let _ = out.write_all(&cgcloud_core::http::response(200, "OK", &headers, xml.as_bytes()));
         }
     });
     endpoint
@@ -519,6 +505,19 @@ pub fn fake_iam_with_big_group(group: &'static str, n: usize) -> String {
 /// host's name through the job store, then a follow-on that writes them to `--out`.
 pub const TOIL_HOSTNAMES_WORKFLOW: &str = include_str!("toil_hostnames.py");
 
+/// Why a mirror cannot be served or read.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("no free port on the local cloud's bridge (is it up?)")]
+    NoFreePort,
+    #[error("cannot start python3 -m http.server")]
+    Spawn(#[source] std::io::Error),
+    #[error("the mirror's HTTP server did not start on {0}")]
+    NotStarted(String),
+    #[error("{dir} holds several releases ({found:?}); keep one")]
+    SeveralReleases { dir: String, found: Vec<String> },
+}
+
 /// A directory served over HTTP on the local cloud's bridge for its hosts (e.g. the
 /// Apache-layout mirror of `scripts/apache-mirror`); the server stops on drop.
 pub struct Mirror {
@@ -529,11 +528,10 @@ pub struct Mirror {
 impl Mirror {
     /// Serves `dir` on a free port among those guests may reach on the machine (8000-8999 by
     /// default), once the server accepts connections.
-    pub fn serve(dir: &Path) -> Result<Mirror, String> {
+    pub fn serve(dir: &Path) -> Result<Mirror, MirrorError> {
         let bridge = "10.199.0.1";
-        let port = (8000..9000)
-            .find(|p| std::net::TcpListener::bind((bridge, *p)).is_ok())
-            .ok_or("no free port on the local cloud's bridge (is it up?)")?;
+        let port =
+            (8000..9000).find(|p| std::net::TcpListener::bind((bridge, *p)).is_ok()).ok_or(MirrorError::NoFreePort)?;
         let server = Command::new("python3")
             .args(["-m", "http.server", "--bind", bridge, &port.to_string(), "--directory"])
             .arg(dir)
@@ -541,12 +539,12 @@ impl Mirror {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("python3 -m http.server: {e}"))?;
+            .map_err(MirrorError::Spawn)?;
         let mirror = Mirror { server, url: format!("http://{bridge}:{port}") };
         let start = std::time::Instant::now();
         while std::net::TcpStream::connect((bridge, port)).is_err() {
             if start.elapsed().as_secs() >= 20 {
-                return Err(format!("the mirror's HTTP server did not start on {}", mirror.url));
+                return Err(MirrorError::NotStarted(mirror.url.clone()));
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -563,7 +561,7 @@ impl Drop for Mirror {
 
 /// The release `V` of the entries `<prefix>V/<file(V)>` in a mirror directory `dir`: none, or
 /// an error when it holds several.
-pub fn mirror_release(dir: &Path, prefix: &str, file: impl Fn(&str) -> String) -> Result<Option<String>, String> {
+pub fn mirror_release(dir: &Path, prefix: &str, file: impl Fn(&str) -> String) -> Result<Option<String>, MirrorError> {
     let mut found: Vec<String> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -574,7 +572,7 @@ pub fn mirror_release(dir: &Path, prefix: &str, file: impl Fn(&str) -> String) -
     };
     found.sort();
     if found.len() > 1 {
-        return Err(format!("{} holds several releases ({found:?}); keep one", dir.display()));
+        return Err(MirrorError::SeveralReleases { dir: dir.display().to_string(), found });
     }
     Ok(found.pop())
 }
