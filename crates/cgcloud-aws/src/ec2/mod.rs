@@ -2,6 +2,7 @@
 //! types. Every listing is a paginated tag query scoped to one namespace.
 
 mod catalog;
+mod decode;
 mod images;
 mod instances;
 mod keypairs;
@@ -10,6 +11,7 @@ mod volumes;
 mod vpc;
 
 pub use catalog::*;
+pub use decode::*;
 pub use images::*;
 pub use instances::*;
 pub use keypairs::*;
