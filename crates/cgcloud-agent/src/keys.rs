@@ -44,6 +44,9 @@ pub fn account(name: &str) -> Option<Account> {
 /// The account `name` in the text of a passwd file. A uid or gid that is not a number is an
 /// error, never a default: the agent runs as root, and uid 0 would make it give root's
 /// attributes to what it writes for the account (or read root's files as the account's).
+/// Parsed here rather than with `nix`'s `getpwnam_r` for that reason: the accounts the agent
+/// keeps keys for are local ones (the image's admin user, the role's users), and this refusal
+/// of a malformed entry is tested, which libc's reading of it (and any NSS module's) is not.
 pub fn find_account(passwd: &str, name: &str) -> Result<Option<Account>, BadAccount> {
     let Some(f) = passwd.lines().map(|l| l.split(':').collect::<Vec<&str>>()).find(|f| f.len() >= 7 && f[0] == name)
     else {

@@ -256,7 +256,7 @@ impl Registry {
             .values()
             .filter(|l| !l.file.is_abstract)
             .map(|l| l.file.name.as_str())
-            .filter(|n| n.contains(name) || name.contains(n) || edit_distance(n, name) <= 3)
+            .filter(|n| n.contains(name) || name.contains(n) || strsim::levenshtein(n, name) <= 3)
             .take(3)
             .map(str::to_owned)
             .collect();
@@ -316,19 +316,6 @@ impl Role {
 pub fn role_schema() -> String {
     let schema = schemars::schema_for!(RoleFile);
     serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

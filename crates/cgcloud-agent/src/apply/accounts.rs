@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// The id of a group in `/etc/group`.
+/// The id of a group in `/etc/group`, read like `keys::find_account` reads `/etc/passwd` (see there why not with `nix`): a gid that
+/// is not a number is no group.
 pub(super) fn group_id(name: &str) -> Option<u32> {
     let text = std::fs::read_to_string("/etc/group").ok()?;
     text.lines().find_map(|l| {
