@@ -30,6 +30,17 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, CommandError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// True if the program runs and exits 0; its output is discarded.
+pub fn succeeds(program: &str, args: &[&str]) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Waits for `child` for at most `timeout`, looking every `poll`: its exit status, or None if
 /// it ran longer, in which case it is killed (and reaped).
 pub fn wait_timeout(child: &mut Child, timeout: Duration, poll: Duration) -> std::io::Result<Option<ExitStatus>> {

@@ -221,13 +221,7 @@ impl Runner {
 
     /// True if the program exits 0 (output discarded).
     fn test(&self, program: &str, args: &[&str]) -> bool {
-        Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        crate::sys::succeeds(program, args)
     }
 
     fn render(&self, text: &str) -> Result<String, StepError> {
