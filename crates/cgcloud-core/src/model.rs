@@ -1,7 +1,7 @@
 //! What cgcloud knows about a box (an EC2 instance it manages) and an image, decoded from tags,
 //! and how a single box is selected from a role's boxes.
 
-use crate::tags::{self, Tags};
+use crate::tags::Tags;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -156,11 +156,6 @@ pub fn select_box(role: &str, namespace: &str, boxes: Vec<BoxInfo>, sel: &Select
             candidates: candidates.iter().enumerate().map(|(i, b)| describe_box(i, b)).collect(),
         }),
     }
-}
-
-/// Reads the decoded fields of a box from its tags; `None` if it is not a cgcloud box.
-pub fn role_and_namespace(tags: &Tags) -> Option<(String, String)> {
-    Some((tags.get(tags::ROLE)?.clone(), tags.get(tags::NAMESPACE)?.clone()))
 }
 
 #[cfg(test)]

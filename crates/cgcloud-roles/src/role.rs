@@ -618,11 +618,6 @@ impl Role {
         }
         out
     }
-
-    /// The login `ssh` uses by default: the role's default user, else the OS admin.
-    pub fn login_user(&self, os: &OsDef) -> String {
-        self.default_user.clone().unwrap_or_else(|| os.admin_user.clone())
-    }
 }
 
 /// Merges `later` into `base` with the documented rules.

@@ -508,19 +508,4 @@ impl Cloud {
             })
             .collect())
     }
-
-    /// The instance's console output as EC2 keeps it (decoded), if it has any yet.
-    pub async fn console_output(&self, instance_id: &str) -> Result<Option<String>, AwsError> {
-        let out = self
-            .ec2
-            .get_console_output()
-            .instance_id(instance_id)
-            .send()
-            .await
-            .map_err(|e| self.classify("ec2:GetConsoleOutput", e))?;
-        Ok(out
-            .output()
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
-    }
 }
