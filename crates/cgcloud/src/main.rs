@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod complete;
 mod context;
+mod errors;
 mod fdlimit;
 mod output;
 mod settings;
@@ -24,7 +25,7 @@ fn init_logging(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .event_format(commands::LogFormat)
+        .event_format(output::LogFormat)
         .init();
 }
 
@@ -50,9 +51,9 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            let hint = commands::hint_for(&err);
+            let hint = errors::hint_for(&err);
             if output::json_errors() {
-                eprintln!("{}", output::error_json(commands::error_kind(&err), &format!("{err:#}"), hint.as_deref()));
+                eprintln!("{}", output::error_json(errors::error_kind(&err), &format!("{err:#}"), hint.as_deref()));
             } else {
                 eprintln!("error: {err:#}");
                 if let Some(hint) = hint {

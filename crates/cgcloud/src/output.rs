@@ -1,11 +1,16 @@
 //! All output: data on stdout (text tables or JSON), progress on stderr (a spinner on a
-//! terminal, plain lines otherwise). Nothing else prints.
+//! terminal, plain lines otherwise), the log lines' format, and the one question cgcloud asks
+//! (`confirm`). Nothing else prints.
 
 use crate::cli::OutputFormat;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -391,6 +396,44 @@ impl Drop for StepProgress {
             b.finish_and_clear();
         }
     }
+}
+
+/// Log lines: info as plain text, warnings and errors prefixed, debug with the target.
+pub struct LogFormat;
+
+impl<S, N> FormatEvent<S, N> for LogFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        match *event.metadata().level() {
+            Level::INFO => {}
+            Level::WARN => write!(writer, "warning: ")?,
+            Level::ERROR => write!(writer, "error: ")?,
+            _ => {
+                write!(writer, "{}: {}: ", event.metadata().level().as_str().to_lowercase(), event.metadata().target())?
+            }
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// Asks the user to confirm on the terminal; `yes` answers for them.
+pub fn confirm(question: &str, yes: bool) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question} — refusing to ask on a non-interactive input; pass --yes to confirm");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@
 //! `--recursive` adds the namespaces below it, each treated the same way.
 
 use super::boxes::wait_for_state;
-use super::confirm;
 use super::images::delete_snapshot_when_free;
 use super::launch::launcher_gone;
 use crate::cli::{CleanupArgs, ConfirmArgs};
 use crate::context::Ctx;
+use crate::output::confirm;
 use anyhow::Result;
 use cgcloud_aws::Cloud;
 use cgcloud_core::model::BoxInfo;

@@ -26,7 +26,7 @@ fn warn(check: &'static str, detail: impl Into<String>, hint: impl Into<String>)
 }
 
 fn fail(check: &'static str, err: &anyhow::Error, hint: Option<String>) -> Check {
-    Check { check, status: "fail", detail: format!("{err:#}"), hint: hint.or_else(|| super::hint_for(err)) }
+    Check { check, status: "fail", detail: format!("{err:#}"), hint: hint.or_else(|| crate::errors::hint_for(err)) }
 }
 
 /// The OpenSSH public keys this machine can log in with: its agent's, and the `.pub` files in
@@ -142,7 +142,7 @@ pub async fn doctor(ctx: &Ctx) -> Result<ExitCode> {
     let cloud = match ctx.cloud().await {
         Ok(c) => c,
         Err(e) => {
-            let check = if super::error_kind(&e) == "no-region" { "region and zone" } else { "credentials" };
+            let check = if crate::errors::error_kind(&e) == "no-region" { "region and zone" } else { "credentials" };
             checks.push(fail(check, &e, None));
             return report(ctx, checks);
         }

@@ -1,5 +1,4 @@
-//! Dispatch: one exhaustive match from command to implementation, plus the log format and the
-//! hints printed under errors.
+//! Dispatch: one exhaustive match from command to implementation.
 
 mod autostop;
 mod boxes;
@@ -21,12 +20,7 @@ use crate::context::Ctx;
 use crate::output::Printer;
 use crate::settings::{config_path, ConfigFile, Settings};
 use anyhow::Result;
-use std::fmt;
 use std::process::ExitCode;
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     // What needs no settings, and must work without a config or cloud.
@@ -91,129 +85,4 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::RsyncCluster(a) => cluster::rsync(&ctx, a).await,
         Command::ListClusters(a) => cluster::list(&ctx, a).await,
     }
-}
-
-/// The stable `kind` of an error, for `--output json` (docs/json.md lists them): scripts
-/// branch on it, not on the message.
-pub fn error_kind(err: &anyhow::Error) -> &'static str {
-    use cgcloud_aws::AwsError;
-    use cgcloud_core::model::SelectError;
-    use cgcloud_remote::RemoteError;
-    use cgcloud_roles::RoleError;
-    for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<AwsError>() {
-            return match e {
-                AwsError::NoRegion => "no-region",
-                AwsError::NoCredentials { .. } | AwsError::BadCredentials { .. } => "credentials",
-                AwsError::Unreachable { .. } => "unreachable",
-                AwsError::Throttled { .. } => "throttled",
-                AwsError::WaitTimeout { .. } => "timeout",
-                AwsError::Invalid(_) => "invalid-input",
-                AwsError::Service { .. } | AwsError::Other { .. } => "aws",
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<SelectError>() {
-            return match e {
-                SelectError::Ambiguous { .. } => "ambiguous",
-                _ => "not-found",
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<RoleError>() {
-            return match e {
-                RoleError::UnknownRole { .. } | RoleError::UnknownClusterType { .. } => "not-found",
-                RoleError::UnknownOption { .. } | RoleError::BadOptionValue { .. } | RoleError::MalformedOption(_) => {
-                    "invalid-input"
-                }
-                _ => "role",
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<RemoteError>() {
-            return match e {
-                RemoteError::MissingPrograms { .. } => "missing-program",
-                RemoteError::NotReady { .. } => "timeout",
-                RemoteError::HostKeyMismatch { .. } => "host-key",
-                _ => "ssh",
-            };
-        }
-        if cause.downcast_ref::<cgcloud_core::namespace::NamespaceError>().is_some()
-            || cause.downcast_ref::<cgcloud_core::sshkey::KeyError>().is_some()
-        {
-            return "invalid-input";
-        }
-        if cause.downcast_ref::<cgcloud_roles::compile::CompileError>().is_some() {
-            return "role";
-        }
-        if cause.downcast_ref::<cgcloud_localcloud::Error>().is_some() {
-            return "local-cloud";
-        }
-    }
-    if err.to_string() == "interrupted" {
-        return "interrupted";
-    }
-    "failed"
-}
-
-/// A suggestion for the user, from the first error in the chain that has one.
-pub fn hint_for(err: &anyhow::Error) -> Option<String> {
-    for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<cgcloud_aws::AwsError>() {
-            if let Some(h) = e.hint() {
-                return Some(h);
-            }
-        }
-        if cause.downcast_ref::<cgcloud_core::namespace::NamespaceError>().is_some() {
-            return Some(
-                "a namespace looks like / or /team/ or /team/project/ (lower case); __me__ stands for your user name"
-                    .into(),
-            );
-        }
-        if cause.downcast_ref::<cgcloud_core::sshkey::KeyError>().is_some() {
-            return Some("create a key with `ssh-keygen -t ed25519` and pass its .pub file".into());
-        }
-        if let Some(cgcloud_remote::RemoteError::NotReady { .. }) = cause.downcast_ref::<cgcloud_remote::RemoteError>()
-        {
-            return Some(
-                "check that the box is reachable from here (--ssh-address public|private) and that its security group allows SSH from your address".into(),
-            );
-        }
-    }
-    None
-}
-
-/// Log lines: info as plain text, warnings and errors prefixed, debug with the target.
-pub struct LogFormat;
-
-impl<S, N> FormatEvent<S, N> for LogFormat
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        match *event.metadata().level() {
-            Level::INFO => {}
-            Level::WARN => write!(writer, "warning: ")?,
-            Level::ERROR => write!(writer, "error: ")?,
-            _ => {
-                write!(writer, "{}: {}: ", event.metadata().level().as_str().to_lowercase(), event.metadata().target())?
-            }
-        }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
-    }
-}
-
-/// Asks the user to confirm on the terminal; `yes` answers for them.
-pub fn confirm(question: &str, yes: bool) -> Result<bool> {
-    use std::io::{BufRead as _, IsTerminal as _, Write as _};
-    if yes {
-        return Ok(true);
-    }
-    if !std::io::stdin().is_terminal() {
-        anyhow::bail!("{question} — refusing to ask on a non-interactive input; pass --yes to confirm");
-    }
-    eprint!("{question} [y/N] ");
-    std::io::stderr().flush()?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))
 }
