@@ -179,7 +179,12 @@ impl Agent {
                 if crate::imds::life_cycle(&http).is_ok_and(|l| l == "on-demand") {
                     return String::new();
                 }
-                crate::spot::watch(crate::imds::IMDS, Path::new(crate::spot::HOOK), Duration::from_secs(5), log)
+                crate::interruption::watch(
+                    crate::imds::IMDS,
+                    Path::new(crate::interruption::HOOK),
+                    Duration::from_secs(5),
+                    log,
+                )
             });
         }
         let mut schedule = Schedule::new();

@@ -4,7 +4,7 @@
 //!
 //! Where things live: the command line here; `daemon` is the `run` loop, which calls `keys`
 //! (key sync), `queue` (notifications), `cluster` (membership; also the first boot),
-//! `autostop`, `metrics`, `host_key`, `spot` and `volume`. `apply` runs plans, `storage` and
+//! `autostop`, `metrics`, `host_key`, `interruption` (spot notices) and `volume`. `apply` runs plans, `storage` and
 //! `volume` prepare disks. Below them: `aws` and `imds` (the AWS and metadata endpoints),
 //! `safefs` (every file write: no path a user controls is followed), `sys` (every command but a
 //! plan's steps), `log`.
@@ -20,13 +20,13 @@ mod daemon;
 mod facts;
 mod host_key;
 mod imds;
+mod interruption;
 mod keys;
 mod log;
 mod metrics;
 mod pgp;
 mod queue;
 mod safefs;
-mod spot;
 mod storage;
 mod sys;
 mod volume;
