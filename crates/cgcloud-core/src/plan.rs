@@ -6,6 +6,11 @@
 //! Text in steps may hold `{{ name }}` placeholders. Role options, role variables and `os.*`
 //! are substituted when the plan is compiled; `box.*` and `cluster.*` facts are substituted
 //! by the agent on the box, where they are known.
+//!
+//! The placeholder language is hand-written rather than `minijinja`'s on purpose: it is a name
+//! and a few quoting filters, nothing else, so every placeholder of every role is checked when
+//! the role is loaded and the agent, which renders the deferred ones as root, carries no template
+//! engine; a Jinja template could loop, branch and call, and reads an unknown name as empty.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};

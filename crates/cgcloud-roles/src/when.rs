@@ -12,6 +12,9 @@
 //! A bare `NAME` must be a `bool` option (or a variable whose value is `true` or `false`);
 //! anything else is compared with a quoted literal: `scheduler == 'slurm'`, `os.family != 'dnf'`.
 //! The retired form `"{{ name }}"` is an error that says to write `name`.
+//!
+//! Hand-written rather than `minijinja`'s expressions: this grammar is all a role may say, and a
+//! name it does not know is an error when the role is loaded, not a false at some later launch.
 
 use std::collections::BTreeMap;
 
