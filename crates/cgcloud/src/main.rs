@@ -73,6 +73,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         e.kind(),
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
+        // Help or an error on a closed terminal: nothing left to tell anyone.
         let _ = e.print();
         return ExitCode::from(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 });
     }
@@ -86,6 +87,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         let message = head.split_whitespace().collect::<Vec<_>>().join(" ");
         eprintln!("{}", output::error_json("usage", &message, Some("see `cgcloud --help`")));
     } else {
+        // Help or an error on a closed terminal: nothing left to tell anyone.
         let _ = e.print();
     }
     ExitCode::from(2)

@@ -289,6 +289,7 @@ impl PhaseProgress {
             l.finish_and_clear();
         }
         if let Some(m) = &self.multi {
+            // Clearing the bars of a terminal that has gone changes nothing.
             let _ = m.clear();
         }
     }

@@ -394,12 +394,14 @@ impl FakeAgents {
 
     /// Lets paused agents go on.
     pub fn resume(&mut self) {
+        // Not paused is the same as resumed.
         let _ = std::fs::remove_file(self.dir.path().join("pause"));
     }
 }
 
 impl Drop for FakeAgents {
     fn drop(&mut self) {
+        // Stopping a test helper that may already have exited.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -554,6 +556,7 @@ impl Mirror {
 
 impl Drop for Mirror {
     fn drop(&mut self) {
+        // Stopping a test helper that may already have exited.
         let _ = self.server.kill();
         let _ = self.server.wait();
     }

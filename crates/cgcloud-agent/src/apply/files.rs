@@ -70,6 +70,7 @@ impl Runner {
         let tmp_s = tmp.display().to_string();
         self.sh("curl", &["-fsSL", "--retry", "3", "--max-filesize", "1048576", "-o", &tmp_s, checksum_url])?;
         let text = std::fs::read_to_string(&tmp).map_err(|e| fail(format!("{checksum_url}: {e}")));
+        // Best effort: a temporary file left in root's downloads directory is replaced by the next.
         let _ = std::fs::remove_file(&tmp);
         let name = url.rsplit('/').next().unwrap_or(url);
         cgcloud_core::plan::published_digest(&text?, name, alg)
@@ -115,6 +116,7 @@ impl Runner {
         let data = std::fs::read(&tmp).map_err(|e| fail(format!("{tmp_s}: {e}")))?;
         let got = alg.digest(&data);
         if got != want {
+            // Best effort: a temporary file left in root's downloads directory is replaced by the next.
             let _ = std::fs::remove_file(&tmp);
             return Err(fail(format!("{url} has {} {got}, expected {want}", alg.name())));
         }
@@ -126,12 +128,14 @@ impl Runner {
             let strip_arg = format!("--strip-components={strip}");
             // The archive's owners mean nothing here: its files become the agent's (root's).
             let result = self.sh("tar", &["-xf", &tmp_s, "--no-same-owner", "-C", dest, &strip_arg]);
+            // Best effort: a temporary file left in root's downloads directory is replaced by the next.
             let _ = std::fs::remove_file(&tmp);
             result?;
             let (uid, gid) = safefs::process_ids();
             safefs::write_atomic(&marker, want.as_bytes(), Attrs { uid, gid, mode: 0o644 })
                 .map_err(|e| fail(e.to_string()))?;
         } else {
+            // Best effort: a temporary file left in root's downloads directory is replaced by the next.
             let _ = std::fs::remove_file(&tmp);
             let attrs = Self::wanted(dest, safefs::stat(Path::new(dest)), None, None, mode, 0o644)?;
             safefs::write_atomic(Path::new(dest), &data, attrs).map_err(|e| fail(e.to_string()))?;

@@ -124,12 +124,14 @@ impl Runner {
 
     fn emit(&self, value: serde_json::Value, text: String) {
         let mut out = std::io::stdout().lock();
+        // Progress to a reader that has gone (the workstation's ssh) is nothing to stop the run for.
         let _ = if self.json { writeln!(out, "{value}") } else { writeln!(out, "{text}") };
         let _ = out.flush();
     }
 
     fn log_line(&self, text: &str) {
         if let Some(dir) = self.log.parent() {
+            // The log is a record, not the run: a log that cannot be written loses lines, not steps.
             let _ = std::fs::create_dir_all(dir);
         }
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.log) {

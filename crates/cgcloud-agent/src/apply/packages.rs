@@ -90,6 +90,7 @@ impl Runner {
         std::fs::create_dir_all("/etc/apt/keyrings").map_err(|e| fail(format!("/etc/apt/keyrings: {e}")))?;
         self.sh("curl", &["-fsSL", "--retry", "3", "-o", &tmp, key_url])?;
         let key = std::fs::read(&tmp).map_err(|e| fail(format!("{tmp}: {e}")))?;
+        // Best effort: a temporary file left in root's downloads directory is replaced by the next.
         let _ = std::fs::remove_file(&tmp);
         if let Some(want) = key_sha {
             let got = hex::encode(Sha256::digest(&key));

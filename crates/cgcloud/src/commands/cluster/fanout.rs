@@ -91,6 +91,7 @@ pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
                     if let Some(o) = out {
                         let mut lines = tokio::io::BufReader::new(o).lines();
                         while let Ok(Some(l)) = lines.next_line().await {
+                            // The printer has stopped only when the command is over.
                             let _ = t1.send(format!("{l1} {l}"));
                         }
                     }
@@ -100,11 +101,13 @@ pub async fn ssh(ctx: &Ctx, a: SshClusterArgs) -> Result<ExitCode> {
                     if let Some(e) = err {
                         let mut lines = tokio::io::BufReader::new(e).lines();
                         while let Ok(Some(l)) = lines.next_line().await {
+                            // The printer has stopped only when the command is over.
                             let _ = t2.send(format!("{l2} {l}"));
                         }
                     }
                 });
                 let status = child.wait().await?;
+                // The readers end with the child's output; their errors would only repeat its status.
                 let _ = tokio::join!(a, b);
                 Ok::<_, std::io::Error>((id, status.code().unwrap_or(255)))
             });
