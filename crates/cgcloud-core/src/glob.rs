@@ -6,12 +6,27 @@
 
 use globset::GlobBuilder;
 
-/// True if `name` matches `pattern`.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let escaped = pattern.replace('\\', "\\\\").replace('{', "\\{").replace('}', "\\}");
-    match GlobBuilder::new(&escaped).literal_separator(true).backslash_escape(true).build() {
-        Ok(glob) => glob.compile_matcher().is_match(name),
-        Err(_) => pattern == name,
+/// A pattern compiled once, to match many names.
+pub enum Glob {
+    Compiled(globset::GlobMatcher),
+    /// A pattern `globset` cannot read: it matches only itself.
+    Literal(String),
+}
+
+impl Glob {
+    pub fn new(pattern: &str) -> Glob {
+        let escaped = pattern.replace('\\', "\\\\").replace('{', "\\{").replace('}', "\\}");
+        match GlobBuilder::new(&escaped).literal_separator(true).backslash_escape(true).build() {
+            Ok(glob) => Glob::Compiled(glob.compile_matcher()),
+            Err(_) => Glob::Literal(pattern.to_owned()),
+        }
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Glob::Compiled(m) => m.is_match(name),
+            Glob::Literal(l) => l == name,
+        }
     }
 }
 
@@ -23,6 +38,10 @@ pub fn is_glob(pattern: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn glob_match(pattern: &str, name: &str) -> bool {
+        Glob::new(pattern).matches(name)
+    }
 
     #[test]
     fn globs() {

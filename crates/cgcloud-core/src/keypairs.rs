@@ -9,7 +9,7 @@
 //! key pairs only tagged with their own user name, and tag or untag none. Literal names and
 //! globs trust whoever may import a key pair of that name; `@user` and `@@group` do not.
 
-use crate::glob::{glob_match, is_glob};
+use crate::glob::{is_glob, Glob};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +92,10 @@ pub fn expand(patterns: &[String], available: &[KeyPair], members: &BTreeMap<Str
         let pattern = Pattern::parse(p);
         match &pattern {
             Pattern::Literal(l) => available.iter().filter(|a| a.name == *l).for_each(&mut push),
-            Pattern::Glob(g) => available.iter().filter(|a| glob_match(g, &a.name)).for_each(&mut push),
+            Pattern::Glob(g) => {
+                let glob = Glob::new(g);
+                available.iter().filter(|a| glob.matches(&a.name)).for_each(&mut push)
+            }
             Pattern::User(u) => available.iter().filter(|a| a.owned_by(u)).for_each(&mut push),
             Pattern::Group(_) => {
                 for user in users(&pattern, members) {

@@ -390,7 +390,7 @@ async fn answer(req: &Request, peer: &str, reg: &Shared, cloud: &cgcloud_aws::Cl
     match path {
         "/" => text("latest"),
         "/latest" => text("api\ndynamic\nmeta-data\nuser-data"),
-        "/latest/user-data" => match crate::controller::user_data(cloud, &inst.id).await {
+        "/latest/user-data" => match cloud.user_data(&inst.id).await {
             Ok(u) if !u.is_empty() => response(200, "OK", "application/octet-stream", &u, &[]),
             _ => not_found(),
         },
@@ -568,14 +568,7 @@ mod tests {
             ..Default::default()
         };
         reg.lock().unwrap().instances.insert("127.0.0.1".into(), meta(true));
-        let settings = cgcloud_aws::ConnectSettings {
-            region: Some("us-east-1".into()),
-            endpoint: Some("http://127.0.0.1:9".into()),
-            access_key_id: Some("testing".into()),
-            secret_access_key: Some("testing".into()),
-            ..Default::default()
-        };
-        let cloud = cgcloud_aws::Cloud::connect(&settings).await.unwrap();
+        let cloud = crate::test_cloud().await;
         let run = tempfile::tempdir().unwrap();
         tokio::spawn(serve(listener, reg.clone(), cloud, run.path().to_owned()));
 

@@ -652,6 +652,20 @@ async fn create_vpc(cloud: &cgcloud_aws::Cloud) -> Result<(String, Vec<(String, 
     Ok(cloud.create_private_vpc(VPC_TAG, net::VPC_CIDR, ZONES).await?)
 }
 
+/// A client for tests whose requests go nowhere (the discard port): for code that holds a
+/// cloud but whose tests must not reach one.
+#[cfg(test)]
+pub(crate) async fn test_cloud() -> cgcloud_aws::Cloud {
+    let settings = cgcloud_aws::ConnectSettings {
+        region: Some("us-east-1".into()),
+        endpoint: Some("http://127.0.0.1:9".into()),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        ..Default::default()
+    };
+    cgcloud_aws::Cloud::connect(&settings).await.unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

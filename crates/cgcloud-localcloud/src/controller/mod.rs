@@ -535,7 +535,7 @@ async fn boot(
         .unwrap_or_else(|| format!("ip-{}.{}.compute.internal", ip.replace('.', "-"), crate::REGION));
     let hostname = fqdn.split('.').next().unwrap_or(&fqdn).to_owned();
     let spec = InstanceSpec { id: id.to_owned(), ip, hostname, fqdn, image_id: inst.image_id.clone() };
-    let user_data = user_data(cloud, id).await?;
+    let user_data = cloud.user_data(id).await?;
     let public_keys = match &inst.key_name {
         Some(k) => cloud.key_pair(k).await?.and_then(|k| k.public_key).into_iter().collect(),
         None => Vec::new(),
@@ -551,8 +551,4 @@ async fn boot(
         }
         other => other,
     }
-}
-
-pub(crate) async fn user_data(cloud: &Cloud, id: &str) -> Result<String, Error> {
-    Ok(cloud.user_data(id).await?)
 }

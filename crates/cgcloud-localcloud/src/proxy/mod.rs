@@ -156,20 +156,13 @@ mod test_support {
     /// A door whose moto is on `upstream_port` and whose administrator's client is never used
     /// (it points at the discard port).
     pub(super) async fn door(side: Side, upstream_port: u16, events: mpsc::UnboundedSender<Event>) -> Door {
-        let settings = cgcloud_aws::ConnectSettings {
-            region: Some("us-east-1".into()),
-            endpoint: Some("http://127.0.0.1:9".into()),
-            access_key_id: Some("testing".into()),
-            secret_access_key: Some("testing".into()),
-            ..Default::default()
-        };
         Door {
             side,
             upstream_port,
             events,
             dir: std::env::temp_dir(),
             imds: Default::default(),
-            cloud: cgcloud_aws::Cloud::connect(&settings).await.unwrap(),
+            cloud: crate::test_cloud().await,
             policies: Default::default(),
         }
     }

@@ -10,7 +10,7 @@ use super::provision::run_with_input;
 use crate::cli::RegisterAgentsArgs;
 use crate::context::Ctx;
 use anyhow::{anyhow, bail, Context as _, Result};
-use cgcloud_core::glob::glob_match;
+use cgcloud_core::glob::Glob;
 use cgcloud_core::jenkins::{casc, casc_yaml, Cloud as JenkinsCloud, Template};
 use cgcloud_core::model::{BoxInfo, ImageInfo};
 use cgcloud_core::tags::{self, Tags};
@@ -147,6 +147,7 @@ async fn choose_agent_roles(
     let registry = ctx.registry().await?;
     let cloud = ctx.cloud().await?;
     let globs: Vec<String> = if a.agents.is_empty() { vec!["*".to_owned()] } else { a.agents.clone() };
+    let compiled: Vec<Glob> = globs.iter().map(|g| Glob::new(g)).collect();
     let explicit = !a.agents.is_empty();
     let mut roles = Vec::new();
     let agent_roles: Vec<Role> = registry
@@ -157,7 +158,7 @@ async fn choose_agent_roles(
         .collect();
     let known: Vec<String> = agent_roles.iter().map(|r| r.name.clone()).collect();
     for role in agent_roles {
-        if globs.iter().any(|g| glob_match(g, &role.name)) {
+        if compiled.iter().any(|g| g.matches(&role.name)) {
             roles.push(role);
         }
     }
