@@ -1,5 +1,5 @@
 //! Pure model and logic of cgcloud, with no I/O: namespaces and the names derived from them,
-//! the tag schema, box selection, cluster ordinals, key parsing and fingerprints, globs, zones,
+//! the tag schema, box selection, cluster ordinals, elastic clusters' bounds and decisions, key parsing and fingerprints, globs, zones,
 //! IAM policies, generated configuration (Jenkins agents, YAML), SigV4 request signing, and the
 //! HTTP/1.1 parsing and writing of the local cloud's and the tests' servers (over buffers).
 
@@ -16,6 +16,7 @@ pub mod namespace;
 pub mod ordinals;
 pub mod plan;
 pub mod policy;
+pub mod scaling;
 pub mod sigv4;
 pub mod spot;
 pub mod sshkey;

@@ -310,10 +310,10 @@ impl Policy {
 pub const AGENT_INSTANCE_TAGS: [&str; 4] = [tags::CONFIGURED, tags::FAILURE, tags::HOST_KEY, tags::ACTIVE_AT];
 
 /// The tags cluster nodes trust about each other and their volumes (membership, leadership,
-/// ordinals, which node a volume is for, autostop), which only the workstation may write: a box
-/// allowed to write one could plant a leader in a cluster or a volume on a node, or stop a
-/// cluster.
-pub const WORKSTATION_TAGS: [&str; 12] = [
+/// ordinals, which node a volume is for, autostop, an elastic cluster's bounds and template),
+/// which only the workstation may write: a box allowed to write one could plant a leader in a
+/// cluster or a volume on a node, stop a cluster, or have a leader launch past its bounds.
+pub const WORKSTATION_TAGS: [&str; 18] = [
     tags::CLUSTER,
     tags::CLUSTER_TYPE,
     tags::ORDINAL,
@@ -326,6 +326,12 @@ pub const WORKSTATION_TAGS: [&str; 12] = [
     tags::EBS_VOLUME_SIZE,
     tags::AUTOSTOP,
     tags::AUTOSTOP_ACTION,
+    tags::SCALING,
+    tags::SCALING_TYPES,
+    tags::SCALING_MARKET,
+    tags::SCALING_SUBNETS,
+    tags::SCALING_NODE,
+    tags::LAUNCH_TEMPLATE,
 ];
 
 /// Whether a box with `policy` could write one of [`WORKSTATION_TAGS`], judged by the policy's

@@ -42,8 +42,19 @@ pub fn mean_price(history: &[PricePoint]) -> Option<f64> {
     (!history.is_empty()).then(|| history.iter().map(|p| p.price).sum::<f64>() / history.len() as f64)
 }
 
+/// The error codes by which EC2 says it could not provide the capacity asked for (try another
+/// type, zone or market, or later), rather than that the request is wrong.
+pub const CAPACITY_ERRORS: [&str; 6] = [
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    "InsufficientFreeAddressesInSubnet",
+    "Unsupported",
+];
+
 /// One way of launching some of the boxes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Attempt {
     Spot { instance_type: String },
     OnDemand { instance_type: String },

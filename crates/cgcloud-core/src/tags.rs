@@ -85,6 +85,19 @@ pub const SHARE: &str = "cgcloud:share";
 pub const CONFIGURED: &str = "cgcloud:configured";
 /// On a box agent's SQS queue: the ARN of the box it belongs to (the only box that may use it).
 pub const QUEUE_OWNER: &str = "cgcloud:instance";
+/// On an elastic cluster's leader: its bounds, `min=0 max=32 idle=600` (see `scaling`). Set by
+/// the workstation only, like every `scaling` tag: they say how much the leader may launch.
+pub const SCALING: &str = "cgcloud:scaling";
+/// On an elastic cluster's leader: the workers' instance types, most preferred first.
+pub const SCALING_TYPES: &str = "cgcloud:scaling-types";
+/// On an elastic cluster's leader: `on-demand`, or `spot [bid=DOLLARS] [fallback]`.
+pub const SCALING_MARKET: &str = "cgcloud:scaling-market";
+/// On an elastic cluster's leader: the subnets to launch workers in, most preferred first.
+pub const SCALING_SUBNETS: &str = "cgcloud:scaling-subnets";
+/// On an elastic cluster's leader: what Slurm is told each worker has, `cpus=2 mem=7168`.
+pub const SCALING_NODE: &str = "cgcloud:scaling-node";
+/// On an elastic cluster's leader: the launch template its workers are launched from, `lt-ID:VERSION`.
+pub const LAUNCH_TEMPLATE: &str = "cgcloud:launch-template";
 /// Role option values are stored as `cgcloud:option:<name>`.
 pub const OPTION_PREFIX: &str = "cgcloud:option:";
 
@@ -135,14 +148,18 @@ pub fn ordinal(tags: &Tags, ami_launch_index: Option<i32>) -> Option<u32> {
 pub fn autostop_text(tags: &Tags) -> Option<String> {
     let secs: u64 = tags.get(AUTOSTOP)?.parse().ok().filter(|s| *s > 0)?;
     let action = if tags.get(AUTOSTOP_ACTION).is_some_and(|a| a == "terminate") { "terminate" } else { "stop" };
-    let d = if secs.is_multiple_of(3600) {
+    Some(format!("{} {action}", duration_text(secs)))
+}
+
+/// Seconds for people, in the largest whole unit: `2h`, `30m`, `45s`.
+pub fn duration_text(secs: u64) -> String {
+    if secs > 0 && secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs.is_multiple_of(60) {
+    } else if secs > 0 && secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
-    };
-    Some(format!("{d} {action}"))
+    }
 }
 
 #[cfg(test)]

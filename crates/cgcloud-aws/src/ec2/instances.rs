@@ -42,17 +42,7 @@ pub struct LaunchSpec {
 
 /// Errors that mean EC2 could not provide the capacity (try elsewhere or later).
 pub fn is_capacity_error(e: &AwsError) -> bool {
-    e.code().is_some_and(|c| {
-        matches!(
-            c,
-            "InsufficientInstanceCapacity"
-                | "InsufficientCapacity"
-                | "SpotMaxPriceTooLow"
-                | "MaxSpotInstanceCountExceeded"
-                | "InsufficientFreeAddressesInSubnet"
-                | "Unsupported"
-        )
-    })
+    e.code().is_some_and(|c| cgcloud_core::spot::CAPACITY_ERRORS.contains(&c))
 }
 
 impl Cloud {

@@ -37,6 +37,12 @@ fn a_box_cannot_rewrite_what_others_trust() {
         "cgcloud:leader-arn",
         "cgcloud:autostop",
         "cgcloud:autostop-action",
+        "cgcloud:scaling",
+        "cgcloud:scaling-types",
+        "cgcloud:scaling-market",
+        "cgcloud:scaling-subnets",
+        "cgcloud:scaling-node",
+        "cgcloud:launch-template",
         "cgcloud:owner",
         "Name",
     ] {
