@@ -31,16 +31,23 @@ pub enum Op {
     StringLikeIfExists,
     /// Every value of a multi-valued key (e.g. `aws:TagKeys`) is one of the listed values.
     ForAllValuesStringEquals,
+    /// `true` or `false`, without regard to case.
+    Bool,
+    /// An ARN matching one of the patterns component by component (partition, service, region,
+    /// account, resource), wildcards within each.
+    ArnLike,
 }
 
 impl Op {
     /// Every operator, for parsing and messages.
-    pub const ALL: [Op; 5] = [
+    pub const ALL: [Op; 7] = [
         Op::StringEquals,
         Op::StringLike,
         Op::StringEqualsIfExists,
         Op::StringLikeIfExists,
         Op::ForAllValuesStringEquals,
+        Op::Bool,
+        Op::ArnLike,
     ];
 
     /// The operator IAM's JSON calls `name`.
@@ -55,6 +62,8 @@ impl Op {
             Op::StringEqualsIfExists => "StringEqualsIfExists",
             Op::StringLikeIfExists => "StringLikeIfExists",
             Op::ForAllValuesStringEquals => "ForAllValues:StringEquals",
+            Op::Bool => "Bool",
+            Op::ArnLike => "ArnLike",
         }
     }
 }
@@ -99,7 +108,7 @@ impl Statement {
     /// IAM's JSON form of the statement.
     pub fn to_json(&self) -> serde_json::Value {
         let mut st = serde_json::json!({
-            "Sid": self.why.split(|c: char| !c.is_ascii_alphanumeric()).map(|w| {
+            "Sid": self.why.replace('\'', "").split(|c: char| !c.is_ascii_alphanumeric()).map(|w| {
                 let mut cs = w.chars();
                 cs.next().map(|f| f.to_ascii_uppercase().to_string() + cs.as_str()).unwrap_or_default()
             }).collect::<String>(),
@@ -139,6 +148,8 @@ impl Condition {
             Op::StringEqualsIfExists => got.is_none_or(|vs| vs.iter().any(|v| values.contains(v))),
             Op::StringLikeIfExists => got.is_none_or(|vs| vs.iter().any(|v| values.iter().any(|p| iam_match(p, v)))),
             Op::ForAllValuesStringEquals => got.is_none_or(|vs| vs.iter().all(|v| values.contains(v))),
+            Op::Bool => got.is_some_and(|vs| vs.iter().any(|v| values.iter().any(|p| p.eq_ignore_ascii_case(v)))),
+            Op::ArnLike => got.is_some_and(|vs| vs.iter().any(|v| values.iter().any(|p| arn_like(p, v)))),
         }
     }
 }
@@ -185,6 +196,13 @@ fn iam_match(pattern: &str, s: &str) -> bool {
         }
     }
     p[pi..].iter().all(|c| *c == '*')
+}
+
+/// IAM's `ArnLike`: the six colon-separated parts of the ARN each match the pattern's part (the
+/// last, the resource, may itself hold colons); something that is not an ARN matches nothing.
+fn arn_like(pattern: &str, arn: &str) -> bool {
+    let (p, a): (Vec<&str>, Vec<&str>) = (pattern.splitn(6, ':').collect(), arn.splitn(6, ':').collect());
+    p.len() == 6 && a.len() == 6 && p[0] == "arn" && a[0] == "arn" && p.iter().zip(&a).all(|(p, a)| iam_match(p, a))
 }
 
 /// A policy document the evaluator cannot read as IAM would: what it holds that is not modelled.
@@ -337,8 +355,9 @@ pub const WORKSTATION_TAGS: [&str; 18] = [
 /// Whether a box with `policy` could write one of [`WORKSTATION_TAGS`], judged by the policy's
 /// shape rather than by sample requests (which a condition on some other key, another region or
 /// profile would slip past): every statement that allows `ec2:CreateTags` must limit the keys
-/// with `ForAllValues:StringEquals` on `aws:TagKeys`, and list none of those. Returns what is
-/// wrong, or `None`.
+/// with `ForAllValues:StringEquals` on `aws:TagKeys`, and list none of those, unless it can only
+/// tag a leader's own workers as it launches them (`scaler::launch_tagging_is_bound`). Returns
+/// what is wrong, or `None`.
 pub fn writes_workstation_tags(policy: &Policy) -> Option<String> {
     // Whether a resource pattern can name an instance or a volume, whatever its region and
     // account (`*` and partial ARNs can).
@@ -361,6 +380,8 @@ pub fn writes_workstation_tags(policy: &Policy) -> Option<String> {
                     s.resources.join(", ")
                 ))
             }
+            // An elastic cluster's leader tags its workers into its cluster as they launch.
+            Some(_) if scaler::launch_tagging_is_bound(s) => {}
             Some(c) => {
                 if let Some(k) = WORKSTATION_TAGS.iter().find(|k| c.values.iter().any(|v| v == *k)) {
                     return Some(format!("{k} (a statement allows it in aws:TagKeys)"));
@@ -512,6 +533,8 @@ pub fn key_pair_statements() -> Vec<Statement> {
         ),
     ]
 }
+
+pub mod scaler;
 
 #[cfg(test)]
 mod tests;

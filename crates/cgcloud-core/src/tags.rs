@@ -141,7 +141,9 @@ pub fn ordinal(tags: &Tags, ami_launch_index: Option<i32>) -> Option<u32> {
     if let Some(o) = tags.get(ORDINAL).and_then(|o| o.parse().ok()) {
         return Some(o);
     }
-    crate::ordinals::nth(tags.get(ORDINALS)?, usize::try_from(ami_launch_index?).ok()?)
+    // Never 0 from a group's list: the leader alone is 0, by its own tag, which an elastic
+    // cluster's leader cannot give the workers it launches (it writes their ORDINALS).
+    crate::ordinals::nth(tags.get(ORDINALS)?, usize::try_from(ami_launch_index?).ok()?).filter(|o| *o != 0)
 }
 
 /// Autostop as the tags say, for people: `30m stop`, `2h terminate`; None if off.
@@ -173,6 +175,9 @@ mod tests {
         assert_eq!(ordinal(&t, Some(1)), Some(3));
         assert_eq!(ordinal(&t, Some(3)), None);
         assert_eq!(ordinal(&t, None), None);
+        t.insert(ORDINALS.into(), "0,1".into());
+        assert_eq!(ordinal(&t, Some(0)), None, "only the leader's own tag says 0");
+        assert_eq!(ordinal(&t, Some(1)), Some(1));
         t.insert(ORDINAL.into(), "0".into());
         assert_eq!(ordinal(&t, Some(2)), Some(0));
     }

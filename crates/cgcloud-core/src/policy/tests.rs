@@ -280,7 +280,7 @@ fn members_register_only_their_own_key_pairs() {
 
 /// Compares `p` with its checked-in JSON (`path` from the workspace root); rewrites the file
 /// instead with CGCLOUD_UPDATE_POLICY=1.
-fn snapshot(p: &Policy, path: &str, expected: &str) {
+pub(super) fn snapshot(p: &Policy, path: &str, expected: &str) {
     let text = serde_json::to_string_pretty(&p.to_json()).unwrap();
     if std::env::var_os("CGCLOUD_UPDATE_POLICY").is_some() {
         std::fs::write(format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR")), text + "\n").unwrap();
