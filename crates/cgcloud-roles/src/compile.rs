@@ -70,8 +70,12 @@ pub fn compile(role: &Role, os: &OsDef, options: &BTreeMap<String, String>) -> R
         }
     }
     let plan = Plan { role: role.name.clone(), os: os.id.clone(), family: os.family.as_str().to_owned(), steps };
-    // A role whose root commands act where its users can plant symlinks does not compile.
-    let found = crate::lint::check(&plan);
+    // A role whose root commands act where its users can plant symlinks does not compile, nor
+    // one whose root hooks this plan leaves out or puts where a user could replace them.
+    let mut found = crate::lint::check(&plan);
+    if let Some(s) = role.cluster.as_ref().and_then(|c| c.scaling.as_ref()) {
+        found.extend(crate::lint::hooks(&plan, &s.hooks()));
+    }
     if !found.is_empty() {
         return Err(cx.err(found.join("\n")));
     }

@@ -354,6 +354,7 @@ pub(crate) mod tests {
                 worker: "w".into(),
                 secrets: Vec::new(),
                 shared_dir: Some(bad.into()),
+                scaling: None,
             };
             assert!(decl.check().is_err(), "{bad}");
         }

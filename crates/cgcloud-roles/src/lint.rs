@@ -11,7 +11,7 @@
 //! writes a path the same way wherever it uses it. Shell variables (`"$dir"`) are not resolved;
 //! the lint catches what a role states, not everything a script could compute.
 
-use cgcloud_core::plan::{Action, Plan};
+use cgcloud_core::plan::{Action, On, Plan};
 
 /// A path a step gives to a non-root owner.
 #[derive(Debug, Clone)]
@@ -46,6 +46,35 @@ pub fn check(plan: &Plan) -> Vec<String> {
     }
     out.sort();
     out.dedup();
+    out
+}
+
+/// What keeps the role's root hooks (`[cluster.scaling]`'s, as (field, path)) from being run as
+/// the role meant: a plan that does not make the file on the leader (a `when` left its step
+/// out), or a hook at or below a path a step gives to a non-root owner, who could replace it.
+pub fn hooks(plan: &Plan, hooks: &[(&str, &str)]) -> Vec<String> {
+    let owned = owned_paths(plan);
+    let mut out = Vec::new();
+    for (field, hook) in hooks {
+        let made = plan.steps.iter().any(|s| {
+            matches!(&s.action, Action::File { path, .. } if path == hook) && matches!(s.on, On::All | On::Leader)
+        });
+        if !made {
+            out.push(format!(
+                "cluster.scaling.{field} '{hook}': this plan makes no such file on the leader (a `when` leaves its \
+                 `file` step out): make it whatever the options are"
+            ));
+        }
+        for o in &owned {
+            if *hook == o.path || hook.strip_prefix(o.path.as_str()).is_some_and(|r| r.starts_with('/')) {
+                out.push(format!(
+                    "cluster.scaling.{field} '{hook}': step '{}' gives {} to {}, who could replace the hook that root \
+                     runs. Put it where only root writes, e.g. /usr/local/sbin",
+                    o.step, o.path, o.owner
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -213,7 +242,7 @@ fn gives(text: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cgcloud_core::plan::{On, Step};
+    use cgcloud_core::plan::Step;
 
     fn plan(steps: Vec<Action>) -> Plan {
         Plan {

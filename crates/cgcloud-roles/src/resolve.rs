@@ -95,6 +95,9 @@ fn check(file: &RoleFile, source: &str) -> Result<(), RoleError> {
     }
     if let Some(c) = &file.cluster {
         c.check().map_err(|message| parse_err(source, message))?;
+        if let Some(s) = &c.scaling {
+            s.check_hooks(&file.steps).map_err(|message| parse_err(source, message))?;
+        }
     }
     for secret in file.cluster.iter().flat_map(|c| &c.secrets) {
         secret.check().map_err(|message| parse_err(source, message))?;
@@ -359,6 +362,143 @@ mod tests {
             let err = role(secret).unwrap_err().to_string();
             assert!(err.contains(says), "{secret}: {err}");
         }
+    }
+
+    /// A cluster role with `[cluster.scaling]` (`scaling`: the table's lines) and `steps`.
+    fn elastic(scaling: &str, steps: &str) -> Result<Role, RoleError> {
+        let text = format!(
+            "name='e'\ndescription='d'\nos=['debian-12']\n[cluster]\ntype='e'\nleader='e-leader'\nworker='e-worker'\n\
+             [cluster.scaling]\n{scaling}\n{steps}"
+        );
+        reg_with(&[("e.toml", &text)]).and_then(|reg| reg.role("e"))
+    }
+
+    const HOOK_STEP: &str = "[[steps]]\ndo='file'\npath='/usr/local/sbin/bounds'\nmode='0755'\ncontent='#!/bin/sh'\n";
+
+    #[test]
+    fn scaling_has_defaults() {
+        let role = elastic("", "").unwrap();
+        let s = role.cluster.unwrap().scaling.unwrap();
+        assert_eq!(s, role::ScalingDecl::default());
+        assert_eq!((s.node_prefix.as_str(), s.socket_group.as_str()), ("w", "slurm"));
+        assert_eq!((s.idle.as_secs(), s.resume_timeout.as_secs()), (600, 600));
+        assert_eq!((s.instance_types.as_slice(), s.hooks()), (["*".to_owned()].as_slice(), vec![]));
+        let set =
+            elastic("node_prefix='node'\nidle='1h30m'\nresume_timeout='90s'\ninstance_types=['m7i.*','c?i.large']", "")
+                .unwrap()
+                .cluster
+                .unwrap()
+                .scaling
+                .unwrap();
+        assert_eq!((set.node_prefix.as_str(), set.idle.as_secs(), set.resume_timeout.as_secs()), ("node", 5400, 90));
+        let hooked = elastic("on_bounds='/usr/local/sbin/bounds'", HOOK_STEP).unwrap();
+        assert_eq!(hooked.cluster.unwrap().scaling.unwrap().hooks(), [("on_bounds", "/usr/local/sbin/bounds")]);
+        // Cluster types that do not say so do not scale.
+        let reg = crate::Registry::builtin().unwrap();
+        assert!(reg.cluster_type("slurm").unwrap().cluster.unwrap().scaling.is_none());
+    }
+
+    #[test]
+    fn scaling_mistakes_say_what_to_write() {
+        let step = |extra: &str| format!("[[steps]]\ndo='file'\npath='/usr/local/sbin/h'\ncontent='x'\n{extra}\n");
+        let hook = "on_failed='/usr/local/sbin/h'";
+        for (scaling, steps, says) in [
+            ("node_prefix='W'", String::new(), "cluster.scaling.node_prefix 'W': write 1 to 8 lower-case letters"),
+            ("node_prefix=''", String::new(), "node_prefix '': write 1 to 8"),
+            ("node_prefix='worker1'", String::new(), "node_prefix 'worker1': write 1 to 8"),
+            ("node_prefix='abcdefghi'", String::new(), "node_prefix 'abcdefghi': write 1 to 8"),
+            ("socket_group='Slurm'", String::new(), "cluster.scaling.socket_group 'Slurm': write a group name"),
+            ("socket_group='a;b'", String::new(), "socket_group 'a;b': write a group name"),
+            ("idle='ten'", String::new(), "'ten' is not a duration"),
+            ("idle=600", String::new(), "expected a string"),
+            ("idle='30s'", String::new(), "cluster.scaling.idle '30s': write whole seconds from 1m to 24h"),
+            ("idle='25h'", String::new(), "cluster.scaling.idle '1day 1h': write whole seconds from 1m to 24h"),
+            ("idle='90500ms'", String::new(), "idle '1m 30s 500ms': write whole seconds"),
+            (
+                "resume_timeout='2h'",
+                String::new(),
+                "cluster.scaling.resume_timeout '2h': write whole seconds from 1m to 1h",
+            ),
+            ("instance_types=[]", String::new(), "instance_types is empty"),
+            ("instance_types=['M7i.large']", String::new(), "'M7i.large' is not an instance type pattern"),
+            ("instance_types=['m7i.*;x']", String::new(), "'m7i.*;x' is not an instance type pattern"),
+            ("on_bounds='bin/bounds'", String::new(), "cluster.scaling.on_bounds 'bin/bounds': write an absolute path"),
+            ("on_bounds='/usr/../bounds'", String::new(), "write an absolute path"),
+            (
+                "on_vanished='/usr/local/sbin/a b'",
+                String::new(),
+                "on_vanished '/usr/local/sbin/a b': write an absolute path",
+            ),
+            ("maximum=4", String::new(), "unknown field `maximum`"),
+            (
+                hook,
+                String::new(),
+                "on_failed '/usr/local/sbin/h' is not a file the role makes on the leader: add a step",
+            ),
+            (hook, step("mode='0755'\nat='boot'\non='workers'"), "is not a file the role makes on the leader"),
+            (hook, step("mode='0755'\nowner='slurm'"), "step 1 (file /usr/local/sbin/h) gives it to slurm"),
+            (hook, step(""), "has mode 0644 (the default)"),
+            (hook, step("mode='0775'"), "has mode 0775: the agent runs only a hook executable by root"),
+            (hook, step("mode='0644'"), "write `mode = \"0755\"`"),
+            (
+                hook,
+                "[[steps]]\ndo='directory'\npath='/usr/local/sbin/h'\n".to_owned(),
+                "makes it, but a hook must be made by a `file` step",
+            ),
+        ] {
+            let err = elastic(scaling, &steps).unwrap_err().to_string();
+            assert!(err.contains("e.toml") && err.contains(says), "{scaling} {steps}: {err}");
+        }
+        // Made at the leader's first boot, or by root at bake with another group, it is fine.
+        elastic(hook, &step("mode='0750'\ngroup='slurm'\nat='boot'\non='leader'")).unwrap();
+        elastic(hook, &step("mode='0700'\nowner='root'")).unwrap();
+    }
+
+    /// `[cluster.scaling]` merges key by key like the rest of `[cluster]`: a role including a
+    /// scaling cluster role (as toil-box includes slurm-box) scales the same way, with what it
+    /// says itself winning, and the included role's steps make the hooks.
+    #[test]
+    fn scaling_is_inherited_through_include() {
+        let base = format!(
+            "name='eb'\ndescription='d'\nos=['debian-12']\n\
+             [cluster]\ntype='eb'\nleader='eb-leader'\nworker='eb-worker'\n\
+             [cluster.scaling]\nnode_prefix='n'\nidle='20m'\non_bounds='/usr/local/sbin/bounds'\n{HOOK_STEP}"
+        );
+        let top = "name='et'\ndescription='d'\ninclude=['eb']\n\
+             [cluster]\ntype='et'\nleader='et-leader'\nworker='et-worker'\n\
+             [cluster.scaling]\nidle='30m'\ninstance_types=['m7i.*']\n";
+        let reg = reg_with(&[("eb.toml", &base), ("et.toml", top)]).unwrap();
+        let c = reg.cluster_type("et").unwrap().cluster.unwrap();
+        let s = c.scaling.unwrap();
+        assert_eq!((c.cluster_type.as_str(), s.node_prefix.as_str(), s.idle.as_secs()), ("et", "n", 1800));
+        assert_eq!(s.instance_types, ["m7i.*"]);
+        assert_eq!(s.hooks(), [("on_bounds", "/usr/local/sbin/bounds")]);
+        // Inherited values are checked in the including role too.
+        let bad = "name='ex'\ndescription='d'\ninclude=['eb']\n[cluster]\ntype='ex'\nleader='ex-leader'\n\
+                   worker='ex-worker'\n[cluster.scaling]\non_failed='/nowhere'\n";
+        let err = reg_with(&[("eb.toml", &base), ("ex.toml", bad)]).unwrap().role("ex").unwrap_err().to_string();
+        assert!(err.contains("ex.toml: cluster.scaling.on_failed '/nowhere' is not a file the role makes"), "{err}");
+    }
+
+    /// What only the compiled plan shows: a `when` that leaves the hook's step out, and a hook
+    /// where a user could replace it (the role lint's owned paths).
+    #[test]
+    fn hooks_are_checked_in_the_plan() {
+        let compiled = |steps: &str| {
+            let text = format!(
+                "name='e'\ndescription='d'\nos=['debian-12']\n[options.elastic]\ntype='bool'\ndefault=false\nhelp='h'\n\
+                 [cluster]\ntype='e'\nleader='e-leader'\nworker='e-worker'\n\
+                 [cluster.scaling]\non_bounds='/opt/app/bounds'\n\
+                 [[steps]]\ndo='file'\npath='/opt/app/bounds'\nmode='0755'\ncontent='#!/bin/sh'\n{steps}"
+            );
+            let r = reg_with(&[("e.toml", &text)]).and_then(|reg| reg.role("e")).unwrap();
+            crate::compile::compile(&r, &r.os[0], &BTreeMap::new()).map(|_| ()).map_err(|e| e.to_string())
+        };
+        compiled("").unwrap();
+        let err = compiled("when='elastic'").unwrap_err();
+        assert!(err.contains("on_bounds '/opt/app/bounds': this plan makes no such file on the leader"), "{err}");
+        let err = compiled("[[steps]]\ndo='directory'\npath='/opt/app'\nowner='app'").unwrap_err();
+        assert!(err.contains("step 'directory /opt/app' gives /opt/app to app, who could replace the hook"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `name`, `description`, `abstract`, `include`, `overrides` and `variants` belong to each file
 //! and are never inherited. A role's `[variants]` are roles of their own (one OS each).
 
-pub use crate::cluster::{ClusterDecl, ClusterSecret, SecretKind};
+pub use crate::cluster::{ClusterDecl, ClusterSecret, ScalingDecl, SecretKind};
 use crate::os::OsDef;
 pub use crate::step::{targets, OnDecl, OnSpec, Phase, RoleStep};
 use schemars::JsonSchema;

@@ -107,6 +107,7 @@ mod tests {
             worker: "c-worker".into(),
             secrets: vec![secret("/etc/k", SecretKind::Random), secret("/etc/id", SecretKind::SshKey)],
             shared_dir: None,
+            scaling: None,
         }
     }
 
