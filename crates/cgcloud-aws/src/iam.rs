@@ -137,6 +137,35 @@ impl Cloud {
         Ok(created)
     }
 
+    /// Sets inline policy `policy_name` of role `role` to `document` (creating or replacing it).
+    pub async fn put_role_policy(&self, role: &str, policy_name: &str, document: &str) -> Result<(), AwsError> {
+        self.iam
+            .put_role_policy()
+            .role_name(role)
+            .policy_name(policy_name)
+            .policy_document(document)
+            .send()
+            .await
+            .map_err(|e| self.classify("iam:PutRolePolicy", e))?;
+        Ok(())
+    }
+
+    /// Deletes inline policy `policy_name` of role `role`. A policy (or role) that is already
+    /// gone is not an error, so rollback and teardown can both try.
+    pub async fn delete_role_policy(&self, role: &str, policy_name: &str) -> Result<(), AwsError> {
+        match self.iam.delete_role_policy().role_name(role).policy_name(policy_name).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = self.classify("iam:DeleteRolePolicy", e);
+                if e.code() == Some("NoSuchEntity") {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// The ARN of instance profile `name` (what RunInstances callers such as the Jenkins EC2
     /// plugin name a profile by), or None if it does not exist.
     pub async fn instance_profile_arn(&self, name: &str) -> Result<Option<String>, AwsError> {

@@ -405,16 +405,25 @@ fn itself(s: Statement) -> Statement {
     s.when(Op::StringEquals, "aws:ARN", &[SOURCE_INSTANCE])
 }
 
-/// The ARN of instance `id` of `account` in `region`, as `ec2:SourceInstanceARN` spells it.
-pub fn instance_arn(region: &str, account: &str, id: &str) -> String {
-    let partition = if region.starts_with("cn-") {
+/// The ARN partition of `region`.
+fn partition(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
         "aws-cn"
     } else if region.starts_with("us-gov-") {
         "aws-us-gov"
     } else {
         "aws"
-    };
-    format!("arn:{partition}:ec2:{region}:{account}:instance/{id}")
+    }
+}
+
+/// The ARN of instance `id` of `account` in `region`, as `ec2:SourceInstanceARN` spells it.
+pub fn instance_arn(region: &str, account: &str, id: &str) -> String {
+    format!("arn:{}:ec2:{region}:{account}:instance/{id}", partition(region))
+}
+
+/// The ARN of launch template `id` of `account` in `region`, as `ec2:LaunchTemplate` spells it.
+pub fn launch_template_arn(region: &str, account: &str, id: &str) -> String {
+    format!("arn:{}:ec2:{region}:{account}:launch-template/{id}", partition(region))
 }
 
 /// What the agent on a box of namespace `ns` needs: key pairs and tags to read, IAM groups to

@@ -13,6 +13,17 @@
 #    on EC2 (`Server.SpotInstanceTermination`): the local cloud's controller marks its
 #    TerminateInstances or StopInstances with the header X-Cgcloud-Spot-Interruption (only the
 #    controller and this machine's users reach moto; the guests' door refuses the header).
+# 5. RunInstances from a launch template uses all of the template, as EC2 does: moto 5.2.5
+#    takes its image, groups, key, user data, instance tags and block devices, but not its
+#    IamInstanceProfile (an elastic cluster's workers would have no credentials) nor its
+#    volume tags (the workers' volumes would belong to no namespace), and it adds its default
+#    8 GiB root volume before the template's own, so a template's root volume left an untagged
+#    volume behind that nothing deletes. A template's instance-store mapping (EC2 ignores it
+#    on types without instance stores) and a template id that does not exist failed the launch
+#    with an internal error, which clients retry; the id is now EC2's
+#    InvalidLaunchTemplateId.NotFound.
+# 6. DeleteLaunchTemplate deletes the template's tags, as EC2 does. moto 5.2.5 keeps them, and
+#    DescribeTags (which finds namespaces) would list a deleted template forever.
 # Usage: python moto_server_launcher.py TTL_SECONDS [moto_server arguments...]
 import sys
 import threading
@@ -90,6 +101,53 @@ def profile_for_every_instance():
     InstanceResponse.run_instances = run_instances
 
 
+def launch_templates_in_full():
+    from moto.ec2.exceptions import InvalidLaunchTemplateIdNotFound
+    from moto.ec2.models.instances import InstanceBackend
+    from moto.ec2.models.launch_templates import LaunchTemplateBackend
+    from moto.ec2.utils import convert_tag_spec
+
+    run = InstanceBackend.run_instances
+
+    def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
+        if not kwargs.get("launch_template"):
+            return run(self, image_id, count, user_data, security_group_names, **kwargs)
+        tid = kwargs["launch_template"].get("LaunchTemplateId")
+        if tid and tid not in self.launch_templates:
+            raise InvalidLaunchTemplateIdNotFound(tid)
+        data = self._get_template_from_args(kwargs["launch_template"]).data
+        # The request's own tags, block devices and profile override the template's.
+        tags = kwargs.get("tags") or {}
+        template_tags = convert_tag_spec(data.get("TagSpecifications") or [])
+        tags["volume"] = {**template_tags.get("volume", {}), **tags.get("volume", {})}
+        kwargs["tags"] = tags
+        # moto makes volumes of EBS mappings only (an instance-store one would fail its launch).
+        ebs = [m for m in data.get("BlockDeviceMappings") or [] if "Ebs" in m]
+        if ebs and "block_device_mappings" not in kwargs:
+            kwargs["block_device_mappings"] = ebs
+        reservation = run(self, image_id, count, user_data, security_group_names, **kwargs)
+        profile = data.get("IamInstanceProfile") or {}
+        own = kwargs.get("iam_instance_profile_name") or kwargs.get("iam_instance_profile_arn")
+        if not own and (profile.get("Arn") or profile.get("Name")):
+            for inst in reservation.instances:
+                if profile.get("Arn"):
+                    self.associate_iam_instance_profile(instance_id=inst.id, iam_instance_profile_arn=profile["Arn"])
+                else:
+                    self.associate_iam_instance_profile(instance_id=inst.id, iam_instance_profile_name=profile["Name"])
+        return reservation
+
+    InstanceBackend.run_instances = run_instances
+
+    delete = LaunchTemplateBackend.delete_launch_template
+
+    def delete_launch_template(self, name, tid):
+        template = delete(self, name, tid)
+        self.tags.pop(template.id, None)
+        return template
+
+    LaunchTemplateBackend.delete_launch_template = delete_launch_template
+
+
 def spot_interruption_reasons():
     from moto.ec2.models.instances import StateReason
     from moto.ec2.responses.instances import InstanceResponse
@@ -114,6 +172,7 @@ def spot_interruption_reasons():
 index_tags()
 profile_for_every_instance()
 spot_interruption_reasons()
+launch_templates_in_full()
 if TTL > 0:
     threading.Thread(target=age_out_terminated, name="cgcloud-aging", daemon=True).start()
 sys.exit(main())

@@ -3,9 +3,10 @@
 
 use super::*;
 use crate::{AwsError, Cloud};
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification, Instance, InstanceType, Placement,
-    ResourceType, Tag, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification, Instance, InstanceType,
+    LaunchTemplateSpecification, Placement, ResourceType, Tag, VolumeType,
 };
 use base64::Engine as _;
 use cgcloud_core::model::BoxInfo;
@@ -38,11 +39,53 @@ pub struct LaunchSpec {
     /// Device names for the instance-store disks of Xen instance types, which exist only
     /// where the launch maps them (Nitro instances always show theirs as NVMe devices).
     pub instance_store_devices: Vec<String>,
+    /// Launch from this template. The template then supplies the image, security groups,
+    /// key, user data, instance profile and block devices, and those fields are not sent:
+    /// a leader's policy allows a launch only with what its cluster's template holds.
+    pub launch_template: Option<TemplateRef>,
 }
 
 /// Errors that mean EC2 could not provide the capacity (try elsewhere or later).
 pub fn is_capacity_error(e: &AwsError) -> bool {
     e.code().is_some_and(|c| cgcloud_core::spot::CAPACITY_ERRORS.contains(&c))
+}
+
+/// What a launch without a template names itself: image, key, groups, user data, profile
+/// and block devices (the instance-store ones only if `map_instance_store`).
+fn without_template(
+    mut req: RunInstancesFluentBuilder,
+    spec: &LaunchSpec,
+    map_instance_store: bool,
+) -> RunInstancesFluentBuilder {
+    req = req
+        .image_id(&spec.image_id)
+        .set_key_name(spec.key_name.clone())
+        .set_security_group_ids(Some(spec.security_group_ids.clone()))
+        .user_data(base64::engine::general_purpose::STANDARD.encode(&spec.user_data));
+    if let Some(profile) = &spec.instance_profile {
+        req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
+    }
+    let store = if map_instance_store { spec.instance_store_devices.as_slice() } else { &[] };
+    for (i, device) in store.iter().enumerate() {
+        req = req.block_device_mappings(
+            BlockDeviceMapping::builder().device_name(device).virtual_name(format!("ephemeral{i}")).build(),
+        );
+    }
+    if let Some((device, size)) = &spec.root_volume {
+        req = req.block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name(device)
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .volume_size(*size)
+                        .volume_type(VolumeType::Gp3)
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .build(),
+        );
+    }
+    req
 }
 
 impl Cloud {
@@ -286,15 +329,11 @@ impl Cloud {
             let mut req = self
                 .ec2
                 .run_instances()
-                .image_id(&spec.image_id)
                 .instance_type(InstanceType::from(spec.instance_type.as_str()))
                 .min_count(spec.min_count.unwrap_or(spec.count).clamp(1, spec.count.max(1)))
                 .max_count(spec.count)
-                .set_key_name(spec.key_name.clone())
-                .set_security_group_ids(Some(spec.security_group_ids.clone()))
                 .set_subnet_id(spec.subnet_id.clone())
                 .set_client_token(spec.client_token.clone())
-                .user_data(base64::engine::general_purpose::STANDARD.encode(&spec.user_data))
                 .set_tag_specifications((!spec.tags.is_empty()).then(|| {
                     vec![tag_spec(ResourceType::Instance, &spec.tags), tag_spec(ResourceType::Volume, &spec.tags)]
                 }));
@@ -315,28 +354,16 @@ impl Cloud {
                         .build(),
                 );
             }
-            if let Some(profile) = &spec.instance_profile {
-                req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
-            }
-            let store = if map_instance_store { spec.instance_store_devices.as_slice() } else { &[] };
-            for (i, device) in store.iter().enumerate() {
-                req = req.block_device_mappings(
-                    BlockDeviceMapping::builder().device_name(device).virtual_name(format!("ephemeral{i}")).build(),
-                );
-            }
-            if let Some((device, size)) = &spec.root_volume {
-                req = req.block_device_mappings(
-                    BlockDeviceMapping::builder()
-                        .device_name(device)
-                        .ebs(
-                            EbsBlockDevice::builder()
-                                .volume_size(*size)
-                                .volume_type(VolumeType::Gp3)
-                                .delete_on_termination(true)
-                                .build(),
-                        )
-                        .build(),
-                );
+            match &spec.launch_template {
+                Some(t) => {
+                    req = req.launch_template(
+                        LaunchTemplateSpecification::builder()
+                            .launch_template_id(&t.id)
+                            .version(t.version.to_string())
+                            .build(),
+                    );
+                }
+                None => req = without_template(req, spec, map_instance_store),
             }
             match req.send().await {
                 Ok(out) => return Ok(out.instances().iter().map(instance_info).collect()),
@@ -363,7 +390,7 @@ impl Cloud {
                         map_instance_store = false;
                         continue;
                     }
-                    if e.code() == Some("InvalidKeyPair.NotFound") {
+                    if e.code() == Some("InvalidKeyPair.NotFound") && spec.launch_template.is_none() {
                         return Err(AwsError::Invalid(format!(
                             "key pair '{}' does not exist in region {}; register it with `cgcloud register-key ~/.ssh/id_ed25519.pub`",
                             spec.key_name.as_deref().unwrap_or_default(),

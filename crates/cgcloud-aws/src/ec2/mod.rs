@@ -1,5 +1,5 @@
-//! EC2 verbs: boxes (instances), images, security groups, key pairs, networks and instance
-//! types. Every listing is a paginated tag query scoped to one namespace.
+//! EC2 verbs: boxes (instances), images, security groups, key pairs, networks, instance
+//! types and launch templates. Every listing is a paginated tag query scoped to one namespace.
 
 mod catalog;
 mod decode;
@@ -7,6 +7,7 @@ mod images;
 mod instances;
 mod keypairs;
 mod network;
+mod templates;
 mod volumes;
 mod vpc;
 
@@ -16,6 +17,7 @@ pub use images::*;
 pub use instances::*;
 pub use keypairs::*;
 pub use network::*;
+pub use templates::*;
 pub use volumes::*;
 pub use vpc::*;
 

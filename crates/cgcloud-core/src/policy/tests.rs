@@ -237,6 +237,11 @@ fn instance_arns_name_the_partition() {
     assert_eq!(instance_arn("us-west-2", "123456789012", "i-1"), "arn:aws:ec2:us-west-2:123456789012:instance/i-1");
     assert!(instance_arn("cn-north-1", "1", "i-1").starts_with("arn:aws-cn:"));
     assert!(instance_arn("us-gov-west-1", "1", "i-1").starts_with("arn:aws-us-gov:"));
+    assert_eq!(
+        launch_template_arn("us-west-2", "123456789012", "lt-1"),
+        "arn:aws:ec2:us-west-2:123456789012:launch-template/lt-1"
+    );
+    assert!(launch_template_arn("cn-north-1", "1", "lt-1").starts_with("arn:aws-cn:"));
 }
 
 #[test]

@@ -120,6 +120,7 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
         client_token: Some(client_token),
         spot: g.spot.clone(),
         instance_store_devices: instance_store,
+        launch_template: None,
     };
     let progress =
         ctx.out.progress(format!("launching {count} × {} ({}) from {}", g.box_role, g.instance_type, p.image.image_id));
