@@ -53,6 +53,10 @@ pub struct Node {
     pub account: String,
     /// `spot` for a spot instance, else empty (EC2's `instanceLifecycle`).
     pub lifecycle: String,
+    /// `pending`, `running`, `shutting-down`, …
+    pub state: String,
+    /// Why it changed state last, e.g. `Server.SpotInstanceTermination` (EC2's `stateReason`).
+    pub state_reason: String,
 }
 
 impl Node {
@@ -68,8 +72,12 @@ impl Node {
     }
 }
 
-fn parse_nodes(xml: &str) -> Vec<Node> {
+/// The instances of a DescribeInstances (or RunInstances) answer.
+pub fn parse_nodes(xml: &str) -> Vec<Node> {
     use crate::aws::child_text;
+    let sub = |n: roxmltree::Node, outer: &str, inner: &str| {
+        n.children().find(|c| c.tag_name().name() == outer).map(|o| child_text(o, inner)).unwrap_or_default()
+    };
     let Ok(doc) = roxmltree::Document::parse(xml) else { return Vec::new() };
     doc.descendants()
         .filter(|n| n.tag_name().name() == "item" && n.children().any(|c| c.tag_name().name() == "instanceId"))
@@ -96,6 +104,8 @@ fn parse_nodes(xml: &str) -> Vec<Node> {
                 zone,
                 launch_index: child_text(n, "amiLaunchIndex").parse().ok(),
                 lifecycle: child_text(n, "instanceLifecycle"),
+                state: sub(n, "instanceState", "name"),
+                state_reason: sub(n, "stateReason", "code"),
                 tags,
                 account: n
                     .ancestors()
@@ -266,7 +276,15 @@ pub fn check_tag_facts(me: &Node) -> Result<(), BootError> {
             return Err(BootError::NotPlainName { key, value: get(key).to_owned() });
         }
     }
+    if me.tags.contains_key(tags::NODE_PREFIX) && !valid_node_prefix(get(tags::NODE_PREFIX)) {
+        return Err(BootError::NotPlainName { key: tags::NODE_PREFIX, value: get(tags::NODE_PREFIX).to_owned() });
+    }
     Ok(())
+}
+
+/// A node prefix as roles declare it: 1 to 8 lower-case letters (it becomes a host name).
+pub fn valid_node_prefix(p: &str) -> bool {
+    (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_lowercase())
 }
 
 /// The facts of a cluster node for its plan's templates.
@@ -293,6 +311,12 @@ pub fn facts(me: &Node, nodes: &[Node], region: &str, namespace: &str) -> serde_
             "worker_ips": workers.iter().map(|w| w.private_ip.clone()).collect::<Vec<_>>(),
             "worker_hostnames": workers.iter().map(|w| w.hostname()).collect::<Vec<_>>(),
             "size": nodes.len().to_string(),
+            // An elastic cluster's workers are the scheduler's nodes `<prefix><ordinal>`.
+            "elastic": if me.tags.contains_key(cgcloud_core::tags::NODE_PREFIX) { "true" } else { "false" },
+            "node_name": match me.tags.get(cgcloud_core::tags::NODE_PREFIX) {
+                Some(prefix) if ordinal > 0 => format!("{prefix}{ordinal}"),
+                _ => String::new(),
+            },
         },
     })
 }

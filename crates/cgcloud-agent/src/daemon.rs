@@ -71,6 +71,10 @@ pub struct Config {
     /// CPU use, in percent of one core, below which a box counts as idle (default 10).
     #[serde(default)]
     pub idle_cpu_percent: Option<u32>,
+    /// The role's `[cluster.scaling]`: on an elastic cluster's leader, the agent scales its
+    /// workers (`scale/`).
+    #[serde(default)]
+    pub scaling: Option<crate::scale::ScaleConfig>,
 }
 
 pub struct Agent {
@@ -83,6 +87,9 @@ pub struct Agent {
     /// The box's cluster and whether it leads it, from the last refresh.
     cluster: Option<String>,
     leader: bool,
+    creds: Option<Credentials>,
+    /// The scaler's thread, once the leader's tags gave it bounds.
+    scaler: Option<std::sync::mpsc::Sender<crate::scale::Msg>>,
 }
 
 impl Agent {
@@ -93,7 +100,7 @@ impl Agent {
             }
             _ => None,
         };
-        let aws = Client::new(&cfg.region, cfg.endpoint.clone(), creds);
+        let aws = Client::new(&cfg.region, cfg.endpoint.clone(), creds.clone());
         let instance_id = match &cfg.instance_id {
             Some(i) => i.clone(),
             None => instance_id()?,
@@ -107,7 +114,39 @@ impl Agent {
             instance_id,
             cluster: None,
             leader: false,
+            creds,
+            scaler: None,
         })
+    }
+
+    /// On an elastic cluster's leader: gives the scaler the bounds in its tags, starting it the
+    /// first time. Bounds that do not parse leave the scaler as it was, and say why.
+    fn scale(&mut self, tags: &BTreeMap<String, String>) {
+        let Some(cfg) = self.cfg.scaling.clone().filter(|_| self.leader) else { return };
+        let bounds = match crate::scale::Bounds::from_tags(tags) {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                log("error", format!("scale: the leader's bounds are unusable: {e}"));
+                return;
+            }
+        };
+        if self.scaler.is_none() {
+            let aws = Client::new(&self.cfg.region, self.cfg.endpoint.clone(), self.creds.clone());
+            match crate::scale::start(cfg, aws, self.cfg.namespace.clone(), self.instance_id.clone()) {
+                Ok(tx) => self.scaler = Some(tx),
+                Err(e) => {
+                    log("error", format!("scale: not started: {e}"));
+                    return;
+                }
+            }
+        }
+        if let Some(tx) = &self.scaler {
+            if tx.send(crate::scale::Msg::Bounds(Box::new(bounds))).is_err() {
+                log("error", "scale: the scaler stopped; restarting it at the next refresh");
+                self.scaler = None;
+            }
+        }
     }
 
     /// The box's own tags.
@@ -141,6 +180,7 @@ impl Agent {
         }
         self.cluster = tags.get(cgcloud_core::tags::CLUSTER).cloned();
         self.leader = self.cluster.is_some() && tags.get(cgcloud_core::tags::ORDINAL).map(String::as_str) == Some("0");
+        self.scale(&tags);
         // A persistent volume whose device appeared only after the boot-time wait gave up.
         match crate::volume::try_mount_persistent() {
             Ok(crate::volume::Persistent::NowMounted) => log("info", format!("mounted {}", crate::volume::MOUNT_POINT)),

@@ -1,72 +1,19 @@
 //! Spot interruption notices: on a spot instance, EC2 publishes in IMDS that it will stop or
 //! terminate the instance two minutes ahead. The agent polls for it and runs the role's hook,
 //! `/etc/cgcloud/spot-interruption` (e.g. slurm-box drains the node so that no new job starts
-//! there), once. The hook runs as root, so it must be a regular file owned by root and writable
-//! by nobody else; anything else is refused, not run.
+//! there), once, as `hooks.rs` runs root's hooks.
 
-use std::os::unix::fs::MetadataExt as _;
+use crate::hooks::HookError;
 use std::path::Path;
 use std::time::Duration;
 
 /// Where a role puts its hook.
 pub const HOOK: &str = "/etc/cgcloud/spot-interruption";
 
-/// Why the hook was not run, or failed. Each names the hook.
-#[derive(Debug, thiserror::Error)]
-pub enum HookError {
-    #[error("{path}: {error}")]
-    Io { path: String, error: std::io::Error },
-    #[error("{path} is not a regular file")]
-    NotRegular { path: String },
-    #[error("{path} is owned by uid {uid}, not root")]
-    NotRoots { path: String, uid: u32 },
-    #[error("{path} is writable by group or others (mode {mode:o})")]
-    Writable { path: String, mode: u32 },
-    #[error("{path} is not executable")]
-    NotExecutable { path: String },
-    #[error("{path} exited with {status}")]
-    Failed { path: String, status: std::process::ExitStatus },
-    #[error("{path} took longer than 90 s")]
-    TooLong { path: String },
-}
-
-/// Whether `path` may be run as root: a regular file (not a link), owned by root (or by the
-/// agent's own user, for tests), executable, and not writable by group or others.
-pub fn hook_is_safe(path: &Path) -> Result<(), HookError> {
-    let p = || path.display().to_string();
-    let meta = std::fs::symlink_metadata(path).map_err(|error| HookError::Io { path: p(), error })?;
-    let me = rustix::process::geteuid().as_raw();
-    if !meta.file_type().is_file() {
-        return Err(HookError::NotRegular { path: p() });
-    }
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(HookError::NotRoots { path: p(), uid: meta.uid() });
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(HookError::Writable { path: p(), mode: meta.mode() & 0o7777 });
-    }
-    if meta.mode() & 0o100 == 0 {
-        return Err(HookError::NotExecutable { path: p() });
-    }
-    Ok(())
-}
-
 /// Runs the hook with the notice in `CGCLOUD_SPOT_NOTICE`, for at most 90 s (the instance has
 /// 120 s left).
 fn run_hook(hook: &Path, notice: &str) -> Result<(), HookError> {
-    hook_is_safe(hook)?;
-    let path = || hook.display().to_string();
-    let mut child = std::process::Command::new(hook)
-        .env("CGCLOUD_SPOT_NOTICE", notice)
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .map_err(|error| HookError::Io { path: path(), error })?;
-    match crate::sys::wait_timeout(&mut child, Duration::from_secs(90), Duration::from_millis(200)) {
-        Ok(Some(status)) if status.success() => Ok(()),
-        Ok(Some(status)) => Err(HookError::Failed { path: path(), status }),
-        Ok(None) => Err(HookError::TooLong { path: path() }),
-        Err(error) => Err(HookError::Io { path: path(), error }),
-    }
+    crate::hooks::run(hook, &[], &[("CGCLOUD_SPOT_NOTICE", notice.to_owned())], Duration::from_secs(90))
 }
 
 /// Polls `imds` every `every` until a notice appears, then runs `hook` (when there is one) and
@@ -200,7 +147,7 @@ mod tests {
         std::fs::set_permissions(&safe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&safe, &link).unwrap();
-        assert!(hook_is_safe(&link).unwrap_err().to_string().contains("not a regular file"));
-        hook_is_safe(&safe).unwrap();
+        assert!(crate::hooks::hook_is_safe(&link).unwrap_err().to_string().contains("not a regular file"));
+        crate::hooks::hook_is_safe(&safe).unwrap();
     }
 }

@@ -63,6 +63,16 @@ pub fn find_account(passwd: &str, name: &str) -> Result<Option<Account>, BadAcco
     }))
 }
 
+/// The id of a group in `/etc/group`, read like [`find_account`] reads `/etc/passwd` (see there
+/// why not with libc): a gid that is not a number is no group.
+pub fn group_id(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok()).flatten()
+    })
+}
+
 /// The largest `authorized_keys` the agent reads (a user could make it huge).
 const MAX_AUTHORIZED_KEYS: u64 = 4 << 20;
 

@@ -4,7 +4,8 @@
 //!
 //! Where things live: the command line here; `daemon` is the `run` loop, which calls `keys`
 //! (key sync), `queue` (notifications), `cluster` (membership; also the first boot),
-//! `autostop`, `metrics`, `host_key`, `interruption` (spot notices) and `volume`. `apply` runs plans, `storage` and
+//! `autostop`, `metrics`, `host_key`, `interruption` (spot notices), `scale` (an elastic
+//! cluster's leader launching and terminating its workers; `hooks` runs roles' hooks) and `volume`. `apply` runs plans, `storage` and
 //! `volume` prepare disks. Below them: `aws` and `imds` (the AWS and metadata endpoints),
 //! `safefs` (every file write: no path a user controls is followed), `sys` (every command but a
 //! plan's steps), `log`.
@@ -18,6 +19,7 @@ mod aws;
 mod cluster;
 mod daemon;
 mod facts;
+mod hooks;
 mod host_key;
 mod imds;
 mod interruption;
@@ -27,6 +29,7 @@ mod metrics;
 mod pgp;
 mod queue;
 mod safefs;
+mod scale;
 mod storage;
 mod sys;
 mod volume;
@@ -50,6 +53,10 @@ const USAGE: &str = "usage:
   cgcloud-agent volume --id VOLUME --name NAME
                                            (format if blank, label-check and mount a standalone
                                             box's attached persistent volume at /mnt/persistent)
+  cgcloud-agent scale up|down|fail HOSTLIST [--socket PATH]
+                                           (on an elastic cluster's leader, for Slurm's power saving:
+                                            launch, suspend or give up on the workers named, e.g. w[1-4])
+  cgcloud-agent scale status [--socket PATH]
   cgcloud-agent --version";
 
 fn main() -> ExitCode {
@@ -134,6 +141,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("scale") => match scale_cmd(&args[1..]) {
+            Ok(said) => {
+                println!("{said}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cgcloud-agent scale: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("apply") => match apply_cmd(&args[1..]) {
             Ok(code) => code,
             Err(e) => {
@@ -149,6 +166,26 @@ fn main() -> ExitCode {
 }
 
 /// `storage`: what the `cgcloud-storage` unit runs at every boot.
+/// `scale VERB [HOSTLIST] [--socket PATH]`: one request to the leader's agent.
+fn scale_cmd(args: &[String]) -> Result<String, CliError> {
+    let mut words: Vec<&str> = Vec::new();
+    let mut socket = scale::socket::SOCKET.to_owned();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--socket" => socket = it.next().ok_or("--socket needs a path")?.clone(),
+            w => words.push(w),
+        }
+    }
+    let (verb, nodes) = match words.as_slice() {
+        [v] => (*v, ""),
+        [v, n] => (*v, *n),
+        _ => return Err(USAGE.into()),
+    };
+    let verb = scale::socket::Verb::parse(verb).ok_or(USAGE)?;
+    Ok(scale::socket::ask(std::path::Path::new(&socket), verb, nodes)?)
+}
+
 fn storage_cmd() -> Result<Option<String>, CliError> {
     volume::mount_persistent_at_boot()?;
     let mp = storage::prepare()?;

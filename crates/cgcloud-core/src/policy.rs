@@ -331,7 +331,7 @@ pub const AGENT_INSTANCE_TAGS: [&str; 4] = [tags::CONFIGURED, tags::FAILURE, tag
 /// ordinals, which node a volume is for, autostop, an elastic cluster's bounds and template),
 /// which only the workstation may write: a box allowed to write one could plant a leader in a
 /// cluster or a volume on a node, stop a cluster, or have a leader launch past its bounds.
-pub const WORKSTATION_TAGS: [&str; 18] = [
+pub const WORKSTATION_TAGS: [&str; 19] = [
     tags::CLUSTER,
     tags::CLUSTER_TYPE,
     tags::ORDINAL,
@@ -350,6 +350,7 @@ pub const WORKSTATION_TAGS: [&str; 18] = [
     tags::SCALING_SUBNETS,
     tags::SCALING_NODE,
     tags::LAUNCH_TEMPLATE,
+    tags::NODE_PREFIX,
 ];
 
 /// Whether a box with `policy` could write one of [`WORKSTATION_TAGS`], judged by the policy's

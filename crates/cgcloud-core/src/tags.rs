@@ -98,6 +98,9 @@ pub const SCALING_SUBNETS: &str = "cgcloud:scaling-subnets";
 pub const SCALING_NODE: &str = "cgcloud:scaling-node";
 /// On an elastic cluster's leader: the launch template its workers are launched from, `lt-ID:VERSION`.
 pub const LAUNCH_TEMPLATE: &str = "cgcloud:launch-template";
+/// On an elastic cluster's nodes: what the scheduler's node names start with (`w`: worker 3 is
+/// node `w3`). Set at launch, so that a node knows at its first boot that its cluster scales.
+pub const NODE_PREFIX: &str = "cgcloud:node-prefix";
 /// Role option values are stored as `cgcloud:option:<name>`.
 pub const OPTION_PREFIX: &str = "cgcloud:option:";
 

@@ -2,16 +2,6 @@
 
 use super::*;
 
-/// The id of a group in `/etc/group`, read like `keys::find_account` reads `/etc/passwd` (see there why not with `nix`): a gid that
-/// is not a number is no group.
-pub(super) fn group_id(name: &str) -> Option<u32> {
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok()).flatten()
-    })
-}
-
 impl Runner {
     pub(super) fn user(
         &mut self,
@@ -93,7 +83,7 @@ impl Runner {
         let gid = match group {
             Some(g) => match g.parse::<u32>() {
                 Ok(gid) => gid,
-                Err(_) => group_id(g).ok_or_else(|| fail(format!("{path}: no such group '{g}'")))?,
+                Err(_) => crate::keys::group_id(g).ok_or_else(|| fail(format!("{path}: no such group '{g}'")))?,
             },
             None => login_gid.or(have.map(|h| h.gid)).unwrap_or(my_gid),
         };

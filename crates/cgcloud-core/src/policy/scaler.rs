@@ -21,8 +21,15 @@ pub const LAUNCH_KEYS: [&str; 3] = [tags::ORDINALS, tags::LAUNCH_CALL, tags::LAU
 
 /// The workstation-only tags a leader's launch may carry, each pinned to this cluster's value
 /// except `ORDINALS` (whose `0` readers refuse: ordinal 0 is only ever an `ORDINAL` tag).
-pub const LAUNCH_WORKSTATION_TAGS: [&str; 6] =
-    [tags::CLUSTER, tags::CLUSTER_TYPE, tags::ORDINALS, tags::LEADER, tags::LEADER_ARN, tags::NODE_ROLE];
+pub const LAUNCH_WORKSTATION_TAGS: [&str; 7] = [
+    tags::CLUSTER,
+    tags::CLUSTER_TYPE,
+    tags::ORDINALS,
+    tags::LEADER,
+    tags::LEADER_ARN,
+    tags::NODE_ROLE,
+    tags::NODE_PREFIX,
+];
 
 /// This cluster, as its leader's policy names it.
 #[derive(Debug, Clone)]

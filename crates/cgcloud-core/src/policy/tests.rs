@@ -43,6 +43,7 @@ fn a_box_cannot_rewrite_what_others_trust() {
         "cgcloud:scaling-subnets",
         "cgcloud:scaling-node",
         "cgcloud:launch-template",
+        "cgcloud:node-prefix",
         "cgcloud:owner",
         "Name",
     ] {

@@ -15,13 +15,16 @@ pub(crate) struct AgentSetup {
     pub(crate) accounts: Vec<String>,
     pub(crate) busy_probe: Option<String>,
     pub(crate) idle_cpu_percent: Option<u32>,
+    /// The role's `[cluster.scaling]`, for the agent of an elastic cluster's leader (the
+    /// agent's `ScaleConfig`).
+    pub(crate) scaling: Option<serde_json::Value>,
 }
 
 /// The agent's configuration file and service, appended to the role's plan.
 pub(crate) fn agent_steps(ctx: &Ctx, p: &Prepared, region: &str) -> Vec<Step> {
     let Some(a) = &p.agent else { return Vec::new() };
     let s = &ctx.settings.agent;
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "namespace": p.ns.as_str(),
         "region": region,
         "endpoint": s.endpoint,
@@ -34,6 +37,10 @@ pub(crate) fn agent_steps(ctx: &Ctx, p: &Prepared, region: &str) -> Vec<Step> {
         "busy_probe": a.busy_probe,
         "idle_cpu_percent": a.idle_cpu_percent,
     });
+    // Only where the role scales, so that every other box's plan (and its hash) is as before.
+    if let (Some(scaling), Some(c)) = (&a.scaling, config.as_object_mut()) {
+        c.insert("scaling".into(), scaling.clone());
+    }
     let unit = include_str!("assets/cgcloud-agent.service");
     // Every boot, before the services that keep data there: instance-store disks are blank
     // after a stop/start, and the persistent volume's nofail mount is ordered before nothing.

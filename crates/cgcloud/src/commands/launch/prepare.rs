@@ -381,5 +381,15 @@ fn agent_setup(role: &Role, os: &OsDef, a: &LaunchArgs) -> AgentSetup {
         accounts,
         busy_probe: role.agent.busy_probe.clone(),
         idle_cpu_percent: role.agent.idle_cpu_percent,
+        scaling: role.cluster.as_ref().and_then(|c| c.scaling.as_ref()).map(|s| {
+            serde_json::json!({
+                "node_prefix": s.node_prefix,
+                "socket_group": s.socket_group,
+                "resume_timeout": s.resume_timeout.as_secs(),
+                "on_bounds": s.on_bounds,
+                "on_failed": s.on_failed,
+                "on_vanished": s.on_vanished,
+            })
+        }),
     }
 }
