@@ -205,6 +205,12 @@ fn arn_like(pattern: &str, arn: &str) -> bool {
     p.len() == 6 && a.len() == 6 && p[0] == "arn" && a[0] == "arn" && p.iter().zip(&a).all(|(p, a)| iam_match(p, a))
 }
 
+/// Whether `s` matches an IAM pattern (`*` any characters, `?` one), as IAM matches resources
+/// and `StringLike` values.
+pub fn wildcard_match(pattern: &str, s: &str) -> bool {
+    iam_match(pattern, s)
+}
+
 /// A policy document the evaluator cannot read as IAM would: what it holds that is not modelled.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -407,7 +413,7 @@ fn itself(s: Statement) -> Statement {
 }
 
 /// The ARN partition of `region`.
-fn partition(region: &str) -> &'static str {
+pub fn partition(region: &str) -> &'static str {
     if region.starts_with("cn-") {
         "aws-cn"
     } else if region.starts_with("us-gov-") {

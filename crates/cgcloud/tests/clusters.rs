@@ -261,3 +261,216 @@ fn ssh_cluster_fans_out_within_the_open_files_limit() {
     let free = most_at_once(None);
     assert!(free > 16, "only {free} ssh at once without a low limit");
 }
+
+/// A cluster type that scales, as a plugin: the generic node image with `[cluster.scaling]`.
+fn elastic_env() -> TestEnv {
+    let mut e = TestEnv::new(env!("CARGO_BIN_EXE_cgcloud"));
+    let dir = e.home.path().join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("elastic-box.toml"),
+        r##"name = "elastic-box"
+description = "generic cluster nodes whose leader scales the workers"
+include = ["base"]
+os = ["debian-12"]
+[cluster]
+type = "elastic"
+leader = "elastic-leader"
+worker = "elastic-worker"
+[cluster.scaling]
+instance_types = ["t3.*"]
+on_bounds = "/usr/local/sbin/elastic-bounds"
+[[ports]]
+proto = "all"
+from = "cluster"
+description = "cluster-internal traffic"
+[[steps]]
+do = "file"
+path = "/usr/local/sbin/elastic-bounds"
+mode = "0755"
+content = "#!/bin/sh\nenv | grep CGCLOUD_SCALE_ > /run/bounds\n"
+"##,
+    )
+    .unwrap();
+    e.set_env("CGCLOUD_PLUGINS", dir.to_str().unwrap());
+    e.with_key();
+    for args in [
+        &["create", "elastic-box", "-Q"][..],
+        &["stop", "elastic-box"],
+        &["image", "elastic-box"],
+        &["terminate", "elastic-box"],
+    ] {
+        e.ok(args);
+    }
+    e
+}
+
+/// The launch template and leader role of cluster `name` in namespace `/<user>/`, as EC2 and IAM
+/// hold them: (template id or "", its tags, the leader role's inline policy names).
+fn elastic_resources(e: &TestEnv, ns_prefix: &str, name: &str) -> Value {
+    let out = e.boto3(&format!(
+        "ec2 = client('ec2'); iam = client('iam')\n\
+         ts = [t for t in ec2.describe_launch_templates(MaxResults=200)['LaunchTemplates'] if t['LaunchTemplateName'] == '{ns_prefix}{name}.workers']\n\
+         tags = {{t['Key']: t['Value'] for t in ec2.describe_tags(Filters=[{{'Name': 'resource-id', 'Values': [ts[0]['LaunchTemplateId']]}}])['Tags']}} if ts else {{}}\n\
+         try:\n\
+         \x20   policies = iam.list_role_policies(RoleName='{ns_prefix}{name}.leader')['PolicyNames']\n\
+         \x20   scaler = iam.get_role_policy(RoleName='{ns_prefix}{name}.leader', PolicyName='cgcloud-scaler')['PolicyDocument'] if 'cgcloud-scaler' in policies else None\n\
+         except iam.exceptions.NoSuchEntityException:\n\
+         \x20   policies, scaler = None, None\n\
+         print(json.dumps({{'template': ts[0]['LaunchTemplateId'] if ts else '', 'tags': tags, 'policies': policies, 'scaler': scaler}}))"
+    ));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The tags of cluster `name`'s leader, as EC2 holds them.
+fn leader_tags(e: &TestEnv, name: &str) -> Value {
+    let out = e.boto3(&format!(
+        "ec2 = client('ec2')\n\
+         f = [{{'Name': 'tag:cgcloud:cluster', 'Values': ['{name}']}}, {{'Name': 'tag:cgcloud:ordinal', 'Values': ['0']}}, {{'Name': 'instance-state-name', 'Values': ['running', 'pending']}}]\n\
+         i = [i for r in ec2.describe_instances(Filters=f)['Reservations'] for i in r['Instances']][0]\n\
+         print(json.dumps({{t['Key']: t['Value'] for t in i['Tags']}}))"
+    ));
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn an_elastic_cluster_gets_a_template_a_leader_of_its_own_and_bounds() {
+    let e = elastic_env();
+    let me = e.json(&["list-roles"]); // loads the plugin: a sanity check that it is valid
+    assert!(me.as_array().unwrap().iter().any(|r| r["name"] == "elastic-box"));
+    // Refused before anything is launched.
+    let err = e.fails(&["create-cluster", "elastic", "-c", "bad", "--max-workers", "4", "-s", "2", "--skip-ssh-check"]);
+    assert!(err.contains("leave out -s"), "{err}");
+    let err = e.fails(&[
+        "create-cluster",
+        "elastic",
+        "-c",
+        "bad",
+        "--max-workers",
+        "4",
+        "-t",
+        "m5.large",
+        "--skip-ssh-check",
+    ]);
+    assert!(err.contains("may launch only t3.*"), "{err}");
+    let err = e.fails(&[
+        "create-cluster",
+        "elastic",
+        "-c",
+        "bad",
+        "--max-workers",
+        "2",
+        "--min-workers",
+        "3",
+        "--skip-ssh-check",
+    ]);
+    assert!(err.contains("0 <= min <= max"), "{err}");
+    for args in [
+        &["create", "generic-cluster-box", "-Q"][..],
+        &["stop", "generic-cluster-box"],
+        &["image", "generic-cluster-box"],
+        &["terminate", "generic-cluster-box"],
+    ] {
+        e.ok(args);
+    }
+    let err = e.fails(&["create-cluster", "generic", "-c", "bad", "--max-workers", "4", "--skip-ssh-check"]);
+    assert!(err.contains("cannot scale on its own"), "{err}");
+    assert!(e.json(&["list"]).as_array().unwrap().is_empty(), "nothing was launched");
+
+    let _agents = FakeAgents::start(&e);
+    e.ok(&[
+        "create-cluster",
+        "elastic",
+        "-c",
+        "e1",
+        "--max-workers",
+        "4",
+        "--min-workers",
+        "1",
+        "--idle-time",
+        "5m",
+        "-t",
+        "t3.small",
+        "--spot-bid",
+        "0.05",
+        "--spot-instance-types",
+        "t3.medium",
+        "--on-demand-fallback",
+        "--skip-ssh-check",
+    ]);
+    let n = nodes(&e, "e1");
+    assert_eq!(n.len(), 1, "only the leader: its agent launches the workers");
+    let leader = &n[0];
+    assert!(leader["spot"] != true, "an elastic cluster's leader is on demand: {leader}");
+    let t = &leader_tags(&e, "e1");
+    assert_eq!(t["cgcloud:scaling"], "min=1 max=4 idle=300");
+    assert_eq!(t["cgcloud:scaling-types"], "t3.small,t3.medium");
+    assert_eq!(t["cgcloud:scaling-market"], "spot bid=0.0500 fallback");
+    assert_eq!(t["cgcloud:node-prefix"], "w");
+    let r = elastic_resources(&e, "moto_", "e1");
+    let template = r["template"].as_str().unwrap();
+    assert!(template.starts_with("lt-"), "{r}");
+    assert_eq!(t["cgcloud:launch-template"], format!("{template}:1"));
+    // The template carries the workers' tags: the cluster's, the leader's ARN, none of a launch's.
+    let tt = &r["tags"];
+    assert_eq!((tt["cgcloud:cluster"].as_str(), tt["cgcloud:role"].as_str()), (Some("e1"), Some("elastic-worker")));
+    assert_eq!(tt["cgcloud:leader-arn"], t["cgcloud:leader-arn"]);
+    for k in ["cgcloud:launch-state", "cgcloud:launcher", "cgcloud:ordinal", "cgcloud:scaling"] {
+        assert!(tt.get(k).is_none(), "{k} on the template: {tt}");
+    }
+    // The leader's own role holds the scaler's policy, which names this template and no other.
+    let policies: Vec<&str> = r["policies"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(policies.contains(&"cgcloud-scaler"), "{policies:?}");
+    let scaler = cgcloud_core::policy::Policy::from_json(&r["scaler"].to_string()).unwrap();
+    let launch = |tmpl: &str| {
+        cgcloud_core::policy::Request::new(
+            "ec2:RunInstances",
+            &format!("arn:aws:ec2:{}:123456789012:launch-template/{tmpl}", e.region),
+        )
+    };
+    assert!(scaler.allows(&launch(template)));
+    assert!(!scaler.allows(&launch("lt-0123456789abcdef0")));
+    assert_eq!(cgcloud_core::policy::writes_workstation_tags(&scaler), None);
+
+    let listed = e.json(&["list-clusters"]);
+    let s = &listed[0]["scaling"];
+    assert_eq!(
+        (s["min_workers"].as_u64(), s["max_workers"].as_u64(), s["market"].as_str()),
+        (Some(1), Some(4), Some("spot"))
+    );
+    assert_eq!(s["instance_types"], serde_json::json!(["t3.small", "t3.medium"]));
+    assert!(s["node_cpus"].as_u64().unwrap() >= 1 && s["node_memory_mib"].as_u64().unwrap() > 0, "{s}");
+
+    // New bounds, without recreating; grow-cluster is not for it.
+    e.ok(&["scale-cluster", "elastic", "-c", "e1", "--max-workers", "8", "--idle-time", "2m"]);
+    assert_eq!(leader_tags(&e, "e1")["cgcloud:scaling"], "min=1 max=8 idle=120");
+    let err = e.fails(&["scale-cluster", "elastic", "-c", "e1", "--min-workers", "9"]);
+    assert!(err.contains("0 <= min <= max"), "{err}");
+    let err = e.fails(&["grow-cluster", "elastic", "-c", "e1", "-s", "1", "--skip-ssh-check"]);
+    assert!(err.contains("scale-cluster"), "{err}");
+
+    // Terminating takes the template and the leader's role with it.
+    e.ok(&["terminate-cluster", "elastic", "-c", "e1"]);
+    let r = elastic_resources(&e, "moto_", "e1");
+    assert_eq!((r["template"].as_str(), r["policies"].is_null()), (Some(""), true), "{r}");
+    let left = e.json(&["cleanup", "--dry-run"]);
+    assert!(left.as_array().unwrap().iter().all(|i| i["kind"] == "security-group"), "{left}");
+}
+
+#[test]
+fn an_elastic_launch_killed_anywhere_leaves_nothing() {
+    let mut e = elastic_env();
+    let _agents = FakeAgents::start(&e);
+    for point in ["after-leader", "after-template", "after-leader-policy"] {
+        e.set_env("CGCLOUD_FAULT", point);
+        let name = format!("k-{}", point.len());
+        let err = e.fails(&["create-cluster", "elastic", "-c", &name, "--max-workers", "2", "--skip-ssh-check"]);
+        assert!(err.contains(point), "{err}");
+        let r = elastic_resources(&e, "moto_", &name);
+        assert_eq!((r["template"].as_str(), r["policies"].is_null()), (Some(""), true), "{point}: {r}");
+        assert!(
+            nodes(&e, &name).iter().all(|b| b["state"] == "terminated" || b["state"] == "shutting-down"),
+            "{point}"
+        );
+    }
+}

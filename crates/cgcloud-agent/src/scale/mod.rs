@@ -364,6 +364,17 @@ impl Scaler {
         let asked = scaling::expand(&prefix, &ask.nodes, b.scaling.max).map_err(|e| e.to_string())?;
         match ask.verb {
             Verb::Up => self.up(&b, &asked, &f),
+            Verb::Fail => {
+                // Slurm left them down after its ResumeTimeout: offered again after a while,
+                // as any failed launch.
+                let said = self.down(&asked, &f)?;
+                let retry = now() + DEFERRED_RETRY_SECS;
+                for w in &asked {
+                    self.known.retry_at.insert(*w, retry);
+                }
+                self.save();
+                Ok(said)
+            }
             _ => self.down(&asked, &f),
         }
     }

@@ -138,6 +138,10 @@ fn slurm_asks_and_workers_come_and_go_within_the_bounds() {
 
     // Slurm suspends w2: terminated, and not taken for a vanishing.
     assert!(c.ask(Verb::Down, "w2").unwrap().starts_with("terminated 1 instance(s)"));
+    // A resume Slurm gave up on: terminated, and offered again later.
+    assert!(c.ask(Verb::Fail, "w3").unwrap().starts_with("terminated 0 instance(s)"));
+    let status = c.ask(Verb::Status, "").unwrap();
+    assert!(status.ends_with("failed [w3]"), "{status}");
     // Someone terminates w1 behind the scaler's back (a spot interruption, say).
     let w1 = c.workers().into_iter().find(|l| l.contains("running")).unwrap();
     let id = w1.rsplit(' ').next().unwrap().to_owned();

@@ -11,6 +11,9 @@ pub struct InstanceTypeInfo {
     /// The size (GB) of each instance-store disk, one entry per disk.
     pub instance_store_gb: Vec<u64>,
     pub nvme_instance_store: bool,
+    /// Virtual CPUs, and memory in MiB (what an elastic cluster tells its scheduler a worker has).
+    pub vcpus: u32,
+    pub memory_mib: u64,
 }
 
 impl InstanceTypeInfo {
@@ -74,6 +77,12 @@ impl Cloud {
                 .unwrap_or_else(|| vec!["x86_64".to_owned()]),
             instance_store_gb: disks,
             nvme_instance_store: nvme,
+            vcpus: info.v_cpu_info().and_then(|v| v.default_v_cpus()).and_then(|v| u32::try_from(v).ok()).unwrap_or(1),
+            memory_mib: info
+                .memory_info()
+                .and_then(|m| m.size_in_mib())
+                .and_then(|m| u64::try_from(m).ok())
+                .unwrap_or(0),
         })
     }
 
@@ -160,7 +169,13 @@ mod tests {
         assert_eq!(instance_store_device_names(2), ["/dev/sdb", "/dev/sdc"]);
         assert_eq!(instance_store_device_names(5), ["/dev/sdb", "/dev/sdc", "/dev/sdd", "/dev/sde", "/dev/sdg"]);
         assert_eq!(instance_store_device_names(24).len(), 24);
-        let xen = InstanceTypeInfo { arches: vec![], instance_store_gb: vec![16, 16], nvme_instance_store: false };
+        let xen = InstanceTypeInfo {
+            arches: vec![],
+            instance_store_gb: vec![16, 16],
+            nvme_instance_store: false,
+            vcpus: 2,
+            memory_mib: 4096,
+        };
         assert_eq!(xen.mapped_instance_store(), ["/dev/sdb", "/dev/sdc"]);
         let nitro = InstanceTypeInfo { nvme_instance_store: true, ..xen };
         assert!(nitro.mapped_instance_store().is_empty());

@@ -241,4 +241,22 @@ impl Cloud {
             .map_err(|e| self.classify("ec2:DescribeSubnets", e))?;
         Ok(out.subnets().first().and_then(|s| s.subnet_id()).map(str::to_owned))
     }
+
+    /// The subnets of `vpc_id` as (zone, subnet id), by zone.
+    pub async fn vpc_subnets(&self, vpc_id: &str) -> Result<Vec<(String, String)>, AwsError> {
+        let out = self
+            .ec2
+            .describe_subnets()
+            .filters(filter("vpc-id", &[vpc_id]))
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:DescribeSubnets", e))?;
+        let mut v: Vec<(String, String)> = out
+            .subnets()
+            .iter()
+            .filter_map(|s| Some((s.availability_zone()?.to_owned(), s.subnet_id()?.to_owned())))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
 }

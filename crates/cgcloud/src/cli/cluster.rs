@@ -39,9 +39,9 @@ pub struct NodeLaunchArgs {
     /// Role option NAME=VALUE (repeatable)
     #[arg(short = 'O', long = "option", value_name = "NAME=VALUE")]
     pub options: Vec<String>,
-    /// Number of workers (at most 5000 per call; grow the cluster for more)
-    #[arg(short = 's', long = "num-workers", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=MAX_WORKERS))]
-    pub num_workers: u32,
+    /// Number of workers (default 1; at most 5000 per call; grow the cluster for more)
+    #[arg(short = 's', long = "num-workers", value_parser = clap::value_parser!(u32).range(0..=MAX_WORKERS))]
+    pub num_workers: Option<u32>,
     /// Do not wait for the workers to be configured
     #[arg(short = 'Q', long)]
     pub quick: bool,
@@ -51,7 +51,8 @@ pub struct NodeLaunchArgs {
     /// Give each node a persistent EBS volume of this many GiB, mounted at /mnt/persistent
     #[arg(short = 'e', long = "ebs-volume-size")]
     pub ebs_volume_size: Option<u32>,
-    /// Succeed if at least this many workers come up (default: all)
+    /// Succeed if at least this many workers come up (default: all); with --max-workers, the
+    /// workers the leader keeps up when idle (default 0)
     #[arg(long = "min-workers")]
     pub min_workers: Option<u32>,
     /// Which address to reach nodes at
@@ -120,11 +121,35 @@ pub struct CreateClusterArgs {
     /// Extra options for the ssh that copies --share (use --ssh-opts=-v for dashes)
     #[arg(long = "ssh-opts", default_value = "", allow_hyphen_values = true, requires = "share")]
     pub ssh_opts: String,
-    /// Launch the leader on demand even with --spot-bid
+    /// Launch the leader on demand even with --spot-bid (an elastic cluster's always is)
     #[arg(short = 'D', long = "leader-on-demand")]
     pub leader_on_demand: bool,
+    /// Make the cluster elastic: its leader launches workers, up to this many, when jobs wait
+    /// for them, and terminates them when idle (cluster types with [cluster.scaling]: slurm,
+    /// toil); -t and --spot-instance-types are the types it tries, in order
+    #[arg(long = "max-workers")]
+    pub max_workers: Option<u32>,
+    /// How long an elastic cluster's worker may be idle before it is terminated (e.g. 10m;
+    /// default: the cluster type's)
+    #[arg(long = "idle-time", value_parser = super::parse_duration, requires = "max_workers")]
+    pub idle_time: Option<std::time::Duration>,
     #[command(flatten)]
     pub nodes: NodeLaunchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleClusterArgs {
+    #[command(flatten)]
+    pub selection: ClusterSelection,
+    /// Workers the leader keeps up when idle
+    #[arg(long = "min-workers")]
+    pub min_workers: Option<u32>,
+    /// The most workers the leader may have
+    #[arg(long = "max-workers")]
+    pub max_workers: Option<u32>,
+    /// How long a worker may be idle before it is terminated (e.g. 10m)
+    #[arg(long = "idle-time", value_parser = super::parse_duration)]
+    pub idle_time: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]

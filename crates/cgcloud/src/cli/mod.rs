@@ -115,6 +115,9 @@ pub enum Command {
     CreateCluster(CreateClusterArgs),
     /// Add workers to a cluster
     GrowCluster(GrowClusterArgs),
+    /// Change an elastic cluster's bounds (--min-workers, --max-workers, --idle-time); its
+    /// leader takes them at once
+    ScaleCluster(ScaleClusterArgs),
     /// Start a stopped cluster (leader first) and wait until every node answers over SSH (-Q: do not wait)
     StartCluster(ClusterPowerArgs),
     /// Stop a cluster (workers first)

@@ -78,6 +78,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Completions(_) | Command::ManPages(_) => Ok(ExitCode::SUCCESS),
         Command::CreateCluster(a) => cluster::create(&ctx, a).await,
         Command::GrowCluster(a) => cluster::grow(&ctx, a).await,
+        Command::ScaleCluster(a) => cluster::scale(&ctx, a).await,
         Command::StartCluster(a) => cluster::power(&ctx, a, cluster::Power::Start).await,
         Command::StopCluster(a) => cluster::power(&ctx, a, cluster::Power::Stop).await,
         Command::TerminateCluster(a) => cluster::power(&ctx, a, cluster::Power::Terminate).await,

@@ -18,6 +18,8 @@ struct ClusterPlan {
     workers: u32,
     min: u32,
     account: String,
+    /// `--max-workers`: the leader launches the workers.
+    elastic: Option<elastic::Elastic>,
 }
 
 pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
@@ -30,6 +32,9 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     let (requests_before, retries_before) = (cloud.requests_sent(), cloud.retries_sent());
     let work = async {
         let (leader_id, leader_arn) = launch_leader(ctx, &plan, &txn, &a).await?;
+        if let Some(e) = &plan.elastic {
+            elastic::arm(ctx, &plan.p, e, &txn, &plan.base, &leader_id, &leader_arn).await?;
+        }
         let ordinals: Vec<u32> = (1..=plan.workers).collect();
         let mut worker_base = plan.base.clone();
         worker_base.insert(tags::LEADER_ARN.into(), leader_arn);
@@ -88,6 +93,12 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
         phases.polls,
         cloud.retries_sent() - retries_before
     ));
+    if let Some(e) = &plan.elastic {
+        ctx.out.note(format!(
+            "cluster {name} is elastic: its leader launches {} (jobs waiting) and terminates idle ones",
+            e.scaling.summary()
+        ));
+    }
     ctx.out.note(format!("run 'cgcloud ssh {} -c {name}' to log in to the leader", plan.decl.leader));
     Ok(ExitCode::SUCCESS)
 }
@@ -138,9 +149,12 @@ async fn plan_create(ctx: &Ctx, a: &CreateClusterArgs) -> Result<ClusterPlan> {
     let names = cgcloud_core::limits::derived(&ns, &node_role.name, &[], Some(&name), false, &[])?;
     cgcloud_core::limits::check(&names).map_err(|e| anyhow!("cluster '{name}' in namespace '{ns}': {e}"))?;
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
+    let elastic = elastic::plan(ctx, a, &decl, &mut p, &name).await?;
+    // An elastic cluster's workers are its leader's to launch.
+    let n = if elastic.is_some() { 0 } else { a.nodes.num_workers.unwrap_or(1) };
     let volume_gb = a.nodes.ebs_volume_size.or(node_role.instance.persistent_volume_gb);
     if volume_gb.is_some() {
-        volumes::check_slots(ctx, &mut p, &name, &(0..=a.nodes.num_workers).collect::<Vec<_>>()).await?;
+        volumes::check_slots(ctx, &mut p, &name, &(0..=n).collect::<Vec<_>>()).await?;
     }
     p.secrets = new_secrets(&decl)?;
     let leader_type = match &a.leader_instance_type {
@@ -152,7 +166,6 @@ async fn plan_create(ctx: &Ctx, a: &CreateClusterArgs) -> Result<ClusterPlan> {
         None => p.instance_type.clone(),
     };
     check_spot_types(ctx, &mut p, &a.nodes.spot).await?;
-    let n = a.nodes.num_workers;
     let min = a.nodes.min_workers.unwrap_or(if a.nodes.spot_tentative { 0 } else { n }).min(n);
     let mut base = Tags::new();
     base.insert(tags::CLUSTER.into(), name.clone());
@@ -161,11 +174,15 @@ async fn plan_create(ctx: &Ctx, a: &CreateClusterArgs) -> Result<ClusterPlan> {
     if let Some(gb) = volume_gb {
         base.insert(tags::EBS_VOLUME_SIZE.into(), gb.to_string());
     }
+    if let Some(e) = &elastic {
+        // At launch, so that the leader knows at its first boot that its cluster scales.
+        base.insert(tags::NODE_PREFIX.into(), e.decl.node_prefix.clone());
+    }
     let account = cloud.caller_identity().await?.0;
     if p.autostop.is_some_and(|(_, terminate)| !terminate) && a.nodes.spot.spot_bid.is_some() {
         ctx.out.note("note: spot instances cannot stop: autostop terminates the cluster's spot nodes (persistent volumes are kept)");
     }
-    Ok(ClusterPlan { p, decl, name, leader_type, volume_gb, base, workers: n, min, account })
+    Ok(ClusterPlan { p, decl, name, leader_type, volume_gb, base, workers: n, min, account, elastic })
 }
 
 /// Launches the leader, tags it with its own id and ARN and gives it its volume. Returns the
@@ -182,8 +199,18 @@ async fn launch_leader(ctx: &Ctx, plan: &ClusterPlan, txn: &Txn, a: &CreateClust
         extra_tags: leader_tags,
         first_boot: true,
         label: "leader".into(),
-        spot: a.nodes.spot.spot_bid.filter(|_| !a.leader_on_demand).map(|b| Some(format!("{b:.4}"))),
+        // An elastic cluster's leader is on demand: its workers' jobs depend on it.
+        spot: a
+            .nodes
+            .spot
+            .spot_bid
+            .filter(|_| !a.leader_on_demand && plan.elastic.is_none())
+            .map(|b| Some(format!("{b:.4}"))),
+        profile: plan.elastic.as_ref().map(|e| e.leader_profile.clone()),
     };
+    if let Some(e) = &plan.elastic {
+        elastic::leader_profile(ctx, &plan.p, e, &plan.name, txn).await?;
+    }
     let leader_ids = launch_group(ctx, &plan.p, txn, &leader).await?;
     let leader_id = leader_ids.first().cloned().context("RunInstances returned no leader")?;
     fault("after-leader")?;
@@ -265,6 +292,14 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
         );
     }
     let leader = c.leader().cloned().with_context(|| format!("cluster {} has no leader", c.name))?;
+    if leader.tags.contains_key(tags::SCALING) {
+        bail!(
+            "cluster {} is elastic: its leader launches its workers; change its bounds with `cgcloud scale-cluster {} -c {} --min-workers N`",
+            c.name,
+            c.cluster_type,
+            c.name
+        );
+    }
     let reg = ctx.registry().await?;
     let node_role = reg.cluster_type(&c.cluster_type)?;
     let decl = node_role.cluster.clone().context("not a cluster node role")?;
@@ -287,7 +322,7 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
     p.secrets = cluster_secrets(ctx, &leader, &decl).await?;
     let used: BTreeSet<u32> = c.nodes.iter().filter_map(|n| n.ordinal).collect();
-    let n = a.nodes.num_workers;
+    let n = a.nodes.num_workers.unwrap_or(1);
     let ordinals = allocate_ordinals(&used, n as usize);
     let volume_gb: Option<u32> =
         a.nodes.ebs_volume_size.or_else(|| leader.tags.get(tags::EBS_VOLUME_SIZE).and_then(|g| g.parse().ok()));

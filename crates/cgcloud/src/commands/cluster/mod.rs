@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt as _;
 
 mod bringup;
+mod elastic;
 mod fanout;
 mod power;
 mod secrets;
@@ -40,6 +41,7 @@ use wait::{await_nodes, Phases, WaitFor, PHASES};
 use workers::launch_workers;
 
 pub use bringup::{create, grow};
+pub use elastic::scale;
 pub use fanout::{rsync, ssh};
 pub use power::{power, Power};
 
@@ -53,6 +55,9 @@ pub struct Cluster {
     /// them, about an hour); interrupted nodes that were stopped are among `nodes`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub interrupted: Vec<BoxInfo>,
+    /// An elastic cluster's bounds (its leader's tags).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<serde_json::Value>,
 }
 
 impl Cluster {
@@ -73,13 +78,20 @@ async fn clusters(ctx: &Ctx, cluster_type: Option<&str>) -> Result<Vec<Cluster>>
         }
         by_name
             .entry(name.clone())
-            .or_insert_with(|| Cluster { name, cluster_type: t, nodes: Vec::new(), interrupted: Vec::new() })
+            .or_insert_with(|| Cluster {
+                name,
+                cluster_type: t,
+                nodes: Vec::new(),
+                interrupted: Vec::new(),
+                scaling: None,
+            })
             .nodes
             .push(b);
     }
     let mut out: Vec<Cluster> = by_name.into_values().collect();
     for c in &mut out {
         c.nodes.sort_by_key(|n| (n.ordinal.unwrap_or(u32::MAX), n.instance_id.clone()));
+        c.scaling = scaling_of(c).map(|s| elastic::scaling_json(&s));
     }
     out.sort_by_key(|c| c.nodes.first().map(|n| n.launch_time.clone()).unwrap_or_default());
     Ok(out)
@@ -156,6 +168,18 @@ async fn notify_members(cloud: &Cloud) {
     }
 }
 
+/// An elastic cluster's bounds, from its leader's tags (a malformed tag is shown as none, and
+/// said).
+fn scaling_of(c: &Cluster) -> Option<cgcloud_core::scaling::Scaling> {
+    match cgcloud_core::scaling::Scaling::from_tags(&c.leader()?.tags) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cluster {}: {e}", c.name);
+            None
+        }
+    }
+}
+
 fn check_cluster_name(name: &str) -> Result<()> {
     if !tags::valid_cluster_name(name) {
         bail!("invalid cluster name '{name}': use up to 40 lower-case letters, digits and '-'");
@@ -212,11 +236,23 @@ pub async fn list(ctx: &Ctx, a: ListClustersArgs) -> Result<ExitCode> {
                 c.nodes.first().map(|n| n.launch_time.clone()).unwrap_or_default(),
                 c.leader().and_then(|l| l.autostop.clone()).unwrap_or_else(|| "-".into()),
                 (c.nodes.iter().filter(|n| n.interrupted.is_some()).count() + c.interrupted.len()).to_string(),
+                scaling_of(c).map(|s| s.summary()).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     ctx.out.table(
-        &["CLUSTER", "TYPE", "LEADER", "NODES", "STATES", "CONFIGURED", "LAUNCHED", "AUTOSTOP", "INTERRUPTED"],
+        &[
+            "CLUSTER",
+            "TYPE",
+            "LEADER",
+            "NODES",
+            "STATES",
+            "CONFIGURED",
+            "LAUNCHED",
+            "AUTOSTOP",
+            "INTERRUPTED",
+            "SCALING",
+        ],
         &rows,
         &all,
     );

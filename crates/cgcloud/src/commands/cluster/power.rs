@@ -11,8 +11,14 @@ pub enum Power {
 }
 
 pub async fn power(ctx: &Ctx, a: ClusterPowerArgs, what: Power) -> Result<ExitCode> {
-    let c = select(ctx, &a.selection).await?;
+    let mut c = select(ctx, &a.selection).await?;
     let cloud = ctx.cloud().await?;
+    let elastic = c.leader().is_some_and(|l| l.tags.contains_key(tags::LAUNCH_TEMPLATE));
+    if elastic && matches!(what, Power::Terminate) && !a.skip_leader {
+        // The leader may launch no more; then the workers it launched meanwhile are listed too.
+        super::elastic::disarm(ctx, &c).await?;
+        c = select(ctx, &a.selection).await?;
+    }
     let leader: Vec<String> =
         if a.skip_leader { Vec::new() } else { c.leader().map(|l| vec![l.instance_id.clone()]).unwrap_or_default() };
     let workers: Vec<String> = c.nodes.iter().filter(|n| n.ordinal != Some(0)).map(|n| n.instance_id.clone()).collect();
@@ -52,6 +58,9 @@ pub async fn power(ctx: &Ctx, a: ClusterPowerArgs, what: Power) -> Result<ExitCo
                 wait_for_state(ctx, cloud, &all, "terminated", &format!("the nodes of {}", c.name)).await?;
             }
             crate::commands::boxes::forget(ctx, &all).await?;
+            if elastic && !a.skip_leader {
+                super::elastic::remove_own(ctx, &c).await?;
+            }
         }
     }
     let action = match what {

@@ -30,6 +30,7 @@ pub(super) async fn launch_workers(
         first_boot: true,
         label: "workers".into(),
         spot: None,
+        profile: None,
     };
     let ids = launch_by_policy(ctx, p, txn, &template, ordinals.len() as u32, min, spot, "workers", |g, launched| {
         let remaining = &ordinals[launched.min(ordinals.len())..];

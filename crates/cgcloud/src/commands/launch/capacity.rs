@@ -56,6 +56,7 @@ pub(crate) async fn launch_by_policy(
             // Each call its own idempotency token: a retried call must not be a new launch.
             label: format!("{}-{calls}", template.label),
             spot: market.clone(),
+            profile: template.profile.clone(),
         };
         per_call(&mut g, ids.len());
         calls += 1;

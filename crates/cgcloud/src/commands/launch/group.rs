@@ -20,6 +20,9 @@ pub(crate) struct Group {
     pub label: String,
     /// On the spot market, with this maximum price (None: up to on-demand).
     pub spot: Option<Option<String>>,
+    /// An instance profile of these boxes' own instead of their role's (an elastic cluster's
+    /// leader).
+    pub profile: Option<String>,
 }
 
 impl Group {
@@ -33,12 +36,13 @@ impl Group {
             first_boot: false,
             label: "box".into(),
             spot: None,
+            profile: None,
         }
     }
 }
 
 /// The tags of a box of this launch.
-pub(super) fn box_tags(p: &Prepared, g: &Group, txn: &Txn, host_key: Option<&str>) -> Result<Tags> {
+pub(crate) fn box_tags(p: &Prepared, g: &Group, txn: &Txn, host_key: Option<&str>) -> Result<Tags> {
     let mut t = Tags::new();
     t.insert(tags::NAME.into(), p.ns.to_aws_name(&g.box_role)?);
     t.insert(tags::NAMESPACE.into(), p.ns.to_string());
@@ -102,7 +106,7 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
     if security.profile_created {
         txn.with(|s| s.instance_profile = security.profile.clone());
     }
-    let (sg_id, profile) = (security.group_id, security.profile);
+    let (sg_id, profile) = (security.group_id, g.profile.clone().or(security.profile));
     let count = g.count;
     let spec = LaunchSpec {
         image_id: p.image.image_id.clone(),

@@ -4,7 +4,7 @@
 use super::*;
 
 /// IAM's limit on a role or instance-profile name.
-pub(super) const MAX_IAM_NAME: usize = 64;
+pub(crate) const MAX_IAM_NAME: usize = 64;
 
 pub(super) fn sg_rules(role: &Role) -> Vec<SgRule> {
     role.ports

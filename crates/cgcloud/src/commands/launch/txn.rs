@@ -11,6 +11,9 @@ pub(crate) struct TxnState {
     pub(crate) instance_profile: Option<String>,
     /// A persistent volume this launch created (an existing one is never removed).
     pub(crate) volume: Option<String>,
+    /// An elastic cluster's leader's own IAM role and profile, and its workers' launch template.
+    pub(crate) leader_profile: Option<String>,
+    pub(crate) launch_template: Option<String>,
     /// The rollback asked EC2 to terminate `instances`.
     pub(crate) terminating: bool,
 }
@@ -80,6 +83,8 @@ pub(super) async fn rollback(ctx: &Ctx, txn: &Txn) {
         security_group: s.security_group.clone(),
         instance_profile: s.instance_profile.clone(),
         volume: s.volume.clone(),
+        leader_profile: s.leader_profile.clone(),
+        launch_template: s.launch_template.clone(),
         terminating: s.terminating,
     });
     let Ok(cloud) = ctx.cloud().await else { return };
@@ -112,7 +117,17 @@ pub(super) async fn rollback(ctx: &Ctx, txn: &Txn) {
             tracing::warn!("could not forget the host keys of {}: {e:#}", state.instances.join(", "));
         }
     }
-    if state.security_group.is_none() && state.instance_profile.is_none() && state.volume.is_none() {
+    if let Some(t) = &state.launch_template {
+        match cloud.delete_launch_template(t).await {
+            Ok(()) => txn.with(|s| s.launch_template = None),
+            Err(e) => tracing::warn!("could not delete launch template {t}: {e}; `cgcloud cleanup` removes it later"),
+        }
+    }
+    if state.security_group.is_none()
+        && state.instance_profile.is_none()
+        && state.volume.is_none()
+        && state.leader_profile.is_none()
+    {
         txn.with(|s| s.instances.clear());
         return;
     }
@@ -141,14 +156,17 @@ pub(super) async fn rollback(ctx: &Ctx, txn: &Txn) {
             Err(e) => tracing::warn!("could not delete security group {sg}: {e}; `cgcloud cleanup` removes it later"),
         }
     }
-    if let Some(profile) = &state.instance_profile {
+    for profile in state.instance_profile.iter().chain(&state.leader_profile) {
         let res = async {
             cloud.delete_instance_profile(profile).await?;
             cloud.delete_role(profile).await
         }
         .await;
         match res {
-            Ok(()) => txn.with(|s| s.instance_profile = None),
+            Ok(()) => txn.with(|s| {
+                s.instance_profile.take_if(|p| p == profile);
+                s.leader_profile.take_if(|p| p == profile);
+            }),
             Err(e) => {
                 tracing::warn!("could not delete IAM role/profile {profile}: {e}; `cgcloud reset-security` removes it")
             }
@@ -170,6 +188,9 @@ pub(super) fn leftovers(txn: &Txn, ns: &str) -> String {
         if let Some(v) = &s.volume {
             left.push(format!("new persistent volume {v}"));
         }
+        if let Some(t) = &s.launch_template {
+            left.push(format!("launch template {t}"));
+        }
         let mut fix = format!("cgcloud -n {ns} cleanup --min-age 0 --yes");
         if s.volume.is_some() {
             fix.push_str(" --persistent-volumes");
@@ -179,7 +200,7 @@ pub(super) fn leftovers(txn: &Txn, ns: &str) -> String {
         } else {
             format!("left behind: {}; remove it with `{fix}` (run it again if a group is still in use)", left.join(", "))
         };
-        if let Some(p) = &s.instance_profile {
+        if let Some(p) = s.instance_profile.as_ref().or(s.leader_profile.as_ref()) {
             text.push_str(&format!(
                 "; IAM role {p} stays (the role's next launch uses it; `cgcloud -n {ns} reset-security` removes the namespace's)"
             ));
@@ -190,11 +211,12 @@ pub(super) fn leftovers(txn: &Txn, ns: &str) -> String {
 
 /// Marks the launch complete on its boxes, and on the IAM role and volume it made.
 pub(crate) async fn finish_launch(cloud: &Cloud, txn: &Txn, ids: &[String]) -> Result<()> {
-    let (profile, volume) = txn.with(|s| (s.instance_profile.clone(), s.volume.clone()));
+    let (profiles, volume) = txn
+        .with(|s| (s.instance_profile.iter().chain(&s.leader_profile).cloned().collect::<Vec<_>>(), s.volume.clone()));
     let mut resources = ids.to_vec();
     resources.extend(volume);
     cloud.delete_tags(&resources, &[tags::LAUNCH_STATE]).await?;
-    if let Some(p) = profile {
+    for p in profiles {
         cloud.untag_role_and_profile(&p, tags::LAUNCH_STATE).await?;
     }
     Ok(())
