@@ -393,9 +393,14 @@ mod tests {
         assert_eq!((set.node_prefix.as_str(), set.idle.as_secs(), set.resume_timeout.as_secs()), ("node", 5400, 90));
         let hooked = elastic("on_bounds='/usr/local/sbin/bounds'", HOOK_STEP).unwrap();
         assert_eq!(hooked.cluster.unwrap().scaling.unwrap().hooks(), [("on_bounds", "/usr/local/sbin/bounds")]);
-        // Cluster types that do not say so do not scale.
+        // Cluster types that do not say so do not scale; slurm does, and toil through it.
         let reg = crate::Registry::builtin().unwrap();
-        assert!(reg.cluster_type("slurm").unwrap().cluster.unwrap().scaling.is_none());
+        assert!(reg.cluster_type("spark").unwrap().cluster.unwrap().scaling.is_none());
+        for t in ["slurm", "toil"] {
+            let s = reg.cluster_type(t).unwrap().cluster.unwrap().scaling.unwrap();
+            assert_eq!((s.node_prefix.as_str(), s.socket_group.as_str()), ("w", "slurm"), "{t}");
+            assert_eq!(s.hooks().len(), 3, "{t}");
+        }
     }
 
     #[test]
