@@ -146,11 +146,16 @@ async fn instances_launched_from_a_template_get_all_of_it() {
         security_group_ids: vec![group.clone()],
         key_name: Some("tpl-key".into()),
         instance_profile_arn: Some(profile_arn.clone()),
+        instance_type: None,
         instance_tags,
         volume_tags,
+        unmodelled: Vec::new(),
     };
     assert_eq!(cloud.launch_template_facts(&t.id, "1").await.unwrap().as_ref(), Some(&facts));
     assert_eq!(cloud.launch_template_facts(&t.id, "$Latest").await.unwrap().as_ref(), Some(&facts));
+    let named = cloud.named_launch_template_facts("tpl_c1-workers", "$Default").await.unwrap();
+    assert_eq!(named, Some((t.id.clone(), facts.clone())));
+    assert_eq!(cloud.named_launch_template_facts("tpl_c2-workers", "1").await.unwrap(), None);
 
     cloud.terminate(&ids).await.unwrap();
     cloud.delete_launch_template(&t.id).await.unwrap();

@@ -80,9 +80,17 @@ pub struct RunState {
     /// zone → subnet id
     pub subnets: Vec<(String, String)>,
     pub images: Vec<images::BaseImage>,
+    /// Where the guests' door sends the requests it passes, on loopback, instead of moto: a
+    /// fault-injecting proxy in front of moto, for tests (`CGCLOUD_LOCAL_API_UPSTREAM` at `up`).
+    pub api_upstream_port: Option<u16>,
 }
 
 impl RunState {
+    /// moto's port, or the proxy in front of it, for the guests' door.
+    pub fn guest_upstream_port(&self) -> u16 {
+        self.api_upstream_port.unwrap_or(self.moto_port)
+    }
+
     /// Where IMDS listens on the bridge address (guests' 169.254.169.254:80 is redirected here).
     pub fn imds_port(&self) -> u16 {
         if self.imds_port != 0 {
@@ -277,6 +285,10 @@ impl LocalCloud {
         let guest_ports = net::parse_guest_ports(
             &std::env::var("CGCLOUD_LOCAL_GUEST_PORTS").unwrap_or_else(|_| net::DEFAULT_GUEST_PORTS.to_owned()),
         )?;
+        state.api_upstream_port = match std::env::var("CGCLOUD_LOCAL_API_UPSTREAM") {
+            Ok(url) if !url.is_empty() => Some(parse_api_upstream(&url)?),
+            _ => None,
+        };
         if !host::can_restrict_devices() {
             say("warning: this machine has no cgroup v1 devices controller: hosts are not kept from opening each other's volumes and instance-store disks (loop devices); see docs/security.md");
         }
@@ -330,6 +342,12 @@ impl LocalCloud {
 
         state.controller_pid = Some(self.start_controller(exe).await?);
         self.save_state(&state)?;
+        if let Some(p) = state.api_upstream_port {
+            say(&format!(
+                "guests' API requests go to {} instead of moto (CGCLOUD_LOCAL_API_UPSTREAM)",
+                Self::endpoint_url(p)
+            ));
+        }
         say(&format!(
             "controller started; the AWS endpoint is {} (and {}:{port} from hosts)",
             Self::endpoint_url(port),
@@ -638,6 +656,22 @@ async fn http_post(port: u16, path: &str, body: &str) -> Result<String, Error> {
     Ok(answer)
 }
 
+/// The port of `CGCLOUD_LOCAL_API_UPSTREAM`, an HTTP URL on loopback (`http://127.0.0.1:PORT`,
+/// what `testkit::fault::FaultProxy` gives as its endpoint). Only loopback: the guests' door
+/// must not send the requests it authorized anywhere but to this machine's moto, through a
+/// proxy the tests run.
+pub fn parse_api_upstream(url: &str) -> Result<u16, Error> {
+    let bad = || {
+        Error::Prerequisite(format!(
+            "CGCLOUD_LOCAL_API_UPSTREAM: '{url}' is not http://127.0.0.1:PORT (a proxy in front of moto on loopback)"
+        ))
+    };
+    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let port = ["127.0.0.1:", "localhost:"].iter().find_map(|h| rest.strip_prefix(h)).ok_or_else(bad)?;
+    port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)
+}
+
 /// Unmounts everything at or below `dir`.
 pub async fn umount_all(dir: &Path) {
     for m in sys::mounts_under(dir) {
@@ -669,6 +703,25 @@ pub(crate) async fn test_cloud() -> cgcloud_aws::Cloud {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_upstream_is_a_port_on_loopback() {
+        assert_eq!(parse_api_upstream("http://127.0.0.1:40123").unwrap(), 40123);
+        assert_eq!(parse_api_upstream("http://localhost:40123/").unwrap(), 40123);
+        for bad in [
+            "127.0.0.1:40123",
+            "http://10.199.0.1:40123",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1:x",
+            "https://127.0.0.1:1",
+        ] {
+            let e = parse_api_upstream(bad).unwrap_err().to_string();
+            assert!(e.contains("CGCLOUD_LOCAL_API_UPSTREAM") && e.contains(bad), "{e}");
+        }
+        let state = RunState { moto_port: 5402, ..Default::default() };
+        assert_eq!(state.guest_upstream_port(), 5402);
+        assert_eq!(RunState { api_upstream_port: Some(40123), ..state }.guest_upstream_port(), 40123);
+    }
 
     #[test]
     fn the_moto_launcher_is_recognised_as_moto() {

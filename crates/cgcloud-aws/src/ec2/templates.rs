@@ -62,8 +62,14 @@ pub struct TemplateFacts {
     pub key_name: Option<String>,
     /// The profile's ARN; None also when the template names its profile only by name.
     pub instance_profile_arn: Option<String>,
+    /// None when the version names none (EC2's default type applies, unless the request names one).
+    pub instance_type: Option<String>,
     pub instance_tags: Tags,
     pub volume_tags: Tags,
+    /// What the version also holds that these facts leave out and that would change what IAM
+    /// authorizes a launch from it on (network interfaces, a market, placement, a profile named
+    /// only by name, ...), by the data's field name: empty for the templates cgcloud makes.
+    pub unmodelled: Vec<String>,
 }
 
 fn template_tag_spec(resource: ResourceType, tags: &Tags) -> LaunchTemplateTagSpecificationRequest {
@@ -203,22 +209,44 @@ impl Cloud {
     /// What version `version` (a number, `$Latest` or `$Default`, as RunInstances takes it) of
     /// launch template `id` launches with; None if there is no such template or version.
     pub async fn launch_template_facts(&self, id: &str, version: &str) -> Result<Option<TemplateFacts>, AwsError> {
-        let out =
-            match self.ec2.describe_launch_template_versions().launch_template_id(id).versions(version).send().await {
-                Ok(out) => out,
-                Err(e) => {
-                    let e = self.classify("ec2:DescribeLaunchTemplateVersions", e);
-                    return match e.code() {
-                        Some(
-                            "InvalidLaunchTemplateId.NotFound"
-                            | "InvalidLaunchTemplateId.VersionNotFound"
-                            | "InvalidLaunchTemplateName.NotFoundException",
-                        ) => Ok(None),
-                        _ => Err(e),
-                    };
-                }
-            };
-        let Some(data) = out.launch_template_versions().first().and_then(|v| v.launch_template_data()) else {
+        Ok(self.template_version_facts(TemplateKey::Id(id), version).await?.map(|(_, facts)| facts))
+    }
+
+    /// As [`Cloud::launch_template_facts`] for the template called `name`, with its id.
+    pub async fn named_launch_template_facts(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<(String, TemplateFacts)>, AwsError> {
+        self.template_version_facts(TemplateKey::Name(name), version).await
+    }
+
+    async fn template_version_facts(
+        &self,
+        key: TemplateKey<'_>,
+        version: &str,
+    ) -> Result<Option<(String, TemplateFacts)>, AwsError> {
+        let ask = self.ec2.describe_launch_template_versions().versions(version);
+        let ask = match key {
+            TemplateKey::Id(id) => ask.launch_template_id(id),
+            TemplateKey::Name(name) => ask.launch_template_name(name),
+        };
+        let out = match ask.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let e = self.classify("ec2:DescribeLaunchTemplateVersions", e);
+                return match e.code() {
+                    Some(
+                        "InvalidLaunchTemplateId.NotFound"
+                        | "InvalidLaunchTemplateId.VersionNotFound"
+                        | "InvalidLaunchTemplateName.NotFoundException",
+                    ) => Ok(None),
+                    _ => Err(e),
+                };
+            }
+        };
+        let Some(found) = out.launch_template_versions().first() else { return Ok(None) };
+        let (Some(id), Some(data)) = (found.launch_template_id(), found.launch_template_data()) else {
             return Ok(None);
         };
         let tags_for = |resource: ResourceType| {
@@ -228,13 +256,97 @@ impl Cloud {
                 .flat_map(|s| to_tags(s.tags()))
                 .collect::<Tags>()
         };
-        Ok(Some(TemplateFacts {
-            image_id: data.image_id().map(str::to_owned),
-            security_group_ids: data.security_group_ids().to_vec(),
-            key_name: data.key_name().map(str::to_owned),
-            instance_profile_arn: data.iam_instance_profile().and_then(|p| p.arn()).map(str::to_owned),
-            instance_tags: tags_for(ResourceType::Instance),
-            volume_tags: tags_for(ResourceType::Volume),
-        }))
+        Ok(Some((
+            id.to_owned(),
+            TemplateFacts {
+                image_id: data.image_id().map(str::to_owned),
+                security_group_ids: data.security_group_ids().to_vec(),
+                key_name: data.key_name().map(str::to_owned),
+                instance_profile_arn: data.iam_instance_profile().and_then(|p| p.arn()).map(str::to_owned),
+                instance_type: data.instance_type().map(|t| t.as_str().to_owned()),
+                instance_tags: tags_for(ResourceType::Instance),
+                volume_tags: tags_for(ResourceType::Volume),
+                unmodelled: unmodelled(data),
+            },
+        )))
+    }
+}
+
+/// How a launch template is named.
+#[derive(Debug, Clone, Copy)]
+enum TemplateKey<'a> {
+    Id(&'a str),
+    Name(&'a str),
+}
+
+/// The fields of `data` that [`TemplateFacts`] leaves out and that name resources a launch is
+/// authorized on, or change its context.
+fn unmodelled(data: &aws_sdk_ec2::types::ResponseLaunchTemplateData) -> Vec<String> {
+    let profile_by_name = data.iam_instance_profile().is_some_and(|p| p.arn().is_none() && p.name().is_some());
+    // moto copies the template's own tags into its data as a `launch-template` specification,
+    // which no launch applies.
+    let other_tags = data.tag_specifications().iter().any(|s| {
+        !matches!(s.resource_type(), Some(ResourceType::Instance | ResourceType::Volume | ResourceType::LaunchTemplate))
+    });
+    let snapshot = data.block_device_mappings().iter().any(|m| m.ebs().and_then(|e| e.snapshot_id()).is_some());
+    [
+        ("IamInstanceProfile.Name", profile_by_name),
+        ("NetworkInterfaces", !data.network_interfaces().is_empty()),
+        ("SecurityGroups", !data.security_groups().is_empty()),
+        ("InstanceMarketOptions", data.instance_market_options().is_some()),
+        ("Placement", data.placement().is_some()),
+        ("InstanceRequirements", data.instance_requirements().is_some()),
+        ("CapacityReservationSpecification", data.capacity_reservation_specification().is_some()),
+        ("LicenseSpecifications", !data.license_specifications().is_empty()),
+        ("ElasticGpuSpecifications", !data.elastic_gpu_specifications().is_empty()),
+        ("ElasticInferenceAccelerators", !data.elastic_inference_accelerators().is_empty()),
+        ("KernelId", data.kernel_id().is_some()),
+        ("RamDiskId", data.ram_disk_id().is_some()),
+        ("TagSpecifications", other_tags),
+        ("BlockDeviceMappings", snapshot),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(field, _)| field.to_owned())
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::types::{
+        LaunchTemplateIamInstanceProfileSpecification, LaunchTemplateInstanceMarketOptions,
+        LaunchTemplateInstanceNetworkInterfaceSpecification, LaunchTemplateTagSpecification, MarketType, ResourceType,
+        ResponseLaunchTemplateData,
+    };
+
+    /// What the local cloud's IAM would get wrong if the facts left it out is named.
+    #[test]
+    fn what_the_facts_leave_out_is_named() {
+        let ours = ResponseLaunchTemplateData::builder()
+            .image_id("ami-1")
+            .security_group_ids("sg-1")
+            .iam_instance_profile(LaunchTemplateIamInstanceProfileSpecification::builder().arn("arn:p").build())
+            .tag_specifications(LaunchTemplateTagSpecification::builder().resource_type(ResourceType::Volume).build())
+            .tag_specifications(
+                LaunchTemplateTagSpecification::builder().resource_type(ResourceType::LaunchTemplate).build(),
+            )
+            .build();
+        assert!(super::unmodelled(&ours).is_empty());
+        let more = ResponseLaunchTemplateData::builder()
+            .iam_instance_profile(LaunchTemplateIamInstanceProfileSpecification::builder().name("p").build())
+            .network_interfaces(
+                LaunchTemplateInstanceNetworkInterfaceSpecification::builder().subnet_id("subnet-1").build(),
+            )
+            .instance_market_options(
+                LaunchTemplateInstanceMarketOptions::builder().market_type(MarketType::Spot).build(),
+            )
+            .tag_specifications(
+                LaunchTemplateTagSpecification::builder().resource_type(ResourceType::NetworkInterface).build(),
+            )
+            .build();
+        assert_eq!(
+            super::unmodelled(&more),
+            ["IamInstanceProfile.Name", "NetworkInterfaces", "InstanceMarketOptions", "TagSpecifications"]
+        );
     }
 }

@@ -92,9 +92,15 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
         let listener = tokio::net::TcpListener::bind((addr, state.port))
             .await
             .map_err(|e| Error::Controller(format!("cannot listen on {addr}:{}: {e}", state.port)))?;
+        // Faults are injected on the guests' side only: the controller's own client (and the
+        // workstation's) must see moto as it is.
+        let upstream_port = match side {
+            crate::proxy::Side::Guests => state.guest_upstream_port(),
+            crate::proxy::Side::Workstation => state.moto_port,
+        };
         let door = crate::proxy::Door {
             side,
-            upstream_port: state.moto_port,
+            upstream_port,
             events: tx.clone(),
             dir: lc.dir.clone(),
             imds: imds.clone(),
@@ -127,6 +133,9 @@ pub async fn run(dir: PathBuf) -> Result<(), Error> {
         groups_applied: String::new(),
     };
     log(format!("controller up, watching VPC {}", c.vpc_id));
+    if let Some(p) = state.api_upstream_port {
+        log(format!("the guests' door sends their requests to 127.0.0.1:{p}, not moto (CGCLOUD_LOCAL_API_UPSTREAM)"));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Controller(format!("cannot handle SIGTERM: {e}")))?;
     let mut changed_at = std::time::Instant::now();

@@ -19,7 +19,7 @@ use crate::proxy::{query_params, GuestRequest};
 use cgcloud_aws::AwsError;
 use cgcloud_core::policy::{instance_arn, Policy, Request};
 use cgcloud_core::tags::Tags;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -158,8 +158,10 @@ impl Call {
             .collect()
     }
 
-    /// Tags given as `prefix.N.Key` / `prefix.N.Value` (a missing value is empty).
-    fn tags(&self, prefix: &str) -> Tags {
+    /// Tags given as `prefix.N.Key` / `prefix.N.Value` (a missing value is empty). A key given
+    /// twice is refused: moto keeps one of its values, by its own order of the members, and
+    /// this module could evaluate the other.
+    fn tags(&self, prefix: &str) -> Result<Tags, Unevaluated> {
         let mut out = Tags::new();
         for (k, v) in &self.params {
             let Some(n) = k.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')).and_then(|r| r.strip_suffix(".Key"))
@@ -167,33 +169,41 @@ impl Call {
                 continue;
             };
             let value = self.one(&format!("{prefix}.{n}.Value")).unwrap_or_default();
-            out.insert(v.clone(), value.to_owned());
+            if out.insert(v.clone(), value.to_owned()).is_some() {
+                return Err(Unevaluated::Malformed(format!("tag {v:?} is given more than once")));
+            }
         }
-        out
+        Ok(out)
     }
 
     /// The tags of `TagSpecification.N` entries for `kind`; any other kind is unmodelled.
     fn tag_specifications(&self, kind: &str) -> Result<Tags, Unevaluated> {
-        let mut out = Tags::new();
-        for (k, v) in &self.params {
-            let Some(n) = k.strip_prefix("TagSpecification.").and_then(|r| r.strip_suffix(".ResourceType")) else {
-                continue;
-            };
-            if v != kind {
-                return Err(Unevaluated::Unmodelled(format!("{} tagging a {v} at creation", self.action)));
-            }
-            out.extend(self.tags(&format!("TagSpecification.{n}.Tag")));
-        }
-        // Tags of a specification without a type would be applied by moto to something.
-        let typed: Vec<&str> = self
+        Ok(self.tag_specifications_of(&[kind])?.remove(kind).unwrap_or_default())
+    }
+
+    /// The tags of `TagSpecification.N` entries by resource type, each of `kinds`; any other
+    /// type is unmodelled, and a key given twice for one type is refused (as in [`Call::tags`]).
+    fn tag_specifications_of(&self, kinds: &[&str]) -> Result<BTreeMap<String, Tags>, Unevaluated> {
+        let numbers: BTreeSet<&str> = self
             .params
             .iter()
             .filter_map(|(k, _)| k.strip_prefix("TagSpecification."))
             .filter_map(|r| r.split('.').next())
             .collect();
-        for n in typed {
-            if self.one(&format!("TagSpecification.{n}.ResourceType")).is_none() {
+        let mut out: BTreeMap<String, Tags> = BTreeMap::new();
+        for n in numbers {
+            // Tags of a specification without a type would be applied by moto to something.
+            let Some(kind) = self.one(&format!("TagSpecification.{n}.ResourceType")) else {
                 return Err(Unevaluated::Malformed(format!("TagSpecification.{n} has no ResourceType")));
+            };
+            if !kinds.contains(&kind) {
+                return Err(Unevaluated::Unmodelled(format!("{} tagging a {kind} at creation", self.action)));
+            }
+            let merged = out.entry(kind.to_owned()).or_default();
+            for (k, v) in self.tags(&format!("TagSpecification.{n}.Tag"))? {
+                if merged.insert(k.clone(), v).is_some() {
+                    return Err(Unevaluated::Malformed(format!("tag {k:?} is given more than once for a {kind}")));
+                }
             }
         }
         Ok(out)
@@ -247,20 +257,30 @@ pub fn first_denied<'a>(policy: &Policy, requests: &'a [Request]) -> Option<&'a 
 
 #[cfg(test)]
 mod tests {
-    use super::requests::{ec2_resource, Lookup};
+    use super::requests::{ec2_resource, Lookup, Profile, ProfileKey, TemplateKey};
     use super::*;
+    use cgcloud_aws::ec2::TemplateFacts;
     use cgcloud_core::policy::agent_statements;
     use std::collections::BTreeMap;
+
+    mod leader;
 
     const ME: &str = "i-0aaaaaaaaaaaaaaa1";
     const PEER: &str = "i-0bbbbbbbbbbbbbbb2";
     const NS: &str = "/team/";
 
-    /// moto as the tests see it: tags by resource, profiles, queues.
+    /// moto as the tests see it: tags by resource, profiles, queues, launch templates (each
+    /// with one version), subnets and instance profiles.
     #[derive(Default)]
     struct Fake {
         tags: BTreeMap<String, Tags>,
         queues: BTreeMap<String, Tags>,
+        /// id → (name, facts)
+        templates: BTreeMap<String, (String, TemplateFacts)>,
+        /// subnet → VPC
+        subnets: BTreeMap<String, String>,
+        /// profile ARN → role ARN
+        profiles: BTreeMap<String, String>,
     }
 
     impl Lookup for Fake {
@@ -272,6 +292,33 @@ mod tests {
         }
         async fn queue_tags(&self, name: &str) -> Result<Option<Tags>, AwsError> {
             Ok(self.queues.get(name).cloned())
+        }
+        async fn launch_template(
+            &self,
+            template: TemplateKey<'_>,
+            version: &str,
+        ) -> Result<Option<(String, TemplateFacts)>, AwsError> {
+            if !["1", "$Latest", "$Default"].contains(&version) {
+                return Ok(None);
+            }
+            Ok(self
+                .templates
+                .iter()
+                .find(|(id, (name, _))| template == TemplateKey::Id(id) || template == TemplateKey::Name(name))
+                .map(|(id, (_, facts))| (id.clone(), facts.clone())))
+        }
+        async fn subnet_vpc(&self, id: &str) -> Result<Option<String>, AwsError> {
+            Ok(self.subnets.get(id).cloned())
+        }
+        async fn profile(&self, profile: ProfileKey<'_>) -> Result<Option<Profile>, AwsError> {
+            Ok(self
+                .profiles
+                .iter()
+                .find(|(arn, _)| match profile {
+                    ProfileKey::Arn(a) => a == *arn,
+                    ProfileKey::Name(n) => arn.rsplit('/').next() == Some(n),
+                })
+                .map(|(arn, role)| Profile { arn: arn.clone(), role_arn: Some(role.clone()) }))
         }
     }
 
@@ -301,6 +348,11 @@ mod tests {
         f.tags.insert(
             "vol-0000000000000000c".into(),
             ns(&[("cgcloud:persistent", "true"), ("cgcloud:attach-to", &arn(PEER))]),
+        );
+        f.subnets.insert("subnet-1".into(), "vpc-1".into());
+        f.profiles.insert(
+            "arn:aws:iam::123456789012:instance-profile/cgcloud/team/box".into(),
+            "arn:aws:iam::123456789012:role/cgcloud/team/box".into(),
         );
         f.queues.insert("team_cgcloud-agent_".to_owned() + ME, Tags::from([("cgcloud:instance".into(), arn(ME))]));
         f.queues.insert("team_cgcloud-agent_".to_owned() + PEER, Tags::from([("cgcloud:instance".into(), arn(PEER))]));
@@ -392,9 +444,15 @@ mod tests {
             ] {
                 assert!(!matches!(allowed(service, &body).await, Ok(true)), "{service} {body}");
             }
-            // Unmodelled actions are refused as such, not evaluated.
-            let run = allowed("ec2", "Action=RunInstances&ImageId=ami-1").await;
-            assert!(matches!(run, Err(Unevaluated::Unmodelled(_))), "{run:?}");
+            // A box launching is denied by evaluation; unmodelled actions are refused as such.
+            for run in [
+                "Action=RunInstances&ImageId=ami-1&MinCount=1&MaxCount=1",
+                "Action=RunInstances&ImageId=ami-1&SubnetId=subnet-1&SecurityGroupId.1=sg-1&KeyName=k&IamInstanceProfile.Name=box&MinCount=1&MaxCount=1",
+            ] {
+                assert_eq!(allowed("ec2", run).await, Ok(false), "{run}");
+            }
+            let made = allowed("ec2", "Action=CreateLaunchTemplate&LaunchTemplateName=x").await;
+            assert!(matches!(made, Err(Unevaluated::Unmodelled(_))), "{made:?}");
         });
     }
 
@@ -448,6 +506,7 @@ mod tests {
         let c = caller();
         assert_eq!(ec2_resource(&c, "i-1").unwrap(), "arn:aws:ec2:us-west-2:123456789012:instance/i-1");
         assert_eq!(ec2_resource(&c, "ami-1").unwrap(), "arn:aws:ec2:us-west-2::image/ami-1");
+        assert_eq!(ec2_resource(&c, "lt-1").unwrap(), "arn:aws:ec2:us-west-2:123456789012:launch-template/lt-1");
         assert!(ec2_resource(&c, "nonsense").is_err());
         assert!(combine(&["{\"Statement\": []}".into(), "{}".into()]).is_err());
     }
