@@ -161,8 +161,9 @@ impl Host<'_> {
         let child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "{} exec systemd-nspawn \"$@\"",
-                if join.is_empty() { String::new() } else { format!("{join} &&") }
+                "{} {}systemd-nspawn \"$@\"",
+                if join.is_empty() { String::new() } else { format!("{join} &&") },
+                own_boot_time()
             ))
             .arg("sh")
             .args([
@@ -253,6 +254,28 @@ fn devices_dir(id: &str) -> Option<PathBuf> {
 }
 
 /// The character devices every host has: null, zero, full, random, urandom, tty, console,
+/// The command prefix that gives a host a boot time of its own, as a VM has: a time namespace
+/// whose boot-time clock starts at zero (`uptime`, `sysinfo`). Slurm, for one, takes a
+/// powered-up node for booted only if its boot time is after the second it asked for it, and a
+/// container otherwise reports the machine's boot; hence also the second's wait, which a VM's
+/// boot exceeds many times over. Empty where `unshare` has no time namespaces (util-linux
+/// before 2.36).
+fn own_boot_time() -> &'static str {
+    static HAS_TIME_NS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let has = *HAS_TIME_NS.get_or_init(|| {
+        std::process::Command::new("unshare")
+            .args(["--time", "--boottime", "0", "true"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if has {
+        "sleep 1 && exec unshare --time --boottime -$(cut -d. -f1 /proc/uptime) "
+    } else {
+        "exec "
+    }
+}
+
 /// ptmx and the pseudo-terminals, fuse and tun (systemd-nspawn's set, and /dev/fuse).
 const HOST_CHAR_DEVICES: &[&str] =
     &["1:3", "1:5", "1:7", "1:8", "1:9", "5:0", "5:1", "5:2", "136:*", "10:229", "10:200"];

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -2238,4 +2239,123 @@ fn toil_end_to_end() {
     assert!(!bad.status.success() && err.contains("cannot install toil[aws]==0.0.1 from PyPI"), "{err}");
     assert!(u.json(&["list", "toil-box"]).as_array().unwrap().is_empty(), "{err}");
     u.ok(&["local", "down"]);
+}
+
+/// `sinfo -h -N -o '%N %T'` on the leader of slurm cluster `cluster`: node → state.
+fn slurm_states(u: &User, cluster: &str) -> BTreeMap<String, String> {
+    let out = u.run(&["ssh", "slurm-leader", "-c", cluster, "--", "sinfo -h -N -o '%N %T'"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(n, s)| (n.to_owned(), s.to_owned())))
+        .collect()
+}
+
+/// Waits until `want` holds of the cluster's Slurm node states; returns them.
+fn wait_slurm(
+    u: &User,
+    cluster: &str,
+    timeout_s: u64,
+    what: &str,
+    want: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, String> {
+    let start = std::time::Instant::now();
+    loop {
+        let states = slurm_states(u, cluster);
+        if want(&states) {
+            return states;
+        }
+        assert!(
+            start.elapsed().as_secs() < timeout_s,
+            "cluster {cluster}: {what} within {timeout_s} s; sinfo: {states:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
+/// The cluster's workers that EC2 has in any state short of terminated, in `list-clusters`.
+fn workers_in(listed: &Value, cluster: &str) -> u64 {
+    let c = listed.as_array().unwrap().iter().find(|c| c["name"] == cluster);
+    c.map_or(0, |c| {
+        c["nodes"].as_array().unwrap().iter().filter(|n| n["ordinal"] != 0 && n["state"] != "terminated").count() as u64
+    })
+}
+
+fn live_workers(u: &User, cluster: &str) -> u64 {
+    workers_in(&u.json(&["list-clusters"]), cluster)
+}
+
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn elastic_slurm_end_to_end() {
+    let (_one, u) = fresh_local_cloud();
+    u.ok(&["create", "-I", "-T", "slurm-box"]);
+    u.ok(&["create-cluster", "slurm", "-c", "e1", "--max-workers", "4", "--idle-time", "1m"]);
+    // Four cloud nodes, powered down: no worker exists yet.
+    let states = wait_slurm(&u, "e1", 60, "w1..w4 powered down", |s| s.len() == 4 && s.values().all(|v| v == "idle~"));
+    assert_eq!(states.keys().cloned().collect::<Vec<_>>(), ["w1", "w2", "w3", "w4"]);
+    assert_eq!(live_workers(&u, "e1"), 0);
+
+    // Never more than max, sampled while the work runs.
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (most, done) = (most.clone(), done.clone());
+        let (home, bin) = (u.home.path().to_owned(), u.bin.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = testkit::hermetic_command(&bin, &home, &["CGCLOUD_LOCAL_DIR"])
+                    .args(["--output", "json", "list-clusters"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap();
+                if let Ok(listed) = serde_json::from_slice::<Value>(&out.stdout) {
+                    most.fetch_max(workers_in(&listed, "e1"), std::sync::atomic::Ordering::SeqCst);
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        })
+    };
+    // Eight one-core jobs: workers appear for them and every job runs.
+    u.ok(&[
+        "ssh",
+        "slurm-leader",
+        "-c",
+        "e1",
+        "--",
+        "for i in $(seq 8); do sbatch -n1 -o /tmp/job-%j.out --wrap 'hostname; sleep 10'; done",
+    ]);
+    let start = std::time::Instant::now();
+    loop {
+        let queued = u.ok(&["ssh", "slurm-leader", "-c", "e1", "--", "squeue -h | wc -l"]);
+        if queued.trim() == "0" {
+            break;
+        }
+        assert!(
+            start.elapsed().as_secs() < 600,
+            "jobs still queued after 600 s:\n{}",
+            u.ok(&["ssh", "slurm-leader", "-c", "e1", "--", "squeue; sinfo -R"])
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    let outputs = u.ok(&["ssh-cluster", "slurm", "-c", "e1", "--", "cat /tmp/job-*.out 2>/dev/null || true"]);
+    let ran = outputs.lines().filter(|l| l.contains("ip-10-199-")).count();
+    assert_eq!(ran, 8, "every job ran on a worker:\n{outputs}");
+
+    // Idle workers go: powered down in Slurm, terminated in EC2.
+    wait_slurm(&u, "e1", 300, "every worker powered down again", |s| s.len() == 4 && s.values().all(|v| v == "idle~"));
+    let start = std::time::Instant::now();
+    while live_workers(&u, "e1") > 0 {
+        assert!(start.elapsed().as_secs() < 120, "workers not terminated");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    sampler.join().unwrap();
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=4).contains(&most), "at most 4 workers at once, and some: {most}");
+
+    // New bounds reach Slurm without recreating anything.
+    u.ok(&["scale-cluster", "slurm", "-c", "e1", "--max-workers", "2"]);
+    wait_slurm(&u, "e1", 120, "two nodes after scale-cluster", |s| s.len() == 2);
+    u.ok(&["terminate-cluster", "slurm", "-c", "e1"]);
+    assert!(u.json(&["cleanup", "--dry-run"]).as_array().unwrap().iter().all(|i| i["kind"] == "security-group"));
 }

@@ -134,6 +134,7 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<ExitCode> {
                 })?;
                 cloud.delete_role(&item.id).await.map_err(Into::into)
             }
+            "launch-template" => cloud.delete_launch_template(&item.id).await.map_err(Into::into),
             "queue" => {
                 cloud.delete_queue(&item.id).await?;
                 cloud.prune_agent_subscriptions().await?;
@@ -161,9 +162,22 @@ async fn leftovers(ctx: &Ctx, ns: &Namespace, a: &CleanupArgs) -> Result<(Vec<It
         .filter(|b| !terminating.contains(&b.instance_id))
         .filter_map(|b| b.instance_profile.clone())
         .collect();
+    // An elastic cluster's own template and leader role, once none of its nodes is left.
+    let clusters: BTreeSet<&str> =
+        boxes.iter().filter(|b| !terminating.contains(&b.instance_id)).filter_map(|b| b.cluster.as_deref()).collect();
+    let gone = |t: &Tags| t.get(tags::CLUSTER).is_some_and(|c| !clusters.contains(c.as_str()));
     for (name, created, t) in cloud.roles_with_tags(&ns.iam_path()).await? {
         if interrupted(&t, &created, min_age) && !in_use.contains(&name) {
             items.push(Item::new("iam-role", name, why_interrupted(&t, "IAM role and profile", min_age)));
+        } else if name.ends_with(".leader") && gone(&t) && !in_use.contains(&name) {
+            let why = format!("leader role of elastic cluster {}, which has no node left", t[tags::CLUSTER]);
+            items.push(Item::new("iam-role", name, why));
+        }
+    }
+    for t in cloud.namespace_launch_templates(ns.as_str()).await? {
+        if gone(&t.tags) {
+            let why = format!("launch template of elastic cluster {}, which has no node left", t.tags[tags::CLUSTER]);
+            items.push(Item::new("launch-template", t.id, why));
         }
     }
     items.extend(queue_leftovers(cloud, ns, &boxes, &terminating).await?);
@@ -241,6 +255,22 @@ async fn volume_leftovers(cloud: &Cloud, ns: &Namespace, a: &CleanupArgs, min_ag
         }
     }
     Ok(items)
+}
+
+/// Deletes the agent queues of namespace `ns` whose boxes are gone: an elastic cluster's leader
+/// terminates workers and cannot delete their queues (it may use only its own). Returns how
+/// many.
+pub(crate) async fn delete_orphan_queues(ctx: &Ctx, ns: &Namespace) -> Result<usize> {
+    let cloud = ctx.cloud().await?;
+    let boxes = cloud.list_boxes(ns.as_str(), None).await?;
+    let items = queue_leftovers(cloud, ns, &boxes, &[]).await?;
+    for item in &items {
+        cloud.delete_queue(&item.id).await?;
+    }
+    if !items.is_empty() {
+        cloud.prune_agent_subscriptions().await?;
+    }
+    Ok(items.len())
 }
 
 /// Agent queues of boxes that are gone, or that this cleanup terminates (their queues go in the

@@ -275,6 +275,9 @@ pub(crate) async fn remove_own(ctx: &Ctx, c: &Cluster) -> Result<()> {
     if let Err(e) = gone.await {
         tracing::warn!("could not delete the leader's IAM role {role}: {e}; `cgcloud cleanup` removes it later");
     }
+    // The queues of the workers the leader terminated over the cluster's life.
+    let n = crate::commands::cleanup::delete_orphan_queues(ctx, ns).await?;
+    tracing::debug!("deleted {n} agent queue(s) of terminated workers");
     Ok(())
 }
 
