@@ -2353,6 +2353,56 @@ fn elastic_slurm_end_to_end() {
     let most = most.load(std::sync::atomic::Ordering::SeqCst);
     assert!((1..=4).contains(&most), "at most 4 workers at once, and some: {most}");
 
+    // From the leader, as root, with its credentials: what the scaler may do, and nothing more.
+    let leader = u.json(&["show", "slurm-leader", "-c", "e1"]);
+    let (leader_id, zone) = (leader["instance_id"].as_str().unwrap(), leader["zone"].as_str().unwrap());
+    let region = &zone[..zone.len() - 1];
+    let listed = u.json(&["list-clusters"]);
+    let scaling = &listed.as_array().unwrap().iter().find(|c| c["name"] == "e1").unwrap()["scaling"];
+    let template = scaling["launch_template"].as_str().unwrap().split(':').next().unwrap().to_owned();
+    let subnet = scaling["subnets"][0].as_str().unwrap().to_owned();
+    let image = leader["image_id"].as_str().unwrap().to_owned();
+    let launch = format!("Action=RunInstances&LaunchTemplate.LaunchTemplateId={template}&LaunchTemplate.Version=1&InstanceType=m7i.large&SubnetId={subnet}&MinCount=1&MaxCount=1");
+    let api = |params: &str| {
+        u.ok(&[
+            "ssh",
+            "slurm-leader",
+            "-c",
+            "e1",
+            "--",
+            &format!("sudo bash -c {}", shell_quote(&signed_ec2(region, params))),
+        ])
+    };
+    let tag = |k: &str, v: &str| {
+        format!("&TagSpecification.1.ResourceType=instance&TagSpecification.1.Tag.1.Key={k}&TagSpecification.1.Tag.1.Value={v}")
+    };
+    for (what, params) in [
+        ("another image", format!("{launch}&ImageId={image}")),
+        ("another profile", format!("{launch}&IamInstanceProfile.Name=moto_e1.leader")),
+        ("into another cluster", format!("{launch}{}", tag("cgcloud:cluster", "other"))),
+        ("as a leader", format!("{launch}{}", tag("cgcloud:ordinal", "0"))),
+        ("under another leader", format!("{launch}{}", tag("cgcloud:leader-arn", "arn:aws:ec2:x:1:instance/i-0"))),
+        ("without the template", format!("Action=RunInstances&ImageId={image}&InstanceType=m7i.large&MinCount=1&MaxCount=1")),
+        ("bounds of its own", format!("Action=CreateTags&ResourceId.1={leader_id}&Tag.1.Key=cgcloud:scaling&Tag.1.Value=min%3D0%20max%3D99%20idle%3D60")),
+    ] {
+        let said = api(&params);
+        assert!(said.contains("<Code>UnauthorizedOperation</Code>"), "the leader launched {what}: {said}");
+    }
+    // The same request, as the template has it: allowed (so the denials above are the policy's).
+    let said = api(&launch);
+    let id = said
+        .split("<instanceId>")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap_or_else(|| panic!("{said}"))
+        .to_owned();
+    let gone = api(&format!("Action=TerminateInstances&InstanceId.1={id}"));
+    assert!(gone.contains("<TerminateInstancesResponse"), "{gone}");
+    // Past the maximum: not a worker of this cluster, refused before anything is asked of EC2.
+    let past = u.run(&["ssh", "slurm-leader", "-c", "e1", "--", "sudo -u slurm cgcloud-agent scale up 'w[4-5]'"]);
+    let said = String::from_utf8_lossy(&past.stderr);
+    assert!(!past.status.success() && said.contains("between 1 and 4"), "{said}");
+
     // New bounds reach Slurm without recreating anything.
     u.ok(&["scale-cluster", "slurm", "-c", "e1", "--max-workers", "2"]);
     wait_slurm(&u, "e1", 120, "two nodes after scale-cluster", |s| s.len() == 2);

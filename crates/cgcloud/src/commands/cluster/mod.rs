@@ -91,7 +91,11 @@ async fn clusters(ctx: &Ctx, cluster_type: Option<&str>) -> Result<Vec<Cluster>>
     let mut out: Vec<Cluster> = by_name.into_values().collect();
     for c in &mut out {
         c.nodes.sort_by_key(|n| (n.ordinal.unwrap_or(u32::MAX), n.instance_id.clone()));
-        c.scaling = scaling_of(c).map(|s| elastic::scaling_json(&s));
+        c.scaling = scaling_of(c).map(|s| {
+            let mut j = elastic::scaling_json(&s);
+            j["launch_template"] = serde_json::json!(c.leader().and_then(|l| l.tags.get(tags::LAUNCH_TEMPLATE)));
+            j
+        });
     }
     out.sort_by_key(|c| c.nodes.first().map(|n| n.launch_time.clone()).unwrap_or_default());
     Ok(out)
