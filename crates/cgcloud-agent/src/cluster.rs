@@ -22,6 +22,8 @@ pub enum BootError {
     NotClusterName { key: &'static str, value: String },
     #[error("tag {key} is not a plain name: {value:?}")]
     NotPlainName { key: &'static str, value: String },
+    #[error("this node has no ordinal (no cgcloud:ordinal tag, and no place in a launch's cgcloud:ordinals): it is neither the leader nor a worker")]
+    NoOrdinal,
     #[error(transparent)]
     Write(#[from] SafeError),
     #[error("persistent volume: {0}")]
@@ -275,6 +277,10 @@ pub fn check_tag_facts(me: &Node) -> Result<(), BootError> {
         if me.tags.contains_key(key) && !word(get(key)) {
             return Err(BootError::NotPlainName { key, value: get(key).to_owned() });
         }
+    }
+    // Without one it would take itself for the leader (ordinal 0) and run the leader's steps.
+    if me.ordinal().is_none() {
+        return Err(BootError::NoOrdinal);
     }
     if me.tags.contains_key(tags::NODE_PREFIX) && !valid_node_prefix(get(tags::NODE_PREFIX)) {
         return Err(BootError::NotPlainName { key: tags::NODE_PREFIX, value: get(tags::NODE_PREFIX).to_owned() });
@@ -602,7 +608,12 @@ mod tests {
         me.tags.insert(cgcloud_core::tags::CLUSTER.into(), "e2e".into());
         me.tags.insert(cgcloud_core::tags::CLUSTER_TYPE.into(), "spark".into());
         assert!(check_tag_facts(&me).is_ok());
+        let mut lost = me.clone();
+        lost.tags.remove(cgcloud_core::tags::ORDINAL);
+        assert!(matches!(check_tag_facts(&lost), Err(BootError::NoOrdinal)), "a node of no ordinal is no leader");
         for (key, bad) in [
+            (cgcloud_core::tags::NODE_PREFIX, "W"),
+            (cgcloud_core::tags::NODE_PREFIX, "w1"),
             (cgcloud_core::tags::CLUSTER, "x\n127.0.0.1 evil"),
             (cgcloud_core::tags::CLUSTER, "../etc"),
             (cgcloud_core::tags::CLUSTER_TYPE, "spark; rm -rf /"),
