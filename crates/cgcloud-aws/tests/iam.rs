@@ -2,7 +2,7 @@
 //! read back and deleted, and deleting it again is no error.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
-use cgcloud_aws::{Cloud, ConnectSettings};
+mod common;
 use cgcloud_core::tags::Tags;
 use testkit::TestEnv;
 
@@ -15,16 +15,7 @@ const EXTRA: &str =
 async fn role_policies_are_put_and_deleted_once_or_twice() {
     std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     let e = TestEnv::new("/bin/true");
-    let cloud = Cloud::connect(&ConnectSettings {
-        region: Some(e.region.clone()),
-        endpoint: Some(e.moto_endpoint.clone()),
-        access_key_id: Some("testing".into()),
-        secret_access_key: Some("testing".into()),
-        max_attempts: Some(1),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cloud = common::connect(&e).await;
     let role = format!("policies-{}", e.region);
     cloud.ensure_instance_profile(&role, "/cgcloud/policies/", OWN, &Tags::new()).await.unwrap();
     let parsed = |docs: Vec<String>| -> Vec<serde_json::Value> {

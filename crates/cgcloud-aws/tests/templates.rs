@@ -4,23 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 use cgcloud_aws::ec2::{LaunchSpec, TemplateFacts, TemplateSpec};
-use cgcloud_aws::{Cloud, ConnectSettings};
 use cgcloud_core::tags::Tags;
 use serde_json::Value;
 use testkit::TestEnv;
 
-async fn connect(e: &TestEnv) -> Cloud {
-    Cloud::connect(&ConnectSettings {
-        region: Some(e.region.clone()),
-        endpoint: Some(e.moto_endpoint.clone()),
-        access_key_id: Some("testing".into()),
-        secret_access_key: Some("testing".into()),
-        max_attempts: Some(1),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-}
+mod common;
+use common::connect;
 
 const POLICY: &str =
     r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ec2:DescribeTags","Resource":"*"}]}"#;

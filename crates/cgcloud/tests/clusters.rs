@@ -294,14 +294,7 @@ content = "#!/bin/sh\nenv | grep CGCLOUD_SCALE_ > /run/bounds\n"
     .unwrap();
     e.set_env("CGCLOUD_PLUGINS", dir.to_str().unwrap());
     e.with_key();
-    for args in [
-        &["create", "elastic-box", "-Q"][..],
-        &["stop", "elastic-box"],
-        &["image", "elastic-box"],
-        &["terminate", "elastic-box"],
-    ] {
-        e.ok(args);
-    }
+    e.bake("elastic-box");
     e
 }
 
@@ -365,14 +358,7 @@ fn an_elastic_cluster_gets_a_template_a_leader_of_its_own_and_bounds() {
         "--skip-ssh-check",
     ]);
     assert!(err.contains("0 <= min <= max"), "{err}");
-    for args in [
-        &["create", "generic-cluster-box", "-Q"][..],
-        &["stop", "generic-cluster-box"],
-        &["image", "generic-cluster-box"],
-        &["terminate", "generic-cluster-box"],
-    ] {
-        e.ok(args);
-    }
+    e.bake("generic-cluster-box");
     let err = e.fails(&["create-cluster", "generic", "-c", "bad", "--max-workers", "4", "--skip-ssh-check"]);
     assert!(err.contains("cannot scale on its own"), "{err}");
     assert!(e.json(&["list"]).as_array().unwrap().is_empty(), "nothing was launched");

@@ -2241,6 +2241,11 @@ fn toil_end_to_end() {
     u.ok(&["local", "down"]);
 }
 
+/// Runs `script` on the leader of slurm cluster `cluster`; its output.
+fn on_slurm_leader(u: &User, cluster: &str, script: &str) -> String {
+    u.ok(&["ssh", "slurm-leader", "-c", cluster, "--", script])
+}
+
 /// `sinfo -h -N -o '%N %T'` on the leader of slurm cluster `cluster`: node → state.
 fn slurm_states(u: &User, cluster: &str) -> BTreeMap<String, String> {
     let out = u.run(&["ssh", "slurm-leader", "-c", cluster, "--", "sinfo -h -N -o '%N %T'"]);
@@ -2316,24 +2321,17 @@ fn elastic_slurm_end_to_end() {
         })
     };
     // Eight one-core jobs: workers appear for them and every job runs.
-    u.ok(&[
-        "ssh",
-        "slurm-leader",
-        "-c",
-        "e1",
-        "--",
-        "for i in $(seq 8); do sbatch -n1 -o /tmp/job-%j.out --wrap 'hostname; sleep 10'; done",
-    ]);
+    on_slurm_leader(&u, "e1", "for i in $(seq 8); do sbatch -n1 -o /tmp/job-%j.out --wrap 'hostname; sleep 10'; done");
     let start = std::time::Instant::now();
     loop {
-        let queued = u.ok(&["ssh", "slurm-leader", "-c", "e1", "--", "squeue -h | wc -l"]);
+        let queued = on_slurm_leader(&u, "e1", "squeue -h | wc -l");
         if queued.trim() == "0" {
             break;
         }
         assert!(
             start.elapsed().as_secs() < 600,
             "jobs still queued after 600 s:\n{}",
-            u.ok(&["ssh", "slurm-leader", "-c", "e1", "--", "squeue; sinfo -R"])
+            on_slurm_leader(&u, "e1", "squeue; sinfo -R")
         );
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
@@ -2363,16 +2361,8 @@ fn elastic_slurm_end_to_end() {
     let subnet = scaling["subnets"][0].as_str().unwrap().to_owned();
     let image = leader["image_id"].as_str().unwrap().to_owned();
     let launch = format!("Action=RunInstances&LaunchTemplate.LaunchTemplateId={template}&LaunchTemplate.Version=1&InstanceType=m7i.large&SubnetId={subnet}&MinCount=1&MaxCount=1");
-    let api = |params: &str| {
-        u.ok(&[
-            "ssh",
-            "slurm-leader",
-            "-c",
-            "e1",
-            "--",
-            &format!("sudo bash -c {}", shell_quote(&signed_ec2(region, params))),
-        ])
-    };
+    let api =
+        |params: &str| on_slurm_leader(&u, "e1", &format!("sudo bash -c {}", shell_quote(&signed_ec2(region, params))));
     let tag = |k: &str, v: &str| {
         format!("&TagSpecification.1.ResourceType=instance&TagSpecification.1.Tag.1.Key={k}&TagSpecification.1.Tag.1.Value={v}")
     };
@@ -2408,4 +2398,103 @@ fn elastic_slurm_end_to_end() {
     wait_slurm(&u, "e1", 120, "two nodes after scale-cluster", |s| s.len() == 2);
     u.ok(&["terminate-cluster", "slurm", "-c", "e1"]);
     assert!(u.json(&["cleanup", "--dry-run"]).as_array().unwrap().iter().all(|i| i["kind"] == "security-group"));
+}
+
+/// `scontrol show job ID` on the leader of slurm cluster `cluster`, as `Key=Value` pairs.
+fn slurm_job(u: &User, cluster: &str, id: &str) -> BTreeMap<String, String> {
+    let out = u.run(&["ssh", "slurm-leader", "-c", cluster, "--", &format!("scontrol show job {id}")]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
+fn elastic_workers_fall_back_and_survive_a_spot_interruption() {
+    use testkit::fault::{Fault, FaultProxy, Rule};
+    let (_one, mut u) = fresh_local_cloud();
+    // The guests' API goes through a fault proxy in front of moto (the API's port + 1).
+    let proxy = FaultProxy::start("http://127.0.0.1:5402");
+    u.env.push(("CGCLOUD_LOCAL_API_UPSTREAM".into(), proxy.endpoint.clone()));
+    u.ok(&["local", "down"]);
+    u.ok(&["local", "up"]);
+    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    u.ok(&["create", "-I", "-T", "slurm-box"]);
+    // No spot capacity of the first type anywhere: the leader takes the next one.
+    proxy.set_rules(vec![Rule::always("RunInstances", Fault::insufficient_capacity()).when("InstanceType=m7i.large")]);
+    u.ok(&[
+        "create-cluster",
+        "slurm",
+        "-c",
+        "f1",
+        "--max-workers",
+        "2",
+        "--idle-time",
+        "1m",
+        "-t",
+        "m7i.large",
+        "--spot-bid",
+        "0.1",
+        "--spot-instance-types",
+        "m6i.large",
+    ]);
+    wait_slurm(&u, "f1", 60, "w1, w2 powered down", |s| s.len() == 2 && s.values().all(|v| v == "idle~"));
+    let job = on_slurm_leader(&u, "f1", "sbatch --parsable -n1 -o /tmp/long-%j.out --wrap 'hostname; sleep 45'");
+    let job = job.trim().to_owned();
+    let start = std::time::Instant::now();
+    let running = loop {
+        let j = slurm_job(&u, "f1", &job);
+        if j.get("JobState").map(String::as_str) == Some("RUNNING") {
+            break j;
+        }
+        assert!(start.elapsed().as_secs() < 300, "job {job} did not start: {j:?}");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    };
+    let listed = u.json(&["list-clusters"]);
+    let c = listed.as_array().unwrap().iter().find(|c| c["name"] == "f1").unwrap();
+    let worker = c["nodes"].as_array().unwrap().iter().find(|n| n["ordinal"] != 0 && n["state"] == "running").unwrap();
+    assert_eq!(
+        (worker["instance_type"].as_str(), worker["spot"].as_bool()),
+        (Some("m6i.large"), Some(true)),
+        "{worker}"
+    );
+    assert!(proxy.injected() >= 2, "m7i.large was tried first, in every subnet");
+
+    // A spot interruption: the job is requeued and finishes on a worker launched for it, and
+    // the lost node leaves no ghost.
+    let id = worker["instance_id"].as_str().unwrap();
+    u.ok(&["local", "interrupt", id, "--notice", "5s"]);
+    let start = std::time::Instant::now();
+    let done = loop {
+        let j = slurm_job(&u, "f1", &job);
+        if j.get("JobState").map(String::as_str) == Some("COMPLETED") {
+            break j;
+        }
+        assert!(
+            start.elapsed().as_secs() < 600,
+            "job {job} did not finish after the interruption: {j:?} (ran on {:?})",
+            running.get("NodeList")
+        );
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    };
+    assert_eq!(done.get("Restarts").map(String::as_str), Some("1"), "requeued once: {done:?}");
+    let states = slurm_states(&u, "f1");
+    assert!(states.values().all(|s| !s.contains("down") && !s.ends_with('*')), "no ghost: {states:?}");
+
+    // No capacity at all: the job waits, and Slurm says why.
+    proxy.set_rules(vec![Rule::always("RunInstances", Fault::insufficient_capacity())]);
+    wait_slurm(&u, "f1", 300, "every worker powered down", |s| s.len() == 2 && s.values().all(|v| v == "idle~"));
+    on_slurm_leader(&u, "f1", "sbatch -n1 --wrap true");
+    let start = std::time::Instant::now();
+    loop {
+        let why = on_slurm_leader(&u, "f1", "sinfo -R -h -o '%N %E'");
+        if why.contains("cgcloud:") && why.contains("InsufficientInstanceCapacity") {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 120, "sinfo -R does not say why: {why}");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    u.ok(&["terminate-cluster", "slurm", "-c", "f1"]);
+    u.ok(&["local", "down"]);
 }

@@ -284,12 +284,13 @@ impl TestEnv {
 
     pub fn with_key_and_node_image(&self) {
         self.with_key();
-        for args in [
-            &["create", "generic-cluster-box", "-Q"][..],
-            &["stop", "generic-cluster-box"],
-            &["image", "generic-cluster-box"],
-            &["terminate", "generic-cluster-box"],
-        ] {
+        self.bake("generic-cluster-box");
+    }
+
+    /// An image of `role`, as `create -I` makes one (moto boots nothing: the box is created,
+    /// stopped, imaged and terminated).
+    pub fn bake(&self, role: &str) {
+        for args in [&["create", role, "-Q"][..], &["stop", role], &["image", role], &["terminate", role]] {
             self.ok(args);
         }
     }

@@ -35,16 +35,21 @@ fn types() -> Vec<String> {
     vec!["m7i.*".into(), "m6i.*".into()]
 }
 
-fn leader_policy() -> Policy {
-    let (t, ty) = (worker_tags(), types());
-    let scope = ScalerScope {
+/// The scope of the test cluster's leader, with these types and tags.
+fn scope<'a>(types: &'a [String], tags: &'a Tags) -> ScalerScope<'a> {
+    ScalerScope {
         template_arn: TEMPLATE,
         vpc_arn: VPC,
         worker_profile_arn: PROFILE,
         worker_role_arn: ROLE,
-        instance_types: &ty,
-        tags: &t,
-    };
+        instance_types: types,
+        tags,
+    }
+}
+
+fn leader_policy() -> Policy {
+    let (t, ty) = (worker_tags(), types());
+    let scope = scope(&ty, &t);
     let mut statements = agent_statements(NS, "team_cgcloud-agent_");
     statements.extend(scaler_statements(&scope).unwrap());
     Policy { statements }
@@ -297,15 +302,7 @@ fn a_scope_that_would_tag_what_a_launch_must_not_is_refused() {
         } else {
             t.remove(key);
         }
-        let scope = ScalerScope {
-            template_arn: TEMPLATE,
-            vpc_arn: VPC,
-            worker_profile_arn: PROFILE,
-            worker_role_arn: ROLE,
-            instance_types: &ty,
-            tags: &t,
-        };
-        let e = scaler_statements(&scope).unwrap_err();
+        let e = scaler_statements(&scope(&ty, &t)).unwrap_err();
         assert!(e.to_string().contains(key), "{key}: {e}");
     }
 }
