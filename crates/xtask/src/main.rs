@@ -24,6 +24,12 @@
 //!   8): bare boot of N+1 hosts, `create-cluster toil` until `sinfo` shows N idle workers (and
 //!   the ratio of the two; target <= 1.2), then a 64-job fan-out Toil workflow; machine CPU-s
 //!   beside each wall time.
+//! - `elastic [JOBS]`: on the local cloud, an elastic Slurm cluster (`--max-workers 8
+//!   --idle-time 1m`, no worker at rest): submit -> start of JOBS exclusive jobs at once (default
+//!   5), each on a worker launched for it, p50 and max, beside a bare boot of one host (target:
+//!   <= 1.3 x bare boot + Slurm's power-save interval; >= 10x under ParallelCluster's 294 s);
+//!   scale-up 0 -> 8 for 8 queued jobs; scale-down to no live worker after the jobs end; the
+//!   leader's CPU (cgcloud-agent, slurmctld, whole box) while idle for 2 minutes.
 //! - `idle [HISTORY...]`: on the local cloud, with no host running, what moto and the
 //!   controller cost (CPU, requests/s, DescribeInstances latency) over 20 s, and again after
 //!   each HISTORY instances were launched and terminated. Target: <= 1 % of a core.
@@ -40,6 +46,7 @@
 
 mod boot;
 mod clusters;
+mod elastic;
 mod fanout;
 mod faults;
 mod imds;
@@ -151,7 +158,11 @@ async fn main() -> Result<()> {
         ["bench", "spark-boot", "--hdfs", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?, true).await,
         ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?, false).await,
         ["bench", "toil-boot", rest @ ..] => toil_boot(&counts(rest, &[1, 4, 8])?).await,
-        _ => bail!("usage: cargo run -p xtask -- man [DIR] | bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [--hdfs] [N...] | toil-boot [N...] | idle [HISTORY...] | fanout [N] | faults [RUNS] | imds [N]"),
+        ["bench", "elastic", rest @ ..] => {
+            elastic::elastic(rest.first().map(|s| s.parse()).transpose().context("JOBS must be a number")?.unwrap_or(5))
+                .await
+        }
+        _ => bail!("usage: cargo run -p xtask -- man [DIR] | bench local-boot [N...] | key-sync [BOXES [REGISTRATIONS]] | cluster-api [N...] | cluster-boot [N...] | spark-boot [--hdfs] [N...] | toil-boot [N...] | elastic [JOBS] | idle [HISTORY...] | fanout [N] | faults [RUNS] | imds [N]"),
     }
 }
 
