@@ -2400,18 +2400,9 @@ fn elastic_slurm_end_to_end() {
     assert!(u.json(&["cleanup", "--dry-run"]).as_array().unwrap().iter().all(|i| i["kind"] == "security-group"));
 }
 
-/// `scontrol show job ID` on the leader of slurm cluster `cluster`, as `Key=Value` pairs.
-fn slurm_job(u: &User, cluster: &str, id: &str) -> BTreeMap<String, String> {
-    let out = u.run(&["ssh", "slurm-leader", "-c", cluster, "--", &format!("scontrol show job {id}")]);
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect()
-}
-
 #[test]
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
-fn elastic_workers_fall_back_and_survive_a_spot_interruption() {
+fn elastic_workers_fall_back_to_the_next_type() {
     use testkit::fault::{Fault, FaultProxy, Rule};
     let (_one, mut u) = fresh_local_cloud();
     // The guests' API goes through a fault proxy in front of moto (the API's port + 1).
@@ -2440,61 +2431,26 @@ fn elastic_workers_fall_back_and_survive_a_spot_interruption() {
         "m6i.large",
     ]);
     wait_slurm(&u, "f1", 60, "w1, w2 powered down", |s| s.len() == 2 && s.values().all(|v| v == "idle~"));
-    let job = on_slurm_leader(&u, "f1", "sbatch --parsable -n1 -o /tmp/long-%j.out --wrap 'hostname; sleep 45'");
-    let job = job.trim().to_owned();
+    on_slurm_leader(&u, "f1", "sbatch -n1 -o /tmp/fallback-%j.out --wrap 'hostname; sleep 5'");
     let start = std::time::Instant::now();
-    let running = loop {
-        let j = slurm_job(&u, "f1", &job);
-        if j.get("JobState").map(String::as_str) == Some("RUNNING") {
-            break j;
-        }
-        assert!(start.elapsed().as_secs() < 300, "job {job} did not start: {j:?}");
-        std::thread::sleep(std::time::Duration::from_secs(2));
-    };
-    let listed = u.json(&["list-clusters"]);
-    let c = listed.as_array().unwrap().iter().find(|c| c["name"] == "f1").unwrap();
-    let worker = c["nodes"].as_array().unwrap().iter().find(|n| n["ordinal"] != 0 && n["state"] == "running").unwrap();
-    assert_eq!(
-        (worker["instance_type"].as_str(), worker["spot"].as_bool()),
-        (Some("m6i.large"), Some(true)),
-        "{worker}"
-    );
-    assert!(proxy.injected() >= 2, "m7i.large was tried first, in every subnet");
-
-    // A spot interruption: the job is requeued and finishes on a worker launched for it, and
-    // the lost node leaves no ghost.
-    let id = worker["instance_id"].as_str().unwrap();
-    u.ok(&["local", "interrupt", id, "--notice", "5s"]);
-    let start = std::time::Instant::now();
-    let done = loop {
-        let j = slurm_job(&u, "f1", &job);
-        if j.get("JobState").map(String::as_str) == Some("COMPLETED") {
-            break j;
-        }
+    while on_slurm_leader(&u, "f1", "squeue -h | wc -l").trim() != "0" {
         assert!(
-            start.elapsed().as_secs() < 600,
-            "job {job} did not finish after the interruption: {j:?} (ran on {:?})",
-            running.get("NodeList")
+            start.elapsed().as_secs() < 300,
+            "the job did not run:\n{}",
+            on_slurm_leader(&u, "f1", "squeue; sinfo -R")
         );
-        std::thread::sleep(std::time::Duration::from_secs(3));
-    };
-    assert_eq!(done.get("Restarts").map(String::as_str), Some("1"), "requeued once: {done:?}");
-    let states = slurm_states(&u, "f1");
-    assert!(states.values().all(|s| !s.contains("down") && !s.ends_with('*')), "no ghost: {states:?}");
-
-    // No capacity at all: the job waits, and Slurm says why.
-    proxy.set_rules(vec![Rule::always("RunInstances", Fault::insufficient_capacity())]);
-    wait_slurm(&u, "f1", 300, "every worker powered down", |s| s.len() == 2 && s.values().all(|v| v == "idle~"));
-    on_slurm_leader(&u, "f1", "sbatch -n1 --wrap true");
-    let start = std::time::Instant::now();
-    loop {
-        let why = on_slurm_leader(&u, "f1", "sinfo -R -h -o '%N %E'");
-        if why.contains("cgcloud:") && why.contains("InsufficientInstanceCapacity") {
-            break;
-        }
-        assert!(start.elapsed().as_secs() < 120, "sinfo -R does not say why: {why}");
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
+    let listed = u.json(&["list-clusters"]);
+    let c = listed.as_array().unwrap().iter().find(|c| c["name"] == "f1").unwrap();
+    let workers: Vec<&Value> = c["nodes"].as_array().unwrap().iter().filter(|n| n["ordinal"] != 0).collect();
+    assert_eq!(workers.len(), 1, "{c}");
+    assert_eq!(
+        (workers[0]["instance_type"].as_str(), workers[0]["spot"].as_bool()),
+        (Some("m6i.large"), Some(true)),
+        "{c}"
+    );
+    assert!(proxy.injected() >= 2, "m7i.large was tried first, in every subnet");
     u.ok(&["terminate-cluster", "slurm", "-c", "f1"]);
     u.ok(&["local", "down"]);
 }
