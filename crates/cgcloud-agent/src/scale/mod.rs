@@ -282,9 +282,10 @@ impl Scaler {
     /// `on_failed retry`.
     fn reconcile(&mut self) -> Result<Fleet, AwsError> {
         let Some(b) = &self.bounds else { return Ok(Fleet::default()) };
-        let (max, prefix) = (b.scaling.max, self.cfg.node_prefix.clone());
+        let prefix = self.cfg.node_prefix.clone();
         let nodes = self.workers(&b.leader_arn)?;
-        let f = fleet::fleet(&nodes, &self.leader_id, max);
+        // Workers above a lowered maximum are still this cluster's, until Slurm suspends them.
+        let f = fleet::fleet(&nodes, &self.leader_id, scaling::MAX_WORKERS);
         let vanished = self.known.update(&f);
         let mut by_reason: std::collections::BTreeMap<String, BTreeSet<u32>> = Default::default();
         for (w, why) in vanished {
@@ -361,7 +362,10 @@ impl Scaler {
                 scaling::compress(&prefix, &failed)
             ));
         }
-        let asked = scaling::expand(&prefix, &ask.nodes, b.scaling.max).map_err(|e| e.to_string())?;
+        // Launching stops at the maximum; suspending does not (a worker above a lowered maximum
+        // goes as any other).
+        let limit = if ask.verb == Verb::Up { b.scaling.max } else { scaling::MAX_WORKERS };
+        let asked = scaling::expand(&prefix, &ask.nodes, limit).map_err(|e| e.to_string())?;
         match ask.verb {
             Verb::Up => self.up(&b, &asked, &f),
             Verb::Fail => {

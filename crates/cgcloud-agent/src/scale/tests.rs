@@ -142,6 +142,12 @@ fn slurm_asks_and_workers_come_and_go_within_the_bounds() {
     assert!(c.ask(Verb::Fail, "w3").unwrap().starts_with("terminated 0 instance(s)"));
     let status = c.ask(Verb::Status, "").unwrap();
     assert!(status.ends_with("failed [w3]"), "{status}");
+    // A worker above a lowered maximum is suspended as any other, and not launched again.
+    assert_eq!(c.ask(Verb::Up, "w2").unwrap(), "launched w2");
+    tx.send(Msg::Bounds(Box::new(c.bounds(1, &["m5.large"])))).unwrap();
+    wait_for("on_bounds again", || c.log("on-bounds").ends_with("|1\n"));
+    assert!(matches!(c.ask(Verb::Up, "w2"), Err(socket::AskError::Refused(r)) if r.contains("between 1 and 1")));
+    assert!(c.ask(Verb::Down, "w2").unwrap().starts_with("terminated 1 instance(s)"));
     // Someone terminates w1 behind the scaler's back (a spot interruption, say).
     let w1 = c.workers().into_iter().find(|l| l.contains("running")).unwrap();
     let id = w1.rsplit(' ').next().unwrap().to_owned();
