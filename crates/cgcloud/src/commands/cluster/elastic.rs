@@ -137,7 +137,17 @@ pub(super) async fn plan(
     if subnets.is_empty() {
         bail!("VPC {} has no subnets to launch workers in", p.network.vpc_id);
     }
-    subnets.truncate(16);
+    // As many as one tag value holds (256 characters), the chosen one first.
+    let mut kept = 0;
+    let mut len = 0;
+    for s in &subnets {
+        if kept == 16 || len + s.len() + usize::from(kept > 0) > 256 {
+            break;
+        }
+        len += s.len() + usize::from(kept > 0);
+        kept += 1;
+    }
+    subnets.truncate(kept);
     let scaling = Scaling { min, max, idle_secs: idle, types, market, subnets, node };
     // What the leader will read back must read: checked now rather than on the leader.
     Scaling::from_tags(&scaling.to_tags()).map_err(|e| anyhow!("the cluster's bounds: {e}"))?;
@@ -207,11 +217,20 @@ pub(super) async fn arm(
         .await?
         .with_context(|| format!("instance profile {profile} has no role"))?;
     let cluster = base.get(tags::CLUSTER).cloned().unwrap_or_default();
+    let user_data = cloud_config(None, &p.authorized_keys, Some(&cluster), &[], &p.secrets);
+    if user_data.len() > crate::commands::launch::MAX_USER_DATA {
+        bail!(
+            "the workers' user data would be {} bytes, over EC2's limit of {} ({} extra authorized keys); name fewer key pairs with -k",
+            user_data.len(),
+            crate::commands::launch::MAX_USER_DATA,
+            p.authorized_keys.len()
+        );
+    }
     let spec = TemplateSpec {
         image_id: p.image.image_id.clone(),
         security_group_ids: vec![security.group_id],
         key_name: Some(p.key_name.clone()),
-        user_data: cloud_config(None, &p.authorized_keys, Some(&cluster), &[], &p.secrets),
+        user_data,
         instance_profile_arn: Some(profile_arn.clone()),
         root_volume: p.image.root_device.clone().map(|d| (d, p.role.instance.root_volume_gb.unwrap_or(10) as i32)),
         instance_store_devices: Vec::new(),

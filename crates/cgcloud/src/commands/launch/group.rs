@@ -3,7 +3,7 @@
 use super::*;
 
 /// EC2's limit on user data, in bytes before base64.
-pub(super) const MAX_USER_DATA: usize = 16 * 1024;
+pub(crate) const MAX_USER_DATA: usize = 16 * 1024;
 
 /// One RunInstances call's worth of boxes.
 pub(crate) struct Group {
