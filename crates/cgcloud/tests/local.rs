@@ -2132,9 +2132,10 @@ fn toil_end_to_end() {
     assert_eq!(lost[0]["instance_id"], spot_id.as_str());
     assert!(lost[0]["interrupted"].as_str().unwrap().starts_with("Server.SpotInstanceTermination"), "{t1}");
     let table = u.ok(&["list-clusters", "toil"]);
-    assert!(table.lines().next().unwrap().trim_end().ends_with("INTERRUPTED"), "{table}");
+    assert!(table.lines().next().unwrap().trim_end().ends_with("INTERRUPTED  SCALING"), "{table}");
     let row = table.lines().find(|l| l.starts_with("t1 ")).unwrap_or_else(|| panic!("{table}"));
-    assert_eq!(row.split_whitespace().last(), Some("1"), "{table}");
+    // INTERRUPTED, then SCALING (`-`: a cluster that does not scale).
+    assert_eq!(row.split_whitespace().rev().take(2).collect::<Vec<_>>(), ["-", "1"], "{table}");
     // Only a spot instance can be interrupted.
     let on_demand =
         workers.as_array().unwrap().iter().find(|b| b["spot"] == false).unwrap()["instance_id"].as_str().unwrap();
