@@ -332,31 +332,16 @@ fn an_elastic_cluster_gets_a_template_a_leader_of_its_own_and_bounds() {
     let me = e.json(&["list-roles"]); // loads the plugin: a sanity check that it is valid
     assert!(me.as_array().unwrap().iter().any(|r| r["name"] == "elastic-box"));
     // Refused before anything is launched.
-    let err = e.fails(&["create-cluster", "elastic", "-c", "bad", "--max-workers", "4", "-s", "2", "--skip-ssh-check"]);
+    let refused = |extra: &[&str]| {
+        let mut args = vec!["create-cluster", "elastic", "-c", "bad", "--skip-ssh-check"];
+        args.extend_from_slice(extra);
+        e.fails(&args)
+    };
+    let err = refused(&["--max-workers", "4", "-s", "2"]);
     assert!(err.contains("leave out -s"), "{err}");
-    let err = e.fails(&[
-        "create-cluster",
-        "elastic",
-        "-c",
-        "bad",
-        "--max-workers",
-        "4",
-        "-t",
-        "m5.large",
-        "--skip-ssh-check",
-    ]);
+    let err = refused(&["--max-workers", "4", "-t", "m5.large"]);
     assert!(err.contains("may launch only t3.*"), "{err}");
-    let err = e.fails(&[
-        "create-cluster",
-        "elastic",
-        "-c",
-        "bad",
-        "--max-workers",
-        "2",
-        "--min-workers",
-        "3",
-        "--skip-ssh-check",
-    ]);
+    let err = refused(&["--max-workers", "2", "--min-workers", "3"]);
     assert!(err.contains("0 <= min <= max"), "{err}");
     e.bake("generic-cluster-box");
     let err = e.fails(&["create-cluster", "generic", "-c", "bad", "--max-workers", "4", "--skip-ssh-check"]);
