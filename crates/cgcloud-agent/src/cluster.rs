@@ -127,20 +127,19 @@ pub fn describe_self(aws: &Client, id: &str) -> Result<Node, AwsError> {
         .ok_or_else(|| AwsError::Parse { action: "DescribeInstances".into(), detail: format!("{id} not found") })
 }
 
-/// The live members of a cluster, leader first, then by ordinal.
-pub fn members(aws: &Client, namespace: &str, cluster: &str) -> Result<Vec<Node>, AwsError> {
+/// Every instance matching `filters` (name, values), all pages of DescribeInstances.
+pub fn describe_filtered(aws: &Client, filters: &[(&str, &[&str])]) -> Result<Vec<Node>, AwsError> {
+    let mut base: Vec<(String, String)> = Vec::new();
+    for (i, (name, values)) in filters.iter().enumerate() {
+        base.push((format!("Filter.{}.Name", i + 1), (*name).to_owned()));
+        for (j, v) in values.iter().enumerate() {
+            base.push((format!("Filter.{}.Value.{}", i + 1, j + 1), (*v).to_owned()));
+        }
+    }
     let mut nodes = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let mut params = vec![
-            ("Filter.1.Name", "tag:cgcloud:namespace".to_owned()),
-            ("Filter.1.Value.1", namespace.to_owned()),
-            ("Filter.2.Name", "tag:cgcloud:cluster".to_owned()),
-            ("Filter.2.Value.1", cluster.to_owned()),
-            ("Filter.3.Name", "instance-state-name".to_owned()),
-            ("Filter.3.Value.1", "pending".to_owned()),
-            ("Filter.3.Value.2", "running".to_owned()),
-        ];
+        let mut params: Vec<(&str, String)> = base.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         if let Some(t) = &token {
             params.push(("NextToken", t.clone()));
         }
@@ -148,9 +147,21 @@ pub fn members(aws: &Client, namespace: &str, cluster: &str) -> Result<Vec<Node>
         nodes.extend(parse_nodes(&a.0));
         token = a.text("nextToken").filter(|t| !t.is_empty());
         if token.is_none() {
-            break;
+            return Ok(nodes);
         }
     }
+}
+
+/// The live members of a cluster, leader first, then by ordinal.
+pub fn members(aws: &Client, namespace: &str, cluster: &str) -> Result<Vec<Node>, AwsError> {
+    let mut nodes = describe_filtered(
+        aws,
+        &[
+            ("tag:cgcloud:namespace", &[namespace]),
+            ("tag:cgcloud:cluster", &[cluster]),
+            ("instance-state-name", &["pending", "running"]),
+        ],
+    )?;
     nodes.retain(|n| n.tags.get(cgcloud_core::tags::NAMESPACE).map(String::as_str) == Some(namespace));
     nodes.sort_by_key(|n| (n.ordinal().unwrap_or(u32::MAX), n.id.clone()));
     Ok(nodes)

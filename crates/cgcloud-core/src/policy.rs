@@ -413,7 +413,7 @@ fn itself(s: Statement) -> Statement {
 }
 
 /// The ARN partition of `region`.
-pub fn partition(region: &str) -> &'static str {
+fn partition(region: &str) -> &'static str {
     if region.starts_with("cn-") {
         "aws-cn"
     } else if region.starts_with("us-gov-") {

@@ -307,38 +307,14 @@ impl Scaler {
 
     /// The cluster's instances in any state but terminated (only the leader's).
     fn workers(&self, leader_arn: &str) -> Result<Vec<crate::cluster::Node>, AwsError> {
-        let mut nodes = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut params = vec![
-                ("Filter.1.Name", "tag:cgcloud:leader-arn".to_owned()),
-                ("Filter.1.Value.1", leader_arn.to_owned()),
-                ("Filter.2.Name", "tag:cgcloud:namespace".to_owned()),
-                ("Filter.2.Value.1", self.namespace.clone()),
-                ("Filter.3.Name", "instance-state-name".to_owned()),
-            ];
-            for (i, s) in ["pending", "running", "shutting-down", "stopping", "stopped"].iter().enumerate() {
-                params.push((
-                    [
-                        "Filter.3.Value.1",
-                        "Filter.3.Value.2",
-                        "Filter.3.Value.3",
-                        "Filter.3.Value.4",
-                        "Filter.3.Value.5",
-                    ][i],
-                    (*s).to_owned(),
-                ));
-            }
-            if let Some(t) = &token {
-                params.push(("NextToken", t.clone()));
-            }
-            let a = self.aws.call(Service::Ec2, "DescribeInstances", &params)?;
-            nodes.extend(crate::cluster::parse_nodes(&a.0));
-            token = a.text("nextToken").filter(|t| !t.is_empty());
-            if token.is_none() {
-                break;
-            }
-        }
+        let mut nodes = crate::cluster::describe_filtered(
+            &self.aws,
+            &[
+                ("tag:cgcloud:leader-arn", &[leader_arn]),
+                ("tag:cgcloud:namespace", &[self.namespace.as_str()]),
+                ("instance-state-name", &["pending", "running", "shutting-down", "stopping", "stopped"]),
+            ],
+        )?;
         // Filters are the API's; what is acted on is checked here too.
         nodes.retain(|n| {
             n.tags.get(tags::LEADER_ARN).map(String::as_str) == Some(leader_arn)

@@ -240,9 +240,9 @@ pub(super) async fn arm(
     let template = cloud.create_launch_template(&e.template_name, &spec, &t).await?;
     txn.with(|s| s.launch_template = Some(template.id.clone()));
     fault("after-template")?;
-    let (account, region) = (cloud.caller_identity().await?.0, cloud.region.clone());
-    let vpc_arn =
-        format!("arn:{}:ec2:{region}:{account}:vpc/{}", cgcloud_core::policy::partition(&region), p.network.vpc_id);
+    // The VPC's ARN has the template's partition, region and account.
+    let arn_prefix = template.arn.rsplit_once(':').map(|(p, _)| p).context("the template's ARN has no resource")?;
+    let vpc_arn = format!("{arn_prefix}:vpc/{}", p.network.vpc_id);
     let scope = ScalerScope {
         template_arn: &template.arn,
         vpc_arn: &vpc_arn,
