@@ -634,6 +634,8 @@ fn create_cluster_flags_reach_the_nodes() {
     let _leaders = Agents::start(&e, true);
     let err = e.fails(&["create-cluster", "login", "-c", "slow", "-s", "1", "--timeout", "3", "--skip-ssh-check"]);
     assert!(err.contains("timed out after 3 s") && err.contains("rolling back"), "{err}");
+    // The error shows where the late node's boot stopped, before the rollback takes it away.
+    assert!(err.contains("'s console (running):") || err.contains("has no console output yet"), "{err}");
     assert!(nodes(&e, "slow").is_empty());
     let start = std::time::Instant::now();
     e.ok(&["create-cluster", "login", "-c", "q", "-s", "1", "-Q", "--timeout", "60", "--skip-ssh-check"]);

@@ -460,6 +460,24 @@ impl Cloud {
         Ok(())
     }
 
+    /// The last `lines` lines of instance `id`'s console (EC2's GetConsoleOutput), made
+    /// printable: the instance writes its console, so it is untrusted text. Empty if EC2 has
+    /// none yet (it keeps the console for a while after boot, not as it is written).
+    pub async fn console_tail(&self, id: &str, lines: usize) -> Result<String, AwsError> {
+        let out = self
+            .ec2
+            .get_console_output()
+            .instance_id(id)
+            .send()
+            .await
+            .map_err(|e| self.classify("ec2:GetConsoleOutput", e))?;
+        let bytes = out
+            .output()
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok())
+            .unwrap_or_default();
+        Ok(tail_lines(&String::from_utf8_lossy(&bytes), lines))
+    }
+
     pub async fn terminate(&self, ids: &[String]) -> Result<(), AwsError> {
         if ids.is_empty() {
             return Ok(());
@@ -524,5 +542,25 @@ impl Cloud {
                 ))
             })
             .collect())
+    }
+}
+
+/// The last `n` lines of `text`, each with control characters (escape sequences, carriage
+/// returns) blanked, so that a console cannot rewrite the terminal it is shown on.
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| tags::printable(l).trim_end().to_owned() + "\n").collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_lines;
+
+    #[test]
+    fn console_tails_are_the_last_lines_made_printable() {
+        assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail_lines("a\n", 5), "a\n");
+        assert_eq!(tail_lines("", 5), "");
+        assert_eq!(tail_lines("ok\x1b[2J\rgone\n", 1), "ok [2J gone\n");
     }
 }

@@ -151,13 +151,37 @@ pub(super) async fn await_nodes(
                 probes.abort_all();
                 return Ok(late);
             }
+            probes.abort_all();
+            let consoles = laggards_consoles(cloud, &boxes, &done).await;
             bail!(
-                "timed out after {} s: {running} of {n} nodes running, {ssh} SSH-ready, {configured} configured",
+                "timed out after {} s: {running} of {n} nodes running, {ssh} SSH-ready, {configured} configured{consoles}",
                 timeout.as_secs()
             );
         }
         tokio::time::sleep(Duration::from_millis(750)).await;
     }
+}
+
+/// How many nodes that never configured themselves a timed-out launch shows the console of,
+/// and how much of each: enough to see where their boot stopped.
+const CONSOLES_SHOWN: usize = 2;
+const CONSOLE_LINES: usize = 25;
+
+/// The end of the console of the first nodes that did not configure themselves, for the
+/// error of a timed-out launch (the rollback that follows terminates them, and their
+/// consoles with them). Empty where EC2 has none.
+async fn laggards_consoles(cloud: &Cloud, boxes: &[BoxInfo], done: &BTreeSet<String>) -> String {
+    let mut out = String::new();
+    for b in boxes.iter().filter(|b| !done.contains(&b.instance_id)).take(CONSOLES_SHOWN) {
+        match cloud.console_tail(&b.instance_id, CONSOLE_LINES).await {
+            Ok(tail) if !tail.trim().is_empty() => {
+                out.push_str(&format!("\n\nthe end of {}'s console ({}):\n{tail}", b.instance_id, b.state));
+            }
+            Ok(_) => out.push_str(&format!("\n\n{} ({}) has no console output yet", b.instance_id, b.state)),
+            Err(e) => out.push_str(&format!("\n\n{}'s console: {e}", b.instance_id)),
+        }
+    }
+    out
 }
 
 /// What one poll saw of a launch's nodes.
