@@ -38,7 +38,7 @@ fn file(plan: &Plan, path: &str) -> String {
 /// Logs `NAME ARGS...` (fields separated by 0x1f) to DIR/calls. `sinfo` prints the lines of
 /// DIR/nodes (`NAME STATE`) that its `-n` host list and `-t` state select, in its `-o` format.
 /// `systemctl is-active` says what DIR/slurmctld holds (default active). `scontrol show` prints
-/// DIR/show. DIR/NAME.fail makes NAME fail.
+/// DIR/show, `squeue` DIR/squeue. DIR/NAME.fail makes NAME fail.
 const FAKE: &str = r#"#!/bin/sh
 name=${0##*/}
 { printf '%s' "$name"; for a in "$@"; do printf '\037%s' "$a"; done; printf '\n'; } >> DIR/calls
@@ -52,6 +52,9 @@ systemctl)
     ;;
 scontrol)
     [ "$1" != show ] || cat DIR/show
+    ;;
+squeue)
+    cat DIR/squeue 2>/dev/null
     ;;
 sinfo)
     names= states= fmt=
@@ -102,7 +105,7 @@ impl Rig {
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         std::fs::create_dir_all(dir.join("etc")).unwrap();
         let fake = FAKE.replace("DIR", dir.to_str().unwrap());
-        for name in ["scontrol", "sinfo", "systemctl", "slurmd", "mountpoint"] {
+        for name in ["scontrol", "sinfo", "squeue", "systemctl", "slurmd", "mountpoint"] {
             let path = dir.join("bin").join(name);
             std::fs::write(&path, &fake).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -569,4 +572,52 @@ fn leaving_marks_an_elastic_node_down_only_when_slurm_did_not_power_it_down() {
             argv(&["scontrol", "delete", &node]),
         ]
     );
+}
+
+#[test]
+fn a_spot_notice_drains_the_node_and_requeues_its_jobs_before_it_goes() {
+    let plan = plan();
+    let rig = Rig::new("spot");
+    rig.put("slurm.conf", "");
+    rig.put("node", "w3\n");
+    let script = rig.script(
+        &file(&plan, "/etc/cgcloud/spot-interruption"),
+        &[
+            ("export SLURM_CONF=/var/spool/slurmd/conf-cache/slurm.conf", "export SLURM_CONF=DIR/slurm.conf"),
+            (
+                "if [ -r /run/cgcloud-slurmd.node ]; then node=$(cat /run/cgcloud-slurmd.node); fi",
+                "if [ -r DIR/node ]; then node=$(cat DIR/node); fi",
+            ),
+        ],
+    );
+    let notice = |in_s: i64| {
+        let at = std::time::SystemTime::now() + std::time::Duration::from_secs(in_s.max(0) as u64);
+        let at = humantime::format_rfc3339_seconds(at);
+        format!("{{\"action\": \"terminate\", \"time\": \"{at}\"}}")
+    };
+    let drain = argv(&["scontrol", "update", "nodename=w3", "state=drain", "reason=spot interruption"]);
+    let squeue = argv(&["squeue", "-h", "-w", "w3", "-t", "running", "-o", "%i"]);
+    // Only job ids reach scontrol.
+    rig.put("squeue", "12\n7_3\n1;reboot\n$(id)\n");
+    let (code, _, err, calls) = rig.run(&script, &[], &[("CGCLOUD_SPOT_NOTICE", &notice(5))]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(calls, [drain.clone(), squeue.clone(), argv(&["scontrol", "requeue", "12,7_3"])]);
+    // Jobs get until half a minute before the end to finish; none left, nothing to requeue.
+    rig.put("squeue", "");
+    let start = std::time::Instant::now();
+    let (code, _, err, calls) = rig.run(&script, &[], &[("CGCLOUD_SPOT_NOTICE", &notice(32))]);
+    assert_eq!(code, 0, "{err}");
+    assert!(start.elapsed().as_secs() >= 1, "no wait before the requeue");
+    assert_eq!(calls, [drain.clone(), squeue.clone()]);
+    // A notice without a time, or not a notice: at once.
+    rig.put("squeue", "4\n");
+    for bad in ["", "{\"time\": \"soon\"}", "{\"time\": \"2026-13-99T99:99:99Z\"}"] {
+        let (code, _, err, calls) = rig.run(&script, &[], &[("CGCLOUD_SPOT_NOTICE", bad)]);
+        assert_eq!(code, 0, "{bad}: {err}");
+        assert_eq!(calls, [drain.clone(), squeue.clone(), argv(&["scontrol", "requeue", "4"])], "{bad}");
+    }
+    // A node name that is not one is not used.
+    rig.put("node", "w3 -h\n");
+    let (code, _, err, calls) = rig.run(&script, &[], &[("CGCLOUD_SPOT_NOTICE", &notice(5))]);
+    assert!(code != 0 && err.contains("node name") && calls.is_empty(), "{code} {err} {calls:?}");
 }
