@@ -2247,16 +2247,21 @@ fn on_slurm_leader(u: &User, cluster: &str, script: &str) -> String {
     u.ok(&["ssh", "slurm-leader", "-c", cluster, "--", script])
 }
 
-/// `sinfo -h -N -o '%N %T'` on the leader of slurm cluster `cluster`: node → state.
-fn slurm_states(u: &User, cluster: &str) -> BTreeMap<String, String> {
-    let out = u.run(&["ssh", "slurm-leader", "-c", cluster, "--", "sinfo -h -N -o '%N %T'"]);
+/// Runs `script` on the leader of toil cluster `cluster`; its output.
+fn on_toil_leader(u: &User, cluster: &str, script: &str) -> String {
+    u.ok(&["ssh", "toil-leader", "-c", cluster, "--", script])
+}
+
+/// `sinfo -h -N -o '%N %T'` on `leader` (its role) of cluster `cluster`: node → state.
+fn slurm_states(u: &User, leader: &str, cluster: &str) -> BTreeMap<String, String> {
+    let out = u.run(&["ssh", leader, "-c", cluster, "--", "sinfo -h -N -o '%N %T'"]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_once(' ').map(|(n, s)| (n.to_owned(), s.to_owned())))
         .collect()
 }
 
-/// Waits until `want` holds of the cluster's Slurm node states; returns them.
+/// Waits until `want` holds of the Slurm node states of slurm cluster `cluster`; returns them.
 fn wait_slurm(
     u: &User,
     cluster: &str,
@@ -2264,9 +2269,21 @@ fn wait_slurm(
     what: &str,
     want: impl Fn(&BTreeMap<String, String>) -> bool,
 ) -> BTreeMap<String, String> {
+    wait_slurm_nodes(u, "slurm-leader", cluster, timeout_s, what, want)
+}
+
+/// Waits until `want` holds of the Slurm node states on `leader` (its role) of `cluster`.
+fn wait_slurm_nodes(
+    u: &User,
+    leader: &str,
+    cluster: &str,
+    timeout_s: u64,
+    what: &str,
+    want: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, String> {
     let start = std::time::Instant::now();
     loop {
-        let states = slurm_states(u, cluster);
+        let states = slurm_states(u, leader, cluster);
         if want(&states) {
             return states;
         }
@@ -2292,12 +2309,14 @@ fn live_workers(u: &User, cluster: &str) -> u64 {
 
 #[test]
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
-fn elastic_slurm_end_to_end() {
+fn elastic_toil_and_slurm_end_to_end() {
     let (_one, u) = fresh_local_cloud();
-    u.ok(&["create", "-I", "-T", "slurm-box"]);
-    u.ok(&["create-cluster", "slurm", "-c", "e1", "--max-workers", "4", "--idle-time", "1m"]);
+    // toil-box is slurm-box plus Toil: this test covers both.
+    u.ok(&["create", "-I", "-T", "toil-box"]);
+    u.ok(&["create-cluster", "toil", "-c", "e1", "--max-workers", "4", "--idle-time", "1m"]);
     // Four cloud nodes, powered down: no worker exists yet.
-    let states = wait_slurm(&u, "e1", 60, "w1..w4 powered down", |s| s.len() == 4 && s.values().all(|v| v == "idle~"));
+    let powered_down = |s: &BTreeMap<String, String>| s.len() == 4 && s.values().all(|v| v == "idle~");
+    let states = wait_slurm_nodes(&u, "toil-leader", "e1", 60, "w1..w4 powered down", powered_down);
     assert_eq!(states.keys().cloned().collect::<Vec<_>>(), ["w1", "w2", "w3", "w4"]);
     assert_eq!(live_workers(&u, "e1"), 0);
 
@@ -2321,27 +2340,37 @@ fn elastic_slurm_end_to_end() {
             }
         })
     };
+    // A Toil workflow started with no worker runs to completion on workers launched for it.
+    let write = format!(
+        "mkdir -p /shared/wf && cat > /shared/wf/hostnames.py <<'EOF'\n{}\nEOF",
+        testkit::TOIL_HOSTNAMES_WORKFLOW
+    );
+    on_toil_leader(&u, "e1", &write);
+    let leader_host = on_toil_leader(&u, "e1", "hostname").trim().to_owned();
+    let ran = toil_hostnames(&u, "e1", 6, 2, "/shared/out-z");
+    assert!(ran.iter().all(|h| h.starts_with("ip-10-199-") && *h != leader_host), "{ran:?}");
+
     // Eight one-core jobs: workers appear for them and every job runs.
-    on_slurm_leader(&u, "e1", "for i in $(seq 8); do sbatch -n1 -o /tmp/job-%j.out --wrap 'hostname; sleep 10'; done");
+    on_toil_leader(&u, "e1", "for i in $(seq 8); do sbatch -n1 -o /tmp/job-%j.out --wrap 'hostname; sleep 10'; done");
     let start = std::time::Instant::now();
     loop {
-        let queued = on_slurm_leader(&u, "e1", "squeue -h | wc -l");
+        let queued = on_toil_leader(&u, "e1", "squeue -h | wc -l");
         if queued.trim() == "0" {
             break;
         }
         assert!(
             start.elapsed().as_secs() < 600,
             "jobs still queued after 600 s:\n{}",
-            on_slurm_leader(&u, "e1", "squeue; sinfo -R")
+            on_toil_leader(&u, "e1", "squeue; sinfo -R")
         );
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
-    let outputs = u.ok(&["ssh-cluster", "slurm", "-c", "e1", "--", "cat /tmp/job-*.out 2>/dev/null || true"]);
+    let outputs = u.ok(&["ssh-cluster", "toil", "-c", "e1", "--", "cat /tmp/job-*.out 2>/dev/null || true"]);
     let ran = outputs.lines().filter(|l| l.contains("ip-10-199-")).count();
     assert_eq!(ran, 8, "every job ran on a worker:\n{outputs}");
 
     // Idle workers go: powered down in Slurm, terminated in EC2.
-    wait_slurm(&u, "e1", 300, "every worker powered down again", |s| s.len() == 4 && s.values().all(|v| v == "idle~"));
+    wait_slurm_nodes(&u, "toil-leader", "e1", 300, "every worker powered down again", powered_down);
     let start = std::time::Instant::now();
     while live_workers(&u, "e1") > 0 {
         assert!(start.elapsed().as_secs() < 120, "workers not terminated");
@@ -2353,7 +2382,7 @@ fn elastic_slurm_end_to_end() {
     assert!((1..=4).contains(&most), "at most 4 workers at once, and some: {most}");
 
     // From the leader, as root, with its credentials: what the scaler may do, and nothing more.
-    let leader = u.json(&["show", "slurm-leader", "-c", "e1"]);
+    let leader = u.json(&["show", "toil-leader", "-c", "e1"]);
     let (leader_id, zone) = (leader["instance_id"].as_str().unwrap(), leader["zone"].as_str().unwrap());
     let region = &zone[..zone.len() - 1];
     let listed = u.json(&["list-clusters"]);
@@ -2363,7 +2392,7 @@ fn elastic_slurm_end_to_end() {
     let image = leader["image_id"].as_str().unwrap().to_owned();
     let launch = format!("Action=RunInstances&LaunchTemplate.LaunchTemplateId={template}&LaunchTemplate.Version=1&InstanceType=m7i.large&SubnetId={subnet}&MinCount=1&MaxCount=1");
     let api =
-        |params: &str| on_slurm_leader(&u, "e1", &format!("sudo bash -c {}", shell_quote(&signed_ec2(region, params))));
+        |params: &str| on_toil_leader(&u, "e1", &format!("sudo bash -c {}", shell_quote(&signed_ec2(region, params))));
     let tag = |k: &str, v: &str| {
         format!("&TagSpecification.1.ResourceType=instance&TagSpecification.1.Tag.1.Key={k}&TagSpecification.1.Tag.1.Value={v}")
     };
@@ -2390,20 +2419,20 @@ fn elastic_slurm_end_to_end() {
     let gone = api(&format!("Action=TerminateInstances&InstanceId.1={id}"));
     assert!(gone.contains("<TerminateInstancesResponse"), "{gone}");
     // Past the maximum: not a worker of this cluster, refused before anything is asked of EC2.
-    let past = u.run(&["ssh", "slurm-leader", "-c", "e1", "--", "sudo -u slurm cgcloud-agent scale up 'w[4-5]'"]);
+    let past = u.run(&["ssh", "toil-leader", "-c", "e1", "--", "sudo -u slurm cgcloud-agent scale up 'w[4-5]'"]);
     let said = String::from_utf8_lossy(&past.stderr);
     assert!(!past.status.success() && said.contains("between 1 and 4"), "{said}");
 
     // New bounds reach Slurm without recreating anything.
-    u.ok(&["scale-cluster", "slurm", "-c", "e1", "--max-workers", "2"]);
-    wait_slurm(&u, "e1", 120, "two nodes after scale-cluster", |s| s.len() == 2);
-    u.ok(&["terminate-cluster", "slurm", "-c", "e1"]);
+    u.ok(&["scale-cluster", "toil", "-c", "e1", "--max-workers", "2"]);
+    wait_slurm_nodes(&u, "toil-leader", "e1", 120, "two nodes after scale-cluster", |s| s.len() == 2);
+    u.ok(&["terminate-cluster", "toil", "-c", "e1"]);
     assert!(u.json(&["cleanup", "--dry-run"]).as_array().unwrap().iter().all(|i| i["kind"] == "security-group"));
 }
 
 #[test]
 #[ignore = "needs root and the local cloud; run by .ci/run with --include-ignored"]
-fn elastic_workers_fall_back_to_the_next_type() {
+fn elastic_spot_workers_fall_back_and_survive_interruption() {
     use testkit::fault::{Fault, FaultProxy, Rule};
     let (_one, mut u) = fresh_local_cloud();
     // The guests' API goes through a fault proxy in front of moto (the API's port + 1).
@@ -2452,6 +2481,75 @@ fn elastic_workers_fall_back_to_the_next_type() {
         "{c}"
     );
     assert!(proxy.injected() >= 2, "m7i.large was tried first, in every subnet");
+
+    // EC2 interrupts the spot worker of a running job: the worker vanishes, the leader tells
+    // Slurm (no ghost node stays allocated), and the job is requeued and finishes on a new
+    // worker.
+    let job = on_slurm_leader(&u, "f1", "sbatch --parsable -n1 -o /tmp/requeued-%j.out --wrap 'sleep 30; hostname'");
+    let job = job.trim().to_owned();
+    let running = format!(
+        "for i in $(seq 300); do n=$(squeue -h -j {job} -t running -o %N); [ -n \"$n\" ] && echo $n && exit 0; sleep 1; done; squeue; sinfo -R; exit 1"
+    );
+    let node = on_slurm_leader(&u, "f1", &running).trim().to_owned();
+    let ordinal: u64 = node.trim_start_matches('w').parse().unwrap_or_else(|_| panic!("not a worker: {node}"));
+    let listed = u.json(&["list-clusters"]);
+    let c = listed.as_array().unwrap().iter().find(|c| c["name"] == "f1").unwrap();
+    let victim = c["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["ordinal"] == ordinal && n["state"] == "running")
+        .unwrap_or_else(|| panic!("no running instance for {node}: {c}"));
+    let victim_id = victim["instance_id"].as_str().unwrap().to_owned();
+    let victim_host = u.ok(&["ssh", "slurm-worker", "-c", "f1", "-I", &victim_id, "--", "hostname"]).trim().to_owned();
+    u.json(&["local", "interrupt", &victim_id, "--notice", "5s"]);
+    let finished = format!(
+        "for i in $(seq 400); do scontrol show job {job} | grep -q 'JobState=COMPLETED' && break; sleep 1; done; scontrol show job {job}"
+    );
+    let shown = on_slurm_leader(&u, "f1", &finished);
+    assert!(
+        shown.contains("JobState=COMPLETED") && shown.contains("Restarts=1"),
+        "not requeued and finished:\n{shown}"
+    );
+    let outputs =
+        u.ok(&["ssh-cluster", "slurm", "-c", "f1", "--", &format!("cat /tmp/requeued-{job}.out 2>/dev/null || true")]);
+    let ran_on: Vec<&str> =
+        outputs.lines().filter_map(|l| l.split_whitespace().last()).filter(|h| h.starts_with("ip-")).collect();
+    assert!(
+        ran_on.len() == 1 && ran_on[0] != victim_host,
+        "the requeued job ran again elsewhere: {outputs} (lost {victim_host})"
+    );
+    // No ghost: the lost node is neither allocated nor down nor drained (the leader powered it
+    // down by force), and its instance is gone.
+    let states = slurm_states(&u, "slurm-leader", "f1");
+    assert!(
+        states.len() == 2
+            && states.values().all(|v| v.starts_with("idle") || v.starts_with("mixed") || v.starts_with("alloc")),
+        "{states:?}"
+    );
+    assert!(states.values().all(|v| !v.contains("down") && !v.contains("drain") && !v.contains("fail")), "{states:?}");
+    let listed = u.json(&["list-clusters"]);
+    let c = listed.as_array().unwrap().iter().find(|c| c["name"] == "f1").unwrap();
+    assert!(
+        c["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["instance_id"] != victim_id.as_str() || n["state"] == "terminated"),
+        "{c}"
+    );
+
+    // No capacity anywhere: Slurm says why the node could not come, in `sinfo -R`. (The job
+    // takes both nodes: the one that ran the requeued job may still be up, idle.)
+    proxy.set_rules(vec![Rule::always("RunInstances", Fault::insufficient_capacity())]);
+    let job = on_slurm_leader(&u, "f1", "sbatch --parsable -N2 --wrap 'hostname'").trim().to_owned();
+    let reason = "for i in $(seq 180); do sinfo -h -R -o '%n %E' | grep -q 'cgcloud:' && break; sleep 1; done; sinfo -h -R -o '%n %E'";
+    let reasons = on_slurm_leader(&u, "f1", reason);
+    assert!(
+        reasons.contains("cgcloud:") && reasons.contains("InsufficientInstanceCapacity"),
+        "no launch failure in sinfo -R: {reasons:?}"
+    );
+    on_slurm_leader(&u, "f1", &format!("scancel {job}"));
     u.ok(&["terminate-cluster", "slurm", "-c", "f1"]);
     u.ok(&["local", "down"]);
 }
