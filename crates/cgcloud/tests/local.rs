@@ -2441,7 +2441,8 @@ fn elastic_spot_workers_fall_back_and_survive_interruption() {
     u.ok(&["local", "down"]);
     u.ok(&["local", "up"]);
     u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
-    u.ok(&["create", "-I", "-T", "slurm-box"]);
+    // On Debian 13, whose Slurm (24.11) is not the 22.05 of elastic_toil_and_slurm_end_to_end.
+    u.ok(&["create", "-I", "-T", "slurm-box", "--os", "debian-13"]);
     // No spot capacity of the first type anywhere: the leader takes the next one.
     proxy.set_rules(vec![Rule::always("RunInstances", Fault::insufficient_capacity()).when("InstanceType=m7i.large")]);
     u.ok(&[
@@ -2461,6 +2462,8 @@ fn elastic_spot_workers_fall_back_and_survive_interruption() {
         "m6i.large",
     ]);
     wait_slurm(&u, "f1", 60, "w1, w2 powered down", |s| s.len() == 2 && s.values().all(|v| v == "idle~"));
+    let version = on_slurm_leader(&u, "f1", "sinfo --version");
+    assert!(version.starts_with("slurm-wlm 24."), "{version}");
     on_slurm_leader(&u, "f1", "sbatch -n1 -o /tmp/fallback-%j.out --wrap 'hostname; sleep 5'");
     let start = std::time::Instant::now();
     while on_slurm_leader(&u, "f1", "squeue -h | wc -l").trim() != "0" {
