@@ -59,13 +59,22 @@ pub struct Member {
     pub host_key: String,
 }
 
-/// A cluster's members at one moment, as the leader saw them in EC2.
+/// A cluster's members at one moment, as the leader saw them in EC2. What most members share is
+/// said once ([`MemberList::new`]): their DNS names are EC2's `ip-<address>.<suffix>` and they
+/// are in one zone, so a member's entry is mostly its id, address and host key (~150 bytes
+/// with one, ~50 without).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberList {
     pub cluster: String,
     /// When the leader read the members from EC2 (unix seconds, its clock).
     pub generated_at: u64,
+    /// The DNS name of a member whose own is empty: `ip-<address, dashed>.<dns_suffix>`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dns_suffix: String,
+    /// The zone of a member whose own is empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
     pub members: Vec<Member>,
 }
 
@@ -109,9 +118,7 @@ impl Member {
         if !self.private_dns.is_empty() && !valid_dns_name(&self.private_dns) {
             return Err(format!("private DNS name {:?} is not a DNS name", self.private_dns));
         }
-        let zone_ok =
-            |z: &str| z.len() <= 32 && z.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !zone_ok(&self.zone) {
+        if !valid_zone(&self.zone) {
             return Err(format!("zone {:?} is not a zone name", self.zone));
         }
         if !self.host_key.is_empty() && !valid_host_key(&self.host_key) {
@@ -119,6 +126,11 @@ impl Member {
         }
         Ok(())
     }
+}
+
+/// Empty, or a zone's name (`us-west-2a`, `use1-az1`).
+pub fn valid_zone(z: &str) -> bool {
+    z.len() <= 32 && z.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// `i-` and 8 or 17 lower-case hexadecimal digits, as EC2 (and moto) name instances.
@@ -158,7 +170,56 @@ fn mac(key: &[u8], json: &[u8]) -> Result<HmacSha256, MembersError> {
     Ok(m)
 }
 
+/// The longest DNS suffix: `ip-255-255-255-255.` and it make at most 253 characters.
+const MAX_DNS_SUFFIX: usize = 253 - "ip-255-255-255-255.".len();
+
+/// `ip-10-0-0-5` for 10.0.0.5: EC2's private host names.
+fn ec2_host(ip: &str) -> String {
+    format!("ip-{}", ip.replace('.', "-"))
+}
+
 impl MemberList {
+    /// The list of `members` (each with its full DNS name and zone), with the DNS suffix and
+    /// zone of the first member said once, and left out of the members that share them.
+    pub fn new(cluster: &str, generated_at: u64, mut members: Vec<Member>) -> MemberList {
+        let suffix = |m: &Member| {
+            m.private_dns
+                .strip_prefix(&ec2_host(&m.private_ip))
+                .and_then(|rest| rest.strip_prefix('.'))
+                .filter(|s| s.len() <= MAX_DNS_SUFFIX)
+                .map(str::to_owned)
+        };
+        let dns_suffix = members.first().and_then(suffix).unwrap_or_default();
+        let zone = members.first().map(|m| m.zone.clone()).unwrap_or_default();
+        for m in &mut members {
+            if !dns_suffix.is_empty() && suffix(m).as_deref() == Some(dns_suffix.as_str()) {
+                m.private_dns.clear();
+            }
+            if m.zone == zone {
+                m.zone.clear();
+            }
+        }
+        MemberList { cluster: cluster.to_owned(), generated_at, dns_suffix, zone, members }
+    }
+
+    /// `m`'s DNS name (its own, or EC2's form with the list's suffix; empty if neither).
+    pub fn private_dns(&self, m: &Member) -> String {
+        match (m.private_dns.is_empty(), self.dns_suffix.is_empty()) {
+            (false, _) => m.private_dns.clone(),
+            (true, false) => format!("{}.{}", ec2_host(&m.private_ip), self.dns_suffix),
+            (true, true) => String::new(),
+        }
+    }
+
+    /// `m`'s zone (its own, or the list's).
+    pub fn zone(&self, m: &Member) -> String {
+        if m.zone.is_empty() {
+            self.zone.clone()
+        } else {
+            m.zone.clone()
+        }
+    }
+
     /// The wire form, MAC'd under `key`.
     pub fn sign(&self, key: &[u8]) -> Result<Vec<u8>, MembersError> {
         let json = serde_json::to_vec(self).map_err(|e| MembersError::Form(e.to_string()))?;
@@ -202,6 +263,13 @@ impl MemberList {
         if list.members.len() > MAX_MEMBERS {
             return Err(MembersError::TooMany(list.members.len()));
         }
+        let suffix_ok = list.dns_suffix.len() <= MAX_DNS_SUFFIX && valid_dns_name(&list.dns_suffix);
+        if !list.dns_suffix.is_empty() && !suffix_ok {
+            return Err(MembersError::Form(format!("DNS suffix {:?} is not a DNS name", list.dns_suffix)));
+        }
+        if !valid_zone(&list.zone) {
+            return Err(MembersError::Form(format!("zone {:?} is not a zone name", list.zone)));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (index, m) in list.members.iter().enumerate() {
             m.check().map_err(|what| MembersError::BadMember { index, what })?;
@@ -232,7 +300,7 @@ mod tests {
     }
 
     fn list(n: u32) -> MemberList {
-        MemberList { cluster: "c1".into(), generated_at: NOW, members: (0..n).map(member).collect() }
+        MemberList::new("c1", NOW, (0..n).map(member).collect())
     }
 
     fn verify(bytes: &[u8]) -> Result<MemberList, MembersError> {
@@ -248,14 +316,29 @@ mod tests {
     fn a_signed_list_comes_back_and_is_compact() {
         let l = list(1000);
         let bytes = signed(&l);
-        assert_eq!(verify(&bytes).unwrap(), l);
+        let back = verify(&bytes).unwrap();
+        assert_eq!(back, l);
+        // Each member's DNS name and zone come back whole.
+        for (m, full) in back.members.iter().zip((0..1000).map(member)) {
+            assert_eq!((back.private_dns(m), back.zone(m)), (full.private_dns, full.zone));
+        }
         // Against ~4.7 KB of DescribeInstances XML per instance.
         let per = bytes.len() / 1000;
-        assert!(per < 256, "{per} bytes per member");
+        assert!(per < 160, "{per} bytes per member");
+        let mut odd = (0..3).map(member).collect::<Vec<_>>();
+        odd[1].private_dns = "node1.example.org".into();
+        odd[2].zone = "us-west-2b".into();
+        let odd = MemberList::new("c1", NOW, odd);
+        assert_eq!(odd.private_dns(&odd.members[1]), "node1.example.org");
+        assert_eq!(odd.zone(&odd.members[2]), "us-west-2b");
+        assert_eq!(odd.zone(&odd.members[1]), "us-west-2a");
         let mut bare = list(1);
         bare.members[0].host_key.clear();
         bare.members[0].ordinal = None;
         assert_eq!(verify(&signed(&bare)).unwrap(), bare);
+        // A member that has not published its host key yet: a few dozen bytes.
+        let entry = serde_json::to_string(&bare.members[0]).unwrap();
+        assert!(entry.len() < 50, "{entry}");
     }
 
     #[test]
@@ -293,8 +376,11 @@ mod tests {
     fn oversized_input_is_refused_before_parsing() {
         let big = vec![b' '; MAX_BYTES + 1];
         assert_eq!(verify(&big), Err(MembersError::TooLarge(MAX_BYTES + 1)));
-        let mut l = list(1);
-        l.members = (0..MAX_MEMBERS as u32 + 1).map(|i| Member { host_key: String::new(), ..member(i) }).collect();
+        let l = MemberList::new(
+            "c1",
+            NOW,
+            (0..MAX_MEMBERS as u32 + 1).map(|i| Member { host_key: String::new(), ..member(i) }).collect(),
+        );
         let bytes = signed(&l);
         assert!(bytes.len() <= MAX_BYTES);
         assert_eq!(verify(&bytes), Err(MembersError::TooMany(MAX_MEMBERS + 1)));
@@ -318,6 +404,12 @@ mod tests {
             ("host key", Box::new(|m| m.host_key = "ssh-rsa AAAA".into())),
             ("twice", Box::new(|m| m.id = format!("i-{:017x}", 0xabc000))),
         ];
+        let mut l = list(2);
+        l.dns_suffix = "x\n1.2.3.4 evil".into();
+        assert!(matches!(verify(&signed(&l)), Err(MembersError::Form(w)) if w.contains("DNS suffix")));
+        let mut l = list(2);
+        l.zone = "a b".into();
+        assert!(matches!(verify(&signed(&l)), Err(MembersError::Form(w)) if w.contains("zone")));
         for (what, change) in bad {
             let mut l = list(3);
             change(&mut l.members[1]);
