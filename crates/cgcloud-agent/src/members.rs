@@ -35,6 +35,10 @@ pub const MAX_AGE_SECS: u64 = 120;
 const MAX_CONNECTIONS: usize = 64;
 /// The longest request head the leader reads.
 const MAX_HEAD: usize = 4096;
+/// How long a worker keeps asking a leader whose host refuses connections: one whose agent
+/// serves the list does so within seconds of its network coming up, and one from an image baked
+/// before there was a list never will (its workers should not wait the whole `Leader::wait`).
+const CLOSED_SECS: u64 = 45;
 /// Where a worker's first boot records its leader's address, for the daemon's refreshes.
 pub const LEADER_FILE: &str = "/var/lib/cgcloud/members-leader";
 
@@ -43,6 +47,10 @@ pub const LEADER_FILE: &str = "/var/lib/cgcloud/members-leader";
 pub enum FetchError {
     #[error("cannot fetch the member list from {url}: {detail}")]
     Transport { url: String, detail: String },
+    /// The leader's host is up, and nothing listens (its agent predates the list, or has not
+    /// started serving yet).
+    #[error("the leader at {url} refuses connections")]
+    Closed { url: String },
     #[error("the member list from {url} was refused")]
     Refused {
         url: String,
@@ -112,7 +120,7 @@ pub fn member_list(cluster: &str, nodes: &[Node], generated_at: u64) -> MemberLi
             Err(why) => log("info", format!("members: {} left out of the list: {why}", n.id)),
         }
     }
-    MemberList { cluster: cluster.to_owned(), generated_at, members }
+    MemberList::new(cluster, generated_at, members)
 }
 
 /// The list's members as the nodes the rest of `cluster.rs` works with: the tags they need
@@ -134,8 +142,8 @@ pub fn nodes_of(list: &MemberList, namespace: &str) -> Vec<Node> {
             Node {
                 id: m.id.clone(),
                 private_ip: m.private_ip.clone(),
-                private_dns: m.private_dns.clone(),
-                zone: m.zone.clone(),
+                private_dns: list.private_dns(m),
+                zone: list.zone(m),
                 tags: t,
                 state: "running".into(),
                 ..Default::default()
@@ -292,7 +300,19 @@ fn answer(mut stream: TcpStream, publisher: &Publisher) {
 pub fn fetch(http: &ureq::Agent, addr: SocketAddr, me: &str) -> Result<Vec<u8>, FetchError> {
     let url = format!("http://{addr}/v1/members?for={me}");
     let transport = |detail: String| FetchError::Transport { url: url.clone(), detail };
-    let resp = http.get(&url).call().map_err(|e| transport(e.to_string()))?;
+    let resp = http.get(&url).call().map_err(|e| {
+        let refused = match &e {
+            ureq::Error::Transport(t) => std::error::Error::source(t)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused),
+            ureq::Error::Status(..) => false,
+        };
+        if refused {
+            FetchError::Closed { url: url.clone() }
+        } else {
+            transport(e.to_string())
+        }
+    })?;
     let mut bytes = Vec::new();
     resp.into_reader().take(MAX_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(|e| transport(e.to_string()))?;
     Ok(bytes)
@@ -307,6 +327,7 @@ pub fn from_leader(leader: &Leader, namespace: &str, cluster: &str, me: &Node) -
         ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(3)).timeout(Duration::from_secs(20)).build();
     let deadline = Instant::now() + leader.wait;
     let mut wait = Duration::from_millis(500);
+    let mut closed_since: Option<Instant> = None;
     loop {
         let url = format!("http://{}/v1/members", leader.addr);
         let got = fetch(&http, leader.addr, &me.id).and_then(|bytes| {
@@ -323,13 +344,23 @@ pub fn from_leader(leader: &Leader, namespace: &str, cluster: &str, me: &Node) -
         match got {
             Ok(list) => {
                 let mut nodes = nodes_of(&list, namespace);
-                for n in nodes.iter_mut().filter(|n| n.id == me.id) {
+                // EC2's description of this node, where the caller has one (first boot; a
+                // refresh knows only its id and tags, and takes the list's entry).
+                for n in nodes.iter_mut().filter(|n| n.id == me.id && !me.private_ip.is_empty()) {
                     *n = me.clone();
                 }
                 return Ok(nodes);
             }
             Err(e @ (FetchError::Refused { .. } | FetchError::Key { .. })) => return Err(e),
+            Err(e @ FetchError::Closed { .. })
+                if closed_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(CLOSED_SECS) =>
+            {
+                return Err(e)
+            }
             Err(e) if Instant::now() + wait < deadline => {
+                if !matches!(e, FetchError::Closed { .. }) {
+                    closed_since = None;
+                }
                 log("info", format!("{e}; asking again"));
                 std::thread::sleep(crate::cluster::jittered(wait));
                 wait = (wait * 2).min(Duration::from_secs(5));

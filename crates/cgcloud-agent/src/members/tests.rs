@@ -93,6 +93,13 @@ fn a_worker_takes_the_leaders_list_and_asks_ec2_for_itself_alone() {
     assert_eq!(proxy.count("DescribeInstances"), 2);
     assert_eq!(publisher.reads.load(Ordering::Relaxed), 2);
 
+    // A refresh knows only its own id (and tags): its entry is the list's, address and all.
+    let bare = Node { id: ids[3].clone(), ..Default::default() };
+    let nodes = from_leader(&leader, "/members-ok/", "c1", &bare).unwrap();
+    let own = nodes.iter().find(|n| n.id == ids[3]).unwrap();
+    assert!(own.private_ip.parse::<Ipv4Addr>().is_ok() && own.ordinal() == Some(3), "{own:?}");
+    assert_eq!(proxy.count("DescribeInstances"), 2);
+
     // The leader itself (ordinal 0) asks EC2 for the members, as before.
     let (_, _, nodes) = find_self(&worker, "/members-ok/", &ids[0], Some("c1"), Some(&leader)).unwrap().unwrap();
     assert_eq!(nodes.len(), 5);
@@ -145,7 +152,7 @@ fn forged_foreign_stale_and_oversized_lists_are_refused_and_the_worker_asks_ec2(
     // No leader answering: the worker asks until its wait is over, then asks EC2.
     let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap();
     let leader = leader_at(closed, Duration::from_secs(2));
-    assert!(matches!(from_leader(&leader, ns, "c1", &me), Err(FetchError::Transport { .. })));
+    assert!(matches!(from_leader(&leader, ns, "c1", &me), Err(FetchError::Closed { .. })));
     let (_, _, nodes) = find_self(&ec2, ns, &ids[1], Some("c1"), Some(&leader)).unwrap().unwrap();
     assert_eq!(nodes.len(), 3);
 }
