@@ -69,13 +69,20 @@ pub(super) fn secret_shape_ok(s: &cgcloud_roles::role::ClusterSecret, bytes: &[u
 }
 
 /// The secrets of a running cluster, read from its leader over SSH, for new workers: the
-/// workstation keeps no copy, and no existing node is changed.
+/// workstation keeps no copy, and no existing node is changed. The cluster key comes with the
+/// role's secrets, if the leader has one.
 pub(super) async fn cluster_secrets(
     ctx: &Ctx,
     leader: &BoxInfo,
     decl: &cgcloud_roles::role::ClusterDecl,
 ) -> Result<Vec<cgcloud_core::userdata::SecretFile>> {
     use base64::Engine as _;
+    // A role without secrets needs no login to the leader (grow-cluster --skip-ssh-check needs
+    // none): its new workers go without the cluster key, and ask EC2 for the members as the
+    // nodes of clusters made before there was one do.
+    if decl.secrets.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut target = ctx.ssh_target(leader, None, None).await?;
     target.user = leader.admin_user.clone().unwrap_or(target.user);
     // Paths were checked when the role was loaded: plain characters only. The cluster key comes
