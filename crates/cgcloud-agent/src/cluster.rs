@@ -1,9 +1,10 @@
 //! Cluster nodes configure themselves. At first boot (`cgcloud-agent boot`, run by cloud-init)
 //! a node reads its own tags from EC2 and the other members from its leader's list
 //! (`members.rs`; from EC2 on the leader itself, on nodes of clusters made before the leader
-//! published it, and whenever the leader's list does not come or fails its checks), applies the plan baked into its
-//! image with the cluster's facts (so `on = "leader"` / `"workers"` steps run where they
-//! belong), writes the members into /etc/hosts, and tags itself configured ([`first_boot`]).
+//! published it, and whenever the leader's list does not come or fails its checks), applies
+//! the plan baked into its image with the cluster's facts (so `on = "leader"` / `"workers"`
+//! steps run where they belong), writes the members into /etc/hosts, and tags itself
+//! configured ([`first_boot`]).
 //! Afterwards the agent daemon keeps /etc/hosts current as nodes come and go
 //! ([`refresh_membership`]).
 

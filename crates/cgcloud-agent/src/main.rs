@@ -4,7 +4,7 @@
 //!
 //! Where things live: the command line here; `daemon` is the `run` loop, which calls `keys`
 //! (key sync), `queue` (notifications), `cluster` (membership; also the first boot),
-//! `autostop`, `metrics`, `host_key`, `interruption` (spot notices), `scale` (an elastic
+//! `members` (the member list a leader serves and its workers fetch), `autostop`, `metrics`, `host_key`, `interruption` (spot notices), `scale` (an elastic
 //! cluster's leader launching and terminating its workers; `hooks` runs roles' hooks) and `volume`. `apply` runs plans, `storage` and
 //! `volume` prepare disks. Below them: `aws` and `imds` (the AWS and metadata endpoints),
 //! `safefs` (every file write: no path a user controls is followed), `sys` (every command but a
