@@ -35,7 +35,7 @@ fuzz_target!(|input: Input| {
         })
         .collect();
     let text =
-        cloud_config(hk.as_ref(), &input.authorized_keys, input.first_boot.as_deref(), &input.instance_store, &secrets);
+        cloud_config(hk.as_ref(), &input.authorized_keys, input.first_boot.as_deref(), &input.instance_store, &secrets, None);
     let body = text.strip_prefix("#cloud-config\n").expect("the cloud-config header");
     let doc: Value = serde_yaml::from_str(body).unwrap_or_else(|e| panic!("not YAML ({e}):\n{text}"));
     if let Some(hk) = &hk {

@@ -1,12 +1,16 @@
 //! Cluster nodes configure themselves. At first boot (`cgcloud-agent boot`, run by cloud-init)
-//! a node reads its own tags and the other members from EC2, applies the plan baked into its
-//! image with the cluster's facts (so `on = "leader"` / `"workers"` steps run where they
-//! belong), writes the members into /etc/hosts, and tags itself configured ([`first_boot`]).
+//! a node reads its own tags from EC2 and the other members from its leader's list
+//! (`members.rs`; from EC2 on the leader itself, on nodes of clusters made before the leader
+//! published it, and whenever the leader's list does not come or fails its checks), applies
+//! the plan baked into its image with the cluster's facts (so `on = "leader"` / `"workers"`
+//! steps run where they belong), writes the members into /etc/hosts, and tags itself
+//! configured ([`first_boot`]).
 //! Afterwards the agent daemon keeps /etc/hosts current as nodes come and go
 //! ([`refresh_membership`]).
 
 use crate::aws::{AwsError, Client, Service};
 use crate::log::log;
+use crate::members::Leader;
 use crate::safefs::SafeError;
 use crate::volume::VolumeError;
 use std::collections::BTreeMap;
@@ -339,15 +343,28 @@ pub fn facts(me: &Node, nodes: &[Node], region: &str, namespace: &str) -> serde_
 }
 
 /// Brings /etc/hosts and known_hosts up to date with the members of the cluster the box's
-/// `tags` name (nothing if they name none, or no valid cluster). A file that cannot be written
-/// is logged; only API errors fail the refresh.
-pub fn refresh_membership(aws: &Client, namespace: &str, tags: &BTreeMap<String, String>) -> Result<(), AwsError> {
+/// `tags` name (nothing if they name none, or no valid cluster). A worker with a `leader`
+/// takes the leader's list (and EC2's if that fails). A file that cannot be written is logged;
+/// only API errors fail the refresh.
+pub fn refresh_membership(
+    aws: &Client,
+    namespace: &str,
+    instance_id: &str,
+    tags: &BTreeMap<String, String>,
+    leader: Option<&Leader>,
+) -> Result<(), AwsError> {
     let Some(cluster) = tags.get(cgcloud_core::tags::CLUSTER) else { return Ok(()) };
     if !cgcloud_core::tags::valid_cluster_name(cluster) {
         log("error", format!("ignoring cluster tag {cluster:?}: not a cluster name"));
         return Ok(());
     }
-    let nodes = members(aws, namespace, cluster)?;
+    // Its own entry needs no more than its id and tags here: /etc/hosts and known_hosts are
+    // written from the list's fields, as from EC2's for every other member.
+    let me = Node { id: instance_id.to_owned(), tags: tags.clone(), ..Default::default() };
+    let nodes = match leader.filter(|_| me.ordinal() != Some(0)) {
+        Some(l) => members_via(namespace, cluster, &me, l, || members(aws, namespace, cluster))?,
+        None => members(aws, namespace, cluster)?,
+    };
     match write_membership(cluster, &nodes) {
         Ok(true) => log("info", format!("cluster {cluster}: {} member(s)", nodes.len())),
         Ok(false) => {}
@@ -371,16 +388,28 @@ const APPLY_LOG: &str = "/var/log/cgcloud/apply.log";
 /// them, one DescribeInstances instead of two (at 1000 nodes, 1000 fewer requests against
 /// EC2's rate limit). Its tags still decide: a node not listed as a member of that cluster
 /// asks for itself and goes by what its own tags say.
+///
+/// `leader` is where a worker fetches the members (`CGCLOUD_BOOT_LEADER`): it then asks EC2
+/// only for itself, and gets the members from the leader (see `members.rs`).
 pub fn first_boot(
     aws: &Client,
     namespace: &str,
     instance_id: &str,
     plan: &Path,
     cluster: Option<&str>,
+    leader: Option<&Leader>,
 ) -> Result<(), BootError> {
-    let Some((me, cluster, nodes)) = find_self(aws, namespace, instance_id, cluster)? else {
+    let Some((me, cluster, nodes)) = find_self(aws, namespace, instance_id, cluster, leader)? else {
         return Ok(());
     };
+    if let Some(l) = leader {
+        // For the daemon's refreshes (the launch's environment is first boot's alone).
+        let ip = l.addr.ip().to_string();
+        let at = Path::new(crate::members::LEADER_FILE);
+        if let Err(e) = crate::safefs::write_atomic(at, ip.as_bytes(), crate::safefs::Attrs::root(0o644)) {
+            log("warning", format!("cannot record the leader's address in {}: {e}", at.display()));
+        }
+    }
     write_membership(&cluster, &nodes)?;
     let mut facts = facts(&me, &nodes, &aws.region, namespace);
     // The persistent volume comes before the plan, so that roles can put data on it.
@@ -425,13 +454,15 @@ pub fn first_boot(
 /// node (which only publishes its host key). Tags are only as trustworthy as whoever could
 /// write them: checked (`check_tag_facts`) before they reach a query, files or the plan's
 /// templates.
-fn find_self(
+pub(crate) fn find_self(
     aws: &Client,
     namespace: &str,
     instance_id: &str,
-    cluster: Option<&str>,
+    named: Option<&str>,
+    leader: Option<&Leader>,
 ) -> Result<Option<(Node, String, Vec<Node>)>, BootError> {
-    if let Some(c) = cluster.filter(|c| cgcloud_core::tags::valid_cluster_name(c)) {
+    // With a leader to ask, EC2 is asked for this node alone (below).
+    if let Some(c) = named.filter(|c| cgcloud_core::tags::valid_cluster_name(c) && leader.is_none()) {
         let nodes = retry(|| members(aws, namespace, c))?;
         let me = nodes
             .iter()
@@ -454,8 +485,37 @@ fn find_self(
         return Ok(None);
     };
     check_tag_facts(&me)?;
-    let nodes = retry(|| members(aws, namespace, &cluster))?;
+    // The leader's list only for the cluster the launch named, and never on the leader.
+    let via = leader.filter(|_| named == Some(cluster.as_str()) && me.ordinal() != Some(0));
+    let nodes = match via {
+        Some(l) => members_via(namespace, &cluster, &me, l, || retry(|| members(aws, namespace, &cluster)))?,
+        None => retry(|| members(aws, namespace, &cluster))?,
+    };
     Ok(Some((me, cluster, nodes)))
+}
+
+/// The members from `leader`'s list, or from EC2 (`from_ec2`, logged) if it does not come in
+/// time or is refused.
+pub(crate) fn members_via(
+    namespace: &str,
+    cluster: &str,
+    me: &Node,
+    leader: &Leader,
+    from_ec2: impl FnOnce() -> Result<Vec<Node>, AwsError>,
+) -> Result<Vec<Node>, AwsError> {
+    match crate::members::from_leader(leader, namespace, cluster, me) {
+        Ok(nodes) => {
+            log(
+                "info",
+                format!("cluster {cluster}: {} member(s) from the leader's list at {}", nodes.len(), leader.addr),
+            );
+            Ok(nodes)
+        }
+        Err(e) => {
+            log("warning", format!("{e}; asking EC2 for the members instead"));
+            from_ec2()
+        }
+    }
 }
 
 /// Attaches, formats if blank and mounts the node's persistent volume, if its tags ask for
@@ -560,7 +620,7 @@ fn retry<T>(mut f: impl FnMut() -> Result<T, AwsError>) -> Result<T, AwsError> {
 
 /// Between half of `wait` and all of it ("equal jitter"). The clock's nanoseconds are random
 /// enough to tell nodes apart, and need no source of randomness at boot.
-fn jittered(wait: Duration) -> Duration {
+pub(crate) fn jittered(wait: Duration) -> Duration {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let half = wait / 2;

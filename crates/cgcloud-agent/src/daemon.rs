@@ -90,6 +90,10 @@ pub struct Agent {
     creds: Option<Credentials>,
     /// The scaler's thread, once the leader's tags gave it bounds.
     scaler: Option<std::sync::mpsc::Sender<crate::scale::Msg>>,
+    /// On a leader: the member list it serves, once started.
+    publisher: Option<std::sync::Arc<crate::members::Publisher>>,
+    /// On a worker: the leader whose list it takes, as its first boot recorded it.
+    members_leader: Option<crate::members::Leader>,
 }
 
 impl Agent {
@@ -116,6 +120,8 @@ impl Agent {
             leader: false,
             creds,
             scaler: None,
+            publisher: None,
+            members_leader: None,
         })
     }
 
@@ -145,6 +151,33 @@ impl Agent {
             if tx.send(crate::scale::Msg::Bounds(Box::new(bounds))).is_err() {
                 log("error", "scale: the scaler stopped; restarting it at the next refresh");
                 self.scaler = None;
+            }
+        }
+    }
+
+    /// On a leader with the cluster key: serves the member list (started once; tried again at
+    /// the next refresh if it failed). On a worker whose first boot was told its leader: the
+    /// leader to take the list from. Clusters made before the key existed have neither.
+    fn members_source(&mut self) {
+        use crate::members::{Leader, KEY_PATH, LEADER_FILE};
+        let Some(cluster) = self.cluster.clone() else { return };
+        if !Path::new(KEY_PATH).exists() {
+            return;
+        }
+        if self.leader && self.publisher.is_none() {
+            let aws = Client::new(&self.cfg.region, self.cfg.endpoint.clone(), self.creds.clone());
+            match crate::members::start_publishing(aws, &self.cfg.namespace, &cluster, &self.instance_id) {
+                Ok(p) => self.publisher = Some(p),
+                Err(e) => log("warning", format!("members: not serving the member list yet: {e}")),
+            }
+        }
+        if !self.leader && self.members_leader.is_none() {
+            let ip = std::fs::read_to_string(LEADER_FILE).ok().and_then(|s| s.trim().parse().ok());
+            // A refresh waits for the leader briefly: the EC2 query is the fallback.
+            match ip.map(|ip| Leader::new(ip, Path::new(KEY_PATH), Duration::from_secs(10))) {
+                Some(Ok(l)) => self.members_leader = Some(l),
+                Some(Err(e)) => log("warning", format!("members: {e}")),
+                None => {}
             }
         }
     }
@@ -187,7 +220,14 @@ impl Agent {
             Err(e) => log("warning", e.to_string()),
             Ok(_) => {}
         }
-        crate::cluster::refresh_membership(&self.aws, &self.cfg.namespace, &tags)?;
+        self.members_source();
+        crate::cluster::refresh_membership(
+            &self.aws,
+            &self.cfg.namespace,
+            &self.instance_id,
+            &tags,
+            self.members_leader.as_ref(),
+        )?;
         let patterns: Vec<String> = match tags.get(cgcloud_core::tags::KEYPAIRS).filter(|v| !v.trim().is_empty()) {
             Some(v) => v.split_whitespace().map(str::to_owned).collect(),
             None => self.cfg.keypairs.clone(),
@@ -196,8 +236,18 @@ impl Agent {
     }
 
     /// First-boot configuration of a cluster node (see `cluster.rs`).
-    pub fn boot(&mut self, plan: &Path, cluster: Option<&str>) -> Result<(), crate::cluster::BootError> {
-        crate::cluster::first_boot(&self.aws, &self.cfg.namespace, &self.instance_id, plan, cluster)
+    pub fn boot(
+        &mut self,
+        plan: &Path,
+        cluster: Option<&str>,
+        leader: Option<&crate::members::Leader>,
+    ) -> Result<(), crate::cluster::BootError> {
+        crate::cluster::first_boot(&self.aws, &self.cfg.namespace, &self.instance_id, plan, cluster, leader)
+    }
+
+    /// The agent's EC2 client and namespace (`cgcloud-agent members serve`).
+    pub fn into_parts(self) -> (Client, String) {
+        (self.aws, self.cfg.namespace)
     }
 
     /// Runs forever.

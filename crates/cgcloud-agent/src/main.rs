@@ -4,7 +4,7 @@
 //!
 //! Where things live: the command line here; `daemon` is the `run` loop, which calls `keys`
 //! (key sync), `queue` (notifications), `cluster` (membership; also the first boot),
-//! `autostop`, `metrics`, `host_key`, `interruption` (spot notices), `scale` (an elastic
+//! `members` (the member list a leader serves and its workers fetch), `autostop`, `metrics`, `host_key`, `interruption` (spot notices), `scale` (an elastic
 //! cluster's leader launching and terminating its workers; `hooks` runs roles' hooks) and `volume`. `apply` runs plans, `storage` and
 //! `volume` prepare disks. Below them: `aws` and `imds` (the AWS and metadata endpoints),
 //! `safefs` (every file write: no path a user controls is followed), `sys` (every command but a
@@ -25,6 +25,7 @@ mod imds;
 mod interruption;
 mod keys;
 mod log;
+mod members;
 mod metrics;
 mod pgp;
 mod queue;
@@ -46,7 +47,13 @@ const USAGE: &str = "usage:
   cgcloud-agent run [--config FILE]        (default /etc/cgcloud/agent.json)
   cgcloud-agent sync-keys [--config FILE]  (one key refresh, then exit)
   cgcloud-agent boot [--config FILE]       (first-boot configuration of a cluster node;
-                                            CGCLOUD_BOOT_CLUSTER=NAME names its cluster)
+                                            CGCLOUD_BOOT_CLUSTER=NAME names its cluster,
+                                            CGCLOUD_BOOT_LEADER=IP its leader, whose member list
+                                            a worker takes)
+  cgcloud-agent members fetch --leader ADDR --cluster NAME --id INSTANCE [--key FILE]
+                                           (what a worker gets from its leader: the list, checked)
+  cgcloud-agent members serve --cluster NAME --listen ADDR [--config FILE] [--key FILE]
+                                           (serve a cluster's member list as its leader's agent does)
   cgcloud-agent storage                    (at boot: mount the persistent volume, format and mount
                                             instance-store disks at /mnt/ephemeral, and make again
                                             the directories a cluster node's first boot made)
@@ -122,7 +129,9 @@ fn main() -> ExitCode {
             if cmd == "boot" {
                 // Set by the launch's user data; an older agent in an older image ignores it.
                 let cluster = std::env::var("CGCLOUD_BOOT_CLUSTER").ok();
-                return match agent.boot(std::path::Path::new("/var/lib/cgcloud/plan.json"), cluster.as_deref()) {
+                let leader = boot_leader(std::env::var("CGCLOUD_BOOT_LEADER").ok().as_deref());
+                let plan = std::path::Path::new("/var/lib/cgcloud/plan.json");
+                return match agent.boot(plan, cluster.as_deref(), leader.as_ref()) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("cgcloud-agent: {e}");
@@ -141,6 +150,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("members") => match members_cmd(&args[1..]) {
+            Ok(said) => {
+                println!("{said}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cgcloud-agent members: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("scale") => match scale_cmd(&args[1..]) {
             Ok(said) => {
                 println!("{said}");
@@ -162,6 +181,69 @@ fn main() -> ExitCode {
             eprintln!("{USAGE}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The leader a worker's first boot fetches the member list from, if the launch named one and
+/// this node has the cluster key (else the members come from EC2, as before there was a list).
+fn boot_leader(ip: Option<&str>) -> Option<members::Leader> {
+    let ip: std::net::Ipv4Addr = ip?.parse().ok()?;
+    // Long enough for a leader booting beside its workers to start serving.
+    let wait = std::time::Duration::from_secs(120);
+    members::Leader::new(ip, std::path::Path::new(members::KEY_PATH), wait)
+        .map_err(|e| log::log("warning", format!("{e}; the members come from EC2")))
+        .ok()
+}
+
+/// `members fetch|serve …`: the member list by hand (and for `xtask bench members`).
+fn members_cmd(args: &[String]) -> Result<String, CliError> {
+    let mut opts = std::collections::BTreeMap::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+        opts.insert(a.as_str(), v.clone());
+    }
+    let get = |k: &str| opts.get(k).cloned().ok_or_else(|| format!("{k} is required\n{USAGE}"));
+    let key_path = opts.get("--key").cloned().unwrap_or_else(|| members::KEY_PATH.to_owned());
+    let key = members::read_key(std::path::Path::new(&key_path))?;
+    let cluster = get("--cluster")?;
+    match args.first().map(String::as_str) {
+        Some("fetch") => {
+            let addr: std::net::SocketAddr = get("--leader")?.parse()?;
+            let id = get("--id")?;
+            let http = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(20)).build();
+            let bytes = members::fetch(&http, addr, &id)?;
+            let now = members::unix_now();
+            let list = cgcloud_core::members::MemberList::verify(
+                &bytes,
+                &key,
+                &cluster,
+                now.saturating_sub(members::MAX_AGE_SECS),
+                now,
+            )?;
+            let listed = list.members.iter().any(|m| m.id == id);
+            Ok(format!(
+                "{} member(s), {} bytes, {id} {}",
+                list.members.len(),
+                bytes.len(),
+                if listed { "listed" } else { "not listed" }
+            ))
+        }
+        Some("serve") => {
+            let config = opts.get("--config").cloned().unwrap_or_else(|| "/etc/cgcloud/agent.json".to_owned());
+            let text = std::fs::read_to_string(&config).map_err(|e| format!("cannot read {config}: {e}"))?;
+            let mut cfg: daemon::Config = serde_json::from_str(&text).map_err(|e| format!("{config}: {e}"))?;
+            cfg.instance_id.get_or_insert_with(|| "i-00000000".to_owned());
+            let (aws, namespace) = daemon::Agent::new(cfg)?.into_parts();
+            let listener = std::net::TcpListener::bind(get("--listen")?)?;
+            let publisher = std::sync::Arc::new(members::Publisher::new(aws, &namespace, &cluster, key));
+            println!("listening on {}", listener.local_addr()?);
+            members::serve(listener, publisher);
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        _ => Err(USAGE.into()),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod http;
 pub mod jenkins;
 pub mod keypairs;
 pub mod limits;
+pub mod members;
 pub mod model;
 pub mod namespace;
 pub mod ordinals;

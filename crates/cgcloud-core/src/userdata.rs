@@ -31,6 +31,7 @@ pub fn cloud_config(
     first_boot: Option<&str>,
     instance_store: &[String],
     secrets: &[SecretFile],
+    boot_leader: Option<std::net::Ipv4Addr>,
 ) -> String {
     let mut doc = json!({
         // Replace the image's host keys, and do not generate other types we would not know.
@@ -72,10 +73,17 @@ pub fn cloud_config(
         // Cluster nodes configure themselves from their tags with the agent in their image. The
         // cluster's name spares each node a query for itself (`cgcloud-agent boot`); it goes in
         // the environment, which an older agent in an older image ignores, as an argv element
-        // (no shell), and only if it is a cluster name.
+        // (no shell), and only if it is a cluster name. A worker also learns its leader's
+        // private address, to fetch the member list from it (`members.rs`) instead of asking
+        // EC2 for every member; an address is an address by its type.
         let agent = "/usr/local/bin/cgcloud-agent";
         doc["runcmd"] = if crate::tags::valid_cluster_name(cluster) {
-            json!([["env", format!("CGCLOUD_BOOT_CLUSTER={cluster}"), agent, "boot"]])
+            let mut cmd = vec!["env".to_owned(), format!("CGCLOUD_BOOT_CLUSTER={cluster}")];
+            if let Some(ip) = boot_leader {
+                cmd.push(format!("CGCLOUD_BOOT_LEADER={ip}"));
+            }
+            cmd.extend([agent.to_owned(), "boot".to_owned()]);
+            json!([cmd])
         } else {
             json!([[agent, "boot"]])
         };
@@ -116,18 +124,18 @@ mod tests {
             private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n".into(),
             public: "ssh-ed25519 AAAA".into(),
         };
-        let text = cloud_config(Some(&hk), &["ssh-rsa BBBB bob".into()], Some("c1"), &[], &[]);
+        let text = cloud_config(Some(&hk), &["ssh-rsa BBBB bob".into()], Some("c1"), &[], &[], None);
         assert!(text.starts_with("#cloud-config\n"));
         let v: serde_json::Value = serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["ssh_keys"]["ed25519_public"], "ssh-ed25519 AAAA\n");
         assert_eq!(v["ssh_authorized_keys"][0], "ssh-rsa BBBB bob");
         assert_eq!(v["ssh_genkeytypes"][0], "ed25519");
-        let none = cloud_config(Some(&hk), &[], None, &[], &[]);
+        let none = cloud_config(Some(&hk), &[], None, &[], &[], None);
         assert!(!none.contains("runcmd"));
         assert!(text.contains("cgcloud-agent"));
         assert!(!none.contains("ssh_authorized_keys"));
         assert!(!none.contains("write_files"));
-        let xen = cloud_config(Some(&hk), &[], None, &["/dev/sdb".into(), "/dev/sdc".into()], &[]);
+        let xen = cloud_config(Some(&hk), &[], None, &["/dev/sdb".into(), "/dev/sdc".into()], &[], None);
         let v: serde_json::Value = serde_json::from_str(xen.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["write_files"][0]["path"], "/etc/cgcloud/instance-store");
         assert_eq!(v["write_files"][0]["content"], "/dev/sdb\n/dev/sdc\n");
@@ -138,18 +146,29 @@ mod tests {
             owner: Some("munge:munge".into()),
             mode: "0400".into(),
         };
-        let node = cloud_config(None, &[], Some("c1"), &[], std::slice::from_ref(&secret));
+        let node = cloud_config(None, &[], Some("c1"), &[], std::slice::from_ref(&secret), None);
         let v: serde_json::Value = serde_json::from_str(node.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["write_files"][0]["encoding"], "b64");
         assert_eq!(v["write_files"][0]["owner"], "munge:munge");
         assert_eq!(v["write_files"][0]["permissions"], "0400");
-        let node = cloud_config(None, &[], Some("c1"), &[], &[]);
+        let node = cloud_config(None, &[], Some("c1"), &[], &[], None);
         assert_eq!(
             v_runcmd(&node),
             serde_json::json!([["env", "CGCLOUD_BOOT_CLUSTER=c1", "/usr/local/bin/cgcloud-agent", "boot"]])
         );
+        let worker = cloud_config(None, &[], Some("c1"), &[], &[], Some([10, 0, 0, 5].into()));
+        assert_eq!(
+            v_runcmd(&worker),
+            serde_json::json!([[
+                "env",
+                "CGCLOUD_BOOT_CLUSTER=c1",
+                "CGCLOUD_BOOT_LEADER=10.0.0.5",
+                "/usr/local/bin/cgcloud-agent",
+                "boot"
+            ]])
+        );
         // A name that is not a cluster name never reaches the command line.
-        let odd = cloud_config(None, &[], Some("c1 ; rm -rf /"), &[], &[]);
+        let odd = cloud_config(None, &[], Some("c1 ; rm -rf /"), &[], &[], Some([10, 0, 0, 1].into()));
         assert_eq!(v_runcmd(&odd), serde_json::json!([["/usr/local/bin/cgcloud-agent", "boot"]]));
         let v: serde_json::Value = serde_json::from_str(node.trim_start_matches("#cloud-config\n")).unwrap();
         assert!(v.get("ssh_keys").is_none() && !node.contains("PRIVATE KEY"), "{node}");
@@ -163,7 +182,7 @@ mod tests {
     fn yaml_parsers_read_back_every_character() {
         let odd = "a\u{7f}b\u{85}c\u{2028}d\u{9f}e\u{ffff}f\u{1f600}";
         let hk = HostKey { private_openssh: odd.into(), public: "ssh-ed25519 AAAA".into() };
-        let text = cloud_config(Some(&hk), &[odd.into()], None, &[], &[]);
+        let text = cloud_config(Some(&hk), &[odd.into()], None, &[], &[], None);
         assert!(!text.contains('\u{7f}') && !text.contains('\u{2028}'), "{text:?}");
         let v: serde_yaml::Value = serde_yaml::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
         assert_eq!(v["ssh_keys"]["ed25519_private"].as_str(), Some(odd));

@@ -11,6 +11,10 @@
 //! - `cluster-api [N...]`: against moto (`CGCLOUD_MOTO_SERVER`), the API requests one
 //!   `create-cluster` sends for N workers (default 1 10 100 500), without the status polls,
 //!   whose number depends on how long nodes take, not on N.
+//! - `members [N...]`: against moto, one node's first-boot membership traffic at N workers
+//!   (default 1 100 1000): DescribeInstances of every member (before the leader published the
+//!   list) against DescribeInstances of itself plus the leader's list (the agent's `members
+//!   serve` and `members fetch`), in requests and bytes, and their ratio.
 //! - `cluster-boot [N...]`: on the local cloud, the time from `create-cluster` to every node
 //!   configured, for N workers from a baked image (default 1 4 16), and t(max)/t(min)
 //!   (target <= 1.5).
@@ -51,6 +55,7 @@ mod fanout;
 mod faults;
 mod imds;
 mod keysync;
+mod members;
 
 use boot::{idle, local_boot};
 use clusters::{cluster_api, cluster_boot, spark_boot, toil_boot};
@@ -154,6 +159,7 @@ async fn main() -> Result<()> {
             faults::faults(runs, &cgcloud_exe()?)
         }
         ["bench", "cluster-api", rest @ ..] => cluster_api(&counts(rest, &[1, 100, 1000])?),
+        ["bench", "members", rest @ ..] => members::members(&counts(rest, &[1, 100, 1000])?),
         ["bench", "cluster-boot", rest @ ..] => cluster_boot(&counts(rest, &[1, 4, 16])?).await,
         ["bench", "spark-boot", "--hdfs", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?, true).await,
         ["bench", "spark-boot", rest @ ..] => spark_boot(&counts(rest, &[1, 2, 4])?, false).await,

@@ -2,7 +2,7 @@
 //! attempt) for the workers, then watching them configure themselves.
 
 use super::*;
-use crate::commands::launch::Prepared;
+use crate::commands::launch::{launch_group_instances, Prepared};
 use cgcloud_roles::role::ClusterDecl;
 
 /// A create-cluster checked and resolved, before anything is launched.
@@ -31,17 +31,17 @@ pub async fn create(ctx: &Ctx, a: CreateClusterArgs) -> Result<ExitCode> {
     let t0 = Instant::now();
     let (requests_before, retries_before) = (cloud.requests_sent(), cloud.retries_sent());
     let work = async {
-        let (leader_id, leader_arn) = launch_leader(ctx, &plan, &txn, &a).await?;
+        let (leader_id, leader_arn, leader_ip) = launch_leader(ctx, &plan, &txn, &a).await?;
         if let Some(e) = &plan.elastic {
-            elastic::arm(ctx, &plan.p, e, &txn, &plan.base, &leader_id, &leader_arn).await?;
+            elastic::arm(ctx, &plan.p, e, &txn, &plan.base, &leader_id, &leader_arn, leader_ip).await?;
         }
         let ordinals: Vec<u32> = (1..=plan.workers).collect();
         let mut worker_base = plan.base.clone();
         worker_base.insert(tags::LEADER_ARN.into(), leader_arn);
         let (n, min, spot) = (plan.workers, plan.min, &a.nodes.spot);
         let workers = if n > 0 {
-            launch_workers(ctx, &plan.p, &txn, &worker_base, &plan.decl.worker, &leader_id, &ordinals, min, spot)
-                .await?
+            let leader = (leader_id.as_str(), leader_ip);
+            launch_workers(ctx, &plan.p, &txn, &worker_base, &plan.decl.worker, leader, &ordinals, min, spot).await?
         } else {
             Vec::new()
         };
@@ -186,8 +186,14 @@ async fn plan_create(ctx: &Ctx, a: &CreateClusterArgs) -> Result<ClusterPlan> {
 }
 
 /// Launches the leader, tags it with its own id and ARN and gives it its volume. Returns the
-/// leader's id and ARN.
-async fn launch_leader(ctx: &Ctx, plan: &ClusterPlan, txn: &Txn, a: &CreateClusterArgs) -> Result<(String, String)> {
+/// leader's id, ARN and private address (None if RunInstances gave none: its workers then ask
+/// EC2 for the members, as before the leader published them).
+async fn launch_leader(
+    ctx: &Ctx,
+    plan: &ClusterPlan,
+    txn: &Txn,
+    a: &CreateClusterArgs,
+) -> Result<(String, String, Option<std::net::Ipv4Addr>)> {
     let cloud = ctx.cloud().await?;
     let mut leader_tags = plan.base.clone();
     leader_tags.insert(tags::ORDINAL.into(), "0".into());
@@ -207,12 +213,15 @@ async fn launch_leader(ctx: &Ctx, plan: &ClusterPlan, txn: &Txn, a: &CreateClust
             .filter(|_| !a.leader_on_demand && plan.elastic.is_none())
             .map(|b| Some(format!("{b:.4}"))),
         profile: plan.elastic.as_ref().map(|e| e.leader_profile.clone()),
+        boot_leader: None,
     };
     if let Some(e) = &plan.elastic {
         elastic::leader_profile(ctx, &plan.p, e, &plan.name, txn).await?;
     }
-    let leader_ids = launch_group(ctx, &plan.p, txn, &leader).await?;
+    let launched = launch_group_instances(ctx, &plan.p, txn, &leader).await?;
+    let leader_ids: Vec<String> = launched.iter().map(|i| i.id.clone()).collect();
     let leader_id = leader_ids.first().cloned().context("RunInstances returned no leader")?;
+    let leader_ip = launched.first().and_then(|i| i.private_ip.as_deref()).and_then(|ip| ip.parse().ok());
     fault("after-leader")?;
     // The leader's ARN on every node: what IAM lets it, and it alone, stop and terminate
     // (autostop); tags only the workstation writes.
@@ -224,7 +233,7 @@ async fn launch_leader(ctx: &Ctx, plan: &ClusterPlan, txn: &Txn, a: &CreateClust
     if let Some(gb) = plan.volume_gb {
         volumes::give(ctx, &leader_ids, &plan.name, gb, &plan.account).await?;
     }
-    Ok((leader_id, leader_arn))
+    Ok((leader_id, leader_arn, leader_ip))
 }
 
 /// The nodes of one launch, for `settle`.
@@ -321,6 +330,10 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
         prepare(ctx, node_role, image.tags.get(tags::OS).map(String::as_str), &la, Some(&image), None, needs).await?;
     spot_zone(ctx, &mut p, &a.nodes.spot).await?;
     p.secrets = cluster_secrets(ctx, &leader, &decl).await?;
+    // New workers fetch the members from the leader if it has the cluster's key (a cluster made
+    // before there was one has none: its new workers ask EC2, as the others do).
+    let has_key = p.secrets.iter().any(|s| s.path == cgcloud_core::members::KEY_PATH);
+    let leader_ip = leader.private_ip.as_deref().and_then(|ip| ip.parse().ok()).filter(|_| has_key);
     let used: BTreeSet<u32> = c.nodes.iter().filter_map(|n| n.ordinal).collect();
     let n = a.nodes.num_workers.unwrap_or(1);
     let ordinals = allocate_ordinals(&used, n as usize);
@@ -356,9 +369,18 @@ pub async fn grow(ctx: &Ctx, a: GrowClusterArgs) -> Result<ExitCode> {
     let t0 = Instant::now();
     let min = a.nodes.min_workers.unwrap_or(if a.nodes.spot_tentative { 0 } else { n }).min(n);
     let work = async {
-        let ids =
-            launch_workers(ctx, &p, &txn, &base, &decl.worker, &leader.instance_id, &ordinals, min, &a.nodes.spot)
-                .await?;
+        let ids = launch_workers(
+            ctx,
+            &p,
+            &txn,
+            &base,
+            &decl.worker,
+            (&leader.instance_id, leader_ip),
+            &ordinals,
+            min,
+            &a.nodes.spot,
+        )
+        .await?;
         if let (Some(gb), false) = (volume_gb, ids.is_empty()) {
             volumes::give(ctx, &ids, &c.name, gb, &account).await?;
         }

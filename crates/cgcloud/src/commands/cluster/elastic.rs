@@ -177,7 +177,9 @@ pub(super) async fn leader_profile(ctx: &Ctx, p: &Prepared, e: &Elastic, cluster
 }
 
 /// After the leader launched: the workers' launch template, the leader's scaler policy, and
-/// the bounds on the leader. `base` holds the cluster tags every node has.
+/// the bounds on the leader. `base` holds the cluster tags every node has; the workers fetch
+/// the members from `leader_ip` at first boot.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn arm(
     ctx: &Ctx,
     p: &Prepared,
@@ -186,6 +188,7 @@ pub(super) async fn arm(
     base: &Tags,
     leader_id: &str,
     leader_arn: &str,
+    leader_ip: Option<std::net::Ipv4Addr>,
 ) -> Result<TemplateRef> {
     let cloud = ctx.cloud().await?;
     let worker = Group {
@@ -198,6 +201,7 @@ pub(super) async fn arm(
         label: "workers".into(),
         spot: None,
         profile: None,
+        boot_leader: leader_ip,
     };
     let mut t = box_tags(p, &worker, txn, None)?;
     for k in
@@ -217,7 +221,7 @@ pub(super) async fn arm(
         .await?
         .with_context(|| format!("instance profile {profile} has no role"))?;
     let cluster = base.get(tags::CLUSTER).cloned().unwrap_or_default();
-    let user_data = cloud_config(None, &p.authorized_keys, Some(&cluster), &[], &p.secrets);
+    let user_data = cloud_config(None, &p.authorized_keys, Some(&cluster), &[], &p.secrets, worker.boot_leader);
     if user_data.len() > crate::commands::launch::MAX_USER_DATA {
         bail!(
             "the workers' user data would be {} bytes, over EC2's limit of {} ({} extra authorized keys); name fewer key pairs with -k",

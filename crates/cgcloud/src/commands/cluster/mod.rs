@@ -8,7 +8,7 @@
 //! reads cluster secrets, `power` stops/starts/terminates, `fanout` runs commands on every node.
 
 use super::images::pick_image;
-use super::launch::{finish_launch, launch_group, prepare, transaction, Group, LocalNeeds, Txn};
+use super::launch::{finish_launch, prepare, transaction, Group, LocalNeeds, Txn};
 use crate::cli::{
     ClusterPowerArgs, ClusterSelection, CreateClusterArgs, GrowClusterArgs, LaunchArgs, ListClustersArgs,
     NodeLaunchArgs, RsyncClusterArgs, SpotArgs, SshClusterArgs,

@@ -1,15 +1,31 @@
 //! Cluster secrets (`[[cluster.secrets]]`): made fresh for each cluster, read back from the
-//! leader (and checked for shape) for the workers a grow-cluster adds.
+//! leader (and checked for shape) for the workers a grow-cluster adds. Every cluster also gets
+//! the cluster key (`cgcloud_core::members::KEY_PATH`), whatever its role declares: the leader
+//! MACs the member list it publishes with it, and the workers check it.
 
 use super::*;
 
+/// The cluster key's file, holding `bytes`: root's alone.
+fn cluster_key(bytes: &[u8]) -> cgcloud_core::userdata::SecretFile {
+    use base64::Engine as _;
+    cgcloud_core::userdata::SecretFile {
+        path: cgcloud_core::members::KEY_PATH.to_owned(),
+        base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+        owner: None,
+        mode: "0400".to_owned(),
+    }
+}
+
 /// A new cluster's secrets (`[[cluster.secrets]]`): fresh random bytes, or a fresh SSH key, for
-/// each file.
+/// each file; and a fresh cluster key.
 pub(super) fn new_secrets(decl: &cgcloud_roles::role::ClusterDecl) -> Result<Vec<cgcloud_core::userdata::SecretFile>> {
     use base64::Engine as _;
     use cgcloud_roles::role::SecretKind;
     use rand::RngCore as _;
-    decl.secrets
+    let mut key = [0u8; cgcloud_core::members::KEY_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    let declared: Result<Vec<_>> = decl
+        .secrets
         .iter()
         .map(|s| {
             let bytes = match s.kind {
@@ -30,7 +46,10 @@ pub(super) fn new_secrets(decl: &cgcloud_roles::role::ClusterDecl) -> Result<Vec
                 mode: s.mode.clone(),
             })
         })
-        .collect()
+        .collect();
+    let mut all = declared?;
+    all.push(cluster_key(&key));
+    Ok(all)
 }
 
 /// Whether `bytes`, read back from a leader, have the shape a secret of `s`'s kind must have.
@@ -50,31 +69,55 @@ pub(super) fn secret_shape_ok(s: &cgcloud_roles::role::ClusterSecret, bytes: &[u
 }
 
 /// The secrets of a running cluster, read from its leader over SSH, for new workers: the
-/// workstation keeps no copy, and no existing node is changed.
+/// workstation keeps no copy, and no existing node is changed. The cluster key comes with the
+/// role's secrets, if the leader has one.
 pub(super) async fn cluster_secrets(
     ctx: &Ctx,
     leader: &BoxInfo,
     decl: &cgcloud_roles::role::ClusterDecl,
 ) -> Result<Vec<cgcloud_core::userdata::SecretFile>> {
     use base64::Engine as _;
+    // A role without secrets needs no login to the leader (grow-cluster --skip-ssh-check needs
+    // none): its new workers go without the cluster key, and ask EC2 for the members as the
+    // nodes of clusters made before there was one do.
     if decl.secrets.is_empty() {
         return Ok(Vec::new());
     }
     let mut target = ctx.ssh_target(leader, None, None).await?;
     target.user = leader.admin_user.clone().unwrap_or(target.user);
-    // Paths were checked when the role was loaded: plain characters only.
-    let script: String = decl.secrets.iter().map(|s| format!("sudo base64 -w0 {}; echo\n", s.path)).collect();
+    // Paths were checked when the role was loaded: plain characters only. The cluster key comes
+    // last, and may be missing (a cluster made before there was one): an empty line then.
+    let mut script: String = decl.secrets.iter().map(|s| format!("sudo base64 -w0 {}; echo\n", s.path)).collect();
+    script.push_str(&format!("sudo base64 -w0 {} 2>/dev/null || true; echo\n", cgcloud_core::members::KEY_PATH));
     let out = target.run_script(&format!("set -e\n{script}")).await?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    if !out.status.success() || lines.len() != decl.secrets.len() {
+    let mut lines: Vec<&str> = text.lines().collect();
+    let key_line = if lines.len() == decl.secrets.len() + 1 { lines.pop() } else { None };
+    if !out.status.success() || key_line.is_none() {
         bail!(
             "cannot read the cluster's secrets from its leader {} ({}); new workers need them",
             leader.instance_id,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    decl.secrets
+    let key = base64::engine::general_purpose::STANDARD.decode(key_line.unwrap_or_default().trim()).unwrap_or_default();
+    let key = match key.len() {
+        0 => {
+            tracing::info!(
+                "the leader {} has no cluster key: its new workers will ask EC2 for the members",
+                leader.instance_id
+            );
+            None
+        }
+        cgcloud_core::members::KEY_LEN => Some(cluster_key(&key)),
+        n => bail!(
+            "the leader's {} is not the {} bytes of a cluster key (found {n})",
+            cgcloud_core::members::KEY_PATH,
+            cgcloud_core::members::KEY_LEN
+        ),
+    };
+    let declared: Result<Vec<_>> = decl
+        .secrets
         .iter()
         .zip(lines)
         .map(|(s, b64)| {
@@ -89,7 +132,10 @@ pub(super) async fn cluster_secrets(
                 mode: s.mode.clone(),
             })
         })
-        .collect()
+        .collect();
+    let mut all = declared?;
+    all.extend(key);
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -125,6 +171,15 @@ mod tests {
         assert!(String::from_utf8(raw(&a[1])).unwrap().contains("OPENSSH PRIVATE KEY"));
         assert_ne!(a[0].base64, b[0].base64);
         assert_ne!(a[1].base64, b[1].base64);
+        // Every cluster's key, whatever the role declares: 32 bytes for root alone.
+        let key = a.last().unwrap();
+        assert_eq!(
+            (key.path.as_str(), key.mode.as_str(), key.owner.as_deref()),
+            (cgcloud_core::members::KEY_PATH, "0400", None)
+        );
+        assert_eq!(raw(key).len(), cgcloud_core::members::KEY_LEN);
+        assert_ne!(key.base64, b.last().unwrap().base64);
+        assert_eq!(a.len(), d.secrets.len() + 1);
         // What a leader hands back is checked before a new worker gets it.
         assert!(secret_shape_ok(&d.secrets[0], &[0; 63]).unwrap_err().contains("64 bytes"));
         assert!(secret_shape_ok(&d.secrets[1], b"ssh-ed25519 AAAA").unwrap_err().contains("OpenSSH private key"));

@@ -14,7 +14,7 @@ pub(super) async fn launch_workers(
     txn: &Txn,
     base: &Tags,
     worker_role: &str,
-    leader_id: &str,
+    (leader_id, leader_ip): (&str, Option<std::net::Ipv4Addr>),
     ordinals: &[u32],
     min: u32,
     spot: &SpotArgs,
@@ -31,6 +31,7 @@ pub(super) async fn launch_workers(
         label: "workers".into(),
         spot: None,
         profile: None,
+        boot_leader: leader_ip,
     };
     let ids = launch_by_policy(ctx, p, txn, &template, ordinals.len() as u32, min, spot, "workers", |g, launched| {
         let remaining = &ordinals[launched.min(ordinals.len())..];

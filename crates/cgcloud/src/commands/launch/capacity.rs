@@ -57,6 +57,7 @@ pub(crate) async fn launch_by_policy(
             label: format!("{}-{calls}", template.label),
             spot: market.clone(),
             profile: template.profile.clone(),
+            boot_leader: template.boot_leader,
         };
         per_call(&mut g, ids.len());
         calls += 1;

@@ -23,6 +23,9 @@ pub(crate) struct Group {
     /// An instance profile of these boxes' own instead of their role's (an elastic cluster's
     /// leader).
     pub profile: Option<String>,
+    /// A cluster's workers: their leader's private address, from which they fetch the member
+    /// list at first boot (`cgcloud_core::members`).
+    pub boot_leader: Option<std::net::Ipv4Addr>,
 }
 
 impl Group {
@@ -37,6 +40,7 @@ impl Group {
             label: "box".into(),
             spot: None,
             profile: None,
+            boot_leader: None,
         }
     }
 }
@@ -76,6 +80,17 @@ pub(crate) fn box_tags(p: &Prepared, g: &Group, txn: &Txn, host_key: Option<&str
 /// Creates the security group and IAM profile (if needed) and launches a group of boxes with
 /// one RunInstances call; returns their ids.
 pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) -> Result<Vec<String>> {
+    Ok(launch_group_instances(ctx, p, txn, g).await?.into_iter().map(|i| i.id).collect())
+}
+
+/// [`launch_group`], with the instances as RunInstances described them (a cluster's leader's
+/// private address, for its workers' user data, without another DescribeInstances).
+pub(crate) async fn launch_group_instances(
+    ctx: &Ctx,
+    p: &Prepared,
+    txn: &Txn,
+    g: &Group,
+) -> Result<Vec<cgcloud_aws::ec2::InstanceInfo>> {
     let cloud = ctx.cloud().await?;
     // Everything that can fail without creating anything comes first.
     let instance_store = match p.type_info.get(&g.instance_type) {
@@ -87,7 +102,8 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
     // provisioned over SSH gets one here, so that the first connection can be verified.
     let host_key = if g.first_boot { None } else { Some(cgcloud_remote::hostkey::generate()?) };
     let boot_cluster = g.first_boot.then(|| g.extra_tags.get(tags::CLUSTER).map(String::as_str).unwrap_or_default());
-    let user_data = cloud_config(host_key.as_ref(), &p.authorized_keys, boot_cluster, &instance_store, &p.secrets);
+    let user_data =
+        cloud_config(host_key.as_ref(), &p.authorized_keys, boot_cluster, &instance_store, &p.secrets, g.boot_leader);
     if user_data.len() > MAX_USER_DATA {
         bail!(
             "the boxes' user data would be {} bytes, over EC2's limit of {MAX_USER_DATA} ({} extra authorized keys); \
@@ -130,7 +146,7 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
         ctx.out.progress(format!("launching {count} × {} ({}) from {}", g.box_role, g.instance_type, p.image.image_id));
     let retries = cloud.retries_sent();
     let instances = cloud.run_instances(&spec).await?;
-    let ids: Vec<String> = instances.into_iter().map(|i| i.id).collect();
+    let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
     txn.with(|s| s.instances.extend(ids.iter().cloned()));
     if cloud.retries_sent() > retries {
         // A retried call (its first answer lost) may have launched twice where the endpoint
@@ -155,5 +171,5 @@ pub(crate) async fn launch_group(ctx: &Ctx, p: &Prepared, txn: &Txn, g: &Group) 
     }
     let shown = if ids.len() > 4 { format!("{} boxes", ids.len()) } else { ids.join(", ") };
     progress.finish(format!("launched {shown}"));
-    Ok(ids)
+    Ok(instances)
 }

@@ -7,7 +7,8 @@ use super::*;
 pub(crate) const MAX_IAM_NAME: usize = 64;
 
 pub(super) fn sg_rules(role: &Role) -> Vec<SgRule> {
-    role.ports
+    let mut rules: Vec<SgRule> = role
+        .ports
         .iter()
         .map(|p| {
             let (from_port, to_port) = p.ec2_range();
@@ -28,7 +29,24 @@ pub(super) fn sg_rules(role: &Role) -> Vec<SgRule> {
                 description: p.description.clone(),
             }
         })
-        .collect()
+        .collect();
+    // A cluster's members fetch the member list from the leader's agent: the port is open to
+    // the cluster's own group whatever the role's rules say (they usually open all of it).
+    let port = i32::from(cgcloud_core::members::PORT);
+    let covered = rules.iter().any(|r| {
+        matches!(r.source, SgSource::OwnGroup)
+            && (r.protocol == "-1" || (r.protocol == "tcp" && r.from_port <= port && port <= r.to_port))
+    });
+    if role.cluster.is_some() && !covered {
+        rules.push(SgRule {
+            protocol: "tcp".into(),
+            from_port: port,
+            to_port: port,
+            source: SgSource::OwnGroup,
+            description: "cgcloud: the leader's member list".into(),
+        });
+    }
+    rules
 }
 
 /// The policy of a role's boxes: the role's own statements, plus what the agent needs
