@@ -174,7 +174,7 @@ impl Agent {
         if !self.leader && self.members_leader.is_none() {
             let ip = std::fs::read_to_string(LEADER_FILE).ok().and_then(|s| s.trim().parse().ok());
             // A refresh waits for the leader briefly: the EC2 query is the fallback.
-            match ip.map(|ip| Leader::new(ip, Path::new(KEY_PATH), Duration::from_secs(10))) {
+            match ip.map(|ip| Leader::new(ip, Path::new(KEY_PATH), Duration::from_secs(10), true)) {
                 Some(Ok(l)) => self.members_leader = Some(l),
                 Some(Err(e)) => log("warning", format!("members: {e}")),
                 None => {}

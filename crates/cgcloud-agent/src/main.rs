@@ -190,7 +190,7 @@ fn boot_leader(ip: Option<&str>) -> Option<members::Leader> {
     let ip: std::net::Ipv4Addr = ip?.parse().ok()?;
     // Long enough for a leader booting beside its workers to start serving.
     let wait = std::time::Duration::from_secs(120);
-    members::Leader::new(ip, std::path::Path::new(members::KEY_PATH), wait)
+    members::Leader::new(ip, std::path::Path::new(members::KEY_PATH), wait, false)
         .map_err(|e| log::log("warning", format!("{e}; the members come from EC2")))
         .ok()
 }
@@ -212,7 +212,7 @@ fn members_cmd(args: &[String]) -> Result<String, CliError> {
             let addr: std::net::SocketAddr = get("--leader")?.parse()?;
             let id = get("--id")?;
             let http = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(20)).build();
-            let bytes = members::fetch(&http, addr, &id)?;
+            let bytes = members::fetch(&http, addr, &id, false)?;
             let now = members::unix_now();
             let list = cgcloud_core::members::MemberList::verify(
                 &bytes,

@@ -1,8 +1,9 @@
 //! The member list between a cluster's leader and its workers (`cgcloud_core::members` holds
 //! the list's form and checks). The leader's agent serves it, `GET /v1/members` on TCP
 //! [`PORT`] of its private address ([`serve`]), read from EC2 with one paginated
-//! DescribeInstances at most every [`ON_DEMAND_SECS`] when a node asks for a list it is not in,
-//! and every [`FRESH_SECS`] otherwise, and only while nodes ask. A worker fetches it
+//! DescribeInstances at most every [`ON_DEMAND_SECS`] when a node asks for a list it is not in
+//! or asks for a fresh one (a refresh after the workstation announced new members), and every
+//! [`FRESH_SECS`] otherwise, and only while nodes ask. A worker fetches it
 //! ([`from_leader`]) instead of asking EC2 for every member: its boot costs EC2 one
 //! DescribeInstances of itself whatever the cluster's size, and its answer from the leader is
 //! ~150 bytes a member instead of ~4.7 KB (docs/scale.md).
@@ -72,12 +73,21 @@ pub struct Leader {
     /// The newest list accepted so far (unix s): an older one is refused even if it is
     /// younger than [`MAX_AGE_SECS`] (a replay during the daemon's refreshes).
     pub newest: std::cell::Cell<u64>,
+    /// Ask for a list read from EC2 at most [`ON_DEMAND_SECS`] ago: the daemon's refreshes,
+    /// which the workstation's "members changed" notifications trigger, want the members of
+    /// now, not of the leader's last read (first boot needs only to be listed).
+    pub fresh: bool,
 }
 
 impl Leader {
     /// The leader at `ip` (the launch's `CGCLOUD_BOOT_LEADER`) with the key in `key_path`.
-    pub fn new(ip: std::net::Ipv4Addr, key_path: &std::path::Path, wait: Duration) -> Result<Leader, FetchError> {
-        Ok(Leader { addr: SocketAddr::from((ip, PORT)), key: read_key(key_path)?, wait, newest: 0.into() })
+    pub fn new(
+        ip: std::net::Ipv4Addr,
+        key_path: &std::path::Path,
+        wait: Duration,
+        fresh: bool,
+    ) -> Result<Leader, FetchError> {
+        Ok(Leader { addr: SocketAddr::from((ip, PORT)), key: read_key(key_path)?, wait, newest: 0.into(), fresh })
     }
 }
 
@@ -183,13 +193,13 @@ impl Publisher {
     }
 
     /// The signed list for a node (`asking`, if it said which): read from EC2 again if it is
-    /// older than [`FRESH_SECS`], or than [`ON_DEMAND_SECS`] and the node is not in it. Nodes
-    /// asking at once wait for one read (the lock), not one each.
-    pub fn list(&self, asking: Option<&str>) -> Result<Arc<Vec<u8>>, AwsError> {
+    /// older than [`FRESH_SECS`], or than [`ON_DEMAND_SECS`] and the node is not in it or asks
+    /// for a `fresh` one. Nodes asking at once wait for one read (the lock), not one each.
+    pub fn list(&self, asking: Option<&str>, fresh: bool) -> Result<Arc<Vec<u8>>, AwsError> {
         let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         let age = c.at.map(|at| at.elapsed());
         let stale = age.is_none_or(|a| a > Duration::from_secs(FRESH_SECS))
-            || (asking.is_some_and(|id| !c.ids.contains(id))
+            || ((fresh || asking.is_some_and(|id| !c.ids.contains(id)))
                 && age.is_some_and(|a| a > Duration::from_secs(ON_DEMAND_SECS)));
         if stale {
             let aws = self.aws.lock().unwrap_or_else(|p| p.into_inner());
@@ -211,7 +221,7 @@ impl Publisher {
 
     /// Whether `id` was in the last list read (the leader finds its own address this way).
     pub fn own_address(&self, id: &str) -> Result<Option<std::net::Ipv4Addr>, AwsError> {
-        let bytes = self.list(Some(id))?;
+        let bytes = self.list(Some(id), false)?;
         let list = MemberList::verify(&bytes, &self.key, &self.cluster, 0, unix_now())
             .map_err(|e| AwsError::Parse { action: "members".into(), detail: e.to_string() })?;
         Ok(list.members.iter().find(|m| m.id == id).and_then(|m| m.private_ip.parse().ok()))
@@ -237,9 +247,16 @@ pub fn serve(listener: TcpListener, publisher: Arc<Publisher>) {
     });
 }
 
-/// The node a request names (`?for=ID`), if its id has an instance id's shape: only a hint for
-/// when to read EC2 again.
-fn parse_request(head: &str) -> Result<Option<String>, &'static str> {
+/// What a node asks the leader for: hints for when to read EC2 again.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    /// The node asking (`?for=ID`), if its id has an instance id's shape.
+    asking: Option<String>,
+    /// `&fresh=1`: the members of now (see [`Leader::fresh`]).
+    fresh: bool,
+}
+
+fn parse_request(head: &str) -> Result<Request, &'static str> {
     let line = head.lines().next().unwrap_or_default();
     let mut words = line.split(' ');
     let (Some("GET"), Some(target), Some(version)) = (words.next(), words.next(), words.next()) else {
@@ -252,11 +269,12 @@ fn parse_request(head: &str) -> Result<Option<String>, &'static str> {
     if path != "/v1/members" {
         return Err("404 Not Found");
     }
-    Ok(query
+    let asking = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("for="))
         .filter(|id| cgcloud_core::members::valid_instance_id(id))
-        .map(str::to_owned))
+        .map(str::to_owned);
+    Ok(Request { asking, fresh: query.split('&').any(|kv| kv == "fresh=1") })
 }
 
 fn answer(mut stream: TcpStream, publisher: &Publisher) {
@@ -282,7 +300,7 @@ fn answer(mut stream: TcpStream, publisher: &Publisher) {
         out
     };
     let out = match parse_request(&String::from_utf8_lossy(&head)) {
-        Ok(asking) => match publisher.list(asking.as_deref()) {
+        Ok(r) => match publisher.list(r.asking.as_deref(), r.fresh) {
             Ok(bytes) => reply("200 OK", &bytes),
             Err(e) => {
                 log("warning", format!("members: cannot read the members from EC2: {e}"));
@@ -297,8 +315,8 @@ fn answer(mut stream: TcpStream, publisher: &Publisher) {
 
 /// One fetch of the list from `addr`, for node `me`: the bytes as they came (at most
 /// `MAX_BYTES` + 1, so that larger input is refused, not read whole).
-pub fn fetch(http: &ureq::Agent, addr: SocketAddr, me: &str) -> Result<Vec<u8>, FetchError> {
-    let url = format!("http://{addr}/v1/members?for={me}");
+pub fn fetch(http: &ureq::Agent, addr: SocketAddr, me: &str, fresh: bool) -> Result<Vec<u8>, FetchError> {
+    let url = format!("http://{addr}/v1/members?for={me}{}", if fresh { "&fresh=1" } else { "" });
     let transport = |detail: String| FetchError::Transport { url: url.clone(), detail };
     let resp = http.get(&url).call().map_err(|e| {
         let refused = match &e {
@@ -330,7 +348,7 @@ pub fn from_leader(leader: &Leader, namespace: &str, cluster: &str, me: &Node) -
     let mut closed_since: Option<Instant> = None;
     loop {
         let url = format!("http://{}/v1/members", leader.addr);
-        let got = fetch(&http, leader.addr, &me.id).and_then(|bytes| {
+        let got = fetch(&http, leader.addr, &me.id, leader.fresh).and_then(|bytes| {
             let now = unix_now();
             let floor = now.saturating_sub(MAX_AGE_SECS).max(leader.newest.get());
             let list = MemberList::verify(&bytes, &leader.key, cluster, floor, now)

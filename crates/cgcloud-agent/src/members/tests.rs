@@ -37,7 +37,7 @@ fn launch(env: &TestEnv, ns: &str, n: u32, first: u32) -> Vec<String> {
 }
 
 fn leader_at(addr: SocketAddr, wait: Duration) -> Leader {
-    Leader { addr, key: KEY.to_vec(), wait, newest: 0.into() }
+    Leader { addr, key: KEY.to_vec(), wait, newest: 0.into(), fresh: false }
 }
 
 /// A leader's server for namespace `ns` on loopback.
@@ -159,12 +159,17 @@ fn forged_foreign_stale_and_oversized_lists_are_refused_and_the_worker_asks_ec2(
 
 #[test]
 fn the_leader_answers_only_get_of_the_list_and_leaves_out_malformed_members() {
-    assert_eq!(parse_request("GET /v1/members HTTP/1.1\r\n\r\n"), Ok(None));
+    let req = |asking: Option<&str>, fresh| Ok(Request { asking: asking.map(str::to_owned), fresh });
+    assert_eq!(parse_request("GET /v1/members HTTP/1.1\r\n\r\n"), req(None, false));
     assert_eq!(
         parse_request("GET /v1/members?for=i-0123456789abcdef0 HTTP/1.1\r\n\r\n"),
-        Ok(Some("i-0123456789abcdef0".into()))
+        req(Some("i-0123456789abcdef0"), false)
     );
-    assert_eq!(parse_request("GET /v1/members?for=../../x HTTP/1.1\r\n\r\n"), Ok(None));
+    assert_eq!(
+        parse_request("GET /v1/members?for=i-0123456789abcdef0&fresh=1 HTTP/1.1\r\n\r\n"),
+        req(Some("i-0123456789abcdef0"), true)
+    );
+    assert_eq!(parse_request("GET /v1/members?for=../../x&fresh=yes HTTP/1.1\r\n\r\n"), req(None, false));
     assert_eq!(parse_request("POST /v1/members HTTP/1.1\r\n\r\n"), Err("405 Method Not Allowed"));
     assert_eq!(parse_request("GET /etc/passwd HTTP/1.1\r\n\r\n"), Err("404 Not Found"));
     let mut tags = std::collections::BTreeMap::new();
@@ -188,4 +193,26 @@ fn the_leader_answers_only_get_of_the_list_and_leaves_out_malformed_members() {
     let nodes = nodes_of(&list, "/ns/");
     assert_eq!(nodes[0].ordinal(), Some(1));
     assert_eq!(nodes[0].hostname(), "ip-10-0-0-2");
+}
+
+#[test]
+fn a_refresh_gets_the_members_of_now_and_first_boots_share_the_leaders_last_read() {
+    let env = TestEnv::new("/nonexistent");
+    let ids = launch(&env, "members-fresh", 2, 0);
+    let (publisher, _) = serve_leader(&env, "members-fresh");
+    publisher.list(None, false).unwrap();
+    // A node that is listed, and a fresh request just after a read: the same list.
+    publisher.list(Some(&ids[1]), false).unwrap();
+    publisher.list(Some(&ids[1]), true).unwrap();
+    assert_eq!(publisher.reads.load(Ordering::Relaxed), 1);
+    // New members, and a while later: a first boot that is listed still gets the last read
+    // (it is younger than FRESH_SECS), a refresh asking for the members of now does not.
+    let new = launch(&env, "members-fresh", 2, 2);
+    std::thread::sleep(Duration::from_secs(ON_DEMAND_SECS) + Duration::from_millis(200));
+    publisher.list(Some(&ids[1]), false).unwrap();
+    assert_eq!(publisher.reads.load(Ordering::Relaxed), 1);
+    let bytes = publisher.list(Some(&ids[1]), true).unwrap();
+    assert_eq!(publisher.reads.load(Ordering::Relaxed), 2);
+    let list = MemberList::verify(&bytes, &KEY, "c1", 0, unix_now()).unwrap();
+    assert!(new.iter().all(|id| list.members.iter().any(|m| &m.id == id)), "{list:?}");
 }
