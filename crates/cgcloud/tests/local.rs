@@ -2350,8 +2350,9 @@ fn elastic_toil_and_slurm_end_to_end() {
     let ran = toil_hostnames(&u, "e1", 6, 2, "/shared/out-z");
     assert!(ran.iter().all(|h| h.starts_with("ip-10-199-") && *h != leader_host), "{ran:?}");
 
-    // Eight one-core jobs: workers appear for them and every job runs.
-    on_toil_leader(&u, "e1", "for i in $(seq 8); do sbatch -n1 -o /tmp/job-%j.out --wrap 'hostname; sleep 10'; done");
+    // Sixteen one-core jobs, four times the workers allowed: workers appear for them and every
+    // job runs.
+    on_toil_leader(&u, "e1", "for i in $(seq 16); do sbatch -n1 -o /tmp/job-%j.out --wrap 'hostname; sleep 10'; done");
     let start = std::time::Instant::now();
     loop {
         let queued = on_toil_leader(&u, "e1", "squeue -h | wc -l");
@@ -2367,7 +2368,7 @@ fn elastic_toil_and_slurm_end_to_end() {
     }
     let outputs = u.ok(&["ssh-cluster", "toil", "-c", "e1", "--", "cat /tmp/job-*.out 2>/dev/null || true"]);
     let ran = outputs.lines().filter(|l| l.contains("ip-10-199-")).count();
-    assert_eq!(ran, 8, "every job ran on a worker:\n{outputs}");
+    assert_eq!(ran, 16, "every job ran on a worker:\n{outputs}");
 
     // Idle workers go: powered down in Slurm, terminated in EC2.
     wait_slurm_nodes(&u, "toil-leader", "e1", 300, "every worker powered down again", powered_down);

@@ -33,20 +33,7 @@ pub(crate) fn cluster_api(ns: &[u32]) -> Result<()> {
         let (moto0, agents0) = (own(&moto_pid), own(&Some(agents_pid.clone())));
         let children0 = process_cpu_seconds("self").map(|c| c.1).unwrap_or(0.0);
         let t0 = Instant::now();
-        let out = e
-            .cmd()
-            .args([
-                "create-cluster",
-                "generic",
-                "-s",
-                &n.to_string(),
-                "-c",
-                &name,
-                "--skip-ssh-check",
-                "--timeout",
-                "1800",
-            ])
-            .output()?;
+        let out = create_generic_cluster(&e, *n, &name)?;
         let wall = t0.elapsed().as_secs_f64();
         // create-cluster is the only child waited for in between: its CPU time, not moto's.
         let cgcloud_cpu = process_cpu_seconds("self").map(|c| c.1).unwrap_or(f64::NAN) - children0;
@@ -93,6 +80,14 @@ pub(crate) const NODE_CPU_PROBE: &str = "r=/sys/fs/cgroup/unified; [ -f $r/cpu.s
 
 /// Where a cluster's nodes spent CPU since they booted, by systemd unit, summed over nodes
 /// (`box` is each node's whole cgroup), read after the fact over `ssh-cluster`.
+/// `create-cluster generic -s N -c NAME` against the environment's moto, not waiting for SSH
+/// (the stand-in agents tag nodes configured; nothing answers SSH).
+pub(crate) fn create_generic_cluster(e: &testkit::TestEnv, n: u32, name: &str) -> Result<std::process::Output> {
+    Ok(e.cmd()
+        .args(["create-cluster", "generic", "-s", &n.to_string(), "-c", name, "--skip-ssh-check", "--timeout", "1800"])
+        .output()?)
+}
+
 pub(crate) fn node_cpu(h: &Path, cluster_type: &str, name: &str) -> Result<std::collections::BTreeMap<String, f64>> {
     let probe =
         cgcloud(h, &["-q", "--output", "json", "ssh-cluster", cluster_type, "-c", name, "-P", "--", NODE_CPU_PROBE])?;

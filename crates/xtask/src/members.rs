@@ -29,20 +29,7 @@ pub(crate) fn members(ns: &[u32]) -> Result<()> {
     );
     for (i, n) in ns.iter().enumerate() {
         let name = format!("members{i}");
-        let out = e
-            .cmd()
-            .args([
-                "create-cluster",
-                "generic",
-                "-s",
-                &n.to_string(),
-                "-c",
-                &name,
-                "--skip-ssh-check",
-                "--timeout",
-                "1800",
-            ])
-            .output()?;
+        let out = crate::clusters::create_generic_cluster(&e, *n, &name)?;
         if !out.status.success() {
             bail!("create-cluster -s {n} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
