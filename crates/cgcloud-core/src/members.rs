@@ -23,8 +23,10 @@ const MAGIC: &str = "cgcloud-members-v1";
 pub const KEY_PATH: &str = "/etc/cgcloud/cluster.key";
 /// The key's length in bytes.
 pub const KEY_LEN: usize = 32;
-/// The TCP port of the leader's agent that serves the list.
-pub const PORT: u16 = 7104;
+/// The TCP port of the leader's agent that serves the list: a privileged one, so that no user's
+/// job on the leader can take it first and serve the workers in the agent's stead (they would
+/// refuse its list, for want of the key, and ask EC2; still, only root may answer here).
+pub const PORT: u16 = 710;
 /// The most members a list may hold: twice an elastic cluster's most workers
 /// (`scaling::MAX_WORKERS`), for static clusters grown far.
 pub const MAX_MEMBERS: usize = 2 * crate::scaling::MAX_WORKERS as usize;

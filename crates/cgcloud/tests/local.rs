@@ -1258,6 +1258,19 @@ fn clusters_end_to_end() {
     assert_eq!(check.matches(&format!("] {leader_ip}")).count(), 5, "{check}");
     assert_eq!(check.matches("] 5\n").count(), 5, "{check}");
     assert_eq!(check.matches("] /dev/xvdf").count(), 5, "{check}");
+    // The workers took the members from the leader's list, served on a privileged port that a
+    // user's job on the leader cannot take.
+    let served = on_nodes(
+        &u,
+        "generic",
+        "e2e",
+        "curl -s -o /dev/null -w '%{http_code}\\n' http://cluster-leader:710/v1/members",
+    );
+    assert_eq!(served.matches("] 200\n").count(), 5, "{served}");
+    let squat =
+        "sudo runuser -u nobody -- python3 -c \"import socket; socket.socket().bind(('', 710))\" 2>&1 | tail -1";
+    let said = u.ok(&["ssh", "generic-leader", "-c", "e2e", "--", squat]);
+    assert!(said.contains("PermissionError"), "nobody bound the member list's port: {said}");
     // No set-id program or device node on a volume counts (another box could have had it).
     let options = on_nodes(
         &u,
