@@ -17,6 +17,7 @@ mod apply;
 mod autostop;
 mod aws;
 mod cluster;
+mod conns;
 mod daemon;
 mod facts;
 mod hooks;

@@ -231,20 +231,11 @@ impl Publisher {
 /// Answers `GET /v1/members[?for=ID]` on `listener` with the publisher's list, in threads of
 /// their own. Returns at once.
 pub fn serve(listener: TcpListener, publisher: Arc<Publisher>) {
-    let busy = Arc::new(AtomicUsize::new(0));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            while busy.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            busy.fetch_add(1, Ordering::SeqCst);
-            let (publisher, busy) = (publisher.clone(), busy.clone());
-            std::thread::spawn(move || {
-                answer(stream, &publisher);
-                busy.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
+    crate::conns::serve_each(
+        move || listener.accept().map(|(s, _)| s),
+        MAX_CONNECTIONS,
+        move |stream| answer(stream, &publisher),
+    );
 }
 
 /// What a node asks the leader for: hints for when to read EC2 again.

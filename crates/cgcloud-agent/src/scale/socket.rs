@@ -8,8 +8,6 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 pub const SOCKET: &str = "/run/cgcloud/scale.sock";
@@ -86,21 +84,11 @@ pub fn serve(
     let listener = UnixListener::bind(path)?;
     std::os::unix::fs::chown(path, Some(0).filter(|_| rustix::process::geteuid().is_root()), Some(gid))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    let handle = Arc::new(handle);
-    let busy = Arc::new(AtomicUsize::new(0));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            while busy.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            busy.fetch_add(1, Ordering::SeqCst);
-            let (handle, busy) = (handle.clone(), busy.clone());
-            std::thread::spawn(move || {
-                answer(stream, handle.as_ref());
-                busy.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
+    crate::conns::serve_each(
+        move || listener.accept().map(|(s, _)| s),
+        MAX_CONNECTIONS,
+        move |stream| answer(stream, &handle),
+    );
     Ok(())
 }
 
