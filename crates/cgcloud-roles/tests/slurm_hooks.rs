@@ -37,7 +37,7 @@ fn file(plan: &Plan, path: &str) -> String {
 
 /// Logs `NAME ARGS...` (fields separated by 0x1f) to DIR/calls. `sinfo` prints the lines of
 /// DIR/nodes (`NAME STATE`) that its `-n` host list and `-t` state select, in its `-o` format.
-/// `systemctl is-active` says what DIR/slurmctld holds (default active). `scontrol show` prints
+/// `systemctl is-active` says what DIR/slurmctld holds (default active). `scontrol [-o] show` prints
 /// DIR/show, `squeue` DIR/squeue. DIR/NAME.fail makes NAME fail.
 const FAKE: &str = r#"#!/bin/sh
 name=${0##*/}
@@ -51,6 +51,7 @@ systemctl)
     [ "$s" = active ]
     ;;
 scontrol)
+    [ "$1" != -o ] || shift
     [ "$1" != show ] || cat DIR/show
     ;;
 squeue)
@@ -203,6 +204,7 @@ fn include(min: &str, max: &str, nodes: &str, idle: &str, exc: Option<&str>, lis
          ResumeProgram=/usr/local/sbin/cgcloud-slurm-resume\n\
          SuspendProgram=/usr/local/sbin/cgcloud-slurm-suspend\n\
          ResumeFailProgram=/usr/local/sbin/cgcloud-slurm-resume-fail\n\
+         PrologSlurmctld=/usr/local/sbin/cgcloud-slurm-await-nodes\n\
          SuspendTime={idle}\n\
          SuspendTimeout=60\n\
          ResumeTimeout=600\n\
@@ -621,3 +623,70 @@ fn a_spot_notice_drains_the_node_and_requeues_its_jobs_before_it_goes() {
     let (code, _, err, calls) = rig.run(&script, &[], &[("CGCLOUD_SPOT_NOTICE", &notice(5))]);
     assert!(code != 0 && err.contains("node name") && calls.is_empty(), "{code} {err} {calls:?}");
 }
+
+/// The PrologSlurmctld of elastic clusters: a job starts as soon as its powered-up nodes have
+/// registered (not at Slurm's next 30 s pass), because the prolog ends then. It waits only
+/// while a node of the job is powered down or powering up and the job is configuring; it
+/// always succeeds, and calls nothing with a job id or node list that is not one.
+#[test]
+fn the_job_prolog_ends_once_the_jobs_nodes_are_up() {
+    let rig = Rig::new("await-nodes");
+    let script = rig.script(&file(&plan(), "/usr/local/sbin/cgcloud-slurm-await-nodes"), HOOK_LINES);
+    let job = [("SLURM_JOB_ID", "7"), ("SLURM_JOB_NODELIST", "w[1-2]")];
+    let show = argv(&["scontrol", "-o", "show", "node", "w[1-2]"]);
+    let up = "NodeName=w1 Arch=x86_64 State=ALLOCATED+CLOUD ThreadsPerCore=1\nNodeName=w2 State=ALLOCATED+CLOUD\n";
+    let powering = "NodeName=w1 State=ALLOCATED+CLOUD ThreadsPerCore=1\nNodeName=w2 State=ALLOCATED+CLOUD+POWERING_UP\n";
+
+    // Nodes up (any job on a static or running node): one call, at once.
+    rig.put("show", up);
+    let (code, _, _, calls) = rig.run(&script, &[], &job);
+    assert_eq!((code, calls), (0, vec![show.clone()]));
+
+    // A node still powering up, but the job no longer configuring (requeued): ends.
+    rig.put("show", powering);
+    rig.put("squeue", "PENDING\n");
+    let (code, _, _, calls) = rig.run(&script, &[], &job);
+    assert_eq!((code, calls), (0, vec![show.clone(), argv(&["squeue", "-h", "-j", "7", "-o", "%T"])]));
+
+    // Powering up (or still powered down) and configuring: waits until the node is up.
+    for waiting in [powering, "NodeName=w2 State=ALLOCATED+CLOUD+POWERED_DOWN\n"] {
+        rig.put("show", waiting);
+        rig.put("squeue", "CONFIGURING\n");
+        let _ = std::fs::remove_file(rig.dir.join("calls"));
+        let mut child = Command::new("sh")
+            .arg(&script)
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", rig.dir.join("bin").display()))
+            .envs(job)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert!(child.try_wait().unwrap().is_none(), "the prolog ended while {waiting:?}");
+        rig.put("show", up);
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(start.elapsed().as_secs() < 10, "the prolog did not end once the nodes were up");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert!(status.success());
+        assert!(rig.get("calls").lines().filter(|l| l.starts_with("scontrol")).count() >= 3);
+    }
+
+    // Not a job id, not a host list: nothing is called, and the job is not held up.
+    for bad in [
+        [("SLURM_JOB_ID", "7;reboot"), ("SLURM_JOB_NODELIST", "w1")],
+        [("SLURM_JOB_ID", ""), ("SLURM_JOB_NODELIST", "w1")],
+        [("SLURM_JOB_ID", "7"), ("SLURM_JOB_NODELIST", "w1;reboot")],
+        [("SLURM_JOB_ID", "7"), ("SLURM_JOB_NODELIST", "$(id)")],
+        [("SLURM_JOB_ID", "7"), ("SLURM_JOB_NODELIST", "-oops")],
+        [("SLURM_JOB_ID", "7"), ("SLURM_JOB_NODELIST", "w 1")],
+    ] {
+        rig.put("show", powering);
+        let (code, _, _, calls) = rig.run(&script, &[], &bad);
+        assert_eq!((code, calls), (0, vec![]), "{bad:?}");
+    }
+}
+
