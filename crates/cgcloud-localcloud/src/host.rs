@@ -68,6 +68,17 @@ impl Host<'_> {
         pid_matches(pid, &format!("--machine={}", self.id)).then_some(pid)
     }
 
+    /// The host's systemd-nspawn (or the shell that starts it) found by its command line, when
+    /// its PID file does not name it: recorded again, so that it is stopped and never booted a
+    /// second time beside itself (the second would fail on the running one's lock, forever).
+    pub fn adopt(&self) -> Option<u32> {
+        let root = self.root();
+        let pid = *crate::sys::pids_matching(&[&format!("--machine={} ", self.id), &format!("-D {} ", root.display())])
+            .first()?;
+        std::fs::write(self.pid_file(), pid.to_string()).ok()?;
+        Some(pid)
+    }
+
     pub fn exists(&self) -> bool {
         self.meta_file().exists()
     }
@@ -197,6 +208,8 @@ impl Host<'_> {
             .map_err(|e| Error::Command { command: "systemd-nspawn".into(), detail: e.to_string() })?;
         let pid = child.id().ok_or_else(|| Error::Controller("systemd-nspawn exited at once".into()))?;
         std::fs::write(self.pid_file(), pid.to_string()).map_err(|e| Error::io(&self.pid_file(), e))?;
+        // Until then [`Host::pid`] would not know the child for the host.
+        crate::sys::wait_exec(pid, &format!("--machine={}", self.id)).await;
         // The child is reaped by tokio when it exits; hosts outlive controller restarts.
         drop(child);
         Ok(pid)
@@ -204,7 +217,7 @@ impl Host<'_> {
 
     /// Powers the host off cleanly (keeping its disk), then unmounts and removes its network.
     pub async fn shutdown(&self) {
-        if let Some(pid) = self.pid() {
+        if let Some(pid) = self.pid().or_else(|| self.adopt()) {
             stop_process(pid, &format!("--machine={}", self.id), 30).await;
         }
         if let Err(e) = remove_file_if_exists(&self.pid_file()) {
@@ -364,4 +377,71 @@ fn remove_cgroup(dir: &Path) {
     }
     // Best effort: a cgroup a process still holds cannot go, and the next start reuses it.
     let _ = std::fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt as _;
+
+    /// A process with a host's command line (`-D ROOT … --machine=ID`), ended on drop.
+    struct FakeHost(std::process::Child);
+
+    impl FakeHost {
+        fn start(dir: &Path, id: &str, script: &str) -> FakeHost {
+            let root = dir.join("instances").join(id).join("root");
+            let child = std::process::Command::new("sh")
+                .args(["-c", script, "sh", "-q", "-D", &root.to_string_lossy(), "--boot"])
+                .arg(format!("--machine={id}"))
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            // As `boot` does.
+            let marker = format!("--machine={id}");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            assert!(rt.block_on(crate::sys::wait_exec(child.id(), &marker)));
+            FakeHost(child)
+        }
+    }
+
+    impl Drop for FakeHost {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_host_whose_pid_file_names_another_process_is_found_and_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host { dir: dir.path(), id: "i-0123456789abcdef0" };
+        std::fs::create_dir_all(host.path()).unwrap();
+        let running = FakeHost::start(dir.path(), host.id, "sleep 30");
+        // A later, failed boot wrote its own PID (here: one that has exited).
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        gone.wait().unwrap();
+        std::fs::write(host.pid_file(), gone_pid.to_string()).unwrap();
+        assert_eq!(host.pid(), None);
+        // A host of another instance whose id starts the same is not taken for it.
+        let _other = FakeHost::start(dir.path(), "i-0123456789abcdef01", "sleep 30");
+        assert_eq!(host.adopt(), Some(running.0.id()));
+        assert_eq!(host.pid(), Some(running.0.id()), "recorded in the PID file");
+    }
+
+    #[test]
+    fn a_host_is_still_its_own_while_it_execs() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host { dir: dir.path(), id: "i-0fedcba987654321f" };
+        std::fs::create_dir_all(host.path()).unwrap();
+        // As a host starts: a shell that execs, several times, keeping its arguments.
+        let script =
+            "i=0; while [ $i -lt 30 ]; do i=$((i+1)); sleep 0.01; done; exec sh -c 'sleep 30; true' \"$0\" \"$@\"";
+        let h = FakeHost::start(dir.path(), host.id, script);
+        std::fs::write(host.pid_file(), h.0.id().to_string()).unwrap();
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(800) {
+            assert_eq!(host.pid(), Some(h.0.id()), "lost the host at {:?}", start.elapsed());
+        }
+    }
 }

@@ -59,11 +59,51 @@ pub async fn run_quiet(program: &str, args: &[&str]) -> bool {
 }
 
 /// True if `pid` is alive and its command line contains `marker` (so a recycled PID is not
-/// mistaken for ours).
+/// mistaken for ours). A process in the middle of an exec shows an empty command line for an
+/// instant (a host's start execs sh, unshare and systemd-nspawn in turn): a live process with
+/// none is looked at again, for up to half a second. Taking such a host for gone once made the
+/// controller boot it a second time beside itself.
 pub fn pid_matches(pid: u32, marker: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
-        .unwrap_or(false)
+    for _ in 0..50 {
+        match std::fs::read(format!("/proc/{pid}/cmdline")) {
+            Err(_) => return false,
+            Ok(c) if !c.is_empty() => return String::from_utf8_lossy(&c).replace('\0', " ").contains(marker),
+            Ok(_) if !pid_alive(pid) => return false,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    false
+}
+
+/// Waits (up to 5 s) until the just-spawned `pid` shows `marker`: until a child has exec'd,
+/// /proc shows its parent's command line. False if it ended first.
+pub async fn wait_exec(pid: u32, marker: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !pid_matches(pid, marker) {
+        if !pid_alive(pid) || std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// The live processes whose command line contains every one of `markers`, lowest PID first.
+pub fn pids_matching(markers: &[&str]) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let line = String::from_utf8_lossy(&c).replace('\0', " ");
+                markers.iter().all(|m| line.contains(m))
+            }) && pid_alive(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 /// True if the process exists and is not a zombie (use right after spawning, before its

@@ -340,6 +340,10 @@ impl Controller {
                     if host.pid().is_some() {
                         continue;
                     }
+                    if let Some(pid) = host.adopt() {
+                        log(format!("{}: running as pid {pid}, which its PID file did not name; adopted", inst.id));
+                        continue;
+                    }
                     if let Err(reason) = address_ok(inst, &instances) {
                         self.refuse(inst, &reason).await;
                         continue;
@@ -355,7 +359,7 @@ impl Controller {
                     }
                 }
                 "stopping" | "stopped" => {
-                    if host.pid().is_some() {
+                    if host.pid().or_else(|| host.adopt()).is_some() {
                         self.spawn(inst.id.clone(), |dir, id| async move {
                             Host { dir: &dir, id: &id }.shutdown().await;
                             crate::volumes::drop_instance_store(&dir, &id).await;
