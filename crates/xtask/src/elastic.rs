@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const CLUSTER: &str = "elastic";
-const MAX_WORKERS: usize = 8;
+const MAX_WORKERS: usize = 16;
 const IDLE_TIME: &str = "1m";
 /// Slurm's own scheduling step in front of a powered-up node: the power-save interval (10 s by
 /// default).

@@ -1,16 +1,124 @@
 //! What the end-to-end tests on the local cloud share: a user with a home and key of their
-//! own, the one local cloud (tests take turns), and the independent probes of the boxes.
+//! own, turns on the machine's one local cloud (a test has it to itself, or shares it with
+//! tests in namespaces of their own), and the independent probes of the boxes and clusters.
 
 #![allow(dead_code)] // each test binary uses its own part
 
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 
-/// The machine's one local cloud: tests of one binary take turns (cargo runs binaries one at
-/// a time).
-pub static LOCAL_CLOUD: Mutex<()> = Mutex::new(());
+/// The image every generic-box test launches.
+pub const DEBIAN: &str = "generic-debian-bookworm-box";
+
+/// A test's turn on the machine's one local cloud, held until it is dropped. It is an flock,
+/// so it holds across the threads of a test binary and across binaries (`.ci/run` runs
+/// `local_shared` beside other tests).
+pub struct Turn {
+    _lock: File,
+    /// A shared turn's namespace component (`CGCLOUD_ME`): what is left in it goes at the end.
+    shared_as: Option<String>,
+}
+
+impl Drop for Turn {
+    /// Ends a shared turn, passed or failed: terminates every instance left in the test's
+    /// namespace, so the tests still running do not share the machine's cores with them, and
+    /// deletes its key pair. Best effort: a drop must not panic while a failed test unwinds.
+    fn drop(&mut self) {
+        let Some(me) = &self.shared_as else { return };
+        let python = local_dir().join("moto-5.2.5/bin/python");
+        let script = format!(
+            "{}\n\
+             ec2 = client('ec2')\n\
+             f = [{{'Name': 'tag:cgcloud:namespace', 'Values': ['/{me}/']}}]\n\
+             ids = [i['InstanceId'] for r in ec2.describe_instances(Filters=f)['Reservations'] for i in r['Instances'] if i['State']['Name'] != 'terminated']\n\
+             ids and ec2.terminate_instances(InstanceIds=ids)\n\
+             ec2.delete_key_pair(KeyName='{me}')",
+            BOTO3_CLIENT
+        );
+        let done = Command::new(python).args(["-c", &script]).env("AWS_EC2_METADATA_DISABLED", "true").output();
+        if !done.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!("could not clean up namespace /{me}/: {done:?}");
+        }
+    }
+}
+
+fn lock_file(name: &str) -> File {
+    let path = std::env::temp_dir().join(name);
+    File::options().create(true).truncate(false).write(true).open(&path).unwrap()
+}
+
+const TURNS: &str = "cgcloud-local-tests.lock";
+
+/// Names the shared cloud that is up: this build's cgcloud (its modification time) and the
+/// controller's PID. Any other cloud is brought up afresh before tests share it.
+fn shared_marker() -> PathBuf {
+    std::env::temp_dir().join("cgcloud-local-tests.shared")
+}
+
+/// The local cloud to this test alone: no other test runs on it until the turn is dropped. The
+/// test brings it up and down itself (`fresh_local_cloud` does both for most).
+pub fn exclusive_turn() -> Turn {
+    let lock = lock_file(TURNS);
+    lock.lock().unwrap();
+    // This test takes the cloud down: the next shared test brings up its own.
+    let _ = std::fs::remove_file(shared_marker());
+    Turn { _lock: lock, shared_as: None }
+}
+
+/// The local cloud to this test alone, brought up afresh (whatever an earlier run left), and a
+/// user with a registered key.
+pub fn fresh_local_cloud() -> (Turn, User) {
+    let turn = exclusive_turn();
+    let u = User::new();
+    u.ok(&["local", "down"]);
+    u.ok(&["local", "up"]);
+    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
+    (turn, u)
+}
+
+/// The local cloud shared with the other tests that take this turn, running at the same time,
+/// and a user who works in a namespace of their own, `/<me>/` (`CGCLOUD_ME`, as a teammate on
+/// a shared account would), with their own key pair `me`. The first such test brings the cloud
+/// up; it stays up between shared tests (`.ci/run` takes it down at the end). A test that
+/// takes this turn must not look at anything outside its namespace; what it leaves there goes
+/// when the turn is dropped.
+pub fn shared_local_cloud(me: &str) -> (Turn, User) {
+    let lock = lock_file(TURNS);
+    lock.lock_shared().unwrap();
+    let mut u = User::new();
+    u.env.push(("CGCLOUD_ME".into(), me.into()));
+    {
+        let bringing_up = lock_file("cgcloud-local-tests.bringup");
+        bringing_up.lock().unwrap();
+        let built = std::fs::metadata(&u.bin).unwrap().modified().unwrap();
+        let built = built.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let status = u.json(&["local", "status"]);
+        let current = status["up"]
+            .as_bool()
+            .unwrap_or(false)
+            .then(|| format!("{built} {}", status["state"]["controller_pid"].as_u64().unwrap_or(0)));
+        let marked = std::fs::read_to_string(shared_marker()).ok();
+        // Not the cloud the last shared test used, or one an older cgcloud brought up: afresh,
+        // unless other tests are on it now (this build was made while they ran).
+        if (current.is_none() || marked != current) && lock.try_lock().is_ok() {
+            u.ok(&["local", "down"]);
+            u.ok(&["local", "up"]);
+            let status = u.json(&["local", "status"]);
+            let pid = status["state"]["controller_pid"].as_u64().unwrap();
+            std::fs::write(shared_marker(), format!("{built} {pid}")).unwrap();
+            lock.lock_shared().unwrap();
+        } else {
+            // Up already: `up` only writes this user's `local` profile.
+            u.ok(&["local", "up"]);
+        }
+    }
+    // --force: a key pair of this name that a killed run left behind is replaced.
+    u.ok(&["register-key", "--force", u.key.with_extension("pub").to_str().unwrap()]);
+    (Turn { _lock: lock, shared_as: Some(me.to_owned()) }, u)
+}
 
 pub fn local_dir() -> PathBuf {
     std::env::var_os("CGCLOUD_LOCAL_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/cgcloud-local"))
@@ -59,17 +167,6 @@ impl User {
     }
 }
 
-/// The local cloud to this test alone, brought up afresh (whatever an earlier run left), and a
-/// user with a registered key.
-pub fn fresh_local_cloud() -> (std::sync::MutexGuard<'static, ()>, User) {
-    let one = LOCAL_CLOUD.lock().unwrap_or_else(|p| p.into_inner());
-    let u = User::new();
-    u.ok(&["local", "down"]);
-    u.ok(&["local", "up"]);
-    u.ok(&["register-key", u.key.with_extension("pub").to_str().unwrap()]);
-    (one, u)
-}
-
 /// Tries an SSH login to a box with `key` (a private key file), host key verified with the
 /// user's cgcloud known_hosts.
 pub fn login(u: &User, key: &std::path::Path, ip: &str, instance_id: &str) -> bool {
@@ -112,13 +209,14 @@ pub fn keygen(dir: &std::path::Path, name: &str) -> PathBuf {
     key
 }
 
+/// boto3 against the local cloud's API as its administrator: `client('ec2')`, and `iam`.
+const BOTO3_CLIENT: &str = "import boto3\ndef client(s): return boto3.client(s, endpoint_url='http://127.0.0.1:5401', region_name='us-west-2', aws_access_key_id='localcloud', aws_secret_access_key='localcloud')\niam = client('iam')";
+
 /// Runs Python with boto3 from the local cloud's moto venv, against the local cloud's API
 /// (`client('sqs')`, and `iam`); returns its stdout.
 pub fn boto3(script: &str) -> String {
     let python = local_dir().join("moto-5.2.5/bin/python");
-    let full = format!(
-        "import boto3\ndef client(s): return boto3.client(s, endpoint_url='http://127.0.0.1:5401', region_name='us-west-2', aws_access_key_id='localcloud', aws_secret_access_key='localcloud')\niam = client('iam')\n{script}"
-    );
+    let full = format!("{BOTO3_CLIENT}\n{script}");
     let out = Command::new(python).args(["-c", &full]).env("AWS_EC2_METADATA_DISABLED", "true").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -197,5 +295,86 @@ impl Drop for Forwards {
         // cgcloud and its ssh child are one process group.
         let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", self.child.id())]).status();
         let _ = self.child.wait();
+    }
+}
+
+/// A shell command that calls the local cloud's EC2 API from inside a box as its software
+/// does on EC2: credentials of the instance profile from IMDS (v2), the request signed with
+/// SigV4 (by curl's own signer). `params` is the form body after `Version`.
+pub fn signed_ec2(region: &str, params: &str) -> String {
+    format!(
+        r#"set -e; m=http://169.254.169.254/latest
+t=$(curl -sf -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' $m/api/token)
+r=$(curl -sf -m 5 -H "X-aws-ec2-metadata-token: $t" $m/meta-data/iam/security-credentials/)
+c=$(curl -sf -m 5 -H "X-aws-ec2-metadata-token: $t" $m/meta-data/iam/security-credentials/$r)
+f() {{ printf '%s' "$c" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }}
+curl -s -m 10 --aws-sigv4 'aws:amz:{region}:ec2' -u "$(f AccessKeyId):$(f SecretAccessKey)" -H "x-amz-security-token: $(f Token)" http://10.199.0.1:5401/ --data 'Version=2016-11-15&{params}'"#
+    )
+}
+
+/// The shape of a JSON document (its fields and their types, arrays by their first element):
+/// the JSON contract (docs/json.md) of commands that need the local cloud, as a golden file
+/// next to json.rs's, without this run's ids, times and addresses.
+pub fn json_shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), json_shape(x))).collect()),
+        Value::Array(a) => Value::Array(a.first().map(json_shape).into_iter().collect()),
+        Value::String(_) => "string".into(),
+        Value::Number(_) => "number".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Null => "null".into(),
+    }
+}
+
+/// Runs `script` on the leader of slurm cluster `cluster`; its output.
+pub fn on_slurm_leader(u: &User, cluster: &str, script: &str) -> String {
+    u.ok(&["ssh", "slurm-leader", "-c", cluster, "--", script])
+}
+
+/// Runs `script` on the leader of toil cluster `cluster`; its output.
+pub fn on_toil_leader(u: &User, cluster: &str, script: &str) -> String {
+    u.ok(&["ssh", "toil-leader", "-c", cluster, "--", script])
+}
+
+/// `sinfo -h -N -o '%N %T'` on `leader` (its role) of cluster `cluster`: node → state.
+pub fn slurm_states(u: &User, leader: &str, cluster: &str) -> BTreeMap<String, String> {
+    let out = u.run(&["ssh", leader, "-c", cluster, "--", "sinfo -h -N -o '%N %T'"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(n, s)| (n.to_owned(), s.to_owned())))
+        .collect()
+}
+
+/// Waits until `want` holds of the Slurm node states of slurm cluster `cluster`; returns them.
+pub fn wait_slurm(
+    u: &User,
+    cluster: &str,
+    timeout_s: u64,
+    what: &str,
+    want: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, String> {
+    wait_slurm_nodes(u, "slurm-leader", cluster, timeout_s, what, want)
+}
+
+/// Waits until `want` holds of the Slurm node states on `leader` (its role) of `cluster`.
+pub fn wait_slurm_nodes(
+    u: &User,
+    leader: &str,
+    cluster: &str,
+    timeout_s: u64,
+    what: &str,
+    want: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, String> {
+    let start = std::time::Instant::now();
+    loop {
+        let states = slurm_states(u, leader, cluster);
+        if want(&states) {
+            return states;
+        }
+        assert!(
+            start.elapsed().as_secs() < timeout_s,
+            "cluster {cluster}: {what} within {timeout_s} s; sinfo: {states:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
     }
 }
