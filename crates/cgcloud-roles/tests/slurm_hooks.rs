@@ -635,7 +635,8 @@ fn the_job_prolog_ends_once_the_jobs_nodes_are_up() {
     let job = [("SLURM_JOB_ID", "7"), ("SLURM_JOB_NODELIST", "w[1-2]")];
     let show = argv(&["scontrol", "-o", "show", "node", "w[1-2]"]);
     let up = "NodeName=w1 Arch=x86_64 State=ALLOCATED+CLOUD ThreadsPerCore=1\nNodeName=w2 State=ALLOCATED+CLOUD\n";
-    let powering = "NodeName=w1 State=ALLOCATED+CLOUD ThreadsPerCore=1\nNodeName=w2 State=ALLOCATED+CLOUD+POWERING_UP\n";
+    let powering =
+        "NodeName=w1 State=ALLOCATED+CLOUD ThreadsPerCore=1\nNodeName=w2 State=ALLOCATED+CLOUD+POWERING_UP\n";
 
     // Nodes up (any job on a static or running node): one call, at once.
     rig.put("show", up);
@@ -689,4 +690,3 @@ fn the_job_prolog_ends_once_the_jobs_nodes_are_up() {
         assert_eq!((code, calls), (0, vec![]), "{bad:?}");
     }
 }
-
