@@ -87,32 +87,39 @@ pub fn fresh_local_cloud() -> (Turn, User) {
 /// when the turn is dropped.
 pub fn shared_local_cloud(me: &str) -> (Turn, User) {
     let lock = lock_file(TURNS);
-    lock.lock_shared().unwrap();
     let mut u = User::new();
     u.env.push(("CGCLOUD_ME".into(), me.into()));
-    {
+    let built = std::fs::metadata(&u.bin).unwrap().modified().unwrap();
+    let built = built.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    // Whether other shared tests are on a cloud this build did not bring up (it was built
+    // while they ran): then it is used as it is.
+    let mut others_on_it = false;
+    loop {
+        lock.lock_shared().unwrap();
         let bringing_up = lock_file("cgcloud-local-tests.bringup");
         bringing_up.lock().unwrap();
-        let built = std::fs::metadata(&u.bin).unwrap().modified().unwrap();
-        let built = built.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let status = u.json(&["local", "status"]);
         let current = status["up"]
             .as_bool()
             .unwrap_or(false)
             .then(|| format!("{built} {}", status["state"]["controller_pid"].as_u64().unwrap_or(0)));
         let marked = std::fs::read_to_string(shared_marker()).ok();
+        if (current.is_some() && marked == current) || others_on_it {
+            // Up already (`up` only writes this user's `local` profile), or brought up again.
+            u.ok(&["local", "up"]);
+            break;
+        }
         // Not the cloud the last shared test used, or one an older cgcloud brought up: afresh,
-        // unless other tests are on it now (this build was made while they ran).
-        if (current.is_none() || marked != current) && lock.try_lock().is_ok() {
+        // if no other test is on it. A failed upgrade of an flock drops the lock held: the next
+        // round takes it again and looks again (an exclusive test may have run in between).
+        if lock.try_lock().is_ok() {
             u.ok(&["local", "down"]);
             u.ok(&["local", "up"]);
             let status = u.json(&["local", "status"]);
             let pid = status["state"]["controller_pid"].as_u64().unwrap();
             std::fs::write(shared_marker(), format!("{built} {pid}")).unwrap();
-            lock.lock_shared().unwrap();
         } else {
-            // Up already: `up` only writes this user's `local` profile.
-            u.ok(&["local", "up"]);
+            others_on_it = true;
         }
     }
     // --force: a key pair of this name that a killed run left behind is replaced.
@@ -144,12 +151,24 @@ impl User {
 
     pub fn cmd(&self) -> Command {
         let mut c = testkit::hermetic_command(&self.bin, self.home.path(), &["CGCLOUD_LOCAL_DIR"]);
+        // SSH's connection sockets of this user alone: tests on one local cloud at the same
+        // time would otherwise share /tmp/cgcloud-ssh-0, where a socket is named after the
+        // address, which the next box may get when one is terminated.
+        c.env("XDG_RUNTIME_DIR", self.runtime_dir());
         c.env("CGCLOUD_SSH_OPTS", format!("-F /dev/null -i {} -o IdentitiesOnly=yes", self.key.display()))
             .stdin(Stdio::null());
         for (k, v) in &self.env {
             c.env(k, v);
         }
         c
+    }
+
+    /// The user's runtime directory (XDG_RUNTIME_DIR): private, made on first use.
+    pub fn runtime_dir(&self) -> PathBuf {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let dir = self.home.path().join("run");
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        dir
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -236,12 +255,18 @@ pub fn shell_quote(s: &str) -> String {
 pub struct Forwards {
     child: std::process::Child,
     pub said: String,
+    /// Forwards take the roles' usual local ports when free (8080, ...): tests that run at the
+    /// same time open them one at a time, or one could read another's cluster through them.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static FORWARDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Forwards {
     pub fn open(u: &User, role_args: &[&str], last: &str) -> Forwards {
         use std::io::BufRead as _;
         use std::os::unix::process::CommandExt as _;
+        let one_at_a_time = FORWARDS.lock().unwrap_or_else(|p| p.into_inner());
         let mut child = u
             .cmd()
             .arg("ssh")
@@ -260,7 +285,7 @@ impl Forwards {
             said.push_str(&line);
             said.push('\n');
         }
-        Forwards { child, said }
+        Forwards { child, said, _one_at_a_time: one_at_a_time }
     }
 
     /// The local port of the forward to the box's `port`.
@@ -275,14 +300,14 @@ impl Forwards {
     }
 
     /// The JSON at `path` through the forward of the box's `port`, once `ready` says so (or
-    /// what it was after 30 s).
+    /// what it was after 60 s).
     pub fn json(&self, port: u16, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
         let url = format!("http://127.0.0.1:{}{path}", self.local_port(port));
         let start = std::time::Instant::now();
         loop {
             let out = Command::new("curl").args(["-sf", "--max-time", "5", &url]).output().unwrap();
             let page: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            if ready(&page) || start.elapsed().as_secs() > 30 {
+            if ready(&page) || start.elapsed().as_secs() > 60 {
                 return page;
             }
             std::thread::sleep(std::time::Duration::from_millis(300));
