@@ -386,8 +386,8 @@ pub(crate) async fn elastic(jobs: usize) -> Result<()> {
     let mut gaps: Vec<f64> = js.iter().map(|j| j.start - j.registered).collect();
     gaps.sort_by(f64::total_cmp);
     println!(
-        "  registered -> started: p50 {:.2} s, max {:.2} s (Slurm 22.05 completes a powered-up job's configuration \
-         on its periodic job_time_limit pass, every 30 s)",
+        "  registered -> started: p50 {:.2} s, max {:.2} s (the job's PrologSlurmctld ends once its node has \
+         registered; without it, Slurm waits for its periodic job_time_limit pass, every 30 s)",
         percentile(&gaps, 0.5),
         percentile(&gaps, 1.0)
     );
