@@ -202,26 +202,8 @@ fn clusters_end_to_end() {
     assert!(!stranger.status.success(), "a login as nobody worked");
 
     u.ok(&["autostop", "generic", "-c", "idle", "10s"]);
-    let started = std::time::Instant::now();
-    loop {
-        let states: Vec<String> = u
-            .json(&["list"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|b| b["cluster"] == "idle")
-            .map(|b| b["state"].as_str().unwrap().to_owned())
-            .collect();
-        if states.len() == 3 && states.iter().all(|s| s == "stopped") {
-            break;
-        }
-        assert!(started.elapsed().as_secs() < 240, "the idle cluster did not stop itself: {states:?}");
-        std::thread::sleep(std::time::Duration::from_secs(3));
-    }
-    eprintln!(
-        "an idle 3-node cluster with autostop 10s stopped itself {:.0} s after it was turned on",
-        started.elapsed().as_secs_f64()
-    );
+    let took = wait_cluster_stopped(&u, "generic", "idle", 3);
+    eprintln!("an idle 3-node cluster with autostop 10s stopped itself {took:.0} s after it was turned on");
     u.ok(&["terminate-cluster", "generic", "-c", "idle"]);
 }
 
@@ -316,6 +298,39 @@ fn check_web_ui_tunnel(u: &User, cluster: &str, workers: u64) {
     let alive = |p: &Value| p["aliveworkers"].as_u64();
     let page = web_ui_through_tunnel(u, cluster, 8080, "/json/", |p| alive(p).is_some());
     assert_eq!(alive(&page), Some(workers), "the master's web UI through the tunnel: {page}");
+}
+
+/// Waits (up to 240 s) until every one of the `n` nodes of cluster `name` of `cluster_type` is
+/// stopped, as autostop does it; the seconds it took. On a timeout, the leader's last autostop
+/// lines say why.
+fn wait_cluster_stopped(u: &User, cluster_type: &str, name: &str, n: usize) -> f64 {
+    let started = std::time::Instant::now();
+    loop {
+        let states: Vec<String> = u
+            .json(&["list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["cluster"] == name)
+            .map(|b| b["state"].as_str().unwrap().to_owned())
+            .collect();
+        if states.len() == n && states.iter().all(|s| s == "stopped") {
+            return started.elapsed().as_secs_f64();
+        }
+        if started.elapsed().as_secs() > 240 {
+            let leader = format!("{cluster_type}-leader");
+            let log = u.run(&[
+                "ssh",
+                &leader,
+                "-c",
+                name,
+                "--",
+                "sudo journalctl -u cgcloud-agent --no-pager | grep autostop | tail -3",
+            ]);
+            panic!("the idle cluster {name} did not stop itself: {states:?}\n{}", String::from_utf8_lossy(&log.stdout));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
 }
 
 /// stop-cluster, start-cluster (which waits for SSH), then `script` on every node in parallel;
@@ -986,36 +1001,8 @@ fn toil_end_to_end() {
     // Autostop on a cluster whose nodes hold SSH connections to the leader of their own (the
     // shared directory): they are not use, so the idle cluster stops itself.
     u.ok(&["autostop", "toil", "-c", "t2", "10s"]);
-    let started = std::time::Instant::now();
-    loop {
-        let states: Vec<String> = u
-            .json(&["list"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|b| b["cluster"] == "t2")
-            .map(|b| b["state"].as_str().unwrap().to_owned())
-            .collect();
-        if states.len() == 2 && states.iter().all(|s| s == "stopped") {
-            break;
-        }
-        if started.elapsed().as_secs() > 240 {
-            let log = u.run(&[
-                "ssh",
-                "toil-leader",
-                "-c",
-                "t2",
-                "--",
-                "sudo journalctl -u cgcloud-agent --no-pager | grep autostop | tail -3",
-            ]);
-            panic!("the idle toil cluster did not stop itself: {states:?}\n{}", String::from_utf8_lossy(&log.stdout));
-        }
-        std::thread::sleep(std::time::Duration::from_secs(3));
-    }
-    eprintln!(
-        "an idle toil cluster with autostop 10s stopped itself {:.0} s after it was turned on",
-        started.elapsed().as_secs_f64()
-    );
+    let took = wait_cluster_stopped(&u, "toil", "t2", 2);
+    eprintln!("an idle toil cluster with autostop 10s stopped itself {took:.0} s after it was turned on");
 
     u.ok(&["terminate-cluster", "toil", "-c", "t1"]);
     u.ok(&["terminate-cluster", "toil", "-c", "t2"]);
