@@ -79,6 +79,11 @@ impl Host<'_> {
         Some(pid)
     }
 
+    /// Whether its disk is mounted, as it is from a boot until the shutdown.
+    pub fn is_mounted(&self) -> bool {
+        crate::sys::is_mounted(&self.root())
+    }
+
     pub fn exists(&self) -> bool {
         self.meta_file().exists()
     }

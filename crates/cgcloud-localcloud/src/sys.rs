@@ -65,14 +65,19 @@ pub async fn run_quiet(program: &str, args: &[&str]) -> bool {
 /// controller boot it a second time beside itself.
 pub fn pid_matches(pid: u32, marker: &str) -> bool {
     for _ in 0..50 {
-        match std::fs::read(format!("/proc/{pid}/cmdline")) {
-            Err(_) => return false,
-            Ok(c) if !c.is_empty() => return String::from_utf8_lossy(&c).replace('\0', " ").contains(marker),
-            Ok(_) if !pid_alive(pid) => return false,
-            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        match cmdline(pid) {
+            None => return false,
+            Some(line) if !line.is_empty() => return line.contains(marker),
+            Some(_) if !pid_alive(pid) => return false,
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
         }
     }
     false
+}
+
+/// A process's command line, its arguments joined by spaces (and one after the last).
+fn cmdline(pid: u32) -> Option<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline")).ok().map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
 }
 
 /// Waits (up to 5 s) until the just-spawned `pid` shows `marker`: until a child has exec'd,
@@ -96,10 +101,7 @@ pub fn pids_matching(markers: &[&str]) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .filter(|&pid: &u32| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let line = String::from_utf8_lossy(&c).replace('\0', " ");
-                markers.iter().all(|m| line.contains(m))
-            }) && pid_alive(pid)
+            cmdline(pid).is_some_and(|line| markers.iter().all(|m| line.contains(m))) && pid_alive(pid)
         })
         .collect();
     pids.sort_unstable();

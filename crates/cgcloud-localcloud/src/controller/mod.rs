@@ -340,16 +340,16 @@ impl Controller {
                     if host.pid().is_some() {
                         continue;
                     }
-                    if let Some(pid) = host.adopt() {
-                        log(format!("{}: running as pid {pid}, which its PID file did not name; adopted", inst.id));
-                        continue;
-                    }
                     if let Err(reason) = address_ok(inst, &instances) {
                         self.refuse(inst, &reason).await;
                         continue;
                     }
                     if host.exists() {
-                        self.spawn_boot(inst.clone(), None);
+                        if let Some(pid) = host.adopt() {
+                            log(format!("{}: running as pid {pid}, which its PID file did not name; adopted", inst.id));
+                        } else {
+                            self.spawn_boot(inst.clone(), None);
+                        }
                         continue;
                     }
                     match self.lowers_for(&inst.image_id, &pending_images) {
@@ -359,7 +359,8 @@ impl Controller {
                     }
                 }
                 "stopping" | "stopped" => {
-                    if host.pid().or_else(|| host.adopt()).is_some() {
+                    // A host that runs has its disk mounted: only then is /proc searched.
+                    if host.pid().is_some() || (host.is_mounted() && host.adopt().is_some()) {
                         self.spawn(inst.id.clone(), |dir, id| async move {
                             Host { dir: &dir, id: &id }.shutdown().await;
                             crate::volumes::drop_instance_store(&dir, &id).await;

@@ -28,19 +28,15 @@ impl Drop for Turn {
     /// deletes its key pair. Best effort: a drop must not panic while a failed test unwinds.
     fn drop(&mut self) {
         let Some(me) = &self.shared_as else { return };
-        let python = local_dir().join("moto-5.2.5/bin/python");
-        let script = format!(
-            "{}\n\
-             ec2 = client('ec2')\n\
+        let cleaned = try_boto3(&format!(
+            "ec2 = client('ec2')\n\
              f = [{{'Name': 'tag:cgcloud:namespace', 'Values': ['/{me}/']}}]\n\
              ids = [i['InstanceId'] for r in ec2.describe_instances(Filters=f)['Reservations'] for i in r['Instances'] if i['State']['Name'] != 'terminated']\n\
              ids and ec2.terminate_instances(InstanceIds=ids)\n\
-             ec2.delete_key_pair(KeyName='{me}')",
-            BOTO3_CLIENT
-        );
-        let done = Command::new(python).args(["-c", &script]).env("AWS_EC2_METADATA_DISABLED", "true").output();
-        if !done.as_ref().is_ok_and(|o| o.status.success()) {
-            eprintln!("could not clean up namespace /{me}/: {done:?}");
+             ec2.delete_key_pair(KeyName='{me}')"
+        ));
+        if let Err(e) = cleaned {
+            eprintln!("could not clean up namespace /{me}/: {e}");
         }
     }
 }
@@ -234,11 +230,22 @@ const BOTO3_CLIENT: &str = "import boto3\ndef client(s): return boto3.client(s, 
 /// Runs Python with boto3 from the local cloud's moto venv, against the local cloud's API
 /// (`client('sqs')`, and `iam`); returns its stdout.
 pub fn boto3(script: &str) -> String {
+    try_boto3(script).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`boto3`], with its failure as a value (for a drop, which must not panic).
+pub fn try_boto3(script: &str) -> Result<String, String> {
     let python = local_dir().join("moto-5.2.5/bin/python");
     let full = format!("{BOTO3_CLIENT}\n{script}");
-    let out = Command::new(python).args(["-c", &full]).env("AWS_EC2_METADATA_DISABLED", "true").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let out = Command::new(python)
+        .args(["-c", &full])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn iam(script: &str) {
