@@ -435,13 +435,54 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_process_dressed_as_a_host_is_not_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host { dir: dir.path(), id: "i-0aaaabbbbccccdddd" };
+        std::fs::create_dir_all(host.path()).unwrap();
+        // As a guest's root could: a process in a PID namespace of its own (as every guest's
+        // are) whose command line reads like this instance's host. The arguments come through
+        // the environment, so that `unshare`, which stays in ours, does not carry them.
+        let mut guest = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "sh", "-c", r#"exec sh -c 'sleep 30' sh -q -D "$D" --boot "$M""#])
+            .env("D", host.root())
+            .env("M", format!("--machine={}", host.id))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let marker = format!("--machine={} ", host.id);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let dressed = loop {
+            let found: Vec<u32> = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|pid: &u32| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(&marker))
+                })
+                .collect();
+            if let Some(&pid) = found.first() {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "the dressed-up process never started");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        std::fs::write(host.pid_file(), dressed.to_string()).unwrap();
+        assert_eq!(host.pid(), None, "a PID file naming it does not make it the host");
+        assert_eq!(host.adopt(), None, "nor does its command line");
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{}", guest.id())]).status();
+        let _ = guest.wait();
+    }
+
+    #[test]
     fn a_host_is_still_its_own_while_it_execs() {
         let dir = tempfile::tempdir().unwrap();
         let host = Host { dir: dir.path(), id: "i-0fedcba987654321f" };
         std::fs::create_dir_all(host.path()).unwrap();
-        // As a host starts: a shell that execs, several times, keeping its arguments.
-        let script =
-            "i=0; while [ $i -lt 30 ]; do i=$((i+1)); sleep 0.01; done; exec sh -c 'sleep 30; true' \"$0\" \"$@\"";
+        // As a host starts: a shell that execs, again and again (here: some hundred times, to
+        // meet the instants in an exec when /proc shows an empty or half command line), keeping
+        // its arguments.
+        let script = r#"export N=$((${N:-0}+1)); [ $N -lt 400 ] && exec sh -c "$(cat /proc/$$/cmdline 2>/dev/null | tr '\0' '\n' | sed -n 3p)" "$0" "$@"; sleep 30"#;
         let h = FakeHost::start(dir.path(), host.id, script);
         std::fs::write(host.pid_file(), h.0.id().to_string()).unwrap();
         let start = std::time::Instant::now();

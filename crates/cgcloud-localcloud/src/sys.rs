@@ -64,6 +64,9 @@ pub async fn run_quiet(program: &str, args: &[&str]) -> bool {
 /// none is looked at again, for up to half a second. Taking such a host for gone once made the
 /// controller boot it a second time beside itself.
 pub fn pid_matches(pid: u32, marker: &str) -> bool {
+    if !in_our_pid_namespace(pid) {
+        return false;
+    }
     for _ in 0..50 {
         match cmdline(pid) {
             None => return false,
@@ -76,8 +79,24 @@ pub fn pid_matches(pid: u32, marker: &str) -> bool {
 }
 
 /// A process's command line, its arguments joined by spaces (and one after the last).
+///
+/// Read in one `read`: the kernel answers each from one address space, but `fs::read` reads in
+/// small pieces first, and a process that execs between two of them shows the start of its old
+/// command line followed by nothing (the new one is not set up yet), which matched no marker
+/// and made a live host look gone.
 fn cmdline(pid: u32) -> Option<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline")).ok().map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut buf = vec![0u8; 32 * 1024]; // ours are far shorter; longer lines are cut, not matched
+    let n = loop {
+        match file.read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    };
+    buf.truncate(n);
+    Some(String::from_utf8_lossy(&buf).replace('\0', " "))
 }
 
 /// Waits (up to 5 s) until the just-spawned `pid` shows `marker`: until a child has exec'd,
@@ -101,11 +120,24 @@ pub fn pids_matching(markers: &[&str]) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .filter(|&pid: &u32| {
-            cmdline(pid).is_some_and(|line| markers.iter().all(|m| line.contains(m))) && pid_alive(pid)
+            cmdline(pid).is_some_and(|line| markers.iter().all(|m| line.contains(m)))
+                && pid_alive(pid)
+                && in_our_pid_namespace(pid)
         })
         .collect();
     pids.sort_unstable();
     pids
+}
+
+/// Whether `pid` lives in this process's PID namespace. Every guest's processes live in one of
+/// their own, and a guest's root can give a process any command line it likes: one that reads
+/// like another instance's host must not be taken for it (and later signalled, while the real
+/// one runs on untracked).
+fn in_our_pid_namespace(pid: u32) -> bool {
+    match (std::fs::read_link("/proc/self/ns/pid"), std::fs::read_link(format!("/proc/{pid}/ns/pid"))) {
+        (Ok(ours), Ok(theirs)) => ours == theirs,
+        _ => false,
+    }
 }
 
 /// True if the process exists and is not a zombie (use right after spawning, before its
