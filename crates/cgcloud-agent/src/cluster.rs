@@ -248,8 +248,9 @@ pub fn known_hosts_block(cluster: &str, nodes: &[Node]) -> String {
 }
 
 /// Rewrites /etc/hosts, /etc/ssh/ssh_known_hosts (our blocks, atomically) and
-/// /etc/cgcloud/cluster.json when membership or a member's host key changed.
-pub fn write_membership(cluster: &str, nodes: &[Node]) -> Result<bool, SafeError> {
+/// /etc/cgcloud/cluster.json when membership or a member's host key changed. `view` is what
+/// `nodes` are: every member, or the leader and this node (cluster.json says which).
+pub fn write_membership(cluster: &str, nodes: &[Node], view: cgcloud_core::members::View) -> Result<bool, SafeError> {
     let known = std::fs::read_to_string("/etc/ssh/ssh_known_hosts").unwrap_or_default();
     let new_known = replace_block(&known, &known_hosts_block(cluster, nodes));
     if new_known != known {
@@ -263,6 +264,7 @@ pub fn write_membership(cluster: &str, nodes: &[Node]) -> Result<bool, SafeError
     let new = replace_block(&hosts, &hosts_block(cluster, nodes));
     let json = serde_json::to_string_pretty(&serde_json::json!({
         "cluster": cluster,
+        "view": view,
         "members": nodes.iter().map(|n| serde_json::json!({
             "instance_id": n.id, "private_ip": n.private_ip, "hostname": n.hostname(), "ordinal": n.ordinal(),
         })).collect::<Vec<_>>(),
@@ -276,6 +278,49 @@ pub fn write_membership(cluster: &str, nodes: &[Node]) -> Result<bool, SafeError
         crate::safefs::write_atomic(Path::new(path), content.as_bytes(), crate::safefs::Attrs::root(0o644))?;
     }
     Ok(true)
+}
+
+/// Which members a node with `tags` keeps in /etc/hosts and known_hosts, and asks its leader
+/// for: a worker of an elastic cluster (one with a scheduler's node prefix) the leader and
+/// itself, so that its boot and refreshes cost O(1) whatever the cluster's size; every other
+/// node every member.
+pub fn view_of(tags: &BTreeMap<String, String>) -> cgcloud_core::members::View {
+    use cgcloud_core::members::View;
+    let ordinal = cgcloud_core::tags::ordinal(tags, None);
+    if tags.contains_key(cgcloud_core::tags::NODE_PREFIX) && ordinal != Some(0) {
+        View::Leader
+    } else {
+        View::All
+    }
+}
+
+/// The leader of `cluster` and this node (`me`, as EC2 describes it, or by id and tags alone)
+/// from EC2: what an elastic cluster's worker asks EC2 for when its leader's list does not
+/// come (two small requests, not every member's description).
+pub fn leader_and_self(aws: &Client, namespace: &str, cluster: &str, me: &Node) -> Result<Vec<Node>, AwsError> {
+    let mut nodes = describe_filtered(
+        aws,
+        &[
+            ("tag:cgcloud:namespace", &[namespace]),
+            ("tag:cgcloud:cluster", &[cluster]),
+            ("tag:cgcloud:ordinal", &["0"]),
+            ("instance-state-name", &["pending", "running"]),
+        ],
+    )?;
+    nodes.retain(|n| {
+        n.tags.get(cgcloud_core::tags::NAMESPACE).map(String::as_str) == Some(namespace) && n.ordinal() == Some(0)
+    });
+    nodes.truncate(1);
+    nodes.push(if me.private_ip.is_empty() { describe_self(aws, &me.id)? } else { me.clone() });
+    Ok(nodes)
+}
+
+/// The members in `me`'s view ([`view_of`]), from EC2.
+fn members_in_view(aws: &Client, namespace: &str, cluster: &str, me: &Node) -> Result<Vec<Node>, AwsError> {
+    match view_of(&me.tags) {
+        cgcloud_core::members::View::Leader => leader_and_self(aws, namespace, cluster, me),
+        cgcloud_core::members::View::All => members(aws, namespace, cluster),
+    }
 }
 
 /// Checks the tag values `facts` passes on: the cluster name as `create-cluster` accepts it,
@@ -313,7 +358,10 @@ pub fn facts(me: &Node, nodes: &[Node], region: &str, namespace: &str) -> serde_
     let t = |k: &str| me.tags.get(k).cloned().unwrap_or_default();
     let ordinal = me.ordinal().unwrap_or(0);
     let leader = nodes.iter().find(|n| n.ordinal() == Some(0));
-    let workers: Vec<&Node> = nodes.iter().filter(|n| n.ordinal().is_some_and(|o| o > 0)).collect();
+    // An elastic cluster's worker knows its leader and itself alone: no list of workers, and
+    // no size, rather than wrong ones.
+    let all = view_of(&me.tags).is_all();
+    let workers: Vec<&Node> = nodes.iter().filter(|n| all && n.ordinal().is_some_and(|o| o > 0)).collect();
     serde_json::json!({
         "box": {
             "instance_id": me.id, "private_ip": me.private_ip, "private_dns": me.private_dns,
@@ -331,7 +379,7 @@ pub fn facts(me: &Node, nodes: &[Node], region: &str, namespace: &str) -> serde_
             "leader_hostname": leader.map(|l| l.hostname()).unwrap_or_default(),
             "worker_ips": workers.iter().map(|w| w.private_ip.clone()).collect::<Vec<_>>(),
             "worker_hostnames": workers.iter().map(|w| w.hostname()).collect::<Vec<_>>(),
-            "size": nodes.len().to_string(),
+            "size": if all { nodes.len().to_string() } else { String::new() },
             // An elastic cluster's workers are the scheduler's nodes `<prefix><ordinal>`.
             "elastic": if me.tags.contains_key(cgcloud_core::tags::NODE_PREFIX) { "true" } else { "false" },
             "node_name": match me.tags.get(cgcloud_core::tags::NODE_PREFIX) {
@@ -362,10 +410,10 @@ pub fn refresh_membership(
     // written from the list's fields, as from EC2's for every other member.
     let me = Node { id: instance_id.to_owned(), tags: tags.clone(), ..Default::default() };
     let nodes = match leader.filter(|_| me.ordinal() != Some(0)) {
-        Some(l) => members_via(namespace, cluster, &me, l, || members(aws, namespace, cluster))?,
-        None => members(aws, namespace, cluster)?,
+        Some(l) => members_via(namespace, cluster, &me, l, || members_in_view(aws, namespace, cluster, &me))?,
+        None => members_in_view(aws, namespace, cluster, &me)?,
     };
-    match write_membership(cluster, &nodes) {
+    match write_membership(cluster, &nodes, view_of(&me.tags)) {
         Ok(true) => log("info", format!("cluster {cluster}: {} member(s)", nodes.len())),
         Ok(false) => {}
         Err(e) => log("error", format!("cannot write the members of cluster {cluster}: {e}")),
@@ -410,7 +458,7 @@ pub fn first_boot(
             log("warning", format!("cannot record the leader's address in {}: {e}", at.display()));
         }
     }
-    write_membership(&cluster, &nodes)?;
+    write_membership(&cluster, &nodes, view_of(&me.tags))?;
     let mut facts = facts(&me, &nodes, &aws.region, namespace);
     // The persistent volume comes before the plan, so that roles can put data on it.
     let volume = persistent_volume(aws, namespace, &cluster, &me);
@@ -487,9 +535,10 @@ pub(crate) fn find_self(
     check_tag_facts(&me)?;
     // The leader's list only for the cluster the launch named, and never on the leader.
     let via = leader.filter(|_| named == Some(cluster.as_str()) && me.ordinal() != Some(0));
+    let from_ec2 = || retry(|| members_in_view(aws, namespace, &cluster, &me));
     let nodes = match via {
-        Some(l) => members_via(namespace, &cluster, &me, l, || retry(|| members(aws, namespace, &cluster)))?,
-        None => retry(|| members(aws, namespace, &cluster))?,
+        Some(l) => members_via(namespace, &cluster, &me, l, from_ec2)?,
+        None => from_ec2()?,
     };
     Ok(Some((me, cluster, nodes)))
 }

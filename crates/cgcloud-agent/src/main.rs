@@ -51,7 +51,7 @@ const USAGE: &str = "usage:
                                             CGCLOUD_BOOT_CLUSTER=NAME names its cluster,
                                             CGCLOUD_BOOT_LEADER=IP its leader, whose member list
                                             a worker takes)
-  cgcloud-agent members fetch --leader ADDR --cluster NAME --id INSTANCE [--key FILE]
+  cgcloud-agent members fetch --leader ADDR --cluster NAME --id INSTANCE [--key FILE] [--view all|leader]
                                            (what a worker gets from its leader: the list, checked)
   cgcloud-agent members serve --cluster NAME --listen ADDR [--config FILE] [--key FILE]
                                            (serve a cluster's member list as its leader's agent does)
@@ -213,7 +213,13 @@ fn members_cmd(args: &[String]) -> Result<String, CliError> {
             let addr: std::net::SocketAddr = get("--leader")?.parse()?;
             let id = get("--id")?;
             let http = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(20)).build();
-            let bytes = members::fetch(&http, addr, &id, false)?;
+            let view = match opts.get("--view") {
+                Some(v) => {
+                    cgcloud_core::members::View::parse(v).ok_or_else(|| format!("--view {v}: not all or leader"))?
+                }
+                None => cgcloud_core::members::View::All,
+            };
+            let bytes = members::fetch(&http, addr, &id, false, view)?;
             let now = members::unix_now();
             let list = cgcloud_core::members::MemberList::verify(
                 &bytes,

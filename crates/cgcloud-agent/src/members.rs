@@ -15,7 +15,7 @@
 use crate::aws::{AwsError, Client};
 use crate::cluster::Node;
 use crate::log::log;
-use cgcloud_core::members::{Member, MemberList, MembersError, MAX_BYTES};
+use cgcloud_core::members::{Member, MemberList, MembersError, View, MAX_BYTES};
 pub use cgcloud_core::members::{KEY_LEN, KEY_PATH, PORT};
 use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
@@ -162,8 +162,9 @@ pub fn nodes_of(list: &MemberList, namespace: &str) -> Vec<Node> {
         .collect()
 }
 
-/// What the leader serves: the signed list and when it was read from EC2.
+/// What the leader serves: the list, signed, and when it was read from EC2.
 struct Cached {
+    list: MemberList,
     bytes: Arc<Vec<u8>>,
     ids: BTreeSet<String>,
     at: Option<Instant>,
@@ -187,7 +188,12 @@ impl Publisher {
             namespace: namespace.to_owned(),
             cluster: cluster.to_owned(),
             key,
-            cached: Mutex::new(Cached { bytes: Arc::new(Vec::new()), ids: BTreeSet::new(), at: None }),
+            cached: Mutex::new(Cached {
+                list: MemberList::new(cluster, 0, Vec::new()),
+                bytes: Arc::new(Vec::new()),
+                ids: BTreeSet::new(),
+                at: None,
+            }),
             reads: AtomicUsize::new(0),
         }
     }
@@ -196,6 +202,18 @@ impl Publisher {
     /// older than [`FRESH_SECS`], or than [`ON_DEMAND_SECS`] and the node is not in it or asks
     /// for a `fresh` one. Nodes asking at once wait for one read (the lock), not one each.
     pub fn list(&self, asking: Option<&str>, fresh: bool) -> Result<Arc<Vec<u8>>, AwsError> {
+        self.view(asking, fresh, View::All)
+    }
+
+    /// [`Publisher::list`] as `view` shows it to `asking`: the leader's view is signed for
+    /// each node that asks (a MAC over ~500 bytes), the whole list once per read.
+    pub fn view(&self, asking: Option<&str>, fresh: bool, view: View) -> Result<Arc<Vec<u8>>, AwsError> {
+        let sign = |list: &MemberList| {
+            list.sign(&self.key).map_err(|e| AwsError::Parse {
+                action: "members".into(),
+                detail: format!("cannot sign the member list: {e}"),
+            })
+        };
         let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         let age = c.at.map(|at| at.elapsed());
         let stale = age.is_none_or(|a| a > Duration::from_secs(FRESH_SECS))
@@ -206,17 +224,14 @@ impl Publisher {
             let nodes = crate::cluster::members(&aws, &self.namespace, &self.cluster)?;
             self.reads.fetch_add(1, Ordering::Relaxed);
             let list = member_list(&self.cluster, &nodes, unix_now());
-            let bytes = list.sign(&self.key).map_err(|e| AwsError::Parse {
-                action: "members".into(),
-                detail: format!("cannot sign the member list: {e}"),
-            })?;
-            *c = Cached {
-                bytes: Arc::new(bytes),
-                ids: list.members.into_iter().map(|m| m.id).collect(),
-                at: Some(Instant::now()),
-            };
+            let bytes = sign(&list)?;
+            let ids = list.members.iter().map(|m| m.id.clone()).collect();
+            *c = Cached { list, bytes: Arc::new(bytes), ids, at: Some(Instant::now()) };
         }
-        Ok(c.bytes.clone())
+        match view {
+            View::All => Ok(c.bytes.clone()),
+            View::Leader => Ok(Arc::new(sign(&c.list.view_for(view, asking))?)),
+        }
     }
 
     /// Whether `id` was in the last list read (the leader finds its own address this way).
@@ -245,6 +260,8 @@ struct Request {
     asking: Option<String>,
     /// `&fresh=1`: the members of now (see [`Leader::fresh`]).
     fresh: bool,
+    /// `&view=leader`: the leader and the node that asks (see [`View`]).
+    view: View,
 }
 
 fn parse_request(head: &str) -> Result<Request, &'static str> {
@@ -265,7 +282,11 @@ fn parse_request(head: &str) -> Result<Request, &'static str> {
         .find_map(|kv| kv.strip_prefix("for="))
         .filter(|id| cgcloud_core::members::valid_instance_id(id))
         .map(str::to_owned);
-    Ok(Request { asking, fresh: query.split('&').any(|kv| kv == "fresh=1") })
+    let view = match query.split('&').find_map(|kv| kv.strip_prefix("view=")) {
+        Some(v) => View::parse(v).ok_or("400 Bad Request")?,
+        None => View::All,
+    };
+    Ok(Request { asking, fresh: query.split('&').any(|kv| kv == "fresh=1"), view })
 }
 
 fn answer(mut stream: TcpStream, publisher: &Publisher) {
@@ -291,7 +312,7 @@ fn answer(mut stream: TcpStream, publisher: &Publisher) {
         out
     };
     let out = match parse_request(&String::from_utf8_lossy(&head)) {
-        Ok(r) => match publisher.list(r.asking.as_deref(), r.fresh) {
+        Ok(r) => match publisher.view(r.asking.as_deref(), r.fresh, r.view) {
             Ok(bytes) => reply("200 OK", &bytes),
             Err(e) => {
                 log("warning", format!("members: cannot read the members from EC2: {e}"));
@@ -304,10 +325,13 @@ fn answer(mut stream: TcpStream, publisher: &Publisher) {
     let _ = stream.write_all(&out);
 }
 
-/// One fetch of the list from `addr`, for node `me`: the bytes as they came (at most
-/// `MAX_BYTES` + 1, so that larger input is refused, not read whole).
-pub fn fetch(http: &ureq::Agent, addr: SocketAddr, me: &str, fresh: bool) -> Result<Vec<u8>, FetchError> {
-    let url = format!("http://{addr}/v1/members?for={me}{}", if fresh { "&fresh=1" } else { "" });
+/// One fetch of the list from `addr`, for node `me`, as `view` shows it: the bytes as they
+/// came (at most `MAX_BYTES` + 1, so that larger input is refused, not read whole).
+pub fn fetch(http: &ureq::Agent, addr: SocketAddr, me: &str, fresh: bool, view: View) -> Result<Vec<u8>, FetchError> {
+    let mut url = format!("http://{addr}/v1/members?for={me}{}", if fresh { "&fresh=1" } else { "" });
+    if !view.is_all() {
+        url.push_str(&format!("&view={}", view.as_str()));
+    }
     let transport = |detail: String| FetchError::Transport { url: url.clone(), detail };
     let resp = http.get(&url).call().map_err(|e| {
         let refused = match &e {
@@ -330,8 +354,10 @@ pub fn fetch(http: &ureq::Agent, addr: SocketAddr, me: &str, fresh: bool) -> Res
 /// The members as `leader` lists them, with this node (`me`, as EC2 describes it: its own tags
 /// stay the truth about itself) among them. Asks again, with jittered waits, while the leader
 /// cannot be reached or does not list this node yet (it reads EC2 again when asked), for up to
-/// `leader.wait`; a list that fails its checks ends the wait at once.
+/// `leader.wait`; a list that fails its checks ends the wait at once. A worker of an elastic
+/// cluster asks for the leader's view ([`crate::cluster::view_of`]).
 pub fn from_leader(leader: &Leader, namespace: &str, cluster: &str, me: &Node) -> Result<Vec<Node>, FetchError> {
+    let view = crate::cluster::view_of(&me.tags);
     let http =
         ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(3)).timeout(Duration::from_secs(20)).build();
     let deadline = Instant::now() + leader.wait;
@@ -339,7 +365,7 @@ pub fn from_leader(leader: &Leader, namespace: &str, cluster: &str, me: &Node) -
     let mut closed_since: Option<Instant> = None;
     loop {
         let url = format!("http://{}/v1/members", leader.addr);
-        let got = fetch(&http, leader.addr, &me.id, leader.fresh).and_then(|bytes| {
+        let got = fetch(&http, leader.addr, &me.id, leader.fresh, view).and_then(|bytes| {
             let now = unix_now();
             let floor = now.saturating_sub(MAX_AGE_SECS).max(leader.newest.get());
             let list = MemberList::verify(&bytes, &leader.key, cluster, floor, now)
@@ -352,7 +378,8 @@ pub fn from_leader(leader: &Leader, namespace: &str, cluster: &str, me: &Node) -
         });
         match got {
             Ok(list) => {
-                let mut nodes = nodes_of(&list, namespace);
+                // A leader from before views answers with every member.
+                let mut nodes = nodes_of(&list.view_for(view, Some(&me.id)), namespace);
                 // EC2's description of this node, where the caller has one (first boot; a
                 // refresh knows only its id and tags, and takes the list's entry).
                 for n in nodes.iter_mut().filter(|n| n.id == me.id && !me.private_ip.is_empty()) {

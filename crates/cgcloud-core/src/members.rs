@@ -77,7 +77,48 @@ pub struct MemberList {
     /// The zone of a member whose own is empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub zone: String,
+    /// Which members the list holds: all of them, or the leader and the node that asked.
+    #[serde(default, skip_serializing_if = "View::is_all")]
+    pub view: View,
     pub members: Vec<Member>,
+}
+
+/// What a node asks its leader for (`GET /v1/members?view=…`). A worker of an elastic cluster
+/// needs its leader alone (the scheduler there tells the workers about each other, and SSH
+/// between workers is not the cluster's business), and a list of every member would make its
+/// first boot cost O(N): at the 1000 workers such a cluster may reach, 146 KB a worker, and as
+/// much again at every refresh of every worker's agent. Its view is O(1): ~500 bytes whatever
+/// N. Covered by the MAC, as the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum View {
+    /// Every member: what nodes of a fixed-size cluster write into /etc/hosts and known_hosts.
+    #[default]
+    All,
+    /// The leader, and the node that asked.
+    Leader,
+}
+
+impl View {
+    pub fn is_all(&self) -> bool {
+        *self == View::All
+    }
+
+    /// The query parameter's value, as `GET /v1/members?view=` takes it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            View::All => "all",
+            View::Leader => "leader",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<View> {
+        match s {
+            "all" => Some(View::All),
+            "leader" => Some(View::Leader),
+            _ => None,
+        }
+    }
 }
 
 /// Why a list was refused.
@@ -201,7 +242,24 @@ impl MemberList {
                 m.zone.clear();
             }
         }
-        MemberList { cluster: cluster.to_owned(), generated_at, dns_suffix, zone, members }
+        MemberList { cluster: cluster.to_owned(), generated_at, dns_suffix, zone, view: View::All, members }
+    }
+
+    /// This list as `view` shows it to node `asking` (None: a node that did not say who it is).
+    pub fn view_for(&self, view: View, asking: Option<&str>) -> MemberList {
+        match view {
+            View::All => self.clone(),
+            View::Leader => MemberList {
+                view,
+                members: self
+                    .members
+                    .iter()
+                    .filter(|m| m.ordinal == Some(0) || Some(m.id.as_str()) == asking)
+                    .cloned()
+                    .collect(),
+                ..self.clone()
+            },
+        }
     }
 
     /// `m`'s DNS name (its own, or EC2's form with the list's suffix; empty if neither).
@@ -341,6 +399,35 @@ mod tests {
         // A member that has not published its host key yet: a few dozen bytes.
         let entry = serde_json::to_string(&bare.members[0]).unwrap();
         assert!(entry.len() < 50, "{entry}");
+    }
+
+    #[test]
+    fn the_leaders_view_holds_the_leader_and_the_asker_whatever_the_size() {
+        let sizes: Vec<usize> = [2u32, 100, 1000]
+            .iter()
+            .map(|&n| {
+                let l = list(n);
+                let me = l.members[(n - 1) as usize].id.clone();
+                let v = l.view_for(View::Leader, Some(&me));
+                let bytes = signed(&v);
+                let back = verify(&bytes).unwrap();
+                assert_eq!(back.view, View::Leader);
+                let ids: Vec<&str> = back.members.iter().map(|m| m.id.as_str()).collect();
+                assert_eq!(ids, [l.members[0].id.as_str(), me.as_str()]);
+                // Names and zones still come whole from the shared suffix.
+                assert_eq!(back.private_dns(&back.members[1]), member(n - 1).private_dns);
+                bytes.len()
+            })
+            .collect();
+        assert!(sizes.iter().all(|&b| b < 600 && b.abs_diff(sizes[0]) < 16), "{sizes:?}");
+        // One that did not say who it is gets the leader alone; the full view is the list.
+        assert_eq!(list(5).view_for(View::Leader, None).members, list(1).members);
+        assert_eq!(list(5).view_for(View::All, Some("i-x")), list(5));
+        // The view is under the MAC: a full list cannot be passed off as one, nor the reverse.
+        let text = String::from_utf8(signed(&list(2).view_for(View::Leader, None))).unwrap();
+        assert_eq!(verify(text.replacen(",\"view\":\"leader\"", "", 1).as_bytes()), Err(MembersError::BadMac));
+        assert_eq!(View::parse("leader"), Some(View::Leader));
+        assert_eq!(View::parse("everyone"), None);
     }
 
     #[test]

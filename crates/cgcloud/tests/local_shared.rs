@@ -1108,9 +1108,18 @@ fn elastic_toil_and_slurm_end_to_end() {
         );
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
-    let outputs = u.ok(&["ssh-cluster", "toil", "-c", "e1", "--", "cat /tmp/job-*.out 2>/dev/null || true"]);
+    // Each worker knows its leader and itself alone (O(1) at its boot whatever the size: the
+    // leader's view of the member list), the leader every member.
+    let view = "echo view $(sed -n '/^# BEGIN cgcloud cluster/,/^# END/p' /etc/hosts | grep -vc '^#') \
+                $(grep -o '\"view\": \"[a-z]*\"' /etc/cgcloud/cluster.json | tr -d '\" ')";
+    let outputs =
+        u.ok(&["ssh-cluster", "toil", "-c", "e1", "--", &format!("cat /tmp/job-*.out 2>/dev/null || true; {view}")]);
     let ran = outputs.lines().filter(|l| l.contains("ip-10-199-")).count();
     assert_eq!(ran, 16, "every job ran on a worker:\n{outputs}");
+    let views: Vec<&str> = outputs.lines().filter_map(|l| l.split_once("] view ").map(|(_, v)| v)).collect();
+    let workers_views = views.iter().filter(|v| **v == "2 view:leader").count();
+    assert!(workers_views >= 1 && workers_views + 1 == views.len(), "workers' views:\n{outputs}");
+    assert!(views.iter().any(|v| v.ends_with("view:all")), "the leader's view:\n{outputs}");
 
     // Idle workers go: powered down in Slurm, terminated in EC2.
     wait_slurm_nodes(&u, "toil-leader", "e1", 300, "every worker powered down again", powered_down);

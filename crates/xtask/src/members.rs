@@ -3,7 +3,8 @@
 //! (stand-in agents tag the nodes configured), so that the instances carry every tag cgcloud
 //! gives them, and each an ed25519 host-key tag as a real node publishes; then, for one worker, the old path (DescribeInstances of the members, every page
 //! as the agent asks) beside the new one (DescribeInstances of itself, and the list fetched from
-//! a stand-in leader: the real agent's `members serve`, fetched with `members fetch`).
+//! a stand-in leader: the real agent's `members serve`, fetched with `members fetch`), and the
+//! leader's view an elastic cluster's worker fetches instead (the leader and itself: O(1)).
 
 use crate::cgcloud_exe;
 use anyhow::{bail, Context as _, Result};
@@ -24,8 +25,19 @@ pub(crate) fn members(ns: &[u32]) -> Result<()> {
     println!("members: one node's first-boot membership traffic, old path (DescribeInstances of every member)");
     println!("against new (DescribeInstances of itself + the leader's list); moto's XML, EC2's is of the same form");
     println!(
-        "{:>6} {:>9} {:>11} {:>9} {:>11} {:>11} {:>11} {:>9} {:>9}",
-        "N", "old req", "old B", "new req", "new EC2 B", "list B", "new B", "B ratio", "list B/m"
+        "{:>6} {:>9} {:>11} {:>9} {:>11} {:>11} {:>11} {:>9} {:>9} {:>8} {:>11} {:>10}",
+        "N",
+        "old req",
+        "old B",
+        "new req",
+        "new EC2 B",
+        "list B",
+        "new B",
+        "B ratio",
+        "list B/m",
+        "view B",
+        "elastic B",
+        "el. ratio"
     );
     for (i, n) in ns.iter().enumerate() {
         let name = format!("members{i}");
@@ -81,34 +93,44 @@ pub(crate) fn members(ns: &[u32]) -> Result<()> {
             std::io::BufReader::new(out).read_line(&mut line)?;
         }
         let addr = line.trim().strip_prefix("listening on ").map(str::to_owned);
-        let fetched = addr.map(|addr| {
+        let fetch = |addr: &str, view: &str| {
             Command::new(&agent)
-                .args(["members", "fetch", "--leader", &addr, "--cluster", &name, "--id", me])
+                .args(["members", "fetch", "--leader", addr, "--cluster", &name, "--id", me, "--view", view])
                 .arg("--key")
                 .arg(&key)
                 .output()
-        });
+        };
+        let fetched = addr.as_deref().map(|addr| (fetch(addr, "all"), fetch(addr, "leader")));
         // The stand-in leader is this bench's child: stopped by its id.
         let _ = leader.kill();
         let _ = leader.wait();
-        let out = fetched.context("the stand-in leader did not start")??;
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (all, view) = fetched.context("the stand-in leader did not start")?;
         // "N member(s), B bytes, ID listed"
-        let list_b = said.split(", ").nth(1).and_then(|b| b.strip_suffix(" bytes")).map(num).transpose()?;
-        let Some(list_b) = list_b.filter(|_| out.status.success() && said.contains(" listed")) else {
-            bail!("members fetch: {said}{}", String::from_utf8_lossy(&out.stderr));
+        let bytes_of = |out: std::io::Result<std::process::Output>| -> Result<f64> {
+            let out = out?;
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            let b = said.split(", ").nth(1).and_then(|b| b.strip_suffix(" bytes")).map(num).transpose()?;
+            match b.filter(|_| out.status.success() && said.contains(" listed")) {
+                Some(b) => Ok(b),
+                None => bail!("members fetch: {said}{}", String::from_utf8_lossy(&out.stderr)),
+            }
         };
+        let (list_b, view_b) = (bytes_of(all)?, bytes_of(view)?);
         let (old_b, self_b) = (num(old_b)?, num(self_b)?);
         let new_b = self_b + list_b;
         println!(
-            "{n:>6} {old_req:>9} {old_b:>11.0} {:>9} {self_b:>11.0} {list_b:>11.0} {new_b:>11.0} {:>9.1} {:>9.0}",
+            "{n:>6} {old_req:>9} {old_b:>11.0} {:>9} {self_b:>11.0} {list_b:>11.0} {new_b:>11.0} {:>9.1} {:>9.0} {view_b:>8.0} {:>11.0} {:>10.1}",
             format!("{self_req}+1"),
             old_b / new_b,
             list_b / num(members)?,
+            self_b + view_b,
+            old_b / (self_b + view_b),
         );
         e.ok(&["terminate-cluster", "generic", "-c", &name, "-Q"]);
     }
     println!("old req/new req: EC2 requests (DescribeInstances pages) / EC2 requests + 1 GET from the leader;");
+    println!("view B: the leader's view (the leader and the asker), what an elastic cluster's worker fetches;");
+    println!("elastic B: its first boot's bytes (new EC2 B + view B); el. ratio: old B / elastic B");
     println!("the leader reads the members from EC2 once per list it makes (every 20 s while asked, or 3 s for a node not yet listed), for all nodes");
     Ok(())
 }

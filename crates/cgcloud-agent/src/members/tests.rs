@@ -159,7 +159,7 @@ fn forged_foreign_stale_and_oversized_lists_are_refused_and_the_worker_asks_ec2(
 
 #[test]
 fn the_leader_answers_only_get_of_the_list_and_leaves_out_malformed_members() {
-    let req = |asking: Option<&str>, fresh| Ok(Request { asking: asking.map(str::to_owned), fresh });
+    let req = |asking: Option<&str>, fresh| Ok(Request { asking: asking.map(str::to_owned), fresh, view: View::All });
     assert_eq!(parse_request("GET /v1/members HTTP/1.1\r\n\r\n"), req(None, false));
     assert_eq!(
         parse_request("GET /v1/members?for=i-0123456789abcdef0 HTTP/1.1\r\n\r\n"),
@@ -170,6 +170,11 @@ fn the_leader_answers_only_get_of_the_list_and_leaves_out_malformed_members() {
         req(Some("i-0123456789abcdef0"), true)
     );
     assert_eq!(parse_request("GET /v1/members?for=../../x&fresh=yes HTTP/1.1\r\n\r\n"), req(None, false));
+    assert_eq!(
+        parse_request("GET /v1/members?for=i-0123456789abcdef0&view=leader HTTP/1.1\r\n\r\n"),
+        Ok(Request { asking: Some("i-0123456789abcdef0".into()), fresh: false, view: View::Leader })
+    );
+    assert_eq!(parse_request("GET /v1/members?view=some HTTP/1.1\r\n\r\n"), Err("400 Bad Request"));
     assert_eq!(parse_request("POST /v1/members HTTP/1.1\r\n\r\n"), Err("405 Method Not Allowed"));
     assert_eq!(parse_request("GET /etc/passwd HTTP/1.1\r\n\r\n"), Err("404 Not Found"));
     let mut tags = std::collections::BTreeMap::new();
@@ -215,4 +220,73 @@ fn a_refresh_gets_the_members_of_now_and_first_boots_share_the_leaders_last_read
     assert_eq!(publisher.reads.load(Ordering::Relaxed), 2);
     let list = MemberList::verify(&bytes, &KEY, "c1", 0, unix_now()).unwrap();
     assert!(new.iter().all(|id| list.members.iter().any(|m| &m.id == id)), "{list:?}");
+}
+
+/// Tags every instance of `ids` with `key` = `value`.
+fn tag_all(env: &TestEnv, ids: &[String], key: &str, value: &str) {
+    let ids = ids.iter().map(|i| format!("'{i}'")).collect::<Vec<_>>().join(", ");
+    env.boto3(&format!(
+        "client('ec2').create_tags(Resources=[{ids}], Tags=[{{'Key': '{key}', 'Value': '{value}'}}])\nprint('ok')"
+    ));
+}
+
+#[test]
+fn an_elastic_workers_boot_costs_the_same_whatever_the_clusters_size() {
+    let env = TestEnv::new("/nonexistent");
+    let ids = launch(&env, "members-elastic", 3, 0);
+    tag_all(&env, &ids, cgcloud_core::tags::NODE_PREFIX, "w");
+    let (publisher, addr) = serve_leader(&env, "members-elastic");
+    let proxy = FaultProxy::start(&env.moto_endpoint);
+    let worker = client(&env, &proxy.endpoint);
+    let leader = leader_at(addr, Duration::from_secs(60));
+    let http = ureq::AgentBuilder::new().build();
+    let (mut sizes, mut members) = (Vec::new(), 3);
+    for (round, more) in [1u32, 60].into_iter().enumerate() {
+        let grown = launch(&env, "members-elastic", more, members);
+        members += more;
+        tag_all(&env, &grown, cgcloud_core::tags::NODE_PREFIX, "w");
+        let me = &ids[2];
+        // As a node asks after its leader's last read (a few seconds on), so that it is new.
+        std::thread::sleep(Duration::from_secs(ON_DEMAND_SECS) + Duration::from_millis(200));
+        let asked = proxy.count("DescribeInstances");
+        let (found, _, nodes) =
+            find_self(&worker, "/members-elastic/", me, Some("c1"), Some(&leader)).unwrap().unwrap();
+        assert_eq!(crate::cluster::view_of(&found.tags), View::Leader);
+        // The leader and itself, whatever the cluster's size; one EC2 request: itself.
+        let got: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(got, [ids[0].as_str(), me.as_str()], "round {round}");
+        assert_eq!(proxy.count("DescribeInstances") - asked, 1);
+        let facts = crate::cluster::facts(&found, &nodes, "us-west-2", "/members-elastic/");
+        assert_eq!(facts["cluster"]["leader_ip"], nodes[0].private_ip.as_str());
+        assert_eq!(
+            (facts["cluster"]["size"].as_str(), facts["cluster"]["worker_ips"].as_array().map(Vec::len)),
+            (Some(""), Some(0))
+        );
+        // The members of now (`fresh`), then the view made from them.
+        let full = fetch(&http, addr, me, true, View::All).unwrap();
+        let bytes = fetch(&http, addr, me, false, View::Leader).unwrap();
+        let list = MemberList::verify(&full, &KEY, "c1", 0, unix_now()).unwrap();
+        assert_eq!(list.members.len() as u32, members, "the leader itself knows every member");
+        sizes.push((bytes.len(), full.len()));
+    }
+    // 4 members, then 64: the leader's view stays the same size, the full list grows.
+    let ((view4, full4), (view64, full64)) = (sizes[0], sizes[1]);
+    assert!(view64.abs_diff(view4) < 8 && view4 < 600, "{sizes:?}");
+    assert!(full64 > full4 + 50 * 40, "{sizes:?}");
+    assert!(publisher.reads.load(Ordering::Relaxed) >= 2);
+
+    // No leader to ask: the worker asks EC2 for the leader and itself, not every member.
+    let gone = leader_at(impostor(b"not a list".to_vec()), Duration::from_secs(5));
+    let asked = proxy.count("DescribeInstances");
+    let (_, _, nodes) = find_self(&worker, "/members-elastic/", &ids[1], Some("c1"), Some(&gone)).unwrap().unwrap();
+    let got: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(got, [ids[0].as_str(), ids[1].as_str()]);
+    assert_eq!(proxy.count("DescribeInstances") - asked, 2, "itself, then the leader (filtered by its ordinal)");
+
+    // A leader from before views answers with every member: the worker keeps its own view.
+    let all = publisher.list(None, false).unwrap();
+    let old = leader_at(impostor(all.to_vec()), Duration::from_secs(5));
+    let bare = Node { id: ids[1].clone(), tags: nodes[1].tags.clone(), ..Default::default() };
+    let nodes = from_leader(&old, "/members-elastic/", "c1", &bare).unwrap();
+    assert_eq!(nodes.len(), 2);
 }
