@@ -61,6 +61,15 @@ impl Queue {
         let name = ns.agent_queue_name(&self.instance_id);
         // The queue carries its box's ARN: the box's IAM policy lets only that box use it.
         let me = crate::cluster::describe_self(aws, &self.instance_id)?;
+        // `terminate` deletes a box's queue once EC2 says it is terminated; its agent, still
+        // running out its shutdown, then finds the queue gone and would make it again, for ever
+        // orphaned (its credentials outlive the instance). A box that is going makes none.
+        if !matches!(me.state.as_str(), "pending" | "running") {
+            return Err(AwsError::Parse {
+                action: "CreateQueue".into(),
+                detail: format!("{} is {}: no notification queue for a box that is going", self.instance_id, me.state),
+            });
+        }
         let topic = aws
             .call(Service::Sns, "CreateTopic", &[("Name", self.topic.clone())])?
             .text("TopicArn")
@@ -115,5 +124,39 @@ impl Queue {
         log("info", format!("listening on queue {url}"));
         self.url = Some(url.clone());
         Ok(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use testkit::TestEnv;
+
+    #[test]
+    fn a_box_that_is_going_makes_no_queue() {
+        let env = TestEnv::new("/nonexistent");
+        let ids = env.boto3(
+            "ec2 = client('ec2')\n\
+             ami = ec2.describe_images(Owners=['amazon'])['Images'][0]['ImageId']\n\
+             r = ec2.run_instances(ImageId=ami, MinCount=2, MaxCount=2)\n\
+             ids = [i['InstanceId'] for i in r['Instances']]\n\
+             ec2.terminate_instances(InstanceIds=ids[1:])\n\
+             print(' '.join(ids))",
+        );
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        let creds = cgcloud_core::sigv4::Credentials {
+            access_key_id: "testing".into(),
+            secret_access_key: "testing".into(),
+            session_token: None,
+        };
+        let aws = Client::new(&env.region, Some(env.moto_endpoint.clone()), Some(creds));
+        let queues = || env.boto3("print(len(client('sqs').list_queues().get('QueueUrls', [])))");
+        let mut going = Queue::new("/q/", ids[1], "q_cgcloud-agent");
+        let err = going.ensure(&aws).unwrap_err().to_string();
+        assert!(err.contains("terminated") || err.contains("shutting-down"), "{err}");
+        assert_eq!(queues().trim(), "0", "a terminated box made a queue");
+        let mut live = Queue::new("/q/", ids[0], "q_cgcloud-agent");
+        assert!(live.ensure(&aws).unwrap().contains(&format!("cgcloud-agent_{}", ids[0])));
+        assert_eq!(queues().trim(), "1");
     }
 }
