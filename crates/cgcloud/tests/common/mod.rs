@@ -114,6 +114,12 @@ pub fn shared_local_cloud(me: &str) -> (Turn, User) {
             let status = u.json(&["local", "status"]);
             let pid = status["state"]["controller_pid"].as_u64().unwrap();
             std::fs::write(shared_marker(), format!("{built} {pid}")).unwrap();
+            // Back to a shared turn, still holding the bring-up lock (the others waiting for
+            // it find the marker written), and done: looking again could find the cloud
+            // "not up" for an instant and, before another test holds its turn, take it down
+            // and up a second time, as it once did under a test that had begun on it.
+            lock.lock_shared().unwrap();
+            break;
         } else {
             others_on_it = true;
         }
