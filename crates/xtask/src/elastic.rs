@@ -1,5 +1,6 @@
 //! `bench elastic [JOBS]`: elastic Slurm clusters on the local cloud (`create-cluster slurm
-//! --max-workers M --idle-time D`): submit → start on a freshly launched worker, scale-up
+//! --max-workers M --idle-time D`): submit → start on a freshly launched worker (JOBS at once,
+//! then 3 one at a time), scale-up
 //! 0 → N, scale-down to no worker, and what the leader costs while idle; beside a bare boot of
 //! one host.
 
@@ -20,6 +21,8 @@ const SLURM_INTERVAL_S: f64 = 10.0;
 /// AWS ParallelCluster's published median submit → start on a new node.
 const PARALLELCLUSTER_S: f64 = 294.0;
 const IDLE_WINDOW: Duration = Duration::from_secs(120);
+/// Jobs submitted one after another, each on a worker of its own.
+const ONE_AT_A_TIME: usize = 3;
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
@@ -143,12 +146,26 @@ struct Job {
 /// Submits `jobs` exclusive one-task jobs at once on the leader, each writing its start time
 /// on its worker, waits until none is left in the queue and reads the start times back from
 /// the workers before they are powered down.
-fn submit_to_start(h: &Path, jobs: usize) -> Result<Vec<Job>> {
+fn submit_to_start(h: &Path, jobs: usize, one_at_a_time: bool) -> Result<Vec<Job>> {
+    // At once: jobs that end at once. One at a time: each submitted once the one before runs
+    // (and keeps running, so that the next needs a worker of its own), so that one worker
+    // boots at a time, as one host does in the bare boot.
+    let submit = if one_at_a_time {
+        format!(
+            "for i in $(seq {jobs}); do t=$(date +%s.%N); \
+             id=$(sbatch --parsable -n1 --exclusive -o /dev/null --wrap 'date +%s.%N > /tmp/start-$SLURM_JOB_ID; exec sleep 3600') \
+             || exit 1; id=${{id%%;*}}; echo \"SUB $t $id\"; end=$(($(date +%s) + 900)); \
+             while [ -z \"$(squeue -h -t R -j $id)\" ] && [ $(date +%s) -lt $end ]; do sleep 0.25; done; done; sleep 1; "
+        )
+    } else {
+        format!(
+            "for i in $(seq {jobs}); do echo \"SUB $(date +%s.%N) $(sbatch --parsable -n1 --exclusive -o /tmp/job-%j.out \
+             --wrap 'date +%s.%N > /tmp/start-$SLURM_JOB_ID')\"; done; \
+             end=$(($(date +%s) + 900)); while [ -n \"$(squeue -h)\" ] && [ $(date +%s) -lt $end ]; do sleep 0.5; done; "
+        )
+    };
     let script = format!(
-        "for i in $(seq {jobs}); do echo \"SUB $(date +%s.%N) $(sbatch --parsable -n1 --exclusive -o /tmp/job-%j.out \
-         --wrap 'date +%s.%N > /tmp/start-$SLURM_JOB_ID')\"; done; \
-         end=$(($(date +%s) + 900)); while [ -n \"$(squeue -h)\" ] && [ $(date +%s) -lt $end ]; do sleep 0.5; done; \
-         scontrol -o show job | while read -r l; do \
+        "{submit}scontrol -o show job | while read -r l; do \
            id=$(echo \"$l\" | grep -o 'JobId=[0-9]*' | cut -d= -f2); \
            st=$(echo \"$l\" | grep -o 'StartTime=[^ ]*' | cut -d= -f2); \
            nl=$(echo \"$l\" | grep -o ' NodeList=[^ ]*' | cut -d= -f2); \
@@ -234,6 +251,7 @@ struct Measured {
     version: String,
     js: Vec<Job>,
     waits: Vec<f64>,
+    seq: Vec<Job>,
     last_end: f64,
     ec2_a: f64,
     slurm_a: f64,
@@ -256,7 +274,7 @@ fn measure(h: &Path, jobs: usize) -> Result<Measured> {
     // 2. Submit → start, each job on a worker launched for it.
     eprintln!("{jobs} exclusive jobs at once ...");
     let since = now() - 5.0;
-    let mut js = submit_to_start(h, jobs)?;
+    let mut js = submit_to_start(h, jobs, false)?;
     let registered = log_slurmctld(h, since);
     for j in &mut js {
         j.registered = registered.get(&j.node).copied().unwrap_or(f64::NAN);
@@ -267,6 +285,18 @@ fn measure(h: &Path, jobs: usize) -> Result<Measured> {
     let last_end = js.iter().map(|j| j.start).fold(f64::NAN, f64::max);
     eprintln!("waiting for the workers to go ...");
     let (ec2_a, slurm_a) = wait_scaled_down(h, Duration::from_secs(600))?;
+
+    // 2b. The same, one job at a time.
+    eprintln!("{ONE_AT_A_TIME} exclusive jobs, one at a time ...");
+    let since = now() - 5.0;
+    let mut seq = submit_to_start(h, ONE_AT_A_TIME, true)?;
+    let registered = log_slurmctld(h, since);
+    for j in &mut seq {
+        j.registered = registered.get(&j.node).copied().unwrap_or(f64::NAN);
+    }
+    leader(h, "scancel -u $(id -un)")?;
+    eprintln!("waiting for the workers to go ...");
+    wait_scaled_down(h, Duration::from_secs(600))?;
 
     // 3 and 4. Scale-up 0 → N and back down.
     eprintln!("scale-up 0 -> {MAX_WORKERS} ...");
@@ -286,6 +316,7 @@ fn measure(h: &Path, jobs: usize) -> Result<Measured> {
         version,
         js,
         waits,
+        seq,
         last_end,
         ec2_a,
         slurm_a,
@@ -351,6 +382,7 @@ pub(crate) async fn elastic(jobs: usize) -> Result<()> {
         version,
         js,
         waits,
+        seq,
         last_end,
         ec2_a,
         slurm_a,
@@ -394,6 +426,17 @@ pub(crate) async fn elastic(jobs: usize) -> Result<()> {
     let (p50, max) = (percentile(&waits, 0.5), percentile(&waits, 1.0));
     println!("  p50 {p50:.2} s, max {max:.2} s");
     println!(
+        "submit -> start, {ONE_AT_A_TIME} exclusive jobs one at a time (each submitted once the one before runs; one worker boots at a time):"
+    );
+    println!("{:>6} {:>6} {:>16} {:>14}", "job", "node", "node registered", "job started");
+    for j in &seq {
+        println!("{:>6} {:>6} {:>16.2} {:>14.2}", j.id, j.node, j.registered - j.submit, j.start - j.submit);
+    }
+    let mut one: Vec<f64> = seq.iter().map(|j| j.start - j.submit).collect();
+    one.sort_by(f64::total_cmp);
+    let (p50_one, max_one) = (percentile(&one, 0.5), percentile(&one, 1.0));
+    println!("  p50 {p50_one:.2} s, max {max_one:.2} s");
+    println!(
         "scale-up 0 -> {MAX_WORKERS} ({MAX_WORKERS} queued exclusive jobs; {MAX_WORKERS} workers on this {cores}-core machine): \
          all running after {up_s:.2} s (first after {first_s:.2} s)"
     );
@@ -423,9 +466,11 @@ pub(crate) async fn elastic(jobs: usize) -> Result<()> {
     let target = 1.3 * bare_s + SLURM_INTERVAL_S;
     println!(
         "target: submit -> start <= 1.3 x bare boot + Slurm's power-save interval ({SLURM_INTERVAL_S:.0} s) = {target:.1} s: \
-         p50 {p50:.1} s ({:.2} of it), max {max:.1} s ({:.2})",
+         {jobs} at once: p50 {p50:.1} s ({:.2} of it), max {max:.1} s ({:.2}); one at a time: p50 {p50_one:.1} s ({:.2}), max {max_one:.1} s ({:.2})",
         p50 / target,
-        max / target
+        max / target,
+        p50_one / target,
+        max_one / target
     );
     println!(
         "submit -> start / bare boot: p50 {:.2}, max {:.2}; ParallelCluster's median {PARALLELCLUSTER_S:.0} s / p50 = {:.1}x \

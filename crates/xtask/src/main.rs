@@ -28,11 +28,11 @@
 //!   8): bare boot of N+1 hosts, `create-cluster toil` until `sinfo` shows N idle workers (and
 //!   the ratio of the two; target <= 1.2), then a 64-job fan-out Toil workflow; machine CPU-s
 //!   beside each wall time.
-//! - `elastic [JOBS]`: on the local cloud, an elastic Slurm cluster (`--max-workers 8
+//! - `elastic [JOBS]`: on the local cloud, an elastic Slurm cluster (`--max-workers 16
 //!   --idle-time 1m`, no worker at rest): submit -> start of JOBS exclusive jobs at once (default
-//!   5), each on a worker launched for it, p50 and max, beside a bare boot of one host (target:
-//!   <= 1.3 x bare boot + Slurm's power-save interval; >= 10x under ParallelCluster's 294 s);
-//!   scale-up 0 -> 8 for 8 queued jobs; scale-down to no live worker after the jobs end; the
+//!   5), each on a worker launched for it, and of 3 one at a time, p50 and max, beside a bare
+//!   boot of one host (target: <= 1.3 x bare boot + Slurm's power-save interval; >= 10x under
+//!   ParallelCluster's 294 s); scale-up 0 -> 16 for 16 queued jobs; scale-down to no live worker after the jobs end; the
 //!   leader's CPU (cgcloud-agent, slurmctld, whole box) while idle for 2 minutes.
 //! - `idle [HISTORY...]`: on the local cloud, with no host running, what moto and the
 //!   controller cost (CPU, requests/s, DescribeInstances latency) over 20 s, and again after
