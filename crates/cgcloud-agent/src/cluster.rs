@@ -251,6 +251,10 @@ pub fn known_hosts_block(cluster: &str, nodes: &[Node]) -> String {
 /// /etc/cgcloud/cluster.json when membership or a member's host key changed. `view` is what
 /// `nodes` are: every member, or the leader and this node (cluster.json says which).
 pub fn write_membership(cluster: &str, nodes: &[Node], view: cgcloud_core::members::View) -> Result<bool, SafeError> {
+    // The leader's daemon and its member-list server both write here: one at a time, so that
+    // each write is whole (the files are replaced atomically; this keeps the three together).
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = WRITING.lock().unwrap_or_else(|p| p.into_inner());
     let known = std::fs::read_to_string("/etc/ssh/ssh_known_hosts").unwrap_or_default();
     let new_known = replace_block(&known, &known_hosts_block(cluster, nodes));
     if new_known != known {

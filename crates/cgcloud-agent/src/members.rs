@@ -179,6 +179,10 @@ pub struct Publisher {
     cached: Mutex<Cached>,
     /// DescribeInstances pages read so far (for tests and `bench members`).
     pub reads: AtomicUsize,
+    /// Whether each read also rewrites this node's /etc/hosts and known_hosts (the leader's
+    /// daemon: between its own refreshes, every 5 minutes, the workers its scaler launched
+    /// appear there as soon as they ask for the list, host keys and all).
+    pub write_own: bool,
 }
 
 impl Publisher {
@@ -195,6 +199,7 @@ impl Publisher {
                 at: None,
             }),
             reads: AtomicUsize::new(0),
+            write_own: false,
         }
     }
 
@@ -223,6 +228,13 @@ impl Publisher {
             let aws = self.aws.lock().unwrap_or_else(|p| p.into_inner());
             let nodes = crate::cluster::members(&aws, &self.namespace, &self.cluster)?;
             self.reads.fetch_add(1, Ordering::Relaxed);
+            if self.write_own {
+                match crate::cluster::write_membership(&self.cluster, &nodes, View::All) {
+                    Ok(true) => log("info", format!("cluster {}: {} member(s)", self.cluster, nodes.len())),
+                    Ok(false) => {}
+                    Err(e) => log("error", format!("cannot write the members of cluster {}: {e}", self.cluster)),
+                }
+            }
             let list = member_list(&self.cluster, &nodes, unix_now());
             let bytes = sign(&list)?;
             let ids = list.members.iter().map(|m| m.id.clone()).collect();
@@ -416,7 +428,7 @@ pub fn start_publishing(
     instance_id: &str,
 ) -> Result<Arc<Publisher>, String> {
     let key = read_key(std::path::Path::new(KEY_PATH)).map_err(|e| e.to_string())?;
-    let publisher = Arc::new(Publisher::new(aws, namespace, cluster, key));
+    let publisher = Arc::new(Publisher { write_own: true, ..Publisher::new(aws, namespace, cluster, key) });
     // Its private address, as EC2 lists it among the members: the list is for the cluster's
     // network, not every interface (a container bridge, say).
     let ip = publisher

@@ -1119,7 +1119,10 @@ fn elastic_toil_and_slurm_end_to_end() {
     let views: Vec<&str> = outputs.lines().filter_map(|l| l.strip_prefix("view ")).collect();
     let workers_views = views.iter().filter(|v| **v == "2 view:leader").count();
     assert!(workers_views >= 1 && workers_views + 1 == views.len(), "workers' views:\n{outputs}");
-    assert!(views.iter().any(|v| v.ends_with("view:all")), "the leader's view:\n{outputs}");
+    // The leader's own files follow its list: every worker that asked for it (all did, to
+    // boot) is there, though the leader's agent refreshes its membership every 5 minutes.
+    let leaders = views.iter().find_map(|v| v.strip_suffix(" view:all")).and_then(|n| n.parse::<usize>().ok());
+    assert!(leaders.is_some_and(|n| n >= views.len()), "the leader's view:\n{outputs}");
 
     // Idle workers go: powered down in Slurm, terminated in EC2.
     wait_slurm_nodes(&u, "toil-leader", "e1", 300, "every worker powered down again", powered_down);
