@@ -147,6 +147,7 @@ struct Job {
 /// on its worker, waits until none is left in the queue and reads the start times back from
 /// the workers before they are powered down.
 fn submit_to_start(h: &Path, jobs: usize, one_at_a_time: bool) -> Result<Vec<Job>> {
+    let since = now() - 5.0;
     // At once: jobs that end at once. One at a time: each submitted once the one before runs
     // (and keeps running, so that the next needs a worker of its own), so that one worker
     // boots at a time, as one host does in the bare boot.
@@ -221,6 +222,11 @@ fn submit_to_start(h: &Path, jobs: usize, one_at_a_time: bool) -> Result<Vec<Job
         };
         out_jobs.push(Job { id, submit, node, start, slurm_start, registered: f64::NAN });
     }
+    // When each job's node registered, as slurmctld logged it.
+    let registered = log_slurmctld(h, since);
+    for j in &mut out_jobs {
+        j.registered = registered.get(&j.node).copied().unwrap_or(f64::NAN);
+    }
     Ok(out_jobs)
 }
 
@@ -273,12 +279,7 @@ fn measure(h: &Path, jobs: usize) -> Result<Measured> {
 
     // 2. Submit → start, each job on a worker launched for it.
     eprintln!("{jobs} exclusive jobs at once ...");
-    let since = now() - 5.0;
     let mut js = submit_to_start(h, jobs, false)?;
-    let registered = log_slurmctld(h, since);
-    for j in &mut js {
-        j.registered = registered.get(&j.node).copied().unwrap_or(f64::NAN);
-    }
     js.sort_by(|a, b| a.id.cmp(&b.id));
     let mut waits: Vec<f64> = js.iter().map(|j| j.start - j.submit).collect();
     waits.sort_by(f64::total_cmp);
@@ -288,12 +289,7 @@ fn measure(h: &Path, jobs: usize) -> Result<Measured> {
 
     // 2b. The same, one job at a time.
     eprintln!("{ONE_AT_A_TIME} exclusive jobs, one at a time ...");
-    let since = now() - 5.0;
-    let mut seq = submit_to_start(h, ONE_AT_A_TIME, true)?;
-    let registered = log_slurmctld(h, since);
-    for j in &mut seq {
-        j.registered = registered.get(&j.node).copied().unwrap_or(f64::NAN);
-    }
+    let seq = submit_to_start(h, ONE_AT_A_TIME, true)?;
     leader(h, "scancel -u $(id -un)")?;
     eprintln!("waiting for the workers to go ...");
     wait_scaled_down(h, Duration::from_secs(600))?;
