@@ -27,7 +27,7 @@ impl Controller {
     pub(super) fn lowers_for(
         &self,
         image_id: &str,
-        pending_images: &HashSet<String>,
+        pending_images: &HashMap<String, String>,
     ) -> Result<Option<Vec<PathBuf>>, String> {
         if let Some(b) = self.base.get(image_id) {
             return Ok(Some(vec![b.rootfs.clone()]));
@@ -35,7 +35,7 @@ impl Controller {
         if let Some(l) = self.layer(image_id) {
             return Ok(Some(l.lowers));
         }
-        if pending_images.contains(image_id) {
+        if pending_images.contains_key(image_id) {
             return Ok(None);
         }
         let known: Vec<String> = self.base.values().map(|b| format!("{} ({})", b.os_id, b.ami_id)).collect();
@@ -46,14 +46,17 @@ impl Controller {
     }
 
     /// Turns new images of local instances into layers; removes layers of deregistered images.
-    /// Returns the images still waiting for their source instance to power off.
+    /// Returns the images still waiting for their source instance to power off, with that
+    /// instance: its disk must outlive a terminate until the layer is made (`cgcloud create -I
+    /// -T` terminates as soon as EC2 says the image is available, which moto says at once; the
+    /// source's power-off could end between this look and the tick's, and its disk go first).
     pub(super) async fn process_images(
         &mut self,
         local: &HashSet<String>,
         instances: &[Observed],
-    ) -> Result<HashSet<String>, Error> {
+    ) -> Result<HashMap<String, String>, Error> {
         let images = self.cloud.own_images().await?;
-        let mut pending = HashSet::new();
+        let mut pending = HashMap::new();
         let mut alive = HashSet::new();
         for img in &images {
             let id = img.image_id.as_str();
@@ -66,7 +69,7 @@ impl Controller {
             let host = Host { dir: self.dir(), id: src };
             // Wait for a stopping host to power off, so the layer is a consistent disk.
             if self.is_busy(src) || (matches!(src_state, "stopping" | "stopped") && host.pid().is_some()) {
-                pending.insert(id.to_owned());
+                pending.insert(id.to_owned(), src.to_owned());
                 continue;
             }
             match self.make_layer(id, src).await {

@@ -15,7 +15,7 @@ use crate::proxy::{Event, PowerEvent};
 use crate::{net, sys, Error, LocalCloud, FAILURE_TAG};
 use cgcloud_aws::Cloud;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -371,7 +371,8 @@ impl Controller {
                 _ => {
                     let exists = host.exists();
                     self.queued.remove(&inst.id);
-                    if exists {
+                    // Not while an image of it waits for its layer: the next tick makes it.
+                    if exists && !pending_images.values().any(|src| *src == inst.id) {
                         self.spawn(inst.id.clone(), |dir, id| async move {
                             match (Host { dir: &dir, id: &id }).destroy().await {
                                 Ok(()) => log(format!("{id}: destroyed")),
