@@ -301,7 +301,7 @@ pub fn view_of(tags: &BTreeMap<String, String>) -> cgcloud_core::members::View {
 /// The leader of `cluster` and this node (`me`, as EC2 describes it, or by id and tags alone)
 /// from EC2: what an elastic cluster's worker asks EC2 for when its leader's list does not
 /// come (two small requests, not every member's description).
-pub fn leader_and_self(aws: &Client, namespace: &str, cluster: &str, me: &Node) -> Result<Vec<Node>, AwsError> {
+fn leader_and_self(aws: &Client, namespace: &str, cluster: &str, me: &Node) -> Result<Vec<Node>, AwsError> {
     let mut nodes = describe_filtered(
         aws,
         &[

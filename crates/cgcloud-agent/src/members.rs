@@ -391,7 +391,8 @@ pub fn from_leader(leader: &Leader, namespace: &str, cluster: &str, me: &Node) -
         match got {
             Ok(list) => {
                 // A leader from before views answers with every member.
-                let mut nodes = nodes_of(&list.view_for(view, Some(&me.id)), namespace);
+                let list = if view.is_all() { list } else { list.view_for(view, Some(&me.id)) };
+                let mut nodes = nodes_of(&list, namespace);
                 // EC2's description of this node, where the caller has one (first boot; a
                 // refresh knows only its id and tags, and takes the list's entry).
                 for n in nodes.iter_mut().filter(|n| n.id == me.id && !me.private_ip.is_empty()) {

@@ -249,7 +249,13 @@ impl MemberList {
     pub fn view_for(&self, view: View, asking: Option<&str>) -> MemberList {
         match view {
             View::All => self.clone(),
+            // Field by field: the leader serves this at every worker's request, and cloning the
+            // whole list to keep two members would make each answer O(N) again.
             View::Leader => MemberList {
+                cluster: self.cluster.clone(),
+                generated_at: self.generated_at,
+                dns_suffix: self.dns_suffix.clone(),
+                zone: self.zone.clone(),
                 view,
                 members: self
                     .members
@@ -257,7 +263,6 @@ impl MemberList {
                     .filter(|m| m.ordinal == Some(0) || Some(m.id.as_str()) == asking)
                     .cloned()
                     .collect(),
-                ..self.clone()
             },
         }
     }

@@ -115,9 +115,8 @@ pub fn shared_local_cloud(me: &str) -> (Turn, User) {
             let pid = status["state"]["controller_pid"].as_u64().unwrap();
             std::fs::write(shared_marker(), format!("{built} {pid}")).unwrap();
             // Back to a shared turn, still holding the bring-up lock (the others waiting for
-            // it find the marker written), and done: looking again could find the cloud
-            // "not up" for an instant and, before another test holds its turn, take it down
-            // and up a second time, as it once did under a test that had begun on it.
+            // it find the marker written), and done: this test brought the cloud up, so
+            // there is nothing to look at again.
             lock.lock_shared().unwrap();
             break;
         } else {
